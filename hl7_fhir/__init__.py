@@ -1,0 +1,1 @@
+"""hl7_fhir package."""
