@@ -1,0 +1,34 @@
+"""The detector contract: what every detector takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ai_engine.results import AlgorithmInfo, DetectorResult, Task
+
+if TYPE_CHECKING:
+    from ai_engine.mammo import MammoView
+    from ai_engine.volume import Volume
+    from hl7_fhir.context import ClinicalContext
+
+
+@dataclass
+class DetectorInput:
+    """Input for one run: a CT volume or mammography views, plus optional clinical context."""
+
+    volume: Volume | None = None
+    views: list[MammoView] = field(default_factory=list)
+    context: ClinicalContext | None = None
+
+
+class Detector(Protocol):
+    """A detector for one task. ``detect`` must not raise for a valid but empty input."""
+
+    name: str
+    task: Task
+    algorithm: AlgorithmInfo
+
+    def detect(self, inputs: DetectorInput) -> DetectorResult:
+        """Run detection and return findings (possibly none)."""
+        ...

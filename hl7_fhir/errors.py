@@ -1,0 +1,7 @@
+"""Root exception of the hl7_fhir package."""
+
+from __future__ import annotations
+
+
+class Hl7FhirError(Exception):
+    """Base class of every error raised by hl7_fhir."""
