@@ -117,5 +117,5 @@ def storescu(port: int, files: Sequence[Path], calling_ae: str = "STORESCU",
 def dciodvfy_errors(path: Path) -> list[str]:
     """The 'Error' lines dciodvfy prints for one file (empty means it conforms)."""
     exe = require_tool("dciodvfy")
-    proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
