@@ -1,0 +1,95 @@
+"""Study assembly on the database: decides when series are complete and queues their jobs.
+
+Called periodically by the scheduler. A series becomes a candidate when the association that
+carried it is closed and it has been quiet for ``settle_s`` (or quiet for ``quiet_timeout_s``
+whatever the association does); a candidate with a slice gap waits for the quiet timeout and
+is then processed with the gap noted. A study is dispatched when none of its series is still
+receiving; each stable series gets one job per detector its routing rules choose.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.assembly import SlicePosition, check_series_geometry, series_is_candidate
+from radfusion.db import Database
+from radfusion.models import Association, AuditEvent, Instance, Job, Series, Study, utcnow
+from radfusion.routing import Router
+from radfusion.settings import StabilitySettings
+
+log = logging.getLogger(__name__)
+
+
+class StudyAssembler:
+    """Moves series from receiving to stable and studies from receiving to processing."""
+
+    def __init__(self, db: Database, router: Router, stability: StabilitySettings, model_versions: dict[str, str]) -> None:
+        self._db = db
+        self._router = router
+        self._stability = stability
+        self._model_versions = model_versions
+
+    def tick(self, now: datetime | None = None) -> int:
+        """One pass over receiving studies; returns the number of jobs queued."""
+        now = now or utcnow()
+        queued = 0
+        with self._db.session() as session:
+            studies = session.scalars(select(Study).where(Study.state == "receiving")).all()
+            for study in studies:
+                receiving = [s for s in study.series if s.state == "receiving"]
+                for series in receiving:
+                    self._settle(session, series, now)
+                if all(s.state != "receiving" for s in study.series):
+                    queued += self._dispatch(session, study, now)
+        return queued
+
+    def _settle(self, session: Session, series: Series, now: datetime) -> None:
+        association_open = series.last_association_id is not None and session.scalar(
+            select(Association.state).where(Association.id == series.last_association_id)) == "open"
+        if not series_is_candidate(series.last_received_at, association_open, now,
+                                   self._stability.settle_s, self._stability.quiet_timeout_s):
+            return
+        rows = session.execute(select(Instance.position, Instance.orientation, Instance.instance_number)
+                               .where(Instance.series_id == series.id)).all()
+        slices = [SlicePosition(tuple(p) if p else None, tuple(o) if o else None, n) for p, o, n in rows]
+        report = check_series_geometry(slices, gap_factor=self._stability.gap_factor)
+        quiet_for = (now - series.last_received_at).total_seconds()
+        if not report.ok and quiet_for < self._stability.quiet_timeout_s:
+            if series.geometry_note != report.reason:
+                log.info("series %s waits: %s", series.series_uid, report.reason)
+                series.geometry_note = report.reason
+            return
+        series.geometry_note = report.reason
+        series.state = "stable"
+        series.stable_at = now
+
+    def _dispatch(self, session: Session, study: Study, now: datetime) -> int:
+        queued = 0
+        for series in study.series:
+            if series.state != "stable":
+                continue
+            matches = self._router.select(series.attributes)
+            if not matches:
+                session.add(AuditEvent(kind="no_rule_matched", subject=series.series_uid,
+                                       detail=f"modality {series.modality}"))
+            released_at = session.scalar(select(Association.ended_at).where(Association.id == series.last_association_id))
+            for match in matches:
+                session.add(Job(
+                    study_id=study.id, series_id=series.id, detector=match.detector,
+                    model_version=self._model_versions[match.detector], revision=series.revision,
+                    rule=match.rule, destinations=list(match.destinations),
+                    alert_channels=list(match.alert_channels), trigger_released_at=released_at,
+                ))
+                queued += 1
+            log.info("series %s stable (%d instances, accession %s): %d job(s)%s", series.series_uid,
+                     series.instance_count, study.accession_number, len(matches),
+                     f"; note: {series.geometry_note}" if series.geometry_note else "")
+            series.state = "processed"
+            series.revision += 1
+        study.state = "processing" if queued else "done"
+        study.stable_at = now
+        return queued

@@ -1,0 +1,238 @@
+"""SQLAlchemy 2 models: the database is the source of truth for every piece of work.
+
+States are plain strings, listed per model; every unfinished state is resumed at start-up
+(see radfusion.recovery).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; every timestamp in the database is UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores UTC without a zone (SQLite has none) and returns aware UTC datetimes on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to the database; use aware UTC")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; all timestamps are timezone-aware UTC."""
+
+    type_annotation_map = {datetime: UtcDateTime()}
+
+
+class Association(Base):
+    """One DICOM association. state: open, released, aborted, rejected."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    instances_stored: Mapped[int] = mapped_column(default=0)
+    instances_failed: Mapped[int] = mapped_column(default=0)
+
+
+class Study(Base):
+    """A study as received. state: receiving, stable, processing, done (a late instance sets receiving)."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stable_at: Mapped[datetime | None]
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    """A series. state: receiving, stable (ready), processed; geometry_note says why it is incomplete.
+
+    ``revision`` counts how often the series was dispatched; a late instance re-opens the series
+    and its next dispatch re-issues the results with the next revision.
+    """
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    instance_count: Mapped[int] = mapped_column(default=0)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_association_id: Mapped[str | None] = mapped_column(String(36))
+    geometry_note: Mapped[str | None] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(default=0)
+    stable_at: Mapped[datetime | None]
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """A stored instance: its bytes are durably in the spool at ``path``."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    instance_number: Mapped[int | None]
+    position: Mapped[list | None] = mapped_column(JSON)
+    orientation: Mapped[list | None] = mapped_column(JSON)
+    association_id: Mapped[str | None] = mapped_column(String(36))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    times_received: Mapped[int] = mapped_column(default=1)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Quarantine(Base):
+    """An instance we refused, kept with the reason."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    association_id: Mapped[str | None] = mapped_column(String(36))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One detector run on one series. state: queued, running, done, failed.
+
+    Keyed for idempotency by (series, detector, model version, study revision).
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("series_id", "detector", "model_version", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    detector: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    revision: Mapped[int] = mapped_column(default=0)
+    rule: Mapped[str] = mapped_column(String(128))
+    destinations: Mapped[list] = mapped_column(JSON, default=list)
+    alert_channels: Mapped[list] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict | None] = mapped_column(JSON)
+    clinical_context: Mapped[dict | None] = mapped_column(JSON)
+    trigger_released_at: Mapped[datetime | None]
+
+    study: Mapped[Study] = relationship()
+    series: Mapped[Series] = relationship()
+
+
+class Artifact(Base):
+    """A result object written by a job (SR, SEG). ``predecessor_id`` links a re-issued SR."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alert(Base):
+    """An urgent finding. ``latency_s``: association release to first successful delivery."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    released_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    latency_s: Mapped[float | None] = mapped_column(Float)
+
+
+class Delivery(Base):
+    """Something to send somewhere. kind: dicom, webhook. state: pending, delivered, failed.
+
+    ``target`` names a destination or an alert channel; ``artifact_id`` or ``alert_id`` says what.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("artifact_id", "target"),
+        UniqueConstraint("alert_id", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(64))
+    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    artifact: Mapped[Artifact | None] = relationship()
+    alert: Mapped[Alert | None] = relationship()
+
+
+class AuditEvent(Base):
+    """Something a person may need to reconstruct later: rejections, recoveries, deliveries, failures."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(48), index=True)
+    subject: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,208 @@
+"""Runs one job: series → detector → SR/SEG files → artifact, delivery and alert rows.
+
+A job's outputs are committed in one transaction together with its ``done`` state, so a crash
+mid-job leaves it ``running``; recovery puts it back in the queue and the rerun rewrites the
+same result files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ai_engine.detectors.base import Detector
+from ai_engine.inputs import load_inputs
+from ai_engine.results import DetectorResult, Task
+from dicom_node.spool import safe_uid_component
+from hl7_fhir.context import ClinicalContext
+from radfusion.db import Database
+from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
+from radfusion.settings import AlertSettings
+from reports.alerts import build_ich_alert
+from reports.seg import build_seg
+from reports.sr import SrReference, build_sr
+from reports.writer import save_dataset
+
+log = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 9901
+SEG_SERIES_NUMBER = 9902
+ContextProvider = Callable[[Job], ClinicalContext]
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    """A result file written for a job, before its row exists."""
+
+    kind: str
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+
+
+def no_emr_context(job: Job) -> ClinicalContext:
+    """The context when no EMR interface is configured: the job goes on image-only."""
+    return ClinicalContext.unavailable("no EMR interface configured")
+
+
+class JobRunner:
+    """Executes claimed jobs on worker threads."""
+
+    def __init__(self, db: Database, results_dir: Path, detectors: Mapping[str, Detector],
+                 alerts: AlertSettings, context_provider: ContextProvider = no_emr_context) -> None:
+        self._db = db
+        self._results_dir = results_dir
+        self._detectors = detectors
+        self._alerts = alerts
+        self._context_provider = context_provider
+
+    def claim(self, job_id: int) -> bool:
+        """Move a queued job to running; False if another worker got it first."""
+        with self._db.session() as session:
+            claimed = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued").values(
+                state="running", started_at=utcnow(), attempts=Job.attempts + 1)).rowcount
+        return claimed == 1
+
+    def run(self, job_id: int) -> None:
+        """Run a claimed job to done or failed; never raises (the failure is recorded)."""
+        started = time.monotonic()
+        with self._db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            paths = [Path(p) for p in session.scalars(select(Instance.path).where(Instance.series_id == job.series_id))]
+            detector = self._detectors[job.detector]
+            context = self._context_provider(job)
+            study_uid, accession = job.study.study_uid, job.study.accession_number
+            predecessor = self._predecessor(session, job)
+        try:
+            inputs = load_inputs(detector.task, paths, context)
+            result = detector.detect(inputs)
+            sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in _ordered_paths(inputs)]
+            written = self._write_reports(job_id, study_uid, sources, result, predecessor, context)
+        except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
+            log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
+            with self._db.session() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(
+                    state="failed", finished_at=utcnow(), error=f"{type(exc).__name__}: {exc}"))
+                session.add(AuditEvent(kind="job_failed", subject=f"job {job_id}", detail=f"{type(exc).__name__}: {exc}"))
+                finish_study_if_idle(session, job.study_id)
+            return
+        with self._db.session() as session:
+            self._commit_outputs(session, job_id, result, written, sources, context, predecessor)
+        log.info("job %d done: %s on study %s (accession %s): %d finding(s), %.2f s", job_id, job.detector,
+                 study_uid, accession, len(result.findings), time.monotonic() - started)
+
+    def _predecessor(self, session: Session, job: Job) -> SrReference | None:
+        """The SR of the latest earlier revision of this series and detector, if any."""
+        path = session.scalar(
+            select(Artifact.path).join(Job, Artifact.job_id == Job.id)
+            .where(Job.series_id == job.series_id, Job.detector == job.detector, Job.revision < job.revision,
+                   Job.state == "done", Artifact.kind == "sr")
+            .order_by(Job.revision.desc()).limit(1))
+        return None if path is None else SrReference.from_dataset(pydicom.dcmread(path, stop_before_pixels=True))
+
+    def _write_reports(self, job_id: int, study_uid: str, sources: list[pydicom.Dataset], result: DetectorResult,
+                       predecessor: SrReference | None, context: ClinicalContext) -> list[WrittenObject]:
+        out_dir = self._results_dir / safe_uid_component(study_uid) / f"job-{job_id}"
+        segs = build_seg(sources, result, series_number=SEG_SERIES_NUMBER)
+        sr = build_sr(sources, result, series_number=SR_SERIES_NUMBER, predecessor=predecessor,
+                      segmentations=segs, clinical_summary=clinical_summary(context))
+        written = []
+        for index, ds in enumerate(segs):
+            written.append(_save(ds, "seg", out_dir / f"seg-{index}.dcm"))
+        written.append(_save(sr, "sr", out_dir / "sr.dcm"))
+        return written
+
+    def _commit_outputs(self, session: Session, job_id: int, result: DetectorResult, written: list[WrittenObject],
+                        sources: list[pydicom.Dataset], context: ClinicalContext,
+                        predecessor: SrReference | None) -> None:
+        job = session.get(Job, job_id)
+        assert job is not None
+        predecessor_id = None if predecessor is None else session.scalar(
+            select(Artifact.id).where(Artifact.sop_instance_uid == predecessor.sop_instance_uid))
+        for obj in written:
+            artifact = Artifact(job_id=job_id, kind=obj.kind, sop_class_uid=obj.sop_class_uid,
+                                sop_instance_uid=obj.sop_instance_uid, series_uid=obj.series_uid, path=str(obj.path),
+                                predecessor_id=predecessor_id if obj.kind == "sr" else None)
+            session.add(artifact)
+            session.flush()
+            for destination in job.destinations:
+                session.add(Delivery(kind="dicom", target=destination, artifact_id=artifact.id))
+        if self._is_urgent(result):
+            payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
+                                      accession_number=job.study.accession_number,
+                                      acquisition_datetime=acquisition_datetime(sources[0]), job_id=job_id,
+                                      created_at=utcnow())
+            alert = Alert(job_id=job_id, payload=payload, released_at=job.trigger_released_at)
+            session.add(alert)
+            session.flush()
+            for channel in job.alert_channels:
+                session.add(Delivery(kind="webhook", target=channel, alert_id=alert.id))
+            log.warning("URGENT: hemorrhage alert %d for study %s (accession %s)", alert.id, job.study.study_uid,
+                        job.study.accession_number)
+        job.state = "done"
+        job.finished_at = utcnow()
+        job.error = None
+        job.result = result.summary()
+        job.clinical_context = context.to_dict()
+        finish_study_if_idle(session, job.study_id)
+
+    def _is_urgent(self, result: DetectorResult) -> bool:
+        total_ml = sum(f.volume_ml or 0.0 for f in result.findings)
+        return (result.task == Task.ICH and result.positive and result.case_score >= self._alerts.ich_min_score
+                and total_ml >= self._alerts.ich_min_volume_ml)
+
+
+def finish_study_if_idle(session: Session, study_id: int) -> None:
+    """A processing study whose jobs have all ended is done."""
+    session.flush()
+    busy = session.scalar(select(Job.id).where(Job.study_id == study_id, Job.state.in_(("queued", "running"))).limit(1))
+    if busy is None:
+        session.execute(update(Study).where(Study.id == study_id, Study.state == "processing").values(state="done"))
+
+
+def _ordered_paths(inputs) -> list[Path]:  # noqa: ANN001 - DetectorInput
+    """Source files in the order the detector's masks index them."""
+    if inputs.volume is not None:
+        return list(inputs.volume.paths)
+    return [view.path for view in inputs.views]
+
+
+def _save(ds: pydicom.Dataset, kind: str, path: Path) -> WrittenObject:
+    save_dataset(ds, path)
+    return WrittenObject(kind, path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
+
+
+def clinical_summary(context: ClinicalContext) -> dict[str, str]:
+    """What the radiologist should see of the clinical inputs: each lab, or why there are none."""
+    if not context.labs:
+        return {"Clinical data": f"not used ({'; '.join(context.errors) or context.status})"}
+    return {lab.name: f"{lab.value:g} {lab.unit}" + (f" ({lab.observed_at:%Y-%m-%d})" if lab.observed_at else "")
+            for lab in context.labs.values()}
+
+
+def acquisition_datetime(ds: pydicom.Dataset) -> datetime | None:
+    """When the images were acquired (the modality's local time, as DICOM records it), or None."""
+    candidates = [
+        str(ds.get("AcquisitionDateTime", "") or ""),
+        str(ds.get("AcquisitionDate", "") or "") + str(ds.get("AcquisitionTime", "") or ""),
+        str(ds.get("SeriesDate", "") or "") + str(ds.get("SeriesTime", "") or ""),
+        str(ds.get("StudyDate", "") or "") + str(ds.get("StudyTime", "") or ""),
+    ]
+    for value in candidates:
+        if len(value) >= 8:
+            digits = value.split(".")[0][:14].ljust(14, "0")
+            try:
+                return datetime.strptime(digits, "%Y%m%d%H%M%S")
+            except ValueError:
+                continue
+    return None

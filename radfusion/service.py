@@ -1,0 +1,128 @@
+"""Service wiring: database, spool, DICOM listener, scheduler and worker pool in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import func, select
+
+from ai_engine.detectors.base import Detector
+from ai_engine.detectors.registry import create_detector
+from dicom_node.scp import ScpConfig, StorageScp, TlsConfig
+from dicom_node.spool import Spool
+from radfusion.assembly import StudyAssembler
+from radfusion.db import Database
+from radfusion.delivery import DeliveryWorker
+from radfusion.ingest import IngestRecorder
+from radfusion.models import Job
+from radfusion.pipeline import JobRunner
+from radfusion.recovery import recover
+from radfusion.routing import compile_routing
+from radfusion.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DELIVERY_INTERVAL_S = 1.0
+DISPATCH_INTERVAL_S = 1.0
+
+
+def scp_config(settings: Settings) -> ScpConfig:
+    """The listener's configuration from the settings."""
+    dicom = settings.dicom
+    tls = None
+    if dicom.tls.enabled:
+        tls = TlsConfig(dicom.tls.cert_file, dicom.tls.key_file, dicom.tls.ca_file, dicom.tls.require_client_cert)
+    return ScpConfig(
+        ae_title=dicom.ae_title, bind_address=dicom.bind_address, port=dicom.port,
+        allowed_calling_aes=frozenset(dicom.allowed_calling_aes), accept_any_calling_ae=dicom.accept_any_calling_ae,
+        require_called_ae=dicom.require_called_ae, min_free_disk_bytes=dicom.min_free_disk_mb * 1024 * 1024,
+        max_pdu_bytes=dicom.max_pdu_bytes, network_timeout_s=dicom.network_timeout_s,
+        max_associations=dicom.max_associations, tls=tls,
+    )
+
+
+class Service:
+    """radfusion in one process. ``start`` recovers, listens and schedules; ``stop`` drains."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        router = compile_routing(settings.routing)
+        names = sorted({d for rule in settings.routing for d in rule.detectors})
+        self.detectors: dict[str, Detector] = {name: create_detector(name) for name in names}
+        self.db = Database(settings.effective_database_url)
+        self.spool = Spool(settings.storage_path)
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="job")
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
+        self.assembler = StudyAssembler(self.db, router, settings.stability,
+                                        {n: d.algorithm.version for n, d in self.detectors.items()})
+        self.runner = JobRunner(self.db, self.spool.results_dir, self.detectors, settings.alerts)
+        self.deliveries = DeliveryWorker(self.db, settings)
+        self.scp = StorageScp(scp_config(settings), self.spool, IngestRecorder(self.db))
+        self.port: int | None = None
+
+    def start(self) -> int:
+        """Recover, start the listener and the scheduler; returns the DICOM port."""
+        recover(self.db)
+        self.spool.recover()
+        stability = self.settings.stability
+        self._scheduler.add_job(self._assemble, "interval", seconds=stability.check_interval_s, id="assemble",
+                                max_instances=1, coalesce=True)
+        self._scheduler.add_job(self._dispatch, "interval", seconds=DISPATCH_INTERVAL_S, id="dispatch",
+                                max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+        self._scheduler.add_job(self.deliveries.run_due, "interval", seconds=DELIVERY_INTERVAL_S, id="deliver",
+                                max_instances=1, coalesce=True)
+        self._scheduler.start()
+        self.port = self.scp.start()
+        log.info("radfusion listening as %s on %s:%d; database %s; storage %s; %d worker(s); detectors %s",
+                 self.settings.dicom.ae_title, self.settings.dicom.bind_address, self.port,
+                 self.db.engine.url.render_as_string(hide_password=True), self.settings.storage_path,
+                 self.settings.workers, ", ".join(self.detectors) or "none")
+        return self.port
+
+    def stop(self) -> None:
+        """Stop accepting, let running jobs finish, stop the scheduler."""
+        self.scp.stop()
+        self._scheduler.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
+        self.db.dispose()
+
+    def _wake(self, job_id: str) -> None:
+        self._scheduler.modify_job(job_id, next_run_time=datetime.now(timezone.utc))
+
+    def _assemble(self) -> None:
+        if self.assembler.tick():
+            self._wake("dispatch")
+
+    def _dispatch(self) -> None:
+        """Hand queued jobs to free workers."""
+        with self._lock:
+            free = self.settings.workers - len(self._running)
+        if free <= 0:
+            return
+        with self.db.session() as session:
+            ids = session.scalars(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(free)).all()
+        for job_id in ids:
+            if self.runner.claim(job_id):
+                with self._lock:
+                    self._running.add(job_id)
+                self._pool.submit(self._run_job, job_id)
+
+    def _run_job(self, job_id: int) -> None:
+        try:
+            self.runner.run(job_id)
+        finally:
+            with self._lock:
+                self._running.discard(job_id)
+            self._wake("deliver")
+            self._wake("dispatch")
+
+    def queue_depth(self) -> int:
+        """Jobs waiting for a worker."""
+        with self.db.session() as session:
+            return int(session.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0)

@@ -1,0 +1,249 @@
+"""The settings model: YAML file + ``RADFUSION_*`` environment, validated once at start-up.
+
+Precedence (highest first): keyword arguments, environment (``RADFUSION_DICOM__PORT=11113``;
+nested keys joined with ``__``), the YAML file, the defaults below. ``radfusion serve`` runs
+with no file at all. Every error names the key and the reason (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from radfusion.errors import ConfigError
+
+AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # VR AE: 16 chars, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not AE_TITLE_PATTERN.match(value):
+        raise ValueError(f"an AE title is 1-16 printable characters without backslash, got {value!r}")
+    return stripped
+
+
+AeTitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
+class Strict(BaseModel):
+    """Base of every section: unknown keys are errors, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(Strict):
+    """TLS for DICOM (PS3.15 B.1 style): our certificate and key, and the CA that signs peers."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = True
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TlsSettings:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("tls.enabled needs cert_file and key_file")
+        return self
+
+
+class DicomSettings(Strict):
+    """The DICOM listener (Storage SCP + Verification)."""
+
+    ae_title: AeTitle = "RADFUSION"
+    bind_address: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_aes: list[AeTitle] = Field(default_factory=list)
+    accept_any_calling_ae: bool = False
+    require_called_ae: bool = True
+    min_free_disk_mb: int = Field(1024, ge=0)
+    max_pdu_bytes: int = Field(0, ge=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    max_associations: int = Field(16, ge=1)
+    tls: TlsSettings = TlsSettings()
+
+
+class DestinationSettings(Strict):
+    """A DICOM node that receives results (usually the PACS)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: AeTitle
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+
+class RoutingRuleSettings(Strict):
+    """Which detectors run on which series, and where results go (see dicom_node.matching)."""
+
+    name: str = Field(min_length=1)
+    match: dict[str, Any]
+    detectors: list[str] = Field(min_length=1)
+    destinations: list[str] = Field(default_factory=list)
+    alert_channels: list[str] = Field(default_factory=list)
+
+
+class StabilitySettings(Strict):
+    """When a study counts as complete (ARCHITECTURE.md: release + settle + gap check, quiet timeout)."""
+
+    settle_s: float = Field(2.0, ge=0)
+    quiet_timeout_s: float = Field(120.0, gt=0)
+    check_interval_s: float = Field(0.5, gt=0)
+    gap_factor: float = Field(1.5, gt=1)
+
+    @model_validator(mode="after")
+    def _quiet_after_settle(self) -> StabilitySettings:
+        if self.quiet_timeout_s < self.settle_s:
+            raise ValueError(
+                f"quiet_timeout_s ({self.quiet_timeout_s}) must not be shorter than settle_s ({self.settle_s})"
+            )
+        return self
+
+
+class RetrySettings(Strict):
+    """Persistent retries with exponential backoff for every outbound delivery."""
+
+    initial_s: float = Field(2.0, gt=0)
+    factor: float = Field(2.0, ge=1)
+    max_s: float = Field(300.0, gt=0)
+    give_up_after_h: float = Field(72.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class WebhookChannelSettings(Strict):
+    """An alert channel that receives a JSON POST."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["webhook"] = "webhook"
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class AlertSettings(Strict):
+    """Urgent hemorrhage alerts."""
+
+    ich_min_volume_ml: float = Field(0.1, ge=0)
+    ich_min_score: float = Field(0.5, ge=0, le=1)
+    channels: list[WebhookChannelSettings] = Field(default_factory=list)
+
+
+def default_routing() -> list[RoutingRuleSettings]:
+    """Rules that send head CT, chest CT and mammograms to the classical baselines, results kept locally."""
+    not_scout = "!/scout|localizer|topogram|surview/i"
+    return [
+        RoutingRuleSettings(
+            name="head-ct-hemorrhage",
+            match={"Modality": "CT", "BodyPartExamined": "/head|brain|skull/i", "SeriesDescription": not_scout},
+            detectors=["ich_baseline"],
+        ),
+        RoutingRuleSettings(
+            name="chest-ct-nodule",
+            match={"Modality": "CT", "BodyPartExamined": "/chest|lung|thorax/i", "SeriesDescription": not_scout},
+            detectors=["nodule_baseline"],
+        ),
+        RoutingRuleSettings(name="mammography", match={"Modality": "MG"}, detectors=["mammo_baseline"]),
+    ]
+
+
+class Settings(BaseSettings):
+    """All of radfusion's configuration. See config/radfusion.example.yaml for every key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RADFUSION_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    storage_path: Path = Path("radfusion-data")
+    database_url: str | None = None
+    workers: int = Field(2, ge=1, le=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    dicom: DicomSettings = DicomSettings()
+    destinations: list[DestinationSettings] = Field(default_factory=list)
+    routing: list[RoutingRuleSettings] = Field(default_factory=default_routing)
+    stability: StabilitySettings = StabilitySettings()
+    retry: RetrySettings = RetrySettings()
+    alerts: AlertSettings = AlertSettings()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or a SQLite file under the storage path."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.storage_path / 'radfusion.db').resolve()}"
+
+    def destination(self, name: str) -> DestinationSettings:
+        """The destination called ``name`` (names are checked at start-up)."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        raise KeyError(name)
+
+    def channel(self, name: str) -> WebhookChannelSettings:
+        """The alert channel called ``name``."""
+        for channel in self.alerts.channels:
+            if channel.name == name:
+                return channel
+        raise KeyError(name)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        _unique("destinations", [d.name for d in self.destinations])
+        _unique("alerts.channels", [c.name for c in self.alerts.channels])
+        _unique("routing", [r.name for r in self.routing])
+        known_dest = {d.name for d in self.destinations}
+        known_chan = {c.name for c in self.alerts.channels}
+        for i, rule in enumerate(self.routing):
+            for dest in rule.destinations:
+                if dest not in known_dest:
+                    raise ValueError(f"routing[{i}].destinations: unknown destination {dest!r} (known: {sorted(known_dest)})")
+            for chan in rule.alert_channels:
+                if chan not in known_chan:
+                    raise ValueError(f"routing[{i}].alert_channels: unknown channel {chan!r} (known: {sorted(known_chan)})")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def _unique(key: str, names: list[str]) -> None:
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise ValueError(f"{key}: duplicate names {sorted(seen)}")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings; raise ConfigError whose lines name each bad key and why."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {str(config_file)!r} does not exist")
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(yaml_file=config_file)
+
+    try:
+        return FileSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, config_file)) from None
+    except (OSError, ValueError) as exc:  # YAML syntax errors arrive as ValueError subclasses
+        raise ConfigError(f"cannot read config file {str(config_file)!r}: {exc}") from None
+
+
+def format_validation_error(exc: ValidationError, config_file: Path | None) -> str:
+    """One line per problem: ``key.path: reason (got value)``."""
+    where = f" in {config_file}" if config_file else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        got = "" if err["type"] in ("missing", "value_error") else f" (got {err.get('input')!r})"
+        lines.append(f"  {key}: {message}{got}")
+    return "\n".join(lines)
