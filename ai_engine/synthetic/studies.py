@@ -1,0 +1,94 @@
+"""Synthetic phantom studies written as real DICOM, with their ground truth.
+
+``write_study`` is what tests, benchmarks, the demo and training use to get a study a PACS
+could have sent. Everything is drawn from one seeded numpy Generator, so a seed is a study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from ai_engine.errors import SyntheticError
+from ai_engine.synthetic.chest_ct import CHEST_SLICES, chest_spacing, make_chest_ct
+from ai_engine.synthetic.dicom_writer import StudyHeader, write_ct_series, write_mammo_view
+from ai_engine.synthetic.head_ct import HEAD_SLICES, head_spacing, make_head_ct
+from ai_engine.synthetic.mammo_phantom import VIEWS, make_mammo_views, mammo_spacing
+from ai_engine.synthetic.truth import LesionTruth
+
+STUDY_KINDS = ("head_ct", "chest_ct", "mammo")
+MIN_ROWS = 64
+
+__all__ = ["STUDY_KINDS", "LesionTruth", "SyntheticStudy", "write_study"]
+
+
+@dataclass(frozen=True)
+class SyntheticStudy:
+    """The files of one written study, its identifiers and the truth of its lesions."""
+
+    paths: list[Path]
+    study_instance_uid: str
+    series_instance_uids: list[str]
+    accession_number: str
+    patient_id: str
+    lesions: list[LesionTruth]
+
+
+def _header(rng: np.random.Generator, seed: int, kind: str, patient_id: str | None,
+            accession_number: str | None) -> StudyHeader:
+    """Identity of a synthetic patient and study; names say SYNTHETIC so nobody mistakes them."""
+    study_day = date(2024, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
+    birth = study_day - timedelta(days=int(rng.integers(30 * 365, 85 * 365)))
+    sex = "F" if kind == "mammo" else str(rng.choice(["F", "M"]))
+    return StudyHeader(
+        patient_id=patient_id or f"SYN{seed:08d}",
+        patient_name=f"SYNTHETIC^PHANTOM{seed}",
+        accession_number=accession_number or f"SYNACC{seed:08d}{STUDY_KINDS.index(kind)}",
+        study_instance_uid=generate_uid(),
+        study_date=study_day.strftime("%Y%m%d"),
+        study_time=f"{int(rng.integers(0, 24)):02d}{int(rng.integers(0, 60)):02d}00",
+        patient_birth_date=birth.strftime("%Y%m%d"),
+        patient_sex=sex,
+    )
+
+
+def write_study(kind: str, out_dir: Path, *, seed: int = 0, lesion: bool = True, rows: int = 512,
+                slices: int | None = None, patient_id: str | None = None,
+                accession_number: str | None = None) -> SyntheticStudy:
+    """Generate a phantom study of ``kind`` ("head_ct", "chest_ct", "mammo") and write it to ``out_dir``.
+
+    ``rows`` is the image matrix (CT: rows x rows; mammo: image height, width 3/4 of it);
+    ``slices`` defaults to 40 x 5 mm for head CT and 120 x 2.5 mm for chest CT.
+    """
+    if kind not in STUDY_KINDS:
+        raise SyntheticError(f"study kind must be one of {STUDY_KINDS}, got {kind!r}")
+    if rows < MIN_ROWS:
+        raise SyntheticError(f"rows must be at least {MIN_ROWS} for a recognisable phantom, got {rows}")
+    if slices is not None and slices < 8:
+        raise SyntheticError(f"slices must be at least 8, got {slices}")
+    rng = np.random.default_rng(seed)
+    header = _header(rng, seed, kind, patient_id, accession_number)
+    out_dir = Path(out_dir)
+    if kind == "mammo":
+        laterality = str(rng.choice(["L", "R"]))
+        images, truths = make_mammo_views(rng, rows, laterality, lesion)
+        series_uid = generate_uid()
+        paths = [write_mammo_view(image, mammo_spacing(rows), out_dir, header, laterality=laterality,
+                                  view=view, series_uid=series_uid, instance_number=i + 1)
+                 for i, (image, view) in enumerate(zip(images, VIEWS, strict=True))]
+        return SyntheticStudy(paths, header.study_instance_uid, [series_uid], header.accession_number,
+                              header.patient_id, truths)
+    if kind == "head_ct":
+        hu, truths = make_head_ct(rng, rows, slices or HEAD_SLICES, lesion)
+        spacing, body_part, description, signed = head_spacing(rows), "HEAD", "HEAD CT", False
+    else:
+        hu, truths = make_chest_ct(rng, rows, slices or CHEST_SLICES, lesion)
+        spacing, body_part, description, signed = chest_spacing(rows), "CHEST", "CHEST CT", True
+    paths, series_uid = write_ct_series(hu, spacing, out_dir, header, frame_of_reference_uid=generate_uid(),
+                                        body_part=body_part, description=description, signed=signed)
+    return SyntheticStudy(paths, header.study_instance_uid, [series_uid], header.accession_number,
+                          header.patient_id, truths)
