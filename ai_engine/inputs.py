@@ -1,0 +1,22 @@
+"""Turn the files of a study into a DetectorInput for a task: a CT volume or mammography views."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ai_engine.detectors.base import DetectorInput
+from ai_engine.mammo import load_views
+from ai_engine.results import Task
+from ai_engine.volume import load_series
+
+if TYPE_CHECKING:
+    from hl7_fhir.context import ClinicalContext
+
+
+def load_inputs(task: Task, paths: Sequence[Path | str], context: ClinicalContext | None = None) -> DetectorInput:
+    """Load ``paths`` the way ``task`` needs them (views for mammography, one volume otherwise)."""
+    if Task(task) is Task.MAMMOGRAPHY:
+        return DetectorInput(views=load_views(paths), context=context)
+    return DetectorInput(volume=load_series(paths), context=context)

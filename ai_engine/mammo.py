@@ -1,0 +1,99 @@
+"""Mammography views: one image per view with its laterality, view and pixel spacing.
+
+Brighter always means denser here (MONOCHROME1 images are inverted on load), so detectors
+need not care how the modality stored them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from ai_engine.errors import VolumeError
+
+# View Code Sequence codes (SNOMED CT, and the legacy SNOMED-RT ones) -> ViewPosition term.
+VIEW_CODE_TO_POSITION: dict[str, str] = {
+    "399162004": "CC", "R-10242": "CC",
+    "399368009": "MLO", "R-10226": "MLO",
+    "399260004": "ML", "R-10224": "ML",
+    "399352003": "LM", "R-10228": "LM",
+    "399192003": "XCCL", "R-1024A": "XCCL",
+}
+VIEW_ORDER = ("CC", "MLO", "ML", "LM", "XCCL")
+
+
+@dataclass
+class MammoView:
+    """One mammogram: float32 pixels (brighter = denser), spacing (row, col) mm and identity."""
+
+    array: np.ndarray
+    pixel_spacing_mm: tuple[float, float]
+    laterality: str
+    view: str
+    sop_instance_uid: str
+    path: Path
+    series_instance_uid: str
+    study_instance_uid: str
+
+
+def _laterality(ds: pydicom.Dataset, path: Path) -> str:
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword, "") or "").upper()
+        if value in ("L", "R"):
+            return value
+    raise VolumeError(f"{path}: mammogram has no ImageLaterality or Laterality of L or R")
+
+
+def _view(ds: pydicom.Dataset, path: Path) -> str:
+    position = str(ds.get("ViewPosition", "") or "").upper()
+    if position:
+        return position
+    for item in ds.get("ViewCodeSequence", []):
+        code = str(item.get("CodeValue", ""))
+        if code in VIEW_CODE_TO_POSITION:
+            return VIEW_CODE_TO_POSITION[code]
+    raise VolumeError(f"{path}: mammogram has neither ViewPosition nor a known View Code Sequence code")
+
+
+def _spacing(ds: pydicom.Dataset, path: Path) -> tuple[float, float]:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in ds and ds[keyword].value:
+            row, col = (float(v) for v in ds[keyword].value)
+            return (row, col)
+    raise VolumeError(f"{path}: mammogram has neither PixelSpacing nor ImagerPixelSpacing")
+
+
+def load_view(path: Path) -> MammoView:
+    """Read one single-frame mammogram."""
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise VolumeError(f"{path}: has no Pixel Data")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise VolumeError(f"{path}: multi-frame mammograms (tomosynthesis) are not supported")
+    array = ds.pixel_array.astype(np.float32)
+    array = array * np.float32(float(ds.get("RescaleSlope", 1.0))) + np.float32(float(ds.get("RescaleIntercept", 0.0)))
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        array = array.max() - array
+    return MammoView(array=array, pixel_spacing_mm=_spacing(ds, path), laterality=_laterality(ds, path),
+                     view=_view(ds, path), sop_instance_uid=str(ds.SOPInstanceUID), path=path,
+                     series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))
+
+
+def load_views(paths: Sequence[Path | str]) -> list[MammoView]:
+    """Read the views of one study, ordered by laterality then CC, MLO, ... so view_index is stable."""
+    if not paths:
+        raise VolumeError("no files given for the mammography views")
+    views = [load_view(Path(p)) for p in paths]
+    studies = {v.study_instance_uid for v in views}
+    if len(studies) != 1:
+        raise VolumeError(f"mammography views must belong to one study, got {len(studies)} StudyInstanceUIDs")
+
+    def order(view: MammoView) -> tuple[str, int, str]:
+        rank = VIEW_ORDER.index(view.view) if view.view in VIEW_ORDER else len(VIEW_ORDER)
+        return (view.laterality, rank, view.sop_instance_uid)
+
+    return sorted(views, key=order)

@@ -1,0 +1,139 @@
+"""One CT series as a regular volume in Hounsfield units, with its patient-space geometry.
+
+Detectors need evenly spaced, parallel slices; anything else (gantry tilt, a missing
+slice, mixed orientations) is rejected with the reason instead of being silently resampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from ai_engine.errors import VolumeError
+
+ORIENTATION_TOLERANCE = 1e-4
+TILT_TOLERANCE = 1e-3  # in-plane drift per mm along the normal (about 0.06 degrees)
+SPACING_TOLERANCE = 0.1  # fraction of the median slice step
+
+
+@dataclass
+class Volume:
+    """HU voxels (z, y, x) float32 and where they lie in patient LPS space.
+
+    ``direction`` rows are the row direction (+x index), the column direction (+y index) and
+    the slice normal (+z index); ``origin_mm`` is the first voxel of the first slice.
+    """
+
+    array: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    direction: np.ndarray
+    sop_instance_uids: list[str]
+    paths: list[Path]
+    series_instance_uid: str
+    study_instance_uid: str
+
+    def voxel_to_patient(self, zyx: Sequence[float]) -> tuple[float, float, float]:
+        """Patient LPS position (x, y, z) mm of a (possibly fractional) voxel index (z, y, x)."""
+        z, y, x = (float(v) for v in zyx)
+        dz, dy, dx = self.spacing_mm
+        point = (np.asarray(self.origin_mm) + x * dx * self.direction[0] + y * dy * self.direction[1]
+                 + z * dz * self.direction[2])
+        return (float(point[0]), float(point[1]), float(point[2]))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+
+def _read(path: Path) -> pydicom.Dataset:
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise VolumeError(f"{path}: has no Pixel Data; a volume needs image instances")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise VolumeError(f"{path}: multi-frame images ({frames} frames) are not supported; "
+                          "send the series as single-frame instances")
+    for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        if keyword not in ds:
+            raise VolumeError(f"{path}: missing {keyword}, needed to place the slice in patient space")
+    return ds
+
+
+def _single(values: set[str], what: str) -> str:
+    if len(values) != 1:
+        raise VolumeError(f"files must belong to one {what}, got {len(values)}: {sorted(values)[:3]}")
+    return next(iter(values))
+
+
+def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """Check that slices stack along the normal without gaps; return the steps (mm)."""
+    along = positions @ normal
+    steps = np.diff(along)
+    if np.any(steps <= 1e-3):
+        index = int(np.argmin(steps))
+        raise VolumeError(f"two slices share position {along[index]:.3f} mm along the normal; "
+                          "duplicate instances or two stacks in one series")
+    drift = positions[1:] - positions[:-1] - steps[:, None] * normal
+    tilt = np.linalg.norm(drift, axis=1) / steps
+    if np.max(tilt) > TILT_TOLERANCE:
+        angle = float(np.degrees(np.arctan(np.max(tilt))))
+        raise VolumeError(f"slices are not stacked along their normal (gantry tilt about {angle:.2f} degrees); "
+                          "tilted acquisitions are not supported")
+    median = float(np.median(steps))
+    off = np.abs(steps - median) > SPACING_TOLERANCE * median
+    if np.any(off):
+        index = int(np.argmax(off))
+        raise VolumeError(f"slice spacing must be regular: step {steps[index]:.3f} mm after slice {index} "
+                          f"differs from the median {median:.3f} mm (missing slice or gap)")
+    return steps
+
+
+def load_series(paths: Sequence[Path | str]) -> Volume:
+    """Read single-frame slices of one series, order them along the normal and stack them in HU."""
+    if not paths:
+        raise VolumeError("no files given for the volume")
+    datasets = [(Path(p), _read(Path(p))) for p in paths]
+    series_uid = _single({str(ds.SeriesInstanceUID) for _, ds in datasets}, "SeriesInstanceUID")
+    study_uid = _single({str(ds.StudyInstanceUID) for _, ds in datasets}, "StudyInstanceUID")
+    shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in datasets}
+    if len(shapes) != 1:
+        raise VolumeError(f"all slices must have the same rows x columns, got {sorted(shapes)}")
+    orientations = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in datasets])
+    if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOLERANCE:
+        raise VolumeError("slices have mixed orientations (ImageOrientationPatient differs); "
+                          "one volume needs one orientation")
+    row_dir, col_dir = orientations[0][:3], orientations[0][3:]
+    normal = np.cross(row_dir, col_dir)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in datasets])
+    order = np.argsort(positions @ normal, kind="stable")
+    datasets = [datasets[i] for i in order]
+    positions = positions[order]
+    spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for _, ds in datasets}
+    if len(spacings) != 1:
+        raise VolumeError(f"all slices must have the same PixelSpacing, got {sorted(spacings)}")
+    dy, dx = (float(v) for v in datasets[0][1].PixelSpacing)
+    if len(datasets) > 1:
+        dz = float(np.mean(_slice_steps(positions, normal)))
+    else:
+        dz = float(datasets[0][1].get("SliceThickness", 1.0) or 1.0)
+    array = np.empty((len(datasets), *next(iter(shapes))), dtype=np.float32)
+    for k, (path, ds) in enumerate(datasets):
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+        array[k] = ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return Volume(
+        array=array,
+        spacing_mm=(dz, float(dy), float(dx)),
+        origin_mm=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
+        direction=np.stack([row_dir, col_dir, normal]),
+        sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in datasets],
+        paths=[path for path, _ in datasets],
+        series_instance_uid=series_uid,
+        study_instance_uid=study_uid,
+    )
