@@ -1,0 +1,56 @@
+"""Coded concepts the report writers use, one table per meaning.
+
+Codes are checked against pydicom's DICOM/SNOMED dictionaries (DICOM PS3.16) where they
+appear there; each SEG property type is from CID 7151 or the mammography CIDs.
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.coding import Code
+
+from ai_engine.results import FindingType, Task
+
+FINDING_TYPE_CODES: dict[FindingType, Code] = {
+    FindingType.HEMORRHAGE: Code("50960005", "SCT", "Hemorrhage"),
+    FindingType.NODULE: Code("27925004", "SCT", "Nodule"),
+    FindingType.MASS: Code("4147007", "SCT", "Mass"),
+    FindingType.CALCIFICATION_CLUSTER: Code("129769006", "SCT", "Calcification Cluster"),
+}
+
+# What the case-level "present/absent" evaluation is about, per task.
+CASE_FINDING_CODES: dict[Task, Code] = {
+    Task.ICH: Code("1386000", "SCT", "Intracranial hemorrhage"),
+    Task.LUNG_NODULE: Code("27925004", "SCT", "Nodule"),
+    Task.MAMMOGRAPHY: Code("49755003", "SCT", "Morphologically abnormal structure"),
+}
+
+PROCEDURE_CODES: dict[Task, Code] = {
+    Task.ICH: Code("303653007", "SCT", "CT of head"),
+    Task.LUNG_NODULE: Code("169069000", "SCT", "CT of chest"),
+    Task.MAMMOGRAPHY: Code("71651007", "SCT", "Mammography"),
+}
+
+FINDING_SITE_CODES: dict[Task, Code] = {
+    Task.ICH: Code("128319008", "SCT", "Intracranial structure"),
+    Task.LUNG_NODULE: Code("39607008", "SCT", "Lung"),
+    Task.MAMMOGRAPHY: Code("76752008", "SCT", "Breast"),
+}
+
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+PRESENT = Code("52101004", "SCT", "Present")
+ABSENT = Code("272519000", "SCT", "Absent")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+FINDING_SITE = Code("363698007", "SCT", "Finding Site")
+FINDING_ATTRIBUTE = Code("121071", "DCM", "Finding")
+COMMENT = Code("121106", "DCM", "Comment")
+CLINICAL_INFORMATION = Code("55752-0", "LN", "Clinical Information")
+VOLUME = Code("118565006", "SCT", "Volume")
+DIAMETER = Code("81827009", "SCT", "Diameter")
+PROBABILITY = Code("122157", "DCM", "Probability")
+UNIT_ML = Code("ml", "UCUM", "milliliter")
+UNIT_MM = Code("mm", "UCUM", "millimeter")
+UNIT_PROBABILITY = Code("{probability}", "UCUM", "probability")
+# CID 7162 "Surface Processing Algorithm Families", used as the algorithm family.
+ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
+MORPHOLOGICAL_OPERATIONS = Code("123104", "DCM", "Morphological Operations")
+PROCESSING_ALGORITHM = Code("1630", "99IHE", "Processing Algorithm")
