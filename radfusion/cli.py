@@ -1,0 +1,118 @@
+"""The ``radfusion`` command line: serve, echo, status, config, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from dicom_node.errors import DicomNodeError
+from radfusion.errors import RadfusionError
+from radfusion.settings import Settings, load_settings
+
+log = logging.getLogger("radfusion")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    config = args.config or os.environ.get("RADFUSION_CONFIG")
+    return load_settings(Path(config) if config else None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM or Ctrl-C."""
+    from radfusion.logs import configure_logging
+    from radfusion.service import Service
+
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    service = Service(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    stop.wait()
+    log.info("stopping: no new associations; running jobs finish")
+    service.stop()
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """C-ECHO a configured destination."""
+    from dicom_node.contracts import RemoteNode
+    from dicom_node.scu import echo
+
+    settings = _settings(args)
+    try:
+        dest = settings.destination(args.destination)
+    except KeyError:
+        names = ", ".join(d.name for d in settings.destinations) or "none configured"
+        raise RadfusionError(f"no destination named {args.destination!r} (destinations: {names})") from None
+    seconds = echo(RemoteNode(dest.name, dest.ae_title, dest.host, dest.port, dest.tls),
+                   settings.dicom.ae_title, settings.retry.timeout_s)
+    print(f"C-ECHO {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): success in {seconds * 1000:.1f} ms")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print queue depth, recent jobs, failures and pending deliveries."""
+    from radfusion.db import Database
+    from radfusion.status import collect_status, format_status
+
+    settings = _settings(args)
+    db = Database(settings.effective_database_url)
+    status = collect_status(db)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Validate the configuration and print the effective values."""
+    settings = _settings(args)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic studies through the whole server on free ports; prints findings and alert."""
+    from radfusion.demo import run_demo
+
+    return run_demo(Path(args.workdir) if args.workdir else None, rows=args.rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands)."""
+    parser = argparse.ArgumentParser(prog="radfusion", description=__doc__)
+    parser.add_argument("--config", help="YAML settings file (default: $RADFUSION_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the DICOM listener, pipeline and deliveries").set_defaults(func=cmd_serve)
+    echo = sub.add_parser("echo", help="C-ECHO a configured destination")
+    echo.add_argument("destination")
+    echo.set_defaults(func=cmd_echo)
+    status = sub.add_parser("status", help="queue depth, recent jobs, failures, pending deliveries")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("config", help="validate the configuration and print it").set_defaults(func=cmd_config)
+    demo = sub.add_parser("demo", help="run synthetic studies through a local server and print the results")
+    demo.add_argument("--workdir", help="keep the demo's files here (default: a temporary directory)")
+    demo.add_argument("--rows", type=int, default=256, help="image size of the synthetic studies")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RadfusionError, DicomNodeError) as exc:
+        print(f"radfusion: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``radfusion status``: queue depth, recent jobs, failures and pending deliveries, from the database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from radfusion.db import Database
+from radfusion.models import Alert, Delivery, Job, Quarantine, Study, utcnow
+
+RECENT = 10
+
+
+def collect_status(db: Database) -> dict[str, object]:
+    """A JSON-ready snapshot of the work in the database (no patient identifiers)."""
+    day_ago = utcnow() - timedelta(days=1)
+    with db.session() as session:
+        def count(model, *where) -> int:  # noqa: ANN001
+            return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+        recent_jobs = session.execute(
+            select(Job.id, Job.detector, Job.state, Job.revision, Study.accession_number, Study.study_uid,
+                   Job.started_at, Job.finished_at, Job.error, Job.result)
+            .join(Study, Job.study_id == Study.id).order_by(Job.id.desc()).limit(RECENT)).all()
+        pending = session.execute(
+            select(Delivery.id, Delivery.kind, Delivery.target, Delivery.attempts, Delivery.next_attempt_at,
+                   Delivery.last_error).where(Delivery.state == "pending").order_by(Delivery.id).limit(RECENT)).all()
+        alerts = session.execute(select(Alert.id, Alert.job_id, Alert.created_at, Alert.delivered_at, Alert.latency_s)
+                                 .order_by(Alert.id.desc()).limit(RECENT)).all()
+        return {
+            "studies_receiving": count(Study, Study.state == "receiving"),
+            "jobs_queued": count(Job, Job.state == "queued"),
+            "jobs_running": count(Job, Job.state == "running"),
+            "jobs_failed": count(Job, Job.state == "failed"),
+            "deliveries_pending": count(Delivery, Delivery.state == "pending"),
+            "deliveries_failed": count(Delivery, Delivery.state == "failed"),
+            "quarantined_last_24h": count(Quarantine, Quarantine.received_at >= day_ago),
+            "recent_jobs": [{
+                "id": j.id, "detector": j.detector, "state": j.state, "revision": j.revision,
+                "accession": j.accession_number, "study_uid": j.study_uid,
+                "seconds": None if not (j.started_at and j.finished_at) else round((j.finished_at - j.started_at).total_seconds(), 2),
+                "findings": None if not j.result else len(j.result.get("findings", [])),
+                "error": j.error,
+            } for j in recent_jobs],
+            "pending_deliveries": [{
+                "id": d.id, "kind": d.kind, "target": d.target, "attempts": d.attempts,
+                "next_attempt_at": d.next_attempt_at.isoformat(), "last_error": d.last_error,
+            } for d in pending],
+            "recent_alerts": [{
+                "id": a.id, "job_id": a.job_id, "created_at": a.created_at.isoformat(),
+                "delivered": a.delivered_at is not None, "release_to_delivery_s": a.latency_s,
+            } for a in alerts],
+        }
+
+
+def format_status(status: dict[str, object]) -> str:
+    """The snapshot as text for a terminal."""
+    lines = [
+        f"studies receiving: {status['studies_receiving']}   jobs queued: {status['jobs_queued']}   "
+        f"running: {status['jobs_running']}   failed: {status['jobs_failed']}",
+        f"deliveries pending: {status['deliveries_pending']}   failed: {status['deliveries_failed']}   "
+        f"quarantined (24 h): {status['quarantined_last_24h']}",
+        "", "recent jobs:",
+    ]
+    for job in status["recent_jobs"] or []:  # type: ignore[union-attr]
+        detail = job["error"] or f"{job['findings']} finding(s)" if job["state"] in ("done", "failed") else ""
+        lines.append(f"  #{job['id']:<5} {job['detector']:<16} {job['state']:<8} rev {job['revision']}  "
+                     f"accession {job['accession'] or '-':<12} {job['seconds'] or '':>6}s  {detail}")
+    lines.append("pending deliveries:")
+    for d in status["pending_deliveries"] or []:  # type: ignore[union-attr]
+        lines.append(f"  #{d['id']:<5} {d['kind']:<8} -> {d['target']:<12} attempts {d['attempts']}  "
+                     f"next {d['next_attempt_at']}  {d['last_error'] or ''}")
+    lines.append("recent alerts:")
+    for a in status["recent_alerts"] or []:  # type: ignore[union-attr]
+        latency = "" if a["release_to_delivery_s"] is None else f"{a['release_to_delivery_s']:.2f} s after release"
+        lines.append(f"  #{a['id']:<5} job {a['job_id']}  {'delivered' if a['delivered'] else 'NOT delivered'}  {latency}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Settings: defaults run with no file, the example documents every key, errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from radfusion.errors import ConfigError
+from radfusion.settings import Settings, load_settings
+
+EXAMPLE = Path(__file__).parents[3] / "config" / "radfusion.example.yaml"
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict) and key not in ("match", "headers"):
+            keys |= _keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings()
+    assert settings.dicom.ae_title == "RADFUSION"
+    assert settings.effective_database_url.startswith("sqlite:///")
+    assert settings.effective_database_url.endswith("radfusion-data/radfusion.db")
+    assert [r.detectors for r in settings.routing] == [["ich_baseline"], ["nodule_baseline"], ["mammo_baseline"]]
+
+
+def test_example_config_equals_defaults_and_documents_every_key() -> None:
+    example = load_settings(EXAMPLE)
+    assert example.model_dump() == Settings().model_dump()
+    documented = _keys(yaml.safe_load(EXAMPLE.read_text()))
+    assert _keys(Settings().model_dump(mode="json")) - documented == set()
+
+
+def test_errors_name_each_key_and_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dicom:\n  port: 70000\n  ae_title: 'A\\\\B'\nworkers: 0\nstability:\n  settle_s: 10\n  quiet_timeout_s: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(bad)
+    text = str(err.value)
+    assert str(bad) in text
+    assert "dicom.port: Input should be less than or equal to 65535 (got 70000)" in text
+    assert "dicom.ae_title: an AE title is 1-16 printable characters without backslash" in text
+    assert "workers: Input should be greater than or equal to 1 (got 0)" in text
+    assert "quiet_timeout_s (5.0) must not be shorter than settle_s (10.0)" in text
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("dicom:\n  prot: 104\n")
+    with pytest.raises(ConfigError, match=r"dicom\.prot: Extra inputs are not permitted"):
+        load_settings(bad)
+
+
+def test_routing_must_name_configured_destinations(tmp_path: Path) -> None:
+    bad = tmp_path / "route.yaml"
+    bad.write_text(yaml.safe_dump({"routing": [{"name": "r", "match": {"Modality": "CT"},
+                                                "detectors": ["ich_baseline"], "destinations": ["pacs"]}]}))
+    with pytest.raises(ConfigError, match=r"routing\[0\]\.destinations: unknown destination 'pacs'"):
+        load_settings(bad)
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("dicom:\n  port: 104\n  allowed_calling_aes: [CT1]\nworkers: 3\n")
+    monkeypatch.setenv("RADFUSION_DICOM__PORT", "11113")
+    settings = load_settings(config)
+    assert settings.dicom.port == 11113
+    assert settings.dicom.allowed_calling_aes == ["CT1"]
+    assert settings.workers == 3
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
