@@ -65,6 +65,15 @@ class StoreSink(Protocol):
 
     def association_closed(self, association_id: str, released: bool) -> None: ...
 
+    def association_rejected(self, calling_ae: str, called_ae: str, peer: str, reason: str) -> None:
+        """Record an association the SCP refused (A-ASSOCIATE-RJ) before any data was sent.
+
+        ``peer`` is ``host:port``; ``reason`` names the rule, e.g. "calling AE title not
+        recognised". Hospital IT needs to see these: a misconfigured modality looks exactly
+        like a silent modality otherwise.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class RemoteNode:

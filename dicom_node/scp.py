@@ -1,0 +1,423 @@
+"""Storage SCP + Verification (pynetdicom 3): receive instances into the spool and tell the sink.
+
+C-STORE statuses this SCP answers (every failure is logged and reported to
+``sink.instance_rejected``):
+
+========  ==========================================================================
+status    meaning
+========  ==========================================================================
+0x0000    stored (also for a duplicate SOP Instance UID: the file is replaced atomically)
+0xA700    refused, out of resources: free disk below ``min_free_disk_bytes``; nothing written
+0xA701    refused, out of resources: writing the spool file failed (OSError); nothing kept
+0xA702    refused, out of resources: the sink (database) could not record the instance;
+          the bytes are kept in quarantine, a later resend can succeed
+0xC210    cannot understand: the dataset cannot be parsed (or is truncated); quarantined
+0xC212    cannot understand: Study, Series or SOP Instance UID missing; quarantined
+0xC213    cannot understand: dataset SOP Instance UID differs from the C-STORE request's;
+          quarantined
+0xC214    cannot understand: a UID is not a valid DICOM UID (e.g. ``1.2/../../x``);
+          quarantined, never used as a path
+0xC2FF    cannot understand: unexpected error inside the handler (logged with traceback)
+========  ==========================================================================
+
+0xC211 is deliberately unused: pynetdicom answers it when a handler raises, which this one
+does not.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_node.contracts import AssociationInfo, StoredInstance, StoreSink
+from dicom_node.errors import ConfigError, InvalidUidError, SpoolPathError
+from dicom_node.header import instance_attributes
+from dicom_node.rejection import describe_rejection
+from dicom_node.sockets import set_tcp_nodelay
+from dicom_node.spool import Spool
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.events import Event
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    from dicom_node.tls import TlsConfig
+
+LOG = logging.getLogger(__name__)
+
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+"""Transfer syntaxes offered for every storage SOP class (stored as received, never transcoded)."""
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_SHOWN_UID_LIMIT = 80
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses; the module docstring says when each is sent."""
+
+    SUCCESS = 0x0000
+    DISK_FLOOR = 0xA700
+    SPOOL_WRITE_FAILED = 0xA701
+    SINK_FAILED = 0xA702
+    UNPARSABLE = 0xC210
+    MISSING_UID = 0xC212
+    SOP_UID_MISMATCH = 0xC213
+    INVALID_UID = 0xC214
+    INTERNAL_ERROR = 0xC2FF
+
+
+@dataclass(frozen=True)
+class ScpConfig:
+    """Listener settings, validated at construction so a bad config fails before listening."""
+
+    ae_title: str
+    bind_address: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aes: frozenset[str] = frozenset()
+    accept_any_calling_ae: bool = False
+    require_called_ae: bool = True
+    min_free_disk_bytes: int = 1 << 30
+    max_pdu_bytes: int = 0
+    network_timeout_s: float = 60.0
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    max_associations: int = 10
+    tls: TlsConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ae_title.strip() or len(self.ae_title) > 16:
+            raise ConfigError(f"ae_title {self.ae_title!r} must be 1 to 16 characters")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is outside 0..65535")
+        if self.accept_any_calling_ae and self.allowed_calling_aes:
+            raise ConfigError(
+                "accept_any_calling_ae is true and allowed_calling_aes is set "
+                f"({sorted(self.allowed_calling_aes)}): choose one"
+            )
+        if not self.accept_any_calling_ae and not self.allowed_calling_aes:
+            raise ConfigError(
+                "allowed_calling_aes is empty and accept_any_calling_ae is false: no modality could connect"
+            )
+        for calling_ae in self.allowed_calling_aes:
+            if not calling_ae.strip() or len(calling_ae) > 16:
+                raise ConfigError(f"allowed_calling_aes entry {calling_ae!r} must be 1 to 16 characters")
+        for name in ("min_free_disk_bytes", "max_pdu_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} {getattr(self, name)} must be >= 0")
+        for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} {getattr(self, name)} must be > 0")
+        if self.max_associations < 1:
+            raise ConfigError(f"max_associations {self.max_associations} must be >= 1")
+
+
+class _Rejected(Exception):
+    """An instance that fails a check: carries the status to answer and the reason to record."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _shown(uid: object) -> str:
+    """A received UID for a log line: repr, truncated (it may be hostile)."""
+    text = repr(uid)
+    return text if len(text) <= _SHOWN_UID_LIMIT else text[:_SHOWN_UID_LIMIT] + "...'"
+
+
+def _check_complete(dataset: Dataset) -> None:
+    """Raise if the last element is shorter than its declared length (pydicom accepts that silently)."""
+    tags = list(dataset.keys())
+    if not tags:
+        raise ValueError("dataset has no elements")
+    last = dataset.get_item(tags[-1])
+    if isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH and last.value is not None:
+        if len(last.value) < last.length:
+            raise ValueError(f"element {last.tag} truncated: {len(last.value)} of {last.length} bytes")
+
+
+def _parse(data: bytes, claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
+    """Parse the file bytes; return the dataset and its (study, series, SOP instance) UIDs."""
+    try:
+        dataset = dcmread(io.BytesIO(data))
+        _check_complete(dataset)
+        study_uid, series_uid, sop_uid = (
+            str(dataset.get(keyword, "") or "")
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        )
+    except Exception as exc:  # pydicom raises many types on malformed input; all mean "cannot parse"
+        raise _Rejected(StoreStatus.UNPARSABLE, f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    missing = [name for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
+                                      ("SOPInstanceUID", sop_uid)) if not uid]
+    if missing:
+        raise _Rejected(StoreStatus.MISSING_UID, f"dataset lacks {', '.join(missing)}")
+    if sop_uid != claimed_sop_uid:
+        raise _Rejected(
+            StoreStatus.SOP_UID_MISMATCH,
+            f"dataset SOPInstanceUID {_shown(sop_uid)} differs from the C-STORE request's {_shown(claimed_sop_uid)}",
+        )
+    return dataset, study_uid, series_uid, sop_uid
+
+
+class StorageScp:
+    """A Storage + Verification SCP writing into a :class:`Spool` and reporting to a ``StoreSink``."""
+
+    def __init__(self, config: ScpConfig, spool: Spool, sink: StoreSink) -> None:
+        self.config = config
+        self.spool = spool
+        self.sink = sink
+        self._ae: AE | None = None
+        self._server: ThreadedAssociationServer | None = None
+        self._associations: dict[Association, AssociationInfo] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> int:
+        """Recover the spool, start listening in the background; return the bound port."""
+        if self._server is not None:
+            raise RuntimeError(f"SCP {self.config.ae_title} is already listening")
+        removed = self.spool.recover()
+        if removed:
+            LOG.warning("removed %d leftover temp files from %s", removed, self.spool.incoming_tmp)
+        ae = self._build_ae()
+        handlers = [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_C_STORE, self._handle_store),
+        ]
+        ssl_context = self.config.tls.server_context() if self.config.tls else None
+        server = ae.start_server((self.config.bind_address, self.config.port), block=False,
+                                 evt_handlers=handlers, ssl_context=ssl_context)
+        assert server is not None  # block=False always returns the server
+        self._ae, self._server = ae, server
+        port = int(server.server_address[1])
+        LOG.info("SCP %s listening on %s:%d%s", self.config.ae_title, self.config.bind_address, port,
+                 " (TLS)" if ssl_context else "")
+        return port
+
+    def stop(self) -> None:
+        """Abort open associations and stop listening."""
+        if self._ae is not None:
+            self._ae.shutdown()
+        self._ae = self._server = None
+
+    def _build_ae(self) -> AE:
+        config = self.config
+        ae = AE(ae_title=config.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        ae.add_supported_context(Verification)
+        # pynetdicom treats an empty list as "anyone": accept_any is the only way to get that here.
+        ae.require_calling_aet = [] if config.accept_any_calling_ae else sorted(config.allowed_calling_aes)
+        ae.require_called_aet = config.require_called_ae
+        ae.maximum_pdu_size = config.max_pdu_bytes
+        ae.maximum_associations = config.max_associations
+        ae.network_timeout = config.network_timeout_s
+        ae.acse_timeout = config.acse_timeout_s
+        ae.dimse_timeout = config.dimse_timeout_s
+        return ae
+
+    # -- association events -------------------------------------------------------------
+
+    def _on_established(self, event: Event) -> None:
+        assoc = event.assoc
+        info = AssociationInfo(
+            association_id=str(uuid.uuid4()),
+            calling_ae=assoc.requestor.ae_title,
+            called_ae=assoc.acceptor.ae_title,
+            peer_address=assoc.requestor.address,
+            peer_port=assoc.requestor.port,
+            started_at=datetime.now(timezone.utc),
+        )
+        with self._lock:
+            self._associations[assoc] = info
+        LOG.info("association %s opened: %s -> %s from %s:%d", info.association_id, info.calling_ae,
+                 info.called_ae, info.peer_address, info.peer_port)
+        try:
+            self.sink.association_opened(info)
+        except Exception:
+            LOG.exception("sink could not record association %s opened", info.association_id)
+
+    def _on_rejected(self, event: Event) -> None:
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        response = assoc.acceptor.primitive
+        calling_ae = str(request.calling_ae_title) if request else assoc.requestor.ae_title
+        called_ae = str(request.called_ae_title) if request else ""
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        reason = describe_rejection(response.result, response.result_source, response.diagnostic)
+        LOG.warning("association rejected: calling AE %r, called AE %r, peer %s: %s",
+                    calling_ae, called_ae, peer, reason)
+        try:
+            self.sink.association_rejected(calling_ae, called_ae, peer, reason)
+        except Exception:
+            LOG.exception("sink could not record the rejection of %r from %s", calling_ae, peer)
+
+    def _on_released(self, event: Event) -> None:
+        self._close(event.assoc, released=True)
+
+    def _on_aborted(self, event: Event) -> None:
+        self._close(event.assoc, released=False)
+
+    def _on_conn_close(self, event: Event) -> None:
+        """A connection that ends without release or abort (network error) counts as not released."""
+        self._close(event.assoc, released=False)
+
+    def _close(self, assoc: Association, released: bool) -> None:
+        with self._lock:
+            info = self._associations.pop(assoc, None)
+        if info is None:
+            return
+        LOG.info("association %s %s", info.association_id, "released" if released else "aborted or dropped")
+        try:
+            self.sink.association_closed(info.association_id, released)
+        except Exception:
+            LOG.exception("sink could not record association %s closed", info.association_id)
+
+    # -- C-STORE --------------------------------------------------------------------------
+
+    def _handle_store(self, event: Event) -> int:
+        """EVT_C_STORE handler: never raises; every outcome is a :class:`StoreStatus`."""
+        started = time.perf_counter()
+        with self._lock:
+            info = self._associations[event.assoc]
+        claimed_uid = str(event.request.AffectedSOPInstanceUID)
+        try:
+            status = self._store(event, info, claimed_uid)
+        except Exception:
+            LOG.exception("C-STORE of %s on association %s failed unexpectedly",
+                          _shown(claimed_uid), info.association_id)
+            self._report_rejection(info, "internal error in the C-STORE handler", None, claimed_uid)
+            return StoreStatus.INTERNAL_ERROR
+        LOG.debug("C-STORE %s -> 0x%04X in %.1f ms", _shown(claimed_uid), status,
+                  1000 * (time.perf_counter() - started))
+        return status
+
+    def _store(self, event: Event, info: AssociationInfo, claimed_uid: str) -> StoreStatus:
+        free = self.spool.free_bytes()
+        if free < self.config.min_free_disk_bytes:
+            reason = f"free disk {free} bytes is below the floor of {self.config.min_free_disk_bytes} bytes"
+            LOG.error("refusing %s on association %s: %s", _shown(claimed_uid), info.association_id, reason)
+            self._report_rejection(info, reason, None, claimed_uid)
+            return StoreStatus.DISK_FLOOR
+
+        data = self._file_bytes(event)
+        try:
+            dataset, study_uid, series_uid, sop_uid = _parse(data, claimed_uid)
+            try:
+                path = self.spool.instance_path(study_uid, series_uid, sop_uid)
+            except (InvalidUidError, SpoolPathError) as exc:
+                raise _Rejected(StoreStatus.INVALID_UID, str(exc)) from exc
+            attributes = instance_attributes(dataset)
+        except _Rejected as rejected:
+            return self._quarantine(info, data, rejected, claimed_uid)
+
+        existed = path.exists()
+        try:
+            size = self.spool.write_durably(path, data)
+        except OSError as exc:
+            reason = f"writing {path} failed: {exc}"
+            LOG.error("refusing %s on association %s: %s", sop_uid, info.association_id, reason)
+            self._report_rejection(info, reason, None, sop_uid)
+            return StoreStatus.SPOOL_WRITE_FAILED
+
+        instance = StoredInstance(
+            association_id=info.association_id,
+            path=path,
+            sop_class_uid=str(event.request.AffectedSOPClassUID),
+            sop_instance_uid=sop_uid,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            size_bytes=size,
+            attributes=attributes,
+        )
+        try:
+            is_new = self.sink.instance_stored(instance)
+        except Exception as exc:
+            reason = f"sink could not record the instance: {type(exc).__name__}: {exc}"
+            LOG.exception("instance %s (accession %s) on association %s: %s", sop_uid,
+                          attributes["AccessionNumber"], info.association_id, reason)
+            # A replaced duplicate stays in place (its earlier row points at it); keep a copy instead.
+            quarantined = (self.spool.quarantine(data, reason, info.calling_ae, info.association_id, sop_uid)
+                           if existed else
+                           self.spool.quarantine_file(path, reason, info.calling_ae, info.association_id, sop_uid))
+            self._report_rejection(info, reason, quarantined, sop_uid)
+            return StoreStatus.SINK_FAILED
+        LOG.info("stored %s (study %s, accession %s, %d bytes)%s on association %s", sop_uid, study_uid,
+                 attributes["AccessionNumber"], size, "" if is_new else " again, replaced", info.association_id)
+        return StoreStatus.SUCCESS
+
+    @staticmethod
+    def _file_bytes(event: Event) -> bytes:
+        """Preamble + file meta + the dataset exactly as received (no decode, no re-encode)."""
+        meta = io.BytesIO()
+        write_file_meta_info(meta, event.file_meta, enforce_standard=True)
+        return b"".join((_PREAMBLE, meta.getbuffer(), event.request.DataSet.getbuffer()))
+
+    def _quarantine(self, info: AssociationInfo, data: bytes, rejected: _Rejected, claimed_uid: str) -> StoreStatus:
+        LOG.warning("rejecting %s on association %s with 0x%04X: %s", _shown(claimed_uid), info.association_id,
+                    rejected.status, rejected.reason)
+        try:
+            path: Path | None = self.spool.quarantine(data, rejected.reason, info.calling_ae, info.association_id,
+                                                      claimed_uid)
+        except OSError:
+            LOG.exception("could not quarantine %s from association %s", _shown(claimed_uid), info.association_id)
+            path = None
+        self._report_rejection(info, rejected.reason, path, claimed_uid)
+        return rejected.status
+
+    def _report_rejection(self, info: AssociationInfo, reason: str, path: Path | None, sop_uid: str | None) -> None:
+        try:
+            self.sink.instance_rejected(info.association_id, reason, path, sop_uid)
+        except Exception:
+            LOG.exception("sink could not record a rejection on association %s", info.association_id)

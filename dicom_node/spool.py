@@ -1,0 +1,159 @@
+"""The spool: where received instances land, durably, under paths that cannot escape the root.
+
+Layout under ``root``::
+
+    incoming-tmp/                       temp files being written (removed by recover())
+    instances/<study>/<series>/<sop>.dcm
+    quarantine/<uuid>.dcm + <uuid>.json rejected bytes and why
+    results/                            objects radfusion produced, before sending
+
+A final file appears only through ``os.replace`` of a fully written, fsynced temp file, so a
+crash leaves temp files behind, never a half-written instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dicom_node.errors import InvalidUidError, SpoolPathError
+
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_UID_LENGTH = 64
+_REPR_LIMIT = 80
+
+Chunks = bytes | bytearray | memoryview | Iterable[bytes | bytearray | memoryview]
+
+
+def safe_uid_component(uid: str) -> str:
+    """Return ``uid`` unchanged if it is a valid DICOM UID, which makes it a safe path component."""
+    if not isinstance(uid, str) or len(uid) > MAX_UID_LENGTH or not UID_PATTERN.fullmatch(uid):
+        shown = repr(uid)
+        if len(shown) > _REPR_LIMIT:
+            shown = shown[:_REPR_LIMIT] + "...'"
+        raise InvalidUidError(
+            f"UID {shown} is not a valid DICOM UID (digits and dots, at most {MAX_UID_LENGTH} chars)"
+        )
+    return uid
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename or a new entry in ``directory`` survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Spool directories under one root, with durable writes and a quarantine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.incoming_tmp = self.root / "incoming-tmp"
+        self.instances = self.root / "instances"
+        self.quarantine_dir = self.root / "quarantine"
+        self.results = self.root / "results"
+        for directory in (self.incoming_tmp, self.instances, self.quarantine_dir, self.results):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def recover(self) -> int:
+        """Remove temp files a crash left behind; return how many were removed."""
+        removed = 0
+        for leftover in self.incoming_tmp.iterdir():
+            if leftover.is_file() or leftover.is_symlink():
+                leftover.unlink()
+                removed += 1
+        if removed:
+            _fsync_directory(self.incoming_tmp)
+        return removed
+
+    def free_bytes(self) -> int:
+        """Bytes free to unprivileged users on the spool's filesystem."""
+        return shutil.disk_usage(self.root).free
+
+    def inside(self, path: Path) -> Path:
+        """Return ``path`` resolved, or raise if it resolves outside the spool root."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.root):
+            raise SpoolPathError(f"path {str(path)!r} resolves to {str(resolved)!r}, outside spool {self.root}")
+        return resolved
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """Final path ``instances/<study>/<series>/<sop>.dcm``; each UID must be a valid UID."""
+        path = (
+            self.instances
+            / safe_uid_component(study_uid)
+            / safe_uid_component(series_uid)
+            / f"{safe_uid_component(sop_instance_uid)}.dcm"
+        )
+        return self.inside(path)
+
+    def write_durably(self, path: Path, data: Chunks) -> int:
+        """Write ``data`` to ``path`` via temp file, fsync, rename, directory fsync; return the size."""
+        target = self.inside(path)
+        self._make_directories(target.parent)
+        chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+        fd, tmp_name = tempfile.mkstemp(dir=self.incoming_tmp, suffix=".part")
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    size += handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        _fsync_directory(target.parent)
+        return size
+
+    def quarantine(self, data: Chunks, reason: str, calling_ae: str, association_id: str,
+                   sop_instance_uid: str | None = None) -> Path:
+        """Keep rejected bytes under a fresh uuid name with a JSON sidecar saying why."""
+        target = self.quarantine_dir / f"{uuid.uuid4()}.dcm"
+        self.write_durably(target, data)
+        self._write_sidecar(target, reason, calling_ae, association_id, sop_instance_uid)
+        return target
+
+    def quarantine_file(self, path: Path, reason: str, calling_ae: str, association_id: str,
+                        sop_instance_uid: str | None = None) -> Path:
+        """Move an already stored spool file into quarantine (same filesystem: a rename)."""
+        source = self.inside(path)
+        target = self.quarantine_dir / f"{uuid.uuid4()}.dcm"
+        os.replace(source, target)
+        _fsync_directory(self.quarantine_dir)
+        _fsync_directory(source.parent)
+        self._write_sidecar(target, reason, calling_ae, association_id, sop_instance_uid)
+        return target
+
+    def _write_sidecar(self, target: Path, reason: str, calling_ae: str, association_id: str,
+                       sop_instance_uid: str | None) -> None:
+        sidecar = {
+            "reason": reason,
+            "quarantined_at": datetime.now(timezone.utc).isoformat(),
+            "calling_ae": calling_ae,
+            "association_id": association_id,
+            "sop_instance_uid": sop_instance_uid,
+        }
+        self.write_durably(target.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
+
+    def _make_directories(self, directory: Path) -> None:
+        """Create ``directory`` and fsync the parent of each directory created, so entries persist."""
+        missing: list[Path] = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        for created in reversed(missing):
+            _fsync_directory(created.parent)

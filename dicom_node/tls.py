@@ -1,0 +1,46 @@
+"""TLS settings for the SCP (and a matching client context for the SCU), built into ``ssl.SSLContext``."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate and key; ``ca_file`` verifies client certificates when they are required."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"tls.{name}: {str(path)!r} is not a readable file")
+        if self.require_client_cert and self.ca_file is None:
+            raise ConfigError("tls.require_client_cert is true but tls.ca_file is not set: nothing to verify against")
+
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS 1.2+ server context for the SCP's listening socket."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(certfile=str(self.cert_file), keyfile=str(self.key_file))
+        if self.ca_file is not None:
+            context.load_verify_locations(cafile=str(self.ca_file))
+        context.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_NONE
+        return context
+
+
+def client_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ client context that verifies the server against ``ca_file`` (and can present a cert)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file) if key_file else None)
+    return context

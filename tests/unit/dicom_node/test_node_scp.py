@@ -1,0 +1,222 @@
+"""StorageScp over real associations on loopback: pynetdicom and dcmtk storescu as senders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pynetdicom._config
+import pytest
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
+from pynetdicom import AE
+
+from dicom_node.scp import ScpConfig, StoreStatus
+from dicom_node.errors import ConfigError
+from tests.peers import storescu
+from tests.unit.dicom_node.helpers import RecordingSink, ct_dataset, write_ct
+
+
+def pyscu(port: int, calling_ae: str = "PYSCU", called_ae: str = "RADFUSION",
+          transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)):  # noqa: ANN201
+    ae = AE(ae_title=calling_ae)
+    for ts in transfer_syntaxes:
+        ae.add_requested_context(CTImageStorage, ts)
+    return ae.associate("127.0.0.1", port, ae_title=called_ae)
+
+
+def spool_files(root: Path, sub: str) -> list[Path]:
+    return sorted(p for p in (root / sub).rglob("*") if p.is_file())
+
+
+def test_storescu_stores_files_at_uid_paths_and_sink_hears_everything(start_scp, tmp_path: Path) -> None:
+    node = start_scp()
+    study, series = generate_uid(), generate_uid()
+    files = [write_ct(tmp_path, f"ct{i}.dcm", study_uid=study, series_uid=series, index=i) for i in range(3)]
+    result = storescu(node.port, [p for p, _ in files])
+    assert result.returncode == 0, result.stderr
+    for path, ds in files:
+        stored = node.spool.instances / study / series / f"{ds.SOPInstanceUID}.dcm"
+        assert stored.read_bytes()[132:] != b""
+        assert dcmread(stored).PixelData == ds.PixelData
+    assert [s.sop_instance_uid for s in node.sink.stored] == [ds.SOPInstanceUID for _, ds in files]
+    first = node.sink.stored[0]
+    assert first.attributes["Modality"] == "CT"
+    assert first.attributes["ImagePositionPatient"] == [0.0, 0.0, 0.0]
+    assert first.attributes["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert first.attributes["AccessionNumber"] == "ACC1"
+    assert first.attributes["ViewPosition"] is None
+    assert first.size_bytes == first.path.stat().st_size
+    assert len(node.sink.opened) == 1 and node.sink.opened[0].calling_ae == "STORESCU"
+    assert node.sink.closed == [(node.sink.opened[0].association_id, True)]
+    assert spool_files(node.spool.root, "incoming-tmp") == []
+
+
+def test_duplicate_send_is_success_and_replaces_the_file(start_scp, tmp_path: Path) -> None:
+    node = start_scp()
+    path, ds = write_ct(tmp_path, "ct.dcm")
+    for _ in range(2):
+        assert storescu(node.port, [path]).returncode == 0
+    assert len(spool_files(node.spool.root, "instances")) == 1
+    assert [s.sop_instance_uid for s in node.sink.stored] == [ds.SOPInstanceUID] * 2
+    assert node.sink.rejected == []
+
+
+def test_pynetdicom_scu_gets_success_status(start_scp) -> None:
+    node = start_scp()
+    assoc = pyscu(node.port)
+    assert assoc.is_established
+    ds = ct_dataset()
+    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
+    assoc.release()
+    assert node.sink.stored[0].transfer_syntax_uid == ExplicitVRLittleEndian
+
+
+def test_unknown_calling_ae_is_rejected_with_reason_3(start_scp) -> None:
+    node = start_scp()
+    assoc = pyscu(node.port, calling_ae="INTRUDER")
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
+    assert len(node.sink.refused) == 1
+    calling, called, peer, reason = node.sink.refused[0]
+    assert (calling, called) == ("INTRUDER", "RADFUSION")
+    assert peer.startswith("127.0.0.1:") and "calling AE title not recognised" in reason
+    assert node.sink.opened == []
+
+
+def test_wrong_called_ae_is_rejected_with_reason_7(start_scp) -> None:
+    node = start_scp()
+    assoc = pyscu(node.port, called_ae="SOMEONEELSE")
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
+    assert "called AE title not recognised" in node.sink.refused[0][3]
+
+
+def test_accept_any_calling_ae_is_an_explicit_switch(start_scp) -> None:
+    node = start_scp(allowed_calling_aes=frozenset(), accept_any_calling_ae=True)
+    assoc = pyscu(node.port, calling_ae="ANYONE")
+    assert assoc.is_established
+    assoc.release()
+    with pytest.raises(ConfigError, match="allowed_calling_aes is empty"):
+        ScpConfig(ae_title="RADFUSION", allowed_calling_aes=frozenset())
+
+
+def test_malformed_instance_is_quarantined_and_the_association_carries_on(
+        start_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Garbage after a valid meta header is sent raw; the next instance on the association is stored."""
+    node = start_scp()
+    good, bad = ct_dataset(), ct_dataset()
+    bad_path, _ = write_ct(tmp_path, "bad.dcm")
+    raw = bad_path.read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
+    garbage = raw[:meta_end] + b"\x08\x00\x18\x00UI\xff\x7f" + os.urandom(64)
+    bad_path.write_bytes(garbage)
+    # send the file's bytes without pynetdicom decoding them (test-only switch)
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = pyscu(node.port)
+    bad_status = assoc.send_c_store(bad_path).Status
+    good_status = assoc.send_c_store(good).Status
+    assoc.release()
+    assert bad_status == StoreStatus.UNPARSABLE
+    assert good_status == StoreStatus.SUCCESS
+    assert [s.sop_instance_uid for s in node.sink.stored] == [good.SOPInstanceUID]
+    (_, reason, quarantined, _), = node.sink.rejected
+    assert quarantined is not None and quarantined.read_bytes().endswith(garbage[meta_end:])
+    sidecar = json.loads(quarantined.with_suffix(".json").read_text())
+    assert sidecar["reason"] == reason and "cannot be parsed" in reason and sidecar["calling_ae"] == "PYSCU"
+
+
+def test_storescu_instance_without_study_uid_fails_and_next_file_is_stored(start_scp, tmp_path: Path) -> None:
+    node = start_scp()
+    no_study = ct_dataset()
+    del no_study.StudyInstanceUID
+    no_study_path = tmp_path / "nostudy.dcm"
+    no_study.save_as(no_study_path, enforce_file_format=True)
+    good_path, good = write_ct(tmp_path, "good.dcm")
+    result = storescu(node.port, [no_study_path, good_path], extra=["--no-halt", "-v"])
+    responses = [line for line in result.stderr.splitlines() if "Received Store Response" in line]
+    assert len(responses) == 2 and "Success" not in responses[0] and "Success" in responses[1], result.stderr
+    assert [s.sop_instance_uid for s in node.sink.stored] == [good.SOPInstanceUID]
+    (_, reason, quarantined, _), = node.sink.rejected
+    assert "StudyInstanceUID" in reason and quarantined is not None and quarantined.parent == node.spool.quarantine_dir
+
+
+def test_truncated_pixel_data_is_rejected(start_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = start_scp()
+    path, ds = write_ct(tmp_path, "cut.dcm")
+    path.write_bytes(path.read_bytes()[:-1000])
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = pyscu(node.port)
+    status = assoc.send_c_store(path).Status
+    assoc.release()
+    assert status == StoreStatus.UNPARSABLE
+    assert "truncated" in node.sink.rejected[0][1]
+    assert spool_files(node.spool.root, "instances") == []
+
+
+@pytest.mark.parametrize("evil", ["1.2.3/../../../../tmp/evil", "../../../tmp/evil", "/tmp/evil", "1.2.3.."])
+def test_crafted_uid_writes_nothing_outside_the_spool(start_scp, tmp_path: Path, evil: str) -> None:
+    node = start_scp()
+    before = sorted(str(p) for p in tmp_path.rglob("*") if "spool" not in p.parts)
+    before_tmp = set(os.listdir("/tmp"))
+    ds = ct_dataset()
+    ds.SOPInstanceUID = evil
+    assoc = pyscu(node.port)
+    status = assoc.send_c_store(ds).Status
+    assoc.release()
+    assert status == StoreStatus.INVALID_UID
+    assert sorted(str(p) for p in tmp_path.rglob("*") if "spool" not in p.parts) == before
+    assert "evil" not in set(os.listdir("/tmp")) - before_tmp
+    assert spool_files(node.spool.root, "instances") == []
+    (_, reason, quarantined, claimed), = node.sink.rejected
+    assert claimed == evil and "not a valid DICOM UID" in reason
+    assert quarantined is not None and quarantined.parent == node.spool.quarantine_dir
+    assert evil not in quarantined.name
+
+
+def test_disk_floor_answers_out_of_resources_and_writes_nothing(start_scp) -> None:
+    node = start_scp(min_free_disk_bytes=1 << 62)
+    assoc = pyscu(node.port)
+    status = assoc.send_c_store(ct_dataset()).Status
+    assoc.release()
+    assert status == StoreStatus.DISK_FLOOR == 0xA700
+    assert spool_files(node.spool.root, "instances") == spool_files(node.spool.root, "quarantine") == []
+    assert "below the floor" in node.sink.rejected[0][1]
+
+
+def test_sink_failure_answers_a702_and_keeps_the_bytes_in_quarantine(start_scp) -> None:
+    node = start_scp(sink=RecordingSink(fail_store=True))
+    assoc = pyscu(node.port)
+    status = assoc.send_c_store(ct_dataset()).Status
+    assoc.release()
+    assert status == StoreStatus.SINK_FAILED
+    assert spool_files(node.spool.root, "instances") == []
+    (_, reason, quarantined, _), = node.sink.rejected
+    assert "database is locked" in reason and quarantined is not None and quarantined.is_file()
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless])
+def test_compressed_instance_is_stored_as_received(start_scp, syntax: str) -> None:
+    node = start_scp()
+    ds = ct_dataset()
+    ds.compress(syntax)
+    assoc = pyscu(node.port, transfer_syntaxes=(syntax,))
+    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
+    assoc.release()
+    stored = dcmread(node.sink.stored[0].path)
+    assert stored.file_meta.TransferSyntaxUID == syntax
+    assert stored.PixelData == ds.PixelData
+    assert node.sink.stored[0].transfer_syntax_uid == syntax
+
+
+def test_aborted_association_is_reported_not_released(start_scp) -> None:
+    node = start_scp()
+    assoc = pyscu(node.port)
+    assoc.send_c_store(ct_dataset())
+    assoc.abort()
+    from tests.peers import wait_until
+    wait_until(lambda: node.sink.closed, timeout=5, what="association closed")
+    assert node.sink.closed == [(node.sink.opened[0].association_id, False)]
