@@ -1,0 +1,113 @@
+"""SEG: valid per dciodvfy, masks round-trip onto the right source frames, AI identified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from ai_engine.results import AlgorithmInfo, DetectorResult, Finding, FindingType, Task
+from reports.errors import ReportsError
+from reports.seg import build_seg
+from reports.writer import save_dataset
+from tests.peers import dciodvfy_errors
+from tests.unit.reports.report_checks import algorithm_equipment, box_mask
+
+
+def ich_result(algorithm: AlgorithmInfo, sources: list[pydicom.Dataset]) -> DetectorResult:
+    """Two hemorrhages with masks on known voxels of the head CT."""
+    shape = (len(sources), sources[0].Rows, sources[0].Columns)
+    findings = [
+        Finding(FindingType.HEMORRHAGE, 0.93, (4.0, 45.0, 65.0), "left frontal", volume_ml=1.2,
+                mask=box_mask(shape, slice(3, 6), slice(40, 50), slice(60, 70)), attributes={"subtype": "subdural"}),
+        Finding(FindingType.HEMORRHAGE, 0.71, (8.0, 80.0, 30.0), "right occipital", volume_ml=0.4,
+                mask=box_mask(shape, slice(8, 9), slice(78, 83), slice(28, 33))),
+    ]
+    return DetectorResult(Task.ICH, algorithm, findings, case_score=0.93, positive=True)
+
+
+def mammo_result(algorithm: AlgorithmInfo, views: list[pydicom.Dataset]) -> DetectorResult:
+    """A mass on the first view and a calcification cluster on the second."""
+    findings = [
+        Finding(FindingType.MASS, 0.81, (30.0, 40.0), "upper outer quadrant", diameter_mm=9.0, view_index=0,
+                mask=box_mask((views[0].Rows, views[0].Columns), slice(25, 36), slice(35, 46))),
+        Finding(FindingType.CALCIFICATION_CLUSTER, 0.66, (70.0, 50.0), "upper outer quadrant", view_index=1,
+                mask=box_mask((views[1].Rows, views[1].Columns), slice(68, 73), slice(48, 53))),
+    ]
+    return DetectorResult(Task.MAMMOGRAPHY, algorithm, findings, case_score=0.81, positive=True)
+
+
+def _saved(ds: pydicom.Dataset, path: Path) -> hd.seg.Segmentation:
+    save_dataset(ds, path)
+    assert dciodvfy_errors(path) == []
+    return hd.seg.segread(path)
+
+
+def test_ct_seg_holds_each_mask_on_its_source_slices(head_ct, algorithm, tmp_path):
+    result = ich_result(algorithm, head_ct)
+    [seg_ds] = build_seg(head_ct, result, series_number=901)
+    seg = _saved(seg_ds, tmp_path / "seg.dcm")
+
+    assert seg.get_segment_numbers() == [1, 2]
+    assert seg.NumberOfFrames == 3 + 1  # only frames that contain a mask are stored
+    source_uids = [ds.SOPInstanceUID for ds in head_ct]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[1, 2])
+    for number, finding in enumerate(result.findings, start=1):
+        np.testing.assert_array_equal(pixels[..., number - 1], finding.mask)
+    referenced = {str(ref[2]) for ref in seg.get_source_image_uids()}
+    assert referenced == set(source_uids)
+    frame_sources = {str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                     for f in seg.PerFrameFunctionalGroupsSequence}
+    assert frame_sources == {source_uids[z] for z in (3, 4, 5, 8)}
+
+
+def test_seg_identifies_the_algorithm_and_says_not_for_clinical_use(head_ct, algorithm, tmp_path):
+    [seg_ds] = build_seg(head_ct, ich_result(algorithm, head_ct), series_number=901)
+    seg = _saved(seg_ds, tmp_path / "seg.dcm")
+
+    assert "NOT FOR CLINICAL USE" in seg.SeriesDescription
+    [equipment] = algorithm_equipment(seg)
+    assert equipment.DeviceUID == algorithm.device_uid
+    assert (equipment.ManufacturerModelName, equipment.SoftwareVersions) == (algorithm.name, algorithm.version)
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert segment.SegmentAlgorithmName == algorithm.name
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == algorithm.version
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Hemorrhage"
+    assert seg.StudyInstanceUID == head_ct[0].StudyInstanceUID
+
+
+def test_mammo_gets_one_seg_per_view_with_masked_findings(mammo_views, algorithm, tmp_path):
+    result = mammo_result(algorithm, mammo_views)
+    segs = build_seg(mammo_views, result, series_number=902)
+
+    assert len(segs) == 2
+    assert segs[0].SeriesInstanceUID == segs[1].SeriesInstanceUID
+    for k, (seg_ds, view, finding) in enumerate(zip(segs, mammo_views, result.findings, strict=True)):
+        path = tmp_path / f"seg-{k}.dcm"
+        save_dataset(seg_ds, path)
+        assert dciodvfy_errors(path) == []
+        # Read with pydicom: highdicom 0.28.2's reader wants a Slice Thickness, which a
+        # projection view does not have (and PS3.3 does not require without a Frame of Reference).
+        seg = pydicom.dcmread(path)
+        assert seg.NumberOfFrames == 1
+        np.testing.assert_array_equal(seg.pixel_array.astype(bool), finding.mask)
+        frame = seg.PerFrameFunctionalGroupsSequence[0]
+        assert frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == view.SOPInstanceUID
+
+
+def test_no_masks_means_no_seg(head_ct, algorithm):
+    unmasked = Finding(FindingType.HEMORRHAGE, 0.6, (4.0, 45.0, 65.0), "left frontal")
+    result = DetectorResult(Task.ICH, algorithm, [unmasked], case_score=0.6, positive=True)
+    assert build_seg(head_ct, result, series_number=901) == []
+
+
+def test_mask_of_the_wrong_shape_is_refused_naming_the_finding(head_ct, algorithm):
+    wrong = Finding(FindingType.HEMORRHAGE, 0.6, (4.0, 45.0, 65.0), "left frontal",
+                    mask=np.ones((3, 64, 64), dtype=bool))
+    result = DetectorResult(Task.ICH, algorithm, [wrong], case_score=0.6, positive=True)
+    with pytest.raises(ReportsError, match=r"finding 0: mask shape .* got \(3, 64, 64\)"):
+        build_seg(head_ct, result, series_number=901)
