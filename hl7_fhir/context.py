@@ -23,7 +23,10 @@ class Provenance:
 
 @dataclass(frozen=True)
 class LabValue:
-    """A normalized numeric observation (value in the canonical unit of its name)."""
+    """A normalized numeric observation (value in the canonical unit of its name).
+
+    ``flags`` are the sender's abnormal flags as sent (HL7 OBX-8, FHIR interpretation codes).
+    """
 
     name: str
     code: str
@@ -31,6 +34,7 @@ class LabValue:
     unit: str
     observed_at: datetime | None
     provenance: Provenance
+    flags: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ClinicalContext:
     age_years: float | None = None
     sex: str | None = None
     labs: dict[str, LabValue] = field(default_factory=dict)
+    coded_observations: dict[str, CodedItem] = field(default_factory=dict)
     medications: list[CodedItem] = field(default_factory=list)
     conditions: list[CodedItem] = field(default_factory=list)
     family_history: list[CodedItem] = field(default_factory=list)

@@ -1,0 +1,375 @@
+"""Inbound HL7 v2: parse with hl7apy, extract labs / demographics / orders, build ACKs (MSH-15/16).
+
+Every extracted value is normalized (analyte name, canonical unit, time, provenance) so the
+application can store it as it is. A message that cannot be used raises
+:class:`Hl7MessageError` carrying the acknowledgement code (AR rejected, AE error) and the HL7
+error code (table 0357) that the ACK's ERR segment should carry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message, Segment
+from hl7apy.exceptions import HL7apyException
+from hl7apy.parser import parse_message
+
+from hl7_fhir.context import CodedItem, LabValue, Provenance
+from hl7_fhir.er7 import MshFields, escape, normalize_segments, read_msh, unescape
+from hl7_fhir.errors import Hl7FhirError
+from hl7_fhir.units import CODED_ANALYTES, UnitError, analyte_for_code, normalize
+
+# HL7 table 0357 message error condition codes used in ERR segments.
+ERR_SEGMENT_SEQUENCE = "100"
+ERR_REQUIRED_FIELD = "101"
+ERR_DATA_TYPE = "102"
+ERR_UNSUPPORTED_MESSAGE_TYPE = "200"
+ERR_UNSUPPORTED_VERSION = "203"
+ERR_APPLICATION_INTERNAL = "207"
+ERR_TEXT = {
+    ERR_SEGMENT_SEQUENCE: "Segment sequence error",
+    ERR_REQUIRED_FIELD: "Required field missing",
+    ERR_DATA_TYPE: "Data type error",
+    ERR_UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
+    ERR_UNSUPPORTED_VERSION: "Unsupported version id",
+    ERR_APPLICATION_INTERNAL: "Application internal error",
+}
+
+LAB_TYPES = frozenset({"ORU^R01"})
+ADT_TYPES = frozenset({"ADT^A01", "ADT^A04", "ADT^A08"})
+ORDER_TYPES = frozenset({"ORM^O01", "OMI^O23"})
+SUPPORTED_TYPES = LAB_TYPES | ADT_TYPES | ORDER_TYPES
+ACK_MODES = frozenset({"", "AL", "NE", "ER", "SU"})
+
+
+class Hl7MessageError(Hl7FhirError):
+    """A message radfusion cannot use; ``ack_code`` is 'AR' or 'AE', ``hl7_error`` a table 0357 code."""
+
+    def __init__(self, message: str, ack_code: str = "AE", hl7_error: str = ERR_APPLICATION_INTERNAL):
+        super().__init__(message)
+        self.ack_code = ack_code
+        self.hl7_error = hl7_error
+
+
+@dataclass(frozen=True)
+class PatientIdentifier:
+    """One PID-3 repetition: the id, its assigning authority (CX-4) and identifier type (CX-5)."""
+
+    value: str
+    authority: str
+    type_code: str = ""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the ACK and the duplicate check need from MSH."""
+
+    control_id: str
+    message_type: str
+    version: str
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    accept_ack: str
+    application_ack: str
+    field_sep: str = "|"
+    encoding: str = "^~\\&"
+
+    @classmethod
+    def from_msh(cls, msh: MshFields) -> Header:
+        """Header from a tolerant MSH read (works for messages hl7apy rejects)."""
+        return cls(
+            control_id=msh.field(10), message_type="^".join(filter(None, (msh.component(9, 1),
+                                                                           msh.component(9, 2)))),
+            version=msh.component(12, 1), sending_application=msh.field(3),
+            sending_facility=msh.field(4), receiving_application=msh.field(5),
+            receiving_facility=msh.field(6), accept_ack=msh.field(15).strip().upper(),
+            application_ack=msh.field(16).strip().upper(), field_sep=msh.field_sep,
+            encoding=msh.encoding,
+        )
+
+
+@dataclass(frozen=True)
+class Demographics:
+    """ADT content radfusion uses: identifiers, birth date, administrative sex."""
+
+    identifiers: list[PatientIdentifier]
+    birth_date: date | None
+    sex: str | None
+
+
+@dataclass(frozen=True)
+class Order:
+    """ORM/OMI content: identifiers, accession/placer/filler numbers, procedure, reason for exam."""
+
+    identifiers: list[PatientIdentifier]
+    accession: str
+    placer_number: str
+    filler_number: str
+    procedure: str
+    reason_for_exam: str
+    control: str
+
+
+@dataclass(frozen=True)
+class LabReport:
+    """ORU content: numeric labs normalized, coded observations, and OBX codes radfusion does not use."""
+
+    identifiers: list[PatientIdentifier]
+    values: list[LabValue]
+    coded: list[CodedItem] = field(default_factory=list)
+    skipped_codes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """A parsed message: its header, the hl7apy tree, and its segments in order."""
+
+    header: Header
+    message: Message
+    segments: list[Segment]
+
+    def all(self, name: str) -> list[Segment]:
+        """Every segment named ``name`` in message order."""
+        return [segment for segment in self.segments if segment.name == name]
+
+    def first(self, name: str) -> Segment | None:
+        """The first segment named ``name``, or None."""
+        found = self.all(name)
+        return found[0] if found else None
+
+
+def read_header(text: str) -> Header:
+    """Header of raw message text (tolerant; raises Hl7MessageError AR if no MSH can be read)."""
+    try:
+        return Header.from_msh(read_msh(text))
+    except Hl7FhirError as exc:
+        raise Hl7MessageError(str(exc), "AR", ERR_SEGMENT_SEQUENCE) from exc
+
+
+def parse(text: str) -> ParsedMessage:
+    """Parse ``text`` (any line endings) with hl7apy; the message type must be one radfusion handles."""
+    header = read_header(text)
+    if not header.control_id:
+        raise Hl7MessageError("MSH-10 message control id is empty", "AR", ERR_REQUIRED_FIELD)
+    if header.message_type not in SUPPORTED_TYPES:
+        raise Hl7MessageError(f"message type {header.message_type!r} is not handled; "
+                              f"radfusion takes {sorted(SUPPORTED_TYPES)}", "AR", ERR_UNSUPPORTED_MESSAGE_TYPE)
+    for label, mode in (("MSH-15", header.accept_ack), ("MSH-16", header.application_ack)):
+        if mode not in ACK_MODES:
+            raise Hl7MessageError(f"{label} acknowledgment type {mode!r} is not one of AL/NE/ER/SU",
+                                  "AR", ERR_DATA_TYPE)
+    try:
+        message = parse_message(normalize_segments(text), find_groups=False,
+                                validation_level=VALIDATION_LEVEL.TOLERANT)
+    except HL7apyException as exc:
+        code = ERR_UNSUPPORTED_VERSION if "version" in str(exc).lower() else ERR_SEGMENT_SEQUENCE
+        raise Hl7MessageError(f"hl7apy cannot parse message {header.control_id}: {exc}", "AR", code) from exc
+    return ParsedMessage(header, message, list(message.children))
+
+
+def _components(parsed: ParsedMessage, er7: str) -> list[str]:
+    """Components of one field repetition, unescaped."""
+    h = parsed.header
+    return [unescape(part, h.field_sep, h.encoding) for part in er7.split(h.encoding[0])]
+
+
+def _field(parsed: ParsedMessage, segment: Segment, number: int) -> list[list[str]]:
+    """Repetitions of field ``number`` of ``segment``, each a list of unescaped components."""
+    children = [child for child in segment.children if child.name == f"{segment.name}_{number}"]
+    return [_components(parsed, child.to_er7()) for child in children if child.to_er7()]
+
+
+def _first(parsed: ParsedMessage, segment: Segment | None, number: int, component: int = 1) -> str:
+    """Component ``component`` of the first repetition of a field ('' when absent)."""
+    if segment is None:
+        return ""
+    reps = _field(parsed, segment, number)
+    if not reps or len(reps[0]) < component:
+        return ""
+    return reps[0][component - 1].strip()
+
+
+def parse_ts(value: str) -> datetime | None:
+    """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) as a datetime (UTC when it has no offset)."""
+    value = value.strip()
+    if not value:
+        return None
+    offset = timezone.utc
+    for sign in "+-":
+        if sign in value[8:]:
+            value, zone = value.rsplit(sign, 1)
+            minutes = int(zone[:2]) * 60 + int(zone[2:4] or 0)
+            offset = timezone(timedelta(minutes=minutes if sign == "+" else -minutes))
+    digits = value.split(".")[0]
+    formats = {4: "%Y", 6: "%Y%m", 8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+    if len(digits) not in formats or not digits.isdigit():
+        raise ValueError(f"HL7 timestamp {value!r} is not YYYY[MM[DD[HH[MM[SS]]]]]")
+    return datetime.strptime(digits, formats[len(digits)]).replace(tzinfo=offset)
+
+
+def patient_identifiers(parsed: ParsedMessage) -> list[PatientIdentifier]:
+    """PID-3 repetitions (id, assigning authority, type); a message without any is rejected (AE)."""
+    pid = parsed.first("PID")
+    identifiers = []
+    for rep in _field(parsed, pid, 3) if pid is not None else []:
+        padded = rep + [""] * 5
+        authority = padded[3].split(parsed.header.encoding[3])[0]
+        if padded[0].strip():
+            identifiers.append(PatientIdentifier(padded[0].strip(), authority.strip(), padded[4].strip()))
+    if not identifiers:
+        raise Hl7MessageError(f"message {parsed.header.control_id} has no PID-3 patient identifier",
+                              "AE", ERR_REQUIRED_FIELD)
+    return identifiers
+
+
+def _data_error(parsed: ParsedMessage, where: str, exc: Exception) -> Hl7MessageError:
+    return Hl7MessageError(f"message {parsed.header.control_id} {where}: {exc}", "AE", ERR_DATA_TYPE)
+
+
+def parse_demographics(parsed: ParsedMessage) -> Demographics:
+    """ADT^A01/A04/A08: PID-3 identifiers, PID-7 birth date, PID-8 sex."""
+    pid = parsed.first("PID")
+    try:
+        born = parse_ts(_first(parsed, pid, 7))
+    except ValueError as exc:
+        raise _data_error(parsed, "PID-7 birth date", exc) from exc
+    sex = _first(parsed, pid, 8).upper() or None
+    return Demographics(patient_identifiers(parsed), born.date() if born else None, sex)
+
+
+def parse_order(parsed: ParsedMessage) -> Order:
+    """ORM^O01 / OMI^O23: accession (OBR-18, else IPC-1), placer/filler, procedure, reason (OBR-31, ORC-16)."""
+    obr, orc, ipc = parsed.first("OBR"), parsed.first("ORC"), parsed.first("IPC")
+    if obr is None and orc is None:
+        raise Hl7MessageError(f"order message {parsed.header.control_id} has neither ORC nor OBR",
+                              "AE", ERR_SEGMENT_SEQUENCE)
+    reason_obr = [rep[1] if len(rep) > 1 and rep[1] else rep[0] for rep in
+                  (_field(parsed, obr, 31) if obr is not None else [])]
+    reason_orc = _first(parsed, orc, 16, 2) or _first(parsed, orc, 16)
+    reason = "; ".join(filter(None, [*reason_obr, reason_orc]))
+    return Order(
+        identifiers=patient_identifiers(parsed),
+        accession=_first(parsed, obr, 18) or _first(parsed, ipc, 1),
+        placer_number=_first(parsed, obr, 2) or _first(parsed, orc, 2),
+        filler_number=_first(parsed, obr, 3) or _first(parsed, orc, 3),
+        procedure=_first(parsed, obr, 4, 2) or _first(parsed, obr, 4),
+        reason_for_exam=reason,
+        control=_first(parsed, orc, 1),
+    )
+
+
+def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> LabReport:
+    """ORU^R01: one LabValue per numeric OBX of a known analyte, converted to its canonical unit.
+
+    OBX-14 (else OBR-7) is the observation time, OBX-8 the abnormal flags. Coded analytes
+    (smoking status) become CodedItems. A bad number or an unknown unit for a known analyte
+    rejects the message (AE) rather than storing a wrong value.
+    """
+    header = parsed.header
+    identifiers = patient_identifiers(parsed)
+    obr_time = _first(parsed, parsed.first("OBR"), 7)
+    values: list[LabValue] = []
+    coded: list[CodedItem] = []
+    skipped: list[str] = []
+    for index, obx in enumerate(parsed.all("OBX"), start=1):
+        code = _first(parsed, obx, 3)
+        name = analyte_for_code(code)
+        if name is None:
+            skipped.append(code)
+            continue
+        where = f"OBX {index} ({code})"
+        try:
+            observed = parse_ts(_first(parsed, obx, 14) or obr_time)
+        except ValueError as exc:
+            raise _data_error(parsed, f"{where} time", exc) from exc
+        provenance = Provenance("hl7", header.sending_facility or header.sending_application,
+                                f"{header.control_id}/OBX{index}", received_at)
+        raw = _first(parsed, obx, 5)
+        if name in CODED_ANALYTES:
+            display = _first(parsed, obx, 5, 2)
+            coded.append(CodedItem(raw, _first(parsed, obx, 5, 3), display or raw, name, observed, provenance))
+            continue
+        try:
+            value, unit = normalize(name, float(raw), _first(parsed, obx, 6))
+        except (ValueError, UnitError) as exc:
+            raise _data_error(parsed, where, exc) from exc
+        flags = "~".join(rep[0] for rep in _field(parsed, obx, 8))
+        values.append(LabValue(name, code, value, unit, observed, provenance, flags))
+    return LabReport(identifiers, values, coded, skipped)
+
+
+def ack_wanted(header: Header, code: str) -> str | None:
+    """Which acknowledgment MSH-15/16 asks for: 'application', 'commit' or None (none wanted).
+
+    Original mode (both empty): always an application ACK. Enhanced mode: the application
+    ACK when MSH-16 asks for it (AL, ER on error, SU on success), else the commit ACK when
+    MSH-15 asks for it; over one synchronous connection a single reply is sent.
+    """
+    if not header.accept_ack and not header.application_ack:
+        return "application"
+    success = code == "AA"
+
+    def asks(mode: str) -> bool:
+        return mode == "AL" or (mode == "ER" and not success) or (mode == "SU" and success)
+
+    if asks(header.application_ack):
+        return "application"
+    if asks(header.accept_ack):
+        return "commit"
+    return None
+
+
+def build_ack(header: Header, code: str, text: str, *, hl7_error: str = ERR_APPLICATION_INTERNAL,
+              control_id: str | None = None, now: Callable[[], datetime] | None = None) -> str | None:
+    """The ACK for a message with ``header`` (``code`` AA/AE/AR), or None when MSH-15/16 wants none.
+
+    MSA-2 echoes MSH-10; an AE/AR carries an ERR segment with ``hl7_error`` (table 0357) and
+    ``text``. A commit ACK uses CA/CE/CR instead.
+    """
+    if code not in ("AA", "AE", "AR"):
+        raise Hl7FhirError(f"ACK code must be AA, AE or AR, got {code!r}")
+    kind = ack_wanted(header, code)
+    if kind is None:
+        return None
+    msa_code = code if kind == "application" else "C" + code[1]
+    sep, enc = header.field_sep, header.encoding
+    stamp = (now or (lambda: datetime.now(timezone.utc)))().strftime("%Y%m%d%H%M%S")
+    trigger = header.message_type.split("^")[1] if "^" in header.message_type else ""
+    ack_id = control_id or uuid.uuid4().hex[:20]
+    version = header.version or "2.5.1"
+
+    def esc(value: str) -> str:
+        return escape(value, sep, enc)
+
+    msh = sep.join(["MSH", enc, header.receiving_application, header.receiving_facility,
+                    header.sending_application, header.sending_facility, stamp, "",
+                    f"ACK^{trigger}^ACK" if trigger else "ACK", ack_id, "P", version])
+    segments = [msh, sep.join(["MSA", msa_code, header.control_id, esc(text[:80])])]
+    if code != "AA":
+        err_code = enc[0].join([hl7_error, ERR_TEXT.get(hl7_error, ""), "HL70357"])
+        severity = "E"
+        segments.append(sep.join(["ERR", "", "", err_code, severity, "", "", "", esc(text)]))
+    return "\r".join(segments) + "\r"
+
+
+
+def error_ack(text: str, code: str, reason: str, hl7_error: str = ERR_APPLICATION_INTERNAL) -> str:
+    """An AE/AR ACK for raw ``text`` that may not even parse: MSH is read tolerantly when it can be.
+
+    A frame with no readable MSH gets an ACK with an empty MSA-2 and the reason, so the
+    sender still learns why; MSH-15/16 are ignored here because they cannot be trusted.
+    """
+    try:
+        header = replace(read_header(text), accept_ack="", application_ack="")
+    except Hl7MessageError:
+        header = Header("", "", "", "", "", "RADFUSION", "", "", "")
+    ack = build_ack(header, code, reason, hl7_error=hl7_error)
+    if ack is None:
+        raise Hl7FhirError("an original-mode ACK is always built; got none")
+    return ack

@@ -1,0 +1,94 @@
+"""What radfusion does with each inbound HL7 message: parse, drop duplicates, store, acknowledge.
+
+The application provides the callbacks (database writes, each one transaction that also
+records the message's control id), so nothing is half-stored: a callback that raises
+leaves the database as it was and the sender gets an AE naming the error, and will resend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from hl7_fhir.hl7v2 import (
+    ADT_TYPES,
+    ERR_APPLICATION_INTERNAL,
+    LAB_TYPES,
+    Demographics,
+    Header,
+    Hl7MessageError,
+    LabReport,
+    Order,
+    ParsedMessage,
+    build_ack,
+    parse,
+    parse_demographics,
+    parse_labs,
+    parse_order,
+    read_header,
+)
+from hl7_fhir.mllp import MllpReply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hl7Inbox:
+    """Message-processing policy behind an MllpServer (``server = MllpServer(host, port, inbox.handle)``).
+
+    ``seen(control_id, sending_facility)`` says whether that message was already stored;
+    ``on_labs``, ``on_demographics`` and ``on_order`` store one message's content and its
+    (control id, sending facility) in one transaction.
+    """
+
+    seen: Callable[[str, str], bool]
+    on_labs: Callable[[Header, LabReport], None]
+    on_demographics: Callable[[Header, Demographics], None]
+    on_order: Callable[[Header, Order], None]
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+
+    def handle(self, text: str) -> MllpReply:
+        """The reply to one message; never raises (every failure becomes an AE/AR ACK)."""
+        try:
+            header = read_header(text)
+        except Hl7MessageError as exc:
+            log.warning("HL7 frame without a readable MSH rejected: %s", exc)
+            return MllpReply(build_ack(Header("", "", "", "", "", "RADFUSION", "", "", ""), exc.ack_code,
+                                       str(exc), hl7_error=exc.hl7_error))
+        try:
+            parsed = parse(text)
+            if self.seen(header.control_id, header.sending_facility):
+                log.info("HL7 %s %s from %s is a duplicate, ignored", header.message_type, header.control_id,
+                         header.sending_facility)
+                return self._ack(header, "AA", f"duplicate message control id {header.control_id}, ignored")
+            summary = self._store(parsed)
+        except Hl7MessageError as exc:
+            log.warning("HL7 %s %s from %s answered %s: %s", header.message_type, header.control_id,
+                        header.sending_facility, exc.ack_code, exc)
+            return self._ack(header, exc.ack_code, str(exc), exc.hl7_error)
+        except Exception as exc:  # the app's store failed: its transaction rolled back, the sender resends
+            log.exception("HL7 %s %s: storing failed", header.message_type, header.control_id)
+            return self._ack(header, "AE", f"storing failed: {type(exc).__name__}: {exc}", ERR_APPLICATION_INTERNAL)
+        log.info("HL7 %s %s from %s: %s", header.message_type, header.control_id, header.sending_facility, summary)
+        return self._ack(header, "AA", summary)
+
+    def _store(self, parsed: ParsedMessage) -> str:
+        """Hand the message's content to its callback; returns the ACK text."""
+        header = parsed.header
+        if header.message_type in LAB_TYPES:
+            report = parse_labs(parsed, received_at=self.clock())
+            self.on_labs(header, report)
+            skipped = (f"; {len(report.skipped_codes)} OBX with codes radfusion does not use"
+                       if report.skipped_codes else "")
+            return f"stored {len(report.values) + len(report.coded)} values{skipped}"
+        if header.message_type in ADT_TYPES:
+            self.on_demographics(header, parse_demographics(parsed))
+            return "stored demographics"
+        self.on_order(header, parse_order(parsed))
+        return "stored order"
+
+    @staticmethod
+    def _ack(header: Header, code: str, text: str, hl7_error: str = ERR_APPLICATION_INTERNAL) -> MllpReply:
+        return MllpReply(build_ack(header, code, text, hl7_error=hl7_error))

@@ -1,0 +1,171 @@
+"""MLLP listener and client on loopback, with python-hl7's mllp_send as a real sender."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Order
+from hl7_fhir.inbox import Hl7Inbox
+from hl7_fhir.mllp import MllpClient, MllpError, MllpFramer, MllpNegativeAck, MllpReply, MllpServer, frame
+from tests.unit.hl7_fhir.messages import adt, orm, oru
+
+
+@dataclass
+class FakeStore:
+    """The application's side: stores per message and remembers control ids, like its db would."""
+
+    labs: list[LabReport] = field(default_factory=list)
+    demographics: list[Demographics] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    stored_ids: set[tuple[str, str]] = field(default_factory=set)
+    connections: set[str] = field(default_factory=set)
+    fail_next: bool = False
+
+    def seen(self, control_id: str, facility: str) -> bool:
+        self.connections.add(threading.current_thread().name)
+        return (control_id, facility) in self.stored_ids
+
+    def _commit(self, header: Header, rows: list, item: object) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("database is locked")
+        rows.append(item)
+        self.stored_ids.add((header.control_id, header.sending_facility))
+
+    def inbox(self) -> Hl7Inbox:
+        return Hl7Inbox(self.seen, lambda h, r: self._commit(h, self.labs, r),
+                        lambda h, d: self._commit(h, self.demographics, d),
+                        lambda h, o: self._commit(h, self.orders, o))
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def port(store: FakeStore) -> Iterator[int]:
+    server = MllpServer("127.0.0.1", 0, store.inbox().handle, idle_timeout_s=5, max_message_bytes=4096)
+    bound = server.start()
+    yield bound
+    server.stop()
+
+
+def mllp_send(port: int, path: Path) -> list[str]:
+    """Run python-hl7's mllp_send on a file; the ACKs it printed, one per message."""
+    exe = shutil.which("mllp_send") or str(Path(sys.executable).parent / "mllp_send")
+    proc = subprocess.run([exe, "--loose", "-p", str(port), "-f", str(path), "127.0.0.1"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.replace("\r", "\n").splitlines() if line.startswith("MSA")]
+
+
+def test_mllp_send_file_of_messages_over_one_connection(tmp_path: Path, store: FakeStore, port: int) -> None:
+    path = tmp_path / "batch.hl7"
+    path.write_text(oru("L1") + adt("A1") + orm("O1") + oru("L2", platelets="90"))
+    msas = mllp_send(port, path)
+    assert [m.split("|")[1:3] for m in msas] == [["AA", "L1"], ["AA", "A1"], ["AA", "O1"], ["AA", "L2"]]
+    assert "stored 3 values; 1 OBX with codes radfusion does not use" in msas[0]
+    assert len(store.connections) == 1
+    assert [r.values[0].value for r in store.labs] == [150.0, 90.0]
+    assert store.orders[0].accession == "ACC123" and store.demographics[0].sex == "F"
+
+
+def test_malformed_messages_get_ae_or_ar_and_the_connection_carries_on(
+        tmp_path: Path, store: FakeStore, port: int) -> None:
+    unsupported = "MSH|^~\\&|LAB|HOSP|RADFUSION|RAD|2026||ZZZ^Z99|BAD1|P|2.5.1\nPID|1||1^^^H^MR\n"
+    bad_unit = oru("BAD2", unit="furlongs")
+    path = tmp_path / "mixed.hl7"
+    path.write_text(oru("G1") + unsupported + bad_unit + oru("G2"))
+    msas = [m.split("|")[1:3] for m in mllp_send(port, path)]
+    assert msas == [["AA", "G1"], ["AR", "BAD1"], ["AE", "BAD2"], ["AA", "G2"]]
+    assert len(store.labs) == 2 and len(store.connections) == 1
+
+
+def test_duplicate_control_id_is_acknowledged_but_stored_once(store: FakeStore, port: int) -> None:
+    with MllpClient("127.0.0.1", port, timeout_s=5) as client:
+        client.send(oru("D1"))
+        second = client.send(oru("D1"))
+    assert "duplicate message control id D1, ignored" in second
+    assert len(store.labs) == 1
+
+
+def test_failed_store_gives_ae_then_the_resend_is_stored(store: FakeStore, port: int) -> None:
+    store.fail_next = True
+    with MllpClient("127.0.0.1", port, timeout_s=5) as client:
+        with pytest.raises(MllpNegativeAck, match="AE: storing failed: RuntimeError: database is locked"):
+            client.send(oru("F1"))
+        client.send(oru("F1"))
+    assert len(store.labs) == 1
+
+
+def test_garbage_split_frames_and_oversize_do_not_break_the_connection(store: FakeStore, port: int) -> None:
+    wire = b"junk before\r\n" + frame(oru("S1")) + frame(adt("S2"))
+    big = frame(oru("S3") + "NTE|1||" + "x" * 8000 + "\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        for i in range(0, len(wire), 7):  # partial reads: 7 bytes at a time
+            sock.sendall(wire[i:i + 7])
+            time.sleep(0.0005)
+        sock.sendall(big + frame(adt("S4")))
+        acks = read_acks(sock, 4)
+    assert [a.split("\r")[1].split("|")[1:3] for a in acks] == [
+        ["AA", "S1"], ["AA", "S2"], ["AR", "S3"], ["AA", "S4"]]
+    assert "exceeds the 4096-byte limit" in acks[2]
+
+
+def read_acks(sock: socket.socket, count: int) -> list[str]:
+    framer, acks = MllpFramer(1 << 20), []
+    while len(acks) < count:
+        data = sock.recv(65536)
+        assert data, f"connection closed after {len(acks)} ACKs"
+        acks += [f.payload.decode() for f in framer.feed(data) if f.kind == "message"]
+    return acks
+
+
+def test_framer_reports_garbage_and_restarted_frames() -> None:
+    framer = MllpFramer(1024)
+    units = framer.feed(b"xx\x0bpartial\x0bwhole\x1c\r\x0bnext")
+    assert [(u.kind, u.payload) for u in units] == [("garbage", b"xx"), ("garbage", b"partial"),
+                                                    ("message", b"whole")]
+    assert [(u.kind, u.payload) for u in framer.feed(b"\x1c\r")] == [("message", b"next")]
+
+
+def test_client_errors_name_the_peer() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    with pytest.raises(MllpError, match=f"127.0.0.1:{closed_port} failed"):
+        MllpClient("127.0.0.1", closed_port, timeout_s=1).send(adt("X"))
+    silent = MllpServer("127.0.0.1", 0, lambda text: MllpReply(None))
+    port = silent.start()
+    try:
+        with pytest.raises(MllpError, match="no ACK for message X .* within 0.3 s"):
+            MllpClient("127.0.0.1", port, timeout_s=0.3).send(adt("X"))
+    finally:
+        silent.stop()
+
+
+def test_handler_exception_becomes_ae() -> None:
+    def broken(text: str) -> MllpReply:
+        raise KeyError("boom")
+
+    server = MllpServer("127.0.0.1", 0, broken)
+    port = server.start()
+    try:
+        with MllpClient("127.0.0.1", port, timeout_s=5) as client:
+            with pytest.raises(MllpNegativeAck, match="KeyError"):
+                client.send(adt("H1"))
+            with pytest.raises(MllpNegativeAck):
+                client.send(adt("H2"))  # same connection still answers
+    finally:
+        server.stop()
