@@ -26,7 +26,7 @@ from radfusion.errors import RadfusionError
 from radfusion.logs import configure_logging
 from radfusion.models import Alert, Artifact, Delivery, Job, Study
 from radfusion.service import Service
-from radfusion.settings import load_settings
+from radfusion.settings import default_routing, load_settings
 
 MODALITY_AE = "DEMO-MODALITY"
 SINK_AE = "DEMO-PACS"
@@ -100,8 +100,7 @@ def _run(workdir: Path, rows: int) -> int:
                "allowed_calling_aes": [MODALITY_AE], "min_free_disk_mb": 10},
         destinations=[{"name": "pacs", "ae_title": SINK_AE, "host": "127.0.0.1", "port": sink_port}],
         alerts={"channels": [{"name": "ed", "url": f"http://127.0.0.1:{webhook.server_port}/alerts"}]},
-        routing=[{**rule.model_dump(), "destinations": ["pacs"], "alert_channels": ["ed"]}
-                 for rule in load_settings().routing],
+        routing=default_routing(destinations=["pacs"], alert_channels=["ed"]),
         stability={"settle_s": 1.0, "check_interval_s": 0.25},
     )
     service = Service(settings)

@@ -8,6 +8,7 @@ with no file at all. Every error names the key and the reason (see :func:`load_s
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,21 +132,23 @@ class AlertSettings(Strict):
     channels: list[WebhookChannelSettings] = Field(default_factory=list)
 
 
-def default_routing() -> list[RoutingRuleSettings]:
-    """Rules that send head CT, chest CT and mammograms to the classical baselines, results kept locally."""
+def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[str] = ()) -> list[RoutingRuleSettings]:
+    """Head CT, chest CT and mammograms to the classical baselines; results kept locally unless
+    ``destinations`` and ``alert_channels`` are given."""
     not_scout = "!/scout|localizer|topogram|surview/i"
+    common = {"destinations": list(destinations), "alert_channels": list(alert_channels)}
     return [
         RoutingRuleSettings(
             name="head-ct-hemorrhage",
             match={"Modality": "CT", "BodyPartExamined": "/head|brain|skull/i", "SeriesDescription": not_scout},
-            detectors=["ich_baseline"],
+            detectors=["ich_baseline"], **common,
         ),
         RoutingRuleSettings(
             name="chest-ct-nodule",
             match={"Modality": "CT", "BodyPartExamined": "/chest|lung|thorax/i", "SeriesDescription": not_scout},
-            detectors=["nodule_baseline"],
+            detectors=["nodule_baseline"], **common,
         ),
-        RoutingRuleSettings(name="mammography", match={"Modality": "MG"}, detectors=["mammo_baseline"]),
+        RoutingRuleSettings(name="mammography", match={"Modality": "MG"}, detectors=["mammo_baseline"], **common),
     ]
 
 

@@ -1,0 +1,74 @@
+"""A study in from a real modality/PACS, SR and SEG back into it, every object IOD-valid."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from ai_engine.synthetic.studies import write_study
+from radfusion.settings import default_routing
+from tests.integration.servers import Orthanc, radfusion_server
+from tests.peers import dciodvfy_errors, free_port, require_tool, storescp, storescu, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.peers]
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def routing_to(*destinations: str) -> list[dict]:
+    return [rule.model_dump(mode="json") for rule in default_routing(destinations)]
+
+
+def assert_valid_results(files: list[Path], study_uid: str) -> None:
+    """SR and SEG in the source study, IOD-valid, readable by dsrdump."""
+    datasets = {f: pydicom.dcmread(f) for f in files}
+    assert {ds.SOPClassUID for ds in datasets.values()} == {SR_CLASS, SEG_CLASS}
+    for path, ds in datasets.items():
+        assert ds.StudyInstanceUID == study_uid
+        assert "NOT FOR CLINICAL USE" in ds.SeriesDescription.upper()
+        assert dciodvfy_errors(path) == [], path
+        if ds.SOPClassUID == SR_CLASS:
+            dump = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, check=True)
+            assert "Imaging Measurement Report" in dump.stdout
+
+
+def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path) -> None:
+    study = write_study("head_ct", tmp_path / "in", seed=3, lesion=True, rows=256, slices=24)
+    sink_dir = tmp_path / "sink"
+    with storescp(sink_dir, ae_title="SINK") as sink_port, radfusion_server(
+        tmp_path / "rf",
+        destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
+        routing=routing_to("sink"),
+    ) as server:
+        sent = storescu(server.port, study.paths)
+        assert sent.returncode == 0, sent.stderr
+        server.wait_idle(studies=1)
+        received = wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 2 else None,
+                              timeout=30, what="SR and SEG in storescp")
+        assert_valid_results(received, study.study_instance_uid)
+
+
+def test_orthanc_pushes_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
+    study = write_study("chest_ct", tmp_path / "in", seed=5, lesion=True, rows=256, slices=60)
+    orthanc_dicom_port = free_port()
+    with radfusion_server(
+        tmp_path / "rf",
+        destinations=[{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_dicom_port}],
+        routing=routing_to("orthanc"),
+    ) as server:
+        orthanc = Orthanc(tmp_path / "orthanc", modalities={"radfusion": ("RADFUSION", server.port)},
+                          dicom_port=orthanc_dicom_port)
+        with orthanc.running():
+            for path in study.paths:
+                orthanc.upload(path)
+            orthanc_study = orthanc.post("/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study.study_instance_uid}})[0]
+            orthanc.post("/modalities/radfusion/store", {"Resources": [orthanc_study], "Synchronous": True})
+            server.wait_idle(studies=1)
+            modalities = wait_until(
+                lambda: (m := orthanc.series_modalities(study.study_instance_uid)) if {"SR", "SEG"} <= set(m) else None,
+                timeout=30, what="SR and SEG series in Orthanc")
+            assert sorted(modalities) == ["CT", "SEG", "SR"]
