@@ -1,0 +1,150 @@
+"""Lung nodules on chest CT, classical baseline.
+
+Steps: air not connected to the outside of the body within its slice is lung (largest
+components, holes filled so that nodules and vessels lie inside); soft-tissue components
+inside the lungs are measured in mm; compact, roughly spherical ones of nodule size are
+findings, elongated ones (vessels) are rejected by the ratio of their principal axes.
+A nodule touching a vessel or the pleura merges with it and is missed: a known limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
+from ai_engine.detectors.morphology import components, fill_holes_per_slice, outside_per_slice
+from ai_engine.errors import DetectorInputError
+from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from ai_engine.volume import Volume
+
+NAME = "nodule_baseline"
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class NoduleParameters:
+    """Thresholds (HU, mm, mL) of the nodule baseline; each one is part of the Device UID."""
+
+    air_hu: float = -400.0
+    min_lung_ml: float = 100.0
+    max_lungs: int = 2
+    min_diameter_mm: float = 3.5
+    max_diameter_mm: float = 30.0
+    max_elongation: float = 1.5
+    min_compactness: float = 0.7
+    score_elongation_width: float = 0.15
+    score_diameter_midpoint_mm: float = 4.0
+    positive_score: float = 0.5
+
+
+class NoduleBaseline:
+    """Compact soft-tissue component detector for lung nodules (see module docstring)."""
+
+    name = NAME
+    task = Task.LUNG_NODULE
+
+    def __init__(self, parameters: NoduleParameters | None = None) -> None:
+        self.parameters = parameters or NoduleParameters()
+        self.algorithm = baseline_algorithm(NAME, VERSION, self.parameters)
+
+    def detect(self, inputs: DetectorInput) -> DetectorResult:
+        """Find compact soft-tissue components inside the lungs of ``inputs.volume``."""
+        volume = inputs.volume
+        if volume is None:
+            raise DetectorInputError(f"{NAME} needs a chest CT volume, got none (views: {len(inputs.views)})")
+        lungs = self.lung_mask(volume)
+        findings: list[Finding] = []
+        if lungs.any():
+            box = ndimage.find_objects(lungs.astype(np.uint8))[0]
+            tissue = lungs[box] & (volume.array[box] > self.parameters.air_hu)
+            findings = self._findings(volume, tissue, box)
+        case_score = max((f.score for f in findings), default=0.0)
+        lung_ml = float(lungs.sum()) * volume.voxel_volume_ml
+        notes = [*BASELINE_NOTES, f"lung mask {lung_ml:.0f} mL"]
+        return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
+                              positive=case_score >= self.parameters.positive_score, notes=notes)
+
+    def lung_mask(self, volume: Volume) -> np.ndarray:
+        """Air inside the body, largest components only, with in-slice holes filled."""
+        p = self.parameters
+        air = volume.array < p.air_hu
+        inner_air = air & ~outside_per_slice(air)
+        labels, boxes = components(inner_air)
+        sizes = ndimage.sum_labels(inner_air, labels, index=np.arange(1, len(boxes) + 1))
+        min_voxels = p.min_lung_ml / volume.voxel_volume_ml
+        keep = [i + 1 for i in np.argsort(sizes)[::-1][: p.max_lungs] if sizes[i] >= min_voxels]
+        if not keep:
+            return np.zeros(air.shape, dtype=bool)
+        return fill_holes_per_slice(np.isin(labels, keep))
+
+    def _findings(self, volume: Volume, tissue: np.ndarray, box: tuple[slice, ...]) -> list[Finding]:
+        p = self.parameters
+        spacing = np.asarray(volume.spacing_mm)
+        offset = np.array([s.start for s in box])
+        labels, boxes = components(tissue)
+        findings = []
+        for index, sub in enumerate(boxes):
+            if sub is None:
+                continue
+            points = np.argwhere(labels[sub] == index + 1) + np.array([s.start for s in sub])
+            volume_ml = len(points) * volume.voxel_volume_ml
+            diameter = (6.0 * volume_ml * 1000.0 / np.pi) ** (1.0 / 3.0)
+            if not p.min_diameter_mm <= diameter <= p.max_diameter_mm:
+                continue
+            elongation = _elongation(points * spacing, spacing)
+            compactness = _compactness(points * spacing, diameter)
+            if elongation > p.max_elongation or compactness < p.min_compactness:
+                continue
+            center = tuple(float(c) for c in points.mean(axis=0) + offset)
+            mask = np.zeros(volume.array.shape, dtype=bool)
+            mask[tuple((points + offset).T)] = True
+            axial_extent = _max_axial_extent(points, spacing)
+            score = (logistic(diameter, p.score_diameter_midpoint_mm, 0.5)
+                     * (1.0 - logistic(elongation, p.max_elongation - 0.2, p.score_elongation_width)))
+            findings.append(Finding(
+                finding_type=FindingType.NODULE, score=score, center_voxel=center,
+                center_mm=volume.voxel_to_patient(center), location=_lung_side(volume, center),
+                volume_ml=volume_ml, diameter_mm=float(diameter), mask=mask,
+                measurements={"elongation": elongation, "compactness": compactness, "max_axial_extent_mm": axial_extent,
+                              "mean_hu": float(volume.array[mask].mean())},
+                attributes={"composition": "solid"},
+            ))
+        return sorted(findings, key=lambda f: -f.score)
+
+
+def _elongation(points_mm: np.ndarray, spacing: np.ndarray) -> float:
+    """Ratio of the largest to the smallest principal axis (1 for a sphere).
+
+    Each voxel is treated as a box of ``spacing`` (variance spacing^2/12 per axis), so a
+    small blob on thick slices is not mistaken for an elongated one.
+    """
+    covariance = np.cov(points_mm.T) if len(points_mm) > 1 else np.zeros((3, 3))
+    covariance = covariance + np.diag(spacing**2 / 12.0)
+    eigenvalues = np.linalg.eigvalsh(covariance)
+    return float(np.sqrt(eigenvalues[-1] / max(eigenvalues[0], 1e-9)))
+
+
+def _compactness(points_mm: np.ndarray, diameter_mm: float) -> float:
+    """Fraction of the component within its equivalent sphere (about 1 for a ball, low for crossing tubes)."""
+    distance = np.linalg.norm(points_mm - points_mm.mean(axis=0), axis=1)
+    return float(np.mean(distance <= diameter_mm / 2.0 + 0.5))
+
+
+def _max_axial_extent(points: np.ndarray, spacing: np.ndarray) -> float:
+    """Largest in-plane extent (mm) over the slices, the way a reader measures on one slice."""
+    extent = 0.0
+    for z in np.unique(points[:, 0]):
+        plane = points[points[:, 0] == z][:, 1:] * spacing[1:]
+        span = plane.max(axis=0) - plane.min(axis=0) + spacing[1:]
+        extent = max(extent, float(np.hypot(*span)) if len(plane) > 1 else float(spacing[1]))
+    return extent
+
+
+def _lung_side(volume: Volume, center: tuple[float, ...]) -> str:
+    """'left lung' / 'right lung' from the patient x of the centre relative to the volume centre."""
+    middle = volume.voxel_to_patient(tuple((n - 1) / 2.0 for n in volume.array.shape))[0]
+    return "left lung" if volume.voxel_to_patient(center)[0] > middle else "right lung"
