@@ -21,6 +21,17 @@ LONG_STRING_MAX = 64
 DISCLAIMER = "AI-generated result, not for clinical use; must be confirmed by a radiologist."
 
 
+def check_algorithm_info(info: AlgorithmInfo) -> None:
+    """Refuse identities DICOM cannot carry: name, version, manufacturer are LO (64 chars)."""
+    for field_name in ("name", "version", "manufacturer"):
+        value = getattr(info, field_name)
+        if not value or len(value) > LONG_STRING_MAX:
+            raise ReportsError(
+                f"algorithm {field_name} must be 1..{LONG_STRING_MAX} characters (DICOM LO), got {value!r}"
+            )
+    algorithm_family(info)
+
+
 def series_description(info: AlgorithmInfo) -> str:
     """Series Description (LO, 64 chars): the AI/not-clinical prefix, then the model name."""
     return (SERIES_DESCRIPTION_PREFIX + info.name)[:LONG_STRING_MAX]

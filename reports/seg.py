@@ -15,7 +15,12 @@ import numpy as np
 import pydicom
 
 from ai_engine.results import DetectorResult, Finding, Task
-from reports.algorithm import add_contributing_equipment, seg_algorithm_identification, series_description
+from reports.algorithm import (
+    add_contributing_equipment,
+    check_algorithm_info,
+    seg_algorithm_identification,
+    series_description,
+)
 from reports.coding import FINDING_TYPE_CODES, MORPHOLOGICALLY_ABNORMAL_STRUCTURE
 from reports.errors import ReportsError
 from reports.sources import view_of
@@ -38,6 +43,7 @@ class SegmentRef:
 def build_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *,
               series_number: int, instance_number: int = 1) -> list[pydicom.Dataset]:
     """Binary SEG instances (one series) for the masked findings of ``result``; [] if none."""
+    check_algorithm_info(result.algorithm)
     masked = [(index, f) for index, f in enumerate(result.findings) if f.mask is not None]
     if not masked:
         return []

@@ -22,6 +22,7 @@ from pydicom.sr.coding import Code
 from ai_engine.results import DetectorResult, Finding, Task
 from reports.algorithm import (
     add_contributing_equipment,
+    check_algorithm_info,
     device_observer_context,
     kind_statement,
     series_description,
@@ -93,6 +94,7 @@ def build_sr(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult,
     """
     if not source_datasets:
         raise ReportsError("build_sr: source_datasets must hold at least one source image, got none")
+    check_algorithm_info(result.algorithm)
     groups = [
         _measurement_group(source_datasets, result, index, finding, segmentations)
         for index, finding in enumerate(result.findings)

@@ -9,35 +9,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from ai_engine.results import AlgorithmInfo, DetectorResult, Finding, FindingType, Task
+from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from reports.errors import ReportsError
 from reports.seg import build_seg
 from reports.writer import save_dataset
 from tests.peers import dciodvfy_errors
-from tests.unit.reports.report_checks import algorithm_equipment, box_mask
-
-
-def ich_result(algorithm: AlgorithmInfo, sources: list[pydicom.Dataset]) -> DetectorResult:
-    """Two hemorrhages with masks on known voxels of the head CT."""
-    shape = (len(sources), sources[0].Rows, sources[0].Columns)
-    findings = [
-        Finding(FindingType.HEMORRHAGE, 0.93, (4.0, 45.0, 65.0), "left frontal", volume_ml=1.2,
-                mask=box_mask(shape, slice(3, 6), slice(40, 50), slice(60, 70)), attributes={"subtype": "subdural"}),
-        Finding(FindingType.HEMORRHAGE, 0.71, (8.0, 80.0, 30.0), "right occipital", volume_ml=0.4,
-                mask=box_mask(shape, slice(8, 9), slice(78, 83), slice(28, 33))),
-    ]
-    return DetectorResult(Task.ICH, algorithm, findings, case_score=0.93, positive=True)
-
-
-def mammo_result(algorithm: AlgorithmInfo, views: list[pydicom.Dataset]) -> DetectorResult:
-    """A mass on the first view and a calcification cluster on the second."""
-    findings = [
-        Finding(FindingType.MASS, 0.81, (30.0, 40.0), "upper outer quadrant", diameter_mm=9.0, view_index=0,
-                mask=box_mask((views[0].Rows, views[0].Columns), slice(25, 36), slice(35, 46))),
-        Finding(FindingType.CALCIFICATION_CLUSTER, 0.66, (70.0, 50.0), "upper outer quadrant", view_index=1,
-                mask=box_mask((views[1].Rows, views[1].Columns), slice(68, 73), slice(48, 53))),
-    ]
-    return DetectorResult(Task.MAMMOGRAPHY, algorithm, findings, case_score=0.81, positive=True)
+from tests.unit.reports.report_checks import algorithm_equipment, ich_result, mammo_result
 
 
 def _saved(ds: pydicom.Dataset, path: Path) -> hd.seg.Segmentation:

@@ -1,0 +1,191 @@
+"""SR TID 1500: valid per dciodvfy and dsrdump, in the source study, cites SEG segments."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from reports.errors import ReportsError
+from reports.seg import build_seg
+from reports.sr import SrReference, build_sr
+from reports.writer import save_dataset
+from tests.peers import dciodvfy_errors, require_tool
+from tests.unit.reports.report_checks import (
+    PATIENT_AND_STUDY,
+    algorithm_equipment,
+    box_mask,
+    ich_result,
+    mammo_result,
+    named,
+)
+
+
+def _saved(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
+    """Write, check with dciodvfy and dsrdump, read back."""
+    save_dataset(ds, path)
+    assert dciodvfy_errors(path) == []
+    dump = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    assert "Imaging Measurement Report" in dump.stdout
+    return pydicom.dcmread(path)
+
+
+def _text_values(sr: pydicom.Dataset, meaning: str) -> list[str]:
+    return [str(item.TextValue) for item in named(sr, meaning) if item.ValueType == "TEXT"]
+
+
+def test_ich_sr_is_in_the_source_study_and_cites_the_seg_segments(head_ct, algorithm, tmp_path):
+    result = ich_result(algorithm, head_ct)
+    segs = build_seg(head_ct, result, series_number=901)
+    sr = _saved(build_sr(head_ct, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
+
+    for keyword in PATIENT_AND_STUDY:
+        assert sr.get(keyword) == head_ct[0].get(keyword), keyword
+    assert sr.SeriesInstanceUID != head_ct[0].SeriesInstanceUID
+    [procedure] = named(sr, "Procedure reported")
+    assert procedure.ConceptCodeSequence[0].CodeValue == "303653007"
+
+    groups = named(sr, "Measurement Group")
+    assert len(groups) == 2
+    segment_refs = named(sr, "Referenced Segment")
+    cited = [(r.ReferencedSOPSequence[0].ReferencedSOPInstanceUID,
+              int(r.ReferencedSOPSequence[0].ReferencedSegmentNumber)) for r in segment_refs]
+    assert cited == [(segs[0].SOPInstanceUID, 1), (segs[0].SOPInstanceUID, 2)]
+    seg_tracking = [str(s.TrackingUID) for s in segs[0].SegmentSequence]
+    assert [str(i.UID) for i in named(sr, "Tracking Unique Identifier")] == seg_tracking
+    # the first finding spans slices 3..5: those are the source images cited for its segment
+    sources = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in named(groups[0], "Source Image for Segmentation")]
+    assert sources == [head_ct[z].SOPInstanceUID for z in (3, 4, 5)]
+
+    volumes = [(float(i.MeasuredValueSequence[0].NumericValue),
+                i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue) for i in named(sr, "Volume")]
+    assert volumes == [(1.2, "ml"), (0.4, "ml")]
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in named(sr, "Probability")] == [0.93, 0.71]
+    assert [i.ConceptCodeSequence[0].CodeMeaning for i in named(sr, "Finding")] == ["Hemorrhage", "Hemorrhage"]
+    assert _text_values(sr, "Finding Site") == ["left frontal", "right occipital"]
+    assert "subtype: subdural" in _text_values(sr, "Comment")
+    [verdict] = named(sr, "Intracranial hemorrhage")
+    assert verdict.ConceptCodeSequence[0].CodeMeaning == "Present"
+    evidence = {i.ReferencedSOPInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+                for s in e.ReferencedSeriesSequence for i in s.ReferencedSOPSequence}
+    assert segs[0].SOPInstanceUID in evidence
+
+
+def test_sr_identifies_the_algorithm_and_says_it_is_ai_not_for_clinical_use(head_ct, algorithm, tmp_path):
+    result = ich_result(algorithm, head_ct)
+    sr = _saved(build_sr(head_ct, result, series_number=902), tmp_path / "sr.dcm")
+
+    assert "NOT FOR CLINICAL USE" in sr.SeriesDescription
+    assert len(sr.SeriesDescription) <= 64
+    [equipment] = algorithm_equipment(sr)
+    assert (equipment.DeviceUID, equipment.ManufacturerModelName, equipment.SoftwareVersions) == (
+        algorithm.device_uid, algorithm.name, algorithm.version)
+    [observer] = named(sr, "Device Observer UID")
+    assert observer.UID == algorithm.device_uid
+    assert _text_values(sr, "Algorithm Name") == [algorithm.name] * 2
+    assert "kind: classical baseline" in _text_values(sr, "Algorithm Parameters")
+    [statement] = [t for t in _text_values(sr, "Comment") if "not for clinical use" in t]
+    assert "classical baseline" in statement and "radiologist" in statement
+
+
+def test_long_model_names_keep_the_series_description_within_64_characters(head_ct, algorithm, tmp_path):
+    long_named = replace(algorithm, name="x" * 60)
+    empty = DetectorResult(Task.ICH, long_named, [], case_score=0.0, positive=False)
+    sr = _saved(build_sr(head_ct, empty, series_number=902), tmp_path / "sr.dcm")
+    assert sr.SeriesDescription.startswith("AI RESULT - NOT FOR CLINICAL USE - xxx")
+    assert len(sr.SeriesDescription) == 64
+
+
+def test_model_name_dicom_cannot_carry_is_refused(head_ct, algorithm):
+    too_long = DetectorResult(Task.ICH, replace(algorithm, name="x" * 65), [], case_score=0.0, positive=False)
+    with pytest.raises(ReportsError, match="algorithm name must be 1..64 characters"):
+        build_sr(head_ct, too_long, series_number=902)
+
+
+def test_empty_result_gives_a_valid_no_findings_report(head_ct, algorithm, tmp_path):
+    empty = DetectorResult(Task.ICH, algorithm, [], case_score=0.02, positive=False)
+    sr = _saved(build_sr(head_ct, empty, series_number=902), tmp_path / "sr.dcm")
+
+    assert named(sr, "Measurement Group") == []
+    assert named(sr, "Imaging Measurements") == []
+    assert "No findings." in _text_values(sr, "Comment")
+    [verdict] = named(sr, "Intracranial hemorrhage")
+    assert verdict.ConceptCodeSequence[0].CodeMeaning == "Absent"
+
+
+def test_reissued_result_names_its_predecessor_and_clinical_inputs(head_ct, algorithm, tmp_path):
+    result = ich_result(algorithm, head_ct)
+    first = build_sr(head_ct, result, series_number=902)
+    second = _saved(build_sr(head_ct, result, series_number=902, instance_number=2,
+                             predecessor=SrReference.from_dataset(first),
+                             clinical_summary={"INR": "2.9 (2026-11-20)", "Anticoagulant": "warfarin"}),
+                    tmp_path / "sr.dcm")
+
+    [study] = second.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    [series] = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert _text_values(second, "Clinical Information") == ["INR: 2.9 (2026-11-20)", "Anticoagulant: warfarin"]
+
+
+def test_nodules_without_masks_are_located_by_points(chest_ct, algorithm, tmp_path):
+    findings = [
+        Finding(FindingType.NODULE, 0.77, (6.0, 40.0, 50.0), "right upper lobe", diameter_mm=7.5,
+                center_mm=(-30.0, -45.0, float(chest_ct[6].ImagePositionPatient[2]))),
+        Finding(FindingType.NODULE, 0.55, (2.0, 90.0, 70.0), "left lower lobe", diameter_mm=4.0),
+    ]
+    result = DetectorResult(Task.LUNG_NODULE, algorithm, findings, case_score=0.77, positive=True)
+    sr = _saved(build_sr(chest_ct, result, series_number=902), tmp_path / "sr.dcm")
+
+    [point3d, point2d] = named(sr, "Image Region")
+    assert (point3d.ValueType, point3d.GraphicType) == ("SCOORD3D", "POINT")
+    assert [float(v) for v in point3d.GraphicData] == list(findings[0].center_mm)
+    assert point3d.ReferencedFrameOfReferenceUID == chest_ct[0].FrameOfReferenceUID
+    assert (point2d.ValueType, point2d.GraphicType) == ("SCOORD", "POINT")
+    assert [float(v) for v in point2d.GraphicData] == [70.5, 90.5]
+    [source] = point2d.ContentSequence
+    assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == chest_ct[2].SOPInstanceUID
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in named(sr, "Diameter")] == [7.5, 4.0]
+    [procedure] = named(sr, "Procedure reported")
+    assert procedure.ConceptCodeSequence[0].CodeMeaning == "CT of chest"
+
+
+def test_nodule_with_mask_cites_its_segment(chest_ct, algorithm, tmp_path):
+    shape = (len(chest_ct), chest_ct[0].Rows, chest_ct[0].Columns)
+    nodule = Finding(FindingType.NODULE, 0.8, (5.0, 60.0, 60.0), "right middle lobe", volume_ml=0.05,
+                     diameter_mm=6.0, mask=box_mask(shape, slice(5, 7), slice(58, 63), slice(58, 63)))
+    result = DetectorResult(Task.LUNG_NODULE, algorithm, [nodule], case_score=0.8, positive=True)
+    segs = build_seg(chest_ct, result, series_number=901)
+    save_dataset(segs[0], tmp_path / "seg.dcm")
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    sr = _saved(build_sr(chest_ct, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
+
+    [reference] = named(sr, "Referenced Segment")
+    assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == segs[0].SOPInstanceUID
+
+
+def test_mammo_findings_cite_the_seg_frame_on_their_view(mammo_views, algorithm, tmp_path):
+    result = mammo_result(algorithm, mammo_views)
+    segs = build_seg(mammo_views, result, series_number=901)
+    sr = _saved(build_sr(mammo_views, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
+
+    frames = named(sr, "Referenced Segmentation Frame")
+    assert [f.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for f in frames] == [s.SOPInstanceUID for s in segs]
+    sources = named(sr, "Source Image for Segmentation")
+    assert [s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in sources] == [
+        v.SOPInstanceUID for v in mammo_views]
+    assert [i.ConceptCodeSequence[0].CodeMeaning for i in named(sr, "Finding")] == ["Mass", "Calcification Cluster"]
+
+
+def test_masked_finding_missing_from_the_given_segs_is_an_error(head_ct, algorithm):
+    result = ich_result(algorithm, head_ct)
+    only_first = DetectorResult(result.task, algorithm, result.findings[:1], result.case_score, result.positive)
+    segs = build_seg(head_ct, only_first, series_number=901)
+    with pytest.raises(ReportsError, match=r"finding 1: .*'Finding 2 \(hemorrhage\)'"):
+        build_sr(head_ct, result, series_number=902, segmentations=segs)
