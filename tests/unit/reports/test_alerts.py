@@ -1,0 +1,109 @@
+"""ICH alert: payload without patient identity; webhook delivers once or names the failure."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ai_engine.results import DetectorResult, Task
+from reports.alerts import AlertDeliveryError, WebhookChannel, build_ich_alert
+from reports.errors import ReportsError
+from tests.peers import free_port
+from tests.unit.reports.report_checks import ich_result
+
+CREATED = datetime.datetime(2026, 11, 20, 10, 31, tzinfo=datetime.UTC)
+ACQUIRED = datetime.datetime(2026, 11, 20, 10, 16, tzinfo=datetime.UTC)
+
+
+def _payload(head_ct, algorithm) -> dict[str, object]:
+    return build_ich_alert(ich_result(algorithm, head_ct), study_instance_uid=head_ct[0].StudyInstanceUID,
+                           accession_number=head_ct[0].AccessionNumber, acquisition_datetime=ACQUIRED,
+                           job_id="job-17", created_at=CREATED)
+
+
+def test_payload_describes_the_hemorrhage_without_patient_identity(head_ct, algorithm):
+    payload = _payload(head_ct, algorithm)
+    text = json.dumps(payload)
+
+    assert str(head_ct[0].PatientID) not in text
+    for part in str(head_ct[0].PatientName).split("^"):
+        assert part not in text
+    assert not {"patient_id", "patient_name", "PatientID", "PatientName"} & set(payload)
+    assert payload["study_instance_uid"] == head_ct[0].StudyInstanceUID
+    assert payload["accession_number"] == head_ct[0].AccessionNumber
+    assert payload["acquisition_datetime"] == "2026-11-20T10:16:00+00:00"
+    assert payload["total_volume_ml"] == 1.6
+    assert payload["findings"][0] == {"type": "hemorrhage", "location": "left frontal", "volume_ml": 1.2,
+                                      "score": 0.93, "subtype": "subdural"}
+    assert payload["findings"][1]["subtype"] is None
+    assert payload["algorithm"]["kind"] == "classical baseline"
+    assert "AI-generated" in payload["disclaimer"] and "radiologist" in payload["disclaimer"]
+
+
+def test_alert_is_only_for_hemorrhage_results(algorithm):
+    nodules = DetectorResult(Task.LUNG_NODULE, algorithm, [], case_score=0.1, positive=False)
+    with pytest.raises(ReportsError, match="task must be 'ich', got 'lung_nodule'"):
+        build_ich_alert(nodules, study_instance_uid="1.2.3", accession_number="A1", acquisition_datetime=None,
+                        job_id="job-1", created_at=CREATED)
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers POSTs with the status the test chose and keeps what arrived."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append((dict(self.headers), json.loads(body)))
+        self.send_response(self.server.status)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        """Keep the test output quiet."""
+
+
+@pytest.fixture()
+def receiver() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Recorder)
+    server.received, server.status = [], 204
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_webhook_delivers_the_json_payload(head_ct, algorithm, receiver):
+    payload = _payload(head_ct, algorithm)
+    channel = WebhookChannel(f"http://127.0.0.1:{receiver.server_port}/alerts", timeout_s=5,
+                             headers={"X-Radfusion-Token": "t0k"})
+    channel.send(payload)
+
+    [(headers, body)] = receiver.received
+    assert body == payload
+    assert headers["X-Radfusion-Token"] == "t0k"
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_webhook_refusal_is_a_delivery_error_with_the_status(head_ct, algorithm, receiver):
+    receiver.status = 503
+    url = f"http://127.0.0.1:{receiver.server_port}/alerts"
+    with pytest.raises(AlertDeliveryError, match="503") as caught:
+        WebhookChannel(url, timeout_s=5).send(_payload(head_ct, algorithm))
+    assert caught.value.channel == f"webhook {url}"
+    assert len(receiver.received) == 1  # one attempt: retries belong to the application
+
+
+def test_closed_port_is_a_delivery_error_naming_the_channel(head_ct, algorithm):
+    url = f"http://127.0.0.1:{free_port()}/alerts"
+    with pytest.raises(AlertDeliveryError, match=f"webhook {url}.*ConnectError"):
+        WebhookChannel(url, timeout_s=2).send(_payload(head_ct, algorithm))
+
+
+def test_webhook_url_must_be_http():
+    with pytest.raises(ReportsError, match="must start with http"):
+        WebhookChannel("ftp://example.invalid/x")
