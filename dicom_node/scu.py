@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
@@ -88,7 +89,7 @@ def _read_header(path: Path) -> _FileHeader:
         dataset = dcmread(path, stop_before_pixels=True)
         return _FileHeader(Path(path), str(dataset.SOPClassUID), str(dataset.SOPInstanceUID),
                            str(dataset.file_meta.TransferSyntaxUID))
-    except (OSError, AttributeError, ValueError) as exc:
+    except (OSError, AttributeError, ValueError, InvalidDicomError) as exc:
         raise DeliveryError(f"cannot send {path}: not a readable DICOM file with SOP class, "
                             f"instance and transfer syntax ({type(exc).__name__}: {exc})") from exc
 
@@ -110,18 +111,21 @@ def _associate(node: RemoteNode, calling_ae: str, timeout_s: float, contexts: Se
     for abstract_syntax, transfer_syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, transfer_syntaxes)
     tls_args = (tls_context, node.host) if node.tls and tls_context is not None else None
+    connected: list[bool] = []
     assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)])
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                                       (evt.EVT_CONN_OPEN, lambda _event: connected.append(True))])
     if assoc.is_established:
         return assoc
+    if not connected:
+        raise DeliveryError(f"{_describe(node)}: could not connect (connection refused, timed out "
+                            f"or TLS handshake failed) within {timeout_s}s")
     if assoc.is_rejected:
         response = assoc.acceptor.primitive
         reason = describe_rejection(response.result, response.result_source, response.diagnostic)
         raise DeliveryError(f"{_describe(node)} rejected the association from {calling_ae}: {reason}")
-    if assoc.is_aborted:
-        raise DeliveryError(f"{_describe(node)} aborted the association request from {calling_ae}")
-    raise DeliveryError(f"{_describe(node)}: could not connect (connection refused, timed out "
-                        f"or TLS handshake failed) within {timeout_s}s")
+    raise DeliveryError(f"{_describe(node)} aborted the association request from {calling_ae} "
+                        f"or sent no answer within {timeout_s}s")
 
 
 def send_files(node: RemoteNode, paths: Sequence[Path], calling_ae: str, timeout_s: float,
