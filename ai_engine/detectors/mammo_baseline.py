@@ -1,0 +1,197 @@
+"""Masses and microcalcification clusters on mammograms, classical baseline.
+
+Per view: the breast is the largest bright region; masses are compact regions brighter than
+their surroundings (local mean minus a masked, broad background); calcifications are specks
+far above their median neighbourhood (a band along the chest wall is skipped, so lesions
+right at the chest wall are missed), grouped by single linkage, kept as a cluster when at
+least ``min_cluster_size`` lie together. Masses of the same breast are matched across CC and
+MLO by their depth from the chest wall; a mass seen in one view only scores lower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.cluster.hierarchy import fclusterdata
+
+from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
+from ai_engine.errors import DetectorInputError
+from ai_engine.mammo import MammoView
+from ai_engine.results import DetectorResult, Finding, FindingType, Task
+
+NAME = "mammo_baseline"
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class MammoParameters:
+    """Thresholds (image units, mm) of the mammography baseline; each one is part of the Device UID."""
+
+    breast_fraction: float = 0.2
+    skin_margin_mm: float = 5.0
+    chest_wall_margin_mm: float = 12.0
+    local_sigma_mm: float = 1.5
+    background_sigma_mm: float = 10.0
+    mass_contrast: float = 200.0
+    mass_min_diameter_mm: float = 5.0
+    mass_max_diameter_mm: float = 50.0
+    mass_max_elongation: float = 1.8
+    mass_score_midpoint: float = 300.0
+    mass_score_width: float = 30.0
+    single_view_factor: float = 0.8
+    correspondence_tolerance_mm: float = 15.0
+    calc_window_mm: float = 2.5
+    calc_contrast: float = 400.0
+    calc_link_mm: float = 8.0
+    min_cluster_size: int = 3
+    positive_score: float = 0.5
+
+
+@dataclass
+class _ViewGeometry:
+    breast: np.ndarray
+    inner: np.ndarray
+    chest_wall_col: int
+    spacing_mm: float
+
+
+class MammoBaseline:
+    """Mass and calcification-cluster detector for mammograms (see module docstring)."""
+
+    name = NAME
+    task = Task.MAMMOGRAPHY
+
+    def __init__(self, parameters: MammoParameters | None = None) -> None:
+        self.parameters = parameters or MammoParameters()
+        self.algorithm = baseline_algorithm(NAME, VERSION, self.parameters)
+
+    def detect(self, inputs: DetectorInput) -> DetectorResult:
+        """Find masses and calcification clusters in every view of ``inputs.views``."""
+        if not inputs.views:
+            raise DetectorInputError(f"{NAME} needs mammography views, got none (volume given: "
+                                     f"{inputs.volume is not None})")
+        masses: list[tuple[Finding, MammoView, float]] = []
+        clusters: list[Finding] = []
+        for index, view in enumerate(inputs.views):
+            geometry = self._geometry(view)
+            for finding in self._masses(view, geometry, index):
+                masses.append((finding, view, finding.measurements["depth_from_chest_wall_mm"]))
+            clusters.extend(self._clusters(view, geometry, index))
+        self._match_views(masses)
+        findings = sorted([m for m, _, _ in masses] + clusters, key=lambda f: -f.score)
+        case_score = max((f.score for f in findings), default=0.0)
+        return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
+                              positive=case_score >= self.parameters.positive_score, notes=list(BASELINE_NOTES))
+
+    def _geometry(self, view: MammoView) -> _ViewGeometry:
+        image = view.array
+        spacing = float(np.mean(view.pixel_spacing_mm))
+        low, high = np.percentile(image, [1, 99])
+        bright = image > low + self.parameters.breast_fraction * (high - low)
+        labels, count = ndimage.label(bright)
+        if count == 0:
+            empty = np.zeros(image.shape, dtype=bool)
+            return _ViewGeometry(empty, empty, 0, spacing)
+        sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
+        breast = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+        inner = ndimage.distance_transform_edt(breast) * spacing > self.parameters.skin_margin_mm
+        chest_wall_col = 0 if breast[:, 0].sum() >= breast[:, -1].sum() else image.shape[1] - 1
+        # The pectoral muscle and the chest-wall edge are bright bands, not masses.
+        depth_mm = np.abs(np.arange(image.shape[1]) - chest_wall_col) * spacing
+        inner &= (depth_mm > self.parameters.chest_wall_margin_mm)[None, :]
+        return _ViewGeometry(breast, inner, chest_wall_col, spacing)
+
+    def _masses(self, view: MammoView, geometry: _ViewGeometry, index: int) -> list[Finding]:
+        p = self.parameters
+        spacing = geometry.spacing_mm
+        image = view.array
+        weight = geometry.breast.astype(np.float32)
+        local = ndimage.gaussian_filter(image, p.local_sigma_mm / spacing)
+        sigma_b = p.background_sigma_mm / spacing
+        background = (ndimage.gaussian_filter(image * weight, sigma_b)
+                      / np.maximum(ndimage.gaussian_filter(weight, sigma_b), 1e-3))
+        contrast = np.where(geometry.inner, local - background, 0.0)
+        labels, count = ndimage.label(contrast > p.mass_contrast)
+        findings = []
+        for label, box in enumerate(ndimage.find_objects(labels), start=1):
+            region = labels[box] == label
+            points = np.argwhere(region) + np.array([box[0].start, box[1].start])
+            diameter = 2.0 * np.sqrt(len(points) / np.pi) * spacing
+            if not p.mass_min_diameter_mm <= diameter <= p.mass_max_diameter_mm:
+                continue
+            elongation = _elongation_2d(points)
+            if elongation > p.mass_max_elongation:
+                continue
+            mask = np.zeros(image.shape, dtype=bool)
+            mask[box] = region
+            peak = float(contrast[mask].max())
+            center = tuple(float(c) for c in points.mean(axis=0))
+            depth = abs(center[1] - geometry.chest_wall_col) * spacing
+            findings.append(Finding(
+                finding_type=FindingType.MASS, score=logistic(peak, p.mass_score_midpoint, p.mass_score_width),
+                center_voxel=center, location=_location(view), diameter_mm=float(diameter), mask=mask,
+                view_index=index,
+                measurements={"peak_contrast": peak, "elongation": elongation, "depth_from_chest_wall_mm": depth},
+                attributes={"laterality": view.laterality, "view": view.view},
+            ))
+        return findings
+
+    def _clusters(self, view: MammoView, geometry: _ViewGeometry, index: int) -> list[Finding]:
+        p = self.parameters
+        spacing = geometry.spacing_mm
+        window = max(int(round(p.calc_window_mm / spacing)) * 2 + 1, 3)
+        tophat = view.array - ndimage.median_filter(view.array, size=window)
+        specks = (tophat > p.calc_contrast) & geometry.inner
+        labels, count = ndimage.label(specks)
+        if count < p.min_cluster_size:
+            return []
+        points = np.array(ndimage.center_of_mass(specks, labels, np.arange(1, count + 1)))
+        groups = fclusterdata(points * spacing, t=p.calc_link_mm, criterion="distance", method="single")
+        findings = []
+        for group in np.unique(groups):
+            members = points[groups == group]
+            if len(members) < p.min_cluster_size:
+                continue
+            center = members.mean(axis=0)
+            pairwise = np.linalg.norm(members[:, None] - members[None], axis=-1)
+            extent = float(pairwise.max()) * spacing
+            radius_px = np.linalg.norm(members - center, axis=1).max() + 1.5 / spacing
+            rows, cols = np.ogrid[: view.array.shape[0], : view.array.shape[1]]
+            mask = (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= radius_px**2
+            findings.append(Finding(
+                finding_type=FindingType.CALCIFICATION_CLUSTER,
+                score=logistic(len(members), p.min_cluster_size - 0.5, 0.5),
+                center_voxel=(float(center[0]), float(center[1])), location=_location(view),
+                diameter_mm=extent, mask=mask, view_index=index,
+                measurements={"calcification_count": float(len(members)), "extent_mm": extent},
+                attributes={"laterality": view.laterality, "view": view.view},
+            ))
+        return findings
+
+    def _match_views(self, masses: list[tuple[Finding, MammoView, float]]) -> None:
+        """Link each mass to the closest-depth mass in another view of the same breast."""
+        p = self.parameters
+        for finding, view, depth in masses:
+            others = [(abs(depth - d), other) for other, v, d in masses
+                      if v.laterality == view.laterality and v.view != view.view]
+            best = min(others, key=lambda pair: pair[0], default=None)
+            if best is not None and best[0] <= p.correspondence_tolerance_mm:
+                finding.attributes["corresponding_view_index"] = str(best[1].view_index)
+                finding.measurements["correspondence_depth_difference_mm"] = best[0]
+            else:
+                finding.score *= p.single_view_factor
+                finding.attributes["corresponding_view_index"] = "none"
+
+
+def _elongation_2d(points: np.ndarray) -> float:
+    covariance = np.cov(points.T) + np.eye(2) / 12.0 if len(points) > 1 else np.eye(2)
+    eigenvalues = np.linalg.eigvalsh(covariance)
+    return float(np.sqrt(eigenvalues[-1] / max(eigenvalues[0], 1e-9)))
+
+
+def _location(view: MammoView) -> str:
+    side = "left" if view.laterality == "L" else "right"
+    return f"{side} breast, {view.view} view"
