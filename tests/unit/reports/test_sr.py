@@ -59,7 +59,8 @@ def test_ich_sr_is_in_the_source_study_and_cites_the_seg_segments(head_ct, algor
     seg_tracking = [str(s.TrackingUID) for s in segs[0].SegmentSequence]
     assert [str(i.UID) for i in named(sr, "Tracking Unique Identifier")] == seg_tracking
     # the first finding spans slices 3..5: those are the source images cited for its segment
-    sources = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in named(groups[0], "Source Image for Segmentation")]
+    sources = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+               for i in named(groups[0], "Source Image for Segmentation")]
     assert sources == [head_ct[z].SOPInstanceUID for z in (3, 4, 5)]
 
     volumes = [(float(i.MeasuredValueSequence[0].NumericValue),
