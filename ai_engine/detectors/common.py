@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
-
-from pydicom.uid import generate_uid
 
 from ai_engine.results import AlgorithmInfo
 
@@ -20,10 +19,13 @@ BASELINE_NOTES = (
 def baseline_algorithm(name: str, version: str, parameters: object) -> AlgorithmInfo:
     """AlgorithmInfo whose Device UID is derived from name, version and every parameter value.
 
-    Changing any parameter therefore changes the UID, as IHE AI Results requires.
+    Changing any parameter therefore changes the UID, as IHE AI Results requires. The UID is
+    a 2.25 (UUID-derived) UID from a SHA-256 of those values; pydicom's ``generate_uid`` with
+    ``prefix=None`` ignores its entropy sources and would give a new UID every run.
     """
     values = json.dumps(dataclasses.asdict(parameters), sort_keys=True)  # type: ignore[call-overload]
-    uid = generate_uid(prefix=None, entropy_srcs=[name, version, values])
+    digest = hashlib.sha256("\n".join([name, version, values]).encode()).digest()
+    uid = f"2.25.{int.from_bytes(digest[:16], 'big')}"
     return AlgorithmInfo(name=name, version=version, device_uid=uid, kind=BASELINE_KIND)
 
 

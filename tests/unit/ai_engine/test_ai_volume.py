@@ -1,0 +1,95 @@
+"""Series -> volume and mammography views: ordering, geometry and the rejections a user would see."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ai_engine.errors import VolumeError
+from ai_engine.inputs import load_inputs
+from ai_engine.results import Task
+from ai_engine.synthetic.studies import SyntheticStudy, write_study
+from ai_engine.volume import load_series
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return write_study("head_ct", tmp_path_factory.mktemp("head"), seed=4, rows=64, slices=12)
+
+
+def _rewrite(paths: list[Path], out: Path, change) -> list[Path]:  # noqa: ANN001
+    """Copies of ``paths`` with ``change(index, dataset)`` applied."""
+    out.mkdir()
+    copies = []
+    for index, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        change(index, ds)
+        copies.append(out / path.name)
+        ds.save_as(copies[-1])
+    return copies
+
+
+def test_shuffled_files_are_ordered_along_the_normal(head: SyntheticStudy) -> None:
+    shuffled = list(head.paths)
+    random.Random(0).shuffle(shuffled)
+    volume = load_series(shuffled)
+    assert volume.paths == head.paths
+    assert volume.array.shape == (12, 64, 64)
+    assert volume.spacing_mm[0] == pytest.approx(5.0)
+    first, last = pydicom.dcmread(head.paths[0]), pydicom.dcmread(head.paths[-1])
+    assert volume.sop_instance_uids[0] == first.SOPInstanceUID
+    assert volume.voxel_to_patient((11, 0, 0)) == pytest.approx(tuple(float(v) for v in last.ImagePositionPatient))
+
+
+def test_rescale_gives_hounsfield_units(head: SyntheticStudy) -> None:
+    volume = load_series(head.paths)
+    assert pydicom.dcmread(head.paths[0]).RescaleIntercept == -1024  # stored unsigned
+    assert volume.array[6, 0, 0] == pytest.approx(-1000, abs=30)  # air outside the head
+    assert volume.array.max() > 700  # skull
+
+
+def test_missing_slice_is_rejected_as_a_gap(head: SyntheticStudy) -> None:
+    with pytest.raises(VolumeError, match="missing slice or gap"):
+        load_series(head.paths[:5] + head.paths[6:])
+
+
+def test_mixed_orientation_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
+    def rotate(index: int, ds: pydicom.Dataset) -> None:
+        if index == 3:
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+
+    with pytest.raises(VolumeError, match="mixed orientations"):
+        load_series(_rewrite(head.paths, tmp_path / "mixed", rotate))
+
+
+def test_gantry_tilt_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
+    def tilt(index: int, ds: pydicom.Dataset) -> None:
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + index * 5.0 * np.tan(np.radians(15)), z]
+
+    with pytest.raises(VolumeError, match="gantry tilt about 15"):
+        load_series(_rewrite(head.paths, tmp_path / "tilt", tilt))
+
+
+def test_mixed_matrix_sizes_are_rejected(tmp_path: Path, head: SyntheticStudy) -> None:
+    other = write_study("head_ct", tmp_path, seed=4, rows=72, slices=8)
+
+    def same_series(index: int, ds: pydicom.Dataset) -> None:
+        reference = pydicom.dcmread(head.paths[0])
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = reference.SeriesInstanceUID, reference.StudyInstanceUID
+
+    with pytest.raises(VolumeError, match="rows x columns"):
+        load_series(head.paths + _rewrite(other.paths[:1], tmp_path / "big", same_series))
+
+
+def test_mammography_inputs_are_views_with_laterality_and_view(tmp_path: Path) -> None:
+    study = write_study("mammo", tmp_path, seed=2, rows=128)
+    inputs = load_inputs(Task.MAMMOGRAPHY, list(reversed(study.paths)))
+    assert inputs.volume is None
+    assert [v.view for v in inputs.views] == ["CC", "MLO"]
+    assert inputs.views[0].pixel_spacing_mm == pytest.approx((220 / 128, 220 / 128), rel=1e-3)
+    assert inputs.views[0].laterality in ("L", "R")
