@@ -1,0 +1,165 @@
+"""FHIR R4 REST client (httpx, resources parsed with fhir.resources.R4B).
+
+Searches follow ``link[next]`` (only within the server's own base URL, so a token never
+leaves it) up to ``page_limit`` pages. Reads are retried with exponential backoff on
+connection errors, 429 and 5xx; other 4xx are not (asking again will not help). Creates
+are retried only when the server cannot have acted on them (connect failures, 429, 503),
+so a retry never stores a result twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+from fhir.resources.R4B import FHIRAbstractModel, get_fhir_model_class
+from pydantic import ValidationError
+
+from hl7_fhir.errors import Hl7FhirError
+from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+NOT_PROCESSED_STATUS = frozenset({429, 503})
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+
+Params = Mapping[str, str | Sequence[str]]
+
+
+class FhirError(Hl7FhirError):
+    """A FHIR request failed: the server is unreachable, answered an error, or sent an invalid resource."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _outcome_text(response: httpx.Response) -> str:
+    """The OperationOutcome's issue texts, or the start of the body."""
+    try:
+        body = response.json()
+        issues = body.get("issue", []) if isinstance(body, dict) else []
+        texts = [i.get("details", {}).get("text") or i.get("diagnostics") or i.get("code", "") for i in issues]
+        return "; ".join(filter(None, texts)) or response.text[:200]
+    except ValueError:
+        return response.text[:200]
+
+
+def parse_resource(data: Mapping[str, Any]) -> FHIRAbstractModel:
+    """A JSON resource as its fhir.resources.R4B model; FhirError names the type, id and problem."""
+    resource_type = data.get("resourceType")
+    if not isinstance(resource_type, str):
+        raise FhirError(f"JSON without resourceType: {str(data)[:80]}")
+    try:
+        return get_fhir_model_class(resource_type).model_validate(data)
+    except (KeyError, ValueError, ValidationError) as exc:
+        raise FhirError(f"{resource_type}/{data.get('id', '?')} is not valid R4: {exc}") from exc
+
+
+class FhirClient:
+    """Synchronous FHIR R4 client; thread-safe (one httpx.Client with a connection pool)."""
+
+    def __init__(self, base_url: str, *, auth: BearerToken | ClientCredentials | None = None,
+                 timeout_s: float = 5.0, retries: int = 2, backoff_s: float = 0.2, page_limit: int = 20,
+                 transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep):
+        if not base_url.startswith(("http://", "https://")):
+            raise FhirError(f"FhirClient.base_url must be an http(s) URL, got {base_url!r}")
+        if retries < 0 or page_limit < 1 or timeout_s <= 0:
+            raise FhirError(f"FhirClient needs retries >= 0, page_limit >= 1, timeout_s > 0; got "
+                            f"{retries}, {page_limit}, {timeout_s}")
+        self.base_url = base_url.rstrip("/")
+        self._retries = retries
+        self._backoff = backoff_s
+        self._page_limit = page_limit
+        self._sleep = sleep
+        self._http = httpx.Client(auth=auth, timeout=timeout_s, transport=transport,
+                                  headers={"Accept": FHIR_JSON})
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.close()
+
+    def _request(self, method: str, url: str, *, params: Params | None = None,
+                 json: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One request with retries; the JSON body of a 2xx answer."""
+        headers = {"Content-Type": FHIR_JSON} if json is not None else None
+        idempotent = method == "GET"
+        retry_status = RETRY_STATUS if idempotent else NOT_PROCESSED_STATUS
+        for attempt in range(self._retries + 1):
+            last = attempt == self._retries
+            try:
+                response = self._http.request(method, url, params=params, json=json, headers=headers)
+            except httpx.TransportError as exc:
+                if last or not (idempotent or isinstance(exc, NOT_SENT_ERRORS)):
+                    raise FhirError(f"FHIR {method} {url} failed after {attempt + 1} attempts: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+                log.info("FHIR %s %s: %s, retrying", method, url, type(exc).__name__)
+            else:
+                if response.is_success:
+                    try:
+                        return dict(response.json())
+                    except ValueError as exc:
+                        raise FhirError(f"FHIR {method} {url} answered non-JSON: {response.text[:80]!r}",
+                                        response.status_code) from exc
+                if response.status_code not in retry_status or last:
+                    raise FhirError(f"FHIR {method} {response.url} answered {response.status_code}: "
+                                    f"{_outcome_text(response)}", response.status_code)
+                log.info("FHIR %s %s answered %d, retrying", method, url, response.status_code)
+            self._sleep(self._backoff * 2 ** attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def search(self, resource_type: str, params: Params) -> list[FHIRAbstractModel]:
+        """Every match of a search (``params`` as in the FHIR spec, e.g. ``_count``, ``_sort``), all pages."""
+        resources: list[FHIRAbstractModel] = []
+        url: str | None = f"{self.base_url}/{resource_type}"
+        page_params: Params | None = params
+        for _ in range(self._page_limit):
+            assert url is not None
+            bundle = self._request("GET", url, params=page_params)
+            for entry in bundle.get("entry", []):
+                if entry.get("search", {}).get("mode", "match") == "match" and "resource" in entry:
+                    resources.append(parse_resource(entry["resource"]))
+            url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+            if url is None:
+                return resources
+            if not url.startswith(self.base_url + "/"):
+                raise FhirError(f"next page {url} is outside the FHIR base {self.base_url}; not followed")
+            page_params = None
+        raise FhirError(f"FHIR search {resource_type} has more than {self._page_limit} pages; "
+                        f"narrow it or raise page_limit")
+
+    def read(self, resource_type: str, resource_id: str) -> FHIRAbstractModel:
+        """One resource by id."""
+        return parse_resource(self._request("GET", f"{self.base_url}/{resource_type}/{resource_id}"))
+
+    def find_patient(self, identifier_system: str, value: str) -> FHIRAbstractModel | None:
+        """The one Patient with identifier ``system|value``; None if none; FhirError if several."""
+        matches = self.search("Patient", {"identifier": f"{identifier_system}|{value}"})
+        if len(matches) > 1:
+            raise FhirError(f"{len(matches)} Patients share identifier system {identifier_system}; "
+                            f"refusing to guess which one is the study's patient")
+        return matches[0] if matches else None
+
+    def create(self, resource: FHIRAbstractModel) -> FHIRAbstractModel:
+        """POST a new resource; the server's copy (with id) comes back."""
+        body = resource.model_dump(mode="json", exclude_none=True)
+        return parse_resource(self._request("POST", f"{self.base_url}/{body['resourceType']}", json=body))
+
+    def post_bundle(self, bundle: FHIRAbstractModel) -> FHIRAbstractModel:
+        """POST a transaction/batch Bundle to the base URL; the transaction-response Bundle comes back."""
+        body = bundle.model_dump(mode="json", exclude_none=True)
+        if body.get("resourceType") != "Bundle" or body.get("type") not in ("transaction", "batch"):
+            raise FhirError(f"post_bundle needs a transaction or batch Bundle, got "
+                            f"{body.get('resourceType')} type {body.get('type')!r}")
+        return parse_resource(self._request("POST", self.base_url, json=body))

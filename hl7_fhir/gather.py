@@ -1,0 +1,299 @@
+"""Gather a ClinicalContext for one study: from FHIR, merged with stored HL7 values, under a time budget.
+
+The budget matters more than completeness: a hemorrhage alert must not wait on a slow EMR,
+so :func:`gather_with_budget` returns an explicit 'unavailable' context when the EMR does
+not answer in time, and the job goes on image-only, saying why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
+from hl7_fhir.errors import Hl7FhirError
+from hl7_fhir.fhir_client import FhirClient, FhirError
+from hl7_fhir.medication_classes import DEFAULT_MEDICATION_CLASSES, MedicationClass, classify
+from hl7_fhir.units import ANALYTES, CODED_ANALYTES, LOINC_SYSTEM, UnitError, analyte_for_code, loinc_codes, normalize
+
+log = logging.getLogger(__name__)
+
+HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
+
+
+@dataclass(frozen=True)
+class ClinicalQuery:
+    """What to ask the EMR for one study.
+
+    ``analytes`` are canonical names from :mod:`hl7_fhir.units` (the task's configuration),
+    searched by all their LOINC codes; values older than ``lookback`` before ``now`` are
+    ignored. ``accession`` finds the ServiceRequest that carries the reason for exam.
+    """
+
+    patient_id: str
+    identifier_system: str
+    analytes: tuple[str, ...]
+    now: datetime
+    lookback: timedelta = timedelta(days=90)
+    accession: str = ""
+    medication_classes: tuple[MedicationClass, ...] = DEFAULT_MEDICATION_CLASSES
+    note_limit: int = 5
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.analytes if a not in ANALYTES and a not in CODED_ANALYTES]
+        if unknown:
+            raise Hl7FhirError(f"ClinicalQuery.analytes {unknown} are not known analytes "
+                               f"{sorted([*ANALYTES, *CODED_ANALYTES])}")
+        if self.now.tzinfo is None:
+            raise Hl7FhirError("ClinicalQuery.now must be timezone-aware")
+        if not self.patient_id or not self.identifier_system:
+            raise Hl7FhirError("ClinicalQuery needs patient_id and identifier_system")
+
+    @property
+    def since(self) -> datetime:
+        """Start of the look-back window."""
+        return self.now - self.lookback
+
+
+def _as_datetime(value: object) -> datetime | None:
+    """FHIR date/dateTime as an aware datetime (dates at midnight UTC, naive as UTC)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    return None
+
+
+def _codings(concept: Any) -> list[tuple[str, str, str]]:
+    """(system, code, display) of a CodeableConcept's codings."""
+    if concept is None:
+        return []
+    return [(c.system or "", c.code or "", c.display or "") for c in (concept.coding or [])]
+
+
+def _coded_item(concept: Any, category: str, recorded: object, provenance: Provenance) -> CodedItem:
+    codings = _codings(concept)
+    system, code, display = codings[0] if codings else ("", "", "")
+    text = (concept.text if concept is not None else None) or display or code
+    return CodedItem(code, system, text, category, _as_datetime(recorded), provenance)
+
+
+class _FhirGatherer:
+    """One gathering run: the patient found, then each section searched in parallel."""
+
+    def __init__(self, client: FhirClient, query: ClinicalQuery, patient_id: str):
+        self.client = client
+        self.query = query
+        self.subject = f"Patient/{patient_id}"
+
+    def provenance(self, resource: Any) -> Provenance:
+        last_updated = resource.meta.lastUpdated if resource.meta else None
+        return Provenance("fhir", self.client.base_url, f"{resource.get_resource_type()}/{resource.id}",
+                          _as_datetime(last_updated))
+
+    def labs(self, context: ClinicalContext) -> list[str]:
+        codes = [f"{LOINC_SYSTEM}|{c}" for a in self.query.analytes for c in loinc_codes(a)]
+        observations = self.client.search("Observation", {
+            "subject": self.subject, "code": ",".join(codes), "date": f"ge{self.query.since.isoformat()}",
+            "_sort": "-date", "_count": "50"})
+        problems: list[str] = []
+        for obs in observations:  # newest first: the first usable value per analyte wins
+            when = _as_datetime(obs.effectiveDateTime)
+            codes_here = [code for system, code, _ in _codings(obs.code) if system == LOINC_SYSTEM]
+            name = next((n for n in map(analyte_for_code, codes_here) if n), None)
+            if name is None or name in context.labs or name in context.coded_observations:
+                continue
+            if name in CODED_ANALYTES and obs.valueCodeableConcept is not None:
+                context.coded_observations[name] = _coded_item(obs.valueCodeableConcept, name, when,
+                                                               self.provenance(obs))
+            elif name in ANALYTES and obs.valueQuantity is not None and obs.valueQuantity.value is not None:
+                quantity = obs.valueQuantity
+                try:
+                    value, unit = normalize(name, float(quantity.value), quantity.code or quantity.unit or "")
+                except UnitError as exc:
+                    problems.append(f"Observation/{obs.id}: {exc}")
+                    continue
+                flags = "~".join(code for i in (obs.interpretation or []) for _, code, _ in _codings(i))
+                context.labs[name] = LabValue(name, codes_here[0], value, unit, when, self.provenance(obs), flags)
+        return problems
+
+    def conditions(self, context: ClinicalContext) -> list[str]:
+        for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}):
+            status = _codings(cond.clinicalStatus)
+            context.conditions.append(_coded_item(cond.code, status[0][1] if status else "",
+                                                  cond.recordedDate or cond.onsetDateTime, self.provenance(cond)))
+        return []
+
+    def medications(self, context: ClinicalContext) -> list[str]:
+        for resource_type, when_field in (("MedicationStatement", "effectiveDateTime"),
+                                          ("MedicationRequest", "authoredOn")):
+            for med in self.client.search(resource_type, {"subject": self.subject, "status": "active",
+                                                          "_count": "100"}):
+                concept = med.medicationCodeableConcept
+                text = (concept.text if concept else None) or (
+                    med.medicationReference.display if med.medicationReference else "") or ""
+                category = classify(_codings(concept), text, self.query.medication_classes)
+                item = _coded_item(concept, category, getattr(med, when_field), self.provenance(med))
+                context.medications.append(item if item.display else CodedItem(
+                    item.code, item.system, text, category, item.recorded_at, item.provenance))
+        return []
+
+    def family_history(self, context: ClinicalContext) -> list[str]:
+        for history in self.client.search("FamilyMemberHistory", {"patient": self.subject, "_count": "100"}):
+            relation = _codings(history.relationship)
+            for cond in history.condition or []:
+                context.family_history.append(_coded_item(
+                    cond.code, relation[0][1] if relation else (history.relationship.text or ""),
+                    history.date, self.provenance(history)))
+        return []
+
+    def reason_for_exam(self, context: ClinicalContext) -> list[str]:
+        if not self.query.accession:
+            return []
+        reasons = []
+        for request in self.client.search("ServiceRequest", {"subject": self.subject,
+                                                             "identifier": self.query.accession}):
+            for concept in request.reasonCode or []:
+                codings = _codings(concept)
+                reasons.append(concept.text or (codings[0][2] if codings else ""))
+            reasons += [ref.display for ref in request.reasonReference or [] if ref.display]
+        context.reason_for_exam = "; ".join(filter(None, reasons)) or None
+        return []
+
+    def notes(self, context: ClinicalContext) -> list[str]:
+        window = {"subject": self.subject, "date": f"ge{self.query.since.isoformat()}", "_sort": "-date",
+                  "_count": str(self.query.note_limit)}
+        problems: list[str] = []
+        attachments: list[tuple[str, Any]] = []
+        for doc in self.client.search("DocumentReference", window)[:self.query.note_limit]:
+            attachments += [(f"DocumentReference/{doc.id}", c.attachment) for c in doc.content or []]
+        for report in self.client.search("DiagnosticReport", window)[:self.query.note_limit]:
+            if report.conclusion:
+                context.notes.append(report.conclusion)
+            attachments += [(f"DiagnosticReport/{report.id}", a) for a in report.presentedForm or []]
+        for where, attachment in attachments:
+            if attachment.data is None or not (attachment.contentType or "").startswith("text/plain"):
+                continue
+            try:
+                raw = attachment.data if isinstance(attachment.data, bytes) else base64.b64decode(attachment.data)
+                context.notes.append(raw.decode("utf-8"))
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                problems.append(f"{where}: text/plain attachment does not decode: {exc}")
+        return problems
+
+
+def _age_years(birth: object, now: datetime) -> float | None:
+    born = _as_datetime(birth)
+    return None if born is None else round((now - born).days / 365.25, 1)
+
+
+def gather_from_fhir(client: FhirClient, query: ClinicalQuery, *, max_workers: int = 6) -> ClinicalContext:
+    """ClinicalContext from FHIR for the query's patient; FhirError when the patient search fails.
+
+    Sections (labs, conditions, medications, family history, reason for exam, notes) run in
+    parallel; one that fails leaves its reason in ``errors`` and the status 'partial'.
+    """
+    patient = client.find_patient(query.identifier_system, query.patient_id)
+    if patient is None:
+        return ClinicalContext.unavailable(f"no Patient with an identifier in system {query.identifier_system} "
+                                           f"matches the study's patient")
+    context = ClinicalContext(age_years=_age_years(patient.birthDate, query.now), sex=patient.gender,
+                              status="complete")
+    gatherer = _FhirGatherer(client, query, str(patient.id))
+    sections: list[Callable[[ClinicalContext], list[str]]] = [
+        gatherer.labs, gatherer.conditions, gatherer.medications, gatherer.family_history,
+        gatherer.reason_for_exam, gatherer.notes]
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-gather") as pool:
+        futures = {section.__name__: pool.submit(section, context) for section in sections}
+    for name, future in futures.items():
+        try:
+            context.errors += future.result()
+        except (FhirError, Hl7FhirError) as exc:
+            context.errors.append(f"{name}: {exc}")
+    context.status = "partial" if context.errors else "complete"
+    context.missing = _missing(context, query.analytes, query.accession)
+    return context
+
+
+def _missing(context: ClinicalContext, analytes: Sequence[str], accession: str) -> list[str]:
+    """Names of what was asked for and not found."""
+    missing = [a for a in analytes if a not in context.labs and a not in context.coded_observations]
+    missing += [name for name, value in (("age", context.age_years), ("sex", context.sex)) if value is None]
+    if accession and not context.reason_for_exam:
+        missing.append("reason_for_exam")
+    return missing
+
+
+def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue], *, analytes: Sequence[str],
+                   now: datetime, lookback: timedelta, hl7_coded: Sequence[CodedItem] = (),
+                   hl7_birth_date: date | None = None, hl7_sex: str | None = None,
+                   hl7_reason: str | None = None, accession: str = "") -> ClinicalContext:
+    """FHIR context plus stored HL7 values: per analyte the newest value inside the window wins.
+
+    Each value keeps its provenance. FHIR demographics win over HL7's (the EMR is the
+    master record); HL7 fills what FHIR lacks. An unavailable FHIR context with HL7 data
+    becomes 'partial' and keeps the EMR's error.
+    """
+    since = now - lookback
+    merged = ClinicalContext(
+        age_years=fhir_context.age_years, sex=fhir_context.sex, labs=dict(fhir_context.labs),
+        coded_observations=dict(fhir_context.coded_observations), medications=list(fhir_context.medications),
+        conditions=list(fhir_context.conditions), family_history=list(fhir_context.family_history),
+        reason_for_exam=fhir_context.reason_for_exam, notes=list(fhir_context.notes),
+        errors=list(fhir_context.errors))
+    for value in hl7_values:
+        if value.name not in analytes or value.observed_at is None or not since <= value.observed_at <= now:
+            continue
+        current = merged.labs.get(value.name)
+        if current is None or current.observed_at is None or value.observed_at > current.observed_at:
+            merged.labs[value.name] = value
+    for item in hl7_coded:
+        current_coded = merged.coded_observations.get(item.category)
+        if item.category in analytes and item.recorded_at is not None and since <= item.recorded_at <= now and (
+                current_coded is None or current_coded.recorded_at is None
+                or item.recorded_at > current_coded.recorded_at):
+            merged.coded_observations[item.category] = item
+    if merged.age_years is None and hl7_birth_date is not None:
+        merged.age_years = _age_years(hl7_birth_date, now)
+    merged.sex = merged.sex or HL7_SEX_TO_FHIR.get(hl7_sex or "")
+    merged.reason_for_exam = merged.reason_for_exam or hl7_reason or None
+    has_data = bool(merged.labs or merged.coded_observations or merged.age_years is not None
+                    or merged.reason_for_exam)
+    if fhir_context.status == "unavailable":
+        merged.status = "partial" if has_data else "unavailable"
+    else:
+        merged.status = fhir_context.status
+    merged.missing = _missing(merged, analytes, accession)
+    return merged
+
+
+def gather_with_budget(gather: Callable[[], ClinicalContext], budget_s: float = 2.0) -> ClinicalContext:
+    """Run ``gather`` in a worker thread; its context if it finishes within ``budget_s``, else 'unavailable'.
+
+    Never raises and never blocks longer than the budget: an EMR error or a late answer
+    becomes ``ClinicalContext.unavailable(reason)`` and the job goes on image-only.
+    """
+    done = threading.Event()
+    outcome: list[ClinicalContext] = []
+
+    def work() -> None:
+        try:
+            outcome.append(gather())
+        except Exception as exc:  # any failure of the EMR side means image-only, with the reason
+            log.warning("clinical context gathering failed: %s: %s", type(exc).__name__, exc)
+            outcome.append(ClinicalContext.unavailable(f"EMR query failed: {exc}"))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="clinical-context", daemon=True).start()
+    if not done.wait(budget_s):
+        log.warning("clinical context not gathered within %.1f s; going on image-only", budget_s)
+        return ClinicalContext.unavailable(f"EMR did not answer within {budget_s:.1f} s")
+    return outcome[0]

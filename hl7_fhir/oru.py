@@ -1,0 +1,99 @@
+"""Outbound HL7 v2.5.1 ORU^R01: AI results (one OBX per finding) and critical-result alerts.
+
+Results are preliminary (OBR-25/OBX-11 'P'): an AI result is never final until a
+radiologist confirms it, and every message carries an NTE that says so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from hl7_fhir.er7 import escape
+from hl7_fhir.findings import FindingError, OutboundFinding, OutboundStudy
+
+AI_NOTE = "AI-generated preliminary result; not for diagnosis until confirmed by a radiologist."
+CRITICAL_NOTE = ("CRITICAL RESULT: AI-detected {types}. AI-generated, confirm with the images "
+                 "and a radiologist before acting.")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """MSH-3..6: radfusion as sender, the RIS/EMR interface as receiver."""
+
+    sending_application: str = "RADFUSION"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
+def abnormal_flag(finding: OutboundFinding) -> str:
+    """OBX-8: 'AA' critical, 'A' abnormal, 'N' normal (HL7 table 0078)."""
+    if finding.critical:
+        return "AA"
+    return "A" if finding.abnormal else "N"
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+
+
+def _segment(*fields: str) -> str:
+    return "|".join(fields)
+
+
+def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints: Endpoints,
+           notes: Sequence[str], priority: str, control_id: str | None,
+           now: Callable[[], datetime] | None) -> str:
+    stamp = _ts((now or (lambda: datetime.now(timezone.utc)))())
+    performed = _ts(study.performed_at) if study.performed_at else ""
+    msh = _segment("MSH", "^~\\&", escape(endpoints.sending_application), escape(endpoints.sending_facility),
+                   escape(endpoints.receiving_application), escape(endpoints.receiving_facility), stamp, "",
+                   "ORU^R01^ORU_R01", control_id or uuid.uuid4().hex[:20], "P", "2.5.1")
+    pid = _segment("PID", "1", "", f"{escape(study.patient_id)}^^^{escape(study.patient_authority)}^MR")
+    obr = [""] * 26
+    obr[0:5] = ["OBR", "1", "", escape(study.study_instance_uid),
+                f"{escape(study.study_code)}^{escape(study.study_display)}^LN"]
+    obr[7] = performed
+    obr[18] = escape(study.accession)
+    obr[22] = stamp
+    obr[24] = "RAD"
+    obr[25] = "P"
+    if priority:
+        obr += ["", f"^^^^^{priority}"]
+    segments = [msh, pid, _segment(*obr)]
+    segments += [_segment("NTE", str(i), "L", escape(note)) for i, note in enumerate(notes, start=1)]
+    rows = list(findings) or [OutboundFinding(f"No finding detected by {study.algorithm}", abnormal=False)]
+    for index, finding in enumerate(rows, start=1):
+        code = (f"{escape(finding.code)}^{escape(finding.finding_type)}^{escape(finding.code_system)}"
+                if finding.code else f"^{escape(finding.finding_type)}")
+        segments.append(_segment("OBX", str(index), "ST", code, str(index), escape(finding.summary()),
+                                 "", "", abnormal_flag(finding), "", "", "P", "", "", performed,
+                                 "", "", "", escape(study.algorithm)))
+    return "\r".join(segments) + "\r"
+
+
+def build_oru_result(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints: Endpoints,
+                     *, control_id: str | None = None, now: Callable[[], datetime] | None = None) -> str:
+    """ORU^R01 for one study: OBR for the imaging study (OBR-18 accession), one OBX per finding.
+
+    No finding gives one OBX saying so, flagged 'N'. OBX-18 names the algorithm.
+    """
+    return _build(study, findings, endpoints, [AI_NOTE], "", control_id, now)
+
+
+def build_critical_oru(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints: Endpoints,
+                       *, control_id: str | None = None, now: Callable[[], datetime] | None = None) -> str:
+    """Critical-result ORU^R01 (priority stat, 'AA' OBX flags, NTE asking to confirm).
+
+    Raises FindingError unless at least one finding is critical: a critical alert without a
+    critical finding would page staff for nothing.
+    """
+    critical = [f for f in findings if f.critical]
+    if not critical:
+        raise FindingError(f"critical ORU for study {study.study_instance_uid} has no critical finding")
+    types = ", ".join(sorted({f.finding_type for f in critical}))
+    return _build(study, critical, endpoints, [CRITICAL_NOTE.format(types=types), AI_NOTE], "S",
+                  control_id, now)

@@ -1,0 +1,1 @@
+"""FHIR test peer (Medplum FHIR router on node) and its pytest fixture."""

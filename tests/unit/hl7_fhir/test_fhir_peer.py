@@ -1,0 +1,132 @@
+"""FHIR client, gathering and outbound report against the real Medplum FHIR router on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from hl7_fhir.fhir_auth import BearerToken
+from hl7_fhir.fhir_client import FhirClient, FhirError
+from hl7_fhir.findings import OutboundFinding, OutboundStudy
+from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, gather_with_budget
+from hl7_fhir.outbound import (
+    REPORT_ID_SYSTEM,
+    build_alert_communication,
+    build_diagnostic_report,
+    transaction_bundle,
+)
+from tests.fhir_peer.fixture import fhir_peer, seed
+from tests.peers import free_port
+from tests.unit.hl7_fhir import seed_record
+from tests.unit.hl7_fhir.seed_record import ACCESSION, MRN, SYSTEM
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def seeded(peer_url: str) -> str:
+    """The peer holding two patients and the study patient's record; yields the study patient's id."""
+    mine, other = seed(peer_url, seed_record.patients())
+    seed(peer_url, seed_record.record(f"Patient/{mine['id']}", f"Patient/{other['id']}", NOW))
+    return str(mine["id"])
+
+
+@pytest.fixture
+def client(peer_url: str) -> Iterator[FhirClient]:
+    with FhirClient(peer_url, timeout_s=5, retries=1) as fhir:
+        yield fhir
+
+
+def query(*analytes: str) -> ClinicalQuery:
+    return ClinicalQuery(MRN, SYSTEM, analytes, NOW, accession=ACCESSION)
+
+
+def test_search_by_identifier_code_date_sort_and_paging(client: FhirClient, seeded: str) -> None:
+    assert client.find_patient(SYSTEM, MRN).id == seeded
+    assert client.find_patient(SYSTEM, "nobody") is None
+    glucose = client.search("Observation", {"subject": f"Patient/{seeded}", "code": "http://loinc.org|2345-7",
+                                            "_sort": "-date", "_count": "5"})
+    values = [float(o.valueQuantity.value) for o in glucose]
+    assert values == [100.0 + i for i in range(12)]  # three pages of 5, newest first
+    recent = client.search("Observation", {"subject": f"Patient/{seeded}", "code": "http://loinc.org|2345-7",
+                                           "date": f"ge{(NOW - timedelta(days=4, hours=12)).isoformat()}"})
+    assert len(recent) == 5
+
+
+def test_gather_from_fhir_builds_the_clinical_context(client: FhirClient, seeded: str) -> None:
+    ctx = gather_from_fhir(client, query("inr", "platelets", "hemoglobin", "creatinine", "smoking_status"))
+    assert ctx.status == "complete", ctx.errors
+    assert (ctx.sex, ctx.age_years) == ("female", pytest.approx((NOW.date().toordinal()
+                                                                 - datetime(1950, 6, 15).toordinal()) / 365.25, abs=0.1))
+    inr = ctx.labs["inr"]
+    assert (inr.value, inr.code, inr.provenance.source) == (2.8, "34714-6", "fhir")
+    assert inr.provenance.record_id.startswith("Observation/")
+    assert ctx.labs["platelets"].value == pytest.approx(95.0) and ctx.labs["platelets"].unit == "10*9/L"
+    assert ctx.labs["hemoglobin"].value == pytest.approx(12.0)
+    assert ctx.coded_observations["smoking_status"].display == "Ex-smoker"
+    assert ctx.missing == ["creatinine"]
+    assert {(m.display, m.category) for m in ctx.medications} == {
+        ("warfarin", "anticoagulant"), ("clopidogrel", "antiplatelet"), ("Amoxicillin 500 mg", "")}
+    assert [(c.display, c.category) for c in ctx.conditions] == [("Atrial fibrillation", "active")]
+    assert [(f.display, f.category) for f in ctx.family_history] == [("Breast cancer", "MTH")]
+    assert ctx.reason_for_exam == "Fall, on anticoagulation"
+    assert "ED note: headache after a fall, on warfarin." in ctx.notes
+    assert "Prior CT head: no acute intracranial abnormality." in ctx.notes
+
+
+def study() -> OutboundStudy:
+    return OutboundStudy("1.2.826.0.1.3680043.8.498.1", ACCESSION, MRN, "HOSP", SYSTEM, "24725-4",
+                         "CT Head", "radfusion-ich 0.1.0", NOW - timedelta(minutes=5))
+
+
+FINDINGS = [OutboundFinding("Intracranial hemorrhage", "1386000", "http://snomed.info/sct", "left parietal",
+                            volume_ml=12.34, score=0.93, critical=True),
+            OutboundFinding("Midline shift", location="septum pellucidum", diameter_mm=4.0, score=0.71)]
+
+
+def test_outbound_report_is_valid_and_found_again_once(client: FhirClient, seeded: str) -> None:
+    report, observations = build_diagnostic_report(study(), FINDINGS, issued=NOW,
+                                                   patient_reference=f"Patient/{seeded}")
+    alert = build_alert_communication(study(), FINDINGS, sent=NOW, patient_reference=f"Patient/{seeded}")
+    bundle = transaction_bundle([*observations, report, alert])
+    client.post_bundle(bundle)
+    client.post_bundle(bundle)  # a retried delivery must not store a second copy
+    found = client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{study().study_instance_uid}/"
+                                                             f"{study().algorithm}"})
+    assert len(found) == 1
+    stored = found[0]
+    assert stored.status == "preliminary" and stored.subject.reference == f"Patient/{seeded}"
+    assert stored.imagingStudy[0].identifier.value == "urn:oid:1.2.826.0.1.3680043.8.498.1"
+    results = [client.read(*ref.reference.split("/")) for ref in stored.result]
+    assert [r.interpretation[0].coding[0].code for r in results] == ["AA", "A"]
+    assert float(results[0].valueQuantity.value) == 12.34 and results[0].bodySite.text == "left parietal"
+    alerts = client.search("Communication", {"subject": f"Patient/{seeded}"})
+    assert len(alerts) == 1 and alerts[0].priority == "stat"
+
+
+def test_server_down_gives_unavailable_context_with_the_reason() -> None:
+    dead = FhirClient(f"http://127.0.0.1:{free_port()}", timeout_s=1, retries=1, backoff_s=0.05)
+    start = time.monotonic()
+    ctx = gather_with_budget(lambda: gather_from_fhir(dead, query("inr")), budget_s=2.0)
+    assert ctx.status == "unavailable" and time.monotonic() - start < 2.3
+    assert "EMR query failed" in ctx.errors[0] and "ConnectError" in ctx.errors[0]
+
+
+def test_slow_server_the_budget_holds_and_tokens_are_sent(tmp_path: Path) -> None:
+    with fhir_peer(tmp_path, delay_ms=900, token="s3cret") as url:
+        seed(url, seed_record.patients(), token="s3cret")
+        with FhirClient(url, auth=BearerToken("s3cret"), timeout_s=5, retries=0) as slow:
+            start = time.monotonic()
+            ctx = gather_with_budget(lambda: gather_from_fhir(slow, query("inr")), budget_s=0.5)
+            elapsed = time.monotonic() - start
+            assert ctx.status == "unavailable" and ctx.errors == ["EMR did not answer within 0.5 s"]
+            assert elapsed < 0.8
+            assert slow.find_patient(SYSTEM, MRN) is not None  # the token is accepted
+        with FhirClient(url, timeout_s=5, retries=0) as anonymous:
+            with pytest.raises(FhirError, match="answered 401") as info:
+                anonymous.find_patient(SYSTEM, MRN)
+            assert info.value.status == 401
