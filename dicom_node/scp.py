@@ -113,7 +113,11 @@ class StoreStatus(IntEnum):
 
 @dataclass(frozen=True)
 class ScpConfig:
-    """Listener settings, validated at construction so a bad config fails before listening."""
+    """Listener settings, validated at construction so a bad config fails before listening.
+
+    ``max_pdu_bytes`` 0 means unlimited (the peer picks; dcmtk sends 128 KiB PDUs). 0, 16382
+    and 131072 measured the same within noise for 300 512x512 CT slices from storescu.
+    """
 
     ae_title: str
     bind_address: str = "0.0.0.0"
