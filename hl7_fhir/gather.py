@@ -19,7 +19,7 @@ from typing import Any
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.errors import Hl7FhirError
-from hl7_fhir.fhir_client import FhirClient, FhirError
+from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.medication_classes import DEFAULT_MEDICATION_CLASSES, MedicationClass, classify
 from hl7_fhir.units import ANALYTES, CODED_ANALYTES, LOINC_SYSTEM, UnitError, analyte_for_code, loinc_codes, normalize
 
@@ -215,7 +215,7 @@ def gather_from_fhir(client: FhirClient, query: ClinicalQuery, *, max_workers: i
     for name, future in futures.items():
         try:
             context.errors += future.result()
-        except (FhirError, Hl7FhirError) as exc:
+        except Hl7FhirError as exc:
             context.errors.append(f"{name}: {exc}")
     context.status = "partial" if context.errors else "complete"
     context.missing = _missing(context, query.analytes, query.accession)

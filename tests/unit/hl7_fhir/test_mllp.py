@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -169,3 +170,27 @@ def test_handler_exception_becomes_ae() -> None:
                 client.send(adt("H2"))  # same connection still answers
     finally:
         server.stop()
+
+
+def test_tls_listener_and_client(tmp_path: Path, store: FakeStore) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    server = MllpServer("127.0.0.1", 0, store.inbox().handle, tls_context=server_ctx)
+    port = server.start()
+    try:
+        with MllpClient("127.0.0.1", port, timeout_s=5, tls_context=client_ctx) as client:
+            client.send(oru("T1"))
+            client.send(adt("T2"))
+        with pytest.raises(MllpError):  # a plain-text sender gets no ACK from a TLS listener
+            MllpClient("127.0.0.1", port, timeout_s=0.5).send(adt("T3"))
+    finally:
+        server.stop()
+    assert len(store.labs) == 1 and len(store.demographics) == 1

@@ -1,0 +1,96 @@
+"""FHIR client behaviour that needs a misbehaving server: retries, auth tokens, foreign next links."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from fhir.resources.R4B.patient import Patient
+
+from hl7_fhir.fhir_auth import ClientCredentials, FhirAuthError
+from hl7_fhir.fhir_client import FhirClient, FhirError
+
+BASE = "http://emr.test/fhir"
+EMPTY = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+
+
+def client(handler: Callable[[httpx.Request], httpx.Response], **kwargs: object) -> FhirClient:
+    return FhirClient(BASE, transport=httpx.MockTransport(handler), sleep=lambda s: None, **kwargs)  # type: ignore[arg-type]
+
+
+def test_5xx_is_retried_and_4xx_is_not() -> None:
+    calls: list[str] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("Patient") and len(calls) == 1:
+            return httpx.Response(503)
+        if request.url.path.endswith("Condition"):
+            return httpx.Response(400, json={"resourceType": "OperationOutcome",
+                                              "issue": [{"severity": "error", "code": "invalid",
+                                                         "details": {"text": "unknown parameter foo"}}]})
+        return httpx.Response(200, json=EMPTY)
+
+    fhir = client(flaky, retries=2)
+    assert fhir.search("Patient", {}) == [] and len(calls) == 2
+    with pytest.raises(FhirError, match="answered 400: unknown parameter foo"):
+        fhir.search("Condition", {"foo": "1"})
+    assert len(calls) == 3
+
+
+def test_create_is_not_retried_after_a_server_error() -> None:
+    calls: list[str] = []
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        return httpx.Response(500, text="boom")
+
+    with pytest.raises(FhirError, match="answered 500"):
+        client(failing, retries=3).create(Patient())
+    assert calls == ["POST"]
+
+
+def test_next_link_outside_the_base_is_not_followed() -> None:
+    def paged(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**EMPTY, "link": [{"relation": "next", "url": "http://evil.test/x"}]})
+
+    with pytest.raises(FhirError, match="outside the FHIR base"):
+        client(paged).search("Patient", {})
+
+
+def test_client_credentials_token_is_cached_refreshed_and_renewed_on_401() -> None:
+    now = [0.0]
+    tokens: list[str] = []
+    revoked: set[str] = set()
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            form = dict(x.split("=") for x in request.content.decode().split("&"))
+            assert form["grant_type"] == "client_credentials" and form["client_secret"] == "pw"
+            tokens.append(f"t{len(tokens)}")
+            return httpx.Response(200, json={"access_token": tokens[-1], "expires_in": 300})
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        return httpx.Response(401) if token in revoked else httpx.Response(200, json=EMPTY)
+
+    auth = ClientCredentials("http://emr.test/token", "radfusion", "pw", clock=lambda: now[0])
+    fhir = client(server, auth=auth)
+    fhir.search("Patient", {})
+    fhir.search("Patient", {})
+    assert tokens == ["t0"]
+    now[0] = 280.0  # within the expiry margin: a new token
+    fhir.search("Patient", {})
+    assert tokens == ["t0", "t1"]
+    revoked.add("t1")
+    fhir.search("Patient", {})
+    assert tokens == ["t0", "t1", "t2"]
+
+
+def test_token_endpoint_refusal_names_the_endpoint() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": "invalid_client"})
+
+    fhir = client(refuse, auth=ClientCredentials("http://emr.test/token", "radfusion", "wrong",
+                                                 method="client_secret_basic"))
+    with pytest.raises(FhirAuthError, match="token endpoint http://emr.test/token answered 401"):
+        fhir.search("Patient", {})

@@ -1,0 +1,62 @@
+"""Outbound HL7 ORU^R01: results and critical alerts parse back with hl7apy."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+
+from hl7_fhir.findings import FindingError, OutboundFinding, OutboundStudy
+from hl7_fhir.oru import Endpoints, build_critical_oru, build_oru_result
+
+STUDY = OutboundStudy("1.2.826.0.1.3680043.8.498.7", "ACC9", "MRN42", "HOSP", "urn:oid:1.2.3", "24725-4",
+                      "CT Head", "radfusion-ich 0.1.0", datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc))
+ICH = OutboundFinding("Intracranial hemorrhage", "1386000", "SCT", "left parietal | cortex", volume_ml=12.3,
+                      score=0.93, critical=True)
+SHIFT = OutboundFinding("Midline shift", diameter_mm=4.0, score=0.7)
+ENDPOINTS = Endpoints(sending_facility="RAD", receiving_application="RIS", receiving_facility="HOSP")
+
+
+def obx_rows(text: str) -> list[list[str]]:
+    message = parse_message(text, find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
+    assert message.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
+    return [[obx.obx_3.to_er7(), obx.obx_5.to_er7(), obx.obx_8.to_er7(), obx.obx_11.to_er7()]
+            for obx in message.oru_r01_patient_result.oru_r01_order_observation.oru_r01_observation
+            for obx in [obx.obx]]
+
+
+def test_result_oru_has_one_obx_per_finding_with_flags() -> None:
+    text = build_oru_result(STUDY, [ICH, SHIFT], ENDPOINTS, control_id="R1")
+    rows = obx_rows(text)
+    assert rows[0] == ["1386000^Intracranial hemorrhage^SCT",
+                       "Intracranial hemorrhage, left parietal \\F\\ cortex, volume 12.3 mL, AI score 0.93", "AA", "P"]
+    assert rows[1][2:] == ["A", "P"]
+    message = parse_message(text, find_groups=False)
+    assert message.obr.obr_18.to_er7() == "ACC9" and message.obr.obr_25.to_er7() == "P"
+    assert "AI-generated" in message.nte.nte_3.to_er7()
+
+
+def test_result_without_findings_says_so_with_a_normal_flag() -> None:
+    rows = obx_rows(build_oru_result(STUDY, [], ENDPOINTS))
+    assert rows == [["^No finding detected by radfusion-ich 0.1.0", "No finding detected by radfusion-ich 0.1.0",
+                     "N", "P"]]
+
+
+def test_critical_oru_is_stat_with_confirm_note_and_needs_a_critical_finding() -> None:
+    text = build_critical_oru(STUDY, [ICH, SHIFT], ENDPOINTS, control_id="C1")
+    assert [r[2] for r in obx_rows(text)] == ["AA"]
+    message = parse_message(text, find_groups=False)
+    notes = [s.nte_3.to_er7() for s in message.children if s.name == "NTE"]
+    assert notes[0].startswith("CRITICAL RESULT: AI-detected Intracranial hemorrhage")
+    assert message.obr.obr_27.to_er7() == "^^^^^S"
+    with pytest.raises(FindingError, match="no critical finding"):
+        build_critical_oru(STUDY, [SHIFT], ENDPOINTS)
+
+
+def test_findings_check_their_arguments() -> None:
+    with pytest.raises(FindingError, match="score must be within"):
+        OutboundFinding("x", score=1.5)
+    with pytest.raises(FindingError, match="not a DICOM UID"):
+        OutboundStudy("1.2.abc", "", "M", "", "s", "c", "d", "a")
