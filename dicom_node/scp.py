@@ -143,10 +143,6 @@ class ScpConfig:
                 "accept_any_calling_ae is true and allowed_calling_aes is set "
                 f"({sorted(self.allowed_calling_aes)}): choose one"
             )
-        if not self.accept_any_calling_ae and not self.allowed_calling_aes:
-            raise ConfigError(
-                "allowed_calling_aes is empty and accept_any_calling_ae is false: no modality could connect"
-            )
         for calling_ae in self.allowed_calling_aes:
             if not calling_ae.strip() or len(calling_ae) > 16:
                 raise ConfigError(f"allowed_calling_aes entry {calling_ae!r} must be 1 to 16 characters")
@@ -246,6 +242,9 @@ class StorageScp:
         port = int(server.server_address[1])
         LOG.info("SCP %s listening on %s:%d%s", self.config.ae_title, self.config.bind_address, port,
                  " (TLS)" if ssl_context else "")
+        if not self.config.accept_any_calling_ae and not self.config.allowed_calling_aes:
+            LOG.warning("no calling AE title is allowed: every association will be rejected "
+                        "(list your modalities and PACS in dicom.allowed_calling_aes)")
         return port
 
     def stop(self) -> None:
@@ -261,7 +260,12 @@ class StorageScp:
             ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         ae.add_supported_context(Verification)
         # pynetdicom treats an empty list as "anyone": accept_any is the only way to get that here.
-        ae.require_calling_aet = [] if config.accept_any_calling_ae else sorted(config.allowed_calling_aes)
+        if config.accept_any_calling_ae or config.allowed_calling_aes:
+            ae.require_calling_aet = [] if config.accept_any_calling_ae else sorted(config.allowed_calling_aes)
+        else:
+            # Nobody is allowed. The setter refuses an empty title, and a requestor's calling AE is never
+            # empty, so [""] (set past the setter) rejects every association with reason 3.
+            ae._require_calling_aet = [""]  # noqa: SLF001 - tested in test_empty_allow_list_starts_and_rejects_everyone
         ae.require_called_aet = config.require_called_ae
         ae.maximum_pdu_size = config.max_pdu_bytes
         ae.maximum_associations = config.max_associations

@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from ai_engine.detectors.base import Detector
 from ai_engine.detectors.registry import create_detector
-from dicom_node.scp import ScpConfig, StorageScp, TlsConfig
+from dicom_node.scp import ScpConfig, StorageScp
+from dicom_node.tls import TlsConfig
 from dicom_node.spool import Spool
 from radfusion.assembly import StudyAssembler
 from radfusion.db import Database
@@ -61,7 +62,7 @@ class Service:
         self._lock = threading.Lock()
         self.assembler = StudyAssembler(self.db, router, settings.stability,
                                         {n: d.algorithm.version for n, d in self.detectors.items()})
-        self.runner = JobRunner(self.db, self.spool.results_dir, self.detectors, settings.alerts)
+        self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings.alerts)
         self.deliveries = DeliveryWorker(self.db, settings)
         self.scp = StorageScp(scp_config(settings), self.spool, IngestRecorder(self.db))
         self.port: int | None = None
@@ -69,7 +70,6 @@ class Service:
     def start(self) -> int:
         """Recover, start the listener and the scheduler; returns the DICOM port."""
         recover(self.db)
-        self.spool.recover()
         stability = self.settings.stability
         self._scheduler.add_job(self._assemble, "interval", seconds=stability.check_interval_s, id="assemble",
                                 max_instances=1, coalesce=True)

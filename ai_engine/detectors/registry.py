@@ -29,11 +29,17 @@ def available_detectors() -> dict[str, Task]:
     return {name: task for name, (task, _) in _DETECTORS.items()}
 
 
-def create_detector(name: str) -> Detector:
-    """A new detector instance with default parameters; unknown names raise UnknownDetectorError."""
+def require_detector(name: str) -> Task:
+    """The task of detector ``name``; unknown names raise UnknownDetectorError with a suggestion."""
     if name not in _DETECTORS:
         close = difflib.get_close_matches(name, list(_DETECTORS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownDetectorError(f"unknown detector {name!r}; known detectors: {sorted(_DETECTORS)}{hint}")
+    return _DETECTORS[name][0]
+
+
+def create_detector(name: str) -> Detector:
+    """A new detector instance with default parameters; unknown names raise UnknownDetectorError."""
+    require_detector(name)
     module_name, class_name = _DETECTORS[name][1].split(":")
     return getattr(importlib.import_module(module_name), class_name)()

@@ -100,8 +100,13 @@ def test_accept_any_calling_ae_is_an_explicit_switch(start_scp) -> None:
     assoc = pyscu(node.port, calling_ae="ANYONE")
     assert assoc.is_established
     assoc.release()
-    with pytest.raises(ConfigError, match="allowed_calling_aes is empty"):
-        ScpConfig(ae_title="RADFUSION", allowed_calling_aes=frozenset())
+
+
+def test_empty_allow_list_starts_and_rejects_everyone(start_scp) -> None:
+    node = start_scp(allowed_calling_aes=frozenset())
+    assoc = pyscu(node.port, calling_ae="STORESCU")
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive.diagnostic == 0x03
 
 
 def test_malformed_instance_is_quarantined_and_the_association_carries_on(
