@@ -21,6 +21,9 @@ _DETECTORS: dict[str, tuple[Task, str]] = {
     "ich_baseline": (Task.ICH, "ai_engine.detectors.ich_baseline:IchBaseline"),
     "nodule_baseline": (Task.LUNG_NODULE, "ai_engine.detectors.nodule_baseline:NoduleBaseline"),
     "mammo_baseline": (Task.MAMMOGRAPHY, "ai_engine.detectors.mammo_baseline:MammoBaseline"),
+    "ich_fusion": (Task.ICH, "ai_engine.detectors.ich_fusion:IchFusion"),
+    "nodule_fusion": (Task.LUNG_NODULE, "ai_engine.detectors.nodule_fusion:NoduleFusion"),
+    "mammo_fusion": (Task.MAMMOGRAPHY, "ai_engine.detectors.mammo_fusion:MammoFusion"),
 }
 
 
