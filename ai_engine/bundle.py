@@ -1,0 +1,159 @@
+"""Model bundles in MONAI bundle layout: reading (detectors) and writing (training). No torch here.
+
+Layout of ``ai_engine/bundles/<detector_name>/`` (package data):
+
+- ``configs/metadata.json``: at least ``version``, ``task``, ``intended_use`` (must say the
+  training data is synthetic and that the model is not for clinical use), ``inputs`` and
+  ``outputs`` (the input/output contract), ``training_data`` (description) and ``metrics``
+  (summary of the held-out evaluation); free to add more (MONAI's own keys are welcome).
+- ``configs/inference.json``: plain parameters only (numbers, strings, lists, dicts) — no
+  ``$`` expressions, nothing evaluated. Must name the deployed file: ``"deployed": "model.onnx"``
+  or ``"model.ts"``.
+- ``models/model.pt``: the eager PyTorch state dict (for fine-tuning and parity tests);
+- ``models/model.onnx`` (ONNX Runtime) or ``models/model.ts`` (TorchScript): what serving runs.
+
+``load_bundle(name)`` validates all of that and gives a ``Bundle`` whose ``device_uid`` is
+derived from the SHA-256 of the weights, the deployed model and ``inference.json``, so the
+UID changes whenever the weights or parameters do (IHE AI Results).
+Training writes a bundle with ``write_bundle_configs`` after saving the model files into
+``bundle_models_dir(root)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ai_engine.errors import AiEngineError
+from ai_engine.results import AlgorithmInfo
+
+BUNDLES_DIR = Path(__file__).parent / "bundles"
+REQUIRED_METADATA = ("version", "task", "intended_use", "inputs", "outputs", "training_data", "metrics")
+DEPLOYED_FORMATS = ("model.onnx", "model.ts")
+WEIGHTS_FILE = "model.pt"
+DEEP_KIND = "deep fusion model trained on synthetic phantoms"
+
+
+class BundleError(AiEngineError):
+    """A model bundle is missing, incomplete, or has a config this project does not accept."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle on disk: configs, file paths, version and Device UID."""
+
+    name: str
+    root: Path
+    metadata: dict[str, Any]
+    inference: dict[str, Any]
+    weights_path: Path
+    deployed_path: Path
+    device_uid: str
+
+    @property
+    def version(self) -> str:
+        """Model version from metadata.json."""
+        return str(self.metadata["version"])
+
+    def algorithm(self, kind: str = DEEP_KIND) -> AlgorithmInfo:
+        """AlgorithmInfo for results produced with this bundle."""
+        return AlgorithmInfo(name=self.name, version=self.version, device_uid=self.device_uid, kind=kind)
+
+
+def bundle_root(name: str, root: Path | None = None) -> Path:
+    """Directory of bundle ``name`` (under ``root``, default the package's ``bundles/``)."""
+    return Path(root or BUNDLES_DIR) / name
+
+
+def bundle_models_dir(root: Path) -> Path:
+    """``<root>/models``, created if needed: training saves model.pt and the deployed file here."""
+    path = Path(root) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_plain(value: object, where: str) -> None:
+    """Reject MONAI-style ``$`` expressions and ``@`` references anywhere in a config value."""
+    if isinstance(value, str) and value.startswith(("$", "@", "%")):
+        raise BundleError(f"{where}: config values must be plain, got expression {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+
+
+def _check_configs(metadata: dict[str, Any], inference: dict[str, Any], where: str) -> None:
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise BundleError(f"{where}/configs/metadata.json: missing required keys {missing}")
+    intended = str(metadata["intended_use"]).lower()
+    if "synthetic" not in intended or "not for clinical use" not in intended:
+        raise BundleError(f"{where}/configs/metadata.json: intended_use must state synthetic training data "
+                          f"and 'not for clinical use', got {metadata['intended_use']!r}")
+    if inference.get("deployed") not in DEPLOYED_FORMATS:
+        raise BundleError(f"{where}/configs/inference.json: 'deployed' must be one of {DEPLOYED_FORMATS}, "
+                          f"got {inference.get('deployed')!r}")
+    _check_plain(inference, "inference.json")
+
+
+def write_bundle_configs(root: Path, metadata: dict[str, Any], inference: dict[str, Any]) -> None:
+    """Validate and write ``configs/metadata.json`` and ``configs/inference.json`` under ``root``."""
+    _check_configs(metadata, inference, str(root))
+    configs = Path(root) / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    for file_name, data in (("metadata.json", metadata), ("inference.json", inference)):
+        (configs / file_name).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BundleError(f"bundle file {path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"bundle file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"bundle file {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _uid(paths: list[Path]) -> str:
+    """2.25 UID from the SHA-256 of the files' contents (in order)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return f"2.25.{int.from_bytes(digest.digest()[:16], 'big')}"
+
+
+def load_bundle(name: str, root: Path | None = None) -> Bundle:
+    """Read and validate bundle ``name``; BundleError names the file and the rule it breaks."""
+    path = bundle_root(name, root)
+    if not path.is_dir():
+        raise BundleError(f"model bundle {name!r} not found at {path}; train it with "
+                          f"`radfusion train <task>` or check the bundle name")
+    metadata = _read_json(path / "configs" / "metadata.json")
+    inference = _read_json(path / "configs" / "inference.json")
+    _check_configs(metadata, inference, str(path))
+    weights = path / "models" / WEIGHTS_FILE
+    deployed = path / "models" / str(inference["deployed"])
+    for file in (weights, deployed):
+        if not file.is_file():
+            raise BundleError(f"bundle {name!r}: model file {file} is missing")
+    return Bundle(name=name, root=path, metadata=metadata, inference=inference, weights_path=weights,
+                  deployed_path=deployed,
+                  device_uid=_uid([weights, deployed, path / "configs" / "inference.json"]))
+
+
+def resolve_bundle(ref: str | Path | None, default_name: str) -> Bundle:
+    """Bundle from a name, a bundle directory, or None (the packaged ``default_name``)."""
+    if ref is None:
+        return load_bundle(default_name)
+    path = Path(ref)
+    if isinstance(ref, Path) or path.is_dir():
+        return load_bundle(path.name, path.parent)
+    return load_bundle(str(ref))

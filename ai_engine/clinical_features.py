@@ -1,0 +1,239 @@
+"""Clinical inputs of the fusion models: which features each task reads and how they are encoded.
+
+``CLINICAL_FEATURES[task]`` is the ordered feature list of a task (``Task`` member; the short
+names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
+``ClinicalFeature`` says where its value lives in a ``hl7_fhir.context.ClinicalContext``:
+
+- ``"age"`` / ``"sex"``: ``context.age_years`` / ``context.sex`` (1 = male, 0 = female; DICOM
+  "M"/"F" and FHIR "male"/"female" both accepted);
+- ``"lab"``: ``context.labs[keys[0]].value`` (canonical analyte names and units of
+  ``hl7_fhir.units.ANALYTES``);
+- ``"medication"``: 1 when any ``context.medications[*].category`` is in ``keys`` (categories
+  of ``hl7_fhir.medication_classes``), else 0;
+- ``"condition"`` / ``"family_history"``: 1 when any item of ``context.conditions`` /
+  ``context.family_history`` has its code in ``keys`` or a key in its lower-cased display;
+- ``"coded"``: ``context.coded_observations[keys[0]]`` mapped through ``levels`` (code or
+  lower-cased display substring -> value); when that item is absent and ``text_keywords`` is
+  set, the feature is read from the free text (reason for exam + notes) as 1 if a keyword
+  occurs, 0 otherwise.
+
+Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
+``present`` mask; a missing value is 0 in ``values`` and False in ``present``. A list-type
+feature (medication, condition, family history) is present when the record was reached
+(``context.status`` is not "unavailable") and its FHIR section did not fail (no entry of
+``context.errors`` starts with the section name); absence of a matching item then means 0.
+Numeric values are normalised as ``(f(x) - center) / scale`` with ``f = log`` when ``log``,
+clipped to +-5.
+
+``encode_note`` turns free text into a fixed-size, deterministic hashed bag of words and
+word bigrams (BLAKE2b hashing with a sign bit, L2-normalised): no vocabulary, no download.
+``context_text`` is the text a detector feeds it (reason for exam and notes).
+
+Cohort generators must fill ClinicalContext objects the way the gatherer does, so that
+these specs read them: labs under the canonical analyte names, medication categories,
+condition/family-history codes with a display, coded observations under their analyte name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from ai_engine.errors import AiEngineError
+from ai_engine.results import Task
+
+if TYPE_CHECKING:
+    from hl7_fhir.context import ClinicalContext, CodedItem
+
+Source = Literal["age", "sex", "lab", "medication", "condition", "family_history", "coded"]
+CLIP = 5.0
+NOTE_DIM = 64
+TASK_ALIASES: dict[str, Task] = {"ich": Task.ICH, "nodule": Task.LUNG_NODULE, "mammo": Task.MAMMOGRAPHY}
+_SECTION_OF: dict[str, str] = {"medication": "medications", "condition": "conditions",
+                               "family_history": "family_history"}
+
+
+class ClinicalFeatureError(AiEngineError):
+    """A clinical feature spec or task name that the encoder cannot use."""
+
+
+@dataclass(frozen=True)
+class ClinicalFeature:
+    """One clinical input: where it is read from in a ClinicalContext and how it is normalised."""
+
+    name: str
+    source: Source
+    keys: tuple[str, ...] = ()
+    center: float = 0.0
+    scale: float = 1.0
+    log: bool = False
+    levels: dict[str, float] = field(default_factory=dict)
+    text_keywords: tuple[str, ...] = ()
+
+
+def resolve_task(task: Task | str) -> Task:
+    """The Task of a Task, its value ("lung_nodule") or a short name ("nodule")."""
+    if isinstance(task, Task):
+        return task
+    if task in TASK_ALIASES:
+        return TASK_ALIASES[task]
+    try:
+        return Task(task)
+    except ValueError:
+        known = sorted([*TASK_ALIASES, *(t.value for t in Task)])
+        raise ClinicalFeatureError(f"unknown task {task!r}; known: {known}") from None
+
+
+TRAUMA_WORDS = ("fall", "fell", "assault", "collision", "mvc", "rta", "struck", "trauma", "hit head",
+                "accident", "injury")
+SMOKING_LEVELS = {"LA18976-3": 1.0, "449868002": 1.0, "current": 1.0,  # current every day smoker
+                  "LA15920-4": 0.5, "8517006": 0.5, "former": 0.5,   # former smoker
+                  "LA18978-9": 0.0, "266919005": 0.0, "never": 0.0}  # never smoker
+
+CLINICAL_FEATURES: dict[Task, tuple[ClinicalFeature, ...]] = {
+    Task.ICH: (
+        ClinicalFeature("age", "age", center=60.0, scale=20.0),
+        ClinicalFeature("sex", "sex"),
+        ClinicalFeature("inr", "lab", ("inr",), center=0.1, scale=0.4, log=True),
+        ClinicalFeature("platelets", "lab", ("platelets",), center=5.3, scale=0.6, log=True),
+        ClinicalFeature("systolic_bp", "lab", ("systolic_bp",), center=140.0, scale=30.0),
+        ClinicalFeature("anticoagulant", "medication", ("anticoagulant",)),
+        ClinicalFeature("antiplatelet", "medication", ("antiplatelet",)),
+        ClinicalFeature("trauma", "coded", ("trauma_mechanism",),
+                        levels={"none": 0.0, "no trauma": 0.0, "fall": 1.0, "assault": 1.0, "collision": 1.0,
+                                "trauma": 1.0},
+                        text_keywords=TRAUMA_WORDS),
+        ClinicalFeature("gcs", "lab", ("gcs",), center=12.0, scale=3.0),
+    ),
+    Task.LUNG_NODULE: (
+        ClinicalFeature("age", "age", center=60.0, scale=15.0),
+        ClinicalFeature("sex", "sex"),
+        ClinicalFeature("pack_years", "lab", ("pack_years",), center=2.5, scale=1.2, log=True),
+        ClinicalFeature("smoking_status", "coded", ("smoking_status",), levels=SMOKING_LEVELS),
+        ClinicalFeature("prior_cancer", "condition", ("363346000", "malignant", "cancer", "carcinoma",
+                                                      "neoplasm", "lymphoma", "melanoma")),
+        ClinicalFeature("cea", "lab", ("cea",), center=1.0, scale=0.8, log=True),
+    ),
+    Task.MAMMOGRAPHY: (
+        ClinicalFeature("age", "age", center=55.0, scale=12.0),
+        ClinicalFeature("brca_carrier", "condition", ("412734009", "412738007", "brca")),
+        ClinicalFeature("family_history_breast_cancer", "family_history",
+                        ("254837009", "breast cancer", "breast carcinoma", "malignant neoplasm of breast")),
+        ClinicalFeature("prior_biopsy", "condition", ("122548005", "biopsy")),
+    ),
+}
+
+
+def feature_names(task: Task | str) -> list[str]:
+    """Names of the clinical features of ``task``, in encoding order."""
+    return [f.name for f in CLINICAL_FEATURES[resolve_task(task)]]
+
+
+def context_text(context: ClinicalContext | None) -> str | None:
+    """Reason for exam and notes joined into one text, or None when there is none."""
+    if context is None:
+        return None
+    parts = [context.reason_for_exam or "", *context.notes]
+    text = "\n".join(p for p in parts if p.strip())
+    return text or None
+
+
+def _matches(item: CodedItem, keys: Sequence[str]) -> bool:
+    display = item.display.lower()
+    return any(item.code == k or (not k.isdigit() and k in display) for k in keys)
+
+
+def _section_read(context: ClinicalContext, source: str) -> bool:
+    """Whether the list a feature reads was gathered (record reached, that FHIR section did not fail)."""
+    section = _SECTION_OF[source]
+    return context.status != "unavailable" and not any(e.startswith(f"{section}:") for e in context.errors)
+
+
+def _level(item: CodedItem, feature: ClinicalFeature) -> float | None:
+    if item.code in feature.levels:
+        return feature.levels[item.code]
+    display = item.display.lower()
+    hits = [value for key, value in feature.levels.items() if key.lower() in display]
+    return hits[0] if hits else None
+
+
+def _raw_value(feature: ClinicalFeature, context: ClinicalContext) -> float | None:
+    """The un-normalised value of ``feature`` in ``context``, or None when it is missing."""
+    if feature.source == "age":
+        return context.age_years
+    if feature.source == "sex":
+        sex = (context.sex or "").strip().lower()
+        return {"m": 1.0, "male": 1.0, "f": 0.0, "female": 0.0}.get(sex)
+    if feature.source == "lab":
+        lab = context.labs.get(feature.keys[0])
+        return None if lab is None else float(lab.value)
+    if feature.source in _SECTION_OF:
+        if not _section_read(context, feature.source):
+            return None
+        if feature.source == "medication":
+            return float(any(m.category in feature.keys for m in context.medications))
+        items = context.conditions if feature.source == "condition" else context.family_history
+        return float(any(_matches(item, feature.keys) for item in items))
+    if feature.source == "coded":
+        item = context.coded_observations.get(feature.keys[0])
+        if item is not None:
+            return _level(item, feature)
+        text = context_text(context)
+        if feature.text_keywords and text is not None:
+            words = " ".join(_tokens(text))
+            return float(any(re.search(rf"\b{re.escape(k)}\b", words) for k in feature.text_keywords))
+        return None
+    raise ClinicalFeatureError(f"clinical feature {feature.name!r}: unknown source {feature.source!r}")
+
+
+def _normalise(feature: ClinicalFeature, value: float) -> float:
+    if feature.log:
+        value = math.log(max(value, 1e-3))
+    return float(np.clip((value - feature.center) / feature.scale, -CLIP, CLIP))
+
+
+def encode_clinical(task: Task | str, context: ClinicalContext | None) -> tuple[np.ndarray, np.ndarray]:
+    """(values float32[n], present bool[n]) of the task's features; missing -> 0 and False."""
+    features = CLINICAL_FEATURES[resolve_task(task)]
+    values = np.zeros(len(features), dtype=np.float32)
+    present = np.zeros(len(features), dtype=bool)
+    if context is None:
+        return values, present
+    for i, feature in enumerate(features):
+        raw = _raw_value(feature, context)
+        if raw is not None and math.isfinite(raw):
+            values[i] = _normalise(feature, raw)
+            present[i] = True
+    return values, present
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z]+|\d+(?:\.\d+)?", text.lower())
+
+
+def _bucket(term: str, dim: int) -> tuple[int, float]:
+    digest = hashlib.blake2b(term.encode(), digest_size=8).digest()
+    number = int.from_bytes(digest, "little")
+    return number % dim, (1.0 if (number >> 63) & 1 else -1.0)
+
+
+def encode_note(text: str | None, dim: int = NOTE_DIM) -> tuple[np.ndarray, bool]:
+    """Hashed bag of words and bigrams of ``text`` (float32[dim], unit L2 norm) and whether any text was there."""
+    vector = np.zeros(dim, dtype=np.float32)
+    tokens = _tokens(text or "")
+    if not tokens:
+        return vector, False
+    terms = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    for term in terms:
+        index, sign = _bucket(term, dim)
+        vector[index] += sign
+    norm = float(np.linalg.norm(vector))
+    if norm > 0:
+        vector /= norm
+    return vector, True

@@ -1,0 +1,1 @@
+"""Evaluation of detectors: metrics (numpy only, ``metrics``) and plots (matplotlib Agg, ``plots``)."""

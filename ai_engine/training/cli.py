@@ -1,0 +1,85 @@
+"""``train`` / ``evaluate`` for a task, dispatching to ``ai_engine.training.tasks.<task>``; also a CLI.
+
+Usage (until ``radfusion train|evaluate`` wraps these):
+
+    python -m ai_engine.training.cli train ich [--epochs N] [--cohort-size N] [--seed S] [--quick] [--out-dir D]
+    python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
+
+``None`` for an option means the task module's default (documented in its model card).
+Importing this module is cheap: the task module (and torch) is imported on the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ai_engine.errors import AiEngineError
+
+TASK_MODULES: dict[str, str] = {
+    "ich": "ai_engine.training.tasks.ich",
+    "nodule": "ai_engine.training.tasks.nodule",
+    "mammo": "ai_engine.training.tasks.mammo",
+}
+
+
+def _task_module(task: str) -> ModuleType:
+    if task not in TASK_MODULES:
+        raise AiEngineError(f"unknown training task {task!r}; known: {sorted(TASK_MODULES)}")
+    return importlib.import_module(TASK_MODULES[task])
+
+
+def train(task: str, *, out_dir: Path | None = None, epochs: int | None = None, cohort_size: int | None = None,
+          seed: int = 0, quick: bool = False) -> Path:
+    """Generate the task's training cohort, train, calibrate, export; returns the bundle directory."""
+    return _task_module(task).train(out_dir=out_dir, epochs=epochs, cohort_size=cohort_size, seed=seed,
+                                    quick=quick)
+
+
+def evaluate(task: str, *, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
+             out_dir: Path | None = None) -> dict[str, Any]:
+    """Evaluate a bundle on a held-out cohort (other seed, shifted acquisition) against the baseline."""
+    return _task_module(task).evaluate(bundle=bundle, cohort_size=cohort_size, seed=seed, out_dir=out_dir)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ai_engine.training.cli",
+                                     description="Train or evaluate a radfusion deep detector.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train a task's model and write its bundle")
+    p_train.add_argument("task", choices=sorted(TASK_MODULES))
+    p_train.add_argument("--out-dir", type=Path, default=None, help="bundle directory (default: the packaged one)")
+    p_train.add_argument("--epochs", type=int, default=None)
+    p_train.add_argument("--cohort-size", type=int, default=None)
+    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--quick", action="store_true", help="tiny cohort and few epochs (smoke test)")
+    p_eval = sub.add_parser("evaluate", help="evaluate a bundle on a held-out cohort")
+    p_eval.add_argument("task", choices=sorted(TASK_MODULES))
+    p_eval.add_argument("--bundle", default=None, help="bundle name or directory (default: the packaged one)")
+    p_eval.add_argument("--cohort-size", type=int, default=None)
+    p_eval.add_argument("--seed", type=int, default=None, help="held-out seed (default: the task's)")
+    p_eval.add_argument("--out-dir", type=Path, default=None, help="metrics/plots directory (default: model card)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; prints the bundle path or the metrics JSON."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    if args.command == "train":
+        print(train(args.task, out_dir=args.out_dir, epochs=args.epochs, cohort_size=args.cohort_size,
+                    seed=args.seed, quick=args.quick))
+    else:
+        bundle = Path(args.bundle) if args.bundle and Path(args.bundle).is_dir() else args.bundle
+        print(json.dumps(evaluate(args.task, bundle=bundle, cohort_size=args.cohort_size, seed=args.seed,
+                                  out_dir=args.out_dir), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

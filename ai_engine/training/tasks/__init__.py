@@ -1,0 +1,1 @@
+"""Per-task training and evaluation modules (see ``ai_engine.training``)."""
