@@ -103,12 +103,15 @@ def check_series_geometry(slices: list[SlicePosition], gap_factor: float = 1.5) 
     return GeometryReport(ok=True, spacing_mm=spacing)
 
 
-def series_is_candidate(last_received: datetime, associations_open: bool, now: datetime,
+def series_is_candidate(last_received: datetime, released: bool, now: datetime,
                         settle_s: float, quiet_timeout_s: float) -> bool:
-    """Ready for the geometry check: all its associations closed and settled, or quiet for the long timeout."""
+    """Ready for the geometry check: its association released and settled, or quiet for the long timeout.
+
+    An aborted association does not count as released: the sender is likely to try again.
+    """
     if settle_s < 0 or quiet_timeout_s < settle_s:
         raise ConfigError(f"need 0 <= settle_s ({settle_s}) <= quiet_timeout_s ({quiet_timeout_s})")
     quiet = now - last_received
     if quiet >= timedelta(seconds=quiet_timeout_s):
         return True
-    return not associations_open and quiet >= timedelta(seconds=settle_s)
+    return released and quiet >= timedelta(seconds=settle_s)

@@ -1,7 +1,7 @@
 """Study assembly on the database: decides when series are complete and queues their jobs.
 
 Called periodically by the scheduler. A series becomes a candidate when the association that
-carried it is closed and it has been quiet for ``settle_s`` (or quiet for ``quiet_timeout_s``
+carried it was released and it has been quiet for ``settle_s`` (or quiet for ``quiet_timeout_s``
 whatever the association does); a candidate with a slice gap waits for the quiet timeout and
 is then processed with the gap noted. A study is dispatched when none of its series is still
 receiving; each stable series gets one job per detector its routing rules choose.
@@ -48,9 +48,11 @@ class StudyAssembler:
         return queued
 
     def _settle(self, session: Session, series: Series, now: datetime) -> None:
-        association_open = series.last_association_id is not None and session.scalar(
-            select(Association.state).where(Association.id == series.last_association_id)) == "open"
-        if not series_is_candidate(series.last_received_at, association_open, now,
+        # Only a released association ends a send; after an abort (or a crash of ours) the sender is
+        # likely to retry, so such a series waits for the quiet timeout like one still arriving.
+        released = session.scalar(
+            select(Association.state).where(Association.id == series.last_association_id)) == "released"
+        if not series_is_candidate(series.last_received_at, released, now,
                                    self._stability.settle_s, self._stability.quiet_timeout_s):
             return
         rows = session.execute(select(Instance.position, Instance.orientation, Instance.instance_number)

@@ -28,6 +28,7 @@ class RadfusionServer:
 
     def __init__(self, workdir: Path, **overrides: Any) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config_path = workdir / "radfusion.yaml"
         self.log_path = workdir / "radfusion.log"

@@ -44,7 +44,8 @@ def test_kill_during_ingest_loses_no_acknowledged_instance(tmp_path: Path) -> No
     study = write_study("head_ct", tmp_path / "in", seed=11, lesion=True, rows=512, slices=40)
     sink = tmp_path / "sink"
     with storescp(sink, ae_title="SINK") as sink_port:
-        server = RadfusionServer(tmp_path / "rf", routing=routing_to("sink"),
+        # The aborted send must wait for the quiet timeout, not the settle time: the resend comes first.
+        server = RadfusionServer(tmp_path / "rf", routing=routing_to("sink"), stability={"quiet_timeout_s": 60.0},
                                  destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}])
         server.start()
         sender = subprocess.Popen(
@@ -69,7 +70,7 @@ def test_kill_during_ingest_loses_no_acknowledged_instance(tmp_path: Path) -> No
             server.wait_idle(studies=1)
             with server.db.session() as session:
                 assert session.scalar(select(func.count()).select_from(Instance)) == len(study.paths)
-                assert session.scalars(select(Job.state)).all() == ["done"]
+                assert session.execute(select(Job.state, Job.revision)).all() == [("done", 0)]
         finally:
             server.stop()
 

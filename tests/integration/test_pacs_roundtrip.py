@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy import select
 
 from ai_engine.synthetic.studies import write_study
+from radfusion.models import Job
 from radfusion.settings import default_routing
-from tests.integration.servers import Orthanc, radfusion_server
+from tests.integration.servers import Orthanc, postgresql, radfusion_server
 from tests.peers import dciodvfy_errors, free_port, require_tool, storescp, storescu, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
@@ -36,11 +39,22 @@ def assert_valid_results(files: list[Path], study_uid: str) -> None:
             assert "Imaging Measurement Report" in dump.stdout
 
 
-def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The embedded default (None: SQLite under the storage path), and a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        with postgresql() as url:
+            yield url
+
+
+def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, database_url: str | None) -> None:
     study = write_study("head_ct", tmp_path / "in", seed=3, lesion=True, rows=256, slices=24)
     sink_dir = tmp_path / "sink"
     with storescp(sink_dir, ae_title="SINK") as sink_port, radfusion_server(
         tmp_path / "rf",
+        database_url=database_url,
         destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
         routing=routing_to("sink"),
     ) as server:
@@ -50,6 +64,35 @@ def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path) -> No
         received = wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 2 else None,
                               timeout=30, what="SR and SEG in storescp")
         assert_valid_results(received, study.study_instance_uid)
+        assert server.db.engine.dialect.name == (database_url and "postgresql" or "sqlite")
+
+
+def test_late_instances_reopen_the_study_and_reissue_the_sr(tmp_path: Path) -> None:
+    study = write_study("head_ct", tmp_path / "in", seed=4, lesion=True, rows=256, slices=24)
+    sink_dir = tmp_path / "sink"
+    with storescp(sink_dir, ae_title="SINK") as sink_port, radfusion_server(
+        tmp_path / "rf",
+        destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
+        routing=routing_to("sink"),
+    ) as server:
+        assert storescu(server.port, study.paths[:16]).returncode == 0
+        server.wait_idle(studies=1)
+        assert storescu(server.port, study.paths[16:]).returncode == 0  # a second association, later
+        server.wait_idle(studies=1)
+
+        def two_srs() -> list[pydicom.Dataset] | None:
+            srs = [pydicom.dcmread(p) for p in sink_dir.glob("*.dcm")]
+            srs = [ds for ds in srs if ds.SOPClassUID == SR_CLASS]
+            return srs if len(srs) == 2 else None
+
+        srs = wait_until(two_srs, timeout=30, what="two SRs")
+        (second,) = [ds for ds in srs if "PredecessorDocumentsSequence" in ds]
+        (first,) = [ds for ds in srs if ds is not second]
+        predecessor = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
+        with server.db.session() as session:
+            jobs = session.execute(select(Job.revision, Job.state).order_by(Job.id)).all()
+        assert jobs == [(0, "done"), (1, "done")]
 
 
 def test_orthanc_pushes_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
@@ -68,7 +111,10 @@ def test_orthanc_pushes_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
             orthanc_study = orthanc.post("/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study.study_instance_uid}})[0]
             orthanc.post("/modalities/radfusion/store", {"Resources": [orthanc_study], "Synchronous": True})
             server.wait_idle(studies=1)
-            modalities = wait_until(
-                lambda: (m := orthanc.series_modalities(study.study_instance_uid)) if {"SR", "SEG"} <= set(m) else None,
-                timeout=30, what="SR and SEG series in Orthanc")
+
+            def results_in_orthanc() -> list[str] | None:
+                modalities = orthanc.series_modalities(study.study_instance_uid)
+                return modalities if {"SR", "SEG"} <= set(modalities) else None
+
+            modalities = wait_until(results_in_orthanc, timeout=30, what="SR and SEG series in Orthanc")
             assert sorted(modalities) == ["CT", "SEG", "SR"]

@@ -70,17 +70,17 @@ def test_partly_positioned_series_is_not_ok() -> None:
 NOW = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.mark.parametrize(("quiet_s", "open_", "expected"), [
-    (5, False, False),    # closed but not settled
-    (11, False, True),    # closed and settled
-    (11, True, False),    # settled but still open
-    (301, True, True),    # quiet timeout regardless
+@pytest.mark.parametrize(("quiet_s", "released", "expected"), [
+    (5, True, False),     # released but not settled
+    (11, True, True),     # released and settled
+    (11, False, False),   # settled but still open (or aborted)
+    (301, False, True),   # quiet timeout regardless
 ])
-def test_candidate_timing(quiet_s: float, open_: bool, expected: bool) -> None:
+def test_candidate_timing(quiet_s: float, released: bool, expected: bool) -> None:
     last = NOW - timedelta(seconds=quiet_s)
-    assert series_is_candidate(last, open_, NOW, settle_s=10, quiet_timeout_s=300) is expected
+    assert series_is_candidate(last, released, NOW, settle_s=10, quiet_timeout_s=300) is expected
 
 
 def test_candidate_rejects_settle_longer_than_quiet_timeout() -> None:
     with pytest.raises(ConfigError, match="settle_s"):
-        series_is_candidate(NOW, False, NOW, settle_s=60, quiet_timeout_s=10)
+        series_is_candidate(NOW, True, NOW, settle_s=60, quiet_timeout_s=10)
