@@ -15,7 +15,7 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
 - ``"coded"``: ``context.coded_observations[keys[0]]`` mapped through ``levels`` (code or
   lower-cased display substring -> value); when that item is absent and ``text_keywords`` is
   set, the feature is read from the free text (reason for exam + notes) as 1 if a keyword
-  occurs, 0 otherwise.
+  occurs outside a negation ("no trauma", "denies fall"), 0 otherwise.
 
 Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
 ``present`` mask; a missing value is 0 in ``values`` and False in ``present``. A list-type
@@ -186,7 +186,7 @@ def _raw_value(feature: ClinicalFeature, context: ClinicalContext) -> float | No
             return _level(item, feature)
         text = context_text(context)
         if feature.text_keywords and text is not None:
-            words = " ".join(_tokens(text))
+            words = " ".join(_affirmed_tokens(text))
             return float(any(re.search(rf"\b{re.escape(k)}\b", words) for k in feature.text_keywords))
         return None
     raise ClinicalFeatureError(f"clinical feature {feature.name!r}: unknown source {feature.source!r}")
@@ -215,6 +215,24 @@ def encode_clinical(task: Task | str, context: ClinicalContext | None) -> tuple[
 
 def _tokens(text: str) -> list[str]:
     return re.findall(r"[a-z]+|\d+(?:\.\d+)?", text.lower())
+
+
+NEGATORS = frozenset({"no", "not", "denies", "without", "negative"})
+NEGATION_REACH = 3
+
+
+def _affirmed_tokens(text: str) -> list[str]:
+    """Tokens of ``text`` minus those within 3 words after a negator ("no history of trauma")."""
+    kept, reach = [], 0
+    for token in _tokens(text):
+        if token in NEGATORS:
+            reach = NEGATION_REACH
+            continue
+        if reach > 0:
+            reach -= 1
+            continue
+        kept.append(token)
+    return kept
 
 
 def _bucket(term: str, dim: int) -> tuple[int, float]:
