@@ -229,11 +229,14 @@ class BreastSpec:
 
 @dataclass
 class RenderedBreast:
-    """CC and MLO images of one breast, the truths per view and per-view masks of the cancers."""
+    """CC and MLO images of one breast, the truths per view and per-view masks of the cancers.
+
+    ``cancer_masks[view]`` maps each malignant kind (MALIGNANT_KINDS) to its boolean mask.
+    """
 
     images: list[np.ndarray]
     truths: list[LesionTruth]
-    cancer_masks: list[np.ndarray]
+    cancer_masks: list[dict[str, np.ndarray]]
     spacing_mm: float
 
 
@@ -258,7 +261,7 @@ def render_breast(rng: np.random.Generator, spec: BreastSpec, acquisition: Acqui
         row_mm, depth, _ = _coordinates(rows, spacing, spec.laterality)
         image, inside = _dense_breast(np.random.default_rng(texture_seed + index), geometry, row_mm, depth,
                                       spacing, spec.density)
-        cancer = np.zeros(image.shape, dtype=bool)
+        cancer = {kind: np.zeros(image.shape, dtype=bool) for kind in MALIGNANT_KINDS}
         for lesion in spec.lesions:
             truth = _render_lesion(image, cancer, lesion, geometry, index, row_mm, depth, spacing, spec.laterality)
             truths.append(truth)
@@ -331,7 +334,7 @@ def _lesion_center_mm(lesion: PlacedLesion, geometry: BreastGeometry, view_index
     return float(geometry.axis_row_mm + np.clip(transverse, -1.0, 1.0) * reach), float(depth)
 
 
-def _render_lesion(image: np.ndarray, cancer: np.ndarray, lesion: PlacedLesion, geometry: BreastGeometry,
+def _render_lesion(image: np.ndarray, cancer: dict[str, np.ndarray], lesion: PlacedLesion, geometry: BreastGeometry,
                    view_index: int, row_mm: np.ndarray, depth: np.ndarray, spacing: float,
                    laterality: str) -> LesionTruth:
     """Paint one lesion into a view and return its truth (centre in pixels of this view)."""
@@ -350,7 +353,7 @@ def _render_lesion(image: np.ndarray, cancer: np.ndarray, lesion: PlacedLesion, 
     else:
         footprint = _paint_mass(image, detail, lesion, dr, dd)
     if lesion.malignant:
-        cancer |= footprint
+        cancer[lesion.kind] |= footprint
     cols = image.shape[1]
     col = center_depth / spacing if laterality == "L" else (cols - 1) - center_depth / spacing
     return LesionTruth(kind=lesion.kind, center_voxel=(center_row / spacing, float(col)), view_index=view_index,

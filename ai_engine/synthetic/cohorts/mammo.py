@@ -78,8 +78,8 @@ class MammoCase:
         """(laterality, view, image) in view_index order: L CC, L MLO, R CC, R MLO."""
         return [(lat, view, self.breasts[lat].images[0 if view == "CC" else 1]) for lat, view in VIEW_ORDER]
 
-    def cancer_masks(self) -> list[np.ndarray]:
-        """Per-view boolean masks of the malignant lesions, in view_index order."""
+    def cancer_masks(self) -> list[dict[str, np.ndarray]]:
+        """Per-view masks of the malignant lesions by kind (mass, calcification_cluster), view_index order."""
         return [self.breasts[lat].cancer_masks[0 if view == "CC" else 1] for lat, view in VIEW_ORDER]
 
 

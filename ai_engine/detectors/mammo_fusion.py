@@ -1,0 +1,419 @@
+"""Deep fusion mammography detector: per-view lesion maps, CC/MLO matching, case-level fusion.
+
+Pipeline of one exam (any number of views; a screening exam has four):
+
+1. ``prepare_view``: each view is resampled to ``NET_SPACING_MM``, flipped so the chest wall is on
+   the left (found from the pixels, not the header), normalised by breast-intensity percentiles
+   (so a detector with other grey levels reads the same), and given a second channel that
+   enhances specks (top-hat against a local median, max-pooled so calcifications survive the
+   downsampling).
+2. A small MONAI ``BasicUNet`` (ONNX Runtime) maps each view to two probability maps: malignant
+   mass and malignant calcification cluster. The map itself is the finding's heat map.
+3. Peaks of the maps are candidates; a candidate in CC is matched with one in MLO of the same
+   breast by distance from the nipple (the radiologist's cue), and a lesion seen in both views
+   scores higher than one seen in a single view.
+4. ``case_image_features`` summarises the candidates into a fixed vector; the ``FusionHead``
+   (ONNX) fuses it with clinical variables and the note, gives the case logit, the per-case
+   modality weights and a log-variance; a temperature fitted on a calibration split turns the
+   logit into a probability, from which the BI-RADS-style suggestion follows.
+5. Breast density (A-D) comes from a multinomial logistic model on texture statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage
+
+from ai_engine.bundle import Bundle, resolve_bundle
+from ai_engine.clinical_features import context_text, encode_clinical, encode_note
+from ai_engine.detectors.base import DetectorInput
+from ai_engine.errors import DetectorInputError
+from ai_engine.results import DetectorResult, Finding, FindingType, Task
+
+if TYPE_CHECKING:
+    from ai_engine.mammo import MammoView
+
+NAME = "mammo_fusion"
+NET_SPACING_MM = 0.8
+WORK_SPACING_MM = 0.3  # finer images are averaged down to this before the speck filter
+PAD_MULTIPLE = 16
+SPECK_WINDOW_MM = 1.6
+SPECK_GAIN = 4.0
+CHANNELS = (FindingType.MASS, FindingType.CALCIFICATION_CLUSTER)
+DENSITY_CATEGORIES = ("A", "B", "C", "D")
+IMAGE_FEATURES = ("matched_mass", "matched_calc", "peak_mass", "peak_calc", "second_view_mass",
+                  "second_view_calc", "contralateral_peak", "suspicious_area")
+# ACR BI-RADS likelihood-of-malignancy ranges: upper bound of the probability -> category.
+BIRADS_RANGES = ((0.02, "2"), (0.10, "4A"), (0.50, "4B"), (0.95, "4C"), (1.01, "5"))
+UNCERTAINTY_NOTE = ("uncertainty: 'logit_std' is exp(log_var / 2), the standard deviation of the case logit "
+                    "predicted by the fusion head (heteroscedastic, not MC dropout)")
+
+
+@dataclass
+class PreparedView:
+    """One view as the network sees it, and what is needed to map results back to its pixels."""
+
+    channels: np.ndarray  # float32 (2, H, W): intensity, speck enhancement; padded to PAD_MULTIPLE
+    breast: np.ndarray  # bool (H, W)
+    net_shape: tuple[int, int]  # (rows, cols) before padding
+    source_shape: tuple[int, int]
+    flipped: bool
+    nipple: tuple[float, float]  # (row, col) in network pixels
+
+    def to_source(self, row: float, col: float) -> tuple[float, float]:
+        """Network pixel -> (row, col) pixel of the source view."""
+        scale_r = self.source_shape[0] / self.net_shape[0]
+        scale_c = self.source_shape[1] / self.net_shape[1]
+        if self.flipped:
+            col = self.net_shape[1] - 1 - col
+        return ((row + 0.5) * scale_r - 0.5, (col + 0.5) * scale_c - 0.5)
+
+    def map_to_source(self, array: np.ndarray) -> np.ndarray:
+        """A (H, W) network-grid array resampled (nearest) onto the source view's pixel grid."""
+        rows = np.minimum((np.arange(self.source_shape[0]) * self.net_shape[0] / self.source_shape[0]).astype(int),
+                          self.net_shape[0] - 1)
+        cols = np.minimum((np.arange(self.source_shape[1]) * self.net_shape[1] / self.source_shape[1]).astype(int),
+                          self.net_shape[1] - 1)
+        if self.flipped:
+            cols = self.net_shape[1] - 1 - cols
+        return array[np.ix_(rows, cols)]
+
+
+def _breast_mask(image: np.ndarray) -> np.ndarray:
+    """Largest bright region (the breast; labels and detector borders are smaller), holes filled."""
+    low, high = np.percentile(image, [1, 99])
+    bright = image > low + 0.2 * (high - low)
+    labels, count = ndimage.label(bright)
+    if count == 0:
+        return bright
+    sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+
+
+def _resample(image: np.ndarray, factor: float, *, keep_max: bool) -> np.ndarray:
+    """Zoom by ``factor`` (< 1 shrinks): area-like averaging, or max-pooling for sparse specks."""
+    if abs(factor - 1.0) < 1e-3:
+        return image
+    if factor < 1.0:
+        if keep_max:
+            image = ndimage.maximum_filter(image, size=int(math.ceil(1.0 / factor)) + 1)
+        else:
+            image = ndimage.gaussian_filter(image, 0.45 / factor)
+    return ndimage.zoom(image, factor, order=0 if keep_max else 1)
+
+
+def prepare_view(array: np.ndarray, spacing_mm: float) -> PreparedView:
+    """Network input of one view (see module docstring, step 1)."""
+    image = np.asarray(array, dtype=np.float32)
+    source_shape = (int(image.shape[0]), int(image.shape[1]))
+    if spacing_mm < WORK_SPACING_MM:
+        image = _resample(image, spacing_mm / WORK_SPACING_MM, keep_max=False)
+        spacing_mm = WORK_SPACING_MM
+    breast = _breast_mask(image)
+    values = image[breast] if breast.any() else image.ravel()
+    low, high = np.percentile(values, [2.0, 99.5])
+    scale = max(float(high - low), 1e-3)
+    window = max(int(round(SPECK_WINDOW_MM / spacing_mm)) // 2 * 2 + 1, 3)
+    speck = np.clip((image - ndimage.median_filter(image, size=window)) / scale * SPECK_GAIN, 0.0, 3.0)
+    intensity = np.where(breast, (image - low) / scale, 0.0).astype(np.float32)
+    speck = np.where(breast, speck, 0.0).astype(np.float32)
+    factor = spacing_mm / NET_SPACING_MM
+    intensity = _resample(intensity, factor, keep_max=False)
+    speck = _resample(speck, factor, keep_max=True)
+    breast_net = _resample(breast.astype(np.float32), factor, keep_max=False) > 0.5
+    edge = max(2, breast_net.shape[1] // 20)
+    flipped = bool(breast_net[:, -edge:].sum() > breast_net[:, :edge].sum())
+    if flipped:
+        intensity, speck, breast_net = intensity[:, ::-1], speck[:, ::-1], breast_net[:, ::-1]
+    net_shape = (int(intensity.shape[0]), int(intensity.shape[1]))
+    pad = [(0, -n % PAD_MULTIPLE) for n in net_shape]
+    channels = np.stack([np.pad(intensity, pad), np.pad(speck, pad)]).astype(np.float32)
+    breast_pad = np.pad(breast_net, pad)
+    return PreparedView(channels=channels, breast=breast_pad, net_shape=net_shape, source_shape=source_shape,
+                        flipped=flipped, nipple=_nipple(breast_pad))
+
+
+def mask_to_network(mask: np.ndarray, spacing_mm: float, view: PreparedView) -> np.ndarray:
+    """A source-grid boolean mask on the network grid of ``view`` (any pixel covered -> True)."""
+    grid = _resample(mask.astype(np.float32), spacing_mm / NET_SPACING_MM, keep_max=True) > 0.5
+    rows, cols = view.net_shape
+    grid = np.pad(grid, [(0, max(rows - grid.shape[0], 0)), (0, max(cols - grid.shape[1], 0))])[:rows, :cols]
+    if view.flipped:
+        grid = grid[:, ::-1]
+    return np.pad(grid, [(0, view.breast.shape[0] - rows), (0, view.breast.shape[1] - cols)])
+
+
+def _nipple(breast: np.ndarray) -> tuple[float, float]:
+    """The breast point farthest from the chest wall (column 0): the nipple in CC and MLO."""
+    cols = np.nonzero(breast.any(axis=0))[0]
+    if cols.size == 0:
+        return (breast.shape[0] / 2.0, 0.0)
+    last = int(cols[-1])
+    return (float(np.nonzero(breast[:, last])[0].mean()), float(last))
+
+
+@dataclass
+class Candidate:
+    """A peak of one probability map in one view."""
+
+    view_index: int
+    channel: int
+    score: float
+    row: float  # network pixels
+    col: float
+    nipple_distance_mm: float
+    depth_mm: float
+    region: np.ndarray  # bool (H, W) on the network grid
+    matched_score: float = 0.0
+    partner: int = -1  # index into the candidate list, -1 when unmatched
+
+
+def find_candidates(probabilities: np.ndarray, view: PreparedView, view_index: int, *, floor: float,
+                    per_view: int, min_separation_mm: float = 10.0) -> list[Candidate]:
+    """Local maxima of each channel of ``probabilities`` (C, H, W) above ``floor``, best first."""
+    candidates = []
+    size = max(int(round(min_separation_mm / NET_SPACING_MM)), 3)
+    for channel in range(probabilities.shape[0]):
+        prob = np.where(view.breast, probabilities[channel], 0.0)
+        peaks = (prob == ndimage.maximum_filter(prob, size=size)) & (prob >= floor)
+        coords = np.argwhere(peaks)
+        order = np.argsort(-prob[peaks])[:per_view]
+        for row, col in coords[order]:
+            peak = float(prob[row, col])
+            labels, _ = ndimage.label(prob >= 0.5 * peak)
+            region = labels == labels[row, col]
+            distance = math.hypot(row - view.nipple[0], col - view.nipple[1]) * NET_SPACING_MM
+            candidates.append(Candidate(view_index, channel, peak, float(row), float(col), distance,
+                                        float(col) * NET_SPACING_MM, region))
+    return candidates
+
+
+def match_views(candidates: list[Candidate], breasts: dict[int, tuple[str, str]], tolerance_mm: float) -> None:
+    """Pair each candidate with the best same-channel candidate in the other view of its breast.
+
+    ``matched_score`` = sqrt(own * partner) * exp(-(d / tolerance)^2), d the difference of their
+    distances from the nipple; a candidate with no partner keeps 0.
+    """
+    for i, cand in enumerate(candidates):
+        laterality, view = breasts[cand.view_index]
+        best, best_j = 0.0, -1
+        for j, other in enumerate(candidates):
+            o_lat, o_view = breasts[other.view_index]
+            if o_lat != laterality or o_view == view or other.channel != cand.channel:
+                continue
+            d = cand.nipple_distance_mm - other.nipple_distance_mm
+            value = math.sqrt(cand.score * other.score) * math.exp(-((d / tolerance_mm) ** 2))
+            if value > best:
+                best, best_j = value, j
+        cand.matched_score, cand.partner = best, best_j
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def case_image_features(candidates: list[Candidate], peaks: np.ndarray, breasts: dict[int, tuple[str, str]],
+                        areas: np.ndarray) -> np.ndarray:
+    """Fixed-length image summary of one exam (names in IMAGE_FEATURES), as logits where scores.
+
+    ``peaks`` (V, C) are the maximum probability per view and channel; ``areas`` (V,) the area
+    (cm^2) of each view above probability 0.5. The most suspicious breast sets the features;
+    ``contralateral_peak`` is the other breast's peak (symmetry cue).
+    """
+    sides = sorted({lat for lat, _ in breasts.values()})
+    per_side = {}
+    for side in sides:
+        idx = [v for v, (lat, _) in breasts.items() if lat == side]
+        matched = [max((c.matched_score for c in candidates if c.view_index in idx and c.channel == k),
+                       default=0.0) for k in range(len(CHANNELS))]
+        view_peaks = peaks[idx]  # (views of this side, C)
+        second = [float(np.sort(view_peaks[:, k])[-2]) if len(idx) > 1 else 0.0 for k in range(len(CHANNELS))]
+        top = [float(view_peaks[:, k].max()) for k in range(len(CHANNELS))]
+        per_side[side] = (matched, top, second, float(areas[idx].sum()))
+    worst = max(sides, key=lambda s: max(per_side[s][0] + per_side[s][1]))
+    matched, top, second, area = per_side[worst]
+    others = [max(per_side[s][1]) for s in sides if s != worst]
+    return np.array([_logit(matched[0]), _logit(matched[1]), _logit(top[0]), _logit(top[1]),
+                     _logit(second[0]), _logit(second[1]), _logit(max(others, default=0.0)),
+                     math.log1p(area)], dtype=np.float32)
+
+
+def density_statistics(view: PreparedView) -> np.ndarray:
+    """Texture statistics of the inner breast that the density model reads (gain-invariant)."""
+    inner = ndimage.binary_erosion(view.breast, iterations=max(int(8.0 / NET_SPACING_MM), 1))
+    if inner.sum() < 50:
+        inner = view.breast
+    values = view.channels[0][inner]
+    if values.size == 0:
+        return np.zeros(5, dtype=np.float32)
+    return np.array([(values > 0.3).mean(), (values > 0.45).mean(), (values > 0.6).mean(), values.std(),
+                     values.mean()], dtype=np.float32)
+
+
+def density_probabilities(statistics: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Softmax of the multinomial logistic density model over A-D (rows: views)."""
+    z = statistics @ weights + bias
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def birads_suggestion(probability: float, has_findings: bool) -> str:
+    """BI-RADS-style category from the malignancy probability (ACR likelihood ranges).
+
+    Below 2 %: "1" when nothing is reported, "2" otherwise. Category 3 (probably benign) needs a
+    diagnostic work-up and is never suggested from a screening exam alone.
+    """
+    for upper, category in BIRADS_RANGES:
+        if probability < upper:
+            return category if category != "2" or has_findings else "1"
+    return "5"
+
+
+@dataclass
+class ExamAnalysis:
+    """Everything the detector computed for one exam before building findings."""
+
+    views: list[PreparedView]
+    probabilities: list[np.ndarray]  # per view (C, H, W)
+    candidates: list[Candidate]
+    image_features: np.ndarray
+    clinical: np.ndarray
+    clinical_present: np.ndarray
+    text: np.ndarray
+    text_present: bool
+    density_probabilities: np.ndarray  # (4,) averaged over views
+
+
+class MammoFusion:
+    """Deep fusion mammography detector (see module docstring); weights from the ``mammo_fusion`` bundle."""
+
+    name = NAME
+    task = Task.MAMMOGRAPHY
+
+    def __init__(self, bundle: str | Path | None = None) -> None:
+        import onnxruntime as ort
+
+        self.bundle: Bundle = resolve_bundle(bundle, NAME)
+        self.algorithm = self.bundle.algorithm()
+        params: dict[str, Any] = self.bundle.inference
+        self.params = params
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("threads", 2))
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.network = ort.InferenceSession(str(self.bundle.deployed_path), options, providers=providers)
+        fusion_path = self.bundle.root / "models" / str(params["fusion_deployed"])
+        self.fusion = ort.InferenceSession(str(fusion_path), options, providers=providers)
+        self.density_weights = np.asarray(params["density_weights"], dtype=np.float32)
+        self.density_bias = np.asarray(params["density_bias"], dtype=np.float32)
+
+    def segment(self, channels: np.ndarray) -> np.ndarray:
+        """Probability maps (C, H, W) of one prepared view."""
+        out = self.network.run(None, {"views": channels[None].astype(np.float32)})[0]
+        return out[0]
+
+    def analyse(self, inputs: DetectorInput) -> ExamAnalysis:
+        """Run the per-view network and compute the case features (no fusion yet)."""
+        if not inputs.views:
+            raise DetectorInputError(f"{NAME} needs mammography views, got none (volume given: "
+                                     f"{inputs.volume is not None})")
+        prepared = [prepare_view(v.array, float(np.mean(v.pixel_spacing_mm))) for v in inputs.views]
+        probabilities = [self.segment(p.channels) for p in prepared]
+        return analyse_exam(prepared, probabilities, [(v.laterality, v.view) for v in inputs.views],
+                            inputs.context, self.params, self.density_weights, self.density_bias)
+
+    def fuse(self, analysis: ExamAnalysis) -> tuple[float, float, np.ndarray]:
+        """(calibrated probability, logit std, modality weights [3]) of one analysed exam."""
+        feeds = {"image": analysis.image_features[None], "clinical": analysis.clinical[None],
+                 "clinical_present": analysis.clinical_present[None].astype(np.float32),
+                 "text": analysis.text[None], "text_present": np.array([float(analysis.text_present)], np.float32)}
+        logit, weights, log_var = self.fusion.run(None, feeds)
+        temperature = float(self.params["temperature"])
+        probability = 1.0 / (1.0 + math.exp(-float(logit[0]) / temperature))
+        return probability, math.exp(float(log_var[0]) / 2.0), weights[0]
+
+    def detect(self, inputs: DetectorInput) -> DetectorResult:
+        """Masses and calcification clusters per view, matched across CC/MLO, case probability, density."""
+        analysis = self.analyse(inputs)
+        probability, logit_std, weights = self.fuse(analysis)
+        weight_dict = {name: round(float(w), 4) for name, w in zip(("image", "clinical", "text"), weights,
+                                                                   strict=True)}
+        density = DENSITY_CATEGORIES[int(np.argmax(analysis.density_probabilities))]
+        report = float(self.params["report_threshold"])
+        shown = [c for c in analysis.candidates if max(c.score, c.matched_score) >= report]
+        birads = birads_suggestion(probability, bool(shown))
+        findings = [self._finding(c, analysis, inputs.views, probability, logit_std, weight_dict, birads)
+                    for c in shown]
+        findings.sort(key=lambda f: -f.score)
+        positive = probability >= float(self.params["positive_threshold"])
+        notes = [f"case malignancy probability {probability:.3f} (calibrated on a synthetic calibration split "
+                 f"with enriched prevalence)", f"BI-RADS-style suggestion: {birads}",
+                 f"breast density category (suggested): {density}",
+                 f"modality weights: {weight_dict}", f"logit_std {logit_std:.3f}", UNCERTAINTY_NOTE,
+                 "deep fusion model trained on synthetic phantoms only; not for clinical use"]
+        return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=probability,
+                              positive=positive, notes=notes)
+
+    def _finding(self, cand: Candidate, analysis: ExamAnalysis, views: list[MammoView], probability: float,
+                 logit_std: float, weights: dict[str, float], birads: str) -> Finding:
+        prepared = analysis.views[cand.view_index]
+        view = views[cand.view_index]
+        center = prepared.to_source(cand.row, cand.col)
+        mask = prepared.map_to_source(cand.region)
+        heat = prepared.map_to_source(analysis.probabilities[cand.view_index][cand.channel]).astype(np.float32)
+        spacing = float(np.mean(view.pixel_spacing_mm))
+        diameter = 2.0 * math.sqrt(float(mask.sum()) / math.pi) * spacing
+        partner = (str(analysis.candidates[cand.partner].view_index)
+                   if cand.partner >= 0 and cand.matched_score >= 0.5 * cand.score else "none")
+        side = "left" if view.laterality == "L" else "right"
+        return Finding(
+            finding_type=CHANNELS[cand.channel], score=float(max(cand.matched_score, 0.8 * cand.score)),
+            center_voxel=center, location=f"{side} breast, {view.view} view", diameter_mm=diameter, mask=mask,
+            heatmap=np.clip(heat, 0.0, 1.0), view_index=cand.view_index,
+            measurements={"peak_probability": cand.score, "matched_score": cand.matched_score,
+                          "distance_from_nipple_mm": cand.nipple_distance_mm,
+                          "depth_from_chest_wall_mm": cand.depth_mm, "case_probability": probability,
+                          "logit_std": logit_std},
+            attributes={"laterality": view.laterality, "view": view.view, "corresponding_view_index": partner,
+                        "birads_suggestion": birads, "heatmap": "network probability map of this finding type"},
+            modality_weights=dict(weights),
+        )
+
+
+def exam_image_analysis(prepared: list[PreparedView], probabilities: list[np.ndarray],
+                        identities: list[tuple[str, str]], params: dict[str, Any]
+                        ) -> tuple[list[Candidate], np.ndarray]:
+    """Candidates (matched across CC/MLO) and the image feature vector of one exam.
+
+    Shared by the detector and training (which feeds PyTorch outputs), so both see the same features.
+    """
+    breasts = dict(enumerate(identities))
+    candidates: list[Candidate] = []
+    for index, (view, prob) in enumerate(zip(prepared, probabilities, strict=True)):
+        candidates.extend(find_candidates(prob, view, index, floor=float(params["candidate_floor"]),
+                                          per_view=int(params["candidates_per_view"])))
+    match_views(candidates, breasts, float(params["match_tolerance_mm"]))
+    peaks = np.array([[float(np.where(v.breast, p[k], 0.0).max()) for k in range(len(CHANNELS))]
+                      for v, p in zip(prepared, probabilities, strict=True)], dtype=np.float32)
+    areas = np.array([float(((p.max(axis=0) >= 0.5) & v.breast).sum()) * NET_SPACING_MM**2 / 100.0
+                      for v, p in zip(prepared, probabilities, strict=True)], dtype=np.float32)
+    return candidates, case_image_features(candidates, peaks, breasts, areas)
+
+
+def analyse_exam(prepared: list[PreparedView], probabilities: list[np.ndarray], identities: list[tuple[str, str]],
+                 context: Any, params: dict[str, Any], density_weights: np.ndarray,
+                 density_bias: np.ndarray) -> ExamAnalysis:
+    """Image analysis plus clinical/text encodings and the density estimate of one exam."""
+    candidates, features = exam_image_analysis(prepared, probabilities, identities, params)
+    clinical, present = encode_clinical(Task.MAMMOGRAPHY, context)
+    text, text_present = encode_note(context_text(context))
+    stats = np.stack([density_statistics(v) for v in prepared])
+    density = density_probabilities(stats, density_weights, density_bias).mean(axis=0)
+    return ExamAnalysis(prepared, probabilities, candidates, features, clinical, present, text, text_present,
+                        density)

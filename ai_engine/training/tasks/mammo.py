@@ -1,0 +1,563 @@
+"""Training and held-out evaluation of the ``mammo_fusion`` detector.
+
+``train``: generate the synthetic four-view cohort (``ai_engine.synthetic.cohorts.mammo``), split it
+by case into network-training (with a network-validation part), fusion-training and calibration
+splits, train the per-view ``BasicUNet`` on 128x128 crops (mass and calcification-cluster maps),
+compute case features with the detector's own code, train the fusion heads (dynamic, concat and
+image-only, for the fusion experiment), fit the temperature and the operating threshold on the
+calibration split, fit the density model on texture statistics, export ONNX and write the bundle.
+
+``evaluate``: generate a held-out cohort with another seed and the shifted ``HELDOUT_ACQUISITION``,
+write every exam as DICOM, load it through ``ai_engine.inputs.load_inputs`` (the server's path), run
+the deployed detector and the classical baseline on the same studies, and write metrics and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet
+from torch import nn
+
+from ai_engine.bundle import bundle_models_dir, bundle_root, load_bundle, resolve_bundle, write_bundle_configs
+from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
+from ai_engine.detectors.mammo_fusion import (
+    CHANNELS,
+    DENSITY_CATEGORIES,
+    IMAGE_FEATURES,
+    NAME,
+    NET_SPACING_MM,
+    PreparedView,
+    density_statistics,
+    exam_image_analysis,
+    mask_to_network,
+    prepare_view,
+)
+from ai_engine.errors import AiEngineError
+from ai_engine.evaluation import metrics, plots
+from ai_engine.fusion import FusionHead, fusion_loss, modality_dropout
+from ai_engine.fusion.calibration import TemperatureScaler
+from ai_engine.results import Task
+from ai_engine.synthetic.cohorts.mammo import (
+    HELDOUT_ACQUISITION,
+    TRAIN_ACQUISITION,
+    VIEW_ORDER,
+    MammoCase,
+    generate_case,
+)
+from ai_engine.synthetic.mammo_phantom import MALIGNANT_KINDS, Acquisition
+from ai_engine.training.loop import TrainConfig, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+UNET_FEATURES = (8, 16, 32, 64, 96, 8)
+CROP = 128
+DEFAULT_COHORT = 900
+QUICK_COHORT = 24
+HELDOUT_SEED = 7777
+DEFAULT_HELDOUT_SIZE = 200
+SPLIT_FRACTIONS = (0.55, 0.07, 0.28)  # network train, network validation, fusion train; rest calibration
+EXPERIMENT_MODES = ("dynamic", "concat", "image_only")
+MISSING_RATE = 0.3
+MODEL_CARD_DIR = Path(__file__).resolve().parents[3] / "docs" / "model-cards" / "mammo"
+INFERENCE_DEFAULTS: dict[str, Any] = {
+    "net_spacing_mm": NET_SPACING_MM, "candidate_floor": 0.1, "candidates_per_view": 4,
+    "match_tolerance_mm": 15.0, "report_threshold": 0.5, "threads": 2,
+}
+
+
+class MammoNetwork(nn.Module):
+    """Per-view network: MONAI BasicUNet, two sigmoid maps (malignant mass, calcification cluster)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = BasicUNet(spatial_dims=2, in_channels=2, out_channels=len(CHANNELS), features=UNET_FEATURES,
+                              norm=("batch", {"affine": True}))
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        """views [B, 2, H, W] (H, W multiples of 16) -> probabilities [B, 2, H, W]."""
+        return torch.sigmoid(self.unet(views))
+
+
+class MammoFusionModel(nn.Module):
+    """Container saved as ``models/model.pt``: the per-view network and the deployed fusion head."""
+
+    def __init__(self, network: MammoNetwork, fusion: FusionHead) -> None:
+        super().__init__()
+        self.network = network
+        self.fusion = fusion
+
+
+class _FusionExport(nn.Module):
+    def __init__(self, head: FusionHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, image: torch.Tensor, clinical: torch.Tensor, clinical_present: torch.Tensor,
+                text: torch.Tensor, text_present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.head.forward_tensors(image, clinical, clinical_present, text, text_present)
+
+
+@dataclass
+class ExamArrays:
+    """One exam as training needs it: prepared views, per-view targets, encodings and truth."""
+
+    views: list[PreparedView]
+    targets: np.ndarray  # bool (4, 2, H, W) on the network grid
+    clinical: np.ndarray
+    clinical_present: np.ndarray
+    text: np.ndarray
+    text_present: bool
+    label: int
+    density: int
+
+
+def exam_arrays(case: MammoCase) -> ExamArrays:
+    """Prepare the four views of ``case`` and its network-grid targets."""
+    spacing = case.acquisition.pixel_spacing_mm
+    views, targets = [], []
+    for (_, _, image), masks in zip(case.views(), case.cancer_masks(), strict=True):
+        view = prepare_view(image, spacing)
+        view.channels = view.channels.astype(np.float16)
+        views.append(view)
+        targets.append(np.stack([mask_to_network(masks[kind], spacing, view) for kind in MALIGNANT_KINDS]))
+    clinical, present = encode_clinical(Task.MAMMOGRAPHY, case.context)
+    text, text_present = encode_note(context_text(case.context))
+    return ExamArrays(views, np.stack(targets), clinical, present, text, text_present, int(case.cancer),
+                      DENSITY_CATEGORIES.index(case.density))
+
+
+def _make_exam(job: tuple[int, Acquisition]) -> ExamArrays:
+    return exam_arrays(generate_case(*job))
+
+
+def generate_exams(seeds: list[int], acquisition: Acquisition, workers: int = 2) -> list[ExamArrays]:
+    """Generate and prepare the exams of ``seeds`` (two worker processes: the phantom is numpy-bound)."""
+    jobs = [(s, acquisition) for s in seeds]
+    if workers <= 1 or len(jobs) < 8:
+        return [_make_exam(j) for j in jobs]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(pool.imap(_make_exam, jobs, chunksize=4))
+
+
+def _split(size: int, quick: bool) -> tuple[slice, slice, slice, slice]:
+    cuts = np.cumsum([int(round(f * size)) for f in SPLIT_FRACTIONS])
+    if quick:
+        cuts = np.array([size // 2, size // 2 + size // 8, size - size // 4])
+    return slice(0, cuts[0]), slice(cuts[0], cuts[1]), slice(cuts[1], cuts[2]), slice(cuts[2], size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Network training
+# ---------------------------------------------------------------------------------------------
+
+
+def _crop_batches(exams: list[ExamArrays], rng: np.random.Generator, steps: int, batch: int
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Random 128x128 crops, half centred on a cancer, half anywhere in the breast, with augmentation."""
+    pool = [(e, v) for e in exams for v in range(len(e.views))]
+    positives = [(e, v) for e, v in pool if e.targets[v].any()]
+    for _ in range(steps):
+        inputs, targets = [], []
+        for i in range(batch):
+            exam, v = positives[rng.integers(len(positives))] if positives and i % 2 == 0 else pool[
+                rng.integers(len(pool))]
+            view, target = exam.views[v], exam.targets[v]
+            anchor = np.argwhere(target.any(axis=0)) if i % 2 == 0 and target.any() else np.argwhere(view.breast)
+            r, c = anchor[rng.integers(len(anchor))] + rng.integers(-40, 41, size=2)
+            rows, cols = view.breast.shape
+            r0 = int(np.clip(r - CROP // 2, 0, rows - CROP))
+            c0 = int(np.clip(c - CROP // 2, 0, cols - CROP))
+            x = view.channels[:, r0:r0 + CROP, c0:c0 + CROP].astype(np.float32)
+            y = target[:, r0:r0 + CROP, c0:c0 + CROP].astype(np.float32)
+            x, y = _augment(x, y, rng)
+            inputs.append(x)
+            targets.append(y)
+        yield torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flip up-down, intensity gain/offset/gamma, extra noise, speck gain: other scanners and processing."""
+    if rng.random() < 0.5:
+        x, y = x[:, ::-1], y[:, ::-1]
+    intensity = np.clip(x[0], 0.0, None)
+    intensity = intensity ** rng.uniform(0.8, 1.25) * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
+    intensity = intensity + rng.standard_normal(intensity.shape).astype(np.float32) * rng.uniform(0.0, 0.03)
+    speck = x[1] * rng.uniform(0.7, 1.3)
+    return np.ascontiguousarray(np.stack([intensity, speck]).astype(np.float32)), np.ascontiguousarray(y)
+
+
+def _segmentation_loss(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Weighted BCE plus soft Dice per channel (lesions are small against the breast)."""
+    weight = 1.0 + 9.0 * target
+    bce = F.binary_cross_entropy(probabilities.clamp(1e-6, 1 - 1e-6), target, weight=weight)
+    inter = (probabilities * target).sum(dim=(0, 2, 3))
+    dice = 1.0 - (2 * inter + 1.0) / (probabilities.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1.0)
+    return bce + 0.5 * dice.mean()
+
+
+def predict_views(network: MammoNetwork, exam: ExamArrays) -> list[np.ndarray]:
+    """Probability maps (C, H, W) of the exam's views with the eager network."""
+    with torch.no_grad():
+        batch = torch.from_numpy(np.stack([v.channels.astype(np.float32) for v in exam.views]))
+        return list(network(batch).numpy())
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC, or 0.5 when a (tiny) split holds one class only."""
+    return metrics.roc_auc(labels, scores) if 0 < labels.sum() < labels.size else 0.5
+
+
+def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epochs: int, steps: int, batch: int,
+                  seed: int, max_seconds: float, checkpoint: Path | None = None) -> MammoNetwork:
+    """Train the per-view network; early stopping on the validation exams' case AUC (max map value)."""
+    seed_everything(seed)
+    network = MammoNetwork()
+    rng = np.random.default_rng(seed)
+
+    def validate(model: nn.Module) -> float:
+        scores = [max(float(p.max()) for p in predict_views(model, e)) for e in validation]  # type: ignore[arg-type]
+        labels = np.array([e.label for e in validation])
+        return _auc(labels, np.array(scores)) - 1e-3 * float(np.mean(scores))
+
+    fit(network, batches=lambda epoch: _crop_batches(exams, rng, steps, batch),
+        step=lambda model, b: _segmentation_loss(model(b[0]), b[1]), validate=validate,
+        config=TrainConfig(epochs=epochs, lr=3e-3, patience=6, seed=seed, max_seconds=max_seconds,
+                           description="mammo network"), checkpoint=checkpoint)
+    return network
+
+
+# ---------------------------------------------------------------------------------------------
+# Case features, fusion heads, density model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseTable:
+    """Per-case fusion inputs and labels, as arrays."""
+
+    image: np.ndarray
+    clinical: np.ndarray
+    clinical_present: np.ndarray
+    text: np.ndarray
+    text_present: np.ndarray
+    labels: np.ndarray
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """(image, clinical, clinical_present, text, text_present) as float tensors."""
+        return tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (
+            self.image, self.clinical, self.clinical_present, self.text, self.text_present))
+
+
+def case_table(network: MammoNetwork, exams: list[ExamArrays], params: dict[str, Any]) -> CaseTable:
+    """Image features (from the detector's own analysis code) plus encodings for each exam."""
+    identities = list(VIEW_ORDER)
+    images = [exam_image_analysis(e.views, predict_views(network, e), identities, params)[1] for e in exams]
+    return CaseTable(np.stack(images), np.stack([e.clinical for e in exams]),
+                     np.stack([e.clinical_present for e in exams]), np.stack([e.text for e in exams]),
+                     np.array([e.text_present for e in exams], dtype=bool), np.array([e.label for e in exams]))
+
+
+def fusion_logits(head: FusionHead, table: CaseTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, weights [N, 3], log_var) of ``head`` on ``table`` (eval mode)."""
+    head.eval()
+    with torch.no_grad():
+        out = head(*table.tensors())
+    return out.logit.numpy(), out.weights.numpy(), out.log_var.numpy()
+
+
+def train_fusion(train: CaseTable, validation: CaseTable, mode: str, seed: int, epochs: int) -> FusionHead:
+    """Train one FusionHead with modality dropout; early stopping on the validation split's AUC."""
+    seed_everything(seed)
+    head = FusionHead(len(IMAGE_FEATURES), train.clinical.shape[1], NOTE_DIM, mode=mode)
+    tensors = train.tensors()
+    labels = torch.from_numpy(train.labels.astype(np.float32))
+    generator = torch.Generator().manual_seed(seed)
+    pos_weight = float((1 - train.labels).sum() / max(train.labels.sum(), 1))
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(order), 32):
+            idx = order[start:start + 32]
+            clinical_present, text_present = modality_dropout(tensors[2][idx], tensors[4][idx], generator=generator)
+            yield tensors[0][idx], tensors[1][idx], clinical_present, tensors[3][idx], text_present, labels[idx]
+
+    def step(model: nn.Module, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return fusion_loss(model(*b[:5]), b[5], pos_weight=pos_weight)
+
+    fit(head, batches=batches, step=step,
+        validate=lambda model: _auc(validation.labels, fusion_logits(model, validation)[0]),  # type: ignore[arg-type]
+        config=TrainConfig(epochs=epochs, lr=3e-3, patience=25, seed=seed, description=f"mammo fusion {mode}",
+                           progress=False))
+    return head
+
+
+def fit_density_model(exams: list[ExamArrays], seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Multinomial logistic regression from texture statistics to density A-D; (weights, bias, accuracy)."""
+    seed_everything(seed)
+    stats = torch.from_numpy(np.stack([density_statistics(v) for e in exams for v in e.views]))
+    labels = torch.tensor([e.density for e in exams for _ in e.views])
+    linear = nn.Linear(stats.shape[1], len(DENSITY_CATEGORIES))
+    optimiser = torch.optim.LBFGS(linear.parameters(), max_iter=300)
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(linear(stats), labels) + 1e-3 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        accuracy = float((linear(stats).argmax(dim=1) == labels).float().mean())
+    return linear.weight.detach().numpy().T.copy(), linear.bias.detach().numpy().copy(), accuracy
+
+
+def random_missing(table: CaseTable, rate: float, seed: int) -> CaseTable:
+    """A copy where each clinical input and each note is hidden with probability ``rate``."""
+    rng = np.random.default_rng(seed)
+    keep = rng.random(table.clinical_present.shape) >= rate
+    keep_text = rng.random(table.text_present.shape) >= rate
+    return CaseTable(table.image, table.clinical, table.clinical_present & keep, table.text,
+                     table.text_present & keep_text, table.labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and bundle
+# ---------------------------------------------------------------------------------------------
+
+
+def export_onnx(network: MammoNetwork, head: FusionHead, models_dir: Path, clinical_dim: int) -> dict[str, float]:
+    """Write model.onnx (network) and fusion.onnx (head); return the max |ONNX - eager| differences."""
+    import onnxruntime as ort
+
+    network.eval()
+    head.eval()
+    example = torch.rand(1, 2, 304, 240)
+    torch.onnx.export(network, (example,), models_dir / "model.onnx", input_names=["views"],
+                      output_names=["probabilities"], dynamic_axes={"views": {0: "batch", 2: "rows", 3: "cols"},
+                                                                    "probabilities": {0: "batch", 2: "rows",
+                                                                                      3: "cols"}},
+                      opset_version=17, dynamo=False)
+    inputs = (torch.randn(3, len(IMAGE_FEATURES)), torch.randn(3, clinical_dim),
+              torch.tensor([[1.0] * clinical_dim, [0.0] * clinical_dim, [1.0, 0.0] * (clinical_dim // 2)]),
+              torch.randn(3, NOTE_DIM), torch.tensor([1.0, 0.0, 1.0]))
+    names = ["image", "clinical", "clinical_present", "text", "text_present"]
+    torch.onnx.export(_FusionExport(head).eval(), inputs, models_dir / "fusion.onnx", input_names=names,
+                      output_names=["logit", "weights", "log_var"],
+                      dynamic_axes={n: {0: "batch"} for n in [*names, "logit", "weights", "log_var"]},
+                      opset_version=17, dynamo=False)
+    network.eval()  # export restores the wrapper's mode; compare in eval mode
+    head.eval()
+    session = ort.InferenceSession(str(models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    probe = torch.rand(1, 2, 288, 224)
+    with torch.no_grad():
+        eager = network(probe).numpy()
+        eager_head = [t.numpy() for t in head.forward_tensors(*inputs)]
+    network_diff = float(np.abs(session.run(None, {"views": probe.numpy()})[0] - eager).max())
+    fusion_session = ort.InferenceSession(str(models_dir / "fusion.onnx"), providers=["CPUExecutionProvider"])
+    onnx_head = fusion_session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
+    head_diff = max(float(np.abs(a - b).max()) for a, b in zip(onnx_head, eager_head, strict=True))
+    return {"network_max_abs_diff": network_diff, "fusion_max_abs_diff": head_diff}
+
+
+def _metadata(summary: dict[str, Any], cohort_size: int, seed: int) -> dict[str, Any]:
+    return {
+        "name": NAME, "version": VERSION, "task": Task.MAMMOGRAPHY.value,
+        "intended_use": ("Research and demonstration of multimodal fusion on four-view screening mammograms. "
+                         "Trained only on synthetic data generated by radfusion's mammography phantom "
+                         "(ai_engine.synthetic.cohorts.mammo); not for clinical use."),
+        "inputs": {"views": "Digital Mammography X-Ray Image Storage - For Presentation; CC and/or MLO views "
+                            "with ImageLaterality, ViewPosition (or View Code Sequence) and pixel spacing",
+                   "context": "optional ClinicalContext: age, BRCA carrier, family history of breast cancer, "
+                              "prior breast biopsy, free-text note (reason for exam / notes)"},
+        "outputs": {"findings": "masses and calcification clusters per view with mask, heat map (network "
+                                "probability map), CC/MLO correspondence, distance from the nipple",
+                    "case_score": "calibrated case-level malignancy probability",
+                    "notes": "BI-RADS-style suggestion, density category A-D, modality weights, logit std"},
+        "network": {"per_view": f"MONAI BasicUNet 2-D, features {list(UNET_FEATURES)}, input 2 x H x W at "
+                                f"{NET_SPACING_MM} mm (intensity, speck enhancement)",
+                    "fusion": "ai_engine.fusion.FusionHead mode 'dynamic' over image features "
+                              f"{list(IMAGE_FEATURES)}, clinical {feature_names('mammo')}, hashed note "
+                              f"({NOTE_DIM})"},
+        "training_data": {"description": "synthetic four-view screening exams from the project's phantom",
+                          "cohort_size": cohort_size, "seed": seed, "acquisition": TRAIN_ACQUISITION.__dict__},
+        "metrics": summary,
+    }
+
+
+def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size: int | None = None, seed: int = 0,
+          quick: bool = False) -> Path:
+    """Generate the cohort, train network, fusion heads and density model, calibrate, export the bundle."""
+    torch.set_num_threads(1)
+    start = time.monotonic()
+    size = cohort_size or (QUICK_COHORT if quick else DEFAULT_COHORT)
+    if size < 16:
+        raise AiEngineError(f"mammo cohort_size must be at least 16 (four splits), got {size}")
+    root = Path(out_dir) if out_dir is not None else bundle_root(NAME)
+    seeds = [seed * 1_000_003 + i for i in range(size)]
+    log.info("generating %d synthetic four-view exams (seed %d)", size, seed)
+    exams = generate_exams(seeds, TRAIN_ACQUISITION)
+    net_train, net_val, fusion_train, calibration = (exams[s] for s in _split(size, quick))
+    log.info("cohort ready in %.0f s: %d network / %d validation / %d fusion / %d calibration exams",
+             time.monotonic() - start, len(net_train), len(net_val), len(fusion_train), len(calibration))
+    network = train_network(net_train, net_val, epochs=epochs or (1 if quick else 14), steps=4 if quick else 50,
+                            batch=4 if quick else 16, seed=seed, max_seconds=30.0 if quick else 600.0)
+    params = dict(INFERENCE_DEFAULTS)
+    fusion_table = case_table(network, fusion_train, params)
+    calibration_table = case_table(network, calibration, params)
+    heads = {mode: train_fusion(fusion_table, calibration_table, mode, seed, epochs=5 if quick else 300)
+             for mode in EXPERIMENT_MODES}
+    logits = fusion_logits(heads["dynamic"], calibration_table)[0]
+    scaler = TemperatureScaler().fit(logits, calibration_table.labels) if 0 < calibration_table.labels.sum() < len(
+        logits) else TemperatureScaler()
+    probabilities = scaler.probabilities(logits)
+    threshold = _threshold_at_specificity(calibration_table.labels, probabilities, 0.9)
+    density_weights, density_bias, density_accuracy = fit_density_model(net_train, seed)
+    models = bundle_models_dir(root)
+    torch.save(MammoFusionModel(network, heads["dynamic"]).state_dict(), models / "model.pt")
+    for mode in ("concat", "image_only"):
+        torch.save(heads[mode].state_dict(), models / f"fusion_{mode}.pt")
+    parity = export_onnx(network, heads["dynamic"], models, fusion_table.clinical.shape[1])
+    inference = {**params, "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
+                 "temperature": scaler.temperature, "positive_threshold": threshold,
+                 "density_weights": density_weights.tolist(), "density_bias": density_bias.tolist(),
+                 "image_features": list(IMAGE_FEATURES), "clinical_features": feature_names("mammo"),
+                 "note_dim": NOTE_DIM}
+    summary = {"calibration_split": {"cases": len(calibration), "auc": _auc(calibration_table.labels, logits),
+                                     "temperature": scaler.temperature, "positive_threshold": threshold},
+               "density_training_accuracy": density_accuracy, "onnx_parity": parity,
+               "training_seconds": round(time.monotonic() - start, 1)}
+    write_bundle_configs(root, _metadata(summary, size, seed), inference)
+    log.info("bundle written to %s in %.0f s: %s", root, time.monotonic() - start, json.dumps(summary))
+    return root
+
+
+def _threshold_at_specificity(labels: np.ndarray, probabilities: np.ndarray, specificity: float) -> float:
+    """Lowest threshold keeping the calibration split's specificity at ``specificity``."""
+    negatives = np.sort(probabilities[labels == 0])
+    if negatives.size == 0:
+        return 0.5
+    index = min(int(math.ceil(specificity * negatives.size)) - 1, negatives.size - 1)
+    return float(np.nextafter(negatives[max(index, 0)], np.inf))
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_experiment_heads(root: Path, dynamic_state: dict[str, torch.Tensor], clinical_dim: int
+                           ) -> dict[str, FusionHead]:
+    heads = {}
+    for mode in EXPERIMENT_MODES:
+        head = FusionHead(len(IMAGE_FEATURES), clinical_dim, NOTE_DIM, mode=mode)
+        state = dynamic_state if mode == "dynamic" else torch.load(root / "models" / f"fusion_{mode}.pt")
+        head.load_state_dict(state)
+        heads[mode] = head.eval()
+    return heads
+
+
+def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
+             out_dir: Path | None = None) -> dict[str, Any]:
+    """Held-out evaluation through DICOM files and the loaders; deep detector vs baseline, fusion experiment."""
+    from ai_engine.detectors.mammo_baseline import MammoBaseline
+    from ai_engine.detectors.mammo_fusion import MammoFusion
+    from ai_engine.inputs import load_inputs
+    from ai_engine.synthetic.cohorts.mammo import write_case_dicom
+
+    torch.set_num_threads(1)
+    size = cohort_size or DEFAULT_HELDOUT_SIZE
+    held_seed = HELDOUT_SEED if seed is None else seed
+    out = Path(out_dir) if out_dir is not None else MODEL_CARD_DIR
+    resolved = resolve_bundle(bundle, NAME)
+    detector, baseline = MammoFusion(resolved.root), MammoBaseline()
+    state = torch.load(resolved.weights_path)
+    clinical_dim = len(feature_names("mammo"))
+    heads = _load_experiment_heads(resolved.root, {k[len("fusion."):]: v for k, v in state.items()
+                                                   if k.startswith("fusion.")}, clinical_dim)
+    rows: list[dict[str, Any]] = []
+    tables: list[CaseTable] = []
+    with tempfile.TemporaryDirectory(prefix="mammo-heldout-") as tmp:
+        for index in range(size):
+            case = generate_case(held_seed * 1_000_003 + index, HELDOUT_ACQUISITION)
+            paths = write_case_dicom(case, Path(tmp) / case.case_id)
+            began = time.perf_counter()
+            inputs = load_inputs(Task.MAMMOGRAPHY, paths, case.context)
+            result = detector.detect(inputs)
+            seconds = time.perf_counter() - began
+            analysis = detector.analyse(inputs)
+            base = baseline.detect(inputs)
+            density_index = int(np.argmax(analysis.density_probabilities))
+            rows.append({"label": int(case.cancer), "deep": result.case_score, "baseline": base.case_score,
+                         "seconds": seconds, "density_true": case.density,
+                         "density_pred": DENSITY_CATEGORIES[density_index],
+                         "weights": result.findings[0].modality_weights if result.findings else None})
+            tables.append(CaseTable(analysis.image_features[None], analysis.clinical[None],
+                                    analysis.clinical_present[None], analysis.text[None],
+                                    np.array([analysis.text_present]), np.array([int(case.cancer)])))
+            if (index + 1) % 20 == 0:
+                log.info("held-out %d/%d exams evaluated", index + 1, size)
+    table = CaseTable(*(np.concatenate([getattr(t, f) for t in tables]) for f in (
+        "image", "clinical", "clinical_present", "text", "text_present", "labels")))
+    return _report(rows, table, heads, resolved.root, out, held_seed)
+
+
+def _report(rows: list[dict[str, Any]], table: CaseTable, heads: dict[str, FusionHead], root: Path, out: Path,
+            held_seed: int) -> dict[str, Any]:
+    """Metrics, plots and metrics.json of a held-out run; the bundle's metadata gets the summary."""
+    labels = np.array([r["label"] for r in rows])
+    deep = np.array([r["deep"] for r in rows])
+    base = np.array([r["baseline"] for r in rows])
+    inference = json.loads((root / "configs" / "inference.json").read_text())
+    threshold = float(inference["positive_threshold"])
+    experiment: dict[str, dict[str, float]] = {}
+    missing = random_missing(table, MISSING_RATE, held_seed)
+    for mode, head in heads.items():
+        experiment[mode] = {"complete": metrics.roc_auc(labels, fusion_logits(head, table)[0]),
+                            "clinical_30pct_missing": metrics.roc_auc(labels, fusion_logits(head, missing)[0])}
+    weights = fusion_logits(heads["dynamic"], table)[1]
+    result = {
+        "held_out": {"cases": len(rows), "positives": int(labels.sum()), "seed": held_seed,
+                     "acquisition": HELDOUT_ACQUISITION.__dict__},
+        "deep": {"auc": metrics.roc_auc(labels, deep),
+                 "at_positive_threshold": metrics.operating_point(labels, deep, threshold).__dict__,
+                 "sensitivity_at_specificity_0.9": metrics.sensitivity_at_specificity(labels, deep, 0.9).__dict__,
+                 "ece": metrics.expected_calibration_error(labels, deep)},
+        "baseline": {"auc": metrics.roc_auc(labels, base),
+                     "sensitivity_at_specificity_0.9": metrics.sensitivity_at_specificity(labels, base, 0.9).__dict__},
+        "density_accuracy": float(np.mean([r["density_true"] == r["density_pred"] for r in rows])),
+        "fusion_experiment_auc": experiment,
+        "missing_rate": MISSING_RATE,
+        "seconds_per_exam_load_to_findings": {"median": float(np.median([r["seconds"] for r in rows])),
+                                              "max": float(np.max([r["seconds"] for r in rows]))},
+        "mean_modality_weights": {m: float(weights[:, i].mean()) for i, m in enumerate(("image", "clinical",
+                                                                                       "text"))},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    plots.plot_roc({f"deep fusion (AUC {result['deep']['auc']:.3f})": metrics.roc_curve(labels, deep)[:2],
+                    f"classical baseline (AUC {result['baseline']['auc']:.3f})": metrics.roc_curve(labels, base)[:2]},
+                   out / "roc.png", title="Mammography, held-out exams")
+    plots.plot_calibration({"deep fusion": metrics.reliability_curve(labels, deep)[:2]}, out / "calibration.png")
+    plots.plot_modality_weights({m: weights[:, i] for i, m in enumerate(("image", "clinical", "text"))},
+                                out / "modality_weights.png")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    bundle = load_bundle(root.name, root.parent)
+    metadata = dict(bundle.metadata)
+    metadata["metrics"] = {**metadata["metrics"], "held_out": {
+        "cases": len(rows), "auc": result["deep"]["auc"], "baseline_auc": result["baseline"]["auc"],
+        "density_accuracy": result["density_accuracy"]}}
+    write_bundle_configs(root, metadata, bundle.inference)
+    return result
