@@ -10,6 +10,7 @@ receiving; each stable series gets one job per detector its routing rules choose
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -21,17 +22,22 @@ from radfusion.models import Association, AuditEvent, Instance, Job, Series, Stu
 from radfusion.routing import Router
 from radfusion.settings import StabilitySettings
 
+StudySeen = Callable[[Study, set[str]], None]
+
 log = logging.getLogger(__name__)
 
 
 class StudyAssembler:
     """Moves series from receiving to stable and studies from receiving to processing."""
 
-    def __init__(self, db: Database, router: Router, stability: StabilitySettings, model_versions: dict[str, str]) -> None:
+    def __init__(self, db: Database, router: Router, stability: StabilitySettings, model_versions: dict[str, str],
+                 on_study_seen: StudySeen = lambda study, detectors: None) -> None:
         self._db = db
         self._router = router
         self._stability = stability
         self._model_versions = model_versions
+        self._on_study_seen = on_study_seen
+        self._seen: set[int] = set()
 
     def tick(self, now: datetime | None = None) -> int:
         """One pass over receiving studies; returns the number of jobs queued."""
@@ -40,6 +46,9 @@ class StudyAssembler:
         with self._db.session() as session:
             studies = session.scalars(select(Study).where(Study.state == "receiving")).all()
             for study in studies:
+                if study.id not in self._seen:  # first sight: e.g. start fetching the patient's record
+                    self._seen.add(study.id)
+                    self._on_study_seen(study, {m.detector for s in study.series for m in self._router.select(s.attributes)})
                 receiving = [s for s in study.series if s.state == "receiving"]
                 for series in receiving:
                     self._settle(session, series, now)
@@ -84,6 +93,7 @@ class StudyAssembler:
                     study_id=study.id, series_id=series.id, detector=match.detector,
                     model_version=self._model_versions[match.detector], revision=series.revision,
                     rule=match.rule, destinations=list(match.destinations),
+                    report_destinations=list(match.report_destinations),
                     alert_channels=list(match.alert_channels), trigger_released_at=released_at,
                 ))
                 queued += 1

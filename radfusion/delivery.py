@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,10 @@ from dicom_node.contracts import RemoteNode
 from dicom_node.errors import DicomNodeError
 from dicom_node.retry import backoff_delay
 from dicom_node.scu import send_files
+from hl7_fhir.errors import Hl7FhirError
+from hl7_fhir.fhir_client import parse_resource
+from hl7_fhir.mllp import MllpClient
+from radfusion.clinical import fhir_client
 from radfusion.db import Database
 from radfusion.models import AuditEvent, Delivery, utcnow
 from radfusion.settings import Settings
@@ -44,11 +49,11 @@ class DeliveryWorker:
             due = session.scalars(select(Delivery).where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
                                   .order_by(Delivery.id).limit(BATCH_LIMIT)).all()
             batches: dict[tuple, list[Delivery]] = defaultdict(list)
-            for delivery in due:
-                key = (delivery.kind, delivery.target, delivery.artifact.job_id if delivery.artifact else delivery.id)
-                batches[key].append(delivery)
-            work = [(kind, target, [(d.id, d.artifact.path if d.artifact else None, d.alert.payload if d.alert else None)
-                                    for d in items]) for (kind, target, _), items in batches.items()]
+            for delivery in due:  # DICOM results of one job travel in one association; the rest one by one
+                batches[(delivery.kind, delivery.target, delivery.job_id if delivery.kind == "dicom" else delivery.id)
+                        ].append(delivery)
+            work = [(kind, target, [(d.id, d.artifact.path if d.artifact else None, _body(d)) for d in items])
+                    for (kind, target, _), items in batches.items()]
         delivered = 0
         for kind, target, items in work:
             error = self._send(kind, target, items)
@@ -59,20 +64,29 @@ class DeliveryWorker:
 
     def _send(self, kind: str, target: str, items: list[tuple[int, str | None, dict | None]]) -> str | None:
         """Send one batch; the error text, or None on success."""
-        timeout = self._settings.retry.timeout_s
+        settings = self._settings
+        timeout = settings.retry.timeout_s
         try:
             if kind == "dicom":
-                dest = self._settings.destination(target)
+                dest = settings.destination(target)
                 node = RemoteNode(dest.name, dest.ae_title, dest.host, dest.port, dest.tls)
-                send_files(node, [Path(path) for _, path, _ in items if path], self._settings.dicom.ae_title, timeout)
+                send_files(node, [Path(path) for _, path, _ in items if path], settings.dicom.ae_title, timeout)
+                return None
+            (_, _, body), = items
+            if kind == "webhook":
+                channel = settings.channel(target)
+                WebhookChannel(channel.url, timeout, channel.headers).send(body)  # type: ignore[union-attr]
+            elif kind in ("fhir_report", "fhir_alert"):
+                server = settings.fhir_destination(target if kind == "fhir_report" else _channel_destination(settings, target))
+                with fhir_client(server) as client:
+                    client.post_bundle(parse_resource(body))
             else:
-                channel = self._settings.channel(target)
-                sender = WebhookChannel(channel.url, timeout, channel.headers)
-                for _, _, payload in items:
-                    sender.send(payload or {})
+                dest = settings.hl7_destination(target if kind == "hl7_report" else _channel_destination(settings, target))
+                with MllpClient(dest.host, dest.port, timeout_s=timeout) as client:
+                    client.send(body["message"])
         except KeyError:
             return f"{kind} target {target!r} is no longer configured"
-        except (DicomNodeError, ReportsError, OSError) as exc:
+        except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
 
@@ -104,3 +118,14 @@ class DeliveryWorker:
                 delivery.next_attempt_at = now + timedelta(seconds=delay)
                 log.warning("delivery %d to %s failed (attempt %d, next in %.0f s): %s", delivery.id,
                             delivery.target, delivery.attempts, delay, error)
+
+
+def _body(delivery: Delivery) -> dict:
+    """What a delivery sends: the alert's JSON for a webhook, else the payload built with the job."""
+    if delivery.kind == "webhook" and delivery.alert is not None:
+        return delivery.alert.payload
+    return delivery.payload or {}
+
+
+def _channel_destination(settings: Settings, channel: str) -> str:
+    return settings.channel(channel).destination  # type: ignore[union-attr] - fhir/hl7 channels name one

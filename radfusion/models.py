@@ -153,6 +153,7 @@ class Job(Base):
     revision: Mapped[int] = mapped_column(default=0)
     rule: Mapped[str] = mapped_column(String(128))
     destinations: Mapped[list] = mapped_column(JSON, default=list)
+    report_destinations: Mapped[list] = mapped_column(JSON, default=list)
     alert_channels: Mapped[list] = mapped_column(JSON, default=list)
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     attempts: Mapped[int] = mapped_column(default=0)
@@ -199,9 +200,11 @@ class Alert(Base):
 
 
 class Delivery(Base):
-    """Something to send somewhere. kind: dicom, webhook. state: pending, delivered, failed.
+    """Something to send somewhere. state: pending, delivered, failed.
 
-    ``target`` names a destination or an alert channel; ``artifact_id`` or ``alert_id`` says what.
+    kind: dicom (``artifact_id`` to a DICOM destination), webhook (``alert_id``'s payload),
+    fhir_report / hl7_report (``payload``, built once so every retry sends the same message),
+    fhir_alert / hl7_alert (``payload`` for ``alert_id``). ``target`` names the destination or channel.
     """
 
     __tablename__ = "deliveries"
@@ -213,8 +216,10 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     target: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
     alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"))
+    payload: Mapped[dict | None] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -236,3 +241,41 @@ class AuditEvent(Base):
     kind: Mapped[str] = mapped_column(String(48), index=True)
     subject: Mapped[str] = mapped_column(String(128), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Hl7Message(Base):
+    """An inbound HL7 v2 message we stored; (control id, sending facility) detects resends."""
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (UniqueConstraint("control_id", "sending_facility"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    control_id: Mapped[str] = mapped_column(String(64))
+    sending_facility: Mapped[str] = mapped_column(String(128))
+    message_type: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ClinicalValue(Base):
+    """A normalized value from HL7 for one patient (PID-3 id + assigning authority).
+
+    kind: lab (``value`` in ``unit``), coded (``code`` in ``system``, ``text``), birth_date (``text``
+    ISO date), sex (``text``), reason_for_exam (``text``, with ``accession``).
+    """
+
+    __tablename__ = "clinical_values"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("hl7_messages.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_authority: Mapped[str] = mapped_column(String(64), default="")
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(32), default="")
+    code: Mapped[str] = mapped_column(String(64), default="")
+    system: Mapped[str] = mapped_column(String(128), default="")
+    value: Mapped[float | None] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(32), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    flags: Mapped[str] = mapped_column(String(16), default="")
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    observed_at: Mapped[datetime | None]

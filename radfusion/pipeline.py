@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +23,12 @@ from ai_engine.inputs import load_inputs
 from ai_engine.results import DetectorResult, Task
 from dicom_node.spool import safe_uid_component
 from hl7_fhir.context import ClinicalContext
+from hl7_fhir.errors import Hl7FhirError
+from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
-from radfusion.settings import AlertSettings
+from radfusion.outbound import alert_deliveries, outbound_findings, outbound_study, report_deliveries
+from radfusion.settings import Settings
 from reports.alerts import build_ich_alert
 from reports.seg import build_seg
 from reports.sr import SrReference, build_sr
@@ -35,7 +38,6 @@ log = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9901
 SEG_SERIES_NUMBER = 9902
-ContextProvider = Callable[[Job], ClinicalContext]
 
 
 @dataclass(frozen=True)
@@ -49,21 +51,21 @@ class WrittenObject:
     series_uid: str
 
 
-def no_emr_context(job: Job) -> ClinicalContext:
-    """The context when no EMR interface is configured: the job goes on image-only."""
-    return ClinicalContext.unavailable("no EMR interface configured")
+def study_patient(study: Study) -> StudyPatient:
+    """The identifiers that link a study to the EMR's record."""
+    return StudyPatient(study.id, study.patient_id, study.issuer_of_patient_id, study.accession_number)
 
 
 class JobRunner:
     """Executes claimed jobs on worker threads."""
 
-    def __init__(self, db: Database, results_dir: Path, detectors: Mapping[str, Detector],
-                 alerts: AlertSettings, context_provider: ContextProvider = no_emr_context) -> None:
+    def __init__(self, db: Database, results_dir: Path, detectors: Mapping[str, Detector], settings: Settings,
+                 clinical: ClinicalGatherer) -> None:
         self._db = db
         self._results_dir = results_dir
         self._detectors = detectors
-        self._alerts = alerts
-        self._context_provider = context_provider
+        self._settings = settings
+        self._clinical = clinical
 
     def claim(self, job_id: int) -> bool:
         """Move a queued job to running; False if another worker got it first."""
@@ -80,9 +82,11 @@ class JobRunner:
             assert job is not None
             paths = [Path(p) for p in session.scalars(select(Instance.path).where(Instance.series_id == job.series_id))]
             detector = self._detectors[job.detector]
-            context = self._context_provider(job)
+            patient = study_patient(job.study)
             study_uid, accession = job.study.study_uid, job.study.accession_number
             predecessor = self._predecessor(session, job)
+        # Outside any transaction: this may wait for the EMR (at most what is left of the time budget).
+        context = self._clinical.context_for(patient, self._settings.clinical.analytes.get(detector.task.value, []))
         try:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
@@ -136,17 +140,28 @@ class JobRunner:
             session.add(artifact)
             session.flush()
             for destination in job.destinations:
-                session.add(Delivery(kind="dicom", target=destination, artifact_id=artifact.id))
-        if self._is_urgent(result):
+                session.add(Delivery(kind="dicom", target=destination, job_id=job_id, artifact_id=artifact.id))
+        now = utcnow()
+        urgent = self._is_urgent(result)
+        findings = outbound_findings(result, urgent)
+        try:
+            study = outbound_study(job.study, result.task, result.algorithm.name, self._settings)
+        except Hl7FhirError as exc:  # e.g. no PatientID: the EMR cannot be told, the PACS and webhooks still are
+            study = None
+            if job.report_destinations or urgent:
+                session.add(AuditEvent(kind="emr_message_skipped", subject=f"job {job_id}", detail=str(exc)))
+                log.warning("job %d: no FHIR/HL7 messages for study %s: %s", job_id, job.study.study_uid, exc)
+        if study is not None:
+            session.add_all(report_deliveries(job, study, findings, self._settings, now))
+        if urgent:
             payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
                                       accession_number=job.study.accession_number,
                                       acquisition_datetime=acquisition_datetime(sources[0]), job_id=job_id,
-                                      created_at=utcnow())
+                                      created_at=now)
             alert = Alert(job_id=job_id, payload=payload, released_at=job.trigger_released_at)
             session.add(alert)
             session.flush()
-            for channel in job.alert_channels:
-                session.add(Delivery(kind="webhook", target=channel, alert_id=alert.id))
+            session.add_all(alert_deliveries(job, alert.id, study, findings, self._settings, now))
             log.warning("URGENT: hemorrhage alert %d for study %s (accession %s)", alert.id, job.study.study_uid,
                         job.study.accession_number)
         job.state = "done"
@@ -158,8 +173,9 @@ class JobRunner:
 
     def _is_urgent(self, result: DetectorResult) -> bool:
         total_ml = sum(f.volume_ml or 0.0 for f in result.findings)
-        return (result.task == Task.ICH and result.positive and result.case_score >= self._alerts.ich_min_score
-                and total_ml >= self._alerts.ich_min_volume_ml)
+        alerts = self._settings.alerts
+        return (result.task == Task.ICH and result.positive and result.case_score >= alerts.ich_min_score
+                and total_ml >= alerts.ich_min_volume_ml)
 
 
 def finish_study_if_idle(session: Session, study_id: int) -> None:

@@ -20,16 +20,18 @@ class Route:
     matcher: SeriesMatcher
     detectors: tuple[str, ...]
     destinations: tuple[str, ...]
+    report_destinations: tuple[str, ...]
     alert_channels: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class RouteMatch:
-    """A detector chosen for a series, with the rule that chose it."""
+    """A detector chosen for a series, with the rule that chose it and where its results go."""
 
     rule: str
     detector: str
     destinations: tuple[str, ...]
+    report_destinations: tuple[str, ...]
     alert_channels: tuple[str, ...]
 
 
@@ -45,7 +47,8 @@ class Router:
         for route in self.routes:
             if route.matcher.matches(attributes):
                 for detector in route.detectors:
-                    chosen.setdefault(detector, RouteMatch(route.name, detector, route.destinations, route.alert_channels))
+                    chosen.setdefault(detector, RouteMatch(route.name, detector, route.destinations,
+                                                           route.report_destinations, route.alert_channels))
         return list(chosen.values())
 
 
@@ -62,5 +65,6 @@ def compile_routing(rules: Sequence[RoutingRuleSettings]) -> Router:
                 require_detector(name)
             except UnknownDetectorError as exc:
                 raise ConfigError(f"routing[{i}] ({rule.name}).detectors[{j}]: {exc}") from None
-        routes.append(Route(rule.name, matcher, tuple(rule.detectors), tuple(rule.destinations), tuple(rule.alert_channels)))
+        routes.append(Route(rule.name, matcher, tuple(rule.detectors), tuple(rule.destinations),
+                            tuple(rule.report_destinations), tuple(rule.alert_channels)))
     return Router(routes)

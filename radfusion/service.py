@@ -12,15 +12,18 @@ from sqlalchemy import func, select
 
 from ai_engine.detectors.base import Detector
 from ai_engine.detectors.registry import create_detector
+from hl7_fhir.inbox import Hl7Inbox
+from hl7_fhir.mllp import MllpServer
 from dicom_node.scp import ScpConfig, StorageScp
 from dicom_node.tls import TlsConfig
 from dicom_node.spool import Spool
 from radfusion.assembly import StudyAssembler
+from radfusion.clinical import ClinicalGatherer, Hl7Store
 from radfusion.db import Database
 from radfusion.delivery import DeliveryWorker
 from radfusion.ingest import IngestRecorder
-from radfusion.models import Job
-from radfusion.pipeline import JobRunner
+from radfusion.models import Job, Study
+from radfusion.pipeline import JobRunner, study_patient
 from radfusion.recovery import recover
 from radfusion.routing import compile_routing
 from radfusion.settings import Settings
@@ -60,12 +63,23 @@ class Service:
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="job")
         self._running: set[int] = set()
         self._lock = threading.Lock()
+        self.clinical = ClinicalGatherer(settings.clinical, self.db)
         self.assembler = StudyAssembler(self.db, router, settings.stability,
-                                        {n: d.algorithm.version for n, d in self.detectors.items()})
-        self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings.alerts)
+                                        {n: d.algorithm.version for n, d in self.detectors.items()},
+                                        on_study_seen=self._prefetch_clinical)
+        self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings, self.clinical)
         self.deliveries = DeliveryWorker(self.db, settings)
         self.scp = StorageScp(scp_config(settings), self.spool, IngestRecorder(self.db))
+        self.hl7: MllpServer | None = None
+        if settings.hl7.listen:
+            store = Hl7Store(self.db)
+            inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order)
+            tls = settings.hl7.tls
+            context = (TlsConfig(tls.cert_file, tls.key_file, tls.ca_file, tls.require_client_cert).server_context()
+                       if tls.enabled else None)
+            self.hl7 = MllpServer(settings.hl7.bind_address, settings.hl7.port, inbox.handle, tls_context=context)
         self.port: int | None = None
+        self.hl7_port: int | None = None
 
     def start(self) -> int:
         """Recover, start the listener and the scheduler; returns the DICOM port."""
@@ -78,6 +92,9 @@ class Service:
         self._scheduler.add_job(self.deliveries.run_due, "interval", seconds=DELIVERY_INTERVAL_S, id="deliver",
                                 max_instances=1, coalesce=True)
         self._scheduler.start()
+        if self.hl7 is not None:
+            self.hl7_port = self.hl7.start()
+            log.info("HL7 MLLP listener on %s:%d", self.settings.hl7.bind_address, self.hl7_port)
         self.port = self.scp.start()
         log.info("radfusion listening as %s on %s:%d; database %s; storage %s; %d worker(s); detectors %s",
                  self.settings.dicom.ae_title, self.settings.dicom.bind_address, self.port,
@@ -88,12 +105,22 @@ class Service:
     def stop(self) -> None:
         """Stop accepting, let running jobs finish, stop the scheduler."""
         self.scp.stop()
+        if self.hl7 is not None:
+            self.hl7.stop()
         self._scheduler.shutdown(wait=True)
         self._pool.shutdown(wait=True)
+        self.clinical.close()
         self.db.dispose()
 
     def _wake(self, job_id: str) -> None:
         self._scheduler.modify_job(job_id, next_run_time=datetime.now(timezone.utc))
+
+    def _prefetch_clinical(self, study: Study, detectors: set[str]) -> None:
+        """Start fetching the patient's record as soon as a study appears, for the tasks it will go to."""
+        tasks = {self.detectors[name].task.value for name in detectors}
+        analytes = sorted({a for task in tasks for a in self.settings.clinical.analytes.get(task, [])})
+        if tasks:
+            self.clinical.prefetch(study_patient(study), analytes)
 
     def _assemble(self) -> None:
         if self.assembler.tick():

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from radfusion.errors import ConfigError
@@ -85,6 +85,7 @@ class RoutingRuleSettings(Strict):
     match: dict[str, Any]
     detectors: list[str] = Field(min_length=1)
     destinations: list[str] = Field(default_factory=list)
+    report_destinations: list[str] = Field(default_factory=list)
     alert_channels: list[str] = Field(default_factory=list)
 
 
@@ -115,13 +116,45 @@ class RetrySettings(Strict):
     timeout_s: float = Field(30.0, gt=0)
 
 
+Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 class WebhookChannelSettings(Strict):
     """An alert channel that receives a JSON POST."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     kind: Literal["webhook"] = "webhook"
     url: str = Field(pattern=r"^https?://")
     headers: dict[str, str] = Field(default_factory=dict)
+
+
+class FhirAlertChannelSettings(Strict):
+    """An alert channel that creates a FHIR Communication (priority stat) on a FHIR destination."""
+
+    name: Name
+    kind: Literal["fhir"]
+    destination: Name
+
+
+class Hl7AlertChannelSettings(Strict):
+    """An alert channel that sends a critical-result ORU^R01 to an HL7 destination."""
+
+    name: Name
+    kind: Literal["hl7"]
+    destination: Name
+
+
+def _channel_kind(value: Any) -> str:
+    """A channel's kind; a channel without one is a webhook."""
+    return value.get("kind", "webhook") if isinstance(value, dict) else getattr(value, "kind", "webhook")
+
+
+AlertChannel = Annotated[
+    Annotated[WebhookChannelSettings, Tag("webhook")]
+    | Annotated[FhirAlertChannelSettings, Tag("fhir")]
+    | Annotated[Hl7AlertChannelSettings, Tag("hl7")],
+    Discriminator(_channel_kind),
+]
 
 
 class AlertSettings(Strict):
@@ -129,7 +162,81 @@ class AlertSettings(Strict):
 
     ich_min_volume_ml: float = Field(0.1, ge=0)
     ich_min_score: float = Field(0.5, ge=0, le=1)
-    channels: list[WebhookChannelSettings] = Field(default_factory=list)
+    channels: list[AlertChannel] = Field(default_factory=list)
+
+
+class FhirAuthSettings(Strict):
+    """How to authenticate to a FHIR server: none, a static bearer token, or SMART backend services."""
+
+    kind: Literal["none", "bearer", "client_credentials"] = "none"
+    token: str | None = None
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scope: str = "system/*.read"
+
+    @model_validator(mode="after")
+    def _complete(self) -> FhirAuthSettings:
+        needed = {"bearer": ("token",), "client_credentials": ("token_url", "client_id", "client_secret")}
+        missing = [key for key in needed.get(self.kind, ()) if not getattr(self, key)]
+        if missing:
+            raise ValueError(f"auth kind {self.kind!r} needs {', '.join(missing)}")
+        return self
+
+
+class FhirServerSettings(Strict):
+    """A FHIR R4 server."""
+
+    name: Name = "emr"
+    base_url: str = Field(pattern=r"^https?://")
+    auth: FhirAuthSettings = FhirAuthSettings()
+    timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+
+class Hl7DestinationSettings(Strict):
+    """An HL7 v2 interface (RIS/EMR) that receives result and critical-result ORU^R01 over MLLP."""
+
+    name: Name
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
+def default_analytes() -> dict[str, list[str]]:
+    """Clinical values asked for per task (canonical names of hl7_fhir.units)."""
+    return {
+        "ich": ["inr", "platelets", "hemoglobin", "systolic_bp", "gcs"],
+        "lung_nodule": ["cea", "pack_years", "smoking_status"],
+        "mammography": [],
+    }
+
+
+class ClinicalSettings(Strict):
+    """Where the patient's labs and record come from, and how long a job may wait for them."""
+
+    fhir: FhirServerSettings | None = None
+    default_identifier_system: str = "urn:oid:1.2.3.4.5"
+    identifier_systems: dict[str, str] = Field(default_factory=dict)
+    lookback_days: float = Field(90.0, gt=0)
+    time_budget_s: float = Field(2.0, gt=0)
+    analytes: dict[str, list[str]] = Field(default_factory=default_analytes)
+
+    def identifier_system(self, issuer: str) -> str:
+        """The FHIR identifier system of a PatientID issued by ``issuer`` (IssuerOfPatientID)."""
+        return self.identifier_systems.get(issuer, self.default_identifier_system)
+
+
+class Hl7Settings(Strict):
+    """The HL7 v2 MLLP listener (ORU labs, ADT demographics, ORM/OMI orders) and our MSH identity."""
+
+    listen: bool = False
+    bind_address: str = "0.0.0.0"
+    port: int = Field(2575, ge=0, le=65535)
+    sending_application: str = "RADFUSION"
+    sending_facility: str = ""
+    tls: TlsSettings = TlsSettings()
 
 
 def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[str] = ()) -> list[RoutingRuleSettings]:
@@ -169,6 +276,10 @@ class Settings(BaseSettings):
     stability: StabilitySettings = StabilitySettings()
     retry: RetrySettings = RetrySettings()
     alerts: AlertSettings = AlertSettings()
+    clinical: ClinicalSettings = ClinicalSettings()
+    hl7: Hl7Settings = Hl7Settings()
+    fhir_destinations: list[FhirServerSettings] = Field(default_factory=list)
+    hl7_destinations: list[Hl7DestinationSettings] = Field(default_factory=list)
 
     @property
     def effective_database_url(self) -> str:
@@ -184,11 +295,25 @@ class Settings(BaseSettings):
                 return dest
         raise KeyError(name)
 
-    def channel(self, name: str) -> WebhookChannelSettings:
+    def channel(self, name: str) -> WebhookChannelSettings | FhirAlertChannelSettings | Hl7AlertChannelSettings:
         """The alert channel called ``name``."""
         for channel in self.alerts.channels:
             if channel.name == name:
                 return channel
+        raise KeyError(name)
+
+    def fhir_destination(self, name: str) -> FhirServerSettings:
+        """The FHIR destination called ``name``."""
+        for dest in self.fhir_destinations:
+            if dest.name == name:
+                return dest
+        raise KeyError(name)
+
+    def hl7_destination(self, name: str) -> Hl7DestinationSettings:
+        """The HL7 destination called ``name``."""
+        for dest in self.hl7_destinations:
+            if dest.name == name:
+                return dest
         raise KeyError(name)
 
     @model_validator(mode="after")
@@ -196,15 +321,20 @@ class Settings(BaseSettings):
         _unique("destinations", [d.name for d in self.destinations])
         _unique("alerts.channels", [c.name for c in self.alerts.channels])
         _unique("routing", [r.name for r in self.routing])
+        _unique("fhir_destinations + hl7_destinations",
+                [d.name for d in self.fhir_destinations] + [d.name for d in self.hl7_destinations])
         known_dest = {d.name for d in self.destinations}
+        known_reports = {d.name for d in self.fhir_destinations} | {d.name for d in self.hl7_destinations}
         known_chan = {c.name for c in self.alerts.channels}
         for i, rule in enumerate(self.routing):
-            for dest in rule.destinations:
-                if dest not in known_dest:
-                    raise ValueError(f"routing[{i}].destinations: unknown destination {dest!r} (known: {sorted(known_dest)})")
-            for chan in rule.alert_channels:
-                if chan not in known_chan:
-                    raise ValueError(f"routing[{i}].alert_channels: unknown channel {chan!r} (known: {sorted(known_chan)})")
+            _known(f"routing[{i}].destinations", rule.destinations, known_dest)
+            _known(f"routing[{i}].report_destinations", rule.report_destinations, known_reports)
+            _known(f"routing[{i}].alert_channels", rule.alert_channels, known_chan)
+        for i, channel in enumerate(self.alerts.channels):
+            if channel.kind == "fhir":
+                _known(f"alerts.channels[{i}].destination", [channel.destination], {d.name for d in self.fhir_destinations})
+            elif channel.kind == "hl7":
+                _known(f"alerts.channels[{i}].destination", [channel.destination], {d.name for d in self.hl7_destinations})
         return self
 
     @classmethod
@@ -217,6 +347,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def _known(key: str, names: Sequence[str], known: set[str]) -> None:
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{key}: unknown name {name!r} (known: {sorted(known)})")
 
 
 def _unique(key: str, names: list[str]) -> None:

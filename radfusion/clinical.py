@@ -1,0 +1,193 @@
+"""Clinical context for jobs: HL7 values stored as they arrive, FHIR fetched per study under a time budget.
+
+The FHIR query for a study starts when the study is first seen (in parallel with its
+assembly); the job waits only for what is left of ``clinical.time_budget_s`` and then goes on
+with whatever it has — image-only, saying why, when the EMR is down or slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from sqlalchemy import or_, select
+
+from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
+from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
+from hl7_fhir.fhir_client import FhirClient
+from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, merge_contexts
+from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Order, PatientIdentifier
+from radfusion.db import Database
+from radfusion.models import ClinicalValue, Hl7Message, utcnow
+from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def fhir_client(server: FhirServerSettings) -> FhirClient:
+    """A client for a configured FHIR server, with its authentication."""
+    return FhirClient(server.base_url, auth=fhir_auth(server.auth), timeout_s=server.timeout_s,
+                      retries=server.retries)
+
+
+def fhir_auth(auth: FhirAuthSettings) -> BearerToken | ClientCredentials | None:
+    """The httpx auth for a FHIR server's settings (validated: the needed keys are present)."""
+    if auth.kind == "bearer":
+        return BearerToken(auth.token or "")
+    if auth.kind == "client_credentials":
+        return ClientCredentials(auth.token_url or "", auth.client_id or "", auth.client_secret or "",
+                                 scope=auth.scope)
+    return None
+
+
+class Hl7Store:
+    """The database side of the HL7 listener (the callbacks of ``hl7_fhir.inbox.Hl7Inbox``).
+
+    Each message is stored in one transaction together with its control id, so a resend is
+    recognised and a failure leaves nothing half-stored.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def seen(self, control_id: str, sending_facility: str) -> bool:
+        with self._db.session() as session:
+            return session.scalar(select(Hl7Message.id).where(
+                Hl7Message.control_id == control_id, Hl7Message.sending_facility == sending_facility)) is not None
+
+    def on_labs(self, header: Header, report: LabReport) -> None:
+        rows = [dict(kind="lab", name=v.name, code=v.code, value=v.value, unit=v.unit, flags=v.flags,
+                     observed_at=v.observed_at) for v in report.values]
+        rows += [dict(kind="coded", name=c.category, code=c.code, system=c.system, text=c.display,
+                      observed_at=c.recorded_at) for c in report.coded]
+        self._store(header, report.identifiers, rows)
+
+    def on_demographics(self, header: Header, demographics: Demographics) -> None:
+        rows = []
+        if demographics.birth_date is not None:
+            rows.append(dict(kind="birth_date", text=demographics.birth_date.isoformat()))
+        if demographics.sex:
+            rows.append(dict(kind="sex", text=demographics.sex))
+        self._store(header, demographics.identifiers, rows)
+
+    def on_order(self, header: Header, order: Order) -> None:
+        rows = [dict(kind="reason_for_exam", text=order.reason_for_exam, accession=order.accession)] \
+            if order.reason_for_exam else []
+        self._store(header, order.identifiers, rows)
+
+    def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict]) -> None:
+        with self._db.session() as session:
+            message = Hl7Message(control_id=header.control_id, sending_facility=header.sending_facility,
+                                 message_type=header.message_type)
+            session.add(message)
+            session.flush()
+            for identifier in identifiers:
+                for row in rows:
+                    session.add(ClinicalValue(message_id=message.id, patient_id=identifier.value,
+                                              patient_authority=identifier.authority, **row))
+
+
+@dataclass(frozen=True)
+class StudyPatient:
+    """Who a study belongs to, as the EMR knows them."""
+
+    study_id: int
+    patient_id: str
+    issuer: str
+    accession: str
+
+
+class ClinicalGatherer:
+    """Starts the FHIR query when a study is first seen; hands a job the merged context within budget."""
+
+    def __init__(self, settings: ClinicalSettings, db: Database) -> None:
+        self._settings = settings
+        self._db = db
+        self._client = fhir_client(settings.fhir) if settings.fhir else None
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="fhir")
+        self._pending: dict[int, tuple[float, Future[ClinicalContext]]] = {}
+        self._lock = threading.Lock()
+
+    def prefetch(self, patient: StudyPatient, analytes: list[str]) -> None:
+        """Start the FHIR query for a study (once); it runs while the study is still arriving."""
+        if self._client is None or not patient.patient_id:
+            return
+        with self._lock:
+            if patient.study_id in self._pending:
+                return
+            query = self._query(patient, analytes)
+            self._pending[patient.study_id] = (time.monotonic(), self._pool.submit(gather_from_fhir, self._client, query))
+
+    def context_for(self, patient: StudyPatient, analytes: list[str]) -> ClinicalContext:
+        """FHIR (waiting at most what is left of the budget) merged with stored HL7 values; never raises."""
+        if not patient.patient_id:
+            return ClinicalContext.unavailable("the study has no PatientID to match clinical data with")
+        now = utcnow()
+        fhir_context = self._fhir_context(patient, analytes)
+        values, coded, birth_date, sex, reason = self._hl7_values(patient)
+        return merge_contexts(fhir_context, values, analytes=analytes, now=now, lookback=self._lookback,
+                              hl7_coded=coded, hl7_birth_date=birth_date, hl7_sex=sex, hl7_reason=reason,
+                              accession=patient.accession)
+
+    def close(self) -> None:
+        """Stop the FHIR worker threads (queries in flight are abandoned)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def _lookback(self) -> timedelta:
+        return timedelta(days=self._settings.lookback_days)
+
+    def _query(self, patient: StudyPatient, analytes: list[str]) -> ClinicalQuery:
+        return ClinicalQuery(patient_id=patient.patient_id,
+                             identifier_system=self._settings.identifier_system(patient.issuer),
+                             analytes=tuple(analytes), now=utcnow(), lookback=self._lookback,
+                             accession=patient.accession)
+
+    def _fhir_context(self, patient: StudyPatient, analytes: list[str]) -> ClinicalContext:
+        if self._client is None:
+            return ClinicalContext.unavailable("no FHIR server configured")
+        self.prefetch(patient, analytes)  # after a restart the study was never seen: start now
+        with self._lock:
+            started, future = self._pending.pop(patient.study_id)
+        budget = self._settings.time_budget_s
+        try:
+            return future.result(timeout=max(0.0, budget - (time.monotonic() - started)))
+        except FutureTimeout:
+            log.warning("EMR did not answer within %.1f s for study %d; going on without FHIR data",
+                        budget, patient.study_id)
+            return ClinicalContext.unavailable(f"EMR did not answer within {budget:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - any EMR failure means: go on without FHIR data, say why
+            log.warning("EMR query for study %d failed: %s: %s", patient.study_id, type(exc).__name__, exc)
+            return ClinicalContext.unavailable(f"EMR query failed: {type(exc).__name__}: {exc}")
+
+    def _hl7_values(self, patient: StudyPatient) -> tuple[
+            list[LabValue], list[CodedItem], date | None, str | None, str | None]:
+        """Stored HL7 values for the patient (matched by id, and by issuer where both sides name one)."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(ClinicalValue, Hl7Message).join(Hl7Message, ClinicalValue.message_id == Hl7Message.id)
+                .where(ClinicalValue.patient_id == patient.patient_id,
+                       or_(ClinicalValue.patient_authority == "", ClinicalValue.patient_authority == patient.issuer,
+                           patient.issuer == ""))
+                .order_by(Hl7Message.received_at)).all()
+        labs, coded = [], []
+        birth_date = sex = reason = None
+        for value, message in rows:
+            provenance = Provenance("hl7", message.sending_facility, message.control_id, message.received_at)
+            if value.kind == "lab" and value.value is not None:
+                labs.append(LabValue(value.name, value.code, value.value, value.unit, value.observed_at, provenance,
+                                     flags=value.flags))
+            elif value.kind == "coded":
+                coded.append(CodedItem(value.code, value.system, value.text, value.name, value.observed_at, provenance))
+            elif value.kind == "birth_date":
+                birth_date = date.fromisoformat(value.text)
+            elif value.kind == "sex":
+                sex = value.text
+            elif value.kind == "reason_for_exam" and value.accession in ("", patient.accession):
+                reason = value.text
+        return labs, coded, birth_date, sex, reason

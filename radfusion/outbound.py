@@ -1,0 +1,96 @@
+"""Outbound clinical messages for a finished job: FHIR DiagnosticReport / Communication, HL7 ORU.
+
+Payloads are built once, when the job's outputs are committed, and stored on the delivery
+row, so every retry sends the same message (same control id, same conditional-create keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from ai_engine.results import DetectorResult, Task
+from hl7_fhir.findings import OutboundFinding, OutboundStudy
+from hl7_fhir.oru import Endpoints, build_critical_oru, build_oru_result
+from hl7_fhir.outbound import build_alert_communication, build_diagnostic_report, transaction_bundle
+from radfusion.models import Delivery, Job, Study
+from radfusion.settings import Settings
+from reports.coding import FINDING_TYPE_CODES
+
+# LOINC codes of the imaging procedure a task reads.
+STUDY_CODES = {
+    Task.ICH: ("24725-4", "CT Head"),
+    Task.LUNG_NODULE: ("24627-2", "CT Chest"),
+    Task.MAMMOGRAPHY: ("24606-6", "MG Breast Screening"),
+}
+
+
+def outbound_study(study: Study, task: Task, algorithm: str, settings: Settings) -> OutboundStudy:
+    """The study as the EMR knows it; raises FindingError when it cannot be addressed (e.g. no PatientID)."""
+    code, display = STUDY_CODES[task]
+    return OutboundStudy(
+        study_instance_uid=study.study_uid, accession=study.accession_number, patient_id=study.patient_id,
+        patient_authority=study.issuer_of_patient_id,
+        patient_system=settings.clinical.identifier_system(study.issuer_of_patient_id),
+        study_code=code, study_display=display, algorithm=algorithm,
+    )
+
+
+def outbound_findings(result: DetectorResult, urgent: bool) -> list[OutboundFinding]:
+    """One outbound finding per detector finding; hemorrhages are critical when the alert fired."""
+    findings = []
+    for finding in result.findings:
+        code = FINDING_TYPE_CODES[finding.finding_type]
+        findings.append(OutboundFinding(
+            finding_type=code.meaning, code=code.value, code_system="http://snomed.info/sct",
+            location=finding.location, volume_ml=finding.volume_ml, diameter_mm=finding.diameter_mm,
+            score=min(1.0, max(0.0, float(finding.score))), critical=urgent and result.task == Task.ICH,
+        ))
+    return findings
+
+
+def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[OutboundFinding], settings: Settings,
+                      now: datetime) -> list[Delivery]:
+    """A FHIR DiagnosticReport or an HL7 ORU^R01 for each of the job's report destinations."""
+    deliveries = []
+    for index, name in enumerate(job.report_destinations):
+        if any(d.name == name for d in settings.fhir_destinations):
+            report, observations = build_diagnostic_report(study, findings, issued=now)
+            payload = transaction_bundle([report, *observations]).model_dump(mode="json", exclude_none=True)
+            deliveries.append(Delivery(kind="fhir_report", target=name, job_id=job.id, payload=payload))
+        else:
+            message = build_oru_result(study, findings, _endpoints(settings, name), control_id=f"RF{job.id}R{index}")
+            deliveries.append(Delivery(kind="hl7_report", target=name, job_id=job.id, payload={"message": message}))
+    return deliveries
+
+
+def alert_deliveries(job: Job, alert_id: int, study: OutboundStudy | None, findings: Sequence[OutboundFinding],
+                     settings: Settings, now: datetime) -> list[Delivery]:
+    """One delivery per alert channel of the job: webhook JSON, FHIR Communication or critical ORU.
+
+    Without an addressable study (``None``) only the webhooks can be told.
+    """
+    deliveries = []
+    for index, name in enumerate(job.alert_channels):
+        channel = settings.channel(name)
+        if channel.kind == "webhook":
+            deliveries.append(Delivery(kind="webhook", target=name, job_id=job.id, alert_id=alert_id))
+        elif study is None:
+            continue
+        elif channel.kind == "fhir":
+            communication = build_alert_communication(study, findings, sent=now)
+            payload = transaction_bundle([communication]).model_dump(mode="json", exclude_none=True)
+            deliveries.append(Delivery(kind="fhir_alert", target=name, job_id=job.id, alert_id=alert_id,
+                                       payload=payload))
+        else:
+            message = build_critical_oru(study, findings, _endpoints(settings, channel.destination),
+                                         control_id=f"RF{job.id}A{index}")
+            deliveries.append(Delivery(kind="hl7_alert", target=name, job_id=job.id, alert_id=alert_id,
+                                       payload={"message": message}))
+    return deliveries
+
+
+def _endpoints(settings: Settings, destination: str) -> Endpoints:
+    dest = settings.hl7_destination(destination)
+    return Endpoints(settings.hl7.sending_application, settings.hl7.sending_facility,
+                     dest.receiving_application, dest.receiving_facility)
