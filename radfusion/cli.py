@@ -43,8 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     """C-ECHO a configured destination."""
-    from dicom_node.contracts import RemoteNode
     from dicom_node.scu import echo
+    from radfusion.destinations import remote_node, tls_context
 
     settings = _settings(args)
     try:
@@ -52,8 +52,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
     except KeyError:
         names = ", ".join(d.name for d in settings.destinations) or "none configured"
         raise RadfusionError(f"no destination named {args.destination!r} (destinations: {names})") from None
-    seconds = echo(RemoteNode(dest.name, dest.ae_title, dest.host, dest.port, dest.tls),
-                   settings.dicom.ae_title, settings.retry.timeout_s)
+    seconds = echo(remote_node(dest), settings.dicom.ae_title, settings.retry.timeout_s,
+                   tls_context=tls_context(settings, dest))
     print(f"C-ECHO {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): success in {seconds * 1000:.1f} ms")
     return 0
 

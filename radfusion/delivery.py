@@ -16,7 +16,6 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.contracts import RemoteNode
 from dicom_node.errors import DicomNodeError
 from dicom_node.retry import backoff_delay
 from dicom_node.scu import send_files
@@ -25,6 +24,7 @@ from hl7_fhir.fhir_client import parse_resource
 from hl7_fhir.mllp import MllpClient
 from radfusion.clinical import fhir_client
 from radfusion.db import Database
+from radfusion.destinations import remote_node, tls_context
 from radfusion.models import AuditEvent, Delivery, utcnow
 from radfusion.settings import Settings
 from reports.alerts import WebhookChannel
@@ -69,8 +69,8 @@ class DeliveryWorker:
         try:
             if kind == "dicom":
                 dest = settings.destination(target)
-                node = RemoteNode(dest.name, dest.ae_title, dest.host, dest.port, dest.tls)
-                send_files(node, [Path(path) for _, path, _ in items if path], settings.dicom.ae_title, timeout)
+                send_files(remote_node(dest), [Path(path) for _, path, _ in items if path], settings.dicom.ae_title,
+                           timeout, tls_context=tls_context(settings, dest))
                 return None
             (_, _, body), = items
             if kind == "webhook":

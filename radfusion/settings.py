@@ -330,6 +330,9 @@ class Settings(BaseSettings):
             _known(f"routing[{i}].destinations", rule.destinations, known_dest)
             _known(f"routing[{i}].report_destinations", rule.report_destinations, known_reports)
             _known(f"routing[{i}].alert_channels", rule.alert_channels, known_chan)
+        for i, dest in enumerate(self.destinations):
+            if dest.tls and self.dicom.tls.ca_file is None:
+                raise ValueError(f"destinations[{i}].tls needs dicom.tls.ca_file to verify {dest.name!r} against")
         for i, channel in enumerate(self.alerts.channels):
             if channel.kind == "fhir":
                 _known(f"alerts.channels[{i}].destination", [channel.destination], {d.name for d in self.fhir_destinations})

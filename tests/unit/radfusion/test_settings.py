@@ -61,7 +61,7 @@ def test_routing_must_name_configured_destinations(tmp_path: Path) -> None:
     bad = tmp_path / "route.yaml"
     bad.write_text(yaml.safe_dump({"routing": [{"name": "r", "match": {"Modality": "CT"},
                                                 "detectors": ["ich_baseline"], "destinations": ["pacs"]}]}))
-    with pytest.raises(ConfigError, match=r"routing\[0\]\.destinations: unknown destination 'pacs'"):
+    with pytest.raises(ConfigError, match=r"routing\[0\]\.destinations: unknown name 'pacs'"):
         load_settings(bad)
 
 

@@ -1,0 +1,67 @@
+"""The command line as an IT person uses it: config check, echo, status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from radfusion.cli import main
+from tests.peers import free_port, storescp
+
+
+def write_config(tmp_path: Path, **values: object) -> Path:
+    config = tmp_path / "radfusion.yaml"
+    config.write_text(yaml.safe_dump({"storage_path": str(tmp_path / "data"), **values}))
+    return config
+
+
+def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, dicom={"port": "eleven"})
+    assert main(["--config", str(config), "config"]) == 2
+    err = capsys.readouterr().err
+    assert "radfusion: invalid configuration" in err and "dicom.port: Input should be a valid integer" in err
+
+
+def test_tls_destination_needs_a_ca_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, destinations=[{"name": "pacs", "ae_title": "PACS", "host": "h", "port": 104,
+                                                   "tls": True}])
+    assert main(["--config", str(config), "config"]) == 2
+    assert "destinations[0].tls needs dicom.tls.ca_file" in capsys.readouterr().err
+
+
+def test_config_prints_the_effective_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RADFUSION_WORKERS", "5")
+    assert main(["--config", str(write_config(tmp_path)), "config"]) == 0
+    effective = json.loads(capsys.readouterr().out)
+    assert effective["workers"] == 5 and effective["dicom"]["ae_title"] == "RADFUSION"
+
+
+@pytest.mark.peers
+def test_echo_a_destination(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with storescp(tmp_path / "sink", ae_title="PACS") as port:
+        config = write_config(tmp_path, destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                       "port": port}])
+        assert main(["--config", str(config), "echo", "pacs"]) == 0
+    assert "C-ECHO pacs (PACS@127.0.0.1:" in capsys.readouterr().out
+
+
+def test_echo_failures_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                   "port": free_port()}])
+    assert main(["--config", str(config), "echo", "pacs"]) == 2
+    assert "pacs" in capsys.readouterr().err
+    assert main(["--config", str(config), "echo", "ris"]) == 2
+    assert "no destination named 'ris' (destinations: pacs)" in capsys.readouterr().err
+
+
+def test_status_on_a_fresh_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    assert main(["--config", str(config), "status"]) == 0
+    text = capsys.readouterr().out
+    assert "jobs queued: 0" in text and "pending deliveries:" in text
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["deliveries_pending"] == 0
