@@ -1,0 +1,467 @@
+"""ICH task: training (cohort -> U-Net -> fusion heads -> calibration -> ONNX bundle) and held-out evaluation.
+
+Training splits one synthetic cohort by patient: the U-Net learns on split A (early stopping on
+V); the fusion heads (dynamic, plus the concat and image-only heads of the fusion experiment)
+learn on V + B from the U-Net's features, stop early on C, and the temperature and case
+threshold are fitted on C. Evaluation generates a held-out cohort with another seed and
+shifted acquisition settings, writes every case as DICOM, loads it through the server's
+loader and runs the deployed detector and the classical baseline on the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ai_engine.bundle import (
+    DEEP_KIND,
+    Bundle,
+    bundle_models_dir,
+    bundle_root,
+    resolve_bundle,
+    write_bundle_configs,
+)
+from ai_engine.clinical_features import NOTE_DIM, feature_names
+from ai_engine.detectors import ich_fusion as model
+from ai_engine.detectors.ich_baseline import IchBaseline
+from ai_engine.evaluation import metrics
+from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
+from ai_engine.fusion.calibration import TemperatureScaler
+from ai_engine.inputs import load_inputs
+from ai_engine.results import Task
+from ai_engine.synthetic.cohorts.ich import IchCase, generate_case, write_case_dicom
+from ai_engine.training.loop import TrainConfig, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+TRAIN_SIZE, QUICK_SIZE = 400, 24
+UNET_EPOCHS, QUICK_EPOCHS = 10, 1
+SAMPLES_PER_EPOCH = 2000
+EVAL_SEED, EVAL_SIZE = 7, 150
+MISSING_FRACTION = 0.3
+MODEL_CARD_DIR = Path("docs/model-cards/ich")
+SPLITS = {"A": 0.65, "V": 0.08, "B": 0.19, "C": 0.08}
+BLOOD_CLASS_WEIGHT = 3.0
+
+
+@dataclass
+class CaseArrays:
+    """Model-grid slabs and labels of a set of cases, plus their clinical encodings."""
+
+    slabs: np.ndarray  # (N, 128, 128) float16 HU
+    seg: np.ndarray  # (N, 128, 128) uint8
+    case_of_slab: np.ndarray
+    clinical: np.ndarray
+    clinical_present: np.ndarray
+    note: np.ndarray
+    note_present: np.ndarray
+    label: np.ndarray
+    volume_ml: np.ndarray
+
+    def slab_range(self, case: int) -> np.ndarray:
+        """Slab indices of ``case``."""
+        return np.flatnonzero(self.case_of_slab == case)
+
+
+def build_arrays(cases: list[IchCase]) -> CaseArrays:
+    """Prepare every case on the model grid and encode its clinical inputs."""
+    slabs, seg, owner, clinical, present, note, note_present = [], [], [], [], [], [], []
+    for i, case in enumerate(tqdm(cases, desc="prepare", unit="case")):
+        prepared = model.prepare(case.hu, case.spacing)
+        slabs.append(prepared.slabs.astype(np.float16))
+        seg.append(model.prepare_labels(case.labels, case.spacing, prepared))
+        owner.append(np.full(len(prepared.slabs), i))
+        values, mask, text, text_mask = model.fusion_inputs(case.context)
+        clinical.append(values[0])
+        present.append(mask[0])
+        note.append(text[0])
+        note_present.append(text_mask[0])
+    return CaseArrays(np.concatenate(slabs), np.concatenate(seg), np.concatenate(owner), np.stack(clinical),
+                      np.stack(present), np.stack(note), np.array(note_present, dtype=np.float32),
+                      np.array([c.label for c in cases]), np.array([sum(t.size for t in c.truths) for c in cases]))
+
+
+def _neighbour_inputs(data: CaseArrays, index: np.ndarray, augment: np.random.Generator | None) -> np.ndarray:
+    """Network inputs of the slabs ``index`` with their same-case neighbours (optionally augmented)."""
+    stacks = []
+    for i in index:
+        lo = i - 1 if i > 0 and data.case_of_slab[i - 1] == data.case_of_slab[i] else i
+        hi = i + 1 if i + 1 < len(data.slabs) and data.case_of_slab[i + 1] == data.case_of_slab[i] else i
+        stacks.append(data.slabs[[lo, i, hi]].astype(np.float32))
+    stack = np.stack(stacks)  # (B, 3, H, W)
+    if augment is not None:
+        stack = stack + augment.uniform(-4.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
+        sigma = augment.uniform(0.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
+        stack = stack + sigma * augment.standard_normal(stack.shape, dtype=np.float32)
+    return np.stack([model.network_inputs(s)[1] for s in stack])
+
+
+def _augment_geometry(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random left-right flips and shifts of up to 8 pixels (same for input and labels)."""
+    for b in range(len(x)):
+        if rng.random() < 0.5:
+            x[b], y[b] = x[b][..., ::-1], y[b][..., ::-1]
+        dy, dx = (int(v) for v in rng.integers(-8, 9, size=2))
+        x[b], y[b] = np.roll(x[b], (dy, dx), axis=(-2, -1)), np.roll(y[b], (dy, dx), axis=(-2, -1))
+    return x, y
+
+
+def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> tuple[np.ndarray, float]:
+    """Image features of ``cases`` and the foreground Dice over them."""
+    features, inter, total = [], 0.0, 0.0
+    network.eval()
+    for case in cases:
+        index = data.slab_range(int(case))
+        with torch.no_grad():
+            logits = network(torch.from_numpy(_neighbour_inputs(data, index, None))).numpy()
+        probs = model.softmax(logits)
+        features.append(model.image_features(probs, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
+        fg, truth = probs[:, 0] < 0.5, data.seg[index] > 0
+        inter += float((fg & truth).sum())
+        total += float(fg.sum() + truth.sum())
+    return np.stack(features), (2 * inter / total if total else 1.0)
+
+
+def _train_network(data: CaseArrays, train_cases: np.ndarray, val_cases: np.ndarray, epochs: int, seed: int,
+                   quick: bool) -> torch.nn.Module:
+    from monai.losses import DiceLoss
+
+    network = model.build_network()
+    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    weights = torch.tensor([1.0] + [BLOOD_CLASS_WEIGHT] * (model.N_CLASSES - 1))
+    rng = np.random.default_rng(seed)
+    in_train = np.isin(data.case_of_slab, train_cases)
+    positives = np.flatnonzero(in_train & (data.seg > 0).any(axis=(1, 2)))
+    negatives = np.flatnonzero(in_train & ~(data.seg > 0).any(axis=(1, 2)))
+    per_epoch = 64 if quick else SAMPLES_PER_EPOCH
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        half = per_epoch // 2
+        chosen = np.concatenate([rng.choice(positives, min(half, len(positives)) if len(positives) else 0),
+                                 rng.choice(negatives, per_epoch - min(half, len(positives)))])
+        rng.shuffle(chosen)
+        return [chosen[i:i + 16] for i in range(0, len(chosen), 16)]
+
+    def step(net: torch.nn.Module, index: np.ndarray) -> torch.Tensor:
+        x, y = _augment_geometry(_neighbour_inputs(data, index, rng), data.seg[index].copy(), rng)
+        target = torch.from_numpy(np.ascontiguousarray(y)).long()
+        logits = net(torch.from_numpy(np.ascontiguousarray(x)))
+        return F.cross_entropy(logits, target, weight=weights) + dice(logits, target[:, None])
+
+    def validate(net: torch.nn.Module) -> float:
+        features, dice_score = _predict(net, data, val_cases)
+        labels = data.label[val_cases]
+        auc = metrics.roc_auc(labels, features[:, 0]) if 0 < labels.sum() < len(labels) else 0.5
+        return 0.5 * auc + 0.5 * dice_score
+
+    history = fit(network, batches=batches, step=step, validate=validate,
+                  config=TrainConfig(epochs=epochs, lr=3e-3, patience=4, seed=seed, description="ich u-net"))
+    log.info("u-net: best epoch %d, validation %.4f, %.0f s", history.best_epoch, history.best_score,
+             history.seconds)
+    return network
+
+
+@dataclass
+class FusionData:
+    """Fusion-head inputs of a set of cases as tensors."""
+
+    image: torch.Tensor
+    clinical: torch.Tensor
+    clinical_present: torch.Tensor
+    note: torch.Tensor
+    note_present: torch.Tensor
+    label: torch.Tensor
+
+    @classmethod
+    def of(cls, features: np.ndarray, data: CaseArrays, cases: np.ndarray) -> FusionData:
+        return cls(*(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (
+            features, data.clinical[cases], data.clinical_present[cases], data.note[cases],
+            data.note_present[cases], data.label[cases])))
+
+    def logits(self, head: FusionHead, clinical_present: torch.Tensor | None = None) -> np.ndarray:
+        head.eval()
+        with torch.no_grad():
+            out = head(self.image, self.clinical, self.clinical_present if clinical_present is None
+                       else clinical_present, self.note, self.note_present)
+        return out.logit.numpy()
+
+
+def _train_head(mode: str, train: FusionData, val: FusionData, seed: int, epochs: int) -> FusionHead:
+    head = FusionHead(len(model.IMAGE_FEATURES), train.clinical.shape[1], NOTE_DIM, mode=mode)
+    generator = torch.Generator().manual_seed(seed)
+    positives = float(train.label.sum())
+    pos_weight = (len(train.label) - positives) / max(positives, 1.0)
+
+    def step(h: torch.nn.Module, _: object) -> torch.Tensor:
+        clinical_present, note_present = modality_dropout(train.clinical_present, train.note_present,
+                                                          generator=generator)
+        return fusion_loss(h(train.image, train.clinical, clinical_present, train.note, note_present),
+                           train.label, pos_weight=pos_weight)
+
+    def validate(h: torch.nn.Module) -> float:
+        logits = torch.from_numpy(val.logits(h))  # type: ignore[arg-type]
+        return -float(F.binary_cross_entropy_with_logits(logits, val.label))
+
+    history = fit(head, batches=lambda epoch: [None], step=step, validate=validate,
+                  config=TrainConfig(epochs=epochs, lr=3e-3, patience=max(epochs // 4, 5), seed=seed,
+                                     description=f"fusion {mode}", progress=False))
+    log.info("fusion head %s: best epoch %d, validation %.4f", mode, history.best_epoch, history.best_score)
+    return head
+
+
+def _split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Patient splits stratified by label, so every split holds both classes when there are any."""
+    rng = np.random.default_rng(seed + 1)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for value in (0, 1):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        counts = [max(int(round(f * len(members))), 1) for f in SPLITS.values()]
+        bounds = np.cumsum([0, *counts])
+        bounds[-1] = len(members)
+        for i, name in enumerate(SPLITS):
+            parts[name].append(members[bounds[i]:bounds[i + 1]])
+    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+def _export(network: torch.nn.Module, head: FusionHead, models_dir: Path) -> None:
+    network.eval()
+    head.eval()
+    torch.onnx.export(network, (torch.zeros(2, model.IN_CHANNELS, model.MODEL_SIZE, model.MODEL_SIZE),),
+                      str(models_dir / "model.onnx"), input_names=["slabs"], output_names=["logits"],
+                      dynamic_axes={"slabs": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+
+    class _Tensors(torch.nn.Module):
+        def __init__(self, inner: FusionHead) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self.inner.forward_tensors(*args)
+
+    n_clinical = len(feature_names(Task.ICH))
+    example = (torch.zeros(2, len(model.IMAGE_FEATURES)), torch.zeros(2, n_clinical), torch.ones(2, n_clinical),
+               torch.zeros(2, NOTE_DIM), torch.ones(2))
+    names = ["image", "clinical", "clinical_present", "text", "text_present"]
+    torch.onnx.export(_Tensors(head), example, str(models_dir / "fusion.onnx"), input_names=names,
+                      output_names=["logit", "weights", "log_var"],
+                      dynamic_axes={n: {0: "b"} for n in [*names, "logit", "weights", "log_var"]}, dynamo=False)
+
+
+def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, float]:
+    """Seconds for 32 slabs: ONNX Runtime vs TorchScript (frozen trace) vs eager, on this CPU."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((32, model.IN_CHANNELS, model.MODEL_SIZE, model.MODEL_SIZE),
+                                                 dtype=np.float32)
+    session = ort.InferenceSession(str(models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(network.eval(), torch.from_numpy(x[:2])))
+    runs = {"onnxruntime": lambda: session.run(None, {"slabs": x}),
+            "torchscript": lambda: traced(torch.from_numpy(x)), "eager": lambda: network(torch.from_numpy(x))}
+    timing = {}
+    with torch.no_grad():
+        for name, run in runs.items():
+            run()
+            start = time.perf_counter()
+            run()
+            timing[name] = round(time.perf_counter() - start, 4)
+    return timing
+
+
+def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, seed: int, quick: bool) -> Path:
+    """Train the ICH bundle (module docstring) and write it to ``out_dir`` (default: the packaged bundle)."""
+    torch.set_num_threads(1)
+    seed_everything(seed)
+    size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
+    epochs = epochs or (QUICK_EPOCHS if quick else UNET_EPOCHS)
+    started = time.monotonic()
+    cases = [generate_case(seed * 100_000 + i) for i in tqdm(range(size), desc="cohort", unit="case")]
+    data = build_arrays(cases)
+    del cases
+    split = _split(data.label, seed)
+    network = _train_network(data, split["A"], split["V"], epochs, seed, quick)
+    fusion_cases = np.concatenate([split["V"], split["B"]])
+    train_data = FusionData.of(_predict(network, data, fusion_cases)[0], data, fusion_cases)
+    calib = FusionData.of(_predict(network, data, split["C"])[0], data, split["C"])
+    head_epochs = 20 if quick else 400
+    heads = {mode: _train_head(mode, train_data, calib, seed, head_epochs) for mode in MODES}
+    scaler = TemperatureScaler().fit(calib.logits(heads["dynamic"]), calib.label.numpy())
+    probabilities = scaler.probabilities(calib.logits(heads["dynamic"]))
+    threshold = float(np.clip(metrics.sensitivity_at_specificity(calib.label.numpy(), probabilities, 0.95).threshold,
+                              0.2, 0.8)) if 0 < calib.label.sum() < len(calib.label) else 0.5
+    root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
+    models_dir = bundle_models_dir(root)
+    whole = model.build_model("dynamic")
+    whole.network.load_state_dict(network.state_dict())
+    whole.fusion.load_state_dict(heads["dynamic"].state_dict())
+    torch.save(whole.state_dict(), models_dir / "model.pt")
+    for mode in ("concat", "image_only"):
+        torch.save(heads[mode].state_dict(), models_dir / f"fusion_{mode}.pt")
+    _export(network, heads["dynamic"], models_dir)
+    timing = _deploy_timing(models_dir, network)
+    inference = {
+        "deployed": "model.onnx", "fusion_deployed": "fusion.onnx", "temperature": round(scaler.temperature, 5),
+        "case_threshold": round(threshold, 5), "component_threshold": 0.5, "min_component_ml": 0.03,
+        "slab_batch": 16, "onnx_threads": 2, "model_pixel_mm": model.MODEL_PIXEL_MM, "slab_mm": model.SLAB_MM,
+        "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH), "note_dim": NOTE_DIM,
+        "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
+    }
+    metadata = _metadata(size, seed, split, epochs, timing, time.monotonic() - started, quick)
+    write_bundle_configs(root, metadata, inference)
+    log.info("ich bundle written to %s in %.0f s", root, time.monotonic() - started)
+    return root
+
+
+def _metadata(size: int, seed: int, split: dict[str, np.ndarray], epochs: int, timing: dict[str, float],
+              seconds: float, quick: bool) -> dict[str, Any]:
+    return {
+        "name": model.NAME, "version": VERSION, "task": Task.ICH.value, "kind": DEEP_KIND,
+        "intended_use": ("Research and integration testing of radfusion only. Trained exclusively on synthetic "
+                         "head CT phantoms generated by radfusion's own generators; not validated on patient data; "
+                         "not for clinical use."),
+        "inputs": {"volume": "axial head CT series in HU (any matrix, spacing and slice thickness; resampled to "
+                             "2 mm pixels, 128x128 window, 5 mm slabs)",
+                   "clinical": feature_names(Task.ICH), "note": "free text (reason for exam + notes), hashed"},
+        "outputs": {"case_probability": "calibrated probability of any intracranial hemorrhage",
+                    "findings": "components with mask, heat map, volume (mL), side/region, subtype",
+                    "modality_weights": "per-case softmax weights over image/clinical/text",
+                    "uncertainty": "logit standard deviation from the predicted log-variance"},
+        "network": {"image": "MONAI UNet 2-D, channels (16, 32, 64, 128), 4 input channels, 6 classes",
+                    "fusion": "FusionHead dynamic gating, shared_dim 32", "deployed": "ONNX Runtime (CPU)",
+                    "cpu_seconds_32_slabs": timing},
+        "training_data": {"source": "synthetic (ai_engine.synthetic.cohorts.ich)", "cases": size, "seed": seed,
+                          "splits": {k: int(len(v)) for k, v in split.items()}, "unet_epochs_max": epochs,
+                          "quick": quick, "train_seconds": round(seconds, 1)},
+        "metrics": {"held_out": "see docs/model-cards/ich/metrics.json (radfusion evaluate ich)"},
+    }
+
+
+def _mask_missing(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    keep = np.random.default_rng(seed).random(present.shape) >= fraction
+    return (present.astype(bool) & keep).astype(np.float32)
+
+
+def _ablation_heads(bundle: Bundle) -> dict[str, FusionHead]:
+    heads = {"dynamic": model.load_eager_model(bundle).fusion}
+    for mode in ("concat", "image_only"):
+        head = FusionHead(len(model.IMAGE_FEATURES), len(feature_names(Task.ICH)), NOTE_DIM, mode=mode)
+        head.load_state_dict(torch.load(bundle.root / "models" / f"fusion_{mode}.pt", weights_only=True))
+        heads[mode] = head.eval()
+    return heads
+
+
+def _binary_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    at95 = metrics.sensitivity_at_specificity(labels, scores, 0.95)
+    shipped = metrics.operating_point(labels, scores, threshold)
+    return {"auc": round(metrics.roc_auc(labels, scores), 4),
+            "sensitivity_at_specificity_0.95": round(at95.sensitivity, 4),
+            "specificity_at_that_threshold": round(at95.specificity, 4), "threshold_at_0.95": round(at95.threshold, 4),
+            "operating_threshold": round(threshold, 4), "sensitivity_at_operating": round(shipped.sensitivity, 4),
+            "specificity_at_operating": round(shipped.specificity, 4)}
+
+
+def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | None,
+             out_dir: Path | None) -> dict[str, Any]:
+    """Held-out evaluation through DICOM files; writes metrics.json and plots into ``out_dir``."""
+    from ai_engine.evaluation import plots
+
+    torch.set_num_threads(1)
+    loaded = resolve_bundle(bundle, model.NAME)
+    detector = model.IchFusion(loaded, device="cpu")
+    baseline = IchBaseline()
+    seed = EVAL_SEED if seed is None else seed
+    size = cohort_size or EVAL_SIZE
+    out_dir = Path(out_dir or MODEL_CARD_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    features, contexts = [], []
+    with tempfile.TemporaryDirectory(prefix="ich-eval-") as tmp:
+        for i in tqdm(range(size), desc="held-out", unit="case"):
+            case = generate_case(seed * 100_000 + i, shifted=True, missing_rate=0.0)
+            paths = write_case_dicom(case, Path(tmp) / case.case_id)
+            inputs = load_inputs(Task.ICH, paths, case.context)
+            start = time.perf_counter()
+            image = detector.image_stage(inputs.volume)  # type: ignore[arg-type]
+            fused = detector.fusion_stage(image.features, case.context)
+            deep_seconds = time.perf_counter() - start
+            no_context = detector.fusion_stage(image.features, None)
+            start = time.perf_counter()
+            base = baseline.detect(inputs)
+            base_seconds = time.perf_counter() - start
+            found_ml = None
+            if case.label and fused.probability >= detector.threshold:
+                found_ml = sum(f.volume_ml or 0.0 for f in detector.findings(inputs.volume, image, fused))
+            rows.append({"case": case.case_id, "label": case.label, "truth_ml": sum(t.size for t in case.truths),
+                         "subtypes": [t.subtype for t in case.truths], "deep": fused.probability,
+                         "deep_no_context": no_context.probability, "baseline": base.case_score,
+                         "found_ml": found_ml, "weights": fused.weights, "logit_sd": fused.logit_sd,
+                         "slice_mm": case.spacing[0], "pixel_mm": case.spacing[1], "deep_s": deep_seconds,
+                         "baseline_s": base_seconds})
+            features.append(image.features)
+            contexts.append(case.context)
+            for path in paths:
+                path.unlink()
+    labels = np.array([r["label"] for r in rows])
+    result: dict[str, Any] = {"bundle": {"name": loaded.name, "version": loaded.version,
+                                         "device_uid": loaded.device_uid},
+                              "held_out": {"seed": seed, "cases": size, "positives": int(labels.sum()),
+                                           "acquisition": "shifted (ai_engine.synthetic.cohorts.ich.sample_acquisition)"}}
+    scores = {name: np.array([r[name] for r in rows]) for name in ("deep", "deep_no_context", "baseline")}
+    result["deep_fusion"] = _binary_summary(labels, scores["deep"], detector.threshold)
+    result["deep_without_clinical_context"] = _binary_summary(labels, scores["deep_no_context"], detector.threshold)
+    result["baseline"] = _binary_summary(labels, scores["baseline"], 0.5)
+    result["deep_fusion"]["ece"] = round(metrics.expected_calibration_error(labels, scores["deep"]), 4)
+    result["per_subtype_sensitivity_at_operating"] = _per_subtype(rows, detector.threshold)
+    errors = [abs(r["found_ml"] - r["truth_ml"]) / r["truth_ml"] for r in rows if r["found_ml"] is not None]
+    result["volume_median_relative_error"] = round(float(np.median(errors)), 4) if errors else None
+    result["seconds_per_case"] = {"deep": round(float(np.mean([r["deep_s"] for r in rows])), 3),
+                                  "baseline": round(float(np.mean([r["baseline_s"] for r in rows])), 3)}
+    result["fusion_experiment"] = _fusion_experiment(loaded, np.stack(features), contexts, labels)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "cases.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plots.plot_roc({name: metrics.roc_curve(labels, s)[:2] for name, s in scores.items()}, out_dir / "roc.png",
+                   "ICH held-out ROC")
+    plots.plot_calibration({"deep fusion": metrics.reliability_curve(labels, scores["deep"])[:2]},
+                           out_dir / "calibration.png", "ICH calibration (held-out)")
+    weights = {m: np.array([r["weights"][m] for r in rows]) for m in ("image", "clinical", "text")}
+    plots.plot_modality_weights(weights, out_dir / "modality_weights.png", "ICH per-case modality weights")
+    return result
+
+
+def _per_subtype(rows: list[dict[str, Any]], threshold: float) -> dict[str, dict[str, float]]:
+    out = {}
+    for subtype in model.SUBTYPES:
+        chosen = [r for r in rows if subtype in r["subtypes"]]
+        if chosen:
+            out[subtype] = {"cases": len(chosen),
+                            "deep": round(float(np.mean([r["deep"] >= threshold for r in chosen])), 4),
+                            "baseline": round(float(np.mean([r["baseline"] >= 0.5 for r in chosen])), 4)}
+    return out
+
+
+def _fusion_experiment(bundle: Bundle, features: np.ndarray, contexts: list[Any], labels: np.ndarray
+                       ) -> dict[str, dict[str, float]]:
+    """AUC of image-only, concat and dynamic heads with complete clinical data and with 30 % of it hidden."""
+    encoded = [model.fusion_inputs(c) for c in contexts]
+    clinical, present, note, note_present = (np.concatenate([e[k] for e in encoded]) for k in range(4))
+    data = FusionData(*(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (
+        features, clinical, present, note, note_present, labels)))
+    hidden = torch.from_numpy(_mask_missing(present, MISSING_FRACTION, seed=1))
+    table = {}
+    for mode, head in _ablation_heads(bundle).items():
+        complete = metrics.roc_auc(labels, data.logits(head))
+        missing = metrics.roc_auc(labels, data.logits(head, hidden))
+        table[mode] = {"auc_complete": round(complete, 4), "auc_30pct_missing": round(missing, 4),
+                       "auc_drop_points": round(100 * (complete - missing), 2)}
+    return table

@@ -1,0 +1,58 @@
+"""Model bundles: config validation, Device UID that follows the weights, the packaged ICH bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ai_engine.bundle import BundleError, load_bundle, resolve_bundle, write_bundle_configs
+
+METADATA = {"version": "1.0.0", "task": "ich", "intended_use": "Trained on synthetic phantoms; not for clinical use.",
+            "inputs": {}, "outputs": {}, "training_data": {}, "metrics": {}}
+
+
+def _bundle(root: Path, weights: bytes = b"weights") -> Path:
+    path = root / "demo"
+    write_bundle_configs(path, METADATA, {"deployed": "model.onnx", "threshold": 0.5})
+    (path / "models").mkdir()
+    (path / "models" / "model.pt").write_bytes(weights)
+    (path / "models" / "model.onnx").write_bytes(b"onnx")
+    return path
+
+
+def test_device_uid_changes_with_the_weights_and_not_otherwise(tmp_path: Path) -> None:
+    first = load_bundle("demo", _bundle(tmp_path / "a").parent)
+    again = load_bundle("demo", tmp_path / "a")
+    other = load_bundle("demo", _bundle(tmp_path / "b", b"other weights").parent)
+    assert first.device_uid == again.device_uid != other.device_uid
+    assert first.device_uid.startswith("2.25.") and len(first.device_uid) <= 64
+    assert first.algorithm().kind == "deep fusion model trained on synthetic phantoms"
+    assert resolve_bundle(tmp_path / "a" / "demo", "unused").device_uid == first.device_uid
+
+
+def test_expressions_and_missing_statements_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"inference.json.network: config values must be plain"):
+        write_bundle_configs(tmp_path / "x", METADATA, {"deployed": "model.onnx", "network": "$monai.nets.UNet()"})
+    with pytest.raises(BundleError, match="not for clinical use"):
+        write_bundle_configs(tmp_path / "x", {**METADATA, "intended_use": "triage"}, {"deployed": "model.onnx"})
+    with pytest.raises(BundleError, match="missing required keys \\['metrics'\\]"):
+        write_bundle_configs(tmp_path / "x", {k: v for k, v in METADATA.items() if k != "metrics"},
+                             {"deployed": "model.onnx"})
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    path = _bundle(tmp_path)
+    (path / "models" / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="model.onnx is missing"):
+        load_bundle("demo", tmp_path)
+    with pytest.raises(BundleError, match="'nothing' not found"):
+        load_bundle("nothing", tmp_path)
+
+
+def test_packaged_ich_bundle_is_valid_and_states_synthetic_training() -> None:
+    bundle = load_bundle("ich_fusion")
+    assert "synthetic" in bundle.metadata["intended_use"] and bundle.version
+    assert json.loads((bundle.root / "configs" / "inference.json").read_text())["deployed"] == "model.onnx"
+    assert bundle.weights_path.stat().st_size < 5_000_000

@@ -1,0 +1,157 @@
+"""Fusion framework: clinical encoding with explicit missingness, gated fusion, dropout, loss, calibration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pytest
+import torch
+
+from ai_engine.clinical_features import encode_clinical, encode_note, feature_names
+from ai_engine.errors import AiEngineError
+from ai_engine.fusion import FusionHead, fusion_loss, modality_dropout, modality_weight_dict
+from ai_engine.fusion.calibration import TemperatureScaler
+from ai_engine.training.loop import TrainConfig, fit
+from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
+
+PROV = Provenance("fhir", "test", "Observation/1")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    """Tiny models run fastest on one thread, and CI shares its cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _context(**labs: float) -> ClinicalContext:
+    context = ClinicalContext(age_years=80.0, sex="female", status="complete")
+    for name, value in labs.items():
+        context.labs[name] = LabValue(name, "x", value, "1", datetime(2024, 1, 1), PROV)
+    return context
+
+
+def test_missing_clinical_values_are_masked_not_imputed() -> None:
+    values, present = encode_clinical("ich", _context(inr=3.0))
+    names = feature_names("ich")
+    assert present[names.index("inr")] and values[names.index("inr")] > 1.0  # INR 3 is far above normal
+    assert not present[names.index("platelets")] and values[names.index("platelets")] == 0.0
+    assert present[names.index("sex")] and values[names.index("sex")] == 0.0  # FHIR "female"
+    empty_values, empty_present = encode_clinical("ich", None)
+    assert not empty_present.any() and not empty_values.any()
+
+
+def test_medication_features_are_missing_when_the_medication_section_failed() -> None:
+    context = _context()
+    context.medications.append(CodedItem("1364430", "rxnorm", "apixaban", "anticoagulant"))
+    names = feature_names("ich")
+    values, present = encode_clinical("ich", context)
+    assert present[names.index("anticoagulant")] and values[names.index("anticoagulant")] == 1.0
+    assert present[names.index("antiplatelet")] and values[names.index("antiplatelet")] == 0.0
+    context.errors.append("medications: FHIR server timed out")
+    _, present = encode_clinical("ich", context)
+    assert not present[names.index("anticoagulant")] and not present[names.index("antiplatelet")]
+
+
+def test_trauma_is_read_from_the_note_and_respects_negation() -> None:
+    index = feature_names("ich").index("trauma")
+    fall, no_trauma = _context(), _context()
+    fall.notes.append("82 y/o on warfarin, fell down stairs, GCS 14")
+    no_trauma.notes.append("sudden headache, no history of trauma")
+    assert encode_clinical("ich", fall)[0][index] == 1.0
+    assert encode_clinical("ich", no_trauma)[0][index] == 0.0 and encode_clinical("ich", no_trauma)[1][index]
+    assert not encode_clinical("ich", _context())[1][index]  # no coded item, no text: missing
+
+
+def test_note_encoding_is_deterministic_normalised_and_text_sensitive() -> None:
+    a, present = encode_note("78 y/o on apixaban, fall from standing, GCS 13")
+    b, _ = encode_note("78 y/o on apixaban, fall from standing, GCS 13")
+    c, _ = encode_note("45 y/o, no trauma, migraine")
+    assert present and np.array_equal(a, b) and abs(np.linalg.norm(a) - 1.0) < 1e-5
+    assert float(a @ c) < 0.9
+    assert encode_note(None)[1] is False and encode_note("  ")[1] is False
+
+
+def _batch() -> tuple[torch.Tensor, ...]:
+    clinical_present = torch.tensor([[1.0] * 4, [0.0] * 4, [1.0, 0.0, 0.0, 0.0]])
+    return torch.randn(3, 5), torch.randn(3, 4), clinical_present, torch.randn(3, 8), torch.tensor([1.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "concat", "image_only"])
+def test_modality_weights_cover_only_available_modalities(mode: str) -> None:
+    out = FusionHead(5, 4, 8, mode=mode)(*_batch())
+    weights = out.weights.detach()
+    assert torch.allclose(weights.sum(dim=1), torch.ones(3))
+    assert weights[1, 1] == 0.0 and weights[2, 2] == 0.0  # no clinical in case 1, no text in case 2
+    assert torch.isfinite(out.logit).all() and torch.isfinite(out.log_var).all()
+    if mode == "image_only":
+        assert torch.equal(weights[:, 0], torch.ones(3))
+    assert set(modality_weight_dict(weights[0].tolist())) == {"image", "clinical", "text"}
+
+
+def test_values_of_missing_inputs_do_not_change_the_output() -> None:
+    head = FusionHead(5, 4, 8).eval()
+    image, clinical, present, text, text_present = _batch()
+    before = head(image, clinical, present, text, text_present).logit
+    other_clinical = clinical.clone()
+    other_clinical[1] = 50.0  # case 1 has no clinical data at all
+    other_clinical[2, 1:] = -50.0  # case 2 has only its first feature
+    other_text = text.clone()
+    other_text[2] = 9.0  # case 2 has no note
+    after = head(image, other_clinical, present, other_text, text_present).logit
+    assert torch.allclose(before[1:], after[1:])
+    changed = head(image, clinical + 1.0, present, text, text_present).logit
+    assert not torch.isclose(before[0], changed[0])  # present values do matter
+
+
+def test_unknown_mode_is_rejected_with_the_choices() -> None:
+    with pytest.raises(AiEngineError, match="dynamic"):
+        FusionHead(5, 4, 8, mode="attention")
+
+
+def test_modality_dropout_only_removes_inputs() -> None:
+    present = torch.ones(200, 6)
+    text = torch.ones(200)
+    new_present, new_text = modality_dropout(present, text, generator=torch.Generator().manual_seed(0))
+    assert (new_present <= present).all() and (new_text <= text).all()
+    assert 0.05 < 1 - new_text.mean() < 0.5 and 0.1 < 1 - new_present.mean() < 0.7
+    absent, _ = modality_dropout(torch.zeros(5, 6), torch.zeros(5))
+    assert not absent.any()
+
+
+def test_training_loop_learns_a_clinical_signal_with_dropout_and_uncertainty() -> None:
+    generator = torch.Generator().manual_seed(0)
+    n = 256
+    clinical = torch.randn(n, 4, generator=generator)
+    image = torch.randn(n, 5, generator=generator)
+    label = ((clinical[:, 0] + image[:, 0]) > 0).float()
+    present, text, note = torch.ones(n, 4), torch.zeros(n), torch.zeros(n, 8)
+    head = FusionHead(5, 4, 8)
+
+    def step(model: torch.nn.Module, _: object) -> torch.Tensor:
+        p, t = modality_dropout(present, text, generator=generator)
+        return fusion_loss(model(image, clinical, p, note, t), label)
+
+    def validate(model: torch.nn.Module) -> float:
+        logit = model(image, clinical, present, note, text).logit
+        return float(((logit > 0).float() == label).float().mean())
+
+    history = fit(head, batches=lambda epoch: [None] * 4, step=step, validate=validate,
+                  config=TrainConfig(epochs=40, lr=1e-2, patience=40, progress=False))
+    assert history.best_score > 0.9 and history.losses[-1] < history.losses[0]
+    image_only = head(image, clinical, torch.zeros(n, 4), note, text)
+    full = head(image, clinical, present, note, text)
+    assert float(image_only.log_var.detach().mean()) > float(full.log_var.detach().mean())  # less sure without the clinical half
+
+
+def test_temperature_scaling_softens_overconfident_logits() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    logits = (labels * 2 - 1) * 1.0 + rng.normal(0, 1.0, 400)
+    scaler = TemperatureScaler().fit(logits * 5, labels)
+    assert 2.0 < scaler.temperature < 3.0  # the Bayes-optimal logit here is 2x, i.e. a temperature of 2.5
+    with pytest.raises(AiEngineError, match="both classes"):
+        TemperatureScaler().fit(logits, np.ones(400))
