@@ -1,4 +1,4 @@
-"""The ``radfusion`` command line: serve, echo, status, config, demo."""
+"""The ``radfusion`` command line: serve, echo, status, config, demo, train, evaluate."""
 
 from __future__ import annotations
 
@@ -84,6 +84,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir) if args.workdir else None, rows=args.rows)
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    """``train`` / ``evaluate``: handed to the model tooling with all its arguments."""
+    from ai_engine.training.cli import main as model_main
+
+    return model_main([args.command, *args.arguments])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands)."""
     parser = argparse.ArgumentParser(prog="radfusion", description=__doc__)
@@ -101,12 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="keep the demo's files here (default: a temporary directory)")
     demo.add_argument("--rows", type=int, default=256, help="image size of the synthetic studies")
     demo.set_defaults(func=cmd_demo)
+    for name, text in (("train", "train a deep detector on a synthetic cohort (TASK: ich, nodule, mammo)"),
+                       ("evaluate", "evaluate a deep detector and its baseline on a held-out cohort")):
+        sub.add_parser(name, help=text, add_help=False).set_defaults(func=cmd_model)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.func is cmd_model:  # everything after the command belongs to the model tooling
+        args.arguments = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except (RadfusionError, DicomNodeError) as exc:

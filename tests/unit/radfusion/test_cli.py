@@ -65,3 +65,13 @@ def test_status_on_a_fresh_database(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "jobs queued: 0" in text and "pending deliveries:" in text
     assert main(["--config", str(config), "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["deliveries_pending"] == 0
+
+
+def test_train_and_evaluate_hand_their_arguments_to_the_model_tooling(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", "--help"])
+    assert done.value.code == 0
+    assert "{ich,mammo,nodule}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["status", "--epochs", "3"])
+    assert "unrecognized arguments: --epochs 3" in capsys.readouterr().err
