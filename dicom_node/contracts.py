@@ -34,7 +34,7 @@ class StoredInstance:
     IssuerOfPatientID, AccessionNumber, StudyDate, ...). Multi-valued ones are lists.
     """
 
-    association_id: str
+    association_id: str | None  # None: recorded again from the spool, not received just now
     path: Path
     sop_class_uid: str
     sop_instance_uid: str

@@ -15,8 +15,10 @@ from radfusion.models import Base
 def make_engine(url: str) -> Engine:
     """An engine configured for durable, concurrent use of ``url``.
 
-    SQLite: WAL journal with synchronous=FULL (a committed row survives power loss), a busy
-    timeout, foreign keys on, and ``BEGIN IMMEDIATE`` so writers queue instead of deadlocking.
+    SQLite: WAL journal with synchronous=NORMAL (a committed row survives a crash of the
+    process; after a power loss the last rows are rebuilt from the spool, see
+    radfusion.recovery.reconcile_spool), a busy timeout, foreign keys on, and ``BEGIN
+    IMMEDIATE`` so writers queue instead of deadlocking.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -32,7 +34,7 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy import update
+import pydicom
+from sqlalchemy import func, select, update
 
+from dicom_node.contracts import StoredInstance
+from dicom_node.header import instance_attributes
+from dicom_node.spool import Spool
 from radfusion.db import Database
-from radfusion.models import Association, AuditEvent, Job, utcnow
+from radfusion.ingest import IngestRecorder
+from radfusion.models import Association, AuditEvent, Instance, Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +33,53 @@ def recover(db: Database) -> dict[str, int]:
         log.warning("recovered after an unclean stop: %d association(s) closed as aborted, %d job(s) requeued",
                     aborted, requeued)
     return {"associations_aborted": aborted, "jobs_requeued": requeued}
+
+
+RECONCILE_MARGIN = timedelta(minutes=10)
+
+
+def reconcile_spool(db: Database, spool: Spool, recorder: IngestRecorder) -> int:
+    """Give every spool file written since shortly before the newest row a row of its own.
+
+    An instance is acknowledged only once its file is fsynced, renamed and its directory
+    fsynced, so the spool is the durable record; the row is its index. SQLite commits with
+    ``synchronous=NORMAL`` (safe against process crashes), so a power loss can take the last
+    rows, never the files: they are re-recorded here from their headers. Only series folders
+    changed since the newest surviving row (less a margin) are read.
+    """
+    with db.session() as session:
+        newest = session.scalar(select(func.max(Instance.received_at)))
+    cutoff = (newest - RECONCILE_MARGIN).timestamp() if newest else 0.0
+    restored = 0
+    for study_dir in _subdirs(spool.instances):
+        for series_dir in _subdirs(Path(study_dir.path)):
+            if series_dir.stat().st_mtime < cutoff:
+                continue
+            files = {Path(entry.path) for entry in os.scandir(series_dir.path) if entry.name.endswith(".dcm")}
+            with db.session() as session:
+                known = set(session.scalars(select(Instance.path).where(Instance.path.in_([str(f) for f in files]))))
+            for path in sorted(files - {Path(p) for p in known}):
+                recorder.instance_stored(read_stored_instance(path))
+                restored += 1
+    if restored:
+        with db.session() as session:
+            session.add(AuditEvent(kind="reconciled", subject="startup",
+                                   detail=f"{restored} spool file(s) without a row were recorded again"))
+        log.warning("recorded %d spool file(s) whose database rows were lost (power loss?)", restored)
+    return restored
+
+
+def _subdirs(directory: Path) -> list[os.DirEntry[str]]:
+    return [entry for entry in os.scandir(directory) if entry.is_dir()]
+
+
+def read_stored_instance(path: Path) -> StoredInstance:
+    """The ingest record of a spool file, read back from its header."""
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    return StoredInstance(
+        association_id=None, path=path, sop_class_uid=str(dataset.SOPClassUID),
+        sop_instance_uid=str(dataset.SOPInstanceUID), study_instance_uid=str(dataset.StudyInstanceUID),
+        series_instance_uid=str(dataset.SeriesInstanceUID),
+        transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID), size_bytes=path.stat().st_size,
+        attributes=instance_attributes(dataset),
+    )

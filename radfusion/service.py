@@ -24,7 +24,7 @@ from radfusion.delivery import DeliveryWorker
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
 from radfusion.pipeline import JobRunner, study_patient
-from radfusion.recovery import recover
+from radfusion.recovery import reconcile_spool, recover
 from radfusion.routing import compile_routing
 from radfusion.settings import Settings
 
@@ -69,7 +69,8 @@ class Service:
                                         on_study_seen=self._prefetch_clinical)
         self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings, self.clinical)
         self.deliveries = DeliveryWorker(self.db, settings)
-        self.scp = StorageScp(scp_config(settings), self.spool, IngestRecorder(self.db))
+        self.recorder = IngestRecorder(self.db)
+        self.scp = StorageScp(scp_config(settings), self.spool, self.recorder)
         self.hl7: MllpServer | None = None
         if settings.hl7.listen:
             store = Hl7Store(self.db)
@@ -84,6 +85,7 @@ class Service:
     def start(self) -> int:
         """Recover, start the listener and the scheduler; returns the DICOM port."""
         recover(self.db)
+        reconcile_spool(self.db, self.spool, self.recorder)
         stability = self.settings.stability
         self._scheduler.add_job(self._assemble, "interval", seconds=stability.check_interval_s, id="assemble",
                                 max_instances=1, coalesce=True)
