@@ -260,7 +260,7 @@ def study_header(case: NoduleCase) -> StudyHeader:
     study_day = date(2024, 6, 1)
     birth = study_day - timedelta(days=int(case.patient.age * 365.25))
     return StudyHeader(patient_id=f"SYN{case.case_id}", patient_name=f"SYNTHETIC^{case.case_id}",
-                       accession_number=f"SYNACC{case.case_id}", study_instance_uid=generate_uid(),
+                       accession_number=f"SYNNOD{case.seed % 10**10:010d}", study_instance_uid=generate_uid(),
                        study_date=study_day.strftime("%Y%m%d"), study_time="120000",
                        patient_birth_date=birth.strftime("%Y%m%d"), patient_sex=case.patient.sex)
 

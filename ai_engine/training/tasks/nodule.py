@@ -1,0 +1,570 @@
+"""Lung-nodule task: training (cohort -> candidates -> patch CNN -> fusion heads -> calibration -> ONNX bundle)
+and held-out evaluation (FROC/CPM against the classical baseline on the same DICOM studies).
+
+Training draws one synthetic cohort (``TRAIN_ACQUISITION`` scanners), runs the detector's own
+candidate generator on each case, and cuts 32^3 patches: every candidate near a nodule and a
+jittered copy of each nodule are positives, a sample of the other candidates (vessel segments and
+junctions, airway walls, pleura) negatives. Cases are split by patient: A trains the patch CNN
+(early stopping on V); the fusion heads learn on the nodules of A + V from the CNN's embedding,
+stop early on C, and the temperature is fitted on C. Evaluation generates a held-out cohort with
+another seed and shifted acquisition (``HELDOUT_ACQUISITION``), writes every case as DICOM,
+loads it through the server's loader and runs the deployed detector and the baseline on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from ai_engine.bundle import DEEP_KIND, Bundle, bundle_models_dir, bundle_root, resolve_bundle, write_bundle_configs
+from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
+from ai_engine.detectors import nodule_fusion as model
+from ai_engine.detectors.nodule_baseline import NoduleBaseline
+from ai_engine.evaluation import metrics, plots
+from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
+from ai_engine.fusion.calibration import TemperatureScaler
+from ai_engine.inputs import load_inputs
+from ai_engine.results import Task
+from ai_engine.synthetic.cohorts.nodule import (
+    HELDOUT_ACQUISITION,
+    NoduleCase,
+    generate_case,
+    write_case_dicom,
+)
+from ai_engine.training.loop import TrainConfig, fit, seed_everything
+from ai_engine.volume import Volume
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+TRAIN_SIZE, QUICK_SIZE = 48, 3
+CNN_EPOCHS, QUICK_EPOCHS = 12, 1
+EVAL_SEED, EVAL_SIZE = 9, 30
+MISSING_FRACTION = 0.3
+NEGATIVES_PER_CASE = 70
+JITTER_COPIES = 4
+MODEL_CARD_DIR = Path("docs/model-cards/nodule")
+SPLITS = {"A": 0.7, "V": 0.1, "C": 0.2}
+
+
+@dataclass
+class PatchSet:
+    """Training patches (uint8, 0..255 over the patch HU range) with their targets and case index."""
+
+    patches: np.ndarray  # [N, 32, 32, 32] uint8
+    segs: np.ndarray  # [N, 16, 16, 16] uint8 (0..255 occupancy)
+    nodule: np.ndarray  # [N] 0/1
+    kind: np.ndarray  # [N] type index, -1 for negatives
+    case: np.ndarray  # [N]
+    centred: np.ndarray  # [N] bool: the exact truth-centred patch of a nodule (fusion training)
+    malignant: np.ndarray  # [N] 0/1 (nodules only)
+
+
+def _as_volume(case: NoduleCase) -> Volume:
+    return Volume(array=case.phantom.hu, spacing_mm=case.phantom.spacing, origin_mm=(0.0, 0.0, 0.0),
+                  direction=np.eye(3), sop_instance_uids=[], paths=[], series_instance_uid="",
+                  study_instance_uid="")
+
+
+def _case_patches(seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Patches of one training case and its clinical encoding (runs in a worker process)."""
+    case = generate_case(seed)
+    hu, zoom = model.resample_to_work(_as_volume(case))
+    lungs = model.work_lung_mask(hu)
+    points = model.candidates(hu, lungs)
+    labels = ndimage.zoom(case.phantom.labels, zoom, order=0, grid_mode=True, mode="nearest")[
+        : hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    rng = np.random.default_rng(seed + 1)
+    centres, hits, centred = [], [], []
+    truth = {n.label: n for n in case.nodules}
+    matched = _match(points, case, zoom)
+    for label, nodule in truth.items():
+        centre = np.rint(np.array(nodule.center_voxel) * zoom).astype(int)
+        centres.append(centre)
+        hits.append(label)
+        centred.append(True)
+        for _ in range(JITTER_COPIES):
+            centres.append(centre + rng.integers(-2, 3, size=3))
+            hits.append(label)
+            centred.append(False)
+        for point in points[matched == label][:4]:
+            centres.append(point)
+            hits.append(label)
+            centred.append(False)
+    negatives = np.where(matched == 0)[0]
+    chosen = np.concatenate([negatives[:NEGATIVES_PER_CASE // 2],
+                             rng.choice(negatives[NEGATIVES_PER_CASE // 2:],
+                                        size=min(NEGATIVES_PER_CASE // 2, max(len(negatives) - NEGATIVES_PER_CASE // 2,
+                                                                              0)), replace=False)])
+    for i in chosen.astype(int):
+        centres.append(points[i])
+        hits.append(0)
+        centred.append(False)
+    centres_arr = np.array(centres, dtype=int).reshape(-1, 3)
+    patches = model.extract_patches(hu, centres_arr)[:, 0]
+    label_patches = model.extract_patches(labels.astype(np.float32), centres_arr, raw=True)[:, 0]
+    hit_arr = np.array(hits)
+    segs = (label_patches == hit_arr[:, None, None, None]) & (hit_arr[:, None, None, None] > 0)
+    segs = segs.reshape(len(segs), 16, 2, 16, 2, 16, 2).mean(axis=(2, 4, 6))
+    kinds = np.array([model.TYPES.index(truth[h].kind) if h else -1 for h in hits])
+    malignant = np.array([int(truth[h].malignant) if h else 0 for h in hits])
+    clinical, present = encode_clinical(Task.LUNG_NODULE, case.context)
+    text, text_present = encode_note(context_text(case.context))
+    arrays = {"patches": np.rint(patches * 255).astype(np.uint8), "segs": np.rint(segs * 255).astype(np.uint8),
+              "nodule": (hit_arr > 0).astype(np.uint8), "kind": kinds, "centred": np.array(centred),
+              "malignant": malignant}
+    info = {"clinical": clinical, "present": present, "text": text, "text_present": text_present,
+            "recall": [bool((matched == label).any()) for label in truth], "candidates": len(points)}
+    return arrays, info
+
+
+def _match(points: np.ndarray, case: NoduleCase, zoom: tuple[float, float, float]) -> np.ndarray:
+    """Per candidate, the label of the nodule whose centre lies within max(radius, 3 mm), else 0."""
+    matched = np.zeros(len(points), dtype=int)
+    for nodule in case.nodules:
+        centre = np.array(nodule.center_voxel) * zoom
+        distance = np.linalg.norm(points - centre, axis=1) * model.WORK_MM
+        matched[(distance <= max(nodule.diameter_mm / 2.0, 3.0)) & (matched == 0)] = nodule.label
+    return matched
+
+
+def build_patch_set(seeds: list[int], workers: int = 2) -> tuple[PatchSet, dict[str, np.ndarray], dict[str, float]]:
+    """Patches of every case (``workers`` processes), the per-case clinical encodings, candidate statistics."""
+    parts: list[tuple[dict[str, np.ndarray], dict[str, Any]]] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for part in tqdm(pool.map(_case_patches, seeds), total=len(seeds), desc="cohort", unit="case"):
+            parts.append(part)
+    case_index = np.concatenate([np.full(len(a["nodule"]), i) for i, (a, _) in enumerate(parts)])
+    data = PatchSet(patches=np.concatenate([a["patches"] for a, _ in parts]),
+                    segs=np.concatenate([a["segs"] for a, _ in parts]),
+                    nodule=np.concatenate([a["nodule"] for a, _ in parts]),
+                    kind=np.concatenate([a["kind"] for a, _ in parts]), case=case_index,
+                    centred=np.concatenate([a["centred"] for a, _ in parts]),
+                    malignant=np.concatenate([a["malignant"] for a, _ in parts]))
+    clinical = {key: np.stack([info[key] for _, info in parts])
+                for key in ("clinical", "present", "text", "text_present")}
+    recall = [hit for _, info in parts for hit in info["recall"]]
+    stats = {"candidate_recall": float(np.mean(recall)) if recall else float("nan"),
+             "candidates_per_scan": float(np.mean([info["candidates"] for _, info in parts])),
+             "nodules": float(len(recall))}
+    return data, clinical, stats
+
+
+def _split(n_cases: int, seed: int) -> dict[str, np.ndarray]:
+    """Cases split by patient into A (CNN), V (CNN early stopping) and C (fusion stopping, calibration)."""
+    order = np.random.default_rng(seed).permutation(n_cases)
+    a = int(round(SPLITS["A"] * n_cases))
+    v = max(int(round(SPLITS["V"] * n_cases)), 1)
+    return {"A": np.sort(order[:a]), "V": np.sort(order[a: a + v]), "C": np.sort(order[a + v:])}
+
+
+def _tensor(patches: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(patches.astype(np.float32) / 255.0).unsqueeze(1)
+
+
+def _augment(x: torch.Tensor, seg: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips and axial transposition (a nodule has no preferred orientation), plus HU gain jitter."""
+    for axis in (2, 3, 4):
+        if rng.random() < 0.5:
+            x, seg = x.flip(axis), seg.flip(axis - 1)
+    if rng.random() < 0.5:
+        x, seg = x.transpose(3, 4), seg.transpose(2, 3)
+    gain = torch.from_numpy(rng.uniform(0.93, 1.07, size=(x.shape[0], 1, 1, 1, 1)).astype(np.float32))
+    return (x * gain).clamp(0, 1), seg
+
+
+def _network_step(net: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    x, seg, nodule, kind = batch
+    nodule_logit, type_logits, seg_logits, _, _ = net(x)
+    loss = F.binary_cross_entropy_with_logits(nodule_logit, nodule)
+    positive = kind >= 0
+    if positive.any():
+        loss = loss + 0.5 * F.cross_entropy(type_logits[positive], kind[positive])
+    probability = torch.sigmoid(seg_logits)
+    dice = 1 - (2 * (probability * seg).sum(dim=(1, 2, 3)) + 1) / (probability.sum(dim=(1, 2, 3))
+                                                                    + seg.sum(dim=(1, 2, 3)) + 1)
+    seg_bce = F.binary_cross_entropy_with_logits(seg_logits, seg)
+    return loss + seg_bce + 0.5 * dice[nodule > 0].mean() if (nodule > 0).any() else loss + seg_bce
+
+
+def _predict(net: torch.nn.Module, patches: np.ndarray, batch: int = 128) -> dict[str, np.ndarray]:
+    """Eager outputs (nodule logit, type logits, embedding) of uint8 patches."""
+    out: dict[str, list[np.ndarray]] = {"nodule_logit": [], "type_logits": [], "embedding": []}
+    net.eval()
+    with torch.no_grad():
+        for start in range(0, len(patches), batch):
+            nodule_logit, type_logits, _, _, embedding = net(_tensor(patches[start: start + batch]))
+            out["nodule_logit"].append(nodule_logit.numpy())
+            out["type_logits"].append(type_logits.numpy())
+            out["embedding"].append(embedding.numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _train_network(data: PatchSet, train_cases: np.ndarray, val_cases: np.ndarray, epochs: int, seed: int,
+                   max_seconds: float) -> tuple[model.NodulePatchNet, dict[str, Any]]:
+    train_index = np.where(np.isin(data.case, train_cases))[0]
+    val_index = np.where(np.isin(data.case, val_cases))[0]
+    rng = np.random.default_rng(seed)
+    net = model.NodulePatchNet()
+    positives = train_index[data.nodule[train_index] == 1]
+    negatives = train_index[data.nodule[train_index] == 0]
+
+    def batches(epoch: int) -> list[tuple[torch.Tensor, ...]]:
+        # balanced epochs: every negative once, positives resampled to a third of the batch
+        chosen = np.concatenate([negatives, rng.choice(positives, size=len(negatives) // 2)])
+        rng.shuffle(chosen)
+        out = []
+        for start in range(0, len(chosen), 32):
+            index = np.sort(chosen[start: start + 32])
+            x, seg = _augment(_tensor(data.patches[index]), torch.from_numpy(data.segs[index] / 255.0).float(), rng)
+            out.append((x, seg, torch.from_numpy(data.nodule[index].astype(np.float32)),
+                        torch.from_numpy(data.kind[index].astype(np.int64))))
+        return out
+
+    def validate(net_: torch.nn.Module) -> float:
+        logits = _predict(net_, data.patches[val_index])["nodule_logit"]
+        return metrics.roc_auc(data.nodule[val_index], logits)
+
+    history = fit(net, batches=batches, step=_network_step, validate=validate,
+                  config=TrainConfig(epochs=epochs, lr=3e-3, patience=4, seed=seed, max_seconds=max_seconds,
+                                     description="nodule patch CNN"))
+    return net, {"epochs_run": len(history.losses), "best_epoch": history.best_epoch,
+                 "validation_auc": round(history.best_score, 4), "seconds": round(history.seconds, 1),
+                 "stopped": history.stopped}
+
+
+@dataclass
+class FusionData:
+    """Tensors for a fusion head: embeddings of truth-centred nodule patches with their case's clinical data."""
+
+    image: torch.Tensor
+    clinical: torch.Tensor
+    clinical_present: torch.Tensor
+    text: torch.Tensor
+    text_present: torch.Tensor
+    label: torch.Tensor
+
+    @classmethod
+    def of(cls, embedding: np.ndarray, clinical: dict[str, np.ndarray], case: np.ndarray,
+           label: np.ndarray) -> FusionData:
+        return cls(torch.from_numpy(embedding.astype(np.float32)),
+                   torch.from_numpy(clinical["clinical"][case].astype(np.float32)),
+                   torch.from_numpy(clinical["present"][case].astype(np.float32)),
+                   torch.from_numpy(clinical["text"][case].astype(np.float32)),
+                   torch.from_numpy(clinical["text_present"][case].astype(np.float32)),
+                   torch.from_numpy(label.astype(np.float32)))
+
+    def logits(self, head: FusionHead, clinical_present: torch.Tensor | None = None) -> np.ndarray:
+        head.eval()
+        with torch.no_grad():
+            present = self.clinical_present if clinical_present is None else clinical_present
+            return head(self.image, self.clinical, present, self.text, self.text_present).logit.numpy()
+
+
+def _train_head(mode: str, train: FusionData, val: FusionData, seed: int, epochs: int) -> FusionHead:
+    head = FusionHead(model.EMBED_DIM, len(feature_names(Task.LUNG_NODULE)), NOTE_DIM, mode=mode)
+    generator = torch.Generator().manual_seed(seed)
+
+    def step(h: torch.nn.Module, _: object) -> torch.Tensor:
+        clinical_present, text_present = modality_dropout(train.clinical_present, train.text_present,
+                                                          generator=generator)
+        out = h(train.image, train.clinical, clinical_present, train.text, text_present)
+        return fusion_loss(out, train.label)
+
+    def validate(h: torch.nn.Module) -> float:
+        logits = val.logits(h)  # type: ignore[arg-type]
+        return -float(np.mean(np.logaddexp(0, logits) - val.label.numpy() * logits))
+
+    fit(head, batches=lambda epoch: [None], step=step, validate=validate,
+        config=TrainConfig(epochs=epochs, lr=3e-3, patience=60, seed=seed, description=f"fusion {mode}",
+                           progress=False))
+    return head
+
+
+class _FusionTensors(torch.nn.Module):
+    """The fusion head with a plain-tensor forward, for ONNX export."""
+
+    def __init__(self, inner: FusionHead) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner.forward_tensors(*args)
+
+
+FUSION_INPUTS = ["image", "clinical", "clinical_present", "text", "text_present"]
+
+
+def export(network: torch.nn.Module, head: FusionHead, models_dir: Path) -> None:
+    """Write model.onnx (patch network) and fusion.onnx (fusion head), batch dimension dynamic."""
+    network.eval()
+    head.eval()
+    torch.onnx.export(network, (torch.zeros(2, 1, model.PATCH, model.PATCH, model.PATCH),),
+                      str(models_dir / "model.onnx"), input_names=["patches"], output_names=list(model.OUTPUTS),
+                      dynamic_axes={n: {0: "n"} for n in ["patches", *model.OUTPUTS]}, dynamo=False)
+    n_clinical = len(feature_names(Task.LUNG_NODULE))
+    example = (torch.zeros(2, model.EMBED_DIM), torch.zeros(2, n_clinical), torch.ones(2, n_clinical),
+               torch.zeros(2, NOTE_DIM), torch.ones(2))
+    torch.onnx.export(_FusionTensors(head), example, str(models_dir / "fusion.onnx"), input_names=FUSION_INPUTS,
+                      output_names=["logit", "weights", "log_var"],
+                      dynamic_axes={n: {0: "b"} for n in [*FUSION_INPUTS, "logit", "weights", "log_var"]},
+                      dynamo=False)
+
+
+def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, float]:
+    """Seconds for 64 patches: ONNX Runtime vs TorchScript (frozen trace) vs eager, on this CPU."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).random((64, 1, model.PATCH, model.PATCH, model.PATCH), dtype=np.float32)
+    session = ort.InferenceSession(str(models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(network.eval(), torch.from_numpy(x[:2])))
+    runs = {"onnxruntime": lambda: session.run(None, {"patches": x}),
+            "torchscript": lambda: traced(torch.from_numpy(x)), "eager": lambda: network(torch.from_numpy(x))}
+    timing = {}
+    with torch.no_grad():
+        for name, run in runs.items():
+            run()
+            start = time.perf_counter()
+            run()
+            timing[name] = round(time.perf_counter() - start, 4)
+    return timing
+
+
+def train_from_patches(data: PatchSet, clinical: dict[str, np.ndarray], stats: dict[str, float], *,
+                       out_dir: Path | None, epochs: int, seed: int, quick: bool, max_seconds: float) -> Path:
+    """Train the patch CNN and fusion heads on a built PatchSet, calibrate, export and write the bundle."""
+    torch.set_num_threads(1)
+    seed_everything(seed)
+    started = time.monotonic()
+    n_cases = int(data.case.max()) + 1
+    split = _split(n_cases, seed)
+    network, cnn_summary = _train_network(data, split["A"], split["V"], epochs, seed, max_seconds)
+    centred = np.where(data.centred)[0]
+    embedding = _predict(network, data.patches[centred])["embedding"]
+    fusion_train = np.isin(data.case[centred], np.concatenate([split["A"], split["V"]]))
+    fusion_calib = np.isin(data.case[centred], split["C"])
+    train_data = FusionData.of(embedding[fusion_train], clinical, data.case[centred][fusion_train],
+                               data.malignant[centred][fusion_train])
+    calib = FusionData.of(embedding[fusion_calib], clinical, data.case[centred][fusion_calib],
+                          data.malignant[centred][fusion_calib])
+    head_epochs = 20 if quick else 300
+    heads = {mode: _train_head(mode, train_data, calib, seed, head_epochs) for mode in MODES}
+    calib_labels = calib.label.numpy()
+    scaler = TemperatureScaler()
+    if 0 < calib_labels.sum() < len(calib_labels):
+        scaler.fit(calib.logits(heads["dynamic"]), calib_labels)
+    root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
+    models_dir = bundle_models_dir(root)
+    torch.save({"network": network.state_dict(), "fusion": heads["dynamic"].state_dict()}, models_dir / "model.pt")
+    for mode in ("concat", "image_only"):
+        torch.save(heads[mode].state_dict(), models_dir / f"fusion_{mode}.pt")
+    export(network, heads["dynamic"], models_dir)
+    timing = _deploy_timing(models_dir, network)
+    inference = {
+        "deployed": "model.onnx", "fusion_deployed": "fusion.onnx", "temperature": round(scaler.temperature, 5),
+        "finding_threshold": 0.5, "nms_mm": 6.0, "max_candidates": model.MAX_CANDIDATES, "max_findings": 10,
+        "batch": 64, "onnx_threads": 2, "work_mm": model.WORK_MM, "patch": model.PATCH,
+        "clinical_features": feature_names(Task.LUNG_NODULE), "note_dim": NOTE_DIM, "types": list(model.TYPES),
+    }
+    metadata = {
+        "name": model.NAME, "version": VERSION, "task": Task.LUNG_NODULE.value, "kind": DEEP_KIND,
+        "intended_use": ("Research and integration testing of radfusion only. Trained exclusively on synthetic "
+                         "chest CT phantoms generated by radfusion's own generator; not for clinical use."),
+        "inputs": {"volume": "one axial chest CT series in HU (any spacing; resampled to 1.25 mm)",
+                   "context": "optional ClinicalContext: age, sex, pack_years, smoking_status, prior cancer, CEA, "
+                              "note text"},
+        "outputs": {"findings": "nodules: centre, diameter_mm, volume_ml, composition, malignancy_probability, "
+                                "Lung-RADS category, mask, CAM heat map, modality weights, logit std"},
+        "training_data": {"generator": "ai_engine.synthetic.cohorts.nodule", "cases": n_cases, "seed": seed,
+                          "patches": int(len(data.nodule)), "positive_patches": int(data.nodule.sum()),
+                          "split_cases": {k: int(len(v)) for k, v in split.items()}, **stats},
+        "training": {"cnn": cnn_summary, "fusion_nodules_train": int(fusion_train.sum()),
+                     "fusion_nodules_calibration": int(fusion_calib.sum()), "deploy_timing_64_patches_s": timing,
+                     "seconds": round(time.monotonic() - started, 1), "quick": quick},
+        "metrics": "see docs/model-cards/nodule/metrics.json (held-out evaluation)",
+    }
+    write_bundle_configs(root, metadata, inference)
+    log.info("nodule bundle written to %s in %.0f s", root, time.monotonic() - started)
+    return root
+
+
+def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, seed: int, quick: bool) -> Path:
+    """Generate the training cohort, build patches and train the bundle (module docstring)."""
+    size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
+    data, clinical, stats = build_patch_set([seed * 100_003 + i for i in range(size)])
+    return train_from_patches(data, clinical, stats, out_dir=out_dir, epochs=epochs or (QUICK_EPOCHS if quick
+                                                                                         else CNN_EPOCHS),
+                              seed=seed, quick=quick, max_seconds=60.0 if quick else 480.0)
+
+
+def _mask_missing(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``present`` with ``fraction`` of its present entries hidden at random (the missing-input experiment)."""
+    rng = np.random.default_rng(seed)
+    return present & (rng.random(present.shape) >= fraction)
+
+
+def _ablation_heads(bundle: Bundle) -> dict[str, FusionHead]:
+    """The dynamic head of the bundle and the concat / image-only heads trained beside it."""
+    n_clinical = len(feature_names(Task.LUNG_NODULE))
+    heads = {}
+    weights = torch.load(bundle.weights_path, map_location="cpu")
+    for mode in MODES:
+        head = FusionHead(model.EMBED_DIM, n_clinical, NOTE_DIM, mode=mode)
+        state = weights["fusion"] if mode == "dynamic" else torch.load(
+            bundle.root / "models" / f"fusion_{mode}.pt", map_location="cpu")
+        head.load_state_dict(state)
+        heads[mode] = head.eval()
+    return heads
+
+
+def _froc_summary(scores: list[float], hits: list[int], n_lesions: int, n_scans: int) -> dict[str, Any]:
+    fps, sens, _ = metrics.froc_curve(np.array(scores), np.array(hits, dtype=int), n_lesions=n_lesions,
+                                      n_scans=n_scans)
+    return {"cpm": round(metrics.cpm(fps, sens), 4),
+            "sensitivity_at_1_fp": round(metrics.sensitivity_at_fp(fps, sens, 1.0), 4),
+            "sensitivity_at": {str(r): round(metrics.sensitivity_at_fp(fps, sens, r), 4)
+                               for r in metrics.CPM_FP_RATES},
+            "max_sensitivity": round(float(sens.max()), 4), "curve": (fps, sens)}
+
+
+def _hit_ids(centres_voxel: np.ndarray, spacing: np.ndarray, truth: list[tuple[int, np.ndarray, float]]) -> list[int]:
+    """Per detected centre (source voxels), the global id of the nodule whose radius (>= 3 mm) it falls in, else -1."""
+    ids = []
+    for centre in centres_voxel:
+        hit = -1
+        for lesion_id, truth_centre, diameter in truth:
+            if np.linalg.norm((centre - truth_centre) * spacing) <= max(diameter / 2.0, 3.0):
+                hit = lesion_id
+                break
+        ids.append(hit)
+    return ids
+
+
+def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | None,
+             out_dir: Path | None) -> dict[str, Any]:
+    """Held-out evaluation through DICOM: FROC/CPM of the deep detector and the baseline, malignancy, fusion table."""
+    torch.set_num_threads(1)
+    loaded = resolve_bundle(bundle, model.NAME)
+    detector = model.NoduleFusion(loaded)
+    baseline = NoduleBaseline()
+    size = cohort_size or EVAL_SIZE
+    seed = EVAL_SEED if seed is None else seed
+    out = Path(out_dir) if out_dir is not None else MODEL_CARD_DIR
+    deep_scores: list[float] = []
+    deep_hits: list[int] = []
+    base_scores: list[float] = []
+    base_hits: list[int] = []
+    rows: list[dict[str, Any]] = []
+    embeddings, contexts, malignant, fused, kinds_true, kinds_pred = [], [], [], [], [], []
+    n_lesions = 0
+    seconds = {"deep": 0.0, "baseline": 0.0}
+    for i in tqdm(range(size), desc="held-out", unit="case"):
+        case = generate_case(seed * 100_003 + i, ranges=HELDOUT_ACQUISITION)
+        with tempfile.TemporaryDirectory() as tmp:
+            inputs = load_inputs(Task.LUNG_NODULE, write_case_dicom(case, Path(tmp)), case.context)
+        volume = inputs.volume
+        assert volume is not None
+        spacing = np.array(volume.spacing_mm)
+        truth = [(n_lesions + k, np.array(n.center_voxel), n.diameter_mm) for k, n in enumerate(case.nodules)]
+        n_lesions += len(case.nodules)
+        start = time.perf_counter()
+        analysis = detector.analyse(volume)
+        seconds["deep"] += time.perf_counter() - start
+        keep = model.suppress(analysis.points, analysis.probability, float(loaded.inference["nms_mm"]))
+        centres = analysis.grid.to_source(analysis.points[keep]) if keep else np.zeros((0, 3))
+        deep_scores += [float(analysis.probability[k]) for k in keep]
+        deep_hits += _hit_ids(centres, spacing, truth)
+        start = time.perf_counter()
+        base = baseline.detect(inputs)
+        seconds["baseline"] += time.perf_counter() - start
+        base_scores += [f.score for f in base.findings]
+        base_hits += _hit_ids(np.array([f.center_voxel for f in base.findings]).reshape(-1, 3), spacing, truth)
+        # the fusion experiment and type accuracy use each nodule's truth-centred patch from the loaded series
+        if case.nodules:
+            zoom = np.array(analysis.grid.zoom)
+            centres_work = np.rint(np.array([n.center_voxel for n in case.nodules]) * zoom).astype(int)
+            outputs = detector.run_network(model.extract_patches(analysis.grid.hu, centres_work))
+            embeddings.append(outputs[4])
+            kinds_pred += list(np.argmax(outputs[1], axis=1))
+            kinds_true += [model.TYPES.index(n.kind) for n in case.nodules]
+            contexts += [case.context] * len(case.nodules)
+            malignant += [int(n.malignant) for n in case.nodules]
+            fused.append(detector.fuse(outputs[4], case.context)[0])
+        rows.append({"case": case.case_id, "nodules": len(case.nodules), "candidates": int(len(analysis.points)),
+                     "slice_mm": round(case.acquisition.slice_mm, 2),
+                     "pixel_mm": round(case.acquisition.spacing[1], 3), "noise_hu": round(case.acquisition.noise_hu, 1),
+                     "blur_mm": round(case.acquisition.blur_mm, 2)})
+    deep = _froc_summary(deep_scores, deep_hits, n_lesions, size)
+    base = _froc_summary(base_scores, base_hits, n_lesions, size)
+    labels = np.array(malignant)
+    probabilities = np.concatenate(fused) if fused else np.zeros(0)
+    fusion_table = _fusion_experiment(loaded, np.concatenate(embeddings), contexts, labels, seed)
+    result: dict[str, Any] = {
+        "cohort": {"size": size, "seed": seed, "nodules": n_lesions, "acquisition": "HELDOUT_ACQUISITION",
+                   "cases": rows},
+        "detection": {"nodule_fusion": {k: v for k, v in deep.items() if k != "curve"},
+                      "nodule_baseline": {k: v for k, v in base.items() if k != "curve"}},
+        "type_accuracy": round(float(np.mean(np.array(kinds_true) == np.array(kinds_pred))), 4),
+        "malignancy": {"auc": round(metrics.roc_auc(labels, probabilities), 4),
+                       "ece": round(metrics.expected_calibration_error(labels, probabilities), 4),
+                       "nodules": int(len(labels)), "malignant": int(labels.sum())},
+        "fusion_experiment": fusion_table,
+        "seconds_per_case": {k: round(v / size, 2) for k, v in seconds.items()},
+        "bundle": {"version": loaded.version, "device_uid": loaded.device_uid},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    plots.plot_froc({"nodule_fusion": deep["curve"], "nodule_baseline": base["curve"]}, out / "froc.png",
+                    title="Held-out FROC (lung nodules)")
+    fpr, tpr, _ = metrics.roc_curve(labels, probabilities)
+    plots.plot_roc({"malignancy (dynamic fusion)": (fpr, tpr)}, out / "roc_malignancy.png",
+                   title="Held-out malignancy ROC")
+    predicted, observed, _ = metrics.reliability_curve(labels, probabilities)
+    plots.plot_calibration({"dynamic fusion": (predicted, observed)}, out / "calibration.png")
+    weights = np.array(fusion_table.pop("_weights"))
+    plots.plot_modality_weights({m: weights[:, j] for j, m in enumerate(("image", "clinical", "text"))},
+                                out / "modality_weights.png")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _fusion_experiment(bundle: Bundle, embedding: np.ndarray, contexts: list[Any], labels: np.ndarray,
+                       seed: int) -> dict[str, Any]:
+    """Malignancy AUC of image-only / concat / dynamic heads, complete and with 30 % of clinical inputs hidden."""
+    encoded = [encode_clinical(Task.LUNG_NODULE, c) for c in contexts]
+    notes = [encode_note(context_text(c)) for c in contexts]
+    data = FusionData(torch.from_numpy(embedding.astype(np.float32)),
+                      torch.from_numpy(np.stack([v for v, _ in encoded]).astype(np.float32)),
+                      torch.from_numpy(np.stack([p for _, p in encoded]).astype(np.float32)),
+                      torch.from_numpy(np.stack([t for t, _ in notes]).astype(np.float32)),
+                      torch.from_numpy(np.array([p for _, p in notes], dtype=np.float32)),
+                      torch.from_numpy(labels.astype(np.float32)))
+    hidden = torch.from_numpy(_mask_missing(data.clinical_present.numpy() > 0, MISSING_FRACTION, seed)
+                              .astype(np.float32))
+    table: dict[str, Any] = {}
+    heads = _ablation_heads(bundle)
+    for mode, head in heads.items():
+        complete = metrics.roc_auc(labels, data.logits(head))
+        missing = metrics.roc_auc(labels, data.logits(head, hidden))
+        table[mode] = {"auc_complete": round(complete, 4), "auc_30pct_missing": round(missing, 4),
+                       "drop_points": round(100 * (complete - missing), 2)}
+    with torch.no_grad():
+        weights = heads["dynamic"](data.image, data.clinical, data.clinical_present, data.text,
+                                   data.text_present).weights.numpy()
+    full = (data.clinical_present.numpy().sum(axis=1) > 0) & (data.text_present.numpy() > 0)
+    table["_weights"] = weights[full].tolist()
+    table["mean_weights_complete_cases"] = {m: round(float(weights[full, j].mean()), 4)
+                                            for j, m in enumerate(("image", "clinical", "text"))}
+    return table
