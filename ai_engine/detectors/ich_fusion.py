@@ -8,7 +8,7 @@ Pipeline (the same code path in training, evaluation and serving):
 2. The U-Net (``build_network``) sees each slab with its neighbours in a brain window plus
    the slab in a wide window (4 channels) and returns per-pixel probabilities of background
    and the five bleed types.
-3. ``image_features`` pools the probabilities into 9 case features (max, top-k mean, volumes).
+3. ``image_features`` pools the probabilities into 10 case features (max, top-k mean, volumes).
 4. The fusion head (``ai_engine.fusion.FusionHead``, dynamic gating) combines them with the
    clinical features and the note; temperature scaling gives the case probability.
 5. Connected components of the foreground probability become findings (volume, side, region,
@@ -50,7 +50,7 @@ N_CLASSES = 1 + len(SUBTYPES)
 IN_CHANNELS = 4
 BRAIN_WINDOW = (-10.0, 110.0)
 WIDE_WINDOW = (-100.0, 1100.0)
-IMAGE_FEATURES = ("max_prob", "top20_mean", "log_volume_ml", "log_soft_volume_ml",
+IMAGE_FEATURES = ("max_prob", "top20_mean", "log_volume_ml", "log_confident_volume_ml", "log_largest_ml",
                   *(f"log_{s}_ml" for s in SUBTYPES))
 BACKGROUND_HU = -1000.0
 NOTES = ("deep fusion model trained on synthetic phantoms only; not validated on patient data; "
@@ -152,13 +152,21 @@ def build_network() -> torch.nn.Module:
 
 
 def image_features(probs: np.ndarray, slab_ml: float) -> np.ndarray:
-    """Case features (IMAGE_FEATURES order) pooled from class probabilities (S, 6, H, W)."""
+    """Case features (IMAGE_FEATURES order) pooled from class probabilities (S, 6, H, W).
+
+    Volumes are counted on hard masks (foreground >= 0.5, or >= 0.8 for the confident one),
+    so a diffuse haze of small probabilities over the whole brain adds nothing.
+    """
     foreground = 1.0 - probs[:, 0]
     flat = np.sort(foreground.ravel())[::-1]
-    hard = float((foreground >= 0.5).sum()) * slab_ml
-    per_type = [np.log1p(float(probs[:, c].sum()) * slab_ml) for c in range(1, N_CLASSES)]
-    return np.array([flat[0], flat[:20].mean(), np.log1p(hard), np.log1p(float(foreground.sum()) * slab_ml),
-                     *per_type], dtype=np.float32)
+    hard = foreground >= 0.5
+    labels, count = ndimage.label(hard)
+    largest = float(np.bincount(labels.ravel())[1:].max()) * slab_ml if count else 0.0
+    kind = probs[:, 1:].argmax(axis=1)
+    per_type = [np.log1p(float((hard & (kind == c)).sum()) * slab_ml) for c in range(N_CLASSES - 1)]
+    return np.array([flat[0], flat[:20].mean(), np.log1p(float(hard.sum()) * slab_ml),
+                     np.log1p(float((foreground >= 0.8).sum()) * slab_ml), np.log1p(largest), *per_type],
+                    dtype=np.float32)
 
 
 def fusion_inputs(context: ClinicalContext | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -182,7 +190,7 @@ class ImageStage:
 
     prepared: Prepared
     probs: np.ndarray  # (S, 6, 128, 128)
-    features: np.ndarray  # (9,)
+    features: np.ndarray  # (len(IMAGE_FEATURES),)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 Usage (until ``radfusion train|evaluate`` wraps these):
 
     python -m ai_engine.training.cli train ich [--epochs N] [--cohort-size N] [--seed S] [--quick] [--out-dir D]
+                                               [--data-dir REAL_DATA]
     python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
 
 ``None`` for an option means the task module's default (documented in its model card).
@@ -35,10 +36,15 @@ def _task_module(task: str) -> ModuleType:
 
 
 def train(task: str, *, out_dir: Path | None = None, epochs: int | None = None, cohort_size: int | None = None,
-          seed: int = 0, quick: bool = False) -> Path:
-    """Generate the task's training cohort, train, calibrate, export; returns the bundle directory."""
+          seed: int = 0, quick: bool = False, data_dir: Path | None = None) -> Path:
+    """Generate the task's training cohort, train, calibrate, export; returns the bundle directory.
+
+    ``data_dir`` (real data in the layout of the task's model card) is passed on only when given,
+    so task modules without a real-data loader keep the five-argument signature.
+    """
+    extra: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
     return _task_module(task).train(out_dir=out_dir, epochs=epochs, cohort_size=cohort_size, seed=seed,
-                                    quick=quick)
+                                    quick=quick, **extra)
 
 
 def evaluate(task: str, *, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
@@ -58,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p_train.add_argument("--cohort-size", type=int, default=None)
     p_train.add_argument("--seed", type=int, default=0)
     p_train.add_argument("--quick", action="store_true", help="tiny cohort and few epochs (smoke test)")
+    p_train.add_argument("--data-dir", type=Path, default=None,
+                         help="train on real data in the layout documented in the task's model card")
     p_eval = sub.add_parser("evaluate", help="evaluate a bundle on a held-out cohort")
     p_eval.add_argument("task", choices=sorted(TASK_MODULES))
     p_eval.add_argument("--bundle", default=None, help="bundle name or directory (default: the packaged one)")
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
         print(train(args.task, out_dir=args.out_dir, epochs=args.epochs, cohort_size=args.cohort_size,
-                    seed=args.seed, quick=args.quick))
+                    seed=args.seed, quick=args.quick, data_dir=args.data_dir))
     else:
         bundle = Path(args.bundle) if args.bundle and Path(args.bundle).is_dir() else args.bundle
         print(json.dumps(evaluate(args.task, bundle=bundle, cohort_size=args.cohort_size, seed=args.seed,

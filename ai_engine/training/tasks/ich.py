@@ -14,6 +14,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ai_engine.bundle import (
 from ai_engine.clinical_features import NOTE_DIM, feature_names
 from ai_engine.detectors import ich_fusion as model
 from ai_engine.detectors.ich_baseline import IchBaseline
+from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics
 from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
 from ai_engine.fusion.calibration import TemperatureScaler
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "1.0.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
-UNET_EPOCHS, QUICK_EPOCHS = 10, 1
+UNET_EPOCHS, QUICK_EPOCHS = 16, 1
 SAMPLES_PER_EPOCH = 2000
 EVAL_SEED, EVAL_SIZE = 7, 150
 MISSING_FRACTION = 0.3
@@ -74,22 +76,88 @@ class CaseArrays:
         return np.flatnonzero(self.case_of_slab == case)
 
 
-def build_arrays(cases: list[IchCase]) -> CaseArrays:
-    """Prepare every case on the model grid and encode its clinical inputs."""
+def build_arrays(cases: Iterable[IchCase], total: int | None = None) -> CaseArrays:
+    """Prepare every case on the model grid and encode its clinical inputs (cases may be a generator)."""
     slabs, seg, owner, clinical, present, note, note_present = [], [], [], [], [], [], []
-    for i, case in enumerate(tqdm(cases, desc="prepare", unit="case")):
+    labels, volumes = [], []
+    for i, case in enumerate(tqdm(cases, desc="cohort", unit="case", total=total)):
         prepared = model.prepare(case.hu, case.spacing)
         slabs.append(prepared.slabs.astype(np.float16))
-        seg.append(model.prepare_labels(case.labels, case.spacing, prepared))
+        unknown = bool((case.labels == UNKNOWN_LABEL).all())
+        seg.append(np.full(prepared.slabs.shape, UNKNOWN_LABEL, np.uint8) if unknown
+                   else model.prepare_labels(case.labels, case.spacing, prepared))
         owner.append(np.full(len(prepared.slabs), i))
         values, mask, text, text_mask = model.fusion_inputs(case.context)
         clinical.append(values[0])
         present.append(mask[0])
         note.append(text[0])
         note_present.append(text_mask[0])
+        labels.append(case.label)
+        volumes.append(sum(t.size for t in case.truths))
     return CaseArrays(np.concatenate(slabs), np.concatenate(seg), np.concatenate(owner), np.stack(clinical),
                       np.stack(present), np.stack(note), np.array(note_present, dtype=np.float32),
-                      np.array([c.label for c in cases]), np.array([sum(t.size for t in c.truths) for c in cases]))
+                      np.array(labels), np.array(volumes))
+
+
+REAL_COLUMNS = ("case_id", "label")
+UNKNOWN_LABEL = 255  # a case without a mask: its slabs train the fusion head, not the segmentation
+
+
+def load_real_cases(root: Path) -> Iterator[IchCase]:
+    """Cases of a hospital dataset in the documented layout (docs/model-cards/ich.md, "Training on real data").
+
+    ``root/cases.csv`` has at least ``case_id`` and ``label`` (0/1) and optionally ``age``, ``sex``,
+    ``inr``, ``platelets``, ``systolic_bp``, ``gcs``, ``anticoagulant``, ``antiplatelet`` (0/1) and
+    ``note``; ``root/<case_id>/dicom/`` holds the axial series; ``root/<case_id>/mask.npz`` (array
+    ``labels``, uint8 0..5 in SUBTYPES order + 1, on the DICOM grid) is needed for cases the
+    segmentation network learns from. Empty cells are missing values, never zeros.
+    """
+    import csv
+
+    from ai_engine.volume import load_series
+    from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
+
+    table = Path(root) / "cases.csv"
+    if not table.is_file():
+        raise AiEngineError(f"real ICH dataset: {table} is missing (see the model card for the layout)")
+    with table.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not set(REAL_COLUMNS) <= set(rows[0]):
+        raise AiEngineError(f"real ICH dataset: {table} needs columns {REAL_COLUMNS}, got {sorted(rows[0])}")
+    provenance = Provenance("dataset", str(root), "cases.csv")
+    for row in rows:
+        case_dir = Path(root) / row["case_id"]
+        volume = load_series(sorted((case_dir / "dicom").glob("*.dcm")))
+        mask_path = case_dir / "mask.npz"
+        labels = (np.load(mask_path)["labels"] if mask_path.is_file()
+                  else np.full(volume.array.shape, UNKNOWN_LABEL, np.uint8))
+        context = ClinicalContext(age_years=float(row["age"]) if row.get("age") else None,
+                                  sex=row.get("sex") or None, status="complete")
+        for name in ("inr", "platelets", "systolic_bp", "gcs"):
+            if row.get(name):
+                context.labs[name] = LabValue(name, "", float(row[name]), "", None, provenance)
+        for category in ("anticoagulant", "antiplatelet"):
+            if row.get(category) == "1":
+                context.medications.append(CodedItem("", "", category, category))
+        if not row.get("anticoagulant") and not row.get("antiplatelet"):
+            context.errors.append("medications: not recorded in the dataset")
+        if row.get("note"):
+            context.notes.append(row["note"])
+        yield IchCase(case_id=row["case_id"], hu=volume.array, labels=labels, spacing=volume.spacing_mm,
+                      truths=[], context=context, note=row.get("note") or None, label=int(row["label"]),
+                      age=float(row["age"]) if row.get("age") else 0.0, sex=row.get("sex") or "")
+
+
+def _cached_cohort(size: int, seed: int) -> CaseArrays:
+    """The prepared synthetic training cohort, kept in the temp directory so a retrain skips generation."""
+    cache = Path(tempfile.gettempdir()) / "radfusion-cache" / f"ich-{size}-{seed}-{model.MODEL_SIZE}.npz"
+    if cache.is_file():
+        with np.load(cache) as stored:
+            return CaseArrays(**{name: stored[name] for name in stored.files})
+    data = build_arrays((generate_case(seed * 100_000 + i) for i in range(size)), total=size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **vars(data))
+    return data
 
 
 def _neighbour_inputs(data: CaseArrays, index: np.ndarray, augment: np.random.Generator | None) -> np.ndarray:
@@ -127,6 +195,8 @@ def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> t
             logits = network(torch.from_numpy(_neighbour_inputs(data, index, None))).numpy()
         probs = model.softmax(logits)
         features.append(model.image_features(probs, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
+        if (data.seg[index] == UNKNOWN_LABEL).all():
+            continue
         fg, truth = probs[:, 0] < 0.5, data.seg[index] > 0
         inter += float((fg & truth).sum())
         total += float(fg.sum() + truth.sum())
@@ -141,10 +211,10 @@ def _train_network(data: CaseArrays, train_cases: np.ndarray, val_cases: np.ndar
     dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
     weights = torch.tensor([1.0] + [BLOOD_CLASS_WEIGHT] * (model.N_CLASSES - 1))
     rng = np.random.default_rng(seed)
-    in_train = np.isin(data.case_of_slab, train_cases)
+    in_train = np.isin(data.case_of_slab, train_cases) & (data.seg != UNKNOWN_LABEL).any(axis=(1, 2))
     positives = np.flatnonzero(in_train & (data.seg > 0).any(axis=(1, 2)))
     negatives = np.flatnonzero(in_train & ~(data.seg > 0).any(axis=(1, 2)))
-    per_epoch = 64 if quick else SAMPLES_PER_EPOCH
+    per_epoch = 32 if quick else SAMPLES_PER_EPOCH
 
     def batches(epoch: int) -> list[np.ndarray]:
         half = per_epoch // 2
@@ -166,7 +236,7 @@ def _train_network(data: CaseArrays, train_cases: np.ndarray, val_cases: np.ndar
         return 0.5 * auc + 0.5 * dice_score
 
     history = fit(network, batches=batches, step=step, validate=validate,
-                  config=TrainConfig(epochs=epochs, lr=3e-3, patience=4, seed=seed, description="ich u-net"))
+                  config=TrainConfig(epochs=epochs, lr=3e-3, patience=epochs, seed=seed, description="ich u-net"))
     log.info("u-net: best epoch %d, validation %.4f, %.0f s", history.best_epoch, history.best_score,
              history.seconds)
     return network
@@ -279,16 +349,22 @@ def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, floa
     return timing
 
 
-def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, seed: int, quick: bool) -> Path:
-    """Train the ICH bundle (module docstring) and write it to ``out_dir`` (default: the packaged bundle)."""
+def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, seed: int, quick: bool,
+          data_dir: Path | None = None) -> Path:
+    """Train the ICH bundle (module docstring) and write it to ``out_dir`` (default: the packaged bundle).
+
+    ``data_dir``: train on a real dataset in the documented layout instead of the synthetic cohort.
+    """
     torch.set_num_threads(1)
     seed_everything(seed)
     size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
     epochs = epochs or (QUICK_EPOCHS if quick else UNET_EPOCHS)
     started = time.monotonic()
-    cases = [generate_case(seed * 100_000 + i) for i in tqdm(range(size), desc="cohort", unit="case")]
-    data = build_arrays(cases)
-    del cases
+    if data_dir is not None:
+        data = build_arrays(load_real_cases(data_dir))
+        size = len(data.label)
+    else:
+        data = _cached_cohort(size, seed)
     split = _split(data.label, seed)
     network = _train_network(data, split["A"], split["V"], epochs, seed, quick)
     fusion_cases = np.concatenate([split["V"], split["B"]])

@@ -1,0 +1,61 @@
+"""Per-study ICH inference on this machine: deep fusion detector vs the classical baseline, same study.
+
+Writes one 40 x 512 x 512 synthetic head CT (5 mm slices) with a bleed, then for each
+detector times load (DICOM files -> HU volume) + detect, best of ``--repeats`` runs, and the
+process's peak RSS. Model loading (ONNX sessions) is timed separately: a server does it once.
+
+    python -m bench.inference_ich [--repeats 3] [--rows 512] [--slices 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ai_engine.detectors.registry import create_detector
+from ai_engine.inputs import load_inputs
+from ai_engine.results import Task
+from ai_engine.synthetic.studies import write_study
+
+
+def _time_study(name: str, paths: list[Path], repeats: int) -> tuple[float, float, int, bool]:
+    """(model load seconds, best load+detect seconds, findings, positive) of detector ``name``."""
+    start = time.perf_counter()
+    detector = create_detector(name)
+    load_seconds = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = detector.detect(load_inputs(Task.ICH, paths))
+        best = min(best, time.perf_counter() - start)
+    return load_seconds, best, len(result.findings), result.positive
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--slices", type=int, default=40)
+    args = parser.parse_args()
+    print(f"torch threads {torch.get_num_threads()}, CUDA available: {torch.cuda.is_available()}")
+    with tempfile.TemporaryDirectory(prefix="bench-ich-") as tmp:
+        study = write_study("head_ct", Path(tmp), seed=3, rows=args.rows, slices=args.slices)
+        print(f"study: {args.slices} x {args.rows}^2 head CT, bleed {study.lesions[0].size:.1f} mL")
+        times = {}
+        for name in ("ich_fusion", "ich_baseline"):
+            load, best, findings, positive = _time_study(name, study.paths, args.repeats)
+            times[name] = best
+            print(f"{name:13s} model load {load:6.2f} s | load+detect best of {args.repeats}: {best:6.2f} s | "
+                  f"positive={positive} findings={findings}")
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"ratio ich_fusion / ich_baseline: {times['ich_fusion'] / times['ich_baseline']:.2f}")
+    print(f"peak RSS of this process: {peak_gb:.2f} GB (target <= 3 GB); target load+detect <= 3 s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""ICH deep fusion detector: training steps, ONNX/eager parity, obvious bleeds found, empty heads quiet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ai_engine.bundle import load_bundle
+from ai_engine.detectors import ich_fusion
+from ai_engine.detectors.registry import create_detector
+from ai_engine.inputs import load_inputs
+from ai_engine.results import FindingType, Task
+from ai_engine.synthetic.cohorts.ich import IchCase, generate_case, write_case_dicom
+from ai_engine.synthetic.head_ct import HeadAcquisition, HemorrhageSpec, make_head_case
+from ai_engine.synthetic.studies import write_study
+
+SMALL = HeadAcquisition(rows=160, slice_mm=5.0, coverage_mm=150.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def detector() -> ich_fusion.IchFusion:
+    return create_detector("ich_fusion")  # type: ignore[return-value]
+
+
+def _case(tmp_path: Path, seed: int, bleeds: list[HemorrhageSpec]) -> tuple[IchCase, list[Path]]:
+    head = make_head_case(np.random.default_rng(seed), SMALL, bleeds)
+    case = IchCase(f"ICH{seed:09d}", head.hu, head.labels, head.spacing, head.truths, None, None,
+                   int(bool(head.truths)), 70.0, "M")
+    return case, write_case_dicom(case, tmp_path / str(seed))
+
+
+def test_a_few_training_steps_change_the_network(tmp_path: Path) -> None:
+    from ai_engine.training.tasks import ich
+
+    cases = [generate_case(i, acquisition=HeadAcquisition(rows=96, coverage_mm=60.0)) for i in range(3)]
+    data = ich.build_arrays(cases)
+    torch.manual_seed(0)
+    before = [p.detach().clone() for p in ich_fusion.build_network().parameters()]
+    network = ich._train_network(data, np.arange(3), np.arange(3), epochs=1, seed=0, quick=True)  # noqa: SLF001
+    after = list(network.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(torch.isfinite(p).all() for p in after)
+
+
+def test_onnx_runtime_matches_eager_pytorch() -> None:
+    """Deployed ONNX vs eager weights: logits agree within 1e-3 absolute (float32 kernels differ)."""
+    import onnxruntime as ort
+
+    bundle = load_bundle("ich_fusion")
+    eager = ich_fusion.load_eager_model(bundle)
+    rng = np.random.default_rng(0)
+    slabs = rng.uniform(0.0, 1.0, (3, ich_fusion.IN_CHANNELS, 128, 128)).astype(np.float32)
+    session = ort.InferenceSession(str(bundle.deployed_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = eager.network(torch.from_numpy(slabs)).numpy()
+    assert np.abs(session.run(None, {"slabs": slabs})[0] - expected).max() < 1e-3
+    fusion = ort.InferenceSession(str(bundle.root / "models" / "fusion.onnx"), providers=["CPUExecutionProvider"])
+    features = rng.normal(size=(2, len(ich_fusion.IMAGE_FEATURES))).astype(np.float32)
+    clinical, present, note, note_present = ich_fusion.fusion_inputs(None)
+    feeds = {"image": features, "clinical": np.repeat(clinical, 2, 0), "clinical_present": np.repeat(present, 2, 0),
+             "text": np.repeat(note, 2, 0), "text_present": np.repeat(note_present, 2, 0)}
+    with torch.no_grad():
+        eager_out = eager.fusion.forward_tensors(*(torch.from_numpy(feeds[k]) for k in feeds))
+    for got, want in zip(fusion.run(None, feeds), eager_out, strict=True):
+        assert np.abs(got - want.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize(("seed", "subtype", "side"), [(1, "intraparenchymal", 1.0), (2, "subdural", -1.0)])
+def test_obvious_bleed_is_found_on_its_side_with_its_volume(detector: ich_fusion.IchFusion, tmp_path: Path,
+                                                            seed: int, subtype: str, side: float) -> None:
+    case, paths = _case(tmp_path, seed, [HemorrhageSpec(subtype, 25.0, 70.0, side)])
+    result = detector.detect(load_inputs(Task.ICH, paths))
+    assert result.positive and "trained" in result.algorithm.kind
+    finding = result.findings[0]
+    truth_ml = case.truths[0].size
+    assert finding.finding_type is FindingType.HEMORRHAGE
+    assert 0.6 * truth_ml < finding.volume_ml < 1.6 * truth_ml
+    assert finding.location.startswith("left" if side > 0 else "right")
+    assert finding.attributes["subtype"] == subtype
+    assert finding.mask.shape == case.hu.shape and finding.heatmap.shape == case.hu.shape
+    assert 0.0 <= finding.heatmap.min() and finding.heatmap.max() <= 1.0
+    assert finding.modality_weights == {"image": 1.0, "clinical": 0.0, "text": 0.0}  # no context given
+    assert "logit_sd" in finding.measurements
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_empty_head_reports_nothing(detector: ich_fusion.IchFusion, tmp_path: Path, seed: int) -> None:
+    _, paths = _case(tmp_path, seed, [])
+    result = detector.detect(load_inputs(Task.ICH, paths))
+    assert not result.positive and result.findings == []
+
+
+def test_demo_phantom_of_the_server_is_read_correctly(detector: ich_fusion.IchFusion, tmp_path: Path) -> None:
+    """The simple phantom of write_study (another generator than the training one) in both directions."""
+    bleed = write_study("head_ct", tmp_path / "bleed", seed=0, rows=128)
+    clean = write_study("head_ct", tmp_path / "clean", seed=1, rows=128, lesion=False)
+    assert detector.detect(load_inputs(Task.ICH, bleed.paths)).positive
+    assert not detector.detect(load_inputs(Task.ICH, clean.paths)).positive
+
+
+def test_clinical_context_gives_weights_over_three_modalities(detector: ich_fusion.IchFusion) -> None:
+    case = generate_case(5, acquisition=SMALL)
+    image_features = np.zeros(len(ich_fusion.IMAGE_FEATURES), dtype=np.float32)
+    fused = detector.fusion_stage(image_features, case.context)
+    assert sum(fused.weights.values()) == pytest.approx(1.0, abs=1e-3)
+    assert fused.weights["clinical"] > 0.0 and 0.0 <= fused.probability <= 1.0 and fused.logit_sd > 0.0
