@@ -24,8 +24,7 @@ from sqlalchemy import select
 
 from ai_engine.synthetic.studies import write_study
 from radfusion.models import Alert
-from radfusion.settings import default_routing
-from tests.integration.servers import RadfusionServer
+from tests.integration.servers import RadfusionServer, routing_to
 from tests.peers import storescu, wait_until
 
 
@@ -50,7 +49,7 @@ def one_run(scratch: Path, files: list[Path], webhook_port: int, run: int) -> tu
         scratch / f"run-{run}", log_level="WARNING",
         stability={"settle_s": 2.0, "quiet_timeout_s": 120.0, "check_interval_s": 0.5},
         alerts={"channels": [{"name": "ed", "url": f"http://127.0.0.1:{webhook_port}/alert"}]},
-        routing=[r.model_dump(mode="json") for r in default_routing(alert_channels=["ed"])],
+        routing=routing_to(alert_channels=["ed"]),
     )
     server.start()
     try:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,13 @@ from sqlalchemy import func, select
 
 from radfusion.db import Database
 from radfusion.models import Delivery, Job, Study
+from radfusion.settings import default_routing
 from tests.peers import PEER_ENV, free_port, require_tool, running, stop_process, wait_for_port, wait_until
+
+
+def routing_to(destinations: Sequence[str] = (), alert_channels: Sequence[str] = ()) -> list[dict]:
+    """The default routing rules as YAML-ready dicts, sending results to ``destinations``."""
+    return [rule.model_dump(mode="json") for rule in default_routing(destinations, alert_channels)]
 
 
 class RadfusionServer:

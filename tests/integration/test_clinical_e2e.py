@@ -18,9 +18,8 @@ from ai_engine.synthetic.studies import write_study
 from hl7_fhir.hl7v2 import build_ack, read_header
 from hl7_fhir.mllp import MllpReply, MllpServer
 from radfusion.models import Alert, Delivery, Job
-from radfusion.settings import default_routing
 from tests.fhir_peer.fixture import fhir_peer, seed
-from tests.integration.servers import radfusion_server
+from tests.integration.servers import radfusion_server, routing_to
 from tests.peers import free_port, require_tool, storescp, storescu, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
@@ -80,7 +79,7 @@ def test_labs_from_hl7_and_fhir_reach_the_job_and_the_reports(tmp_path: Path) ->
                          "effectiveDateTime": (now - timedelta(hours=3)).isoformat(),
                          "valueQuantity": {"value": 131, "unit": "g/L"}}])
         hl7_port = free_port()
-        routing = [r.model_dump(mode="json") for r in default_routing(["pacs"], ["ed-fhir", "ed-hl7"])]
+        routing = routing_to(["pacs"], ["ed-fhir", "ed-hl7"])
         for rule in routing:
             rule["report_destinations"] = ["emr", "ris"]
         with radfusion_server(

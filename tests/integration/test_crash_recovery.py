@@ -12,15 +12,10 @@ from sqlalchemy import func, select
 
 from ai_engine.synthetic.studies import write_study
 from radfusion.models import Delivery, Instance, Job
-from radfusion.settings import default_routing
-from tests.integration.servers import RadfusionServer, radfusion_server
+from tests.integration.servers import RadfusionServer, radfusion_server, routing_to
 from tests.peers import PEER_ENV, free_port, require_tool, storescp, storescu, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
-
-
-def routing_to(*destinations: str) -> list[dict]:
-    return [rule.model_dump(mode="json") for rule in default_routing(destinations)]
 
 
 def acknowledged_files(storescu_log: str) -> list[str]:
@@ -45,7 +40,7 @@ def test_kill_during_ingest_loses_no_acknowledged_instance(tmp_path: Path) -> No
     sink = tmp_path / "sink"
     with storescp(sink, ae_title="SINK") as sink_port:
         # The aborted send must wait for the quiet timeout, not the settle time: the resend comes first.
-        server = RadfusionServer(tmp_path / "rf", routing=routing_to("sink"), stability={"quiet_timeout_s": 60.0},
+        server = RadfusionServer(tmp_path / "rf", routing=routing_to(["sink"]), stability={"quiet_timeout_s": 60.0},
                                  destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}])
         server.start()
         sender = subprocess.Popen(
@@ -79,7 +74,7 @@ def test_kill_during_job_resumes_it_after_restart(tmp_path: Path) -> None:
     study = write_study("chest_ct", tmp_path / "in", seed=12, lesion=True, rows=512, slices=120)
     sink = tmp_path / "sink"
     with storescp(sink, ae_title="SINK") as sink_port:
-        server = RadfusionServer(tmp_path / "rf", routing=routing_to("sink"),
+        server = RadfusionServer(tmp_path / "rf", routing=routing_to(["sink"]),
                                  destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}])
         server.start()
         try:
@@ -107,7 +102,7 @@ def test_kill_during_job_resumes_it_after_restart(tmp_path: Path) -> None:
 def test_destination_down_gets_results_when_it_comes_back(tmp_path: Path) -> None:
     study = write_study("head_ct", tmp_path / "in", seed=13, lesion=True, rows=256, slices=24)
     pacs_port = free_port()
-    with radfusion_server(tmp_path / "rf", routing=routing_to("pacs"),
+    with radfusion_server(tmp_path / "rf", routing=routing_to(["pacs"]),
                           destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]) as server:
         assert storescu(server.port, study.paths).returncode == 0
 

@@ -12,18 +12,13 @@ from sqlalchemy import select
 
 from ai_engine.synthetic.studies import write_study
 from radfusion.models import Job
-from radfusion.settings import default_routing
-from tests.integration.servers import Orthanc, postgresql, radfusion_server
+from tests.integration.servers import Orthanc, postgresql, radfusion_server, routing_to
 from tests.peers import dciodvfy_errors, free_port, require_tool, storescp, storescu, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def routing_to(*destinations: str) -> list[dict]:
-    return [rule.model_dump(mode="json") for rule in default_routing(destinations)]
 
 
 def assert_valid_results(files: list[Path], study_uid: str) -> None:
@@ -56,7 +51,7 @@ def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, datab
         tmp_path / "rf",
         database_url=database_url,
         destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
-        routing=routing_to("sink"),
+        routing=routing_to(["sink"]),
     ) as server:
         sent = storescu(server.port, study.paths)
         assert sent.returncode == 0, sent.stderr
@@ -73,7 +68,7 @@ def test_late_instances_reopen_the_study_and_reissue_the_sr(tmp_path: Path) -> N
     with storescp(sink_dir, ae_title="SINK") as sink_port, radfusion_server(
         tmp_path / "rf",
         destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
-        routing=routing_to("sink"),
+        routing=routing_to(["sink"]),
     ) as server:
         assert storescu(server.port, study.paths[:16]).returncode == 0
         server.wait_idle(studies=1)
@@ -101,7 +96,7 @@ def test_orthanc_pushes_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
     with radfusion_server(
         tmp_path / "rf",
         destinations=[{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_dicom_port}],
-        routing=routing_to("orthanc"),
+        routing=routing_to(["orthanc"]),
     ) as server:
         orthanc = Orthanc(tmp_path / "orthanc", modalities={"radfusion": ("RADFUSION", server.port)},
                           dicom_port=orthanc_dicom_port)
