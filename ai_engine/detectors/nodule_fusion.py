@@ -39,12 +39,12 @@ PATCH = 32
 PATCH_HU_RANGE = (-1000.0, 400.0)
 LOG_SIGMAS_MM = (1.5, 2.2, 3.2, 4.6, 6.8)
 COARSE_FROM_MM = 3.0
-MAX_CANDIDATES = 300
+MAX_CANDIDATES = 400
 CORE_TISSUE_HU = -450.0
 CORE_RADIUS_MM = 2.0
 MERGE_MM = 2.5
 MIN_CANDIDATE_RESPONSE = 60.0
-CLOSING_MM = 10.0
+CLOSING_MM = 15.0
 BLOB_RAMP_HU = (-820.0, -680.0)
 TYPES = ("solid", "part-solid", "ground-glass")
 EMBED_DIM = 32
@@ -109,9 +109,11 @@ def blob_maps(hu: np.ndarray, lungs: np.ndarray) -> BlobMaps:
     """Multi-scale blob filter on the ramped image: Gaussian smoothing, then the discrete Laplacian.
 
     The ramp makes a ground-glass nodule answer almost as strongly as a solid one of its size,
-    and a ball beats a tube of the same calibre. Large scales run on a 2x coarser grid.
+    and a ball beats a tube of the same calibre; outside the (closed) lung mask the image is set
+    to lung grey, so a nodule against the pleura is a free half-ball rather than a bump on a wall.
+    Large scales run on a 2x coarser grid.
     """
-    ramped = _ramp(hu)
+    ramped = _ramp(hu) * lungs  # the chest wall becomes lung-dark: a juxtapleural nodule stands free
     coarse = ramped[::2, ::2, ::2]
     best = np.full(hu.shape, -np.inf, dtype=np.float32)
     index = np.zeros(hu.shape, dtype=np.uint8)

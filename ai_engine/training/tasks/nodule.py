@@ -13,6 +13,7 @@ loads it through the server's loader and runs the deployed detector and the base
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -39,6 +40,7 @@ from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.nodule import (
     HELDOUT_ACQUISITION,
+    TRAIN_ACQUISITION,
     NoduleCase,
     generate_case,
     write_case_dicom,
@@ -57,6 +59,10 @@ NEGATIVES_PER_CASE = 70
 JITTER_COPIES = 4
 MODEL_CARD_DIR = Path("docs/model-cards/nodule")
 SPLITS = {"A": 0.7, "V": 0.1, "C": 0.2}
+FUSION_SIZE, QUICK_FUSION_SIZE = 400, 6
+FUSION_SEED_OFFSET = 50_000  # fusion cases never share a seed with the detection cases
+# Short scans (120 mm) from the training scanners: enough lung around each nodule, a tenth of the voxels.
+FUSION_ACQUISITION = dataclasses.replace(TRAIN_ACQUISITION, z_extent_mm=120.0)
 
 
 @dataclass
@@ -68,8 +74,6 @@ class PatchSet:
     nodule: np.ndarray  # [N] 0/1
     kind: np.ndarray  # [N] type index, -1 for negatives
     case: np.ndarray  # [N]
-    centred: np.ndarray  # [N] bool: the exact truth-centred patch of a nodule (fusion training)
-    malignant: np.ndarray  # [N] 0/1 (nodules only)
 
 
 def _as_volume(case: NoduleCase) -> Volume:
@@ -79,7 +83,7 @@ def _as_volume(case: NoduleCase) -> Volume:
 
 
 def _case_patches(seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Patches of one training case and its clinical encoding (runs in a worker process)."""
+    """Patches of one detection training case and candidate statistics (runs in a worker process)."""
     case = generate_case(seed)
     hu, zoom = model.resample_to_work(_as_volume(case))
     lungs = model.work_lung_mask(hu)
@@ -87,22 +91,19 @@ def _case_patches(seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     labels = ndimage.zoom(case.phantom.labels, zoom, order=0, grid_mode=True, mode="nearest")[
         : hu.shape[0], : hu.shape[1], : hu.shape[2]]
     rng = np.random.default_rng(seed + 1)
-    centres, hits, centred = [], [], []
+    centres, hits = [], []
     truth = {n.label: n for n in case.nodules}
     matched = _match(points, case, zoom)
     for label, nodule in truth.items():
         centre = np.rint(np.array(nodule.center_voxel) * zoom).astype(int)
         centres.append(centre)
         hits.append(label)
-        centred.append(True)
         for _ in range(JITTER_COPIES):
             centres.append(centre + rng.integers(-2, 3, size=3))
             hits.append(label)
-            centred.append(False)
         for point in points[matched == label][:4]:
             centres.append(point)
             hits.append(label)
-            centred.append(False)
     negatives = np.where(matched == 0)[0]
     chosen = np.concatenate([negatives[:NEGATIVES_PER_CASE // 2],
                              rng.choice(negatives[NEGATIVES_PER_CASE // 2:],
@@ -111,7 +112,6 @@ def _case_patches(seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     for i in chosen.astype(int):
         centres.append(points[i])
         hits.append(0)
-        centred.append(False)
     centres_arr = np.array(centres, dtype=int).reshape(-1, 3)
     patches = model.extract_patches(hu, centres_arr)[:, 0]
     label_patches = model.extract_patches(labels.astype(np.float32), centres_arr, raw=True)[:, 0]
@@ -119,14 +119,9 @@ def _case_patches(seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     segs = (label_patches == hit_arr[:, None, None, None]) & (hit_arr[:, None, None, None] > 0)
     segs = segs.reshape(len(segs), 16, 2, 16, 2, 16, 2).mean(axis=(2, 4, 6))
     kinds = np.array([model.TYPES.index(truth[h].kind) if h else -1 for h in hits])
-    malignant = np.array([int(truth[h].malignant) if h else 0 for h in hits])
-    clinical, present = encode_clinical(Task.LUNG_NODULE, case.context)
-    text, text_present = encode_note(context_text(case.context))
     arrays = {"patches": np.rint(patches * 255).astype(np.uint8), "segs": np.rint(segs * 255).astype(np.uint8),
-              "nodule": (hit_arr > 0).astype(np.uint8), "kind": kinds, "centred": np.array(centred),
-              "malignant": malignant}
-    info = {"clinical": clinical, "present": present, "text": text, "text_present": text_present,
-            "recall": [bool((matched == label).any()) for label in truth], "candidates": len(points)}
+              "nodule": (hit_arr > 0).astype(np.uint8), "kind": kinds}
+    info = {"recall": [bool((matched == label).any()) for label in truth], "candidates": len(points)}
     return arrays, info
 
 
@@ -140,8 +135,8 @@ def _match(points: np.ndarray, case: NoduleCase, zoom: tuple[float, float, float
     return matched
 
 
-def build_patch_set(seeds: list[int], workers: int = 2) -> tuple[PatchSet, dict[str, np.ndarray], dict[str, float]]:
-    """Patches of every case (``workers`` processes), the per-case clinical encodings, candidate statistics."""
+def build_patch_set(seeds: list[int], workers: int = 2) -> tuple[PatchSet, dict[str, float]]:
+    """Patches of every case (``workers`` processes) and candidate statistics (recall, candidates per scan)."""
     parts: list[tuple[dict[str, np.ndarray], dict[str, Any]]] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for part in tqdm(pool.map(_case_patches, seeds), total=len(seeds), desc="cohort", unit="case"):
@@ -150,16 +145,46 @@ def build_patch_set(seeds: list[int], workers: int = 2) -> tuple[PatchSet, dict[
     data = PatchSet(patches=np.concatenate([a["patches"] for a, _ in parts]),
                     segs=np.concatenate([a["segs"] for a, _ in parts]),
                     nodule=np.concatenate([a["nodule"] for a, _ in parts]),
-                    kind=np.concatenate([a["kind"] for a, _ in parts]), case=case_index,
-                    centred=np.concatenate([a["centred"] for a, _ in parts]),
-                    malignant=np.concatenate([a["malignant"] for a, _ in parts]))
-    clinical = {key: np.stack([info[key] for _, info in parts])
-                for key in ("clinical", "present", "text", "text_present")}
+                    kind=np.concatenate([a["kind"] for a, _ in parts]), case=case_index)
     recall = [hit for _, info in parts for hit in info["recall"]]
     stats = {"candidate_recall": float(np.mean(recall)) if recall else float("nan"),
              "candidates_per_scan": float(np.mean([info["candidates"] for _, info in parts])),
              "nodules": float(len(recall))}
-    return data, clinical, stats
+    return data, stats
+
+
+
+@dataclass
+class FusionSet:
+    """Truth-centred nodule patches of extra cases (short scans) with malignancy and their case's clinical data."""
+
+    patches: np.ndarray  # [N, 32, 32, 32] uint8
+    malignant: np.ndarray  # [N]
+    case: np.ndarray  # [N] index into the clinical arrays
+    clinical: dict[str, np.ndarray]
+
+
+def _fusion_case(seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Truth-centred patches of one short nodule-bearing scan and its clinical encoding (worker process)."""
+    case = generate_case(seed, ranges=FUSION_ACQUISITION, negative_rate=0.0)
+    hu, zoom = model.resample_to_work(_as_volume(case))
+    centres = np.rint(np.array([n.center_voxel for n in case.nodules]) * zoom).astype(int).reshape(-1, 3)
+    patches = np.rint(model.extract_patches(hu, centres)[:, 0] * 255).astype(np.uint8)
+    clinical, present = encode_clinical(Task.LUNG_NODULE, case.context)
+    text, text_present = encode_note(context_text(case.context))
+    return patches, np.array([int(n.malignant) for n in case.nodules]), {
+        "clinical": clinical, "present": present, "text": text, "text_present": text_present}
+
+
+def build_fusion_set(seeds: list[int], workers: int = 2) -> FusionSet:
+    """Nodule patches for the fusion heads from ``seeds`` (many patients: malignancy needs them)."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        parts = list(tqdm(pool.map(_fusion_case, seeds), total=len(seeds), desc="fusion cohort", unit="case"))
+    return FusionSet(patches=np.concatenate([p for p, _, _ in parts]),
+                     malignant=np.concatenate([m for _, m, _ in parts]),
+                     case=np.concatenate([np.full(len(m), i) for i, (_, m, _) in enumerate(parts)]),
+                     clinical={key: np.stack([info[key] for _, _, info in parts])
+                               for key in ("clinical", "present", "text", "text_present")})
 
 
 def _split(n_cases: int, seed: int) -> dict[str, np.ndarray]:
@@ -343,36 +368,37 @@ def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, floa
     return timing
 
 
-def train_from_patches(data: PatchSet, clinical: dict[str, np.ndarray], stats: dict[str, float], *,
-                       out_dir: Path | None, epochs: int, seed: int, quick: bool, max_seconds: float) -> Path:
-    """Train the patch CNN and fusion heads on a built PatchSet, calibrate, export and write the bundle."""
-    torch.set_num_threads(1)
-    seed_everything(seed)
-    started = time.monotonic()
-    n_cases = int(data.case.max()) + 1
-    split = _split(n_cases, seed)
-    network, cnn_summary = _train_network(data, split["A"], split["V"], epochs, seed, max_seconds)
-    centred = np.where(data.centred)[0]
-    embedding = _predict(network, data.patches[centred])["embedding"]
-    fusion_train = np.isin(data.case[centred], np.concatenate([split["A"], split["V"]]))
-    fusion_calib = np.isin(data.case[centred], split["C"])
-    train_data = FusionData.of(embedding[fusion_train], clinical, data.case[centred][fusion_train],
-                               data.malignant[centred][fusion_train])
-    calib = FusionData.of(embedding[fusion_calib], clinical, data.case[centred][fusion_calib],
-                          data.malignant[centred][fusion_calib])
-    head_epochs = 20 if quick else 300
-    heads = {mode: _train_head(mode, train_data, calib, seed, head_epochs) for mode in MODES}
-    calib_labels = calib.label.numpy()
+def fit_fusion(network: model.NodulePatchNet, fusion: FusionSet, seed: int, quick: bool
+               ) -> tuple[dict[str, FusionHead], TemperatureScaler, dict[str, Any]]:
+    """Fusion heads (every mode) on the CNN's embeddings of ``fusion``; temperature on its calibration cases."""
+    embedding = _predict(network, fusion.patches)["embedding"]
+    n_cases = int(fusion.case.max()) + 1
+    order = np.random.default_rng(seed + 7).permutation(n_cases)
+    calib_cases = order[: max(int(round(0.25 * n_cases)), 1)]
+    calib = np.isin(fusion.case, calib_cases)
+    train_data = FusionData.of(embedding[~calib], fusion.clinical, fusion.case[~calib], fusion.malignant[~calib])
+    calib_data = FusionData.of(embedding[calib], fusion.clinical, fusion.case[calib], fusion.malignant[calib])
+    head_epochs = 20 if quick else 400
+    heads = {mode: _train_head(mode, train_data, calib_data, seed, head_epochs) for mode in MODES}
     scaler = TemperatureScaler()
-    if 0 < calib_labels.sum() < len(calib_labels):
-        scaler.fit(calib.logits(heads["dynamic"]), calib_labels)
-    root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
+    labels = calib_data.label.numpy()
+    if 0 < labels.sum() < len(labels):
+        scaler.fit(calib_data.logits(heads["dynamic"]), labels)
+    summary = {"nodules_train": int((~calib).sum()), "nodules_calibration": int(calib.sum()),
+               "malignant_fraction": round(float(fusion.malignant.mean()), 4),
+               "calibration_auc": {m: round(metrics.roc_auc(labels, calib_data.logits(h)), 4) for m, h in heads.items()}
+               if 0 < labels.sum() < len(labels) else {}}
+    return heads, scaler, summary
+
+
+def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, FusionHead], scaler: TemperatureScaler,
+                 metadata_training: dict[str, Any], training_data: dict[str, Any]) -> Path:
+    """Save weights, export the deployed models, and write the bundle configs under ``root``."""
     models_dir = bundle_models_dir(root)
     torch.save({"network": network.state_dict(), "fusion": heads["dynamic"].state_dict()}, models_dir / "model.pt")
     for mode in ("concat", "image_only"):
         torch.save(heads[mode].state_dict(), models_dir / f"fusion_{mode}.pt")
     export(network, heads["dynamic"], models_dir)
-    timing = _deploy_timing(models_dir, network)
     inference = {
         "deployed": "model.onnx", "fusion_deployed": "fusion.onnx", "temperature": round(scaler.temperature, 5),
         "finding_threshold": 0.5, "nms_mm": 6.0, "max_candidates": model.MAX_CANDIDATES, "max_findings": 10,
@@ -388,15 +414,30 @@ def train_from_patches(data: PatchSet, clinical: dict[str, np.ndarray], stats: d
                               "note text"},
         "outputs": {"findings": "nodules: centre, diameter_mm, volume_ml, composition, malignancy_probability, "
                                 "Lung-RADS category, mask, CAM heat map, modality weights, logit std"},
-        "training_data": {"generator": "ai_engine.synthetic.cohorts.nodule", "cases": n_cases, "seed": seed,
-                          "patches": int(len(data.nodule)), "positive_patches": int(data.nodule.sum()),
-                          "split_cases": {k: int(len(v)) for k, v in split.items()}, **stats},
-        "training": {"cnn": cnn_summary, "fusion_nodules_train": int(fusion_train.sum()),
-                     "fusion_nodules_calibration": int(fusion_calib.sum()), "deploy_timing_64_patches_s": timing,
-                     "seconds": round(time.monotonic() - started, 1), "quick": quick},
+        "training_data": training_data,
+        "training": {**metadata_training, "deploy_timing_64_patches_s": _deploy_timing(models_dir, network)},
         "metrics": "see docs/model-cards/nodule/metrics.json (held-out evaluation)",
     }
     write_bundle_configs(root, metadata, inference)
+    return root
+
+
+def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSet,
+                       *, out_dir: Path | None, epochs: int, seed: int, quick: bool, max_seconds: float) -> Path:
+    """Train the patch CNN on ``data`` and the fusion heads on ``fusion``, calibrate, export, write the bundle."""
+    torch.set_num_threads(1)
+    seed_everything(seed)
+    started = time.monotonic()
+    split = _split(int(data.case.max()) + 1, seed)
+    network, cnn_summary = _train_network(data, split["A"], split["V"], epochs, seed, max_seconds)
+    heads, scaler, fusion_summary = fit_fusion(network, fusion, seed, quick)
+    root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
+    training_data = {"generator": "ai_engine.synthetic.cohorts.nodule", "detection_cases": int(data.case.max()) + 1,
+                     "fusion_cases": int(fusion.case.max()) + 1, "seed": seed, "patches": int(len(data.nodule)),
+                     "positive_patches": int(data.nodule.sum()),
+                     "split_cases": {k: int(len(v)) for k, v in split.items()}, **stats}
+    write_bundle(root, network, heads, scaler, {"cnn": cnn_summary, "fusion": fusion_summary, "quick": quick,
+                                                "seconds": round(time.monotonic() - started, 1)}, training_data)
     log.info("nodule bundle written to %s in %.0f s", root, time.monotonic() - started)
     return root
 
@@ -404,8 +445,10 @@ def train_from_patches(data: PatchSet, clinical: dict[str, np.ndarray], stats: d
 def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, seed: int, quick: bool) -> Path:
     """Generate the training cohort, build patches and train the bundle (module docstring)."""
     size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
-    data, clinical, stats = build_patch_set([seed * 100_003 + i for i in range(size)])
-    return train_from_patches(data, clinical, stats, out_dir=out_dir, epochs=epochs or (QUICK_EPOCHS if quick
+    data, stats = build_patch_set([seed * 100_003 + i for i in range(size)])
+    fusion = build_fusion_set([seed * 100_003 + FUSION_SEED_OFFSET + i
+                               for i in range(QUICK_FUSION_SIZE if quick else FUSION_SIZE)])
+    return train_from_patches(data, stats, fusion, out_dir=out_dir, epochs=epochs or (QUICK_EPOCHS if quick
                                                                                          else CNN_EPOCHS),
                               seed=seed, quick=quick, max_seconds=60.0 if quick else 480.0)
 
