@@ -7,12 +7,10 @@ so the SCP acknowledges an instance only once its row is durable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from dicom_node.contracts import AssociationInfo, StoredInstance
 from radfusion.db import Database
@@ -25,6 +23,22 @@ SERIES_ATTRIBUTES = (
     "SliceThickness", "ImageType", "Rows", "Columns", "Laterality", "SeriesNumber", "Manufacturer",
 )
 INSERT_RETRIES = 3
+SERIES_ID_CACHE = 10_000
+
+# Built once: constructing statements costs more than SQLite takes to run them.
+_REOPEN_STUDY = (update(Study).where(Study.id == bindparam("study_id"), Study.state != "receiving")
+                 .values(state="receiving", last_received_at=bindparam("now")))
+_TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(last_received_at=bindparam("now"))
+_FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
+_INSERT_INSTANCE = insert(Instance)
+_RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))
+                   .values(times_received=Instance.times_received + 1, path=bindparam("path")))
+_TOUCH_SERIES = (update(Series).where(Series.id == bindparam("series_id"))
+                 .values(state="receiving", last_received_at=bindparam("now"),
+                         last_association_id=bindparam("association_id"),
+                         instance_count=Series.instance_count + bindparam("added")))
+_COUNT_STORED = (update(Association).where(Association.id == bindparam("association_id"))
+                 .values(instances_stored=Association.instances_stored + 1))
 
 
 def _text(value: object) -> str:
@@ -32,11 +46,11 @@ def _text(value: object) -> str:
 
 
 class IngestRecorder:
-    """Writes ingest events to the database; ``on_instance`` is called after each commit."""
+    """Writes ingest events to the database."""
 
-    def __init__(self, db: Database, on_instance: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._on_instance = on_instance
+        self._series_ids: dict[str, tuple[int, int]] = {}  # series UID -> (study id, series id); rows never move
 
     def association_opened(self, info: AssociationInfo) -> None:
         with self._db.session() as session:
@@ -67,62 +81,65 @@ class IngestRecorder:
         """Commit the instance's row; False when the SOP Instance UID was already stored."""
         for attempt in range(INSERT_RETRIES):
             try:
-                with self._db.session() as session:
-                    is_new = self._record(session, instance)
-                break
-            except IntegrityError:  # a concurrent association created the same study/series first
+                with self._db.connection() as conn:
+                    return self._record(conn, instance)
+            except IntegrityError:  # a concurrent association created the same study/series/instance first
+                self._series_ids.pop(instance.series_instance_uid, None)
                 if attempt == INSERT_RETRIES - 1:
                     raise
-        self._on_instance()
+        raise AssertionError("unreachable")
+
+    def _record(self, conn: Connection, instance: StoredInstance) -> bool:
+        """Prepared Core statements only: this runs once per received instance, before its status goes out."""
+        now = utcnow()
+        study_id, series_id = self._series_ids.get(instance.series_instance_uid) or self._create_series(conn, instance)
+        if conn.execute(_REOPEN_STUDY, {"study_id": study_id, "now": now}).rowcount:
+            log.info("study %s re-opened by a late instance", instance.study_instance_uid)
+            conn.execute(insert(AuditEvent).values(kind="study_reopened", subject=instance.study_instance_uid,
+                                                   detail=f"by instance {instance.sop_instance_uid}", at=now))
+        else:
+            conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
+        uid = instance.sop_instance_uid
+        is_new = conn.execute(_FIND_INSTANCE, {"uid": uid}).first() is None
+        if is_new:
+            attrs = instance.attributes
+            conn.execute(_INSERT_INSTANCE, {
+                "series_id": series_id, "sop_instance_uid": uid, "sop_class_uid": instance.sop_class_uid,
+                "transfer_syntax_uid": instance.transfer_syntax_uid, "path": str(instance.path),
+                "size_bytes": instance.size_bytes, "received_at": now, "times_received": 1,
+                "instance_number": _int_or_none(attrs.get("InstanceNumber")),
+                "position": _floats_or_none(attrs.get("ImagePositionPatient")),
+                "orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
+                "association_id": instance.association_id,
+            })
+        else:
+            conn.execute(_RECEIVED_AGAIN, {"uid": uid, "path": str(instance.path)})
+        conn.execute(_TOUCH_SERIES, {"series_id": series_id, "now": now, "association_id": instance.association_id,
+                                     "added": int(is_new)})
+        if instance.association_id is not None:
+            conn.execute(_COUNT_STORED, {"association_id": instance.association_id})
         return is_new
 
-    def _record(self, session: Session, instance: StoredInstance) -> bool:
+    def _create_series(self, conn: Connection, instance: StoredInstance) -> tuple[int, int]:
+        """Ids of the instance's study and series, creating their rows the first time."""
         attrs = instance.attributes
         now = utcnow()
-        study = session.scalar(select(Study).where(Study.study_uid == instance.study_instance_uid))
-        if study is None:
-            study = Study(study_uid=instance.study_instance_uid,
-                          accession_number=_text(attrs.get("AccessionNumber")),
-                          patient_id=_text(attrs.get("PatientID")),
-                          issuer_of_patient_id=_text(attrs.get("IssuerOfPatientID")),
-                          study_date=_text(attrs.get("StudyDate")))
-            session.add(study)
-            session.flush()
-        elif study.state != "receiving":
-            log.info("study %s re-opened by a late instance (accession %s)", study.study_uid, study.accession_number)
-            session.add(AuditEvent(kind="study_reopened", subject=study.study_uid, detail=f"was {study.state}"))
-            study.state = "receiving"
-        study.last_received_at = now
-
-        series = session.scalar(select(Series).where(Series.series_uid == instance.series_instance_uid))
-        if series is None:
-            series = Series(study_id=study.id, series_uid=instance.series_instance_uid,
-                            modality=_text(attrs.get("Modality")),
-                            attributes={k: attrs.get(k) for k in SERIES_ATTRIBUTES})
-            session.add(series)
-            session.flush()
-        series.state = "receiving"
-        series.last_received_at = now
-        series.last_association_id = instance.association_id
-
-        existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == instance.sop_instance_uid))
-        if existing is None:
-            session.add(Instance(
-                series_id=series.id, sop_instance_uid=instance.sop_instance_uid,
-                sop_class_uid=instance.sop_class_uid, transfer_syntax_uid=instance.transfer_syntax_uid,
-                path=str(instance.path), size_bytes=instance.size_bytes,
-                instance_number=_int_or_none(attrs.get("InstanceNumber")),
-                position=_floats_or_none(attrs.get("ImagePositionPatient")),
-                orientation=_floats_or_none(attrs.get("ImageOrientationPatient")),
-                association_id=instance.association_id,
-            ))
-            series.instance_count += 1
-        else:
-            existing.times_received += 1
-            existing.path = str(instance.path)
-        session.execute(update(Association).where(Association.id == instance.association_id).values(
-            instances_stored=Association.instances_stored + 1))
-        return existing is None
+        study_id = conn.scalar(select(Study.id).where(Study.study_uid == instance.study_instance_uid))
+        if study_id is None:
+            study_id = conn.execute(insert(Study).values(
+                study_uid=instance.study_instance_uid, accession_number=_text(attrs.get("AccessionNumber")),
+                patient_id=_text(attrs.get("PatientID")), issuer_of_patient_id=_text(attrs.get("IssuerOfPatientID")),
+                study_date=_text(attrs.get("StudyDate")), first_received_at=now,
+                last_received_at=now)).inserted_primary_key[0]
+        series_id = conn.scalar(select(Series.id).where(Series.series_uid == instance.series_instance_uid))
+        if series_id is None:
+            series_id = conn.execute(insert(Series).values(
+                study_id=study_id, series_uid=instance.series_instance_uid, modality=_text(attrs.get("Modality")),
+                attributes={k: attrs.get(k) for k in SERIES_ATTRIBUTES}, last_received_at=now)).inserted_primary_key[0]
+        if len(self._series_ids) >= SERIES_ID_CACHE:
+            self._series_ids.clear()
+        self._series_ids[instance.series_instance_uid] = (study_id, series_id)
+        return study_id, series_id
 
 
 def _int_or_none(value: object) -> int | None:
