@@ -32,6 +32,7 @@ from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical,
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
+from ai_engine.fusion.head import modality_weight_dict
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from ai_engine.synthetic.head_ct import SUBTYPES
 
@@ -236,8 +237,6 @@ class IchFusion:
         """Calibrated case probability, logit SD and modality weights from image features and context."""
         logit, weights, log_var = self._runner.fusion(features[None].astype(np.float32), *fusion_inputs(context))
         value = float(logit[0])
-        from ai_engine.fusion.head import modality_weight_dict
-
         return FusionStage(float(sigmoid(np.array(value / self.temperature))), value,
                            float(np.exp(float(log_var[0]) / 2.0)), modality_weight_dict(weights[0]))
 
