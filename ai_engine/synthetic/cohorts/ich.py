@@ -40,9 +40,10 @@ from ai_engine.synthetic.head_ct import (
 )
 from ai_engine.synthetic.truth import LesionTruth
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
-from hl7_fhir.medication_classes import RXNORM_SYSTEM
 
 PROVENANCE = Provenance("synthetic", "radfusion ICH cohort", "cohort")
+# Same system URI as hl7_fhir.medication_classes; ai_engine may import hl7_fhir.context only.
+RXNORM_SYSTEM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ANTICOAGULANTS = (("1364430", "apixaban"), ("11289", "warfarin"), ("1114195", "rivaroxaban"))
 ANTIPLATELETS = (("1191", "aspirin"), ("32968", "clopidogrel"))
 LAB_CODES = {"inr": ("6301-6", "1"), "platelets": ("777-3", "10*9/L"), "systolic_bp": ("8480-6", "mm[Hg]"),
