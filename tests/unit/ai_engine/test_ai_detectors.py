@@ -94,9 +94,10 @@ def test_mammo_baseline_is_negative_on_lesion_free_breasts(seed: int, tmp_path: 
     assert not [f for f in result.findings if f.finding_type is FindingType.CALCIFICATION_CLUSTER]
 
 
-def test_registry_lists_baselines_and_suggests_close_names() -> None:
+def test_registry_lists_every_detector_with_its_task_and_suggests_close_names() -> None:
     assert available_detectors() == {"ich_baseline": Task.ICH, "nodule_baseline": Task.LUNG_NODULE,
-                                     "mammo_baseline": Task.MAMMOGRAPHY}
+                                     "mammo_baseline": Task.MAMMOGRAPHY, "ich_fusion": Task.ICH,
+                                     "nodule_fusion": Task.LUNG_NODULE, "mammo_fusion": Task.MAMMOGRAPHY}
     with pytest.raises(UnknownDetectorError, match="did you mean 'ich_baseline'"):
         create_detector("ich_baselin")
 
