@@ -5,7 +5,7 @@ Pipeline of one exam (any number of views; a screening exam has four):
 1. ``prepare_view``: each view is resampled to ``NET_SPACING_MM``, flipped so the chest wall is on
    the left (found from the pixels, not the header), normalised by breast-intensity percentiles
    (so a detector with other grey levels reads the same), and given a second channel that
-   enhances specks (top-hat against a local median, max-pooled so calcifications survive the
+   enhances specks (morphological white top-hat, max-pooled so calcifications survive the
    downsampling).
 2. A small MONAI ``BasicUNet`` (ONNX Runtime) maps each view to two probability maps: malignant
    mass and malignant calcification cluster. The map itself is the finding's heat map.
@@ -46,6 +46,7 @@ SPECK_WINDOW_MM = 1.6
 SPECK_GAIN = 4.0
 CHANNELS = (FindingType.MASS, FindingType.CALCIFICATION_CLUSTER)
 DENSITY_CATEGORIES = ("A", "B", "C", "D")
+DENSITY_STATISTICS = 7
 IMAGE_FEATURES = ("matched_mass", "matched_calc", "peak_mass", "peak_calc", "second_view_mass",
                   "second_view_calc", "contralateral_peak", "suspicious_area")
 # ACR BI-RADS likelihood-of-malignancy ranges: upper bound of the probability -> category.
@@ -119,7 +120,7 @@ def prepare_view(array: np.ndarray, spacing_mm: float) -> PreparedView:
     low, high = np.percentile(values, [2.0, 99.5])
     scale = max(float(high - low), 1e-3)
     window = max(int(round(SPECK_WINDOW_MM / spacing_mm)) // 2 * 2 + 1, 3)
-    speck = np.clip((image - ndimage.median_filter(image, size=window)) / scale * SPECK_GAIN, 0.0, 3.0)
+    speck = np.clip(ndimage.white_tophat(image, size=window) / scale * SPECK_GAIN, 0.0, 3.0)
     intensity = np.where(breast, (image - low) / scale, 0.0).astype(np.float32)
     speck = np.where(breast, speck, 0.0).astype(np.float32)
     factor = spacing_mm / NET_SPACING_MM
@@ -249,11 +250,15 @@ def density_statistics(view: PreparedView) -> np.ndarray:
     inner = ndimage.binary_erosion(view.breast, iterations=max(int(8.0 / NET_SPACING_MM), 1))
     if inner.sum() < 50:
         inner = view.breast
-    values = view.channels[0][inner]
-    if values.size == 0:
-        return np.zeros(5, dtype=np.float32)
+    if not inner.any():
+        return np.zeros(DENSITY_STATISTICS, dtype=np.float32)
+    intensity = view.channels[0].astype(np.float32)
+    values = intensity[inner]
+    # Band-passed texture energy: fibroglandular tissue is structured, fat is smooth.
+    texture = [float(np.abs(ndimage.gaussian_filter(intensity, s) - ndimage.gaussian_filter(intensity, 2 * s))[inner]
+                     .mean()) for s in (1.5, 4.0)]
     return np.array([(values > 0.3).mean(), (values > 0.45).mean(), (values > 0.6).mean(), values.std(),
-                     values.mean()], dtype=np.float32)
+                     values.mean(), *texture], dtype=np.float32)
 
 
 def density_probabilities(statistics: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -340,7 +345,10 @@ class MammoFusion:
 
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Masses and calcification clusters per view, matched across CC/MLO, case probability, density."""
-        analysis = self.analyse(inputs)
+        return self.report(self.analyse(inputs), inputs.views)
+
+    def report(self, analysis: ExamAnalysis, views: list[MammoView]) -> DetectorResult:
+        """The DetectorResult of an analysed exam (``views`` as given to ``analyse``)."""
         probability, logit_std, weights = self.fuse(analysis)
         weight_dict = {name: round(float(w), 4) for name, w in zip(("image", "clinical", "text"), weights,
                                                                    strict=True)}
@@ -348,7 +356,7 @@ class MammoFusion:
         report = float(self.params["report_threshold"])
         shown = [c for c in analysis.candidates if max(c.score, c.matched_score) >= report]
         birads = birads_suggestion(probability, bool(shown))
-        findings = [self._finding(c, analysis, inputs.views, probability, logit_std, weight_dict, birads)
+        findings = [self._finding(c, analysis, views, probability, logit_std, weight_dict, birads)
                     for c in shown]
         findings.sort(key=lambda f: -f.score)
         positive = probability >= float(self.params["positive_threshold"])

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import multiprocessing
+import pickle
 import tempfile
 import time
 from collections.abc import Iterator
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 VERSION = "1.0.0"
 UNET_FEATURES = (8, 16, 32, 64, 96, 8)
 CROP = 128
-DEFAULT_COHORT = 900
+DEFAULT_COHORT = 640
 QUICK_COHORT = 24
 HELDOUT_SEED = 7777
 DEFAULT_HELDOUT_SIZE = 200
@@ -117,6 +118,7 @@ class ExamArrays:
 
     views: list[PreparedView]
     targets: np.ndarray  # bool (4, 2, H, W) on the network grid
+    mimics: list[tuple[int, int, int]]  # (view, row, col) of benign mimics on the network grid: hard negatives
     clinical: np.ndarray
     clinical_present: np.ndarray
     text: np.ndarray
@@ -134,9 +136,17 @@ def exam_arrays(case: MammoCase) -> ExamArrays:
         view.channels = view.channels.astype(np.float16)
         views.append(view)
         targets.append(np.stack([mask_to_network(masks[kind], spacing, view) for kind in MALIGNANT_KINDS]))
+    mimics = []
+    for truth in case.lesions:
+        if truth.kind not in MALIGNANT_KINDS:
+            view = views[truth.view_index]
+            row = truth.center_voxel[0] * spacing / NET_SPACING_MM
+            col = truth.center_voxel[1] * spacing / NET_SPACING_MM
+            col = view.net_shape[1] - 1 - col if view.flipped else col
+            mimics.append((truth.view_index, int(row), int(col)))
     clinical, present = encode_clinical(Task.MAMMOGRAPHY, case.context)
     text, text_present = encode_note(context_text(case.context))
-    return ExamArrays(views, np.stack(targets), clinical, present, text, text_present, int(case.cancer),
+    return ExamArrays(views, np.stack(targets), mimics, clinical, present, text, text_present, int(case.cancer),
                       DENSITY_CATEGORIES.index(case.density))
 
 
@@ -153,6 +163,21 @@ def generate_exams(seeds: list[int], acquisition: Acquisition, workers: int = 2)
         return list(pool.imap(_make_exam, jobs, chunksize=4))
 
 
+def _cached_exams(seeds: list[int], seed: int, quick: bool) -> list[ExamArrays]:
+    """The prepared training cohort, generated once and kept as a pickle in the temp directory."""
+    cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{len(seeds)}-v{VERSION}.pkl"
+    if cache.is_file() and not quick:
+        log.info("reading the prepared cohort from %s", cache)
+        with cache.open("rb") as handle:
+            return pickle.load(handle)  # noqa: S301 - our own file, written below
+    log.info("generating %d synthetic four-view exams (seed %d)", len(seeds), seed)
+    exams = generate_exams(seeds, TRAIN_ACQUISITION)
+    if not quick:
+        with cache.open("wb") as handle:
+            pickle.dump(exams, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return exams
+
+
 def _split(size: int, quick: bool) -> tuple[slice, slice, slice, slice]:
     cuts = np.cumsum([int(round(f * size)) for f in SPLIT_FRACTIONS])
     if quick:
@@ -167,16 +192,24 @@ def _split(size: int, quick: bool) -> tuple[slice, slice, slice, slice]:
 
 def _crop_batches(exams: list[ExamArrays], rng: np.random.Generator, steps: int, batch: int
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Random 128x128 crops, half centred on a cancer, half anywhere in the breast, with augmentation."""
+    """Random 128x128 crops with augmentation: 3 in 8 on a cancer, 3 in 8 on a benign mimic, the rest anywhere."""
     pool = [(e, v) for e in exams for v in range(len(e.views))]
     positives = [(e, v) for e, v in pool if e.targets[v].any()]
+    mimics = [(e, m) for e in exams for m in e.mimics]
     for _ in range(steps):
         inputs, targets = [], []
         for i in range(batch):
-            exam, v = positives[rng.integers(len(positives))] if positives and i % 2 == 0 else pool[
-                rng.integers(len(pool))]
+            kind = i % 8
+            if kind < 3 and positives:
+                exam, v = positives[rng.integers(len(positives))]
+                anchor = np.argwhere(exam.targets[v].any(axis=0))
+            elif kind < 6 and mimics:
+                exam, (v, row, col) = mimics[rng.integers(len(mimics))]
+                anchor = np.array([[row, col]])
+            else:
+                exam, v = pool[rng.integers(len(pool))]
+                anchor = np.argwhere(exam.views[v].breast)
             view, target = exam.views[v], exam.targets[v]
-            anchor = np.argwhere(target.any(axis=0)) if i % 2 == 0 and target.any() else np.argwhere(view.breast)
             r, c = anchor[rng.integers(len(anchor))] + rng.integers(-40, 41, size=2)
             rows, cols = view.breast.shape
             r0 = int(np.clip(r - CROP // 2, 0, rows - CROP))
@@ -408,13 +441,12 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
         raise AiEngineError(f"mammo cohort_size must be at least 16 (four splits), got {size}")
     root = Path(out_dir) if out_dir is not None else bundle_root(NAME)
     seeds = [seed * 1_000_003 + i for i in range(size)]
-    log.info("generating %d synthetic four-view exams (seed %d)", size, seed)
-    exams = generate_exams(seeds, TRAIN_ACQUISITION)
+    exams = _cached_exams(seeds, seed, quick)
     net_train, net_val, fusion_train, calibration = (exams[s] for s in _split(size, quick))
     log.info("cohort ready in %.0f s: %d network / %d validation / %d fusion / %d calibration exams",
              time.monotonic() - start, len(net_train), len(net_val), len(fusion_train), len(calibration))
-    network = train_network(net_train, net_val, epochs=epochs or (1 if quick else 14), steps=4 if quick else 50,
-                            batch=4 if quick else 16, seed=seed, max_seconds=30.0 if quick else 600.0)
+    network = train_network(net_train, net_val, epochs=epochs or (1 if quick else 12), steps=4 if quick else 50,
+                            batch=4 if quick else 16, seed=seed, max_seconds=30.0 if quick else 480.0)
     params = dict(INFERENCE_DEFAULTS)
     fusion_table = case_table(network, fusion_train, params)
     calibration_table = case_table(network, calibration, params)
@@ -496,15 +528,14 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
             paths = write_case_dicom(case, Path(tmp) / case.case_id)
             began = time.perf_counter()
             inputs = load_inputs(Task.MAMMOGRAPHY, paths, case.context)
-            result = detector.detect(inputs)
-            seconds = time.perf_counter() - began
             analysis = detector.analyse(inputs)
+            result = detector.report(analysis, inputs.views)
+            seconds = time.perf_counter() - began
             base = baseline.detect(inputs)
             density_index = int(np.argmax(analysis.density_probabilities))
             rows.append({"label": int(case.cancer), "deep": result.case_score, "baseline": base.case_score,
                          "seconds": seconds, "density_true": case.density,
-                         "density_pred": DENSITY_CATEGORIES[density_index],
-                         "weights": result.findings[0].modality_weights if result.findings else None})
+                         "density_pred": DENSITY_CATEGORIES[density_index]})
             tables.append(CaseTable(analysis.image_features[None], analysis.clinical[None],
                                     analysis.clinical_present[None], analysis.text[None],
                                     np.array([analysis.text_present]), np.array([int(case.cancer)])))

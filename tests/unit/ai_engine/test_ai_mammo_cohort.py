@@ -1,0 +1,94 @@
+"""The synthetic mammography cohort: four views as DICOM, lesions in both views, density, clinical context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ai_engine.clinical_features import encode_clinical, feature_names
+from ai_engine.mammo import load_views
+from ai_engine.synthetic.cohorts.mammo import HELDOUT_ACQUISITION, generate_case, write_case_dicom
+from ai_engine.synthetic.mammo_phantom import Acquisition, BreastSpec, PlacedLesion, render_breast
+from tests.peers import dciodvfy_errors
+
+
+def _first_case(cancer: bool, kind: str | None = None) -> int:
+    for seed in range(200):
+        case = generate_case(seed, Acquisition(pixel_spacing_mm=0.8))
+        if case.cancer == cancer and (kind is None or any(t.kind == kind for t in case.lesions)):
+            return seed
+    raise AssertionError("no such case in the first 200 seeds")
+
+
+def test_four_views_round_trip_through_dicom_in_loader_order(tmp_path: Path) -> None:
+    case = generate_case(_first_case(True), Acquisition(pixel_spacing_mm=0.8))
+    views = load_views(write_case_dicom(case, tmp_path))
+    assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
+    assert views[0].pixel_spacing_mm == (0.8, 0.8)
+    np.testing.assert_allclose(views[1].array, np.rint(case.views()[1][2]))
+
+
+@pytest.mark.peers
+def test_cohort_mammogram_passes_dciodvfy(tmp_path: Path) -> None:
+    case = generate_case(1, HELDOUT_ACQUISITION)
+    path = write_case_dicom(case, tmp_path)[3]
+    assert dciodvfy_errors(path) == []
+
+
+def test_cancer_appears_in_cc_and_mlo_of_one_breast_at_corresponding_depth() -> None:
+    case = generate_case(_first_case(True, "calcification_cluster"), Acquisition(pixel_spacing_mm=0.8))
+    clusters = [t for t in case.lesions if t.kind == "calcification_cluster"]
+    assert sorted(t.view_index for t in clusters) in ([0, 1], [2, 3])
+    side = "L" if clusters[0].view_index == 0 else "R"
+    assert side == case.cancer_laterality
+    cols = case.views()[clusters[0].view_index][2].shape[1]
+    depth = [c.center_voxel[1] if side == "L" else cols - 1 - c.center_voxel[1] for c in clusters]
+    assert abs(depth[0] * 1.05 - depth[1]) * 0.8 < 3.0  # MLO depth is 5 % longer, same lesion
+
+
+def test_negative_case_has_no_cancer_mask() -> None:
+    case = generate_case(_first_case(False), Acquisition(pixel_spacing_mm=0.8))
+    assert not any(mask.any() for masks in case.cancer_masks() for mask in masks.values())
+    assert not any(t.kind in ("mass", "calcification_cluster") for t in case.lesions)
+
+
+def test_dense_breasts_are_brighter_behind_the_nipple_than_fatty_ones() -> None:
+    acquisition = Acquisition(pixel_spacing_mm=0.8, noise_std=0.0)
+    centre = {}
+    for density in ("A", "D"):
+        image = render_breast(np.random.default_rng(3), BreastSpec("L", density), acquisition).images[0]
+        rows = image.shape[0] // 2
+        centre[density] = float(np.median(image[rows - 30: rows + 30, 25:75]))  # 20-60 mm from the chest wall
+    assert centre["D"] > centre["A"] + 150
+
+
+def test_spiculated_mass_mask_reaches_beyond_its_core() -> None:
+    acquisition = Acquisition(pixel_spacing_mm=0.5, noise_std=0.0)
+    masses = {}
+    for shape in ("round", "spiculated"):
+        lesion = PlacedLesion("mass", shape, 0.5, 0.0, 0.0, 12.0, 300.0, detail_seed=4)
+        rendered = render_breast(np.random.default_rng(0), BreastSpec("R", "B", (lesion,)), acquisition)
+        masses[shape] = rendered.cancer_masks[0]["mass"].sum()
+    assert masses["spiculated"] > 1.3 * masses["round"]
+
+
+def test_clinical_context_carries_the_agreed_features() -> None:
+    for seed in range(400):
+        case = generate_case(seed, Acquisition(pixel_spacing_mm=0.8))
+        if case.risk["brca"] and case.risk["family_history"]:
+            break
+    values, present = encode_clinical("mammo", case.context)
+    named = dict(zip(feature_names("mammo"), values, strict=True))
+    assert present.all()
+    assert named["brca_carrier"] == 1.0 and named["family_history_breast_cancer"] == 1.0
+    assert "BRCA" in case.note or "brca" in case.note.lower()
+
+
+def test_heldout_acquisition_shifts_spacing_and_grey_levels() -> None:
+    train = generate_case(5, Acquisition(pixel_spacing_mm=0.8))
+    shifted = generate_case(5, Acquisition(pixel_spacing_mm=1.0, gain=3.0, bits_stored=14, noise_std=20.0))
+    assert shifted.views()[0][2].shape[0] < train.views()[0][2].shape[0]
+    assert shifted.views()[0][2].max() > 4095
+    assert train.cancer == shifted.cancer and train.density == shifted.density

@@ -1,0 +1,77 @@
+"""mammo_fusion on phantoms: an obvious cancer is found in both views and matched; an empty exam reports nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.mammo_fusion import birads_suggestion, prepare_view
+from ai_engine.detectors.registry import create_detector
+from ai_engine.mammo import MammoView
+from ai_engine.results import FindingType
+from ai_engine.synthetic.cohorts.mammo import generate_case
+from ai_engine.synthetic.mammo_phantom import Acquisition, BreastSpec, PlacedLesion, render_breast
+
+ACQ = Acquisition(pixel_spacing_mm=0.4)
+
+
+def _exam(left_lesions: tuple[PlacedLesion, ...], seed: int = 5) -> tuple[DetectorInput, list]:
+    rng = np.random.default_rng(seed)
+    views, truths = [], []
+    for side, lesions in (("L", left_lesions), ("R", ())):
+        rendered = render_breast(rng, BreastSpec(side, "B", lesions), ACQ)
+        offset = 0 if side == "L" else 2
+        truths += [(t.view_index + offset, t) for t in rendered.truths]
+        for index, (image, view) in enumerate(zip(rendered.images, ("CC", "MLO"), strict=True)):
+            views.append(MammoView(array=image, pixel_spacing_mm=(0.4, 0.4), laterality=side, view=view,
+                                   sop_instance_uid=f"1.2.3.{offset + index}", path=Path("phantom.dcm"),
+                                   series_instance_uid="1.2.3", study_instance_uid="1.2"))
+    return DetectorInput(views=views), truths
+
+
+@pytest.fixture(scope="module")
+def detector():  # noqa: ANN201 - the detector class is imported lazily by the registry
+    return create_detector("mammo_fusion")
+
+
+def test_obvious_spiculated_mass_is_found_in_both_views_and_matched(detector) -> None:  # noqa: ANN001
+    mass = PlacedLesion("mass", "spiculated", 0.5, 0.2, -0.3, 18.0, 420.0, detail_seed=3)
+    inputs, truths = _exam((mass,))
+    result = detector.detect(inputs)
+    masses = [f for f in result.findings if f.finding_type is FindingType.MASS]
+    for view_index, truth in truths:
+        near = [f for f in masses if f.view_index == view_index
+                and np.hypot(*np.subtract(f.center_voxel, truth.center_voxel)) * 0.4 < 10.0]
+        assert near, f"no mass found near the truth in view {view_index}"
+        assert near[0].attributes["corresponding_view_index"] == str(1 - view_index)
+        assert near[0].heatmap is not None and near[0].heatmap.shape == inputs.views[view_index].array.shape
+        assert near[0].mask[int(truth.center_voxel[0]), int(truth.center_voxel[1])]
+        assert set(near[0].modality_weights) == {"image", "clinical", "text"}
+    assert result.positive and result.case_score > 0.5
+    assert "trained" in result.algorithm.kind
+
+
+def test_empty_exam_reports_no_findings_and_a_low_probability(detector) -> None:  # noqa: ANN001
+    result = detector.detect(_exam(())[0])
+    assert result.findings == []
+    assert not result.positive
+    assert any("BI-RADS-style suggestion: 1" in note for note in result.notes)
+
+
+def test_probability_maps_to_birads_ranges() -> None:
+    assert birads_suggestion(0.01, has_findings=False) == "1"
+    assert birads_suggestion(0.01, has_findings=True) == "2"
+    assert [birads_suggestion(p, True) for p in (0.05, 0.3, 0.8, 0.97)] == ["4A", "4B", "4C", "5"]
+
+
+def test_prepared_view_puts_the_chest_wall_left_and_ignores_grey_level_scale() -> None:
+    case = generate_case(3)
+    left = prepare_view(case.views()[0][2], 0.4)
+    right = prepare_view(case.views()[2][2], 0.4)
+    scaled = prepare_view(case.views()[0][2] * 3.0 + 100.0, 0.4)
+    assert not left.flipped and right.flipped
+    assert left.breast[:, 0].sum() > left.breast[:, -1].sum() and right.breast[:, 0].sum() > 0
+    np.testing.assert_allclose(scaled.channels, left.channels, atol=2e-3)

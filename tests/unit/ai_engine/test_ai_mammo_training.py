@@ -1,0 +1,88 @@
+"""Training pieces of mammo_fusion: a few steps on tiny data, fusion heads, and ONNX parity of the bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ai_engine.bundle import load_bundle
+from ai_engine.detectors.mammo_fusion import IMAGE_FEATURES, prepare_view
+from ai_engine.synthetic.cohorts.mammo import generate_case
+from ai_engine.synthetic.mammo_phantom import Acquisition
+from ai_engine.training.tasks.mammo import (
+    INFERENCE_DEFAULTS,
+    MammoNetwork,
+    case_table,
+    exam_arrays,
+    fit_density_model,
+    random_missing,
+    train_fusion,
+    train_network,
+)
+
+ACQ = Acquisition(pixel_spacing_mm=0.8)
+
+
+@pytest.fixture(scope="module")
+def tiny_exams() -> list:
+    exams = [exam_arrays(generate_case(s, ACQ)) for s in (10, 12, 0, 1)]  # two cancers, two negatives
+    assert [e.label for e in exams] == [1, 1, 0, 0]
+    return exams
+
+
+def test_exam_targets_cover_the_cancer_on_the_network_grid(tiny_exams: list) -> None:
+    positives = [e for e in tiny_exams if e.label == 1]
+    assert positives and all(e.targets.any() for e in positives)
+    assert not any(e.targets.any() for e in tiny_exams if e.label == 0)
+    for exam in positives:
+        hit = np.argwhere(exam.targets.any(axis=1))[0][0]
+        assert (exam.targets[hit].any(axis=0) & exam.views[hit].breast).sum() > 0
+
+
+def test_network_training_runs_a_few_steps_and_changes_the_weights(tiny_exams: list) -> None:
+    torch.set_num_threads(1)
+    before = MammoNetwork()
+    torch.manual_seed(0)
+    network = train_network(tiny_exams, tiny_exams[1:3], epochs=1, steps=2, batch=2, seed=0,
+                            max_seconds=60.0)
+    changed = [not torch.equal(a, b) for a, b in zip(network.state_dict().values(),
+                                                      before.state_dict().values(), strict=True)]
+    assert any(changed)
+    table = case_table(network, tiny_exams, dict(INFERENCE_DEFAULTS))
+    assert table.image.shape == (len(tiny_exams), len(IMAGE_FEATURES))
+    assert np.isfinite(table.image).all()
+
+
+def test_fusion_heads_train_on_features_and_survive_missing_inputs(tiny_exams: list) -> None:
+    network = MammoNetwork().eval()
+    table = case_table(network, tiny_exams, dict(INFERENCE_DEFAULTS))
+    head = train_fusion(table, table, "dynamic", seed=0, epochs=3)
+    missing = random_missing(table, 1.0, seed=0)
+    assert not missing.clinical_present.any() and not missing.text_present.any()
+    with torch.no_grad():
+        weights = head(*missing.tensors()).weights.numpy()
+    np.testing.assert_allclose(weights, np.tile([1.0, 0.0, 0.0], (len(tiny_exams), 1)), atol=1e-6)
+
+
+def test_density_model_fits_texture_statistics(tiny_exams: list) -> None:
+    weights, bias, accuracy = fit_density_model(tiny_exams, seed=0)
+    assert weights.shape == (7, 4) and bias.shape == (4,)
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_deployed_onnx_matches_eager_pytorch_within_1e_4() -> None:
+    import onnxruntime as ort
+
+    bundle = load_bundle("mammo_fusion")
+    state = torch.load(bundle.weights_path)
+    network = MammoNetwork()
+    network.load_state_dict({k[len("network."):]: v for k, v in state.items() if k.startswith("network.")})
+    network.eval()
+    case = generate_case(11)
+    view = prepare_view(case.views()[0][2], case.acquisition.pixel_spacing_mm)
+    session = ort.InferenceSession(str(bundle.deployed_path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"views": view.channels[None]})[0]
+    with torch.no_grad():
+        eager = network(torch.from_numpy(view.channels[None])).numpy()
+    assert np.abs(onnx_out - eager).max() < 1e-4
