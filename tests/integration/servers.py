@@ -21,7 +21,8 @@ from sqlalchemy import func, select
 from radfusion.db import Database
 from radfusion.models import Delivery, Job, Study
 from radfusion.settings import default_routing
-from tests.peers import PEER_ENV, free_port, require_tool, running, stop_process, wait_for_port, wait_until
+from tests.peers import (PEER_ENV, dciodvfy_errors, free_port, require_tool, running, stop_process, wait_for_port,
+                         wait_until)
 
 
 def routing_to(destinations: Sequence[str] = (), alert_channels: Sequence[str] = ()) -> list[dict]:
@@ -81,6 +82,13 @@ class RadfusionServer:
             self._db.dispose()
             self._db = None
 
+    def assert_results_conform(self) -> int:
+        """dciodvfy on every SR and SEG this server wrote: no errors; returns how many were checked."""
+        results = sorted((self.workdir / "data" / "results").rglob("*.dcm"))
+        problems = {str(path): errors for path in results if (errors := dciodvfy_errors(path))}
+        assert not problems, problems
+        return len(results)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -114,6 +122,7 @@ def radfusion_server(workdir: Path, **overrides: Any) -> Iterator[RadfusionServe
         yield server
     finally:
         server.stop()
+    server.assert_results_conform()
 
 
 class Orthanc:
