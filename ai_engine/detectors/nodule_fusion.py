@@ -61,7 +61,17 @@ class WorkGrid:
 
     def to_source(self, work_zyx: np.ndarray) -> np.ndarray:
         """Work-grid voxel coordinates -> source voxel coordinates."""
-        return np.asarray(work_zyx, dtype=np.float64) / np.asarray(self.zoom)
+        return work_to_source(work_zyx, self.zoom)
+
+
+def source_to_work(zyx: np.ndarray, zoom: tuple[float, float, float]) -> np.ndarray:
+    """Source voxel coordinates -> work-grid voxel coordinates (voxel centres, as ``ndimage.zoom(grid_mode=True)``)."""
+    return (np.asarray(zyx, dtype=np.float64) + 0.5) * np.asarray(zoom) - 0.5
+
+
+def work_to_source(zyx: np.ndarray, zoom: tuple[float, float, float]) -> np.ndarray:
+    """Inverse of ``source_to_work``."""
+    return (np.asarray(zyx, dtype=np.float64) + 0.5) / np.asarray(zoom) - 0.5
 
 
 def resample_to_work(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -210,7 +220,7 @@ def candidates(hu: np.ndarray, lungs: np.ndarray, limit: int = MAX_CANDIDATES) -
 
 
 def extract_patches(volume: np.ndarray, centers: np.ndarray, size: int = PATCH, raw: bool = False) -> np.ndarray:
-    """float32 [N, 1, size, size, size] patches around ``centers``.
+    """float32 [N, 1, size, size, size] patches around ``centers`` (clipped into the volume).
 
     HU patches are scaled to 0..1 over PATCH_HU_RANGE with air outside the volume; ``raw``
     copies the values as they are (label volumes), with 0 outside.
@@ -219,7 +229,8 @@ def extract_patches(volume: np.ndarray, centers: np.ndarray, size: int = PATCH, 
     half = size // 2
     padded = np.pad(volume, half, mode="constant", constant_values=0 if raw else low)
     out = np.empty((len(centers), 1, size, size, size), dtype=np.float32)
-    for i, (z, y, x) in enumerate(np.asarray(centers, dtype=int)):
+    centers = np.clip(np.rint(np.asarray(centers, dtype=np.float64)), 0, np.array(volume.shape) - 1).astype(int)
+    for i, (z, y, x) in enumerate(centers.reshape(-1, 3)):
         out[i, 0] = padded[z: z + size, y: y + size, x: x + size]
     if raw:
         return out
@@ -361,12 +372,16 @@ class NoduleFusion:
         analysis = self.analyse(volume)
         keep = suppress(analysis.points, analysis.probability, float(self.parameters["nms_mm"]))
         keep = [i for i in keep if analysis.probability[i] >= float(self.parameters["finding_threshold"])]
-        keep = keep[: int(self.parameters["max_findings"])]
         findings: list[Finding] = []
         if keep:
             malignancy, weights, spread = self.fuse(analysis.embedding[keep], inputs.context)
+            spacing = np.asarray(volume.spacing_mm)
             for j, i in enumerate(keep):
-                findings.append(self._finding(volume, analysis, i, float(malignancy[j]), weights[j], float(spread[j])))
+                finding = self._finding(volume, analysis, i, float(malignancy[j]), weights[j], float(spread[j]))
+                if not any(_same_nodule(finding, kept, spacing) for kept in findings):
+                    findings.append(finding)
+                if len(findings) == int(self.parameters["max_findings"]):
+                    break
         case_score = max((f.score for f in findings), default=0.0)
         notes = [f"{len(analysis.points)} candidates examined on a {WORK_MM} mm isotropic grid",
                  "clinical context: " + ("used" if inputs.context is not None else "not available; image only")]
@@ -415,6 +430,12 @@ def suppress(points: np.ndarray, scores: np.ndarray, radius_mm: float) -> list[i
         if all(np.linalg.norm((points[i] - points[k]) * WORK_MM) > radius_mm for k in kept):
             kept.append(int(i))
     return kept
+
+
+def _same_nodule(finding: Finding, kept: Finding, spacing: np.ndarray) -> bool:
+    """True when ``finding``'s centre lies within ``kept``'s radius: two candidates on one large nodule."""
+    distance = float(np.linalg.norm((np.array(finding.center_voxel) - np.array(kept.center_voxel)) * spacing))
+    return distance <= max((kept.diameter_mm or 0.0) / 2.0, 3.0)
 
 
 def _central_component(mask: np.ndarray) -> np.ndarray:

@@ -60,6 +60,7 @@ JITTER_COPIES = 4
 MODEL_CARD_DIR = Path("docs/model-cards/nodule")
 SPLITS = {"A": 0.7, "V": 0.1, "C": 0.2}
 FUSION_SIZE, QUICK_FUSION_SIZE = 400, 6
+HARD_NEGATIVES_PER_CASE = 60
 FUSION_SEED_OFFSET = 50_000  # fusion cases never share a seed with the detection cases
 # Short scans (120 mm) from the training scanners: enough lung around each nodule, a tenth of the voxels.
 FUSION_ACQUISITION = dataclasses.replace(TRAIN_ACQUISITION, z_extent_mm=120.0)
@@ -95,7 +96,7 @@ def _case_patches(seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     truth = {n.label: n for n in case.nodules}
     matched = _match(points, case, zoom)
     for label, nodule in truth.items():
-        centre = np.rint(np.array(nodule.center_voxel) * zoom).astype(int)
+        centre = np.rint(model.source_to_work(nodule.center_voxel, zoom)).astype(int)
         centres.append(centre)
         hits.append(label)
         for _ in range(JITTER_COPIES):
@@ -129,7 +130,7 @@ def _match(points: np.ndarray, case: NoduleCase, zoom: tuple[float, float, float
     """Per candidate, the label of the nodule whose centre lies within max(radius, 3 mm), else 0."""
     matched = np.zeros(len(points), dtype=int)
     for nodule in case.nodules:
-        centre = np.array(nodule.center_voxel) * zoom
+        centre = model.source_to_work(nodule.center_voxel, zoom)
         distance = np.linalg.norm(points - centre, axis=1) * model.WORK_MM
         matched[(distance <= max(nodule.diameter_mm / 2.0, 3.0)) & (matched == 0)] = nodule.label
     return matched
@@ -168,7 +169,7 @@ def _fusion_case(seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Truth-centred patches of one short nodule-bearing scan and its clinical encoding (worker process)."""
     case = generate_case(seed, ranges=FUSION_ACQUISITION, negative_rate=0.0)
     hu, zoom = model.resample_to_work(_as_volume(case))
-    centres = np.rint(np.array([n.center_voxel for n in case.nodules]) * zoom).astype(int).reshape(-1, 3)
+    centres = model.source_to_work(np.array([n.center_voxel for n in case.nodules]).reshape(-1, 3), zoom)
     patches = np.rint(model.extract_patches(hu, centres)[:, 0] * 255).astype(np.uint8)
     clinical, present = encode_clinical(Task.LUNG_NODULE, case.context)
     text, text_present = encode_note(context_text(case.context))
@@ -187,6 +188,46 @@ def build_fusion_set(seeds: list[int], workers: int = 2) -> FusionSet:
                                for key in ("clinical", "present", "text", "text_present")})
 
 
+
+def _case_hard_negatives(args: tuple[int, dict[str, torch.Tensor]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Patches of the candidates the network scores highest although they are not nodules (one case, worker)."""
+    seed, state = args
+    torch.set_num_threads(1)
+    network = model.NodulePatchNet()
+    network.load_state_dict(state)
+    case = generate_case(seed)
+    hu, zoom = model.resample_to_work(_as_volume(case))
+    points = model.candidates(hu, model.work_lung_mask(hu))
+    negatives = points[_match(points, case, zoom) == 0]
+    patches = model.extract_patches(hu, negatives)
+    logits = _predict(network, np.rint(patches[:, 0] * 255).astype(np.uint8))["nodule_logit"]
+    hardest = np.argsort(-logits)[:HARD_NEGATIVES_PER_CASE]
+    chosen = patches[hardest, 0]
+    arrays = {"patches": np.rint(chosen * 255).astype(np.uint8),
+              "segs": np.zeros((len(chosen), 16, 16, 16), dtype=np.uint8),
+              "nodule": np.zeros(len(chosen), dtype=np.uint8), "kind": np.full(len(chosen), -1)}
+    return arrays, {"recall": [], "candidates": len(points)}
+
+
+def mine_hard_negatives(network: model.NodulePatchNet, seeds: list[int], workers: int = 2) -> PatchSet:
+    """Hard negatives of the detection cases (same seeds and order as the PatchSet they extend)."""
+    state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        parts = list(tqdm(pool.map(_case_hard_negatives, [(seed, state) for seed in seeds]), total=len(seeds),
+                          desc="hard negatives", unit="case"))
+    return PatchSet(patches=np.concatenate([a["patches"] for a, _ in parts]),
+                    segs=np.concatenate([a["segs"] for a, _ in parts]),
+                    nodule=np.concatenate([a["nodule"] for a, _ in parts]),
+                    kind=np.concatenate([a["kind"] for a, _ in parts]),
+                    case=np.concatenate([np.full(len(a["nodule"]), i) for i, (a, _) in enumerate(parts)]))
+
+
+def join(first: PatchSet, second: PatchSet) -> PatchSet:
+    """Both patch sets in one (case indices refer to the same cases)."""
+    return PatchSet(*(np.concatenate([getattr(first, f), getattr(second, f)])
+                      for f in ("patches", "segs", "nodule", "kind", "case")))
+
+
 def _split(n_cases: int, seed: int) -> dict[str, np.ndarray]:
     """Cases split by patient into A (CNN), V (CNN early stopping) and C (fusion stopping, calibration)."""
     order = np.random.default_rng(seed).permutation(n_cases)
@@ -200,14 +241,17 @@ def _tensor(patches: np.ndarray) -> torch.Tensor:
 
 
 def _augment(x: torch.Tensor, seg: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips and axial transposition (a nodule has no preferred orientation), plus HU gain jitter."""
+    """Random flips and axial transposition (a nodule has no preferred orientation), HU gain jitter and noise."""
     for axis in (2, 3, 4):
         if rng.random() < 0.5:
             x, seg = x.flip(axis), seg.flip(axis - 1)
     if rng.random() < 0.5:
         x, seg = x.transpose(3, 4), seg.transpose(2, 3)
     gain = torch.from_numpy(rng.uniform(0.93, 1.07, size=(x.shape[0], 1, 1, 1, 1)).astype(np.float32))
-    return (x * gain).clamp(0, 1), seg
+    # extra white noise up to ~30 HU (1 unit = 1400 HU): scanners noisier than the training ones
+    sigma = rng.uniform(0.0, 0.021, size=(x.shape[0], 1, 1, 1, 1)).astype(np.float32)
+    noise = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32) * sigma)
+    return (x * gain + noise).clamp(0, 1), seg
 
 
 def _network_step(net: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -238,11 +282,13 @@ def _predict(net: torch.nn.Module, patches: np.ndarray, batch: int = 128) -> dic
 
 
 def _train_network(data: PatchSet, train_cases: np.ndarray, val_cases: np.ndarray, epochs: int, seed: int,
-                   max_seconds: float) -> tuple[model.NodulePatchNet, dict[str, Any]]:
+                   max_seconds: float, network: model.NodulePatchNet | None = None
+                   ) -> tuple[model.NodulePatchNet, dict[str, Any]]:
+    """Train (or, given ``network``, fine-tune) the patch CNN on cases A with early stopping on V."""
     train_index = np.where(np.isin(data.case, train_cases))[0]
     val_index = np.where(np.isin(data.case, val_cases))[0]
     rng = np.random.default_rng(seed)
-    net = model.NodulePatchNet()
+    net = network or model.NodulePatchNet()
     positives = train_index[data.nodule[train_index] == 1]
     negatives = train_index[data.nodule[train_index] == 0]
 
@@ -537,8 +583,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
         base_hits += _hit_ids(np.array([f.center_voxel for f in base.findings]).reshape(-1, 3), spacing, truth)
         # the fusion experiment and type accuracy use each nodule's truth-centred patch from the loaded series
         if case.nodules:
-            zoom = np.array(analysis.grid.zoom)
-            centres_work = np.rint(np.array([n.center_voxel for n in case.nodules]) * zoom).astype(int)
+            centres_work = model.source_to_work(np.array([n.center_voxel for n in case.nodules]), analysis.grid.zoom)
             outputs = detector.run_network(model.extract_patches(analysis.grid.hu, centres_work))
             embeddings.append(outputs[4])
             kinds_pred += list(np.argmax(outputs[1], axis=1))
