@@ -145,6 +145,8 @@ class Service:
     def _run_job(self, job_id: int) -> None:
         try:
             self.runner.run(job_id)
+        except Exception:  # the runner records job failures itself; this is e.g. the database failing
+            log.exception("job %d could not be recorded; it stays running and is requeued at the next start", job_id)
         finally:
             with self._lock:
                 self._running.discard(job_id)
