@@ -269,15 +269,27 @@ def density_probabilities(statistics: np.ndarray, weights: np.ndarray, bias: np.
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def birads_suggestion(probability: float, has_findings: bool) -> str:
-    """BI-RADS-style category from the malignancy probability (ACR likelihood ranges).
+def select_findings(candidates: list[Candidate], probability: float, params: dict[str, Any]) -> list[Candidate]:
+    """Candidates worth showing: none below the case probability ``report_case_probability`` (a
+    BI-RADS 1/2 exam lists no lesions), else the strongest ``max_findings`` above ``report_threshold``."""
+    if probability < float(params["report_case_probability"]):
+        return []
+    strong = [c for c in candidates if max(c.score, c.matched_score) >= float(params["report_threshold"])]
+    strong.sort(key=lambda c: -max(c.score, c.matched_score))
+    return strong[: int(params["max_findings"])]
 
-    Below 2 %: "1" when nothing is reported, "2" otherwise. Category 3 (probably benign) needs a
-    diagnostic work-up and is never suggested from a screening exam alone.
+
+def birads_suggestion(probability: float, has_findings: bool) -> str:
+    """BI-RADS-style category: "1" when no lesion is reported, else ACR's likelihood ranges.
+
+    Below 2 % a reported lesion gives "2". Category 3 (probably benign) needs a diagnostic
+    work-up and is never suggested from a screening exam alone.
     """
+    if not has_findings:
+        return "1"
     for upper, category in BIRADS_RANGES:
         if probability < upper:
-            return category if category != "2" or has_findings else "1"
+            return category
     return "5"
 
 
@@ -353,8 +365,7 @@ class MammoFusion:
         weight_dict = {name: round(float(w), 4) for name, w in zip(("image", "clinical", "text"), weights,
                                                                    strict=True)}
         density = DENSITY_CATEGORIES[int(np.argmax(analysis.density_probabilities))]
-        report = float(self.params["report_threshold"])
-        shown = [c for c in analysis.candidates if max(c.score, c.matched_score) >= report]
+        shown = select_findings(analysis.candidates, probability, self.params)
         birads = birads_suggestion(probability, bool(shown))
         findings = [self._finding(c, analysis, views, probability, logit_std, weight_dict, birads)
                     for c in shown]
