@@ -5,8 +5,11 @@ Training draws one synthetic cohort (``TRAIN_ACQUISITION`` scanners), runs the d
 candidate generator on each case, and cuts 32^3 patches: every candidate near a nodule and a
 jittered copy of each nodule are positives, a sample of the other candidates (vessel segments and
 junctions, airway walls, pleura) negatives. Cases are split by patient: A trains the patch CNN
-(early stopping on V); the fusion heads learn on the nodules of A + V from the CNN's embedding,
-stop early on C, and the temperature is fitted on C. Evaluation generates a held-out cohort with
+(early stopping on V); the CNN then scores every candidate of the first ``HARD_NEGATIVE_CASES``
+cases and is fine-tuned with the ``HARD_NEGATIVES_PER_CASE`` highest-scoring mimics of each added.
+The fusion heads learn on a separate cohort of ``FUSION_SIZE`` patients (short scans, one or
+more nodules each) from the CNN's embedding of each nodule; a quarter of those patients stops
+their training and fits the temperature. Evaluation generates a held-out cohort with
 another seed and shifted acquisition (``HELDOUT_ACQUISITION``), writes every case as DICOM,
 loads it through the server's loader and runs the deployed detector and the baseline on it.
 """
@@ -61,6 +64,7 @@ MODEL_CARD_DIR = Path("docs/model-cards/nodule")
 SPLITS = {"A": 0.7, "V": 0.1, "C": 0.2}
 FUSION_SIZE, QUICK_FUSION_SIZE = 400, 6
 HARD_NEGATIVES_PER_CASE = 60
+HARD_NEGATIVE_CASES = 28
 FUSION_SEED_OFFSET = 50_000  # fusion cases never share a seed with the detection cases
 # Short scans (120 mm) from the training scanners: enough lung around each nodule, a tenth of the voxels.
 FUSION_ACQUISITION = dataclasses.replace(TRAIN_ACQUISITION, z_extent_mm=120.0)
@@ -469,13 +473,24 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
 
 
 def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSet,
-                       *, out_dir: Path | None, epochs: int, seed: int, quick: bool, max_seconds: float) -> Path:
-    """Train the patch CNN on ``data`` and the fusion heads on ``fusion``, calibrate, export, write the bundle."""
+                       *, out_dir: Path | None, epochs: int, seed: int, quick: bool, max_seconds: float,
+                       hard_negative_seeds: list[int] | None = None) -> Path:
+    """Train the patch CNN on ``data`` and the fusion heads on ``fusion``, calibrate, export, write the bundle.
+
+    With ``hard_negative_seeds`` (the first seeds of ``data``'s cases, in order), the trained CNN
+    scores every candidate of those cases and is fine-tuned with the highest-scoring mimics added.
+    """
     torch.set_num_threads(1)
     seed_everything(seed)
     started = time.monotonic()
     split = _split(int(data.case.max()) + 1, seed)
     network, cnn_summary = _train_network(data, split["A"], split["V"], epochs, seed, max_seconds)
+    if hard_negative_seeds:
+        hard = mine_hard_negatives(network, hard_negative_seeds)
+        network, fine = _train_network(join(data, hard), split["A"], split["V"], max(epochs // 2, 1), seed + 2,
+                                       max_seconds, network=network)
+        cnn_summary = {"first": cnn_summary, "hard_negative_fine_tuning": fine,
+                       "hard_negative_patches": int(len(hard.nodule))}
     heads, scaler, fusion_summary = fit_fusion(network, fusion, seed, quick)
     root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
     training_data = {"generator": "ai_engine.synthetic.cohorts.nodule", "detection_cases": int(data.case.max()) + 1,
@@ -491,10 +506,11 @@ def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSe
 def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, seed: int, quick: bool) -> Path:
     """Generate the training cohort, build patches and train the bundle (module docstring)."""
     size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
-    data, stats = build_patch_set([seed * 100_003 + i for i in range(size)])
+    seeds = [seed * 100_003 + i for i in range(size)]
+    data, stats = build_patch_set(seeds)
     fusion = build_fusion_set([seed * 100_003 + FUSION_SEED_OFFSET + i
                                for i in range(QUICK_FUSION_SIZE if quick else FUSION_SIZE)])
-    return train_from_patches(data, stats, fusion, out_dir=out_dir, epochs=epochs or (QUICK_EPOCHS if quick
+    return train_from_patches(data, stats, fusion, hard_negative_seeds=seeds[:HARD_NEGATIVE_CASES], out_dir=out_dir, epochs=epochs or (QUICK_EPOCHS if quick
                                                                                          else CNN_EPOCHS),
                               seed=seed, quick=quick, max_seconds=60.0 if quick else 480.0)
 
