@@ -14,29 +14,14 @@ from __future__ import annotations
 import argparse
 import resource
 import tempfile
-import time
 from pathlib import Path
 
 import onnxruntime
 
-from ai_engine.detectors.registry import create_detector
-from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.mammo_phantom import Acquisition
-
-
-def _time_exam(name: str, paths: list[Path], repeats: int) -> tuple[float, float, int, bool]:
-    """(model load seconds, best load+detect seconds, findings, positive) of detector ``name``."""
-    start = time.perf_counter()
-    detector = create_detector(name)
-    load_seconds = time.perf_counter() - start
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = detector.detect(load_inputs(Task.MAMMOGRAPHY, paths))
-        best = min(best, time.perf_counter() - start)
-    return load_seconds, best, len(result.findings), result.positive
+from bench.timing import time_detector
 
 
 def main() -> None:
@@ -54,10 +39,10 @@ def main() -> None:
               f"density {case.density}")
         times = {}
         for name in ("mammo_fusion", "mammo_baseline"):
-            load, best, findings, positive = _time_exam(name, paths, args.repeats)
-            times[name] = best
-            print(f"{name:14s} model load {load:6.2f} s | load+detect best of {args.repeats}: {best:6.2f} s | "
-                  f"positive={positive} findings={findings}")
+            timing = time_detector(name, Task.MAMMOGRAPHY, paths, args.repeats)
+            times[name] = timing.load_detect_s
+            print(f"{name:14s} model load {timing.model_load_s:6.2f} s | load+detect best of {args.repeats}: "
+                  f"{timing.load_detect_s:6.2f} s | positive={timing.positive} findings={timing.findings}")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"ratio mammo_fusion / mammo_baseline: {times['mammo_fusion'] / times['mammo_baseline']:.2f}")
     print(f"peak RSS of this process: {peak_gb:.2f} GB (target <= 3 GB); target load+detect <= 3 s")

@@ -16,17 +16,15 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ai_engine.detectors.registry import create_detector
-from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.chest_ct import ChestAcquisition, NoduleSpec, make_chest_phantom
 from ai_engine.synthetic.cohorts.nodule import generate_case, study_header
 from ai_engine.synthetic.dicom_writer import write_ct_series
+from bench.timing import time_detector
 
 DETECTORS = ("nodule_fusion", "nodule_baseline")
 
@@ -43,16 +41,9 @@ def _write(out: Path, rows: int, slices: int) -> list[Path]:
 
 def _run_one(name: str, folder: Path, repeats: int) -> dict[str, float]:
     """Time one detector on the study in ``folder`` (runs in a child process)."""
-    paths = sorted(folder.glob("*.dcm"))
-    start = time.perf_counter()
-    detector = create_detector(name)
-    model_load = time.perf_counter() - start
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = detector.detect(load_inputs(Task.LUNG_NODULE, paths))
-        best = min(best, time.perf_counter() - start)
-    return {"model_load_s": round(model_load, 2), "load_detect_s": round(best, 2), "findings": len(result.findings),
+    timing = time_detector(name, Task.LUNG_NODULE, sorted(folder.glob("*.dcm")), repeats)
+    return {"model_load_s": round(timing.model_load_s, 2), "load_detect_s": round(timing.load_detect_s, 2),
+            "findings": timing.findings,
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 

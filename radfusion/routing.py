@@ -26,13 +26,10 @@ class Route:
 
 @dataclass(frozen=True)
 class RouteMatch:
-    """A detector chosen for a series, with the rule that chose it and where its results go."""
+    """A detector chosen for a series, with the rule that chose it (and says where results go)."""
 
-    rule: str
+    route: Route
     detector: str
-    destinations: tuple[str, ...]
-    report_destinations: tuple[str, ...]
-    alert_channels: tuple[str, ...]
 
 
 class Router:
@@ -47,8 +44,7 @@ class Router:
         for route in self.routes:
             if route.matcher.matches(attributes):
                 for detector in route.detectors:
-                    chosen.setdefault(detector, RouteMatch(route.name, detector, route.destinations,
-                                                           route.report_destinations, route.alert_channels))
+                    chosen.setdefault(detector, RouteMatch(route, detector))
         return list(chosen.values())
 
 

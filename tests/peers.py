@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,6 +113,15 @@ def storescu(port: int, files: Sequence[Path], calling_ae: str = "STORESCU",
     cmd = [exe, "-aet", calling_ae, "-aec", called_ae, "-R", *extra,
            "127.0.0.1", str(port), *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, env=PEER_ENV, timeout=300)
+
+
+def mllp_send(port: int, path: Path) -> list[str]:
+    """python-hl7's mllp_send on a file of messages, over one connection; the MSA segments it printed."""
+    exe = shutil.which("mllp_send") or str(Path(sys.executable).parent / "mllp_send")
+    proc = subprocess.run([exe, "--loose", "-p", str(port), "-f", str(path), "127.0.0.1"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.replace("\r", "\n").splitlines() if line.startswith("MSA")]
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

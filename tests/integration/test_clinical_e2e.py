@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from hl7_fhir.mllp import MllpReply, MllpServer
 from radfusion.models import Alert, Delivery, Job
 from tests.fhir_peer.fixture import fhir_peer, seed
 from tests.integration.servers import radfusion_server, routing_to
-from tests.peers import free_port, require_tool, storescp, storescu, wait_until
+from tests.peers import free_port, mllp_send, require_tool, storescp, storescu, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
 
@@ -53,15 +51,6 @@ class Hl7Sink:
     def handle(self, text: str) -> MllpReply:
         self.messages.append(text)
         return MllpReply(build_ack(read_header(text), "AA", "received"))
-
-
-def mllp_send(port: int, path: Path) -> list[str]:
-    """python-hl7's mllp_send, one connection for the whole file; the MSA segments it printed."""
-    exe = shutil.which("mllp_send") or str(Path(sys.executable).parent / "mllp_send")
-    proc = subprocess.run([exe, "--loose", "-p", str(port), "-f", str(path), "127.0.0.1"],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    return [line for line in proc.stdout.replace("\r", "\n").splitlines() if line.startswith("MSA")]
 
 
 def test_labs_from_hl7_and_fhir_reach_the_job_and_the_reports(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Order
 from hl7_fhir.inbox import Hl7Inbox
 from hl7_fhir.mllp import MllpClient, MllpError, MllpFramer, MllpNegativeAck, MllpReply, MllpServer, frame
+from tests.peers import mllp_send
 from tests.unit.hl7_fhir.messages import adt, orm, oru
 
 
@@ -60,15 +60,6 @@ def port(store: FakeStore) -> Iterator[int]:
     bound = server.start()
     yield bound
     server.stop()
-
-
-def mllp_send(port: int, path: Path) -> list[str]:
-    """Run python-hl7's mllp_send on a file; the ACKs it printed, one per message."""
-    exe = shutil.which("mllp_send") or str(Path(sys.executable).parent / "mllp_send")
-    proc = subprocess.run([exe, "--loose", "-p", str(port), "-f", str(path), "127.0.0.1"],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    return [line for line in proc.stdout.replace("\r", "\n").splitlines() if line.startswith("MSA")]
 
 
 def test_mllp_send_file_of_messages_over_one_connection(tmp_path: Path, store: FakeStore, port: int) -> None:

@@ -1,0 +1,32 @@
+"""Routing rules are checked at start-up and pick detectors per series."""
+
+from __future__ import annotations
+
+import pytest
+
+from radfusion.errors import ConfigError
+from radfusion.routing import compile_routing
+from radfusion.settings import RoutingRuleSettings, default_routing
+
+HEAD = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Brain 5mm"}
+
+
+def test_default_rules_pick_one_detector_per_task() -> None:
+    router = compile_routing(default_routing(["pacs"], ["ed"]))
+    (match,) = router.select(HEAD)
+    assert (match.detector, match.route.name, match.route.destinations) == ("ich_baseline", "head-ct-hemorrhage", ("pacs",))
+    assert router.select({**HEAD, "SeriesDescription": "SCOUT"}) == []
+    assert [m.detector for m in router.select({"Modality": "MG"})] == ["mammo_baseline"]
+
+
+def test_unknown_detector_fails_with_a_suggestion() -> None:
+    rule = RoutingRuleSettings(name="typo", match={"Modality": "CT"}, detectors=["ich_baselne"])
+    with pytest.raises(ConfigError, match=r"routing\[0\] \(typo\)\.detectors\[0\]: unknown detector 'ich_baselne'.*"
+                                          r"did you mean 'ich_baseline'"):
+        compile_routing([rule])
+
+
+def test_bad_regex_names_the_rule() -> None:
+    rule = RoutingRuleSettings(name="bad", match={"SeriesDescription": "/[unclosed/"}, detectors=["ich_baseline"])
+    with pytest.raises(ConfigError, match=r"routing\[0\] \(bad\)\.match"):
+        compile_routing([rule])
