@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -117,6 +117,7 @@ class RetrySettings(Strict):
 
 
 Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+NamedT = TypeVar("NamedT")
 
 
 class WebhookChannelSettings(Strict):
@@ -289,32 +290,20 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.storage_path / 'radfusion.db').resolve()}"
 
     def destination(self, name: str) -> DestinationSettings:
-        """The destination called ``name`` (names are checked at start-up)."""
-        for dest in self.destinations:
-            if dest.name == name:
-                return dest
-        raise KeyError(name)
+        """The DICOM destination called ``name`` (KeyError if none)."""
+        return _named(self.destinations, name)
 
     def channel(self, name: str) -> WebhookChannelSettings | FhirAlertChannelSettings | Hl7AlertChannelSettings:
-        """The alert channel called ``name``."""
-        for channel in self.alerts.channels:
-            if channel.name == name:
-                return channel
-        raise KeyError(name)
+        """The alert channel called ``name`` (KeyError if none)."""
+        return _named(self.alerts.channels, name)
 
     def fhir_destination(self, name: str) -> FhirServerSettings:
-        """The FHIR destination called ``name``."""
-        for dest in self.fhir_destinations:
-            if dest.name == name:
-                return dest
-        raise KeyError(name)
+        """The FHIR destination called ``name`` (KeyError if none)."""
+        return _named(self.fhir_destinations, name)
 
     def hl7_destination(self, name: str) -> Hl7DestinationSettings:
-        """The HL7 destination called ``name``."""
-        for dest in self.hl7_destinations:
-            if dest.name == name:
-                return dest
-        raise KeyError(name)
+        """The HL7 destination called ``name`` (KeyError if none)."""
+        return _named(self.hl7_destinations, name)
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -350,6 +339,14 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def _named(items: Sequence[NamedT], name: str) -> NamedT:
+    """The entry of ``items`` whose ``name`` is ``name``; names are unique (checked at load)."""
+    for item in items:
+        if item.name == name:
+            return item
+    raise KeyError(name)
 
 
 def _known(key: str, names: Sequence[str], known: set[str]) -> None:
