@@ -465,6 +465,7 @@ def _to_source(shape: tuple[int, ...], grid: WorkGrid, point: np.ndarray, mask: 
                            zip(lo_c, hi_c, zoom, corner_work, strict=True)], indexing="ij")
     region = tuple(slice(a, b) for a, b in zip(lo_c, hi_c, strict=True))
     source_mask[region] = ndimage.map_coordinates(mask.astype(np.float32), coords, order=0, cval=0.0) > 0.5
-    source_heat[region] = ndimage.map_coordinates(heat.astype(np.float32), coords, order=1, cval=0.0)
-    return source_mask, np.clip(source_heat, 0.0, 1.0)
+    heat_region = ndimage.map_coordinates(heat.astype(np.float32), coords, order=1, cval=0.0)
+    source_heat[region] = np.clip(heat_region, 0.0, 1.0)
+    return source_mask, source_heat
 
