@@ -156,6 +156,24 @@ class FhirClient:
         body = resource.model_dump(mode="json", exclude_none=True)
         return parse_resource(self._request("POST", f"{self.base_url}/{body['resourceType']}", json=body))
 
+    def post_transaction_once(self, bundle: FHIRAbstractModel) -> FHIRAbstractModel | None:
+        """POST a transaction Bundle unless its first resource is already stored (a retried delivery).
+
+        The first entry's resource is looked up by its first identifier; when it exists, nothing is
+        posted and None comes back, otherwise the transaction-response Bundle. A transaction is
+        atomic, so that one lookup tells whether all of its resources were stored.
+        """
+        body = bundle.model_dump(mode="json", exclude_none=True)
+        if body.get("type") != "transaction" or not body.get("entry"):
+            raise FhirError(f"post_transaction_once needs a non-empty transaction Bundle, got type {body.get('type')!r}")
+        first = body["entry"][0]["resource"]
+        identifier = (first.get("identifier") or [{}])[0]
+        if not identifier.get("system") or not identifier.get("value"):
+            raise FhirError(f"post_transaction_once: the first resource ({first['resourceType']}) needs an identifier")
+        if self.search(first["resourceType"], {"identifier": f"{identifier['system']}|{identifier['value']}"}):
+            return None
+        return self.post_bundle(bundle)
+
     def post_bundle(self, bundle: FHIRAbstractModel) -> FHIRAbstractModel:
         """POST a transaction/batch Bundle to the base URL; the transaction-response Bundle comes back."""
         body = bundle.model_dump(mode="json", exclude_none=True)

@@ -8,7 +8,6 @@ answer finds the first copy instead of storing the result twice.
 from __future__ import annotations
 
 import uuid
-from urllib.parse import quote
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -154,23 +153,23 @@ def build_alert_communication(study: OutboundStudy, findings: Sequence[OutboundF
 
 
 def transaction_bundle(resources: Sequence[FHIRAbstractModel]) -> FHIRAbstractModel:
-    """A transaction Bundle that creates ``resources`` unless one with the same identifier exists.
+    """A transaction Bundle that creates ``resources``; every one must carry an identifier.
 
     Resources whose id is a UUID keep it as their ``urn:uuid`` full URL, so references
-    between them resolve on the server.
+    between them resolve on the server. The creates are plain, not conditional: servers cap
+    the size of a transaction with conditional entries (Medplum: 8 entries), and a report with
+    many findings would never get through. A retried delivery stays single because the sender
+    looks for the first resource's identifier before posting (``FhirClient.post_transaction_once``);
+    the transaction is atomic, so the first resource exists exactly when all of them do.
     """
     entries = []
     for resource in resources:
         body = resource.model_dump(mode="json", exclude_none=True)
         local_id = body.pop("id", None) or str(uuid.uuid4())
-        identifiers = body.get("identifier") or [{}]
-        identifier = identifiers[0]
+        identifier = (body.get("identifier") or [{}])[0]
         if not identifier.get("system") or not identifier.get("value"):
             raise FindingError(f"transaction_bundle: {body['resourceType']} needs an identifier with system "
-                               f"and value for its conditional create")
-        entries.append({
-            "fullUrl": f"urn:uuid:{local_id}", "resource": body,
-            "request": {"method": "POST", "url": body["resourceType"],
-                        "ifNoneExist": "identifier=" + quote(f"{identifier['system']}|{identifier['value']}")},
-        })
+                               f"and value, so that a retried delivery can find it")
+        entries.append({"fullUrl": f"urn:uuid:{local_id}", "resource": body,
+                        "request": {"method": "POST", "url": body["resourceType"]}})
     return _model({"resourceType": "Bundle", "type": "transaction", "entry": entries})

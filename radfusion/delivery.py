@@ -79,7 +79,7 @@ class DeliveryWorker:
             elif kind in ("fhir_report", "fhir_alert"):
                 server = settings.fhir_destination(target if kind == "fhir_report" else _channel_destination(settings, target))
                 with fhir_client(server) as client:
-                    client.post_bundle(parse_resource(body))
+                    client.post_transaction_once(parse_resource(body))
             else:
                 dest = settings.hl7_destination(target if kind == "hl7_report" else _channel_destination(settings, target))
                 with MllpClient(dest.host, dest.port, timeout_s=timeout) as client:

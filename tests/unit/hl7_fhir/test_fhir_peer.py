@@ -92,9 +92,9 @@ def test_outbound_report_is_valid_and_found_again_once(client: FhirClient, seede
     report, observations = build_diagnostic_report(study(), FINDINGS, issued=NOW,
                                                    patient_reference=f"Patient/{seeded}")
     alert = build_alert_communication(study(), FINDINGS, sent=NOW, patient_reference=f"Patient/{seeded}")
-    bundle = transaction_bundle([*observations, report, alert])
-    client.post_bundle(bundle)
-    client.post_bundle(bundle)  # a retried delivery must not store a second copy
+    bundle = transaction_bundle([report, *observations, alert])
+    assert client.post_transaction_once(bundle) is not None
+    assert client.post_transaction_once(bundle) is None  # a retried delivery must not store a second copy
     found = client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{study().study_instance_uid}/"
                                                              f"{study().algorithm}"})
     assert len(found) == 1
@@ -130,3 +130,15 @@ def test_slow_server_the_budget_holds_and_tokens_are_sent(tmp_path: Path) -> Non
             with pytest.raises(FhirError, match="answered 401") as info:
                 anonymous.find_patient(SYSTEM, MRN)
             assert info.value.status == 401
+
+
+def test_a_report_with_many_findings_goes_through_in_one_transaction(client: FhirClient, seeded: str) -> None:
+    many = [OutboundFinding("Nodule", "27925004", "http://snomed.info/sct", f"lobe {i}", diameter_mm=4.0 + i,
+                            score=0.6) for i in range(12)]
+    other = OutboundStudy("1.2.826.0.1.3680043.8.498.2", "ACC-MANY", MRN, "HOSP", SYSTEM, "24627-2", "CT Chest",
+                          "radfusion-nodule 0.1.0", NOW)
+    report, observations = build_diagnostic_report(other, many, issued=NOW, patient_reference=f"Patient/{seeded}")
+    assert client.post_transaction_once(transaction_bundle([report, *observations])) is not None
+    (stored,) = client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{other.study_instance_uid}/"
+                                                                 f"{other.algorithm}"})
+    assert len(stored.result) == 12
