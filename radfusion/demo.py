@@ -142,9 +142,10 @@ def _print_results(service: Service, sink: SinkRecorder, workdir: Path) -> None:
             print(f"\njob {job.id}: {job.detector} ({algo.get('kind', '?')}) on accession "
                   f"{job.study.accession_number}: {job.state}" + (f" - {job.error}" if job.error else ""))
             for finding in result.get("findings", []):
-                size = (f"{finding['volume_ml']:.2f} mL" if finding.get("volume_ml") is not None
-                        else f"{finding.get('diameter_mm') or 0:.1f} mm")
-                print(f"  {finding['type']:<22} {finding['location']:<28} {size:>10}  score {finding['score']:.2f}")
+                sizes = [f"{finding['diameter_mm']:.1f} mm" if finding.get("diameter_mm") is not None else "",
+                         f"{finding['volume_ml']:.2f} mL" if finding.get("volume_ml") is not None else ""]
+                size = " / ".join(s for s in sizes if s)
+                print(f"  {finding['type']:<22} {finding['location']:<36} {size:>18}  score {finding['score']:.2f}")
             for artifact in session.scalars(select(Artifact).where(Artifact.job_id == job.id)):
                 print(f"  {artifact.kind.upper():<4} {artifact.path}")
         for alert in session.scalars(select(Alert)):

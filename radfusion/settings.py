@@ -241,7 +241,7 @@ class Hl7Settings(Strict):
 
 
 def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[str] = ()) -> list[RoutingRuleSettings]:
-    """Head CT, chest CT and mammograms to the classical baselines; results kept locally unless
+    """Head CT, chest CT and mammograms to the deep fusion detectors; results kept locally unless
     ``destinations`` and ``alert_channels`` are given."""
     not_scout = "!/scout|localizer|topogram|surview/i"
     common = {"destinations": list(destinations), "alert_channels": list(alert_channels)}
@@ -249,14 +249,14 @@ def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[s
         RoutingRuleSettings(
             name="head-ct-hemorrhage",
             match={"Modality": "CT", "BodyPartExamined": "/head|brain|skull/i", "SeriesDescription": not_scout},
-            detectors=["ich_baseline"], **common,
+            detectors=["ich_fusion"], **common,
         ),
         RoutingRuleSettings(
             name="chest-ct-nodule",
             match={"Modality": "CT", "BodyPartExamined": "/chest|lung|thorax/i", "SeriesDescription": not_scout},
-            detectors=["nodule_baseline"], **common,
+            detectors=["nodule_fusion"], **common,
         ),
-        RoutingRuleSettings(name="mammography", match={"Modality": "MG"}, detectors=["mammo_baseline"], **common),
+        RoutingRuleSettings(name="mammography", match={"Modality": "MG"}, detectors=["mammo_fusion"], **common),
     ]
 
 

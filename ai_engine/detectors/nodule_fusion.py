@@ -378,7 +378,7 @@ class NoduleFusion:
             spacing = np.asarray(volume.spacing_mm)
             for j, i in enumerate(keep):
                 finding = self._finding(volume, analysis, i, float(malignancy[j]), weights[j], float(spread[j]))
-                if not any(_same_nodule(finding, kept, spacing) for kept in findings):
+                if finding is not None and not any(_same_nodule(finding, kept, spacing) for kept in findings):
                     findings.append(finding)
                 if len(findings) == int(self.parameters["max_findings"]):
                     break
@@ -389,28 +389,36 @@ class NoduleFusion:
                               positive=bool(findings), notes=notes)
 
     def _finding(self, volume: Volume, analysis: CandidateOutputs, i: int, malignancy: float,
-                 weights: np.ndarray, spread: float) -> Finding:
+                 weights: np.ndarray, spread: float) -> Finding | None:
+        """The finding of candidate ``i``; None when its patch segmentation is empty (nothing to measure).
+
+        A segmentation too small to cover a source voxel leaves the finding without a mask (a point
+        in the SR) but with its measured size.
+        """
         grid = analysis.grid
         point = analysis.points[i]
         seg = ndimage.zoom(1.0 / (1.0 + np.exp(-analysis.seg_logits[i])), 2, order=1, grid_mode=True, mode="nearest")
         mask = _central_component(seg > 0.5)
+        if not mask.any():
+            return None
         patch_hu = extract_patches(grid.hu, point[None], raw=True)[0, 0]
         voxel_ml = WORK_MM**3 / 1000.0
         volume_ml = float(mask.sum()) * voxel_ml
-        diameter = (6.0 * volume_ml * 1000.0 / np.pi) ** (1.0 / 3.0) if volume_ml > 0 else 0.0
+        diameter = (6.0 * volume_ml * 1000.0 / np.pi) ** (1.0 / 3.0)
         core_ml = float((mask & (patch_hu > SOLID_HU)).sum()) * voxel_ml
         core = (6.0 * core_ml * 1000.0 / np.pi) ** (1.0 / 3.0) if core_ml > 0 else 0.0
         kind = TYPES[int(np.argmax(analysis.type_probabilities[i]))]
         cam = ndimage.zoom(analysis.cam[i], PATCH / analysis.cam.shape[1], order=1, grid_mode=True, mode="nearest")
         cam = np.clip(cam, 0.0, None)
         cam = cam / cam.max() if cam.max() > 0 else cam
-        centre_work = point + (np.argwhere(mask).mean(axis=0) - PATCH // 2 if mask.any() else 0.0)
+        centre_work = point + np.argwhere(mask).mean(axis=0) - PATCH // 2
         centre = tuple(float(c) for c in grid.to_source(centre_work))
         source_mask, source_heat = _to_source(volume.array.shape, grid, point, mask, cam)
         return Finding(
             finding_type=FindingType.NODULE, score=float(analysis.probability[i]), center_voxel=centre,
             center_mm=volume.voxel_to_patient(centre), location=_lung_side(volume, centre),
-            volume_ml=volume_ml, diameter_mm=float(diameter), mask=source_mask, heatmap=source_heat,
+            volume_ml=volume_ml, diameter_mm=float(diameter), mask=source_mask if source_mask.any() else None,
+            heatmap=source_heat,
             measurements={"malignancy_probability": malignancy, "malignancy_logit_std": spread,
                           "solid_core_mm": float(core),
                           **{f"type_probability_{t}": float(p) for t, p in zip(TYPES, analysis.type_probabilities[i],

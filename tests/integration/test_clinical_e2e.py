@@ -91,6 +91,7 @@ def test_labs_from_hl7_and_fhir_reach_the_job_and_the_reports(tmp_path: Path) ->
             with server.db.session() as session:
                 job = session.scalars(select(Job)).one()
                 context = job.clinical_context
+                findings = job.result["findings"]
                 kinds = sorted(session.scalars(select(Delivery.kind)).all())
                 alert = session.scalars(select(Alert)).one()
 
@@ -102,11 +103,13 @@ def test_labs_from_hl7_and_fhir_reach_the_job_and_the_reports(tmp_path: Path) ->
             assert context["sex"] == "male" and context["age_years"] > 75
             assert kinds == ["dicom", "dicom", "fhir_alert", "fhir_report", "hl7_alert", "hl7_report"]
             assert alert.delivered_at is not None
+            assert job.detector == "ich_fusion" and any(f["attributes"]["subtype"] == "intraparenchymal"
+                                                        for f in findings)
         # The EMR can find the DiagnosticReport and the Communication again.
         reports = httpx.get(f"{fhir_url}/DiagnosticReport").json().get("entry", [])
         communications = httpx.get(f"{fhir_url}/Communication").json().get("entry", [])
         assert len(reports) == 1 and "hemorrhage" in reports[0]["resource"]["conclusion"].lower()
-        assert len(reports[0]["resource"]["result"]) == 1
+        assert len(reports[0]["resource"]["result"]) == len(findings)  # one Observation per finding
         assert len(communications) == 1 and communications[0]["resource"]["priority"] == "stat"
 
     # The SR in the PACS shows the labs it was given.

@@ -14,7 +14,7 @@ def test_demo_prints_findings_alert_and_result_files() -> None:
     proc = subprocess.run([sys.executable, "-m", "radfusion.cli", "demo"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert out.count("(classical baseline)") == 3
+    assert out.count("(deep fusion model trained on synthetic phantoms)") == 3
     assert "hemorrhage" in out and "nodule" in out and "mass" in out
     assert "URGENT alert 1 (association release -> webhook:" in out and '"kind": "ich_alert"' in out
     assert out.count("  SR   ") == 3 and "SEG  " in out

@@ -14,9 +14,9 @@ HEAD = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Brai
 def test_default_rules_pick_one_detector_per_task() -> None:
     router = compile_routing(default_routing(["pacs"], ["ed"]))
     (match,) = router.select(HEAD)
-    assert (match.detector, match.route.name, match.route.destinations) == ("ich_baseline", "head-ct-hemorrhage", ("pacs",))
+    assert (match.detector, match.route.name, match.route.destinations) == ("ich_fusion", "head-ct-hemorrhage", ("pacs",))
     assert router.select({**HEAD, "SeriesDescription": "SCOUT"}) == []
-    assert [m.detector for m in router.select({"Modality": "MG"})] == ["mammo_baseline"]
+    assert [m.detector for m in router.select({"Modality": "MG"})] == ["mammo_fusion"]
 
 
 def test_unknown_detector_fails_with_a_suggestion() -> None:

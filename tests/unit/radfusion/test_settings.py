@@ -27,7 +27,7 @@ def test_defaults_need_no_file() -> None:
     assert settings.dicom.ae_title == "RADFUSION"
     assert settings.effective_database_url.startswith("sqlite:///")
     assert settings.effective_database_url.endswith("radfusion-data/radfusion.db")
-    assert [r.detectors for r in settings.routing] == [["ich_baseline"], ["nodule_baseline"], ["mammo_baseline"]]
+    assert [r.detectors for r in settings.routing] == [["ich_fusion"], ["nodule_fusion"], ["mammo_fusion"]]
 
 
 def test_example_config_equals_defaults_and_documents_every_key() -> None:
