@@ -147,7 +147,7 @@ def _print_results(service: Service, sink: SinkRecorder, workdir: Path) -> None:
                 size = " / ".join(s for s in sizes if s)
                 print(f"  {finding['type']:<22} {finding['location']:<36} {size:>18}  score {finding['score']:.2f}")
             for artifact in session.scalars(select(Artifact).where(Artifact.job_id == job.id)):
-                print(f"  {artifact.kind.upper():<4} {artifact.path}")
+                print(f"  {artifact.kind.upper():<7} {artifact.path}")
         for alert in session.scalars(select(Alert)):
             latency = f"{alert.latency_s:.2f} s" if alert.latency_s is not None else "not delivered"
             print(f"\nURGENT alert {alert.id} (association release -> webhook: {latency}):")

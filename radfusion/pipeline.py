@@ -30,7 +30,7 @@ from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Jo
 from radfusion.outbound import alert_deliveries, outbound_findings, outbound_study, report_deliveries
 from radfusion.settings import Settings
 from reports.alerts import build_ich_alert
-from reports.seg import build_seg
+from reports.seg import build_heatmap_seg, build_seg
 from reports.sr import SrReference, build_sr
 from reports.writer import save_dataset
 
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9901
 SEG_SERIES_NUMBER = 9902
+HEATMAP_SERIES_NUMBER = 9903
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,9 @@ class JobRunner:
         segs = build_seg(sources, result, series_number=SEG_SERIES_NUMBER)
         sr = build_sr(sources, result, series_number=SR_SERIES_NUMBER, predecessor=predecessor,
                       segmentations=segs, clinical_summary=clinical_summary(context))
-        written = []
-        for index, ds in enumerate(segs):
-            written.append(_save(ds, "seg", out_dir / f"seg-{index}.dcm"))
+        written = [_save(ds, "seg", out_dir / f"seg-{index}.dcm") for index, ds in enumerate(segs)]
+        heatmaps = build_heatmap_seg(sources, result, series_number=HEATMAP_SERIES_NUMBER)
+        written.extend(_save(ds, "heatmap", out_dir / f"heatmap-{index}.dcm") for index, ds in enumerate(heatmaps))
         written.append(_save(sr, "sr", out_dir / "sr.dcm"))
         return written
 

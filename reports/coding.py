@@ -49,6 +49,14 @@ PROBABILITY = Code("122157", "DCM", "Probability")
 UNIT_ML = Code("ml", "UCUM", "milliliter")
 UNIT_MM = Code("mm", "UCUM", "millimeter")
 UNIT_PROBABILITY = Code("{probability}", "UCUM", "probability")
+UNIT_RATIO = Code("{ratio}", "UCUM", "ratio")
+# No standard concept exists for the weight a fusion model gave each input modality of a case;
+# radfusion's private coding scheme 99RADF names them (0..1, summing to 1 over the used modalities).
+MODALITY_WEIGHT_CODES: dict[str, Code] = {
+    "image": Code("MW-IMAGE", "99RADF", "Fusion weight of the image"),
+    "clinical": Code("MW-CLINICAL", "99RADF", "Fusion weight of the clinical record"),
+    "text": Code("MW-TEXT", "99RADF", "Fusion weight of the clinical note"),
+}
 # CID 7162 "Surface Processing Algorithm Families", used as the algorithm family.
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 MORPHOLOGICAL_OPERATIONS = Code("123104", "DCM", "Morphological Operations")

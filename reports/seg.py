@@ -1,8 +1,10 @@
-"""DICOM Segmentation (binary) of the findings that carry a mask.
+"""DICOM Segmentations of the findings: binary masks, and fractional heat maps.
 
-CT: one SEG over the whole source series, one segment per masked finding. Mammography:
-one SEG per view image that has masked findings (the views differ in size, so they cannot
-share one SEG). Only frames that contain a mask are stored (highdicom omits empty frames).
+``build_seg``: a BINARY SEG of the findings that carry a mask. ``build_heatmap_seg``: a
+FRACTIONAL (probability) SEG of the findings' heat maps, the explanation a viewer overlays on
+the images. CT: one SEG over the whole source series, one segment per finding. Mammography:
+one SEG per view image that has findings (the views differ in size, so they cannot share one
+SEG). Only frames that hold something are stored (highdicom omits empty frames).
 """
 
 from __future__ import annotations
@@ -26,8 +28,23 @@ from reports.errors import ReportsError
 from reports.sources import view_of
 from reports.tracking import tracking_id
 
-CONTENT_LABEL = "AI_FINDINGS"
-CONTENT_DESCRIPTION = "AI-generated segmentation, not for clinical use"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """What one kind of SEG stores: which Finding array, as which segmentation type, under which labels."""
+
+    attribute: str  # "mask" or "heatmap"
+    segmentation_type: hd.seg.SegmentationTypeValues
+    content_label: str
+    content_description: str
+    segment_prefix: str
+
+
+MASKS = _Layer("mask", hd.seg.SegmentationTypeValues.BINARY, "AI_FINDINGS",
+               "AI-generated segmentation, not for clinical use", "")
+HEATMAPS = _Layer("heatmap", hd.seg.SegmentationTypeValues.FRACTIONAL, "AI_HEATMAPS",
+                  "AI heat maps (probability 0-1 per pixel), not for clinical use", "heat map ")
 
 
 @dataclass(frozen=True)
@@ -43,8 +60,22 @@ class SegmentRef:
 def build_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *,
               series_number: int, instance_number: int = 1) -> list[pydicom.Dataset]:
     """Binary SEG instances (one series) for the masked findings of ``result``; [] if none."""
+    return _build(source_datasets, result, MASKS, series_number, instance_number)
+
+
+def build_heatmap_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *,
+                      series_number: int, instance_number: int = 1) -> list[pydicom.Dataset]:
+    """Fractional SEG instances (one series; probability, 8 bits) of the findings' heat maps; [] if none.
+
+    A finding whose heat map is zero everywhere has nothing to show and gets no segment.
+    """
+    return _build(source_datasets, result, HEATMAPS, series_number, instance_number)
+
+
+def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, layer: _Layer,
+           series_number: int, instance_number: int) -> list[pydicom.Dataset]:
     check_algorithm_info(result.algorithm)
-    masked = [(index, f) for index, f in enumerate(result.findings) if f.mask is not None]
+    masked = [(index, f) for index, f in enumerate(result.findings) if _included(getattr(f, layer.attribute), layer)]
     if not masked:
         return []
     series_uid = hd.UID()
@@ -53,9 +84,14 @@ def build_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult
     else:
         groups = [(list(source_datasets), masked)]
     return [
-        _segmentation(sources, findings, result, series_uid, series_number, instance_number + k)
+        _segmentation(sources, findings, result, layer, series_uid, series_number, instance_number + k)
         for k, (sources, findings) in enumerate(groups)
     ]
+
+
+def _included(array: np.ndarray | None, layer: _Layer) -> bool:
+    """Every mask (an empty one is an error later); a heat map with a value of at least one 8-bit step."""
+    return array is not None and (layer is MASKS or float(np.max(array)) >= 1.0 / 255.0)
 
 
 def find_segment(segmentations: Sequence[pydicom.Dataset], index: int, finding: Finding) -> SegmentRef | None:
@@ -89,15 +125,15 @@ def _group_by_view(views: Sequence[pydicom.Dataset],
 
 
 def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Finding]], result: DetectorResult,
-                  series_uid: str, series_number: int, instance_number: int) -> hd.seg.Segmentation:
-    """One binary SEG over ``sources`` with one segment per finding."""
+                  layer: _Layer, series_uid: str, series_number: int, instance_number: int) -> hd.seg.Segmentation:
+    """One SEG of ``layer`` over ``sources`` with one segment per finding."""
     shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
-    masks = [_mask_as_frames(index, finding, shape) for index, finding in findings]
+    frames = [_as_frames(index, finding, layer, shape) for index, finding in findings]
     info = result.algorithm
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=tracking_id(index, finding),
+            segment_label=layer.segment_prefix + tracking_id(index, finding),
             segmented_property_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
             segmented_property_type=FINDING_TYPE_CODES[finding.finding_type],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -109,8 +145,9 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
     ]
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=np.stack(masks, axis=-1),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=np.stack(frames, axis=-1),
+        segmentation_type=layer.segmentation_type,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -120,8 +157,8 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
         manufacturer_model_name=info.name,
         software_versions=info.version,
         device_serial_number=info.device_uid,
-        content_label=CONTENT_LABEL,
-        content_description=CONTENT_DESCRIPTION,
+        content_label=layer.content_label,
+        content_description=layer.content_description,
         series_description=series_description(info),
     )
     if "ImageOrientationPatient" not in sources[0]:
@@ -131,15 +168,15 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
     return seg
 
 
-def _mask_as_frames(index: int, finding: Finding, shape: tuple[int, int, int]) -> np.ndarray:
-    """The finding's mask as (frames, rows, columns) bool, checked against the source shape."""
-    mask = np.asarray(finding.mask, dtype=bool)
-    if mask.ndim == 2:
-        mask = mask[np.newaxis]
-    if mask.shape != shape:
-        raise ReportsError(
-            f"finding {index}: mask shape must equal the source (frames, rows, columns) {shape}, got {mask.shape}"
-        )
-    if not mask.any():
+def _as_frames(index: int, finding: Finding, layer: _Layer, shape: tuple[int, int, int]) -> np.ndarray:
+    """The finding's mask (bool) or heat map (float32, 0..1) as (frames, rows, columns), checked against the source."""
+    array = np.asarray(getattr(finding, layer.attribute))
+    array = array.astype(bool) if layer is MASKS else np.clip(array.astype(np.float32), 0.0, 1.0)
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    if array.shape != shape:
+        raise ReportsError(f"finding {index}: {layer.attribute} shape must equal the source (frames, rows, columns) "
+                           f"{shape}, got {array.shape}")
+    if layer is MASKS and not array.any():
         raise ReportsError(f"finding {index}: mask is empty; a finding's mask must mark at least one pixel")
-    return mask
+    return array

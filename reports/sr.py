@@ -1,8 +1,8 @@
 """Comprehensive 3D SR with a TID 1500 Measurement Report root, in the source study.
 
 One measurement group per finding: tracking identifier and UID, finding type, finding
-site, measurements (volume, diameter, probability), the finding's location and attributes
-as text, and its region: the SEG segment when one was written, otherwise a point. A
+site, measurements (volume, diameter, probability, the fusion model's per-case modality
+weights), the finding's location, attributes and detector measurements as text, and its region: the SEG segment when one was written, otherwise a point. A
 "Qualitative Evaluations" container holds the case-level present/absent verdict, the
 algorithm kind with the not-for-clinical-use statement, and the clinical inputs that were
 available. An empty result still yields a valid report that says "no findings".
@@ -37,6 +37,7 @@ from reports.coding import (
     FINDING_SITE,
     FINDING_SITE_CODES,
     FINDING_TYPE_CODES,
+    MODALITY_WEIGHT_CODES,
     PRESENT,
     PROBABILITY,
     PROCEDURE_CODES,
@@ -44,6 +45,7 @@ from reports.coding import (
     UNIT_MM,
     UNIT_ML,
     UNIT_PROBABILITY,
+    UNIT_RATIO,
     VOLUME,
 )
 from reports.errors import ReportsError
@@ -232,11 +234,13 @@ def _segmentation_frame(segment: SegmentRef, view: pydicom.Dataset) -> hd.sr.Ref
 
 
 def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
-    """Volume (ml), diameter (mm) when known, and the score as a probability."""
+    """Volume (ml), diameter (mm) when known, the score as a probability, and the fusion's modality weights."""
+    weights = finding.modality_weights or {}
     values = [
         (VOLUME, finding.volume_ml, UNIT_ML),
         (DIAMETER, finding.diameter_mm, UNIT_MM),
         (PROBABILITY, finding.score, UNIT_PROBABILITY),
+        *((MODALITY_WEIGHT_CODES[name], weights.get(name), UNIT_RATIO) for name in MODALITY_WEIGHT_CODES),
     ]
     return [
         hd.sr.Measurement(name=name, value=float(value), unit=unit)
@@ -245,9 +249,10 @@ def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
 
 
 def _finding_texts(finding: Finding) -> list[hd.sr.TextContentItem]:
-    """The location in words and each attribute (e.g. subtype) as text evaluations."""
+    """The location in words, each attribute (e.g. subtype) and each detector measurement as text evaluations."""
     texts = [_text(FINDING_SITE, finding.location)] if finding.location else []
     texts.extend(_text(COMMENT, f"{name}: {value}") for name, value in finding.attributes.items())
+    texts.extend(_text(COMMENT, f"{name.replace('_', ' ')}: {value:.4g}") for name, value in finding.measurements.items())
     return texts
 
 

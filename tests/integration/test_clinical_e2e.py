@@ -101,7 +101,7 @@ def test_labs_from_hl7_and_fhir_reach_the_job_and_the_reports(tmp_path: Path) ->
             assert context["labs"]["hemoglobin"]["provenance"]["source"] == "fhir"
             assert context["labs"]["hemoglobin"]["value"] == pytest.approx(13.1)
             assert context["sex"] == "male" and context["age_years"] > 75
-            assert kinds == ["dicom", "dicom", "fhir_alert", "fhir_report", "hl7_alert", "hl7_report"]
+            assert kinds == ["dicom", "dicom", "dicom", "fhir_alert", "fhir_report", "hl7_alert", "hl7_report"]
             assert alert.delivered_at is not None
             assert job.detector == "ich_fusion" and any(f["attributes"]["subtype"] == "intraparenchymal"
                                                         for f in findings)

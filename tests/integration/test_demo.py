@@ -17,5 +17,5 @@ def test_demo_prints_findings_alert_and_result_files() -> None:
     assert out.count("(deep fusion model trained on synthetic phantoms)") == 3
     assert "hemorrhage" in out and "nodule" in out and "mass" in out
     assert "URGENT alert 1 (association release -> webhook:" in out and '"kind": "ich_alert"' in out
-    assert out.count("  SR   ") == 3 and "SEG  " in out
-    assert "the demo PACS received 7 result object(s)" in out
+    assert out.count("  SR      ") == 3 and "  SEG     " in out and out.count("  HEATMAP ") >= 3
+    assert "the demo PACS received 11 result object(s)" in out

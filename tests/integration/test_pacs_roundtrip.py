@@ -22,9 +22,11 @@ SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def assert_valid_results(files: list[Path], study_uid: str) -> None:
-    """SR and SEG in the source study, IOD-valid, readable by dsrdump."""
+    """SR, SEG and heat-map SEG in the source study, IOD-valid, readable by dsrdump."""
     datasets = {f: pydicom.dcmread(f) for f in files}
     assert {ds.SOPClassUID for ds in datasets.values()} == {SR_CLASS, SEG_CLASS}
+    assert sorted(ds.SegmentationType for ds in datasets.values() if ds.SOPClassUID == SEG_CLASS) == [
+        "BINARY", "FRACTIONAL"]
     for path, ds in datasets.items():
         assert ds.StudyInstanceUID == study_uid
         assert "NOT FOR CLINICAL USE" in ds.SeriesDescription.upper()
@@ -56,8 +58,8 @@ def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, datab
         sent = storescu(server.port, study.paths)
         assert sent.returncode == 0, sent.stderr
         server.wait_idle(studies=1)
-        received = wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 2 else None,
-                              timeout=30, what="SR and SEG in storescp")
+        received = wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 3 else None,
+                              timeout=30, what="SR, SEG and heat-map SEG in storescp")
         assert_valid_results(received, study.study_instance_uid)
         assert server.db.engine.dialect.name == (database_url and "postgresql" or "sqlite")
 
@@ -109,7 +111,7 @@ def test_orthanc_pushes_study_and_receives_sr_and_seg(tmp_path: Path) -> None:
 
             def results_in_orthanc() -> list[str] | None:
                 modalities = orthanc.series_modalities(study.study_instance_uid)
-                return modalities if {"SR", "SEG"} <= set(modalities) else None
+                return modalities if "SR" in modalities and modalities.count("SEG") == 2 else None
 
-            modalities = wait_until(results_in_orthanc, timeout=30, what="SR and SEG series in Orthanc")
-            assert sorted(modalities) == ["CT", "SEG", "SR"]
+            modalities = wait_until(results_in_orthanc, timeout=30, what="SR, SEG and heat-map SEG series in Orthanc")
+            assert sorted(modalities) == ["CT", "SEG", "SEG", "SR"]

@@ -11,7 +11,7 @@ import pytest
 
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from reports.errors import ReportsError
-from reports.seg import build_seg
+from reports.seg import build_heatmap_seg, build_seg
 from reports.writer import save_dataset
 from tests.peers import dciodvfy_errors
 from tests.unit.reports.report_checks import algorithm_equipment, ich_result, mammo_result
@@ -88,3 +88,47 @@ def test_mask_of_the_wrong_shape_is_refused_naming_the_finding(head_ct, algorith
     result = DetectorResult(Task.ICH, algorithm, [wrong], case_score=0.6, positive=True)
     with pytest.raises(ReportsError, match=r"finding 0: mask shape .* got \(3, 64, 64\)"):
         build_seg(head_ct, result, series_number=901)
+
+
+def _blob(shape: tuple[int, ...], centre: tuple[float, ...], sigma: float) -> np.ndarray:
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    squared = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
+    heat = np.exp(-squared / (2 * sigma**2)).astype(np.float32)
+    return np.where(heat >= 0.02, heat, 0.0)
+
+
+def test_heat_maps_become_a_fractional_probability_seg(head_ct, algorithm, tmp_path):
+    result = ich_result(algorithm, head_ct)
+    shape = result.findings[0].mask.shape
+    result.findings[0].heatmap = _blob(shape, (4.0, 45.0, 65.0), 3.0)  # the second finding has none
+    [seg_ds] = build_heatmap_seg(head_ct, result, series_number=903)
+    seg = _saved(seg_ds, tmp_path / "heat.dcm")
+
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
+    assert seg.ContentLabel == "AI_HEATMAPS" and "NOT FOR CLINICAL USE" in seg.SeriesDescription
+    [segment] = seg.SegmentSequence
+    assert segment.SegmentLabel.startswith("heat map ") and segment.TrackingID == build_seg(
+        head_ct, result, series_number=901)[0].SegmentSequence[0].TrackingID
+    source_uids = [ds.SOPInstanceUID for ds in head_ct]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[1],
+                                               rescale_fractional=True)
+    np.testing.assert_allclose(pixels[..., 0], result.findings[0].heatmap, atol=1 / 255 + 1e-6)
+
+
+def test_mammo_heat_maps_go_on_their_own_view(mammo_views, algorithm, tmp_path):
+    result = mammo_result(algorithm, mammo_views)
+    view = result.findings[1]
+    view.heatmap = _blob((mammo_views[1].Rows, mammo_views[1].Columns), (70.0, 50.0), 4.0)
+    [seg_ds] = build_heatmap_seg(mammo_views, result, series_number=904)
+    save_dataset(seg_ds, tmp_path / "heat.dcm")
+    assert dciodvfy_errors(tmp_path / "heat.dcm") == []
+    stored = pydicom.dcmread(tmp_path / "heat.dcm")
+    assert stored.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        mammo_views[1].SOPInstanceUID
+    assert abs(float(stored.pixel_array.max()) - 255.0) <= 1.0
+
+
+def test_all_zero_heat_maps_mean_no_heat_map_seg(head_ct, algorithm):
+    result = ich_result(algorithm, head_ct)
+    result.findings[0].heatmap = np.zeros(result.findings[0].mask.shape, dtype=np.float32)
+    assert build_heatmap_seg(head_ct, result, series_number=903) == []

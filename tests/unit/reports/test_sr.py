@@ -190,3 +190,17 @@ def test_masked_finding_missing_from_the_given_segs_is_an_error(head_ct, algorit
     segs = build_seg(head_ct, only_first, series_number=901)
     with pytest.raises(ReportsError, match=r"finding 1: .*'Finding 2 \(hemorrhage\)'"):
         build_sr(head_ct, result, series_number=902, segmentations=segs)
+
+
+def test_modality_weights_and_detector_measurements_are_shown_per_finding(head_ct, algorithm, tmp_path):
+    result = ich_result(algorithm, head_ct)
+    result.findings[0].modality_weights = {"image": 0.62, "clinical": 0.3, "text": 0.08}
+    result.findings[0].measurements = {"logit_sd": 0.41}
+    sr = _saved(build_sr(head_ct, result, series_number=902), tmp_path / "sr.dcm")
+
+    weights = {meaning: float(named(sr, meaning)[0].MeasuredValueSequence[0].NumericValue) for meaning in
+               ("Fusion weight of the image", "Fusion weight of the clinical record", "Fusion weight of the clinical note")}
+    assert weights == {"Fusion weight of the image": 0.62, "Fusion weight of the clinical record": 0.3,
+                       "Fusion weight of the clinical note": 0.08}
+    assert len(named(sr, "Fusion weight of the image")) == 1  # the second finding came without weights
+    assert "logit sd: 0.41" in _text_values(sr, "Comment")
