@@ -28,6 +28,7 @@ HEAD_FOV_MM = 240.0
 HEAD_SLICE_MM = 5.0
 HEAD_SLICES = 40
 NOISE_HU = 4.0
+EFFACED_SULCI_RATE = 0.3  # cohort heads whose sulci are effaced (hardly any CSF between gyri)
 VENTRICLE_CENTERS_MM = ((10.0, 2.0, -9.0), (10.0, 2.0, 9.0))  # (z, y, x): y posterior, x patient left
 VENTRICLE_RADII_MM = (14.0, 24.0, 6.0)
 
@@ -248,7 +249,7 @@ def _paint_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacin
     hu[bone] = np.broadcast_to(700.0 + 900.0 * mid, shape)[bone]
     del mid, bone, depth
     brain = inner > 0
-    white, grey = rng.uniform(23.0, 29.0), rng.uniform(33.0, 40.0)
+    white, grey = rng.uniform(23.0, 30.0), rng.uniform(32.0, 42.0)
     hu[brain] = white
     cortex_mm = rng.uniform(2.5, 4.0)
     hu[brain & (inner < cortex_mm)] = grey
@@ -257,7 +258,9 @@ def _paint_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacin
                                        (12.0, 18.0, 9.0))
         paint(hu, box, frac, grey - 2.0)
     field = _sulcal_field(rng, z, y, x)
-    sulci = brain & (inner < rng.uniform(7.0, 12.0)) & (np.abs(field) < rng.uniform(0.25, 0.45))
+    # A young or swollen brain shows few sulci: then the cortex runs as an unbroken band along the skull.
+    width = rng.uniform(0.25, 0.45) if rng.random() >= EFFACED_SULCI_RATE else rng.uniform(0.0, 0.12)
+    sulci = brain & (inner < rng.uniform(7.0, 12.0)) & (np.abs(field) < width)
     hu[sulci] = rng.uniform(4.0, 12.0)
     del field
     ventricles = np.zeros(shape, dtype=bool)
@@ -278,7 +281,8 @@ def _paint_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacin
         box, frac = ellipsoid_fraction(shape, spacing, spot, (rng.uniform(3, 8), rng.uniform(4, 12), 1.2))
         paint(hu, box, frac, rng.uniform(150.0, 500.0))
     _add_skull_base_artifacts(hu, rng, anatomy, acquisition.streak_hu)
-    hu[brain & (inner < 2.0)] += 8.0  # beam hardening along the inner table
+    # Beam hardening along the inner table: a hyperdense rim of varying strength and width.
+    hu[brain & (inner < rng.uniform(1.0, 3.0))] += rng.uniform(0.0, 12.0)
     return hu, anatomy
 
 

@@ -42,6 +42,7 @@ from ai_engine.synthetic.truth import LesionTruth
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 
 PROVENANCE = Provenance("synthetic", "radfusion ICH cohort", "cohort")
+GENERATOR_VERSION = 2  # 2: effaced sulci, variable inner-table rim, wider grey matter range (training caches key on it)
 # Same system URI as hl7_fhir.medication_classes; ai_engine may import hl7_fhir.context only.
 RXNORM_SYSTEM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ANTICOAGULANTS = (("1364430", "apixaban"), ("11289", "warfarin"), ("1114195", "rivaroxaban"))
