@@ -30,6 +30,7 @@ from scipy import ndimage
 from ai_engine.bundle import Bundle, load_bundle
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.runtime import FUSION_INPUTS, DeployedModel
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
 from ai_engine.fusion.head import modality_weight_dict
@@ -229,14 +230,15 @@ class IchFusion:
         """Segmentation probabilities and pooled features of ``volume``."""
         prepared = prepare(volume.array, volume.spacing_mm)
         inputs = network_inputs(prepared.slabs)
-        logits = np.concatenate([self._runner.network(inputs[i:i + self.batch])
+        logits = np.concatenate([self._runner.network(slabs=inputs[i:i + self.batch])[0]
                                  for i in range(0, len(inputs), self.batch)])
         probs = softmax(logits)
         return ImageStage(prepared, probs, image_features(probs, prepared.slab_ml))
 
     def fusion_stage(self, features: np.ndarray, context: ClinicalContext | None) -> FusionStage:
         """Calibrated case probability, logit SD and modality weights from image features and context."""
-        logit, weights, log_var = self._runner.fusion(features[None].astype(np.float32), *fusion_inputs(context))
+        feeds = dict(zip(FUSION_INPUTS, (features[None].astype(np.float32), *fusion_inputs(context)), strict=True))
+        logit, weights, log_var = self._runner.fusion(**feeds)
         value = float(logit[0])
         return FusionStage(float(sigmoid(np.array(value / self.temperature))), value,
                            float(np.exp(float(log_var[0]) / 2.0)), modality_weight_dict(weights[0]))
@@ -339,46 +341,14 @@ def _to_source(grid: np.ndarray, prepared: Prepared) -> np.ndarray:
 
 
 class _Runner:
-    """Runs the bundle's network and fusion head: ONNX Runtime on CPU, eager PyTorch on CUDA."""
+    """The bundle's U-Net and fusion head as deployed models (``runtime.DeployedModel``)."""
 
     def __init__(self, bundle: Bundle, device: str) -> None:
-        self.torch_model = None
-        if device in ("auto", "cuda"):
-            import torch
-
-            if torch.cuda.is_available():
-                self.torch_model = load_eager_model(bundle).to("cuda").eval()
-        if self.torch_model is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = int(bundle.inference.get("onnx_threads", 2))
-            providers = ["CPUExecutionProvider"]
-            self.network_session = ort.InferenceSession(str(bundle.deployed_path), options, providers=providers)
-            self.fusion_session = ort.InferenceSession(str(bundle.root / "models" / bundle.inference["fusion_deployed"]),
-                                                       options, providers=providers)
-
-    def network(self, inputs: np.ndarray) -> np.ndarray:
-        if self.torch_model is not None:
-            import torch
-
-            with torch.no_grad():
-                return self.torch_model.network(torch.from_numpy(inputs).cuda()).float().cpu().numpy()
-        return self.network_session.run(None, {"slabs": inputs})[0]
-
-    def fusion(self, features: np.ndarray, clinical: np.ndarray, clinical_present: np.ndarray, note: np.ndarray,
-               note_present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.torch_model is not None:
-            import torch
-
-            tensors = [torch.from_numpy(a).cuda() for a in (features, clinical, clinical_present, note, note_present)]
-            with torch.no_grad():
-                out = self.torch_model.fusion.forward_tensors(*tensors)
-            return tuple(t.float().cpu().numpy() for t in out)  # type: ignore[return-value]
-        feeds = {"image": features, "clinical": clinical, "clinical_present": clinical_present, "text": note,
-                 "text_present": note_present}
-        logit, weights, log_var = self.fusion_session.run(None, feeds)
-        return logit, weights, log_var
+        threads = int(bundle.inference.get("onnx_threads", 2))
+        self.network = DeployedModel(bundle.deployed_path, ["slabs"], threads=threads, device=device,
+                                     eager=lambda: load_eager_model(bundle).network)
+        self.fusion = DeployedModel(bundle.root / "models" / bundle.inference["fusion_deployed"], FUSION_INPUTS,
+                                    threads=threads, device=device, eager=lambda: load_eager_model(bundle).fusion)
 
 
 def build_model(mode: str = "dynamic") -> torch.nn.Module:

@@ -22,11 +22,12 @@ from scipy import ndimage
 from torch import nn
 
 from ai_engine.bundle import DEEP_KIND, Bundle, load_bundle
-from ai_engine.clinical_features import context_text, encode_clinical, encode_note
+from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.nodule_baseline import NoduleBaseline, _lung_side
+from ai_engine.detectors.runtime import FUSION_INPUTS, DeployedModel
 from ai_engine.errors import DetectorInputError
-from ai_engine.fusion.head import modality_weight_dict
+from ai_engine.fusion.head import FusionHead, modality_weight_dict
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
@@ -317,19 +318,16 @@ class NoduleFusion:
     name = NAME
     task = Task.LUNG_NODULE
 
-    def __init__(self, bundle: Bundle | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, bundle: Bundle | None = None, device: str = "auto") -> None:
         self.bundle = bundle or load_bundle(NAME)
         self.algorithm = self.bundle.algorithm(DEEP_KIND)
         self.parameters = self.bundle.inference
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(self.parameters["onnx_threads"])
+        threads = int(self.parameters["onnx_threads"])
         models = self.bundle.root / "models"
-        self.network = ort.InferenceSession(str(models / self.parameters["deployed"]), options,
-                                            providers=["CPUExecutionProvider"])
-        self.fusion = ort.InferenceSession(str(models / self.parameters["fusion_deployed"]), options,
-                                           providers=["CPUExecutionProvider"])
+        self.network = DeployedModel(models / self.parameters["deployed"], ["patches"], threads=threads,
+                                     device=device, eager=lambda: load_eager_model(self.bundle).network)
+        self.fusion = DeployedModel(models / self.parameters["fusion_deployed"], FUSION_INPUTS, threads=threads,
+                                    device=device, eager=lambda: load_eager_model(self.bundle).fusion)
 
     def analyse(self, volume: Volume) -> CandidateOutputs:
         """Candidates of ``volume`` and the patch network's outputs for each (used by detect and evaluation)."""
@@ -349,7 +347,7 @@ class NoduleFusion:
     def run_network(self, patches: np.ndarray) -> list[np.ndarray]:
         """The deployed patch network on float32 [N, 1, 32, 32, 32] patches, in batches."""
         batch = int(self.parameters["batch"])
-        parts = [self.network.run(None, {"patches": patches[i: i + batch]}) for i in range(0, len(patches), batch)]
+        parts = [self.network(patches=patches[i: i + batch]) for i in range(0, len(patches), batch)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(OUTPUTS))]
 
     def fuse(self, embedding: np.ndarray, context: ClinicalContext | None) -> tuple[np.ndarray, ...]:
@@ -357,10 +355,10 @@ class NoduleFusion:
         clinical, present = encode_clinical(Task.LUNG_NODULE, context)
         text, text_present = encode_note(context_text(context))
         n = len(embedding)
-        logit, weights, log_var = self.fusion.run(None, {
-            "image": embedding.astype(np.float32), "clinical": np.tile(clinical, (n, 1)),
-            "clinical_present": np.tile(present.astype(np.float32), (n, 1)), "text": np.tile(text, (n, 1)),
-            "text_present": np.full(n, float(text_present), dtype=np.float32)})
+        logit, weights, log_var = self.fusion(
+            image=embedding.astype(np.float32), clinical=np.tile(clinical, (n, 1)),
+            clinical_present=np.tile(present.astype(np.float32), (n, 1)), text=np.tile(text, (n, 1)),
+            text_present=np.full(n, float(text_present), dtype=np.float32))
         probability = 1.0 / (1.0 + np.exp(-logit / float(self.parameters["temperature"])))
         return probability, weights, np.exp(log_var / 2.0)
 
@@ -429,6 +427,24 @@ class NoduleFusion:
 
 
 SOLID_HU = -300.0
+
+
+class EagerModel(nn.Module):
+    """The bundle's ``model.pt``: the patch network and the dynamic fusion head, for PyTorch serving and parity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.network = NodulePatchNet()
+        self.fusion = FusionHead(EMBED_DIM, len(feature_names(Task.LUNG_NODULE)), NOTE_DIM, mode="dynamic")
+
+
+def load_eager_model(bundle: Bundle) -> EagerModel:
+    """Eager weights of ``bundle`` (stored as {"network": state dict, "fusion": state dict})."""
+    model = EagerModel()
+    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
+    model.network.load_state_dict(state["network"])
+    model.fusion.load_state_dict(state["fusion"])
+    return model.eval()
 
 
 def suppress(points: np.ndarray, scores: np.ndarray, radius_mm: float) -> list[int]:

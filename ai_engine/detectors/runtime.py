@@ -1,0 +1,81 @@
+"""Where a deployed model runs: ONNX Runtime on the CPU, or its eager PyTorch twin on a GPU when one is present.
+
+ONNX Runtime is the CPU path because it measured faster than TorchScript for every network here
+(the bundles' ``metadata.json`` keep the numbers); the CPU wheel of ONNX Runtime has no GPU
+provider, so on CUDA the bundle's ``model.pt`` weights run in eager PyTorch instead. Both take
+the same named float32 inputs and give the same outputs in the same order (the parity tests
+hold them to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ai_engine.errors import DetectorInputError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+FUSION_INPUTS = ("image", "clinical", "clinical_present", "text", "text_present")  # every FusionHead export
+DEVICES = ("auto", "cpu", "cuda", "torch-cpu")  # cpu = ONNX Runtime; torch-cpu = eager PyTorch on the CPU (parity)
+
+
+def _torch_device(device: str) -> str | None:
+    """The torch device for ``device`` ("auto": CUDA when present), or None for ONNX Runtime."""
+    if device not in DEVICES:
+        raise DetectorInputError(f"device must be one of {DEVICES}, got {device!r}")
+    if device in ("cpu", "torch-cpu"):
+        return None if device == "cpu" else "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise DetectorInputError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+    return None
+
+
+class DeployedModel:
+    """One deployed network of a bundle, called with named numpy inputs; returns its outputs as numpy arrays.
+
+    ``eager`` builds the PyTorch module with the bundle's weights (positional inputs in
+    ``input_names`` order; a tensor or a tuple of tensors out); it is only called when the
+    model runs in PyTorch.
+    """
+
+    def __init__(self, onnx_path: Path, input_names: Sequence[str], *, threads: int,
+                 eager: Callable[[], nn.Module], device: str = "auto") -> None:
+        self.input_names = tuple(input_names)
+        self.torch_device = _torch_device(device)
+        self.module: nn.Module | None = None
+        self.session = None
+        if self.torch_device is not None:
+            self.module = eager().to(self.torch_device).eval()
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    @property
+    def runtime(self) -> str:
+        """"onnxruntime-cpu", "torch-cuda" or "torch-cpu"."""
+        return "onnxruntime-cpu" if self.module is None else f"torch-{self.torch_device}"
+
+    def __call__(self, **feeds: np.ndarray) -> list[np.ndarray]:
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise DetectorInputError(f"model inputs missing: {sorted(missing)} (needs {list(self.input_names)})")
+        if self.module is None:
+            return self.session.run(None, {name: feeds[name] for name in self.input_names})  # type: ignore[union-attr]
+        import torch
+
+        with torch.no_grad():
+            out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.torch_device)
+                                for name in self.input_names))
+        return [t.float().cpu().numpy() for t in (out if isinstance(out, tuple) else (out,))]
