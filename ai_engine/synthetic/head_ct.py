@@ -28,7 +28,7 @@ HEAD_FOV_MM = 240.0
 HEAD_SLICE_MM = 5.0
 HEAD_SLICES = 40
 NOISE_HU = 4.0
-EFFACED_SULCI_RATE = 0.3  # cohort heads whose sulci are effaced (hardly any CSF between gyri)
+EFFACED_SULCI_RATE = 0.3  # heads with varied anatomy whose sulci are effaced (hardly any CSF between gyri)
 VENTRICLE_CENTERS_MM = ((10.0, 2.0, -9.0), (10.0, 2.0, 9.0))  # (z, y, x): y posterior, x patient left
 VENTRICLE_RADII_MM = (14.0, 24.0, 6.0)
 
@@ -136,7 +136,9 @@ class HeadAcquisition:
     """Scanner settings of a synthetic head CT; held-out cohorts shift these.
 
     ``kernel_mm`` is the in-plane Gaussian blur (sigma, mm) of the reconstruction kernel,
-    ``streak_hu`` the amplitude of beam-hardening streaks at the skull base.
+    ``streak_hu`` the amplitude of beam-hardening streaks at the skull base. ``varied_anatomy``
+    (held-out cohorts) also varies what lies against the inner table: effaced sulci, a
+    hyperdense rim of varying strength and width, a wider grey/white matter range.
     """
 
     rows: int = 256
@@ -146,6 +148,7 @@ class HeadAcquisition:
     noise_hu: float = 4.0
     kernel_mm: float = 0.5
     streak_hu: float = 12.0
+    varied_anatomy: bool = False
 
     def __post_init__(self) -> None:
         if self.rows < 64 or not 0.5 <= self.slice_mm <= 10.0 or self.coverage_mm < 4 * self.slice_mm:
@@ -249,7 +252,9 @@ def _paint_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacin
     hu[bone] = np.broadcast_to(700.0 + 900.0 * mid, shape)[bone]
     del mid, bone, depth
     brain = inner > 0
-    white, grey = rng.uniform(23.0, 30.0), rng.uniform(32.0, 42.0)
+    varied = acquisition.varied_anatomy
+    white, grey = (rng.uniform(23.0, 30.0), rng.uniform(32.0, 42.0)) if varied else (rng.uniform(23.0, 29.0),
+                                                                                      rng.uniform(33.0, 40.0))
     hu[brain] = white
     cortex_mm = rng.uniform(2.5, 4.0)
     hu[brain & (inner < cortex_mm)] = grey
@@ -258,9 +263,13 @@ def _paint_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacin
                                        (12.0, 18.0, 9.0))
         paint(hu, box, frac, grey - 2.0)
     field = _sulcal_field(rng, z, y, x)
-    # A young or swollen brain shows few sulci: then the cortex runs as an unbroken band along the skull.
-    width = rng.uniform(0.25, 0.45) if rng.random() >= EFFACED_SULCI_RATE else rng.uniform(0.0, 0.12)
-    sulci = brain & (inner < rng.uniform(7.0, 12.0)) & (np.abs(field) < width)
+    if varied:  # a young or swollen brain shows few sulci: the cortex runs as an unbroken band along the skull
+        width = rng.uniform(0.0, 0.12) if rng.random() < EFFACED_SULCI_RATE else rng.uniform(0.25, 0.45)
+        depth_mm = rng.uniform(7.0, 12.0)
+    else:
+        depth_mm = rng.uniform(7.0, 12.0)
+        width = rng.uniform(0.25, 0.45)
+    sulci = brain & (inner < depth_mm) & (np.abs(field) < width)
     hu[sulci] = rng.uniform(4.0, 12.0)
     del field
     ventricles = np.zeros(shape, dtype=bool)
@@ -281,8 +290,9 @@ def _paint_anatomy(rng: np.random.Generator, shape: tuple[int, int, int], spacin
         box, frac = ellipsoid_fraction(shape, spacing, spot, (rng.uniform(3, 8), rng.uniform(4, 12), 1.2))
         paint(hu, box, frac, rng.uniform(150.0, 500.0))
     _add_skull_base_artifacts(hu, rng, anatomy, acquisition.streak_hu)
-    # Beam hardening along the inner table: a hyperdense rim of varying strength and width.
-    hu[brain & (inner < rng.uniform(1.0, 3.0))] += rng.uniform(0.0, 12.0)
+    # Beam hardening along the inner table: a hyperdense rim (of varying strength and width when varied).
+    rim_mm, rim_hu = (rng.uniform(1.0, 3.0), rng.uniform(0.0, 12.0)) if varied else (2.0, 8.0)
+    hu[brain & (inner < rim_mm)] += rim_hu
     return hu, anatomy
 
 
