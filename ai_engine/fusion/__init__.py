@@ -2,15 +2,16 @@
 
 Import this package only from modules that run or train models: it imports torch.
 
-How a task uses it (see ``ai_engine/training/tasks/ich.py`` for a complete example):
+How a task uses it (``ai_engine/training/fusion_fit.py`` does steps 4-5 for every task):
 
 1. The image network produces an embedding ``image`` float32[B, image_dim] per case (or per
    candidate lesion).
 2. ``ai_engine.clinical_features.encode_clinical(task, context)`` gives ``clinical`` float32[B, n]
    and ``clinical_present`` bool[B, n]; ``encode_note(context_text(context))`` gives ``text``
    float32[B, NOTE_DIM] and ``text_present`` bool[B].
-3. ``FusionHead(image_dim, n, NOTE_DIM, mode=...)`` maps each modality into a shared space
-   and returns a ``FusionOutput``: ``logit`` [B], ``weights`` [B, 3] (image, clinical, text;
+3. ``FusionHead(image_dim, n, NOTE_DIM, mode=...)`` maps each modality into a shared space,
+   ("dynamic") scales each projection by its per-case gate weight and concatenates them, and
+   returns a ``FusionOutput``: ``logit`` [B], ``weights`` [B, 3] (image, clinical, text;
    rows sum to 1 over the available modalities, exactly 0 for a missing one) and ``log_var``
    [B], the predicted log-variance of the logit (heteroscedastic "aleatoric" uncertainty,
    learned through ``fusion_loss``; report ``exp(log_var / 2)`` as the logit's standard

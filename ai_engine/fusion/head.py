@@ -30,8 +30,12 @@ def _projector(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
 class FusionHead(nn.Module):
     """Fuse image, clinical and text embeddings into a logit, modality weights and a log-variance.
 
-    ``mode``: "dynamic" = a gating network scores the projected modalities per case, scores of
-    missing modalities are set to -inf, and the softmax weights average the projections;
+    ``mode``: "dynamic" = attention-gated concatenation: a gating network scores the projected
+    modalities per case, scores of missing modalities are set to -inf, and each projection is
+    multiplied by its softmax weight divided by the largest weight of the case (the gate can only
+    attenuate a modality; uniform weights leave the projections unchanged, a missing modality
+    is 0) before the gated projections and the availability mask are concatenated; the gate's
+    last layer starts at zero, so training starts from "concat";
     "concat" = the projections (zero when missing) and the availability mask are concatenated
     (reported weights are then the nominal equal shares of the available modalities);
     "image_only" = clinical and text are ignored (weights image = 1).
@@ -51,7 +55,9 @@ class FusionHead(nn.Module):
         self.clinical_proj = _projector(2 * clinical_dim, shared_dim, dropout)  # values and their mask
         self.text_proj = _projector(text_dim, shared_dim, dropout)
         self.gate = nn.Sequential(nn.Linear(3 * shared_dim + 3, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 3))
-        fused_dim = 3 * shared_dim + 3 if mode == "concat" else shared_dim
+        nn.init.zeros_(self.gate[-1].weight)
+        nn.init.zeros_(self.gate[-1].bias)
+        fused_dim = shared_dim if mode == "image_only" else 3 * shared_dim + 3
         self.classifier = nn.Sequential(nn.Linear(fused_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
                                         nn.Linear(hidden_dim, 2))
 
@@ -76,7 +82,8 @@ class FusionHead(nn.Module):
         if self.mode == "dynamic":
             scores = self.gate(torch.cat([stacked.flatten(1), available], dim=1))
             weights = torch.softmax(scores.masked_fill(available == 0, float("-inf")), dim=1)
-            fused = (weights.unsqueeze(-1) * stacked).sum(dim=1)
+            scale = weights / weights.max(dim=1, keepdim=True).values
+            fused = torch.cat([(scale.unsqueeze(-1) * stacked).flatten(1), available], dim=1)
         elif self.mode == "concat":
             weights = available / available.sum(dim=1, keepdim=True)
             fused = torch.cat([stacked.flatten(1), available], dim=1)

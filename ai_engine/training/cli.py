@@ -4,6 +4,7 @@ Usage (until ``radfusion train|evaluate`` wraps these):
 
     python -m ai_engine.training.cli train ich [--epochs N] [--cohort-size N] [--seed S] [--quick] [--out-dir D]
                                                [--data-dir REAL_DATA]
+    python -m ai_engine.training.cli train ich --fusion-only [--bundle NAME_OR_DIR] [--quick]
     python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
 
 ``None`` for an option means the task module's default (documented in its model card).
@@ -47,6 +48,16 @@ def train(task: str, *, out_dir: Path | None = None, epochs: int | None = None, 
                                     quick=quick, **extra)
 
 
+def train_fusion_only(task: str, *, bundle: str | Path | None = None, quick: bool = False) -> Path:
+    """Refit the fusion heads of a trained bundle in place on its unchanged image network (minor version bump).
+
+    The task rebuilds the training cohort and splits recorded in the bundle's metadata (same seed),
+    trains the heads of every fusion mode, refits temperature and threshold on the calibration
+    split and re-exports ``fusion.onnx`` and ``fusion_<mode>.pt``.
+    """
+    return _task_module(task).train_fusion_only(bundle=bundle, quick=quick)
+
+
 def evaluate(task: str, *, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
              out_dir: Path | None = None) -> dict[str, Any]:
     """Evaluate a bundle on a held-out cohort (other seed, shifted acquisition) against the baseline."""
@@ -66,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     p_train.add_argument("--quick", action="store_true", help="tiny cohort and few epochs (smoke test)")
     p_train.add_argument("--data-dir", type=Path, default=None,
                          help="train on real data in the layout documented in the task's model card")
+    p_train.add_argument("--fusion-only", action="store_true",
+                         help="refit only the fusion heads of --bundle on its unchanged image network")
+    p_train.add_argument("--bundle", default=None,
+                         help="with --fusion-only: bundle name or directory (default: the packaged one)")
     p_eval = sub.add_parser("evaluate", help="evaluate a bundle on a held-out cohort")
     p_eval.add_argument("task", choices=sorted(TASK_MODULES))
     p_eval.add_argument("--bundle", default=None, help="bundle name or directory (default: the packaged one)")
@@ -79,11 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints the bundle path or the metrics JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    if args.command == "train":
+    bundle = Path(args.bundle) if args.bundle and Path(args.bundle).is_dir() else args.bundle
+    if args.command == "train" and args.fusion_only:
+        ignored = [name for name in ("out_dir", "epochs", "cohort_size", "data_dir") if getattr(args, name) is not None]
+        if ignored or args.seed != 0:
+            raise AiEngineError(f"--fusion-only refits the bundle in place with its recorded cohort and seed; "
+                                f"drop {['--' + n.replace('_', '-') for n in ignored] or ['--seed']}")
+        print(train_fusion_only(args.task, bundle=bundle, quick=args.quick))
+    elif args.command == "train":
+        if args.bundle is not None:
+            raise AiEngineError("--bundle only goes with --fusion-only (a full training writes --out-dir)")
         print(train(args.task, out_dir=args.out_dir, epochs=args.epochs, cohort_size=args.cohort_size,
                     seed=args.seed, quick=args.quick, data_dir=args.data_dir))
     else:
-        bundle = Path(args.bundle) if args.bundle and Path(args.bundle).is_dir() else args.bundle
         print(json.dumps(evaluate(args.task, bundle=bundle, cohort_size=args.cohort_size, seed=args.seed,
                                   out_dir=args.out_dir), indent=2))
     return 0

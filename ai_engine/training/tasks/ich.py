@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from ai_engine.bundle import (
     DEEP_KIND,
-    Bundle,
     bundle_models_dir,
     bundle_root,
     resolve_bundle,
@@ -37,21 +36,29 @@ from ai_engine.detectors import ich_fusion as model
 from ai_engine.detectors.ich_baseline import IchBaseline
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics
-from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
-from ai_engine.fusion.calibration import TemperatureScaler
+from ai_engine.fusion import FusionHead
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
-from ai_engine.synthetic.cohorts.ich import IchCase, generate_case, write_case_dicom
+from ai_engine.synthetic.cohorts.ich import GENERATOR_VERSION, IchCase, generate_case, write_case_dicom
+from ai_engine.training.fusion_fit import (
+    DESIGN,
+    Calibration,
+    FusionData,
+    export_heads,
+    fit_heads,
+    fusion_experiment,
+    load_heads,
+    write_refit_configs,
+)
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
 UNET_EPOCHS, QUICK_EPOCHS = 16, 1
 SAMPLES_PER_EPOCH = 2000
 EVAL_SEED, EVAL_SIZE = 7, 150
-MISSING_FRACTION = 0.3
 MODEL_CARD_DIR = Path("docs/model-cards/ich")
 SPLITS = {"A": 0.65, "V": 0.08, "B": 0.19, "C": 0.08}
 BLOOD_CLASS_WEIGHT = 3.0
@@ -148,12 +155,20 @@ def load_real_cases(root: Path) -> Iterator[IchCase]:
                       age=float(row["age"]) if row.get("age") else 0.0, sex=row.get("sex") or "")
 
 
-def _cached_cohort(size: int, seed: int) -> CaseArrays:
-    """The prepared synthetic training cohort, kept in the temp directory so a retrain skips generation."""
-    cache = Path(tempfile.gettempdir()) / "radfusion-cache" / f"ich-{size}-{seed}-{model.MODEL_SIZE}.npz"
+def _cached_cohort(size: int, seed: int, generator: int = GENERATOR_VERSION) -> CaseArrays:
+    """The prepared synthetic training cohort, kept in the temp directory so a retrain skips generation.
+
+    The cache is keyed on the generator version; a cohort of an older generator (what an older
+    bundle's image network learned from) can only come from the cache.
+    """
+    cache = (Path(tempfile.gettempdir()) / "radfusion-cache"
+             / f"ich-{size}-{seed}-{model.MODEL_SIZE}-g{generator}.npz")
     if cache.is_file():
         with np.load(cache) as stored:
             return CaseArrays(**{name: stored[name] for name in stored.files})
+    if generator != GENERATOR_VERSION:
+        raise AiEngineError(f"ICH cohort of generator version {generator} is not cached at {cache}; this code "
+                            f"generates version {GENERATOR_VERSION} only")
     data = build_arrays((generate_case(seed * 100_000 + i) for i in range(size)), total=size)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **vars(data))
@@ -242,52 +257,26 @@ def _train_network(data: CaseArrays, train_cases: np.ndarray, val_cases: np.ndar
     return network
 
 
-@dataclass
-class FusionData:
-    """Fusion-head inputs of a set of cases as tensors."""
-
-    image: torch.Tensor
-    clinical: torch.Tensor
-    clinical_present: torch.Tensor
-    note: torch.Tensor
-    note_present: torch.Tensor
-    label: torch.Tensor
-
-    @classmethod
-    def of(cls, features: np.ndarray, data: CaseArrays, cases: np.ndarray) -> FusionData:
-        return cls(*(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (
-            features, data.clinical[cases], data.clinical_present[cases], data.note[cases],
-            data.note_present[cases], data.label[cases])))
-
-    def logits(self, head: FusionHead, clinical_present: torch.Tensor | None = None) -> np.ndarray:
-        head.eval()
-        with torch.no_grad():
-            out = head(self.image, self.clinical, self.clinical_present if clinical_present is None
-                       else clinical_present, self.note, self.note_present)
-        return out.logit.numpy()
+def _fusion_data(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> FusionData:
+    """Fusion-head table of ``cases``: the U-Net's image features and the cached clinical encodings."""
+    return FusionData(_predict(network, data, cases)[0], data.clinical[cases], data.clinical_present[cases],
+                      data.note[cases], data.note_present[cases], data.label[cases])
 
 
-def _train_head(mode: str, train: FusionData, val: FusionData, seed: int, epochs: int) -> FusionHead:
-    head = FusionHead(len(model.IMAGE_FEATURES), train.clinical.shape[1], NOTE_DIM, mode=mode)
-    generator = torch.Generator().manual_seed(seed)
-    positives = float(train.label.sum())
-    pos_weight = (len(train.label) - positives) / max(positives, 1.0)
+def _fit_fusion(network: torch.nn.Module, data: CaseArrays, split: dict[str, np.ndarray], seed: int, quick: bool
+                ) -> tuple[dict[str, FusionHead], Calibration, dict[str, Any]]:
+    """Heads on V + B, stopping, temperature and threshold (specificity 0.95, clipped 0.2..0.8) on C."""
+    train_data = _fusion_data(network, data, np.concatenate([split["V"], split["B"]]))
+    return fit_heads(train_data, _fusion_data(network, data, split["C"]), seed=seed, quick=quick,
+                     specificity=0.95, threshold_range=(0.2, 0.8))
 
-    def step(h: torch.nn.Module, _: object) -> torch.Tensor:
-        clinical_present, note_present = modality_dropout(train.clinical_present, train.note_present,
-                                                          generator=generator)
-        return fusion_loss(h(train.image, train.clinical, clinical_present, train.note, note_present),
-                           train.label, pos_weight=pos_weight)
 
-    def validate(h: torch.nn.Module) -> float:
-        logits = torch.from_numpy(val.logits(h))  # type: ignore[arg-type]
-        return -float(F.binary_cross_entropy_with_logits(logits, val.label))
-
-    history = fit(head, batches=lambda epoch: [None], step=step, validate=validate,
-                  config=TrainConfig(epochs=epochs, lr=3e-3, patience=max(epochs // 4, 5), seed=seed,
-                                     description=f"fusion {mode}", progress=False))
-    log.info("fusion head %s: best epoch %d, validation %.4f", mode, history.best_epoch, history.best_score)
-    return head
+def _save_weights(models_dir: Path, network: torch.nn.Module, head: FusionHead) -> None:
+    """model.pt: the U-Net and the deployed head in one state dict (``network.*``, ``fusion.*``)."""
+    whole = model.build_model("dynamic")
+    whole.network.load_state_dict(network.state_dict())
+    whole.fusion.load_state_dict(head.state_dict())
+    torch.save(whole.state_dict(), models_dir / "model.pt")
 
 
 def _split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -304,28 +293,11 @@ def _split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-def _export(network: torch.nn.Module, head: FusionHead, models_dir: Path) -> None:
+def _export_network(network: torch.nn.Module, models_dir: Path) -> None:
     network.eval()
-    head.eval()
     torch.onnx.export(network, (torch.zeros(2, model.IN_CHANNELS, model.MODEL_SIZE, model.MODEL_SIZE),),
                       str(models_dir / "model.onnx"), input_names=["slabs"], output_names=["logits"],
                       dynamic_axes={"slabs": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
-
-    class _Tensors(torch.nn.Module):
-        def __init__(self, inner: FusionHead) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return self.inner.forward_tensors(*args)
-
-    n_clinical = len(feature_names(Task.ICH))
-    example = (torch.zeros(2, len(model.IMAGE_FEATURES)), torch.zeros(2, n_clinical), torch.ones(2, n_clinical),
-               torch.zeros(2, NOTE_DIM), torch.ones(2))
-    names = ["image", "clinical", "clinical_present", "text", "text_present"]
-    torch.onnx.export(_Tensors(head), example, str(models_dir / "fusion.onnx"), input_names=names,
-                      output_names=["logit", "weights", "log_var"],
-                      dynamic_axes={n: {0: "b"} for n in [*names, "logit", "weights", "log_var"]}, dynamo=False)
 
 
 def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, float]:
@@ -367,36 +339,52 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
         data = _cached_cohort(size, seed)
     split = _split(data.label, seed)
     network = _train_network(data, split["A"], split["V"], epochs, seed, quick)
-    fusion_cases = np.concatenate([split["V"], split["B"]])
-    train_data = FusionData.of(_predict(network, data, fusion_cases)[0], data, fusion_cases)
-    calib = FusionData.of(_predict(network, data, split["C"])[0], data, split["C"])
-    head_epochs = 20 if quick else 400
-    heads = {mode: _train_head(mode, train_data, calib, seed, head_epochs) for mode in MODES}
-    scaler = TemperatureScaler().fit(calib.logits(heads["dynamic"]), calib.label.numpy())
-    probabilities = scaler.probabilities(calib.logits(heads["dynamic"]))
-    threshold = float(np.clip(metrics.sensitivity_at_specificity(calib.label.numpy(), probabilities, 0.95).threshold,
-                              0.2, 0.8)) if 0 < calib.label.sum() < len(calib.label) else 0.5
+    heads, calibration, fusion_summary = _fit_fusion(network, data, split, seed, quick)
     root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
     models_dir = bundle_models_dir(root)
-    whole = model.build_model("dynamic")
-    whole.network.load_state_dict(network.state_dict())
-    whole.fusion.load_state_dict(heads["dynamic"].state_dict())
-    torch.save(whole.state_dict(), models_dir / "model.pt")
-    for mode in ("concat", "image_only"):
-        torch.save(heads[mode].state_dict(), models_dir / f"fusion_{mode}.pt")
-    _export(network, heads["dynamic"], models_dir)
+    _save_weights(models_dir, network, heads["dynamic"])
+    _export_network(network, models_dir)
+    fusion_summary["onnx_max_abs_diff"] = export_heads(heads, models_dir)
     timing = _deploy_timing(models_dir, network)
     inference = {
-        "deployed": "model.onnx", "fusion_deployed": "fusion.onnx", "temperature": round(scaler.temperature, 5),
-        "case_threshold": round(threshold, 5), "component_threshold": 0.5, "min_component_ml": 0.03,
+        "deployed": "model.onnx", "fusion_deployed": "fusion.onnx", "temperature": round(calibration.temperature, 5),
+        "case_threshold": round(calibration.threshold, 5), "component_threshold": 0.5, "min_component_ml": 0.03,
         "slab_batch": 16, "onnx_threads": 2, "model_pixel_mm": model.MODEL_PIXEL_MM, "slab_mm": model.SLAB_MM,
         "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH), "note_dim": NOTE_DIM,
         "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
     }
     metadata = _metadata(size, seed, split, epochs, timing, time.monotonic() - started, quick)
+    metadata["fusion"] = fusion_summary
     write_bundle_configs(root, metadata, inference)
     log.info("ich bundle written to %s in %.0f s", root, time.monotonic() - started)
     return root
+
+
+def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
+    """Refit the fusion heads of ``bundle`` on its unchanged U-Net (same cohort, seed and splits); minor version.
+
+    The synthetic cohort and seed are read from the bundle's metadata, so the splits are the
+    ones the U-Net was trained with; the calibration split C fits temperature and threshold.
+    """
+    torch.set_num_threads(1)
+    loaded = resolve_bundle(bundle, model.NAME)
+    recorded = loaded.metadata["training_data"]
+    seed, size = int(recorded["seed"]), int(recorded["cases"])
+    seed_everything(seed)
+    generator = int(recorded.get("generator_version", 1))  # 1: bundles from before it was recorded
+    data = _cached_cohort(size, seed, generator)
+    split = _split(data.label, seed)
+    network = model.build_network()
+    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
+    network.load_state_dict({k[len("network."):]: v for k, v in state.items() if k.startswith("network.")})
+    heads, calibration, summary = _fit_fusion(network, data, split, seed, quick)
+    models_dir = bundle_models_dir(loaded.root)
+    _save_weights(models_dir, network, heads["dynamic"])
+    summary["onnx_max_abs_diff"] = export_heads(heads, models_dir)
+    version = write_refit_configs(loaded, calibration, summary, threshold_key="case_threshold",
+                                  command="radfusion train ich --fusion-only")
+    log.info("ich bundle %s: fusion heads refitted, version %s", loaded.root, version)
+    return loaded.root
 
 
 def _metadata(size: int, seed: int, split: dict[str, np.ndarray], epochs: int, timing: dict[str, float],
@@ -414,27 +402,14 @@ def _metadata(size: int, seed: int, split: dict[str, np.ndarray], epochs: int, t
                     "modality_weights": "per-case softmax weights over image/clinical/text",
                     "uncertainty": "logit standard deviation from the predicted log-variance"},
         "network": {"image": "MONAI UNet 2-D, channels (16, 32, 64, 128), 4 input channels, 6 classes",
-                    "fusion": "FusionHead dynamic gating, shared_dim 32", "deployed": "ONNX Runtime (CPU)",
+                    "fusion": DESIGN, "deployed": "ONNX Runtime (CPU)",
                     "cpu_seconds_32_slabs": timing},
         "training_data": {"source": "synthetic (ai_engine.synthetic.cohorts.ich)", "cases": size, "seed": seed,
+                          "generator_version": GENERATOR_VERSION,
                           "splits": {k: int(len(v)) for k, v in split.items()}, "unet_epochs_max": epochs,
                           "quick": quick, "train_seconds": round(seconds, 1)},
         "metrics": {"held_out": "see docs/model-cards/ich/metrics.json (radfusion evaluate ich)"},
     }
-
-
-def _mask_missing(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    keep = np.random.default_rng(seed).random(present.shape) >= fraction
-    return (present.astype(bool) & keep).astype(np.float32)
-
-
-def _ablation_heads(bundle: Bundle) -> dict[str, FusionHead]:
-    heads = {"dynamic": model.load_eager_model(bundle).fusion}
-    for mode in ("concat", "image_only"):
-        head = FusionHead(len(model.IMAGE_FEATURES), len(feature_names(Task.ICH)), NOTE_DIM, mode=mode)
-        head.load_state_dict(torch.load(bundle.root / "models" / f"fusion_{mode}.pt", weights_only=True))
-        heads[mode] = head.eval()
-    return heads
 
 
 def _binary_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -503,7 +478,12 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     result["volume_median_relative_error"] = round(float(np.median(errors)), 4) if errors else None
     result["seconds_per_case"] = {"deep": round(float(np.mean([r["deep_s"] for r in rows])), 3),
                                   "baseline": round(float(np.mean([r["baseline_s"] for r in rows])), 3)}
-    result["fusion_experiment"] = _fusion_experiment(loaded, np.stack(features), contexts, labels)
+    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
+    heads = load_heads(loaded.root / "models", {k[len("fusion."):]: v for k, v in state.items()
+                                                if k.startswith("fusion.")},
+                       (len(model.IMAGE_FEATURES), len(feature_names(Task.ICH)), NOTE_DIM))
+    held_out = FusionData.from_contexts(Task.ICH, np.stack(features), contexts, labels)
+    result["fusion_experiment"] = fusion_experiment(heads, held_out, seed=seed)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "cases.json").write_text(json.dumps(rows, indent=1) + "\n")
     plots.plot_roc({name: metrics.roc_curve(labels, s)[:2] for name, s in scores.items()}, out_dir / "roc.png",
@@ -524,20 +504,3 @@ def _per_subtype(rows: list[dict[str, Any]], threshold: float) -> dict[str, dict
                             "deep": round(float(np.mean([r["deep"] >= threshold for r in chosen])), 4),
                             "baseline": round(float(np.mean([r["baseline"] >= 0.5 for r in chosen])), 4)}
     return out
-
-
-def _fusion_experiment(bundle: Bundle, features: np.ndarray, contexts: list[Any], labels: np.ndarray
-                       ) -> dict[str, dict[str, float]]:
-    """AUC of image-only, concat and dynamic heads with complete clinical data and with 30 % of it hidden."""
-    encoded = [model.fusion_inputs(c) for c in contexts]
-    clinical, present, note, note_present = (np.concatenate([e[k] for e in encoded]) for k in range(4))
-    data = FusionData(*(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (
-        features, clinical, present, note, note_present, labels)))
-    hidden = torch.from_numpy(_mask_missing(present, MISSING_FRACTION, seed=1))
-    table = {}
-    for mode, head in _ablation_heads(bundle).items():
-        complete = metrics.roc_auc(labels, data.logits(head))
-        missing = metrics.roc_auc(labels, data.logits(head, hidden))
-        table[mode] = {"auc_complete": round(complete, 4), "auc_30pct_missing": round(missing, 4),
-                       "auc_drop_points": round(100 * (complete - missing), 2)}
-    return table

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import multiprocessing
 import pickle
 import tempfile
@@ -49,8 +48,7 @@ from ai_engine.detectors.mammo_fusion import (
 )
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics, plots
-from ai_engine.fusion import FusionHead, fusion_loss, modality_dropout
-from ai_engine.fusion.calibration import TemperatureScaler
+from ai_engine.fusion import FusionHead
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.mammo import (
     HELDOUT_ACQUISITION,
@@ -60,11 +58,23 @@ from ai_engine.synthetic.cohorts.mammo import (
     generate_case,
 )
 from ai_engine.synthetic.mammo_phantom import MALIGNANT_KINDS, Acquisition
+from ai_engine.training.fusion_fit import (
+    DESIGN,
+    Calibration,
+    FusionData,
+    export_heads,
+    fit_heads,
+    fusion_experiment,
+    head_outputs,
+    load_heads,
+    write_refit_configs,
+)
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
+COHORT_FORMAT = "1.0.0"  # name of the cached cohort pickle: change it when ExamArrays or the phantom changes
 UNET_FEATURES = (8, 16, 32, 64, 96, 8)
 CROP = 128
 DEFAULT_COHORT = 640
@@ -72,8 +82,6 @@ QUICK_COHORT = 24
 HELDOUT_SEED = 8888  # 7777 served the first model's evaluation and a diagnosis: no longer unseen
 DEFAULT_HELDOUT_SIZE = 200
 SPLIT_FRACTIONS = (0.55, 0.07, 0.28)  # network train, network validation, fusion train; rest calibration
-EXPERIMENT_MODES = ("dynamic", "concat", "image_only")
-MISSING_RATE = 0.3
 MODEL_CARD_DIR = Path(__file__).resolve().parents[3] / "docs" / "model-cards" / "mammo"
 INFERENCE_DEFAULTS: dict[str, Any] = {
     "net_spacing_mm": NET_SPACING_MM, "candidate_floor": 0.1, "candidates_per_view": 4,
@@ -102,16 +110,6 @@ class MammoFusionModel(nn.Module):
         super().__init__()
         self.network = network
         self.fusion = fusion
-
-
-class _FusionExport(nn.Module):
-    def __init__(self, head: FusionHead) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, image: torch.Tensor, clinical: torch.Tensor, clinical_present: torch.Tensor,
-                text: torch.Tensor, text_present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.head.forward_tensors(image, clinical, clinical_present, text, text_present)
 
 
 @dataclass
@@ -167,7 +165,7 @@ def generate_exams(seeds: list[int], acquisition: Acquisition, workers: int = 2)
 
 def _cached_exams(seeds: list[int], seed: int, quick: bool) -> list[ExamArrays]:
     """The prepared training cohort, generated once and kept as a pickle in the temp directory."""
-    cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{len(seeds)}-v{VERSION}.pkl"
+    cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{len(seeds)}-v{COHORT_FORMAT}.pkl"
     if cache.is_file() and not quick:
         log.info("reading the prepared cohort from %s", cache)
         with cache.open("rb") as handle:
@@ -286,64 +284,13 @@ def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epoc
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class CaseTable:
-    """Per-case fusion inputs and labels, as arrays."""
-
-    image: np.ndarray
-    clinical: np.ndarray
-    clinical_present: np.ndarray
-    text: np.ndarray
-    text_present: np.ndarray
-    labels: np.ndarray
-
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        """(image, clinical, clinical_present, text, text_present) as float tensors."""
-        return tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (
-            self.image, self.clinical, self.clinical_present, self.text, self.text_present))
-
-
-def case_table(network: MammoNetwork, exams: list[ExamArrays], params: dict[str, Any]) -> CaseTable:
+def case_table(network: MammoNetwork, exams: list[ExamArrays], params: dict[str, Any]) -> FusionData:
     """Image features (from the detector's own analysis code) plus encodings for each exam."""
     identities = list(VIEW_ORDER)
     images = [exam_image_analysis(e.views, predict_views(network, e), identities, params)[1] for e in exams]
-    return CaseTable(np.stack(images), np.stack([e.clinical for e in exams]),
-                     np.stack([e.clinical_present for e in exams]), np.stack([e.text for e in exams]),
-                     np.array([e.text_present for e in exams], dtype=bool), np.array([e.label for e in exams]))
-
-
-def fusion_logits(head: FusionHead, table: CaseTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, weights [N, 3], log_var) of ``head`` on ``table`` (eval mode)."""
-    head.eval()
-    with torch.no_grad():
-        out = head(*table.tensors())
-    return out.logit.numpy(), out.weights.numpy(), out.log_var.numpy()
-
-
-def train_fusion(train: CaseTable, validation: CaseTable, mode: str, seed: int, epochs: int) -> FusionHead:
-    """Train one FusionHead with modality dropout; early stopping on the validation split's AUC."""
-    seed_everything(seed)
-    head = FusionHead(len(IMAGE_FEATURES), train.clinical.shape[1], NOTE_DIM, mode=mode)
-    tensors = train.tensors()
-    labels = torch.from_numpy(train.labels.astype(np.float32))
-    generator = torch.Generator().manual_seed(seed)
-    pos_weight = float((1 - train.labels).sum() / max(train.labels.sum(), 1))
-
-    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(order), 32):
-            idx = order[start:start + 32]
-            clinical_present, text_present = modality_dropout(tensors[2][idx], tensors[4][idx], generator=generator)
-            yield tensors[0][idx], tensors[1][idx], clinical_present, tensors[3][idx], text_present, labels[idx]
-
-    def step(model: nn.Module, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return fusion_loss(model(*b[:5]), b[5], pos_weight=pos_weight)
-
-    fit(head, batches=batches, step=step,
-        validate=lambda model: _auc(validation.labels, fusion_logits(model, validation)[0]),  # type: ignore[arg-type]
-        config=TrainConfig(epochs=epochs, lr=3e-3, patience=25, seed=seed, description=f"mammo fusion {mode}",
-                           progress=False))
-    return head
+    return FusionData(np.stack(images), np.stack([e.clinical for e in exams]),
+                      np.stack([e.clinical_present for e in exams]), np.stack([e.text for e in exams]),
+                      np.array([e.text_present for e in exams]), np.array([e.label for e in exams]))
 
 
 def fit_density_model(exams: list[ExamArrays], seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -366,52 +313,42 @@ def fit_density_model(exams: list[ExamArrays], seed: int) -> tuple[np.ndarray, n
     return linear.weight.detach().numpy().T.copy(), linear.bias.detach().numpy().copy(), accuracy
 
 
-def random_missing(table: CaseTable, rate: float, seed: int) -> CaseTable:
-    """A copy where each clinical input and each note is hidden with probability ``rate``."""
-    rng = np.random.default_rng(seed)
-    keep = rng.random(table.clinical_present.shape) >= rate
-    keep_text = rng.random(table.text_present.shape) >= rate
-    return CaseTable(table.image, table.clinical, table.clinical_present & keep, table.text,
-                     table.text_present & keep_text, table.labels)
-
-
 # ---------------------------------------------------------------------------------------------
 # Export and bundle
 # ---------------------------------------------------------------------------------------------
 
 
-def export_onnx(network: MammoNetwork, head: FusionHead, models_dir: Path, clinical_dim: int) -> dict[str, float]:
-    """Write model.onnx (network) and fusion.onnx (head); return the max |ONNX - eager| differences."""
+def export_network(network: MammoNetwork, models_dir: Path) -> float:
+    """Write model.onnx (per-view network); return the max |ONNX - eager| difference on a probe."""
     import onnxruntime as ort
 
     network.eval()
-    head.eval()
     example = torch.rand(1, 2, 304, 240)
     torch.onnx.export(network, (example,), models_dir / "model.onnx", input_names=["views"],
                       output_names=["probabilities"], dynamic_axes={"views": {0: "batch", 2: "rows", 3: "cols"},
                                                                     "probabilities": {0: "batch", 2: "rows",
                                                                                       3: "cols"}},
                       opset_version=17, dynamo=False)
-    inputs = (torch.randn(3, len(IMAGE_FEATURES)), torch.randn(3, clinical_dim),
-              torch.tensor([[1.0] * clinical_dim, [0.0] * clinical_dim, [1.0, 0.0] * (clinical_dim // 2)]),
-              torch.randn(3, NOTE_DIM), torch.tensor([1.0, 0.0, 1.0]))
-    names = ["image", "clinical", "clinical_present", "text", "text_present"]
-    torch.onnx.export(_FusionExport(head).eval(), inputs, models_dir / "fusion.onnx", input_names=names,
-                      output_names=["logit", "weights", "log_var"],
-                      dynamic_axes={n: {0: "batch"} for n in [*names, "logit", "weights", "log_var"]},
-                      opset_version=17, dynamo=False)
-    network.eval()  # export restores the wrapper's mode; compare in eval mode
-    head.eval()
+    network.eval()  # export restores the module's mode; compare in eval mode
     session = ort.InferenceSession(str(models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     probe = torch.rand(1, 2, 288, 224)
     with torch.no_grad():
         eager = network(probe).numpy()
-        eager_head = [t.numpy() for t in head.forward_tensors(*inputs)]
-    network_diff = float(np.abs(session.run(None, {"views": probe.numpy()})[0] - eager).max())
-    fusion_session = ort.InferenceSession(str(models_dir / "fusion.onnx"), providers=["CPUExecutionProvider"])
-    onnx_head = fusion_session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
-    head_diff = max(float(np.abs(a - b).max()) for a, b in zip(onnx_head, eager_head, strict=True))
-    return {"network_max_abs_diff": network_diff, "fusion_max_abs_diff": head_diff}
+    return float(np.abs(session.run(None, {"views": probe.numpy()})[0] - eager).max())
+
+
+def _fusion_tables(network: MammoNetwork, exams: list[ExamArrays], size: int, quick: bool
+                   ) -> tuple[FusionData, FusionData]:
+    """(fusion-training, calibration) tables of the cohort's splits."""
+    _, _, fusion_train, calibration = (exams[s] for s in _split(size, quick))
+    params = dict(INFERENCE_DEFAULTS)
+    return case_table(network, fusion_train, params), case_table(network, calibration, params)
+
+
+def _fit_fusion(train: FusionData, calib: FusionData, seed: int, quick: bool
+                ) -> tuple[dict[str, FusionHead], Calibration, dict[str, Any]]:
+    """Heads of every mode; temperature and the threshold for specificity 0.9 on the calibration split."""
+    return fit_heads(train, calib, seed=seed, quick=quick, specificity=0.9)
 
 
 def _metadata(summary: dict[str, Any], cohort_size: int, seed: int) -> dict[str, Any]:
@@ -430,9 +367,7 @@ def _metadata(summary: dict[str, Any], cohort_size: int, seed: int) -> dict[str,
                     "notes": "BI-RADS-style suggestion, density category A-D, modality weights, logit std"},
         "network": {"per_view": f"MONAI BasicUNet 2-D, features {list(UNET_FEATURES)}, input 2 x H x W at "
                                 f"{NET_SPACING_MM} mm (intensity, speck enhancement)",
-                    "fusion": "ai_engine.fusion.FusionHead mode 'dynamic' over image features "
-                              f"{list(IMAGE_FEATURES)}, clinical {feature_names('mammo')}, hashed note "
-                              f"({NOTE_DIM})"},
+                    "fusion": DESIGN},
         "training_data": {"description": "synthetic four-view screening exams from the project's phantom",
                           "cohort_size": cohort_size, "seed": seed, "acquisition": TRAIN_ACQUISITION.__dict__},
         "metrics": summary,
@@ -450,64 +385,56 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
     root = Path(out_dir) if out_dir is not None else bundle_root(NAME)
     seeds = [seed * 1_000_003 + i for i in range(size)]
     exams = _cached_exams(seeds, seed, quick)
-    net_train, net_val, fusion_train, calibration = (exams[s] for s in _split(size, quick))
-    log.info("cohort ready in %.0f s: %d network / %d validation / %d fusion / %d calibration exams",
-             time.monotonic() - start, len(net_train), len(net_val), len(fusion_train), len(calibration))
+    net_train, net_val, _, _ = (exams[s] for s in _split(size, quick))
     network = train_network(net_train, net_val, epochs=epochs or (1 if quick else 12), steps=4 if quick else 50,
                             batch=4 if quick else 16, seed=seed, max_seconds=30.0 if quick else 420.0)
-    params = dict(INFERENCE_DEFAULTS)
-    fusion_table = case_table(network, fusion_train, params)
-    calibration_table = case_table(network, calibration, params)
-    heads = {mode: train_fusion(fusion_table, calibration_table, mode, seed, epochs=5 if quick else 300)
-             for mode in EXPERIMENT_MODES}
-    logits = fusion_logits(heads["dynamic"], calibration_table)[0]
-    scaler = TemperatureScaler().fit(logits, calibration_table.labels) if 0 < calibration_table.labels.sum() < len(
-        logits) else TemperatureScaler()
-    probabilities = scaler.probabilities(logits)
-    threshold = _threshold_at_specificity(calibration_table.labels, probabilities, 0.9)
+    heads, calibration, fusion_summary = _fit_fusion(*_fusion_tables(network, exams, size, quick), seed, quick)
     density_weights, density_bias, density_accuracy = fit_density_model(net_train, seed)
     models = bundle_models_dir(root)
     torch.save(MammoFusionModel(network, heads["dynamic"]).state_dict(), models / "model.pt")
-    for mode in ("concat", "image_only"):
-        torch.save(heads[mode].state_dict(), models / f"fusion_{mode}.pt")
-    parity = export_onnx(network, heads["dynamic"], models, fusion_table.clinical.shape[1])
-    inference = {**params, "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
-                 "temperature": scaler.temperature, "positive_threshold": threshold,
+    parity = {"network_max_abs_diff": export_network(network, models),
+              "fusion_max_abs_diff": export_heads(heads, models)}
+    inference = {**INFERENCE_DEFAULTS, "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
+                 "temperature": calibration.temperature, "positive_threshold": calibration.threshold,
                  "density_weights": density_weights.tolist(), "density_bias": density_bias.tolist(),
                  "image_features": list(IMAGE_FEATURES), "clinical_features": feature_names("mammo"),
                  "note_dim": NOTE_DIM}
-    summary = {"calibration_split": {"cases": len(calibration), "auc": _auc(calibration_table.labels, logits),
-                                     "temperature": scaler.temperature, "positive_threshold": threshold},
-               "density_training_accuracy": density_accuracy, "onnx_parity": parity,
+    summary = {"fusion": fusion_summary, "density_training_accuracy": density_accuracy, "onnx_parity": parity,
                "training_seconds": round(time.monotonic() - start, 1)}
     write_bundle_configs(root, _metadata(summary, size, seed), inference)
     log.info("bundle written to %s in %.0f s: %s", root, time.monotonic() - start, json.dumps(summary))
     return root
 
 
-def _threshold_at_specificity(labels: np.ndarray, probabilities: np.ndarray, specificity: float) -> float:
-    """Lowest threshold keeping the calibration split's specificity at ``specificity``."""
-    negatives = np.sort(probabilities[labels == 0])
-    if negatives.size == 0:
-        return 0.5
-    index = min(int(math.ceil(specificity * negatives.size)) - 1, negatives.size - 1)
-    return float(np.nextafter(negatives[max(index, 0)], np.inf))
+def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
+    """Refit the fusion heads of ``bundle`` on its unchanged network (same cohort, seed and splits); minor version.
+
+    Density model, network and ``model.onnx`` stay as they are; the calibration split refits the
+    temperature and the positive threshold.
+    """
+    torch.set_num_threads(1)
+    loaded = resolve_bundle(bundle, NAME)
+    recorded = loaded.metadata["training_data"]
+    seed, size = int(recorded["seed"]), int(recorded["cohort_size"])
+    seed_everything(seed)
+    exams = _cached_exams([seed * 1_000_003 + i for i in range(size)], seed, quick)
+    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
+    network = MammoNetwork()
+    network.load_state_dict({k[len("network."):]: v for k, v in state.items() if k.startswith("network.")})
+    network.eval()
+    heads, calibration, summary = _fit_fusion(*_fusion_tables(network, exams, size, quick), seed, quick)
+    models = bundle_models_dir(loaded.root)
+    torch.save(MammoFusionModel(network, heads["dynamic"]).state_dict(), models / "model.pt")
+    summary["onnx_max_abs_diff"] = export_heads(heads, models)
+    version = write_refit_configs(loaded, calibration, summary, threshold_key="positive_threshold",
+                                  command="radfusion train mammo --fusion-only")
+    log.info("mammo bundle %s: fusion heads refitted, version %s", loaded.root, version)
+    return loaded.root
 
 
 # ---------------------------------------------------------------------------------------------
 # Held-out evaluation
 # ---------------------------------------------------------------------------------------------
-
-
-def _load_experiment_heads(root: Path, dynamic_state: dict[str, torch.Tensor], clinical_dim: int
-                           ) -> dict[str, FusionHead]:
-    heads = {}
-    for mode in EXPERIMENT_MODES:
-        head = FusionHead(len(IMAGE_FEATURES), clinical_dim, NOTE_DIM, mode=mode)
-        state = dynamic_state if mode == "dynamic" else torch.load(root / "models" / f"fusion_{mode}.pt")
-        head.load_state_dict(state)
-        heads[mode] = head.eval()
-    return heads
 
 
 def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
@@ -526,10 +453,11 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
     detector, baseline = MammoFusion(resolved.root), MammoBaseline()
     state = torch.load(resolved.weights_path)
     clinical_dim = len(feature_names("mammo"))
-    heads = _load_experiment_heads(resolved.root, {k[len("fusion."):]: v for k, v in state.items()
-                                                   if k.startswith("fusion.")}, clinical_dim)
+    heads = load_heads(resolved.root / "models", {k[len("fusion."):]: v for k, v in state.items()
+                                                  if k.startswith("fusion.")},
+                       (len(IMAGE_FEATURES), clinical_dim, NOTE_DIM))
     rows: list[dict[str, Any]] = []
-    tables: list[CaseTable] = []
+    tables: list[FusionData] = []
     with tempfile.TemporaryDirectory(prefix="mammo-heldout-") as tmp:
         for index in range(size):
             case = generate_case(held_seed * 1_000_003 + index, HELDOUT_ACQUISITION)
@@ -544,17 +472,16 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
             rows.append({"label": int(case.cancer), "deep": result.case_score, "baseline": base.case_score,
                          "seconds": seconds, "density_true": case.density,
                          "density_pred": DENSITY_CATEGORIES[density_index]})
-            tables.append(CaseTable(analysis.image_features[None], analysis.clinical[None],
+            tables.append(FusionData(analysis.image_features[None], analysis.clinical[None],
                                     analysis.clinical_present[None], analysis.text[None],
                                     np.array([analysis.text_present]), np.array([int(case.cancer)])))
             if (index + 1) % 20 == 0:
                 log.info("held-out %d/%d exams evaluated", index + 1, size)
-    table = CaseTable(*(np.concatenate([getattr(t, f) for t in tables]) for f in (
-        "image", "clinical", "clinical_present", "text", "text_present", "labels")))
+    table = FusionData.join(tables)
     return _report(rows, table, heads, resolved.root, out, held_seed)
 
 
-def _report(rows: list[dict[str, Any]], table: CaseTable, heads: dict[str, FusionHead], root: Path, out: Path,
+def _report(rows: list[dict[str, Any]], table: FusionData, heads: dict[str, FusionHead], root: Path, out: Path,
             held_seed: int) -> dict[str, Any]:
     """Metrics, plots and metrics.json of a held-out run; the bundle's metadata gets the summary."""
     labels = np.array([r["label"] for r in rows])
@@ -562,12 +489,7 @@ def _report(rows: list[dict[str, Any]], table: CaseTable, heads: dict[str, Fusio
     base = np.array([r["baseline"] for r in rows])
     inference = json.loads((root / "configs" / "inference.json").read_text())
     threshold = float(inference["positive_threshold"])
-    experiment: dict[str, dict[str, float]] = {}
-    missing = random_missing(table, MISSING_RATE, held_seed)
-    for mode, head in heads.items():
-        experiment[mode] = {"complete": metrics.roc_auc(labels, fusion_logits(head, table)[0]),
-                            "clinical_30pct_missing": metrics.roc_auc(labels, fusion_logits(head, missing)[0])}
-    weights = fusion_logits(heads["dynamic"], table)[1]
+    weights = head_outputs(heads["dynamic"], table)[1]
     result = {
         "held_out": {"cases": len(rows), "positives": int(labels.sum()), "seed": held_seed,
                      "acquisition": HELDOUT_ACQUISITION.__dict__},
@@ -578,8 +500,7 @@ def _report(rows: list[dict[str, Any]], table: CaseTable, heads: dict[str, Fusio
         "baseline": {"auc": metrics.roc_auc(labels, base),
                      "sensitivity_at_specificity_0.9": metrics.sensitivity_at_specificity(labels, base, 0.9).__dict__},
         "density_accuracy": float(np.mean([r["density_true"] == r["density_pred"] for r in rows])),
-        "fusion_experiment_auc": experiment,
-        "missing_rate": MISSING_RATE,
+        "fusion_experiment": fusion_experiment(heads, table, seed=held_seed),
         "seconds_per_exam_load_to_findings": {"median": float(np.median([r["seconds"] for r in rows])),
                                               "max": float(np.max([r["seconds"] for r in rows]))},
         "mean_modality_weights": {m: float(weights[:, i].mean()) for i, m in enumerate(("image", "clinical",

@@ -37,8 +37,7 @@ from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical,
 from ai_engine.detectors import nodule_fusion as model
 from ai_engine.detectors.nodule_baseline import NoduleBaseline
 from ai_engine.evaluation import metrics, plots
-from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
-from ai_engine.fusion.calibration import TemperatureScaler
+from ai_engine.fusion import MODALITIES, FusionHead
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.nodule import (
@@ -48,16 +47,25 @@ from ai_engine.synthetic.cohorts.nodule import (
     generate_case,
     write_case_dicom,
 )
+from ai_engine.training.fusion_fit import (
+    Calibration,
+    FusionData,
+    export_heads,
+    fit_heads,
+    fusion_experiment,
+    head_outputs,
+    load_heads,
+    write_refit_configs,
+)
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
 from ai_engine.volume import Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 TRAIN_SIZE, QUICK_SIZE = 48, 3
 CNN_EPOCHS, QUICK_EPOCHS = 12, 1
 EVAL_SEED, EVAL_SIZE = 9, 30
-MISSING_FRACTION = 0.3
 NEGATIVES_PER_CASE = 70
 JITTER_COPIES = 4
 MODEL_CARD_DIR = Path("docs/model-cards/nodule")
@@ -181,6 +189,9 @@ def _fusion_case(seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         "clinical": clinical, "present": present, "text": text, "text_present": text_present}
 
 
+FUSION_SET_CLINICAL = ("clinical", "present", "text", "text_present")
+
+
 def build_fusion_set(seeds: list[int], workers: int = 2) -> FusionSet:
     """Nodule patches for the fusion heads from ``seeds`` (many patients: malignancy needs them)."""
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -188,9 +199,22 @@ def build_fusion_set(seeds: list[int], workers: int = 2) -> FusionSet:
     return FusionSet(patches=np.concatenate([p for p, _, _ in parts]),
                      malignant=np.concatenate([m for _, m, _ in parts]),
                      case=np.concatenate([np.full(len(m), i) for i, (_, m, _) in enumerate(parts)]),
-                     clinical={key: np.stack([info[key] for _, _, info in parts])
-                               for key in ("clinical", "present", "text", "text_present")})
+                     clinical={key: np.stack([info[key] for _, _, info in parts]) for key in FUSION_SET_CLINICAL})
 
+
+
+def _cached_fusion_set(seed: int, size: int) -> FusionSet:
+    """The fusion cohort of ``seed`` (``size`` patients), kept in the temp directory so a refit skips generation."""
+    cache = Path(tempfile.gettempdir()) / "radfusion-cache" / f"nodule-fusion-{seed}-{size}-{model.PATCH}.npz"
+    if cache.is_file():
+        with np.load(cache) as stored:
+            return FusionSet(stored["patches"], stored["malignant"], stored["case"],
+                             {k: stored[f"clinical_{k}"] for k in FUSION_SET_CLINICAL})
+    fusion = build_fusion_set([seed * 100_003 + FUSION_SEED_OFFSET + i for i in range(size)])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, patches=fusion.patches, malignant=fusion.malignant, case=fusion.case,
+             **{f"clinical_{k}": v for k, v in fusion.clinical.items()})
+    return fusion
 
 
 def _case_hard_negatives(args: tuple[int, dict[str, torch.Tensor]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -320,82 +344,12 @@ def _train_network(data: PatchSet, train_cases: np.ndarray, val_cases: np.ndarra
                  "stopped": history.stopped}
 
 
-@dataclass
-class FusionData:
-    """Tensors for a fusion head: embeddings of truth-centred nodule patches with their case's clinical data."""
-
-    image: torch.Tensor
-    clinical: torch.Tensor
-    clinical_present: torch.Tensor
-    text: torch.Tensor
-    text_present: torch.Tensor
-    label: torch.Tensor
-
-    @classmethod
-    def of(cls, embedding: np.ndarray, clinical: dict[str, np.ndarray], case: np.ndarray,
-           label: np.ndarray) -> FusionData:
-        return cls(torch.from_numpy(embedding.astype(np.float32)),
-                   torch.from_numpy(clinical["clinical"][case].astype(np.float32)),
-                   torch.from_numpy(clinical["present"][case].astype(np.float32)),
-                   torch.from_numpy(clinical["text"][case].astype(np.float32)),
-                   torch.from_numpy(clinical["text_present"][case].astype(np.float32)),
-                   torch.from_numpy(label.astype(np.float32)))
-
-    def logits(self, head: FusionHead, clinical_present: torch.Tensor | None = None) -> np.ndarray:
-        head.eval()
-        with torch.no_grad():
-            present = self.clinical_present if clinical_present is None else clinical_present
-            return head(self.image, self.clinical, present, self.text, self.text_present).logit.numpy()
-
-
-def _train_head(mode: str, train: FusionData, val: FusionData, seed: int, epochs: int) -> FusionHead:
-    head = FusionHead(model.EMBED_DIM, len(feature_names(Task.LUNG_NODULE)), NOTE_DIM, mode=mode)
-    generator = torch.Generator().manual_seed(seed)
-
-    def step(h: torch.nn.Module, _: object) -> torch.Tensor:
-        clinical_present, text_present = modality_dropout(train.clinical_present, train.text_present,
-                                                          generator=generator)
-        out = h(train.image, train.clinical, clinical_present, train.text, text_present)
-        return fusion_loss(out, train.label)
-
-    def validate(h: torch.nn.Module) -> float:
-        logits = val.logits(h)  # type: ignore[arg-type]
-        return -float(np.mean(np.logaddexp(0, logits) - val.label.numpy() * logits))
-
-    fit(head, batches=lambda epoch: [None], step=step, validate=validate,
-        config=TrainConfig(epochs=epochs, lr=3e-3, patience=60, seed=seed, description=f"fusion {mode}",
-                           progress=False))
-    return head
-
-
-class _FusionTensors(torch.nn.Module):
-    """The fusion head with a plain-tensor forward, for ONNX export."""
-
-    def __init__(self, inner: FusionHead) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.inner.forward_tensors(*args)
-
-
-FUSION_INPUTS = ["image", "clinical", "clinical_present", "text", "text_present"]
-
-
-def export(network: torch.nn.Module, head: FusionHead, models_dir: Path) -> None:
-    """Write model.onnx (patch network) and fusion.onnx (fusion head), batch dimension dynamic."""
+def export_network(network: torch.nn.Module, models_dir: Path) -> None:
+    """Write model.onnx (patch network), batch dimension dynamic."""
     network.eval()
-    head.eval()
     torch.onnx.export(network, (torch.zeros(2, 1, model.PATCH, model.PATCH, model.PATCH),),
                       str(models_dir / "model.onnx"), input_names=["patches"], output_names=list(model.OUTPUTS),
                       dynamic_axes={n: {0: "n"} for n in ["patches", *model.OUTPUTS]}, dynamo=False)
-    n_clinical = len(feature_names(Task.LUNG_NODULE))
-    example = (torch.zeros(2, model.EMBED_DIM), torch.zeros(2, n_clinical), torch.ones(2, n_clinical),
-               torch.zeros(2, NOTE_DIM), torch.ones(2))
-    torch.onnx.export(_FusionTensors(head), example, str(models_dir / "fusion.onnx"), input_names=FUSION_INPUTS,
-                      output_names=["logit", "weights", "log_var"],
-                      dynamic_axes={n: {0: "b"} for n in [*FUSION_INPUTS, "logit", "weights", "log_var"]},
-                      dynamo=False)
 
 
 def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, float]:
@@ -418,39 +372,38 @@ def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, floa
     return timing
 
 
-def fit_fusion(network: model.NodulePatchNet, fusion: FusionSet, seed: int, quick: bool
-               ) -> tuple[dict[str, FusionHead], TemperatureScaler, dict[str, Any]]:
-    """Fusion heads (every mode) on the CNN's embeddings of ``fusion``; temperature on its calibration cases."""
+def fusion_splits(network: model.NodulePatchNet, fusion: FusionSet, seed: int) -> tuple[FusionData, FusionData]:
+    """(training, calibration) tables: the CNN's embedding of each nodule; a quarter of the patients calibrate."""
     embedding = _predict(network, fusion.patches)["embedding"]
     n_cases = int(fusion.case.max()) + 1
     order = np.random.default_rng(seed + 7).permutation(n_cases)
-    calib_cases = order[: max(int(round(0.25 * n_cases)), 1)]
-    calib = np.isin(fusion.case, calib_cases)
-    train_data = FusionData.of(embedding[~calib], fusion.clinical, fusion.case[~calib], fusion.malignant[~calib])
-    calib_data = FusionData.of(embedding[calib], fusion.clinical, fusion.case[calib], fusion.malignant[calib])
-    head_epochs = 20 if quick else 400
-    heads = {mode: _train_head(mode, train_data, calib_data, seed, head_epochs) for mode in MODES}
-    scaler = TemperatureScaler()
-    labels = calib_data.label.numpy()
-    if 0 < labels.sum() < len(labels):
-        scaler.fit(calib_data.logits(heads["dynamic"]), labels)
-    summary = {"nodules_train": int((~calib).sum()), "nodules_calibration": int(calib.sum()),
-               "malignant_fraction": round(float(fusion.malignant.mean()), 4),
-               "calibration_auc": {m: round(metrics.roc_auc(labels, calib_data.logits(h)), 4) for m, h in heads.items()}
-               if 0 < labels.sum() < len(labels) else {}}
-    return heads, scaler, summary
+    calib = np.isin(fusion.case, order[: max(int(round(0.25 * n_cases)), 1)])
+    table = FusionData(embedding, *(fusion.clinical[k][fusion.case] for k in ("clinical", "present", "text",
+                                                                               "text_present")), fusion.malignant)
+    return table.take(~calib), table.take(calib)
 
 
-def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, FusionHead], scaler: TemperatureScaler,
+def fit_fusion(network: model.NodulePatchNet, fusion: FusionSet, seed: int, quick: bool
+               ) -> tuple[dict[str, FusionHead], Calibration, dict[str, Any]]:
+    """Fusion heads (every mode) on the CNN's embeddings of ``fusion``; temperature on its calibration patients."""
+    train_data, calib_data = fusion_splits(network, fusion, seed)
+    return fit_heads(train_data, calib_data, seed=seed, quick=quick, specificity=0.9)
+
+
+def _save_weights(models_dir: Path, network: model.NodulePatchNet, head: FusionHead) -> None:
+    torch.save({"network": network.state_dict(), "fusion": head.state_dict()}, models_dir / "model.pt")
+
+
+def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, FusionHead], calibration: Calibration,
                  metadata_training: dict[str, Any], training_data: dict[str, Any]) -> Path:
     """Save weights, export the deployed models, and write the bundle configs under ``root``."""
     models_dir = bundle_models_dir(root)
-    torch.save({"network": network.state_dict(), "fusion": heads["dynamic"].state_dict()}, models_dir / "model.pt")
-    for mode in ("concat", "image_only"):
-        torch.save(heads[mode].state_dict(), models_dir / f"fusion_{mode}.pt")
-    export(network, heads["dynamic"], models_dir)
+    _save_weights(models_dir, network, heads["dynamic"])
+    export_network(network, models_dir)
+    metadata_training["fusion"]["onnx_max_abs_diff"] = export_heads(heads, models_dir)
     inference = {
-        "deployed": "model.onnx", "fusion_deployed": "fusion.onnx", "temperature": round(scaler.temperature, 5),
+        "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
+        "temperature": round(calibration.temperature, 5),
         "finding_threshold": 0.5, "nms_mm": 6.0, "max_candidates": model.MAX_CANDIDATES, "max_findings": 10,
         "batch": 64, "onnx_threads": 2, "work_mm": model.WORK_MM, "patch": model.PATCH,
         "clinical_features": feature_names(Task.LUNG_NODULE), "note_dim": NOTE_DIM, "types": list(model.TYPES),
@@ -491,13 +444,13 @@ def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSe
                                        max_seconds, network=network)
         cnn_summary = {"first": cnn_summary, "hard_negative_fine_tuning": fine,
                        "hard_negative_patches": int(len(hard.nodule))}
-    heads, scaler, fusion_summary = fit_fusion(network, fusion, seed, quick)
+    heads, calibration, fusion_summary = fit_fusion(network, fusion, seed, quick)
     root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
     training_data = {"generator": "ai_engine.synthetic.cohorts.nodule", "detection_cases": int(data.case.max()) + 1,
                      "fusion_cases": int(fusion.case.max()) + 1, "seed": seed, "patches": int(len(data.nodule)),
                      "positive_patches": int(data.nodule.sum()),
                      "split_cases": {k: int(len(v)) for k, v in split.items()}, **stats}
-    write_bundle(root, network, heads, scaler, {"cnn": cnn_summary, "fusion": fusion_summary, "quick": quick,
+    write_bundle(root, network, heads, calibration, {"cnn": cnn_summary, "fusion": fusion_summary, "quick": quick,
                                                 "seconds": round(time.monotonic() - started, 1)}, training_data)
     log.info("nodule bundle written to %s in %.0f s", root, time.monotonic() - started)
     return root
@@ -508,31 +461,10 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
     seeds = [seed * 100_003 + i for i in range(size)]
     data, stats = build_patch_set(seeds)
-    fusion = build_fusion_set([seed * 100_003 + FUSION_SEED_OFFSET + i
-                               for i in range(QUICK_FUSION_SIZE if quick else FUSION_SIZE)])
+    fusion = _cached_fusion_set(seed, QUICK_FUSION_SIZE if quick else FUSION_SIZE)
     return train_from_patches(data, stats, fusion, hard_negative_seeds=seeds[:HARD_NEGATIVE_CASES], out_dir=out_dir, epochs=epochs or (QUICK_EPOCHS if quick
                                                                                          else CNN_EPOCHS),
                               seed=seed, quick=quick, max_seconds=60.0 if quick else 480.0)
-
-
-def _mask_missing(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """``present`` with ``fraction`` of its present entries hidden at random (the missing-input experiment)."""
-    rng = np.random.default_rng(seed)
-    return present & (rng.random(present.shape) >= fraction)
-
-
-def _ablation_heads(bundle: Bundle) -> dict[str, FusionHead]:
-    """The dynamic head of the bundle and the concat / image-only heads trained beside it."""
-    n_clinical = len(feature_names(Task.LUNG_NODULE))
-    heads = {}
-    weights = torch.load(bundle.weights_path, map_location="cpu")
-    for mode in MODES:
-        head = FusionHead(model.EMBED_DIM, n_clinical, NOTE_DIM, mode=mode)
-        state = weights["fusion"] if mode == "dynamic" else torch.load(
-            bundle.root / "models" / f"fusion_{mode}.pt", map_location="cpu")
-        head.load_state_dict(state)
-        heads[mode] = head.eval()
-    return heads
 
 
 def _froc_summary(scores: list[float], hits: list[int], n_lesions: int, n_scans: int) -> dict[str, Any]:
@@ -615,7 +547,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     base = _froc_summary(base_scores, base_hits, n_lesions, size)
     labels = np.array(malignant)
     probabilities = np.concatenate(fused) if fused else np.zeros(0)
-    fusion_table = _fusion_experiment(loaded, np.concatenate(embeddings), contexts, labels, seed)
+    fusion_table, weights = _fusion_experiment(loaded, np.concatenate(embeddings), contexts, labels, seed)
     result: dict[str, Any] = {
         "cohort": {"size": size, "seed": seed, "nodules": n_lesions, "acquisition": "HELDOUT_ACQUISITION",
                    "cases": rows},
@@ -637,7 +569,6 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
                    title="Held-out malignancy ROC")
     predicted, observed, _ = metrics.reliability_curve(labels, probabilities)
     plots.plot_calibration({"dynamic fusion": (predicted, observed)}, out / "calibration.png")
-    weights = np.array(fusion_table.pop("_weights"))
     plots.plot_modality_weights({m: weights[:, j] for j, m in enumerate(("image", "clinical", "text"))},
                                 out / "modality_weights.png")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -645,30 +576,35 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
 
 
 def _fusion_experiment(bundle: Bundle, embedding: np.ndarray, contexts: list[Any], labels: np.ndarray,
-                       seed: int) -> dict[str, Any]:
-    """Malignancy AUC of image-only / concat / dynamic heads, complete and with 30 % of clinical inputs hidden."""
-    encoded = [encode_clinical(Task.LUNG_NODULE, c) for c in contexts]
-    notes = [encode_note(context_text(c)) for c in contexts]
-    data = FusionData(torch.from_numpy(embedding.astype(np.float32)),
-                      torch.from_numpy(np.stack([v for v, _ in encoded]).astype(np.float32)),
-                      torch.from_numpy(np.stack([p for _, p in encoded]).astype(np.float32)),
-                      torch.from_numpy(np.stack([t for t, _ in notes]).astype(np.float32)),
-                      torch.from_numpy(np.array([p for _, p in notes], dtype=np.float32)),
-                      torch.from_numpy(labels.astype(np.float32)))
-    hidden = torch.from_numpy(_mask_missing(data.clinical_present.numpy() > 0, MISSING_FRACTION, seed)
-                              .astype(np.float32))
-    table: dict[str, Any] = {}
-    heads = _ablation_heads(bundle)
-    for mode, head in heads.items():
-        complete = metrics.roc_auc(labels, data.logits(head))
-        missing = metrics.roc_auc(labels, data.logits(head, hidden))
-        table[mode] = {"auc_complete": round(complete, 4), "auc_30pct_missing": round(missing, 4),
-                       "drop_points": round(100 * (complete - missing), 2)}
-    with torch.no_grad():
-        weights = heads["dynamic"](data.image, data.clinical, data.clinical_present, data.text,
-                                   data.text_present).weights.numpy()
-    full = (data.clinical_present.numpy().sum(axis=1) > 0) & (data.text_present.numpy() > 0)
-    table["_weights"] = weights[full].tolist()
+                       seed: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Malignancy AUC table of the three heads, and the dynamic head's weights of nodules with complete inputs."""
+    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
+    heads = load_heads(bundle.root / "models", state["fusion"],
+                       (model.EMBED_DIM, len(feature_names(Task.LUNG_NODULE)), NOTE_DIM))
+    data = FusionData.from_contexts(Task.LUNG_NODULE, embedding, contexts, labels)
+    table: dict[str, Any] = fusion_experiment(heads, data, seed=seed)
+    weights = head_outputs(heads["dynamic"], data)[1]
+    full = (data.clinical_present.sum(axis=1) > 0) & (data.text_present > 0)
     table["mean_weights_complete_cases"] = {m: round(float(weights[full, j].mean()), 4)
-                                            for j, m in enumerate(("image", "clinical", "text"))}
-    return table
+                                            for j, m in enumerate(MODALITIES)}
+    return table, weights[full]
+
+
+def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
+    """Refit the fusion heads of ``bundle`` on its unchanged patch CNN (same fusion cohort and seed); minor version."""
+    torch.set_num_threads(1)
+    loaded = resolve_bundle(bundle, model.NAME)
+    recorded = loaded.metadata["training_data"]
+    seed, size = int(recorded["seed"]), int(recorded["fusion_cases"])
+    seed_everything(seed)
+    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
+    network = model.NodulePatchNet()
+    network.load_state_dict(state["network"])
+    heads, calibration, summary = fit_fusion(network, _cached_fusion_set(seed, size), seed, quick)
+    models_dir = bundle_models_dir(loaded.root)
+    _save_weights(models_dir, network, heads["dynamic"])
+    summary["onnx_max_abs_diff"] = export_heads(heads, models_dir)
+    version = write_refit_configs(loaded, calibration, summary, threshold_key=None,
+                                  command="radfusion train nodule --fusion-only")
+    log.info("nodule bundle %s: fusion heads refitted, version %s", loaded.root, version)
+    return loaded.root

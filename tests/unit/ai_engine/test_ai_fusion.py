@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +157,64 @@ def test_temperature_scaling_softens_overconfident_logits() -> None:
     assert 2.0 < scaler.temperature < 3.0  # the Bayes-optimal logit here is 2x, i.e. a temperature of 2.5
     with pytest.raises(AiEngineError, match="both classes"):
         TemperatureScaler().fit(logits, np.ones(400))
+
+
+def test_dynamic_gate_zeroes_missing_modalities_and_starts_as_concatenation() -> None:
+    dynamic, concat = FusionHead(5, 4, 8, mode="dynamic").eval(), FusionHead(5, 4, 8, mode="concat").eval()
+    concat.load_state_dict(dynamic.state_dict())  # same projectors and classifier; concat ignores the gate
+    batch = _batch()
+    out = dynamic(*batch)
+    assert out.weights[1, 1] == 0.0 and out.weights[2, 2] == 0.0  # exactly 0, not just small
+    assert torch.allclose(out.weights.sum(dim=1), torch.ones(3))
+    # the gate starts uniform over the available modalities: weight / largest weight = 1, i.e. plain concatenation
+    assert torch.allclose(out.logit, concat(*batch).logit) and torch.allclose(out.log_var, concat(*batch).log_var)
+    with torch.no_grad():
+        dynamic.gate[-1].bias.copy_(torch.tensor([2.0, 0.0, -2.0]))
+    moved = dynamic(*batch)
+    assert not torch.allclose(moved.logit, out.logit)  # the gate's weights scale the projections
+    assert torch.equal(moved.weights[:, 0] > moved.weights[:, 2], torch.ones(3, dtype=torch.bool))
+    assert moved.weights[1, 1] == 0.0 and torch.allclose(moved.weights.sum(dim=1), torch.ones(3))
+
+
+def test_shared_fusion_fit_trains_every_mode_and_calibrates_on_tiny_data() -> None:
+    from ai_engine.fusion import MODES
+    from ai_engine.training.fusion_fit import FusionData, fit_heads, fusion_experiment
+
+    rng = np.random.default_rng(0)
+    n = 80
+    clinical, image = rng.normal(size=(n, 4)), rng.normal(size=(n, 5))
+    label = ((clinical[:, 0] + image[:, 0]) > 0).astype(float)
+    data = FusionData(image, clinical, np.ones((n, 4)), np.zeros((n, 8)), np.zeros(n), label)
+    heads, calibration, summary = fit_heads(data.take(np.arange(60)), data.take(np.arange(60, n)), seed=0,
+                                            quick=True, specificity=0.9)
+    assert set(heads) == set(MODES) and calibration.temperature > 0 and 0.0 <= calibration.threshold <= 1.0
+    assert heads["dynamic"].gate[-1].weight.abs().sum() > 0  # trained away from its zero start
+    table = fusion_experiment(heads, data, seed=0)
+    assert table["image_only"]["auc_drop_points"] == 0.0  # hiding clinical inputs cannot move the image-only head
+    assert summary["calibration_rows"] == 20 and "dynamic" in summary["calibration_split"]
+    hidden = data.with_clinical_hidden(0.3, seed=0)
+    assert (hidden.clinical_present <= data.clinical_present).all() and 0.2 < 1 - hidden.clinical_present.mean() < 0.4
+
+
+def test_head_refit_bumps_the_minor_version_and_records_the_unchanged_network(tmp_path: Path) -> None:
+    from ai_engine.bundle import load_bundle
+    from ai_engine.training.fusion_fit import Calibration, write_refit_configs
+
+    shutil.copytree(load_bundle("ich_fusion").root, tmp_path / "ich_fusion")
+    bundle = load_bundle("ich_fusion", tmp_path)
+    major, minor, _ = (int(p) for p in bundle.version.split("."))
+    version = write_refit_configs(bundle, Calibration(1.5, 0.4), {"seed": 0}, threshold_key="case_threshold",
+                                  command="radfusion train ich --fusion-only")
+    refit = load_bundle("ich_fusion", tmp_path)
+    assert version == refit.version == f"{major}.{minor + 1}.0"
+    assert refit.inference["temperature"] == 1.5 and refit.inference["case_threshold"] == 0.4
+    assert f"unchanged from version {bundle.version}" in refit.metadata["fusion_refit"]["image_network"]
+
+
+def test_fusion_only_refuses_options_it_would_ignore() -> None:
+    from ai_engine.training.cli import main
+
+    with pytest.raises(AiEngineError, match="--epochs"):
+        main(["train", "ich", "--fusion-only", "--epochs", "3"])
+    with pytest.raises(AiEngineError, match="--fusion-only"):
+        main(["train", "ich", "--bundle", "ich_fusion"])

@@ -16,10 +16,9 @@ from ai_engine.training.tasks.mammo import (
     case_table,
     exam_arrays,
     fit_density_model,
-    random_missing,
-    train_fusion,
     train_network,
 )
+from ai_engine.training.fusion_fit import FusionData, train_head
 
 ACQ = Acquisition(pixel_spacing_mm=0.8)
 
@@ -57,9 +56,9 @@ def test_network_training_runs_a_few_steps_and_changes_the_weights(tiny_exams: l
 def test_fusion_heads_train_on_features_and_survive_missing_inputs(tiny_exams: list) -> None:
     network = MammoNetwork().eval()
     table = case_table(network, tiny_exams, dict(INFERENCE_DEFAULTS))
-    head = train_fusion(table, table, "dynamic", seed=0, epochs=3)
-    missing = random_missing(table, 1.0, seed=0)
-    assert not missing.clinical_present.any() and not missing.text_present.any()
+    head = train_head("dynamic", table, table, seed=0, epochs=3)
+    missing = FusionData(table.image, table.clinical, np.zeros_like(table.clinical_present), table.text,
+                         np.zeros_like(table.text_present), table.label)
     with torch.no_grad():
         weights = head(*missing.tensors()).weights.numpy()
     np.testing.assert_allclose(weights, np.tile([1.0, 0.0, 0.0], (len(tiny_exams), 1)), atol=1e-6)
