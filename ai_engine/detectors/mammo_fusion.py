@@ -32,6 +32,7 @@ from scipy import ndimage
 from ai_engine.bundle import Bundle, resolve_bundle
 from ai_engine.clinical_features import context_text, encode_clinical, encode_note
 from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.runtime import FUSION_INPUTS, DeployedModel
 from ai_engine.errors import DetectorInputError
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 
@@ -314,25 +315,22 @@ class MammoFusion:
     name = NAME
     task = Task.MAMMOGRAPHY
 
-    def __init__(self, bundle: str | Path | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, bundle: str | Path | None = None, device: str = "auto") -> None:
         self.bundle: Bundle = resolve_bundle(bundle, NAME)
         self.algorithm = self.bundle.algorithm()
         params: dict[str, Any] = self.bundle.inference
         self.params = params
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("threads", 2))
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.network = ort.InferenceSession(str(self.bundle.deployed_path), options, providers=providers)
-        fusion_path = self.bundle.root / "models" / str(params["fusion_deployed"])
-        self.fusion = ort.InferenceSession(str(fusion_path), options, providers=providers)
+        threads = int(params.get("threads", 2))
+        self.network = DeployedModel(self.bundle.deployed_path, ["views"], threads=threads, device=device,
+                                     eager=lambda: _eager(self.bundle).network)
+        self.fusion = DeployedModel(self.bundle.root / "models" / str(params["fusion_deployed"]), FUSION_INPUTS,
+                                    threads=threads, device=device, eager=lambda: _eager(self.bundle).fusion)
         self.density_weights = np.asarray(params["density_weights"], dtype=np.float32)
         self.density_bias = np.asarray(params["density_bias"], dtype=np.float32)
 
     def segment(self, channels: np.ndarray) -> np.ndarray:
         """Probability maps (C, H, W) of one prepared view."""
-        out = self.network.run(None, {"views": channels[None].astype(np.float32)})[0]
+        out = self.network(views=channels[None].astype(np.float32))[0]
         return out[0]
 
     def analyse(self, inputs: DetectorInput) -> ExamAnalysis:
@@ -350,7 +348,7 @@ class MammoFusion:
         feeds = {"image": analysis.image_features[None], "clinical": analysis.clinical[None],
                  "clinical_present": analysis.clinical_present[None].astype(np.float32),
                  "text": analysis.text[None], "text_present": np.array([float(analysis.text_present)], np.float32)}
-        logit, weights, log_var = self.fusion.run(None, feeds)
+        logit, weights, log_var = self.fusion(**feeds)
         temperature = float(self.params["temperature"])
         probability = 1.0 / (1.0 + math.exp(-float(logit[0]) / temperature))
         return probability, math.exp(float(log_var[0]) / 2.0), weights[0]
@@ -436,3 +434,10 @@ def analyse_exam(prepared: list[PreparedView], probabilities: list[np.ndarray], 
     density = density_probabilities(stats, density_weights, density_bias).mean(axis=0)
     return ExamAnalysis(prepared, probabilities, candidates, features, clinical, present, text, text_present,
                         density)
+
+
+def _eager(bundle: Bundle) -> Any:
+    """The bundle's eager PyTorch model (imported here: CPU serving does not need torch)."""
+    from ai_engine.detectors.mammo_network import load_eager_model
+
+    return load_eager_model(bundle)

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import BasicUNet
 from scipy import ndimage
 from torch import nn
 
@@ -46,6 +45,7 @@ from ai_engine.detectors.mammo_fusion import (
     mask_to_network,
     prepare_view,
 )
+from ai_engine.detectors.mammo_network import UNET_FEATURES, MammoFusionModel, MammoNetwork
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics, plots
 from ai_engine.fusion import FusionHead
@@ -75,7 +75,6 @@ log = logging.getLogger(__name__)
 
 VERSION = "1.1.0"
 COHORT_FORMAT = "1.0.0"  # name of the cached cohort pickle: change it when ExamArrays or the phantom changes
-UNET_FEATURES = (8, 16, 32, 64, 96, 8)
 CROP = 128
 DEFAULT_COHORT = 640
 QUICK_COHORT = 24
@@ -88,28 +87,6 @@ INFERENCE_DEFAULTS: dict[str, Any] = {
     "match_tolerance_mm": 15.0, "report_threshold": 0.5, "report_case_probability": 0.1, "max_findings": 4,
     "threads": 2,
 }
-
-
-class MammoNetwork(nn.Module):
-    """Per-view network: MONAI BasicUNet, two sigmoid maps (malignant mass, calcification cluster)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.unet = BasicUNet(spatial_dims=2, in_channels=2, out_channels=len(CHANNELS), features=UNET_FEATURES,
-                              norm=("batch", {"affine": True}))
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        """views [B, 2, H, W] (H, W multiples of 16) -> probabilities [B, 2, H, W]."""
-        return torch.sigmoid(self.unet(views))
-
-
-class MammoFusionModel(nn.Module):
-    """Container saved as ``models/model.pt``: the per-view network and the deployed fusion head."""
-
-    def __init__(self, network: MammoNetwork, fusion: FusionHead) -> None:
-        super().__init__()
-        self.network = network
-        self.fusion = fusion
 
 
 @dataclass

@@ -7,6 +7,8 @@ import pytest
 
 from ai_engine.clinical_features import NOTE_DIM, feature_names
 from ai_engine.detectors.ich_fusion import IMAGE_FEATURES, IchFusion
+from ai_engine.detectors.mammo_fusion import IMAGE_FEATURES as MAMMO_FEATURES
+from ai_engine.detectors.mammo_fusion import MammoFusion
 from ai_engine.detectors.nodule_fusion import EMBED_DIM, PATCH, NoduleFusion
 from ai_engine.detectors.runtime import DeployedModel
 from ai_engine.errors import DetectorInputError
@@ -53,3 +55,12 @@ def test_unknown_device_and_missing_inputs_are_refused() -> None:
         NoduleFusion(device="tpu")
     with pytest.raises(DetectorInputError, match=r"model inputs missing: \['patches'\]"):
         NoduleFusion(device="cpu").network(images=np.zeros((1, 1, PATCH, PATCH, PATCH), dtype=np.float32))
+
+
+@pytest.mark.parametrize("part", ["network", "fusion"])
+def test_mammo_models_agree(part: str) -> None:
+    rng = np.random.default_rng(2)
+    onnx, eager = (getattr(MammoFusion(device=d), part) for d in ("cpu", "torch-cpu"))
+    feeds = ({"views": rng.random((1, 2, 160, 128), dtype=np.float32)} if part == "network"
+             else _fusion_feeds(rng, len(MAMMO_FEATURES), Task.MAMMOGRAPHY))
+    _assert_same(onnx, eager, feeds)
