@@ -40,6 +40,7 @@ from ai_engine.fusion import FusionHead
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.ich import GENERATOR_VERSION, IchCase, generate_case, write_case_dicom
+from ai_engine.training.deploy_timing import cpu_seconds
 from ai_engine.training.fusion_fit import (
     DESIGN,
     Calibration,
@@ -302,23 +303,9 @@ def _export_network(network: torch.nn.Module, models_dir: Path) -> None:
 
 def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, float]:
     """Seconds for 32 slabs: ONNX Runtime vs TorchScript (frozen trace) vs eager, on this CPU."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).standard_normal((32, model.IN_CHANNELS, model.MODEL_SIZE, model.MODEL_SIZE),
                                                  dtype=np.float32)
-    session = ort.InferenceSession(str(models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        traced = torch.jit.freeze(torch.jit.trace(network.eval(), torch.from_numpy(x[:2])))
-    runs = {"onnxruntime": lambda: session.run(None, {"slabs": x}),
-            "torchscript": lambda: traced(torch.from_numpy(x)), "eager": lambda: network(torch.from_numpy(x))}
-    timing = {}
-    with torch.no_grad():
-        for name, run in runs.items():
-            run()
-            start = time.perf_counter()
-            run()
-            timing[name] = round(time.perf_counter() - start, 4)
-    return timing
+    return cpu_seconds(models_dir / "model.onnx", network, "slabs", x)
 
 
 def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, seed: int, quick: bool,

@@ -47,6 +47,7 @@ from ai_engine.synthetic.cohorts.nodule import (
     generate_case,
     write_case_dicom,
 )
+from ai_engine.training.deploy_timing import cpu_seconds
 from ai_engine.training.fusion_fit import (
     Calibration,
     FusionData,
@@ -354,22 +355,8 @@ def export_network(network: torch.nn.Module, models_dir: Path) -> None:
 
 def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, float]:
     """Seconds for 64 patches: ONNX Runtime vs TorchScript (frozen trace) vs eager, on this CPU."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).random((64, 1, model.PATCH, model.PATCH, model.PATCH), dtype=np.float32)
-    session = ort.InferenceSession(str(models_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        traced = torch.jit.freeze(torch.jit.trace(network.eval(), torch.from_numpy(x[:2])))
-    runs = {"onnxruntime": lambda: session.run(None, {"patches": x}),
-            "torchscript": lambda: traced(torch.from_numpy(x)), "eager": lambda: network(torch.from_numpy(x))}
-    timing = {}
-    with torch.no_grad():
-        for name, run in runs.items():
-            run()
-            start = time.perf_counter()
-            run()
-            timing[name] = round(time.perf_counter() - start, 4)
-    return timing
+    return cpu_seconds(models_dir / "model.onnx", network, "patches", x)
 
 
 def fusion_splits(network: model.NodulePatchNet, fusion: FusionSet, seed: int) -> tuple[FusionData, FusionData]:
