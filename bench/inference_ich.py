@@ -10,7 +10,6 @@ process's peak RSS. Model loading (ONNX sessions) is timed separately: a server 
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 from ai_engine.results import Task
 from ai_engine.synthetic.studies import write_study
-from bench.timing import time_detector
+from bench.timing import compare_detectors
 
 
 def main() -> None:
@@ -31,15 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ich-") as tmp:
         study = write_study("head_ct", Path(tmp), seed=3, rows=args.rows, slices=args.slices)
         print(f"study: {args.slices} x {args.rows}^2 head CT, bleed {study.lesions[0].size:.1f} mL")
-        times = {}
-        for name in ("ich_fusion", "ich_baseline"):
-            timing = time_detector(name, Task.ICH, study.paths, args.repeats)
-            times[name] = timing.load_detect_s
-            print(f"{name:13s} model load {timing.model_load_s:6.2f} s | load+detect best of {args.repeats}: "
-                  f"{timing.load_detect_s:6.2f} s | positive={timing.positive} findings={timing.findings}")
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"ratio ich_fusion / ich_baseline: {times['ich_fusion'] / times['ich_baseline']:.2f}")
-    print(f"peak RSS of this process: {peak_gb:.2f} GB (target <= 3 GB); target load+detect <= 3 s")
+        compare_detectors("ich_fusion", "ich_baseline", Task.ICH, study.paths, args.repeats)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,15 @@ timed separately: a server does it once.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 from pathlib import Path
 
-import onnxruntime
+import torch
 
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.mammo_phantom import Acquisition
-from bench.timing import time_detector
+from bench.timing import compare_detectors
 
 
 def main() -> None:
@@ -30,22 +29,14 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=0.1, help="pixel spacing of the written exam, mm")
     parser.add_argument("--seed", type=int, default=12, help="cohort seed of the exam (12 holds a cancer)")
     args = parser.parse_args()
-    print(f"onnxruntime providers: {onnxruntime.get_available_providers()}")
+    print(f"CUDA available: {torch.cuda.is_available()} (a GPU runs the networks in PyTorch, else ONNX Runtime)")
     with tempfile.TemporaryDirectory(prefix="bench-mammo-") as tmp:
         case = generate_case(args.seed, Acquisition(pixel_spacing_mm=args.spacing))
         paths = write_case_dicom(case, Path(tmp))
         shape = case.views()[0][2].shape
         print(f"exam: 4 views of {shape[0]} x {shape[1]} at {args.spacing} mm, cancer={case.cancer}, "
               f"density {case.density}")
-        times = {}
-        for name in ("mammo_fusion", "mammo_baseline"):
-            timing = time_detector(name, Task.MAMMOGRAPHY, paths, args.repeats)
-            times[name] = timing.load_detect_s
-            print(f"{name:14s} model load {timing.model_load_s:6.2f} s | load+detect best of {args.repeats}: "
-                  f"{timing.load_detect_s:6.2f} s | positive={timing.positive} findings={timing.findings}")
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"ratio mammo_fusion / mammo_baseline: {times['mammo_fusion'] / times['mammo_baseline']:.2f}")
-    print(f"peak RSS of this process: {peak_gb:.2f} GB (target <= 3 GB); target load+detect <= 3 s")
+        compare_detectors("mammo_fusion", "mammo_baseline", Task.MAMMOGRAPHY, paths, args.repeats)
 
 
 if __name__ == "__main__":
