@@ -21,6 +21,7 @@ on CUDA when a GPU is present.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -345,10 +346,11 @@ class _Runner:
 
     def __init__(self, bundle: Bundle, device: str) -> None:
         threads = int(bundle.inference.get("onnx_threads", 2))
+        eager = functools.cache(lambda: load_eager_model(bundle))  # model.pt read once for both parts
         self.network = DeployedModel(bundle.deployed_path, ["slabs"], threads=threads, device=device,
-                                     eager=lambda: load_eager_model(bundle).network)
+                                     eager=lambda: eager().network)
         self.fusion = DeployedModel(bundle.root / "models" / bundle.inference["fusion_deployed"], FUSION_INPUTS,
-                                    threads=threads, device=device, eager=lambda: load_eager_model(bundle).fusion)
+                                    threads=threads, device=device, eager=lambda: eager().fusion)
 
 
 def build_model(mode: str = "dynamic") -> torch.nn.Module:

@@ -21,6 +21,7 @@ Pipeline of one exam (any number of views; a screening exam has four):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,10 +322,11 @@ class MammoFusion:
         params: dict[str, Any] = self.bundle.inference
         self.params = params
         threads = int(params.get("threads", 2))
+        eager = functools.cache(lambda: _eager(self.bundle))  # model.pt read once for both parts
         self.network = DeployedModel(self.bundle.deployed_path, ["views"], threads=threads, device=device,
-                                     eager=lambda: _eager(self.bundle).network)
+                                     eager=lambda: eager().network)
         self.fusion = DeployedModel(self.bundle.root / "models" / str(params["fusion_deployed"]), FUSION_INPUTS,
-                                    threads=threads, device=device, eager=lambda: _eager(self.bundle).fusion)
+                                    threads=threads, device=device, eager=lambda: eager().fusion)
         self.density_weights = np.asarray(params["density_weights"], dtype=np.float32)
         self.density_bias = np.asarray(params["density_bias"], dtype=np.float32)
 
@@ -437,7 +439,7 @@ def analyse_exam(prepared: list[PreparedView], probabilities: list[np.ndarray], 
 
 
 def _eager(bundle: Bundle) -> Any:
-    """The bundle's eager PyTorch model (imported here: CPU serving does not need torch)."""
+    """The bundle's eager PyTorch model (imported here: CPU serving does not build it or import MONAI)."""
     from ai_engine.detectors.mammo_network import load_eager_model
 
     return load_eager_model(bundle)

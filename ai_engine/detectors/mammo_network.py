@@ -1,7 +1,7 @@
 """The PyTorch side of ``mammo_fusion``: the per-view network and the bundle's ``model.pt`` (training, GPU serving).
 
 Kept apart from ``ai_engine.detectors.mammo_fusion`` so that CPU serving (ONNX Runtime) does not
-import torch and MONAI.
+import MONAI or build the network.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ and the fusion head run together as one deployed model (ONNX Runtime or TorchScr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -324,10 +325,11 @@ class NoduleFusion:
         self.parameters = self.bundle.inference
         threads = int(self.parameters["onnx_threads"])
         models = self.bundle.root / "models"
+        eager = functools.cache(lambda: load_eager_model(self.bundle))  # model.pt read once for both parts
         self.network = DeployedModel(models / self.parameters["deployed"], ["patches"], threads=threads,
-                                     device=device, eager=lambda: load_eager_model(self.bundle).network)
+                                     device=device, eager=lambda: eager().network)
         self.fusion = DeployedModel(models / self.parameters["fusion_deployed"], FUSION_INPUTS, threads=threads,
-                                    device=device, eager=lambda: load_eager_model(self.bundle).fusion)
+                                    device=device, eager=lambda: eager().fusion)
 
     def analyse(self, volume: Volume) -> CandidateOutputs:
         """Candidates of ``volume`` and the patch network's outputs for each (used by detect and evaluation)."""
