@@ -63,17 +63,18 @@ from ai_engine.volume import Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.1.0"
-TRAIN_SIZE, QUICK_SIZE = 48, 3
+VERSION = "1.2.0"
+TRAIN_SIZE, QUICK_SIZE = 160, 3
 CNN_EPOCHS, QUICK_EPOCHS = 12, 1
 EVAL_SEED, EVAL_SIZE = 9, 30
-NEGATIVES_PER_CASE = 70
+NEGATIVES_PER_CASE = 50
 JITTER_COPIES = 4
 MODEL_CARD_DIR = Path("docs/model-cards/nodule")
 SPLITS = {"A": 0.7, "V": 0.1, "C": 0.2}
 FUSION_SIZE, QUICK_FUSION_SIZE = 400, 6
-HARD_NEGATIVES_PER_CASE = 60
-HARD_NEGATIVE_CASES = 28
+HARD_NEGATIVES_PER_CASE = 40
+HARD_NEGATIVE_CASES = 64
+CNN_SECONDS, QUICK_CNN_SECONDS = 1200.0, 60.0  # per stage (first training, hard-negative fine-tuning)
 FUSION_SEED_OFFSET = 50_000  # fusion cases never share a seed with the detection cases
 # Short scans (120 mm) from the training scanners: enough lung around each nodule, a tenth of the voxels.
 FUSION_ACQUISITION = dataclasses.replace(TRAIN_ACQUISITION, z_extent_mm=120.0)
@@ -166,6 +167,19 @@ def build_patch_set(seeds: list[int], workers: int = 2) -> tuple[PatchSet, dict[
              "nodules": float(len(recall))}
     return data, stats
 
+
+def _cached_patch_set(seeds: list[int]) -> tuple[PatchSet, dict[str, float]]:
+    """``build_patch_set`` of ``seeds``, kept in the temp directory so a retraining skips the cohort."""
+    cache = (Path(tempfile.gettempdir()) / "radfusion-cache"
+             / f"nodule-detection-{seeds[0]}-{len(seeds)}-{NEGATIVES_PER_CASE}-{model.PATCH}.npz")
+    fields = ("patches", "segs", "nodule", "kind", "case")
+    if cache.is_file():
+        with np.load(cache) as stored:
+            return PatchSet(*(stored[f] for f in fields)), json.loads(str(stored["stats"]))
+    data, stats = build_patch_set(seeds)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, stats=json.dumps(stats), **{f: getattr(data, f) for f in fields})
+    return data, stats
 
 
 @dataclass
@@ -447,11 +461,11 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     """Generate the training cohort, build patches and train the bundle (module docstring)."""
     size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
     seeds = [seed * 100_003 + i for i in range(size)]
-    data, stats = build_patch_set(seeds)
+    data, stats = build_patch_set(seeds) if quick else _cached_patch_set(seeds)
     fusion = _cached_fusion_set(seed, QUICK_FUSION_SIZE if quick else FUSION_SIZE)
-    return train_from_patches(data, stats, fusion, hard_negative_seeds=seeds[:HARD_NEGATIVE_CASES], out_dir=out_dir, epochs=epochs or (QUICK_EPOCHS if quick
-                                                                                         else CNN_EPOCHS),
-                              seed=seed, quick=quick, max_seconds=60.0 if quick else 480.0)
+    return train_from_patches(data, stats, fusion, hard_negative_seeds=seeds[:HARD_NEGATIVE_CASES], out_dir=out_dir,
+                              epochs=epochs or (QUICK_EPOCHS if quick else CNN_EPOCHS), seed=seed, quick=quick,
+                              max_seconds=QUICK_CNN_SECONDS if quick else CNN_SECONDS)
 
 
 def _froc_summary(scores: list[float], hits: list[int], n_lesions: int, n_scans: int) -> dict[str, Any]:
