@@ -21,7 +21,6 @@ on CUDA when a GPU is present.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,7 @@ from scipy import ndimage
 from ai_engine.bundle import Bundle, load_bundle
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.base import DetectorInput
-from ai_engine.detectors.runtime import FUSION_INPUTS, DeployedModel
+from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
 from ai_engine.fusion.head import modality_weight_dict
@@ -225,13 +224,15 @@ class IchFusion:
         if params.get("clinical_features") != feature_names(Task.ICH):
             raise DetectorInputError(f"{NAME}: bundle clinical features {params.get('clinical_features')} differ "
                                      f"from this code's {feature_names(Task.ICH)}; retrain the bundle")
-        self._runner = _Runner(self.bundle, device)
+        self.network, self.fusion = deploy_network_and_fusion(
+            self.bundle.deployed_path, ["slabs"], self.bundle.root / "models" / params["fusion_deployed"],
+            threads=int(params.get("onnx_threads", 2)), device=device, load_eager=lambda: load_eager_model(self.bundle))
 
     def image_stage(self, volume: Volume) -> ImageStage:
         """Segmentation probabilities and pooled features of ``volume``."""
         prepared = prepare(volume.array, volume.spacing_mm)
         inputs = network_inputs(prepared.slabs)
-        logits = np.concatenate([self._runner.network(slabs=inputs[i:i + self.batch])[0]
+        logits = np.concatenate([self.network(slabs=inputs[i:i + self.batch])[0]
                                  for i in range(0, len(inputs), self.batch)])
         probs = softmax(logits)
         return ImageStage(prepared, probs, image_features(probs, prepared.slab_ml))
@@ -239,7 +240,7 @@ class IchFusion:
     def fusion_stage(self, features: np.ndarray, context: ClinicalContext | None) -> FusionStage:
         """Calibrated case probability, logit SD and modality weights from image features and context."""
         feeds = dict(zip(FUSION_INPUTS, (features[None].astype(np.float32), *fusion_inputs(context)), strict=True))
-        logit, weights, log_var = self._runner.fusion(**feeds)
+        logit, weights, log_var = self.fusion(**feeds)
         value = float(logit[0])
         return FusionStage(float(sigmoid(np.array(value / self.temperature))), value,
                            float(np.exp(float(log_var[0]) / 2.0)), modality_weight_dict(weights[0]))
@@ -339,18 +340,6 @@ def _to_source(grid: np.ndarray, prepared: Prepared) -> np.ndarray:
         if int(s) in upsampled:
             out[k] = np.clip(upsampled[int(s)], 0.0, 1.0)
     return out
-
-
-class _Runner:
-    """The bundle's U-Net and fusion head as deployed models (``runtime.DeployedModel``)."""
-
-    def __init__(self, bundle: Bundle, device: str) -> None:
-        threads = int(bundle.inference.get("onnx_threads", 2))
-        eager = functools.cache(lambda: load_eager_model(bundle))  # model.pt read once for both parts
-        self.network = DeployedModel(bundle.deployed_path, ["slabs"], threads=threads, device=device,
-                                     eager=lambda: eager().network)
-        self.fusion = DeployedModel(bundle.root / "models" / bundle.inference["fusion_deployed"], FUSION_INPUTS,
-                                    threads=threads, device=device, eager=lambda: eager().fusion)
 
 
 def build_model(mode: str = "dynamic") -> torch.nn.Module:

@@ -21,7 +21,6 @@ Pipeline of one exam (any number of views; a screening exam has four):
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from scipy import ndimage
 from ai_engine.bundle import Bundle, resolve_bundle
 from ai_engine.clinical_features import context_text, encode_clinical, encode_note
 from ai_engine.detectors.base import DetectorInput
-from ai_engine.detectors.runtime import FUSION_INPUTS, DeployedModel
+from ai_engine.detectors.runtime import deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 
@@ -321,12 +320,9 @@ class MammoFusion:
         self.algorithm = self.bundle.algorithm()
         params: dict[str, Any] = self.bundle.inference
         self.params = params
-        threads = int(params.get("threads", 2))
-        eager = functools.cache(lambda: _eager(self.bundle))  # model.pt read once for both parts
-        self.network = DeployedModel(self.bundle.deployed_path, ["views"], threads=threads, device=device,
-                                     eager=lambda: eager().network)
-        self.fusion = DeployedModel(self.bundle.root / "models" / str(params["fusion_deployed"]), FUSION_INPUTS,
-                                    threads=threads, device=device, eager=lambda: eager().fusion)
+        self.network, self.fusion = deploy_network_and_fusion(
+            self.bundle.deployed_path, ["views"], self.bundle.root / "models" / str(params["fusion_deployed"]),
+            threads=int(params.get("threads", 2)), device=device, load_eager=lambda: _eager(self.bundle))
         self.density_weights = np.asarray(params["density_weights"], dtype=np.float32)
         self.density_bias = np.asarray(params["density_bias"], dtype=np.float32)
 

@@ -12,7 +12,6 @@ and the fusion head run together as one deployed model (ONNX Runtime or TorchScr
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ from ai_engine.bundle import DEEP_KIND, Bundle, load_bundle
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.nodule_baseline import NoduleBaseline, _lung_side
-from ai_engine.detectors.runtime import FUSION_INPUTS, DeployedModel
+from ai_engine.detectors.runtime import deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.head import FusionHead, modality_weight_dict
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
@@ -323,13 +322,11 @@ class NoduleFusion:
         self.bundle = bundle or load_bundle(NAME)
         self.algorithm = self.bundle.algorithm(DEEP_KIND)
         self.parameters = self.bundle.inference
-        threads = int(self.parameters["onnx_threads"])
         models = self.bundle.root / "models"
-        eager = functools.cache(lambda: load_eager_model(self.bundle))  # model.pt read once for both parts
-        self.network = DeployedModel(models / self.parameters["deployed"], ["patches"], threads=threads,
-                                     device=device, eager=lambda: eager().network)
-        self.fusion = DeployedModel(models / self.parameters["fusion_deployed"], FUSION_INPUTS, threads=threads,
-                                    device=device, eager=lambda: eager().fusion)
+        self.network, self.fusion = deploy_network_and_fusion(
+            models / self.parameters["deployed"], ["patches"], models / self.parameters["fusion_deployed"],
+            threads=int(self.parameters["onnx_threads"]), device=device,
+            load_eager=lambda: load_eager_model(self.bundle))
 
     def analyse(self, volume: Volume) -> CandidateOutputs:
         """Candidates of ``volume`` and the patch network's outputs for each (used by detect and evaluation)."""

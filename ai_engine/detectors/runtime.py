@@ -11,6 +11,7 @@ hold them to it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,3 +82,16 @@ class DeployedModel:
             out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.torch_device)
                                 for name in self.input_names))
         return [t.float().cpu().numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def deploy_network_and_fusion(network_path: Path, network_inputs: Sequence[str], fusion_path: Path, *, threads: int,
+                              device: str, load_eager: Callable[[], nn.Module]) -> tuple[DeployedModel, DeployedModel]:
+    """A bundle's image network and fusion head as deployed models, on the same runtime.
+
+    ``load_eager`` builds the bundle's ``model.pt`` as one module with ``network`` and ``fusion``
+    parts; it runs at most once for both, and only on the PyTorch path.
+    """
+    eager = functools.cache(load_eager)
+    return (DeployedModel(network_path, network_inputs, threads=threads, device=device,
+                          eager=lambda: eager().network),
+            DeployedModel(fusion_path, FUSION_INPUTS, threads=threads, device=device, eager=lambda: eager().fusion))

@@ -35,7 +35,7 @@ def _assert_same(onnx: DeployedModel, eager: DeployedModel, feeds: dict[str, np.
 @pytest.mark.parametrize("part", ["network", "fusion"])
 def test_ich_models_agree(part: str) -> None:
     rng = np.random.default_rng(0)
-    onnx, eager = (getattr(IchFusion(device=d)._runner, part) for d in ("cpu", "torch-cpu"))
+    onnx, eager = (getattr(IchFusion(device=d), part) for d in ("cpu", "torch-cpu"))
     feeds = ({"slabs": rng.random((2, 4, 128, 128), dtype=np.float32)} if part == "network"
              else _fusion_feeds(rng, len(IMAGE_FEATURES), Task.ICH))
     _assert_same(onnx, eager, feeds)
