@@ -361,9 +361,7 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     generator = int(recorded.get("generator_version", 1))  # 1: bundles from before it was recorded
     data = _cached_cohort(size, seed, generator)
     split = _split(data.label, seed)
-    network = model.build_network()
-    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
-    network.load_state_dict({k[len("network."):]: v for k, v in state.items() if k.startswith("network.")})
+    network = model.load_eager_model(loaded).network
     heads, calibration, summary = _fit_fusion(network, data, split, seed, quick)
     models_dir = bundle_models_dir(loaded.root)
     _save_weights(models_dir, network, heads["dynamic"])
@@ -465,9 +463,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     result["volume_median_relative_error"] = round(float(np.median(errors)), 4) if errors else None
     result["seconds_per_case"] = {"deep": round(float(np.mean([r["deep_s"] for r in rows])), 3),
                                   "baseline": round(float(np.mean([r["baseline_s"] for r in rows])), 3)}
-    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
-    heads = load_heads(loaded.root / "models", {k[len("fusion."):]: v for k, v in state.items()
-                                                if k.startswith("fusion.")},
+    heads = load_heads(loaded.root / "models", model.load_eager_model(loaded).fusion.state_dict(),
                        (len(model.IMAGE_FEATURES), len(feature_names(Task.ICH)), NOTE_DIM))
     held_out = FusionData.from_contexts(Task.ICH, np.stack(features), contexts, labels)
     result["fusion_experiment"] = fusion_experiment(heads, held_out, seed=seed)

@@ -34,7 +34,6 @@ from torch import nn
 from ai_engine.bundle import bundle_models_dir, bundle_root, load_bundle, resolve_bundle, write_bundle_configs
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.mammo_fusion import (
-    CHANNELS,
     DENSITY_CATEGORIES,
     IMAGE_FEATURES,
     NAME,
@@ -45,7 +44,7 @@ from ai_engine.detectors.mammo_fusion import (
     mask_to_network,
     prepare_view,
 )
-from ai_engine.detectors.mammo_network import UNET_FEATURES, MammoFusionModel, MammoNetwork
+from ai_engine.detectors.mammo_network import UNET_FEATURES, MammoFusionModel, MammoNetwork, load_eager_model
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics, plots
 from ai_engine.fusion import FusionHead
@@ -395,10 +394,7 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     seed, size = int(recorded["seed"]), int(recorded["cohort_size"])
     seed_everything(seed)
     exams = _cached_exams([seed * 1_000_003 + i for i in range(size)], seed, quick)
-    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
-    network = MammoNetwork()
-    network.load_state_dict({k[len("network."):]: v for k, v in state.items() if k.startswith("network.")})
-    network.eval()
+    network = load_eager_model(loaded).network
     heads, calibration, summary = _fit_fusion(*_fusion_tables(network, exams, size, quick), seed, quick)
     models = bundle_models_dir(loaded.root)
     torch.save(MammoFusionModel(network, heads["dynamic"]).state_dict(), models / "model.pt")
@@ -428,11 +424,8 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
     out = Path(out_dir) if out_dir is not None else MODEL_CARD_DIR
     resolved = resolve_bundle(bundle, NAME)
     detector, baseline = MammoFusion(resolved.root), MammoBaseline()
-    state = torch.load(resolved.weights_path)
-    clinical_dim = len(feature_names("mammo"))
-    heads = load_heads(resolved.root / "models", {k[len("fusion."):]: v for k, v in state.items()
-                                                  if k.startswith("fusion.")},
-                       (len(IMAGE_FEATURES), clinical_dim, NOTE_DIM))
+    heads = load_heads(resolved.root / "models", load_eager_model(resolved).fusion.state_dict(),
+                       (len(IMAGE_FEATURES), len(feature_names("mammo")), NOTE_DIM))
     rows: list[dict[str, Any]] = []
     tables: list[FusionData] = []
     with tempfile.TemporaryDirectory(prefix="mammo-heldout-") as tmp:

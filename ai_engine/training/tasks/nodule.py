@@ -579,8 +579,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
 def _fusion_experiment(bundle: Bundle, embedding: np.ndarray, contexts: list[Any], labels: np.ndarray,
                        seed: int) -> tuple[dict[str, Any], np.ndarray]:
     """Malignancy AUC table of the three heads, and the dynamic head's weights of nodules with complete inputs."""
-    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-    heads = load_heads(bundle.root / "models", state["fusion"],
+    heads = load_heads(bundle.root / "models", model.load_eager_model(bundle).fusion.state_dict(),
                        (model.EMBED_DIM, len(feature_names(Task.LUNG_NODULE)), NOTE_DIM))
     data = FusionData.from_contexts(Task.LUNG_NODULE, embedding, contexts, labels)
     table: dict[str, Any] = fusion_experiment(heads, data, seed=seed)
@@ -598,9 +597,7 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     recorded = loaded.metadata["training_data"]
     seed, size = int(recorded["seed"]), int(recorded["fusion_cases"])
     seed_everything(seed)
-    state = torch.load(loaded.weights_path, map_location="cpu", weights_only=True)
-    network = model.NodulePatchNet()
-    network.load_state_dict(state["network"])
+    network = model.load_eager_model(loaded).network
     heads, calibration, summary = fit_fusion(network, _cached_fusion_set(seed, size), seed, quick)
     models_dir = bundle_models_dir(loaded.root)
     _save_weights(models_dir, network, heads["dynamic"])
