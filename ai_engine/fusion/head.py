@@ -61,6 +61,12 @@ class FusionHead(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(fused_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
                                         nn.Linear(hidden_dim, 2))
 
+    @property
+    def input_dims(self) -> tuple[int, int, int]:
+        """(image_dim, clinical_dim, text_dim) this head was built for."""
+        return (self.image_proj[0].in_features, self.clinical_proj[0].in_features // 2,
+                self.text_proj[0].in_features)
+
     def forward(self, image: torch.Tensor, clinical: torch.Tensor, clinical_present: torch.Tensor,
                 text: torch.Tensor, text_present: torch.Tensor) -> FusionOutput:
         """image [B, Di]; clinical, clinical_present [B, Dc] (mask as 0/1 float); text [B, Dt]; text_present [B]."""

@@ -213,8 +213,7 @@ def export_heads(heads: dict[str, FusionHead], models_dir: Path) -> float:
         if mode != "dynamic":
             torch.save(head.state_dict(), models_dir / f"fusion_{mode}.pt")
     head = heads["dynamic"].eval()
-    image_dim, clinical_dim, text_dim = (head.image_proj[0].in_features, head.clinical_proj[0].in_features // 2,
-                                         head.text_proj[0].in_features)
+    image_dim, clinical_dim, text_dim = head.input_dims
     generator = torch.Generator().manual_seed(0)
     example = (torch.randn(3, image_dim, generator=generator), torch.randn(3, clinical_dim, generator=generator),
                torch.tensor([[1.0] * clinical_dim, [0.0] * clinical_dim, [1.0] + [0.0] * (clinical_dim - 1)]),
@@ -232,15 +231,14 @@ def export_heads(heads: dict[str, FusionHead], models_dir: Path) -> float:
     return max(float(np.abs(a - b).max()) for a, b in zip(deployed, eager, strict=True))
 
 
-def load_heads(models_dir: Path, dynamic_state: dict[str, torch.Tensor], dims: tuple[int, int, int]
-               ) -> dict[str, FusionHead]:
-    """The deployed dynamic head (``dynamic_state``) and the experiment heads saved beside it, in eval mode."""
-    heads = {}
+def load_heads(models_dir: Path, dynamic: FusionHead) -> dict[str, FusionHead]:
+    """The deployed ``dynamic`` head and the experiment heads saved beside it (same input sizes), in eval mode."""
+    heads = {"dynamic": dynamic.eval()}
     for mode in MODES:
-        head = FusionHead(*dims, mode=mode)
-        head.load_state_dict(dynamic_state if mode == "dynamic" else torch.load(
-            models_dir / f"fusion_{mode}.pt", map_location="cpu", weights_only=True))
-        heads[mode] = head.eval()
+        if mode != "dynamic":
+            head = FusionHead(*dynamic.input_dims, mode=mode)
+            head.load_state_dict(torch.load(models_dir / f"fusion_{mode}.pt", map_location="cpu", weights_only=True))
+            heads[mode] = head.eval()
     return heads
 
 

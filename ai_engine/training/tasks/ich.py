@@ -463,8 +463,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     result["volume_median_relative_error"] = round(float(np.median(errors)), 4) if errors else None
     result["seconds_per_case"] = {"deep": round(float(np.mean([r["deep_s"] for r in rows])), 3),
                                   "baseline": round(float(np.mean([r["baseline_s"] for r in rows])), 3)}
-    heads = load_heads(loaded.root / "models", model.load_eager_model(loaded).fusion.state_dict(),
-                       (len(model.IMAGE_FEATURES), len(feature_names(Task.ICH)), NOTE_DIM))
+    heads = load_heads(loaded.root / "models", model.load_eager_model(loaded).fusion)
     held_out = FusionData.from_contexts(Task.ICH, np.stack(features), contexts, labels)
     result["fusion_experiment"] = fusion_experiment(heads, held_out, seed=seed)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -424,8 +424,7 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
     out = Path(out_dir) if out_dir is not None else MODEL_CARD_DIR
     resolved = resolve_bundle(bundle, NAME)
     detector, baseline = MammoFusion(resolved.root), MammoBaseline()
-    heads = load_heads(resolved.root / "models", load_eager_model(resolved).fusion.state_dict(),
-                       (len(IMAGE_FEATURES), len(feature_names("mammo")), NOTE_DIM))
+    heads = load_heads(resolved.root / "models", load_eager_model(resolved).fusion)
     rows: list[dict[str, Any]] = []
     tables: list[FusionData] = []
     with tempfile.TemporaryDirectory(prefix="mammo-heldout-") as tmp:

@@ -579,8 +579,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
 def _fusion_experiment(bundle: Bundle, embedding: np.ndarray, contexts: list[Any], labels: np.ndarray,
                        seed: int) -> tuple[dict[str, Any], np.ndarray]:
     """Malignancy AUC table of the three heads, and the dynamic head's weights of nodules with complete inputs."""
-    heads = load_heads(bundle.root / "models", model.load_eager_model(bundle).fusion.state_dict(),
-                       (model.EMBED_DIM, len(feature_names(Task.LUNG_NODULE)), NOTE_DIM))
+    heads = load_heads(bundle.root / "models", model.load_eager_model(bundle).fusion)
     data = FusionData.from_contexts(Task.LUNG_NODULE, embedding, contexts, labels)
     table: dict[str, Any] = fusion_experiment(heads, data, seed=seed)
     weights = head_outputs(heads["dynamic"], data)[1]
