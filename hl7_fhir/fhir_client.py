@@ -165,7 +165,8 @@ class FhirClient:
         """
         body = bundle.model_dump(mode="json", exclude_none=True)
         if body.get("type") != "transaction" or not body.get("entry"):
-            raise FhirError(f"post_transaction_once needs a non-empty transaction Bundle, got type {body.get('type')!r}")
+            raise FhirError(f"post_transaction_once needs a non-empty transaction Bundle, "
+                            f"got type {body.get('type')!r}")
         first = body["entry"][0]["resource"]
         identifier = (first.get("identifier") or [{}])[0]
         if not identifier.get("system") or not identifier.get("value"):

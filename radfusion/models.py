@@ -170,7 +170,10 @@ class Job(Base):
 
 
 class Artifact(Base):
-    """A result object written by a job: kind sr, seg or heatmap (a fractional SEG). ``predecessor_id`` links a re-issued SR."""
+    """A result object written by a job: kind sr, seg or heatmap (a fractional SEG).
+
+    ``predecessor_id`` links a re-issued SR.
+    """
 
     __tablename__ = "artifacts"
 

@@ -2,10 +2,11 @@
 
 One measurement group per finding: tracking identifier and UID, finding type, finding
 site, measurements (volume, diameter, probability, the fusion model's per-case modality
-weights), the finding's location, attributes and detector measurements as text, and its region: the SEG segment when one was written, otherwise a point. A
-"Qualitative Evaluations" container holds the case-level present/absent verdict, the
-algorithm kind with the not-for-clinical-use statement, and the clinical inputs that were
-available. An empty result still yields a valid report that says "no findings".
+weights), the finding's location, attributes and detector measurements as text, and its
+region: the SEG segment when one was written, otherwise a point. A "Qualitative Evaluations"
+container holds the case-level present/absent verdict, the algorithm kind with the
+not-for-clinical-use statement, and the clinical inputs that were available. An empty result
+still yields a valid report that says "no findings".
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def _finding_texts(finding: Finding) -> list[hd.sr.TextContentItem]:
     """The location in words, each attribute (e.g. subtype) and each detector measurement as text evaluations."""
     texts = [_text(FINDING_SITE, finding.location)] if finding.location else []
     texts.extend(_text(COMMENT, f"{name}: {value}") for name, value in finding.attributes.items())
-    texts.extend(_text(COMMENT, f"{name.replace('_', ' ')}: {value:.4g}") for name, value in finding.measurements.items())
+    texts.extend(_text(COMMENT, f"{name.replace('_', ' ')}: {value:.4g}")
+                 for name, value in finding.measurements.items())
     return texts
 
 

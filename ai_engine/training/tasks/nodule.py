@@ -217,7 +217,6 @@ def build_fusion_set(seeds: list[int], workers: int = 2) -> FusionSet:
                      clinical={key: np.stack([info[key] for _, _, info in parts]) for key in FUSION_SET_CLINICAL})
 
 
-
 def _cached_fusion_set(seed: int, size: int) -> FusionSet:
     """The fusion cohort of ``seed`` (``size`` patients), kept in the temp directory so a refit skips generation."""
     cache = Path(tempfile.gettempdir()) / "radfusion-cache" / f"nodule-fusion-{seed}-{size}-{model.PATCH}.npz"
