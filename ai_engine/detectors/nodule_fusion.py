@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 NAME = "nodule_fusion"
 WORK_MM = 1.25
+VOXEL_ML = WORK_MM**3 / 1000.0
+SOLID_HU = -300.0  # the solid core of a part-solid nodule
 PATCH = 32
 PATCH_HU_RANGE = (-1000.0, 400.0)
 LOG_SIGMAS_MM = (1.5, 2.2, 3.2, 4.6, 6.8)
@@ -329,16 +331,24 @@ class NoduleFusion:
             load_eager=lambda: load_eager_model(self.bundle))
 
     def analyse(self, volume: Volume) -> CandidateOutputs:
-        """Candidates of ``volume`` and the patch network's outputs for each (used by detect and evaluation)."""
+        """Candidates of ``volume`` and the patch network's outputs for each (used by detect and evaluation).
+
+        The nodule-vs-mimic score is the mean logit over the patch and its flips along the bundle's
+        ``flip_axes`` (test-time augmentation); segmentation, type, CAM and embedding come from the
+        patch as it is, the input the fusion head was trained on.
+        """
         hu, zoom = resample_to_work(volume)
         grid = WorkGrid(hu=hu, lungs=work_lung_mask(hu), zoom=zoom)
         points = candidates(hu, grid.lungs, int(self.parameters["max_candidates"]))
-        outputs = self.run_network(extract_patches(hu, points)) if len(points) else None
-        if outputs is None:
+        if not len(points):
             empty = np.zeros((0,), dtype=np.float32)
             return CandidateOutputs(grid, points.reshape(0, 3), empty, np.zeros((0, 3)), np.zeros((0, 16, 16, 16)),
                                     np.zeros((0, 4, 4, 4)), np.zeros((0, EMBED_DIM)))
-        nodule_logit, type_logits, seg_logits, cam, embedding = outputs
+        patches = extract_patches(hu, points)
+        outputs = self.run_network(patches)
+        flipped = [self.run_network(np.flip(patches, axis=axis).copy())[0] for axis in self.parameters["flip_axes"]]
+        nodule_logit = np.mean([outputs[0], *flipped], axis=0)
+        _, type_logits, seg_logits, cam, embedding = outputs
         types = np.exp(type_logits - type_logits.max(axis=1, keepdims=True))
         return CandidateOutputs(grid, points, 1.0 / (1.0 + np.exp(-nodule_logit)),
                                 types / types.sum(axis=1, keepdims=True), seg_logits, cam, embedding)
@@ -367,54 +377,41 @@ class NoduleFusion:
         if volume is None:
             raise DetectorInputError(f"{NAME} needs a chest CT volume, got none (views: {len(inputs.views)})")
         analysis = self.analyse(volume)
-        keep = suppress(analysis.points, analysis.probability, float(self.parameters["nms_mm"]))
-        keep = [i for i in keep if analysis.probability[i] >= float(self.parameters["finding_threshold"])]
+        nodules = ranked_nodules(analysis, float(self.parameters["nms_mm"]),
+                                 float(self.parameters["finding_threshold"]), int(self.parameters["max_findings"]))
         findings: list[Finding] = []
-        if keep:
-            malignancy, weights, spread = self.fuse(analysis.embedding[keep], inputs.context)
-            spacing = np.asarray(volume.spacing_mm)
-            for j, i in enumerate(keep):
-                finding = self._finding(volume, analysis, i, float(malignancy[j]), weights[j], float(spread[j]))
-                if finding is not None and not any(_same_nodule(finding, kept, spacing) for kept in findings):
-                    findings.append(finding)
-                if len(findings) == int(self.parameters["max_findings"]):
-                    break
+        if nodules:
+            malignancy, weights, spread = self.fuse(analysis.embedding[[n.index for n in nodules]], inputs.context)
+            findings = [self._finding(volume, analysis, n, float(malignancy[j]), weights[j], float(spread[j]))
+                        for j, n in enumerate(nodules)]
         case_score = max((f.score for f in findings), default=0.0)
         notes = [f"{len(analysis.points)} candidates examined on a {WORK_MM} mm isotropic grid",
                  "clinical context: " + ("used" if inputs.context is not None else "not available; image only")]
         return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
                               positive=bool(findings), notes=notes)
 
-    def _finding(self, volume: Volume, analysis: CandidateOutputs, i: int, malignancy: float,
-                 weights: np.ndarray, spread: float) -> Finding | None:
-        """The finding of candidate ``i``; None when its patch segmentation is empty (nothing to measure).
+    def _finding(self, volume: Volume, analysis: CandidateOutputs, nodule: LocalisedNodule, malignancy: float,
+                 weights: np.ndarray, spread: float) -> Finding:
+        """The finding of one localised nodule.
 
         A segmentation too small to cover a source voxel leaves the finding without a mask (a point
         in the SR) but with its measured size.
         """
         grid = analysis.grid
-        point = analysis.points[i]
-        seg = ndimage.zoom(1.0 / (1.0 + np.exp(-analysis.seg_logits[i])), 2, order=1, grid_mode=True, mode="nearest")
-        mask = _central_component(seg > 0.5)
-        if not mask.any():
-            return None
+        i, point, mask = nodule.index, analysis.points[nodule.index], nodule.mask
         patch_hu = extract_patches(grid.hu, point[None], raw=True)[0, 0]
-        voxel_ml = WORK_MM**3 / 1000.0
-        volume_ml = float(mask.sum()) * voxel_ml
-        diameter = (6.0 * volume_ml * 1000.0 / np.pi) ** (1.0 / 3.0)
-        core_ml = float((mask & (patch_hu > SOLID_HU)).sum()) * voxel_ml
-        core = (6.0 * core_ml * 1000.0 / np.pi) ** (1.0 / 3.0) if core_ml > 0 else 0.0
+        core = sphere_diameter_mm(float((mask & (patch_hu > SOLID_HU)).sum()) * VOXEL_ML)
+        diameter = nodule.diameter_mm
         kind = TYPES[int(np.argmax(analysis.type_probabilities[i]))]
         cam = ndimage.zoom(analysis.cam[i], PATCH / analysis.cam.shape[1], order=1, grid_mode=True, mode="nearest")
         cam = np.clip(cam, 0.0, None)
         cam = cam / cam.max() if cam.max() > 0 else cam
-        centre_work = point + np.argwhere(mask).mean(axis=0) - PATCH // 2
-        centre = tuple(float(c) for c in grid.to_source(centre_work))
+        centre = tuple(float(c) for c in grid.to_source(nodule.centre_work))
         source_mask, source_heat = _to_source(volume.array.shape, grid, point, mask, cam)
         return Finding(
             finding_type=FindingType.NODULE, score=float(analysis.probability[i]), center_voxel=centre,
             center_mm=volume.voxel_to_patient(centre), location=_lung_side(volume, centre),
-            volume_ml=volume_ml, diameter_mm=float(diameter), mask=source_mask if source_mask.any() else None,
+            volume_ml=nodule.volume_ml, diameter_mm=diameter, mask=source_mask if source_mask.any() else None,
             heatmap=source_heat,
             measurements={"malignancy_probability": malignancy, "malignancy_logit_std": spread,
                           "solid_core_mm": float(core),
@@ -423,9 +420,6 @@ class NoduleFusion:
             attributes={"composition": kind, "lung_rads": lung_rads(kind, diameter, core, malignancy)},
             modality_weights=modality_weight_dict(weights),
         )
-
-
-SOLID_HU = -300.0
 
 
 class EagerModel(nn.Module):
@@ -455,10 +449,60 @@ def suppress(points: np.ndarray, scores: np.ndarray, radius_mm: float) -> list[i
     return kept
 
 
-def _same_nodule(finding: Finding, kept: Finding, spacing: np.ndarray) -> bool:
-    """True when ``finding``'s centre lies within ``kept``'s radius: two candidates on one large nodule."""
-    distance = float(np.linalg.norm((np.array(finding.center_voxel) - np.array(kept.center_voxel)) * spacing))
-    return distance <= max((kept.diameter_mm or 0.0) / 2.0, 3.0)
+@dataclass
+class LocalisedNodule:
+    """A candidate after its patch segmentation: the nodule's own centre and size on the work grid."""
+
+    index: int  # into CandidateOutputs
+    mask: np.ndarray  # [32, 32, 32] bool, the segmented component at the candidate
+    centre_work: np.ndarray  # [3] work voxels, centroid of the mask
+
+    @property
+    def volume_ml(self) -> float:
+        return float(self.mask.sum()) * VOXEL_ML
+
+    @property
+    def diameter_mm(self) -> float:
+        return sphere_diameter_mm(self.volume_ml)
+
+
+def sphere_diameter_mm(volume_ml: float) -> float:
+    """Diameter of the sphere of ``volume_ml``."""
+    return (6.0 * volume_ml * 1000.0 / np.pi) ** (1.0 / 3.0)
+
+
+def localise(analysis: CandidateOutputs, i: int) -> LocalisedNodule | None:
+    """Candidate ``i`` re-centred on its segmentation; None when the segmentation is empty."""
+    seg = ndimage.zoom(1.0 / (1.0 + np.exp(-analysis.seg_logits[i])), 2, order=1, grid_mode=True, mode="nearest")
+    mask = _central_component(seg > 0.5)
+    if not mask.any():
+        return None
+    centre = analysis.points[i] + np.argwhere(mask).mean(axis=0) - PATCH // 2
+    return LocalisedNodule(index=i, mask=mask, centre_work=centre)
+
+
+def ranked_nodules(analysis: CandidateOutputs, nms_mm: float, threshold: float,
+                   limit: int | None = None) -> list[LocalisedNodule]:
+    """The nodules a series' candidates add up to, by falling probability: what ``detect`` reports.
+
+    Non-maximum suppression, then each candidate at or above ``threshold`` is localised; one whose
+    centre falls within an already kept nodule's radius (two candidates on one large nodule) or
+    whose segmentation is empty is dropped. Evaluation calls this with threshold 0 to sweep FROC.
+    """
+    kept: list[LocalisedNodule] = []
+    for i in suppress(analysis.points, analysis.probability, nms_mm):
+        if analysis.probability[i] < threshold or len(kept) == limit:
+            break
+        nodule = localise(analysis, i)
+        if nodule is not None and not any(_same_nodule(nodule, other) for other in kept):
+            kept.append(nodule)
+    return kept
+
+
+def _same_nodule(nodule: LocalisedNodule, kept: LocalisedNodule) -> bool:
+    """True when ``nodule``'s centre lies within ``kept``'s radius (at least 3 mm)."""
+    distance = float(np.linalg.norm(nodule.centre_work - kept.centre_work)) * WORK_MM
+    return distance <= max(kept.diameter_mm / 2.0, 3.0)
 
 
 def _central_component(mask: np.ndarray) -> np.ndarray:

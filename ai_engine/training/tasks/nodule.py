@@ -63,7 +63,7 @@ from ai_engine.volume import Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 TRAIN_SIZE, QUICK_SIZE = 160, 3
 CNN_EPOCHS, QUICK_EPOCHS = 12, 1
 EVAL_SEED, EVAL_SIZE = 9, 30
@@ -73,6 +73,7 @@ MODEL_CARD_DIR = Path("docs/model-cards/nodule")
 SPLITS = {"A": 0.7, "V": 0.1, "C": 0.2}
 FUSION_SIZE, QUICK_FUSION_SIZE = 400, 6
 HARD_NEGATIVES_PER_CASE = 40
+FLIP_AXES = (2, 3, 4)  # the deployed detection score averages the patch and its z, y and x flips
 HARD_NEGATIVE_CASES = 64
 CNN_SECONDS, QUICK_CNN_SECONDS = 1200.0, 60.0  # per stage (first training, hard-negative fine-tuning)
 FUSION_SEED_OFFSET = 50_000  # fusion cases never share a seed with the detection cases
@@ -404,7 +405,7 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
     inference = {
         "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
         "temperature": round(calibration.temperature, 5),
-        "finding_threshold": 0.5, "nms_mm": 6.0, "max_candidates": model.MAX_CANDIDATES, "max_findings": 10,
+        "finding_threshold": 0.5, "nms_mm": 6.0, "flip_axes": list(FLIP_AXES), "max_candidates": model.MAX_CANDIDATES, "max_findings": 10,
         "batch": 64, "onnx_threads": 2, "work_mm": model.WORK_MM, "patch": model.PATCH,
         "clinical_features": feature_names(Task.LUNG_NODULE), "note_dim": NOTE_DIM, "types": list(model.TYPES),
     }
@@ -520,9 +521,10 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
         start = time.perf_counter()
         analysis = detector.analyse(volume)
         seconds["deep"] += time.perf_counter() - start
-        keep = model.suppress(analysis.points, analysis.probability, float(loaded.inference["nms_mm"]))
-        centres = analysis.grid.to_source(analysis.points[keep]) if keep else np.zeros((0, 3))
-        deep_scores += [float(analysis.probability[k]) for k in keep]
+        # what detect would report at every threshold: the same suppression, re-centring and merging
+        nodules = model.ranked_nodules(analysis, float(loaded.inference["nms_mm"]), threshold=0.0)
+        centres = analysis.grid.to_source(np.array([n.centre_work for n in nodules]).reshape(-1, 3))
+        deep_scores += [float(analysis.probability[n.index]) for n in nodules]
         deep_hits += _hit_ids(centres, spacing, truth)
         start = time.perf_counter()
         base = baseline.detect(inputs)

@@ -47,10 +47,7 @@ def test_finds_an_obvious_nodule_with_its_size_type_and_explanation(detector: No
     assert sum(finding.modality_weights.values()) == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("seed", [
-    9, pytest.param(8, marks=pytest.mark.xfail(strict=True, reason="known false positives next to the mediastinum; "
-                                                                  "FP rate per scan is in the model card")),
-])
+@pytest.mark.parametrize("seed", [8, 9])  # 8 drew a false positive next to the mediastinum before flip averaging
 def test_reports_nothing_on_a_nodule_free_chest(detector: NoduleFusion, seed: int) -> None:
     phantom = make_chest_phantom(np.random.default_rng(seed), SHORT_SCAN, [])
     result = detector.detect(DetectorInput(volume=_volume(phantom.hu, phantom.spacing)))
