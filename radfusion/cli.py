@@ -1,4 +1,4 @@
-"""The ``radfusion`` command line: serve, echo, status, config, demo, train, evaluate."""
+"""The ``radfusion`` command line: serve, echo, status, requeue, config, demo, train, evaluate."""
 
 from __future__ import annotations
 
@@ -70,6 +70,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Put failed deliveries back in the queue (after fixing what made them fail)."""
+    from radfusion.db import Database
+    from radfusion.delivery import requeue_failed
+
+    if bool(args.ids) == args.all_failed:
+        raise RadfusionError("requeue needs delivery ids (see radfusion status) or --all-failed, not both")
+    settings = _settings(args)
+    ids = requeue_failed(Database(settings.effective_database_url), args.ids or None)
+    print(f"requeued {len(ids)} deliveries: {', '.join(map(str, ids)) or 'none'}; a running server sends them "
+          f"within its delivery interval")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Validate the configuration and print the effective values."""
     settings = _settings(args)
@@ -103,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="queue depth, recent jobs, failures, pending deliveries")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    requeue = sub.add_parser("requeue", help="send failed deliveries again once their cause is fixed")
+    requeue.add_argument("ids", nargs="*", type=int, help="delivery ids, as radfusion status lists them")
+    requeue.add_argument("--all-failed", action="store_true", help="every failed delivery")
+    requeue.set_defaults(func=cmd_requeue)
     sub.add_parser("config", help="validate the configuration and print it").set_defaults(func=cmd_config)
     demo = sub.add_parser("demo", help="run synthetic studies through a local server and print the results")
     demo.add_argument("--workdir", help="keep the demo's files here (default: a temporary directory)")

@@ -2,13 +2,18 @@
 
 Each due delivery is tried; a failure schedules the next attempt with exponential backoff,
 and only after ``retry.give_up_after_h`` does it become ``failed`` (visible in status and
-audit). Results of one job for one destination travel in one association.
+audit). A receiver that refuses the message itself (an HTTP 4xx other than 408, 425 and 429),
+or a destination that is no longer configured, fails it at once: the same message would be
+refused again, so it waits for a person, who fixes the cause and runs ``radfusion requeue``.
+Results of one job for one destination travel in one association.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +30,7 @@ from hl7_fhir.mllp import MllpClient
 from radfusion.clinical import fhir_client
 from radfusion.db import Database
 from radfusion.destinations import remote_node, tls_context
+from radfusion.errors import RadfusionError
 from radfusion.models import AuditEvent, Delivery, utcnow
 from radfusion.settings import Settings
 from reports.alerts import WebhookChannel
@@ -33,6 +39,21 @@ from reports.errors import ReportsError
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200
+RETRYABLE_HTTP_STATUS = frozenset({408, 425, 429})  # client errors that time can cure
+
+
+@dataclass(frozen=True)
+class SendFailure:
+    """Why a batch was not delivered, and whether retrying the same message can help."""
+
+    error: str
+    rejected: bool  # refused for what it is (or where it goes): retrying cannot help
+
+
+def is_rejection(exc: Exception) -> bool:
+    """True for an HTTP 4xx answer other than 408, 425 and 429 (FhirError, AlertDeliveryError)."""
+    status = getattr(exc, "status", None)
+    return status is not None and 400 <= status < 500 and status not in RETRYABLE_HTTP_STATUS
 
 
 class DeliveryWorker:
@@ -56,14 +77,14 @@ class DeliveryWorker:
                     for (kind, target, _), items in batches.items()]
         delivered = 0
         for kind, target, items in work:
-            error = self._send(kind, target, items)
+            failure = self._send(kind, target, items)
             with self._db.session() as session:
-                self._record(session, [item[0] for item in items], error)
-            delivered += 0 if error else len(items)
+                self._record(session, [item[0] for item in items], failure)
+            delivered += 0 if failure else len(items)
         return delivered
 
-    def _send(self, kind: str, target: str, items: list[tuple[int, str | None, dict | None]]) -> str | None:
-        """Send one batch; the error text, or None on success."""
+    def _send(self, kind: str, target: str, items: list[tuple[int, str | None, dict | None]]) -> SendFailure | None:
+        """Send one batch; why it failed, or None on success."""
         settings = self._settings
         timeout = settings.retry.timeout_s
         try:
@@ -85,17 +106,17 @@ class DeliveryWorker:
                 with MllpClient(dest.host, dest.port, timeout_s=timeout) as client:
                     client.send(body["message"])
         except KeyError:
-            return f"{kind} target {target!r} is no longer configured"
+            return SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True)
         except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc))
         return None
 
-    def _record(self, session: Session, ids: list[int], error: str | None) -> None:
+    def _record(self, session: Session, ids: list[int], failure: SendFailure | None) -> None:
         now = utcnow()
         retry = self._settings.retry
         for delivery in session.scalars(select(Delivery).where(Delivery.id.in_(ids))):
             delivery.attempts += 1
-            if error is None:
+            if failure is None:
                 delivery.state = "delivered"
                 delivery.delivered_at = now
                 delivery.last_error = None
@@ -107,17 +128,43 @@ class DeliveryWorker:
                     log.info("alert %d delivered to %s, %.2f s after association release", alert.id,
                              delivery.target, alert.latency_s or -1.0)
                 continue
-            delivery.last_error = error
-            if now - delivery.created_at > timedelta(hours=retry.give_up_after_h):
+            delivery.last_error = failure.error
+            if failure.rejected or now - delivery.created_at > timedelta(hours=retry.give_up_after_h):
                 delivery.state = "failed"
-                session.add(AuditEvent(kind="delivery_failed", subject=f"delivery {delivery.id}",
-                                       detail=f"gave up after {delivery.attempts} attempts: {error}"))
-                log.error("delivery %d to %s failed for good: %s", delivery.id, delivery.target, error)
+                kind, detail = (("delivery_rejected", f"refused, not retried: {failure.error}") if failure.rejected
+                                else ("delivery_failed", f"gave up after {delivery.attempts} attempts: {failure.error}"))
+                session.add(AuditEvent(kind=kind, subject=f"delivery {delivery.id}", detail=detail))
+                log.error("delivery %d to %s failed for good (radfusion requeue %d once the cause is fixed): %s",
+                          delivery.id, delivery.target, delivery.id, failure.error)
             else:
                 delay = backoff_delay(delivery.attempts, retry.initial_s, retry.factor, retry.max_s)
                 delivery.next_attempt_at = now + timedelta(seconds=delay)
                 log.warning("delivery %d to %s failed (attempt %d, next in %.0f s): %s", delivery.id,
-                            delivery.target, delivery.attempts, delay, error)
+                            delivery.target, delivery.attempts, delay, failure.error)
+
+
+def requeue_failed(db: Database, ids: Sequence[int] | None) -> list[int]:
+    """Put failed deliveries (``ids``, or all when None) back in the queue, due now; their ids.
+
+    The give-up clock restarts (``created_at`` becomes now); attempts and the last error stay, and
+    an audit event records the requeue. An id that is unknown or not failed is an error, and then
+    nothing is requeued.
+    """
+    now = utcnow()
+    with db.session() as session:
+        query = select(Delivery).where(Delivery.state == "failed")
+        if ids is not None:
+            query = query.where(Delivery.id.in_(ids))
+        failed = session.scalars(query.order_by(Delivery.id)).all()
+        missing = sorted(set(ids or ()) - {d.id for d in failed})
+        if missing:
+            raise RadfusionError(f"not failed deliveries (unknown, pending or delivered): {missing}")
+        for delivery in failed:
+            session.add(AuditEvent(kind="delivery_requeued", subject=f"delivery {delivery.id}",
+                                   detail=f"after {delivery.attempts} attempts; last error: {delivery.last_error}"))
+            delivery.state = "pending"
+            delivery.next_attempt_at = delivery.created_at = now
+        return [d.id for d in failed]
 
 
 def _body(delivery: Delivery) -> dict:

@@ -208,6 +208,7 @@ class Delivery(Base):
     kind: dicom (``artifact_id`` to a DICOM destination), webhook (``alert_id``'s payload),
     fhir_report / hl7_report (``payload``, built once so every retry sends the same message),
     fhir_alert / hl7_alert (``payload`` for ``alert_id``). ``target`` names the destination or channel.
+    ``created_at`` starts the give-up clock: when it was queued, or re-queued by ``radfusion requeue``.
     """
 
     __tablename__ = "deliveries"

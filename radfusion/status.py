@@ -1,4 +1,4 @@
-"""``radfusion status``: queue depth, recent jobs, failures and pending deliveries, from the database."""
+"""``radfusion status``: queue depth, recent jobs, failures, pending and failed deliveries, from the database."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def collect_status(db: Database) -> dict[str, object]:
             select(Job.id, Job.detector, Job.state, Job.revision, Study.accession_number, Study.study_uid,
                    Job.started_at, Job.finished_at, Job.error, Job.result)
             .join(Study, Job.study_id == Study.id).order_by(Job.id.desc()).limit(RECENT)).all()
-        pending = session.execute(
-            select(Delivery.id, Delivery.kind, Delivery.target, Delivery.attempts, Delivery.next_attempt_at,
-                   Delivery.last_error).where(Delivery.state == "pending").order_by(Delivery.id).limit(RECENT)).all()
+        def deliveries(state: str) -> list:
+            return list(session.execute(
+                select(Delivery.id, Delivery.kind, Delivery.target, Delivery.attempts, Delivery.next_attempt_at,
+                       Delivery.last_error).where(Delivery.state == state).order_by(Delivery.id.desc()).limit(RECENT)))
         alerts = session.execute(select(Alert.id, Alert.job_id, Alert.created_at, Alert.delivered_at, Alert.latency_s)
                                  .order_by(Alert.id.desc()).limit(RECENT)).all()
         return {
@@ -43,10 +44,10 @@ def collect_status(db: Database) -> dict[str, object]:
                 "findings": None if not j.result else len(j.result.get("findings", [])),
                 "error": j.error,
             } for j in recent_jobs],
-            "pending_deliveries": [{
+            **{f"{state}_deliveries": [{
                 "id": d.id, "kind": d.kind, "target": d.target, "attempts": d.attempts,
                 "next_attempt_at": d.next_attempt_at.isoformat(), "last_error": d.last_error,
-            } for d in pending],
+            } for d in deliveries(state)] for state in ("pending", "failed")},
             "recent_alerts": [{
                 "id": a.id, "job_id": a.job_id, "created_at": a.created_at.isoformat(),
                 "delivered": a.delivered_at is not None, "release_to_delivery_s": a.latency_s,
@@ -71,6 +72,9 @@ def format_status(status: dict[str, object]) -> str:
     for d in status["pending_deliveries"] or []:  # type: ignore[union-attr]
         lines.append(f"  #{d['id']:<5} {d['kind']:<8} -> {d['target']:<12} attempts {d['attempts']}  "
                      f"next {d['next_attempt_at']}  {d['last_error'] or ''}")
+    lines.append("failed deliveries (radfusion requeue ID once the cause is fixed):")
+    for d in status["failed_deliveries"] or []:  # type: ignore[union-attr]
+        lines.append(f"  #{d['id']:<5} {d['kind']:<8} -> {d['target']:<12} attempts {d['attempts']}  {d['last_error']}")
     lines.append("recent alerts:")
     for a in status["recent_alerts"] or []:  # type: ignore[union-attr]
         latency = "" if a["release_to_delivery_s"] is None else f"{a['release_to_delivery_s']:.2f} s after release"

@@ -21,10 +21,11 @@ from reports.errors import ReportsError
 class AlertDeliveryError(ReportsError):
     """An alert channel could not deliver a payload (non-2xx answer or no connection)."""
 
-    def __init__(self, channel: str, reason: str) -> None:
+    def __init__(self, channel: str, reason: str, status: int | None = None) -> None:
         super().__init__(f"alert channel {channel!r} did not deliver: {reason}")
         self.channel = channel
         self.reason = reason
+        self.status = status  # the HTTP status of the answer; None when there was none
 
 
 @dataclass(frozen=True)
@@ -114,4 +115,5 @@ class WebhookChannel:
         except httpx.HTTPError as exc:
             raise AlertDeliveryError(self.name, f"{type(exc).__name__}: {exc}") from exc
         if not response.is_success:
-            raise AlertDeliveryError(self.name, f"HTTP {response.status_code} {response.reason_phrase}")
+            raise AlertDeliveryError(self.name, f"HTTP {response.status_code} {response.reason_phrase}",
+                                     response.status_code)

@@ -1,4 +1,4 @@
-"""The command line as an IT person uses it: config check, echo, status."""
+"""The command line as an IT person uses it: config check, echo, status, requeue."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import pytest
 import yaml
 
 from radfusion.cli import main
+from radfusion.db import Database
+from radfusion.models import Delivery
+from radfusion.settings import load_settings
 from tests.peers import free_port, storescp
 
 
@@ -75,3 +78,24 @@ def test_train_and_evaluate_hand_their_arguments_to_the_model_tooling(capsys: py
     with pytest.raises(SystemExit):
         main(["status", "--epochs", "3"])
     assert "unrecognized arguments: --epochs 3" in capsys.readouterr().err
+
+
+def test_status_lists_failed_deliveries_and_requeue_puts_them_back(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    db = Database(load_settings(config).effective_database_url)
+    with db.session() as session:
+        session.add(Delivery(kind="webhook", target="ed", state="failed", attempts=1,
+                             last_error="AlertDeliveryError: HTTP 400 Bad Request"))
+    assert main(["--config", str(config), "status"]) == 0
+    text = capsys.readouterr().out
+    assert "deliveries pending: 0   failed: 1" in text and "HTTP 400 Bad Request" in text.split("failed deliveries")[1]
+    assert main(["--config", str(config), "requeue"]) == 2
+    assert "delivery ids (see radfusion status) or --all-failed" in capsys.readouterr().err
+    assert main(["--config", str(config), "requeue", "1"]) == 0
+    assert "requeued 1 deliveries: 1" in capsys.readouterr().out
+    assert main(["--config", str(config), "requeue", "--all-failed"]) == 0
+    assert "requeued 0 deliveries: none" in capsys.readouterr().out
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["deliveries_pending"], status["deliveries_failed"]) == (1, 0)

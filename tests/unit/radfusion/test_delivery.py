@@ -1,9 +1,12 @@
-"""Persistent retries: backoff after a failure, delivered when the receiver is back, failed only after the limit."""
+"""Persistent retries: backoff after a failure, delivered when the receiver is back, failed only after the limit;
+a refusal by the receiver fails at once and waits for ``requeue``."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,23 +14,40 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from hl7_fhir.fhir_client import FhirError
 from radfusion.db import Database
-from radfusion.delivery import DeliveryWorker
+from radfusion.delivery import DeliveryWorker, is_rejection, requeue_failed
+from radfusion.errors import RadfusionError
 from radfusion.models import Alert, AuditEvent, Delivery, Job, Series, Study, utcnow
 from radfusion.settings import load_settings
+from reports.alerts import AlertDeliveryError
 from tests.peers import free_port
 
 
 class Receiver(BaseHTTPRequestHandler):
     bodies: list[dict] = []
+    status = 204
 
     def do_POST(self) -> None:  # noqa: N802
         type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
+        self.send_response(type(self).status)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
         return
+
+
+@contextmanager
+def receiving(port: int, status: int) -> Iterator[None]:
+    """A webhook receiver on ``port`` answering every POST with ``status``."""
+    Receiver.bodies, Receiver.status = [], status
+    server = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def setup(tmp_path: Path, port: int) -> tuple[Database, DeliveryWorker, int]:
@@ -70,13 +90,8 @@ def test_failure_backs_off_then_delivers_when_the_receiver_is_back(tmp_path: Pat
         assert session.get(Delivery, delivery_id).attempts == 1
         session.get(Delivery, delivery_id).next_attempt_at = utcnow()
 
-    Receiver.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with receiving(port, 204):
         assert worker.run_due() == 1
-    finally:
-        server.shutdown()
     assert Receiver.bodies == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
@@ -94,3 +109,58 @@ def test_gives_up_only_after_the_configured_time_and_says_so(tmp_path: Path) -> 
         assert session.get(Delivery, delivery_id).state == "failed"
         event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_failed")).one()
     assert "gave up after 1 attempts" in event.detail
+
+
+@pytest.mark.parametrize("status", [408, 429, 503])
+def test_answers_that_time_can_cure_are_retried(tmp_path: Path, status: int) -> None:
+    port = free_port()
+    db, worker, delivery_id = setup(tmp_path, port)
+    with receiving(port, status):
+        assert worker.run_due() == 0
+    with db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery.state == "pending" and f"HTTP {status}" in delivery.last_error
+
+
+def test_a_refusal_fails_at_once_and_requeue_sends_it_again(tmp_path: Path) -> None:
+    port = free_port()
+    db, worker, delivery_id = setup(tmp_path, port)
+    with receiving(port, 400):
+        assert worker.run_due() == 0
+    with db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert (delivery.state, delivery.attempts) == ("failed", 1) and "HTTP 400" in delivery.last_error
+        event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_rejected")).one()
+        assert "refused, not retried" in event.detail
+        delivery.created_at = utcnow() - timedelta(hours=5)  # older than give_up_after_h
+
+    with pytest.raises(RadfusionError, match=r"\[999\]"):
+        requeue_failed(db, [delivery_id, 999])
+    with db.session() as session:
+        assert session.get(Delivery, delivery_id).state == "failed"  # nothing requeued
+
+    assert requeue_failed(db, None) == [delivery_id]
+    with db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery.state == "pending" and delivery.next_attempt_at <= utcnow()
+        assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_requeued")).one()
+    with receiving(port, 503):
+        assert worker.run_due() == 0
+    with db.session() as session:  # the give-up clock restarted: 5 h after queueing, a 503 is retried again
+        delivery = session.get(Delivery, delivery_id)
+        assert (delivery.state, delivery.attempts) == ("pending", 2)
+        delivery.next_attempt_at = utcnow()
+    with receiving(port, 204):
+        assert worker.run_due() == 1
+    assert Receiver.bodies == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
+    with db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert (delivery.state, delivery.attempts) == ("delivered", 3)
+    with pytest.raises(RadfusionError, match="not failed"):
+        requeue_failed(db, [delivery_id])
+
+
+def test_only_client_errors_that_time_cannot_cure_are_refusals() -> None:
+    assert is_rejection(FhirError("FHIR POST answered 422", 422)) and is_rejection(AlertDeliveryError("ed", "HTTP 404", 404))
+    assert not any(is_rejection(exc) for exc in (FhirError("busy", 429), FhirError("down", 503), FhirError("no answer"),
+                                                  AlertDeliveryError("ed", "refused connection"), OSError("unreachable")))
