@@ -5,7 +5,9 @@ and only after ``retry.give_up_after_h`` does it become ``failed`` (visible in s
 audit). A receiver that refuses the message itself (an HTTP 4xx other than 408, 425 and 429),
 or a destination that is no longer configured, fails it at once: the same message would be
 refused again, so it waits for a person, who fixes the cause and runs ``radfusion requeue``.
-Results of one job for one destination travel in one association.
+Results of one job for one destination travel in one association. Alerts (webhook, FHIR
+Communication, HL7 critical result) have their own lane, run by its own scheduler job, so an urgent
+alert never waits behind results for a slow or unreachable PACS.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200
 RETRYABLE_HTTP_STATUS = frozenset({408, 425, 429})  # client errors that time can cure
+ALERT_KINDS = ("webhook", "fhir_alert", "hl7_alert")
+LANES = ("alerts", "results")  # alerts: ALERT_KINDS; results: every other kind
 
 
 @dataclass(frozen=True)
@@ -57,18 +61,21 @@ def is_rejection(exc: Exception) -> bool:
 
 
 class DeliveryWorker:
-    """Tries every due delivery once per call of :meth:`run_due`."""
+    """Tries every due delivery of a lane once per call of :meth:`run_due`."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self._db = db
         self._settings = settings
 
-    def run_due(self) -> int:
-        """Attempt all due deliveries; returns how many succeeded."""
+    def run_due(self, lane: str) -> int:
+        """Attempt the due deliveries of ``lane`` ("alerts" or "results"); returns how many succeeded."""
+        if lane not in LANES:
+            raise ValueError(f"delivery lane must be one of {LANES}, got {lane!r}")
+        kinds = Delivery.kind.in_(ALERT_KINDS) if lane == "alerts" else Delivery.kind.not_in(ALERT_KINDS)
         now = utcnow()
         with self._db.session() as session:
-            due = session.scalars(select(Delivery).where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
-                                  .order_by(Delivery.id).limit(BATCH_LIMIT)).all()
+            due = session.scalars(select(Delivery).where(Delivery.state == "pending", Delivery.next_attempt_at <= now,
+                                                         kinds).order_by(Delivery.id).limit(BATCH_LIMIT)).all()
             batches: dict[tuple, list[Delivery]] = defaultdict(list)
             for delivery in due:  # DICOM results of one job travel in one association; the rest one by one
                 batches[(delivery.kind, delivery.target, delivery.job_id if delivery.kind == "dicom" else delivery.id)

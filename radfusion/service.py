@@ -20,7 +20,7 @@ from dicom_node.spool import Spool
 from radfusion.assembly import StudyAssembler
 from radfusion.clinical import ClinicalGatherer, Hl7Store
 from radfusion.db import Database
-from radfusion.delivery import DeliveryWorker
+from radfusion.delivery import LANES, DeliveryWorker
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
 from radfusion.pipeline import JobRunner, study_patient
@@ -91,8 +91,9 @@ class Service:
                                 max_instances=1, coalesce=True)
         self._scheduler.add_job(self._dispatch, "interval", seconds=DISPATCH_INTERVAL_S, id="dispatch",
                                 max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
-        self._scheduler.add_job(self.deliveries.run_due, "interval", seconds=DELIVERY_INTERVAL_S, id="deliver",
-                                max_instances=1, coalesce=True)
+        for lane in LANES:  # two jobs: an alert never waits behind results for a slow PACS
+            self._scheduler.add_job(self.deliveries.run_due, "interval", args=[lane], seconds=DELIVERY_INTERVAL_S,
+                                    id=f"deliver-{lane}", max_instances=1, coalesce=True)
         self._scheduler.start()
         if self.hl7 is not None:
             self.hl7_port = self.hl7.start()
@@ -150,7 +151,8 @@ class Service:
         finally:
             with self._lock:
                 self._running.discard(job_id)
-            self._wake("deliver")
+            for lane in LANES:
+                self._wake(f"deliver-{lane}")
             self._wake("dispatch")
 
     def queue_depth(self) -> int:

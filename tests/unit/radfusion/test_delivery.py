@@ -78,20 +78,20 @@ def setup(tmp_path: Path, port: int) -> tuple[Database, DeliveryWorker, int]:
 def test_failure_backs_off_then_delivers_when_the_receiver_is_back(tmp_path: Path) -> None:
     port = free_port()
     db, worker, delivery_id = setup(tmp_path, port)
-    assert worker.run_due() == 0
+    assert worker.run_due("alerts") == 0
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         assert (delivery.state, delivery.attempts) == ("pending", 1)
         assert "127.0.0.1" in delivery.last_error
         wait = (delivery.next_attempt_at - utcnow()).total_seconds()
         assert 5 < wait <= 10  # first retry after initial_s
-    assert worker.run_due() == 0  # not due yet: nothing is tried
+    assert worker.run_due("alerts") == 0  # not due yet: nothing is tried
     with db.session() as session:
         assert session.get(Delivery, delivery_id).attempts == 1
         session.get(Delivery, delivery_id).next_attempt_at = utcnow()
 
     with receiving(port, 204):
-        assert worker.run_due() == 1
+        assert worker.run_due("alerts") == 1
     assert Receiver.bodies == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
@@ -104,7 +104,7 @@ def test_gives_up_only_after_the_configured_time_and_says_so(tmp_path: Path) -> 
     db, worker, delivery_id = setup(tmp_path, free_port())
     with db.session() as session:
         session.get(Delivery, delivery_id).created_at = utcnow() - timedelta(hours=2)
-    worker.run_due()
+    worker.run_due("alerts")
     with db.session() as session:
         assert session.get(Delivery, delivery_id).state == "failed"
         event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_failed")).one()
@@ -116,7 +116,7 @@ def test_answers_that_time_can_cure_are_retried(tmp_path: Path, status: int) -> 
     port = free_port()
     db, worker, delivery_id = setup(tmp_path, port)
     with receiving(port, status):
-        assert worker.run_due() == 0
+        assert worker.run_due("alerts") == 0
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         assert delivery.state == "pending" and f"HTTP {status}" in delivery.last_error
@@ -126,7 +126,7 @@ def test_a_refusal_fails_at_once_and_requeue_sends_it_again(tmp_path: Path) -> N
     port = free_port()
     db, worker, delivery_id = setup(tmp_path, port)
     with receiving(port, 400):
-        assert worker.run_due() == 0
+        assert worker.run_due("alerts") == 0
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         assert (delivery.state, delivery.attempts) == ("failed", 1) and "HTTP 400" in delivery.last_error
@@ -145,13 +145,13 @@ def test_a_refusal_fails_at_once_and_requeue_sends_it_again(tmp_path: Path) -> N
         assert delivery.state == "pending" and delivery.next_attempt_at <= utcnow()
         assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_requeued")).one()
     with receiving(port, 503):
-        assert worker.run_due() == 0
+        assert worker.run_due("alerts") == 0
     with db.session() as session:  # the give-up clock restarted: 5 h after queueing, a 503 is retried again
         delivery = session.get(Delivery, delivery_id)
         assert (delivery.state, delivery.attempts) == ("pending", 2)
         delivery.next_attempt_at = utcnow()
     with receiving(port, 204):
-        assert worker.run_due() == 1
+        assert worker.run_due("alerts") == 1
     assert Receiver.bodies == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
@@ -164,3 +164,23 @@ def test_only_client_errors_that_time_cannot_cure_are_refusals() -> None:
     assert is_rejection(FhirError("FHIR POST answered 422", 422)) and is_rejection(AlertDeliveryError("ed", "HTTP 404", 404))
     assert not any(is_rejection(exc) for exc in (FhirError("busy", 429), FhirError("down", 503), FhirError("no answer"),
                                                   AlertDeliveryError("ed", "refused connection"), OSError("unreachable")))
+
+
+def test_alerts_and_results_are_separate_lanes(tmp_path: Path) -> None:
+    port = free_port()
+    db, worker, alert_delivery = setup(tmp_path, port)
+    with db.session() as session:
+        result = Delivery(kind="dicom", target="pacs", job_id=session.get(Delivery, alert_delivery).job_id)
+        session.add(result)
+        session.flush()
+        result_delivery = result.id
+    with receiving(port, 204):
+        assert worker.run_due("alerts") == 1
+    with db.session() as session:
+        assert session.get(Delivery, result_delivery).attempts == 0  # not in the alert lane
+    worker.run_due("results")
+    with db.session() as session:
+        assert session.get(Delivery, result_delivery).state == "failed"  # "pacs" is not configured: refused at once
+        assert session.get(Delivery, alert_delivery).attempts == 1  # delivered once, not sent again
+    with pytest.raises(ValueError, match="lane"):
+        worker.run_due("urgent")
