@@ -6,15 +6,18 @@ stopped by PID (SIGTERM, then SIGKILL) when the test ends.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class _WebhookHandler(BaseHTTPRequestHandler):
+    """Answers POSTs with the status the test chose and keeps what arrived."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append((dict(self.headers), json.loads(body)))  # type: ignore[attr-defined]
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        """Keep the test output quiet."""
+
+
+@contextmanager
+def webhook_receiver(port: int | None = None, status: int = 204) -> Iterator[ThreadingHTTPServer]:
+    """An HTTP receiver on loopback (``port``, or a free one): ``.received`` lists (headers, JSON body)
+    of each POST, ``.status`` is what it answers (settable while it runs)."""
+    server = ThreadingHTTPServer(("127.0.0.1", port or 0), _WebhookHandler)
+    server.received, server.status = [], status  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:

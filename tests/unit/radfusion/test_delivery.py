@@ -3,12 +3,7 @@ a refusal by the receiver fails at once and waits for ``requeue``."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,33 +16,7 @@ from radfusion.errors import RadfusionError
 from radfusion.models import Alert, AuditEvent, Delivery, Job, Series, Study, utcnow
 from radfusion.settings import load_settings
 from reports.alerts import AlertDeliveryError
-from tests.peers import free_port
-
-
-class Receiver(BaseHTTPRequestHandler):
-    bodies: list[dict] = []
-    status = 204
-
-    def do_POST(self) -> None:  # noqa: N802
-        type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(type(self).status)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
-@contextmanager
-def receiving(port: int, status: int) -> Iterator[None]:
-    """A webhook receiver on ``port`` answering every POST with ``status``."""
-    Receiver.bodies, Receiver.status = [], status
-    server = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
+from tests.peers import free_port, webhook_receiver
 
 
 def setup(tmp_path: Path, port: int) -> tuple[Database, DeliveryWorker, int]:
@@ -90,9 +59,9 @@ def test_failure_backs_off_then_delivers_when_the_receiver_is_back(tmp_path: Pat
         assert session.get(Delivery, delivery_id).attempts == 1
         session.get(Delivery, delivery_id).next_attempt_at = utcnow()
 
-    with receiving(port, 204):
+    with webhook_receiver(port) as receiver:
         assert worker.run_due("alerts") == 1
-    assert Receiver.bodies == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
+    assert [body for _, body in receiver.received] == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         alert = session.get(Alert, delivery.alert_id)
@@ -115,7 +84,7 @@ def test_gives_up_only_after_the_configured_time_and_says_so(tmp_path: Path) -> 
 def test_answers_that_time_can_cure_are_retried(tmp_path: Path, status: int) -> None:
     port = free_port()
     db, worker, delivery_id = setup(tmp_path, port)
-    with receiving(port, status):
+    with webhook_receiver(port, status):
         assert worker.run_due("alerts") == 0
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
@@ -125,7 +94,7 @@ def test_answers_that_time_can_cure_are_retried(tmp_path: Path, status: int) -> 
 def test_a_refusal_fails_at_once_and_requeue_sends_it_again(tmp_path: Path) -> None:
     port = free_port()
     db, worker, delivery_id = setup(tmp_path, port)
-    with receiving(port, 400):
+    with webhook_receiver(port, 400):
         assert worker.run_due("alerts") == 0
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
@@ -144,15 +113,15 @@ def test_a_refusal_fails_at_once_and_requeue_sends_it_again(tmp_path: Path) -> N
         delivery = session.get(Delivery, delivery_id)
         assert delivery.state == "pending" and delivery.next_attempt_at <= utcnow()
         assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_requeued")).one()
-    with receiving(port, 503):
+    with webhook_receiver(port, 503):
         assert worker.run_due("alerts") == 0
     with db.session() as session:  # the give-up clock restarted: 5 h after queueing, a 503 is retried again
         delivery = session.get(Delivery, delivery_id)
         assert (delivery.state, delivery.attempts) == ("pending", 2)
         delivery.next_attempt_at = utcnow()
-    with receiving(port, 204):
+    with webhook_receiver(port) as receiver:
         assert worker.run_due("alerts") == 1
-    assert Receiver.bodies == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
+    assert [body for _, body in receiver.received] == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         assert (delivery.state, delivery.attempts) == ("delivered", 3)
@@ -174,7 +143,7 @@ def test_alerts_and_results_are_separate_lanes(tmp_path: Path) -> None:
         session.add(result)
         session.flush()
         result_delivery = result.id
-    with receiving(port, 204):
+    with webhook_receiver(port, 204):
         assert worker.run_due("alerts") == 1
     with db.session() as session:
         assert session.get(Delivery, result_delivery).attempts == 0  # not in the alert lane

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from ai_engine.results import DetectorResult, Task
 from reports.alerts import AlertDeliveryError, WebhookChannel, build_ich_alert
 from reports.errors import ReportsError
-from tests.peers import free_port
+from tests.peers import free_port, webhook_receiver
 from tests.unit.reports.report_checks import ich_result
 
 CREATED = datetime.datetime(2026, 11, 20, 10, 31, tzinfo=datetime.UTC)
@@ -52,29 +51,10 @@ def test_alert_is_only_for_hemorrhage_results(algorithm):
                         job_id="job-1", created_at=CREATED)
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Answers POSTs with the status the test chose and keeps what arrived."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.received.append((dict(self.headers), json.loads(body)))
-        self.send_response(self.server.status)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        """Keep the test output quiet."""
-
-
 @pytest.fixture()
 def receiver() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Recorder)
-    server.received, server.status = [], 204
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with webhook_receiver() as server:
+        yield server
 
 
 def test_webhook_delivers_the_json_payload(head_ct, algorithm, receiver):
