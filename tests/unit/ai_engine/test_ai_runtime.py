@@ -10,7 +10,6 @@ from ai_engine.detectors.ich_fusion import IMAGE_FEATURES, IchFusion
 from ai_engine.detectors.mammo_fusion import IMAGE_FEATURES as MAMMO_FEATURES
 from ai_engine.detectors.mammo_fusion import MammoFusion
 from ai_engine.detectors.nodule_fusion import EMBED_DIM, PATCH, NoduleFusion
-from ai_engine.detectors.runtime import DeployedModel
 from ai_engine.errors import DetectorInputError
 from ai_engine.results import Task
 
@@ -26,28 +25,25 @@ def _fusion_feeds(rng: np.random.Generator, image_dim: int, task: Task, n: int =
             "text_present": (rng.random(n) > 0.5).astype(np.float32)}
 
 
-def _assert_same(onnx: DeployedModel, eager: DeployedModel, feeds: dict[str, np.ndarray]) -> None:
+# detector, seed, (network input name, shape of a random batch), fusion image dimension, task
+DETECTORS = {
+    "ich": (IchFusion, 0, ("slabs", (2, 4, 128, 128)), len(IMAGE_FEATURES), Task.ICH),
+    "nodule": (NoduleFusion, 1, ("patches", (3, 1, PATCH, PATCH, PATCH)), EMBED_DIM, Task.LUNG_NODULE),
+    "mammo": (MammoFusion, 2, ("views", (1, 2, 160, 128)), len(MAMMO_FEATURES), Task.MAMMOGRAPHY),
+}
+
+
+@pytest.mark.parametrize("part", ["network", "fusion"])
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_deployed_and_eager_models_agree(detector: str, part: str) -> None:
+    detector_class, seed, (input_name, shape), image_dim, task = DETECTORS[detector]
+    rng = np.random.default_rng(seed)
+    onnx, eager = (getattr(detector_class(device=d), part) for d in ("cpu", "torch-cpu"))
+    feeds = ({input_name: rng.random(shape, dtype=np.float32)} if part == "network"
+             else _fusion_feeds(rng, image_dim, task))
     assert (onnx.runtime, eager.runtime) == ("onnxruntime-cpu", "torch-cpu")
     for got, want in zip(onnx(**feeds), eager(**feeds), strict=True):
         np.testing.assert_allclose(got, want, atol=TOLERANCE)
-
-
-@pytest.mark.parametrize("part", ["network", "fusion"])
-def test_ich_models_agree(part: str) -> None:
-    rng = np.random.default_rng(0)
-    onnx, eager = (getattr(IchFusion(device=d), part) for d in ("cpu", "torch-cpu"))
-    feeds = ({"slabs": rng.random((2, 4, 128, 128), dtype=np.float32)} if part == "network"
-             else _fusion_feeds(rng, len(IMAGE_FEATURES), Task.ICH))
-    _assert_same(onnx, eager, feeds)
-
-
-@pytest.mark.parametrize("part", ["network", "fusion"])
-def test_nodule_models_agree(part: str) -> None:
-    rng = np.random.default_rng(1)
-    onnx, eager = (getattr(NoduleFusion(device=d), part) for d in ("cpu", "torch-cpu"))
-    feeds = ({"patches": rng.random((3, 1, PATCH, PATCH, PATCH), dtype=np.float32)} if part == "network"
-             else _fusion_feeds(rng, EMBED_DIM, Task.LUNG_NODULE))
-    _assert_same(onnx, eager, feeds)
 
 
 def test_unknown_device_and_missing_inputs_are_refused() -> None:
@@ -55,12 +51,3 @@ def test_unknown_device_and_missing_inputs_are_refused() -> None:
         NoduleFusion(device="tpu")
     with pytest.raises(DetectorInputError, match=r"model inputs missing: \['patches'\]"):
         NoduleFusion(device="cpu").network(images=np.zeros((1, 1, PATCH, PATCH, PATCH), dtype=np.float32))
-
-
-@pytest.mark.parametrize("part", ["network", "fusion"])
-def test_mammo_models_agree(part: str) -> None:
-    rng = np.random.default_rng(2)
-    onnx, eager = (getattr(MammoFusion(device=d), part) for d in ("cpu", "torch-cpu"))
-    feeds = ({"views": rng.random((1, 2, 160, 128), dtype=np.float32)} if part == "network"
-             else _fusion_feeds(rng, len(MAMMO_FEATURES), Task.MAMMOGRAPHY))
-    _assert_same(onnx, eager, feeds)
