@@ -100,8 +100,15 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def require_tool(name: str) -> str:
-    """Path of a peer executable; the test is skipped (with the reason) when it is missing."""
-    path = shutil.which(name)
+    """Path of a system peer executable (dcmtk, dicom3tools, Orthanc …); skipped (with the reason) when missing.
+
+    The interpreter's own bin directory is left out of the search: pynetdicom installs console scripts named
+    ``storescp``, ``storescu`` and ``echoscu`` there, with other options than dcmtk's, and an activated
+    virtual environment would put them first on PATH.
+    """
+    own_bin = Path(sys.executable).parent.resolve()
+    search = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d and Path(d).resolve() != own_bin]
+    path = shutil.which(name, path=os.pathsep.join(search))
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed; .ci/run must install it")

@@ -50,7 +50,9 @@ def test_kill_during_ingest_loses_no_acknowledged_instance(tmp_path: Path) -> No
         server.kill9()
         output, _ = sender.communicate(timeout=60)
         acked = acknowledged_files(output)
-        assert 8 <= len(acked) < len(study.paths), "the crash must interrupt the send"
+        # One association sends instance by instance: with 8 stored, the first 7 were acknowledged; the 8th may be
+        # stored with its response not yet sent when the kill lands (stored and unacknowledged is allowed).
+        assert 7 <= len(acked) < len(study.paths), "the crash must interrupt the send"
 
         server.start()  # same config, same spool, same database
         try:
