@@ -7,13 +7,16 @@ or a destination that is no longer configured, fails it at once: the same messag
 refused again, so it waits for a person, who fixes the cause and runs ``radfusion requeue``.
 Results of one job for one destination travel in one association. Alerts (webhook, FHIR
 Communication, HL7 critical result) have their own lane, run by its own scheduler job, so an urgent
-alert never waits behind results for a slow or unreachable PACS.
+alert never waits behind results for a slow or unreachable PACS. Within a lane each target (a PACS,
+a channel, a FHIR or HL7 receiver) is worked by its own thread, so one that does not answer delays
+only its own messages in that round.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,9 +44,11 @@ from reports.errors import ReportsError
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200
+MAX_PARALLEL_TARGETS = 8  # threads per lane and round; targets beyond that wait for a free one
 RETRYABLE_HTTP_STATUS = frozenset({408, 425, 429})  # client errors that time can cure
 ALERT_KINDS = ("webhook", "fhir_alert", "hl7_alert")
 LANES = ("alerts", "results")  # alerts: ALERT_KINDS; results: every other kind
+Batch = list[tuple[int, str | None, dict | None]]  # (delivery id, artifact path, body), sent together
 
 
 @dataclass(frozen=True)
@@ -80,17 +85,25 @@ class DeliveryWorker:
             for delivery in due:  # DICOM results of one job travel in one association; the rest one by one
                 batches[(delivery.kind, delivery.target, delivery.job_id if delivery.kind == "dicom" else delivery.id)
                         ].append(delivery)
-            work = [(kind, target, [(d.id, d.artifact.path if d.artifact else None, _body(d)) for d in items])
-                    for (kind, target, _), items in batches.items()]
+            per_target: dict[tuple[str, str], list[Batch]] = defaultdict(list)
+            for (kind, target, _), items in batches.items():
+                per_target[(kind, target)].append([(d.id, d.artifact.path if d.artifact else None, _body(d))
+                                                   for d in items])
+        with ThreadPoolExecutor(max_workers=max(1, min(len(per_target), MAX_PARALLEL_TARGETS)),
+                                thread_name_prefix=f"deliver-{lane}") as pool:
+            return sum(pool.map(lambda entry: self._deliver(*entry[0], entry[1]), per_target.items()))
+
+    def _deliver(self, kind: str, target: str, batches: list[Batch]) -> int:
+        """Send one target's batches in order, recording each outcome; how many deliveries succeeded."""
         delivered = 0
-        for kind, target, items in work:
+        for items in batches:
             failure = self._send(kind, target, items)
             with self._db.session() as session:
                 self._record(session, [item[0] for item in items], failure)
             delivered += 0 if failure else len(items)
         return delivered
 
-    def _send(self, kind: str, target: str, items: list[tuple[int, str | None, dict | None]]) -> SendFailure | None:
+    def _send(self, kind: str, target: str, items: Batch) -> SendFailure | None:
         """Send one batch; why it failed, or None on success."""
         settings = self._settings
         timeout = settings.retry.timeout_s

@@ -3,6 +3,8 @@ a refusal by the receiver fails at once and waits for ``requeue``."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,12 +18,18 @@ from radfusion.errors import RadfusionError
 from radfusion.models import Alert, AuditEvent, Delivery, Job, Series, Study, utcnow
 from radfusion.settings import load_settings
 from reports.alerts import AlertDeliveryError
-from tests.peers import free_port, webhook_receiver
+from tests.peers import free_port, wait_until, webhook_receiver
 
 
-def setup(tmp_path: Path, port: int) -> tuple[Database, DeliveryWorker, int]:
-    settings = load_settings(storage_path=tmp_path, alerts={"channels": [{"name": "ed", "url": f"http://127.0.0.1:{port}/"}]},
-                             retry={"initial_s": 10, "factor": 3, "max_s": 60, "give_up_after_h": 1, "timeout_s": 2})
+def setup(tmp_path: Path, port: int, silent_port: int | None = None, timeout_s: float = 2
+          ) -> tuple[Database, DeliveryWorker, int]:
+    """One alert for channel "ed" on ``port``; with ``silent_port``, first a delivery to channel "pager" there."""
+    channels = [{"name": "ed", "url": f"http://127.0.0.1:{port}/"}]
+    if silent_port is not None:
+        channels.append({"name": "pager", "url": f"http://127.0.0.1:{silent_port}/"})
+    settings = load_settings(storage_path=tmp_path, alerts={"channels": channels},
+                             retry={"initial_s": 10, "factor": 3, "max_s": 60, "give_up_after_h": 1,
+                                    "timeout_s": timeout_s})
     db = Database(settings.effective_database_url)
     with db.session() as session:
         study = Study(study_uid="1.2.3", accession_number="A1")
@@ -37,6 +45,9 @@ def setup(tmp_path: Path, port: int) -> tuple[Database, DeliveryWorker, int]:
                       released_at=utcnow() - timedelta(seconds=3))
         session.add(alert)
         session.flush()
+        if silent_port is not None:
+            session.add(Delivery(kind="webhook", target="pager", job_id=job.id, alert_id=alert.id))
+            session.flush()
         delivery = Delivery(kind="webhook", target="ed", job_id=job.id, alert_id=alert.id)
         session.add(delivery)
         session.flush()
@@ -153,3 +164,21 @@ def test_alerts_and_results_are_separate_lanes(tmp_path: Path) -> None:
         assert session.get(Delivery, alert_delivery).attempts == 1  # delivered once, not sent again
     with pytest.raises(ValueError, match="lane"):
         worker.run_due("urgent")
+
+
+def test_a_silent_channel_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP connections (backlog), never answers
+    port = free_port()
+    with silent, webhook_receiver(port) as receiver:
+        db, worker, ed_delivery = setup(tmp_path, port, silent_port=silent.getsockname()[1], timeout_s=10)
+        round_ = threading.Thread(target=worker.run_due, args=("alerts",))
+        round_.start()
+        wait_until(lambda: receiver.received, timeout=8, interval=0.05, what="the alert on channel ed")
+        with db.session() as session:
+            pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
+            # queued first and still waiting for an answer: "ed" did not wait behind it
+            assert (pager.attempts, session.get(Delivery, ed_delivery).state) == (0, "delivered")
+        round_.join(timeout=30)
+    with db.session() as session:
+        pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
+        assert (pager.state, pager.attempts) == ("pending", 1) and "timed out" in pager.last_error.lower()
