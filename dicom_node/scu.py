@@ -40,11 +40,27 @@ class InstanceResult:
     sop_instance_uid: str
     status: int | None
     category: str
+    refused: bool = False  # the peer will refuse this instance again (see is_permanent_failure)
 
     @property
     def delivered(self) -> bool:
         """Success and warning statuses both mean the peer kept the instance."""
         return self.category in ("Success", "Warning")
+
+
+TRANSIENT_FAILURES = (0x0110, 0x0213)  # processing failure, resource limitation: another attempt may succeed
+
+
+def is_permanent_failure(status: int) -> bool:
+    """A C-STORE failure that the same instance would get again (PS3.4 B.2.3, PS3.7 C).
+
+    Refused: SOP class not supported (0x0122), not authorised (0x0124), invalid instance (0x0117),
+    data set does not match the SOP class (0xA9xx), cannot understand (0xCxxx) and other failures.
+    Not refused: out of resources (0xA7xx), processing failure (0x0110) and resource limitation (0x0213).
+    """
+    if code_to_category(status) != "Failure":
+        return False
+    return (status & 0xFF00) != 0xA700 and status not in TRANSIENT_FAILURES
 
 
 @dataclass
@@ -74,6 +90,14 @@ class SendFailed(DeliveryError):
     def __init__(self, message: str, report: SendReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class AssociationRejected(DeliveryError):
+    """The peer answered A-ASSOCIATE-RJ; ``permanent`` for rejected-permanent (asking again gets the same)."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -123,7 +147,8 @@ def _associate(node: RemoteNode, calling_ae: str, timeout_s: float, contexts: Se
     if assoc.is_rejected:
         response = assoc.acceptor.primitive
         reason = describe_rejection(response.result, response.result_source, response.diagnostic)
-        raise DeliveryError(f"{_describe(node)} rejected the association from {calling_ae}: {reason}")
+        raise AssociationRejected(f"{_describe(node)} rejected the association from {calling_ae}: {reason}",
+                                  permanent=response.result == 0x01)
     raise DeliveryError(f"{_describe(node)} aborted the association request from {calling_ae} "
                         f"or sent no answer within {timeout_s}s")
 
@@ -167,13 +192,15 @@ def _store_one(assoc: Association, header: _FileHeader) -> InstanceResult:
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
     if (header.sop_class_uid, header.transfer_syntax_uid) not in accepted:
         return InstanceResult(header.path, header.sop_instance_uid, None,
-                              f"Not sent: peer did not accept {header.sop_class_uid} in {header.transfer_syntax_uid}")
+                              f"Not sent: peer did not accept {header.sop_class_uid} in {header.transfer_syntax_uid}",
+                              refused=True)
     response = assoc.send_c_store(header.path)
     if "Status" not in response:
         return InstanceResult(header.path, header.sop_instance_uid, None,
                               "No response (timeout, abort or connection lost)")
     status = int(response.Status)
-    return InstanceResult(header.path, header.sop_instance_uid, status, code_to_category(status))
+    return InstanceResult(header.path, header.sop_instance_uid, status, code_to_category(status),
+                          refused=is_permanent_failure(status))
 
 
 def echo(node: RemoteNode, calling_ae: str, timeout_s: float, tls_context: ssl.SSLContext | None = None) -> float:

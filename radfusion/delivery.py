@@ -2,10 +2,12 @@
 
 Each due delivery is tried; a failure schedules the next attempt with exponential backoff,
 and only after ``retry.give_up_after_h`` does it become ``failed`` (visible in status and
-audit). A receiver that refuses the message itself (an HTTP 4xx other than 408, 425 and 429),
-or a destination that is no longer configured, fails it at once: the same message would be
-refused again, so it waits for a person, who fixes the cause and runs ``radfusion requeue``.
-Results of one job for one destination travel in one association. Alerts (webhook, FHIR
+audit). A receiver that refuses the message itself (an HTTP 4xx other than 408, 425 and 429; a
+C-STORE failure status such as 0xA9xx or 0x0122, or a SOP class the PACS did not accept; an
+association rejected-permanent), or a destination that is no longer configured, fails it at once:
+the same message would be refused again, so it waits for a person, who fixes the cause and runs
+``radfusion requeue``. Results of one job for one destination travel in one association, and each
+instance's outcome is recorded on its own delivery (a PACS may keep the SR and refuse the SEG). Alerts (webhook, FHIR
 Communication, HL7 critical result) have their own lane, run by its own scheduler job, so an urgent
 alert never waits behind results for a slow or unreachable PACS. Within a lane each target (a PACS,
 a channel, a FHIR or HL7 receiver) is worked by its own thread, so one that does not answer delays
@@ -28,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.errors import DicomNodeError
 from dicom_node.retry import backoff_delay
-from dicom_node.scu import send_files
+from dicom_node.scu import AssociationRejected, SendFailed, send_files
 from hl7_fhir.errors import Hl7FhirError
 from hl7_fhir.fhir_client import parse_resource
 from hl7_fhir.mllp import MllpClient
@@ -60,9 +62,29 @@ class SendFailure:
 
 
 def is_rejection(exc: Exception) -> bool:
-    """True for an HTTP 4xx answer other than 408, 425 and 429 (FhirError, AlertDeliveryError)."""
+    """True for an HTTP 4xx answer other than 408, 425 and 429 (FhirError, AlertDeliveryError) and for a
+    DICOM association rejected-permanent (AssociationRejected)."""
+    if isinstance(exc, AssociationRejected):
+        return exc.permanent
     status = getattr(exc, "status", None)
     return status is not None and 400 <= status < 500 and status not in RETRYABLE_HTTP_STATUS
+
+
+def instance_failures(items: Batch, exc: SendFailed) -> dict[int, SendFailure | None]:
+    """Per delivery of a DICOM batch: None if the peer kept the instance, else why not (refused or not)."""
+    results = {str(result.path): result for result in exc.report.results}
+    outcome: dict[int, SendFailure | None] = {}
+    for delivery_id, path, _ in items:
+        result = results.get(str(Path(path))) if path else None
+        if result is None:  # not tried: the association was lost before it
+            outcome[delivery_id] = SendFailure(f"SendFailed: {exc}", rejected=False)
+        elif result.delivered:
+            outcome[delivery_id] = None
+        else:
+            status = "no status" if result.status is None else f"status 0x{result.status:04X}"
+            outcome[delivery_id] = SendFailure(f"SendFailed: {Path(path).name}: {status} ({result.category})",
+                                               rejected=result.refused)
+    return outcome
 
 
 class DeliveryWorker:
@@ -97,14 +119,14 @@ class DeliveryWorker:
         """Send one target's batches in order, recording each outcome; how many deliveries succeeded."""
         delivered = 0
         for items in batches:
-            failure = self._send(kind, target, items)
+            outcome = self._send(kind, target, items)
             with self._db.session() as session:
-                self._record(session, [item[0] for item in items], failure)
-            delivered += 0 if failure else len(items)
+                self._record(session, outcome)
+            delivered += sum(failure is None for failure in outcome.values())
         return delivered
 
-    def _send(self, kind: str, target: str, items: Batch) -> SendFailure | None:
-        """Send one batch; why it failed, or None on success."""
+    def _send(self, kind: str, target: str, items: Batch) -> dict[int, SendFailure | None]:
+        """Send one batch; per delivery id, why it failed, or None on success."""
         settings = self._settings
         timeout = settings.retry.timeout_s
         try:
@@ -112,7 +134,7 @@ class DeliveryWorker:
                 dest = settings.destination(target)
                 send_files(remote_node(dest), [Path(path) for _, path, _ in items if path], settings.dicom.ae_title,
                            timeout, tls_context=tls_context(settings, dest))
-                return None
+                return dict.fromkeys((item[0] for item in items), None)
             (_, _, body), = items
             if kind == "webhook":
                 channel = settings.channel(target)
@@ -125,16 +147,21 @@ class DeliveryWorker:
                 dest = settings.hl7_destination(target if kind == "hl7_report" else _channel_destination(settings, target))
                 with MllpClient(dest.host, dest.port, timeout_s=timeout) as client:
                     client.send(body["message"])
+        except SendFailed as exc:
+            return instance_failures(items, exc)
         except KeyError:
-            return SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True)
+            failure = SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True)
+            return dict.fromkeys((item[0] for item in items), failure)
         except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
-            return SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc))
-        return None
+            failure = SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc))
+            return dict.fromkeys((item[0] for item in items), failure)
+        return dict.fromkeys((item[0] for item in items), None)
 
-    def _record(self, session: Session, ids: list[int], failure: SendFailure | None) -> None:
+    def _record(self, session: Session, outcome: dict[int, SendFailure | None]) -> None:
         now = utcnow()
         retry = self._settings.retry
-        for delivery in session.scalars(select(Delivery).where(Delivery.id.in_(ids))):
+        for delivery in session.scalars(select(Delivery).where(Delivery.id.in_(outcome))):
+            failure = outcome[delivery.id]
             delivery.attempts += 1
             if failure is None:
                 delivery.state = "delivered"

@@ -14,7 +14,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicom_node.contracts import RemoteNode
 from dicom_node.errors import DeliveryError
-from dicom_node.scu import SendFailed, echo, send_files
+from dicom_node.scu import AssociationRejected, SendFailed, echo, is_permanent_failure, send_files
 from dicom_node.tls import TlsConfig, client_context
 from tests.peers import free_port, require_tool, storescp
 from tests.unit.dicom_node.helpers import ct_dataset, write_ct
@@ -49,8 +49,9 @@ def test_rejected_association_names_the_reason(start_scp, tmp_path: Path) -> Non
     node = start_scp()
     path, _ = write_ct(tmp_path, "ct.dcm")
     remote = RemoteNode("ours", "RADFUSION", "127.0.0.1", node.port)
-    with pytest.raises(DeliveryError, match="calling AE title not recognised"):
+    with pytest.raises(AssociationRejected, match="rejected-permanent.*calling AE title not recognised") as caught:
         send_files(remote, [path], "STRANGER", timeout_s=5)
+    assert caught.value.permanent
 
 
 def test_failure_status_raises_with_a_report_of_what_was_delivered(start_scp, tmp_path: Path) -> None:
@@ -63,7 +64,14 @@ def test_failure_status_raises_with_a_report_of_what_was_delivered(start_scp, tm
     remote = RemoteNode("ours", "RADFUSION", "127.0.0.1", node.port)
     with pytest.raises(SendFailed, match="1 of 2 instances not delivered.*bad.dcm.*0xC212") as caught:
         send_files(remote, [good, bad], "PYSCU", timeout_s=5)
-    assert [r.delivered for r in caught.value.report.results] == [True, False]
+    assert [(r.delivered, r.refused) for r in caught.value.report.results] == [(True, False), (False, True)]
+
+
+@pytest.mark.parametrize(("status", "permanent"), [
+    (0x0000, False), (0xB000, False), (0xA700, False), (0xA7FF, False), (0x0110, False), (0x0213, False),
+    (0xA900, True), (0xC000, True), (0xC212, True), (0x0122, True), (0x0124, True), (0x0117, True)])
+def test_which_store_failures_the_same_instance_would_get_again(status: int, permanent: bool) -> None:
+    assert is_permanent_failure(status) is permanent
 
 
 def test_unreadable_file_is_refused_before_connecting(tmp_path: Path) -> None:

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from hl7_fhir.fhir_client import FhirError
 from radfusion.db import Database
 from radfusion.delivery import DeliveryWorker, is_rejection, requeue_failed
 from radfusion.errors import RadfusionError
-from radfusion.models import Alert, AuditEvent, Delivery, Job, Series, Study, utcnow
+from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Job, Series, Study, utcnow
 from radfusion.settings import load_settings
 from reports.alerts import AlertDeliveryError
 from tests.peers import free_port, wait_until, webhook_receiver
+from tests.unit.dicom_node.helpers import write_ct
 
 
 def setup(tmp_path: Path, port: int, silent_port: int | None = None, timeout_s: float = 2
@@ -182,3 +187,73 @@ def test_a_silent_channel_does_not_hold_back_the_others(tmp_path: Path) -> None:
     with db.session() as session:
         pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
         assert (pager.state, pager.attempts) == ("pending", 1) and "timed out" in pager.last_error.lower()
+
+
+STORE_STATUS = {1: 0x0000, 2: 0xA900, 3: 0xA700}  # by InstanceNumber: kept; refused (wrong SOP class); out of resources
+
+
+@contextmanager
+def status_pacs(require_calling_aet: list[str] | None = None) -> Iterator[int]:
+    """A pynetdicom storage SCP (AE PACS) answering each CT instance with STORE_STATUS; its port."""
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(CTImageStorage)
+    if require_calling_aet:
+        ae.require_calling_aet = require_calling_aet
+    handlers = [(evt.EVT_C_STORE, lambda event: STORE_STATUS[int(event.dataset.InstanceNumber)])]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def dicom_deliveries(tmp_path: Path, port: int) -> tuple[Database, DeliveryWorker, list[int]]:
+    """Three CT results of one job for destination "pacs", in InstanceNumber order; their delivery ids."""
+    settings = load_settings(storage_path=tmp_path, retry={"initial_s": 10, "timeout_s": 5},
+                             destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}])
+    db = Database(settings.effective_database_url)
+    ids = []
+    with db.session() as session:
+        study = Study(study_uid="1.2.3", accession_number="A1")
+        session.add(study)
+        session.flush()
+        series = Series(study_id=study.id, series_uid="1.2.3.4")
+        session.add(series)
+        session.flush()
+        job = Job(study_id=study.id, series_id=series.id, detector="ich_baseline", model_version="1", rule="r")
+        session.add(job)
+        session.flush()
+        for number in STORE_STATUS:
+            path, ds = write_ct(tmp_path, f"result{number}.dcm", index=number)
+            artifact = Artifact(job_id=job.id, kind="sr", sop_class_uid=ds.SOPClassUID,
+                                sop_instance_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID, path=str(path))
+            session.add(artifact)
+            session.flush()
+            delivery = Delivery(kind="dicom", target="pacs", job_id=job.id, artifact_id=artifact.id)
+            session.add(delivery)
+            session.flush()
+            ids.append(delivery.id)
+    return db, DeliveryWorker(db, settings), ids
+
+
+def test_a_pacs_status_is_recorded_per_instance_and_a_refusal_is_not_retried(tmp_path: Path) -> None:
+    with status_pacs() as port:
+        db, worker, (kept, refused, busy) = dicom_deliveries(tmp_path, port)
+        assert worker.run_due("results") == 1
+    with db.session() as session:
+        states = {i: (d.state, d.attempts, d.last_error) for i in (kept, refused, busy) if (d := session.get(Delivery, i))}
+        assert states[kept] == ("delivered", 1, None)
+        assert states[refused][:2] == ("failed", 1) and "0xA900" in states[refused][2]  # waits for radfusion requeue
+        assert states[busy][:2] == ("pending", 1) and "0xA700" in states[busy][2]  # out of resources: retried
+        audit = session.scalars(select(AuditEvent.kind).where(AuditEvent.subject == f"delivery {refused}")).all()
+        assert audit == ["delivery_rejected"]
+
+
+def test_an_association_rejected_for_good_fails_at_once(tmp_path: Path) -> None:
+    with status_pacs(require_calling_aet=["MODALITY"]) as port:  # rejected-permanent: calling AE not recognised
+        db, worker, ids = dicom_deliveries(tmp_path, port)
+        assert worker.run_due("results") == 0
+    with db.session() as session:
+        failed = [session.get(Delivery, i) for i in ids]
+        assert {(d.state, d.attempts) for d in failed} == {("failed", 1)}
+        assert all("calling AE title not recognised" in d.last_error for d in failed)
