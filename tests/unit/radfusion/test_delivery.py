@@ -14,6 +14,7 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hl7_fhir.fhir_client import FhirError
 from radfusion.db import Database
@@ -24,6 +25,20 @@ from radfusion.settings import load_settings
 from reports.alerts import AlertDeliveryError
 from tests.peers import free_port, wait_until, webhook_receiver
 from tests.unit.dicom_node.helpers import write_ct
+
+
+def add_job(session: Session) -> Job:
+    """A study, its series and a job of it, flushed."""
+    study = Study(study_uid="1.2.3", accession_number="A1")
+    session.add(study)
+    session.flush()
+    series = Series(study_id=study.id, series_uid="1.2.3.4")
+    session.add(series)
+    session.flush()
+    job = Job(study_id=study.id, series_id=series.id, detector="ich_baseline", model_version="1", rule="r")
+    session.add(job)
+    session.flush()
+    return job
 
 
 def setup(tmp_path: Path, port: int, silent_port: int | None = None, timeout_s: float = 2
@@ -37,15 +52,7 @@ def setup(tmp_path: Path, port: int, silent_port: int | None = None, timeout_s: 
                                     "timeout_s": timeout_s})
     db = Database(settings.effective_database_url)
     with db.session() as session:
-        study = Study(study_uid="1.2.3", accession_number="A1")
-        session.add(study)
-        session.flush()
-        series = Series(study_id=study.id, series_uid="1.2.3.4")
-        session.add(series)
-        session.flush()
-        job = Job(study_id=study.id, series_id=series.id, detector="ich_baseline", model_version="1", rule="r")
-        session.add(job)
-        session.flush()
+        job = add_job(session)
         alert = Alert(job_id=job.id, payload={"kind": "ich_alert", "study_instance_uid": "1.2.3"},
                       released_at=utcnow() - timedelta(seconds=3))
         session.add(alert)
@@ -214,15 +221,7 @@ def dicom_deliveries(tmp_path: Path, port: int) -> tuple[Database, DeliveryWorke
     db = Database(settings.effective_database_url)
     ids = []
     with db.session() as session:
-        study = Study(study_uid="1.2.3", accession_number="A1")
-        session.add(study)
-        session.flush()
-        series = Series(study_id=study.id, series_uid="1.2.3.4")
-        session.add(series)
-        session.flush()
-        job = Job(study_id=study.id, series_id=series.id, detector="ich_baseline", model_version="1", rule="r")
-        session.add(job)
-        session.flush()
+        job = add_job(session)
         for number in STORE_STATUS:
             path, ds = write_ct(tmp_path, f"result{number}.dcm", index=number)
             artifact = Artifact(job_id=job.id, kind="sr", sop_class_uid=ds.SOPClassUID,
