@@ -4,7 +4,7 @@ ONNX Runtime is the CPU path. On the idle 2-core machine (``ai_engine.training.d
 2026-11-22) it runs 32 ICH slabs in 0.098 s against TorchScript's 0.108 s, but 64 nodule patches
 in 0.143 s against TorchScript's 0.090 s and eager's 0.073 s (nodule weights of bundles 1.2.0 and
 1.3.0, 2 threads: 0.17 s against 0.13 s and 0.12 s): for the nodule network PyTorch is the faster
-CPU runtime, by about 0.5 s of a 9.2 s chest CT with 1.3.0's four passes per patch; not switched.
+CPU runtime, by about 0.5 s of a 9-10 s chest CT with the four passes per patch (since 1.3.0); not switched.
 The CPU wheel of ONNX Runtime has no GPU provider, so on CUDA the bundle's ``model.pt`` weights run
 in eager PyTorch instead. Both take the same named float32 inputs and give the same outputs in the
 same order (the parity tests hold them to it).

@@ -63,9 +63,9 @@ from ai_engine.volume import Volume
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.3.0"
-TRAIN_SIZE, QUICK_SIZE = 160, 3
-CNN_EPOCHS, QUICK_EPOCHS = 12, 1
+VERSION = "1.4.0"
+TRAIN_SIZE, QUICK_SIZE = 320, 3
+CNN_EPOCHS, QUICK_EPOCHS = 10, 1
 EVAL_SEED, EVAL_SIZE = 9, 30
 NEGATIVES_PER_CASE = 50
 JITTER_COPIES = 4
@@ -75,7 +75,7 @@ FUSION_SIZE, QUICK_FUSION_SIZE = 400, 6
 HARD_NEGATIVES_PER_CASE = 40
 FLIP_AXES = (2, 3, 4)  # the deployed detection score averages the patch and its z, y and x flips
 HARD_NEGATIVE_CASES = 64
-CNN_SECONDS, QUICK_CNN_SECONDS = 1200.0, 60.0  # per stage (first training, hard-negative fine-tuning)
+CNN_SECONDS, QUICK_CNN_SECONDS = 2400.0, 60.0  # per stage (first training, hard-negative fine-tuning)
 FUSION_SEED_OFFSET = 50_000  # fusion cases never share a seed with the detection cases
 # Short scans (120 mm) from the training scanners: enough lung around each nodule, a tenth of the voxels.
 FUSION_ACQUISITION = dataclasses.replace(TRAIN_ACQUISITION, z_extent_mm=120.0)
