@@ -7,19 +7,19 @@ C-STORE failure status such as 0xA9xx or 0x0122, or a SOP class the PACS did not
 association rejected-permanent), or a destination that is no longer configured, fails it at once:
 the same message would be refused again, so it waits for a person, who fixes the cause and runs
 ``radfusion requeue``. Results of one job for one destination travel in one association, and each
-instance's outcome is recorded on its own delivery (a PACS may keep the SR and refuse the SEG). Alerts (webhook, FHIR
-Communication, HL7 critical result) have their own lane, run by its own scheduler job, so an urgent
-alert never waits behind results for a slow or unreachable PACS. Within a lane each target (a PACS,
-a channel, a FHIR or HL7 receiver) is worked by its own thread, so one that does not answer delays
-only its own messages in that round.
+instance's outcome is recorded on its own delivery (a PACS may keep the SR and refuse the SEG).
+Alerts (webhook, FHIR Communication, HL7 critical result) have their own lane, run by its own
+scheduler job, so an urgent alert never waits behind results for a slow or unreachable PACS. Within
+a lane each target (a PACS, a channel, a FHIR or HL7 receiver) is worked by its own thread, so one
+that does not answer delays only its own messages in that round.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -72,10 +72,10 @@ def is_rejection(exc: Exception) -> bool:
 
 def instance_failures(items: Batch, exc: SendFailed) -> dict[int, SendFailure | None]:
     """Per delivery of a DICOM batch: None if the peer kept the instance, else why not (refused or not)."""
-    results = {str(result.path): result for result in exc.report.results}
+    results = {result.path: result for result in exc.report.results}
     outcome: dict[int, SendFailure | None] = {}
     for delivery_id, path, _ in items:
-        result = results.get(str(Path(path))) if path else None
+        result = results.get(Path(path)) if path else None
         if result is None:  # not tried: the association was lost before it
             outcome[delivery_id] = SendFailure(f"SendFailed: {exc}", rejected=False)
         elif result.delivered:
@@ -129,33 +129,34 @@ class DeliveryWorker:
         """Send one batch; per delivery id, why it failed, or None on success."""
         settings = self._settings
         timeout = settings.retry.timeout_s
+        failure: SendFailure | None = None
         try:
             if kind == "dicom":
                 dest = settings.destination(target)
                 send_files(remote_node(dest), [Path(path) for _, path, _ in items if path], settings.dicom.ae_title,
                            timeout, tls_context=tls_context(settings, dest))
-                return dict.fromkeys((item[0] for item in items), None)
-            (_, _, body), = items
-            if kind == "webhook":
-                channel = settings.channel(target)
-                WebhookChannel(channel.url, timeout, channel.headers).send(body)  # type: ignore[union-attr]
-            elif kind in ("fhir_report", "fhir_alert"):
-                server = settings.fhir_destination(target if kind == "fhir_report" else _channel_destination(settings, target))
-                with fhir_client(server) as client:
-                    client.post_transaction_once(parse_resource(body))
             else:
-                dest = settings.hl7_destination(target if kind == "hl7_report" else _channel_destination(settings, target))
-                with MllpClient(dest.host, dest.port, timeout_s=timeout) as client:
-                    client.send(body["message"])
+                (_, _, body), = items
+                if kind == "webhook":
+                    channel = settings.channel(target)
+                    WebhookChannel(channel.url, timeout, channel.headers).send(body)  # type: ignore[union-attr]
+                elif kind in ("fhir_report", "fhir_alert"):
+                    server = settings.fhir_destination(target if kind == "fhir_report"
+                                                       else _channel_destination(settings, target))
+                    with fhir_client(server) as client:
+                        client.post_transaction_once(parse_resource(body))
+                else:
+                    dest = settings.hl7_destination(target if kind == "hl7_report"
+                                                    else _channel_destination(settings, target))
+                    with MllpClient(dest.host, dest.port, timeout_s=timeout) as client:
+                        client.send(body["message"])
         except SendFailed as exc:
             return instance_failures(items, exc)
         except KeyError:
             failure = SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True)
-            return dict.fromkeys((item[0] for item in items), failure)
         except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
             failure = SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc))
-            return dict.fromkeys((item[0] for item in items), failure)
-        return dict.fromkeys((item[0] for item in items), None)
+        return dict.fromkeys((delivery_id for delivery_id, _, _ in items), failure)
 
     def _record(self, session: Session, outcome: dict[int, SendFailure | None]) -> None:
         now = utcnow()

@@ -405,7 +405,8 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
     inference = {
         "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
         "temperature": round(calibration.temperature, 5),
-        "finding_threshold": 0.5, "nms_mm": 6.0, "flip_axes": list(FLIP_AXES), "max_candidates": model.MAX_CANDIDATES, "max_findings": 10,
+        "finding_threshold": 0.5, "nms_mm": 6.0, "flip_axes": list(FLIP_AXES), "max_candidates": model.MAX_CANDIDATES,
+        "max_findings": 10,
         "batch": 64, "onnx_threads": 2, "work_mm": model.WORK_MM, "patch": model.PATCH,
         "clinical_features": feature_names(Task.LUNG_NODULE), "note_dim": NOTE_DIM, "types": list(model.TYPES),
     }

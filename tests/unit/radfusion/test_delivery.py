@@ -240,7 +240,8 @@ def test_a_pacs_status_is_recorded_per_instance_and_a_refusal_is_not_retried(tmp
         db, worker, (kept, refused, busy) = dicom_deliveries(tmp_path, port)
         assert worker.run_due("results") == 1
     with db.session() as session:
-        states = {i: (d.state, d.attempts, d.last_error) for i in (kept, refused, busy) if (d := session.get(Delivery, i))}
+        states = {i: (d.state, d.attempts, d.last_error)
+                  for i in (kept, refused, busy) if (d := session.get(Delivery, i))}
         assert states[kept] == ("delivered", 1, None)
         assert states[refused][:2] == ("failed", 1) and "0xA900" in states[refused][2]  # waits for radfusion requeue
         assert states[busy][:2] == ("pending", 1) and "0xA700" in states[busy][2]  # out of resources: retried
