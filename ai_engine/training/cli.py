@@ -5,6 +5,7 @@ Usage (until ``radfusion train|evaluate`` wraps these):
     python -m ai_engine.training.cli train ich [--epochs N] [--cohort-size N] [--seed S] [--quick] [--out-dir D]
                                                [--data-dir REAL_DATA]
     python -m ai_engine.training.cli train ich --fusion-only [--bundle NAME_OR_DIR] [--quick]
+    python -m ai_engine.training.cli train mammo --density-only [--bundle NAME_OR_DIR]
     python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
 
 ``None`` for an option means the task module's default (documented in its model card).
@@ -58,6 +59,13 @@ def train_fusion_only(task: str, *, bundle: str | Path | None = None, quick: boo
     return _task_module(task).train_fusion_only(bundle=bundle, quick=quick)
 
 
+def train_density_only(task: str, *, bundle: str | Path | None = None) -> Path:
+    """Refit only the breast-density model of a mammography bundle in place (patch version bump)."""
+    if task != "mammo":
+        raise AiEngineError(f"--density-only is a mammography option; task {task!r} has no density model")
+    return _task_module(task).train_density_only(bundle=bundle)
+
+
 def evaluate(task: str, *, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
              out_dir: Path | None = None) -> dict[str, Any]:
     """Evaluate a bundle on a held-out cohort (other seed, shifted acquisition) against the baseline."""
@@ -79,8 +87,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="train on real data in the layout documented in the task's model card")
     p_train.add_argument("--fusion-only", action="store_true",
                          help="refit only the fusion heads of --bundle on its unchanged image network")
+    p_train.add_argument("--density-only", action="store_true",
+                         help="mammo: refit only the density model of --bundle (patch version)")
     p_train.add_argument("--bundle", default=None,
-                         help="with --fusion-only: bundle name or directory (default: the packaged one)")
+                         help="with --fusion-only or --density-only: bundle name or directory (default: the "
+                              "packaged one)")
     p_eval = sub.add_parser("evaluate", help="evaluate a bundle on a held-out cohort")
     p_eval.add_argument("task", choices=sorted(TASK_MODULES))
     p_eval.add_argument("--bundle", default=None, help="bundle name or directory (default: the packaged one)")
@@ -95,15 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     bundle = Path(args.bundle) if args.bundle and Path(args.bundle).is_dir() else args.bundle
-    if args.command == "train" and args.fusion_only:
+    refit = "--fusion-only" if args.command == "train" and args.fusion_only else (
+        "--density-only" if args.command == "train" and args.density_only else None)
+    if refit is not None:
+        if args.fusion_only and args.density_only:
+            raise AiEngineError("choose one of --fusion-only and --density-only")
         ignored = [name for name in ("out_dir", "epochs", "cohort_size", "data_dir") if getattr(args, name) is not None]
         if ignored or args.seed != 0:
-            raise AiEngineError(f"--fusion-only refits the bundle in place with its recorded cohort and seed; "
+            raise AiEngineError(f"{refit} refits the bundle in place with its recorded cohort and seed; "
                                 f"drop {['--' + n.replace('_', '-') for n in ignored] or ['--seed']}")
-        print(train_fusion_only(args.task, bundle=bundle, quick=args.quick))
+        print(train_fusion_only(args.task, bundle=bundle, quick=args.quick) if args.fusion_only
+              else train_density_only(args.task, bundle=bundle))
     elif args.command == "train":
         if args.bundle is not None:
-            raise AiEngineError("--bundle only goes with --fusion-only (a full training writes --out-dir)")
+            raise AiEngineError("--bundle only goes with --fusion-only or --density-only (a full training writes "
+                                "--out-dir)")
         print(train(args.task, out_dir=args.out_dir, epochs=args.epochs, cohort_size=args.cohort_size,
                     seed=args.seed, quick=args.quick, data_dir=args.data_dir))
     else:

@@ -244,10 +244,21 @@ def load_heads(models_dir: Path, dynamic: FusionHead) -> dict[str, FusionHead]:
 
 def bump_minor(version: str) -> str:
     """'1.0.3' -> '1.1.0'."""
+    major, minor, _ = _version_parts(version)
+    return f"{major}.{minor + 1}.0"
+
+
+def _version_parts(version: str) -> tuple[int, int, int]:
     parts = version.split(".")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         raise AiEngineError(f"bundle version must be MAJOR.MINOR.PATCH, got {version!r}")
-    return f"{parts[0]}.{int(parts[1]) + 1}.0"
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def bump_patch(version: str) -> str:
+    """'1.1.0' -> '1.1.1'."""
+    major, minor, patch = _version_parts(version)
+    return f"{major}.{minor}.{patch + 1}"
 
 
 def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[str, Any], *,

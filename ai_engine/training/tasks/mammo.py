@@ -61,6 +61,7 @@ from ai_engine.training.fusion_fit import (
     DESIGN,
     Calibration,
     FusionData,
+    bump_patch,
     export_heads,
     fit_heads,
     fusion_experiment,
@@ -270,23 +271,32 @@ def case_table(network: MammoNetwork, exams: list[ExamArrays], params: dict[str,
 
 
 def fit_density_model(exams: list[ExamArrays], seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Multinomial logistic regression from texture statistics to density A-D; (weights, bias, accuracy)."""
+    """Multinomial logistic regression from texture statistics to density A-D; (weights, bias, accuracy).
+
+    The statistics are standardised for the fit (their scales differ by three orders of magnitude,
+    and unscaled the optimiser stops near "always B") and the scaling is folded into the returned
+    weights and bias, so the deployed model reads raw statistics.
+    """
     seed_everything(seed)
     stats = torch.from_numpy(np.stack([density_statistics(v) for e in exams for v in e.views]))
     labels = torch.tensor([e.density for e in exams for _ in e.views])
+    mean, scale = stats.mean(dim=0), stats.std(dim=0).clamp_min(1e-6)
+    standardised = (stats - mean) / scale
     linear = nn.Linear(stats.shape[1], len(DENSITY_CATEGORIES))
     optimiser = torch.optim.LBFGS(linear.parameters(), max_iter=300)
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        loss = F.cross_entropy(linear(stats), labels) + 1e-3 * linear.weight.pow(2).sum()
+        loss = F.cross_entropy(linear(standardised), labels) + 1e-3 * linear.weight.pow(2).sum()
         loss.backward()
         return loss
 
     optimiser.step(closure)
     with torch.no_grad():
-        accuracy = float((linear(stats).argmax(dim=1) == labels).float().mean())
-    return linear.weight.detach().numpy().T.copy(), linear.bias.detach().numpy().copy(), accuracy
+        weights = (linear.weight / scale).T  # (statistics, categories) on raw statistics
+        bias = linear.bias - mean @ weights
+        accuracy = float(((stats @ weights + bias).argmax(dim=1) == labels).float().mean())
+    return weights.numpy().copy(), bias.numpy().copy(), accuracy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +412,29 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     version = write_refit_configs(loaded, calibration, summary, threshold_key="positive_threshold",
                                   command="radfusion train mammo --fusion-only")
     log.info("mammo bundle %s: fusion heads refitted, version %s", loaded.root, version)
+    return loaded.root
+
+
+def train_density_only(*, bundle: str | Path | None) -> Path:
+    """Refit only the density model of ``bundle`` (same cohort, seed and network-training split); patch version.
+
+    The case probability, findings and every weight file stay byte for byte as they are.
+    """
+    loaded = resolve_bundle(bundle, NAME)
+    recorded = loaded.metadata["training_data"]
+    seed, size = int(recorded["seed"]), int(recorded["cohort_size"])
+    exams = _cached_exams([seed * 1_000_003 + i for i in range(size)], seed, False)
+    weights, bias, accuracy = fit_density_model(exams[_split(size, False)[0]], seed)
+    version = bump_patch(loaded.version)
+    metadata = {**loaded.metadata, "version": version,
+                "density_refit": {"from_version": loaded.version, "command": "radfusion train mammo --density-only",
+                                  "training_accuracy": round(accuracy, 4),
+                                  "how": "multinomial logistic density model refitted on standardised statistics "
+                                         "of the network-training split; all weight files unchanged"}}
+    write_bundle_configs(loaded.root, metadata,
+                         {**loaded.inference, "density_weights": weights.tolist(), "density_bias": bias.tolist()})
+    log.info("mammo bundle %s: density model refitted (training accuracy %.3f), version %s", loaded.root,
+             accuracy, version)
     return loaded.root
 
 

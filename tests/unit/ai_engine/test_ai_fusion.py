@@ -234,3 +234,14 @@ def test_fusion_only_refuses_options_it_would_ignore() -> None:
         main(["train", "ich", "--fusion-only", "--epochs", "3"])
     with pytest.raises(AiEngineError, match="--fusion-only"):
         main(["train", "ich", "--bundle", "ich_fusion"])
+
+
+def test_density_only_is_a_mammography_refit_and_excludes_the_head_refit() -> None:
+    from ai_engine.training.cli import main
+
+    with pytest.raises(AiEngineError, match="no density model"):
+        main(["train", "ich", "--density-only"])
+    with pytest.raises(AiEngineError, match="choose one"):
+        main(["train", "mammo", "--density-only", "--fusion-only"])
+    with pytest.raises(AiEngineError, match="--out-dir"):
+        main(["train", "mammo", "--density-only", "--out-dir", "x"])

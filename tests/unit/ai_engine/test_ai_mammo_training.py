@@ -70,6 +70,24 @@ def test_density_model_fits_texture_statistics(tiny_exams: list) -> None:
     assert 0.0 <= accuracy <= 1.0
 
 
+def test_density_model_separates_categories_whose_statistics_differ_in_scale(monkeypatch) -> None:  # noqa: ANN001
+    """One informative statistic of size 1e-3 beside noise of size 1e2: the fit standardises, the
+    returned weights read the raw statistics (bundle 1.1.0's unscaled fit predicted B for almost all)."""
+    from ai_engine.detectors.mammo_fusion import density_probabilities
+    from ai_engine.training.tasks import mammo
+
+    rng = np.random.default_rng(0)
+    categories = np.repeat(np.arange(4), 40)
+    stats = {i: np.array([1e-3 * (c + rng.uniform(-0.3, 0.3)), *rng.normal(0.0, 100.0, 6)], dtype=np.float32)
+             for i, c in enumerate(categories)}
+    monkeypatch.setattr(mammo, "density_statistics", lambda view: stats[view])
+    exams = [type("Exam", (), {"views": [i], "density": int(c)})() for i, c in enumerate(categories)]
+    weights, bias, accuracy = fit_density_model(exams, seed=0)
+    predicted = density_probabilities(np.stack(list(stats.values())), weights, bias).argmax(axis=1)
+    assert accuracy >= 0.95
+    assert (predicted == categories).mean() == pytest.approx(accuracy)
+
+
 def test_deployed_onnx_matches_eager_pytorch_within_1e_4() -> None:
     import onnxruntime as ort
 
