@@ -61,7 +61,6 @@ class TrainConfig:
     max_seconds: float | None = None
     description: str = "train"
     progress: bool = True
-    keep_best: bool = True  # False: keep the last epoch's weights (validation only logged and recorded)
 
 
 @dataclass
@@ -121,7 +120,6 @@ def fit(model: nn.Module, *, batches: Callable[[int], Iterable[Any]],
         if config.max_seconds is not None and time.monotonic() - start > config.max_seconds:
             history.stopped = f"time budget of {config.max_seconds:.0f} s reached"
             break
-    if config.keep_best:
-        model.load_state_dict(best_state)
+    model.load_state_dict(best_state)
     history.seconds = time.monotonic() - start
     return history

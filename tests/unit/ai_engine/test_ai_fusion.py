@@ -149,22 +149,6 @@ def test_training_loop_learns_a_clinical_signal_with_dropout_and_uncertainty() -
     assert float(image_only.log_var.detach().mean()) > float(full.log_var.detach().mean())  # less sure without the clinical half
 
 
-@pytest.mark.parametrize("keep_best", [True, False])
-def test_training_loop_keeps_the_best_or_the_last_epoch(keep_best: bool) -> None:
-    """Validation falls every epoch: keep_best restores epoch 0's weights, keep_best=False keeps the last."""
-    model = torch.nn.Linear(1, 1, bias=False)
-    weights: list[float] = []
-
-    def validate(net: torch.nn.Module) -> float:
-        weights.append(float(net.weight.detach()))
-        return -float(len(weights))
-
-    fit(model, batches=lambda epoch: [None], step=lambda net, _: (net.weight - 10.0).pow(2).sum(), validate=validate,
-        config=TrainConfig(epochs=4, lr=0.5, patience=4, progress=False, keep_best=keep_best))
-    assert len(set(weights)) == 4
-    assert float(model.weight.detach()) == pytest.approx(weights[0] if keep_best else weights[-1])
-
-
 def test_temperature_scaling_softens_overconfident_logits() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
