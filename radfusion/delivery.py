@@ -17,6 +17,7 @@ that does not answer delays only its own messages in that round.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from dicom_node.errors import DicomNodeError
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200
 MAX_PARALLEL_TARGETS = 8  # threads per lane and round; targets beyond that wait for a free one
+MAX_OVERLAPPING_ROUNDS = 3  # per lane: later rounds run while an earlier one still waits on a silent target
 RETRYABLE_HTTP_STATUS = frozenset({408, 425, 429})  # client errors that time can cure
 ALERT_KINDS = ("webhook", "fhir_alert", "hl7_alert")
 LANES = ("alerts", "results")  # alerts: ALERT_KINDS; results: every other kind
@@ -88,11 +90,18 @@ def instance_failures(items: Batch, exc: SendFailed) -> dict[int, SendFailure | 
 
 
 class DeliveryWorker:
-    """Tries every due delivery of a lane once per call of :meth:`run_due`."""
+    """Tries every due delivery of a lane once per call of :meth:`run_due`.
+
+    Calls may overlap (the scheduler starts a new round while an earlier one still waits on a
+    target that does not answer): a target is sent to by one round at a time, so a later round
+    delivers to the other targets and leaves the busy one's deliveries to a round after it.
+    """
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self._db = db
         self._settings = settings
+        self._busy: set[tuple[str, str]] = set()  # (kind, target) being sent to by some round
+        self._busy_lock = threading.Lock()
 
     def run_due(self, lane: str) -> int:
         """Attempt the due deliveries of ``lane`` ("alerts" or "results"); returns how many succeeded."""
@@ -100,20 +109,35 @@ class DeliveryWorker:
             raise ValueError(f"delivery lane must be one of {LANES}, got {lane!r}")
         kinds = Delivery.kind.in_(ALERT_KINDS) if lane == "alerts" else Delivery.kind.not_in(ALERT_KINDS)
         now = utcnow()
-        with self._db.session() as session:
-            due = session.scalars(select(Delivery).where(Delivery.state == "pending", Delivery.next_attempt_at <= now,
-                                                         kinds).order_by(Delivery.id).limit(BATCH_LIMIT)).all()
+        # Select and claim under one lock: a target another round frees meanwhile has recorded its outcomes,
+        # and the deliveries of targets still busy neither go out twice nor use up BATCH_LIMIT.
+        with self._busy_lock, self._db.session() as session:
+            query = select(Delivery).where(Delivery.state == "pending", Delivery.next_attempt_at <= now, kinds)
+            if self._busy:
+                query = query.where(tuple_(Delivery.kind, Delivery.target).not_in(sorted(self._busy)))
             batches: dict[tuple, list[Delivery]] = defaultdict(list)
-            for delivery in due:  # DICOM results of one job travel in one association; the rest one by one
+            for delivery in session.scalars(query.order_by(Delivery.id).limit(BATCH_LIMIT)):
+                # DICOM results of one job travel in one association; the rest one by one
                 batches[(delivery.kind, delivery.target, delivery.job_id if delivery.kind == "dicom" else delivery.id)
                         ].append(delivery)
             per_target: dict[tuple[str, str], list[Batch]] = defaultdict(list)
             for (kind, target, _), items in batches.items():
                 per_target[(kind, target)].append([(d.id, d.artifact.path if d.artifact else None, _body(d))
                                                    for d in items])
-        with ThreadPoolExecutor(max_workers=max(1, min(len(per_target), MAX_PARALLEL_TARGETS)),
+            self._busy.update(per_target)
+        if not per_target:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(len(per_target), MAX_PARALLEL_TARGETS),
                                 thread_name_prefix=f"deliver-{lane}") as pool:
-            return sum(pool.map(lambda entry: self._deliver(*entry[0], entry[1]), per_target.items()))
+            return sum(pool.map(lambda entry: self._deliver_claimed(*entry), per_target.items()))
+
+    def _deliver_claimed(self, key: tuple[str, str], batches: list[Batch]) -> int:
+        """:meth:`_deliver` to a target this round claimed; frees the target for other rounds when done."""
+        try:
+            return self._deliver(*key, batches)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(key)
 
     def _deliver(self, kind: str, target: str, batches: list[Batch]) -> int:
         """Send one target's batches in order, recording each outcome; how many deliveries succeeded."""

@@ -20,7 +20,7 @@ from dicom_node.spool import Spool
 from radfusion.assembly import StudyAssembler
 from radfusion.clinical import ClinicalGatherer, Hl7Store
 from radfusion.db import Database
-from radfusion.delivery import LANES, DeliveryWorker
+from radfusion.delivery import LANES, MAX_OVERLAPPING_ROUNDS, DeliveryWorker
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
 from radfusion.pipeline import JobRunner, study_patient
@@ -93,7 +93,7 @@ class Service:
                                 max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
         for lane in LANES:  # two jobs: an alert never waits behind results for a slow PACS
             self._scheduler.add_job(self.deliveries.run_due, "interval", args=[lane], seconds=DELIVERY_INTERVAL_S,
-                                    id=f"deliver-{lane}", max_instances=1, coalesce=True)
+                                    id=f"deliver-{lane}", max_instances=MAX_OVERLAPPING_ROUNDS, coalesce=True)
         self._scheduler.start()
         if self.hl7 is not None:
             self.hl7_port = self.hl7.start()

@@ -196,6 +196,34 @@ def test_a_silent_channel_does_not_hold_back_the_others(tmp_path: Path) -> None:
         assert (pager.state, pager.attempts) == ("pending", 1) and "timed out" in pager.last_error.lower()
 
 
+def test_a_later_round_delivers_while_an_earlier_one_waits_on_a_silent_channel(tmp_path: Path) -> None:
+    """Overlapping rounds: the second delivers the new alert to "ed" and leaves the busy "pager" alone."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = free_port()
+    with silent, webhook_receiver(port) as receiver:
+        db, worker, _ = setup(tmp_path, port, silent_port=silent.getsockname()[1], timeout_s=10)
+        first = threading.Thread(target=worker.run_due, args=("alerts",))
+        first.start()
+        wait_until(lambda: receiver.received, timeout=8, interval=0.05, what="the first alert on channel ed")
+        with db.session() as session:
+            first_job = session.scalars(select(Job)).one()
+            job = Job(study_id=first_job.study_id, series_id=first_job.series_id, detector="ich_baseline",
+                      model_version="1", revision=1, rule="r")  # a rerun of the study
+            session.add(job)
+            session.flush()
+            alert = Alert(job_id=job.id, payload={"kind": "ich_alert", "study_instance_uid": "1.2.3"},
+                          released_at=utcnow())
+            session.add(alert)
+            session.flush()
+            session.add(Delivery(kind="webhook", target="ed", job_id=job.id, alert_id=alert.id))
+        assert worker.run_due("alerts") == 1  # the new "ed" delivery; "pager" belongs to the first round
+        assert first.is_alive() and len(receiver.received) == 2  # returned while the first still waits
+        first.join(timeout=30)
+    with db.session() as session:
+        pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
+        assert (pager.state, pager.attempts) == ("pending", 1)  # tried by one round only
+
+
 STORE_STATUS = {1: 0x0000, 2: 0xA900, 3: 0xA700}  # by InstanceNumber: kept; refused (wrong SOP class); out of resources
 
 
