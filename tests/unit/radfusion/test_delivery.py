@@ -67,6 +67,11 @@ def setup(tmp_path: Path, port: int, silent_port: int | None = None, timeout_s: 
     return db, DeliveryWorker(db, settings), delivery_id
 
 
+def _state(db: Database, delivery_id: int) -> str:
+    with db.session() as session:
+        return session.get(Delivery, delivery_id).state
+
+
 def test_failure_backs_off_then_delivers_when_the_receiver_is_back(tmp_path: Path) -> None:
     port = free_port()
     db, worker, delivery_id = setup(tmp_path, port)
@@ -181,11 +186,12 @@ def test_alerts_and_results_are_separate_lanes(tmp_path: Path) -> None:
 def test_a_silent_channel_does_not_hold_back_the_others(tmp_path: Path) -> None:
     silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP connections (backlog), never answers
     port = free_port()
-    with silent, webhook_receiver(port) as receiver:
+    with silent, webhook_receiver(port):
         db, worker, ed_delivery = setup(tmp_path, port, silent_port=silent.getsockname()[1], timeout_s=10)
         round_ = threading.Thread(target=worker.run_due, args=("alerts",))
         round_.start()
-        wait_until(lambda: receiver.received, timeout=8, interval=0.05, what="the alert on channel ed")
+        wait_until(lambda: _state(db, ed_delivery) == "delivered", timeout=8, interval=0.05,
+                   what="the alert on channel ed recorded as delivered")
         with db.session() as session:
             pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
             # queued first and still waiting for an answer: "ed" did not wait behind it
@@ -201,10 +207,11 @@ def test_a_later_round_delivers_while_an_earlier_one_waits_on_a_silent_channel(t
     silent = socket.create_server(("127.0.0.1", 0))
     port = free_port()
     with silent, webhook_receiver(port) as receiver:
-        db, worker, _ = setup(tmp_path, port, silent_port=silent.getsockname()[1], timeout_s=10)
+        db, worker, ed_delivery = setup(tmp_path, port, silent_port=silent.getsockname()[1], timeout_s=10)
         first = threading.Thread(target=worker.run_due, args=("alerts",))
         first.start()
-        wait_until(lambda: receiver.received, timeout=8, interval=0.05, what="the first alert on channel ed")
+        wait_until(lambda: _state(db, ed_delivery) == "delivered", timeout=8, interval=0.05,
+                   what="the first alert on channel ed recorded as delivered")
         with db.session() as session:
             first_job = session.scalars(select(Job)).one()
             job = Job(study_id=first_job.study_id, series_id=first_job.series_id, detector="ich_baseline",
