@@ -183,35 +183,40 @@ def test_alerts_and_results_are_separate_lanes(tmp_path: Path) -> None:
         worker.run_due("urgent")
 
 
-def test_a_silent_channel_does_not_hold_back_the_others(tmp_path: Path) -> None:
-    silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP connections (backlog), never answers
+@contextmanager
+def round_waiting_on_a_silent_pager(tmp_path: Path
+                                    ) -> Iterator[tuple[Database, DeliveryWorker, threading.Thread, list]]:
+    """A round started on a pager that accepts TCP and never answers, queued before channel "ed" (which
+    answers); yields once the "ed" alert is recorded as delivered, joins the round on exit.
+    Yields the database, the worker, the round's thread and the "ed" receiver's list of POSTs."""
+    silent = socket.create_server(("127.0.0.1", 0))
     port = free_port()
-    with silent, webhook_receiver(port):
+    with silent, webhook_receiver(port) as receiver:
         db, worker, ed_delivery = setup(tmp_path, port, silent_port=silent.getsockname()[1], timeout_s=10)
         round_ = threading.Thread(target=worker.run_due, args=("alerts",))
         round_.start()
         wait_until(lambda: _state(db, ed_delivery) == "delivered", timeout=8, interval=0.05,
                    what="the alert on channel ed recorded as delivered")
-        with db.session() as session:
-            pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
-            # queued first and still waiting for an answer: "ed" did not wait behind it
-            assert (pager.attempts, session.get(Delivery, ed_delivery).state) == (0, "delivered")
+        yield db, worker, round_, receiver.received
         round_.join(timeout=30)
+
+
+def _pager(db: Database) -> tuple[str, int, str | None]:
     with db.session() as session:
         pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
-        assert (pager.state, pager.attempts) == ("pending", 1) and "timed out" in pager.last_error.lower()
+        return pager.state, pager.attempts, pager.last_error
+
+
+def test_a_silent_channel_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    with round_waiting_on_a_silent_pager(tmp_path) as (db, _, _, _):
+        assert _pager(db)[:2] == ("pending", 0)  # queued first and still waiting: "ed" did not wait behind it
+    state, attempts, error = _pager(db)
+    assert (state, attempts) == ("pending", 1) and "timed out" in error.lower()
 
 
 def test_a_later_round_delivers_while_an_earlier_one_waits_on_a_silent_channel(tmp_path: Path) -> None:
     """Overlapping rounds: the second delivers the new alert to "ed" and leaves the busy "pager" alone."""
-    silent = socket.create_server(("127.0.0.1", 0))
-    port = free_port()
-    with silent, webhook_receiver(port) as receiver:
-        db, worker, ed_delivery = setup(tmp_path, port, silent_port=silent.getsockname()[1], timeout_s=10)
-        first = threading.Thread(target=worker.run_due, args=("alerts",))
-        first.start()
-        wait_until(lambda: _state(db, ed_delivery) == "delivered", timeout=8, interval=0.05,
-                   what="the first alert on channel ed recorded as delivered")
+    with round_waiting_on_a_silent_pager(tmp_path) as (db, worker, first, received):
         with db.session() as session:
             first_job = session.scalars(select(Job)).one()
             job = Job(study_id=first_job.study_id, series_id=first_job.series_id, detector="ich_baseline",
@@ -224,11 +229,8 @@ def test_a_later_round_delivers_while_an_earlier_one_waits_on_a_silent_channel(t
             session.flush()
             session.add(Delivery(kind="webhook", target="ed", job_id=job.id, alert_id=alert.id))
         assert worker.run_due("alerts") == 1  # the new "ed" delivery; "pager" belongs to the first round
-        assert first.is_alive() and len(receiver.received) == 2  # returned while the first still waits
-        first.join(timeout=30)
-    with db.session() as session:
-        pager = session.scalars(select(Delivery).where(Delivery.target == "pager")).one()
-        assert (pager.state, pager.attempts) == ("pending", 1)  # tried by one round only
+        assert first.is_alive() and len(received) == 2  # returned while the first still waits
+    assert _pager(db)[:2] == ("pending", 1)  # tried by one round only
 
 
 STORE_STATUS = {1: 0x0000, 2: 0xA900, 3: 0xA700}  # by InstanceNumber: kept; refused (wrong SOP class); out of resources
