@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ai_engine.bundle import bundle_models_dir, bundle_root, load_bundle, resolve_bundle, write_bundle_configs
+from ai_engine.bundle import Bundle, bundle_models_dir, bundle_root, load_bundle, resolve_bundle, write_bundle_configs
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.mammo_fusion import (
     DENSITY_CATEGORIES,
@@ -140,9 +140,11 @@ def generate_exams(seeds: list[int], acquisition: Acquisition, workers: int = 2)
         return list(pool.imap(_make_exam, jobs, chunksize=4))
 
 
-def _cached_exams(seeds: list[int], seed: int, quick: bool) -> list[ExamArrays]:
-    """The prepared training cohort, generated once and kept as a pickle in the temp directory."""
-    cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{len(seeds)}-v{COHORT_FORMAT}.pkl"
+def _cached_exams(seed: int, size: int, quick: bool) -> list[ExamArrays]:
+    """The prepared training cohort (``size`` exams of ``seed``), generated once and kept as a pickle in the
+    temp directory."""
+    seeds = [seed * 1_000_003 + i for i in range(size)]
+    cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{size}-v{COHORT_FORMAT}.pkl"
     if cache.is_file() and not quick:
         log.info("reading the prepared cohort from %s", cache)
         with cache.open("rb") as handle:
@@ -369,8 +371,7 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
     if size < 16:
         raise AiEngineError(f"mammo cohort_size must be at least 16 (four splits), got {size}")
     root = Path(out_dir) if out_dir is not None else bundle_root(NAME)
-    seeds = [seed * 1_000_003 + i for i in range(size)]
-    exams = _cached_exams(seeds, seed, quick)
+    exams = _cached_exams(seed, size, quick)
     net_train, net_val, _, _ = (exams[s] for s in _split(size, quick))
     network = train_network(net_train, net_val, epochs=epochs or (1 if quick else 12), steps=4 if quick else 50,
                             batch=4 if quick else 16, seed=seed, max_seconds=30.0 if quick else 420.0)
@@ -392,6 +393,12 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
     return root
 
 
+def _recorded_cohort(bundle: Bundle) -> tuple[int, int]:
+    """(seed, cohort size) of the synthetic cohort ``bundle`` was trained on, from its metadata."""
+    recorded = bundle.metadata["training_data"]
+    return int(recorded["seed"]), int(recorded["cohort_size"])
+
+
 def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     """Refit the fusion heads of ``bundle`` on its unchanged network (same cohort, seed and splits); minor version.
 
@@ -400,10 +407,9 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     """
     torch.set_num_threads(1)
     loaded = resolve_bundle(bundle, NAME)
-    recorded = loaded.metadata["training_data"]
-    seed, size = int(recorded["seed"]), int(recorded["cohort_size"])
+    seed, size = _recorded_cohort(loaded)
     seed_everything(seed)
-    exams = _cached_exams([seed * 1_000_003 + i for i in range(size)], seed, quick)
+    exams = _cached_exams(seed, size, quick)
     network = load_eager_model(loaded).network
     heads, calibration, summary = _fit_fusion(*_fusion_tables(network, exams, size, quick), seed, quick)
     models = bundle_models_dir(loaded.root)
@@ -421,10 +427,8 @@ def train_density_only(*, bundle: str | Path | None) -> Path:
     The case probability, findings and every weight file stay byte for byte as they are.
     """
     loaded = resolve_bundle(bundle, NAME)
-    recorded = loaded.metadata["training_data"]
-    seed, size = int(recorded["seed"]), int(recorded["cohort_size"])
-    exams = _cached_exams([seed * 1_000_003 + i for i in range(size)], seed, False)
-    weights, bias, accuracy = fit_density_model(exams[_split(size, False)[0]], seed)
+    seed, size = _recorded_cohort(loaded)
+    weights, bias, accuracy = fit_density_model(_cached_exams(seed, size, False)[_split(size, False)[0]], seed)
     version = bump_patch(loaded.version)
     metadata = {**loaded.metadata, "version": version,
                 "density_refit": {"from_version": loaded.version, "command": "radfusion train mammo --density-only",
