@@ -106,11 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     bundle = Path(args.bundle) if args.bundle and Path(args.bundle).is_dir() else args.bundle
-    refit = "--fusion-only" if args.command == "train" and args.fusion_only else (
-        "--density-only" if args.command == "train" and args.density_only else None)
-    if refit is not None:
+    if args.command == "train" and (args.fusion_only or args.density_only):
         if args.fusion_only and args.density_only:
             raise AiEngineError("choose one of --fusion-only and --density-only")
+        refit = "--fusion-only" if args.fusion_only else "--density-only"
         ignored = [name for name in ("out_dir", "epochs", "cohort_size", "data_dir") if getattr(args, name) is not None]
         if ignored or args.seed != 0:
             raise AiEngineError(f"{refit} refits the bundle in place with its recorded cohort and seed; "
