@@ -40,7 +40,8 @@ from radfusion.db import Database
 from radfusion.destinations import remote_node, tls_context
 from radfusion.errors import RadfusionError
 from radfusion.models import AuditEvent, Delivery, utcnow
-from radfusion.settings import Settings
+from radfusion.settings import (AlertChannel, DestinationSettings, FhirServerSettings, Hl7DestinationSettings,
+                                Settings)
 from reports.alerts import WebhookChannel
 from reports.errors import ReportsError
 
@@ -53,6 +54,7 @@ RETRYABLE_HTTP_STATUS = frozenset({408, 425, 429})  # client errors that time ca
 ALERT_KINDS = ("webhook", "fhir_alert", "hl7_alert")
 LANES = ("alerts", "results")  # alerts: ALERT_KINDS; results: every other kind
 Batch = list[tuple[int, str | None, dict | None]]  # (delivery id, artifact path, body), sent together
+TargetSettings = DestinationSettings | AlertChannel | FhirServerSettings | Hl7DestinationSettings
 
 
 @dataclass(frozen=True)
@@ -151,36 +153,38 @@ class DeliveryWorker:
 
     def _send(self, kind: str, target: str, items: Batch) -> dict[int, SendFailure | None]:
         """Send one batch; per delivery id, why it failed, or None on success."""
-        settings = self._settings
-        timeout = settings.retry.timeout_s
         failure: SendFailure | None = None
         try:
-            if kind == "dicom":
-                dest = settings.destination(target)
-                send_files(remote_node(dest), [Path(path) for _, path, _ in items if path], settings.dicom.ae_title,
-                           timeout, tls_context=tls_context(settings, dest))
-            else:
-                (_, _, body), = items
-                if kind == "webhook":
-                    channel = settings.channel(target)
-                    WebhookChannel(channel.url, timeout, channel.headers).send(body)  # type: ignore[union-attr]
-                elif kind in ("fhir_report", "fhir_alert"):
-                    server = settings.fhir_destination(target if kind == "fhir_report"
-                                                       else _channel_destination(settings, target))
-                    with fhir_client(server) as client:
-                        client.post_transaction_once(parse_resource(body))
-                else:
-                    dest = settings.hl7_destination(target if kind == "hl7_report"
-                                                    else _channel_destination(settings, target))
-                    with MllpClient(dest.host, dest.port, timeout_s=timeout) as client:
-                        client.send(body["message"])
-        except SendFailed as exc:
-            return instance_failures(items, exc)
-        except KeyError:
+            config = _target_settings(self._settings, kind, target)
+        except KeyError:  # only these lookups mean "no longer configured"; any other KeyError is a send failure
             failure = SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True)
-        except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
-            failure = SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc))
+        else:
+            try:
+                self._transmit(kind, config, items)
+            except SendFailed as exc:
+                return instance_failures(items, exc)
+            except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError, KeyError) as exc:
+                failure = SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc))
         return dict.fromkeys((delivery_id for delivery_id, _, _ in items), failure)
+
+    def _transmit(self, kind: str, config: TargetSettings, items: Batch) -> None:
+        """Send one batch to its target's ``config``; raises why it was not delivered."""
+        settings = self._settings
+        timeout = settings.retry.timeout_s
+        if kind == "dicom":
+            paths = [Path(path) for _, path, _ in items if path]
+            send_files(remote_node(config), paths, settings.dicom.ae_title, timeout,  # type: ignore[arg-type]
+                       tls_context=tls_context(settings, config))  # type: ignore[arg-type]
+            return
+        (_, _, body), = items
+        if kind == "webhook":
+            WebhookChannel(config.url, timeout, config.headers).send(body)  # type: ignore[union-attr]
+        elif kind in ("fhir_report", "fhir_alert"):
+            with fhir_client(config) as client:  # type: ignore[arg-type]
+                client.post_transaction_once(parse_resource(body))
+        else:
+            with MllpClient(config.host, config.port, timeout_s=timeout) as client:  # type: ignore[union-attr]
+                client.send(body["message"])
 
     def _record(self, session: Session, outcome: dict[int, SendFailure | None]) -> None:
         now = utcnow()
@@ -244,6 +248,16 @@ def _body(delivery: Delivery) -> dict:
     if delivery.kind == "webhook" and delivery.alert is not None:
         return delivery.alert.payload
     return delivery.payload or {}
+
+
+def _target_settings(settings: Settings, kind: str, target: str) -> TargetSettings:
+    """The configuration a delivery of ``kind`` to ``target`` is sent with; KeyError if it is no longer configured."""
+    if kind == "dicom":
+        return settings.destination(target)
+    if kind == "webhook":
+        return settings.channel(target)
+    name = target if kind in ("fhir_report", "hl7_report") else _channel_destination(settings, target)
+    return settings.fhir_destination(name) if kind.startswith("fhir") else settings.hl7_destination(name)
 
 
 def _channel_destination(settings: Settings, channel: str) -> str:

@@ -163,6 +163,26 @@ def test_only_client_errors_that_time_cannot_cure_are_refusals() -> None:
                                                   AlertDeliveryError("ed", "refused connection"), OSError("unreachable")))
 
 
+def test_only_a_target_missing_from_the_configuration_is_no_longer_configured(tmp_path: Path) -> None:
+    """A KeyError while sending (here a stored HL7 body without its message) is a send failure like any other."""
+    settings = load_settings(storage_path=tmp_path, hl7_destinations=[{"name": "ris", "host": "127.0.0.1",
+                                                                       "port": free_port()}])
+    db = Database(settings.effective_database_url)
+    with db.session() as session:
+        malformed = Delivery(kind="hl7_report", target="ris", payload={})
+        removed = Delivery(kind="hl7_report", target="old-ris", payload={"message": "MSH|^~\\&|"})
+        session.add_all([malformed, removed])
+        session.flush()
+        malformed_id, removed_id = malformed.id, removed.id
+    assert DeliveryWorker(db, settings).run_due("results") == 0
+    with db.session() as session:
+        malformed, removed = session.get(Delivery, malformed_id), session.get(Delivery, removed_id)
+        assert (malformed.state, malformed.last_error) == ("pending", "KeyError: 'message'")  # retried
+        assert (removed.state, removed.last_error) == ("failed", "hl7_report target 'old-ris' is no longer configured")
+        event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_rejected")).one()
+    assert event.subject == f"delivery {removed_id}"
+
+
 def test_alerts_and_results_are_separate_lanes(tmp_path: Path) -> None:
     port = free_port()
     db, worker, alert_delivery = setup(tmp_path, port)
