@@ -23,10 +23,12 @@ def collect_status(db: Database) -> dict[str, object]:
             select(Job.id, Job.detector, Job.state, Job.revision, Study.accession_number, Study.study_uid,
                    Job.started_at, Job.finished_at, Job.error, Job.result)
             .join(Study, Job.study_id == Study.id).order_by(Job.id.desc()).limit(RECENT)).all()
+        # pending: those waiting longest first (the worker's order), so stuck ones stay in view; failed: latest first
+        order = {"pending": Delivery.id.asc(), "failed": Delivery.id.desc()}
         def deliveries(state: str) -> list:
             return list(session.execute(
                 select(Delivery.id, Delivery.kind, Delivery.target, Delivery.attempts, Delivery.next_attempt_at,
-                       Delivery.last_error).where(Delivery.state == state).order_by(Delivery.id.desc()).limit(RECENT)))
+                       Delivery.last_error).where(Delivery.state == state).order_by(order[state]).limit(RECENT)))
         alerts = session.execute(select(Alert.id, Alert.job_id, Alert.created_at, Alert.delivered_at, Alert.latency_s)
                                  .order_by(Alert.id.desc()).limit(RECENT)).all()
         return {

@@ -12,6 +12,7 @@ from radfusion.cli import main
 from radfusion.db import Database
 from radfusion.models import Delivery
 from radfusion.settings import load_settings
+from radfusion.status import RECENT
 from tests.peers import free_port, storescp
 
 
@@ -99,3 +100,17 @@ def test_status_lists_failed_deliveries_and_requeue_puts_them_back(tmp_path: Pat
     assert main(["--config", str(config), "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["deliveries_pending"], status["deliveries_failed"]) == (1, 0)
+
+
+def test_status_lists_the_longest_waiting_pending_deliveries_and_the_latest_failed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    db = Database(load_settings(config).effective_database_url)
+    each = RECENT + 2  # more than are listed: pending ids 1, 3, 5 ..., failed ids 2, 4, 6 ...
+    with db.session() as session:
+        session.add_all([Delivery(kind="webhook", target="ed", state=state) for state in ("pending", "failed") * each])
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["deliveries_pending"], status["deliveries_failed"]) == (each, each)
+    assert [d["id"] for d in status["pending_deliveries"]] == [1 + 2 * i for i in range(RECENT)]
+    assert [d["id"] for d in status["failed_deliveries"]] == [2 * (each - i) for i in range(RECENT)]
