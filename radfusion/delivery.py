@@ -52,6 +52,7 @@ MAX_PARALLEL_TARGETS = 8  # threads per lane and round; targets beyond that wait
 MAX_OVERLAPPING_ROUNDS = 3  # per lane: later rounds run while an earlier one still waits on a silent target
 RETRYABLE_HTTP_STATUS = frozenset({408, 425, 429})  # client errors that time can cure
 ALERT_KINDS = ("webhook", "fhir_alert", "hl7_alert")
+CHANNEL_KINDS = {"webhook": "webhook", "fhir_alert": "fhir", "hl7_alert": "hl7"}  # delivery kind -> channel kind
 LANES = ("alerts", "results")  # alerts: ALERT_KINDS; results: every other kind
 Batch = list[tuple[int, str | None, dict | None]]  # (delivery id, artifact path, body), sent together
 TargetSettings = DestinationSettings | AlertChannel | FhirServerSettings | Hl7DestinationSettings
@@ -255,10 +256,15 @@ def _target_settings(settings: Settings, kind: str, target: str) -> TargetSettin
     if kind == "dicom":
         return settings.destination(target)
     if kind == "webhook":
-        return settings.channel(target)
-    name = target if kind in ("fhir_report", "hl7_report") else _channel_destination(settings, target)
+        return _alert_channel(settings, kind, target)
+    name = (target if kind in ("fhir_report", "hl7_report")
+            else _alert_channel(settings, kind, target).destination)  # type: ignore[union-attr]
     return settings.fhir_destination(name) if kind.startswith("fhir") else settings.hl7_destination(name)
 
 
-def _channel_destination(settings: Settings, channel: str) -> str:
-    return settings.channel(channel).destination  # type: ignore[union-attr] - fhir/hl7 channels name one
+def _alert_channel(settings: Settings, kind: str, name: str) -> AlertChannel:
+    """Channel ``name`` if it still is of the kind the ``kind`` delivery was queued for (KeyError if not)."""
+    channel = settings.channel(name)
+    if channel.kind != CHANNEL_KINDS[kind]:
+        raise KeyError(name)
+    return channel

@@ -183,6 +183,23 @@ def test_only_a_target_missing_from_the_configuration_is_no_longer_configured(tm
     assert event.subject == f"delivery {removed_id}"
 
 
+def test_an_alert_channel_now_of_another_kind_is_no_longer_configured_for_its_queued_alerts(tmp_path: Path) -> None:
+    """A webhook alert queued for "pager" before "pager" became an HL7 channel is refused, not crashed on."""
+    settings = load_settings(storage_path=tmp_path,
+                             hl7_destinations=[{"name": "ris", "host": "127.0.0.1", "port": free_port()}],
+                             alerts={"channels": [{"name": "pager", "kind": "hl7", "destination": "ris"}]})
+    db = Database(settings.effective_database_url)
+    with db.session() as session:
+        queued = Delivery(kind="webhook", target="pager", payload={"text": "ICH suspected"})
+        session.add(queued)
+        session.flush()
+        queued_id = queued.id
+    assert DeliveryWorker(db, settings).run_due("alerts") == 0
+    with db.session() as session:
+        queued = session.get(Delivery, queued_id)
+        assert (queued.state, queued.last_error) == ("failed", "webhook target 'pager' is no longer configured")
+
+
 def test_alerts_and_results_are_separate_lanes(tmp_path: Path) -> None:
     port = free_port()
     db, worker, alert_delivery = setup(tmp_path, port)
