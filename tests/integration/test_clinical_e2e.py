@@ -18,7 +18,7 @@ from hl7_fhir.mllp import MllpReply, MllpServer
 from radfusion.models import Alert, Delivery, Job
 from tests.fhir_peer.fixture import fhir_peer, seed
 from tests.integration.servers import radfusion_server, routing_to
-from tests.peers import free_port, mllp_send, require_tool, storescp, storescu, wait_until
+from tests.peers import free_port, mllp_send, require_tool, storescp, storescu
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
 

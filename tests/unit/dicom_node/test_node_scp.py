@@ -12,8 +12,7 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 from pynetdicom import AE
 
-from dicom_node.scp import ScpConfig, StoreStatus
-from dicom_node.errors import ConfigError
+from dicom_node.scp import StoreStatus
 from tests.peers import storescu
 from tests.unit.dicom_node.helpers import RecordingSink, ct_dataset, write_ct
 
@@ -113,7 +112,7 @@ def test_malformed_instance_is_quarantined_and_the_association_carries_on(
         start_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Garbage after a valid meta header is sent raw; the next instance on the association is stored."""
     node = start_scp()
-    good, bad = ct_dataset(), ct_dataset()
+    good = ct_dataset()
     bad_path, _ = write_ct(tmp_path, "bad.dcm")
     raw = bad_path.read_bytes()
     meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
