@@ -154,19 +154,18 @@ class DeliveryWorker:
 
     def _send(self, kind: str, target: str, items: Batch) -> dict[int, SendFailure | None]:
         """Send one batch; per delivery id, why it failed, or None on success."""
-        failure: SendFailure | None = None
+        ids = [delivery_id for delivery_id, _, _ in items]
         try:
             config = _target_settings(self._settings, kind, target)
         except KeyError:  # only these lookups mean "no longer configured"; any other KeyError is a send failure
-            failure = SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True)
-        else:
-            try:
-                self._transmit(kind, config, items)
-            except SendFailed as exc:
-                return instance_failures(items, exc)
-            except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError, KeyError) as exc:
-                failure = SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc))
-        return dict.fromkeys((delivery_id for delivery_id, _, _ in items), failure)
+            return dict.fromkeys(ids, SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True))
+        try:
+            self._transmit(kind, config, items)
+        except SendFailed as exc:
+            return instance_failures(items, exc)
+        except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError, KeyError) as exc:
+            return dict.fromkeys(ids, SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc)))
+        return dict.fromkeys(ids)
 
     def _transmit(self, kind: str, config: TargetSettings, items: Batch) -> None:
         """Send one batch to its target's ``config``; raises why it was not delivered."""
