@@ -61,6 +61,19 @@ def parse_resource(data: Mapping[str, Any]) -> FHIRAbstractModel:
         raise FhirError(f"{resource_type}/{data.get('id', '?')} is not valid R4: {exc}") from exc
 
 
+def transaction_identity(bundle: FHIRAbstractModel) -> tuple[str, str]:
+    """The type and ``system|value`` identifier of a transaction Bundle's first resource, by which
+    :meth:`FhirClient.post_transaction_once` knows a Bundle it already stored; FhirError if it has none."""
+    body = bundle.model_dump(mode="json", exclude_none=True)
+    if body.get("type") != "transaction" or not body.get("entry"):
+        raise FhirError(f"post_transaction_once needs a non-empty transaction Bundle, got type {body.get('type')!r}")
+    first = body["entry"][0]["resource"]
+    identifier = (first.get("identifier") or [{}])[0]
+    if not identifier.get("system") or not identifier.get("value"):
+        raise FhirError(f"post_transaction_once: the first resource ({first['resourceType']}) needs an identifier")
+    return first["resourceType"], f"{identifier['system']}|{identifier['value']}"
+
+
 class FhirClient:
     """Synchronous FHIR R4 client; thread-safe (one httpx.Client with a connection pool)."""
 
@@ -163,15 +176,8 @@ class FhirClient:
         posted and None comes back, otherwise the transaction-response Bundle. A transaction is
         atomic, so that one lookup tells whether all of its resources were stored.
         """
-        body = bundle.model_dump(mode="json", exclude_none=True)
-        if body.get("type") != "transaction" or not body.get("entry"):
-            raise FhirError(f"post_transaction_once needs a non-empty transaction Bundle, "
-                            f"got type {body.get('type')!r}")
-        first = body["entry"][0]["resource"]
-        identifier = (first.get("identifier") or [{}])[0]
-        if not identifier.get("system") or not identifier.get("value"):
-            raise FhirError(f"post_transaction_once: the first resource ({first['resourceType']}) needs an identifier")
-        if self.search(first["resourceType"], {"identifier": f"{identifier['system']}|{identifier['value']}"}):
+        resource_type, token = transaction_identity(bundle)
+        if self.search(resource_type, {"identifier": token}):
             return None
         return self.post_bundle(bundle)
 

@@ -4,7 +4,8 @@ Each due delivery is tried; a failure schedules the next attempt with exponentia
 and only after ``retry.give_up_after_h`` does it become ``failed`` (visible in status and
 audit). A receiver that refuses the message itself (an HTTP 4xx other than 408, 425 and 429; a
 C-STORE failure status such as 0xA9xx or 0x0122, or a SOP class the PACS did not accept; an
-association rejected-permanent), or a destination that is no longer configured, fails it at once:
+association rejected-permanent), a destination that is no longer configured, or a stored body that
+is not the message its kind sends (a FHIR Bundle that is not valid R4, an HL7 body without text), fails it at once:
 the same message would be refused again, so it waits for a person, who fixes the cause and runs
 ``radfusion requeue``. Results of one job for one destination travel in one association, and each
 instance's outcome is recorded on its own delivery (a PACS may keep the SR and refuse the SEG).
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import select, tuple_
@@ -33,7 +35,7 @@ from dicom_node.errors import DicomNodeError
 from dicom_node.retry import backoff_delay
 from dicom_node.scu import AssociationRejected, SendFailed, send_files
 from hl7_fhir.errors import Hl7FhirError
-from hl7_fhir.fhir_client import parse_resource
+from hl7_fhir.fhir_client import parse_resource, transaction_identity
 from hl7_fhir.mllp import MllpClient
 from radfusion.clinical import fhir_client
 from radfusion.db import Database
@@ -52,6 +54,7 @@ MAX_PARALLEL_TARGETS = 8  # threads per lane and round; targets beyond that wait
 MAX_OVERLAPPING_ROUNDS = 3  # per lane: later rounds run while an earlier one still waits on a silent target
 RETRYABLE_HTTP_STATUS = frozenset({408, 425, 429})  # client errors that time can cure
 ALERT_KINDS = ("webhook", "fhir_alert", "hl7_alert")
+FHIR_KINDS = ("fhir_report", "fhir_alert")
 CHANNEL_KINDS = {"webhook": "webhook", "fhir_alert": "fhir", "hl7_alert": "hl7"}  # delivery kind -> channel kind
 LANES = ("alerts", "results")  # alerts: ALERT_KINDS; results: every other kind
 Batch = list[tuple[int, str | None, dict | None]]  # (delivery id, artifact path, body), sent together
@@ -73,6 +76,26 @@ def is_rejection(exc: Exception) -> bool:
         return exc.permanent
     status = getattr(exc, "status", None)
     return status is not None and 400 <= status < 500 and status not in RETRYABLE_HTTP_STATUS
+
+
+def _stored_message(kind: str, items: Batch) -> Any:
+    """What a batch sends, from its stored body: None for DICOM (the files), the webhook JSON, the FHIR
+    Bundle, or the HL7 message text. Raises when the body is not one: retrying cannot mend it."""
+    if kind == "dicom":
+        return None
+    (_, _, body), = items
+    if not isinstance(body, dict):
+        raise TypeError(f"body is {type(body).__name__}, not a JSON object")
+    if kind in FHIR_KINDS:
+        bundle = parse_resource(body)
+        transaction_identity(bundle)
+        return bundle
+    if kind == "webhook":
+        return body
+    message = body["message"]
+    if not isinstance(message, str):
+        raise TypeError(f"message is {type(message).__name__}, not text")
+    return message
 
 
 def instance_failures(items: Batch, exc: SendFailed) -> dict[int, SendFailure | None]:
@@ -157,18 +180,24 @@ class DeliveryWorker:
         ids = [delivery_id for delivery_id, _, _ in items]
         try:
             config = _target_settings(self._settings, kind, target)
-        except KeyError:  # only these lookups mean "no longer configured"; any other KeyError is a send failure
+        except KeyError:  # only these lookups mean "no longer configured"
             return dict.fromkeys(ids, SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True))
         try:
-            self._transmit(kind, config, items)
+            message = _stored_message(kind, items)
+        except (Hl7FhirError, KeyError, TypeError) as exc:
+            return dict.fromkeys(ids, SendFailure(f"stored {kind} body is malformed: {type(exc).__name__}: {exc}",
+                                                  rejected=True))
+        try:
+            self._transmit(kind, config, items, message)
         except SendFailed as exc:
             return instance_failures(items, exc)
-        except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError, KeyError) as exc:
+        except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
             return dict.fromkeys(ids, SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc)))
         return dict.fromkeys(ids)
 
-    def _transmit(self, kind: str, config: TargetSettings, items: Batch) -> None:
-        """Send one batch to its target's ``config``; raises why it was not delivered."""
+    def _transmit(self, kind: str, config: TargetSettings, items: Batch, message: Any) -> None:
+        """Send one batch (``message``: its :func:`_stored_message`) to its target's ``config``; raises why it
+        was not delivered."""
         settings = self._settings
         timeout = settings.retry.timeout_s
         if kind == "dicom":
@@ -176,15 +205,14 @@ class DeliveryWorker:
             send_files(remote_node(config), paths, settings.dicom.ae_title, timeout,  # type: ignore[arg-type]
                        tls_context=tls_context(settings, config))  # type: ignore[arg-type]
             return
-        (_, _, body), = items
         if kind == "webhook":
-            WebhookChannel(config.url, timeout, config.headers).send(body)  # type: ignore[union-attr]
-        elif kind in ("fhir_report", "fhir_alert"):
+            WebhookChannel(config.url, timeout, config.headers).send(message)  # type: ignore[union-attr]
+        elif kind in FHIR_KINDS:
             with fhir_client(config) as client:  # type: ignore[arg-type]
-                client.post_transaction_once(parse_resource(body))
+                client.post_transaction_once(message)
         else:
             with MllpClient(config.host, config.port, timeout_s=timeout) as client:  # type: ignore[union-attr]
-                client.send(body["message"])
+                client.send(message)
 
     def _record(self, session: Session, outcome: dict[int, SendFailure | None]) -> None:
         now = utcnow()

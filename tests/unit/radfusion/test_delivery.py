@@ -163,24 +163,33 @@ def test_only_client_errors_that_time_cannot_cure_are_refusals() -> None:
                                                   AlertDeliveryError("ed", "refused connection"), OSError("unreachable")))
 
 
-def test_only_a_target_missing_from_the_configuration_is_no_longer_configured(tmp_path: Path) -> None:
-    """A KeyError while sending (here a stored HL7 body without its message) is a send failure like any other."""
-    settings = load_settings(storage_path=tmp_path, hl7_destinations=[{"name": "ris", "host": "127.0.0.1",
-                                                                       "port": free_port()}])
+def test_a_removed_target_or_a_malformed_stored_body_is_refused_at_once(tmp_path: Path) -> None:
+    """Retrying cannot mend either: a destination gone from the configuration, or a stored body that is not
+    the message its kind sends (an HL7 body without text, a FHIR body that is not valid R4 or not a transaction)."""
+    settings = load_settings(storage_path=tmp_path,
+                             hl7_destinations=[{"name": "ris", "host": "127.0.0.1", "port": free_port()}],
+                             fhir_destinations=[{"name": "emr", "base_url": f"http://127.0.0.1:{free_port()}/fhir"}])
     db = Database(settings.effective_database_url)
     with db.session() as session:
-        malformed = Delivery(kind="hl7_report", target="ris", payload={})
+        no_text = Delivery(kind="hl7_report", target="ris", payload={})
+        not_r4 = Delivery(kind="fhir_report", target="emr", payload={"resourceType": "Bundle", "entry": "none"})
+        sideways = Delivery(kind="fhir_report", target="emr", payload={"resourceType": "Bundle", "type": "sideways"})
         removed = Delivery(kind="hl7_report", target="old-ris", payload={"message": "MSH|^~\\&|"})
-        session.add_all([malformed, removed])
+        session.add_all([no_text, not_r4, sideways, removed])
         session.flush()
-        malformed_id, removed_id = malformed.id, removed.id
+        ids = [no_text.id, not_r4.id, sideways.id, removed.id]
     assert DeliveryWorker(db, settings).run_due("results") == 0
     with db.session() as session:
-        malformed, removed = session.get(Delivery, malformed_id), session.get(Delivery, removed_id)
-        assert (malformed.state, malformed.last_error) == ("pending", "KeyError: 'message'")  # retried
+        no_text, not_r4, sideways, removed = (session.get(Delivery, i) for i in ids)
+        assert (no_text.state, no_text.last_error) == ("failed", "stored hl7_report body is malformed: KeyError: 'message'")
+        assert not_r4.state == "failed" and not_r4.last_error.startswith(
+            "stored fhir_report body is malformed: FhirError: Bundle/? is not valid R4")
+        assert (sideways.state, sideways.last_error) == ("failed", "stored fhir_report body is malformed: FhirError: "
+                                                         "post_transaction_once needs a non-empty transaction Bundle, "
+                                                         "got type 'sideways'")
         assert (removed.state, removed.last_error) == ("failed", "hl7_report target 'old-ris' is no longer configured")
-        event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_rejected")).one()
-    assert event.subject == f"delivery {removed_id}"
+        events = session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_rejected")).all()
+    assert sorted(event.subject for event in events) == [f"delivery {i}" for i in sorted(ids)]
 
 
 def test_an_alert_channel_now_of_another_kind_is_no_longer_configured_for_its_queued_alerts(tmp_path: Path) -> None:
