@@ -51,6 +51,7 @@ TYPE_MIN_MM = {"solid": 3.0, "part-solid": 6.0, "ground-glass": 5.0}
 TYPE_EFFECT = {"solid": 0.0, "part-solid": 1.0, "ground-glass": -0.6}
 PLACEMENT_PROBS = {"parenchymal": 0.5, "juxtapleural": 0.3, "juxtavascular": 0.2}
 MAX_DIAMETER_MM = 30.0
+GENERATOR_VERSION = 1  # of the phantom and the draws above: training caches key on it, so change it with them
 
 
 @dataclass(frozen=True)

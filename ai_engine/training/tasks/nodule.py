@@ -41,6 +41,7 @@ from ai_engine.fusion import MODALITIES, FusionHead
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.nodule import (
+    GENERATOR_VERSION,
     HELDOUT_ACQUISITION,
     TRAIN_ACQUISITION,
     NoduleCase,
@@ -170,9 +171,11 @@ def build_patch_set(seeds: list[int], workers: int = 2) -> tuple[PatchSet, dict[
 
 
 def _cached_patch_set(seeds: list[int]) -> tuple[PatchSet, dict[str, float]]:
-    """``build_patch_set`` of ``seeds``, kept in the temp directory so a retraining skips the cohort."""
+    """``build_patch_set`` of ``seeds``, kept in the temp directory so a retraining skips the cohort (the key
+    names what the patches depend on: cases, negatives per case, patch size, candidate limit, generator)."""
     cache = (Path(tempfile.gettempdir()) / "radfusion-cache"
-             / f"nodule-detection-{seeds[0]}-{len(seeds)}-{NEGATIVES_PER_CASE}-{model.PATCH}.npz")
+             / (f"nodule-detection-{seeds[0]}-{len(seeds)}-{NEGATIVES_PER_CASE}-{model.PATCH}"
+                f"-{model.MAX_CANDIDATES}-g{GENERATOR_VERSION}.npz"))
     fields = ("patches", "segs", "nodule", "kind", "case")
     if cache.is_file():
         with np.load(cache) as stored:
@@ -220,7 +223,8 @@ def build_fusion_set(seeds: list[int], workers: int = 2) -> FusionSet:
 
 def _cached_fusion_set(seed: int, size: int) -> FusionSet:
     """The fusion cohort of ``seed`` (``size`` patients), kept in the temp directory so a refit skips generation."""
-    cache = Path(tempfile.gettempdir()) / "radfusion-cache" / f"nodule-fusion-{seed}-{size}-{model.PATCH}.npz"
+    cache = (Path(tempfile.gettempdir()) / "radfusion-cache"
+             / f"nodule-fusion-{seed}-{size}-{model.PATCH}-g{GENERATOR_VERSION}.npz")
     if cache.is_file():
         with np.load(cache) as stored:
             return FusionSet(stored["patches"], stored["malignant"], stored["case"],
@@ -448,7 +452,8 @@ def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSe
                        "hard_negative_patches": int(len(hard.nodule))}
     heads, calibration, fusion_summary = fit_fusion(network, fusion, seed, quick)
     root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
-    training_data = {"generator": "ai_engine.synthetic.cohorts.nodule", "detection_cases": int(data.case.max()) + 1,
+    training_data = {"generator": "ai_engine.synthetic.cohorts.nodule", "generator_version": GENERATOR_VERSION,
+                     "detection_cases": int(data.case.max()) + 1,
                      "fusion_cases": int(fusion.case.max()) + 1, "seed": seed, "patches": int(len(data.nodule)),
                      "positive_patches": int(data.nodule.sum()),
                      "split_cases": {k: int(len(v)) for k, v in split.items()}, **stats}
