@@ -2,7 +2,9 @@
 
 A job's outputs are committed in one transaction together with its ``done`` state, so a crash
 mid-job leaves it ``running``; recovery puts it back in the queue and the rerun rewrites the
-same result files.
+same result files. When the result objects cannot be written (a source series the SR/SEG builders
+refuse), the job fails, but an urgent hemorrhage finding still queues its alert: emergency staff are
+told even when the PACS cannot be.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ai_engine.results import DetectorResult, Task
 from dicom_node.spool import safe_uid_component
 from hl7_fhir.context import ClinicalContext
 from hl7_fhir.errors import Hl7FhirError
+from hl7_fhir.findings import OutboundFinding, OutboundStudy
 from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
@@ -92,14 +95,19 @@ class JobRunner:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
             sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in _ordered_paths(inputs)]
-            written = self._write_reports(job_id, study_uid, sources, result, predecessor, context)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
             log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
-                session.execute(update(Job).where(Job.id == job_id).values(
-                    state="failed", finished_at=utcnow(), error=f"{type(exc).__name__}: {exc}"))
-                session.add(AuditEvent(kind="job_failed", subject=f"job {job_id}", detail=f"{type(exc).__name__}: {exc}"))
-                finish_study_if_idle(session, job.study_id)
+                _record_failure(session, job_id, f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            written = self._write_reports(job_id, study_uid, sources, result, predecessor, context)
+        except Exception as exc:  # noqa: BLE001 - the reports failed; an urgent finding still alerts
+            log.exception("job %d (%s, study %s): writing the results failed", job_id, job.detector, study_uid)
+            with self._db.session() as session:
+                alert = self._alert_without_reports(session, job_id, result, sources)
+                sent = "" if alert is None else f"; hemorrhage alert {alert} queued without them"
+                _record_failure(session, job_id, f"writing the results failed: {type(exc).__name__}: {exc}{sent}")
             return
         with self._db.session() as session:
             self._commit_outputs(session, job_id, result, written, sources, context, predecessor)
@@ -145,26 +153,11 @@ class JobRunner:
         now = utcnow()
         urgent = self._is_urgent(result)
         findings = outbound_findings(result, urgent)
-        try:
-            study = outbound_study(job.study, result.task, result.algorithm.name, self._settings)
-        except Hl7FhirError as exc:  # e.g. no PatientID: the EMR cannot be told, the PACS and webhooks still are
-            study = None
-            if job.report_destinations or urgent:
-                session.add(AuditEvent(kind="emr_message_skipped", subject=f"job {job_id}", detail=str(exc)))
-                log.warning("job %d: no FHIR/HL7 messages for study %s: %s", job_id, job.study.study_uid, exc)
+        study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent)
         if study is not None:
             session.add_all(report_deliveries(job, study, findings, self._settings, now))
         if urgent:
-            payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
-                                      accession_number=job.study.accession_number,
-                                      acquisition_datetime=acquisition_datetime(sources[0]), job_id=job_id,
-                                      created_at=now)
-            alert = Alert(job_id=job_id, payload=payload, released_at=job.trigger_released_at)
-            session.add(alert)
-            session.flush()
-            session.add_all(alert_deliveries(job, alert.id, study, findings, self._settings, now))
-            log.warning("URGENT: hemorrhage alert %d for study %s (accession %s)", alert.id, job.study.study_uid,
-                        job.study.accession_number)
+            self._queue_alert(session, job, result, study, findings, sources, now)
         job.state = "done"
         job.finished_at = utcnow()
         job.error = None
@@ -172,11 +165,54 @@ class JobRunner:
         job.clinical_context = context.to_dict()
         finish_study_if_idle(session, job.study_id)
 
+    def _emr_study(self, session: Session, job: Job, result: DetectorResult, needed: bool) -> OutboundStudy | None:
+        """The study as FHIR/HL7 messages name it; None (audited when ``needed``) if the EMR cannot be told."""
+        try:
+            return outbound_study(job.study, result.task, result.algorithm.name, self._settings)
+        except Hl7FhirError as exc:  # e.g. no PatientID: the EMR cannot be told, the PACS and webhooks still are
+            if needed:
+                session.add(AuditEvent(kind="emr_message_skipped", subject=f"job {job.id}", detail=str(exc)))
+                log.warning("job %d: no FHIR/HL7 messages for study %s: %s", job.id, job.study.study_uid, exc)
+            return None
+
+    def _queue_alert(self, session: Session, job: Job, result: DetectorResult, study: OutboundStudy | None,
+                     findings: list[OutboundFinding], sources: list[pydicom.Dataset], now: datetime) -> int:
+        """Add the hemorrhage alert and its deliveries to every alert channel of the job; the alert's id."""
+        payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
+                                  accession_number=job.study.accession_number,
+                                  acquisition_datetime=acquisition_datetime(sources[0]), job_id=job.id,
+                                  created_at=now)
+        alert = Alert(job_id=job.id, payload=payload, released_at=job.trigger_released_at)
+        session.add(alert)
+        session.flush()
+        session.add_all(alert_deliveries(job, alert.id, study, findings, self._settings, now))
+        log.warning("URGENT: hemorrhage alert %d for study %s (accession %s)", alert.id, job.study.study_uid,
+                    job.study.accession_number)
+        return alert.id
+
+    def _alert_without_reports(self, session: Session, job_id: int, result: DetectorResult,
+                               sources: list[pydicom.Dataset]) -> int | None:
+        """When the results could not be written: the urgent finding's alert all the same (its id), else None."""
+        if not self._is_urgent(result):
+            return None
+        job = session.get(Job, job_id)
+        assert job is not None
+        study = self._emr_study(session, job, result, needed=True)
+        return self._queue_alert(session, job, result, study, outbound_findings(result, True), sources, utcnow())
+
     def _is_urgent(self, result: DetectorResult) -> bool:
         total_ml = sum(f.volume_ml or 0.0 for f in result.findings)
         alerts = self._settings.alerts
         return (result.task == Task.ICH and result.positive and result.case_score >= alerts.ich_min_score
                 and total_ml >= alerts.ich_min_volume_ml)
+
+
+def _record_failure(session: Session, job_id: int, error: str) -> None:
+    """Mark the job failed with ``error``, audit it, and finish its study if nothing else runs on it."""
+    session.execute(update(Job).where(Job.id == job_id).values(state="failed", finished_at=utcnow(), error=error))
+    session.add(AuditEvent(kind="job_failed", subject=f"job {job_id}", detail=error))
+    study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
+    finish_study_if_idle(session, study_id)
 
 
 def finish_study_if_idle(session: Session, study_id: int) -> None:

@@ -1,0 +1,53 @@
+"""A job whose result objects cannot be written still raises the alarm for an urgent finding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from ai_engine.synthetic.studies import write_study
+from radfusion import pipeline
+from radfusion.models import Alert, Artifact, Delivery, Job, Series
+from radfusion.recovery import read_stored_instance
+from radfusion.service import Service
+from radfusion.settings import default_routing, load_settings
+
+
+def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
+                                                                      default_routing([], ["ed"])],
+                             alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
+    service = Service(settings)
+    for source in write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        target = service.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        service.spool.write_durably(target, source.read_bytes())
+        service.recorder.instance_stored(read_stored_instance(target))
+    with service.db.session() as session:
+        series = session.scalars(select(Series)).one()
+        job = Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
+                  rule="test", alert_channels=["ed"])
+        session.add(job)
+        session.flush()
+        job_id = job.id
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("SEG builder refused the series")
+
+    monkeypatch.setattr(pipeline, "build_seg", refuse)
+    assert service.runner.claim(job_id)
+    service.runner.run(job_id)
+    with service.db.session() as session:
+        job = session.get(Job, job_id)
+        alert = session.scalars(select(Alert)).one()
+        assert job.state == "failed"
+        assert job.error == (f"writing the results failed: ValueError: SEG builder refused the series; "
+                             f"hemorrhage alert {alert.id} queued without them")
+        assert alert.payload["kind"] == "ich_alert" and alert.job_id == job_id
+        delivery = session.scalars(select(Delivery)).one()
+        assert (delivery.kind, delivery.target, delivery.state) == ("webhook", "ed", "pending")
+        assert session.scalars(select(Artifact)).all() == []
