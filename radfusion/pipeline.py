@@ -98,7 +98,7 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
             log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
-                _record_failure(session, job_id, f"{type(exc).__name__}: {exc}")
+                _record_failure(session, job_id, job.study_id, f"{type(exc).__name__}: {exc}")
             return
         try:
             written = self._write_reports(job_id, study_uid, sources, result, predecessor, context)
@@ -107,7 +107,8 @@ class JobRunner:
             with self._db.session() as session:
                 alert = self._alert_without_reports(session, job_id, result, sources)
                 sent = "" if alert is None else f"; hemorrhage alert {alert} queued without them"
-                _record_failure(session, job_id, f"writing the results failed: {type(exc).__name__}: {exc}{sent}")
+                _record_failure(session, job_id, job.study_id,
+                                f"writing the results failed: {type(exc).__name__}: {exc}{sent}")
             return
         with self._db.session() as session:
             self._commit_outputs(session, job_id, result, written, sources, context, predecessor)
@@ -207,11 +208,10 @@ class JobRunner:
                 and total_ml >= alerts.ich_min_volume_ml)
 
 
-def _record_failure(session: Session, job_id: int, error: str) -> None:
+def _record_failure(session: Session, job_id: int, study_id: int, error: str) -> None:
     """Mark the job failed with ``error``, audit it, and finish its study if nothing else runs on it."""
     session.execute(update(Job).where(Job.id == job_id).values(state="failed", finished_at=utcnow(), error=error))
     session.add(AuditEvent(kind="job_failed", subject=f"job {job_id}", detail=error))
-    study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
     finish_study_if_idle(session, study_id)
 
 
