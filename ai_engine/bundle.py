@@ -31,10 +31,12 @@ from ai_engine.errors import AiEngineError
 from ai_engine.results import AlgorithmInfo
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
+DATASET_SOURCE = "dataset"  # training_data.source of a bundle trained with --data-dir
 REQUIRED_METADATA = ("version", "task", "intended_use", "inputs", "outputs", "training_data", "metrics")
 DEPLOYED_FORMATS = ("model.onnx", "model.ts")
 WEIGHTS_FILE = "model.pt"
 DEEP_KIND = "deep fusion model trained on synthetic phantoms"
+DATASET_KIND = "deep fusion model trained on a local dataset, not validated by radfusion"
 
 
 class BundleError(AiEngineError):
@@ -58,14 +60,25 @@ class Bundle:
         """Model version from metadata.json."""
         return str(self.metadata["version"])
 
-    def algorithm(self, kind: str = DEEP_KIND) -> AlgorithmInfo:
-        """AlgorithmInfo for results produced with this bundle."""
-        return AlgorithmInfo(name=self.name, version=self.version, device_uid=self.device_uid, kind=kind)
+    def algorithm(self) -> AlgorithmInfo:
+        """AlgorithmInfo for results produced with this bundle (its kind says what it was trained on)."""
+        return AlgorithmInfo(name=self.name, version=self.version, device_uid=self.device_uid,
+                             kind=bundle_kind(self.metadata))
 
 
 def bundle_root(name: str, root: Path | None = None) -> Path:
     """Directory of bundle ``name`` (under ``root``, default the package's ``bundles/``)."""
     return Path(root or BUNDLES_DIR) / name
+
+
+def trained_on_dataset(metadata: dict[str, Any]) -> bool:
+    """Whether a bundle's metadata says it was trained on a dataset directory, not a synthetic cohort."""
+    return bool(metadata.get("training_data", {}).get("source") == DATASET_SOURCE)
+
+
+def bundle_kind(metadata: dict[str, Any]) -> str:
+    """The algorithm kind reports show for a bundle: synthetic phantoms or a local dataset."""
+    return DATASET_KIND if trained_on_dataset(metadata) else DEEP_KIND
 
 
 def bundle_models_dir(root: Path) -> Path:
@@ -92,9 +105,12 @@ def _check_configs(metadata: dict[str, Any], inference: dict[str, Any], where: s
     if missing:
         raise BundleError(f"{where}/configs/metadata.json: missing required keys {missing}")
     intended = str(metadata["intended_use"]).lower()
-    if "synthetic" not in intended or "not for clinical use" not in intended:
-        raise BundleError(f"{where}/configs/metadata.json: intended_use must state synthetic training data "
+    origin = "the dataset it was trained on" if trained_on_dataset(metadata) else "synthetic"
+    if ("synthetic" not in intended and not trained_on_dataset(metadata)) or "not for clinical use" not in intended:
+        raise BundleError(f"{where}/configs/metadata.json: intended_use must state {origin} training data "
                           f"and 'not for clinical use', got {metadata['intended_use']!r}")
+    if trained_on_dataset(metadata) and not metadata["training_data"].get("path"):
+        raise BundleError(f"{where}/configs/metadata.json: training_data of a dataset bundle must name its path")
     if inference.get("deployed") not in DEPLOYED_FORMATS:
         raise BundleError(f"{where}/configs/inference.json: 'deployed' must be one of {DEPLOYED_FORMATS}, "
                           f"got {inference.get('deployed')!r}")

@@ -21,7 +21,7 @@ from monai.networks.blocks import Convolution
 from scipy import ndimage
 from torch import nn
 
-from ai_engine.bundle import DEEP_KIND, Bundle, load_bundle
+from ai_engine.bundle import Bundle, load_bundle
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.nodule_baseline import NoduleBaseline, _lung_side
@@ -322,7 +322,7 @@ class NoduleFusion:
 
     def __init__(self, bundle: Bundle | None = None, device: str = "auto") -> None:
         self.bundle = bundle or load_bundle(NAME)
-        self.algorithm = self.bundle.algorithm(DEEP_KIND)
+        self.algorithm = self.bundle.algorithm()
         self.parameters = self.bundle.inference
         models = self.bundle.root / "models"
         self.network, self.fusion = deploy_network_and_fusion(

@@ -432,7 +432,7 @@ def make_head_case(rng: np.random.Generator, acquisition: HeadAcquisition,
     noise = rng.standard_normal(shape, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, sigma=(0.0, max(sigma_px, 0.5), max(sigma_px, 0.5)))
     hu += noise * np.float32(acquisition.noise_hu / max(float(noise.std()), 1e-6))
-    truths = _truths(labels, spacing)
+    truths = bleed_truths(labels, spacing)
     return HeadCase(hu.astype(np.float32), labels, spacing, truths)
 
 
@@ -445,7 +445,7 @@ def _majority_labels(sub: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _truths(labels: np.ndarray, spacing: tuple[float, float, float]) -> list[LesionTruth]:
+def bleed_truths(labels: np.ndarray, spacing: tuple[float, float, float]) -> list[LesionTruth]:
     """One LesionTruth per bleed label present: centroid, volume (mL) and subtype."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     truths = []

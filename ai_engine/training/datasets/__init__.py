@@ -4,3 +4,33 @@ One module per task; each turns a dataset directory into the same training units
 cohorts produce, so training and serving see identical preprocessing. A malformed dataset raises
 ``AiEngineError`` naming the file, row or column at fault.
 """
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ai_engine.bundle import DATASET_SOURCE
+
+
+def dataset_training_data(root: Path, tables: list[str], **counts: int) -> dict[str, Any]:
+    """``metadata.json`` ``training_data`` of a bundle trained on a dataset directory.
+
+    Records the directory, what it held (``counts``) and the SHA-256 of its tables, so a bundle
+    can be traced back to the exact annotations it learned from.
+    """
+    digests = {}
+    for name in tables:
+        path = Path(root) / name
+        if path.is_file():
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"source": DATASET_SOURCE, "path": str(Path(root).resolve()), "tables_sha256": digests, **counts}
+
+
+def dataset_intended_use(root: Path) -> str:
+    """The ``intended_use`` of a bundle trained on a dataset: the project does not vouch for it."""
+    return (f"Trained with `radfusion train --data-dir {Path(root).resolve()}` on that dataset. radfusion has "
+            "not validated this model: not for clinical use until the institution that trained it has "
+            "validated it.")
+

@@ -14,7 +14,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ai_engine.bundle import (
-    DEEP_KIND,
+    bundle_kind,
     bundle_models_dir,
     bundle_root,
     resolve_bundle,
+    trained_on_dataset,
     write_bundle_configs,
 )
 from ai_engine.clinical_features import NOTE_DIM, feature_names
@@ -40,6 +41,8 @@ from ai_engine.fusion import FusionHead
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.ich import GENERATOR_VERSION, IchCase, generate_case, write_case_dicom
+from ai_engine.training.datasets import dataset_intended_use, dataset_training_data, ich_cases
+from ai_engine.training.datasets.ich_cases import UNKNOWN_LABEL
 from ai_engine.training.deploy_timing import cpu_seconds
 from ai_engine.training.fusion_fit import (
     DESIGN,
@@ -105,55 +108,6 @@ def build_arrays(cases: Iterable[IchCase], total: int | None = None) -> CaseArra
     return CaseArrays(np.concatenate(slabs), np.concatenate(seg), np.concatenate(owner), np.stack(clinical),
                       np.stack(present), np.stack(note), np.array(note_present, dtype=np.float32),
                       np.array(labels), np.array(volumes))
-
-
-REAL_COLUMNS = ("case_id", "label")
-UNKNOWN_LABEL = 255  # a case without a mask: its slabs train the fusion head, not the segmentation
-
-
-def load_real_cases(root: Path) -> Iterator[IchCase]:
-    """Cases of a hospital dataset in the documented layout (docs/model-cards/ich.md, "Training on real data").
-
-    ``root/cases.csv`` has at least ``case_id`` and ``label`` (0/1) and optionally ``age``, ``sex``,
-    ``inr``, ``platelets``, ``systolic_bp``, ``gcs``, ``anticoagulant``, ``antiplatelet`` (0/1) and
-    ``note``; ``root/<case_id>/dicom/`` holds the axial series; ``root/<case_id>/mask.npz`` (array
-    ``labels``, uint8 0..5 in SUBTYPES order + 1, on the DICOM grid) is needed for cases the
-    segmentation network learns from. Empty cells are missing values, never zeros.
-    """
-    import csv
-
-    from ai_engine.volume import load_series
-    from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
-
-    table = Path(root) / "cases.csv"
-    if not table.is_file():
-        raise AiEngineError(f"real ICH dataset: {table} is missing (see the model card for the layout)")
-    with table.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not set(REAL_COLUMNS) <= set(rows[0]):
-        raise AiEngineError(f"real ICH dataset: {table} needs columns {REAL_COLUMNS}, got {sorted(rows[0])}")
-    provenance = Provenance("dataset", str(root), "cases.csv")
-    for row in rows:
-        case_dir = Path(root) / row["case_id"]
-        volume = load_series(sorted((case_dir / "dicom").glob("*.dcm")))
-        mask_path = case_dir / "mask.npz"
-        labels = (np.load(mask_path)["labels"] if mask_path.is_file()
-                  else np.full(volume.array.shape, UNKNOWN_LABEL, np.uint8))
-        context = ClinicalContext(age_years=float(row["age"]) if row.get("age") else None,
-                                  sex=row.get("sex") or None, status="complete")
-        for name in ("inr", "platelets", "systolic_bp", "gcs"):
-            if row.get(name):
-                context.labs[name] = LabValue(name, "", float(row[name]), "", None, provenance)
-        for category in ("anticoagulant", "antiplatelet"):
-            if row.get(category) == "1":
-                context.medications.append(CodedItem("", "", category, category))
-        if not row.get("anticoagulant") and not row.get("antiplatelet"):
-            context.errors.append("medications: not recorded in the dataset")
-        if row.get("note"):
-            context.notes.append(row["note"])
-        yield IchCase(case_id=row["case_id"], hu=volume.array, labels=labels, spacing=volume.spacing_mm,
-                      truths=[], context=context, note=row.get("note") or None, label=int(row["label"]),
-                      age=float(row["age"]) if row.get("age") else 0.0, sex=row.get("sex") or "")
 
 
 def _cached_cohort(size: int, seed: int, generator: int = GENERATOR_VERSION) -> CaseArrays:
@@ -320,11 +274,24 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     epochs = epochs or (QUICK_EPOCHS if quick else UNET_EPOCHS)
     started = time.monotonic()
     if data_dir is not None:
-        data = build_arrays(load_real_cases(data_dir))
-        size = len(data.label)
+        rows = ich_cases.read_table(data_dir)
+        data = build_arrays(ich_cases.load_cases(data_dir), total=len(rows))
+        training_data = dataset_training_data(data_dir, ["cases.csv"], cases=len(rows),
+                                              positives=int(data.label.sum()),
+                                              with_masks=int(len(np.unique(data.case_of_slab[
+                                                  (data.seg != UNKNOWN_LABEL).any(axis=(1, 2))]))))
     else:
         data = _cached_cohort(size, seed)
+        training_data = {"source": "synthetic (ai_engine.synthetic.cohorts.ich)", "cases": size,
+                         "generator_version": GENERATOR_VERSION}
     split = _split(data.label, seed)
+    empty = [name for name, cases in split.items() if not len(cases)]
+    if empty:
+        raise AiEngineError(f"{len(data.label)} cases leave split(s) {empty} empty: training needs about ten cases "
+                            "of each label (splits A/V/B/C are stratified by label)")
+    if not (data.seg[np.isin(data.case_of_slab, split["A"])] != UNKNOWN_LABEL).any():
+        raise AiEngineError("no case of the U-Net training split has a mask.npz: the segmentation network "
+                            "needs voxel labels (docs/model-cards/ich.md, \"Training on real data\")")
     network = _train_network(data, split["A"], split["V"], epochs, seed, quick)
     heads, calibration, fusion_summary = _fit_fusion(network, data, split, seed, quick)
     root = Path(out_dir) if out_dir is not None else bundle_root(model.NAME)
@@ -340,7 +307,10 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
         "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH), "note_dim": NOTE_DIM,
         "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
     }
-    metadata = _metadata(size, seed, split, epochs, timing, time.monotonic() - started, quick)
+    training_data.update(seed=seed, splits={k: int(len(v)) for k, v in split.items()}, unet_epochs_max=epochs,
+                         quick=quick, train_seconds=round(time.monotonic() - started, 1))
+    metadata = _metadata(training_data, timing,
+                         dataset_intended_use(data_dir) if data_dir is not None else SYNTHETIC_INTENDED_USE)
     metadata["fusion"] = fusion_summary
     write_bundle_configs(root, metadata, inference)
     log.info("ich bundle written to %s in %.0f s", root, time.monotonic() - started)
@@ -355,6 +325,9 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     """
     torch.set_num_threads(1)
     loaded = resolve_bundle(bundle, model.NAME)
+    if trained_on_dataset(loaded.metadata):
+        raise AiEngineError(f"{loaded.root} was trained on a dataset directory; --fusion-only rebuilds a "
+                            "synthetic cohort, so train it again with --data-dir instead")
     recorded = loaded.metadata["training_data"]
     seed, size = int(recorded["seed"]), int(recorded["cases"])
     seed_everything(seed)
@@ -372,13 +345,15 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     return loaded.root
 
 
-def _metadata(size: int, seed: int, split: dict[str, np.ndarray], epochs: int, timing: dict[str, float],
-              seconds: float, quick: bool) -> dict[str, Any]:
+SYNTHETIC_INTENDED_USE = ("Research and integration testing of radfusion only. Trained exclusively on synthetic "
+                          "head CT phantoms generated by radfusion's own generators; not validated on patient data; "
+                          "not for clinical use.")
+
+
+def _metadata(training_data: dict[str, Any], timing: dict[str, float], intended_use: str) -> dict[str, Any]:
     return {
-        "name": model.NAME, "version": VERSION, "task": Task.ICH.value, "kind": DEEP_KIND,
-        "intended_use": ("Research and integration testing of radfusion only. Trained exclusively on synthetic "
-                         "head CT phantoms generated by radfusion's own generators; not validated on patient data; "
-                         "not for clinical use."),
+        "name": model.NAME, "version": VERSION, "task": Task.ICH.value,
+        "kind": bundle_kind({"training_data": training_data}), "intended_use": intended_use,
         "inputs": {"volume": "axial head CT series in HU (any matrix, spacing and slice thickness; resampled to "
                              "2 mm pixels, 128x128 window, 5 mm slabs)",
                    "clinical": feature_names(Task.ICH), "note": "free text (reason for exam + notes), hashed"},
@@ -389,10 +364,7 @@ def _metadata(size: int, seed: int, split: dict[str, np.ndarray], epochs: int, t
         "network": {"image": "MONAI UNet 2-D, channels (16, 32, 64, 128), 4 input channels, 6 classes",
                     "fusion": DESIGN, "deployed": "ONNX Runtime (CPU)",
                     "cpu_seconds_32_slabs": timing},
-        "training_data": {"source": "synthetic (ai_engine.synthetic.cohorts.ich)", "cases": size, "seed": seed,
-                          "generator_version": GENERATOR_VERSION,
-                          "splits": {k: int(len(v)) for k, v in split.items()}, "unet_epochs_max": epochs,
-                          "quick": quick, "train_seconds": round(seconds, 1)},
+        "training_data": training_data,
         "metrics": {"held_out": "see docs/model-cards/ich/metrics.json (radfusion evaluate ich)"},
     }
 

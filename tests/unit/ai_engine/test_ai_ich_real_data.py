@@ -1,0 +1,175 @@
+"""ICH training on a dataset directory (docs/model-cards/ich.md, "Training on real data").
+
+The dataset is built in the documented layout from small synthetic heads written as DICOM: the
+reader must give back the same voxels, bleed labels and clinical values, refuse malformed
+datasets naming the fault, and the bundle it trains must say where it came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ai_engine.bundle import DATASET_KIND, resolve_bundle
+from ai_engine.clinical_features import encode_clinical, feature_names
+from ai_engine.errors import AiEngineError
+from ai_engine.results import Task
+from ai_engine.synthetic.cohorts.ich import IchCase, write_case_dicom
+from ai_engine.synthetic.head_ct import HeadAcquisition, HemorrhageSpec, make_head_case
+from ai_engine.training.datasets import ich_cases
+from ai_engine.volume import load_series
+
+TINY = HeadAcquisition(rows=96, slice_mm=5.0, coverage_mm=60.0)
+COLUMNS = ("case_id", "label", "age", "sex", "inr", "platelets", "anticoagulant", "antiplatelet",
+           "trauma_mechanism", "note")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_case(root: Path, case_id: str, seed: int, bleed: bool) -> np.ndarray:
+    """Write one head as root/<case_id>/dicom/*.dcm and its mask; returns the labels in load_series order."""
+    bleeds = [HemorrhageSpec("intraparenchymal", 12.0, 70.0, 1.0)] if bleed else []
+    head = make_head_case(np.random.default_rng(seed), TINY, bleeds)
+    case = IchCase(case_id, head.hu, head.labels, head.spacing, head.truths, None, None, int(bleed), 70.0, "F")
+    paths = write_case_dicom(case, root / case_id / "dicom")
+    volume = load_series(paths)
+    np.testing.assert_allclose(volume.array, head.hu, atol=1.0)  # the writer's grid is the reader's grid
+    return head.labels
+
+
+def _write_table(root: Path, rows: list[dict[str, str]]) -> None:
+    with (root / "cases.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twenty heads, ten with a bleed (the stratified splits need about ten of each); case c1's mask is stored in reversed slice order with its SOP UIDs."""
+    root = tmp_path_factory.mktemp("ich-dataset")
+    rows = []
+    for i in range(20):
+        case_id, bleed = f"c{i}", i % 2 == 1
+        labels = _write_case(root, case_id, seed=100 + i, bleed=bleed)
+        if case_id == "c1":
+            uids = load_series(sorted((root / case_id / "dicom").glob("*.dcm"))).sop_instance_uids
+            np.savez(root / case_id / "mask.npz", labels=labels[::-1], sop_instance_uids=np.array(uids[::-1]))
+        elif case_id != "c7":  # c7: no mask, trains the case-level head only
+            np.savez(root / case_id / "mask.npz", labels=labels)
+        rows.append({"case_id": case_id, "label": str(int(bleed)), "age": str(60 + i), "sex": "F" if i % 3 else "M",
+                     "inr": "2.8" if bleed else "1.0", "platelets": "" if i == 2 else "210",
+                     "anticoagulant": "1" if bleed else ("" if i == 2 else "0"), "antiplatelet": "",
+                     "trauma_mechanism": "fall" if i == 3 else "", "note": "found on floor" if i == 3 else ""})
+    _write_table(root, rows)
+    return root
+
+
+def test_cases_come_back_with_their_voxels_masks_and_clinical_values(dataset: Path) -> None:
+    cases = {case.case_id: case for case in ich_cases.load_cases(dataset)}
+    assert sorted(cases) == sorted(f"c{i}" for i in range(20))
+    expected = load_series(sorted((dataset / "c1" / "dicom").glob("*.dcm")))
+    np.testing.assert_array_equal(cases["c1"].hu, expected.array)
+    # the reversed mask is put back in series order: the bleed lies where the phantom put it
+    regenerated = make_head_case(np.random.default_rng(101), TINY, [HemorrhageSpec("intraparenchymal", 12.0, 70.0,
+                                                                                      1.0)])
+    np.testing.assert_array_equal(cases["c1"].labels, regenerated.labels)
+    assert [t.subtype for t in cases["c1"].truths] == ["intraparenchymal"]
+    assert cases["c1"].truths[0].size == pytest.approx(regenerated.truths[0].size, rel=1e-6)
+    assert (cases["c7"].labels == ich_cases.UNKNOWN_LABEL).all() and cases["c7"].truths == []
+    assert not cases["c0"].labels.any() and cases["c0"].label == 0
+
+    names = feature_names(Task.ICH)
+    values, present = encode_clinical(Task.ICH, cases["c3"].context)
+    known = dict(zip(names, present, strict=True))
+    assert known["inr"] and known["platelets"] and known["anticoagulant"] and known["trauma"]
+    assert values[names.index("trauma")] == 1.0 and values[names.index("anticoagulant")] == 1.0
+    assert not known["gcs"] and not known["systolic_bp"]  # empty columns are missing, not zero
+    _, present2 = encode_clinical(Task.ICH, cases["c2"].context)
+    known2 = dict(zip(names, present2, strict=True))
+    assert not known2["platelets"] and not known2["anticoagulant"] and not known2["antiplatelet"]
+
+
+def test_training_on_the_dataset_writes_a_bundle_that_names_it(dataset: Path, tmp_path: Path) -> None:
+    from ai_engine.training.tasks import ich
+
+    root = ich.train(out_dir=tmp_path / "bundle", epochs=None, cohort_size=None, seed=0, quick=True,
+                     data_dir=dataset)
+    metadata = json.loads((root / "configs" / "metadata.json").read_text())
+    recorded = metadata["training_data"]
+    assert recorded["source"] == "dataset" and recorded["path"] == str(dataset.resolve())
+    assert (recorded["cases"], recorded["positives"], recorded["with_masks"]) == (20, 10, 19)
+    assert len(recorded["tables_sha256"]["cases.csv"]) == 64
+    assert "synthetic" not in metadata["intended_use"] and str(dataset.resolve()) in metadata["intended_use"]
+    assert (root / "models" / "model.onnx").is_file() and (root / "models" / "fusion.onnx").is_file()
+    assert resolve_bundle(root, "ich_fusion").algorithm().kind == DATASET_KIND  # what the SR says of it
+    with pytest.raises(AiEngineError, match="trained on a dataset directory"):
+        ich.train_fusion_only(bundle=root, quick=True)
+
+
+def _copy_of(dataset: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(dataset, tmp_path / "copy"))
+
+
+def _rewrite_row(root: Path, which: str, **cells: str) -> None:
+    with (root / "cases.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        if row["case_id"] == which:
+            row.update(cells)
+    _write_table(root, rows)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("no_table", r"cases\.csv is missing"),
+    ("no_label_column", r"lacks column\(s\) \['label'\]"),
+    ("label_2", r"line 4: label must be 0 or 1, got '2'"),
+    ("escaping_id", r"line 2: case_id '\.\./c0'"),
+    ("duplicate_id", r"line 3: case_id c0 repeats line 2"),
+    ("bad_trauma", r"line 5: trauma_mechanism must be one of"),
+    ("inr_text", r"line 3: column 'inr' is not a number: 'high'"),
+    ("no_series", r"case c5: no DICOM files"),
+    ("mask_shape", r"c4/mask\.npz: labels have shape"),
+    ("clean_label_with_blood", r"case c3 has label 0 but its mask marks blood"),
+])
+def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path: Path, damage: str,
+                                                         message: str) -> None:
+    root = _copy_of(dataset, tmp_path)
+    if damage == "no_table":
+        (root / "cases.csv").unlink()
+    elif damage == "no_label_column":
+        text = (root / "cases.csv").read_text().replace("case_id,label,", "case_id,diagnosis,", 1)
+        (root / "cases.csv").write_text(text)
+    elif damage == "label_2":
+        _rewrite_row(root, "c2", label="2")
+    elif damage == "escaping_id":
+        _rewrite_row(root, "c0", case_id="../c0")
+    elif damage == "duplicate_id":
+        _rewrite_row(root, "c1", case_id="c0")
+    elif damage == "bad_trauma":
+        _rewrite_row(root, "c3", trauma_mechanism="skiing")
+    elif damage == "inr_text":
+        _rewrite_row(root, "c1", inr="high")
+    elif damage == "no_series":
+        for path in (root / "c5" / "dicom").glob("*.dcm"):
+            path.unlink()
+    elif damage == "mask_shape":
+        labels = np.load(root / "c4" / "mask.npz")["labels"]
+        np.savez(root / "c4" / "mask.npz", labels=labels[1:])
+    elif damage == "clean_label_with_blood":
+        _rewrite_row(root, "c3", label="0")
+    with pytest.raises(AiEngineError, match=message):
+        list(ich_cases.load_cases(root))
