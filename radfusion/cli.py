@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="keep the demo's files here (default: a temporary directory)")
     demo.add_argument("--rows", type=int, default=256, help="image size of the synthetic studies")
     demo.set_defaults(func=cmd_demo)
-    for name, text in (("train", "train a deep detector on a synthetic cohort (TASK: ich, nodule, mammo)"),
+    for name, text in (("train", "train a deep detector on a synthetic cohort or a --data-dir dataset "
+                                 "(TASK: ich, nodule, mammo)"),
                        ("evaluate", "evaluate a deep detector and its baseline on a held-out cohort")):
         sub.add_parser(name, help=text, add_help=False).set_defaults(func=cmd_model)
     return parser

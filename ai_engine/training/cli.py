@@ -7,6 +7,7 @@ Usage (until ``radfusion train|evaluate`` wraps these):
     python -m ai_engine.training.cli train ich --fusion-only [--bundle NAME_OR_DIR] [--quick]
     python -m ai_engine.training.cli train mammo --density-only [--bundle NAME_OR_DIR]
     python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
+    python -m ai_engine.training.cli evaluate ich --data-dir REAL_DATA --out-dir D [--bundle NAME_OR_DIR]
 
 ``None`` for an option means the task module's default (documented in its model card).
 Importing this module is cheap: the task module (and torch) is imported on the call.
@@ -67,9 +68,14 @@ def train_density_only(task: str, *, bundle: str | Path | None = None) -> Path:
 
 
 def evaluate(task: str, *, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
-             out_dir: Path | None = None) -> dict[str, Any]:
-    """Evaluate a bundle on a held-out cohort (other seed, shifted acquisition) against the baseline."""
-    return _task_module(task).evaluate(bundle=bundle, cohort_size=cohort_size, seed=seed, out_dir=out_dir)
+             out_dir: Path | None = None, data_dir: Path | None = None) -> dict[str, Any]:
+    """Evaluate a bundle on a held-out cohort (other seed, shifted acquisition) against the baseline.
+
+    ``data_dir``: on a dataset in the task's training layout instead (an institution validating a
+    model on its own cases); passed on only when given, like ``train``'s.
+    """
+    extra: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
+    return _task_module(task).evaluate(bundle=bundle, cohort_size=cohort_size, seed=seed, out_dir=out_dir, **extra)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--cohort-size", type=int, default=None)
     p_eval.add_argument("--seed", type=int, default=None, help="held-out seed (default: the task's)")
     p_eval.add_argument("--out-dir", type=Path, default=None, help="metrics/plots directory (default: model card)")
+    p_eval.add_argument("--data-dir", type=Path, default=None,
+                        help="evaluate on a dataset in the training layout of the task's model card (needs --out-dir)")
     return parser
 
 
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed, quick=args.quick, data_dir=args.data_dir))
     else:
         print(json.dumps(evaluate(args.task, bundle=bundle, cohort_size=args.cohort_size, seed=args.seed,
-                                  out_dir=args.out_dir), indent=2))
+                                  out_dir=args.out_dir, data_dir=args.data_dir), indent=2))
     return 0
 
 

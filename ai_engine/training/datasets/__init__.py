@@ -14,11 +14,11 @@ from typing import Any
 from ai_engine.bundle import DATASET_SOURCE
 
 
-def dataset_training_data(root: Path, tables: list[str], **counts: int) -> dict[str, Any]:
-    """``metadata.json`` ``training_data`` of a bundle trained on a dataset directory.
+def dataset_provenance(root: Path, tables: list[str], **counts: int) -> dict[str, Any]:
+    """Where a dataset directory's cases came from: for a bundle's ``training_data`` or an evaluation's record.
 
     Records the directory, what it held (``counts``) and the SHA-256 of its tables, so a bundle
-    can be traced back to the exact annotations it learned from.
+    or a metrics file can be traced back to the exact annotations behind it.
     """
     digests = {}
     for name in tables:

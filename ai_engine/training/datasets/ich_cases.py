@@ -75,7 +75,7 @@ def _check_row(root: Path, table: Path, line: int, row: dict[str, str]) -> IchDa
     trauma = (row.get("trauma_mechanism") or "").strip().lower()
     if trauma and trauma not in TRAUMA_LEVELS:
         raise _fail(table, line, f"trauma_mechanism must be one of {TRAUMA_LEVELS} or empty, got {trauma!r}")
-    if not any((root / case_id / "dicom").glob("*.dcm")):
+    if not series_paths(root, case_id):
         raise _fail(table, line, f"case {case_id}: no DICOM files in {root / case_id / 'dicom'}")
     return IchDatasetRow(line, case_id, int(row["label"].strip()),
                          {k: (v or "").strip() for k, v in row.items() if k is not None})
@@ -149,13 +149,18 @@ def _context(row: IchDatasetRow, provenance: Provenance) -> ClinicalContext:
     return context
 
 
+def series_paths(root: Path, case_id: str) -> list[Path]:
+    """The DICOM files of case ``case_id``."""
+    return sorted((Path(root) / case_id / "dicom").glob("*.dcm"))
+
+
 def load_cases(root: Path) -> Iterator[IchCase]:
     """The dataset's cases, one series at a time (the table is checked first: ``read_table``)."""
     rows = read_table(root)
     provenance = Provenance("dataset", str(root), "cases.csv")
     for row in rows:
         case_dir = Path(root) / row.case_id
-        volume = load_series(sorted((case_dir / "dicom").glob("*.dcm")))
+        volume = load_series(series_paths(root, row.case_id))
         mask_path = case_dir / "mask.npz"
         labels = (_mask(mask_path, volume, row) if mask_path.is_file()
                   else np.full(volume.array.shape, UNKNOWN_LABEL, np.uint8))

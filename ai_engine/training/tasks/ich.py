@@ -14,7 +14,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from ai_engine.fusion import FusionHead
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.ich import GENERATOR_VERSION, IchCase, generate_case, write_case_dicom
-from ai_engine.training.datasets import dataset_intended_use, dataset_training_data, ich_cases
+from ai_engine.training.datasets import dataset_intended_use, dataset_provenance, ich_cases
 from ai_engine.training.datasets.ich_cases import UNKNOWN_LABEL
 from ai_engine.training.deploy_timing import cpu_seconds
 from ai_engine.training.fusion_fit import (
@@ -64,6 +64,7 @@ UNET_EPOCHS, QUICK_EPOCHS = 16, 1
 SAMPLES_PER_EPOCH = 2000
 EVAL_SEED, EVAL_SIZE = 7, 150
 MODEL_CARD_DIR = Path("docs/model-cards/ich")
+HELD_OUT_ACQUISITION = "shifted (ai_engine.synthetic.cohorts.ich.sample_acquisition)"
 SPLITS = {"A": 0.65, "V": 0.08, "B": 0.19, "C": 0.08}
 BLOOD_CLASS_WEIGHT = 3.0
 
@@ -276,7 +277,7 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     if data_dir is not None:
         rows = ich_cases.read_table(data_dir)
         data = build_arrays(ich_cases.load_cases(data_dir), total=len(rows))
-        training_data = dataset_training_data(data_dir, ["cases.csv"], cases=len(rows),
+        training_data = dataset_provenance(data_dir, ["cases.csv"], cases=len(rows),
                                               positives=int(data.label.sum()),
                                               with_masks=int(len(np.unique(data.case_of_slab[
                                                   (data.seg != UNKNOWN_LABEL).any(axis=(1, 2))]))))
@@ -379,11 +380,37 @@ def _binary_summary(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
             "specificity_at_operating": round(shipped.specificity, 4)}
 
 
+def _synthetic_held_out(seed: int, size: int) -> Iterator[tuple[IchCase, list[Path]]]:
+    """Held-out synthetic cases (shifted acquisition, complete records), each written as DICOM for the loader."""
+    with tempfile.TemporaryDirectory(prefix="ich-eval-") as tmp:
+        for i in tqdm(range(size), desc="held-out", unit="case"):
+            case = generate_case(seed * 100_000 + i, shifted=True, missing_rate=0.0)
+            paths = write_case_dicom(case, Path(tmp) / case.case_id)
+            yield case, paths
+            for path in paths:
+                path.unlink()
+
+
+def _dataset_held_out(root: Path) -> Iterator[tuple[IchCase, list[Path]]]:
+    """The cases of a dataset directory with their DICOM files (``ich_cases`` layout)."""
+    total = len(ich_cases.read_table(root))
+    for case in tqdm(ich_cases.load_cases(root), desc="dataset", unit="case", total=total):
+        yield case, ich_cases.series_paths(root, case.case_id)
+
+
 def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | None,
-             out_dir: Path | None) -> dict[str, Any]:
-    """Held-out evaluation through DICOM files; writes metrics.json and plots into ``out_dir``."""
+             out_dir: Path | None, data_dir: Path | None = None) -> dict[str, Any]:
+    """Held-out evaluation through DICOM files; writes metrics.json and plots into ``out_dir``.
+
+    ``data_dir``: evaluate on a dataset directory in the training layout instead (an institution's
+    own validation before use); ``out_dir`` is then required, so the model card's files stay the
+    project's.
+    """
     from ai_engine.evaluation import plots
 
+    if data_dir is not None and (out_dir is None or cohort_size is not None or seed is not None):
+        raise AiEngineError("evaluate --data-dir needs --out-dir (the model card's metrics stay the project's) and "
+                            "takes no --cohort-size or --seed (the dataset is the cohort)")
     torch.set_num_threads(1)
     loaded = resolve_bundle(bundle, model.NAME)
     detector = model.IchFusion(loaded, device="cpu")
@@ -394,37 +421,35 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     features, contexts = [], []
-    with tempfile.TemporaryDirectory(prefix="ich-eval-") as tmp:
-        for i in tqdm(range(size), desc="held-out", unit="case"):
-            case = generate_case(seed * 100_000 + i, shifted=True, missing_rate=0.0)
-            paths = write_case_dicom(case, Path(tmp) / case.case_id)
-            inputs = load_inputs(Task.ICH, paths, case.context)
-            start = time.perf_counter()
-            image = detector.image_stage(inputs.volume)  # type: ignore[arg-type]
-            fused = detector.fusion_stage(image.features, case.context)
-            deep_seconds = time.perf_counter() - start
-            no_context = detector.fusion_stage(image.features, None)
-            start = time.perf_counter()
-            base = baseline.detect(inputs)
-            base_seconds = time.perf_counter() - start
-            found_ml = None
-            if case.label and fused.probability >= detector.threshold:
-                found_ml = sum(f.volume_ml or 0.0 for f in detector.findings(inputs.volume, image, fused))
-            rows.append({"case": case.case_id, "label": case.label, "truth_ml": sum(t.size for t in case.truths),
-                         "subtypes": [t.subtype for t in case.truths], "deep": fused.probability,
-                         "deep_no_context": no_context.probability, "baseline": base.case_score,
-                         "found_ml": found_ml, "weights": fused.weights, "logit_sd": fused.logit_sd,
-                         "slice_mm": case.spacing[0], "pixel_mm": case.spacing[1], "deep_s": deep_seconds,
-                         "baseline_s": base_seconds})
-            features.append(image.features)
-            contexts.append(case.context)
-            for path in paths:
-                path.unlink()
+    cases = _synthetic_held_out(seed, size) if data_dir is None else _dataset_held_out(data_dir)
+    for case, paths in cases:
+        inputs = load_inputs(Task.ICH, paths, case.context)
+        start = time.perf_counter()
+        image = detector.image_stage(inputs.volume)  # type: ignore[arg-type]
+        fused = detector.fusion_stage(image.features, case.context)
+        deep_seconds = time.perf_counter() - start
+        no_context = detector.fusion_stage(image.features, None)
+        start = time.perf_counter()
+        base = baseline.detect(inputs)
+        base_seconds = time.perf_counter() - start
+        found_ml = None
+        if case.label and case.truths and fused.probability >= detector.threshold:
+            found_ml = sum(f.volume_ml or 0.0 for f in detector.findings(inputs.volume, image, fused))
+        rows.append({"case": case.case_id, "label": case.label, "truth_ml": sum(t.size for t in case.truths),
+                     "subtypes": [t.subtype for t in case.truths], "deep": fused.probability,
+                     "deep_no_context": no_context.probability, "baseline": base.case_score,
+                     "found_ml": found_ml, "weights": fused.weights, "logit_sd": fused.logit_sd,
+                     "slice_mm": case.spacing[0], "pixel_mm": case.spacing[1], "deep_s": deep_seconds,
+                     "baseline_s": base_seconds})
+        features.append(image.features)
+        contexts.append(case.context)
     labels = np.array([r["label"] for r in rows])
     result: dict[str, Any] = {"bundle": {"name": loaded.name, "version": loaded.version,
                                          "device_uid": loaded.device_uid},
-                              "held_out": {"seed": seed, "cases": size, "positives": int(labels.sum()),
-                                           "acquisition": "shifted (ai_engine.synthetic.cohorts.ich.sample_acquisition)"}}
+                              "held_out": ({"seed": seed, "cases": size, "positives": int(labels.sum()),
+                                            "acquisition": HELD_OUT_ACQUISITION} if data_dir is None else
+                                           dataset_provenance(data_dir, ["cases.csv"], cases=len(rows),
+                                                              positives=int(labels.sum())))}
     scores = {name: np.array([r[name] for r in rows]) for name in ("deep", "deep_no_context", "baseline")}
     result["deep_fusion"] = _binary_summary(labels, scores["deep"], detector.threshold)
     result["deep_without_clinical_context"] = _binary_summary(labels, scores["deep_no_context"], detector.threshold)

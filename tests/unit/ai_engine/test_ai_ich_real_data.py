@@ -173,3 +173,18 @@ def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path
         _rewrite_row(root, "c3", label="0")
     with pytest.raises(AiEngineError, match=message):
         list(ich_cases.load_cases(root))
+
+
+def test_the_deployed_bundle_is_evaluated_on_the_dataset_through_the_cli(dataset: Path, tmp_path: Path) -> None:
+    """``evaluate ich --data-dir``: every case through the server's loader; metrics name the dataset."""
+    from ai_engine.training import cli
+
+    with pytest.raises(AiEngineError, match="needs --out-dir"):
+        cli.evaluate("ich", data_dir=dataset)
+    assert cli.main(["evaluate", "ich", "--data-dir", str(dataset), "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["held_out"]["source"] == "dataset" and result["held_out"]["path"] == str(dataset.resolve())
+    assert (result["held_out"]["cases"], result["held_out"]["positives"]) == (20, 10)
+    rows = {r["case"]: r for r in json.loads((tmp_path / "cases.json").read_text())}
+    assert rows["c1"]["truth_ml"] == pytest.approx(12.0, rel=0.3) and rows["c7"]["truth_ml"] == 0.0
+    assert 0.0 <= result["deep_fusion"]["auc"] <= 1.0 and (tmp_path / "roc.png").is_file()
