@@ -59,16 +59,25 @@ def _view(ds: pydicom.Dataset, path: Path) -> str:
     raise VolumeError(f"{path}: mammogram has neither ViewPosition nor a known View Code Sequence code")
 
 
-def _spacing(ds: pydicom.Dataset, path: Path) -> tuple[float, float]:
+def _spacing(ds: pydicom.Dataset, path: Path, fallback_mm: float | None) -> tuple[float, float]:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in ds and ds[keyword].value:
             row, col = (float(v) for v in ds[keyword].value)
             return (row, col)
+    if fallback_mm is not None:
+        return (fallback_mm, fallback_mm)
     raise VolumeError(f"{path}: mammogram has neither PixelSpacing nor ImagerPixelSpacing")
 
 
-def load_view(path: Path) -> MammoView:
-    """Read one single-frame mammogram."""
+def load_view(path: Path, *, identity: tuple[str, str] | None = None,
+              fallback_spacing_mm: float | None = None) -> MammoView:
+    """Read one single-frame mammogram.
+
+    Serving reads laterality, view and spacing from the header. A dataset whose headers lack them
+    (scanned film, e.g. CBIS-DDSM) passes ``identity`` = (laterality, view) from its annotations,
+    which then replaces the header's, and ``fallback_spacing_mm``, used only when the header has
+    neither PixelSpacing nor ImagerPixelSpacing.
+    """
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds:
         raise VolumeError(f"{path}: has no Pixel Data")
@@ -78,8 +87,10 @@ def load_view(path: Path) -> MammoView:
     array = array * np.float32(float(ds.get("RescaleSlope", 1.0))) + np.float32(float(ds.get("RescaleIntercept", 0.0)))
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         array = array.max() - array
-    return MammoView(array=array, pixel_spacing_mm=_spacing(ds, path), laterality=_laterality(ds, path),
-                     view=_view(ds, path), sop_instance_uid=str(ds.SOPInstanceUID), path=path,
+    spacing = _spacing(ds, path, fallback_spacing_mm)
+    laterality, view = identity if identity is not None else (_laterality(ds, path), _view(ds, path))
+    return MammoView(array=array, pixel_spacing_mm=spacing, laterality=laterality,
+                     view=view, sop_instance_uid=str(ds.SOPInstanceUID), path=path,
                      series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))
 
 
