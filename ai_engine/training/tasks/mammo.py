@@ -7,6 +7,9 @@ compute case features with the detector's own code, train the fusion heads (dyna
 image-only, for the fusion experiment), fit the temperature and the operating threshold on the
 calibration split, fit the density model on texture statistics, export ONNX and write the bundle.
 
+With ``data_dir`` the exams come from a CBIS-DDSM-layout dataset (``ai_engine.training.datasets.cbis_ddsm``,
+train tables only, shuffled with the seed and split by patient, not cached) and the same code trains on them.
+
 ``evaluate``: generate a held-out cohort with another seed and the shifted ``HELDOUT_ACQUISITION``,
 write every exam as DICOM, load it through ``ai_engine.inputs.load_inputs`` (the server's path), run
 the deployed detector and the classical baseline on the same studies, and write metrics and plots.
@@ -20,10 +23,10 @@ import multiprocessing
 import pickle
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,7 +34,15 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ai_engine.bundle import Bundle, bundle_models_dir, bundle_root, load_bundle, resolve_bundle, write_bundle_configs
+from ai_engine.bundle import (
+    Bundle,
+    bundle_models_dir,
+    bundle_root,
+    load_bundle,
+    resolve_bundle,
+    trained_on_dataset,
+    write_bundle_configs,
+)
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.mammo_fusion import (
     DENSITY_CATEGORIES,
@@ -69,7 +80,12 @@ from ai_engine.training.fusion_fit import (
     load_heads,
     write_refit_configs,
 )
+from ai_engine.training.datasets import cbis_ddsm, dataset_intended_use, dataset_provenance
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
+
+if TYPE_CHECKING:
+    from ai_engine.training.datasets.cbis_ddsm import RealMammoExam
+    from hl7_fhir.context import ClinicalContext
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +110,9 @@ class ExamArrays:
     """One exam as training needs it: prepared views, per-view targets, encodings and truth."""
 
     views: list[PreparedView]
-    targets: np.ndarray  # bool (4, 2, H, W) on the network grid
+    # bool (views, 2, H, W) on the network grid; a list of (2, H, W) when the views differ in size
+    # (dataset exams; synthetic views share one shape)
+    targets: np.ndarray | list[np.ndarray]
     mimics: list[tuple[int, int, int]]  # (view, row, col) of benign mimics on the network grid: hard negatives
     clinical: np.ndarray
     clinical_present: np.ndarray
@@ -102,29 +120,49 @@ class ExamArrays:
     text_present: bool
     label: int
     density: int
+    # (laterality, view) of each view. A class-level default, so cached cohorts pickled before the
+    # field existed (all four-view, VIEW_ORDER) unpickle unchanged and COHORT_FORMAT stays.
+    identities: tuple[tuple[str, str], ...] = VIEW_ORDER
 
 
-def exam_arrays(case: MammoCase) -> ExamArrays:
-    """Prepare the four views of ``case`` and its network-grid targets."""
-    spacing = case.acquisition.pixel_spacing_mm
+def prepare_exam(images: Sequence[tuple[np.ndarray, float]], cancer_masks: Sequence[dict[str, np.ndarray]],
+                 mimic_centres: Sequence[tuple[int, float, float]], context: ClinicalContext | None, *, label: int,
+                 density: str, identities: Sequence[tuple[str, str]]) -> ExamArrays:
+    """An exam's training unit: views (pixels, spacing mm) prepared as in serving, targets and mimics
+    mapped onto the network grid (mimic centres in source pixels), clinical and note encodings."""
     views, targets = [], []
-    for (_, _, image), masks in zip(case.views(), case.cancer_masks(), strict=True):
+    for (image, spacing), masks in zip(images, cancer_masks, strict=True):
         view = prepare_view(image, spacing)
         view.channels = view.channels.astype(np.float16)
         views.append(view)
         targets.append(np.stack([mask_to_network(masks[kind], spacing, view) for kind in MALIGNANT_KINDS]))
     mimics = []
-    for truth in case.lesions:
-        if truth.kind not in MALIGNANT_KINDS:
-            view = views[truth.view_index]
-            row = truth.center_voxel[0] * spacing / NET_SPACING_MM
-            col = truth.center_voxel[1] * spacing / NET_SPACING_MM
-            col = view.net_shape[1] - 1 - col if view.flipped else col
-            mimics.append((truth.view_index, int(row), int(col)))
-    clinical, present = encode_clinical(Task.MAMMOGRAPHY, case.context)
-    text, text_present = encode_note(context_text(case.context))
-    return ExamArrays(views, np.stack(targets), mimics, clinical, present, text, text_present, int(case.cancer),
-                      DENSITY_CATEGORIES.index(case.density))
+    for index, centre_row, centre_col in mimic_centres:
+        view, spacing = views[index], images[index][1]
+        row = centre_row * spacing / NET_SPACING_MM
+        col = centre_col * spacing / NET_SPACING_MM
+        col = view.net_shape[1] - 1 - col if view.flipped else col
+        mimics.append((index, int(row), int(col)))
+    clinical, present = encode_clinical(Task.MAMMOGRAPHY, context)
+    text, text_present = encode_note(context_text(context))
+    stacked = np.stack(targets) if len({t.shape for t in targets}) == 1 else targets
+    return ExamArrays(views, stacked, mimics, clinical, present, text, text_present, label,
+                      DENSITY_CATEGORIES.index(density), tuple(identities))
+
+
+def exam_arrays(case: MammoCase) -> ExamArrays:
+    """Prepare the four views of a synthetic ``case`` and its network-grid targets."""
+    spacing = case.acquisition.pixel_spacing_mm
+    return prepare_exam([(image, spacing) for _, _, image in case.views()], case.cancer_masks(),
+                        [(t.view_index, *t.center_voxel) for t in case.lesions if t.kind not in MALIGNANT_KINDS],
+                        case.context, label=int(case.cancer), density=case.density, identities=VIEW_ORDER)
+
+
+def real_exam_arrays(exam: RealMammoExam) -> ExamArrays:
+    """Prepare the 1-4 views of a dataset exam (``ai_engine.training.datasets.cbis_ddsm``)."""
+    return prepare_exam([(v.array, float(np.mean(v.pixel_spacing_mm))) for v in exam.views], exam.cancer_masks,
+                        exam.mimic_centres, exam.context, label=exam.label, density=exam.density,
+                        identities=exam.identities)
 
 
 def _make_exam(job: tuple[int, Acquisition]) -> ExamArrays:
@@ -228,10 +266,15 @@ def _segmentation_loss(probabilities: torch.Tensor, target: torch.Tensor) -> tor
 
 
 def predict_views(network: MammoNetwork, exam: ExamArrays) -> list[np.ndarray]:
-    """Probability maps (C, H, W) of the exam's views with the eager network."""
+    """Probability maps (C, H, W) of the exam's views with the eager network.
+
+    Views of one shape (every synthetic exam) run as one batch; a dataset exam's views differ in
+    size and run one by one.
+    """
+    channels = [v.channels.astype(np.float32) for v in exam.views]
+    groups = [channels] if len({c.shape for c in channels}) == 1 else [[c] for c in channels]
     with torch.no_grad():
-        batch = torch.from_numpy(np.stack([v.channels.astype(np.float32) for v in exam.views]))
-        return list(network(batch).numpy())
+        return [p for group in groups for p in network(torch.from_numpy(np.stack(group))).numpy()]
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -265,8 +308,7 @@ def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epoc
 
 def case_table(network: MammoNetwork, exams: list[ExamArrays], params: dict[str, Any]) -> FusionData:
     """Image features (from the detector's own analysis code) plus encodings for each exam."""
-    identities = list(VIEW_ORDER)
-    images = [exam_image_analysis(e.views, predict_views(network, e), identities, params)[1] for e in exams]
+    images = [exam_image_analysis(e.views, predict_views(network, e), list(e.identities), params)[1] for e in exams]
     return FusionData(np.stack(images), np.stack([e.clinical for e in exams]),
                       np.stack([e.clinical_present for e in exams]), np.stack([e.text for e in exams]),
                       np.array([e.text_present for e in exams]), np.array([e.label for e in exams]))
@@ -339,12 +381,15 @@ def _fit_fusion(train: FusionData, calib: FusionData, seed: int, quick: bool
     return fit_heads(train, calib, seed=seed, quick=quick, specificity=0.9)
 
 
-def _metadata(summary: dict[str, Any], cohort_size: int, seed: int) -> dict[str, Any]:
+SYNTHETIC_INTENDED_USE = ("Research and demonstration of multimodal fusion on four-view screening mammograms. "
+                          "Trained only on synthetic data generated by radfusion's mammography phantom "
+                          "(ai_engine.synthetic.cohorts.mammo); not for clinical use.")
+
+
+def _metadata(summary: dict[str, Any], training_data: dict[str, Any], intended_use: str) -> dict[str, Any]:
     return {
         "name": NAME, "version": VERSION, "task": Task.MAMMOGRAPHY.value,
-        "intended_use": ("Research and demonstration of multimodal fusion on four-view screening mammograms. "
-                         "Trained only on synthetic data generated by radfusion's mammography phantom "
-                         "(ai_engine.synthetic.cohorts.mammo); not for clinical use."),
+        "intended_use": intended_use,
         "inputs": {"views": "Digital Mammography X-Ray Image Storage - For Presentation; CC and/or MLO views "
                             "with ImageLaterality, ViewPosition (or View Code Sequence) and pixel spacing",
                    "context": "optional ClinicalContext: age, BRCA carrier, family history of breast cancer, "
@@ -356,22 +401,54 @@ def _metadata(summary: dict[str, Any], cohort_size: int, seed: int) -> dict[str,
         "network": {"per_view": f"MONAI BasicUNet 2-D, features {list(UNET_FEATURES)}, input 2 x H x W at "
                                 f"{NET_SPACING_MM} mm (intensity, speck enhancement)",
                     "fusion": DESIGN},
-        "training_data": {"description": "synthetic four-view screening exams from the project's phantom",
-                          "cohort_size": cohort_size, "seed": seed, "acquisition": TRAIN_ACQUISITION.__dict__},
+        "training_data": training_data,
         "metrics": summary,
     }
 
 
+def _dataset_exams(data_dir: Path, seed: int, pixel_spacing_mm: float) -> tuple[list[ExamArrays], dict[str, Any]]:
+    """The train-table exams of a CBIS-DDSM-layout dataset, shuffled with ``seed`` (one exam per patient,
+    so the splits are by patient), and the bundle's ``training_data`` record."""
+    indexed, loaded = cbis_ddsm.load_exams(data_dir, "train", pixel_spacing_mm)
+    if len(indexed) < 16:
+        raise AiEngineError(f"{data_dir}: the mammo train tables hold {len(indexed)} patients; training needs at "
+                            "least 16 (four splits)")
+    exams = [real_exam_arrays(exam) for exam in loaded]
+    exams = [exams[i] for i in np.random.default_rng(seed).permutation(len(exams))]
+    rows = [a for e in indexed for v in e.views for a, _ in v.masks]
+    record = dataset_provenance(data_dir, [*cbis_ddsm.CASE_TABLES["train"], cbis_ddsm.CLINICAL_TABLE],
+                                exams=len(indexed), malignant_exams=sum(e.label for e in indexed),
+                                views=sum(len(e.views) for e in indexed), abnormalities=len(rows),
+                                malignant_abnormalities=sum(a.malignant for a in rows))
+    record.update(layout="CBIS-DDSM (train tables)", default_pixel_spacing_mm=pixel_spacing_mm, seed=seed)
+    return exams, record
+
+
 def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size: int | None = None, seed: int = 0,
-          quick: bool = False) -> Path:
-    """Generate the cohort, train network, fusion heads and density model, calibrate, export the bundle."""
+          quick: bool = False, data_dir: Path | None = None,
+          pixel_spacing_mm: float = cbis_ddsm.DEFAULT_PIXEL_SPACING_MM) -> Path:
+    """Generate the cohort, train network, fusion heads and density model, calibrate, export the bundle.
+
+    ``data_dir``: train on the train tables of a CBIS-DDSM-layout dataset instead of the synthetic
+    cohort (``pixel_spacing_mm`` for its images without a spacing in the header; not cached).
+    """
     torch.set_num_threads(1)
     start = time.monotonic()
-    size = cohort_size or (QUICK_COHORT if quick else DEFAULT_COHORT)
-    if size < 16:
-        raise AiEngineError(f"mammo cohort_size must be at least 16 (four splits), got {size}")
     root = Path(out_dir) if out_dir is not None else bundle_root(NAME)
-    exams = _cached_exams(seed, size, quick)
+    if data_dir is not None:
+        if cohort_size is not None:
+            raise AiEngineError("mammo cohort_size sizes the synthetic cohort; with data_dir every exam of the "
+                                "train tables is used")
+        exams, training_data = _dataset_exams(Path(data_dir), seed, pixel_spacing_mm)
+        size, intended_use = len(exams), dataset_intended_use(Path(data_dir))
+    else:
+        size = cohort_size or (QUICK_COHORT if quick else DEFAULT_COHORT)
+        if size < 16:
+            raise AiEngineError(f"mammo cohort_size must be at least 16 (four splits), got {size}")
+        exams = _cached_exams(seed, size, quick)
+        training_data = {"description": "synthetic four-view screening exams from the project's phantom",
+                         "cohort_size": size, "seed": seed, "acquisition": TRAIN_ACQUISITION.__dict__}
+        intended_use = SYNTHETIC_INTENDED_USE
     net_train, net_val, _, _ = (exams[s] for s in _split(size, quick))
     network = train_network(net_train, net_val, epochs=epochs or (1 if quick else 12), steps=4 if quick else 50,
                             batch=4 if quick else 16, seed=seed, max_seconds=30.0 if quick else 420.0)
@@ -388,13 +465,16 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
                  "note_dim": NOTE_DIM}
     summary = {"fusion": fusion_summary, "density_training_accuracy": density_accuracy, "onnx_parity": parity,
                "training_seconds": round(time.monotonic() - start, 1)}
-    write_bundle_configs(root, _metadata(summary, size, seed), inference)
+    write_bundle_configs(root, _metadata(summary, training_data, intended_use), inference)
     log.info("bundle written to %s in %.0f s: %s", root, time.monotonic() - start, json.dumps(summary))
     return root
 
 
 def _recorded_cohort(bundle: Bundle) -> tuple[int, int]:
     """(seed, cohort size) of the synthetic cohort ``bundle`` was trained on, from its metadata."""
+    if trained_on_dataset(bundle.metadata):
+        raise AiEngineError(f"{bundle.root} was trained on a dataset directory; the refits rebuild a synthetic "
+                            "cohort, so train it again with --data-dir instead")
     recorded = bundle.metadata["training_data"]
     return int(recorded["seed"]), int(recorded["cohort_size"])
 
