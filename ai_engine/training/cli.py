@@ -3,7 +3,7 @@
 Usage (until ``radfusion train|evaluate`` wraps these):
 
     python -m ai_engine.training.cli train ich [--epochs N] [--cohort-size N] [--seed S] [--quick] [--out-dir D]
-                                               [--data-dir REAL_DATA]
+                                               [--data-dir REAL_DATA [--pixel-spacing-mm MM (mammo)]]
     python -m ai_engine.training.cli train ich --fusion-only [--bundle NAME_OR_DIR] [--quick]
     python -m ai_engine.training.cli train mammo --density-only [--bundle NAME_OR_DIR]
     python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
@@ -38,14 +38,28 @@ def _task_module(task: str) -> ModuleType:
     return importlib.import_module(TASK_MODULES[task])
 
 
+def _dataset_options(task: str, data_dir: Path | None, pixel_spacing_mm: float | None) -> dict[str, Any]:
+    """The dataset keyword arguments a task receives (only those given, so tasks keep their defaults)."""
+    if pixel_spacing_mm is not None and (task != "mammo" or data_dir is None):
+        raise AiEngineError("--pixel-spacing-mm is the spacing of mammography dataset images without one in "
+                            "their header: it goes with a mammo --data-dir only")
+    if pixel_spacing_mm is not None and not 0.01 <= pixel_spacing_mm <= 1.0:
+        raise AiEngineError(f"--pixel-spacing-mm must be 0.01-1.0 mm, got {pixel_spacing_mm}")
+    extra: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
+    if pixel_spacing_mm is not None:
+        extra["pixel_spacing_mm"] = pixel_spacing_mm
+    return extra
+
+
 def train(task: str, *, out_dir: Path | None = None, epochs: int | None = None, cohort_size: int | None = None,
-          seed: int = 0, quick: bool = False, data_dir: Path | None = None) -> Path:
+          seed: int = 0, quick: bool = False, data_dir: Path | None = None,
+          pixel_spacing_mm: float | None = None) -> Path:
     """Generate the task's training cohort, train, calibrate, export; returns the bundle directory.
 
-    ``data_dir`` (real data in the layout of the task's model card) is passed on only when given,
-    so task modules without a real-data loader keep the five-argument signature.
+    ``data_dir`` (real data in the layout of the task's model card) and ``pixel_spacing_mm`` (mammo:
+    the spacing of dataset images whose header has none) are passed on only when given.
     """
-    extra: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
+    extra = _dataset_options(task, data_dir, pixel_spacing_mm)
     return _task_module(task).train(out_dir=out_dir, epochs=epochs, cohort_size=cohort_size, seed=seed,
                                     quick=quick, **extra)
 
@@ -68,13 +82,14 @@ def train_density_only(task: str, *, bundle: str | Path | None = None) -> Path:
 
 
 def evaluate(task: str, *, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
-             out_dir: Path | None = None, data_dir: Path | None = None) -> dict[str, Any]:
+             out_dir: Path | None = None, data_dir: Path | None = None,
+             pixel_spacing_mm: float | None = None) -> dict[str, Any]:
     """Evaluate a bundle on a held-out cohort (other seed, shifted acquisition) against the baseline.
 
     ``data_dir``: on a dataset in the task's training layout instead (an institution validating a
     model on its own cases); passed on only when given, like ``train``'s.
     """
-    extra: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
+    extra = _dataset_options(task, data_dir, pixel_spacing_mm)
     return _task_module(task).evaluate(bundle=bundle, cohort_size=cohort_size, seed=seed, out_dir=out_dir, **extra)
 
 
@@ -91,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     p_train.add_argument("--quick", action="store_true", help="tiny cohort and few epochs (smoke test)")
     p_train.add_argument("--data-dir", type=Path, default=None,
                          help="train on real data in the layout documented in the task's model card")
+    p_train.add_argument("--pixel-spacing-mm", type=float, default=None,
+                         help="mammo --data-dir: pixel spacing of images without one in the header (default 0.05)")
     p_train.add_argument("--fusion-only", action="store_true",
                          help="refit only the fusion heads of --bundle on its unchanged image network")
     p_train.add_argument("--density-only", action="store_true",
@@ -106,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--out-dir", type=Path, default=None, help="metrics/plots directory (default: model card)")
     p_eval.add_argument("--data-dir", type=Path, default=None,
                         help="evaluate on a dataset in the training layout of the task's model card (needs --out-dir)")
+    p_eval.add_argument("--pixel-spacing-mm", type=float, default=None,
+                        help="mammo --data-dir: pixel spacing of images without one in the header (default 0.05)")
     return parser
 
 
@@ -118,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.fusion_only and args.density_only:
             raise AiEngineError("choose one of --fusion-only and --density-only")
         refit = "--fusion-only" if args.fusion_only else "--density-only"
-        ignored = [name for name in ("out_dir", "epochs", "cohort_size", "data_dir") if getattr(args, name) is not None]
+        ignored = [name for name in ("out_dir", "epochs", "cohort_size", "data_dir", "pixel_spacing_mm")
+                   if getattr(args, name) is not None]
         if ignored or args.seed != 0:
             raise AiEngineError(f"{refit} refits the bundle in place with its recorded cohort and seed; "
                                 f"drop {['--' + n.replace('_', '-') for n in ignored] or ['--seed']}")
@@ -129,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             raise AiEngineError("--bundle only goes with --fusion-only or --density-only (a full training writes "
                                 "--out-dir)")
         print(train(args.task, out_dir=args.out_dir, epochs=args.epochs, cohort_size=args.cohort_size,
-                    seed=args.seed, quick=args.quick, data_dir=args.data_dir))
+                    seed=args.seed, quick=args.quick, data_dir=args.data_dir, pixel_spacing_mm=args.pixel_spacing_mm))
     else:
         print(json.dumps(evaluate(args.task, bundle=bundle, cohort_size=args.cohort_size, seed=args.seed,
-                                  out_dir=args.out_dir, data_dir=args.data_dir), indent=2))
+                                  out_dir=args.out_dir, data_dir=args.data_dir,
+                                  pixel_spacing_mm=args.pixel_spacing_mm), indent=2))
     return 0
 
 
