@@ -165,8 +165,10 @@ def load_bundle(name: str, root: Path | None = None) -> Bundle:
                   device_uid=_uid([weights, deployed, path / "configs" / "inference.json"]))
 
 
-def resolve_bundle(ref: str | Path | None, default_name: str) -> Bundle:
-    """Bundle from a name, a bundle directory, or None (the packaged ``default_name``)."""
+def resolve_bundle(ref: Bundle | str | Path | None, default_name: str) -> Bundle:
+    """Bundle from a loaded bundle, a name, a bundle directory, or None (the packaged ``default_name``)."""
+    if isinstance(ref, Bundle):
+        return ref
     if ref is None:
         return load_bundle(default_name)
     path = Path(ref)

@@ -56,7 +56,8 @@ class Service:
         self.settings = settings
         router = compile_routing(settings.routing)
         names = sorted({d for rule in settings.routing for d in rule.detectors})
-        self.detectors: dict[str, Detector] = {name: create_detector(name) for name in names}
+        self.detectors: dict[str, Detector] = {name: create_detector(name, settings.model_bundles.get(name))
+                                               for name in names}
         self.db = Database(settings.effective_database_url)
         self.spool = Spool(settings.storage_path)
         self._scheduler = BackgroundScheduler(timezone="UTC")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from ai_engine.detectors.registry import BUNDLED_DETECTORS
 from radfusion.errors import ConfigError
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # VR AE: 16 chars, no backslash
@@ -281,6 +282,7 @@ class Settings(BaseSettings):
     hl7: Hl7Settings = Hl7Settings()
     fhir_destinations: list[FhirServerSettings] = Field(default_factory=list)
     hl7_destinations: list[Hl7DestinationSettings] = Field(default_factory=list)
+    model_bundles: dict[str, Path] = Field(default_factory=dict)
 
     @property
     def effective_database_url(self) -> str:
@@ -319,6 +321,11 @@ class Settings(BaseSettings):
             _known(f"routing[{i}].destinations", rule.destinations, known_dest)
             _known(f"routing[{i}].report_destinations", rule.report_destinations, known_reports)
             _known(f"routing[{i}].alert_channels", rule.alert_channels, known_chan)
+        for name, path in self.model_bundles.items():
+            _known("model_bundles", [name], set(BUNDLED_DETECTORS))
+            if not (path / "configs" / "metadata.json").is_file():
+                raise ValueError(f"model_bundles.{name}: {path} is not a model bundle directory "
+                                 "(no configs/metadata.json)")
         for i, dest in enumerate(self.destinations):
             if dest.tls and self.dicom.tls.ca_file is None:
                 raise ValueError(f"destinations[{i}].tls needs dicom.tls.ca_file to verify {dest.name!r} against")

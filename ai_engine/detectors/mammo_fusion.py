@@ -315,7 +315,7 @@ class MammoFusion:
     name = NAME
     task = Task.MAMMOGRAPHY
 
-    def __init__(self, bundle: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(self, bundle: Bundle | str | Path | None = None, device: str = "auto") -> None:
         self.bundle: Bundle = resolve_bundle(bundle, NAME)
         self.algorithm = self.bundle.algorithm()
         params: dict[str, Any] = self.bundle.inference

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ai_engine.errors import UnknownDetectorError
@@ -27,6 +28,9 @@ _DETECTORS: dict[str, tuple[Task, str]] = {
 }
 
 
+BUNDLED_DETECTORS = ("ich_fusion", "nodule_fusion", "mammo_fusion")  # served from a model bundle
+
+
 def available_detectors() -> dict[str, Task]:
     """Every detector name with the task it serves."""
     return {name: task for name, (task, _) in _DETECTORS.items()}
@@ -41,8 +45,23 @@ def require_detector(name: str) -> Task:
     return _DETECTORS[name][0]
 
 
-def create_detector(name: str) -> Detector:
-    """A new detector instance with default parameters; unknown names raise UnknownDetectorError."""
-    require_detector(name)
+def create_detector(name: str, bundle: Path | None = None) -> Detector:
+    """A new detector instance; unknown names raise UnknownDetectorError.
+
+    ``bundle``: a bundle directory to serve instead of the packaged one (a model trained with
+    ``radfusion train --data-dir``); only for ``BUNDLED_DETECTORS``, and its task must be the detector's.
+    """
+    task = require_detector(name)
     module_name, class_name = _DETECTORS[name][1].split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    detector_class = getattr(importlib.import_module(module_name), class_name)
+    if bundle is None:
+        return detector_class()  # type: ignore[no-any-return]
+    from ai_engine.bundle import BundleError, resolve_bundle
+
+    if name not in BUNDLED_DETECTORS:
+        raise BundleError(f"detector {name!r} has no model bundle; bundles serve {list(BUNDLED_DETECTORS)}")
+    loaded = resolve_bundle(Path(bundle), name)
+    if loaded.metadata.get("task") != task.value:
+        raise BundleError(f"{loaded.root} is a {loaded.metadata.get('task')!r} bundle; detector {name!r} "
+                          f"serves {task.value!r}")
+    return detector_class(loaded)  # type: ignore[no-any-return]

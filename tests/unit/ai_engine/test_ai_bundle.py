@@ -56,3 +56,32 @@ def test_packaged_ich_bundle_is_valid_and_states_synthetic_training() -> None:
     assert "synthetic" in bundle.metadata["intended_use"] and bundle.version
     assert json.loads((bundle.root / "configs" / "inference.json").read_text())["deployed"] == "model.onnx"
     assert bundle.weights_path.stat().st_size < 5_000_000
+
+
+def test_a_dataset_bundle_must_name_its_dataset_and_says_so_in_its_kind(tmp_path: Path) -> None:
+    from ai_engine.bundle import DATASET_KIND
+
+    dataset = {**METADATA, "intended_use": "Trained on /data/ich. Not for clinical use until validated.",
+               "training_data": {"source": "dataset"}}
+    with pytest.raises(BundleError, match="must name its path"):
+        write_bundle_configs(tmp_path / "x", dataset, {"deployed": "model.onnx"})
+    with pytest.raises(BundleError, match="must state synthetic training data"):  # the synthetic rule still holds
+        write_bundle_configs(tmp_path / "x", {**dataset, "training_data": {}}, {"deployed": "model.onnx"})
+    path = _bundle(tmp_path / "d")
+    write_bundle_configs(path, {**dataset, "training_data": {"source": "dataset", "path": "/data/ich"}},
+                         {"deployed": "model.onnx"})
+    assert load_bundle("demo", tmp_path / "d").algorithm().kind == DATASET_KIND
+
+
+def test_the_server_can_serve_a_bundle_directory_of_the_detectors_task(tmp_path: Path) -> None:
+    import shutil
+
+    from ai_engine.detectors.registry import create_detector
+
+    own = Path(shutil.copytree(load_bundle("ich_fusion").root, tmp_path / "mine" / "ich_fusion"))
+    assert create_detector("ich_fusion", own).bundle.root == own  # type: ignore[attr-defined]
+    wrong = Path(shutil.copytree(load_bundle("nodule_fusion").root, tmp_path / "wrong" / "ich_fusion"))
+    with pytest.raises(BundleError, match="is a 'lung_nodule' bundle; detector 'ich_fusion' serves 'ich'"):
+        create_detector("ich_fusion", wrong)
+    with pytest.raises(BundleError, match="'ich_baseline' has no model bundle"):
+        create_detector("ich_baseline", own)

@@ -78,3 +78,14 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_model_bundles_name_a_deep_detector_and_a_bundle_directory(tmp_path: Path) -> None:
+    bundle = tmp_path / "nodule_fusion"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "metadata.json").write_text("{}")
+    assert load_settings(model_bundles={"nodule_fusion": str(bundle)}).model_bundles == {"nodule_fusion": bundle}
+    with pytest.raises(ConfigError, match=r"model_bundles: unknown name 'nodule_baseline'"):
+        load_settings(model_bundles={"nodule_baseline": str(bundle)})
+    with pytest.raises(ConfigError, match=r"model_bundles\.ich_fusion: .* is not a model bundle directory"):
+        load_settings(model_bundles={"ich_fusion": str(tmp_path)})
