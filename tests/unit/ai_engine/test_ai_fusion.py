@@ -20,13 +20,7 @@ from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 PROV = Provenance("fhir", "test", "Observation/1")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    """Tiny models run fastest on one thread, and CI shares its cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _context(**labs: float) -> ClinicalContext:

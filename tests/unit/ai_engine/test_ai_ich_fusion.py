@@ -20,12 +20,7 @@ from ai_engine.synthetic.studies import write_study
 SMALL = HeadAcquisition(rows=160, slice_mm=5.0, coverage_mm=150.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ai_engine.bundle import DATASET_KIND, resolve_bundle
 from ai_engine.clinical_features import encode_clinical, feature_names
@@ -29,12 +28,7 @@ COLUMNS = ("case_id", "label", "age", "sex", "inr", "platelets", "anticoagulant"
            "trauma_mechanism", "note")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_case(root: Path, case_id: str, seed: int, bleed: bool) -> np.ndarray:
