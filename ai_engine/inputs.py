@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ai_engine.detectors.base import DetectorInput
-from ai_engine.mammo import load_views
+from ai_engine.mammo import MammoView, load_views
 from ai_engine.results import Task
 from ai_engine.volume import load_series
 
@@ -18,5 +18,11 @@ if TYPE_CHECKING:
 def load_inputs(task: Task, paths: Sequence[Path | str], context: ClinicalContext | None = None) -> DetectorInput:
     """Load ``paths`` the way ``task`` needs them (views for mammography, one volume otherwise)."""
     if Task(task) is Task.MAMMOGRAPHY:
-        return DetectorInput(views=load_views(paths), context=context)
+        return mammography_inputs(load_views(paths), context)
     return DetectorInput(volume=load_series(paths), context=context)
+
+
+def mammography_inputs(views: Sequence[MammoView], context: ClinicalContext | None = None) -> DetectorInput:
+    """The mammography input of views already read: by ``load_views`` or by a dataset reader whose files
+    lack the header identity (ordered as ``load_views`` orders them: laterality, then CC before MLO)."""
+    return DetectorInput(views=list(views), context=context)
