@@ -13,6 +13,8 @@ train tables only, shuffled with the seed and split by patient, not cached) and 
 ``evaluate``: generate a held-out cohort with another seed and the shifted ``HELDOUT_ACQUISITION``,
 write every exam as DICOM, load it through ``ai_engine.inputs.load_inputs`` (the server's path), run
 the deployed detector and the classical baseline on the same studies, and write metrics and plots.
+With ``data_dir`` the exams are the dataset's test tables (an institution validating a model on its own
+cases), read by the same reader; their metrics go to the required ``out_dir`` only.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import multiprocessing
 import pickle
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +41,6 @@ from ai_engine.bundle import (
     Bundle,
     bundle_models_dir,
     bundle_root,
-    load_bundle,
     resolve_bundle,
     trained_on_dataset,
     write_bundle_configs,
@@ -84,6 +86,7 @@ from ai_engine.training.datasets import cbis_ddsm, dataset_intended_use, dataset
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 if TYPE_CHECKING:
+    from ai_engine.detectors.base import DetectorInput
     from ai_engine.training.datasets.cbis_ddsm import RealMammoExam
     from hl7_fhir.context import ClinicalContext
 
@@ -415,13 +418,20 @@ def _dataset_exams(data_dir: Path, seed: int, pixel_spacing_mm: float) -> tuple[
                             "least 16 (four splits)")
     exams = [real_exam_arrays(exam) for exam in loaded]
     exams = [exams[i] for i in np.random.default_rng(seed).permutation(len(exams))]
+    return exams, {**_dataset_record(data_dir, "train", indexed, pixel_spacing_mm), "seed": seed}
+
+
+def _dataset_record(root: Path, split: str, indexed: list[cbis_ddsm.ExamFiles], pixel_spacing_mm: float
+                    ) -> dict[str, Any]:
+    """Where a split's exams came from (directory, table hashes) and what they hold: for a bundle's
+    ``training_data`` or an evaluation's ``held_out``."""
     rows = [a for e in indexed for v in e.views for a, _ in v.masks]
-    record = dataset_provenance(data_dir, [*cbis_ddsm.CASE_TABLES["train"], cbis_ddsm.CLINICAL_TABLE],
+    record = dataset_provenance(root, [*cbis_ddsm.CASE_TABLES[split], cbis_ddsm.CLINICAL_TABLE],
                                 exams=len(indexed), malignant_exams=sum(e.label for e in indexed),
                                 views=sum(len(e.views) for e in indexed), abnormalities=len(rows),
                                 malignant_abnormalities=sum(a.malignant for a in rows))
-    record.update(layout="CBIS-DDSM (train tables)", default_pixel_spacing_mm=pixel_spacing_mm, seed=seed)
-    return exams, record
+    record.update(layout=f"CBIS-DDSM ({split} tables)", default_pixel_spacing_mm=pixel_spacing_mm)
+    return record
 
 
 def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size: int | None = None, seed: int = 0,
@@ -527,49 +537,104 @@ def train_density_only(*, bundle: str | Path | None) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
-             out_dir: Path | None = None) -> dict[str, Any]:
-    """Held-out evaluation through DICOM files and the loaders; deep detector vs baseline, fusion experiment."""
-    from ai_engine.detectors.mammo_baseline import MammoBaseline
-    from ai_engine.detectors.mammo_fusion import MammoFusion
+@dataclass(frozen=True)
+class HeldOutExam:
+    """One exam of a held-out source: its id, the truth, and how to load the detector's input (timed)."""
+
+    exam_id: str
+    label: int
+    density: str
+    load: Callable[[], DetectorInput]
+
+
+def _synthetic_held_out(seed: int, size: int) -> Iterator[HeldOutExam]:
+    """Held-out synthetic exams (``HELDOUT_ACQUISITION``), each written as DICOM and loaded by the server's
+    ``load_inputs``."""
     from ai_engine.inputs import load_inputs
     from ai_engine.synthetic.cohorts.mammo import write_case_dicom
 
+    with tempfile.TemporaryDirectory(prefix="mammo-heldout-") as tmp:
+        for index in range(size):
+            case = generate_case(seed * 1_000_003 + index, HELDOUT_ACQUISITION)
+            paths = write_case_dicom(case, Path(tmp) / case.case_id)
+            yield HeldOutExam(case.case_id, int(case.cancer), case.density,
+                              partial(load_inputs, Task.MAMMOGRAPHY, paths, case.context))
+
+
+def _dataset_held_out(root: Path, pixel_spacing_mm: float) -> tuple[dict[str, Any], Iterator[HeldOutExam]]:
+    """The test-table exams of a CBIS-DDSM-layout dataset and the record of where they came from.
+
+    The reader supplies each exam's views (CBIS files lack the laterality, view and spacing that
+    ``load_inputs`` demands), so the timing starts from the read views, not from the files.
+    """
+    from ai_engine.inputs import mammography_inputs
+
+    indexed, loaded = cbis_ddsm.load_exams(root, "test", pixel_spacing_mm)
+    exams = (HeldOutExam(e.patient_id, e.label, e.density, partial(mammography_inputs, e.views, e.context))
+             for e in loaded)
+    return _dataset_record(root, "test", indexed, pixel_spacing_mm), exams
+
+
+def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
+             out_dir: Path | None = None, data_dir: Path | None = None,
+             pixel_spacing_mm: float = cbis_ddsm.DEFAULT_PIXEL_SPACING_MM) -> dict[str, Any]:
+    """Held-out evaluation through DICOM files and the loaders; deep detector vs baseline, fusion experiment.
+
+    ``data_dir``: evaluate on the **test** tables of a CBIS-DDSM-layout dataset instead (the train
+    tables are what ``train --data-dir`` learns from); ``pixel_spacing_mm`` for its images without
+    a spacing in the header. ``out_dir`` is then required and the bundle's metadata is left as it is,
+    so the model card's metrics stay the project's.
+    """
+    from ai_engine.detectors.mammo_baseline import MammoBaseline
+    from ai_engine.detectors.mammo_fusion import MammoFusion
+
+    if data_dir is not None and (out_dir is None or cohort_size is not None or seed is not None):
+        raise AiEngineError("evaluate --data-dir needs --out-dir (the model card's metrics stay the project's) and "
+                            "takes no --cohort-size or --seed (the dataset is the cohort)")
     torch.set_num_threads(1)
     size = cohort_size or DEFAULT_HELDOUT_SIZE
     held_seed = HELDOUT_SEED if seed is None else seed
     out = Path(out_dir) if out_dir is not None else MODEL_CARD_DIR
+    if data_dir is None:
+        held_out, exams = None, _synthetic_held_out(held_seed, size)
+    else:  # indexed now: a broken dataset fails before the model loads
+        held_out, exams = _dataset_held_out(Path(data_dir), pixel_spacing_mm)
+        size = held_out["exams"]
     resolved = resolve_bundle(bundle, NAME)
     detector, baseline = MammoFusion(resolved.root), MammoBaseline()
     heads = load_heads(resolved.root / "models", load_eager_model(resolved).fusion)
     rows: list[dict[str, Any]] = []
     tables: list[FusionData] = []
-    with tempfile.TemporaryDirectory(prefix="mammo-heldout-") as tmp:
-        for index in range(size):
-            case = generate_case(held_seed * 1_000_003 + index, HELDOUT_ACQUISITION)
-            paths = write_case_dicom(case, Path(tmp) / case.case_id)
-            began = time.perf_counter()
-            inputs = load_inputs(Task.MAMMOGRAPHY, paths, case.context)
-            analysis = detector.analyse(inputs)
-            result = detector.report(analysis, inputs.views)
-            seconds = time.perf_counter() - began
-            base = baseline.detect(inputs)
-            density_index = int(np.argmax(analysis.density_probabilities))
-            rows.append({"label": int(case.cancer), "deep": result.case_score, "baseline": base.case_score,
-                         "seconds": seconds, "density_true": case.density,
-                         "density_pred": DENSITY_CATEGORIES[density_index]})
-            tables.append(FusionData(analysis.image_features[None], analysis.clinical[None],
-                                    analysis.clinical_present[None], analysis.text[None],
-                                    np.array([analysis.text_present]), np.array([int(case.cancer)])))
-            if (index + 1) % 20 == 0:
-                log.info("held-out %d/%d exams evaluated", index + 1, size)
-    table = FusionData.join(tables)
-    return _report(rows, table, heads, resolved.root, out, held_seed)
+    for index, exam in enumerate(exams):
+        began = time.perf_counter()
+        inputs = exam.load()
+        analysis = detector.analyse(inputs)
+        result = detector.report(analysis, inputs.views)
+        seconds = time.perf_counter() - began
+        base = baseline.detect(inputs)
+        density_index = int(np.argmax(analysis.density_probabilities))
+        rows.append({"exam": exam.exam_id, "label": exam.label, "deep": result.case_score,
+                     "baseline": base.case_score, "seconds": seconds, "density_true": exam.density,
+                     "density_pred": DENSITY_CATEGORIES[density_index]})
+        tables.append(FusionData(analysis.image_features[None], analysis.clinical[None],
+                                analysis.clinical_present[None], analysis.text[None],
+                                np.array([analysis.text_present]), np.array([exam.label])))
+        if (index + 1) % 20 == 0:
+            log.info("held-out %d/%d exams evaluated", index + 1, size)
+    labels = np.array([r["label"] for r in rows])
+    if held_out is None:
+        held_out = {"cases": len(rows), "positives": int(labels.sum()), "seed": held_seed,
+                    "acquisition": HELDOUT_ACQUISITION.__dict__}
+    result = _report(rows, FusionData.join(tables), heads, resolved.root, out, held_seed, held_out)
+    if data_dir is None:
+        _record_in_bundle(resolved, result, len(rows))
+    return result
 
 
 def _report(rows: list[dict[str, Any]], table: FusionData, heads: dict[str, FusionHead], root: Path, out: Path,
-            held_seed: int) -> dict[str, Any]:
-    """Metrics, plots and metrics.json of a held-out run; the bundle's metadata gets the summary."""
+            held_seed: int, held_out: dict[str, Any]) -> dict[str, Any]:
+    """Metrics, plots, metrics.json (``held_out`` says where the exams came from) and the per-exam
+    cases.json of a held-out run."""
     labels = np.array([r["label"] for r in rows])
     deep = np.array([r["deep"] for r in rows])
     base = np.array([r["baseline"] for r in rows])
@@ -577,8 +642,7 @@ def _report(rows: list[dict[str, Any]], table: FusionData, heads: dict[str, Fusi
     threshold = float(inference["positive_threshold"])
     weights = head_outputs(heads["dynamic"], table)[1]
     result = {
-        "held_out": {"cases": len(rows), "positives": int(labels.sum()), "seed": held_seed,
-                     "acquisition": HELDOUT_ACQUISITION.__dict__},
+        "held_out": held_out,
         "deep": {"auc": metrics.roc_auc(labels, deep),
                  "at_positive_threshold": metrics.operating_point(labels, deep, threshold).__dict__,
                  "sensitivity_at_specificity_0.9": metrics.sensitivity_at_specificity(labels, deep, 0.9).__dict__,
@@ -600,10 +664,14 @@ def _report(rows: list[dict[str, Any]], table: FusionData, heads: dict[str, Fusi
     plots.plot_modality_weights({m: weights[:, i] for i, m in enumerate(("image", "clinical", "text"))},
                                 out / "modality_weights.png")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    bundle = load_bundle(root.name, root.parent)
+    (out / "cases.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return result
+
+
+def _record_in_bundle(bundle: Bundle, result: dict[str, Any], cases: int) -> None:
+    """The synthetic held-out summary into the bundle's metadata (the model card's numbers)."""
     metadata = dict(bundle.metadata)
     metadata["metrics"] = {**metadata["metrics"], "held_out": {
-        "cases": len(rows), "auc": result["deep"]["auc"], "baseline_auc": result["baseline"]["auc"],
+        "cases": cases, "auc": result["deep"]["auc"], "baseline_auc": result["baseline"]["auc"],
         "density_accuracy": result["density_accuracy"]}}
-    write_bundle_configs(root, metadata, bundle.inference)
-    return result
+    write_bundle_configs(bundle.root, metadata, bundle.inference)

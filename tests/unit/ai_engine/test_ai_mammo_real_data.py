@@ -1,6 +1,7 @@
 """The CBIS-DDSM reader and ``train mammo --data-dir``, on a tiny dataset in the real TCIA layout.
 
-Sixteen synthetic exams (0.8 mm phantoms) are written the way TCIA ships CBIS-DDSM: full mammograms
+Sixteen synthetic exams (0.8 mm phantoms) in the train tables and four more in the test tables are
+written the way TCIA ships CBIS-DDSM: full mammograms
 and ROI masks as header-poor DICOM (no pixel spacing, laterality or view) in Subject ID folders whose
 study/series folder names do not match the tables' UIDs (except for some), mask and crop as 1-1/1-2 in
 either order, mass and calc tables with their two spellings of the density column, a path cell with a
@@ -34,6 +35,7 @@ SPACING = 0.8
 ACQ = Acquisition(pixel_spacing_mm=SPACING)
 CANCERS = (10, 12, 15, 16, 20, 29, 31, 37)  # 37: mass and cluster in the same views (both tables)
 NEGATIVES = (2, 3, 7, 9, 11, 13, 21, 24)  # cysts, lymph nodes, benign calcifications only
+TEST_SEEDS = (43, 46, 44, 50)  # the test tables: a mass, a cluster, two benign-only exams (patients 17-20)
 ONE_VIEW = {3, 7}  # patients (1-based) with a CC view only
 TRIMMED_MLO = 4  # patient whose MLO is 24 rows shorter than its CC (views of different shapes)
 SWAPPED = 2  # patient whose first row has the mask and crop paths swapped (a known TCIA table error)
@@ -46,6 +48,7 @@ CALC_COLUMNS = ["patient_id", "breast density", "left or right breast", "image v
                 "abnormality type", "calc type", "calc distribution", "assessment", "pathology", "subtlety",
                 "image file path", "cropped image file path", "ROI mask file path"]
 MASS_TABLE, CALC_TABLE = cbis_ddsm.CASE_TABLES["train"]
+SUBJECT_SPLIT = {"train": "Training", "test": "Test"}  # the Subject ID folders' spelling of the split
 MASS_LIKE = ("mass", "cyst", "lymph_node")  # phantom kinds written to the mass table; the rest are calcifications
 
 
@@ -109,10 +112,13 @@ def _write_roi(root: Path, subject: str, series: str, number: int, mask: np.ndar
     return mask_path
 
 
-def _build(root: Path) -> tuple[dict[str, Truth], list[dict[str, str]], list[dict[str, str]]]:
-    tables: dict[str, list[dict[str, str]]] = {MASS_TABLE: [], CALC_TABLE: []}
+def _build(root: Path, seeds: tuple[int, ...], split: str = "train", first: int = 1
+           ) -> tuple[dict[str, Truth], list[dict[str, str]], list[dict[str, str]]]:
+    """Patients ``first``, ``first`` + 1, ... from ``seeds`` into the split's tables and Subject ID folders."""
+    mass_table, calc_table = cbis_ddsm.CASE_TABLES[split]
+    tables: dict[str, list[dict[str, str]]] = {mass_table: [], calc_table: []}
     truths: dict[str, Truth] = {}
-    for number, seed in enumerate(CANCERS + NEGATIVES, start=1):
+    for number, seed in enumerate(seeds, start=first):
         case = generate_case(seed, ACQ)
         patient = f"P_{number:05d}"
         truth = truths[patient] = Truth(seed, int(case.cancer), case.density)
@@ -124,8 +130,8 @@ def _build(root: Path) -> tuple[dict[str, Truth], list[dict[str, str]], list[dic
             lesions = sorted((t for t in case.lesions if t.view_index == v), key=lambda t: t.kind not in MASS_LIKE)
             for abnormality, lesion in enumerate(lesions, start=1):
                 is_mass, malignant = lesion.kind in MASS_LIKE, lesion.kind in MALIGNANT_KINDS
-                subject = (f"{'Mass' if is_mass else 'Calc'}-Training_{patient}_{'LEFT' if lat == 'L' else 'RIGHT'}"
-                           f"_{view}")
+                subject = (f"{'Mass' if is_mass else 'Calc'}-{SUBJECT_SPLIT[split]}_{patient}_"
+                           f"{'LEFT' if lat == 'L' else 'RIGHT'}_{view}")
                 series = f"1.3.6.1.4.1.9590.100.1.2.{number}{v}"
                 truth.full.setdefault((lat, view), _write_full(root, subject, series, number, image, lat, view))
                 assert lesion.center_voxel[0] < image.shape[0] - 4  # trimming kept the lesion
@@ -139,7 +145,7 @@ def _build(root: Path) -> tuple[dict[str, Truth], list[dict[str, str]], list[dic
                 cells = [_uid_path(f"{subject}_{abnormality}", roi_series + suffix) for suffix in ("", "0")]
                 if number == SWAPPED and abnormality == 1:
                     cells.reverse()
-                tables[MASS_TABLE if is_mass else CALC_TABLE].append({
+                tables[mass_table if is_mass else calc_table].append({
                     "patient_id": patient, "breast_density" if is_mass else "breast density":
                         str("ABCD".index(case.density) + 1),
                     "left or right breast": "LEFT" if lat == "L" else "RIGHT", "image view": view,
@@ -148,13 +154,14 @@ def _build(root: Path) -> tuple[dict[str, Truth], list[dict[str, str]], list[dic
                                   "BENIGN_WITHOUT_CALLBACK" if number % 3 == 0 else "BENIGN"),
                     "image file path": _uid_path(subject, series) + ("\n" if number == 5 else ""),
                     "ROI mask file path": cells[0], "cropped image file path": cells[1]})
-    _write_tables(root, tables[MASS_TABLE], tables[CALC_TABLE])
-    return truths, tables[MASS_TABLE], tables[CALC_TABLE]
+    _write_tables(root, tables[mass_table], tables[calc_table], split=split)
+    return truths, tables[mass_table], tables[calc_table]
 
 
 def _write_tables(root: Path, masses: list[dict[str, str]], calcs: list[dict[str, str]],
-                  mass_columns: list[str] = MASS_COLUMNS) -> None:
-    for name, rows, columns in ((MASS_TABLE, masses, mass_columns), (CALC_TABLE, calcs, CALC_COLUMNS)):
+                  mass_columns: list[str] = MASS_COLUMNS, split: str = "train") -> None:
+    mass_table, calc_table = cbis_ddsm.CASE_TABLES[split]
+    for name, rows, columns in ((mass_table, masses, mass_columns), (calc_table, calcs, CALC_COLUMNS)):
         with (root / name).open("w", newline="") as handle:
             writer = csv.DictWriter(handle, columns, extrasaction="ignore")
             writer.writeheader()
@@ -170,7 +177,7 @@ CLINICAL = ("patient_id,age,brca,family_history,prior_biopsy,note\n"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Truth], list, list]:
     root = tmp_path_factory.mktemp("cbis")
-    truths, masses, calcs = _build(root)
+    truths, masses, calcs = _build(root, CANCERS + NEGATIVES)
     (root / "clinical.csv").write_text(CLINICAL)
     return root, truths, masses, calcs
 
@@ -324,3 +331,49 @@ def test_train_on_the_dataset_writes_a_bundle_that_says_so(dataset: tuple, tmp_p
         train(out_dir=tmp_path / "other", quick=True, data_dir=root, cohort_size=20)
     with pytest.raises(AiEngineError, match="trained on a dataset directory"):
         train_density_only(bundle=bundle)  # would rebuild a synthetic cohort
+
+
+@pytest.fixture(scope="module")
+def test_split(dataset: tuple) -> dict[str, Truth]:
+    """Patients 17-20 in the test tables of the dataset (the train tables stay as they are)."""
+    return _build(dataset[0], TEST_SEEDS, "test", first=len(CANCERS + NEGATIVES) + 1)[0]
+
+
+def test_the_deployed_bundle_is_evaluated_on_the_test_tables_through_the_cli(dataset: tuple, test_split: dict,
+                                                                              tmp_path: Path) -> None:
+    """``evaluate mammo --data-dir``: every test-table exam scored from the reader's views; the metrics name the
+    dataset and the deployed bundle is left untouched."""
+    from ai_engine.bundle import resolve_bundle
+    from ai_engine.detectors.mammo_fusion import MammoFusion
+    from ai_engine.inputs import mammography_inputs
+    from ai_engine.training import cli
+
+    root = dataset[0]
+    with pytest.raises(AiEngineError, match="needs --out-dir"):
+        cli.main(["evaluate", "mammo", "--data-dir", str(root)])
+    (tmp_path / "train-only").mkdir()
+    _write_tables(tmp_path / "train-only", *_copy_tables(dataset, tmp_path / "train-only"))
+    with pytest.raises(AiEngineError, match="mass_case_description_test_set.csv"):
+        cli.main(["evaluate", "mammo", "--data-dir", str(tmp_path / "train-only"), "--out-dir", str(tmp_path)])
+
+    deployed = resolve_bundle(None, "mammo_fusion").root
+    before = {p: p.read_bytes() for p in sorted(deployed.rglob("*")) if p.is_file()}
+    out = tmp_path / "out"
+    assert cli.main(["evaluate", "mammo", "--data-dir", str(root), "--out-dir", str(out),
+                     "--pixel-spacing-mm", str(SPACING)]) == 0
+    assert {p: p.read_bytes() for p in sorted(deployed.rglob("*")) if p.is_file()} == before
+
+    held_out = json.loads((out / "metrics.json").read_text())["held_out"]
+    assert held_out["source"] == "dataset" and held_out["path"] == str(root.resolve())
+    assert (held_out["exams"], held_out["malignant_exams"]) == (4, 2)
+    assert held_out["views"] == sum(len(t.identities) for t in test_split.values())
+    assert sorted(held_out["tables_sha256"]) == sorted([*cbis_ddsm.CASE_TABLES["test"], "clinical.csv"])
+    assert (held_out["layout"], held_out["default_pixel_spacing_mm"]) == ("CBIS-DDSM (test tables)", SPACING)
+    rows = {r["exam"]: r for r in json.loads((out / "cases.json").read_text())}
+    assert sorted(rows) == sorted(test_split) == ["P_00017", "P_00018", "P_00019", "P_00020"]
+    for patient, truth in test_split.items():
+        assert (rows[patient]["label"], rows[patient]["density_true"]) == (truth.label, truth.density)
+        assert 0.0 <= rows[patient]["deep"] <= 1.0 and 0.0 <= rows[patient]["baseline"] <= 1.0
+    exam = next(e for e in cbis_ddsm.load_exams(root, "test", SPACING)[1] if e.patient_id == "P_00017")
+    scored = MammoFusion(deployed).detect(mammography_inputs(exam.views, exam.context)).case_score
+    assert rows["P_00017"]["deep"] == pytest.approx(scored, abs=1e-6)  # the reader's views at the given spacing
