@@ -19,7 +19,9 @@ truth-centred patches of the nodules of known malignancy in A and V, calibrated 
 
 Evaluation generates a held-out cohort with another seed and shifted acquisition
 (``HELDOUT_ACQUISITION``), writes every case as DICOM, loads it through the server's loader and
-runs the deployed detector and the baseline on it.
+runs the deployed detector and the baseline on it. With ``data_dir`` the held-out cases are every
+series of a dataset in the training layout instead (an institution validating a model on its own
+scans); both kinds of case feed the same loop.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ from ai_engine.bundle import (
 )
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors import nodule_fusion as model
+from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.nodule_baseline import NoduleBaseline
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics, plots
@@ -68,6 +71,7 @@ from ai_engine.synthetic.cohorts.nodule import (
 )
 from ai_engine.training.datasets import dataset_intended_use, dataset_provenance
 from ai_engine.training.datasets.lidc_luna import (
+    ANNOTATIONS,
     ATTRIBUTES,
     TABLES,
     AnnotatedNodule,
@@ -614,88 +618,181 @@ def _hit_ids(centres_voxel: np.ndarray, spacing: np.ndarray, truth: list[tuple[i
     return ids
 
 
-def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | None,
-             out_dir: Path | None) -> dict[str, Any]:
-    """Held-out evaluation through DICOM: FROC/CPM of the deep detector and the baseline, malignancy, fusion table."""
-    torch.set_num_threads(1)
-    loaded = resolve_bundle(bundle, model.NAME)
-    detector = model.NoduleFusion(loaded)
-    baseline = NoduleBaseline()
-    size = cohort_size or EVAL_SIZE
-    seed = EVAL_SEED if seed is None else seed
-    out = Path(out_dir) if out_dir is not None else MODEL_CARD_DIR
-    deep_scores: list[float] = []
-    deep_hits: list[int] = []
-    base_scores: list[float] = []
-    base_hits: list[int] = []
-    rows: list[dict[str, Any]] = []
-    embeddings, contexts, malignant, fused, kinds_true, kinds_pred = [], [], [], [], [], []
-    n_lesions = 0
-    seconds = {"deep": 0.0, "baseline": 0.0}
+@dataclass
+class HeldOutCase:
+    """One evaluation case: the detector's inputs as the loader read them and the truth on that volume's grid."""
+
+    case_id: str
+    inputs: DetectorInput
+    nodules: list[AnnotatedNodule]
+    details: dict[str, Any]  # what the per-case row records beyond the counts (acquisition, image format)
+
+
+def _synthetic_held_out(seed: int, size: int) -> Iterator[HeldOutCase]:
+    """Held-out synthetic cases (``HELDOUT_ACQUISITION``), each written as DICOM and read by the server's loader."""
     for i in tqdm(range(size), desc="held-out", unit="case"):
         case = generate_case(seed * 100_003 + i, ranges=HELDOUT_ACQUISITION)
         with tempfile.TemporaryDirectory() as tmp:
             inputs = load_inputs(Task.LUNG_NODULE, write_case_dicom(case, Path(tmp)), case.context)
-        volume = inputs.volume
+        nodules = [AnnotatedNodule(n.label, n.center_voxel, n.diameter_mm, n.kind, n.malignant) for n in case.nodules]
+        acquisition = case.acquisition
+        yield HeldOutCase(case.case_id, inputs, nodules, {
+            "slice_mm": round(acquisition.slice_mm, 2), "pixel_mm": round(acquisition.spacing[1], 3),
+            "noise_hu": round(acquisition.noise_hu, 1), "blur_mm": round(acquisition.blur_mm, 2)})
+
+
+def _dataset_held_out(cases: list[DatasetCase]) -> Iterator[HeldOutCase]:
+    """Every series of a dataset (nodule-free ones too), read by the training reader (DICOM through
+    ``load_series`` as the server reads it, MetaImage through its reader), nodules located on its grid."""
+    for case in tqdm(cases, desc="dataset", unit="series"):
+        scan = load_case(case)
+        spacing = scan.volume.spacing_mm
+        yield HeldOutCase(case.series_uid, DetectorInput(volume=scan.volume, context=scan.context), scan.nodules, {
+            "format": "metaimage" if case.image.suffix == ".mhd" else "dicom",
+            "slice_mm": round(spacing[0], 2), "pixel_mm": round(spacing[1], 3)})
+
+
+def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | None,
+             out_dir: Path | None, data_dir: Path | None = None) -> dict[str, Any]:
+    """Held-out evaluation through DICOM: FROC/CPM of the deep detector and the baseline, malignancy, fusion table.
+
+    ``data_dir``: evaluate on a dataset in the training layout instead (an institution validating a
+    model on its own scans); ``out_dir`` is then required, so the model card's files stay the project's.
+    Type accuracy, malignancy and the fusion table use the nodules whose composition / malignancy the
+    dataset gives; a metric the dataset cannot support is null, with the reason under ``skipped``.
+    """
+    if data_dir is not None and (out_dir is None or cohort_size is not None or seed is not None):
+        raise AiEngineError("evaluate --data-dir needs --out-dir (the model card's metrics stay the project's) and "
+                            "takes no --cohort-size or --seed (the dataset is the cohort)")
+    torch.set_num_threads(1)
+    loaded = resolve_bundle(bundle, model.NAME)
+    seed = EVAL_SEED if seed is None else seed
+    out = Path(out_dir) if out_dir is not None else MODEL_CARD_DIR
+    if data_dir is None:
+        size = cohort_size or EVAL_SIZE
+        found = _run_held_out(loaded, _synthetic_held_out(seed, size))
+        cohort = {"size": size, "seed": seed, "nodules": found.n_lesions, "acquisition": "HELDOUT_ACQUISITION",
+                  "cases": found.rows}
+    else:
+        dataset = read_dataset(data_dir)
+        if not any(c.nodules for c in dataset):
+            raise AiEngineError(f"lung-nodule dataset {data_dir}: {ANNOTATIONS} names no nodule; FROC needs some")
+        size = len(dataset)
+        found = _run_held_out(loaded, _dataset_held_out(dataset))
+        cohort = {**dataset_provenance(Path(data_dir), list(TABLES), **dataset_counts(dataset)),
+                  "per_series": found.rows}
+    return _write_evaluation(loaded, found, cohort, size, seed, out)
+
+
+@dataclass
+class HeldOutResults:
+    """What the held-out loop collects: FROC marks of both detectors, per-nodule outputs, per-case rows."""
+
+    deep_scores: list[float] = dataclasses.field(default_factory=list)
+    deep_hits: list[int] = dataclasses.field(default_factory=list)
+    base_scores: list[float] = dataclasses.field(default_factory=list)
+    base_hits: list[int] = dataclasses.field(default_factory=list)
+    n_lesions: int = 0
+    embeddings: list[np.ndarray] = dataclasses.field(default_factory=list)  # nodules of known malignancy
+    contexts: list[Any] = dataclasses.field(default_factory=list)
+    malignant: list[int] = dataclasses.field(default_factory=list)
+    fused: list[np.ndarray] = dataclasses.field(default_factory=list)
+    kinds_true: list[int] = dataclasses.field(default_factory=list)  # nodules of known composition
+    kinds_pred: list[int] = dataclasses.field(default_factory=list)
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: {"deep": 0.0, "baseline": 0.0})
+
+
+def _run_held_out(loaded: Bundle, cases: Iterator[HeldOutCase]) -> HeldOutResults:
+    """Run the deployed detector and the baseline on every case and match their marks to the truth."""
+    detector = model.NoduleFusion(loaded)
+    baseline = NoduleBaseline()
+    found = HeldOutResults()
+    for case in cases:
+        volume = case.inputs.volume
         assert volume is not None
+        context = case.inputs.context
         spacing = np.array(volume.spacing_mm)
-        truth = [(n_lesions + k, np.array(n.center_voxel), n.diameter_mm) for k, n in enumerate(case.nodules)]
-        n_lesions += len(case.nodules)
+        truth = [(found.n_lesions + k, np.array(n.center_voxel), n.diameter_mm) for k, n in enumerate(case.nodules)]
+        found.n_lesions += len(case.nodules)
         start = time.perf_counter()
         analysis = detector.analyse(volume)
-        seconds["deep"] += time.perf_counter() - start
+        found.seconds["deep"] += time.perf_counter() - start
         # what detect would report at every threshold: the same suppression, re-centring and merging
         nodules = model.ranked_nodules(analysis, float(loaded.inference["nms_mm"]), threshold=0.0)
         centres = analysis.grid.to_source(np.array([n.centre_work for n in nodules]).reshape(-1, 3))
-        deep_scores += [float(analysis.probability[n.index]) for n in nodules]
-        deep_hits += _hit_ids(centres, spacing, truth)
+        found.deep_scores += [float(analysis.probability[n.index]) for n in nodules]
+        found.deep_hits += _hit_ids(centres, spacing, truth)
         start = time.perf_counter()
-        base = baseline.detect(inputs)
-        seconds["baseline"] += time.perf_counter() - start
-        base_scores += [f.score for f in base.findings]
-        base_hits += _hit_ids(np.array([f.center_voxel for f in base.findings]).reshape(-1, 3), spacing, truth)
+        base = baseline.detect(case.inputs)
+        found.seconds["baseline"] += time.perf_counter() - start
+        found.base_scores += [f.score for f in base.findings]
+        found.base_hits += _hit_ids(np.array([f.center_voxel for f in base.findings]).reshape(-1, 3), spacing, truth)
         # the fusion experiment and type accuracy use each nodule's truth-centred patch from the loaded series
         if case.nodules:
             centres_work = model.source_to_work(np.array([n.center_voxel for n in case.nodules]), analysis.grid.zoom)
             outputs = detector.run_network(model.extract_patches(analysis.grid.hu, centres_work))
-            embeddings.append(outputs[4])
-            kinds_pred += list(np.argmax(outputs[1], axis=1))
-            kinds_true += [model.TYPES.index(n.kind) for n in case.nodules]
-            contexts += [case.context] * len(case.nodules)
-            malignant += [int(n.malignant) for n in case.nodules]
-            fused.append(detector.fuse(outputs[4], case.context)[0])
-        rows.append({"case": case.case_id, "nodules": len(case.nodules), "candidates": int(len(analysis.points)),
-                     "slice_mm": round(case.acquisition.slice_mm, 2),
-                     "pixel_mm": round(case.acquisition.spacing[1], 3), "noise_hu": round(case.acquisition.noise_hu, 1),
-                     "blur_mm": round(case.acquisition.blur_mm, 2)})
-    deep = _froc_summary(deep_scores, deep_hits, n_lesions, size)
-    base = _froc_summary(base_scores, base_hits, n_lesions, size)
-    labels = np.array(malignant)
-    probabilities = np.concatenate(fused) if fused else np.zeros(0)
-    fusion_table, weights = _fusion_experiment(loaded, np.concatenate(embeddings), contexts, labels, seed)
+            typed = np.array([n.kind is not None for n in case.nodules])
+            found.kinds_pred += list(np.argmax(outputs[1][typed], axis=1))
+            found.kinds_true += [model.TYPES.index(n.kind) for n in case.nodules if n.kind is not None]
+            known = np.array([n.malignant is not None for n in case.nodules])
+            if known.any():
+                found.embeddings.append(outputs[4][known])
+                found.contexts += [context] * int(known.sum())
+                found.malignant += [int(n.malignant) for n in case.nodules if n.malignant is not None]
+                found.fused.append(detector.fuse(outputs[4][known], context)[0])
+        found.rows.append({"case": case.case_id, "nodules": len(case.nodules),
+                           "candidates": int(len(analysis.points)), **case.details})
+    return found
+
+
+def _write_evaluation(loaded: Bundle, found: HeldOutResults, cohort: dict[str, Any], size: int, seed: int,
+                      out: Path) -> dict[str, Any]:
+    """metrics.json and the plots of one held-out run (``cohort``: its complete record); a metric the nodules
+    cannot support is null, with the reason under ``skipped``."""
+    deep = _froc_summary(found.deep_scores, found.deep_hits, found.n_lesions, size)
+    base = _froc_summary(found.base_scores, found.base_hits, found.n_lesions, size)
+    labels = np.array(found.malignant, dtype=int)
+    probabilities = np.concatenate(found.fused) if found.fused else np.zeros(0)
+    skipped: dict[str, str] = {}
+    if not found.kinds_true:
+        skipped["type_accuracy"] = "no nodule of known composition"
+    if len(set(labels.tolist())) < 2:
+        skipped["malignancy"] = skipped["fusion_experiment"] = (
+            f"malignancy needs benign and malignant nodules; {len(labels)} of known malignancy, "
+            f"{int(labels.sum())} malignant")
+    weights = None
+    fusion_table: dict[str, Any] | None = None
+    if "fusion_experiment" not in skipped:
+        fusion_table, weights = _fusion_experiment(loaded, np.concatenate(found.embeddings), found.contexts, labels,
+                                                   seed)
     result: dict[str, Any] = {
-        "cohort": {"size": size, "seed": seed, "nodules": n_lesions, "acquisition": "HELDOUT_ACQUISITION",
-                   "cases": rows},
+        "cohort": cohort,
         "detection": {"nodule_fusion": {k: v for k, v in deep.items() if k != "curve"},
                       "nodule_baseline": {k: v for k, v in base.items() if k != "curve"}},
-        "type_accuracy": round(float(np.mean(np.array(kinds_true) == np.array(kinds_pred))), 4),
-        "malignancy": {"auc": round(metrics.roc_auc(labels, probabilities), 4),
-                       "ece": round(metrics.expected_calibration_error(labels, probabilities), 4),
+        "type_accuracy": (None if "type_accuracy" in skipped else
+                          round(float(np.mean(np.array(found.kinds_true) == np.array(found.kinds_pred))), 4)),
+        "malignancy": {"auc": None if "malignancy" in skipped else round(metrics.roc_auc(labels, probabilities), 4),
+                       "ece": (None if "malignancy" in skipped else
+                               round(metrics.expected_calibration_error(labels, probabilities), 4)),
                        "nodules": int(len(labels)), "malignant": int(labels.sum())},
         "fusion_experiment": fusion_table,
-        "seconds_per_case": {k: round(v / size, 2) for k, v in seconds.items()},
+        "seconds_per_case": {k: round(v / size, 2) for k, v in found.seconds.items()},
         "bundle": {"version": loaded.version, "device_uid": loaded.device_uid},
+        **({"skipped": skipped} if skipped else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     plots.plot_froc({"nodule_fusion": deep["curve"], "nodule_baseline": base["curve"]}, out / "froc.png",
                     title="Held-out FROC (lung nodules)")
-    fpr, tpr, _ = metrics.roc_curve(labels, probabilities)
-    plots.plot_roc({"malignancy (dynamic fusion)": (fpr, tpr)}, out / "roc_malignancy.png",
-                   title="Held-out malignancy ROC")
-    predicted, observed, _ = metrics.reliability_curve(labels, probabilities)
-    plots.plot_calibration({"dynamic fusion": (predicted, observed)}, out / "calibration.png")
-    plots.plot_modality_weights({m: weights[:, j] for j, m in enumerate(("image", "clinical", "text"))},
-                                out / "modality_weights.png")
+    if "malignancy" not in skipped:
+        fpr, tpr, _ = metrics.roc_curve(labels, probabilities)
+        plots.plot_roc({"malignancy (dynamic fusion)": (fpr, tpr)}, out / "roc_malignancy.png",
+                       title="Held-out malignancy ROC")
+        predicted, observed, _ = metrics.reliability_curve(labels, probabilities)
+        plots.plot_calibration({"dynamic fusion": (predicted, observed)}, out / "calibration.png")
+    if weights is not None:
+        plots.plot_modality_weights({m: weights[:, j] for j, m in enumerate(("image", "clinical", "text"))},
+                                    out / "modality_weights.png")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -10,6 +10,7 @@ phantom's truth voxels.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 import zlib
@@ -27,7 +28,7 @@ from ai_engine.synthetic.chest_ct import ChestAcquisition
 from ai_engine.synthetic.cohorts.nodule import NoduleCase, generate_case, write_case_dicom
 from ai_engine.training.datasets.lidc_luna import load_case, read_dataset
 from ai_engine.training.datasets.metaimage import read_metaimage
-from ai_engine.training.tasks.nodule import train
+from ai_engine.training.tasks.nodule import evaluate, train
 from ai_engine.volume import Volume, load_series
 
 SMALL = ChestAcquisition(rows=128, slices=40, slice_mm=2.5, noise_hu=10.0, blur_mm=0.5)
@@ -257,3 +258,51 @@ def test_training_on_the_dataset_writes_a_bundle_that_says_so(built: Built, tmp_
     fusion = bundle.metadata["training"]["fusion"]
     # heads: A (2 nodules) and V (1 of 2: the other's malignancy is unknown); calibration: C's 2 nodules
     assert (fusion["train_rows"], fusion["calibration_rows"]) == (3, 2)
+
+
+def test_the_deployed_bundle_is_evaluated_on_the_dataset_through_the_cli(built: Built, tmp_path: Path) -> None:
+    """``evaluate nodule --data-dir``: every series (DICOM and MetaImage) through the detector and the baseline;
+    the metrics name the dataset and use only the nodules whose composition / malignancy it gives."""
+    from ai_engine.training import cli
+
+    with pytest.raises(AiEngineError, match="needs --out-dir"):
+        cli.main(["evaluate", "nodule", "--data-dir", str(built.root)])
+    assert cli.main(["evaluate", "nodule", "--data-dir", str(built.root), "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    cohort = result["cohort"]
+    assert cohort["source"] == "dataset" and cohort["path"] == str(built.root.resolve())
+    assert (cohort["cases"], cohort["nodules"], cohort["nodule_free_cases"]) == (3, 6, 0)
+    assert set(cohort["tables_sha256"]) == {"annotations.csv", "nodule_attributes.csv", "clinical.csv"}
+    assert [(r["case"], r["nodules"], r["format"]) for r in cohort["per_series"]] == [
+        (uid, len(case.nodules), "metaimage" if uid in (RAW_UID, ZRAW_UID) else "dicom")
+        for uid, case in built.cases.items()]
+    for detector in ("nodule_fusion", "nodule_baseline"):
+        froc = result["detection"][detector]
+        assert 0.0 <= froc["cpm"] <= froc["max_sensitivity"] <= 1.0 and set(froc["sensitivity_at"]) == {
+            "0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
+    known = [n for uid, case in built.cases.items() for k, n in enumerate(case.nodules)
+             if uid in (RAW_UID, ZRAW_UID) or k != 1]  # the DICOM series' second nodule has empty attributes
+    assert result["malignancy"]["nodules"] == len(known) == 5
+    assert result["malignancy"]["malignant"] == sum(n.malignant for n in known)
+    assert 0.0 <= result["type_accuracy"] <= 1.0 and "skipped" not in result
+    assert (tmp_path / "froc.png").is_file() and (tmp_path / "roc_malignancy.png").is_file()
+
+
+def test_evaluation_without_nodule_attributes_reports_the_metrics_it_cannot_compute(built: Built,
+                                                                                    tmp_path: Path) -> None:
+    root = tmp_path / "dataset"
+    root.mkdir()
+    (root / "subset0").symlink_to(built.root / "subset0", target_is_directory=True)
+    (root / "annotations.csv").write_text("\n".join(r for r in _annotation_rows(built)
+                                                    if r.startswith(("seriesuid", RAW_UID))) + "\n")
+    result = evaluate(bundle=None, cohort_size=None, seed=None, out_dir=tmp_path / "out", data_dir=root)
+    assert (result["cohort"]["cases"], result["cohort"]["nodules"]) == (1, len(built.cases[RAW_UID].nodules))
+    assert result["type_accuracy"] is None and result["malignancy"]["auc"] is None
+    assert result["fusion_experiment"] is None and result["malignancy"]["nodules"] == 0
+    assert result["skipped"] == {"type_accuracy": "no nodule of known composition",
+                                 "malignancy": "malignancy needs benign and malignant nodules; 0 of known "
+                                               "malignancy, 0 malignant",
+                                 "fusion_experiment": "malignancy needs benign and malignant nodules; 0 of known "
+                                                      "malignancy, 0 malignant"}
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped"] == result["skipped"]
+    assert not (tmp_path / "out" / "roc_malignancy.png").exists()
