@@ -104,6 +104,11 @@ class Service:
                  self.settings.dicom.ae_title, self.settings.dicom.bind_address, self.port,
                  self.db.engine.url.render_as_string(hide_password=True), self.settings.storage_path,
                  self.settings.workers, ", ".join(self.detectors) or "none")
+        for name, path in self.settings.model_bundles.items():
+            if name in self.detectors:
+                algorithm = self.detectors[name].algorithm
+                log.info("detector %s serves the bundle %s (version %s, %s)", name, path, algorithm.version,
+                         algorithm.kind)
         return self.port
 
     def stop(self) -> None:
