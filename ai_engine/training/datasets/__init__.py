@@ -7,11 +7,13 @@ cohorts produce, so training and serving see identical preprocessing. A malforme
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 from typing import Any
 
 from ai_engine.bundle import DATASET_SOURCE
+from ai_engine.errors import AiEngineError
 
 
 def dataset_provenance(root: Path, tables: list[str], **counts: int) -> dict[str, Any]:
@@ -34,3 +36,27 @@ def dataset_intended_use(root: Path) -> str:
             "not validated this model: not for clinical use until the institution that trained it has "
             "validated it.")
 
+
+
+def row_error(dataset: str, table: Path, line: int, message: str) -> AiEngineError:
+    """The error for a bad row: the dataset kind, the table and its line, then what is wrong."""
+    return AiEngineError(f"{dataset}: {table} line {line}: {message}")
+
+
+def read_rows(dataset: str, table: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """(line, stripped cells) of every row of the CSV ``table``, which must have ``columns``.
+
+    A row with more cells than the header is refused (its cells would land under the wrong columns).
+    """
+    with table.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise AiEngineError(f"{dataset}: {table} lacks column(s) {missing}; it has {reader.fieldnames or []}")
+        rows = []
+        for row in reader:
+            if None in row:
+                raise row_error(dataset, table, reader.line_num,
+                                f"more cells than the header's {len(reader.fieldnames or [])}")
+            rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items()}))
+    return rows

@@ -16,7 +16,6 @@ the case-level fusion head only (its labels are all ``UNKNOWN_LABEL``).
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Iterator
@@ -28,9 +27,11 @@ import numpy as np
 from ai_engine.errors import AiEngineError
 from ai_engine.synthetic.cohorts.ich import IchCase
 from ai_engine.synthetic.head_ct import SUBTYPES, bleed_truths
+from ai_engine.training.datasets import read_rows, row_error
 from ai_engine.volume import Volume, load_series
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 
+DATASET = "real ICH dataset"
 UNKNOWN_LABEL = 255  # a case without a mask: its slabs train the fusion head, not the segmentation
 REQUIRED_COLUMNS = ("case_id", "label")
 LAB_COLUMNS = ("inr", "platelets", "systolic_bp", "gcs")
@@ -50,18 +51,18 @@ class IchDatasetRow:
 
 
 def _fail(table: Path, line: int, message: str) -> AiEngineError:
-    return AiEngineError(f"real ICH dataset: {table} line {line}: {message}")
+    return row_error(DATASET, table, line, message)
 
 
-def _check_row(root: Path, table: Path, line: int, row: dict[str, str]) -> IchDatasetRow:
-    case_id = (row.get("case_id") or "").strip()
+def _check_row(root: Path, table: Path, line: int, cells: dict[str, str]) -> IchDatasetRow:
+    case_id = cells["case_id"]
     if not SAFE_CASE_ID.fullmatch(case_id):
         raise _fail(table, line, f"case_id {case_id!r} must be 1-64 letters, digits, '.', '_' or '-' "
                                  "(it names a folder under the dataset root)")
-    if (row.get("label") or "").strip() not in ("0", "1"):
-        raise _fail(table, line, f"label must be 0 or 1, got {row.get('label')!r}")
+    if cells["label"] not in ("0", "1"):
+        raise _fail(table, line, f"label must be 0 or 1, got {cells['label']!r}")
     for column in ("age", *LAB_COLUMNS):
-        cell = (row.get(column) or "").strip()
+        cell = cells.get(column, "")
         if cell:
             try:
                 value = float(cell)
@@ -70,31 +71,24 @@ def _check_row(root: Path, table: Path, line: int, row: dict[str, str]) -> IchDa
             if not math.isfinite(value):
                 raise _fail(table, line, f"column {column!r} is not finite: {cell!r}")
     for column in MEDICATION_COLUMNS:
-        if (row.get(column) or "").strip() not in ("", "0", "1"):
-            raise _fail(table, line, f"column {column!r} must be 0, 1 or empty, got {row.get(column)!r}")
-    trauma = (row.get("trauma_mechanism") or "").strip().lower()
+        if cells.get(column, "") not in ("", "0", "1"):
+            raise _fail(table, line, f"column {column!r} must be 0, 1 or empty, got {cells[column]!r}")
+    trauma = cells.get("trauma_mechanism", "").lower()
     if trauma and trauma not in TRAUMA_LEVELS:
         raise _fail(table, line, f"trauma_mechanism must be one of {TRAUMA_LEVELS} or empty, got {trauma!r}")
     if not series_paths(root, case_id):
         raise _fail(table, line, f"case {case_id}: no DICOM files in {root / case_id / 'dicom'}")
-    return IchDatasetRow(line, case_id, int(row["label"].strip()),
-                         {k: (v or "").strip() for k, v in row.items() if k is not None})
+    return IchDatasetRow(line, case_id, int(cells["label"]), cells)
 
 
 def read_table(root: Path) -> list[IchDatasetRow]:
     """Every row of ``root/cases.csv``, checked (columns, values, unique ids, series present)."""
     table = Path(root) / "cases.csv"
     if not table.is_file():
-        raise AiEngineError(f"real ICH dataset: {table} is missing (see docs/model-cards/ich.md for the layout)")
-    with table.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise AiEngineError(f"real ICH dataset: {table} lacks column(s) {missing}; "
-                                f"it has {reader.fieldnames or []}")
-        rows = [_check_row(Path(root), table, reader.line_num, row) for row in reader]
+        raise AiEngineError(f"{DATASET}: {table} is missing (see docs/model-cards/ich.md for the layout)")
+    rows = [_check_row(Path(root), table, line, cells) for line, cells in read_rows(DATASET, table, REQUIRED_COLUMNS)]
     if not rows:
-        raise AiEngineError(f"real ICH dataset: {table} has no cases")
+        raise AiEngineError(f"{DATASET}: {table} has no cases")
     seen: dict[str, int] = {}
     for row in rows:
         if row.case_id in seen:
@@ -107,24 +101,24 @@ def _mask(path: Path, volume: Volume, row: IchDatasetRow) -> np.ndarray:
     """The case's bleed labels on the volume's grid, checked against the series and the case label."""
     with np.load(path) as stored:
         if "labels" not in stored.files:
-            raise AiEngineError(f"real ICH dataset: {path} has no array 'labels' (it has {stored.files})")
+            raise AiEngineError(f"{DATASET}: {path} has no array 'labels' (it has {stored.files})")
         labels = stored["labels"]
         order = stored["sop_instance_uids"] if "sop_instance_uids" in stored.files else None
     if order is not None:
         position = {str(uid): k for k, uid in enumerate(order)}
         unknown = [uid for uid in volume.sop_instance_uids if uid not in position]
         if unknown or len(position) != len(volume.sop_instance_uids):
-            raise AiEngineError(f"real ICH dataset: {path}: sop_instance_uids do not name the series' "
+            raise AiEngineError(f"{DATASET}: {path}: sop_instance_uids do not name the series' "
                                 f"{len(volume.sop_instance_uids)} slices one to one")
         labels = labels[[position[uid] for uid in volume.sop_instance_uids]]
     if labels.shape != volume.array.shape:
-        raise AiEngineError(f"real ICH dataset: {path}: labels have shape {labels.shape}, the series "
+        raise AiEngineError(f"{DATASET}: {path}: labels have shape {labels.shape}, the series "
                             f"{volume.array.shape} (slices, rows, columns)")
     if labels.min() < 0 or labels.max() > len(SUBTYPES):
-        raise AiEngineError(f"real ICH dataset: {path}: labels must be 0..{len(SUBTYPES)}, "
+        raise AiEngineError(f"{DATASET}: {path}: labels must be 0..{len(SUBTYPES)}, "
                             f"got {int(labels.min())}..{int(labels.max())}")
     if bool(labels.any()) != bool(row.label):
-        raise AiEngineError(f"real ICH dataset: case {row.case_id} has label {row.label} but its mask "
+        raise AiEngineError(f"{DATASET}: case {row.case_id} has label {row.label} but its mask "
                             f"{'marks' if labels.any() else 'has no'} blood")
     return labels.astype(np.uint8)
 

@@ -27,7 +27,6 @@ so each nodule is a sphere of its annotated diameter.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import zlib
@@ -38,12 +37,14 @@ import numpy as np
 
 from ai_engine.errors import AiEngineError
 from ai_engine.synthetic.cohorts.nodule import SMOKING_CODES, SNOMED
+from ai_engine.training.datasets import read_rows, row_error
 from ai_engine.training.datasets.metaimage import read_metaimage
 from ai_engine.volume import Volume, load_series
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 
 log = logging.getLogger(__name__)
 
+DATASET = "lung-nodule dataset"
 ANNOTATIONS = "annotations.csv"
 ATTRIBUTES = "nodule_attributes.csv"
 CLINICAL = "clinical.csv"
@@ -112,23 +113,7 @@ class AnnotatedScan:
 
 
 def _fail(table: Path, line: int, message: str) -> AiEngineError:
-    return AiEngineError(f"lung-nodule dataset: {table} line {line}: {message}")
-
-
-def _read_table(table: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """(line, stripped cells) of every row of ``table``, which must have ``columns``."""
-    with table.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise AiEngineError(f"lung-nodule dataset: {table} lacks column(s) {missing}; "
-                                f"it has {reader.fieldnames or []}")
-        rows = []
-        for row in reader:
-            if None in row:
-                raise _fail(table, reader.line_num, f"more cells than the header's {len(reader.fieldnames or [])}")
-            rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items()}))
-    return rows
+    return row_error(DATASET, table, line, message)
 
 
 def _number(table: Path, line: int, column: str, cell: str, minimum: float = -math.inf) -> float:
@@ -149,10 +134,10 @@ def find_series(root: Path) -> dict[str, Path]:
     for path in [*candidates, *sorted(root.glob("subset*/*.mhd"))]:
         uid = path.stem if path.suffix == ".mhd" else path.name
         if uid in found:
-            raise AiEngineError(f"lung-nodule dataset: series {uid} is both {found[uid]} and {path}")
+            raise AiEngineError(f"{DATASET}: series {uid} is both {found[uid]} and {path}")
         found[uid] = path
     if not found:
-        raise AiEngineError(f"lung-nodule dataset: {root} holds no series (expected series/<SeriesInstanceUID>/*.dcm "
+        raise AiEngineError(f"{DATASET}: {root} holds no series (expected series/<SeriesInstanceUID>/*.dcm "
                             "or subset*/<seriesuid>.mhd; see docs/model-cards/nodule.md)")
     return found
 
@@ -160,10 +145,10 @@ def find_series(root: Path) -> dict[str, Path]:
 def _annotations(root: Path, series: dict[str, Path]) -> dict[str, list[NoduleRow]]:
     table = root / ANNOTATIONS
     if not table.is_file():
-        raise AiEngineError(f"lung-nodule dataset: {table} is missing (LUNA16's annotations.csv; a nodule-free "
+        raise AiEngineError(f"{DATASET}: {table} is missing (LUNA16's annotations.csv; a nodule-free "
                             "dataset still needs the file with its header)")
     nodules: dict[str, list[NoduleRow]] = {}
-    for line, cells in _read_table(table, ANNOTATION_COLUMNS):
+    for line, cells in read_rows(DATASET, table, ANNOTATION_COLUMNS):
         uid = cells["seriesuid"]
         if uid not in series:
             raise _fail(table, line, f"seriesuid {uid!r} has no series under series/ or subset*/")
@@ -183,7 +168,7 @@ def _with_attributes(root: Path, nodules: dict[str, list[NoduleRow]]) -> None:
     if not table.is_file():
         return
     seen: dict[tuple[str, int], int] = {}
-    for line, cells in _read_table(table, ATTRIBUTE_COLUMNS):
+    for line, cells in read_rows(DATASET, table, ATTRIBUTE_COLUMNS):
         uid, index_cell = cells["seriesuid"], cells["nodule_index"]
         if not index_cell.isdigit():
             raise _fail(table, line, f"column 'nodule_index' must be an integer >= 0, got {index_cell!r}")
@@ -245,7 +230,7 @@ def _contexts(root: Path, series: dict[str, Path]) -> dict[str, ClinicalContext]
     provenance = Provenance("dataset", str(root), CLINICAL)
     contexts: dict[str, ClinicalContext] = {}
     lines: dict[str, int] = {}
-    for line, cells in _read_table(table, CLINICAL_COLUMNS):
+    for line, cells in read_rows(DATASET, table, CLINICAL_COLUMNS):
         uid = cells["seriesuid"]
         if uid not in series:
             raise _fail(table, line, f"seriesuid {uid!r} has no series under series/ or subset*/")
@@ -260,7 +245,7 @@ def read_dataset(root: Path | str) -> list[DatasetCase]:
     """Every series of the dataset as a checked case, in series-UID order (module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise AiEngineError(f"lung-nodule dataset: {root} is not a directory")
+        raise AiEngineError(f"{DATASET}: {root} is not a directory")
     series = find_series(root)
     nodules = _annotations(root, series)
     _with_attributes(root, nodules)
@@ -317,13 +302,13 @@ def load_volume(case: DatasetCase) -> Volume:
         return read_metaimage(case.image)
     files = sorted(case.image.glob("*.dcm"))
     if not files:
-        raise AiEngineError(f"lung-nodule dataset: {case.image} holds no .dcm files for series {case.series_uid}")
+        raise AiEngineError(f"{DATASET}: {case.image} holds no .dcm files for series {case.series_uid}")
     try:
         volume = load_series(files)
     except AiEngineError as error:
-        raise AiEngineError(f"lung-nodule dataset: series {case.series_uid} ({case.image}): {error}") from error
+        raise AiEngineError(f"{DATASET}: series {case.series_uid} ({case.image}): {error}") from error
     if volume.series_instance_uid != case.series_uid:
-        raise AiEngineError(f"lung-nodule dataset: {case.image} holds SeriesInstanceUID "
+        raise AiEngineError(f"{DATASET}: {case.image} holds SeriesInstanceUID "
                             f"{volume.series_instance_uid}, not the folder's name")
     return volume
 

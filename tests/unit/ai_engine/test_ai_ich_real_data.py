@@ -135,6 +135,7 @@ def _rewrite_row(root: Path, which: str, **cells: str) -> None:
     ("duplicate_id", r"line 3: case_id c0 repeats line 2"),
     ("bad_trauma", r"line 5: trauma_mechanism must be one of"),
     ("inr_text", r"line 3: column 'inr' is not a number: 'high'"),
+    ("extra_cell", r"line 3: more cells than the header's 10"),
     ("no_series", r"case c5: no DICOM files"),
     ("mask_shape", r"c4/mask\.npz: labels have shape"),
     ("clean_label_with_blood", r"case c3 has label 0 but its mask marks blood"),
@@ -157,6 +158,9 @@ def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path
         _rewrite_row(root, "c3", trauma_mechanism="skiing")
     elif damage == "inr_text":
         _rewrite_row(root, "c1", inr="high")
+    elif damage == "extra_cell":
+        lines = (root / "cases.csv").read_text().splitlines()
+        (root / "cases.csv").write_text("\n".join([*lines[:2], lines[2] + ",surplus", *lines[3:]]) + "\n")
     elif damage == "no_series":
         for path in (root / "c5" / "dicom").glob("*.dcm"):
             path.unlink()
