@@ -148,9 +148,8 @@ def series_paths(root: Path, case_id: str) -> list[Path]:
     return sorted((Path(root) / case_id / "dicom").glob("*.dcm"))
 
 
-def load_cases(root: Path) -> Iterator[IchCase]:
-    """The dataset's cases, one series at a time (the table is checked first: ``read_table``)."""
-    rows = read_table(root)
+def load_cases(root: Path, rows: list[IchDatasetRow]) -> Iterator[IchCase]:
+    """The cases of ``rows`` (``read_table``'s, so the table is checked first), one series at a time."""
     provenance = Provenance("dataset", str(root), "cases.csv")
     for row in rows:
         case_dir = Path(root) / row.case_id

@@ -276,7 +276,7 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     started = time.monotonic()
     if data_dir is not None:
         rows = ich_cases.read_table(data_dir)
-        data = build_arrays(ich_cases.load_cases(data_dir), total=len(rows))
+        data = build_arrays(ich_cases.load_cases(data_dir, rows), total=len(rows))
         training_data = dataset_provenance(data_dir, ["cases.csv"], cases=len(rows),
                                               positives=int(data.label.sum()),
                                               with_masks=int(len(np.unique(data.case_of_slab[
@@ -393,8 +393,8 @@ def _synthetic_held_out(seed: int, size: int) -> Iterator[tuple[IchCase, list[Pa
 
 def _dataset_held_out(root: Path) -> Iterator[tuple[IchCase, list[Path]]]:
     """The cases of a dataset directory with their DICOM files (``ich_cases`` layout)."""
-    total = len(ich_cases.read_table(root))
-    for case in tqdm(ich_cases.load_cases(root), desc="dataset", unit="case", total=total):
+    rows = ich_cases.read_table(root)
+    for case in tqdm(ich_cases.load_cases(root, rows), desc="dataset", unit="case", total=len(rows)):
         yield case, ich_cases.series_paths(root, case.case_id)
 
 

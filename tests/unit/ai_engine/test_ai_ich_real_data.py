@@ -71,7 +71,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cases_come_back_with_their_voxels_masks_and_clinical_values(dataset: Path) -> None:
-    cases = {case.case_id: case for case in ich_cases.load_cases(dataset)}
+    cases = {case.case_id: case for case in ich_cases.load_cases(dataset, ich_cases.read_table(dataset))}
     assert sorted(cases) == sorted(f"c{i}" for i in range(20))
     expected = load_series(sorted((dataset / "c1" / "dicom").glob("*.dcm")))
     np.testing.assert_array_equal(cases["c1"].hu, expected.array)
@@ -170,7 +170,7 @@ def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path
     elif damage == "clean_label_with_blood":
         _rewrite_row(root, "c3", label="0")
     with pytest.raises(AiEngineError, match=message):
-        list(ich_cases.load_cases(root))
+        list(ich_cases.load_cases(root, ich_cases.read_table(root)))
 
 
 def test_the_deployed_bundle_is_evaluated_on_the_dataset_through_the_cli(dataset: Path, tmp_path: Path) -> None:
