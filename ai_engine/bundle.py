@@ -76,6 +76,18 @@ def trained_on_dataset(metadata: dict[str, Any]) -> bool:
     return bool(metadata.get("training_data", {}).get("source") == DATASET_SOURCE)
 
 
+def synthetic_training_data(bundle: Bundle, refit: str) -> dict[str, Any]:
+    """The ``training_data`` of a bundle trained on a synthetic cohort, which ``refit`` rebuilds from it.
+
+    A bundle trained on a dataset directory is refused: its cohort cannot be rebuilt from a seed.
+    """
+    recorded: dict[str, Any] = bundle.metadata["training_data"]
+    if trained_on_dataset(bundle.metadata):
+        raise BundleError(f"{bundle.root} was trained on a dataset directory ({recorded.get('path')}); {refit} "
+                          "rebuilds a synthetic cohort, so train it again with --data-dir instead")
+    return recorded
+
+
 def bundle_kind(metadata: dict[str, Any]) -> str:
     """The algorithm kind reports show for a bundle: synthetic phantoms or a local dataset."""
     return DATASET_KIND if trained_on_dataset(metadata) else DEEP_KIND

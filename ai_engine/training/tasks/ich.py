@@ -29,7 +29,7 @@ from ai_engine.bundle import (
     bundle_models_dir,
     bundle_root,
     resolve_bundle,
-    trained_on_dataset,
+    synthetic_training_data,
     write_bundle_configs,
 )
 from ai_engine.clinical_features import NOTE_DIM, feature_names
@@ -326,10 +326,7 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     """
     torch.set_num_threads(1)
     loaded = resolve_bundle(bundle, model.NAME)
-    if trained_on_dataset(loaded.metadata):
-        raise AiEngineError(f"{loaded.root} was trained on a dataset directory; --fusion-only rebuilds a "
-                            "synthetic cohort, so train it again with --data-dir instead")
-    recorded = loaded.metadata["training_data"]
+    recorded = synthetic_training_data(loaded, "--fusion-only")
     seed, size = int(recorded["seed"]), int(recorded["cases"])
     seed_everything(seed)
     generator = int(recorded.get("generator_version", 1))  # 1: bundles from before it was recorded

@@ -42,7 +42,7 @@ from ai_engine.bundle import (
     bundle_models_dir,
     bundle_root,
     resolve_bundle,
-    trained_on_dataset,
+    synthetic_training_data,
     write_bundle_configs,
 )
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
@@ -482,10 +482,7 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
 
 def _recorded_cohort(bundle: Bundle) -> tuple[int, int]:
     """(seed, cohort size) of the synthetic cohort ``bundle`` was trained on, from its metadata."""
-    if trained_on_dataset(bundle.metadata):
-        raise AiEngineError(f"{bundle.root} was trained on a dataset directory; the refits rebuild a synthetic "
-                            "cohort, so train it again with --data-dir instead")
-    recorded = bundle.metadata["training_data"]
+    recorded = synthetic_training_data(bundle, "a refit")
     return int(recorded["seed"]), int(recorded["cohort_size"])
 
 

@@ -49,7 +49,7 @@ from ai_engine.bundle import (
     bundle_models_dir,
     bundle_root,
     resolve_bundle,
-    trained_on_dataset,
+    synthetic_training_data,
     write_bundle_configs,
 )
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
@@ -814,10 +814,7 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     """Refit the fusion heads of ``bundle`` on its unchanged patch CNN (same fusion cohort and seed); minor version."""
     torch.set_num_threads(1)
     loaded = resolve_bundle(bundle, model.NAME)
-    recorded = loaded.metadata["training_data"]
-    if trained_on_dataset(loaded.metadata):
-        raise AiEngineError(f"bundle {loaded.root} was trained on the dataset {recorded.get('path')}; --fusion-only "
-                            "rebuilds a synthetic fusion cohort: retrain with --data-dir instead")
+    recorded = synthetic_training_data(loaded, "--fusion-only")
     seed, size = int(recorded["seed"]), int(recorded["fusion_cases"])
     seed_everything(seed)
     network = model.load_eager_model(loaded).network
