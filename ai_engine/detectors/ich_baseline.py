@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, dilate_in_plane, fill_holes_per_slice
-from ai_engine.errors import DetectorInputError
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
@@ -54,9 +53,7 @@ class IchBaseline:
 
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Find hyperdense intracranial components in ``inputs.volume``."""
-        volume = inputs.volume
-        if volume is None:
-            raise DetectorInputError(f"{NAME} needs a head CT volume, got none (views: {len(inputs.views)})")
+        volume, reorientation = lps_volume(inputs, NAME, "head")
         p = self.parameters
         hu = volume.array
         dz, dy, dx = volume.spacing_mm
@@ -73,8 +70,9 @@ class IchBaseline:
         total_ml = sum(f.volume_ml or 0.0 for f in findings)
         case_score = logistic(total_ml, p.score_midpoint_ml, p.score_width_ml) if findings else 0.0
         notes = [*BASELINE_NOTES, f"total hyperdense intracranial volume {total_ml:.2f} mL"]
-        return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings,
-                              case_score=case_score, positive=case_score >= p.positive_score, notes=notes)
+        result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings,
+                                case_score=case_score, positive=case_score >= p.positive_score, notes=notes)
+        return reorientation.restore(result)
 
     def _findings(self, volume: Volume, blood: np.ndarray, brain: np.ndarray, csf: np.ndarray) -> list[Finding]:
         p = self.parameters
@@ -117,7 +115,7 @@ def _location(center: tuple[float, ...], lateral_mm: float, low: np.ndarray, hig
     if csf_fraction > 0.5:
         return f"{side} intraventricular"
     fraction = (np.asarray(center) - low) / np.maximum(high - low, 1)
-    # Rows run anterior -> posterior for the usual axial orientation; slices run feet -> head.
+    # Rows run anterior -> posterior and slices feet -> head: the volume is in LPS order (lps_volume).
     if fraction[1] < 0.4:
         region = "frontal"
     elif fraction[1] > 0.75:

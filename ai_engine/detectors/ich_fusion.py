@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from ai_engine.bundle import Bundle, load_bundle
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
-from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
@@ -247,9 +247,7 @@ class IchFusion:
 
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Segment, fuse with the clinical context, and report bleeds (none when the case is negative)."""
-        volume = inputs.volume
-        if volume is None:
-            raise DetectorInputError(f"{NAME} needs a head CT volume, got none (views: {len(inputs.views)})")
+        volume, reorientation = lps_volume(inputs, NAME, "head")
         image = self.image_stage(volume)
         fusion = self.fusion_stage(image.features, inputs.context)
         positive = fusion.probability >= self.threshold
@@ -257,8 +255,9 @@ class IchFusion:
         notes = [*NOTES, f"case probability {fusion.probability:.3f} (threshold {self.threshold:.3f}), "
                          f"logit SD {fusion.logit_sd:.2f}",
                  "clinical context: " + ("not available" if inputs.context is None else inputs.context.status)]
-        return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings,
-                              case_score=fusion.probability, positive=positive, notes=notes)
+        result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings,
+                                case_score=fusion.probability, positive=positive, notes=notes)
+        return reorientation.restore(result)
 
     def findings(self, volume: Volume, image: ImageStage, fusion: FusionStage) -> list[Finding]:
         """Bleeds of a positive case (blood voxels grouped by ``bleed_groups``), mapped back to the source voxels."""

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, fill_holes_per_slice, outside_per_slice
-from ai_engine.errors import DetectorInputError
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
@@ -53,9 +52,7 @@ class NoduleBaseline:
 
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Find compact soft-tissue components inside the lungs of ``inputs.volume``."""
-        volume = inputs.volume
-        if volume is None:
-            raise DetectorInputError(f"{NAME} needs a chest CT volume, got none (views: {len(inputs.views)})")
+        volume, reorientation = lps_volume(inputs, NAME, "chest")
         lungs = self.lung_mask(volume)
         findings: list[Finding] = []
         if lungs.any():
@@ -65,8 +62,9 @@ class NoduleBaseline:
         case_score = max((f.score for f in findings), default=0.0)
         lung_ml = float(lungs.sum()) * volume.voxel_volume_ml
         notes = [*BASELINE_NOTES, f"lung mask {lung_ml:.0f} mL"]
-        return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
-                              positive=case_score >= self.parameters.positive_score, notes=notes)
+        result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
+                                positive=case_score >= self.parameters.positive_score, notes=notes)
+        return reorientation.restore(result)
 
     def lung_mask(self, volume: Volume) -> np.ndarray:
         """Air inside the body, largest components only, with in-slice holes filled."""

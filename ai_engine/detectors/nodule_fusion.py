@@ -23,7 +23,7 @@ from torch import nn
 
 from ai_engine.bundle import Bundle, load_bundle
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
-from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.nodule_baseline import NoduleBaseline, _lung_side
 from ai_engine.detectors.runtime import deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
@@ -373,9 +373,7 @@ class NoduleFusion:
 
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Nodules of ``inputs.volume`` with size, type, malignancy, Lung-RADS, mask, heat map and modality weights."""
-        volume = inputs.volume
-        if volume is None:
-            raise DetectorInputError(f"{NAME} needs a chest CT volume, got none (views: {len(inputs.views)})")
+        volume, reorientation = lps_volume(inputs, NAME, "chest")
         analysis = self.analyse(volume)
         nodules = ranked_nodules(analysis, float(self.parameters["nms_mm"]),
                                  float(self.parameters["finding_threshold"]), int(self.parameters["max_findings"]))
@@ -387,8 +385,9 @@ class NoduleFusion:
         case_score = max((f.score for f in findings), default=0.0)
         notes = [f"{len(analysis.points)} candidates examined on a {WORK_MM} mm isotropic grid",
                  "clinical context: " + ("used" if inputs.context is not None else "not available; image only")]
-        return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
-                              positive=bool(findings), notes=notes)
+        result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
+                                positive=bool(findings), notes=notes)
+        return reorientation.restore(result)
 
     def _finding(self, volume: Volume, analysis: CandidateOutputs, nodule: LocalisedNodule, malignancy: float,
                  weights: np.ndarray, spread: float) -> Finding:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ai_engine.errors import AiEngineError
+from ai_engine.orientation import to_lps
 from ai_engine.synthetic.cohorts.ich import IchCase
 from ai_engine.synthetic.head_ct import SUBTYPES, bleed_truths
 from ai_engine.training.datasets import read_rows, row_error
@@ -157,6 +158,8 @@ def load_cases(root: Path, rows: list[IchDatasetRow]) -> Iterator[IchCase]:
         mask_path = case_dir / "mask.npz"
         labels = (_mask(mask_path, volume, row) if mask_path.is_file()
                   else np.full(volume.array.shape, UNKNOWN_LABEL, np.uint8))
+        volume, reorientation = to_lps(volume)  # trained as served: in LPS order (ai_engine.orientation)
+        labels = reorientation.to_lps(labels)
         truths = bleed_truths(labels, volume.spacing_mm) if mask_path.is_file() else []
         cells = row.values
         yield IchCase(case_id=row.case_id, hu=volume.array, labels=labels, spacing=volume.spacing_mm,

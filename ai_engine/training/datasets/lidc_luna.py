@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ai_engine.errors import AiEngineError
+from ai_engine.orientation import to_lps
 from ai_engine.synthetic.cohorts.nodule import SMOKING_CODES, SNOMED
 from ai_engine.training.datasets import read_rows, row_error
 from ai_engine.training.datasets.metaimage import read_metaimage
@@ -297,9 +298,10 @@ def sphere_labels(shape: tuple[int, ...], spacing_mm: tuple[float, float, float]
 
 
 def load_volume(case: DatasetCase) -> Volume:
-    """The case's CT: its MetaImage, or its DICOM folder through ``load_series`` (UID checked)."""
+    """The case's CT in LPS order, as the detector sees it (``ai_engine.orientation``): its MetaImage, or its
+    DICOM folder through ``load_series`` (UID checked)."""
     if case.image.suffix == ".mhd":
-        return read_metaimage(case.image)
+        return to_lps(read_metaimage(case.image))[0]
     files = sorted(case.image.glob("*.dcm"))
     if not files:
         raise AiEngineError(f"{DATASET}: {case.image} holds no .dcm files for series {case.series_uid}")
@@ -310,7 +312,7 @@ def load_volume(case: DatasetCase) -> Volume:
     if volume.series_instance_uid != case.series_uid:
         raise AiEngineError(f"{DATASET}: {case.image} holds SeriesInstanceUID "
                             f"{volume.series_instance_uid}, not the folder's name")
-    return volume
+    return to_lps(volume)[0]
 
 
 def load_case(case: DatasetCase) -> AnnotatedScan:

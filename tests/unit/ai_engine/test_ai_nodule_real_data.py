@@ -46,7 +46,7 @@ class Built:
     root: Path
     cases: dict[str, NoduleCase]
     dicom: dict[str, Volume]
-    truth: dict[str, list[np.ndarray]]  # (z, y, x) on the grid the dataset's volume is read on
+    truth: dict[str, list[np.ndarray]]  # (z, y, x) in LPS order, the phantom's grid, however the file is stored
 
 
 def zraw_voxel(volume: Volume, zyx: np.ndarray) -> np.ndarray:
@@ -105,8 +105,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
             folder = root / ("subset0" if kind == "raw" else "subset1")
             folder.mkdir()
             write_metaimage(volume, folder / f"{uid}.mhd", compressed=kind == "zraw")
-            if kind == "zraw":
-                truth = [zraw_voxel(volume, t) for t in truth]
         out.cases[uid], out.dicom[uid], out.truth[uid] = case, volume, truth
     (root / "annotations.csv").write_text("\n".join(_annotation_rows(out)) + "\n")
     attributes = ["seriesuid,nodule_index,composition,malignant"]
