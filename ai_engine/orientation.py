@@ -25,12 +25,14 @@ AXIS_NAMES = ("row direction", "column direction", "slice normal")
 class Reorientation:
     """How a stored (z, y, x) volume becomes LPS order: rows and columns exchanged or not, then axes flipped.
 
-    ``flips`` are on the LPS array's (z, y, x) axes; ``shape`` is the stored array's.
+    ``flips`` are on the LPS array's (z, y, x) axes; ``shape`` is the stored array's; ``notes`` say
+    what the detector should report about the geometry it analysed (a gantry tilt).
     """
 
     swap: bool
     flips: tuple[bool, bool, bool]
     shape: tuple[int, int, int]
+    notes: tuple[str, ...] = ()
 
     @property
     def any(self) -> bool:
@@ -67,10 +69,10 @@ class Reorientation:
         return (z, x, y) if self.swap else (z, y, x)
 
     def restore(self, result: DetectorResult) -> DetectorResult:
-        """``result`` computed on the LPS volume, with every finding mapped back onto the stored voxels."""
-        if not self.any:
-            return result
-        return dataclasses.replace(result, findings=[self._restore(f) for f in result.findings])
+        """``result`` computed on the LPS volume, with every finding mapped back onto the stored voxels
+        and the geometry notes added."""
+        findings = [self._restore(f) for f in result.findings] if self.any else result.findings
+        return dataclasses.replace(result, findings=findings, notes=[*result.notes, *self.notes])
 
     def _restore(self, finding: Finding) -> Finding:
         return dataclasses.replace(
@@ -102,7 +104,10 @@ def to_lps(volume: Volume) -> tuple[Volume, Reorientation]:
     swap = dominant[0] == 1
     lps_direction = direction[[1, 0, 2]] if swap else direction
     flips = tuple(bool(lps_direction[i, i] < 0) for i in (2, 1, 0))
-    reorientation = Reorientation(swap, flips, tuple(int(n) for n in volume.array.shape))  # type: ignore[arg-type]
+    notes = () if not any(volume.shear_mm) else (
+        f"gantry tilt {volume.tilt_degrees:.1f} degrees: analysed on the acquired (sheared) slice grid; "
+        "positions and volumes are exact, shapes are sheared by the tilt",)
+    reorientation = Reorientation(swap, flips, tuple(int(n) for n in volume.array.shape), notes)  # type: ignore[arg-type]
     if not reorientation.any:
         return volume, reorientation
     corner = volume.voxel_to_patient(reorientation.voxel_to_stored((0.0, 0.0, 0.0)))
@@ -111,4 +116,5 @@ def to_lps(volume: Volume) -> tuple[Volume, Reorientation]:
     return dataclasses.replace(
         volume, array=reorientation.to_lps(volume.array), origin_mm=corner, direction=lps_direction * signs[:, None],
         spacing_mm=(volume.spacing_mm[0], *volume.spacing_mm[1:][::-1]) if swap else volume.spacing_mm,
+        shear_mm=tuple(-v for v in volume.shear_mm) if flips[0] else volume.shear_mm,
         sop_instance_uids=volume.sop_instance_uids[order], paths=volume.paths[order]), reorientation

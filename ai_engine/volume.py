@@ -1,7 +1,9 @@
 """One CT series as a regular volume in Hounsfield units, with its patient-space geometry.
 
-Detectors need evenly spaced, parallel slices; anything else (gantry tilt, a missing
-slice, mixed orientations) is rejected with the reason instead of being silently resampled.
+Detectors need evenly spaced, parallel slices; anything else (a missing slice, mixed orientations,
+a stack that is not straight) is rejected with the reason instead of being silently resampled. A gantry
+tilt (each slice shifted in-plane from the last by the same amount) is kept as it was acquired: the
+volume records the shift, so every voxel keeps its exact patient position.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import pydicom
 from ai_engine.errors import VolumeError
 
 ORIENTATION_TOLERANCE = 1e-4
-TILT_TOLERANCE = 1e-3  # in-plane drift per mm along the normal (about 0.06 degrees)
+TILT_TOLERANCE = 1e-3  # in-plane drift per mm along the normal (about 0.06 degrees) counted as no tilt
+STACK_TOLERANCE_MM = 0.05  # how far a slice may lie off the straight line of the others (rounded positions)
+MAX_TILT_DEGREES = 30.0
 SPACING_TOLERANCE = 0.1  # fraction of the median slice step
 
 
@@ -25,7 +29,9 @@ class Volume:
     """HU voxels (z, y, x) float32 and where they lie in patient LPS space.
 
     ``direction`` rows are the row direction (+x index), the column direction (+y index) and
-    the slice normal (+z index); ``origin_mm`` is the first voxel of the first slice.
+    the slice normal (+z index); ``origin_mm`` is the first voxel of the first slice;
+    ``shear_mm`` is how far each slice lies shifted in-plane from the previous one (gantry tilt;
+    zero for a straight stack), so slice k is ``k * (dz * normal + shear_mm)`` from the first.
     """
 
     array: np.ndarray
@@ -36,14 +42,20 @@ class Volume:
     paths: list[Path]
     series_instance_uid: str
     study_instance_uid: str
+    shear_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def voxel_to_patient(self, zyx: Sequence[float]) -> tuple[float, float, float]:
         """Patient LPS position (x, y, z) mm of a (possibly fractional) voxel index (z, y, x)."""
         z, y, x = (float(v) for v in zyx)
         dz, dy, dx = self.spacing_mm
         point = (np.asarray(self.origin_mm) + x * dx * self.direction[0] + y * dy * self.direction[1]
-                 + z * dz * self.direction[2])
+                 + z * (dz * self.direction[2] + np.asarray(self.shear_mm)))
         return (float(point[0]), float(point[1]), float(point[2]))
+
+    @property
+    def tilt_degrees(self) -> float:
+        """The gantry tilt: the angle between the slice normal and the line the slices are stacked on."""
+        return float(np.degrees(np.arctan(np.linalg.norm(self.shear_mm) / self.spacing_mm[0])))
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -71,27 +83,32 @@ def _single(values: set[str], what: str) -> str:
     return next(iter(values))
 
 
-def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """Check that slices stack along the normal without gaps; return the steps (mm)."""
+def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check that slices stack without gaps on one straight line; return the steps along the normal (mm)
+    and the in-plane shift per slice (mm, patient space; zero unless the gantry was tilted)."""
     along = positions @ normal
     steps = np.diff(along)
     if np.any(steps <= 1e-3):
         index = int(np.argmin(steps))
         raise VolumeError(f"two slices share position {along[index]:.3f} mm along the normal; "
                           "duplicate instances or two stacks in one series")
-    drift = positions[1:] - positions[:-1] - steps[:, None] * normal
-    tilt = np.linalg.norm(drift, axis=1) / steps
-    if np.max(tilt) > TILT_TOLERANCE:
-        angle = float(np.degrees(np.arctan(np.max(tilt))))
-        raise VolumeError(f"slices are not stacked along their normal (gantry tilt about {angle:.2f} degrees); "
-                          "tilted acquisitions are not supported")
+    drift = (positions[1:] - positions[:-1] - steps[:, None] * normal) / steps[:, None]  # in-plane mm per mm
+    tilt = np.median(drift, axis=0)
+    off_mm = np.linalg.norm(drift - tilt, axis=1) * steps
+    if np.max(off_mm) > STACK_TOLERANCE_MM:
+        index = int(np.argmax(off_mm))
+        raise VolumeError(f"slices are not stacked on one straight line: the step from slice {index} to slice "
+                          f"{index + 1} is {off_mm[index]:.2f} mm off in-plane from the line of the others")
+    angle = float(np.degrees(np.arctan(np.linalg.norm(tilt))))
+    if angle > MAX_TILT_DEGREES:
+        raise VolumeError(f"gantry tilt of {angle:.1f} degrees exceeds the {MAX_TILT_DEGREES:g} degrees analysed")
     median = float(np.median(steps))
     off = np.abs(steps - median) > SPACING_TOLERANCE * median
     if np.any(off):
         index = int(np.argmax(off))
         raise VolumeError(f"slice spacing must be regular: step {steps[index]:.3f} mm after slice {index} "
                           f"differs from the median {median:.3f} mm (missing slice or gap)")
-    return steps
+    return steps, tilt
 
 
 def load_series(paths: Sequence[Path | str]) -> Volume:
@@ -118,8 +135,12 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
     if len(spacings) != 1:
         raise VolumeError(f"all slices must have the same PixelSpacing, got {sorted(spacings)}")
     dy, dx = (float(v) for v in datasets[0][1].PixelSpacing)
+    shear = np.zeros(3)
     if len(datasets) > 1:
-        dz = float(np.mean(_slice_steps(positions, normal)))
+        steps, tilt = _slice_steps(positions, normal)
+        dz = float(np.mean(steps))
+        if np.linalg.norm(tilt) > TILT_TOLERANCE:
+            shear = tilt * dz
     else:
         dz = float(datasets[0][1].get("SliceThickness", 1.0) or 1.0)
     array = np.empty((len(datasets), *next(iter(shapes))), dtype=np.float32)
@@ -136,4 +157,5 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
         paths=[path for path, _ in datasets],
         series_instance_uid=series_uid,
         study_instance_uid=study_uid,
+        shear_mm=(float(shear[0]), float(shear[1]), float(shear[2])),
     )

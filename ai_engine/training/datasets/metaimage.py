@@ -10,7 +10,8 @@ file and the key at fault. The result is a ``Volume`` in ``load_series``'s conve
   position of voxel (0, 0, 0);
 - ``load_series`` orders slices along row x column, so a file whose z axis runs the other way is
   flipped along z (origin moved to the last slice); a z axis not along that normal (sheared or
-  tilted stacks) is refused, as ``load_series`` refuses gantry tilt.
+  tilted stacks) is refused: LUNA16 stores none, and DICOM series with a gantry tilt are read
+  by ``load_series``.
 
 MetaImage has no rescale: the stored values are taken as Hounsfield units (LUNA16 stores HU as
 MET_SHORT). ``AnatomicalOrientation`` and ``CenterOfRotation`` are informational and ignored, as

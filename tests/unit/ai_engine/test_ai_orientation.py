@@ -152,3 +152,28 @@ def test_a_dataset_case_stored_mirrored_trains_on_the_lps_voxels_and_labels(tmp_
     [loaded] = ich_cases.load_cases(tmp_path, ich_cases.read_table(tmp_path))
     np.testing.assert_allclose(loaded.hu, head.hu, atol=1.0)
     np.testing.assert_array_equal(loaded.labels, head.labels)
+
+
+def test_a_tilted_head_ct_is_analysed_with_exact_positions_and_says_so(head: SyntheticStudy, tmp_path: Path) -> None:
+    """Gantry tilt, common in head CT, is analysed on the acquired slices; the report says it was tilted."""
+    (tmp_path / "tilted").mkdir()
+    paths = []
+    for k, path in enumerate(head.paths):  # 12 degrees, and stored feet first with mirrored rows
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + k * float(ds.SliceThickness) * np.tan(np.radians(12)), z]
+        _mirror(ds, *MIRRORS["prone"])
+        paths.append(tmp_path / "tilted" / path.name)
+        ds.save_as(paths[-1])
+    stored = load_series(paths)
+    expected = create_detector("ich_fusion").detect(DetectorInput(volume=load_series(head.paths)))
+    result = create_detector("ich_fusion").detect(DetectorInput(volume=stored))
+    assert stored.tilt_degrees == pytest.approx(12.0, abs=0.01)
+    assert any(note.startswith("gantry tilt 12.0 degrees") for note in result.notes)
+    assert [f.location for f in result.findings] == [f.location for f in expected.findings]
+    for got, want in zip(result.findings, expected.findings, strict=True):
+        assert got.volume_ml == pytest.approx(want.volume_ml)
+        assert stored.voxel_to_patient(got.center_voxel) == pytest.approx(got.center_mm, abs=1e-3)
+        slice_index = got.center_voxel[0]
+        assert got.center_mm[1] - want.center_mm[1] == pytest.approx(  # the tilt shifted its slice by this much
+            slice_index * 5.0 * np.tan(np.radians(12)), abs=1e-3)

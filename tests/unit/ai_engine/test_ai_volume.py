@@ -66,13 +66,33 @@ def test_mixed_orientation_is_rejected(head: SyntheticStudy, tmp_path: Path) -> 
         load_series(_rewrite(head.paths, tmp_path / "mixed", rotate))
 
 
-def test_gantry_tilt_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
+def _tilted(degrees: float, off_line: int | None = None):  # noqa: ANN202
+    """Shift each slice in-plane (y) as a gantry tilted by ``degrees`` does; ``off_line``: one slice 1 mm off."""
     def tilt(index: int, ds: pydicom.Dataset) -> None:
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y + index * 5.0 * np.tan(np.radians(15)), z]
+        y += index * 5.0 * np.tan(np.radians(degrees)) + (1.0 if index == off_line else 0.0)
+        ds.ImagePositionPatient = [x, y, z]
+    return tilt
 
-    with pytest.raises(VolumeError, match="gantry tilt about 15"):
-        load_series(_rewrite(head.paths, tmp_path / "tilt", tilt))
+
+def test_gantry_tilt_is_kept_as_acquired_with_every_slice_at_its_position(head: SyntheticStudy, tmp_path: Path) -> None:
+    straight = load_series(head.paths)
+    paths = _rewrite(head.paths, tmp_path / "tilt", _tilted(15))
+    volume = load_series(paths)
+    assert volume.tilt_degrees == pytest.approx(15.0, abs=0.01)
+    assert straight.tilt_degrees == 0.0 and straight.shear_mm == (0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(volume.array, straight.array)  # the pixels are not resampled
+    assert volume.spacing_mm == pytest.approx(straight.spacing_mm)  # slice spacing along the normal: 5 mm
+    for k, path in enumerate(paths):
+        position = tuple(float(v) for v in pydicom.dcmread(path).ImagePositionPatient)
+        assert volume.voxel_to_patient((k, 0, 0)) == pytest.approx(position, abs=1e-4)
+
+
+def test_a_steeper_tilt_or_a_crooked_stack_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
+    with pytest.raises(VolumeError, match="gantry tilt of 35.0 degrees exceeds the 30 degrees"):
+        load_series(_rewrite(head.paths, tmp_path / "steep", _tilted(35)))
+    with pytest.raises(VolumeError, match=r"not stacked on one straight line: the step from slice [45] to slice [56] is 1.00 mm off"):
+        load_series(_rewrite(head.paths, tmp_path / "crooked", _tilted(15, off_line=5)))
 
 
 def test_mixed_matrix_sizes_are_rejected(tmp_path: Path, head: SyntheticStudy) -> None:
