@@ -129,9 +129,25 @@ def _check_configs(metadata: dict[str, Any], inference: dict[str, Any], where: s
     _check_plain(inference, "inference.json")
 
 
+def dataset_version(version: str, training_data: dict[str, Any]) -> str:
+    """The version of a bundle trained on a dataset: the task's version with the dataset's tables as SemVer build
+    metadata (``1.1.0+dataset.1a2b3c4d``, the first 8 hex digits of a SHA-256 over the tables' SHA-256s).
+
+    Reports then tell it from the packaged bundle and from a bundle trained on other annotations, and the
+    job key (series, detector, model version) analyses a series again when the served bundle changes.
+    """
+    digest = hashlib.sha256(json.dumps(training_data.get("tables_sha256", {}), sort_keys=True).encode()).hexdigest()
+    return f"{version.split('+')[0]}+dataset.{digest[:8]}"
+
+
 def write_bundle_configs(root: Path, metadata: dict[str, Any], inference: dict[str, Any]) -> None:
-    """Validate and write ``configs/metadata.json`` and ``configs/inference.json`` under ``root``."""
+    """Validate and write ``configs/metadata.json`` and ``configs/inference.json`` under ``root``.
+
+    A bundle trained on a dataset gets its ``dataset_version``.
+    """
     _check_configs(metadata, inference, str(root))
+    if trained_on_dataset(metadata):
+        metadata = {**metadata, "version": dataset_version(str(metadata["version"]), metadata["training_data"])}
     configs = Path(root) / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     for file_name, data in (("metadata.json", metadata), ("inference.json", inference)):

@@ -73,6 +73,23 @@ def test_a_dataset_bundle_must_name_its_dataset_and_says_so_in_its_kind(tmp_path
     assert load_bundle("demo", tmp_path / "d").algorithm().kind == DATASET_KIND
 
 
+def test_a_dataset_bundle_version_names_the_tables_it_was_trained_on(tmp_path: Path) -> None:
+    """Reports and the job key (series, detector, model version) tell a dataset bundle from the packaged one."""
+    def version(tables: dict[str, str], base: str = "1.0.0") -> str:
+        training_data = {"source": "dataset", "path": "/data/ich", "tables_sha256": tables}
+        write_bundle_configs(tmp_path / "v", {**METADATA, "version": base, "intended_use": "Trained on /data/ich. "
+                                              "Not for clinical use until validated.", "training_data": training_data},
+                             {"deployed": "model.onnx"})
+        return str(json.loads((tmp_path / "v" / "configs" / "metadata.json").read_text())["version"])
+
+    first = version({"cases.csv": "aa"})
+    assert first.startswith("1.0.0+dataset.") and len(first) == len("1.0.0+dataset.") + 8
+    assert version({"cases.csv": "aa"}) == first  # the same tables, the same version
+    assert version({"cases.csv": "ab"}) != first  # other annotations, another version
+    assert version({"cases.csv": "aa"}, base=first) == first  # written again: one suffix, not two
+    assert len(first) <= 32  # fits jobs.model_version
+
+
 def test_the_server_can_serve_a_bundle_directory_of_the_detectors_task(tmp_path: Path) -> None:
     import shutil
 
