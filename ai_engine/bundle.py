@@ -133,8 +133,8 @@ def dataset_version(version: str, training_data: dict[str, Any]) -> str:
     """The version of a bundle trained on a dataset: the task's version with the dataset's tables as SemVer build
     metadata (``1.1.0+dataset.1a2b3c4d``, the first 8 hex digits of a SHA-256 over the tables' SHA-256s).
 
-    Reports then tell it from the packaged bundle and from a bundle trained on other annotations, and the
-    job key (series, detector, model version) analyses a series again when the served bundle changes.
+    Reports and job records (keyed by series, detector and model version) then tell it from the packaged
+    bundle and from a bundle trained on other annotations.
     """
     digest = hashlib.sha256(json.dumps(training_data.get("tables_sha256", {}), sort_keys=True).encode()).hexdigest()
     return f"{version.split('+')[0]}+dataset.{digest[:8]}"

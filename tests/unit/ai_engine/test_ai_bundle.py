@@ -74,7 +74,7 @@ def test_a_dataset_bundle_must_name_its_dataset_and_says_so_in_its_kind(tmp_path
 
 
 def test_a_dataset_bundle_version_names_the_tables_it_was_trained_on(tmp_path: Path) -> None:
-    """Reports and the job key (series, detector, model version) tell a dataset bundle from the packaged one."""
+    """Reports and job records (keyed by series, detector, model version) tell a dataset bundle from the packaged one."""
     def version(tables: dict[str, str], base: str = "1.0.0") -> str:
         training_data = {"source": "dataset", "path": "/data/ich", "tables_sha256": tables}
         write_bundle_configs(tmp_path / "v", {**METADATA, "version": base, "intended_use": "Trained on /data/ich. "
