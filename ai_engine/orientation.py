@@ -2,9 +2,10 @@
 
 The detectors read a volume's array axes as anatomy: columns toward the patient's left, rows toward
 the back, slices toward the head (LPS, the orientation of a head-first supine axial series). A series
-stored another way (feet first, prone, a mirrored row direction) is the same anatomy with flipped axes;
-``to_lps`` flips it into that orientation, and ``AxisFlips.restore`` maps masks, heat maps and voxel
-centres of the findings back onto the stored pixels, so reports reference the source images correctly.
+stored another way (feet first, prone, a mirrored row direction, rows and columns exchanged) is the same
+anatomy with flipped or exchanged axes; ``to_lps`` turns it into that orientation, and
+``Reorientation.restore`` maps masks, heat maps and voxel centres of the findings back onto the stored
+pixels, so reports reference the source images correctly.
 """
 
 from __future__ import annotations

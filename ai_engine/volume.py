@@ -85,7 +85,7 @@ def _single(values: set[str], what: str) -> str:
 
 def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Check that slices stack without gaps on one straight line; return the steps along the normal (mm)
-    and the in-plane shift per slice (mm, patient space; zero unless the gantry was tilted)."""
+    and the in-plane shift per mm along the normal (a patient-space vector; zero unless the gantry was tilted)."""
     along = positions @ normal
     steps = np.diff(along)
     if np.any(steps <= 1e-3):
