@@ -34,6 +34,7 @@ from ai_engine.bundle import (
 )
 from ai_engine.clinical_features import NOTE_DIM, feature_names
 from ai_engine.detectors import ich_fusion as model
+from ai_engine.detectors.base import lps_volume
 from ai_engine.detectors.ich_baseline import IchBaseline
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics
@@ -421,8 +422,9 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     cases = _synthetic_held_out(seed, size) if data_dir is None else _dataset_held_out(data_dir)
     for case, paths in cases:
         inputs = load_inputs(Task.ICH, paths, case.context)
+        volume, _ = lps_volume(inputs, model.NAME, "head")  # the volume as detect reads it
         start = time.perf_counter()
-        image = detector.image_stage(inputs.volume)  # type: ignore[arg-type]
+        image = detector.image_stage(volume)
         fused = detector.fusion_stage(image.features, case.context)
         deep_seconds = time.perf_counter() - start
         no_context = detector.fusion_stage(image.features, None)
@@ -431,7 +433,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
         base_seconds = time.perf_counter() - start
         found_ml = None
         if case.label and case.truths and fused.probability >= detector.threshold:
-            found_ml = sum(f.volume_ml or 0.0 for f in detector.findings(inputs.volume, image, fused))
+            found_ml = sum(f.volume_ml or 0.0 for f in detector.findings(volume, image, fused))
         rows.append({"case": case.case_id, "label": case.label, "truth_ml": sum(t.size for t in case.truths),
                      "subtypes": [t.subtype for t in case.truths], "deep": fused.probability,
                      "deep_no_context": no_context.probability, "baseline": base.case_score,
