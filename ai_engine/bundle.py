@@ -117,11 +117,12 @@ def _check_configs(metadata: dict[str, Any], inference: dict[str, Any], where: s
     if missing:
         raise BundleError(f"{where}/configs/metadata.json: missing required keys {missing}")
     intended = str(metadata["intended_use"]).lower()
-    origin = "the dataset it was trained on" if trained_on_dataset(metadata) else "synthetic"
-    if ("synthetic" not in intended and not trained_on_dataset(metadata)) or "not for clinical use" not in intended:
+    dataset = trained_on_dataset(metadata)
+    origin = "the dataset it was trained on" if dataset else "synthetic"
+    if ("synthetic" not in intended and not dataset) or "not for clinical use" not in intended:
         raise BundleError(f"{where}/configs/metadata.json: intended_use must state {origin} training data "
                           f"and 'not for clinical use', got {metadata['intended_use']!r}")
-    if trained_on_dataset(metadata) and not metadata["training_data"].get("path"):
+    if dataset and not metadata["training_data"].get("path"):
         raise BundleError(f"{where}/configs/metadata.json: training_data of a dataset bundle must name its path")
     if inference.get("deployed") not in DEPLOYED_FORMATS:
         raise BundleError(f"{where}/configs/inference.json: 'deployed' must be one of {DEPLOYED_FORMATS}, "

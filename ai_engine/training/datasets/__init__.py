@@ -37,7 +37,6 @@ def dataset_intended_use(root: Path) -> str:
             "validated it.")
 
 
-
 def row_error(dataset: str, table: Path, line: int, message: str) -> AiEngineError:
     """The error for a bad row: the dataset kind, the table and its line, then what is wrong."""
     return AiEngineError(f"{dataset}: {table} line {line}: {message}")
