@@ -8,12 +8,15 @@ Pipeline (the same code path in training, evaluation and serving):
 2. The U-Net (``build_network``) sees each slab with its neighbours in a brain window plus
    the slab in a wide window (4 channels) and returns per-pixel probabilities of background
    and the five bleed types.
-3. ``image_features`` pools the probabilities into 10 case features (max, top-k mean, volumes).
+3. ``blood_probability`` keeps the blood probability only where the slab's HU can be acute
+   blood (``BLOOD_HU``: not bone, calcification, CSF or air), and ``image_features`` pools it
+   into 10 case features (max, top-k mean, volumes).
 4. The fusion head (``ai_engine.fusion.FusionHead``, dynamic gating) combines them with the
    clinical features and the note; temperature scaling gives the case probability.
-5. Connected components of the foreground probability become findings (volume, side, region,
-   subtype from the class probabilities), each with its mask and probability heat map in the
-   source volume's shape, the case's modality weights and the logit's standard deviation.
+5. Connected components of the foreground probability that hold blood-density probability
+   become findings (volume, side, region, subtype from the class probabilities), each with
+   its mask and probability heat map in the source volume's shape, the case's modality
+   weights and the logit's standard deviation.
 
 Serving runs the bundle's ONNX models with ONNX Runtime on CPU, or the eager PyTorch weights
 on CUDA when a GPU is present.
@@ -52,6 +55,7 @@ Z_STEP_MM = 1.25
 N_CLASSES = 1 + len(SUBTYPES)
 IN_CHANNELS = 4
 BRAIN_WINDOW = (-10.0, 110.0)
+BLOOD_HU = (35.0, 110.0)  # acute blood on the 5 mm slabs, partial volume included (chosen on training splits)
 WIDE_WINDOW = (-100.0, 1100.0)
 IMAGE_FEATURES = ("max_prob", "top20_mean", "log_volume_ml", "log_confident_volume_ml", "log_largest_ml",
                   *(f"log_{s}_ml" for s in SUBTYPES))
@@ -154,13 +158,25 @@ def build_network() -> torch.nn.Module:
                 strides=(2, 2, 2), num_res_units=1)
 
 
-def image_features(probs: np.ndarray, slab_ml: float) -> np.ndarray:
-    """Case features (IMAGE_FEATURES order) pooled from class probabilities (S, 6, H, W).
+def blood_probability(probs: np.ndarray, slabs: np.ndarray, blood_hu: tuple[float, float] | None
+                      ) -> np.ndarray:
+    """Foreground probability (S, H, W) of ``probs`` (S, 6, H, W), zero where the slab HU is outside ``blood_hu``.
+
+    A voxel of skull base, calcification or CSF cannot be acute blood whatever the network says.
+    ``None``: no HU gate (bundles before 1.2.0, whose fusion heads learned ungated features).
+    """
+    foreground = 1.0 - probs[:, 0]
+    if blood_hu is None:
+        return foreground
+    return foreground * ((slabs >= blood_hu[0]) & (slabs <= blood_hu[1]))
+
+
+def image_features(probs: np.ndarray, foreground: np.ndarray, slab_ml: float) -> np.ndarray:
+    """Case features (IMAGE_FEATURES order) pooled from class probabilities (S, 6, H, W) and ``blood_probability``.
 
     Volumes are counted on hard masks (foreground >= 0.5, or >= 0.8 for the confident one),
     so a diffuse haze of small probabilities over the whole brain adds nothing.
     """
-    foreground = 1.0 - probs[:, 0]
     flat = np.sort(foreground.ravel())[::-1]
     hard = foreground >= 0.5
     labels, count = ndimage.label(hard)
@@ -193,6 +209,7 @@ class ImageStage:
 
     prepared: Prepared
     probs: np.ndarray  # (S, 6, 128, 128)
+    blood: np.ndarray  # (S, 128, 128): blood_probability
     features: np.ndarray  # (len(IMAGE_FEATURES),)
 
 
@@ -220,6 +237,7 @@ class IchFusion:
         self.threshold = float(params["case_threshold"])
         self.component_threshold = float(params["component_threshold"])
         self.min_component_ml = float(params["min_component_ml"])
+        self.blood_hu = tuple(params["blood_hu"]) if "blood_hu" in params else None
         self.batch = int(params.get("slab_batch", 16))
         if params.get("clinical_features") != feature_names(Task.ICH):
             raise DetectorInputError(f"{NAME}: bundle clinical features {params.get('clinical_features')} differ "
@@ -235,7 +253,8 @@ class IchFusion:
         logits = np.concatenate([self.network(slabs=inputs[i:i + self.batch])[0]
                                  for i in range(0, len(inputs), self.batch)])
         probs = softmax(logits)
-        return ImageStage(prepared, probs, image_features(probs, prepared.slab_ml))
+        blood = blood_probability(probs, prepared.slabs, self.blood_hu)
+        return ImageStage(prepared, probs, blood, image_features(probs, blood, prepared.slab_ml))
 
     def fusion_stage(self, features: np.ndarray, context: ClinicalContext | None) -> FusionStage:
         """Calibrated case probability, logit SD and modality weights from image features and context."""
@@ -260,17 +279,21 @@ class IchFusion:
         return reorientation.restore(result)
 
     def findings(self, volume: Volume, image: ImageStage, fusion: FusionStage) -> list[Finding]:
-        """Bleeds of a positive case (blood voxels grouped by ``bleed_groups``), mapped back to the source voxels."""
+        """Bleeds of a positive case (blood voxels grouped by ``bleed_groups``), mapped back to the source voxels.
+
+        A group's extent is its foreground, partial volume with the skull included; it is kept
+        when it holds at least ``min_component_ml`` of blood-density probability (``image.blood``).
+        """
         foreground = 1.0 - image.probs[:, 0]
         threshold = self.component_threshold
-        if not (foreground >= threshold).any():  # a positive case always shows where: the most suspicious region
-            threshold = float(foreground.max()) * 0.6
+        if not (image.blood >= threshold).any():  # a positive case always shows where: the most suspicious region
+            threshold = float(image.blood.max()) * 0.6
         labels, reach, count = bleed_groups(foreground >= threshold)
         findings = []
         midline = _midline_column(image.prepared.slabs)
         for index in range(1, count + 1):
             component = labels == index
-            if float(foreground[component].sum()) * image.prepared.slab_ml < self.min_component_ml:
+            if float(image.blood[component].sum()) * image.prepared.slab_ml < self.min_component_ml:
                 continue
             source_mask = _to_source(component.astype(np.float32), image.prepared) >= 0.5
             if not source_mask.any():
@@ -281,7 +304,7 @@ class IchFusion:
             zc, yc, xc = ndimage.center_of_mass(component)
             location = f"{_side(xc, midline)} {_region(yc, component, image.prepared.slabs)} {subtype}"
             findings.append(Finding(
-                finding_type=FindingType.HEMORRHAGE, score=float(foreground[component].max()),
+                finding_type=FindingType.HEMORRHAGE, score=float(image.blood[component].max()),
                 center_voxel=center, center_mm=volume.voxel_to_patient(center), location=location,
                 volume_ml=float(source_mask.sum()) * volume.voxel_volume_ml, mask=source_mask,
                 heatmap=_to_source(foreground * (reach == index), image.prepared),

@@ -262,14 +262,16 @@ def bump_patch(version: str) -> str:
 
 
 def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[str, Any], *,
-                        threshold_key: str | None, command: str) -> str:
+                        threshold_key: str | None, command: str, inference: dict[str, Any] | None = None) -> str:
     """Configs of a head-only refit: new temperature (and threshold), minor version bump, refit record.
+
+    ``inference``: further inference settings the refitted heads depend on (they replace the old ones).
 
     Returns the new version. The record says that the image network (``model.onnx`` and the
     network part of ``model.pt``) is the previous version's, unchanged.
     """
     version = bump_minor(bundle.version)
-    inference = {**bundle.inference, "temperature": round(calibration.temperature, 5)}
+    inference = {**bundle.inference, **(inference or {}), "temperature": round(calibration.temperature, 5)}
     if threshold_key is not None:
         inference[threshold_key] = round(calibration.threshold, 5)
     metadata = {**bundle.metadata, "version": version}

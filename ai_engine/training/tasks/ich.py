@@ -59,7 +59,7 @@ from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
 UNET_EPOCHS, QUICK_EPOCHS = 16, 1
 SAMPLES_PER_EPOCH = 2000
@@ -158,7 +158,7 @@ def _augment_geometry(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) ->
 
 
 def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> tuple[np.ndarray, float]:
-    """Image features of ``cases`` and the foreground Dice over them."""
+    """Image features of ``cases`` (blood-density gated, ``model.BLOOD_HU``) and the foreground Dice over them."""
     features, inter, total = [], 0.0, 0.0
     network.eval()
     for case in cases:
@@ -166,7 +166,8 @@ def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> t
         with torch.no_grad():
             logits = network(torch.from_numpy(_neighbour_inputs(data, index, None))).numpy()
         probs = model.softmax(logits)
-        features.append(model.image_features(probs, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
+        blood = model.blood_probability(probs, data.slabs[index].astype(np.float32), model.BLOOD_HU)
+        features.append(model.image_features(probs, blood, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
         if (data.seg[index] == UNKNOWN_LABEL).all():
             continue
         fg, truth = probs[:, 0] < 0.5, data.seg[index] > 0
@@ -308,6 +309,7 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
         "slab_batch": 16, "onnx_threads": 2, "model_pixel_mm": model.MODEL_PIXEL_MM, "slab_mm": model.SLAB_MM,
         "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH), "note_dim": NOTE_DIM,
         "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
+        "blood_hu": list(model.BLOOD_HU),
     }
     training_data.update(seed=seed, splits={k: int(len(v)) for k, v in split.items()}, unet_epochs_max=epochs,
                          quick=quick, train_seconds=round(time.monotonic() - started, 1))
@@ -339,7 +341,8 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     _save_weights(models_dir, network, heads["dynamic"])
     summary["onnx_max_abs_diff"] = export_heads(heads, models_dir)
     version = write_refit_configs(loaded, calibration, summary, threshold_key="case_threshold",
-                                  command="radfusion train ich --fusion-only")
+                                  command="radfusion train ich --fusion-only",
+                                  inference={"blood_hu": list(model.BLOOD_HU)})
     log.info("ich bundle %s: fusion heads refitted, version %s", loaded.root, version)
     return loaded.root
 
