@@ -17,21 +17,14 @@ from ai_engine.detectors.ich_fusion import (
 )
 from ai_engine.volume import Volume
 
-SPACING = (5.0, 1.0, 1.0)
+from tests.unit.ai_engine.independent_phantoms import Sphere, head
+
+BLEED = Sphere((30.0, 0.0, 10.0), 20.0, 65.0)  # 4 mL in the left hemisphere
 
 
 def _head() -> tuple[Volume, np.ndarray]:
-    """A 40-slice head (brain 33 HU in a 1000 HU skull) with a 65 HU bleed; and the bleed's mask."""
-    z, y, x = np.mgrid[:40, :200, :200]
-    radius = np.hypot(y - 100, x - 100)
-    hu = np.full(z.shape, -1000.0, np.float32)
-    hu[radius < 90] = 1000.0
-    hu[radius < 84] = 33.0
-    bleed = (np.hypot(y - 100, x - 130) < 10) & (z >= 16) & (z < 24)
-    hu[bleed] = 65.0
-    volume = Volume(array=hu, spacing_mm=SPACING, origin_mm=(-100.0, -100.0, 0.0), direction=np.eye(3),
-                    sop_instance_uids=[], paths=[], series_instance_uid="1.2.3", study_instance_uid="1.2")
-    return volume, bleed
+    """A noise-free plain-geometry head with one bleed, and the bleed's mask."""
+    return head(0, (BLEED,), noise_hu=0.0)
 
 
 def _stage(volume: Volume, blood_where: np.ndarray, blood_hu: tuple[float, float] | None) -> ImageStage:
@@ -58,7 +51,7 @@ def test_bone_called_blood_by_the_network_is_neither_counted_nor_reported() -> N
     volume, bleed = _head()
     prepared = prepare(volume.array, volume.spacing_mm)
     skull = prepared.slabs > 500.0  # bone itself; its partial-volume edge with the brain can be blood density
-    true_blood = prepare_labels(bleed.astype(np.uint8), SPACING, prepared) > 0
+    true_blood = prepare_labels(bleed.astype(np.uint8), volume.spacing_mm, prepared) > 0
     stage = _stage(volume, skull | true_blood, BLOOD_HU)
     findings = _detector(BLOOD_HU).findings(volume, stage, FUSED)
     assert len(findings) == 1
