@@ -166,7 +166,7 @@ def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> t
         with torch.no_grad():
             logits = network(torch.from_numpy(_neighbour_inputs(data, index, None))).numpy()
         probs = model.softmax(logits)
-        blood = model.blood_probability(probs, data.slabs[index].astype(np.float32), model.BLOOD_HU)
+        blood = model.blood_probability(probs, data.slabs[index], model.BLOOD_HU)
         features.append(model.image_features(probs, blood, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
         if (data.seg[index] == UNKNOWN_LABEL).all():
             continue
