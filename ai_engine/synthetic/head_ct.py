@@ -422,10 +422,11 @@ def make_head_case(rng: np.random.Generator, acquisition: HeadAcquisition,
         soft = ndimage.gaussian_filter(mask.astype(np.float32), sigma=(0.0, 0.6, 0.6))
         hu += soft * (np.float32(spec.blood_hu) - hu) * (anatomy.inner > 0)
         fine_labels[(soft >= 0.5) & (anatomy.inner > 0)] = SUBTYPES.index(spec.subtype) + 1
-    del anatomy
     shape = (acquisition.slices, acquisition.rows, acquisition.rows)
+    inside = np.broadcast_to(anatomy.inner > 0, fine_shape).reshape(shape[0], n_sub, *shape[1:])
+    del anatomy
     hu = hu.reshape(shape[0], n_sub, *shape[1:]).mean(axis=1)
-    labels = _majority_labels(fine_labels.reshape(shape[0], n_sub, *shape[1:]))
+    labels = _majority_labels(fine_labels.reshape(shape[0], n_sub, *shape[1:]), inside)
     sigma_px = acquisition.kernel_mm / spacing[1]
     if sigma_px > 0.05:
         hu = ndimage.gaussian_filter(hu, sigma=(0.0, sigma_px, sigma_px))
@@ -436,12 +437,17 @@ def make_head_case(rng: np.random.Generator, acquisition: HeadAcquisition,
     return HeadCase(hu.astype(np.float32), labels, spacing, truths)
 
 
-def _majority_labels(sub: np.ndarray) -> np.ndarray:
-    """Per thick slice: the bleed label covering at least half of the sub-slices, else 0."""
+def _majority_labels(sub: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Per thick slice: the bleed label covering at least half of the sub-slices, else 0.
+
+    ``inside`` marks the sub-slice voxels inside the inner table: a thick voxel that lies half
+    outside it (blood averaged with bone, which reads as bone) is not labelled blood.
+    """
     n_sub = sub.shape[1]
     labels = np.zeros((sub.shape[0], *sub.shape[2:]), dtype=np.uint8)
+    within = inside.sum(axis=1) * 2 > n_sub
     for value in range(1, len(SUBTYPES) + 1):
-        labels[(sub == value).sum(axis=1) * 2 >= n_sub] = value
+        labels[((sub == value).sum(axis=1) * 2 >= n_sub) & within] = value
     return labels
 
 

@@ -42,7 +42,7 @@ from ai_engine.synthetic.truth import LesionTruth
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 
 PROVENANCE = Provenance("synthetic", "radfusion ICH cohort", "cohort")
-GENERATOR_VERSION = 1  # of the training anatomy (caches key on it); held-out cohorts add HeadAcquisition.varied_anatomy
+GENERATOR_VERSION = 3  # of the training anatomy, acquisitions and labels (caches key on it); held-out cohorts add HeadAcquisition.varied_anatomy
 # Same system URI as hl7_fhir.medication_classes; ai_engine may import hl7_fhir.context only.
 RXNORM_SYSTEM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ANTICOAGULANTS = (("1364430", "apixaban"), ("11289", "warfarin"), ("1114195", "rivaroxaban"))
@@ -81,7 +81,7 @@ def sample_acquisition(rng: np.random.Generator, shifted: bool) -> HeadAcquisiti
     """Training protocols, or the held-out shift (other matrices, thin/odd slices, harder noise and kernels,
     and varied anatomy against the inner table)."""
     if not shifted:
-        return HeadAcquisition(rows=int(rng.choice([160, 192, 256])), fov_mm=float(rng.uniform(220.0, 250.0)),
+        return HeadAcquisition(rows=int(rng.choice([128, 160, 192, 256])), fov_mm=float(rng.uniform(220.0, 250.0)),
                                slice_mm=float(rng.choice([2.5, 5.0])), coverage_mm=float(rng.uniform(140, 170)),
                                noise_hu=float(rng.uniform(2.5, 6.0)), kernel_mm=float(rng.uniform(0.3, 0.8)),
                                streak_hu=float(rng.uniform(4.0, 16.0)))

@@ -59,9 +59,9 @@ from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.2.0"
+VERSION = "1.4.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
-UNET_EPOCHS, QUICK_EPOCHS = 16, 1
+UNET_EPOCHS, QUICK_EPOCHS = 40, 1
 SAMPLES_PER_EPOCH = 2000
 EVAL_SEED, EVAL_SIZE = 7, 150
 MODEL_CARD_DIR = Path("docs/model-cards/ich")
