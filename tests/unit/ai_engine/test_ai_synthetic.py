@@ -57,3 +57,13 @@ def test_negative_study_has_no_truth(tmp_path: Path) -> None:
 def test_unknown_kind_is_rejected_with_the_choices(tmp_path: Path) -> None:
     with pytest.raises(SyntheticError, match="head_ct"):
         write_study("knee_mri", tmp_path)
+
+
+def test_thick_slice_bleed_labels_stay_off_the_skull() -> None:
+    """A 5 mm voxel half blood, half skull reads as bone, so it is not labelled blood (generator 3)."""
+    from ai_engine.synthetic.head_ct import HeadAcquisition, HemorrhageSpec, make_head_case
+
+    acquisition = HeadAcquisition(rows=160, slice_mm=5.0, coverage_mm=150.0)
+    head = make_head_case(np.random.default_rng(2), acquisition, [HemorrhageSpec("subdural", 25.0, 70.0, -1.0)])
+    blood = head.hu[head.labels > 0]
+    assert blood.size and np.percentile(blood, 99) < 150.0
