@@ -417,16 +417,17 @@ def make_head_case(rng: np.random.Generator, acquisition: HeadAcquisition,
     fine_shape = (acquisition.slices * n_sub, acquisition.rows, acquisition.rows)
     hu, anatomy = _paint_anatomy(rng, fine_shape, fine_spacing, acquisition)
     fine_labels = np.zeros(fine_shape, dtype=np.uint8)
+    inside = anatomy.inner > 0
     for spec in hemorrhages:
         mask = _hemorrhage_mask(anatomy, rng, spec)
         soft = ndimage.gaussian_filter(mask.astype(np.float32), sigma=(0.0, 0.6, 0.6))
-        hu += soft * (np.float32(spec.blood_hu) - hu) * (anatomy.inner > 0)
-        fine_labels[(soft >= 0.5) & (anatomy.inner > 0)] = SUBTYPES.index(spec.subtype) + 1
-    shape = (acquisition.slices, acquisition.rows, acquisition.rows)
-    inside = np.broadcast_to(anatomy.inner > 0, fine_shape).reshape(shape[0], n_sub, *shape[1:])
+        hu += soft * (np.float32(spec.blood_hu) - hu) * inside
+        fine_labels[(soft >= 0.5) & inside] = SUBTYPES.index(spec.subtype) + 1
     del anatomy
+    shape = (acquisition.slices, acquisition.rows, acquisition.rows)
     hu = hu.reshape(shape[0], n_sub, *shape[1:]).mean(axis=1)
-    labels = _majority_labels(fine_labels.reshape(shape[0], n_sub, *shape[1:]), inside)
+    labels = _majority_labels(fine_labels.reshape(shape[0], n_sub, *shape[1:]),
+                              inside.reshape(shape[0], n_sub, *shape[1:]))
     sigma_px = acquisition.kernel_mm / spacing[1]
     if sigma_px > 0.05:
         hu = ndimage.gaussian_filter(hu, sigma=(0.0, sigma_px, sigma_px))
