@@ -5,7 +5,8 @@ site, measurements (volume, diameter, probability, the fusion model's per-case m
 weights), the finding's location, attributes and detector measurements as text, and its
 region: the SEG segment when one was written, otherwise a point. A "Qualitative Evaluations"
 container holds the case-level present/absent verdict, the algorithm kind with the
-not-for-clinical-use statement, and the clinical inputs that were available. An empty result
+not-for-clinical-use statement, the detector's notes on the case (what it analysed: e.g. a gantry
+tilt, or that no clinical context was available), and the clinical inputs that were available. An empty result
 still yields a valid report that says "no findings".
 """
 
@@ -148,7 +149,7 @@ def _report_root(result: DetectorResult, groups: list[MeasurementGroup],
 
 def _qualitative_evaluations(result: DetectorResult,
                              clinical_summary: Mapping[str, str]) -> hd.sr.ContainerContentItem:
-    """Case-level verdict, algorithm statement, "no findings" when empty, clinical inputs."""
+    """Case-level verdict, algorithm statement, "no findings" when empty, the detector's notes, clinical inputs."""
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=_REL.CONTAINS)
     items = [
         hd.sr.CodeContentItem(
@@ -160,6 +161,7 @@ def _qualitative_evaluations(result: DetectorResult,
     ]
     if not result.findings:
         items.append(_text(COMMENT, NO_FINDINGS))
+    items.extend(_text(COMMENT, note) for note in result.notes)
     items.extend(_text(CLINICAL_INFORMATION, f"{name}: {value}") for name, value in clinical_summary.items())
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container

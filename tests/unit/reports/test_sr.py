@@ -204,3 +204,12 @@ def test_modality_weights_and_detector_measurements_are_shown_per_finding(head_c
                        "Fusion weight of the clinical note": 0.08}
     assert len(named(sr, "Fusion weight of the image")) == 1  # the second finding came without weights
     assert "logit sd: 0.41" in _text_values(sr, "Comment")
+
+
+def test_the_detectors_notes_on_the_case_reach_the_radiologist(head_ct, algorithm, tmp_path):
+    notes = ["gantry tilt of 12.0 degrees: slices analysed as acquired", "clinical context: not available; image only"]
+    result = replace(ich_result(algorithm, head_ct), notes=notes)
+    sr = _saved(build_sr(head_ct, result, series_number=902), tmp_path / "sr.dcm")
+
+    comments = _text_values(sr, "Comment")
+    assert all(note in comments for note in notes)
