@@ -6,6 +6,7 @@ Usage (until ``radfusion train|evaluate`` wraps these):
                                                [--data-dir REAL_DATA [--pixel-spacing-mm MM (mammo)]]
     python -m ai_engine.training.cli train ich --fusion-only [--bundle NAME_OR_DIR] [--quick]
     python -m ai_engine.training.cli train mammo --density-only [--bundle NAME_OR_DIR]
+    python -m ai_engine.training.cli train nodule --threshold-only [--bundle NAME_OR_DIR]
     python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
     python -m ai_engine.training.cli evaluate ich --data-dir REAL_DATA --out-dir D [--bundle NAME_OR_DIR]
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from ai_engine.errors import AiEngineError
 
+REFITS = ("--fusion-only", "--density-only", "--threshold-only")  # in-place refits of a trained bundle
 TASK_MODULES: dict[str, str] = {
     "ich": "ai_engine.training.tasks.ich",
     "nodule": "ai_engine.training.tasks.nodule",
@@ -81,6 +83,14 @@ def train_density_only(task: str, *, bundle: str | Path | None = None) -> Path:
     return _task_module(task).train_density_only(bundle=bundle)
 
 
+def train_threshold_only(task: str, *, bundle: str | Path | None = None) -> Path:
+    """Refit only the reporting threshold of a lung-nodule bundle in place (patch version bump)."""
+    if task != "nodule":
+        raise AiEngineError(f"--threshold-only is a lung-nodule option; task {task!r} fits its threshold with "
+                            "its heads (--fusion-only)")
+    return _task_module(task).train_threshold_only(bundle=bundle)
+
+
 def evaluate(task: str, *, bundle: str | Path | None = None, cohort_size: int | None = None, seed: int | None = None,
              out_dir: Path | None = None, data_dir: Path | None = None,
              pixel_spacing_mm: float | None = None) -> dict[str, Any]:
@@ -112,9 +122,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="refit only the fusion heads of --bundle on its unchanged image network")
     p_train.add_argument("--density-only", action="store_true",
                          help="mammo: refit only the density model of --bundle (patch version)")
+    p_train.add_argument("--threshold-only", action="store_true",
+                         help="nodule: refit only the reporting threshold of --bundle on its calibration scans "
+                              "(patch version)")
     p_train.add_argument("--bundle", default=None,
-                         help="with --fusion-only or --density-only: bundle name or directory (default: the "
-                              "packaged one)")
+                         help="with --fusion-only, --density-only or --threshold-only: bundle name or directory "
+                              "(default: the packaged one)")
     p_eval = sub.add_parser("evaluate", help="evaluate a bundle on a held-out cohort")
     p_eval.add_argument("task", choices=sorted(TASK_MODULES))
     p_eval.add_argument("--bundle", default=None, help="bundle name or directory (default: the packaged one)")
@@ -133,21 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     bundle = Path(args.bundle) if args.bundle and Path(args.bundle).is_dir() else args.bundle
-    if args.command == "train" and (args.fusion_only or args.density_only):
-        if args.fusion_only and args.density_only:
-            raise AiEngineError("choose one of --fusion-only and --density-only")
-        refit = "--fusion-only" if args.fusion_only else "--density-only"
+    refits = [flag for flag in REFITS if args.command == "train" and getattr(args, flag[2:].replace("-", "_"))]
+    if refits:
+        if len(refits) > 1:
+            raise AiEngineError(f"choose one of {', '.join(refits)}")
         ignored = [name for name in ("out_dir", "epochs", "cohort_size", "data_dir", "pixel_spacing_mm")
                    if getattr(args, name) is not None]
         if ignored or args.seed != 0:
-            raise AiEngineError(f"{refit} refits the bundle in place with its recorded cohort and seed; "
+            raise AiEngineError(f"{refits[0]} refits the bundle in place with its recorded cohort and seed; "
                                 f"drop {['--' + n.replace('_', '-') for n in ignored] or ['--seed']}")
-        print(train_fusion_only(args.task, bundle=bundle, quick=args.quick) if args.fusion_only
-              else train_density_only(args.task, bundle=bundle))
+        if refits[0] == "--fusion-only":
+            print(train_fusion_only(args.task, bundle=bundle, quick=args.quick))
+        elif refits[0] == "--density-only":
+            print(train_density_only(args.task, bundle=bundle))
+        else:
+            print(train_threshold_only(args.task, bundle=bundle))
     elif args.command == "train":
         if args.bundle is not None:
-            raise AiEngineError("--bundle only goes with --fusion-only or --density-only (a full training writes "
-                                "--out-dir)")
+            raise AiEngineError(f"--bundle only goes with {', '.join(REFITS)} (a full training writes --out-dir)")
         print(train(args.task, out_dir=args.out_dir, epochs=args.epochs, cohort_size=args.cohort_size,
                     seed=args.seed, quick=args.quick, data_dir=args.data_dir, pixel_spacing_mm=args.pixel_spacing_mm))
     else:

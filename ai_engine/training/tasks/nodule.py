@@ -27,6 +27,7 @@ scans); both kinds of case feed the same loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import tempfile
@@ -85,6 +86,7 @@ from ai_engine.training.deploy_timing import cpu_seconds
 from ai_engine.training.fusion_fit import (
     Calibration,
     FusionData,
+    bump_patch,
     export_heads,
     fit_heads,
     fusion_experiment,
@@ -107,6 +109,8 @@ MODEL_CARD_DIR = Path("docs/model-cards/nodule")
 SPLITS = {"A": 0.7, "V": 0.1, "C": 0.2}
 FUSION_SIZE, QUICK_FUSION_SIZE = 400, 6
 HARD_NEGATIVES_PER_CASE = 40
+FINDING_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # 0.50 .. 0.95, lowest first
+CALIBRATION_FP_PER_SCAN = 0.125  # the lowest false-positive rate of the CPM: what the reporting threshold allows
 FLIP_AXES = (2, 3, 4)  # the deployed detection score averages the patch and its z, y and x flips
 HARD_NEGATIVE_CASES = 64
 CNN_SECONDS, QUICK_CNN_SECONDS = 2400.0, 60.0  # per stage (first training, hard-negative fine-tuning)
@@ -510,14 +514,15 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
     return root
 
 
-def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSet,
-                       *, out_dir: Path | None, epochs: int, seed: int, quick: bool, max_seconds: float,
-                       hard_negative_sources: Sequence[CaseSource] | None = None, dataset: DatasetPlan | None = None
-                       ) -> Path:
+def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSet, *, out_dir: Path | None,
+                       epochs: int, seed: int, quick: bool, max_seconds: float, sources: Sequence[CaseSource] = (),
+                       dataset: DatasetPlan | None = None) -> Path:
     """Train the patch CNN on ``data`` and the fusion heads on ``fusion``, calibrate, export, write the bundle.
 
-    With ``hard_negative_sources`` (the first sources of ``data``'s cases, in order), the trained CNN
-    scores every candidate of those cases and is fine-tuned with the highest-scoring mimics added.
+    ``sources``: ``data``'s cases in order, when it was cut from scans. The trained CNN then scores
+    every candidate of the first ``HARD_NEGATIVE_CASES`` and is fine-tuned with the highest-scoring
+    mimics added, and the written bundle's reporting threshold is fitted on the scans of the
+    calibration split C (``fit_finding_threshold``; without sources it stays at 0.5).
     ``dataset``: the patches come from a dataset directory (its split, calibration cases and metadata).
     """
     torch.set_num_threads(1)
@@ -525,6 +530,7 @@ def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSe
     started = time.monotonic()
     split = dataset.split if dataset else _split(int(data.case.max()) + 1, seed)
     network, cnn_summary = _train_network(data, split["A"], split["V"], epochs, seed, max_seconds)
+    hard_negative_sources = sources[:HARD_NEGATIVE_CASES]
     if hard_negative_sources:
         hard = mine_hard_negatives(network, hard_negative_sources)
         network, fine = _train_network(join(data, hard), split["A"], split["V"], max(epochs // 2, 1), seed + 2,
@@ -543,6 +549,11 @@ def train_from_patches(data: PatchSet, stats: dict[str, float], fusion: FusionSe
     write_bundle(root, network, heads, calibration, {"cnn": cnn_summary, "fusion": fusion_summary, "quick": quick,
                                                 "seconds": round(time.monotonic() - started, 1)}, training_data,
                  dataset.intended_use if dataset else SYNTHETIC_INTENDED_USE)
+    if sources:
+        loaded = resolve_bundle(root, model.NAME)
+        fitted = fit_finding_threshold(loaded, [sources[int(i)] for i in split["C"]])
+        write_bundle_configs(root, {**loaded.metadata, "finding_threshold_fit": fitted},
+                             {**loaded.inference, "finding_threshold": fitted["threshold"]})
     log.info("nodule bundle written to %s in %.0f s", root, time.monotonic() - started)
     return root
 
@@ -563,8 +574,8 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     seeds = [seed * 100_003 + i for i in range(size)]
     data, stats = build_patch_set(seeds) if quick else _cached_patch_set(seeds)
     fusion = _cached_fusion_set(seed, QUICK_FUSION_SIZE if quick else FUSION_SIZE)
-    return train_from_patches(data, stats, fusion, hard_negative_sources=seeds[:HARD_NEGATIVE_CASES],
-                              out_dir=out_dir, epochs=epochs, seed=seed, quick=quick, max_seconds=max_seconds)
+    return train_from_patches(data, stats, fusion, out_dir=out_dir, epochs=epochs, seed=seed, quick=quick,
+                              max_seconds=max_seconds, sources=seeds)
 
 
 def _train_on_dataset(data_dir: Path, limit: int | None, *, out_dir: Path | None, epochs: int, seed: int,
@@ -590,9 +601,84 @@ def _train_on_dataset(data_dir: Path, limit: int | None, *, out_dir: Path | None
                                       "layout": "LIDC-IDRI / LUNA16 (docs/model-cards/nodule.md)",
                                       "label_maps": "spheres of the annotated diameters (no voxel masks)"},
                        intended_use=dataset_intended_use(data_dir))
-    return train_from_patches(data, stats, fusion, hard_negative_sources=cases[:HARD_NEGATIVE_CASES],
-                              out_dir=out_dir, epochs=epochs, seed=seed, quick=quick, max_seconds=max_seconds,
-                              dataset=plan)
+    return train_from_patches(data, stats, fusion, out_dir=out_dir, epochs=epochs, seed=seed, quick=quick,
+                              max_seconds=max_seconds, sources=cases, dataset=plan)
+
+
+def operating_point(scores: Sequence[float], hits: Sequence[int], n_lesions: int, n_scans: int,
+                    threshold: float) -> dict[str, float | None]:
+    """Sensitivity and false nodules per scan of the marks at or above ``threshold`` (``hits``: the id of the
+    nodule a mark lies in, -1 for none; a second mark on a found nodule counts as neither, as in FROC)."""
+    kept = [(s, h) for s, h in zip(scores, hits, strict=True) if s >= threshold]
+    found = len({h for _, h in kept if h >= 0})
+    return {"threshold": threshold, "sensitivity": round(found / n_lesions, 4) if n_lesions else None,
+            "fp_per_scan": round(sum(1 for _, h in kept if h < 0) / n_scans, 4)}
+
+
+@functools.cache
+def _worker_detector(root: str) -> model.NoduleFusion:
+    """One detector per worker process (single-threaded: the pool runs two)."""
+    torch.set_num_threads(1)
+    loaded = resolve_bundle(Path(root), model.NAME)
+    loaded.inference["onnx_threads"] = 1
+    return model.NoduleFusion(loaded)
+
+
+def _case_marks(args: tuple[CaseSource, str]) -> tuple[list[float], list[int], int]:
+    """Scores and hit ids of what ``detect`` reports at every threshold on one training case (worker process)."""
+    source, root = args
+    detector = _worker_detector(root)
+    case = _scan(source)
+    analysis = detector.analyse(case.volume)
+    nodules = model.ranked_nodules(analysis, float(detector.parameters["nms_mm"]), threshold=0.0)
+    centres = analysis.grid.to_source(np.array([n.centre_work for n in nodules]).reshape(-1, 3))
+    truth = [(k, np.array(n.center_voxel), n.diameter_mm) for k, n in enumerate(case.nodules)]
+    return ([float(analysis.probability[n.index]) for n in nodules],
+            _hit_ids(centres, np.array(case.volume.spacing_mm), truth), len(case.nodules))
+
+
+def fit_finding_threshold(loaded: Bundle, sources: Sequence[CaseSource], workers: int = 2) -> dict[str, Any]:
+    """The reporting threshold: the lowest of ``FINDING_THRESHOLDS`` at which the bundle's findings on
+    ``sources`` (the calibration split C, never a held-out cohort) hold at most ``CALIBRATION_FP_PER_SCAN``
+    false nodules per scan (the highest when none does), with the operating point at every candidate."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        marks = list(tqdm(pool.map(_case_marks, [(source, str(loaded.root)) for source in sources]),
+                          total=len(sources), desc="finding threshold", unit="case"))
+    return threshold_from_marks(marks)
+
+
+def threshold_from_marks(marks: Sequence[tuple[list[float], list[int], int]]) -> dict[str, Any]:
+    """``fit_finding_threshold``'s rule on per-scan (scores, hit ids, nodules) of the calibration scans."""
+    scores: list[float] = []
+    hits: list[int] = []
+    n_lesions = 0
+    for case_scores, case_hits, case_nodules in marks:  # hit ids made unique across scans
+        scores += case_scores
+        hits += [h + n_lesions if h >= 0 else -1 for h in case_hits]
+        n_lesions += case_nodules
+    points = [operating_point(scores, hits, n_lesions, len(marks), t) for t in FINDING_THRESHOLDS]
+    chosen = next((p for p in points if float(p["fp_per_scan"] or 0.0) <= CALIBRATION_FP_PER_SCAN), points[-1])
+    return {"threshold": chosen["threshold"], "rule": f"lowest of {list(FINDING_THRESHOLDS)} with at most "
+            f"{CALIBRATION_FP_PER_SCAN} false nodules per scan on the calibration split",
+            "calibration_scans": len(marks), "calibration_nodules": n_lesions, "operating_points": points}
+
+
+def train_threshold_only(*, bundle: str | Path | None) -> Path:
+    """Refit only the reporting threshold of ``bundle`` on its recorded detection cohort's calibration split
+    (same seed and split as its training); patch version. Every weight file stays as it is."""
+    loaded = resolve_bundle(bundle, model.NAME)
+    recorded = synthetic_training_data(loaded, "--threshold-only")
+    seed, size = int(recorded["seed"]), int(recorded["detection_cases"])
+    seeds = [seed * 100_003 + i for i in range(size)]
+    fitted = fit_finding_threshold(loaded, [seeds[int(i)] for i in _split(size, seed)["C"]])
+    version = bump_patch(loaded.version)
+    metadata = {**loaded.metadata, "version": version,
+                "finding_threshold_fit": {**fitted, "from_version": loaded.version,
+                                          "command": "radfusion train nodule --threshold-only"}}
+    write_bundle_configs(loaded.root, metadata, {**loaded.inference, "finding_threshold": fitted["threshold"]})
+    log.info("nodule bundle %s: finding threshold %.2f (was %s), version %s", loaded.root, fitted["threshold"],
+             loaded.inference["finding_threshold"], version)
+    return loaded.root
 
 
 def _froc_summary(scores: list[float], hits: list[int], n_lesions: int, n_scans: int) -> dict[str, Any]:
@@ -751,6 +837,8 @@ def _write_evaluation(loaded: Bundle, found: HeldOutResults, cohort: dict[str, A
     """metrics.json and the plots of one held-out run (``cohort``: its complete record); a metric the nodules
     cannot support is null, with the reason under ``skipped``."""
     deep = _froc_summary(found.deep_scores, found.deep_hits, found.n_lesions, size)
+    deep["at_finding_threshold"] = operating_point(found.deep_scores, found.deep_hits, found.n_lesions, size,
+                                                   float(loaded.inference["finding_threshold"]))
     base = _froc_summary(found.base_scores, found.base_hits, found.n_lesions, size)
     labels = np.array(found.malignant, dtype=int)
     probabilities = np.concatenate(found.fused) if found.fused else np.zeros(0)

@@ -256,6 +256,9 @@ def test_training_on_the_dataset_writes_a_bundle_that_says_so(built: Built, tmp_
     fusion = bundle.metadata["training"]["fusion"]
     # heads: A (2 nodules) and V (1 of 2: the other's malignancy is unknown); calibration: C's 2 nodules
     assert (fusion["train_rows"], fusion["calibration_rows"]) == (3, 2)
+    fitted = bundle.metadata["finding_threshold_fit"]  # on the calibration series: C's one scan, 2 nodules
+    assert (fitted["calibration_scans"], fitted["calibration_nodules"]) == (1, 2)
+    assert bundle.inference["finding_threshold"] == fitted["threshold"]
 
 
 def test_the_deployed_bundle_is_evaluated_on_the_dataset_through_the_cli(built: Built, tmp_path: Path) -> None:
@@ -278,6 +281,9 @@ def test_the_deployed_bundle_is_evaluated_on_the_dataset_through_the_cli(built: 
         froc = result["detection"][detector]
         assert 0.0 <= froc["cpm"] <= froc["max_sensitivity"] <= 1.0 and set(froc["sensitivity_at"]) == {
             "0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
+    operating = result["detection"]["nodule_fusion"]["at_finding_threshold"]
+    assert operating["threshold"] == load_bundle("nodule_fusion").inference["finding_threshold"]
+    assert 0.0 <= operating["sensitivity"] <= result["detection"]["nodule_fusion"]["max_sensitivity"]
     known = [n for uid, case in built.cases.items() for k, n in enumerate(case.nodules)
              if uid in (RAW_UID, ZRAW_UID) or k != 1]  # the DICOM series' second nodule has empty attributes
     assert result["malignancy"]["nodules"] == len(known) == 5

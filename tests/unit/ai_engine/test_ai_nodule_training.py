@@ -13,7 +13,14 @@ from ai_engine.clinical_features import NOTE_DIM, feature_names
 from ai_engine.detectors import nodule_fusion as model
 from ai_engine.fusion import FusionHead
 from ai_engine.results import Task
-from ai_engine.training.tasks.nodule import FusionSet, PatchSet, train_from_patches
+from ai_engine.training.tasks.nodule import (
+    FINDING_THRESHOLDS,
+    FusionSet,
+    PatchSet,
+    operating_point,
+    threshold_from_marks,
+    train_from_patches,
+)
 
 PARITY_TOLERANCE = 1e-4  # absolute, on logits and embeddings (float32 ONNX Runtime vs eager)
 
@@ -85,3 +92,24 @@ def test_onnx_models_match_eager_pytorch(tiny_bundle: Path) -> None:
     expected = 1 / (1 + np.exp(-out.logit.numpy() / bundle.inference["temperature"]))
     assert np.abs(probability - expected).max() < PARITY_TOLERANCE
     assert np.allclose(weights[:, 0], 1.0)  # no clinical data, no note: the image carries all the weight
+
+
+def test_operating_point_counts_found_nodules_once_and_false_marks_per_scan() -> None:
+    scores = [0.9, 0.8, 0.7, 0.6, 0.4]
+    hits = [0, 0, -1, 1, -1]  # two marks on nodule 0, a false mark, nodule 1, a low false mark
+    assert operating_point(scores, hits, n_lesions=3, n_scans=2, threshold=0.65) == {
+        "threshold": 0.65, "sensitivity": round(1 / 3, 4), "fp_per_scan": 0.5}
+    assert operating_point(scores, hits, n_lesions=3, n_scans=2, threshold=0.3) == {
+        "threshold": 0.3, "sensitivity": round(2 / 3, 4), "fp_per_scan": 1.0}
+
+
+def test_the_reporting_threshold_is_the_lowest_that_keeps_false_nodules_rare() -> None:
+    """Eight calibration scans with false marks at 0.92, 0.66 and 0.58: one (1/8 per scan) is left from 0.70 on."""
+    marks = [([0.97, 0.92], [0, -1], 1), ([0.66], [-1], 0), ([0.58, 0.3], [-1, 0], 1)] + [([], [], 0)] * 5
+    fitted = threshold_from_marks(marks)
+    assert fitted["threshold"] == 0.7 and fitted["calibration_scans"] == 8 and fitted["calibration_nodules"] == 2
+    by_threshold = {p["threshold"]: p for p in fitted["operating_points"]}
+    assert by_threshold[0.5]["fp_per_scan"] == 0.375 and by_threshold[0.7]["fp_per_scan"] == 0.125
+    assert by_threshold[0.7]["sensitivity"] == 0.5  # the nodule at 0.3 is never reported
+    noisy = threshold_from_marks([([0.99, 0.98], [-1, -1], 0)])  # no threshold gets there: the highest is kept
+    assert noisy["threshold"] == FINDING_THRESHOLDS[-1] and noisy["operating_points"][-1]["sensitivity"] is None

@@ -36,6 +36,10 @@ def test_dataset_options_reach_the_task_only_when_given(calls: list[tuple[str, d
     (["train", "mammo", "--pixel-spacing-mm", "0.05"], "goes with a mammo --data-dir only"),
     (["evaluate", "mammo", "--data-dir", "/d", "--out-dir", "/o", "--pixel-spacing-mm", "5"], "0.01-1.0 mm"),
     (["train", "mammo", "--fusion-only", "--pixel-spacing-mm", "0.05"], "drop \\['--pixel-spacing-mm'\\]"),
+    (["train", "ich", "--threshold-only"], "lung-nodule option"),
+    (["train", "nodule", "--threshold-only", "--fusion-only"], "choose one of --fusion-only, --threshold-only"),
+    (["train", "nodule", "--threshold-only", "--seed", "3"], "drop \\['--seed'\\]"),
+    (["train", "nodule", "--bundle", "b"], "--bundle only goes with --fusion-only, --density-only, --threshold-only"),
 ])
 def test_misplaced_dataset_options_are_refused(calls: list[tuple[str, dict[str, Any]]], argv: list[str],
                                                message: str) -> None:
