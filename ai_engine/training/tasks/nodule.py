@@ -615,6 +615,15 @@ def operating_point(scores: Sequence[float], hits: Sequence[int], n_lesions: int
             "fp_per_scan": round(sum(1 for _, h in kept if h < 0) / n_scans, 4)}
 
 
+def _reported_marks(analysis: model.CandidateOutputs, nms_mm: float, spacing: np.ndarray,
+                    truth: list[tuple[int, np.ndarray, float]]) -> tuple[list[float], list[int]]:
+    """What ``detect`` would report at every threshold (the same suppression, re-centring and merging): each
+    nodule's score and the id of the true nodule it lies in (-1 for none; ``_hit_ids``)."""
+    nodules = model.ranked_nodules(analysis, nms_mm, threshold=0.0)
+    centres = analysis.grid.to_source(np.array([n.centre_work for n in nodules]).reshape(-1, 3))
+    return [float(analysis.probability[n.index]) for n in nodules], _hit_ids(centres, spacing, truth)
+
+
 @functools.cache
 def _worker_detector(root: str) -> model.NoduleFusion:
     """One detector per worker process (single-threaded: the pool runs two)."""
@@ -629,12 +638,10 @@ def _case_marks(args: tuple[CaseSource, str]) -> tuple[list[float], list[int], i
     source, root = args
     detector = _worker_detector(root)
     case = _scan(source)
-    analysis = detector.analyse(case.volume)
-    nodules = model.ranked_nodules(analysis, float(detector.parameters["nms_mm"]), threshold=0.0)
-    centres = analysis.grid.to_source(np.array([n.centre_work for n in nodules]).reshape(-1, 3))
     truth = [(k, np.array(n.center_voxel), n.diameter_mm) for k, n in enumerate(case.nodules)]
-    return ([float(analysis.probability[n.index]) for n in nodules],
-            _hit_ids(centres, np.array(case.volume.spacing_mm), truth), len(case.nodules))
+    scores, hits = _reported_marks(detector.analyse(case.volume), float(detector.parameters["nms_mm"]),
+                                   np.array(case.volume.spacing_mm), truth)
+    return scores, hits, len(case.nodules)
 
 
 def fit_finding_threshold(loaded: Bundle, sources: Sequence[CaseSource], workers: int = 2) -> dict[str, Any]:
@@ -804,11 +811,9 @@ def _run_held_out(loaded: Bundle, cases: Iterator[HeldOutCase]) -> HeldOutResult
         start = time.perf_counter()
         analysis = detector.analyse(volume)
         found.seconds["deep"] += time.perf_counter() - start
-        # what detect would report at every threshold: the same suppression, re-centring and merging
-        nodules = model.ranked_nodules(analysis, float(loaded.inference["nms_mm"]), threshold=0.0)
-        centres = analysis.grid.to_source(np.array([n.centre_work for n in nodules]).reshape(-1, 3))
-        found.deep_scores += [float(analysis.probability[n.index]) for n in nodules]
-        found.deep_hits += _hit_ids(centres, spacing, truth)
+        scores, hits = _reported_marks(analysis, float(loaded.inference["nms_mm"]), spacing, truth)
+        found.deep_scores += scores
+        found.deep_hits += hits
         start = time.perf_counter()
         base = baseline.detect(case.inputs)
         found.seconds["baseline"] += time.perf_counter() - start
