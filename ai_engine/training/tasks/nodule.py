@@ -606,7 +606,7 @@ def _train_on_dataset(data_dir: Path, limit: int | None, *, out_dir: Path | None
 
 
 def operating_point(scores: Sequence[float], hits: Sequence[int], n_lesions: int, n_scans: int,
-                    threshold: float) -> dict[str, float | None]:
+                    threshold: float) -> dict[str, Any]:
     """Sensitivity and false nodules per scan of the marks at or above ``threshold`` (``hits``: the id of the
     nodule a mark lies in, -1 for none; a second mark on a found nodule counts as neither, as in FROC)."""
     kept = [(s, h) for s, h in zip(scores, hits, strict=True) if s >= threshold]
@@ -664,7 +664,7 @@ def threshold_from_marks(marks: Sequence[tuple[list[float], list[int], int]]) ->
         hits += [h + n_lesions if h >= 0 else -1 for h in case_hits]
         n_lesions += case_nodules
     points = [operating_point(scores, hits, n_lesions, len(marks), t) for t in FINDING_THRESHOLDS]
-    chosen = next((p for p in points if float(p["fp_per_scan"] or 0.0) <= CALIBRATION_FP_PER_SCAN), points[-1])
+    chosen = next((p for p in points if p["fp_per_scan"] <= CALIBRATION_FP_PER_SCAN), points[-1])
     return {"threshold": chosen["threshold"], "rule": f"lowest of {list(FINDING_THRESHOLDS)} with at most "
             f"{CALIBRATION_FP_PER_SCAN} false nodules per scan on the calibration split",
             "calibration_scans": len(marks), "calibration_nodules": n_lesions, "operating_points": points}
