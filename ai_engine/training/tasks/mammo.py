@@ -3,7 +3,8 @@
 ``train``: generate the synthetic four-view cohort (``ai_engine.synthetic.cohorts.mammo``), split it
 by case into network-training (with a network-validation part), fusion-training and calibration
 splits, train the per-view ``BasicUNet`` on 128x128 crops (mass and calcification-cluster maps),
-compute case features with the detector's own code, train the fusion heads (dynamic, concat and
+then the candidate classifier on the network's candidates of the same exams
+(``ai_engine.training.tasks.mammo_candidates``), compute case features with the detector's own code, train the fusion heads (dynamic, concat and
 image-only, for the fusion experiment), fit the temperature and the operating threshold on the
 calibration split, fit the density model on texture statistics, export ONNX and write the bundle.
 
@@ -47,7 +48,9 @@ from ai_engine.bundle import (
 )
 from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
 from ai_engine.detectors.mammo_fusion import (
+    CANDIDATE_CROP,
     DENSITY_CATEGORIES,
+    FINE_SPACING_MM,
     IMAGE_FEATURES,
     NAME,
     NET_SPACING_MM,
@@ -57,7 +60,14 @@ from ai_engine.detectors.mammo_fusion import (
     mask_to_network,
     prepare_view,
 )
-from ai_engine.detectors.mammo_network import UNET_FEATURES, MammoFusionModel, MammoNetwork, load_eager_model
+from ai_engine.detectors.mammo_network import (
+    CLASSIFIER_CHANNELS,
+    UNET_FEATURES,
+    CandidateClassifier,
+    MammoFusionModel,
+    MammoNetwork,
+    load_eager_model,
+)
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics, plots
 from ai_engine.fusion import FusionHead
@@ -84,6 +94,7 @@ from ai_engine.training.fusion_fit import (
 )
 from ai_engine.training.datasets import cbis_ddsm, dataset_intended_use, dataset_provenance
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
+from ai_engine.training.tasks import mammo_candidates
 
 if TYPE_CHECKING:
     from ai_engine.detectors.base import DetectorInput
@@ -92,11 +103,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.1.0"
-COHORT_FORMAT = "1.0.0"  # name of the cached cohort pickle: change it when ExamArrays or the phantom changes
+VERSION = "2.0.0"
+COHORT_FORMAT = "2.0.0"  # name of the cached cohort pickle: change it when ExamArrays or the phantom changes
 CROP = 128
 DEFAULT_COHORT = 640
 QUICK_COHORT = 24
+CLASSIFIER_EPOCHS = 40
+CLASSIFIER_EXTRA_EXAMS = 1000  # synthetic exams beyond the cohort whose crops only the candidate classifier sees
 HELDOUT_SEED = 8888  # 7777 served the first model's evaluation and a diagnosis: no longer unseen
 DEFAULT_HELDOUT_SIZE = 200
 SPLIT_FRACTIONS = (0.55, 0.07, 0.28)  # network train, network validation, fusion train; rest calibration
@@ -137,6 +150,7 @@ def prepare_exam(images: Sequence[tuple[np.ndarray, float]], cancer_masks: Seque
     for (image, spacing), masks in zip(images, cancer_masks, strict=True):
         view = prepare_view(image, spacing)
         view.channels = view.channels.astype(np.float16)
+        view.fine = view.fine.astype(np.float16)
         views.append(view)
         targets.append(np.stack([mask_to_network(masks[kind], spacing, view) for kind in MALIGNANT_KINDS]))
     mimics = []
@@ -309,9 +323,12 @@ def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epoc
 # ---------------------------------------------------------------------------------------------
 
 
-def case_table(network: MammoNetwork, exams: list[ExamArrays], params: dict[str, Any]) -> FusionData:
+def case_table(network: MammoNetwork, classifier: CandidateClassifier, exams: list[ExamArrays],
+               params: dict[str, Any]) -> FusionData:
     """Image features (from the detector's own analysis code) plus encodings for each exam."""
-    images = [exam_image_analysis(e.views, predict_views(network, e), list(e.identities), params)[1] for e in exams]
+    classify = partial(mammo_candidates.classify_crops, classifier)
+    images = [exam_image_analysis(e.views, predict_views(network, e), list(e.identities), params, classify)[1]
+              for e in exams]
     return FusionData(np.stack(images), np.stack([e.clinical for e in exams]),
                       np.stack([e.clinical_present for e in exams]), np.stack([e.text for e in exams]),
                       np.array([e.text_present for e in exams]), np.array([e.label for e in exams]))
@@ -370,12 +387,56 @@ def export_network(network: MammoNetwork, models_dir: Path) -> float:
     return float(np.abs(session.run(None, {"views": probe.numpy()})[0] - eager).max())
 
 
-def _fusion_tables(network: MammoNetwork, exams: list[ExamArrays], size: int, quick: bool
-                   ) -> tuple[FusionData, FusionData]:
+def _fusion_tables(network: MammoNetwork, classifier: CandidateClassifier, exams: list[ExamArrays], size: int,
+                   quick: bool) -> tuple[FusionData, FusionData]:
     """(fusion-training, calibration) tables of the cohort's splits."""
     _, _, fusion_train, calibration = (exams[s] for s in _split(size, quick))
     params = dict(INFERENCE_DEFAULTS)
-    return case_table(network, fusion_train, params), case_table(network, calibration, params)
+    return (case_table(network, classifier, fusion_train, params),
+            case_table(network, classifier, calibration, params))
+
+
+def _extra_exam_crops(network: MammoNetwork, seed: int, params: dict[str, Any], job: int) -> mammo_candidates.CropSet:
+    torch.set_num_threads(1)  # one worker process per core
+    exam = exam_arrays(generate_case(job, TRAIN_ACQUISITION))
+    return mammo_candidates.exam_crops(exam, predict_views(network, exam), params, np.random.default_rng(seed + job))
+
+
+def extra_crops(network: MammoNetwork, seed: int, first: int, count: int, params: dict[str, Any]
+                ) -> mammo_candidates.CropSet:
+    """Crops of ``count`` further synthetic exams of the cohort's seed (indices ``first`` on: never in its
+    splits, so never in a fusion-training or calibration table), generated in two worker processes and
+    kept as crops only."""
+    jobs = [seed * 1_000_003 + first + i for i in range(count)]
+    work = partial(_extra_exam_crops, network.eval(), seed, params)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        return mammo_candidates.CropSet.join(list(pool.imap(work, jobs, chunksize=8)))
+
+
+def train_candidate_classifier(network: MammoNetwork, exams: list[ExamArrays], size: int, *, seed: int,
+                               quick: bool, extra_exams: int) -> tuple[CandidateClassifier, dict[str, Any]]:
+    """The candidate classifier and its training record.
+
+    Trained on the crops of the network-training split plus ``extra_exams`` further synthetic exams
+    (``extra_crops``; 0 for a dataset), stopped early on those of the network-validation split: the
+    fusion-training and calibration splits stay unseen by both networks.
+    """
+    net_train, net_val, _, _ = (exams[s] for s in _split(size, quick))
+    params = dict(INFERENCE_DEFAULTS)
+    predict = partial(predict_views, network)
+    examples = mammo_candidates.crop_set(net_train, predict, params, seed)
+    if extra_exams:
+        log.info("crops of %d further synthetic exams for the candidate classifier", extra_exams)
+        examples = mammo_candidates.CropSet.join([examples, extra_crops(network, seed, size, extra_exams, params)])
+    stop = mammo_candidates.crop_set(net_val, predict, params, seed + 1)
+    classifier = mammo_candidates.train_classifier(
+        examples, stop, epochs=1 if quick else CLASSIFIER_EPOCHS, steps=2 if quick else 150,
+        batch=6 if quick else 48, seed=seed, max_seconds=30.0 if quick else 1500.0)
+    stop_scores = mammo_candidates.classify_crops(classifier, stop.crops)
+    record = {"extra_exams": extra_exams, "crops": len(examples.labels), "malignant_crops": int(examples.labels.sum()),
+              "stop_crops": len(stop.labels), "stop_malignant_crops": int(stop.labels.sum()),
+              "stop_crop_auc": round(_auc(stop.labels, stop_scores), 4)}
+    return classifier, record
 
 
 def _fit_fusion(train: FusionData, calib: FusionData, seed: int, quick: bool
@@ -384,6 +445,9 @@ def _fit_fusion(train: FusionData, calib: FusionData, seed: int, quick: bool
     return fit_heads(train, calib, seed=seed, quick=quick, specificity=0.9)
 
 
+CLASSIFIER_DESCRIPTION = (f"MONAI Classifier, channels {list(CLASSIFIER_CHANNELS)}, one residual unit per stride-2 "
+                          f"level, on {CANDIDATE_CROP}x{CANDIDATE_CROP} crops at {FINE_SPACING_MM} mm around each "
+                          "candidate; malignancy probability per candidate")
 SYNTHETIC_INTENDED_USE = ("Research and demonstration of multimodal fusion on four-view screening mammograms. "
                           "Trained only on synthetic data generated by radfusion's mammography phantom "
                           "(ai_engine.synthetic.cohorts.mammo); not for clinical use.")
@@ -403,6 +467,7 @@ def _metadata(summary: dict[str, Any], training_data: dict[str, Any], intended_u
                     "notes": "BI-RADS-style suggestion, density category A-D, modality weights, logit std"},
         "network": {"per_view": f"MONAI BasicUNet 2-D, features {list(UNET_FEATURES)}, input 2 x H x W at "
                                 f"{NET_SPACING_MM} mm (intensity, speck enhancement)",
+                    "candidate_classifier": CLASSIFIER_DESCRIPTION,
                     "fusion": DESIGN},
         "training_data": training_data,
         "metrics": summary,
@@ -442,7 +507,7 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
     ``data_dir``: train on the train tables of a CBIS-DDSM-layout dataset instead of the synthetic
     cohort (``pixel_spacing_mm`` for its images without a spacing in the header; not cached).
     """
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     start = time.monotonic()
     root = Path(out_dir) if out_dir is not None else bundle_root(NAME)
     if data_dir is not None:
@@ -462,18 +527,25 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
     net_train, net_val, _, _ = (exams[s] for s in _split(size, quick))
     network = train_network(net_train, net_val, epochs=epochs or (1 if quick else 12), steps=4 if quick else 50,
                             batch=4 if quick else 16, seed=seed, max_seconds=30.0 if quick else 420.0)
-    heads, calibration, fusion_summary = _fit_fusion(*_fusion_tables(network, exams, size, quick), seed, quick)
+    classifier, classifier_record = train_candidate_classifier(
+        network, exams, size, seed=seed, quick=quick,
+        extra_exams=0 if data_dir is not None or quick else CLASSIFIER_EXTRA_EXAMS)
+    heads, calibration, fusion_summary = _fit_fusion(*_fusion_tables(network, classifier, exams, size, quick), seed,
+                                                     quick)
     density_weights, density_bias, density_accuracy = fit_density_model(net_train, seed)
     models = bundle_models_dir(root)
-    torch.save(MammoFusionModel(network, heads["dynamic"]).state_dict(), models / "model.pt")
+    torch.save(MammoFusionModel(network, classifier, heads["dynamic"]).state_dict(), models / "model.pt")
     parity = {"network_max_abs_diff": export_network(network, models),
+              "classifier_max_abs_diff": mammo_candidates.export_classifier(classifier, models),
               "fusion_max_abs_diff": export_heads(heads, models)}
     inference = {**INFERENCE_DEFAULTS, "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
+                 "classifier_deployed": "classifier.onnx",
                  "temperature": calibration.temperature, "positive_threshold": calibration.threshold,
                  "density_weights": density_weights.tolist(), "density_bias": density_bias.tolist(),
                  "image_features": list(IMAGE_FEATURES), "clinical_features": feature_names("mammo"),
                  "note_dim": NOTE_DIM}
-    summary = {"fusion": fusion_summary, "density_training_accuracy": density_accuracy, "onnx_parity": parity,
+    summary = {"fusion": fusion_summary, "candidate_classifier": classifier_record,
+               "density_training_accuracy": density_accuracy, "onnx_parity": parity,
                "training_seconds": round(time.monotonic() - start, 1)}
     write_bundle_configs(root, _metadata(summary, training_data, intended_use), inference)
     log.info("bundle written to %s in %.0f s: %s", root, time.monotonic() - start, json.dumps(summary))
@@ -497,10 +569,11 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     seed, size = _recorded_cohort(loaded)
     seed_everything(seed)
     exams = _cached_exams(seed, size, quick)
-    network = load_eager_model(loaded).network
-    heads, calibration, summary = _fit_fusion(*_fusion_tables(network, exams, size, quick), seed, quick)
+    model = load_eager_model(loaded)
+    heads, calibration, summary = _fit_fusion(*_fusion_tables(model.network, model.classifier, exams, size, quick),
+                                              seed, quick)
     models = bundle_models_dir(loaded.root)
-    torch.save(MammoFusionModel(network, heads["dynamic"]).state_dict(), models / "model.pt")
+    torch.save(MammoFusionModel(model.network, model.classifier, heads["dynamic"]).state_dict(), models / "model.pt")
     summary["onnx_max_abs_diff"] = export_heads(heads, models)
     version = write_refit_configs(loaded, calibration, summary, threshold_key="positive_threshold",
                                   command="radfusion train mammo --fusion-only")

@@ -326,7 +326,8 @@ def test_train_on_the_dataset_writes_a_bundle_that_says_so(dataset: tuple, tmp_p
     assert record["views"] == sum(len(t.identities) for t in truths.values())
     assert sorted(record["tables_sha256"]) == sorted([MASS_TABLE, CALC_TABLE, "clinical.csv"])
     assert "synthetic" not in metadata["intended_use"].lower()
-    assert (bundle / "models" / "model.onnx").is_file()
+    assert (bundle / "models" / "model.onnx").is_file() and (bundle / "models" / "classifier.onnx").is_file()
+    assert metadata["metrics"]["candidate_classifier"]["extra_exams"] == 0  # no synthetic crops in a real-data model
     with pytest.raises(AiEngineError, match="cohort_size"):
         train(out_dir=tmp_path / "other", quick=True, data_dir=root, cohort_size=20)
     with pytest.raises(AiEngineError, match="trained on a dataset directory"):

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
 from ai_engine.bundle import load_bundle
 from ai_engine.detectors.mammo_fusion import IMAGE_FEATURES, prepare_view
+from ai_engine.detectors.mammo_network import CandidateClassifier
 from ai_engine.synthetic.cohorts.mammo import generate_case
 from ai_engine.synthetic.mammo_phantom import Acquisition
+from ai_engine.training.fusion_fit import FusionData, train_head
+from ai_engine.training.tasks import mammo_candidates
 from ai_engine.training.tasks.mammo import (
     INFERENCE_DEFAULTS,
     MammoNetwork,
     case_table,
     exam_arrays,
     fit_density_model,
+    predict_views,
     train_network,
 )
-from ai_engine.training.fusion_fit import FusionData, train_head
 
 ACQ = Acquisition(pixel_spacing_mm=0.8)
 
@@ -48,14 +53,33 @@ def test_network_training_runs_a_few_steps_and_changes_the_weights(tiny_exams: l
     changed = [not torch.equal(a, b) for a, b in zip(network.state_dict().values(),
                                                       before.state_dict().values(), strict=True)]
     assert any(changed)
-    table = case_table(network, tiny_exams, dict(INFERENCE_DEFAULTS))
+    table = case_table(network, CandidateClassifier().eval(), tiny_exams, dict(INFERENCE_DEFAULTS))
     assert table.image.shape == (len(tiny_exams), len(IMAGE_FEATURES))
     assert np.isfinite(table.image).all()
 
 
+def test_candidate_crops_are_labelled_by_the_cancer_and_the_classifier_trains(tiny_exams: list) -> None:
+    torch.set_num_threads(1)
+    network = MammoNetwork().eval()
+    crops = mammo_candidates.crop_set(tiny_exams, partial(predict_views, network), dict(INFERENCE_DEFAULTS), seed=0)
+    assert crops.crops.shape[1:] == (80, 80) and len(crops.labels) == len(crops.crops)
+    # Crops centred on a cancer are malignant; nothing in a cancer-free exam is.
+    per_exam = [mammo_candidates.exam_crops(e, predict_views(network, e), dict(INFERENCE_DEFAULTS),
+                                            np.random.default_rng(1)) for e in tiny_exams]
+    assert [int(c.labels.any()) for c in per_exam] == [e.label for e in tiny_exams]
+    assert all(0 < c.labels.sum() < len(c.labels) for c in per_exam if c.labels.any())
+    before = CandidateClassifier()
+    classifier = mammo_candidates.train_classifier(crops, crops, epochs=1, steps=2, batch=6, seed=0,
+                                                   max_seconds=60.0)
+    assert any(not torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), before.state_dict().values(),
+                                                     strict=True))
+    scores = mammo_candidates.classify_crops(classifier, crops.crops[:5])
+    assert scores.shape == (5,) and ((scores >= 0) & (scores <= 1)).all()
+
+
 def test_fusion_heads_train_on_features_and_survive_missing_inputs(tiny_exams: list) -> None:
     network = MammoNetwork().eval()
-    table = case_table(network, tiny_exams, dict(INFERENCE_DEFAULTS))
+    table = case_table(network, CandidateClassifier().eval(), tiny_exams, dict(INFERENCE_DEFAULTS))
     head = train_head("dynamic", table, table, seed=0, epochs=3)
     missing = FusionData(table.image, table.clinical, np.zeros_like(table.clinical_present), table.text,
                          np.zeros_like(table.text_present), table.label)

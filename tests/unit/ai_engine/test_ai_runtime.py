@@ -8,7 +8,7 @@ import pytest
 from ai_engine.clinical_features import NOTE_DIM, feature_names
 from ai_engine.detectors.ich_fusion import IMAGE_FEATURES, IchFusion
 from ai_engine.detectors.mammo_fusion import IMAGE_FEATURES as MAMMO_FEATURES
-from ai_engine.detectors.mammo_fusion import MammoFusion
+from ai_engine.detectors.mammo_fusion import CANDIDATE_CROP, MammoFusion
 from ai_engine.detectors.nodule_fusion import EMBED_DIM, PATCH, NoduleFusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.results import Task
@@ -44,6 +44,13 @@ def test_deployed_and_eager_models_agree(detector: str, part: str) -> None:
     assert (onnx.runtime, eager.runtime) == ("onnxruntime-cpu", "torch-cpu")
     for got, want in zip(onnx(**feeds), eager(**feeds), strict=True):
         np.testing.assert_allclose(got, want, atol=TOLERANCE)
+
+
+def test_mammo_candidate_classifier_agrees_in_both_runtimes() -> None:
+    crops = np.random.default_rng(3).random((4, 1, CANDIDATE_CROP, CANDIDATE_CROP), dtype=np.float32)
+    onnx, eager = (MammoFusion(device=d).classifier for d in ("cpu", "torch-cpu"))
+    assert (onnx.runtime, eager.runtime) == ("onnxruntime-cpu", "torch-cpu")
+    np.testing.assert_allclose(onnx(crops=crops)[0], eager(crops=crops)[0], atol=TOLERANCE)
 
 
 def test_unknown_device_and_missing_inputs_are_refused() -> None:
