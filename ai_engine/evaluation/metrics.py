@@ -49,6 +49,12 @@ def roc_auc(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.n
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+
+def roc_auc_or_chance(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """``roc_auc``, or 0.5 (chance) when ``labels`` hold one class only (a tiny validation split)."""
+    y = np.asarray(labels)
+    return roc_auc(labels, scores) if 0 < y.sum() < y.size else 0.5
+
 def roc_curve(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate, threshold) at every distinct score, from (0, 0)."""

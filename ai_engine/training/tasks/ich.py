@@ -205,8 +205,7 @@ def _train_network(data: CaseArrays, train_cases: np.ndarray, val_cases: np.ndar
     def validate(net: torch.nn.Module) -> float:
         features, dice_score = _predict(net, data, val_cases)
         labels = data.label[val_cases]
-        auc = metrics.roc_auc(labels, features[:, 0]) if 0 < labels.sum() < len(labels) else 0.5
-        return 0.5 * auc + 0.5 * dice_score
+        return 0.5 * metrics.roc_auc_or_chance(labels, features[:, 0]) + 0.5 * dice_score
 
     history = fit(network, batches=batches, step=step, validate=validate,
                   config=TrainConfig(epochs=epochs, lr=3e-3, patience=epochs, seed=seed, description="ich u-net"))

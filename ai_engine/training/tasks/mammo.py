@@ -294,11 +294,6 @@ def predict_views(network: MammoNetwork, exam: ExamArrays) -> list[np.ndarray]:
         return [p for group in groups for p in network(torch.from_numpy(np.stack(group))).numpy()]
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC, or 0.5 when a (tiny) split holds one class only."""
-    return metrics.roc_auc(labels, scores) if 0 < labels.sum() < labels.size else 0.5
-
-
 def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epochs: int, steps: int, batch: int,
                   seed: int, max_seconds: float, checkpoint: Path | None = None) -> MammoNetwork:
     """Train the per-view network; early stopping on the validation exams' case AUC (max map value)."""
@@ -309,7 +304,7 @@ def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epoc
     def validate(model: nn.Module) -> float:
         scores = [max(float(p.max()) for p in predict_views(model, e)) for e in validation]  # type: ignore[arg-type]
         labels = np.array([e.label for e in validation])
-        return _auc(labels, np.array(scores)) - 1e-3 * float(np.mean(scores))
+        return metrics.roc_auc_or_chance(labels, np.array(scores)) - 1e-3 * float(np.mean(scores))
 
     fit(network, batches=lambda epoch: _crop_batches(exams, rng, steps, batch),
         step=lambda model, b: _segmentation_loss(model(b[0]), b[1]), validate=validate,
@@ -429,13 +424,12 @@ def train_candidate_classifier(network: MammoNetwork, exams: list[ExamArrays], s
         log.info("crops of %d further synthetic exams for the candidate classifier", extra_exams)
         examples = mammo_candidates.CropSet.join([examples, extra_crops(network, seed, size, extra_exams, params)])
     stop = mammo_candidates.crop_set(net_val, predict, params, seed + 1)
-    classifier = mammo_candidates.train_classifier(
+    classifier, stop_auc = mammo_candidates.train_classifier(
         examples, stop, epochs=1 if quick else CLASSIFIER_EPOCHS, steps=2 if quick else 150,
         batch=6 if quick else 48, seed=seed, max_seconds=30.0 if quick else 1500.0)
-    stop_scores = mammo_candidates.classify_crops(classifier, stop.crops)
     record = {"extra_exams": extra_exams, "crops": len(examples.labels), "malignant_crops": int(examples.labels.sum()),
               "stop_crops": len(stop.labels), "stop_malignant_crops": int(stop.labels.sum()),
-              "stop_crop_auc": round(_auc(stop.labels, stop_scores), 4)}
+              "stop_crop_auc": round(stop_auc, 4)}
     return classifier, record
 
 

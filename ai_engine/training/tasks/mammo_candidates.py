@@ -121,8 +121,11 @@ def classify_crops(classifier: CandidateClassifier, crops: np.ndarray, chunk: in
 
 
 def train_classifier(examples: CropSet, stop: CropSet, *, epochs: int, steps: int, batch: int, seed: int,
-                     max_seconds: float) -> CandidateClassifier:
-    """Train the classifier on ``examples``; early stopping on the crop-level AUC of ``stop``."""
+                     max_seconds: float) -> tuple[CandidateClassifier, float]:
+    """Train the classifier on ``examples``; early stopping on the crop-level AUC of ``stop``.
+
+    Returns the classifier with its best weights and their stop-set AUC.
+    """
     if not examples.labels.any() or examples.labels.all():
         raise AiEngineError(f"the candidate classifier needs malignant and other crops to learn from; got "
                             f"{int(examples.labels.sum())} malignant of {len(examples.labels)}")
@@ -131,9 +134,7 @@ def train_classifier(examples: CropSet, stop: CropSet, *, epochs: int, steps: in
     rng = np.random.default_rng(seed)
 
     def validate(model: CandidateClassifier) -> float:
-        if not 0 < stop.labels.sum() < stop.labels.size:
-            return 0.5
-        return metrics.roc_auc(stop.labels, classify_crops(model, stop.crops))
+        return metrics.roc_auc_or_chance(stop.labels, classify_crops(model, stop.crops))
 
     history = fit(classifier, batches=lambda epoch: _batches(examples, rng, steps, batch),
                   step=lambda model, b: F.binary_cross_entropy_with_logits(model.logits(b[0]), b[1]),
@@ -143,7 +144,7 @@ def train_classifier(examples: CropSet, stop: CropSet, *, epochs: int, steps: in
     log.info("candidate classifier: %d crops (%d malignant), best epoch %d of %d, stop-set AUC %.4f",
              len(examples.labels), int(examples.labels.sum()), history.best_epoch, len(history.losses),
              history.best_score)
-    return classifier.eval()
+    return classifier.eval(), history.best_score
 
 
 def export_classifier(classifier: CandidateClassifier, models_dir: Path) -> float:

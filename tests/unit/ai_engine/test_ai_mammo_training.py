@@ -11,6 +11,7 @@ import torch
 from ai_engine.bundle import load_bundle
 from ai_engine.detectors.mammo_fusion import IMAGE_FEATURES, prepare_view
 from ai_engine.detectors.mammo_network import CandidateClassifier
+from ai_engine.evaluation import metrics
 from ai_engine.synthetic.cohorts.mammo import generate_case
 from ai_engine.synthetic.mammo_phantom import Acquisition
 from ai_engine.training.fusion_fit import FusionData, train_head
@@ -69,12 +70,14 @@ def test_candidate_crops_are_labelled_by_the_cancer_and_the_classifier_trains(ti
     assert [int(c.labels.any()) for c in per_exam] == [e.label for e in tiny_exams]
     assert all(0 < c.labels.sum() < len(c.labels) for c in per_exam if c.labels.any())
     before = CandidateClassifier()
-    classifier = mammo_candidates.train_classifier(crops, crops, epochs=1, steps=2, batch=6, seed=0,
+    classifier, stop_auc = mammo_candidates.train_classifier(crops, crops, epochs=1, steps=2, batch=6, seed=0,
                                                    max_seconds=60.0)
     assert any(not torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), before.state_dict().values(),
                                                      strict=True))
     scores = mammo_candidates.classify_crops(classifier, crops.crops[:5])
     assert scores.shape == (5,) and ((scores >= 0) & (scores <= 1)).all()
+    assert stop_auc == pytest.approx(metrics.roc_auc(crops.labels, mammo_candidates.classify_crops(classifier,
+                                                                                                   crops.crops)))
 
 
 def test_fusion_heads_train_on_features_and_survive_missing_inputs(tiny_exams: list) -> None:

@@ -21,6 +21,13 @@ def test_auc_matches_the_pairwise_definition_with_ties() -> None:
         metrics.roc_auc([1, 1], [0.2, 0.3])
 
 
+def test_auc_or_chance_is_chance_only_when_a_split_holds_one_class() -> None:
+    assert metrics.roc_auc_or_chance([1, 1, 1], [0.2, 0.9, 0.5]) == 0.5
+    assert metrics.roc_auc_or_chance([0, 0], [0.2, 0.9]) == 0.5
+    assert metrics.roc_auc_or_chance([0, 1, 0, 1], [0.1, 0.8, 0.9, 0.7]) == metrics.roc_auc([0, 1, 0, 1],
+                                                                                          [0.1, 0.8, 0.9, 0.7])
+
+
 def test_sensitivity_at_specificity_keeps_the_specificity() -> None:
     labels = np.array([0] * 20 + [1] * 10)
     scores = np.concatenate([np.linspace(0.0, 0.5, 19), [0.95], np.linspace(0.4, 1.0, 10)])
