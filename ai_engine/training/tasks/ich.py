@@ -42,6 +42,7 @@ from ai_engine.fusion import FusionHead
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.ich import GENERATOR_VERSION, IchCase, generate_case, write_case_dicom
+from ai_engine.training import ct_artifacts
 from ai_engine.training.datasets import dataset_intended_use, dataset_provenance, ich_cases
 from ai_engine.training.datasets.ich_cases import UNKNOWN_LABEL
 from ai_engine.training.deploy_timing import cpu_seconds
@@ -59,7 +60,7 @@ from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.4.0"
+VERSION = "1.5.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
 UNET_EPOCHS, QUICK_EPOCHS = 40, 1
 SAMPLES_PER_EPOCH = 2000
@@ -68,6 +69,10 @@ MODEL_CARD_DIR = Path("docs/model-cards/ich")
 HELD_OUT_ACQUISITION = "shifted (ai_engine.synthetic.cohorts.ich.sample_acquisition)"
 SPLITS = {"A": 0.65, "V": 0.08, "B": 0.19, "C": 0.08}
 BLOOD_CLASS_WEIGHT = 3.0
+KERNEL_P, STREAK_P, RIM_P = 0.5, 0.25, 0.5  # share of training slab stacks given each artifact (ct_artifacts)
+AUGMENTATION = (f"U-Net slab stacks: left-right flips, shifts up to 8 pixels, HU offset +/-4, noise 0-4 HU; CT "
+                f"artifacts (ai_engine.training.ct_artifacts) on a share of them: softer kernel {KERNEL_P:g}, "
+                f"beam-hardening streak bands {STREAK_P:g}, inner-table rim {RIM_P:g}")
 
 
 @dataclass
@@ -141,6 +146,13 @@ def _neighbour_inputs(data: CaseArrays, index: np.ndarray, augment: np.random.Ge
         stacks.append(data.slabs[[lo, i, hi]].astype(np.float32))
     stack = np.stack(stacks)  # (B, 3, H, W)
     if augment is not None:
+        for b in range(len(stack)):
+            if augment.random() < KERNEL_P:
+                stack[b] = ct_artifacts.soften(stack[b], augment, model.MODEL_PIXEL_MM)
+            if augment.random() < STREAK_P:
+                stack[b] = ct_artifacts.add_streaks(stack[b], augment, model.MODEL_PIXEL_MM)
+            if augment.random() < RIM_P:
+                stack[b] = ct_artifacts.vary_rim(stack[b], augment, model.MODEL_PIXEL_MM)
         stack = stack + augment.uniform(-4.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
         sigma = augment.uniform(0.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
         stack = stack + sigma * augment.standard_normal(stack.shape, dtype=np.float32)
@@ -366,6 +378,7 @@ def _metadata(training_data: dict[str, Any], timing: dict[str, float], intended_
                     "fusion": DESIGN, "deployed": "ONNX Runtime (CPU)",
                     "cpu_seconds_32_slabs": timing},
         "training_data": training_data,
+        "augmentation": AUGMENTATION,
         "metrics": {"held_out": "see docs/model-cards/ich/metrics.json (radfusion evaluate ich)"},
     }
 

@@ -1,0 +1,44 @@
+"""CT artifact augmentation changes soft tissue only: streak bands and rims, never bone or air."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ai_engine.training import ct_artifacts
+
+
+def _stack() -> np.ndarray:
+    """Three 64 x 64 slabs at 2 mm: air outside, a 6 mm skull ring, brain (30 HU) inside."""
+    y, x = np.mgrid[-32:32, -32:32] * 2.0
+    radius = np.hypot(y, x)
+    slab = np.where(radius < 50.0, 30.0, -1000.0).astype(np.float32)
+    slab[(radius >= 50.0) & (radius < 56.0)] = 900.0
+    return np.repeat(slab[None], 3, axis=0)
+
+
+def test_streaks_change_soft_tissue_only_and_fade_through_the_neighbours() -> None:
+    stack = _stack()
+    changes = [ct_artifacts.add_streaks(stack, np.random.default_rng(seed), 2.0) - stack for seed in range(20)]
+    soft = (stack > -100.0) & (stack < 150.0)
+    assert all(np.abs(d[~soft]).max() == 0.0 for d in changes)
+    assert all(np.abs(d[1]).max() > 1.0 for d in changes)  # the current slab always gets its bands
+    assert max(float(np.abs(d).max()) for d in changes) <= ct_artifacts.STREAK_MAX_HU * 5
+    # the neighbours get the same bands scaled by one weight in [0, 1] each
+    for d in changes:
+        for k in (0, 2):
+            ratio = d[k][np.abs(d[1]) > 1.0] / d[1][np.abs(d[1]) > 1.0]
+            assert np.allclose(ratio, ratio[0], atol=1e-4) and -1e-6 <= ratio[0] <= 1.0 + 1e-6
+
+
+def test_rim_shifts_soft_tissue_next_to_bone_only() -> None:
+    stack = _stack()
+    rng = np.random.default_rng(1)
+    out = ct_artifacts.vary_rim(stack, rng, 2.0)
+    y, x = np.mgrid[-32:32, -32:32] * 2.0
+    radius = np.hypot(y, x)
+    changed = np.abs(out - stack) > 0.0
+    assert changed.any()
+    assert not changed[:, radius < 50.0 - ct_artifacts.RIM_MM[1] - 2.0].any()  # deep brain untouched
+    assert not changed[:, (radius >= 50.0) & (radius < 56.0)].any()  # bone untouched
+    assert not changed[:, radius >= 58.0].any()  # air untouched
+    assert len(np.unique(np.round(out[changed] - stack[changed], 4))) == 1  # one offset for the whole rim
