@@ -1,10 +1,12 @@
 """CT artifact augmentation on model-grid slab stacks: beam-hardening streaks, inner-table rims, soft kernels.
 
-Both act on HU stacks of neighbouring slabs (``(3, H, W)``: previous, current, next) and only on
-soft-tissue voxels, so bone, air and the labels are untouched. They are generic — straight bands
-at any height, angle, width and sign; a rim of any sign along any bone edge — not a copy of the
-synthetic generator's artifact model, so a network trained with them learns that a straight band
-or a bright rim against bone is not blood whatever draws it.
+All three act on HU stacks of neighbouring slabs (``(3, H, W)``: previous, current, next) and leave
+the labels as they are. Streaks and rims change soft-tissue voxels only (bone and air untouched); the
+soft kernel blurs each slab as a whole, since spreading the skull into the brain is what it imitates.
+They are generic — straight bands at any height, angle, width and sign; a rim of any sign along any
+bone edge; any blur up to 1.2 mm — not a copy of the synthetic generator's artifact model, so a
+network trained with them learns that a straight band, a bright rim against bone or a blurred skull
+edge is not blood whatever draws it.
 """
 
 from __future__ import annotations

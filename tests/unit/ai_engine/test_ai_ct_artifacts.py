@@ -1,4 +1,4 @@
-"""CT artifact augmentation changes soft tissue only: streak bands and rims, never bone or air."""
+"""CT artifact augmentation: streak bands and rims change soft tissue only; the soft kernel blurs each slab alone."""
 
 from __future__ import annotations
 
@@ -42,3 +42,18 @@ def test_rim_shifts_soft_tissue_next_to_bone_only() -> None:
     assert not changed[:, (radius >= 50.0) & (radius < 56.0)].any()  # bone untouched
     assert not changed[:, radius >= 58.0].any()  # air untouched
     assert len(np.unique(np.round(out[changed] - stack[changed], 4))) == 1  # one offset for the whole rim
+
+
+def test_soft_kernel_blurs_the_skull_into_the_brain_within_each_slab_only() -> None:
+    stack = _stack()
+    stack[0] = 30.0  # a neighbour without skull: blurring must not carry the skull across slabs
+    y, x = np.mgrid[-32:32, -32:32] * 2.0
+    radius = np.hypot(y, x)
+    rim = []
+    for seed in range(10):  # sigma drawn from 0-1.2 mm: weak and strong blurs
+        out = ct_artifacts.soften(stack, np.random.default_rng(seed), 2.0)
+        assert np.allclose(out[0], 30.0)
+        assert np.allclose(out[1][radius < 30.0], 30.0)  # deep brain as it was
+        assert np.isclose(out[1].sum(), stack[1].sum(), rtol=1e-3)  # blurred, not brightened
+        rim.append(float(out[1][(radius >= 48.0) & (radius < 50.0)].mean()))
+    assert min(rim) >= 30.0 - 1e-3 and max(rim) > 60.0  # the brain next to the skull gets brighter
