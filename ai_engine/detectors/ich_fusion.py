@@ -7,7 +7,8 @@ Pipeline (the same code path in training, evaluation and serving):
    averaged) — so any matrix, field of view or slice thickness maps to the same grid.
 2. The U-Net (``build_network``) sees each slab with its neighbours in a brain window plus
    the slab in a wide window (4 channels) and returns per-pixel probabilities of background
-   and the five bleed types.
+   and the five bleed types; ``segment`` averages them with those of the mirrored slabs
+   (bundles from 1.6.0, ``flip_average``).
 3. ``blood_probability`` keeps the blood probability only where the slab's HU can be acute
    blood (``BLOOD_HU``: not bone, calcification, CSF or air), and ``image_features`` pools it
    into 10 case features (max, top-k mean, volumes).
@@ -24,6 +25,7 @@ on CUDA when a GPU is present.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +62,7 @@ WIDE_WINDOW = (-100.0, 1100.0)
 IMAGE_FEATURES = ("max_prob", "top20_mean", "log_volume_ml", "log_confident_volume_ml", "log_largest_ml",
                   *(f"log_{s}_ml" for s in SUBTYPES))
 BACKGROUND_HU = -1000.0
+FLIP_AVERAGE = True  # bundles trained or refitted by this code average each slab with its mirror image
 NOTES = ("deep fusion model trained on synthetic phantoms only; not validated on patient data; "
          "not for clinical use",)
 
@@ -148,6 +151,24 @@ def network_inputs(slabs: np.ndarray) -> np.ndarray:
     previous = np.concatenate([brain[:1], brain[:-1]])
     following = np.concatenate([brain[1:], brain[-1:]])
     return np.stack([previous, brain, following, wide], axis=1).astype(np.float32)
+
+
+def segment(run: Callable[[np.ndarray], np.ndarray], slabs: np.ndarray, batch: int, flip_average: bool
+            ) -> np.ndarray:
+    """Class probabilities (S, 6, H, W) of ``slabs`` (HU), ``run`` mapping network inputs to logits in batches.
+
+    ``flip_average``: also segment the left-right mirror image and average the two probability
+    maps (test-time augmentation: a head is nearly symmetric, noise and streaks are not, so a
+    speck the network sees in one orientation only is halved).
+    """
+    def probabilities(inputs: np.ndarray) -> np.ndarray:
+        return softmax(np.concatenate([run(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]))
+
+    inputs = network_inputs(slabs)
+    probs = probabilities(inputs)
+    if flip_average:
+        probs = 0.5 * (probs + probabilities(np.ascontiguousarray(inputs[..., ::-1]))[..., ::-1])
+    return probs
 
 
 def build_network() -> torch.nn.Module:
@@ -239,6 +260,7 @@ class IchFusion:
         self.min_component_ml = float(params["min_component_ml"])
         self.blood_hu = tuple(params["blood_hu"]) if "blood_hu" in params else None
         self.batch = int(params.get("slab_batch", 16))
+        self.flip_average = bool(params.get("flip_average", False))
         if params.get("clinical_features") != feature_names(Task.ICH):
             raise DetectorInputError(f"{NAME}: bundle clinical features {params.get('clinical_features')} differ "
                                      f"from this code's {feature_names(Task.ICH)}; retrain the bundle")
@@ -249,10 +271,7 @@ class IchFusion:
     def image_stage(self, volume: Volume) -> ImageStage:
         """Segmentation probabilities and pooled features of ``volume``."""
         prepared = prepare(volume.array, volume.spacing_mm)
-        inputs = network_inputs(prepared.slabs)
-        logits = np.concatenate([self.network(slabs=inputs[i:i + self.batch])[0]
-                                 for i in range(0, len(inputs), self.batch)])
-        probs = softmax(logits)
+        probs = segment(lambda x: self.network(slabs=x)[0], prepared.slabs, self.batch, self.flip_average)
         blood = blood_probability(probs, prepared.slabs, self.blood_hu)
         return ImageStage(prepared, probs, blood, image_features(probs, blood, prepared.slab_ml))
 

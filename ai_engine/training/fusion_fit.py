@@ -281,7 +281,8 @@ def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[
         "image_network": f"unchanged from version {bundle.version} (same model.onnx, same network weights in "
                          "model.pt)",
         "how": "fusion heads (all modes) retrained on the image network's features of the same training cohort "
-               "and splits, temperature and threshold refitted on the calibration split",
+               "and splits (plus 'fusion_extra_cases' further patients of its seed where recorded), temperature and "
+               "threshold refitted on the calibration split",
         "command": command, **summary}
     write_bundle_configs(bundle.root, metadata, inference)
     return version

@@ -2,8 +2,9 @@
 
 Training splits one synthetic cohort by patient: the U-Net learns on split A (early stopping on
 V); the fusion heads (dynamic, plus the concat and image-only heads of the fusion experiment)
-learn on V + B from the U-Net's features, stop early on C, and the temperature and case
-threshold are fitted on C. Evaluation generates a held-out cohort with another seed and
+learn on V + B from the U-Net's features, plus (synthetic cohorts, since bundle 1.6.0) the
+features of ``FUSION_EXTRA`` further patients of the same seed that no split holds, stop early
+on C, and the temperature and case threshold are fitted on C. Evaluation generates a held-out cohort with another seed and
 shifted acquisition settings, writes every case as DICOM, loads it through the server's
 loader and runs the deployed detector and the classical baseline on the same cases.
 """
@@ -60,14 +61,16 @@ from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.5.0"
+VERSION = "1.6.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
+FUSION_EXTRA, QUICK_FUSION_EXTRA = 400, 4  # synthetic patients beyond the cohort that only the fusion heads see
 UNET_EPOCHS, QUICK_EPOCHS = 40, 1
 SAMPLES_PER_EPOCH = 2000
 EVAL_SEED, EVAL_SIZE = 7, 150
 MODEL_CARD_DIR = Path("docs/model-cards/ich")
 HELD_OUT_ACQUISITION = "shifted (ai_engine.synthetic.cohorts.ich.sample_acquisition)"
 SPLITS = {"A": 0.65, "V": 0.08, "B": 0.19, "C": 0.08}
+FUSION_EXTRA_SPLIT = "fusion_extra"  # the patients after the cohort's first ``cases``: fusion-head training only
 BLOOD_CLASS_WEIGHT = 3.0
 KERNEL_P, STREAK_P, RIM_P = 0.5, 0.25, 0.5  # share of training slab stacks given each artifact (ct_artifacts)
 AUGMENTATION = (f"U-Net slab stacks: left-right flips, shifts up to 8 pixels, HU offset +/-4, noise 0-4 HU; CT "
@@ -137,25 +140,24 @@ def _cached_cohort(size: int, seed: int, generator: int = GENERATOR_VERSION) -> 
     return data
 
 
-def _neighbour_inputs(data: CaseArrays, index: np.ndarray, augment: np.random.Generator | None) -> np.ndarray:
-    """Network inputs of the slabs ``index`` with their same-case neighbours (optionally augmented)."""
+def _neighbour_inputs(data: CaseArrays, index: np.ndarray, augment: np.random.Generator) -> np.ndarray:
+    """Augmented network inputs of the slabs ``index`` with their same-case neighbours."""
     stacks = []
     for i in index:
         lo = i - 1 if i > 0 and data.case_of_slab[i - 1] == data.case_of_slab[i] else i
         hi = i + 1 if i + 1 < len(data.slabs) and data.case_of_slab[i + 1] == data.case_of_slab[i] else i
         stacks.append(data.slabs[[lo, i, hi]].astype(np.float32))
     stack = np.stack(stacks)  # (B, 3, H, W)
-    if augment is not None:
-        for b in range(len(stack)):
-            if augment.random() < KERNEL_P:
-                stack[b] = ct_artifacts.soften(stack[b], augment, model.MODEL_PIXEL_MM)
-            if augment.random() < STREAK_P:
-                stack[b] = ct_artifacts.add_streaks(stack[b], augment, model.MODEL_PIXEL_MM)
-            if augment.random() < RIM_P:
-                stack[b] = ct_artifacts.vary_rim(stack[b], augment, model.MODEL_PIXEL_MM)
-        stack = stack + augment.uniform(-4.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
-        sigma = augment.uniform(0.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
-        stack = stack + sigma * augment.standard_normal(stack.shape, dtype=np.float32)
+    for b in range(len(stack)):
+        if augment.random() < KERNEL_P:
+            stack[b] = ct_artifacts.soften(stack[b], augment, model.MODEL_PIXEL_MM)
+        if augment.random() < STREAK_P:
+            stack[b] = ct_artifacts.add_streaks(stack[b], augment, model.MODEL_PIXEL_MM)
+        if augment.random() < RIM_P:
+            stack[b] = ct_artifacts.vary_rim(stack[b], augment, model.MODEL_PIXEL_MM)
+    stack = stack + augment.uniform(-4.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
+    sigma = augment.uniform(0.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
+    stack = stack + sigma * augment.standard_normal(stack.shape, dtype=np.float32)
     return np.stack([model.network_inputs(s)[1] for s in stack])
 
 
@@ -176,8 +178,8 @@ def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> t
     for case in cases:
         index = data.slab_range(int(case))
         with torch.no_grad():
-            logits = network(torch.from_numpy(_neighbour_inputs(data, index, None))).numpy()
-        probs = model.softmax(logits)
+            probs = model.segment(lambda x: network(torch.from_numpy(x)).numpy(), data.slabs[index], 16,
+                                  model.FLIP_AVERAGE)
         blood = model.blood_probability(probs, data.slabs[index], model.BLOOD_HU)
         features.append(model.image_features(probs, blood, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
         if (data.seg[index] == UNKNOWN_LABEL).all():
@@ -234,8 +236,9 @@ def _fusion_data(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) 
 
 def _fit_fusion(network: torch.nn.Module, data: CaseArrays, split: dict[str, np.ndarray], seed: int, quick: bool
                 ) -> tuple[dict[str, FusionHead], Calibration, dict[str, Any]]:
-    """Heads on V + B, stopping, temperature and threshold (specificity 0.95, clipped 0.2..0.8) on C."""
-    train_data = _fusion_data(network, data, np.concatenate([split["V"], split["B"]]))
+    """Heads on V + B + the extra patients, stopping, temperature and threshold (specificity 0.95, clipped
+    0.2..0.8) on C."""
+    train_data = _fusion_data(network, data, np.concatenate([split["V"], split["B"], split[FUSION_EXTRA_SPLIT]]))
     return fit_heads(train_data, _fusion_data(network, data, split["C"]), seed=seed, quick=quick,
                      specificity=0.95, threshold_range=(0.2, 0.8))
 
@@ -295,14 +298,16 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
                                               with_masks=int(len(np.unique(data.case_of_slab[
                                                   (data.seg != UNKNOWN_LABEL).any(axis=(1, 2))]))))
     else:
-        data = _cached_cohort(size, seed)
+        extra = QUICK_FUSION_EXTRA if quick else FUSION_EXTRA
+        data = _cached_cohort(size + extra, seed)
         training_data = {"source": "synthetic (ai_engine.synthetic.cohorts.ich)", "cases": size,
-                         "generator_version": GENERATOR_VERSION}
-    split = _split(data.label, seed)
+                         "fusion_extra_cases": extra, "generator_version": GENERATOR_VERSION}
+    split = _split(data.label[:size], seed)
     empty = [name for name, cases in split.items() if not len(cases)]
     if empty:
-        raise AiEngineError(f"{len(data.label)} cases leave split(s) {empty} empty: training needs about ten cases "
+        raise AiEngineError(f"{size} cases leave split(s) {empty} empty: training needs about ten cases "
                             "of each label (splits A/V/B/C are stratified by label)")
+    split[FUSION_EXTRA_SPLIT] = np.arange(size, len(data.label))
     if not (data.seg[np.isin(data.case_of_slab, split["A"])] != UNKNOWN_LABEL).any():
         raise AiEngineError("no case of the U-Net training split has a mask.npz: the segmentation network "
                             "needs voxel labels (docs/model-cards/ich.md, \"Training on real data\")")
@@ -320,7 +325,7 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
         "slab_batch": 16, "onnx_threads": 2, "model_pixel_mm": model.MODEL_PIXEL_MM, "slab_mm": model.SLAB_MM,
         "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH), "note_dim": NOTE_DIM,
         "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
-        "blood_hu": list(model.BLOOD_HU),
+        "blood_hu": list(model.BLOOD_HU), "flip_average": model.FLIP_AVERAGE,
     }
     training_data.update(seed=seed, splits={k: int(len(v)) for k, v in split.items()}, unet_epochs_max=epochs,
                          quick=quick, train_seconds=round(time.monotonic() - started, 1))
@@ -336,7 +341,8 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     """Refit the fusion heads of ``bundle`` on its unchanged U-Net (same cohort, seed and splits); minor version.
 
     The synthetic cohort and seed are read from the bundle's metadata, so the splits are the
-    ones the U-Net was trained with; the calibration split C fits temperature and threshold.
+    ones the U-Net was trained with; the heads also learn from this code's ``FUSION_EXTRA``
+    further patients of that seed, and the calibration split C fits temperature and threshold.
     """
     torch.set_num_threads(1)
     loaded = resolve_bundle(bundle, model.NAME)
@@ -344,16 +350,18 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     seed, size = int(recorded["seed"]), int(recorded["cases"])
     seed_everything(seed)
     generator = int(recorded.get("generator_version", 1))  # 1: bundles from before it was recorded
-    data = _cached_cohort(size, seed, generator)
-    split = _split(data.label, seed)
+    extra = QUICK_FUSION_EXTRA if quick else FUSION_EXTRA
+    data = _cached_cohort(size + extra, seed, generator)
+    split = {**_split(data.label[:size], seed), FUSION_EXTRA_SPLIT: np.arange(size, size + extra)}
     network = model.load_eager_model(loaded).network
     heads, calibration, summary = _fit_fusion(network, data, split, seed, quick)
+    summary["fusion_extra_cases"] = extra
     models_dir = bundle_models_dir(loaded.root)
     _save_weights(models_dir, network, heads["dynamic"])
     summary["onnx_max_abs_diff"] = export_heads(heads, models_dir)
     version = write_refit_configs(loaded, calibration, summary, threshold_key="case_threshold",
                                   command="radfusion train ich --fusion-only",
-                                  inference={"blood_hu": list(model.BLOOD_HU)})
+                                  inference={"blood_hu": list(model.BLOOD_HU), "flip_average": model.FLIP_AVERAGE})
     log.info("ich bundle %s: fusion heads refitted, version %s", loaded.root, version)
     return loaded.root
 
