@@ -20,6 +20,10 @@ Pipeline of one exam (any number of views; a screening exam has four):
    modality weights and a log-variance; a temperature fitted on a calibration split turns the
    logit into a probability, from which the BI-RADS-style suggestion follows.
 5. Breast density (A-D) comes from a multinomial logistic model on texture statistics.
+
+Bundles from 2.1.0 (``test_time_augmentation``) average each view's maps with those of the view
+flipped up-down, and each crop's malignancy over its eight quarter turns and mirror images
+(``view_maps``, ``crop_malignancy``; training computes the fusion features the same way).
 """
 
 from __future__ import annotations
@@ -292,6 +296,25 @@ def case_image_features(candidates: list[Candidate], peaks: np.ndarray, breasts:
                      math.log1p(area), _logit(classified[0]), _logit(classified[1])], dtype=np.float32)
 
 
+def view_maps(run: Callable[[np.ndarray], np.ndarray], views: np.ndarray, flip_average: bool) -> np.ndarray:
+    """Probability maps (N, C, H, W) of prepared ``views`` (N, 2, H, W) from ``run``; with ``flip_average`` the
+    mean with the maps of the views flipped up-down (cranial/caudal, or upper/lower, is not a cue)."""
+    maps = run(views)
+    if flip_average:
+        maps = 0.5 * (maps + run(np.ascontiguousarray(views[:, :, ::-1]))[:, :, ::-1])
+    return maps
+
+
+def crop_malignancy(run: Callable[[np.ndarray], np.ndarray], crops: np.ndarray, dihedral_average: bool
+                    ) -> np.ndarray:
+    """Malignancy (N,) of candidate crops (N, 1, h, w) from ``run``; with ``dihedral_average`` the mean over the
+    crops' four quarter turns and their mirror images (a lesion has no preferred orientation)."""
+    if not dihedral_average:
+        return run(crops)
+    turns = [np.rot90(crops, k, axes=(-2, -1)) for k in range(4)]
+    return np.mean([run(np.ascontiguousarray(t)) for turn in turns for t in (turn, turn[..., ::-1])], axis=0)
+
+
 def density_statistics(view: PreparedView) -> np.ndarray:
     """Texture statistics of the inner breast that the density model reads (gain-invariant)."""
     inner = ndimage.binary_erosion(view.breast, iterations=max(int(8.0 / NET_SPACING_MM), 1))
@@ -375,15 +398,16 @@ class MammoFusion:
                                         threads=threads, device=device, eager=lambda: eager().classifier)
         self.density_weights = np.asarray(params["density_weights"], dtype=np.float32)
         self.density_bias = np.asarray(params["density_bias"], dtype=np.float32)
+        self.test_time_augmentation = bool(params.get("test_time_augmentation", False))
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
         """Malignancy probability (N,) of candidate crops (N, 1, CANDIDATE_CROP, CANDIDATE_CROP)."""
-        return self.classifier(crops=crops)[0]
+        return crop_malignancy(lambda c: self.classifier(crops=c)[0], crops, self.test_time_augmentation)
 
     def segment(self, channels: np.ndarray) -> np.ndarray:
         """Probability maps (C, H, W) of one prepared view."""
-        out = self.network(views=channels[None].astype(np.float32))[0]
-        return out[0]
+        return view_maps(lambda v: self.network(views=v)[0], channels[None].astype(np.float32),
+                         self.test_time_augmentation)[0]
 
     def analyse(self, inputs: DetectorInput) -> ExamAnalysis:
         """Run the per-view network and compute the case features (no fusion yet)."""

@@ -55,10 +55,12 @@ from ai_engine.detectors.mammo_fusion import (
     NAME,
     NET_SPACING_MM,
     PreparedView,
+    crop_malignancy,
     density_statistics,
     exam_image_analysis,
     mask_to_network,
     prepare_view,
+    view_maps,
 )
 from ai_engine.detectors.mammo_network import (
     CLASSIFIER_CHANNELS,
@@ -103,7 +105,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.0.0"
+VERSION = "2.1.0"
 COHORT_FORMAT = "2.0.0"  # name of the cached cohort pickle: change it when ExamArrays or the phantom changes
 CROP = 128
 DEFAULT_COHORT = 640
@@ -117,7 +119,7 @@ MODEL_CARD_DIR = Path(__file__).resolve().parents[3] / "docs" / "model-cards" / 
 INFERENCE_DEFAULTS: dict[str, Any] = {
     "net_spacing_mm": NET_SPACING_MM, "candidate_floor": 0.1, "candidates_per_view": 4,
     "match_tolerance_mm": 15.0, "report_threshold": 0.5, "report_case_probability": 0.1, "max_findings": 4,
-    "threads": 2,
+    "threads": 2, "test_time_augmentation": True,
 }
 
 
@@ -282,8 +284,8 @@ def _segmentation_loss(probabilities: torch.Tensor, target: torch.Tensor) -> tor
     return bce + 0.5 * dice.mean()
 
 
-def predict_views(network: MammoNetwork, exam: ExamArrays) -> list[np.ndarray]:
-    """Probability maps (C, H, W) of the exam's views with the eager network.
+def predict_views(network: MammoNetwork, exam: ExamArrays, flip_average: bool = False) -> list[np.ndarray]:
+    """Probability maps (C, H, W) of the exam's views with the eager network (``view_maps``).
 
     Views of one shape (every synthetic exam) run as one batch; a dataset exam's views differ in
     size and run one by one.
@@ -291,7 +293,8 @@ def predict_views(network: MammoNetwork, exam: ExamArrays) -> list[np.ndarray]:
     channels = [v.channels.astype(np.float32) for v in exam.views]
     groups = [channels] if len({c.shape for c in channels}) == 1 else [[c] for c in channels]
     with torch.no_grad():
-        return [p for group in groups for p in network(torch.from_numpy(np.stack(group))).numpy()]
+        return [p for group in groups
+                for p in view_maps(lambda x: network(torch.from_numpy(x)).numpy(), np.stack(group), flip_average)]
 
 
 def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epochs: int, steps: int, batch: int,
@@ -321,9 +324,10 @@ def train_network(exams: list[ExamArrays], validation: list[ExamArrays], *, epoc
 def case_table(network: MammoNetwork, classifier: CandidateClassifier, exams: list[ExamArrays],
                params: dict[str, Any]) -> FusionData:
     """Image features (from the detector's own analysis code) plus encodings for each exam."""
-    classify = partial(mammo_candidates.classify_crops, classifier)
-    images = [exam_image_analysis(e.views, predict_views(network, e), list(e.identities), params, classify)[1]
-              for e in exams]
+    augment = bool(params["test_time_augmentation"])
+    classify = partial(crop_malignancy, partial(mammo_candidates.classify_crops, classifier), dihedral_average=augment)
+    images = [exam_image_analysis(e.views, predict_views(network, e, augment), list(e.identities), params,
+                                  classify)[1] for e in exams]
     return FusionData(np.stack(images), np.stack([e.clinical for e in exams]),
                       np.stack([e.clinical_present for e in exams]), np.stack([e.text for e in exams]),
                       np.array([e.text_present for e in exams]), np.array([e.label for e in exams]))
@@ -570,7 +574,8 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     torch.save(MammoFusionModel(model.network, model.classifier, heads["dynamic"]).state_dict(), models / "model.pt")
     summary["onnx_max_abs_diff"] = export_heads(heads, models)
     version = write_refit_configs(loaded, calibration, summary, threshold_key="positive_threshold",
-                                  command="radfusion train mammo --fusion-only")
+                                  command="radfusion train mammo --fusion-only",
+                                  inference={"test_time_augmentation": INFERENCE_DEFAULTS["test_time_augmentation"]})
     log.info("mammo bundle %s: fusion heads refitted, version %s", loaded.root, version)
     return loaded.root
 

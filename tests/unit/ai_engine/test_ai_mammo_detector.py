@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ai_engine.detectors.base import DetectorInput
-from ai_engine.detectors.mammo_fusion import birads_suggestion, prepare_view
+from ai_engine.detectors.mammo_fusion import birads_suggestion, crop_malignancy, prepare_view, view_maps
 from ai_engine.detectors.registry import create_detector
 from ai_engine.mammo import MammoView
 from ai_engine.results import FindingType
@@ -75,3 +75,30 @@ def test_prepared_view_puts_the_chest_wall_left_and_ignores_grey_level_scale() -
     assert not left.flipped and right.flipped
     assert left.breast[:, 0].sum() > left.breast[:, -1].sum() and right.breast[:, 0].sum() > 0
     np.testing.assert_allclose(scaled.channels, left.channels, atol=2e-3)
+
+
+def test_view_maps_flip_average_is_symmetric_up_down() -> None:
+    """A network that favours the upper rows gives an up-down symmetric map of a symmetric view once averaged."""
+    ramp = np.linspace(2.0, -2.0, 32, dtype=np.float32)[:, None]
+
+    def run(views: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(views + ramp)))
+
+    views = np.full((1, 2, 32, 16), 0.3, dtype=np.float32)
+    plain, averaged = view_maps(run, views, False), view_maps(run, views, True)
+    assert not np.allclose(plain, plain[:, :, ::-1])
+    assert np.allclose(averaged, averaged[:, :, ::-1], atol=1e-6)
+    assert averaged.shape == views.shape
+
+
+def test_crop_malignancy_dihedral_average_visits_every_orientation() -> None:
+    """A 'classifier' that reads the top-left pixel sees each corner twice among the eight orientations."""
+    crops = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    crops[:, 0, 0, 0], crops[:, 0, 0, -1], crops[:, 0, -1, 0], crops[:, 0, -1, -1] = 1.0, 2.0, 3.0, 4.0
+    crops[1] *= 10.0
+
+    def top_left(c: np.ndarray) -> np.ndarray:
+        return c[:, 0, 0, 0].copy()
+
+    assert crop_malignancy(top_left, crops, False).tolist() == [1.0, 10.0]
+    assert crop_malignancy(top_left, crops, True) == pytest.approx([2.5, 25.0])
