@@ -61,9 +61,9 @@ from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.6.0"
+VERSION = "1.7.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
-FUSION_EXTRA, QUICK_FUSION_EXTRA = 400, 4  # synthetic patients beyond the cohort that only the fusion heads see
+FUSION_EXTRA, QUICK_FUSION_EXTRA = 1600, 4  # synthetic patients beyond the cohort that only the fusion heads see
 UNET_EPOCHS, QUICK_EPOCHS = 40, 1
 SAMPLES_PER_EPOCH = 2000
 EVAL_SEED, EVAL_SIZE = 7, 150
