@@ -140,6 +140,13 @@ def _cached_cohort(size: int, seed: int, generator: int = GENERATOR_VERSION) -> 
     return data
 
 
+def _synthetic_cohort(size: int, seed: int, quick: bool, generator: int = GENERATOR_VERSION
+                      ) -> tuple[CaseArrays, int]:
+    """The synthetic cohort's ``size`` patients followed by the fusion heads' further ones, and how many those are."""
+    extra = QUICK_FUSION_EXTRA if quick else FUSION_EXTRA
+    return _cached_cohort(size + extra, seed, generator), extra
+
+
 def _neighbour_inputs(data: CaseArrays, index: np.ndarray, augment: np.random.Generator) -> np.ndarray:
     """Augmented network inputs of the slabs ``index`` with their same-case neighbours."""
     stacks = []
@@ -265,6 +272,11 @@ def _split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
+def _training_splits(labels: np.ndarray, cases: int, seed: int) -> dict[str, np.ndarray]:
+    """Splits A/V/B/C of the first ``cases`` patients; every patient after them trains the fusion heads only."""
+    return {**_split(labels[:cases], seed), FUSION_EXTRA_SPLIT: np.arange(cases, len(labels))}
+
+
 def _export_network(network: torch.nn.Module, models_dir: Path) -> None:
     network.eval()
     torch.onnx.export(network, (torch.zeros(2, model.IN_CHANNELS, model.MODEL_SIZE, model.MODEL_SIZE),),
@@ -293,21 +305,20 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     if data_dir is not None:
         rows = ich_cases.read_table(data_dir)
         data = build_arrays(ich_cases.load_cases(data_dir, rows), total=len(rows))
+        size = len(rows)  # every case of a dataset goes to the splits
         training_data = dataset_provenance(data_dir, ["cases.csv"], cases=len(rows),
                                               positives=int(data.label.sum()),
                                               with_masks=int(len(np.unique(data.case_of_slab[
                                                   (data.seg != UNKNOWN_LABEL).any(axis=(1, 2))]))))
     else:
-        extra = QUICK_FUSION_EXTRA if quick else FUSION_EXTRA
-        data = _cached_cohort(size + extra, seed)
+        data, extra = _synthetic_cohort(size, seed, quick)
         training_data = {"source": "synthetic (ai_engine.synthetic.cohorts.ich)", "cases": size,
                          "fusion_extra_cases": extra, "generator_version": GENERATOR_VERSION}
-    split = _split(data.label[:size], seed)
-    empty = [name for name, cases in split.items() if not len(cases)]
+    split = _training_splits(data.label, size, seed)
+    empty = [name for name in SPLITS if not len(split[name])]
     if empty:
         raise AiEngineError(f"{size} cases leave split(s) {empty} empty: training needs about ten cases "
                             "of each label (splits A/V/B/C are stratified by label)")
-    split[FUSION_EXTRA_SPLIT] = np.arange(size, len(data.label))
     if not (data.seg[np.isin(data.case_of_slab, split["A"])] != UNKNOWN_LABEL).any():
         raise AiEngineError("no case of the U-Net training split has a mask.npz: the segmentation network "
                             "needs voxel labels (docs/model-cards/ich.md, \"Training on real data\")")
@@ -350,9 +361,8 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     seed, size = int(recorded["seed"]), int(recorded["cases"])
     seed_everything(seed)
     generator = int(recorded.get("generator_version", 1))  # 1: bundles from before it was recorded
-    extra = QUICK_FUSION_EXTRA if quick else FUSION_EXTRA
-    data = _cached_cohort(size + extra, seed, generator)
-    split = {**_split(data.label[:size], seed), FUSION_EXTRA_SPLIT: np.arange(size, size + extra)}
+    data, extra = _synthetic_cohort(size, seed, quick, generator)
+    split = _training_splits(data.label, size, seed)
     network = model.load_eager_model(loaded).network
     heads, calibration, summary = _fit_fusion(network, data, split, seed, quick)
     summary["fusion_extra_cases"] = extra

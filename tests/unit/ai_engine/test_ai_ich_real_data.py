@@ -112,6 +112,17 @@ def test_training_on_the_dataset_writes_a_bundle_that_names_it(dataset: Path, tm
         ich.train_fusion_only(bundle=root, quick=True)
 
 
+def test_every_dataset_case_goes_to_the_training_splits(dataset: Path, tmp_path: Path) -> None:
+    """A dataset is split whole, whatever the synthetic cohort size; no case is set aside for the fusion heads
+    only (that is for the synthetic cohort's further patients)."""
+    from ai_engine.training.tasks import ich
+
+    root = ich.train(out_dir=tmp_path / "bundle", epochs=None, cohort_size=12, seed=0, quick=True, data_dir=dataset)
+    splits = json.loads((root / "configs" / "metadata.json").read_text())["training_data"]["splits"]
+    assert sum(splits[name] for name in ich.SPLITS) == 20
+    assert splits[ich.FUSION_EXTRA_SPLIT] == 0
+
+
 def _copy_of(dataset: Path, tmp_path: Path) -> Path:
     import shutil
 
