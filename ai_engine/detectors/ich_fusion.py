@@ -62,6 +62,7 @@ WIDE_WINDOW = (-100.0, 1100.0)
 IMAGE_FEATURES = ("max_prob", "top20_mean", "log_volume_ml", "log_confident_volume_ml", "log_largest_ml",
                   *(f"log_{s}_ml" for s in SUBTYPES))
 BACKGROUND_HU = -1000.0
+SLAB_BATCH = 16  # slabs per network call (bundle key slab_batch)
 FLIP_AVERAGE = True  # bundles trained or refitted by this code average each slab with its mirror image
 NOTES = ("deep fusion model trained on synthetic phantoms only; not validated on patient data; "
          "not for clinical use",)
@@ -259,7 +260,7 @@ class IchFusion:
         self.component_threshold = float(params["component_threshold"])
         self.min_component_ml = float(params["min_component_ml"])
         self.blood_hu = tuple(params["blood_hu"]) if "blood_hu" in params else None
-        self.batch = int(params.get("slab_batch", 16))
+        self.batch = int(params.get("slab_batch", SLAB_BATCH))
         self.flip_average = bool(params.get("flip_average", False))
         if params.get("clinical_features") != feature_names(Task.ICH):
             raise DetectorInputError(f"{NAME}: bundle clinical features {params.get('clinical_features')} differ "

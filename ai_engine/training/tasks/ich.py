@@ -185,8 +185,8 @@ def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> t
     for case in cases:
         index = data.slab_range(int(case))
         with torch.no_grad():
-            probs = model.segment(lambda x: network(torch.from_numpy(x)).numpy(), data.slabs[index], 16,
-                                  model.FLIP_AVERAGE)
+            probs = model.segment(lambda x: network(torch.from_numpy(x)).numpy(), data.slabs[index],
+                                  model.SLAB_BATCH, model.FLIP_AVERAGE)
         blood = model.blood_probability(probs, data.slabs[index], model.BLOOD_HU)
         features.append(model.image_features(probs, blood, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
         if (data.seg[index] == UNKNOWN_LABEL).all():
@@ -333,9 +333,9 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     inference = {
         "deployed": "model.onnx", "fusion_deployed": "fusion.onnx", "temperature": round(calibration.temperature, 5),
         "case_threshold": round(calibration.threshold, 5), "component_threshold": 0.5, "min_component_ml": 0.03,
-        "slab_batch": 16, "onnx_threads": 2, "model_pixel_mm": model.MODEL_PIXEL_MM, "slab_mm": model.SLAB_MM,
-        "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH), "note_dim": NOTE_DIM,
-        "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
+        "slab_batch": model.SLAB_BATCH, "onnx_threads": 2, "model_pixel_mm": model.MODEL_PIXEL_MM,
+        "slab_mm": model.SLAB_MM, "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH),
+        "note_dim": NOTE_DIM, "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
         "blood_hu": list(model.BLOOD_HU), "flip_average": model.FLIP_AVERAGE,
     }
     training_data.update(seed=seed, splits={k: int(len(v)) for k, v in split.items()}, unet_epochs_max=epochs,
