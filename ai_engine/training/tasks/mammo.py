@@ -651,8 +651,11 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
 
     ``data_dir``: evaluate on the **test** tables of a CBIS-DDSM-layout dataset instead (the train
     tables are what ``train --data-dir`` learns from); ``pixel_spacing_mm`` for its images without
-    a spacing in the header. ``out_dir`` is then required and the bundle's metadata is left as it is,
-    so the model card's metrics stay the project's.
+    a spacing in the header. ``out_dir`` is then required.
+
+    Only the evaluation that writes the model card's files (no ``out_dir``) records its summary in the
+    bundle's metadata; any other (another seed or size, a dataset) leaves the bundle as it is, so the
+    model card's metrics stay the project's.
     """
     from ai_engine.detectors.mammo_baseline import MammoBaseline
     from ai_engine.detectors.mammo_fusion import MammoFusion
@@ -695,7 +698,7 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
         held_out = {"cases": len(rows), "positives": int(labels.sum()), "seed": held_seed,
                     "acquisition": HELDOUT_ACQUISITION.__dict__}
     result = _report(rows, FusionData.join(tables), heads, resolved.root, out, held_seed, held_out)
-    if data_dir is None:
+    if out_dir is None:
         _record_in_bundle(resolved, result, len(rows))
     return result
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +132,17 @@ def test_deployed_onnx_matches_eager_pytorch_within_1e_4() -> None:
     with torch.no_grad():
         eager = network(torch.from_numpy(view.channels[None])).numpy()
     assert np.abs(onnx_out - eager).max() < 1e-4
+
+
+def test_an_evaluation_into_another_directory_leaves_the_deployed_bundle_as_it_is(tmp_path: Path) -> None:
+    """``evaluate mammo --seed S --cohort-size N --out-dir DIR`` (a second held-out cohort, a validation read) must
+    not overwrite the held-out summary the bundle's metadata records for the model card."""
+    from ai_engine.bundle import resolve_bundle
+    from ai_engine.training import cli
+
+    deployed = resolve_bundle(None, "mammo_fusion").root
+    before = {p: p.read_bytes() for p in sorted(deployed.rglob("*")) if p.is_file()}
+    out = tmp_path / "seed8889"
+    assert cli.main(["evaluate", "mammo", "--seed", "8889", "--cohort-size", "3", "--out-dir", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["held_out"]["seed"] == 8889
+    assert {p: p.read_bytes() for p in sorted(deployed.rglob("*")) if p.is_file()} == before
