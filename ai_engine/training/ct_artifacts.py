@@ -6,7 +6,8 @@ soft kernel blurs each slab as a whole, since spreading the skull into the brain
 They are generic — straight bands at any height, angle, width and sign; a rim of any sign along any
 bone edge; any blur up to 1.2 mm — not a copy of the synthetic generator's artifact model, so a
 network trained with them learns that a straight band, a bright rim against bone or a blurred skull
-edge is not blood whatever draws it.
+edge is not blood whatever draws it. ``augment_case`` draws them over a whole case, so that the
+fusion heads also learn what the U-Net's features look like under these artifacts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ STREAK_BANDS = (1, 6)
 RIM_MM = (1.0, 4.0)
 RIM_HU = (-6.0, 14.0)
 KERNEL_MM = (0.0, 1.2)
+HU_OFFSET = 4.0  # a whole stack or case shifted by up to +/- this
+NOISE_MAX_HU = 4.0  # Gaussian noise of sigma 0..this added
+CASE_P = 0.5  # share of whole cases given each artifact (augment_case)
+STREAK_EVENTS = (1, 4)  # streaky cases get 1-3 streak events, each at its own height
 
 
 def _soft_tissue(stack: np.ndarray) -> np.ndarray:
@@ -72,3 +77,22 @@ def soften(stack: np.ndarray, rng: np.random.Generator, pixel_mm: float) -> np.n
     """
     sigma = rng.uniform(*KERNEL_MM) / pixel_mm
     return ndimage.gaussian_filter(stack, sigma=(0.0, sigma, sigma), mode="nearest")
+
+
+def augment_case(slabs: np.ndarray, rng: np.random.Generator, pixel_mm: float) -> np.ndarray:
+    """One draw of the artifacts over a whole case's slabs ``(S, H, W)`` (HU), for features the fusion heads learn.
+
+    Each with probability ``CASE_P``: a softer kernel on every slab; 1-3 streak events, each ``add_streaks``
+    on three neighbouring slabs at a random height; a rim. Then an HU offset and noise, as the U-Net's stacks.
+    """
+    out = slabs.astype(np.float32)
+    if rng.random() < CASE_P:
+        out = soften(out, rng, pixel_mm)
+    if rng.random() < CASE_P and len(out) >= 3:
+        for _ in range(int(rng.integers(*STREAK_EVENTS))):
+            centre = int(rng.integers(1, len(out) - 1))
+            out[centre - 1:centre + 2] = add_streaks(out[centre - 1:centre + 2], rng, pixel_mm)
+    if rng.random() < CASE_P:
+        out = vary_rim(out, rng, pixel_mm)
+    noise = np.float32(rng.uniform(0.0, NOISE_MAX_HU)) * rng.standard_normal(out.shape, dtype=np.float32)
+    return out + np.float32(rng.uniform(-HU_OFFSET, HU_OFFSET)) + noise

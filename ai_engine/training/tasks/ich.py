@@ -3,8 +3,10 @@
 Training splits one synthetic cohort by patient: the U-Net learns on split A (early stopping on
 V); the fusion heads (dynamic, plus the concat and image-only heads of the fusion experiment)
 learn on V + B from the U-Net's features, plus (synthetic cohorts, since bundle 1.6.0) the
-features of ``FUSION_EXTRA`` further patients of the same seed that no split holds, stop early
-on C, and the temperature and case threshold are fitted on C. Evaluation generates a held-out cohort with another seed and
+features of ``FUSION_EXTRA`` further patients of the same seed that no split holds, and (since
+bundle 1.8.0) a copy of each of those rows computed on the case with CT artifacts drawn over it
+(``ct_artifacts.augment_case``); they stop early on C (no artifacts), and the temperature and
+case threshold are fitted on C. Evaluation generates a held-out cohort with another seed and
 shifted acquisition settings, writes every case as DICOM, loads it through the server's
 loader and runs the deployed detector and the classical baseline on the same cases.
 """
@@ -61,7 +63,7 @@ from ai_engine.training.loop import TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.7.0"
+VERSION = "1.8.0"
 TRAIN_SIZE, QUICK_SIZE = 400, 24
 FUSION_EXTRA, QUICK_FUSION_EXTRA = 1600, 4  # synthetic patients beyond the cohort that only the fusion heads see
 UNET_EPOCHS, QUICK_EPOCHS = 40, 1
@@ -76,6 +78,9 @@ KERNEL_P, STREAK_P, RIM_P = 0.5, 0.25, 0.5  # share of training slab stacks give
 AUGMENTATION = (f"U-Net slab stacks: left-right flips, shifts up to 8 pixels, HU offset +/-4, noise 0-4 HU; CT "
                 f"artifacts (ai_engine.training.ct_artifacts) on a share of them: softer kernel {KERNEL_P:g}, "
                 f"beam-hardening streak bands {STREAK_P:g}, inner-table rim {RIM_P:g}")
+HEAD_AUGMENTATION = (f"fusion-head training rows: each case once as acquired and once with CT artifacts over the "
+                     f"whole case (ai_engine.training.ct_artifacts.augment_case: softer kernel, 1-3 streak events, "
+                     f"rim, each on a share {ct_artifacts.CASE_P:g} of the cases; HU offset and noise on all)")
 
 
 @dataclass
@@ -162,8 +167,9 @@ def _neighbour_inputs(data: CaseArrays, index: np.ndarray, augment: np.random.Ge
             stack[b] = ct_artifacts.add_streaks(stack[b], augment, model.MODEL_PIXEL_MM)
         if augment.random() < RIM_P:
             stack[b] = ct_artifacts.vary_rim(stack[b], augment, model.MODEL_PIXEL_MM)
-    stack = stack + augment.uniform(-4.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
-    sigma = augment.uniform(0.0, 4.0, size=(len(index), 1, 1, 1)).astype(np.float32)
+    offset = augment.uniform(-ct_artifacts.HU_OFFSET, ct_artifacts.HU_OFFSET, size=(len(index), 1, 1, 1))
+    stack = stack + offset.astype(np.float32)
+    sigma = augment.uniform(0.0, ct_artifacts.NOISE_MAX_HU, size=(len(index), 1, 1, 1)).astype(np.float32)
     stack = stack + sigma * augment.standard_normal(stack.shape, dtype=np.float32)
     return np.stack([model.network_inputs(s)[1] for s in stack])
 
@@ -178,16 +184,25 @@ def _augment_geometry(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) ->
     return x, y
 
 
-def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> tuple[np.ndarray, float]:
-    """Image features of ``cases`` (blood-density gated, ``model.BLOOD_HU``) and the foreground Dice over them."""
+def _predict(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray, artifact_seed: int | None = None
+             ) -> tuple[np.ndarray, float]:
+    """Image features of ``cases`` (blood-density gated, ``model.BLOOD_HU``) and the foreground Dice over them.
+
+    ``artifact_seed``: each case's slabs first get one draw of ``ct_artifacts.augment_case``, seeded by
+    (artifact_seed, case).
+    """
     features, inter, total = [], 0.0, 0.0
     network.eval()
     for case in cases:
         index = data.slab_range(int(case))
+        slabs = data.slabs[index]
+        if artifact_seed is not None:
+            slabs = ct_artifacts.augment_case(slabs, np.random.default_rng((artifact_seed, int(case))),
+                                              model.MODEL_PIXEL_MM)
         with torch.no_grad():
-            probs = model.segment(lambda x: network(torch.from_numpy(x)).numpy(), data.slabs[index],
-                                  model.SLAB_BATCH, model.FLIP_AVERAGE)
-        blood = model.blood_probability(probs, data.slabs[index], model.BLOOD_HU)
+            probs = model.segment(lambda x: network(torch.from_numpy(x)).numpy(), slabs, model.SLAB_BATCH,
+                                  model.FLIP_AVERAGE)
+        blood = model.blood_probability(probs, slabs, model.BLOOD_HU)
         features.append(model.image_features(probs, blood, model.MODEL_PIXEL_MM**2 * model.SLAB_MM / 1000.0))
         if (data.seg[index] == UNKNOWN_LABEL).all():
             continue
@@ -235,19 +250,25 @@ def _train_network(data: CaseArrays, train_cases: np.ndarray, val_cases: np.ndar
     return network
 
 
-def _fusion_data(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray) -> FusionData:
-    """Fusion-head table of ``cases``: the U-Net's image features and the cached clinical encodings."""
-    return FusionData(_predict(network, data, cases)[0], data.clinical[cases], data.clinical_present[cases],
-                      data.note[cases], data.note_present[cases], data.label[cases])
+def _fusion_data(network: torch.nn.Module, data: CaseArrays, cases: np.ndarray, artifact_seed: int | None = None
+                 ) -> FusionData:
+    """Fusion-head table of ``cases``: the U-Net's image features (see ``_predict``) and the cached clinical
+    encodings."""
+    return FusionData(_predict(network, data, cases, artifact_seed)[0], data.clinical[cases],
+                      data.clinical_present[cases], data.note[cases], data.note_present[cases], data.label[cases])
 
 
 def _fit_fusion(network: torch.nn.Module, data: CaseArrays, split: dict[str, np.ndarray], seed: int, quick: bool
                 ) -> tuple[dict[str, FusionHead], Calibration, dict[str, Any]]:
-    """Heads on V + B + the extra patients, stopping, temperature and threshold (specificity 0.95, clipped
-    0.2..0.8) on C."""
-    train_data = _fusion_data(network, data, np.concatenate([split["V"], split["B"], split[FUSION_EXTRA_SPLIT]]))
-    return fit_heads(train_data, _fusion_data(network, data, split["C"]), seed=seed, quick=quick,
-                     specificity=0.95, threshold_range=(0.2, 0.8))
+    """Heads on V + B + the extra patients, each once as acquired and once with CT artifacts drawn over it;
+    stopping, temperature and threshold (specificity 0.95, clipped 0.2..0.8) on C as acquired."""
+    rows = np.concatenate([split["V"], split["B"], split[FUSION_EXTRA_SPLIT]])
+    train_data = FusionData.join([_fusion_data(network, data, rows),
+                                  _fusion_data(network, data, rows, artifact_seed=seed)])
+    heads, calibration, summary = fit_heads(train_data, _fusion_data(network, data, split["C"]), seed=seed,
+                                            quick=quick, specificity=0.95, threshold_range=(0.2, 0.8))
+    summary["artifact_copies"] = {"rows": int(len(rows)), "augmentation": HEAD_AUGMENTATION}
+    return heads, calibration, summary
 
 
 def _save_weights(models_dir: Path, network: torch.nn.Module, head: FusionHead) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ai_engine.training import ct_artifacts
 
@@ -57,3 +58,26 @@ def test_soft_kernel_blurs_the_skull_into_the_brain_within_each_slab_only() -> N
         assert np.isclose(out[1].sum(), stack[1].sum(), rtol=1e-3)  # blurred, not brightened
         rim.append(float(out[1][(radius >= 48.0) & (radius < 50.0)].mean()))
     assert min(rim) >= 30.0 - 1e-3 and max(rim) > 60.0  # the brain next to the skull gets brighter
+
+
+@pytest.mark.parametrize("slabs", [2, 6])
+def test_a_whole_case_draw_is_reproducible_and_keeps_the_case_shape(slabs: int) -> None:
+    """Streak events need three neighbouring slabs; a two-slab case still gets the other artifacts."""
+    case = np.repeat(_stack()[:1], slabs, axis=0)
+    draws = [ct_artifacts.augment_case(case, np.random.default_rng(seed), 2.0) for seed in (0, 0, 1)]
+    assert all(d.shape == case.shape and d.dtype == np.float32 for d in draws)
+    assert np.array_equal(draws[0], draws[1]) and not np.array_equal(draws[0], draws[2])
+    assert not np.array_equal(draws[0], case)  # offset and noise at least
+    assert np.array_equal(case, np.repeat(_stack()[:1], slabs, axis=0))  # the input is left as it was
+
+
+def test_whole_case_streak_events_fall_at_different_heights() -> None:
+    case = np.repeat(_stack()[:1], 12, axis=0)
+    brain = np.hypot(*(np.mgrid[-32:32, -32:32] * 2.0)) < 40.0
+    streaked = set()
+    for seed in range(40):
+        out = ct_artifacts.augment_case(case, np.random.default_rng(seed), 2.0)
+        offset = np.median(out[:, brain] - 30.0)  # the whole-case HU offset (noise is zero-mean)
+        spread = np.abs(out[:, brain] - 30.0 - offset).max(axis=1)
+        streaked.update(np.flatnonzero(spread > spread.min() + 10.0).tolist())
+    assert len(streaked) >= 6  # bands appear on many heights across draws, not only in the middle slabs

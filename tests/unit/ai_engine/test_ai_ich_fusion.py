@@ -136,7 +136,8 @@ def test_clinical_context_gives_weights_over_three_modalities(detector: ich_fusi
 
 def test_synthetic_training_gives_the_heads_the_extra_patients(tmp_path: Path) -> None:
     """The quick synthetic run: the U-Net's splits come from the cohort's first patients, the fusion heads
-    also learn from the further ones, and the bundle records both and turns flip averaging on."""
+    also learn from the further ones and from an artifact copy of each, and the bundle records them and turns
+    flip averaging on."""
     import json
 
     from ai_engine.training.tasks import ich
@@ -147,5 +148,7 @@ def test_synthetic_training_gives_the_heads_the_extra_patients(tmp_path: Path) -
     splits = recorded["splits"]
     assert recorded["cases"] == ich.QUICK_SIZE == sum(splits[name] for name in ich.SPLITS)
     assert recorded["fusion_extra_cases"] == splits[ich.FUSION_EXTRA_SPLIT] == ich.QUICK_FUSION_EXTRA > 0
-    assert metadata["fusion"]["train_rows"] == splits["V"] + splits["B"] + ich.QUICK_FUSION_EXTRA
+    head_cases = splits["V"] + splits["B"] + ich.QUICK_FUSION_EXTRA
+    assert metadata["fusion"]["artifact_copies"]["rows"] == head_cases
+    assert metadata["fusion"]["train_rows"] == 2 * head_cases  # each once as acquired, once with CT artifacts
     assert json.loads((root / "configs" / "inference.json").read_text())["flip_average"] is True
