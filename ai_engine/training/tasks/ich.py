@@ -75,11 +75,13 @@ SPLITS = {"A": 0.65, "V": 0.08, "B": 0.19, "C": 0.08}
 FUSION_EXTRA_SPLIT = "fusion_extra"  # the patients after the cohort's first ``cases``: fusion-head training only
 BLOOD_CLASS_WEIGHT = 3.0
 KERNEL_P, STREAK_P, RIM_P = 0.5, 0.25, 0.5  # share of training slab stacks given each artifact (ct_artifacts)
-AUGMENTATION = (f"U-Net slab stacks: left-right flips, shifts up to 8 pixels, HU offset +/-4, noise 0-4 HU; CT "
+AUGMENTATION = (f"U-Net slab stacks: left-right flips, shifts up to 8 pixels, HU offset +/-{ct_artifacts.HU_OFFSET:g}, "
+                f"noise 0-{ct_artifacts.NOISE_MAX_HU:g} HU; CT "
                 f"artifacts (ai_engine.training.ct_artifacts) on a share of them: softer kernel {KERNEL_P:g}, "
                 f"beam-hardening streak bands {STREAK_P:g}, inner-table rim {RIM_P:g}")
 HEAD_AUGMENTATION = (f"fusion-head training rows: each case once as acquired and once with CT artifacts over the "
-                     f"whole case (ai_engine.training.ct_artifacts.augment_case: softer kernel, 1-3 streak events, "
+                     f"whole case (ai_engine.training.ct_artifacts.augment_case: softer kernel, "
+                     f"{ct_artifacts.STREAK_EVENTS[0]}-{ct_artifacts.STREAK_EVENTS[1] - 1} streak events, "
                      f"rim, each on a share {ct_artifacts.CASE_P:g} of the cases; HU offset and noise on all)")
 
 
