@@ -4,9 +4,11 @@
 by case into network-training (with a network-validation part), fusion-training and calibration
 splits, train the per-view ``BasicUNet`` on 128x128 crops (mass and calcification-cluster maps),
 then the candidate classifier on the network's candidates of the same exams
-(``ai_engine.training.tasks.mammo_candidates``), compute case features with the detector's own code, train the fusion heads (dynamic, concat and
-image-only, for the fusion experiment), fit the temperature and the operating threshold on the
-calibration split, fit the density model on texture statistics, export ONNX and write the bundle.
+(``ai_engine.training.tasks.mammo_candidates``), compute case features with the detector's own code, train
+the fusion heads (dynamic, concat and image-only, for the fusion experiment) on the fusion-training split
+plus ``FUSION_EXTRA_EXAMS`` further synthetic exams that neither network has seen, fit the temperature and
+the operating threshold on the calibration split, fit the density model on texture statistics, export ONNX
+and write the bundle.
 
 With ``data_dir`` the exams come from a CBIS-DDSM-layout dataset (``ai_engine.training.datasets.cbis_ddsm``,
 train tables only, shuffled with the seed and split by patient, not cached) and the same code trains on them.
@@ -105,13 +107,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.1.0"
+VERSION = "2.2.0"
 COHORT_FORMAT = "2.0.0"  # name of the cached cohort pickle: change it when ExamArrays or the phantom changes
 CROP = 128
 DEFAULT_COHORT = 640
 QUICK_COHORT = 24
 CLASSIFIER_EPOCHS = 40
 CLASSIFIER_EXTRA_EXAMS = 1000  # synthetic exams beyond the cohort whose crops only the candidate classifier sees
+FUSION_EXTRA_EXAMS = 2000  # synthetic exams after those that only the fusion heads see (never seen by a network)
+EXTRA_CHUNK = 100  # further exams generated and analysed at a time (a prepared exam holds ~3 MB)
 HELDOUT_SEED = 8888  # 7777 served the first model's evaluation and a diagnosis: no longer unseen
 DEFAULT_HELDOUT_SIZE = 200
 SPLIT_FRACTIONS = (0.55, 0.07, 0.28)  # network train, network validation, fusion train; rest calibration
@@ -184,6 +188,11 @@ def real_exam_arrays(exam: RealMammoExam) -> ExamArrays:
                         identities=exam.identities)
 
 
+def exam_seeds(seed: int, first: int, count: int) -> list[int]:
+    """Generator seeds of the exams ``first`` .. ``first + count - 1`` of the synthetic stream of ``seed``."""
+    return [seed * 1_000_003 + first + i for i in range(count)]
+
+
 def _make_exam(job: tuple[int, Acquisition]) -> ExamArrays:
     return exam_arrays(generate_case(*job))
 
@@ -200,7 +209,7 @@ def generate_exams(seeds: list[int], acquisition: Acquisition, workers: int = 2)
 def _cached_exams(seed: int, size: int, quick: bool) -> list[ExamArrays]:
     """The prepared training cohort (``size`` exams of ``seed``), generated once and kept as a pickle in the
     temp directory."""
-    seeds = [seed * 1_000_003 + i for i in range(size)]
+    seeds = exam_seeds(seed, 0, size)
     cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{size}-v{COHORT_FORMAT}.pkl"
     if cache.is_file() and not quick:
         log.info("reading the prepared cohort from %s", cache)
@@ -386,13 +395,25 @@ def export_network(network: MammoNetwork, models_dir: Path) -> float:
     return float(np.abs(session.run(None, {"views": probe.numpy()})[0] - eager).max())
 
 
+def fusion_extra_seeds(seed: int, size: int, count: int) -> list[int]:
+    """Generator seeds of the fusion heads' ``count`` further exams: after the cohort's ``size`` exams and the
+    candidate classifier's ``CLASSIFIER_EXTRA_EXAMS`` (``extra_crops``), so neither network has seen them."""
+    return exam_seeds(seed, size + CLASSIFIER_EXTRA_EXAMS, count)
+
+
 def _fusion_tables(network: MammoNetwork, classifier: CandidateClassifier, exams: list[ExamArrays], size: int,
-                   quick: bool) -> tuple[FusionData, FusionData]:
-    """(fusion-training, calibration) tables of the cohort's splits."""
+                   quick: bool, extra_seeds: Sequence[int] = ()) -> tuple[FusionData, FusionData]:
+    """(fusion-training, calibration) tables: the cohort's splits, the first with the exams of ``extra_seeds``
+    (generated with the training acquisition ``EXTRA_CHUNK`` at a time) appended."""
     _, _, fusion_train, calibration = (exams[s] for s in _split(size, quick))
     params = dict(INFERENCE_DEFAULTS)
-    return (case_table(network, classifier, fusion_train, params),
-            case_table(network, classifier, calibration, params))
+    train_parts = [case_table(network, classifier, fusion_train, params)]
+    for start in range(0, len(extra_seeds), EXTRA_CHUNK):
+        log.info("fusion heads: further exams %d-%d of %d", start + 1, min(start + EXTRA_CHUNK, len(extra_seeds)),
+                 len(extra_seeds))
+        chunk = generate_exams(list(extra_seeds[start:start + EXTRA_CHUNK]), TRAIN_ACQUISITION)
+        train_parts.append(case_table(network, classifier, chunk, params))
+    return FusionData.join(train_parts), case_table(network, classifier, calibration, params)
 
 
 def _extra_exam_crops(network: MammoNetwork, seed: int, params: dict[str, Any], job: int) -> mammo_candidates.CropSet:
@@ -406,7 +427,7 @@ def extra_crops(network: MammoNetwork, seed: int, first: int, count: int, params
     """Crops of ``count`` further synthetic exams of the cohort's seed (indices ``first`` on: never in its
     splits, so never in a fusion-training or calibration table), generated in two worker processes and
     kept as crops only."""
-    jobs = [seed * 1_000_003 + first + i for i in range(count)]
+    jobs = exam_seeds(seed, first, count)
     work = partial(_extra_exam_crops, network.eval(), seed, params)
     with multiprocessing.get_context("fork").Pool(2) as pool:
         return mammo_candidates.CropSet.join(list(pool.imap(work, jobs, chunksize=8)))
@@ -528,8 +549,11 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
     classifier, classifier_record = train_candidate_classifier(
         network, exams, size, seed=seed, quick=quick,
         extra_exams=0 if data_dir is not None or quick else CLASSIFIER_EXTRA_EXAMS)
-    heads, calibration, fusion_summary = _fit_fusion(*_fusion_tables(network, classifier, exams, size, quick), seed,
-                                                     quick)
+    fusion_extra = 0 if data_dir is not None or quick else FUSION_EXTRA_EXAMS
+    heads, calibration, fusion_summary = _fit_fusion(
+        *_fusion_tables(network, classifier, exams, size, quick, fusion_extra_seeds(seed, size, fusion_extra)),
+        seed, quick)
+    fusion_summary["fusion_extra_cases"] = fusion_extra
     density_weights, density_bias, density_accuracy = fit_density_model(net_train, seed)
     models = bundle_models_dir(root)
     torch.save(MammoFusionModel(network, classifier, heads["dynamic"]).state_dict(), models / "model.pt")
@@ -557,7 +581,8 @@ def _recorded_cohort(bundle: Bundle) -> tuple[int, int]:
 
 
 def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
-    """Refit the fusion heads of ``bundle`` on its unchanged network (same cohort, seed and splits); minor version.
+    """Refit the fusion heads of ``bundle`` on its unchanged network (same cohort, seed and splits, plus this
+    code's ``FUSION_EXTRA_EXAMS`` further exams); minor version.
 
     Density model, network and ``model.onnx`` stay as they are; the calibration split refits the
     temperature and the positive threshold.
@@ -568,8 +593,11 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     seed_everything(seed)
     exams = _cached_exams(seed, size, quick)
     model = load_eager_model(loaded)
-    heads, calibration, summary = _fit_fusion(*_fusion_tables(model.network, model.classifier, exams, size, quick),
-                                              seed, quick)
+    fusion_extra = 0 if quick else FUSION_EXTRA_EXAMS
+    tables = _fusion_tables(model.network, model.classifier, exams, size, quick,
+                            fusion_extra_seeds(seed, size, fusion_extra))
+    heads, calibration, summary = _fit_fusion(*tables, seed, quick)
+    summary["fusion_extra_cases"] = fusion_extra
     models = bundle_models_dir(loaded.root)
     torch.save(MammoFusionModel(model.network, model.classifier, heads["dynamic"]).state_dict(), models / "model.pt")
     summary["onnx_max_abs_diff"] = export_heads(heads, models)
@@ -623,8 +651,8 @@ def _synthetic_held_out(seed: int, size: int) -> Iterator[HeldOutExam]:
     from ai_engine.synthetic.cohorts.mammo import write_case_dicom
 
     with tempfile.TemporaryDirectory(prefix="mammo-heldout-") as tmp:
-        for index in range(size):
-            case = generate_case(seed * 1_000_003 + index, HELDOUT_ACQUISITION)
+        for case_seed in exam_seeds(seed, 0, size):
+            case = generate_case(case_seed, HELDOUT_ACQUISITION)
             paths = write_case_dicom(case, Path(tmp) / case.case_id)
             yield HeldOutExam(case.case_id, int(case.cancer), case.density,
                               partial(load_inputs, Task.MAMMOGRAPHY, paths, case.context))

@@ -17,7 +17,7 @@ from ai_engine.evaluation import metrics
 from ai_engine.synthetic.cohorts.mammo import generate_case
 from ai_engine.synthetic.mammo_phantom import Acquisition
 from ai_engine.training.fusion_fit import FusionData, train_head
-from ai_engine.training.tasks import mammo_candidates
+from ai_engine.training.tasks import mammo, mammo_candidates
 from ai_engine.training.tasks.mammo import (
     INFERENCE_DEFAULTS,
     MammoNetwork,
@@ -91,6 +91,23 @@ def test_fusion_heads_train_on_features_and_survive_missing_inputs(tiny_exams: l
     with torch.no_grad():
         weights = head(*missing.tensors()).weights.numpy()
     np.testing.assert_allclose(weights, np.tile([1.0, 0.0, 0.0], (len(tiny_exams), 1)), atol=1e-6)
+
+
+def test_fusion_training_table_appends_further_exams_no_network_has_seen(tiny_exams: list, monkeypatch) -> None:  # noqa: ANN001
+    size = 640
+    extra = mammo.fusion_extra_seeds(0, size, 2)
+    seen = set(mammo.exam_seeds(0, 0, size + mammo.CLASSIFIER_EXTRA_EXAMS))  # the cohort, the classifier's crops
+    assert len(set(extra)) == 2 and not seen & set(extra)
+    monkeypatch.setattr(mammo, "TRAIN_ACQUISITION", ACQ)  # small views: fast
+    network, classifier = MammoNetwork().eval(), CandidateClassifier().eval()
+    train, calibration = mammo._fusion_tables(network, classifier, tiny_exams, len(tiny_exams), True, extra)
+    alone, _ = mammo._fusion_tables(network, classifier, tiny_exams, len(tiny_exams), True)
+    further = case_table(network, classifier, [exam_arrays(generate_case(s, ACQ)) for s in extra],
+                         dict(INFERENCE_DEFAULTS))
+    assert len(train) == len(alone) + 2 and len(calibration) == 1
+    np.testing.assert_allclose(train.image[:len(alone)], alone.image)
+    np.testing.assert_allclose(train.image[len(alone):], further.image)
+    np.testing.assert_array_equal(train.label[len(alone):], further.label)
 
 
 def test_density_model_fits_texture_statistics(tiny_exams: list) -> None:
