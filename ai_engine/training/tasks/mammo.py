@@ -458,10 +458,14 @@ def train_candidate_classifier(network: MammoNetwork, exams: list[ExamArrays], s
     return classifier, record
 
 
-def _fit_fusion(train: FusionData, calib: FusionData, seed: int, quick: bool
-                ) -> tuple[dict[str, FusionHead], Calibration, dict[str, Any]]:
-    """Heads of every mode; temperature and the threshold for specificity 0.9 on the calibration split."""
-    return fit_heads(train, calib, seed=seed, quick=quick, specificity=0.9)
+def _fit_fusion(network: MammoNetwork, classifier: CandidateClassifier, exams: list[ExamArrays], size: int, *,
+                seed: int, quick: bool, extra_exams: int) -> tuple[dict[str, FusionHead], Calibration, dict[str, Any]]:
+    """Heads of every mode on the fusion split plus ``extra_exams`` further exams (``fusion_extra_seeds``);
+    temperature and the threshold for specificity 0.9 on the calibration split."""
+    tables = _fusion_tables(network, classifier, exams, size, quick, fusion_extra_seeds(seed, size, extra_exams))
+    heads, calibration, summary = fit_heads(*tables, seed=seed, quick=quick, specificity=0.9)
+    summary["fusion_extra_cases"] = extra_exams
+    return heads, calibration, summary
 
 
 CLASSIFIER_DESCRIPTION = (f"MONAI Classifier, channels {list(CLASSIFIER_CHANNELS)}, one residual unit per stride-2 "
@@ -549,11 +553,9 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
     classifier, classifier_record = train_candidate_classifier(
         network, exams, size, seed=seed, quick=quick,
         extra_exams=0 if data_dir is not None or quick else CLASSIFIER_EXTRA_EXAMS)
-    fusion_extra = 0 if data_dir is not None or quick else FUSION_EXTRA_EXAMS
     heads, calibration, fusion_summary = _fit_fusion(
-        *_fusion_tables(network, classifier, exams, size, quick, fusion_extra_seeds(seed, size, fusion_extra)),
-        seed, quick)
-    fusion_summary["fusion_extra_cases"] = fusion_extra
+        network, classifier, exams, size, seed=seed, quick=quick,
+        extra_exams=0 if data_dir is not None or quick else FUSION_EXTRA_EXAMS)
     density_weights, density_bias, density_accuracy = fit_density_model(net_train, seed)
     models = bundle_models_dir(root)
     torch.save(MammoFusionModel(network, classifier, heads["dynamic"]).state_dict(), models / "model.pt")
@@ -593,11 +595,8 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     seed_everything(seed)
     exams = _cached_exams(seed, size, quick)
     model = load_eager_model(loaded)
-    fusion_extra = 0 if quick else FUSION_EXTRA_EXAMS
-    tables = _fusion_tables(model.network, model.classifier, exams, size, quick,
-                            fusion_extra_seeds(seed, size, fusion_extra))
-    heads, calibration, summary = _fit_fusion(*tables, seed, quick)
-    summary["fusion_extra_cases"] = fusion_extra
+    heads, calibration, summary = _fit_fusion(model.network, model.classifier, exams, size, seed=seed, quick=quick,
+                                              extra_exams=0 if quick else FUSION_EXTRA_EXAMS)
     models = bundle_models_dir(loaded.root)
     torch.save(MammoFusionModel(model.network, model.classifier, heads["dynamic"]).state_dict(), models / "model.pt")
     summary["onnx_max_abs_diff"] = export_heads(heads, models)
