@@ -127,15 +127,17 @@ def _mimics(rng: np.random.Generator, age: float) -> list[PlacedLesion]:
     return mimics
 
 
-def _note(rng: np.random.Generator, age: float, risk: dict[str, bool], lump_side: str | None) -> str:
-    """Short free text as a referrer would write it; phrasing varies so no template is a giveaway."""
+def _note(rng: np.random.Generator, age: float, risk: dict[str, bool], lump_side: str | None) -> tuple[str, str]:
+    """The reason for the exam and a short free text as a referrer would write it (phrasing varies so no
+    template is a giveaway)."""
     parts = [str(rng.choice([f"{age:.0f} y/o F", f"{age:.0f}-year-old woman", f"F, {age:.0f}"]))]
     if lump_side:
         side = "left" if lump_side == "L" else "right"
-        parts.append(str(rng.choice([f"palpable lump {side} breast", f"new lump in the {side} breast",
-                                     f"patient reports a {side} breast mass"])))
+        reason = str(rng.choice([f"palpable lump {side} breast", f"new lump in the {side} breast",
+                                 f"patient reports a {side} breast mass"]))
     else:
-        parts.append(str(rng.choice(["routine screening", "annual screening mammogram", "screening, no complaints"])))
+        reason = str(rng.choice(["routine screening", "annual screening mammogram", "screening, no complaints"]))
+    parts.append(reason)
     if risk["brca"]:
         parts.append(str(rng.choice(["BRCA carrier", "known BRCA mutation", "BRCA1 positive"])))
     if risk["family_history"]:
@@ -143,10 +145,10 @@ def _note(rng: np.random.Generator, age: float, risk: dict[str, bool], lump_side
                                      "family history of breast cancer"])))
     if risk["prior_biopsy"]:
         parts.append(str(rng.choice(["prior benign biopsy", "s/p breast biopsy", "previous core biopsy, benign"])))
-    return ", ".join(parts)
+    return reason, ", ".join(parts)
 
 
-def _context(age: float, risk: dict[str, bool], note: str, brca_gene: str) -> ClinicalContext:
+def _context(age: float, risk: dict[str, bool], reason: str, note: str, brca_gene: str) -> ClinicalContext:
     """The ClinicalContext an EMR would return: coded conditions, family history and the note."""
     conditions = []
     if risk["brca"]:
@@ -158,7 +160,7 @@ def _context(age: float, risk: dict[str, bool], note: str, brca_gene: str) -> Cl
     family = ([CodedItem(FAMILY_HISTORY_CODE[0], SNOMED, FAMILY_HISTORY_CODE[1], category="family_history",
                          provenance=_PROVENANCE)] if risk["family_history"] else [])
     return ClinicalContext(age_years=round(age, 1), sex="F", conditions=conditions, family_history=family,
-                           reason_for_exam=note.split(", ")[1], notes=[note], status="complete")
+                           reason_for_exam=reason, notes=[note], status="complete")
 
 
 def generate_case(seed: int, acquisition: Acquisition = TRAIN_ACQUISITION) -> MammoCase:
@@ -187,8 +189,8 @@ def generate_case(seed: int, acquisition: Acquisition = TRAIN_ACQUISITION) -> Ma
     if lump_side is None and rng.random() < 0.03:
         lump_side = str(rng.choice(["L", "R"]))
     risk = {"brca": brca, "family_history": family, "prior_biopsy": biopsy}
-    note = _note(rng, age, risk, lump_side)
-    context = _context(age, risk, note, str(rng.choice(["BRCA1", "BRCA2"])))
+    reason, note = _note(rng, age, risk, lump_side)
+    context = _context(age, risk, reason, note, str(rng.choice(["BRCA1", "BRCA2"])))
     breasts = {side: render_breast(rng, BreastSpec(side, density, tuple(lesions[side])), acquisition)
                for side in ("L", "R")}
     truths = []

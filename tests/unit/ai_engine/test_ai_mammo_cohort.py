@@ -86,6 +86,12 @@ def test_clinical_context_carries_the_agreed_features() -> None:
     assert "BRCA" in case.note or "brca" in case.note.lower()
 
 
+def test_the_reason_for_exam_is_the_referrers_reason_in_every_phrasing() -> None:
+    reasons = {generate_case(seed, Acquisition(pixel_spacing_mm=0.8)).context.reason_for_exam for seed in range(40)}
+    assert len(reasons) >= 4
+    assert all(("screening" in r or "lump" in r or "mass" in r) and not any(c.isdigit() for c in r) for r in reasons)
+
+
 def test_heldout_acquisition_shifts_spacing_and_grey_levels() -> None:
     train = generate_case(5, Acquisition(pixel_spacing_mm=0.8))
     shifted = generate_case(5, Acquisition(pixel_spacing_mm=1.0, gain=3.0, bits_stored=14, noise_std=20.0))
