@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ai_engine.clinical_features import ClinicalFeatureError, note_encoding_of
 from ai_engine.errors import AiEngineError
 from ai_engine.results import AlgorithmInfo
 
@@ -128,6 +129,10 @@ def _check_configs(metadata: dict[str, Any], inference: dict[str, Any], where: s
         raise BundleError(f"{where}/configs/inference.json: 'deployed' must be one of {DEPLOYED_FORMATS}, "
                           f"got {inference.get('deployed')!r}")
     _check_plain(inference, "inference.json")
+    try:
+        note_encoding_of(inference)
+    except ClinicalFeatureError as exc:
+        raise BundleError(f"{where}/configs/inference.json: {exc}") from exc
 
 
 def dataset_version(version: str, training_data: dict[str, Any]) -> str:

@@ -25,9 +25,17 @@ feature (medication, condition, family history) is present when the record was r
 Numeric values are normalised as ``(f(x) - center) / scale`` with ``f = log`` when ``log``,
 clipped to +-5.
 
-``encode_note`` turns free text into a fixed-size, deterministic hashed bag of words and
-word bigrams (BLAKE2b hashing with a sign bit, L2-normalised): no vocabulary, no download.
-``context_text`` is the text a detector feeds it (reason for exam and notes).
+``encode_note`` turns free text into a fixed-size, deterministic hashed bag of terms and term
+bigrams (BLAKE2b hashing with a sign bit, L2-normalised): no vocabulary, no download.
+``context_text`` is the text a detector feeds it (reason for exam and notes). Which terms count
+is the note encoding (``NOTE_ENCODINGS``), and a bundle names the one its heads were fitted with
+in ``inference.json`` (``note_encoding``; ``note_encoding_of`` reads it):
+
+- ``"hashed-words"`` (what training uses now): words only. Numbers in a note repeat values the
+  record already holds as structured data (age, GCS, pack-years), and hashed one by one each
+  value is a bucket of its own that the heads can only overfit: on mammography validation
+  (1,120 exams of seed 5555) dropping them raised the dynamic head's AUC from 0.926 to 0.933;
+- ``"hashed-terms"``: words and numbers, what bundles without the key were fitted with.
 
 Cohort generators must fill ClinicalContext objects the way the gatherer does, so that
 these specs read them: labs under the canonical analyte names, medication categories,
@@ -39,9 +47,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -54,6 +62,10 @@ if TYPE_CHECKING:
 Source = Literal["age", "sex", "lab", "medication", "condition", "family_history", "coded"]
 CLIP = 5.0
 NOTE_DIM = 64
+WORDS, TERMS = r"[a-z]+", r"[a-z]+|\d+(?:\.\d+)?"
+NOTE_ENCODINGS: dict[str, str] = {"hashed-words": WORDS, "hashed-terms": TERMS}  # encoding -> term pattern
+NOTE_ENCODING = "hashed-words"  # what training fits new heads with
+UNNAMED_NOTE_ENCODING = "hashed-terms"  # of a bundle whose inference.json names none
 TASK_ALIASES: dict[str, Task] = {"ich": Task.ICH, "nodule": Task.LUNG_NODULE, "mammo": Task.MAMMOGRAPHY}
 _SECTION_OF: dict[str, str] = {"medication": "medications", "condition": "conditions",
                                "family_history": "family_history"}
@@ -213,8 +225,8 @@ def encode_clinical(task: Task | str, context: ClinicalContext | None) -> tuple[
     return values, present
 
 
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z]+|\d+(?:\.\d+)?", text.lower())
+def _tokens(text: str, pattern: str = TERMS) -> list[str]:
+    return re.findall(pattern, text.lower())
 
 
 NEGATORS = frozenset({"no", "not", "denies", "without", "negative"})
@@ -241,10 +253,19 @@ def _bucket(term: str, dim: int) -> tuple[int, float]:
     return number % dim, (1.0 if (number >> 63) & 1 else -1.0)
 
 
-def encode_note(text: str | None, dim: int = NOTE_DIM) -> tuple[np.ndarray, bool]:
-    """Hashed bag of words and bigrams of ``text`` (float32[dim], unit L2 norm) and whether any text was there."""
+def note_encoding_of(parameters: Mapping[str, Any]) -> str:
+    """The note encoding a bundle's inference parameters name (``UNNAMED_NOTE_ENCODING`` when none)."""
+    encoding = parameters.get("note_encoding", UNNAMED_NOTE_ENCODING)
+    if encoding not in NOTE_ENCODINGS:
+        raise ClinicalFeatureError(f"'note_encoding' must be one of {sorted(NOTE_ENCODINGS)}, got {encoding!r}")
+    return str(encoding)
+
+
+def encode_note(text: str | None, dim: int = NOTE_DIM, encoding: str = NOTE_ENCODING) -> tuple[np.ndarray, bool]:
+    """Hashed bag of the terms and term bigrams of ``text`` under ``encoding`` (float32[dim], unit L2 norm) and
+    whether the text had any term."""
     vector = np.zeros(dim, dtype=np.float32)
-    tokens = _tokens(text or "")
+    tokens = _tokens(text or "", NOTE_ENCODINGS[encoding])
     if not tokens:
         return vector, False
     terms = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]

@@ -33,7 +33,15 @@ import numpy as np
 from scipy import ndimage
 
 from ai_engine.bundle import Bundle, load_bundle
-from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
+from ai_engine.clinical_features import (
+    NOTE_DIM,
+    NOTE_ENCODING,
+    context_text,
+    encode_clinical,
+    encode_note,
+    feature_names,
+    note_encoding_of,
+)
 from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
@@ -210,10 +218,11 @@ def image_features(probs: np.ndarray, foreground: np.ndarray, slab_ml: float) ->
                     dtype=np.float32)
 
 
-def fusion_inputs(context: ClinicalContext | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fusion_inputs(context: ClinicalContext | None, note_encoding: str = NOTE_ENCODING
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Clinical values, their mask, note vector and note mask of one case, each with a batch axis of 1."""
     values, present = encode_clinical(Task.ICH, context)
-    note, note_present = encode_note(context_text(context))
+    note, note_present = encode_note(context_text(context), encoding=note_encoding)
     return (values[None], present[None].astype(np.float32), note[None],
             np.array([1.0 if note_present else 0.0], dtype=np.float32))
 
@@ -262,6 +271,7 @@ class IchFusion:
         self.blood_hu = tuple(params["blood_hu"]) if "blood_hu" in params else None
         self.batch = int(params.get("slab_batch", SLAB_BATCH))
         self.flip_average = bool(params.get("flip_average", False))
+        self.note_encoding = note_encoding_of(params)
         if params.get("clinical_features") != feature_names(Task.ICH):
             raise DetectorInputError(f"{NAME}: bundle clinical features {params.get('clinical_features')} differ "
                                      f"from this code's {feature_names(Task.ICH)}; retrain the bundle")
@@ -278,7 +288,8 @@ class IchFusion:
 
     def fusion_stage(self, features: np.ndarray, context: ClinicalContext | None) -> FusionStage:
         """Calibrated case probability, logit SD and modality weights from image features and context."""
-        feeds = dict(zip(FUSION_INPUTS, (features[None].astype(np.float32), *fusion_inputs(context)), strict=True))
+        inputs = (features[None].astype(np.float32), *fusion_inputs(context, self.note_encoding))
+        feeds = dict(zip(FUSION_INPUTS, inputs, strict=True))
         logit, weights, log_var = self.fusion(**feeds)
         value = float(logit[0])
         return FusionStage(float(sigmoid(np.array(value / self.temperature))), value,

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from ai_engine.bundle import Bundle, resolve_bundle
-from ai_engine.clinical_features import context_text, encode_clinical, encode_note
+from ai_engine.clinical_features import context_text, encode_clinical, encode_note, note_encoding_of
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.runtime import DeployedModel, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
@@ -518,7 +518,7 @@ def analyse_exam(prepared: list[PreparedView], probabilities: list[np.ndarray], 
     """Image analysis plus clinical/text encodings and the density estimate of one exam."""
     candidates, features = exam_image_analysis(prepared, probabilities, identities, params, classify)
     clinical, present = encode_clinical(Task.MAMMOGRAPHY, context)
-    text, text_present = encode_note(context_text(context))
+    text, text_present = encode_note(context_text(context), encoding=note_encoding_of(params))
     stats = np.stack([density_statistics(v) for v in prepared])
     density = density_probabilities(stats, density_weights, density_bias).mean(axis=0)
     return ExamAnalysis(prepared, probabilities, candidates, features, clinical, present, text, text_present,

@@ -22,7 +22,14 @@ from scipy import ndimage
 from torch import nn
 
 from ai_engine.bundle import Bundle, load_bundle
-from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
+from ai_engine.clinical_features import (
+    NOTE_DIM,
+    context_text,
+    encode_clinical,
+    encode_note,
+    feature_names,
+    note_encoding_of,
+)
 from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.nodule_baseline import NoduleBaseline, _lung_side
 from ai_engine.detectors.runtime import deploy_network_and_fusion
@@ -362,7 +369,7 @@ class NoduleFusion:
     def fuse(self, embedding: np.ndarray, context: ClinicalContext | None) -> tuple[np.ndarray, ...]:
         """Calibrated malignancy probability, modality weights and logit standard deviation per embedding."""
         clinical, present = encode_clinical(Task.LUNG_NODULE, context)
-        text, text_present = encode_note(context_text(context))
+        text, text_present = encode_note(context_text(context), encoding=note_encoding_of(self.parameters))
         n = len(embedding)
         logit, weights, log_var = self.fusion(
             image=embedding.astype(np.float32), clinical=np.tile(clinical, (n, 1)),

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ai_engine.bundle import Bundle, write_bundle_configs
-from ai_engine.clinical_features import context_text, encode_clinical, encode_note
+from ai_engine.clinical_features import NOTE_ENCODING, context_text, encode_clinical, encode_note
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics
 from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
@@ -64,10 +64,11 @@ class FusionData:
             raise AiEngineError(f"FusionData arrays must have one length, got {sizes}")
 
     @classmethod
-    def from_contexts(cls, task: str, image: np.ndarray, contexts: Sequence[Any], label: np.ndarray) -> FusionData:
+    def from_contexts(cls, task: str, image: np.ndarray, contexts: Sequence[Any], label: np.ndarray,
+                      note_encoding: str = NOTE_ENCODING) -> FusionData:
         """Encode each row's ``ClinicalContext`` (or None) for ``task`` beside its image features."""
         clinical = [encode_clinical(task, c) for c in contexts]
-        notes = [encode_note(context_text(c)) for c in contexts]
+        notes = [encode_note(context_text(c), encoding=note_encoding) for c in contexts]
         return cls(image, np.stack([v for v, _ in clinical]), np.stack([p for _, p in clinical]),
                    np.stack([t for t, _ in notes]), np.array([p for _, p in notes]), label)
 
@@ -263,7 +264,8 @@ def bump_patch(version: str) -> str:
 
 def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[str, Any], *,
                         threshold_key: str | None, command: str, inference: dict[str, Any] | None = None) -> str:
-    """Configs of a head-only refit: new temperature (and threshold), minor version bump, refit record.
+    """Configs of a head-only refit: new temperature (and threshold), minor version bump, refit record; the
+    heads learned notes under this code's ``NOTE_ENCODING``.
 
     ``inference``: further inference settings the refitted heads depend on (they replace the old ones).
 
@@ -271,7 +273,8 @@ def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[
     network part of ``model.pt``) is the previous version's, unchanged.
     """
     version = bump_minor(bundle.version)
-    inference = {**bundle.inference, **(inference or {}), "temperature": round(calibration.temperature, 5)}
+    inference = {**bundle.inference, **(inference or {}), "note_encoding": NOTE_ENCODING,
+                 "temperature": round(calibration.temperature, 5)}
     if threshold_key is not None:
         inference[threshold_key] = round(calibration.threshold, 5)
     metadata = {**bundle.metadata, "version": version}

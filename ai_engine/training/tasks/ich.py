@@ -35,7 +35,7 @@ from ai_engine.bundle import (
     synthetic_training_data,
     write_bundle_configs,
 )
-from ai_engine.clinical_features import NOTE_DIM, feature_names
+from ai_engine.clinical_features import NOTE_DIM, NOTE_ENCODING, feature_names
 from ai_engine.detectors import ich_fusion as model
 from ai_engine.detectors.base import lps_volume
 from ai_engine.detectors.ich_baseline import IchBaseline
@@ -134,7 +134,7 @@ def _cached_cohort(size: int, seed: int, generator: int = GENERATOR_VERSION) -> 
     bundle's image network learned from) can only come from the cache.
     """
     cache = (Path(tempfile.gettempdir()) / "radfusion-cache"
-             / f"ich-{size}-{seed}-{model.MODEL_SIZE}-g{generator}.npz")
+             / f"ich-{size}-{seed}-{model.MODEL_SIZE}-g{generator}-{NOTE_ENCODING}.npz")
     if cache.is_file():
         with np.load(cache) as stored:
             return CaseArrays(**{name: stored[name] for name in stored.files})
@@ -358,7 +358,8 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
         "case_threshold": round(calibration.threshold, 5), "component_threshold": 0.5, "min_component_ml": 0.03,
         "slab_batch": model.SLAB_BATCH, "onnx_threads": 2, "model_pixel_mm": model.MODEL_PIXEL_MM,
         "slab_mm": model.SLAB_MM, "model_size": model.MODEL_SIZE, "clinical_features": feature_names(Task.ICH),
-        "note_dim": NOTE_DIM, "image_features": list(model.IMAGE_FEATURES), "subtypes": list(model.SUBTYPES),
+        "note_dim": NOTE_DIM, "note_encoding": NOTE_ENCODING, "image_features": list(model.IMAGE_FEATURES),
+        "subtypes": list(model.SUBTYPES),
         "blood_hu": list(model.BLOOD_HU), "flip_average": model.FLIP_AVERAGE,
     }
     training_data.update(seed=seed, splits={k: int(len(v)) for k, v in split.items()}, unet_epochs_max=epochs,
@@ -516,7 +517,7 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     result["seconds_per_case"] = {"deep": round(float(np.mean([r["deep_s"] for r in rows])), 3),
                                   "baseline": round(float(np.mean([r["baseline_s"] for r in rows])), 3)}
     heads = load_heads(loaded.root / "models", model.load_eager_model(loaded).fusion)
-    held_out = FusionData.from_contexts(Task.ICH, np.stack(features), contexts, labels)
+    held_out = FusionData.from_contexts(Task.ICH, np.stack(features), contexts, labels, detector.note_encoding)
     result["fusion_experiment"] = fusion_experiment(heads, held_out, seed=seed)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "cases.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -48,7 +48,14 @@ from ai_engine.bundle import (
     synthetic_training_data,
     write_bundle_configs,
 )
-from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
+from ai_engine.clinical_features import (
+    NOTE_DIM,
+    NOTE_ENCODING,
+    context_text,
+    encode_clinical,
+    encode_note,
+    feature_names,
+)
 from ai_engine.detectors.mammo_fusion import (
     CANDIDATE_CROP,
     DENSITY_CATEGORIES,
@@ -210,7 +217,7 @@ def _cached_exams(seed: int, size: int, quick: bool) -> list[ExamArrays]:
     """The prepared training cohort (``size`` exams of ``seed``), generated once and kept as a pickle in the
     temp directory."""
     seeds = exam_seeds(seed, 0, size)
-    cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{size}-v{COHORT_FORMAT}.pkl"
+    cache = Path(tempfile.gettempdir()) / f"radfusion-mammo-cohort-{seed}-{size}-v{COHORT_FORMAT}-{NOTE_ENCODING}.pkl"
     if cache.is_file() and not quick:
         log.info("reading the prepared cohort from %s", cache)
         with cache.open("rb") as handle:
@@ -567,7 +574,7 @@ def train(*, out_dir: Path | None = None, epochs: int | None = None, cohort_size
                  "temperature": calibration.temperature, "positive_threshold": calibration.threshold,
                  "density_weights": density_weights.tolist(), "density_bias": density_bias.tolist(),
                  "image_features": list(IMAGE_FEATURES), "clinical_features": feature_names("mammo"),
-                 "note_dim": NOTE_DIM}
+                 "note_dim": NOTE_DIM, "note_encoding": NOTE_ENCODING}
     summary = {"fusion": fusion_summary, "candidate_classifier": classifier_record,
                "density_training_accuracy": density_accuracy, "onnx_parity": parity,
                "training_seconds": round(time.monotonic() - start, 1)}

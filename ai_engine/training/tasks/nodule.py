@@ -53,7 +53,15 @@ from ai_engine.bundle import (
     synthetic_training_data,
     write_bundle_configs,
 )
-from ai_engine.clinical_features import NOTE_DIM, context_text, encode_clinical, encode_note, feature_names
+from ai_engine.clinical_features import (
+    NOTE_DIM,
+    NOTE_ENCODING,
+    context_text,
+    encode_clinical,
+    encode_note,
+    feature_names,
+    note_encoding_of,
+)
 from ai_engine.detectors import nodule_fusion as model
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.nodule_baseline import NoduleBaseline
@@ -281,7 +289,7 @@ def build_fusion_set(sources: Sequence[CaseSource], workers: int = 2) -> FusionS
 def _cached_fusion_set(seed: int, size: int) -> FusionSet:
     """The fusion cohort of ``seed`` (``size`` patients), kept in the temp directory so a refit skips generation."""
     cache = (Path(tempfile.gettempdir()) / "radfusion-cache"
-             / f"nodule-fusion-{seed}-{size}-{model.PATCH}-g{GENERATOR_VERSION}.npz")
+             / f"nodule-fusion-{seed}-{size}-{model.PATCH}-g{GENERATOR_VERSION}-{NOTE_ENCODING}.npz")
     if cache.is_file():
         with np.load(cache) as stored:
             return FusionSet(stored["patches"], stored["malignant"], stored["case"],
@@ -495,7 +503,8 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
         "finding_threshold": 0.5, "nms_mm": 6.0, "flip_axes": list(FLIP_AXES), "max_candidates": model.MAX_CANDIDATES,
         "max_findings": 10,
         "batch": 64, "onnx_threads": 2, "work_mm": model.WORK_MM, "patch": model.PATCH,
-        "clinical_features": feature_names(Task.LUNG_NODULE), "note_dim": NOTE_DIM, "types": list(model.TYPES),
+        "clinical_features": feature_names(Task.LUNG_NODULE), "note_dim": NOTE_DIM, "note_encoding": NOTE_ENCODING,
+        "types": list(model.TYPES),
     }
     metadata = {
         "name": model.NAME, "version": VERSION, "task": Task.LUNG_NODULE.value,
@@ -894,7 +903,7 @@ def _fusion_experiment(bundle: Bundle, embedding: np.ndarray, contexts: list[Any
                        seed: int) -> tuple[dict[str, Any], np.ndarray]:
     """Malignancy AUC table of the three heads, and the dynamic head's weights of nodules with complete inputs."""
     heads = load_heads(bundle.root / "models", model.load_eager_model(bundle).fusion)
-    data = FusionData.from_contexts(Task.LUNG_NODULE, embedding, contexts, labels)
+    data = FusionData.from_contexts(Task.LUNG_NODULE, embedding, contexts, labels, note_encoding_of(bundle.inference))
     table: dict[str, Any] = fusion_experiment(heads, data, seed=seed)
     weights = head_outputs(heads["dynamic"], data)[1]
     full = (data.clinical_present.sum(axis=1) > 0) & (data.text_present > 0)

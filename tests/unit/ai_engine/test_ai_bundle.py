@@ -37,6 +37,8 @@ def test_expressions_and_missing_statements_are_rejected(tmp_path: Path) -> None
         write_bundle_configs(tmp_path / "x", METADATA, {"deployed": "model.onnx", "network": "$monai.nets.UNet()"})
     with pytest.raises(BundleError, match="not for clinical use"):
         write_bundle_configs(tmp_path / "x", {**METADATA, "intended_use": "triage"}, {"deployed": "model.onnx"})
+    with pytest.raises(BundleError, match=r"x/configs/inference.json: 'note_encoding' must be one of"):
+        write_bundle_configs(tmp_path / "x", METADATA, {"deployed": "model.onnx", "note_encoding": "words"})
     with pytest.raises(BundleError, match="missing required keys \\['metrics'\\]"):
         write_bundle_configs(tmp_path / "x", {k: v for k, v in METADATA.items() if k != "metrics"},
                              {"deployed": "model.onnx"})

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from ai_engine.clinical_features import encode_clinical, encode_note, feature_names
+from ai_engine.clinical_features import (
+    NOTE_ENCODING,
+    UNNAMED_NOTE_ENCODING,
+    ClinicalFeatureError,
+    encode_clinical,
+    encode_note,
+    feature_names,
+    note_encoding_of,
+)
 from ai_engine.errors import AiEngineError
 from ai_engine.fusion import FusionHead, fusion_loss, modality_dropout, modality_weight_dict
 from ai_engine.fusion.calibration import TemperatureScaler
@@ -69,6 +77,22 @@ def test_note_encoding_is_deterministic_normalised_and_text_sensitive() -> None:
     assert present and np.array_equal(a, b) and abs(np.linalg.norm(a) - 1.0) < 1e-5
     assert float(a @ c) < 0.9
     assert encode_note(None)[1] is False and encode_note("  ")[1] is False
+
+
+def test_the_words_encoding_ignores_numbers_and_the_terms_encoding_keeps_them() -> None:
+    older, younger = "F, 63, routine screening, BRCA carrier", "F, 48, routine screening, BRCA carrier"
+    assert np.array_equal(encode_note(older)[0], encode_note(younger)[0])
+    assert not np.array_equal(encode_note(older, encoding="hashed-terms")[0],
+                              encode_note(younger, encoding="hashed-terms")[0])
+    assert encode_note("63, 2.4", encoding="hashed-words")[1] is False  # numbers alone are no text
+    assert encode_note("63, 2.4", encoding="hashed-terms")[1] is True
+
+
+def test_a_bundle_without_a_note_encoding_keeps_the_terms_its_heads_learned() -> None:
+    assert note_encoding_of({}) == UNNAMED_NOTE_ENCODING == "hashed-terms"
+    assert note_encoding_of({"note_encoding": NOTE_ENCODING}) == "hashed-words"
+    with pytest.raises(ClinicalFeatureError, match="'note_encoding' must be one of .* got 'bert'"):
+        note_encoding_of({"note_encoding": "bert"})
 
 
 def _batch() -> tuple[torch.Tensor, ...]:
