@@ -8,7 +8,8 @@ Layout of ``ai_engine/bundles/<detector_name>/`` (package data):
   (summary of the held-out evaluation); free to add more (MONAI's own keys are welcome).
 - ``configs/inference.json``: plain parameters only (numbers, strings, lists, dicts) — no
   ``$`` expressions, nothing evaluated. Must name the deployed file: ``"deployed": "model.onnx"``
-  or ``"model.ts"``.
+  or ``"model.ts"``. A fusion bundle names the note encoding its heads learned in ``note_encoding``
+  (``ai_engine.clinical_features.NOTE_ENCODINGS``; bundles without it were fitted with "hashed-terms").
 - ``models/model.pt``: the eager PyTorch state dict (for fine-tuning and parity tests);
 - ``models/model.onnx`` (ONNX Runtime) or ``models/model.ts`` (TorchScript): what serving runs.
 

@@ -35,7 +35,6 @@ from scipy import ndimage
 from ai_engine.bundle import Bundle, load_bundle
 from ai_engine.clinical_features import (
     NOTE_DIM,
-    NOTE_ENCODING,
     context_text,
     encode_clinical,
     encode_note,
@@ -218,7 +217,7 @@ def image_features(probs: np.ndarray, foreground: np.ndarray, slab_ml: float) ->
                     dtype=np.float32)
 
 
-def fusion_inputs(context: ClinicalContext | None, note_encoding: str = NOTE_ENCODING
+def fusion_inputs(context: ClinicalContext | None, note_encoding: str
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Clinical values, their mask, note vector and note mask of one case, each with a batch axis of 1."""
     values, present = encode_clinical(Task.ICH, context)

@@ -7,7 +7,7 @@ How a task uses it (``ai_engine/training/fusion_fit.py`` does steps 4-5 for ever
 1. The image network produces an embedding ``image`` float32[B, image_dim] per case (or per
    candidate lesion).
 2. ``ai_engine.clinical_features.encode_clinical(task, context)`` gives ``clinical`` float32[B, n]
-   and ``clinical_present`` bool[B, n]; ``encode_note(context_text(context))`` gives ``text``
+   and ``clinical_present`` bool[B, n]; ``encode_note(context_text(context), encoding=...)`` gives ``text``
    float32[B, NOTE_DIM] and ``text_present`` bool[B].
 3. ``FusionHead(image_dim, n, NOTE_DIM, mode=...)`` maps each modality into a shared space,
    ("dynamic") scales each projection by its per-case gate weight and concatenates them, and

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ai_engine.bundle import Bundle, write_bundle_configs
-from ai_engine.clinical_features import NOTE_ENCODING, context_text, encode_clinical, encode_note
+from ai_engine.clinical_features import context_text, encode_clinical, encode_note
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics
 from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
@@ -65,7 +65,7 @@ class FusionData:
 
     @classmethod
     def from_contexts(cls, task: str, image: np.ndarray, contexts: Sequence[Any], label: np.ndarray,
-                      note_encoding: str = NOTE_ENCODING) -> FusionData:
+                      note_encoding: str) -> FusionData:
         """Encode each row's ``ClinicalContext`` (or None) for ``task`` beside its image features."""
         clinical = [encode_clinical(task, c) for c in contexts]
         notes = [encode_note(context_text(c), encoding=note_encoding) for c in contexts]
@@ -263,9 +263,10 @@ def bump_patch(version: str) -> str:
 
 
 def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[str, Any], *,
-                        threshold_key: str | None, command: str, inference: dict[str, Any] | None = None) -> str:
-    """Configs of a head-only refit: new temperature (and threshold), minor version bump, refit record; the
-    heads learned notes under this code's ``NOTE_ENCODING``.
+                        threshold_key: str | None, command: str, note_encoding: str,
+                        inference: dict[str, Any] | None = None) -> str:
+    """Configs of a head-only refit: new temperature (and threshold), minor version bump, refit record, and the
+    ``note_encoding`` the refitted heads learned.
 
     ``inference``: further inference settings the refitted heads depend on (they replace the old ones).
 
@@ -273,7 +274,7 @@ def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[
     network part of ``model.pt``) is the previous version's, unchanged.
     """
     version = bump_minor(bundle.version)
-    inference = {**bundle.inference, **(inference or {}), "note_encoding": NOTE_ENCODING,
+    inference = {**bundle.inference, **(inference or {}), "note_encoding": note_encoding,
                  "temperature": round(calibration.temperature, 5)}
     if threshold_key is not None:
         inference[threshold_key] = round(calibration.threshold, 5)

@@ -50,7 +50,6 @@ from ai_engine.bundle import (
 )
 from ai_engine.clinical_features import (
     NOTE_DIM,
-    NOTE_ENCODING,
     context_text,
     encode_clinical,
     encode_note,
@@ -114,7 +113,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.2.0"
+VERSION = "2.3.0"
+NOTE_ENCODING = "hashed-words"  # since 2.3.0: validation AUC 0.933 against 0.926 with numbers (model card)
 COHORT_FORMAT = "2.0.0"  # name of the cached cohort pickle: change it when ExamArrays or the phantom changes
 CROP = 128
 DEFAULT_COHORT = 640
@@ -174,7 +174,7 @@ def prepare_exam(images: Sequence[tuple[np.ndarray, float]], cancer_masks: Seque
         col = view.net_shape[1] - 1 - col if view.flipped else col
         mimics.append((index, int(row), int(col)))
     clinical, present = encode_clinical(Task.MAMMOGRAPHY, context)
-    text, text_present = encode_note(context_text(context))
+    text, text_present = encode_note(context_text(context), encoding=NOTE_ENCODING)
     stacked = np.stack(targets) if len({t.shape for t in targets}) == 1 else targets
     return ExamArrays(views, stacked, mimics, clinical, present, text, text_present, label,
                       DENSITY_CATEGORIES.index(density), tuple(identities))
@@ -608,7 +608,7 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     torch.save(MammoFusionModel(model.network, model.classifier, heads["dynamic"]).state_dict(), models / "model.pt")
     summary["onnx_max_abs_diff"] = export_heads(heads, models)
     version = write_refit_configs(loaded, calibration, summary, threshold_key="positive_threshold",
-                                  command="radfusion train mammo --fusion-only",
+                                  command="radfusion train mammo --fusion-only", note_encoding=NOTE_ENCODING,
                                   inference={"test_time_augmentation": INFERENCE_DEFAULTS["test_time_augmentation"]})
     log.info("mammo bundle %s: fusion heads refitted, version %s", loaded.root, version)
     return loaded.root

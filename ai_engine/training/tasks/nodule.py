@@ -55,7 +55,6 @@ from ai_engine.bundle import (
 )
 from ai_engine.clinical_features import (
     NOTE_DIM,
-    NOTE_ENCODING,
     context_text,
     encode_clinical,
     encode_note,
@@ -108,6 +107,7 @@ from ai_engine.volume import Volume
 log = logging.getLogger(__name__)
 
 VERSION = "1.4.0"
+NOTE_ENCODING = "hashed-terms"  # what 1.4.x's heads learned; "hashed-words" not yet compared on validation
 TRAIN_SIZE, QUICK_SIZE = 320, 3
 CNN_EPOCHS, QUICK_EPOCHS = 10, 1
 EVAL_SEED, EVAL_SIZE = 9, 30
@@ -268,7 +268,7 @@ def _fusion_case(source: CaseSource) -> tuple[np.ndarray, np.ndarray, dict[str, 
     centres = model.source_to_work(np.array([n.center_voxel for n in known]).reshape(-1, 3), zoom)
     patches = np.rint(model.extract_patches(hu, centres)[:, 0] * 255).astype(np.uint8)
     clinical, present = encode_clinical(Task.LUNG_NODULE, case.context)
-    text, text_present = encode_note(context_text(case.context))
+    text, text_present = encode_note(context_text(case.context), encoding=NOTE_ENCODING)
     return patches, np.array([int(n.malignant) for n in known], dtype=int), {
         "clinical": clinical, "present": present, "text": text, "text_present": text_present}
 
@@ -925,6 +925,6 @@ def train_fusion_only(*, bundle: str | Path | None, quick: bool) -> Path:
     _save_weights(models_dir, network, heads["dynamic"])
     summary["onnx_max_abs_diff"] = export_heads(heads, models_dir)
     version = write_refit_configs(loaded, calibration, summary, threshold_key=None,
-                                  command="radfusion train nodule --fusion-only")
+                                  command="radfusion train nodule --fusion-only", note_encoding=NOTE_ENCODING)
     log.info("nodule bundle %s: fusion heads refitted, version %s", loaded.root, version)
     return loaded.root

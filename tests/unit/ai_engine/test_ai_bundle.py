@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 
 from ai_engine.bundle import BundleError, load_bundle, resolve_bundle, write_bundle_configs
+from ai_engine.clinical_features import note_encoding_of
 
 METADATA = {"version": "1.0.0", "task": "ich", "intended_use": "Trained on synthetic phantoms; not for clinical use.",
             "inputs": {}, "outputs": {}, "training_data": {}, "metrics": {}}
@@ -51,6 +53,12 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
         load_bundle("demo", tmp_path)
     with pytest.raises(BundleError, match="'nothing' not found"):
         load_bundle("nothing", tmp_path)
+
+
+@pytest.mark.parametrize("task", ["ich", "nodule", "mammo"])
+def test_each_packaged_bundle_reads_notes_as_its_training_recipe_encodes_them(task: str) -> None:
+    module = importlib.import_module(f"ai_engine.training.tasks.{task}")
+    assert note_encoding_of(load_bundle(f"{task}_fusion").inference) == module.NOTE_ENCODING
 
 
 def test_packaged_ich_bundle_is_valid_and_states_synthetic_training() -> None:

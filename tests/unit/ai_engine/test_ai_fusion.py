@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from ai_engine.clinical_features import (
-    NOTE_ENCODING,
     UNNAMED_NOTE_ENCODING,
     ClinicalFeatureError,
     encode_clinical,
@@ -71,17 +70,19 @@ def test_trauma_is_read_from_the_note_and_respects_negation() -> None:
 
 
 def test_note_encoding_is_deterministic_normalised_and_text_sensitive() -> None:
-    a, present = encode_note("78 y/o on apixaban, fall from standing, GCS 13")
-    b, _ = encode_note("78 y/o on apixaban, fall from standing, GCS 13")
-    c, _ = encode_note("45 y/o, no trauma, migraine")
+    a, present = encode_note("78 y/o on apixaban, fall from standing, GCS 13", encoding="hashed-terms")
+    b, _ = encode_note("78 y/o on apixaban, fall from standing, GCS 13", encoding="hashed-terms")
+    c, _ = encode_note("45 y/o, no trauma, migraine", encoding="hashed-terms")
     assert present and np.array_equal(a, b) and abs(np.linalg.norm(a) - 1.0) < 1e-5
     assert float(a @ c) < 0.9
-    assert encode_note(None)[1] is False and encode_note("  ")[1] is False
+    assert encode_note(None, encoding="hashed-words")[1] is False
+    assert encode_note("  ", encoding="hashed-words")[1] is False
 
 
 def test_the_words_encoding_ignores_numbers_and_the_terms_encoding_keeps_them() -> None:
     older, younger = "F, 63, routine screening, BRCA carrier", "F, 48, routine screening, BRCA carrier"
-    assert np.array_equal(encode_note(older)[0], encode_note(younger)[0])
+    assert np.array_equal(encode_note(older, encoding="hashed-words")[0],
+                          encode_note(younger, encoding="hashed-words")[0])
     assert not np.array_equal(encode_note(older, encoding="hashed-terms")[0],
                               encode_note(younger, encoding="hashed-terms")[0])
     assert encode_note("63, 2.4", encoding="hashed-words")[1] is False  # numbers alone are no text
@@ -90,7 +91,7 @@ def test_the_words_encoding_ignores_numbers_and_the_terms_encoding_keeps_them() 
 
 def test_a_bundle_without_a_note_encoding_keeps_the_terms_its_heads_learned() -> None:
     assert note_encoding_of({}) == UNNAMED_NOTE_ENCODING == "hashed-terms"
-    assert note_encoding_of({"note_encoding": NOTE_ENCODING}) == "hashed-words"
+    assert note_encoding_of({"note_encoding": "hashed-words"}) == "hashed-words"
     with pytest.raises(ClinicalFeatureError, match="'note_encoding' must be one of .* got 'bert'"):
         note_encoding_of({"note_encoding": "bert"})
 
@@ -222,10 +223,11 @@ def test_head_refit_bumps_the_minor_version_and_records_the_unchanged_network(tm
     bundle = load_bundle("ich_fusion", tmp_path)
     major, minor, _ = (int(p) for p in bundle.version.split("."))
     version = write_refit_configs(bundle, Calibration(1.5, 0.4), {"seed": 0}, threshold_key="case_threshold",
-                                  command="radfusion train ich --fusion-only")
+                                  command="radfusion train ich --fusion-only", note_encoding="hashed-words")
     refit = load_bundle("ich_fusion", tmp_path)
     assert version == refit.version == f"{major}.{minor + 1}.0"
     assert refit.inference["temperature"] == 1.5 and refit.inference["case_threshold"] == 0.4
+    assert refit.inference["note_encoding"] == "hashed-words"
     assert f"unchanged from version {bundle.version}" in refit.metadata["fusion_refit"]["image_network"]
 
 
