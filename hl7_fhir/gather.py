@@ -26,6 +26,7 @@ from hl7_fhir.units import ANALYTES, CODED_ANALYTES, LOINC_SYSTEM, UnitError, an
 log = logging.getLogger(__name__)
 
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
+LIST_SECTIONS = ("medications", "conditions", "family_history")  # FHIR-only lists; errors name them "<section>: ..."
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,9 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
 
     Each value keeps its provenance. FHIR demographics win over HL7's (the EMR is the
     master record); HL7 fills what FHIR lacks. An unavailable FHIR context with HL7 data
-    becomes 'partial' and keeps the EMR's error.
+    becomes 'partial' and keeps the EMR's error, and each list section (``LIST_SECTIONS``)
+    gets an error of its own: those lists come from the EMR only, so an empty one means "not
+    asked", not "none" (an anticoagulant list never fetched must not read as "not anticoagulated").
     """
     since = now - lookback
     merged = ClinicalContext(
@@ -268,6 +271,7 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
                     or merged.reason_for_exam)
     if fhir_context.status == "unavailable":
         merged.status = "partial" if has_data else "unavailable"
+        merged.errors += [f"{section}: not gathered, the EMR was unavailable" for section in LIST_SECTIONS]
     else:
         merged.status = fhir_context.status
     merged.missing = _missing(merged, analytes, accession)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from ai_engine.fusion import FusionHead, fusion_loss, modality_dropout, modality
 from ai_engine.fusion.calibration import TemperatureScaler
 from ai_engine.training.loop import TrainConfig, fit
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
+from hl7_fhir.gather import merge_contexts
 
 PROV = Provenance("fhir", "test", "Observation/1")
 
@@ -57,6 +58,18 @@ def test_medication_features_are_missing_when_the_medication_section_failed() ->
     context.errors.append("medications: FHIR server timed out")
     _, present = encode_clinical("ich", context)
     assert not present[names.index("anticoagulant")] and not present[names.index("antiplatelet")]
+
+
+def test_lists_the_emr_never_sent_are_missing_not_negative() -> None:
+    """EMR down, HL7 labs in: 'on no anticoagulant' is not known, so INR 3.1 must not read as untreated."""
+    merged = merge_contexts(ClinicalContext.unavailable("EMR did not answer within 2.0 s"),
+                            [LabValue("inr", "6301-6", 3.1, "1", datetime(2024, 1, 1, tzinfo=timezone.utc), PROV)],
+                            analytes=["inr"], now=datetime(2024, 1, 2, tzinfo=timezone.utc), lookback=timedelta(days=90))
+    for task, lists in (("ich", ("anticoagulant", "antiplatelet")),
+                        ("mammo", ("brca_carrier", "family_history_breast_cancer", "prior_biopsy"))):
+        present = encode_clinical(task, merged)[1]
+        assert not any(present[feature_names(task).index(name)] for name in lists), task
+    assert encode_clinical("ich", merged)[1][feature_names("ich").index("inr")]
 
 
 def test_trauma_is_read_from_the_note_and_respects_negation() -> None:
