@@ -15,7 +15,8 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
 - ``"coded"``: ``context.coded_observations[keys[0]]`` mapped through ``levels`` (code or
   lower-cased display substring -> value); when that item is absent and ``text_keywords`` is
   set, the feature is read from the free text (reason for exam + notes) as 1 if a keyword
-  occurs outside a negation ("no trauma", "denies fall"), 0 otherwise.
+  occurs outside a negation ("no trauma", "denies fall"; a negation ends at punctuation or at
+  "after"/"but", so "denies headache, fell" and "no LOC after fall" are falls), 0 otherwise.
 
 Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
 ``present`` mask; a missing value is 0 in ``values`` and False in ``present``. A list-type
@@ -104,8 +105,8 @@ def resolve_task(task: Task | str) -> Task:
         raise ClinicalFeatureError(f"unknown task {task!r}; known: {known}") from None
 
 
-TRAUMA_WORDS = ("fall", "fell", "assault", "collision", "mvc", "rta", "struck", "trauma", "hit head",
-                "accident", "injury")
+TRAUMA_WORDS = ("fall", "falls", "fallen", "fell", "assault", "assaulted", "collision", "mvc", "mva", "rta", "struck",
+                "trauma", "hit head", "accident", "injury")
 SMOKING_LEVELS = {"LA18976-3": 1.0, "449868002": 1.0, "current": 1.0,  # current every day smoker
                   "LA15920-4": 0.5, "8517006": 0.5, "former": 0.5,   # former smoker
                   "LA18978-9": 0.0, "266919005": 0.0, "never": 0.0}  # never smoker
@@ -233,19 +234,25 @@ def _tokens(text: str, pattern: str = TERMS) -> list[str]:
 
 NEGATORS = frozenset({"no", "not", "denies", "without", "negative"})
 NEGATION_REACH = 3
+NEGATION_ENDS = r"[.,;:!?\n]|\b(?:but|after|then|however)\b"  # "denies headache, fell"; "no LOC after fall"
 
 
 def _affirmed_tokens(text: str) -> list[str]:
-    """Tokens of ``text`` minus those within 3 words after a negator ("no history of trauma")."""
-    kept, reach = [], 0
-    for token in _tokens(text):
-        if token in NEGATORS:
-            reach = NEGATION_REACH
-            continue
-        if reach > 0:
-            reach -= 1
-            continue
-        kept.append(token)
+    """Tokens of ``text`` minus those within 3 words after a negator ("no history of trauma").
+
+    A negation never reaches past punctuation or a clause word such as "after" or "but".
+    """
+    kept = []
+    for clause in re.split(NEGATION_ENDS, text.lower()):
+        reach = 0
+        for token in _tokens(clause):
+            if token in NEGATORS:
+                reach = NEGATION_REACH
+                continue
+            if reach > 0:
+                reach -= 1
+                continue
+            kept.append(token)
     return kept
 
 

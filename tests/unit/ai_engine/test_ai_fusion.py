@@ -82,6 +82,16 @@ def test_trauma_is_read_from_the_note_and_respects_negation() -> None:
     assert not encode_clinical("ich", _context())[1][index]  # no coded item, no text: missing
 
 
+@pytest.mark.parametrize(("note", "trauma"), [
+    ("No LOC after fall", 1.0), ("Not anticoagulated. Fell at home", 1.0), ("Denies headache, fell down stairs", 1.0),
+    ("Recurrent falls", 1.0), ("Assaulted last night", 1.0), ("MVA, restrained driver", 1.0),
+    ("denies trauma or fall", 0.0), ("headache, no history of trauma", 0.0)])
+def test_a_negation_ends_at_its_clause_and_trauma_has_its_common_forms(note: str, trauma: float) -> None:
+    context = _context()
+    context.notes.append(note)
+    assert encode_clinical("ich", context)[0][feature_names("ich").index("trauma")] == trauma
+
+
 def test_note_encoding_is_deterministic_normalised_and_text_sensitive() -> None:
     a, present = encode_note("78 y/o on apixaban, fall from standing, GCS 13", encoding="hashed-terms")
     b, _ = encode_note("78 y/o on apixaban, fall from standing, GCS 13", encoding="hashed-terms")
