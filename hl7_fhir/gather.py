@@ -21,11 +21,21 @@ from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.errors import Hl7FhirError
 from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.medication_classes import DEFAULT_MEDICATION_CLASSES, MedicationClass, classify
-from hl7_fhir.units import ANALYTES, CODED_ANALYTES, LOINC_SYSTEM, UnitError, analyte_for_code, loinc_codes, normalize
+from hl7_fhir.units import (
+    ANALYTES,
+    CODED_ANALYTES,
+    LOINC_SYSTEM,
+    UnitError,
+    analyte_for_code,
+    loinc_codes,
+    normalize,
+    panel_codes,
+)
 
 log = logging.getLogger(__name__)
 
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
+VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})  # Observation.status values that carry no result
 LIST_SECTIONS = ("medications", "conditions", "family_history")  # FHIR-only lists; errors name them "<section>: ..."
 
 
@@ -100,30 +110,50 @@ class _FhirGatherer:
                           _as_datetime(last_updated))
 
     def labs(self, context: ClinicalContext) -> list[str]:
-        codes = [f"{LOINC_SYSTEM}|{c}" for a in self.query.analytes for c in loinc_codes(a)]
+        """Newest usable value per analyte, from an Observation's own value or one of its components.
+
+        Panels that carry an analyte as a component (the blood pressure panel's systolic value)
+        are searched too; entered-in-error and cancelled Observations are skipped.
+        """
+        codes = [f"{LOINC_SYSTEM}|{c}" for a in self.query.analytes for c in [*loinc_codes(a), *panel_codes(a)]]
         observations = self.client.search("Observation", {
             "subject": self.subject, "code": ",".join(codes), "date": f"ge{self.query.since.isoformat()}",
             "_sort": "-date", "_count": "50"})
         problems: list[str] = []
         for obs in observations:  # newest first: the first usable value per analyte wins
-            when = _as_datetime(obs.effectiveDateTime)
-            codes_here = [code for system, code, _ in _codings(obs.code) if system == LOINC_SYSTEM]
-            name = next((n for n in map(analyte_for_code, codes_here) if n), None)
-            if name is None or name in context.labs or name in context.coded_observations:
+            if obs.status in VOID_STATUSES:
                 continue
-            if name in CODED_ANALYTES and obs.valueCodeableConcept is not None:
-                context.coded_observations[name] = _coded_item(obs.valueCodeableConcept, name, when,
-                                                               self.provenance(obs))
-            elif name in ANALYTES and obs.valueQuantity is not None and obs.valueQuantity.value is not None:
-                quantity = obs.valueQuantity
-                try:
-                    value, unit = normalize(name, float(quantity.value), quantity.code or quantity.unit or "")
-                except UnitError as exc:
-                    problems.append(f"Observation/{obs.id}: {exc}")
-                    continue
-                flags = "~".join(code for i in (obs.interpretation or []) for _, code, _ in _codings(i))
-                context.labs[name] = LabValue(name, codes_here[0], value, unit, when, self.provenance(obs), flags)
+            when = _as_datetime(obs.effectiveDateTime)
+            for part in [obs, *(obs.component or [])]:
+                problems += self._lab_value(context, obs, part, when)
         return problems
+
+    def _lab_value(self, context: ClinicalContext, obs: Any, part: Any, when: datetime | None) -> list[str]:
+        """Record ``part`` (the Observation or one of its components) under its analyte if that is still unset."""
+        codes_here = [code for system, code, _ in _codings(part.code) if system == LOINC_SYSTEM]
+        name = next((n for n in map(analyte_for_code, codes_here) if n), None)
+        if name is None or name in context.labs or name in context.coded_observations:
+            return []
+        if name in CODED_ANALYTES and part.valueCodeableConcept is not None:
+            context.coded_observations[name] = _coded_item(part.valueCodeableConcept, name, when,
+                                                           self.provenance(obs))
+            return []
+        quantity = part.valueQuantity
+        if name not in ANALYTES:
+            return []
+        if quantity is not None and quantity.value is not None:
+            raw, unit = float(quantity.value), quantity.code or quantity.unit or ""
+        elif part.valueInteger is not None:  # a score such as GCS
+            raw, unit = float(part.valueInteger), ""
+        else:
+            return []
+        try:
+            value, unit = normalize(name, raw, unit)
+        except UnitError as exc:
+            return [f"Observation/{obs.id}: {exc}"]
+        flags = "~".join(code for i in (obs.interpretation or []) for _, code, _ in _codings(i))
+        context.labs[name] = LabValue(name, codes_here[0], value, unit, when, self.provenance(obs), flags)
+        return []
 
     def conditions(self, context: ClinicalContext) -> list[str]:
         for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}):

@@ -78,6 +78,17 @@ LOINC_NAMES: dict[str, str] = {
 }
 
 
+PANELS: dict[str, tuple[str, ...]] = {  # LOINC panel -> analytes it may carry as components
+    "85354-9": ("systolic_bp",),  # Blood pressure panel with all children optional (US Core)
+    "55284-4": ("systolic_bp",),  # Blood pressure systolic and diastolic
+}
+
+
+def panel_codes(name: str) -> list[str]:
+    """LOINC codes of the panels whose components may carry analyte ``name`` (searched with its own codes)."""
+    return [code for code, analytes in PANELS.items() if name in analytes]
+
+
 def analyte_for_code(code: str) -> str | None:
     """Canonical analyte name of a LOINC code, or None when radfusion does not use it."""
     return LOINC_NAMES.get(code.strip())

@@ -37,7 +37,17 @@ def record(subject: str, other: str, now: datetime) -> list[dict]:
         _obs(subject, "34714-6", now - 1 * day, 2.8, "{INR}"),
         _obs(subject, "6301-6", now - 200 * day, 5.0, "{INR}"),  # outside the 90-day window
         _obs(other, "6301-6", now - 1 * day / 2, 9.9, "{INR}"),   # another patient
+        {**_obs(subject, "6301-6", now - day / 4, 8.5, "{INR}"), "status": "entered-in-error"},  # newest, void
         _obs(subject, "777-3", now - 3 * day, 95000, "/uL"),
+        {"resourceType": "Observation", "status": "final", "subject": {"reference": subject},  # US Core BP panel
+         "code": {"coding": [{"system": LOINC, "code": "85354-9"}]}, "effectiveDateTime": (now - day).isoformat(),
+         "component": [{"code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                        "valueQuantity": {"value": 182, "unit": "mm[Hg]", "code": "mm[Hg]"}},
+                       {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+                        "valueQuantity": {"value": 95, "unit": "mm[Hg]", "code": "mm[Hg]"}}]},
+        {"resourceType": "Observation", "status": "final", "subject": {"reference": subject},
+         "code": {"coding": [{"system": LOINC, "code": "9269-2"}]}, "effectiveDateTime": (now - day).isoformat(),
+         "valueInteger": 13},  # GCS as an integer score
         _obs(subject, "718-7", now - 3 * day, 120, "g/L"),
         *glucose,
         {"resourceType": "Observation", "status": "final", "subject": {"reference": subject},

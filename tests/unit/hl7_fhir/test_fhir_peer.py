@@ -58,13 +58,15 @@ def test_search_by_identifier_code_date_sort_and_paging(client: FhirClient, seed
 
 
 def test_gather_from_fhir_builds_the_clinical_context(client: FhirClient, seeded: str) -> None:
-    ctx = gather_from_fhir(client, query("inr", "platelets", "hemoglobin", "creatinine", "smoking_status"))
+    ctx = gather_from_fhir(client, query("inr", "platelets", "hemoglobin", "creatinine", "smoking_status",
+                                         "systolic_bp", "gcs"))
     assert ctx.status == "complete", ctx.errors
     assert (ctx.sex, ctx.age_years) == ("female", pytest.approx((NOW.date().toordinal()
                                                                  - datetime(1950, 6, 15).toordinal()) / 365.25, abs=0.1))
     inr = ctx.labs["inr"]
     assert (inr.value, inr.code, inr.provenance.source) == (2.8, "34714-6", "fhir")
-    assert inr.provenance.record_id.startswith("Observation/")
+    assert inr.provenance.record_id.startswith("Observation/")  # the newer entered-in-error 8.5 is skipped
+    assert (ctx.labs["systolic_bp"].value, ctx.labs["gcs"].value) == (182.0, 13.0)  # BP panel component, integer
     assert ctx.labs["platelets"].value == pytest.approx(95.0) and ctx.labs["platelets"].unit == "10*9/L"
     assert ctx.labs["hemoglobin"].value == pytest.approx(12.0)
     assert ctx.coded_observations["smoking_status"].display == "Ex-smoker"
