@@ -264,10 +264,20 @@ def parse_order(parsed: ParsedMessage) -> Order:
     )
 
 
+def _obx_loinc(parsed: ParsedMessage, obx: Segment) -> str:
+    """The code of OBX-3 to look up: its identifier, or its alternate identifier (OBX-3.4) when that one is
+    LOINC (OBX-3.6 "LN") and the identifier is not a known code (a local code sent first, LOINC second)."""
+    code = _first(parsed, obx, 3)
+    if analyte_for_code(code) is None and _first(parsed, obx, 3, 6).upper() == "LN":
+        return _first(parsed, obx, 3, 4) or code
+    return code
+
+
 def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> LabReport:
     """ORU^R01: one LabValue per numeric OBX of a known analyte, converted to its canonical unit.
 
-    OBX-14 (else OBR-7) is the observation time, OBX-8 the abnormal flags. Coded analytes
+    OBX-3 is read by its LOINC code, primary or alternate (``_obx_loinc``). OBX-14 (else OBR-7)
+    is the observation time, OBX-8 the abnormal flags. Coded analytes
     (smoking status) become CodedItems. A bad number or an unknown unit for a known analyte
     rejects the message (AE) rather than storing a wrong value.
     """
@@ -278,7 +288,7 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     coded: list[CodedItem] = []
     skipped: list[str] = []
     for index, obx in enumerate(parsed.all("OBX"), start=1):
-        code = _first(parsed, obx, 3)
+        code = _obx_loinc(parsed, obx)
         name = analyte_for_code(code)
         if name is None:
             skipped.append(code)

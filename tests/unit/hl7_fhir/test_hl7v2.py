@@ -35,6 +35,14 @@ def test_oru_labs_are_normalized_with_time_flags_and_provenance() -> None:
         ("12345", "HOSP", "MR"), ("999", "SSA", "SS")]
 
 
+def test_oru_with_a_local_code_first_is_read_by_its_alternate_loinc_code() -> None:
+    message = oru("C4").replace("777-3^Platelets^LN", "PLT^Platelet count^L^777-3^Platelets^LN").replace(
+        "6301-6^INR^LN", "INR^INR^99LAB^6301-6^INR^LN")
+    report = parse_labs(parse(message))
+    assert {(v.name, v.code) for v in report.values} == {("platelets", "777-3"), ("inr", "6301-6")}
+    assert report.skipped_codes == ["789-8"]
+
+
 def test_oru_with_unknown_unit_or_bad_number_is_an_application_error() -> None:
     with pytest.raises(Hl7MessageError, match="unit 'furlongs'") as info:
         parse_labs(parse(oru("C2", unit="furlongs")))
