@@ -11,7 +11,11 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
 - ``"medication"``: 1 when any ``context.medications[*].category`` is in ``keys`` (categories
   of ``hl7_fhir.medication_classes``), else 0;
 - ``"condition"`` / ``"family_history"``: 1 when any item of ``context.conditions`` /
-  ``context.family_history`` has its code in ``keys`` or a key in its lower-cased display;
+  ``context.family_history`` has its code (or an alternate code) in ``keys``, or a key in its
+  lower-cased display and none of the feature's ``exclude`` words ("benign neoplasm" is no
+  prior cancer, "BRCA1 gene mutation negative" no carrier);
+- ``"procedure"``: the same over ``context.procedures`` and ``context.conditions`` (a prior biopsy
+  is recorded either way);
 - ``"coded"``: ``context.coded_observations[keys[0]]`` mapped through ``levels`` (code or
   lower-cased display substring -> value); when that item is absent and ``text_keywords`` is
   set, the feature is read from the free text (reason for exam + notes) as 1 if a keyword
@@ -20,9 +24,11 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
 
 Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
 ``present`` mask; a missing value is 0 in ``values`` and False in ``present``. A list-type
-feature (medication, condition, family history) is present when the record was reached
-(``context.status`` is not "unavailable") and its FHIR section did not fail (no entry of
-``context.errors`` starts with the section name); absence of a matching item then means 0.
+feature (medication, condition, procedure, family history) is present when the record was reached
+(``context.status`` is not "unavailable") and its FHIR sections did not fail (no entry of
+``context.errors`` starts with a section name; a "procedure" feature reads two); absence of a
+matching item then means 0. A ``levels`` value of NaN marks an answer that says nothing ("unknown
+if ever smoked"): the feature is missing.
 Numeric values are normalised as ``(f(x) - center) / scale`` with ``f = log`` when ``log``,
 clipped to +-5.
 
@@ -51,7 +57,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,15 +69,16 @@ from ai_engine.results import Task
 if TYPE_CHECKING:
     from hl7_fhir.context import ClinicalContext, CodedItem
 
-Source = Literal["age", "sex", "lab", "medication", "condition", "family_history", "coded"]
+Source = Literal["age", "sex", "lab", "medication", "condition", "procedure", "family_history", "coded"]
 CLIP = 5.0
 NOTE_DIM = 64
 WORDS, TERMS = r"[a-z]+", r"[a-z]+|\d+(?:\.\d+)?"
 NOTE_ENCODINGS: dict[str, str] = {"hashed-words": WORDS, "hashed-terms": TERMS}  # encoding -> term pattern
 UNNAMED_NOTE_ENCODING = "hashed-terms"  # of a bundle whose inference.json names none
 TASK_ALIASES: dict[str, Task] = {"ich": Task.ICH, "nodule": Task.LUNG_NODULE, "mammo": Task.MAMMOGRAPHY}
-_SECTION_OF: dict[str, str] = {"medication": "medications", "condition": "conditions",
-                               "family_history": "family_history"}
+_SECTIONS_OF: dict[str, tuple[str, ...]] = {"medication": ("medications",), "condition": ("conditions",),
+                                            "procedure": ("procedures", "conditions"),
+                                            "family_history": ("family_history",)}
 
 
 class ClinicalFeatureError(AiEngineError):
@@ -90,6 +97,7 @@ class ClinicalFeature:
     log: bool = False
     levels: dict[str, float] = field(default_factory=dict)
     text_keywords: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
 
 def resolve_task(task: Task | str) -> Task:
@@ -107,9 +115,16 @@ def resolve_task(task: Task | str) -> Task:
 
 TRAUMA_WORDS = ("fall", "falls", "fallen", "fell", "assault", "assaulted", "collision", "mvc", "mva", "rta", "struck",
                 "trauma", "hit head", "accident", "injury")
-SMOKING_LEVELS = {"LA18976-3": 1.0, "449868002": 1.0, "current": 1.0,  # current every day smoker
-                  "LA15920-4": 0.5, "8517006": 0.5, "former": 0.5,   # former smoker
-                  "LA18978-9": 0.0, "266919005": 0.0, "never": 0.0}  # never smoker
+UNKNOWN = math.nan
+SMOKING_LEVELS = {  # US Core smoking status codes (SNOMED CT, LOINC answers of 72166-2), then display words in order
+    "449868002": 1.0, "428041000124106": 1.0, "77176002": 1.0, "428071000124103": 1.0, "428061000124105": 1.0,
+    "LA18976-3": 1.0, "LA18977-1": 1.0, "LA18980-5": 1.0, "LA18981-3": 1.0, "LA18982-1": 1.0,  # current
+    "8517006": 0.5, "LA15920-4": 0.5,  # former
+    "266919005": 0.0, "LA18978-9": 0.0,  # never
+    "266927001": UNKNOWN, "LA18979-7": UNKNOWN,  # unknown if ever smoked
+    "unknown": UNKNOWN, "non-smoker": UNKNOWN, "never": 0.0, "former": 0.5, "ex-smoker": 0.5, "current": 1.0,
+    "smoke": 1.0}
+NOT_A_DIAGNOSIS = ("benign", "screening", "negative", "family history", "suspected", "ruled out")
 
 CLINICAL_FEATURES: dict[Task, tuple[ClinicalFeature, ...]] = {
     Task.ICH: (
@@ -132,15 +147,17 @@ CLINICAL_FEATURES: dict[Task, tuple[ClinicalFeature, ...]] = {
         ClinicalFeature("pack_years", "lab", ("pack_years",), center=2.5, scale=1.2, log=True),
         ClinicalFeature("smoking_status", "coded", ("smoking_status",), levels=SMOKING_LEVELS),
         ClinicalFeature("prior_cancer", "condition", ("363346000", "malignant", "cancer", "carcinoma",
-                                                      "neoplasm", "lymphoma", "melanoma")),
+                                                      "neoplasm", "lymphoma", "melanoma"), exclude=NOT_A_DIAGNOSIS),
         ClinicalFeature("cea", "lab", ("cea",), center=1.0, scale=0.8, log=True),
     ),
     Task.MAMMOGRAPHY: (
         ClinicalFeature("age", "age", center=55.0, scale=12.0),
-        ClinicalFeature("brca_carrier", "condition", ("412734009", "412738007", "brca")),
+        ClinicalFeature("brca_carrier", "condition", ("412734009", "412738007", "brca"), exclude=NOT_A_DIAGNOSIS),
         ClinicalFeature("family_history_breast_cancer", "family_history",
-                        ("254837009", "breast cancer", "breast carcinoma", "malignant neoplasm of breast")),
-        ClinicalFeature("prior_biopsy", "condition", ("122548005", "biopsy")),
+                        ("254837009", "breast cancer", "breast carcinoma", "malignant neoplasm of breast"),
+                        exclude=("benign", "negative", "screening")),
+        ClinicalFeature("prior_biopsy", "procedure", ("122548005", "biopsy of breast", "breast biopsy"),
+                        exclude=("family history",)),
     ),
 }
 
@@ -159,15 +176,19 @@ def context_text(context: ClinicalContext | None) -> str | None:
     return text or None
 
 
-def _matches(item: CodedItem, keys: Sequence[str]) -> bool:
+def _matches(item: CodedItem, feature: ClinicalFeature) -> bool:
+    codes = {item.code, *item.alternate_codes}
+    if any(k in codes for k in feature.keys):
+        return True
     display = item.display.lower()
-    return any(item.code == k or (not k.isdigit() and k in display) for k in keys)
+    return (not any(word in display for word in feature.exclude)
+            and any(not k.isdigit() and k in display for k in feature.keys))
 
 
-def _section_read(context: ClinicalContext, source: str) -> bool:
-    """Whether the list a feature reads was gathered (record reached, that FHIR section did not fail)."""
-    section = _SECTION_OF[source]
-    return context.status != "unavailable" and not any(e.startswith(f"{section}:") for e in context.errors)
+def _sections_read(context: ClinicalContext, source: str) -> bool:
+    """Whether the lists a feature reads were gathered (record reached, those FHIR sections did not fail)."""
+    return context.status != "unavailable" and not any(
+        e.startswith(f"{section}:") for section in _SECTIONS_OF[source] for e in context.errors)
 
 
 def _level(item: CodedItem, feature: ClinicalFeature) -> float | None:
@@ -188,13 +209,14 @@ def _raw_value(feature: ClinicalFeature, context: ClinicalContext) -> float | No
     if feature.source == "lab":
         lab = context.labs.get(feature.keys[0])
         return None if lab is None else float(lab.value)
-    if feature.source in _SECTION_OF:
-        if not _section_read(context, feature.source):
+    if feature.source in _SECTIONS_OF:
+        if not _sections_read(context, feature.source):
             return None
         if feature.source == "medication":
             return float(any(m.category in feature.keys for m in context.medications))
-        items = context.conditions if feature.source == "condition" else context.family_history
-        return float(any(_matches(item, feature.keys) for item in items))
+        items = {"condition": context.conditions, "procedure": [*context.procedures, *context.conditions],
+                 "family_history": context.family_history}[feature.source]
+        return float(any(_matches(item, feature) for item in items))
     if feature.source == "coded":
         item = context.coded_observations.get(feature.keys[0])
         if item is not None:

@@ -39,7 +39,10 @@ class LabValue:
 
 @dataclass(frozen=True)
 class CodedItem:
-    """A condition, medication or family-history entry: code, system, display, optional class."""
+    """A condition, procedure, medication or family-history entry: code, system, display, optional class.
+
+    ``alternate_codes``: the codes of the concept's other codings (an ICD-10 code first, SNOMED CT second).
+    """
 
     code: str
     system: str
@@ -47,6 +50,7 @@ class CodedItem:
     category: str = ""
     recorded_at: datetime | None = None
     provenance: Provenance | None = None
+    alternate_codes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -59,6 +63,7 @@ class ClinicalContext:
     coded_observations: dict[str, CodedItem] = field(default_factory=dict)
     medications: list[CodedItem] = field(default_factory=list)
     conditions: list[CodedItem] = field(default_factory=list)
+    procedures: list[CodedItem] = field(default_factory=list)
     family_history: list[CodedItem] = field(default_factory=list)
     reason_for_exam: str | None = None
     notes: list[str] = field(default_factory=list)

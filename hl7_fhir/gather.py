@@ -35,8 +35,8 @@ from hl7_fhir.units import (
 log = logging.getLogger(__name__)
 
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
-VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})  # Observation.status values that carry no result
-LIST_SECTIONS = ("medications", "conditions", "family_history")  # FHIR-only lists; errors name them "<section>: ..."
+VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done"})  # Observation/Procedure: no result
+LIST_SECTIONS = ("medications", "conditions", "procedures", "family_history")  # FHIR-only; errors: "<section>: ..."
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ def _coded_item(concept: Any, category: str, recorded: object, provenance: Prove
     codings = _codings(concept)
     system, code, display = codings[0] if codings else ("", "", "")
     text = (concept.text if concept is not None else None) or display or code
-    return CodedItem(code, system, text, category, _as_datetime(recorded), provenance)
+    return CodedItem(code, system, text, category, _as_datetime(recorded), provenance,
+                     tuple(other for _, other, _ in codings[1:] if other))
 
 
 class _FhirGatherer:
@@ -162,6 +163,14 @@ class _FhirGatherer:
                                                   cond.recordedDate or cond.onsetDateTime, self.provenance(cond)))
         return []
 
+    def procedures(self, context: ClinicalContext) -> list[str]:
+        for procedure in self.client.search("Procedure", {"subject": self.subject, "_count": "100"}):
+            if procedure.status in VOID_STATUSES:
+                continue
+            context.procedures.append(_coded_item(procedure.code, procedure.status or "",
+                                                  procedure.performedDateTime, self.provenance(procedure)))
+        return []
+
     def medications(self, context: ClinicalContext) -> list[str]:
         for resource_type, when_field in (("MedicationStatement", "effectiveDateTime"),
                                           ("MedicationRequest", "authoredOn")):
@@ -228,7 +237,7 @@ def _age_years(birth: object, now: datetime) -> float | None:
 def gather_from_fhir(client: FhirClient, query: ClinicalQuery, *, max_workers: int = 6) -> ClinicalContext:
     """ClinicalContext from FHIR for the query's patient; FhirError when the patient search fails.
 
-    Sections (labs, conditions, medications, family history, reason for exam, notes) run in
+    Sections (labs, conditions, procedures, medications, family history, reason for exam, notes) run in
     parallel; one that fails leaves its reason in ``errors`` and the status 'partial'.
     """
     patient = client.find_patient(query.identifier_system, query.patient_id)
@@ -239,7 +248,7 @@ def gather_from_fhir(client: FhirClient, query: ClinicalQuery, *, max_workers: i
                               status="complete")
     gatherer = _FhirGatherer(client, query, str(patient.id))
     sections: list[Callable[[ClinicalContext], list[str]]] = [
-        gatherer.labs, gatherer.conditions, gatherer.medications, gatherer.family_history,
+        gatherer.labs, gatherer.conditions, gatherer.procedures, gatherer.medications, gatherer.family_history,
         gatherer.reason_for_exam, gatherer.notes]
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-gather") as pool:
         futures = {section.__name__: pool.submit(section, context) for section in sections}
@@ -278,7 +287,8 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
     merged = ClinicalContext(
         age_years=fhir_context.age_years, sex=fhir_context.sex, labs=dict(fhir_context.labs),
         coded_observations=dict(fhir_context.coded_observations), medications=list(fhir_context.medications),
-        conditions=list(fhir_context.conditions), family_history=list(fhir_context.family_history),
+        conditions=list(fhir_context.conditions), procedures=list(fhir_context.procedures),
+        family_history=list(fhir_context.family_history),
         reason_for_exam=fhir_context.reason_for_exam, notes=list(fhir_context.notes),
         errors=list(fhir_context.errors))
     for value in hl7_values:

@@ -72,6 +72,34 @@ def test_lists_the_emr_never_sent_are_missing_not_negative() -> None:
     assert encode_clinical("ich", merged)[1][feature_names("ich").index("inr")]
 
 
+@pytest.mark.parametrize(("task", "feature", "display", "value"), [
+    ("nodule", "prior_cancer", "Malignant neoplasm of colon", 1.0),
+    ("nodule", "prior_cancer", "Benign neoplasm of colon", 0.0),
+    ("nodule", "prior_cancer", "Family history of malignant neoplasm of breast", 0.0),
+    ("nodule", "prior_cancer", "Screening for malignant neoplasm of breast", 0.0),
+    ("mammo", "brca_carrier", "BRCA1 gene mutation positive", 1.0),
+    ("mammo", "brca_carrier", "BRCA1 gene mutation negative", 0.0),
+    ("mammo", "prior_biopsy", "Biopsy of breast", 1.0), ("mammo", "prior_biopsy", "Lung biopsy", 0.0)])
+def test_a_condition_counts_only_when_its_display_affirms_it(task: str, feature: str, display: str,
+                                                             value: float) -> None:
+    context = _context()
+    context.conditions.append(CodedItem("local-1", "urn:local", display))
+    assert encode_clinical(task, context)[0][feature_names(task).index(feature)] == value
+
+
+@pytest.mark.parametrize(("code", "display", "value"), [
+    ("449868002", "Smokes tobacco daily", 1.0), ("428041000124106", "Occasional tobacco smoker", 1.0),
+    ("8517006", "Ex-smoker", 0.5), ("266919005", "Never smoked tobacco", 0.0), ("x", "Former smoker", 0.5),
+    ("160618006", "Current non-smoker", None), ("266927001", "Tobacco smoking consumption unknown", None)])
+def test_smoking_status_follows_the_us_core_codes(code: str, display: str, value: float | None) -> None:
+    context = _context()
+    context.coded_observations["smoking_status"] = CodedItem(code, "http://snomed.info/sct", display,
+                                                             "smoking_status")
+    values, present = encode_clinical("nodule", context)
+    index = feature_names("nodule").index("smoking_status")
+    assert (values[index] if present[index] else None) == value
+
+
 def test_trauma_is_read_from_the_note_and_respects_negation() -> None:
     index = feature_names("ich").index("trauma")
     fall, no_trauma = _context(), _context()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ai_engine.clinical_features import encode_clinical
 from hl7_fhir.fhir_auth import BearerToken
 from hl7_fhir.fhir_client import FhirClient, FhirError
 from hl7_fhir.findings import OutboundFinding, OutboundStudy
@@ -73,7 +74,12 @@ def test_gather_from_fhir_builds_the_clinical_context(client: FhirClient, seeded
     assert ctx.missing == ["creatinine"]
     assert {(m.display, m.category) for m in ctx.medications} == {
         ("warfarin", "anticoagulant"), ("clopidogrel", "antiplatelet"), ("Amoxicillin 500 mg", "")}
-    assert [(c.display, c.category) for c in ctx.conditions] == [("Atrial fibrillation", "active")]
+    assert sorted((c.display, c.category, c.alternate_codes) for c in ctx.conditions) == [
+        ("Atrial fibrillation", "active", ()),
+        ("Genetic susceptibility to malignant neoplasm of breast", "", ("412734009",))]
+    assert [(p.code, p.display, p.category) for p in ctx.procedures] == [("122548005", "Biopsy of breast", "completed")]
+    values, present = encode_clinical("mammo", ctx)
+    assert present.all() and values.tolist()[1:] == [1.0, 1.0, 1.0]  # BRCA by its SNOMED code, family, biopsy
     assert [(f.display, f.category) for f in ctx.family_history] == [("Breast cancer", "MTH")]
     assert ctx.reason_for_exam == "Fall, on anticoagulation"
     assert "ED note: headache after a fall, on warfarin." in ctx.notes

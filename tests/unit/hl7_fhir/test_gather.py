@@ -36,7 +36,7 @@ def test_emr_down_but_hl7_labs_present_is_partial_and_keeps_the_reason() -> None
                             hl7_birth_date=date(1950, 11, 20), hl7_sex="M", hl7_reason="Fall")
     assert merged.status == "partial" and merged.errors[0] == "EMR did not answer within 2.0 s"
     assert (merged.age_years, merged.sex, merged.reason_for_exam) == (76.0, "male", "Fall")
-    assert {e.split(":")[0] for e in merged.errors[1:]} == {"medications", "conditions", "family_history"}
+    assert {e.split(":")[0] for e in merged.errors[1:]} == {"medications", "conditions", "procedures", "family_history"}
     nothing = merge_contexts(fhir, [], analytes=["inr"], now=NOW, lookback=WINDOW)
     assert nothing.status == "unavailable" and nothing.missing == ["inr", "age", "sex"]
 
