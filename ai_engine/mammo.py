@@ -94,11 +94,43 @@ def load_view(path: Path, *, identity: tuple[str, str] | None = None,
                      series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))
 
 
+FOR_PROCESSING_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2.1"  # Digital Mammography X-Ray Image Storage - For Processing
+
+
+def _screening_image(header: pydicom.Dataset) -> bool:
+    """Whether an image is a full-field view for presentation (not raw "For Processing" data, not a spot
+    compression or magnification view, whose View Modifier Code Sequence says so)."""
+    for_processing = (str(header.get("SOPClassUID", "")) == FOR_PROCESSING_SOP_CLASS
+                      or str(header.get("PresentationIntentType", "")).upper() == "FOR PROCESSING")
+    modified = any(len(item.get("ViewModifierCodeSequence", [])) for item in header.get("ViewCodeSequence", []))
+    return not for_processing and not modified
+
+
+def _acquired(header: pydicom.Dataset) -> tuple[str, int]:
+    """Sort key of a retake: acquisition (else content) date and time, then instance number."""
+    when = str(header.get("AcquisitionDateTime", "") or "") or (
+        str(header.get("ContentDate", "") or "") + str(header.get("ContentTime", "") or ""))
+    return when, int(header.get("InstanceNumber", 0) or 0)
+
+
 def load_views(paths: Sequence[Path | str]) -> list[MammoView]:
-    """Read the views of one study, ordered by laterality then CC, MLO, ... so view_index is stable."""
+    """Read the views of one study, ordered by laterality then CC, MLO, ... so view_index is stable.
+
+    Only full-field views for presentation are read (``_screening_image``); of several images of the
+    same laterality and view (a retake) the last acquired is kept. VolumeError when none is left.
+    """
     if not paths:
         raise VolumeError("no files given for the mammography views")
-    views = [load_view(Path(p)) for p in paths]
+    headers = {Path(p): pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
+    screening = [p for p, header in headers.items() if _screening_image(header)]
+    if not screening:
+        raise VolumeError(f"none of the {len(paths)} mammography images is a full-field view for presentation "
+                          f"(For Processing, spot compression or magnification only)")
+    latest: dict[tuple[str, str], Path] = {}
+    for path in sorted(screening, key=lambda p: _acquired(headers[p])):
+        header = headers[path]
+        latest[(_laterality(header, path), _view(header, path))] = path
+    views = [load_view(path) for path in latest.values()]
     studies = {v.study_instance_uid for v in views}
     if len(studies) != 1:
         raise VolumeError(f"mammography views must belong to one study, got {len(studies)} StudyInstanceUIDs")

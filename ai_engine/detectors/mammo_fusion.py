@@ -264,8 +264,22 @@ def _classified(candidates: list[Candidate], breasts: dict[int, tuple[str, str]]
         return 0.0, 0.0
     top_view = max(best, key=best.__getitem__)
     side = breasts[top_view][0]
+    if sum(lat == side for lat, _ in breasts.values()) == 1:  # the breast's other view is missing: assumed to agree
+        return best[top_view], best[top_view]
     others = [p for v, p in best.items() if v != top_view and breasts[v][0] == side]
     return best[top_view], max(others, default=0.0)
+
+
+def incomplete_exam(identities: list[tuple[str, str]]) -> str | None:
+    """What a four-view exam of ``identities`` (laterality, view) lacks, e.g. "R: one view; no L breast"."""
+    missing = []
+    for side in ("R", "L"):
+        count = sum(lat == side for lat, _ in identities)
+        if count == 0:
+            missing.append(f"no {side} breast")
+        elif count == 1:
+            missing.append(f"{side}: one view")
+    return "; ".join(missing) or None
 
 
 def case_image_features(candidates: list[Candidate], peaks: np.ndarray, breasts: dict[int, tuple[str, str]],
@@ -276,6 +290,11 @@ def case_image_features(candidates: list[Candidate], peaks: np.ndarray, breasts:
     (cm^2) of each view above probability 0.5. The most suspicious breast sets the map features;
     ``contralateral_peak`` is the other breast's peak (symmetry cue); the classifier's features
     come from the exam's most malignant-looking candidate (``_classified``).
+
+    The heads learned from four-view exams. In an incomplete exam a missing view or breast is read as
+    agreeing with what is there, so that its absence is no cue: a breast with one view has that
+    view's peaks as its second-view and matched values, and without the other breast the
+    contralateral peak is the breast's own (``incomplete_exam`` names what is missing).
     """
     sides = sorted({lat for lat, _ in breasts.values()})
     per_side = {}
@@ -284,15 +303,15 @@ def case_image_features(candidates: list[Candidate], peaks: np.ndarray, breasts:
         matched = [max((c.matched_score for c in candidates if c.view_index in idx and c.channel == k),
                        default=0.0) for k in range(len(CHANNELS))]
         view_peaks = peaks[idx]  # (views of this side, C)
-        second = [float(np.sort(view_peaks[:, k])[-2]) if len(idx) > 1 else 0.0 for k in range(len(CHANNELS))]
         top = [float(view_peaks[:, k].max()) for k in range(len(CHANNELS))]
-        per_side[side] = (matched, top, second, float(areas[idx].sum()))
+        second = [float(np.sort(view_peaks[:, k])[-2]) for k in range(len(CHANNELS))] if len(idx) > 1 else top
+        per_side[side] = (matched if len(idx) > 1 else top, top, second, float(areas[idx].sum()))
     worst = max(sides, key=lambda s: max(per_side[s][0] + per_side[s][1]))
     matched, top, second, area = per_side[worst]
-    others = [max(per_side[s][1]) for s in sides if s != worst]
+    others = [max(per_side[s][1]) for s in sides if s != worst] or [max(top)]
     classified = _classified(candidates, breasts)
     return np.array([_logit(matched[0]), _logit(matched[1]), _logit(top[0]), _logit(top[1]),
-                     _logit(second[0]), _logit(second[1]), _logit(max(others, default=0.0)),
+                     _logit(second[0]), _logit(second[1]), _logit(max(others)),
                      math.log1p(area), _logit(classified[0]), _logit(classified[1])], dtype=np.float32)
 
 
@@ -450,6 +469,10 @@ class MammoFusion:
                  f"breast density category (suggested): {density}",
                  f"modality weights: {weight_dict}", f"logit_std {logit_std:.3f}", UNCERTAINTY_NOTE,
                  "deep fusion model trained on synthetic phantoms only; not for clinical use"]
+        missing = incomplete_exam([(v.laterality, v.view) for v in views])
+        if missing:
+            notes.append(f"incomplete exam ({missing}): the model learned from four-view exams; what is missing "
+                         f"was read as agreeing with what is present")
         return DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=probability,
                               positive=positive, notes=notes)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from ai_engine.clinical_features import encode_clinical, feature_names
-from ai_engine.mammo import load_views
+from ai_engine.errors import VolumeError
+from ai_engine.mammo import FOR_PROCESSING_SOP_CLASS, load_views
 from ai_engine.synthetic.cohorts.mammo import HELDOUT_ACQUISITION, generate_case, write_case_dicom
 from ai_engine.synthetic.mammo_phantom import Acquisition, BreastSpec, PlacedLesion, render_breast
 from tests.peers import dciodvfy_errors
@@ -28,6 +32,29 @@ def test_four_views_round_trip_through_dicom_in_loader_order(tmp_path: Path) -> 
     assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
     assert views[0].pixel_spacing_mm == (0.8, 0.8)
     np.testing.assert_allclose(views[1].array, np.rint(case.views()[1][2]))
+
+
+def test_loader_keeps_the_last_retake_and_skips_raw_and_spot_images(tmp_path: Path) -> None:
+    paths = write_case_dicom(generate_case(_first_case(False), Acquisition(pixel_spacing_mm=0.8)), tmp_path)
+    extras = []
+    for name, change in (("retake", {"InstanceNumber": 9}),
+                         ("raw", {"SOPClassUID": FOR_PROCESSING_SOP_CLASS, "PresentationIntentType": "FOR PROCESSING"}),
+                         ("spot", {})):
+        ds = pydicom.dcmread(paths[0])
+        ds.SOPInstanceUID = generate_uid()
+        for keyword, value in change.items():
+            setattr(ds, keyword, value)
+        if name == "spot":
+            modifier = Dataset()
+            modifier.CodeValue, modifier.CodingSchemeDesignator, modifier.CodeMeaning = "399163009", "SCT", "Spot"
+            ds.ViewCodeSequence[0].ViewModifierCodeSequence = [modifier]
+        ds.save_as(tmp_path / f"{name}.dcm")
+        extras.append(ds.SOPInstanceUID)
+    views = load_views([*paths, *(tmp_path / f"{n}.dcm" for n in ("retake", "raw", "spot"))])
+    assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
+    assert views[0].sop_instance_uid == extras[0]
+    with pytest.raises(VolumeError, match="none of the 1 mammography images is a full-field view"):
+        load_views([tmp_path / "raw.dcm"])
 
 
 @pytest.mark.peers

@@ -61,6 +61,15 @@ def test_empty_exam_reports_no_findings_and_a_low_probability(detector) -> None:
     assert any("BI-RADS-style suggestion: 1" in note for note in result.notes)
 
 
+@pytest.mark.parametrize("kept", [(0, 1), (2, 3), (0,), (3,)], ids=["L only", "R only", "L CC only", "R MLO only"])
+def test_an_incomplete_normal_exam_stays_negative_and_says_what_is_missing(detector, kept) -> None:  # noqa: ANN001
+    inputs = _exam(())[0]  # before: a missing breast read as a certain asymmetry, probability ~1.0
+    result = detector.detect(DetectorInput(views=[inputs.views[i] for i in kept]))
+    assert not result.positive and result.findings == []
+    assert any(note.startswith("incomplete exam (") for note in result.notes)
+    assert not any("incomplete" in note for note in detector.detect(inputs).notes)
+
+
 def test_probability_maps_to_birads_ranges() -> None:
     assert birads_suggestion(0.01, has_findings=False) == "1"
     assert birads_suggestion(0.01, has_findings=True) == "2"
