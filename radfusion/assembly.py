@@ -4,7 +4,10 @@ Called periodically by the scheduler. A series becomes a candidate when the asso
 carried it was released and it has been quiet for ``settle_s`` (or quiet for ``quiet_timeout_s``
 whatever the association does); a candidate with a slice gap waits for the quiet timeout and
 is then processed with the gap noted. A study is dispatched when none of its series is still
-receiving; each stable series gets one job per detector its routing rules choose.
+receiving; each stable series gets one job per detector its routing rules choose, except for a
+study-level detector (mammography: many modalities send each view as a series of its own), which
+gets one job per study and rule, anchored on the first such series; the job reads them all
+(``radfusion.pipeline.JobRunner.input_series``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ class StudyAssembler:
     """Moves series from receiving to stable and studies from receiving to processing."""
 
     def __init__(self, db: Database, router: Router, stability: StabilitySettings, model_versions: dict[str, str],
-                 on_study_seen: StudySeen = lambda study, detectors: None) -> None:
+                 on_study_seen: StudySeen = lambda study, detectors: None,
+                 study_level: frozenset[str] = frozenset()) -> None:
         self._db = db
         self._router = router
+        self._study_level = study_level
         self._stability = stability
         self._model_versions = model_versions
         self._on_study_seen = on_study_seen
@@ -80,7 +85,8 @@ class StudyAssembler:
 
     def _dispatch(self, session: Session, study: Study, now: datetime) -> int:
         queued = 0
-        for series in study.series:
+        study_jobs: set[tuple[str, str]] = set()  # (rule, detector) of the study-level jobs queued
+        for series in sorted(study.series, key=lambda s: s.id):
             if series.state != "stable":
                 continue
             matches = self._router.select(series.attributes)
@@ -88,7 +94,13 @@ class StudyAssembler:
                 session.add(AuditEvent(kind="no_rule_matched", subject=series.series_uid,
                                        detail=f"modality {series.modality}"))
             released_at = session.scalar(select(Association.ended_at).where(Association.id == series.last_association_id))
+            jobs = 0
             for match in matches:
+                if match.detector in self._study_level:
+                    if (match.route.name, match.detector) in study_jobs:
+                        continue
+                    study_jobs.add((match.route.name, match.detector))
+                jobs += 1
                 session.add(Job(
                     study_id=study.id, series_id=series.id, detector=match.detector,
                     model_version=self._model_versions[match.detector], revision=series.revision,
@@ -96,9 +108,9 @@ class StudyAssembler:
                     report_destinations=list(match.route.report_destinations),
                     alert_channels=list(match.route.alert_channels), trigger_released_at=released_at,
                 ))
-                queued += 1
+            queued += jobs
             log.info("series %s stable (%d instances, accession %s): %d job(s)%s", series.series_uid,
-                     series.instance_count, study.accession_number, len(matches),
+                     series.instance_count, study.accession_number, jobs,
                      f"; note: {series.geometry_note}" if series.geometry_note else "")
             series.state = "processed"
             series.revision += 1

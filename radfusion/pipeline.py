@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ai_engine.detectors.base import Detector
-from ai_engine.inputs import load_inputs
+from ai_engine.inputs import STUDY_LEVEL_TASKS, load_inputs
 from ai_engine.results import DetectorResult, Task
 from dicom_node.spool import safe_uid_component
 from hl7_fhir.context import ClinicalContext
@@ -31,6 +31,7 @@ from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
 from radfusion.outbound import alert_deliveries, outbound_findings, outbound_study, report_deliveries
+from radfusion.routing import Router
 from radfusion.settings import Settings
 from reports.alerts import build_ich_alert
 from reports.seg import build_heatmap_seg, build_seg
@@ -60,14 +61,21 @@ def study_patient(study: Study) -> StudyPatient:
     return StudyPatient(study.id, study.patient_id, study.issuer_of_patient_id, study.accession_number)
 
 
+def study_level_detectors(detectors: Mapping[str, Detector]) -> frozenset[str]:
+    """Names of the detectors that read a whole study at once (tasks in ``STUDY_LEVEL_TASKS``)."""
+    return frozenset(name for name, detector in detectors.items() if detector.task in STUDY_LEVEL_TASKS)
+
+
 class JobRunner:
     """Executes claimed jobs on worker threads."""
 
     def __init__(self, db: Database, results_dir: Path, detectors: Mapping[str, Detector], settings: Settings,
-                 clinical: ClinicalGatherer) -> None:
+                 clinical: ClinicalGatherer, router: Router) -> None:
         self._db = db
         self._results_dir = results_dir
         self._detectors = detectors
+        self._study_level = study_level_detectors(detectors)
+        self._router = router
         self._settings = settings
         self._clinical = clinical
 
@@ -84,7 +92,8 @@ class JobRunner:
         with self._db.session() as session:
             job = session.get(Job, job_id)
             assert job is not None
-            paths = [Path(p) for p in session.scalars(select(Instance.path).where(Instance.series_id == job.series_id))]
+            paths = [Path(p) for p in session.scalars(select(Instance.path)
+                                                      .where(Instance.series_id.in_(self.input_series(job))))]
             detector = self._detectors[job.detector]
             patient = study_patient(job.study)
             study_uid, accession = job.study.study_uid, job.study.accession_number
@@ -115,13 +124,23 @@ class JobRunner:
         log.info("job %d done: %s on study %s (accession %s): %d finding(s), %.2f s", job_id, job.detector,
                  study_uid, accession, len(result.findings), time.monotonic() - started)
 
+    def input_series(self, job: Job) -> list[int]:
+        """The series a job reads: its own, or for a study-level detector every series of the study that the
+        job's rule routes to that detector (the views of a mammogram sent as one series each)."""
+        if job.detector not in self._study_level:
+            return [job.series_id]
+        return [series.id for series in job.study.series
+                if any((m.route.name, m.detector) == (job.rule, job.detector)
+                       for m in self._router.select(series.attributes))] or [job.series_id]
+
     def _predecessor(self, session: Session, job: Job) -> SrReference | None:
-        """The SR of the latest earlier revision of this series and detector, if any."""
+        """The SR of the latest earlier run of this detector on this series (or study, for a study-level one)."""
+        earlier = ((Job.study_id == job.study_id, Job.id < job.id) if job.detector in self._study_level
+                   else (Job.series_id == job.series_id, Job.revision < job.revision))
         path = session.scalar(
             select(Artifact.path).join(Job, Artifact.job_id == Job.id)
-            .where(Job.series_id == job.series_id, Job.detector == job.detector, Job.revision < job.revision,
-                   Job.state == "done", Artifact.kind == "sr")
-            .order_by(Job.revision.desc()).limit(1))
+            .where(*earlier, Job.detector == job.detector, Job.state == "done", Artifact.kind == "sr")
+            .order_by(Job.id.desc()).limit(1))
         return None if path is None else SrReference.from_dataset(pydicom.dcmread(path, stop_before_pixels=True))
 
     def _write_reports(self, job_id: int, study_uid: str, sources: list[pydicom.Dataset], result: DetectorResult,

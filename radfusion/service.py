@@ -23,7 +23,7 @@ from radfusion.db import Database
 from radfusion.delivery import LANES, MAX_OVERLAPPING_ROUNDS, DeliveryWorker
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
-from radfusion.pipeline import JobRunner, study_patient
+from radfusion.pipeline import JobRunner, study_level_detectors, study_patient
 from radfusion.recovery import reconcile_spool, recover
 from radfusion.routing import compile_routing
 from radfusion.settings import Settings
@@ -67,8 +67,9 @@ class Service:
         self.clinical = ClinicalGatherer(settings.clinical, self.db)
         self.assembler = StudyAssembler(self.db, router, settings.stability,
                                         {n: d.algorithm.version for n, d in self.detectors.items()},
-                                        on_study_seen=self._prefetch_clinical)
-        self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings, self.clinical)
+                                        on_study_seen=self._prefetch_clinical,
+                                        study_level=study_level_detectors(self.detectors))
+        self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings, self.clinical, router)
         self.deliveries = DeliveryWorker(self.db, settings)
         self.recorder = IngestRecorder(self.db)
         self.scp = StorageScp(scp_config(settings), self.spool, self.recorder)

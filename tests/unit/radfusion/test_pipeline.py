@@ -1,19 +1,54 @@
-"""A job whose result objects cannot be written still raises the alarm for an urgent finding."""
+"""Jobs on the database: a mammogram sent as one series per view is read as one exam; a job whose result
+objects cannot be written still raises the alarm for an urgent finding."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.studies import write_study
 from radfusion import pipeline
-from radfusion.models import Alert, Artifact, Delivery, Job, Series
+from radfusion.models import Alert, Artifact, Delivery, Job, Series, utcnow
 from radfusion.recovery import read_stored_instance
 from radfusion.service import Service
 from radfusion.settings import default_routing, load_settings
+
+
+def _store(service: Service, paths: list[Path]) -> None:
+    for source in paths:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        target = service.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        service.spool.write_durably(target, source.read_bytes())
+        service.recorder.instance_stored(read_stored_instance(target))
+
+
+def test_a_mammogram_sent_as_one_series_per_view_is_one_exam_and_one_job(tmp_path: Path) -> None:
+    service = Service(load_settings(storage_path=tmp_path / "data",
+                                    routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
+    paths = write_case_dicom(generate_case(1), tmp_path / "exam")  # a normal exam (all four views: ~0.0)
+    for path in paths:  # as many modalities send it: every view a series of its own
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = generate_uid()
+        ds.save_as(path)
+    _store(service, paths)
+    assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 1  # before: four jobs, each at ~1.0
+    with service.db.session() as session:
+        job = session.scalars(select(Job)).one()
+        assert len(service.runner.input_series(job)) == 4
+    assert service.runner.claim(job.id)
+    service.runner.run(job.id)
+    with service.db.session() as session:
+        job = session.get(Job, job.id)
+        assert job.state == "done" and job.result["positive"] is False, job.error
+        sr = pydicom.dcmread(session.scalars(select(Artifact.path).where(Artifact.kind == "sr")).one())
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert len(evidence) == 4
 
 
 def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
@@ -22,11 +57,7 @@ def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
                                                                       default_routing([], ["ed"])],
                              alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
     service = Service(settings)
-    for source in write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths:
-        ds = pydicom.dcmread(source, stop_before_pixels=True)
-        target = service.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        service.spool.write_durably(target, source.read_bytes())
-        service.recorder.instance_stored(read_stored_instance(target))
+    _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths)
     with service.db.session() as session:
         series = session.scalars(select(Series)).one()
         job = Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
