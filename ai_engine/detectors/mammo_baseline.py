@@ -1,6 +1,9 @@
 """Masses and microcalcification clusters on mammograms, classical baseline.
 
-Per view: the breast is the largest bright region; masses are compact regions brighter than
+Per view: the breast is the largest bright region. Its grey levels are rescaled so that its
+2nd-99.5th percentile range is ``REFERENCE_BREAST_RANGE``: the contrast thresholds of
+``MammoParameters`` were set on 12-bit views of about that range, and a 14- or 16-bit detector or
+another gain would otherwise shift every one of them. Masses are compact regions brighter than
 their surroundings (local mean minus a masked, broad background); calcifications are specks
 far above their median neighbourhood (a band along the chest wall is skipped, so lesions
 right at the chest wall are missed), grouped by single linkage, kept as a cluster when at
@@ -11,7 +14,7 @@ MLO by their depth from the chest wall; a mass seen in one view only scores lowe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -24,7 +27,8 @@ from ai_engine.mammo import MammoView
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 
 NAME = "mammo_baseline"
-VERSION = "0.1.1"  # 0.1.1: wide backgrounds filtered on a reduced image (fine-pixel views)
+VERSION = "0.2.0"  # 0.2.0: grey levels rescaled per view; 0.1.1: wide backgrounds filtered on a reduced image
+REFERENCE_BREAST_RANGE = 1000.0  # median 2nd-99.5th percentile range of the training-acquisition breasts (1,010)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,15 @@ def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
     return _on_reduced(image, factor, lambda a: ndimage.gaussian_filter(a, sigma / factor))
 
 
+def _rescaled(view: MammoView, breast: np.ndarray) -> MammoView:
+    """``view`` with its grey levels scaled so that the breast's 2nd-99.5th percentile range is the reference."""
+    if not breast.any():
+        return view
+    low, high = np.percentile(view.array[breast], [2.0, 99.5])
+    scale = REFERENCE_BREAST_RANGE / max(float(high - low), 1e-3)
+    return replace(view, array=((view.array - low) * scale).astype(np.float32))
+
+
 @dataclass
 class _ViewGeometry:
     breast: np.ndarray
@@ -108,8 +121,9 @@ class MammoBaseline:
                                      f"{inputs.volume is not None})")
         masses: list[tuple[Finding, MammoView, float]] = []
         clusters: list[Finding] = []
-        for index, view in enumerate(inputs.views):
-            geometry = self._geometry(view)
+        for index, source in enumerate(inputs.views):
+            geometry = self._geometry(source)
+            view = _rescaled(source, geometry.breast)
             for finding in self._masses(view, geometry, index):
                 masses.append((finding, view, finding.measurements["depth_from_chest_wall_mm"]))
             clusters.extend(self._clusters(view, geometry, index))
@@ -131,7 +145,8 @@ class MammoBaseline:
         sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
         breast = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
         inner = ndimage.distance_transform_edt(breast) * spacing > self.parameters.skin_margin_mm
-        chest_wall_col = 0 if breast[:, 0].sum() >= breast[:, -1].sum() else image.shape[1] - 1
+        edge = max(2, image.shape[1] // 20)  # a band: a few unexposed pixels at the edge must not decide
+        chest_wall_col = 0 if breast[:, :edge].sum() >= breast[:, -edge:].sum() else image.shape[1] - 1
         # The pectoral muscle and the chest-wall edge are bright bands, not masses.
         depth_mm = np.abs(np.arange(image.shape[1]) - chest_wall_col) * spacing
         inner &= (depth_mm > self.parameters.chest_wall_margin_mm)[None, :]

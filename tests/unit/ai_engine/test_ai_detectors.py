@@ -94,6 +94,18 @@ def test_mammo_baseline_is_negative_on_lesion_free_breasts(seed: int, tmp_path: 
     assert not [f for f in result.findings if f.finding_type is FindingType.CALCIFICATION_CLUSTER]
 
 
+def test_mammo_baseline_reads_a_14_bit_exam_with_a_dark_chest_wall_edge_as_the_12_bit_one(tmp_path: Path) -> None:
+    _, inputs, result = _run("mammo_baseline", "mammo", tmp_path, 2, True, rows=256)
+    for view in inputs.views:  # another detector: four times the grey levels, 3 unexposed columns at the edge
+        view.array = view.array * 4.0
+        chest_wall = slice(0, 3) if view.array[:, :10].mean() > view.array[:, -10:].mean() else slice(-3, None)
+        view.array[:, chest_wall] = 0.0
+    shifted = create_detector("mammo_baseline").detect(inputs)
+    assert shifted.case_score == pytest.approx(result.case_score, abs=0.05)
+    assert sorted((f.finding_type, f.view_index) for f in shifted.findings) == sorted(
+        (f.finding_type, f.view_index) for f in result.findings)
+
+
 def test_registry_lists_every_detector_with_its_task_and_suggests_close_names() -> None:
     assert available_detectors() == {"ich_baseline": Task.ICH, "nodule_baseline": Task.LUNG_NODULE,
                                      "mammo_baseline": Task.MAMMOGRAPHY, "ich_fusion": Task.ICH,
