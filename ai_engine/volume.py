@@ -111,11 +111,25 @@ def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray,
     return steps, tilt
 
 
+def _localizer(ds: pydicom.Dataset) -> bool:
+    image_type = ds.get("ImageType", [])
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return any(str(v).upper() == "LOCALIZER" for v in values)
+
+
 def load_series(paths: Sequence[Path | str]) -> Volume:
-    """Read single-frame slices of one series, order them along the normal and stack them in HU."""
+    """Read single-frame slices of one series, order them along the normal and stack them in HU.
+
+    Localizer (scout) images that some scanners put into the axial series (ImageType LOCALIZER) are
+    left out; a series of localizers only is not a volume.
+    """
     if not paths:
         raise VolumeError("no files given for the volume")
     datasets = [(Path(p), _read(Path(p))) for p in paths]
+    slices = [(path, ds) for path, ds in datasets if not _localizer(ds)]
+    if not slices:
+        raise VolumeError(f"all {len(datasets)} images are localizers (ImageType LOCALIZER); no volume to analyse")
+    datasets = slices
     series_uid = _single({str(ds.SeriesInstanceUID) for _, ds in datasets}, "SeriesInstanceUID")
     study_uid = _single({str(ds.StudyInstanceUID) for _, ds in datasets}, "StudyInstanceUID")
     shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in datasets}

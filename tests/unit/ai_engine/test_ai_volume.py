@@ -66,6 +66,19 @@ def test_mixed_orientation_is_rejected(head: SyntheticStudy, tmp_path: Path) -> 
         load_series(_rewrite(head.paths, tmp_path / "mixed", rotate))
 
 
+def test_a_localizer_in_the_axial_series_is_left_out(head: SyntheticStudy, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(head.paths[0])  # a coronal scout that some scanners put into the axial series
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    scout = tmp_path / "scout.dcm"
+    ds.save_as(scout)
+    volume = load_series([scout, *head.paths])
+    assert volume.paths == head.paths and volume.array.shape == (12, 64, 64)
+    with pytest.raises(VolumeError, match="all 1 images are localizers"):
+        load_series([scout])
+
+
 def _tilted(degrees: float, off_line: int | None = None):  # noqa: ANN202
     """Shift each slice in-plane (y) as a gantry tilted by ``degrees`` does; ``off_line``: one slice 1 mm off."""
     def tilt(index: int, ds: pydicom.Dataset) -> None:
