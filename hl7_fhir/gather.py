@@ -311,7 +311,8 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
                     or merged.reason_for_exam)
     if fhir_context.status == "unavailable":
         merged.status = "partial" if has_data else "unavailable"
-        merged.errors += [f"{section}: not gathered, the EMR was unavailable" for section in LIST_SECTIONS]
+        if has_data:
+            merged.errors += [f"{section}: not gathered, the EMR was unavailable" for section in LIST_SECTIONS]
     else:
         merged.status = fhir_context.status
     merged.missing = _missing(merged, analytes, accession)

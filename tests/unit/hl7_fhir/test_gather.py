@@ -39,6 +39,7 @@ def test_emr_down_but_hl7_labs_present_is_partial_and_keeps_the_reason() -> None
     assert {e.split(":")[0] for e in merged.errors[1:]} == {"medications", "conditions", "procedures", "family_history"}
     nothing = merge_contexts(fhir, [], analytes=["inr"], now=NOW, lookback=WINDOW)
     assert nothing.status == "unavailable" and nothing.missing == ["inr", "age", "sex"]
+    assert nothing.errors == ["EMR did not answer within 2.0 s"]
 
 
 def test_budget_returns_on_time_and_never_raises() -> None:
