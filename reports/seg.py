@@ -25,7 +25,7 @@ from reports.algorithm import (
 )
 from reports.coding import FINDING_TYPE_CODES, MORPHOLOGICALLY_ABNORMAL_STRUCTURE
 from reports.errors import ReportsError
-from reports.sources import view_of
+from reports.sources import conformant_headers, view_of
 from reports.tracking import tracking_id
 
 
@@ -64,17 +64,21 @@ def build_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult
 
 
 def build_heatmap_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *,
-                      series_number: int, instance_number: int = 1) -> list[pydicom.Dataset]:
+                      series_number: int, instance_number: int = 1,
+                      masks: Sequence[pydicom.Dataset] = ()) -> list[pydicom.Dataset]:
     """Fractional SEG instances (one series; probability, 8 bits) of the findings' heat maps; [] if none.
 
-    A finding whose heat map is zero everywhere has nothing to show and gets no segment.
+    A finding whose heat map is zero everywhere has nothing to show and gets no segment. A finding
+    with a segment in ``masks`` (``build_seg``'s SEGs of the same result) keeps that segment's
+    Tracking UID, so a viewer that follows findings by UID shows one finding, not two.
     """
-    return _build(source_datasets, result, HEATMAPS, series_number, instance_number)
+    return _build(source_datasets, result, HEATMAPS, series_number, instance_number, masks)
 
 
 def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, layer: _Layer,
-           series_number: int, instance_number: int) -> list[pydicom.Dataset]:
+           series_number: int, instance_number: int, masks: Sequence[pydicom.Dataset] = ()) -> list[pydicom.Dataset]:
     check_algorithm_info(result.algorithm)
+    source_datasets = conformant_headers(source_datasets)
     masked = [(index, f) for index, f in enumerate(result.findings) if _included(getattr(f, layer.attribute), layer)]
     if not masked:
         return []
@@ -84,7 +88,7 @@ def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, l
     else:
         groups = [(list(source_datasets), masked)]
     return [
-        _segmentation(sources, findings, result, layer, series_uid, series_number, instance_number + k)
+        _segmentation(sources, findings, result, layer, series_uid, series_number, instance_number + k, masks)
         for k, (sources, findings) in enumerate(groups)
     ]
 
@@ -124,8 +128,15 @@ def _group_by_view(views: Sequence[pydicom.Dataset],
     return [([views[view]], by_view[view]) for view in sorted(by_view)]
 
 
+def _tracking_uid(masks: Sequence[pydicom.Dataset], index: int, finding: Finding) -> str:
+    """The Tracking UID of finding ``index``'s segment in ``masks``, or a new one."""
+    segment = find_segment(masks, index, finding)
+    return hd.UID() if segment is None else segment.tracking_uid
+
+
 def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Finding]], result: DetectorResult,
-                  layer: _Layer, series_uid: str, series_number: int, instance_number: int) -> hd.seg.Segmentation:
+                  layer: _Layer, series_uid: str, series_number: int, instance_number: int,
+                  masks: Sequence[pydicom.Dataset]) -> hd.seg.Segmentation:
     """One SEG of ``layer`` over ``sources`` with one segment per finding."""
     shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
     frames = [_as_frames(index, finding, layer, shape) for index, finding in findings]
@@ -138,7 +149,7 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
             segmented_property_type=FINDING_TYPE_CODES[finding.finding_type],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=seg_algorithm_identification(info),
-            tracking_uid=hd.UID(),
+            tracking_uid=_tracking_uid(masks, index, finding),
             tracking_id=tracking_id(index, finding),
         )
         for number, (index, finding) in enumerate(findings, start=1)

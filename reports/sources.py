@@ -1,13 +1,60 @@
-"""Picking the source image a finding lies on, with range checks that name the finding."""
+"""Source headers as the result builders take them, and picking the source image a finding lies on."""
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Sequence
 
 import pydicom
 
 from ai_engine.results import Finding
 from reports.errors import ReportsError
+
+
+DATE_KEYWORDS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+_LOOSE_DATE = re.compile(r"(\d{4})[-./](\d{2})[-./](\d{2})")
+
+
+def _character_set(value: object) -> object:
+    """Specific Character Set in a form highdicom accepts, same encoding: an empty first value (the standard
+    Japanese/Korean form) is ISO 2022 IR 6, and a lone code-extension term its plain one (ISO 2022 IR 100 ->
+    ISO_IR 100)."""
+    if isinstance(value, str):
+        return value.replace("ISO 2022 IR ", "ISO_IR ") if value.startswith("ISO 2022 IR ") else value
+    values = list(value)  # type: ignore[call-overload]
+    return ["ISO 2022 IR 6" if not v else v for v in values] if values and not values[0] else value
+
+
+def _date(value: str) -> str | None:
+    """A DA value as YYYYMMDD: unchanged when valid, 'YYYY-MM-DD' style rewritten, anything else None."""
+    if re.fullmatch(r"\d{8}", value):
+        return value
+    loose = _LOOSE_DATE.fullmatch(value.strip())
+    return "".join(loose.groups()) if loose else None
+
+
+def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The source headers the builders copy from, mended where the sender broke the standard in ways that would
+    stop the result (a copy only where something changes): the Specific Character Set (``_character_set``)
+    and dates of the patient and study modules ('1945-03-17' -> 19450317; an unreadable one emptied)."""
+    mended = []
+    for ds in datasets:
+        changes: dict[str, object] = {}
+        if "SpecificCharacterSet" in ds and _character_set(ds.SpecificCharacterSet) != ds.SpecificCharacterSet:
+            changes["SpecificCharacterSet"] = _character_set(ds.SpecificCharacterSet)
+        for keyword in DATE_KEYWORDS:
+            value = str(ds.get(keyword, "") or "")
+            if value and _date(value) != value:
+                changes[keyword] = _date(value)
+        if not changes:
+            mended.append(ds)
+            continue
+        fixed = copy.deepcopy(ds)
+        for keyword, value in changes.items():
+            setattr(fixed, keyword, "" if value is None else value)  # all Type 2 or 3: empty is allowed
+        mended.append(fixed)
+    return mended
 
 
 def view_of(views: Sequence[pydicom.Dataset], index: int, finding: Finding) -> pydicom.Dataset:

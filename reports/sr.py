@@ -52,7 +52,7 @@ from reports.coding import (
 )
 from reports.errors import ReportsError
 from reports.seg import SegmentRef, find_segment
-from reports.sources import slice_of, view_of
+from reports.sources import conformant_headers, slice_of, view_of
 from reports.tracking import tracking_id
 
 NO_FINDINGS = "No findings."
@@ -99,6 +99,7 @@ def build_sr(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult,
     if not source_datasets:
         raise ReportsError("build_sr: source_datasets must hold at least one source image, got none")
     check_algorithm_info(result.algorithm)
+    source_datasets = conformant_headers(source_datasets)
     groups = [
         _measurement_group(source_datasets, result, index, finding, segmentations)
         for index, finding in enumerate(result.findings)

@@ -115,6 +115,15 @@ def test_heat_maps_become_a_fractional_probability_seg(head_ct, algorithm, tmp_p
     np.testing.assert_allclose(pixels[..., 0], result.findings[0].heatmap, atol=1 / 255 + 1e-6)
 
 
+def test_a_findings_heat_map_keeps_the_tracking_uid_of_its_mask_segment(head_ct, algorithm):
+    result = ich_result(algorithm, head_ct)
+    result.findings[0].heatmap = _blob(result.findings[0].mask.shape, (4.0, 45.0, 65.0), 3.0)
+    [masks] = build_seg(head_ct, result, series_number=901)
+    [heat] = build_heatmap_seg(head_ct, result, series_number=903, masks=[masks])
+    assert heat.SegmentSequence[0].TrackingUID == masks.SegmentSequence[0].TrackingUID
+    assert heat.SegmentSequence[0].TrackingID == masks.SegmentSequence[0].TrackingID
+
+
 def test_mammo_heat_maps_go_on_their_own_view(mammo_views, algorithm, tmp_path):
     result = mammo_result(algorithm, mammo_views)
     view = result.findings[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,21 @@ def _saved(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
 
 def _text_values(sr: pydicom.Dataset, meaning: str) -> list[str]:
     return [str(item.TextValue) for item in named(sr, meaning) if item.ValueType == "TEXT"]
+
+
+@pytest.mark.parametrize(("charset", "written"), [
+    (["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 87"]),  # the standard Japanese form
+    ("ISO 2022 IR 100", "ISO_IR 100")])
+def test_a_sender_s_character_set_and_dashed_dates_do_not_stop_the_results(head_ct, algorithm, tmp_path,
+                                                                          charset, written):
+    sources = [copy.deepcopy(ds) for ds in head_ct]
+    for ds in sources:
+        ds.SpecificCharacterSet, ds.PatientBirthDate, ds.StudyDate = charset, "1945-03-17", "2024.01.15"
+    result = ich_result(algorithm, sources)
+    segs = build_seg(sources, result, series_number=901)
+    sr = _saved(build_sr(sources, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
+    assert (sr.SpecificCharacterSet, sr.PatientBirthDate, sr.StudyDate) == (written, "19450317", "20240115")
+    assert segs[0].SpecificCharacterSet == written and head_ct[0].PatientBirthDate != "1945-03-17"
 
 
 def test_ich_sr_is_in_the_source_study_and_cites_the_seg_segments(head_ct, algorithm, tmp_path):
