@@ -32,11 +32,17 @@ class MllpError(Hl7FhirError):
 
 
 class MllpNegativeAck(MllpError):
-    """The receiver answered AE/AR (or CE/CR); ``ack`` is its full ACK message."""
+    """The receiver answered AE/AR (or CE/CR); ``ack`` is its full ACK message, ``code`` its MSA-1."""
 
-    def __init__(self, message: str, ack: str):
+    def __init__(self, message: str, ack: str, code: str):
         super().__init__(message)
         self.ack = ack
+        self.code = code
+
+    @property
+    def rejected(self) -> bool:
+        """AR/CR: the receiver refuses the message itself; sending it again cannot help (AE/CE may pass later)."""
+        return self.code in ("AR", "CR")
 
 
 @dataclass(frozen=True)
@@ -321,5 +327,5 @@ class MllpClient:
             raise MllpError(f"ACK names message {acked!r}, expected {control_id!r}")
         if code not in ("AA", "CA"):
             text = msa[3] if len(msa) > 3 else ""
-            raise MllpNegativeAck(f"message {control_id} answered {code}: {text}", ack)
+            raise MllpNegativeAck(f"message {control_id} answered {code}: {text}", ack, code)
         return ack

@@ -36,7 +36,7 @@ from dicom_node.retry import backoff_delay
 from dicom_node.scu import AssociationRejected, SendFailed, send_files
 from hl7_fhir.errors import Hl7FhirError
 from hl7_fhir.fhir_client import parse_resource, transaction_identity
-from hl7_fhir.mllp import MllpClient
+from hl7_fhir.mllp import MllpClient, MllpNegativeAck
 from radfusion.clinical import fhir_client
 from radfusion.db import Database
 from radfusion.destinations import remote_node, tls_context
@@ -70,10 +70,12 @@ class SendFailure:
 
 
 def is_rejection(exc: Exception) -> bool:
-    """True for an HTTP 4xx answer other than 408, 425 and 429 (FhirError, AlertDeliveryError) and for a
-    DICOM association rejected-permanent (AssociationRejected)."""
+    """True for an HTTP 4xx answer other than 408, 425 and 429 (FhirError, AlertDeliveryError), for a
+    DICOM association rejected-permanent (AssociationRejected) and for an HL7 AR/CR (MllpNegativeAck)."""
     if isinstance(exc, AssociationRejected):
         return exc.permanent
+    if isinstance(exc, MllpNegativeAck):
+        return exc.rejected
     status = getattr(exc, "status", None)
     return status is not None and 400 <= status < 500 and status not in RETRYABLE_HTTP_STATUS
 

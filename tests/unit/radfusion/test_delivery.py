@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hl7_fhir.fhir_client import FhirError
+from hl7_fhir.mllp import MllpNegativeAck
 from radfusion.db import Database
 from radfusion.delivery import DeliveryWorker, is_rejection, requeue_failed
 from radfusion.errors import RadfusionError
@@ -161,6 +162,8 @@ def test_only_client_errors_that_time_cannot_cure_are_refusals() -> None:
     assert is_rejection(FhirError("FHIR POST answered 422", 422)) and is_rejection(AlertDeliveryError("ed", "HTTP 404", 404))
     assert not any(is_rejection(exc) for exc in (FhirError("busy", 429), FhirError("down", 503), FhirError("no answer"),
                                                   AlertDeliveryError("ed", "refused connection"), OSError("unreachable")))
+    assert is_rejection(MllpNegativeAck("answered AR", "MSH...", "AR"))  # the receiver refuses the message itself
+    assert not is_rejection(MllpNegativeAck("answered AE", "MSH...", "AE"))  # its application may take it later
 
 
 def test_a_removed_target_or_a_malformed_stored_body_is_refused_at_once(tmp_path: Path) -> None:
