@@ -71,7 +71,9 @@ class OutboundStudy:
 
     ``study_code`` is a LOINC code of the imaging procedure (e.g. 24725-4 CT Head), with
     ``study_display`` its name; ``patient_system`` is the FHIR identifier system of
-    ``patient_id`` and ``patient_authority`` the HL7 assigning authority.
+    ``patient_id`` and ``patient_authority`` the HL7 assigning authority. ``result_uid`` tells
+    this result from the study's other results (re-issues, other series): radfusion passes
+    the SR's SOP Instance UID, and the FHIR identifiers end with it.
     """
 
     study_instance_uid: str
@@ -83,6 +85,12 @@ class OutboundStudy:
     study_display: str
     algorithm: str
     performed_at: datetime | None = None
+    result_uid: str = ""
+
+    @property
+    def result_key(self) -> str:
+        """Study UID / algorithm [/ result UID]: the stem of the FHIR identifiers of this result."""
+        return "/".join(filter(None, (self.study_instance_uid, self.algorithm, self.result_uid)))
 
     def __post_init__(self) -> None:
         if not _UID.match(self.study_instance_uid) or len(self.study_instance_uid) > 64:

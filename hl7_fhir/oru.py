@@ -40,6 +40,9 @@ def _ts(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
 
 
+HL7_CODING_SYSTEMS = {"http://snomed.info/sct": "SCT", "http://loinc.org": "LN"}  # FHIR URI -> HL7 table 0396
+
+
 def _segment(*fields: str) -> str:
     return "|".join(fields)
 
@@ -67,7 +70,8 @@ def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints:
     segments += [_segment("NTE", str(i), "L", escape(note)) for i, note in enumerate(notes, start=1)]
     rows = list(findings) or [OutboundFinding(f"No finding detected by {study.algorithm}", abnormal=False)]
     for index, finding in enumerate(rows, start=1):
-        code = (f"{escape(finding.code)}^{escape(finding.finding_type)}^{escape(finding.code_system)}"
+        system = HL7_CODING_SYSTEMS.get(finding.code_system, finding.code_system)
+        code = (f"{escape(finding.code)}^{escape(finding.finding_type)}^{escape(system)}"
                 if finding.code else f"^{escape(finding.finding_type)}")
         segments.append(_segment("OBX", str(index), "ST", code, str(index), escape(finding.summary()),
                                  "", "", abnormal_flag(finding), "", "", "P", "", "", performed,

@@ -73,7 +73,7 @@ def _observation(study: OutboundStudy, finding: OutboundFinding, index: int, sub
     observation: dict[str, Any] = {
         "resourceType": "Observation", "status": "preliminary",
         "identifier": [{"system": OBSERVATION_ID_SYSTEM,
-                        "value": f"{study.study_instance_uid}/{study.algorithm}/{index}"}],
+                        "value": f"{study.result_key}/{index}"}],
         "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
         "code": code, "subject": subject, "issued": issued.isoformat(),
         "interpretation": [{"coding": [{"system": INTERPRETATION, "code": flag,
@@ -111,7 +111,7 @@ def build_diagnostic_report(study: OutboundStudy, findings: Sequence[OutboundFin
     summary = "; ".join(f.summary() for f in findings) or f"No finding detected by {study.algorithm}"
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "status": "preliminary",
-        "identifier": [{"system": REPORT_ID_SYSTEM, "value": f"{study.study_instance_uid}/{study.algorithm}"}],
+        "identifier": [{"system": REPORT_ID_SYSTEM, "value": study.result_key}],
         "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
         "code": {"coding": [{"system": LOINC, "code": study.study_code, "display": study.study_display}],
                  "text": study.study_display},

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pydicom
@@ -150,7 +150,7 @@ class JobRunner:
         sr = build_sr(sources, result, series_number=SR_SERIES_NUMBER, predecessor=predecessor,
                       segmentations=segs, clinical_summary=clinical_summary(context))
         written = [_save(ds, "seg", out_dir / f"seg-{index}.dcm") for index, ds in enumerate(segs)]
-        heatmaps = build_heatmap_seg(sources, result, series_number=HEATMAP_SERIES_NUMBER)
+        heatmaps = build_heatmap_seg(sources, result, series_number=HEATMAP_SERIES_NUMBER, masks=segs)
         written.extend(_save(ds, "heatmap", out_dir / f"heatmap-{index}.dcm") for index, ds in enumerate(heatmaps))
         written.append(_save(sr, "sr", out_dir / "sr.dcm"))
         return written
@@ -173,7 +173,8 @@ class JobRunner:
         now = utcnow()
         urgent = self._is_urgent(result)
         findings = outbound_findings(result, urgent)
-        study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent)
+        sr_uid = next(obj.sop_instance_uid for obj in written if obj.kind == "sr")
+        study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent, sources, sr_uid)
         if study is not None:
             session.add_all(report_deliveries(job, study, findings, self._settings, now))
         if urgent:
@@ -185,10 +186,12 @@ class JobRunner:
         job.clinical_context = context.to_dict()
         finish_study_if_idle(session, job.study_id)
 
-    def _emr_study(self, session: Session, job: Job, result: DetectorResult, needed: bool) -> OutboundStudy | None:
+    def _emr_study(self, session: Session, job: Job, result: DetectorResult, needed: bool,
+                   sources: list[pydicom.Dataset], result_uid: str) -> OutboundStudy | None:
         """The study as FHIR/HL7 messages name it; None (audited when ``needed``) if the EMR cannot be told."""
         try:
-            return outbound_study(job.study, result.task, result.algorithm.name, self._settings)
+            return outbound_study(job.study, result.task, result.algorithm.name, self._settings,
+                                  performed_at=performed_at(sources[0]), result_uid=result_uid)
         except Hl7FhirError as exc:  # e.g. no PatientID: the EMR cannot be told, the PACS and webhooks still are
             if needed:
                 session.add(AuditEvent(kind="emr_message_skipped", subject=f"job {job.id}", detail=str(exc)))
@@ -217,7 +220,7 @@ class JobRunner:
             return None
         job = session.get(Job, job_id)
         assert job is not None
-        study = self._emr_study(session, job, result, needed=True)
+        study = self._emr_study(session, job, result, True, sources, "")  # no SR: the alert names the study only
         return self._queue_alert(session, job, result, study, outbound_findings(result, True), sources, utcnow())
 
     def _is_urgent(self, result: DetectorResult) -> bool:
@@ -260,6 +263,19 @@ def clinical_summary(context: ClinicalContext) -> dict[str, str]:
         return {"Clinical data": f"not used ({'; '.join(context.errors) or context.status})"}
     return {lab.name: f"{lab.value:g} {lab.unit}" + (f" ({lab.observed_at:%Y-%m-%d})" if lab.observed_at else "")
             for lab in context.labs.values()}
+
+
+def performed_at(ds: pydicom.Dataset) -> datetime | None:
+    """``acquisition_datetime`` made timezone-aware: with the source's Timezone Offset From UTC, else as the
+    server's local time (the modality's clock is the hospital's)."""
+    when = acquisition_datetime(ds)
+    if when is None:
+        return None
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "")
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        minutes = (int(offset[1:3]) * 60 + int(offset[3:])) * (1 if offset[0] == "+" else -1)
+        return when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    return when.astimezone()
 
 
 def acquisition_datetime(ds: pydicom.Dataset) -> datetime | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -114,6 +115,17 @@ def test_outbound_report_is_valid_and_found_again_once(client: FhirClient, seede
     assert float(results[0].valueQuantity.value) == 12.34 and results[0].bodySite.text == "left parietal"
     alerts = client.search("Communication", {"subject": f"Patient/{seeded}"})
     assert len(alerts) == 1 and alerts[0].priority == "stat"
+
+
+def test_a_reissued_result_is_a_report_of_its_own(client: FhirClient, seeded: str) -> None:
+    """The first result and its re-issue (a late instance) differ in their SR: both reach the EMR."""
+    for sr_uid in ("1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102"):
+        report, observations = build_diagnostic_report(replace(study(), result_uid=sr_uid), FINDINGS[:1],
+                                                       issued=NOW, patient_reference=f"Patient/{seeded}")
+        assert client.post_transaction_once(transaction_bundle([report, *observations])) is not None
+    for n in (1, 2):
+        key = f"{study().study_instance_uid}/{study().algorithm}/1.2.826.0.1.3680043.8.498.10{n}"
+        assert len(client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{key}"})) == 1
 
 
 def test_server_down_gives_unavailable_context_with_the_reason() -> None:

@@ -38,6 +38,11 @@ def test_result_oru_has_one_obx_per_finding_with_flags() -> None:
     assert "AI-generated" in message.nte.nte_3.to_er7()
 
 
+def test_a_fhir_coding_system_is_sent_by_its_hl7_table_0396_name() -> None:
+    snomed = OutboundFinding("Intracranial hemorrhage", "1386000", "http://snomed.info/sct", volume_ml=12.3)
+    assert obx_rows(build_oru_result(STUDY, [snomed], ENDPOINTS))[0][0] == "1386000^Intracranial hemorrhage^SCT"
+
+
 def test_result_without_findings_says_so_with_a_normal_flag() -> None:
     rows = obx_rows(build_oru_result(STUDY, [], ENDPOINTS))
     assert rows == [["^No finding detected by radfusion-ich 0.1.0", "No finding detected by radfusion-ich 0.1.0",

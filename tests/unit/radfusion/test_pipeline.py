@@ -3,7 +3,7 @@ objects cannot be written still raises the alarm for an urgent finding."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pydicom
@@ -49,6 +49,15 @@ def test_a_mammogram_sent_as_one_series_per_view_is_one_exam_and_one_job(tmp_pat
         sr = pydicom.dcmread(session.scalars(select(Artifact.path).where(Artifact.kind == "sr")).one())
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
     assert len(evidence) == 4
+
+
+def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_zone() -> None:
+    ds = pydicom.Dataset()
+    ds.AcquisitionDate, ds.AcquisitionTime, ds.TimezoneOffsetFromUTC = "20240115", "093000.25", "+0100"
+    assert pipeline.performed_at(ds) == datetime(2024, 1, 15, 9, 30, tzinfo=timezone(timedelta(hours=1)))
+    del ds.TimezoneOffsetFromUTC
+    assert pipeline.performed_at(ds) == datetime(2024, 1, 15, 9, 30).astimezone()
+    assert pipeline.performed_at(pydicom.Dataset()) is None
 
 
 def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
