@@ -369,9 +369,11 @@ class StorageScp:
         except _Rejected as rejected:
             return self._quarantine(info, data, rejected, claimed_uid)
 
-        existed = path.exists()
+        existed = path.exists()  # a re-send replaces the acknowledged file only once its row is committed
         try:
-            size = self.spool.write_durably(path, data)
+            staged, size = self.spool.stage(data)
+            if not existed:
+                self.spool.place(staged, path)
         except OSError as exc:
             reason = f"writing {path} failed: {exc}"
             LOG.error("refusing %s on association %s: %s", sop_uid, info.association_id, reason)
@@ -395,12 +397,20 @@ class StorageScp:
             reason = f"sink could not record the instance: {type(exc).__name__}: {exc}"
             LOG.exception("instance %s (accession %s) on association %s: %s", sop_uid,
                           attributes["AccessionNumber"], info.association_id, reason)
-            # A replaced duplicate stays in place (its earlier row points at it); keep a copy instead.
-            quarantined = (self.spool.quarantine(data, reason, info.calling_ae, info.association_id, sop_uid)
+            # A re-sent instance's acknowledged file stays in place (its row points at it); keep a copy instead.
+            quarantined = (self.spool.quarantine_file(staged, reason, info.calling_ae, info.association_id, sop_uid)
                            if existed else
                            self.spool.quarantine_file(path, reason, info.calling_ae, info.association_id, sop_uid))
             self._report_rejection(info, reason, quarantined, sop_uid)
             return StoreStatus.SINK_FAILED
+        if existed:
+            try:
+                self.spool.place(staged, path)
+            except OSError as exc:
+                reason = f"replacing {path} failed: {exc}"
+                LOG.error("refusing %s on association %s: %s", sop_uid, info.association_id, reason)
+                self._report_rejection(info, reason, None, sop_uid)
+                return StoreStatus.SPOOL_WRITE_FAILED
         LOG.info("stored %s (study %s, accession %s, %d bytes)%s on association %s", sop_uid, study_uid,
                  attributes["AccessionNumber"], size, "" if is_new else " again, replaced", info.association_id)
         return StoreStatus.SUCCESS

@@ -99,8 +99,12 @@ class Spool:
 
     def write_durably(self, path: Path, data: Chunks) -> int:
         """Write ``data`` to ``path`` via temp file, fsync, rename, directory fsync; return the size."""
-        target = self.inside(path)
-        self._make_directories(target.parent)
+        staged, size = self.stage(data)
+        self.place(staged, path)
+        return size
+
+    def stage(self, data: Chunks) -> tuple[Path, int]:
+        """Write ``data`` to a fsynced temp file (removed by ``recover`` after a crash); its path and size."""
         chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else data
         fd, tmp_name = tempfile.mkstemp(dir=self.incoming_tmp, suffix=".part")
         size = 0
@@ -110,12 +114,21 @@ class Spool:
                     size += handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
+        return Path(tmp_name), size
+
+    def place(self, staged: Path, path: Path) -> None:
+        """Rename a ``stage``d file to ``path`` (replacing what is there) and fsync its directory."""
+        target = self.inside(path)
+        self._make_directories(target.parent)
+        try:
+            os.replace(staged, target)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         _fsync_directory(target.parent)
-        return size
 
     def quarantine(self, data: Chunks, reason: str, calling_ae: str, association_id: str,
                    sop_instance_uid: str | None = None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -200,6 +201,26 @@ def test_sink_failure_answers_a702_and_keeps_the_bytes_in_quarantine(start_scp) 
     assert spool_files(node.spool.root, "instances") == []
     (_, reason, quarantined, _), = node.sink.rejected
     assert "database is locked" in reason and quarantined is not None and quarantined.is_file()
+
+
+def test_a_refused_resend_leaves_the_acknowledged_file_in_place(start_scp) -> None:
+    node = start_scp()
+    first = ct_dataset()
+    assoc = pyscu(node.port)
+    assert assoc.send_c_store(first).Status == StoreStatus.SUCCESS
+    assoc.release()
+    stored = node.sink.stored[0].path
+    acknowledged = stored.read_bytes()
+    node.sink.fail_store = True  # the database is locked when the same instance comes again, changed
+    second = copy.deepcopy(first)
+    second.InstanceNumber = 99
+    assoc = pyscu(node.port)
+    assert assoc.send_c_store(second).Status == StoreStatus.SINK_FAILED
+    assoc.release()
+    assert stored.read_bytes() == acknowledged  # before: the refused bytes had replaced it
+    (_, _, quarantined, _), = node.sink.rejected
+    assert dcmread(quarantined).InstanceNumber == 99
+    assert spool_files(node.spool.root, "incoming-tmp") == []
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless])
