@@ -2,17 +2,23 @@
 
 Implements ``dicom_node.contracts.StoreSink``. ``instance_stored`` commits before it returns,
 so the SCP acknowledges an instance only once its row is durable.
+
+A SOP Instance UID received again in another series (a PACS study merge or correction resends
+instances under new Study/Series UIDs) moves its row to the new series; the old file is set aside
+in the quarantine, so the old series never reads the new bytes and a restart cannot record it again.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicom_node.contracts import AssociationInfo, StoredInstance
+from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.models import Association, AuditEvent, Instance, Quarantine, Series, Study, utcnow
 
@@ -29,10 +35,20 @@ SERIES_ID_CACHE = 10_000
 _REOPEN_STUDY = (update(Study).where(Study.id == bindparam("study_id"), Study.state != "receiving")
                  .values(state="receiving", last_received_at=bindparam("now")))
 _TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(last_received_at=bindparam("now"))
-_FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
+_FIND_INSTANCE = (select(Instance.id, Instance.series_id, Instance.path)
+                  .where(Instance.sop_instance_uid == bindparam("uid")))
 _INSERT_INSTANCE = insert(Instance)
 _RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))
                    .values(times_received=Instance.times_received + 1, path=bindparam("path")))
+_MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id"))
+                  .values(series_id=bindparam("new_series_id"), path=bindparam("new_path"),
+                          times_received=Instance.times_received + 1, received_at=bindparam("now"),
+                          instance_number=bindparam("new_number"), position=bindparam("new_position"),
+                          orientation=bindparam("new_orientation"), association_id=bindparam("new_association")))
+_LEAVE_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"))
+                 .values(instance_count=Series.instance_count - 1))
+_REOPEN_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"), Series.instance_count > 0)
+                  .values(state="receiving", last_received_at=bindparam("now")))
 _TOUCH_SERIES = (update(Series).where(Series.id == bindparam("series_id"))
                  .values(state="receiving", last_received_at=bindparam("now"),
                          last_association_id=bindparam("association_id"),
@@ -48,8 +64,9 @@ def _text(value: object) -> str:
 class IngestRecorder:
     """Writes ingest events to the database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, spool: Spool) -> None:
         self._db = db
+        self._spool = spool
         self._series_ids: dict[str, tuple[int, int]] = {}  # series UID -> (study id, series id); rows never move
 
     def association_opened(self, info: AssociationInfo) -> None:
@@ -82,15 +99,31 @@ class IngestRecorder:
         for attempt in range(INSERT_RETRIES):
             try:
                 with self._db.connection() as conn:
-                    return self._record(conn, instance)
+                    is_new, moved_from = self._record(conn, instance)
+                break
             except IntegrityError:  # a concurrent association created the same study/series/instance first
                 self._series_ids.pop(instance.series_instance_uid, None)
                 if attempt == INSERT_RETRIES - 1:
                     raise
-        raise AssertionError("unreachable")
+        if moved_from is not None and moved_from != instance.path and moved_from.exists():
+            self.set_aside(moved_from, instance.sop_instance_uid, instance.association_id,
+                           f"superseded: SOP Instance {instance.sop_instance_uid} was received again in series "
+                           f"{instance.series_instance_uid}")
+        return is_new
 
-    def _record(self, conn: Connection, instance: StoredInstance) -> bool:
-        """Prepared Core statements only: this runs once per received instance, before its status goes out."""
+    def set_aside(self, path: Path, sop_instance_uid: str | None, association_id: str | None, reason: str) -> None:
+        """Move a spool file that no row points at (any more) into the quarantine, with a row saying why."""
+        target = self._spool.quarantine_file(path, reason, "", association_id or "", sop_instance_uid)
+        with self._db.session() as session:
+            session.add(Quarantine(association_id=association_id, sop_instance_uid=sop_instance_uid, reason=reason,
+                                   path=str(target)))
+        log.warning("set aside %s: %s", target.name, reason)
+
+    def _record(self, conn: Connection, instance: StoredInstance) -> tuple[bool, Path | None]:
+        """Prepared Core statements only: this runs once per received instance, before its status goes out.
+
+        Returns whether the SOP Instance UID is new, and the file an earlier row of it in another series
+        pointed at (None unless the instance moved series)."""
         now = utcnow()
         study_id, series_id = self._series_ids.get(instance.series_instance_uid) or self._create_series(conn, instance)
         if conn.execute(_REOPEN_STUDY, {"study_id": study_id, "now": now}).rowcount:
@@ -100,9 +133,10 @@ class IngestRecorder:
         else:
             conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
         uid = instance.sop_instance_uid
-        is_new = conn.execute(_FIND_INSTANCE, {"uid": uid}).first() is None
-        if is_new:
-            attrs = instance.attributes
+        attrs = instance.attributes
+        earlier = conn.execute(_FIND_INSTANCE, {"uid": uid}).first()
+        moved_from = None
+        if earlier is None:
             conn.execute(_INSERT_INSTANCE, {
                 "series_id": series_id, "sop_instance_uid": uid, "sop_class_uid": instance.sop_class_uid,
                 "transfer_syntax_uid": instance.transfer_syntax_uid, "path": str(instance.path),
@@ -112,13 +146,34 @@ class IngestRecorder:
                 "orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
                 "association_id": instance.association_id,
             })
-        else:
+        elif earlier.series_id == series_id:
             conn.execute(_RECEIVED_AGAIN, {"uid": uid, "path": str(instance.path)})
+        else:
+            self._move(conn, earlier, series_id, instance, now)
+            moved_from = Path(earlier.path)
         conn.execute(_TOUCH_SERIES, {"series_id": series_id, "now": now, "association_id": instance.association_id,
-                                     "added": int(is_new)})
+                                     "added": int(earlier is None or moved_from is not None)})
         if instance.association_id is not None:
             conn.execute(_COUNT_STORED, {"association_id": instance.association_id})
-        return is_new
+        return earlier is None, moved_from
+
+    def _move(self, conn: Connection, earlier: Row, series_id: int, instance: StoredInstance, now: datetime) -> None:
+        """Move an instance's row to the series it was received in now; its old series, if not emptied, is
+        assembled and analysed again without it."""
+        attrs = instance.attributes
+        conn.execute(_MOVE_INSTANCE, {
+            "instance_id": earlier.id, "new_series_id": series_id, "new_path": str(instance.path), "now": now,
+            "new_number": _int_or_none(attrs.get("InstanceNumber")),
+            "new_position": _floats_or_none(attrs.get("ImagePositionPatient")),
+            "new_orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
+            "new_association": instance.association_id})
+        conn.execute(_LEAVE_SERIES, {"old_series_id": earlier.series_id})
+        if conn.execute(_REOPEN_SERIES, {"old_series_id": earlier.series_id, "now": now}).rowcount:
+            old_study = conn.scalar(select(Series.study_id).where(Series.id == earlier.series_id))
+            conn.execute(_REOPEN_STUDY, {"study_id": old_study, "now": now})
+        conn.execute(insert(AuditEvent).values(
+            kind="instance_moved", subject=instance.sop_instance_uid, at=now,
+            detail=f"received again in series {instance.series_instance_uid}; moved from series {earlier.series_id}"))
 
     def _create_series(self, conn: Connection, instance: StoredInstance) -> tuple[int, int]:
         """Ids of the instance's study and series, creating their rows the first time."""

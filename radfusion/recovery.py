@@ -45,7 +45,10 @@ def reconcile_spool(db: Database, spool: Spool, recorder: IngestRecorder) -> int
     fsynced, so the spool is the durable record; the row is its index. SQLite commits with
     ``synchronous=NORMAL`` (safe against process crashes), so a power loss can take the last
     rows, never the files: they are re-recorded here from their headers. Only series folders
-    changed since the newest surviving row (less a margin) are read.
+    changed since the newest surviving row (less a margin) are read. A file whose SOP Instance UID
+    has a row elsewhere (the instance moved series and the crash came before its old file was set
+    aside) and a file whose header cannot be read are set aside in the quarantine with the reason:
+    one bad file must not keep the listener from starting.
     """
     with db.session() as session:
         newest = session.scalar(select(func.max(Instance.received_at)))
@@ -59,14 +62,30 @@ def reconcile_spool(db: Database, spool: Spool, recorder: IngestRecorder) -> int
             with db.session() as session:
                 known = set(session.scalars(select(Instance.path).where(Instance.path.in_([str(f) for f in files]))))
             for path in sorted(files - {Path(p) for p in known}):
-                recorder.instance_stored(read_stored_instance(path))
-                restored += 1
+                restored += _restore(db, recorder, path)
     if restored:
         with db.session() as session:
             session.add(AuditEvent(kind="reconciled", subject="startup",
                                    detail=f"{restored} spool file(s) without a row were recorded again"))
         log.warning("recorded %d spool file(s) whose database rows were lost (power loss?)", restored)
     return restored
+
+
+def _restore(db: Database, recorder: IngestRecorder, path: Path) -> int:
+    """Record one spool file without a row (1), or set it aside (0)."""
+    try:
+        instance = read_stored_instance(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, never a reason not to start
+        recorder.set_aside(path, None, None, f"spool file without a row could not be read: {type(exc).__name__}")
+        return 0
+    with db.session() as session:
+        elsewhere = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == instance.sop_instance_uid))
+    if elsewhere is not None:
+        recorder.set_aside(path, instance.sop_instance_uid, None, f"superseded: SOP Instance "
+                           f"{instance.sop_instance_uid} has a row in another series ({elsewhere})")
+        return 0
+    recorder.instance_stored(instance)
+    return 1
 
 
 def _subdirs(directory: Path) -> list[os.DirEntry[str]]:
@@ -76,8 +95,9 @@ def _subdirs(directory: Path) -> list[os.DirEntry[str]]:
 def read_stored_instance(path: Path) -> StoredInstance:
     """The ingest record of a spool file, read back from its header."""
     dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    sop_class = dataset.get("SOPClassUID") or dataset.file_meta.MediaStorageSOPClassUID  # the SCP accepts either
     return StoredInstance(
-        association_id=None, path=path, sop_class_uid=str(dataset.SOPClassUID),
+        association_id=None, path=path, sop_class_uid=str(sop_class),
         sop_instance_uid=str(dataset.SOPInstanceUID), study_instance_uid=str(dataset.StudyInstanceUID),
         series_instance_uid=str(dataset.SeriesInstanceUID),
         transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID), size_bytes=path.stat().st_size,

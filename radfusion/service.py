@@ -71,7 +71,7 @@ class Service:
                                         study_level=study_level_detectors(self.detectors))
         self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings, self.clinical, router)
         self.deliveries = DeliveryWorker(self.db, settings)
-        self.recorder = IngestRecorder(self.db)
+        self.recorder = IngestRecorder(self.db, self.spool)
         self.scp = StorageScp(scp_config(settings), self.spool, self.recorder)
         self.hl7: MllpServer | None = None
         if settings.hl7.listen:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from ai_engine.synthetic.studies import write_study
 from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
-from radfusion.models import AuditEvent, Instance
+from radfusion.models import AuditEvent, Instance, Quarantine, Series
 from radfusion.recovery import read_stored_instance, reconcile_spool
 
 
@@ -26,7 +28,7 @@ def spool_study(tmp_path: Path) -> tuple[Database, Spool, IngestRecorder, list[P
         target = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
         spool.write_durably(target, source.read_bytes())
         paths.append(target)
-    return db, spool, IngestRecorder(db), paths
+    return db, spool, IngestRecorder(db, spool), paths
 
 
 def count(db: Database) -> int:
@@ -54,3 +56,40 @@ def test_series_untouched_since_long_before_the_newest_row_are_not_read(tmp_path
     os.utime(paths[0].parent, (old, old))
     assert reconcile_spool(db, spool, recorder) == 0
     assert count(db) == 1
+
+
+def test_an_unreadable_file_is_set_aside_and_start_up_goes_on(tmp_path: Path) -> None:
+    db, spool, recorder, paths = spool_study(tmp_path)
+    paths[0].write_bytes(b"not DICOM at all")
+    ds = pydicom.dcmread(paths[1])  # the SCP takes the SOP class from the request: the dataset may lack it
+    del ds.SOPClassUID
+    ds.save_as(paths[1])
+    assert reconcile_spool(db, spool, recorder) == 7
+    with db.session() as session:
+        [set_aside] = session.scalars(select(Quarantine)).all()
+    assert "could not be read" in set_aside.reason and Path(set_aside.path).parent == spool.quarantine_dir
+    assert not paths[0].exists()
+
+
+def test_an_instance_resent_in_another_series_moves_and_its_old_file_is_set_aside(tmp_path: Path) -> None:
+    db, spool, recorder, paths = spool_study(tmp_path)
+    for path in paths:
+        recorder.instance_stored(read_stored_instance(path))
+    ds = pydicom.dcmread(paths[0])  # a PACS study merge resends it under new Study and Series UIDs
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    moved = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    spool.write_durably(moved, _bytes(ds))
+    assert recorder.instance_stored(read_stored_instance(moved)) is False
+    with db.session() as session:
+        row = session.scalars(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)).one()
+        counts = {s.series_uid: s.instance_count for s in session.scalars(select(Series))}
+        old = session.scalars(select(Series).where(Series.instance_count == 7)).one()
+    assert row.path == str(moved) and counts[ds.SeriesInstanceUID] == 1 and old.state == "receiving"
+    assert not paths[0].exists()  # set aside: the old series can no longer read the new bytes
+    assert reconcile_spool(db, spool, recorder) == 0  # and a restart does not flip the row back
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
