@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute
 
 from dicom_node.contracts import AssociationInfo, StoredInstance
 from dicom_node.spool import Spool
@@ -57,8 +58,17 @@ _COUNT_STORED = (update(Association).where(Association.id == bindparam("associat
                  .values(instances_stored=Association.instances_stored + 1))
 
 
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
+def _text(value: object, column: InstrumentedAttribute[str] | None = None) -> str:
+    """A header value as ``column`` holds it: cut to the column's length (a sender that breaks the value's
+    length limit must not get the study refused by a database that enforces the column's)."""
+    text = "" if value is None else str(value)
+    return text if column is None else text[:column.type.length]
+
+
+def _date(value: object) -> str:
+    """StudyDate as YYYYMMDD; '2024-01-15' and '2024.01.15' too; anything else empty."""
+    digits = "".join(ch for ch in _text(value) if ch.isdigit())
+    return digits if len(digits) == 8 else ""
 
 
 class IngestRecorder:
@@ -182,14 +192,17 @@ class IngestRecorder:
         study_id = conn.scalar(select(Study.id).where(Study.study_uid == instance.study_instance_uid))
         if study_id is None:
             study_id = conn.execute(insert(Study).values(
-                study_uid=instance.study_instance_uid, accession_number=_text(attrs.get("AccessionNumber")),
-                patient_id=_text(attrs.get("PatientID")), issuer_of_patient_id=_text(attrs.get("IssuerOfPatientID")),
-                study_date=_text(attrs.get("StudyDate")), first_received_at=now,
+                study_uid=instance.study_instance_uid,
+                accession_number=_text(attrs.get("AccessionNumber"), Study.accession_number),
+                patient_id=_text(attrs.get("PatientID"), Study.patient_id),
+                issuer_of_patient_id=_text(attrs.get("IssuerOfPatientID"), Study.issuer_of_patient_id),
+                study_date=_date(attrs.get("StudyDate")), first_received_at=now,
                 last_received_at=now)).inserted_primary_key[0]
         series_id = conn.scalar(select(Series.id).where(Series.series_uid == instance.series_instance_uid))
         if series_id is None:
             series_id = conn.execute(insert(Series).values(
-                study_id=study_id, series_uid=instance.series_instance_uid, modality=_text(attrs.get("Modality")),
+                study_id=study_id, series_uid=instance.series_instance_uid,
+                modality=_text(attrs.get("Modality"), Series.modality),
                 attributes={k: attrs.get(k) for k in SERIES_ATTRIBUTES}, last_received_at=now)).inserted_primary_key[0]
         if len(self._series_ids) >= SERIES_ID_CACHE:
             self._series_ids.clear()

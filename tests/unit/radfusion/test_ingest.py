@@ -1,0 +1,56 @@
+"""Ingest rows on the embedded SQLite and on PostgreSQL, which enforces column lengths."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from dicom_node.contracts import StoredInstance
+from dicom_node.spool import Spool
+from radfusion.db import Database
+from radfusion.ingest import IngestRecorder
+from radfusion.models import Study
+from tests.integration.servers import postgresql
+
+
+@contextmanager
+def _sqlite(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)])
+def test_a_header_that_breaks_its_length_limit_is_stored_cut_and_never_logged(
+        tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    with (postgresql() if backend == "postgresql" else _sqlite(tmp_path)) as url:
+        db = Database(url)
+        recorder = IngestRecorder(db, Spool(tmp_path / "spool"))
+        instance = StoredInstance(None, tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3", "1.2.3.1",
+                                  "1.2.840.10008.1.2.1", 10,
+                                  {"StudyDate": "2024-01-15", "AccessionNumber": "A" * 80, "PatientID": "SECRET-42",
+                                   "Modality": "CT"})
+        with caplog.at_level(logging.DEBUG):
+            assert recorder.instance_stored(instance) is True  # before: PostgreSQL refused the whole study
+        with db.session() as session:
+            study = session.scalars(select(Study)).one()
+        assert (study.study_date, len(study.accession_number), study.patient_id) == ("20240115", 64, "SECRET-42")
+        db.dispose()
+    assert "SECRET-42" not in caplog.text
+
+
+@pytest.mark.peers
+def test_a_database_error_does_not_quote_the_patient_id(tmp_path: Path) -> None:
+    with postgresql() as url:
+        db = Database(url)
+        too_long_uid = "1.2." + "3" * 70  # the SCP refuses such UIDs; here it makes PostgreSQL fail the insert
+        instance = StoredInstance(None, tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", too_long_uid,
+                                  "1.2.3.1", "1.2.840.10008.1.2.1", 10, {"PatientID": "SECRET-42"})
+        with pytest.raises(DBAPIError) as info:
+            IngestRecorder(db, Spool(tmp_path / "spool")).instance_stored(instance)
+        db.dispose()
+    assert "SECRET-42" not in str(info.value)
