@@ -234,7 +234,7 @@ class StorageScp:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_C_STORE, self._handle_store),
         ]
-        ssl_context = self.config.tls.server_context() if self.config.tls else None
+        ssl_context = self.config.tls.server_context(self.config.acse_timeout_s) if self.config.tls else None
         server = ae.start_server((self.config.bind_address, self.config.port), block=False,
                                  evt_handlers=handlers, ssl_context=ssl_context)
         assert server is not None  # block=False always returns the server

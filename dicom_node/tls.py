@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dicom_node.errors import ConfigError
 
@@ -26,15 +28,37 @@ class TlsConfig:
         if self.require_client_cert and self.ca_file is None:
             raise ConfigError("tls.require_client_cert is true but tls.ca_file is not set: nothing to verify against")
 
-    def server_context(self) -> ssl.SSLContext:
-        """A TLS 1.2+ server context for the SCP's listening socket."""
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    def server_context(self, deferred_handshake_timeout_s: float | None = None) -> ssl.SSLContext:
+        """A TLS 1.2+ server context; with ``deferred_handshake_timeout_s`` a ``DeferredHandshake`` one (for a
+        listener that wraps sockets in its accept loop, as pynetdicom's does)."""
+        if deferred_handshake_timeout_s is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        else:
+            context = DeferredHandshake(ssl.PROTOCOL_TLS_SERVER)
+            context.handshake_timeout_s = deferred_handshake_timeout_s
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(certfile=str(self.cert_file), keyfile=str(self.key_file))
         if self.ca_file is not None:
             context.load_verify_locations(cafile=str(self.ca_file))
         context.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_NONE
         return context
+
+
+class DeferredHandshake(ssl.SSLContext):
+    """A server context whose sockets do their TLS handshake on first use, in the association's thread.
+
+    pynetdicom wraps each accepted socket in its accept loop; with the handshake done there, one
+    client that connects and sends nothing (a port scanner, a load balancer's health check) would
+    hold the loop, and every other association, for as long as it liked. Deferred, the handshake
+    runs when the association first reads, under ``handshake_timeout_s``.
+    """
+
+    handshake_timeout_s: float = 30.0
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+        sock.settimeout(self.handshake_timeout_s)
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
 
 
 def client_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:

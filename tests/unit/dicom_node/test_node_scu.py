@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,19 @@ def test_tls_association_works_and_plain_client_is_refused(start_scp, tmp_path: 
     with pytest.raises(DeliveryError, match="requires TLS"):
         send_files(remote, [path], "PYSCU", timeout_s=5)
     assert len(node.sink.opened) == 1
+
+
+def test_an_idle_connection_does_not_hold_up_other_tls_associations(start_scp, tmp_path: Path, certificate) -> None:
+    cert, key = certificate
+    node = start_scp(tls=TlsConfig(cert_file=cert, key_file=key))
+    path, ds = write_ct(tmp_path, "ct.dcm")
+    remote = RemoteNode("tls", "RADFUSION", "127.0.0.1", node.port, tls=True)
+    with socket.create_connection(("127.0.0.1", node.port)):  # a port scanner or health check: connects, says nothing
+        time.sleep(0.3)
+        started = time.monotonic()
+        report = send_files(remote, [path], "PYSCU", timeout_s=5, tls_context=client_context(cert))
+        assert report.results[0].status == 0 and time.monotonic() - started < 4  # before: blocked behind it
+    assert node.sink.stored[0].sop_instance_uid == ds.SOPInstanceUID
 
 
 def test_tls_client_that_does_not_trust_the_server_fails(start_scp, tmp_path: Path, certificate) -> None:
