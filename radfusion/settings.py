@@ -48,8 +48,18 @@ class TlsSettings(Strict):
 
     @model_validator(mode="after")
     def _files_when_enabled(self) -> TlsSettings:
-        if self.enabled and (self.cert_file is None or self.key_file is None):
+        """What ``serve`` would refuse, refused when the config is read (``radfusion config`` included)."""
+        if not self.enabled:
+            return self
+        if self.cert_file is None or self.key_file is None:
             raise ValueError("tls.enabled needs cert_file and key_file")
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a readable file")
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert is true but ca_file is not set: nothing to verify client "
+                             "certificates against (set ca_file, or require_client_cert: false)")
         return self
 
 
@@ -67,6 +77,13 @@ class DicomSettings(Strict):
     network_timeout_s: float = Field(60.0, gt=0)
     max_associations: int = Field(16, ge=1)
     tls: TlsSettings = TlsSettings()
+
+    @model_validator(mode="after")
+    def _one_calling_ae_rule(self) -> DicomSettings:
+        if self.accept_any_calling_ae and self.allowed_calling_aes:
+            raise ValueError(f"accept_any_calling_ae is true and allowed_calling_aes is set "
+                             f"({self.allowed_calling_aes}): choose one")
+        return self
 
 
 class DestinationSettings(Strict):

@@ -65,6 +65,23 @@ def test_routing_must_name_configured_destinations(tmp_path: Path) -> None:
         load_settings(bad)
 
 
+@pytest.mark.parametrize(("section", "error"), [
+    ({"dicom": {"tls": {"enabled": True, "cert_file": "CERT", "key_file": "KEY"}}},
+     r"dicom\.tls: require_client_cert is true but ca_file is not set"),
+    ({"hl7": {"tls": {"enabled": True, "cert_file": "CERT", "key_file": "missing.key", "require_client_cert": False}}},
+     r"hl7\.tls: key_file '.*missing\.key' is not a readable file"),
+    ({"dicom": {"accept_any_calling_ae": True, "allowed_calling_aes": ["CT1"]}},
+     r"dicom: accept_any_calling_ae is true and allowed_calling_aes is set \(\['CT1'\]\): choose one")])
+def test_what_serve_would_refuse_is_refused_when_the_config_is_read(tmp_path: Path, section: dict, error: str) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    (tmp_path / "key.pem").write_text("x")
+    text = yaml.safe_dump(section).replace("CERT", str(tmp_path / "cert.pem")).replace("KEY", str(tmp_path / "key.pem"))
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_settings(config)
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("dicom:\n  port: 104\n  allowed_calling_aes: [CT1]\nworkers: 3\n")
