@@ -31,6 +31,24 @@ class MllpError(Hl7FhirError):
     """A transport failure: refused, timed out, closed by the peer, or a negative ACK."""
 
 
+HL7_CHARSETS = {  # MSH-18 (HL7 table 0211) -> Python codec
+    "ASCII": "ascii", "8859/1": "latin-1", "8859/2": "iso-8859-2", "8859/5": "iso-8859-5", "8859/7": "iso-8859-7",
+    "8859/9": "iso-8859-9", "8859/15": "iso-8859-15", "UNICODE UTF-8": "utf-8", "UNICODE": "utf-8",
+}
+
+
+def message_encoding(payload: bytes, default: str) -> str:
+    """The codec MSH-18 names for a message (its first repetition), else ``default``. MSH is read as latin-1,
+    which maps every byte, so a message in any charset can say which it is."""
+    first = payload.lstrip(b"\x0b").split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
+    if not first.startswith("MSH") or len(first) < 8:
+        return default
+    fields = first.split(first[3])
+    declared = fields[17] if len(fields) > 17 else ""
+    repetition = first[5] if len(first) > 5 else "~"
+    return HL7_CHARSETS.get(declared.split(repetition)[0].strip().upper(), default)
+
+
 class MllpNegativeAck(MllpError):
     """The receiver answered AE/AR (or CE/CR); ``ack`` is its full ACK message, ``code`` its MSA-1."""
 
@@ -236,12 +254,13 @@ class MllpServer:
             head = unit.payload.decode(self._encoding, errors="replace")
             log.warning("MLLP from %s: message %s over %d bytes rejected", peer[0], _control_id(head), self._max)
             return error_ack(head, "AR", f"message exceeds the {self._max}-byte limit", ERR_DATA_TYPE)
+        encoding = message_encoding(unit.payload, self._encoding)
         try:
-            text = unit.payload.decode(self._encoding)
+            text = unit.payload.decode(encoding)
         except UnicodeDecodeError as exc:
-            head = unit.payload.decode(self._encoding, errors="replace")
-            log.warning("MLLP from %s: message %s is not %s: %s", peer[0], _control_id(head), self._encoding, exc)
-            return error_ack(head, "AR", f"message is not valid {self._encoding}: {exc.reason} at byte "
+            head = unit.payload.decode(encoding, errors="replace")
+            log.warning("MLLP from %s: message %s is not %s: %s", peer[0], _control_id(head), encoding, exc)
+            return error_ack(head, "AR", f"message is not valid {encoding}: {exc.reason} at byte "
                              f"{exc.start}", ERR_DATA_TYPE)
         try:
             return self._handler(text).ack

@@ -32,16 +32,16 @@ class FakeStore:
     connections: set[str] = field(default_factory=set)
     fail_next: bool = False
 
-    def seen(self, control_id: str, facility: str) -> bool:
+    def seen(self, control_id: str, sender: str) -> bool:
         self.connections.add(threading.current_thread().name)
-        return (control_id, facility) in self.stored_ids
+        return (control_id, sender) in self.stored_ids
 
     def _commit(self, header: Header, rows: list, item: object) -> None:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("database is locked")
         rows.append(item)
-        self.stored_ids.add((header.control_id, header.sending_facility))
+        self.stored_ids.add((header.control_id, header.sender))
 
     def inbox(self) -> Hl7Inbox:
         return Hl7Inbox(self.seen, lambda h, r: self._commit(h, self.labs, r),
@@ -76,12 +76,21 @@ def test_mllp_send_file_of_messages_over_one_connection(tmp_path: Path, store: F
 def test_malformed_messages_get_ae_or_ar_and_the_connection_carries_on(
         tmp_path: Path, store: FakeStore, port: int) -> None:
     unsupported = "MSH|^~\\&|LAB|HOSP|RADFUSION|RAD|2026||ZZZ^Z99|BAD1|P|2.5.1\nPID|1||1^^^H^MR\n"
-    bad_unit = oru("BAD2", unit="furlongs")
+    no_patient = "MSH|^~\\&|LAB|HOSP|RADFUSION|RAD|2026||ORU^R01|BAD2|P|2.5.1\nPID|1\nOBR|1\n"
     path = tmp_path / "mixed.hl7"
-    path.write_text(oru("G1") + unsupported + bad_unit + oru("G2"))
+    path.write_text(oru("G1") + unsupported + no_patient + oru("G2"))
     msas = [m.split("|")[1:3] for m in mllp_send(port, path)]
     assert msas == [["AA", "G1"], ["AR", "BAD1"], ["AE", "BAD2"], ["AA", "G2"]]
     assert len(store.labs) == 2 and len(store.connections) == 1
+
+
+def test_a_message_is_decoded_in_the_charset_its_msh_18_names(store: FakeStore, port: int) -> None:
+    """An 8859/1 sender's umlaut made the whole message an AR ('not valid utf-8'), never resent."""
+    message = oru("LAT1").replace("Doe^Jane", "Müller^Jürgen").replace("|P|2.5.1\n", "|P|2.5.1||||||8859/1\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(b"\x0b" + message.replace("\n", "\r").encode("latin-1") + b"\x1c\r")
+        reply = raw.recv(4096).decode("ascii")
+    assert "MSA|AA|LAT1" in reply and len(store.labs) == 1
 
 
 def test_duplicate_control_id_is_acknowledged_but_stored_once(store: FakeStore, port: int) -> None:
