@@ -275,7 +275,8 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
                    now: datetime, lookback: timedelta, hl7_coded: Sequence[CodedItem] = (),
                    hl7_birth_date: date | None = None, hl7_sex: str | None = None,
                    hl7_reason: str | None = None, accession: str = "") -> ClinicalContext:
-    """FHIR context plus stored HL7 values: per analyte the newest value inside the window wins.
+    """FHIR context plus stored HL7 values (in the order received): per analyte the newest value inside the
+    window wins, and of HL7 values for the same time the one received last (a corrected result).
 
     Each value keeps its provenance. FHIR demographics win over HL7's (the EMR is the
     master record); HL7 fills what FHIR lacks. An unavailable FHIR context with HL7 data
@@ -291,11 +292,12 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
         family_history=list(fhir_context.family_history),
         reason_for_exam=fhir_context.reason_for_exam, notes=list(fhir_context.notes),
         errors=list(fhir_context.errors))
-    for value in hl7_values:
+    for value in hl7_values:  # in the order received: of two HL7 values for one time, the later (a correction) wins
         if value.name not in analytes or value.observed_at is None or not since <= value.observed_at <= now:
             continue
         current = merged.labs.get(value.name)
-        if current is None or current.observed_at is None or value.observed_at > current.observed_at:
+        if current is None or current.observed_at is None or value.observed_at > current.observed_at or (
+                value.observed_at == current.observed_at and current.provenance.source == "hl7"):
             merged.labs[value.name] = value
     for item in hl7_coded:
         current_coded = merged.coded_observations.get(item.category)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message, Segment
@@ -79,6 +79,12 @@ class Header:
     application_ack: str
     field_sep: str = "|"
     encoding: str = "^~\\&"
+    sent_at: str = ""  # MSH-7 as sent
+
+    @property
+    def sender(self) -> str:
+        """MSH-3^MSH-4: with MSH-10, what tells one sender's message from another's (duplicate check)."""
+        return f"{self.sending_application}^{self.sending_facility}"
 
     @classmethod
     def from_msh(cls, msh: MshFields) -> Header:
@@ -90,7 +96,7 @@ class Header:
             sending_facility=msh.field(4), receiving_application=msh.field(5),
             receiving_facility=msh.field(6), accept_ack=msh.field(15).strip().upper(),
             application_ack=msh.field(16).strip().upper(), field_sep=msh.field_sep,
-            encoding=msh.encoding,
+            encoding=msh.encoding, sent_at=msh.component(7, 1).strip(),
         )
 
 
@@ -118,12 +124,15 @@ class Order:
 
 @dataclass(frozen=True)
 class LabReport:
-    """ORU content: numeric labs normalized, coded observations, and OBX codes radfusion does not use."""
+    """ORU content: numeric labs normalized, coded observations, OBX codes radfusion does not use, OBX it could
+    not use (``unusable``: "OBX n (code): why"), and results the lab deleted (``deleted``: analyte and time)."""
 
     identifiers: list[PatientIdentifier]
     values: list[LabValue]
     coded: list[CodedItem] = field(default_factory=list)
     skipped_codes: list[str] = field(default_factory=list)
+    unusable: list[str] = field(default_factory=list)
+    deleted: list[tuple[str, datetime | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -195,12 +204,16 @@ def _first(parsed: ParsedMessage, segment: Segment | None, number: int, componen
     return reps[0][component - 1].strip()
 
 
-def parse_ts(value: str) -> datetime | None:
-    """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) as a datetime (UTC when it has no offset)."""
+def parse_ts(value: str, default_offset: timezone = timezone.utc) -> datetime | None:
+    """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) as a datetime (``default_offset`` when it has none).
+
+    None for an empty value or the HL7 null '""'. The error names the form, never the value (a birth date
+    must not reach a log line).
+    """
     value = value.strip()
-    if not value:
+    if not value or value == '""':
         return None
-    offset = timezone.utc
+    offset = default_offset
     for sign in "+-":
         if sign in value[8:]:
             value, zone = value.rsplit(sign, 1)
@@ -209,19 +222,25 @@ def parse_ts(value: str) -> datetime | None:
     digits = value.split(".")[0]
     formats = {4: "%Y", 6: "%Y%m", 8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
     if len(digits) not in formats or not digits.isdigit():
-        raise ValueError(f"HL7 timestamp {value!r} is not YYYY[MM[DD[HH[MM[SS]]]]]")
+        raise ValueError(f"HL7 timestamp of {len(value)} characters is not YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ]")
     return datetime.strptime(digits, formats[len(digits)]).replace(tzinfo=offset)
 
 
 def patient_identifiers(parsed: ParsedMessage) -> list[PatientIdentifier]:
-    """PID-3 repetitions (id, assigning authority, type); a message without any is rejected (AE)."""
+    """PID-3 repetitions (id, assigning authority, type); a message without any is rejected (AE).
+
+    An authority sent with a namespace and a universal ID (HOSP&1.2.3.4&ISO) gives the identifier under
+    each, so a study's IssuerOfPatientID matches either; one sent with neither gives an empty authority.
+    """
     pid = parsed.first("PID")
     identifiers = []
     for rep in _field(parsed, pid, 3) if pid is not None else []:
         padded = rep + [""] * 5
-        authority = padded[3].split(parsed.header.encoding[3])[0]
-        if padded[0].strip():
-            identifiers.append(PatientIdentifier(padded[0].strip(), authority.strip(), padded[4].strip()))
+        namespace, universal = ([*padded[3].split(parsed.header.encoding[3]), ""][:2])
+        if not padded[0].strip():
+            continue
+        for authority in dict.fromkeys(a.strip() for a in (namespace, universal) if a.strip()) or [""]:
+            identifiers.append(PatientIdentifier(padded[0].strip(), authority, padded[4].strip()))
     if not identifiers:
         raise Hl7MessageError(f"message {parsed.header.control_id} has no PID-3 patient identifier",
                               "AE", ERR_REQUIRED_FIELD)
@@ -273,45 +292,84 @@ def _obx_loinc(parsed: ParsedMessage, obx: Segment) -> str:
     return code
 
 
+NOT_RESULTS = {"X": "cannot be obtained", "W": "posted to the wrong patient", "I": "pending",
+               "N": "not asked for"}  # OBX-11 result statuses that carry no value
+DELETED = "D"  # OBX-11: deletes the result sent before for this observation
+
+
+def _number(parsed: ParsedMessage, obx: Segment) -> float:
+    """OBX-5 as a number: NM, an SN (comparator^number, e.g. '>^1000' or '^1.7'), or '<0.5' style text; a
+    bounded value ('<0.5') is taken at its bound. ValueError when it is none of these."""
+    if _first(parsed, obx, 2).upper() == "SN":
+        return float(_first(parsed, obx, 5, 2))
+    raw = _first(parsed, obx, 5)
+    return float(raw.lstrip("<>=").strip())
+
+
 def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> LabReport:
     """ORU^R01: one LabValue per numeric OBX of a known analyte, converted to its canonical unit.
 
-    OBX-3 is read by its LOINC code, primary or alternate (``_obx_loinc``). OBX-14 (else OBR-7)
-    is the observation time, OBX-8 the abnormal flags. Coded analytes
-    (smoking status) become CodedItems. A bad number or an unknown unit for a known analyte
-    rejects the message (AE) rather than storing a wrong value.
+    OBX-3 is read by its LOINC code, primary or alternate (``_obx_loinc``). The observation time is
+    OBX-14, else OBR-7 of the OBX's own order, else MSH-7; a time without an offset is in MSH-7's
+    zone. OBX-8 holds the abnormal flags. Coded analytes (smoking status) become CodedItems. An OBX
+    whose status (OBX-11) says it holds no result, or whose value or unit cannot be read, is left
+    out and listed in ``unusable``, never stored as a wrong value; the rest of the message is kept.
+    A deleted result (OBX-11 D) is listed in ``deleted``.
     """
     header = parsed.header
     identifiers = patient_identifiers(parsed)
-    obr_time = _first(parsed, parsed.first("OBR"), 7)
-    values: list[LabValue] = []
-    coded: list[CodedItem] = []
-    skipped: list[str] = []
-    for index, obx in enumerate(parsed.all("OBX"), start=1):
-        code = _obx_loinc(parsed, obx)
-        name = analyte_for_code(code)
-        if name is None:
-            skipped.append(code)
-            continue
-        where = f"OBX {index} ({code})"
-        try:
-            observed = parse_ts(_first(parsed, obx, 14) or obr_time)
-        except ValueError as exc:
-            raise _data_error(parsed, f"{where} time", exc) from exc
-        provenance = Provenance("hl7", header.sending_facility or header.sending_application,
-                                f"{header.control_id}/OBX{index}", received_at)
+    try:
+        sent = parse_ts(header.sent_at)
+    except ValueError as exc:
+        raise _data_error(parsed, "MSH-7", exc) from exc
+    zone = sent.tzinfo if sent is not None else timezone.utc
+    report = LabReport(identifiers, [])
+    order_time = ""
+    index = 0
+    for segment in parsed.segments:
+        if segment.name == "OBR":
+            order_time = _first(parsed, segment, 7)
+        elif segment.name == "OBX":
+            index += 1
+            _read_obx(parsed, segment, index, order_time, zone, sent, received_at, report)
+    return report
+
+
+def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, zone: tzinfo,
+              sent: datetime | None, received_at: datetime | None, report: LabReport) -> None:
+    """Add one OBX to ``report`` (``parse_labs``)."""
+    header = parsed.header
+    code = _obx_loinc(parsed, obx)
+    name = analyte_for_code(code)
+    if name is None:
+        report.skipped_codes.append(code)
+        return
+    where = f"OBX {index} ({code})"
+    try:
+        observed = parse_ts(_first(parsed, obx, 14) or order_time, zone) or sent  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise _data_error(parsed, f"{where} time", exc) from exc
+    status = _first(parsed, obx, 11).upper()
+    if status == DELETED:
+        report.deleted.append((name, observed))
+        return
+    if status in NOT_RESULTS:
+        report.unusable.append(f"{where}: result status {status} ({NOT_RESULTS[status]})")
+        return
+    provenance = Provenance("hl7", header.sending_facility or header.sending_application,
+                            f"{header.control_id}/OBX{index}", received_at)
+    if name in CODED_ANALYTES:
         raw = _first(parsed, obx, 5)
-        if name in CODED_ANALYTES:
-            display = _first(parsed, obx, 5, 2)
-            coded.append(CodedItem(raw, _first(parsed, obx, 5, 3), display or raw, name, observed, provenance))
-            continue
-        try:
-            value, unit = normalize(name, float(raw), _first(parsed, obx, 6))
-        except (ValueError, UnitError) as exc:
-            raise _data_error(parsed, where, exc) from exc
-        flags = "~".join(rep[0] for rep in _field(parsed, obx, 8))
-        values.append(LabValue(name, code, value, unit, observed, provenance, flags))
-    return LabReport(identifiers, values, coded, skipped)
+        display = _first(parsed, obx, 5, 2)
+        report.coded.append(CodedItem(raw, _first(parsed, obx, 5, 3), display or raw, name, observed, provenance))
+        return
+    try:
+        value, unit = normalize(name, _number(parsed, obx), _first(parsed, obx, 6))
+    except (ValueError, UnitError) as exc:
+        report.unusable.append(f"{where}: {exc}")
+        return
+    flags = "~".join(rep[0] for rep in _field(parsed, obx, 8))
+    report.values.append(LabValue(name, code, value, unit, observed, provenance, flags))
 
 
 def ack_wanted(header: Header, code: str) -> str | None:

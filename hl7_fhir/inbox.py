@@ -59,9 +59,9 @@ class Hl7Inbox:
                                        str(exc), hl7_error=exc.hl7_error))
         try:
             parsed = parse(text)
-            if self.seen(header.control_id, header.sending_facility):
+            if self.seen(header.control_id, header.sender):
                 log.info("HL7 %s %s from %s is a duplicate, ignored", header.message_type, header.control_id,
-                         header.sending_facility)
+                         header.sender)
                 return self._ack(header, "AA", f"duplicate message control id {header.control_id}, ignored")
             summary = self._store(parsed)
         except Hl7MessageError as exc:
@@ -82,7 +82,9 @@ class Hl7Inbox:
             self.on_labs(header, report)
             skipped = (f"; {len(report.skipped_codes)} OBX with codes radfusion does not use"
                        if report.skipped_codes else "")
-            return f"stored {len(report.values) + len(report.coded)} values{skipped}"
+            unusable = f"; not used: {'; '.join(report.unusable)}" if report.unusable else ""
+            deleted = f"; {len(report.deleted)} deleted" if report.deleted else ""
+            return f"stored {len(report.values) + len(report.coded)} values{deleted}{skipped}{unusable}"
         if header.message_type in ADT_TYPES:
             self.on_demographics(header, parse_demographics(parsed))
             return "stored demographics"

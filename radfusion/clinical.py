@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import Delete, delete, or_, select
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
@@ -55,17 +56,23 @@ class Hl7Store:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def seen(self, control_id: str, sending_facility: str) -> bool:
+    def seen(self, control_id: str, sender: str) -> bool:
+        """Whether the message ``control_id`` of ``sender`` (MSH-3^MSH-4, ``Header.sender``) was stored."""
         with self._db.session() as session:
             return session.scalar(select(Hl7Message.id).where(
-                Hl7Message.control_id == control_id, Hl7Message.sending_facility == sending_facility)) is not None
+                Hl7Message.control_id == control_id, Hl7Message.sending_facility == sender)) is not None
 
     def on_labs(self, header: Header, report: LabReport) -> None:
+        """Store the values; a deleted result (OBX-11 D) removes what was stored for its analyte and time."""
         rows = [dict(kind="lab", name=v.name, code=v.code, value=v.value, unit=v.unit, flags=v.flags,
                      observed_at=v.observed_at) for v in report.values]
         rows += [dict(kind="coded", name=c.category, code=c.code, system=c.system, text=c.display,
                       observed_at=c.recorded_at) for c in report.coded]
-        self._store(header, report.identifiers, rows)
+        deletions = [delete(ClinicalValue).where(
+            ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
+            ClinicalValue.kind.in_(("lab", "coded")), ClinicalValue.name == name, ClinicalValue.observed_at == when)
+            for identifier in report.identifiers for name, when in report.deleted]
+        self._store(header, report.identifiers, rows, deletions)
 
     def on_demographics(self, header: Header, demographics: Demographics) -> None:
         rows = []
@@ -80,9 +87,12 @@ class Hl7Store:
             if order.reason_for_exam else []
         self._store(header, order.identifiers, rows)
 
-    def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict]) -> None:
+    def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict],
+               deletions: Sequence[Delete] = ()) -> None:
         with self._db.session() as session:
-            message = Hl7Message(control_id=header.control_id, sending_facility=header.sending_facility,
+            for statement in deletions:
+                session.execute(statement)
+            message = Hl7Message(control_id=header.control_id, sending_facility=header.sender,
                                  message_type=header.message_type)
             session.add(message)
             session.flush()
@@ -176,7 +186,7 @@ class ClinicalGatherer:
                            patient.issuer == ""))
                 .order_by(Hl7Message.received_at)).all()
         labs, coded = [], []
-        birth_date = sex = reason = None
+        birth_date = sex = reason = unaddressed = None
         for value, message in rows:
             provenance = Provenance("hl7", message.sending_facility, message.control_id, message.received_at)
             if value.kind == "lab" and value.value is not None:
@@ -188,6 +198,8 @@ class ClinicalGatherer:
                 birth_date = date.fromisoformat(value.text)
             elif value.kind == "sex":
                 sex = value.text
-            elif value.kind == "reason_for_exam" and value.accession in ("", patient.accession):
+            elif value.kind == "reason_for_exam" and value.accession == patient.accession:
                 reason = value.text
-        return labs, coded, birth_date, sex, reason
+            elif value.kind == "reason_for_exam" and not value.accession:
+                unaddressed = value.text  # an order without accession: the reason only if none names this study
+        return labs, coded, birth_date, sex, reason or unaddressed

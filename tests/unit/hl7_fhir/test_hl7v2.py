@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hl7apy.parser import parse_message
@@ -31,8 +31,8 @@ def test_oru_labs_are_normalized_with_time_flags_and_provenance() -> None:
     assert labs["platelets"].provenance.record_id == "C1/OBX1"
     assert report.skipped_codes == ["789-8"]
     assert report.coded[0].category == "smoking_status" and report.coded[0].code == "449868002"
-    assert [(i.value, i.authority, i.type_code) for i in report.identifiers] == [
-        ("12345", "HOSP", "MR"), ("999", "SSA", "SS")]
+    assert [(i.value, i.authority, i.type_code) for i in report.identifiers] == [  # HOSP&1.2.3&ISO: under both
+        ("12345", "HOSP", "MR"), ("12345", "1.2.3", "MR"), ("999", "SSA", "SS")]
 
 
 def test_oru_with_a_local_code_first_is_read_by_its_alternate_loinc_code() -> None:
@@ -43,12 +43,44 @@ def test_oru_with_a_local_code_first_is_read_by_its_alternate_loinc_code() -> No
     assert report.skipped_codes == ["789-8"]
 
 
-def test_oru_with_unknown_unit_or_bad_number_is_an_application_error() -> None:
-    with pytest.raises(Hl7MessageError, match="unit 'furlongs'") as info:
-        parse_labs(parse(oru("C2", unit="furlongs")))
-    assert info.value.ack_code == "AE"
-    with pytest.raises(Hl7MessageError, match="OBX 2 .6301-6."):
-        parse_labs(parse(oru("C3", inr="high")))
+def test_an_obx_that_cannot_be_read_is_left_out_and_the_rest_is_kept() -> None:
+    """Rejecting the whole message (AE) made the sender resend it forever and lost every good value in it."""
+    report = parse_labs(parse(oru("C2", unit="furlongs", inr="high")))
+    assert report.values == [] and [u.split(":")[0] for u in report.unusable] == ["OBX 1 (777-3)", "OBX 2 (6301-6)"]
+    assert "unit 'furlongs'" in report.unusable[0] and report.coded  # the smoking status is still read
+
+
+@pytest.mark.parametrize(("value_type", "value", "expected"), [
+    ("SN", ">^1000", 1000.0), ("SN", "^1.7", 1.7), ("ST", "<0.5", 0.5), ("NM", "2.5", 2.5)])
+def test_structured_and_bounded_numbers_are_read_at_their_value(value_type: str, value: str, expected: float) -> None:
+    message = oru("S1").replace("OBX|2|NM|6301-6^INR^LN||2.5|", f"OBX|2|{value_type}|6301-6^INR^LN||{value}|")
+    assert {v.name: v.value for v in parse_labs(parse(message)).values}["inr"] == expected
+
+
+def test_result_status_x_and_w_hold_no_value_and_d_deletes() -> None:
+    cannot = parse_labs(parse(oru("X1", inr="").replace("|H|||F|||2026", "|H|||X|||2026")))
+    assert [v.name for v in cannot.values] == ["platelets"] and "result status X" in cannot.unusable[0]
+    deleted = parse_labs(parse(oru("D1").replace("|H|||F|||2026", "|H|||D|||2026")))
+    assert [v.name for v in deleted.values] == ["platelets"] and deleted.deleted[0][0] == "inr"
+
+
+def test_each_order_s_time_and_the_sender_s_zone_date_its_results() -> None:
+    message = (oru("T1").replace("OBX|1|NM|777-3^Platelets^LN||150|10*3/uL|150-400|N|||F|||20261120100000",
+                                 "OBX|1|NM|777-3^Platelets^LN||150|10*3/uL|150-400|N|||F")
+               .replace("20261120103000", "20261120103000+0100")
+               + "OBR|2|PL2|FL2|34714-6^INR^LN|||20261120090000\n"
+               + "OBX|5|NM|34714-6^INR^LN||3.1|{INR}|||||F\n")
+    report = parse_labs(parse(message))
+    times = {v.name: v.observed_at for v in report.values}
+    assert times["platelets"] == datetime(2026, 11, 20, 10, 0, tzinfo=timezone(timedelta(hours=1)))  # OBR 1
+    assert times["inr"] == datetime(2026, 11, 20, 9, 0, tzinfo=timezone(timedelta(hours=1)))  # its own OBR
+
+
+def test_an_hl7_null_birth_date_is_no_birth_date() -> None:
+    assert parse_demographics(parse(adt("N1").replace("||19500101|F", '||""|F'))).birth_date is None
+    with pytest.raises(Hl7MessageError) as info:
+        parse_demographics(parse(adt("N2").replace("||19500101|F", "||1950-01-01|F")))
+    assert "1950" not in str(info.value)  # a birth date never reaches a log line
 
 
 def test_adt_and_order_content() -> None:

@@ -1,0 +1,65 @@
+"""Stored HL7 values as a job sees them: corrections, deletions, senders, orders and assigning authorities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hl7_fhir.inbox import Hl7Inbox
+from radfusion.clinical import ClinicalGatherer, Hl7Store, StudyPatient
+from radfusion.db import Database
+from radfusion.settings import load_settings
+from tests.unit.hl7_fhir.messages import orm, oru
+
+
+@pytest.fixture
+def stored(tmp_path: Path):  # noqa: ANN201 - (send, context) helpers over one database
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Hl7Store(db)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order)
+    gatherer = ClinicalGatherer(load_settings(storage_path=tmp_path).clinical, db)
+
+    def send(message: str) -> str:
+        return inbox.handle(message.replace("\n", "\r")).ack or ""
+
+    def context(issuer: str = "HOSP", accession: str = "ACC123"):  # noqa: ANN202
+        return gatherer.context_for(StudyPatient(1, "12345", issuer, accession), ["inr", "platelets"])
+
+    yield send, context
+    gatherer.close()
+
+
+def _status(message: str, status: str) -> str:
+    return message.replace("|H|||F|||2026", f"|H|||{status}|||2026")
+
+
+def test_a_corrected_result_replaces_the_original_and_a_deleted_one_is_gone(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(oru("F1", inr="1.5"))
+    send(_status(oru("C1", inr="3.5"), "C"))  # the same observation time, corrected
+    assert context().labs["inr"].value == 3.5  # before: the first one stored won the tie
+    send(_status(oru("D1", inr="3.5"), "D"))
+    assert "inr" not in context().labs and context().labs["platelets"].value == 150.0
+
+
+def test_two_senders_may_use_the_same_control_id(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(oru("1001", platelets="77"))
+    ack = send(oru("1001", platelets="33").replace("MSH|^~\\&|LAB|HOSP", "MSH|^~\\&|POCT|HOSP"))
+    assert "duplicate" not in ack and "MSA|AA|1001" in ack
+
+
+def test_an_order_without_accession_does_not_override_the_study_s_own(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(orm("O1"))
+    send(orm("O2").replace("ACC123", "").replace("Fall from ladder, on warfarin", "Abdominal pain"))
+    assert context().reason_for_exam == "Fall from ladder, on warfarin"
+    assert context(accession="OTHER").reason_for_exam == "Abdominal pain"
+
+
+def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(oru("U1"))  # PID-3 12345^^^HOSP&1.2.3&ISO
+    assert context(issuer="1.2.3").labs["inr"].value == 2.5
+    assert "inr" not in context(issuer="ELSEWHERE").labs
