@@ -42,7 +42,8 @@ ERR_TEXT = {
 LAB_TYPES = frozenset({"ORU^R01"})
 ADT_TYPES = frozenset({"ADT^A01", "ADT^A04", "ADT^A08"})
 ORDER_TYPES = frozenset({"ORM^O01", "OMI^O23"})
-SUPPORTED_TYPES = LAB_TYPES | ADT_TYPES | ORDER_TYPES
+MERGE_TYPES = frozenset({"ADT^A18", "ADT^A34", "ADT^A40"})  # patient merges: MRG-1 joins PID-3
+SUPPORTED_TYPES = LAB_TYPES | ADT_TYPES | ORDER_TYPES | MERGE_TYPES
 ACK_MODES = frozenset({"", "AL", "NE", "ER", "SU"})
 
 
@@ -98,6 +99,14 @@ class Header:
             application_ack=msh.field(16).strip().upper(), field_sep=msh.field_sep,
             encoding=msh.encoding, sent_at=msh.component(7, 1).strip(),
         )
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One patient merge: the identifiers of the record that goes (MRG-1) and of the one that stays (PID-3)."""
+
+    prior: list[PatientIdentifier]
+    surviving: list[PatientIdentifier]
 
 
 @dataclass(frozen=True)
@@ -232,19 +241,42 @@ def patient_identifiers(parsed: ParsedMessage) -> list[PatientIdentifier]:
     An authority sent with a namespace and a universal ID (HOSP&1.2.3.4&ISO) gives the identifier under
     each, so a study's IssuerOfPatientID matches either; one sent with neither gives an empty authority.
     """
-    pid = parsed.first("PID")
+    identifiers = _identifiers(parsed, parsed.first("PID"), 3)
+    if not identifiers:
+        raise Hl7MessageError(f"message {parsed.header.control_id} has no PID-3 patient identifier",
+                              "AE", ERR_REQUIRED_FIELD)
+    return identifiers
+
+
+def _identifiers(parsed: ParsedMessage, segment: Segment | None, number: int) -> list[PatientIdentifier]:
+    """The CX repetitions of a field (PID-3, MRG-1) as identifiers (``patient_identifiers``)."""
     identifiers = []
-    for rep in _field(parsed, pid, 3) if pid is not None else []:
+    for rep in _field(parsed, segment, number) if segment is not None else []:
         padded = rep + [""] * 5
         namespace, universal = ([*padded[3].split(parsed.header.encoding[3]), ""][:2])
         if not padded[0].strip():
             continue
         for authority in dict.fromkeys(a.strip() for a in (namespace, universal) if a.strip()) or [""]:
             identifiers.append(PatientIdentifier(padded[0].strip(), authority, padded[4].strip()))
-    if not identifiers:
-        raise Hl7MessageError(f"message {parsed.header.control_id} has no PID-3 patient identifier",
-                              "AE", ERR_REQUIRED_FIELD)
     return identifiers
+
+
+def parse_merges(parsed: ParsedMessage) -> list[Merge]:
+    """ADT^A40/A34/A18: each MRG with the PID before it; AE when a pair lacks MRG-1 or PID-3."""
+    merges, pid = [], None
+    for segment in parsed.segments:
+        if segment.name == "PID":
+            pid = segment
+        elif segment.name == "MRG":
+            prior, surviving = _identifiers(parsed, segment, 1), _identifiers(parsed, pid, 3)
+            if not prior or not surviving:
+                raise Hl7MessageError(f"merge message {parsed.header.control_id} needs MRG-1 and PID-3 in each "
+                                      f"PID/MRG pair", "AE", ERR_REQUIRED_FIELD)
+            merges.append(Merge(prior, surviving))
+    if not merges:
+        raise Hl7MessageError(f"merge message {parsed.header.control_id} has no MRG segment", "AE",
+                              ERR_SEGMENT_SEQUENCE)
+    return merges
 
 
 def _data_error(parsed: ParsedMessage, where: str, exc: Exception) -> Hl7MessageError:

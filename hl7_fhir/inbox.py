@@ -16,16 +16,19 @@ from hl7_fhir.hl7v2 import (
     ADT_TYPES,
     ERR_APPLICATION_INTERNAL,
     LAB_TYPES,
+    MERGE_TYPES,
     Demographics,
     Header,
     Hl7MessageError,
     LabReport,
+    Merge,
     Order,
     ParsedMessage,
     build_ack,
     parse,
     parse_demographics,
     parse_labs,
+    parse_merges,
     parse_order,
     read_header,
 )
@@ -38,15 +41,17 @@ log = logging.getLogger(__name__)
 class Hl7Inbox:
     """Message-processing policy behind an MllpServer (``server = MllpServer(host, port, inbox.handle)``).
 
-    ``seen(control_id, sending_facility)`` says whether that message was already stored;
-    ``on_labs``, ``on_demographics`` and ``on_order`` store one message's content and its
-    (control id, sending facility) in one transaction.
+    ``seen(control_id, sender)`` says whether that message of that sender (``Header.sender``) was
+    already stored; ``on_labs``, ``on_demographics``, ``on_order`` and ``on_merge`` (patient merges:
+    what was stored under a prior identifier moves to the surviving one) store one message's content
+    and its (control id, sender) in one transaction.
     """
 
     seen: Callable[[str, str], bool]
     on_labs: Callable[[Header, LabReport], None]
     on_demographics: Callable[[Header, Demographics], None]
     on_order: Callable[[Header, Order], None]
+    on_merge: Callable[[Header, list[Merge]], None]
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 
     def handle(self, text: str) -> MllpReply:
@@ -88,6 +93,10 @@ class Hl7Inbox:
         if header.message_type in ADT_TYPES:
             self.on_demographics(header, parse_demographics(parsed))
             return "stored demographics"
+        if header.message_type in MERGE_TYPES:
+            merges = parse_merges(parsed)
+            self.on_merge(header, merges)
+            return f"merged {len(merges)} patient record(s)"
         self.on_order(header, parse_order(parsed))
         return "stored order"
 

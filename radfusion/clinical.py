@@ -22,7 +22,7 @@ from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
 from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, merge_contexts
-from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Order, PatientIdentifier
+from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Merge, Order, PatientIdentifier
 from radfusion.db import Database
 from radfusion.models import ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSettings
@@ -82,6 +82,20 @@ class Hl7Store:
             rows.append(dict(kind="sex", text=demographics.sex))
         self._store(header, demographics.identifiers, rows)
 
+    def on_merge(self, header: Header, merges: list[Merge]) -> None:
+        """Move what was stored under each merge's prior identifiers to its surviving ones (the first takes the
+        rows, the other forms of the surviving identifier get copies), in one transaction with the message."""
+        with self._db.session() as session:
+            for merge in merges:
+                first, *others = merge.surviving
+                moved = [row for prior in merge.prior for row in session.scalars(select(ClinicalValue).where(
+                    ClinicalValue.patient_id == prior.value, ClinicalValue.patient_authority == prior.authority))]
+                for row in moved:
+                    row.patient_id, row.patient_authority = first.value, first.authority
+                    session.add_all(_copy(row, identifier) for identifier in others)
+            session.add(Hl7Message(control_id=header.control_id, sending_facility=header.sender,
+                                   message_type=header.message_type))
+
     def on_order(self, header: Header, order: Order) -> None:
         rows = [dict(kind="reason_for_exam", text=order.reason_for_exam, accession=order.accession)] \
             if order.reason_for_exam else []
@@ -100,6 +114,12 @@ class Hl7Store:
                 for row in rows:
                     session.add(ClinicalValue(message_id=message.id, patient_id=identifier.value,
                                               patient_authority=identifier.authority, **row))
+
+
+def _copy(row: ClinicalValue, identifier: PatientIdentifier) -> ClinicalValue:
+    """``row`` stored again under ``identifier``."""
+    values = {c.key: getattr(row, c.key) for c in ClinicalValue.__table__.columns if c.key != "id"}
+    return ClinicalValue(**{**values, "patient_id": identifier.value, "patient_authority": identifier.authority})
 
 
 @dataclass(frozen=True)

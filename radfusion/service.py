@@ -76,7 +76,7 @@ class Service:
         self.hl7: MllpServer | None = None
         if settings.hl7.listen:
             store = Hl7Store(self.db)
-            inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order)
+            inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
             tls = settings.hl7.tls
             context = (TlsConfig(tls.cert_file, tls.key_file, tls.ca_file, tls.require_client_cert).server_context()
                        if tls.enabled else None)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Order
+from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Merge, Order
 from hl7_fhir.inbox import Hl7Inbox
 from hl7_fhir.mllp import MllpClient, MllpError, MllpFramer, MllpNegativeAck, MllpReply, MllpServer, frame
 from tests.peers import mllp_send
@@ -28,6 +28,7 @@ class FakeStore:
     labs: list[LabReport] = field(default_factory=list)
     demographics: list[Demographics] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
+    merges: list[list[Merge]] = field(default_factory=list)
     stored_ids: set[tuple[str, str]] = field(default_factory=set)
     connections: set[str] = field(default_factory=set)
     fail_next: bool = False
@@ -46,7 +47,7 @@ class FakeStore:
     def inbox(self) -> Hl7Inbox:
         return Hl7Inbox(self.seen, lambda h, r: self._commit(h, self.labs, r),
                         lambda h, d: self._commit(h, self.demographics, d),
-                        lambda h, o: self._commit(h, self.orders, o))
+                        lambda h, o: self._commit(h, self.orders, o), lambda h, m: self._commit(h, self.merges, m))
 
 
 @pytest.fixture

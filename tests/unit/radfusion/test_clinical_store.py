@@ -17,7 +17,7 @@ from tests.unit.hl7_fhir.messages import orm, oru
 def stored(tmp_path: Path):  # noqa: ANN201 - (send, context) helpers over one database
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = Hl7Store(db)
-    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
     gatherer = ClinicalGatherer(load_settings(storage_path=tmp_path).clinical, db)
 
     def send(message: str) -> str:
@@ -56,6 +56,16 @@ def test_an_order_without_accession_does_not_override_the_study_s_own(stored) ->
     send(orm("O2").replace("ACC123", "").replace("Fall from ladder, on warfarin", "Abdominal pain"))
     assert context().reason_for_exam == "Fall from ladder, on warfarin"
     assert context(accession="OTHER").reason_for_exam == "Abdominal pain"
+
+
+def test_a_patient_merge_brings_the_prior_record_s_labs_to_the_surviving_id(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(oru("M1").replace("PID|1||12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "PID|1||777^^^HOSP^MR"))
+    assert "inr" not in context().labs  # the labs came under a duplicate registration, 777
+    ack = send("MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120103000||ADT^A40^ADT_A39|MG1|P|2.5.1\n"
+               "EVN|A40|20261120103000\nPID|1||12345^^^HOSP&1.2.3&ISO^MR\nMRG|777^^^HOSP^MR\n")
+    assert "MSA|AA|MG1" in ack  # before: AR, "message type not handled"
+    assert context().labs["inr"].value == 2.5 and context(issuer="1.2.3").labs["inr"].value == 2.5
 
 
 def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:  # noqa: ANN001
