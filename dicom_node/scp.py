@@ -375,10 +375,7 @@ class StorageScp:
             if not existed:
                 self.spool.place(staged, path)
         except OSError as exc:
-            reason = f"writing {path} failed: {exc}"
-            LOG.error("refusing %s on association %s: %s", sop_uid, info.association_id, reason)
-            self._report_rejection(info, reason, None, sop_uid)
-            return StoreStatus.SPOOL_WRITE_FAILED
+            return self._write_failed(info, sop_uid, f"writing {path} failed: {exc}")
 
         instance = StoredInstance(
             association_id=info.association_id,
@@ -398,22 +395,23 @@ class StorageScp:
             LOG.exception("instance %s (accession %s) on association %s: %s", sop_uid,
                           attributes["AccessionNumber"], info.association_id, reason)
             # A re-sent instance's acknowledged file stays in place (its row points at it); keep a copy instead.
-            quarantined = (self.spool.quarantine_file(staged, reason, info.calling_ae, info.association_id, sop_uid)
-                           if existed else
-                           self.spool.quarantine_file(path, reason, info.calling_ae, info.association_id, sop_uid))
+            quarantined = self.spool.quarantine_file(staged if existed else path, reason, info.calling_ae,
+                                                     info.association_id, sop_uid)
             self._report_rejection(info, reason, quarantined, sop_uid)
             return StoreStatus.SINK_FAILED
         if existed:
             try:
                 self.spool.place(staged, path)
             except OSError as exc:
-                reason = f"replacing {path} failed: {exc}"
-                LOG.error("refusing %s on association %s: %s", sop_uid, info.association_id, reason)
-                self._report_rejection(info, reason, None, sop_uid)
-                return StoreStatus.SPOOL_WRITE_FAILED
+                return self._write_failed(info, sop_uid, f"replacing {path} failed: {exc}")
         LOG.info("stored %s (study %s, accession %s, %d bytes)%s on association %s", sop_uid, study_uid,
                  attributes["AccessionNumber"], size, "" if is_new else " again, replaced", info.association_id)
         return StoreStatus.SUCCESS
+
+    def _write_failed(self, info: AssociationInfo, sop_uid: str, reason: str) -> StoreStatus:
+        LOG.error("refusing %s on association %s: %s", sop_uid, info.association_id, reason)
+        self._report_rejection(info, reason, None, sop_uid)
+        return StoreStatus.SPOOL_WRITE_FAILED
 
     @staticmethod
     def _file_bytes(event: Event) -> bytes:
