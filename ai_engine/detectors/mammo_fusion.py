@@ -133,7 +133,10 @@ def prepare_view(array: np.ndarray, spacing_mm: float) -> PreparedView:
         image = _resample(image, spacing_mm / WORK_SPACING_MM, keep_max=False)
         spacing_mm = WORK_SPACING_MM
     breast = _breast_mask(image)
-    values = image[breast] if breast.any() else image.ravel()
+    if not breast.any():  # blank or constant: every feature would be logit(0), which the heads never saw
+        raise DetectorInputError("a mammography view shows no breast (nothing brighter than its background); "
+                                 "a blank or constant image cannot be read")
+    values = image[breast]
     low, high = np.percentile(values, [2.0, 99.5])
     scale = max(float(high - low), 1e-3)
     window = max(int(round(SPECK_WINDOW_MM / spacing_mm)) // 2 * 2 + 1, 3)

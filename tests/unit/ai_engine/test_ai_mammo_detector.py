@@ -10,6 +10,7 @@ import pytest
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.mammo_fusion import birads_suggestion, crop_malignancy, prepare_view, view_maps
 from ai_engine.detectors.registry import create_detector
+from ai_engine.errors import DetectorInputError
 from ai_engine.mammo import MammoView
 from ai_engine.results import FindingType
 from ai_engine.synthetic.cohorts.mammo import generate_case
@@ -68,6 +69,13 @@ def test_an_incomplete_normal_exam_stays_negative_and_says_what_is_missing(detec
     assert not result.positive and result.findings == []
     assert any(note.startswith("incomplete exam (") for note in result.notes)
     assert not any("incomplete" in note for note in detector.detect(inputs).notes)
+
+
+def test_a_blank_view_is_refused_not_read_as_malignant(detector) -> None:  # noqa: ANN001
+    inputs = _exam(())[0]
+    inputs.views[3].array = np.zeros_like(inputs.views[3].array)  # before: probability 1.000 for a blank exam
+    with pytest.raises(DetectorInputError, match="shows no breast"):
+        detector.detect(inputs)
 
 
 def test_probability_maps_to_birads_ranges() -> None:
