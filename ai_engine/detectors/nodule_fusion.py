@@ -55,6 +55,7 @@ CORE_RADIUS_MM = 2.0
 MERGE_MM = 2.5
 MIN_CANDIDATE_RESPONSE = 60.0
 CLOSING_MM = 15.0
+MIN_LUNG_ML = 50.0  # less lung than this: nothing to search (not a chest, or the lungs cut off by the image border)
 BLOB_RAMP_HU = (-820.0, -680.0)
 TYPES = ("solid", "part-solid", "ground-glass")
 EMBED_DIM = 32
@@ -382,6 +383,10 @@ class NoduleFusion:
         """Nodules of ``inputs.volume`` with size, type, malignancy, Lung-RADS, mask, heat map and modality weights."""
         volume, reorientation = lps_volume(inputs, NAME, "chest")
         analysis = self.analyse(volume)
+        lung_ml = float(analysis.grid.lungs.sum()) * VOXEL_ML
+        if lung_ml < MIN_LUNG_ML:  # a negative here would say "no nodule" where nothing was searched
+            raise DetectorInputError(f"{NAME}: the series shows {lung_ml:.0f} mL of lung (under {MIN_LUNG_ML:g} mL): "
+                                     f"not a chest CT, or a field of view that cuts the lungs off at the image border")
         nodules = ranked_nodules(analysis, float(self.parameters["nms_mm"]),
                                  float(self.parameters["finding_threshold"]), int(self.parameters["max_findings"]))
         findings: list[Finding] = []

@@ -8,6 +8,7 @@ import pytest
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.nodule_fusion import NoduleFusion, lung_rads, suppress
 from ai_engine.detectors.registry import create_detector
+from ai_engine.errors import DetectorInputError
 from ai_engine.results import FindingType
 from ai_engine.synthetic.chest_ct import ChestAcquisition, NoduleSpec, make_chest_phantom
 from ai_engine.synthetic.cohorts.nodule import generate_case
@@ -54,6 +55,13 @@ def test_reports_nothing_on_a_nodule_free_chest(detector: NoduleFusion, seed: in
     phantom = make_chest_phantom(np.random.default_rng(seed), SHORT_SCAN, [])
     result = detector.detect(DetectorInput(volume=_volume(phantom.hu, phantom.spacing)))
     assert result.findings == [] and not result.positive
+
+
+def test_a_series_without_lungs_is_refused_not_called_nodule_free(detector: NoduleFusion) -> None:
+    phantom = make_chest_phantom(np.random.default_rng(8), SHORT_SCAN, [])
+    body = np.where(phantom.hu < -300.0, 40.0, phantom.hu)  # the same body with soft tissue where the lungs were
+    with pytest.raises(DetectorInputError, match="mL of lung .* not a chest CT"):
+        detector.detect(DetectorInput(volume=_volume(body, phantom.spacing)))
 
 
 def test_lung_rads_follows_size_and_type() -> None:
