@@ -10,12 +10,16 @@ Layout of ``ai_engine/bundles/<detector_name>/`` (package data):
   ``$`` expressions, nothing evaluated. Must name the deployed file: ``"deployed": "model.onnx"``
   or ``"model.ts"``. A fusion bundle names the note encoding its heads learned in ``note_encoding``
   (``ai_engine.clinical_features.NOTE_ENCODINGS``; bundles without it were fitted with "hashed-terms").
+- ``configs/note_vocabulary.json`` (optional): ``{"note_encoding": ..., "terms": [...], "min_terms": n}``, the
+  note terms the fusion heads learned and the fewest any of their notes held; serving leaves every other
+  term out and reads a note with fewer known terms as no note (``clinical_features.encode_note``). A bundle
+  without it reads every term, as its heads were fitted.
 - ``models/model.pt``: the eager PyTorch state dict (for fine-tuning and parity tests);
 - ``models/model.onnx`` (ONNX Runtime) or ``models/model.ts`` (TorchScript): what serving runs.
 
 ``load_bundle(name)`` validates all of that and gives a ``Bundle`` whose ``device_uid`` is
-derived from the SHA-256 of the weights, the deployed model and ``inference.json``, so the
-UID changes whenever the weights or parameters do (IHE AI Results).
+derived from the SHA-256 of the weights, the deployed model, ``inference.json`` and the note
+vocabulary, so the UID changes whenever the weights or parameters do (IHE AI Results).
 Training writes a bundle with ``write_bundle_configs`` after saving the model files into
 ``bundle_models_dir(root)``.
 """
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ai_engine.clinical_features import ClinicalFeatureError, note_encoding_of
+from ai_engine.clinical_features import ClinicalFeatureError, NoteVocabulary, note_encoding_of
 from ai_engine.errors import AiEngineError
 from ai_engine.results import AlgorithmInfo
 
@@ -37,6 +42,7 @@ DATASET_SOURCE = "dataset"  # training_data.source of a bundle trained with --da
 REQUIRED_METADATA = ("version", "task", "intended_use", "inputs", "outputs", "training_data", "metrics")
 DEPLOYED_FORMATS = ("model.onnx", "model.ts")
 WEIGHTS_FILE = "model.pt"
+NOTE_VOCABULARY_FILE = "note_vocabulary.json"
 DEEP_KIND = "deep fusion model trained on synthetic phantoms"
 DATASET_KIND = "deep fusion model trained on a local dataset, not validated by radfusion"
 
@@ -56,6 +62,7 @@ class Bundle:
     weights_path: Path
     deployed_path: Path
     device_uid: str
+    note_vocabulary: NoteVocabulary | None = None
 
     @property
     def version(self) -> str:
@@ -195,9 +202,37 @@ def load_bundle(name: str, root: Path | None = None) -> Bundle:
     for file in (weights, deployed):
         if not file.is_file():
             raise BundleError(f"bundle {name!r}: model file {file} is missing")
+    vocabulary_file = path / "configs" / NOTE_VOCABULARY_FILE
+    identity = [weights, deployed, path / "configs" / "inference.json"]
     return Bundle(name=name, root=path, metadata=metadata, inference=inference, weights_path=weights,
                   deployed_path=deployed,
-                  device_uid=_uid([weights, deployed, path / "configs" / "inference.json"]))
+                  device_uid=_uid(identity + ([vocabulary_file] if vocabulary_file.is_file() else [])),
+                  note_vocabulary=_note_vocabulary(vocabulary_file, note_encoding_of(inference)))
+
+
+def _note_vocabulary(path: Path, encoding: str) -> NoteVocabulary | None:
+    """A bundle's note vocabulary file, or None without one; BundleError when it does not fit the bundle."""
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    terms, min_terms = data.get("terms"), data.get("min_terms")
+    if (data.get("note_encoding") != encoding or not isinstance(terms, list) or not terms
+            or not isinstance(min_terms, int) or min_terms < 1):
+        raise BundleError(f"{path}: needs 'note_encoding' {encoding!r} (the bundle's), a non-empty list 'terms' "
+                          f"and a positive integer 'min_terms'")
+    return NoteVocabulary(frozenset(str(term) for term in terms), min_terms)
+
+
+def write_note_vocabulary(root: Path, encoding: str, notes: Iterable[list[str]]) -> NoteVocabulary:
+    """Write ``configs/note_vocabulary.json`` under ``root`` from the terms (``note_terms``) of the heads' notes."""
+    terms: set[str] = set()
+    min_terms = 0
+    for note in filter(None, notes):
+        terms.update(note)
+        min_terms = len(note) if not min_terms else min(min_terms, len(note))
+    (Path(root) / "configs" / NOTE_VOCABULARY_FILE).write_text(json.dumps(
+        {"note_encoding": encoding, "min_terms": min_terms, "terms": sorted(terms)}, indent=0) + "\n")
+    return NoteVocabulary(frozenset(terms), min_terms)
 
 
 def resolve_bundle(ref: Bundle | str | Path | None, default_name: str) -> Bundle:

@@ -35,6 +35,7 @@ from scipy import ndimage
 from ai_engine.bundle import Bundle, load_bundle
 from ai_engine.clinical_features import (
     NOTE_DIM,
+    NoteVocabulary,
     context_text,
     encode_clinical,
     encode_note,
@@ -217,11 +218,11 @@ def image_features(probs: np.ndarray, foreground: np.ndarray, slab_ml: float) ->
                     dtype=np.float32)
 
 
-def fusion_inputs(context: ClinicalContext | None, note_encoding: str
+def fusion_inputs(context: ClinicalContext | None, note_encoding: str, note_vocabulary: NoteVocabulary | None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Clinical values, their mask, note vector and note mask of one case, each with a batch axis of 1."""
     values, present = encode_clinical(Task.ICH, context)
-    note, note_present = encode_note(context_text(context), encoding=note_encoding)
+    note, note_present = encode_note(context_text(context), encoding=note_encoding, vocabulary=note_vocabulary)
     return (values[None], present[None].astype(np.float32), note[None],
             np.array([1.0 if note_present else 0.0], dtype=np.float32))
 
@@ -287,7 +288,8 @@ class IchFusion:
 
     def fusion_stage(self, features: np.ndarray, context: ClinicalContext | None) -> FusionStage:
         """Calibrated case probability, logit SD and modality weights from image features and context."""
-        inputs = (features[None].astype(np.float32), *fusion_inputs(context, self.note_encoding))
+        inputs = (features[None].astype(np.float32),
+                  *fusion_inputs(context, self.note_encoding, self.bundle.note_vocabulary))
         feeds = dict(zip(FUSION_INPUTS, inputs, strict=True))
         logit, weights, log_var = self.fusion(**feeds)
         value = float(logit[0])

@@ -39,7 +39,13 @@ import numpy as np
 from scipy import ndimage
 
 from ai_engine.bundle import Bundle, resolve_bundle
-from ai_engine.clinical_features import context_text, encode_clinical, encode_note, note_encoding_of
+from ai_engine.clinical_features import (
+    NoteVocabulary,
+    context_text,
+    encode_clinical,
+    encode_note,
+    note_encoding_of,
+)
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.runtime import DeployedModel, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
@@ -439,7 +445,8 @@ class MammoFusion:
         prepared = [prepare_view(v.array, float(np.mean(v.pixel_spacing_mm))) for v in inputs.views]
         probabilities = [self.segment(p.channels) for p in prepared]
         return analyse_exam(prepared, probabilities, [(v.laterality, v.view) for v in inputs.views],
-                            inputs.context, self.params, self.classify, self.density_weights, self.density_bias)
+                            inputs.context, self.params, self.classify, self.density_weights, self.density_bias,
+                            self.bundle.note_vocabulary)
 
     def fuse(self, analysis: ExamAnalysis) -> tuple[float, float, np.ndarray]:
         """(calibrated probability, logit std, modality weights [3]) of one analysed exam."""
@@ -540,11 +547,13 @@ def exam_image_analysis(prepared: list[PreparedView], probabilities: list[np.nda
 
 def analyse_exam(prepared: list[PreparedView], probabilities: list[np.ndarray], identities: list[tuple[str, str]],
                  context: Any, params: dict[str, Any], classify: Callable[[np.ndarray], np.ndarray],
-                 density_weights: np.ndarray, density_bias: np.ndarray) -> ExamAnalysis:
+                 density_weights: np.ndarray, density_bias: np.ndarray,
+                 note_vocabulary: NoteVocabulary | None) -> ExamAnalysis:
     """Image analysis plus clinical/text encodings and the density estimate of one exam."""
     candidates, features = exam_image_analysis(prepared, probabilities, identities, params, classify)
     clinical, present = encode_clinical(Task.MAMMOGRAPHY, context)
-    text, text_present = encode_note(context_text(context), encoding=note_encoding_of(params))
+    text, text_present = encode_note(context_text(context), encoding=note_encoding_of(params),
+                                     vocabulary=note_vocabulary)
     stats = np.stack([density_statistics(v) for v in prepared])
     density = density_probabilities(stats, density_weights, density_bias).mean(axis=0)
     return ExamAnalysis(prepared, probabilities, candidates, features, clinical, present, text, text_present,

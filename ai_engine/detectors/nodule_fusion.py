@@ -370,7 +370,8 @@ class NoduleFusion:
     def fuse(self, embedding: np.ndarray, context: ClinicalContext | None) -> tuple[np.ndarray, ...]:
         """Calibrated malignancy probability, modality weights and logit standard deviation per embedding."""
         clinical, present = encode_clinical(Task.LUNG_NODULE, context)
-        text, text_present = encode_note(context_text(context), encoding=note_encoding_of(self.parameters))
+        text, text_present = encode_note(context_text(context), encoding=note_encoding_of(self.parameters),
+                                         vocabulary=self.bundle.note_vocabulary)
         n = len(embedding)
         logit, weights, log_var = self.fusion(
             image=embedding.astype(np.float32), clinical=np.tile(clinical, (n, 1)),

@@ -7,6 +7,7 @@ Usage (until ``radfusion train|evaluate`` wraps these):
     python -m ai_engine.training.cli train ich --fusion-only [--bundle NAME_OR_DIR] [--quick]
     python -m ai_engine.training.cli train mammo --density-only [--bundle NAME_OR_DIR]
     python -m ai_engine.training.cli train nodule --threshold-only [--bundle NAME_OR_DIR]
+    python -m ai_engine.training.cli train ich --note-vocabulary-only [--bundle NAME_OR_DIR]
     python -m ai_engine.training.cli evaluate ich [--bundle NAME_OR_DIR] [--cohort-size N] [--seed S] [--out-dir D]
     python -m ai_engine.training.cli evaluate ich --data-dir REAL_DATA --out-dir D [--bundle NAME_OR_DIR]
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from ai_engine.errors import AiEngineError
 
-REFITS = ("--fusion-only", "--density-only", "--threshold-only")  # in-place refits of a trained bundle
+REFITS = ("--fusion-only", "--density-only", "--threshold-only", "--note-vocabulary-only")  # in place, on a bundle
 TASK_MODULES: dict[str, str] = {
     "ich": "ai_engine.training.tasks.ich",
     "nodule": "ai_engine.training.tasks.nodule",
@@ -62,8 +63,10 @@ def train(task: str, *, out_dir: Path | None = None, epochs: int | None = None, 
     the spacing of dataset images whose header has none) are passed on only when given.
     """
     extra = _dataset_options(task, data_dir, pixel_spacing_mm)
-    return _task_module(task).train(out_dir=out_dir, epochs=epochs, cohort_size=cohort_size, seed=seed,
+    root = _task_module(task).train(out_dir=out_dir, epochs=epochs, cohort_size=cohort_size, seed=seed,
                                     quick=quick, **extra)
+    _note_vocabulary(task, root)
+    return root
 
 
 def train_fusion_only(task: str, *, bundle: str | Path | None = None, quick: bool = False) -> Path:
@@ -73,7 +76,28 @@ def train_fusion_only(task: str, *, bundle: str | Path | None = None, quick: boo
     trains the heads of every fusion mode, refits temperature and threshold on the calibration
     split and re-exports ``fusion.onnx`` and ``fusion_<mode>.pt``.
     """
-    return _task_module(task).train_fusion_only(bundle=bundle, quick=quick)
+    root = _task_module(task).train_fusion_only(bundle=bundle, quick=quick)
+    _note_vocabulary(task, root)
+    return root
+
+
+def train_note_vocabulary_only(task: str, *, bundle: str | Path | None = None) -> Path:
+    """Write a synthetic bundle's note vocabulary (``ai_engine.training.note_vocabulary``) in place."""
+    from ai_engine.bundle import resolve_bundle
+
+    root = resolve_bundle(bundle, f"{task}_fusion").root
+    _note_vocabulary(task, root)
+    return root
+
+
+def _note_vocabulary(task: str, root: Path) -> None:
+    """Every synthetic bundle ``train`` writes gets the note vocabulary of its generator."""
+    from ai_engine.training.note_vocabulary import write_synthetic_vocabulary
+
+    vocabulary = write_synthetic_vocabulary(task, Path(root))
+    if vocabulary is not None:
+        logging.getLogger(__name__).info("note vocabulary of %s: %d terms, notes of at least %d",
+                                         root, len(vocabulary.terms), vocabulary.min_terms)
 
 
 def train_density_only(task: str, *, bundle: str | Path | None = None) -> Path:
@@ -125,9 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     p_train.add_argument("--threshold-only", action="store_true",
                          help="nodule: refit only the reporting threshold of --bundle on its calibration scans "
                               "(patch version)")
+    p_train.add_argument("--note-vocabulary-only", action="store_true",
+                         help="write the note vocabulary of --bundle's synthetic generator (the terms its heads "
+                              "learned)")
     p_train.add_argument("--bundle", default=None,
-                         help="with --fusion-only, --density-only or --threshold-only: bundle name or directory "
-                              "(default: the packaged one)")
+                         help="with --fusion-only, --density-only, --threshold-only or --note-vocabulary-only: "
+                              "bundle name or directory (default: the packaged one)")
     p_eval = sub.add_parser("evaluate", help="evaluate a bundle on a held-out cohort")
     p_eval.add_argument("task", choices=sorted(TASK_MODULES))
     p_eval.add_argument("--bundle", default=None, help="bundle name or directory (default: the packaged one)")
@@ -159,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             print(train_fusion_only(args.task, bundle=bundle, quick=args.quick))
         elif refits[0] == "--density-only":
             print(train_density_only(args.task, bundle=bundle))
-        else:
+        elif refits[0] == "--threshold-only":
             print(train_threshold_only(args.task, bundle=bundle))
+        else:
+            print(train_note_vocabulary_only(args.task, bundle=bundle))
     elif args.command == "train":
         if args.bundle is not None:
             raise AiEngineError(f"--bundle only goes with {', '.join(REFITS)} (a full training writes --out-dir)")

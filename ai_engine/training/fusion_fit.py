@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ai_engine.bundle import Bundle, write_bundle_configs
-from ai_engine.clinical_features import context_text, encode_clinical, encode_note
+from ai_engine.bundle import NOTE_VOCABULARY_FILE, Bundle, write_bundle_configs
+from ai_engine.clinical_features import NoteVocabulary, context_text, encode_clinical, encode_note
 from ai_engine.errors import AiEngineError
 from ai_engine.evaluation import metrics
 from ai_engine.fusion import MODES, FusionHead, fusion_loss, modality_dropout
@@ -65,10 +65,11 @@ class FusionData:
 
     @classmethod
     def from_contexts(cls, task: str, image: np.ndarray, contexts: Sequence[Any], label: np.ndarray,
-                      note_encoding: str) -> FusionData:
-        """Encode each row's ``ClinicalContext`` (or None) for ``task`` beside its image features."""
+                      note_encoding: str, note_vocabulary: NoteVocabulary | None = None) -> FusionData:
+        """Encode each row's ``ClinicalContext`` (or None) for ``task`` beside its image features (notes as a bundle
+        with ``note_vocabulary`` reads them; None: every term, as heads are fitted)."""
         clinical = [encode_clinical(task, c) for c in contexts]
-        notes = [encode_note(context_text(c), encoding=note_encoding) for c in contexts]
+        notes = [encode_note(context_text(c), encoding=note_encoding, vocabulary=note_vocabulary) for c in contexts]
         return cls(image, np.stack([v for v, _ in clinical]), np.stack([p for _, p in clinical]),
                    np.stack([t for t, _ in notes]), np.array([p for _, p in notes]), label)
 
@@ -289,4 +290,5 @@ def write_refit_configs(bundle: Bundle, calibration: Calibration, summary: dict[
                "threshold refitted on the calibration split",
         "command": command, **summary}
     write_bundle_configs(bundle.root, metadata, inference)
+    (bundle.root / "configs" / NOTE_VOCABULARY_FILE).unlink(missing_ok=True)  # the old heads' notes: written anew
     return version

@@ -116,7 +116,7 @@ def build_arrays(cases: Iterable[IchCase], total: int | None = None) -> CaseArra
         seg.append(np.full(prepared.slabs.shape, UNKNOWN_LABEL, np.uint8) if unknown
                    else model.prepare_labels(case.labels, case.spacing, prepared))
         owner.append(np.full(len(prepared.slabs), i))
-        values, mask, text, text_mask = model.fusion_inputs(case.context, NOTE_ENCODING)
+        values, mask, text, text_mask = model.fusion_inputs(case.context, NOTE_ENCODING, None)  # every term
         clinical.append(values[0])
         present.append(mask[0])
         note.append(text[0])
@@ -518,7 +518,8 @@ def evaluate(*, bundle: str | Path | None, cohort_size: int | None, seed: int | 
     result["seconds_per_case"] = {"deep": round(float(np.mean([r["deep_s"] for r in rows])), 3),
                                   "baseline": round(float(np.mean([r["baseline_s"] for r in rows])), 3)}
     heads = load_heads(loaded.root / "models", model.load_eager_model(loaded).fusion)
-    held_out = FusionData.from_contexts(Task.ICH, np.stack(features), contexts, labels, detector.note_encoding)
+    held_out = FusionData.from_contexts(Task.ICH, np.stack(features), contexts, labels, detector.note_encoding,
+                                        detector.bundle.note_vocabulary)
     result["fusion_experiment"] = fusion_experiment(heads, held_out, seed=seed)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "cases.json").write_text(json.dumps(rows, indent=1) + "\n")

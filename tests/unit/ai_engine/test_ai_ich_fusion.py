@@ -62,7 +62,7 @@ def test_onnx_runtime_matches_eager_pytorch() -> None:
     assert np.abs(session.run(None, {"slabs": slabs})[0] - expected).max() < 1e-3
     fusion = ort.InferenceSession(str(bundle.root / "models" / "fusion.onnx"), providers=["CPUExecutionProvider"])
     features = rng.normal(size=(2, len(ich_fusion.IMAGE_FEATURES))).astype(np.float32)
-    clinical, present, note, note_present = ich_fusion.fusion_inputs(None, "hashed-terms")
+    clinical, present, note, note_present = ich_fusion.fusion_inputs(None, "hashed-terms", None)
     feeds = {"image": features, "clinical": np.repeat(clinical, 2, 0), "clinical_present": np.repeat(present, 2, 0),
              "text": np.repeat(note, 2, 0), "text_present": np.repeat(note_present, 2, 0)}
     with torch.no_grad():

@@ -19,6 +19,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     fake = SimpleNamespace(train=lambda **kw: seen.append(("train", kw)) or Path("bundle"),
                            evaluate=lambda **kw: seen.append(("evaluate", kw)) or {})
     monkeypatch.setattr(cli, "_task_module", lambda task: fake)
+    monkeypatch.setattr(cli, "_note_vocabulary", lambda task, root: None)  # no bundle was written
     return seen
 
 
@@ -39,7 +40,8 @@ def test_dataset_options_reach_the_task_only_when_given(calls: list[tuple[str, d
     (["train", "ich", "--threshold-only"], "lung-nodule option"),
     (["train", "nodule", "--threshold-only", "--fusion-only"], "choose one of --fusion-only, --threshold-only"),
     (["train", "nodule", "--threshold-only", "--seed", "3"], "drop \\['--seed'\\]"),
-    (["train", "nodule", "--bundle", "b"], "--bundle only goes with --fusion-only, --density-only, --threshold-only"),
+    (["train", "nodule", "--bundle", "b"], "--bundle only goes with --fusion-only, --density-only, --threshold-only, "
+                                           "--note-vocabulary-only"),
 ])
 def test_misplaced_dataset_options_are_refused(calls: list[tuple[str, dict[str, Any]]], argv: list[str],
                                                message: str) -> None:
