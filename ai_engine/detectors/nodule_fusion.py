@@ -55,6 +55,7 @@ CORE_RADIUS_MM = 2.0
 MERGE_MM = 2.5
 MIN_CANDIDATE_RESPONSE = 60.0
 CLOSING_MM = 15.0
+THICK_SLICE_MM = 3.0  # a nodule-free chest at 5 mm drew 10 false nodules on vessel segments (session 25)
 MIN_LUNG_ML = 50.0  # less lung than this: nothing to search (not a chest, or the lungs cut off by the image border)
 BLOB_RAMP_HU = (-820.0, -680.0)
 TYPES = ("solid", "part-solid", "ground-glass")
@@ -398,6 +399,9 @@ class NoduleFusion:
         case_score = max((f.score for f in findings), default=0.0)
         notes = [f"{len(analysis.points)} candidates examined on a {WORK_MM} mm isotropic grid",
                  "clinical context: " + ("used" if inputs.context is not None else "not available; image only")]
+        if volume.spacing_mm[0] > THICK_SLICE_MM:
+            notes.append(f"slices of {volume.spacing_mm[0]:.1f} mm, thicker than the 1-2.5 mm the network learned "
+                         f"from: expect false nodules on vessels (model card)")
         result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
                                 positive=bool(findings), notes=notes)
         return reorientation.restore(result)

@@ -7,6 +7,7 @@ import pytest
 
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.registry import create_detector
+from ai_engine.errors import DetectorInputError
 from ai_engine.results import FindingType
 
 from tests.unit.ai_engine.independent_phantoms import Sphere, chest, head, voxel_of
@@ -30,6 +31,12 @@ def test_ich_fusion_finds_a_plain_bleed_on_its_side_and_calls_no_bone_blood() ->
     assert largest.mask[blood].mean() > 0.9
     assert all(f.measurements["mean_hu"] < 110.0 for f in result.findings), [
         (f.location, f.measurements["mean_hu"]) for f in result.findings]  # bundle 1.1.0: skull base, 1085 HU
+
+
+def test_ich_fusion_refuses_a_chest_instead_of_reading_its_bones_as_blood() -> None:
+    volume = chest(1)  # routed by a careless rule: before, a ~260 mL "hemorrhage" of bone
+    with pytest.raises(DetectorInputError, match="not a head CT"):
+        create_detector("ich_fusion").detect(DetectorInput(volume=volume))
 
 
 def test_ich_fusion_calls_a_plain_clean_head_negative() -> None:

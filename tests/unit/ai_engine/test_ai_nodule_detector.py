@@ -46,6 +46,7 @@ def test_finds_an_obvious_nodule_with_its_size_type_and_explanation(detector: No
     assert finding.mask.shape == volume.array.shape and finding.mask[tuple(np.rint(truth).astype(int))]
     assert finding.heatmap.shape == volume.array.shape and 0.0 <= finding.heatmap.min() <= finding.heatmap.max() <= 1.0
     assert sum(finding.modality_weights.values()) == pytest.approx(1.0, abs=1e-3)
+    assert not any("thicker than" in note for note in result.notes)  # 2 mm slices
 
 
 @pytest.mark.parametrize("seed", [8, 9, pytest.param(3, marks=pytest.mark.xfail(
@@ -62,6 +63,12 @@ def test_a_series_without_lungs_is_refused_not_called_nodule_free(detector: Nodu
     body = np.where(phantom.hu < -300.0, 40.0, phantom.hu)  # the same body with soft tissue where the lungs were
     with pytest.raises(DetectorInputError, match="mL of lung .* not a chest CT"):
         detector.detect(DetectorInput(volume=_volume(body, phantom.spacing)))
+
+
+def test_thick_slices_are_flagged_in_the_result(detector: NoduleFusion) -> None:
+    phantom = make_chest_phantom(np.random.default_rng(8), ChestAcquisition(rows=256, slices=26, slice_mm=5.0), [])
+    notes = detector.detect(DetectorInput(volume=_volume(phantom.hu, phantom.spacing))).notes
+    assert any("slices of 5.0 mm, thicker than the 1-2.5 mm" in note for note in notes)
 
 
 def test_lung_rads_follows_size_and_type() -> None:
