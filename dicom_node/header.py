@@ -13,6 +13,7 @@ INSTANCE_ATTRIBUTES: tuple[str, ...] = (
     "StudyDescription",
     "ProtocolName",
     "SliceThickness",
+    "ContrastBolusAgent",
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "InstanceNumber",

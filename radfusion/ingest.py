@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SERIES_ATTRIBUTES = (
     "Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName",
     "SliceThickness", "ImageType", "Rows", "Columns", "Laterality", "SeriesNumber", "Manufacturer",
+    "ContrastBolusAgent",
 )
 INSERT_RETRIES = 3
 SERIES_ID_CACHE = 10_000

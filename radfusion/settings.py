@@ -266,7 +266,8 @@ def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[s
     return [
         RoutingRuleSettings(
             name="head-ct-hemorrhage",
-            match={"Modality": "CT", "BodyPartExamined": "/head|brain|skull/i", "SeriesDescription": not_scout},
+            match={"Modality": "CT", "BodyPartExamined": "/head|brain|skull/i", "SeriesDescription": not_scout,
+                   "ContrastBolusAgent": "!/./"},  # non-contrast only: enhancing vessels read as blood
             detectors=["ich_fusion"], **common,
         ),
         RoutingRuleSettings(

@@ -19,6 +19,14 @@ def test_default_rules_pick_one_detector_per_task() -> None:
     assert [m.detector for m in router.select({"Modality": "MG"})] == ["mammo_fusion"]
 
 
+def test_a_contrast_enhanced_head_ct_is_not_sent_to_the_hemorrhage_detector() -> None:
+    router = compile_routing(default_routing())
+    head = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Head 5mm"}
+    for plain in ({}, {"ContrastBolusAgent": ""}, {"ContrastBolusAgent": None}):
+        assert [m.detector for m in router.select({**head, **plain})] == ["ich_fusion"]
+    assert router.select({**head, "ContrastBolusAgent": "Iohexol"}) == []  # enhancing vessels read as blood
+
+
 def test_unknown_detector_fails_with_a_suggestion() -> None:
     rule = RoutingRuleSettings(name="typo", match={"Modality": "CT"}, detectors=["ich_baselne"])
     with pytest.raises(ConfigError, match=r"routing\[0\] \(typo\)\.detectors\[0\]: unknown detector 'ich_baselne'.*"
