@@ -24,9 +24,10 @@ class TlsConfig:
         for name in ("cert_file", "key_file", "ca_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise ConfigError(f"tls.{name}: {str(path)!r} is not a readable file")
+                raise ConfigError(f"{name} {str(path)!r} is not a readable file")
         if self.require_client_cert and self.ca_file is None:
-            raise ConfigError("tls.require_client_cert is true but tls.ca_file is not set: nothing to verify against")
+            raise ConfigError("require_client_cert is true but ca_file is not set: nothing to verify client "
+                              "certificates against (set ca_file, or require_client_cert: false)")
 
     def server_context(self, deferred_handshake_timeout_s: float | None = None) -> ssl.SSLContext:
         """A TLS 1.2+ server context; with ``deferred_handshake_timeout_s`` a ``DeferredHandshake`` one (for a

@@ -16,6 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ai_engine.detectors.registry import BUNDLED_DETECTORS
+from dicom_node.errors import ConfigError as DicomConfigError
+from dicom_node.tls import TlsConfig
 from radfusion.errors import ConfigError
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # VR AE: 16 chars, no backslash
@@ -53,13 +55,10 @@ class TlsSettings(Strict):
             return self
         if self.cert_file is None or self.key_file is None:
             raise ValueError("tls.enabled needs cert_file and key_file")
-        for name in ("cert_file", "key_file", "ca_file"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{name} {str(path)!r} is not a readable file")
-        if self.require_client_cert and self.ca_file is None:
-            raise ValueError("require_client_cert is true but ca_file is not set: nothing to verify client "
-                             "certificates against (set ca_file, or require_client_cert: false)")
+        try:
+            TlsConfig(self.cert_file, self.key_file, self.ca_file, self.require_client_cert)
+        except DicomConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
