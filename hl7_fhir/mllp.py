@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hl7_fhir.er7 import read_msh
+from hl7_fhir.er7 import Er7Error, read_msh
 from hl7_fhir.errors import Hl7FhirError
 from hl7_fhir.hl7v2 import ERR_APPLICATION_INTERNAL, ERR_DATA_TYPE, error_ack
 
@@ -40,13 +40,11 @@ HL7_CHARSETS = {  # MSH-18 (HL7 table 0211) -> Python codec
 def message_encoding(payload: bytes, default: str) -> str:
     """The codec MSH-18 names for a message (its first repetition), else ``default``. MSH is read as latin-1,
     which maps every byte, so a message in any charset can say which it is."""
-    first = payload.lstrip(b"\x0b").split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
-    if not first.startswith("MSH") or len(first) < 8:
+    try:
+        msh = read_msh(payload.decode("latin-1"))
+    except Er7Error:
         return default
-    fields = first.split(first[3])
-    declared = fields[17] if len(fields) > 17 else ""
-    repetition = first[5] if len(first) > 5 else "~"
-    return HL7_CHARSETS.get(declared.split(repetition)[0].strip().upper(), default)
+    return HL7_CHARSETS.get(msh.field(18).split(msh.encoding[1])[0].strip().upper(), default)
 
 
 class MllpNegativeAck(MllpError):
