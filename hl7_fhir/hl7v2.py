@@ -213,7 +213,7 @@ def _first(parsed: ParsedMessage, segment: Segment | None, number: int, componen
     return reps[0][component - 1].strip()
 
 
-def parse_ts(value: str, default_offset: timezone = timezone.utc) -> datetime | None:
+def parse_ts(value: str, default_offset: tzinfo = timezone.utc) -> datetime | None:
     """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) as a datetime (``default_offset`` when it has none).
 
     None for an empty value or the HL7 null '""'. The error names the form, never the value (a birth date
@@ -222,7 +222,7 @@ def parse_ts(value: str, default_offset: timezone = timezone.utc) -> datetime | 
     value = value.strip()
     if not value or value == '""':
         return None
-    offset = default_offset
+    offset: tzinfo = default_offset
     for sign in "+-":
         if sign in value[8:]:
             value, zone = value.rsplit(sign, 1)
@@ -378,7 +378,7 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, 
         return
     where = f"OBX {index} ({code})"
     try:
-        observed = parse_ts(_first(parsed, obx, 14) or order_time, zone) or sent  # type: ignore[arg-type]
+        observed = parse_ts(_first(parsed, obx, 14) or order_time, zone) or sent
     except ValueError as exc:
         raise _data_error(parsed, f"{where} time", exc) from exc
     status = _first(parsed, obx, 11).upper()
