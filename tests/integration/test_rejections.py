@@ -12,7 +12,7 @@ from sqlalchemy import select
 from ai_engine.synthetic.studies import write_study
 from radfusion.models import AuditEvent, Instance, Quarantine
 from tests.integration.servers import radfusion_server
-from tests.peers import PEER_ENV, require_tool, storescu
+from tests.peers import PEER_ENV, require_tool, storescu, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
 
@@ -23,9 +23,14 @@ def test_unknown_calling_ae_is_rejected_and_recorded(tmp_path: Path) -> None:
                                str(server.port)], capture_output=True, text=True, env=PEER_ENV, timeout=30)
         assert echo.returncode != 0
         assert "Calling AE Title Not Recognized" in echo.stderr + echo.stdout
-        with server.db.session() as session:
-            events = session.scalars(select(AuditEvent).where(AuditEvent.kind == "association_rejected")).all()
-        assert [e.subject for e in events] == ["INTRUDER->RADFUSION"]
+
+        def rejections() -> list[str]:
+            with server.db.session() as session:
+                query = select(AuditEvent.subject).where(AuditEvent.kind == "association_rejected")
+                return list(session.scalars(query))
+
+        # the server records the rejection after the A-ASSOCIATE-RJ has gone out, so echoscu can exit first
+        assert wait_until(rejections, timeout=10, what="rejection audited") == ["INTRUDER->RADFUSION"]
         assert "INTRUDER" in server.log()
 
 

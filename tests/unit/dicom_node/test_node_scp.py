@@ -14,7 +14,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, 
 from pynetdicom import AE
 
 from dicom_node.scp import StoreStatus
-from tests.peers import storescu
+from tests.peers import storescu, wait_until
 from tests.unit.dicom_node.helpers import RecordingSink, ct_dataset, write_ct
 
 
@@ -49,6 +49,8 @@ def test_storescu_stores_files_at_uid_paths_and_sink_hears_everything(start_scp,
     assert first.attributes["ViewPosition"] is None
     assert first.size_bytes == first.path.stat().st_size
     assert len(node.sink.opened) == 1 and node.sink.opened[0].calling_ae == "STORESCU"
+    # like a rejection, a release is reported after the reply has gone out
+    wait_until(lambda: node.sink.closed, timeout=5, what="association closed")
     assert node.sink.closed == [(node.sink.opened[0].association_id, True)]
     assert spool_files(node.spool.root, "incoming-tmp") == []
 
@@ -79,8 +81,8 @@ def test_unknown_calling_ae_is_rejected_with_reason_3(start_scp) -> None:
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
-    assert len(node.sink.refused) == 1
-    calling, called, peer, reason = node.sink.refused[0]
+    # pynetdicom reports the rejection after the A-ASSOCIATE-RJ has gone out, so the peer can see it first
+    (calling, called, peer, reason), = wait_until(lambda: node.sink.refused, timeout=5, what="rejection recorded")
     assert (calling, called) == ("INTRUDER", "RADFUSION")
     assert peer.startswith("127.0.0.1:") and "calling AE title not recognised" in reason
     assert node.sink.opened == []
@@ -92,7 +94,8 @@ def test_wrong_called_ae_is_rejected_with_reason_7(start_scp) -> None:
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
-    assert "called AE title not recognised" in node.sink.refused[0][3]
+    (_, _, _, reason), = wait_until(lambda: node.sink.refused, timeout=5, what="rejection recorded")
+    assert "called AE title not recognised" in reason
 
 
 def test_accept_any_calling_ae_is_an_explicit_switch(start_scp) -> None:
