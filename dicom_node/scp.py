@@ -205,6 +205,12 @@ def _parse(data: bytes, claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
     return dataset, study_uid, series_uid, sop_uid
 
 
+def release_answered(assoc: Association) -> bool:
+    """Whether this association has sent its A-RELEASE reply (pynetdicom sets ``_sent_release`` before the
+    reply is queued; it has no public flag for it: ``is_released`` is set only after the reply is queued)."""
+    return bool(getattr(assoc, "_sent_release", False))
+
+
 class StorageScp:
     """A Storage + Verification SCP writing into a :class:`Spool` and reporting to a ``StoreSink``."""
 
@@ -317,8 +323,10 @@ class StorageScp:
         self._close(event.assoc, released=False)
 
     def _on_conn_close(self, event: Event) -> None:
-        """A connection that ends without release or abort (network error) counts as not released."""
-        self._close(event.assoc, released=False)
+        """The connection closed. Once the A-RELEASE reply has gone out this is the end of a release: the
+        peer may close before EVT_RELEASED has run (pynetdicom sends the reply first), and whichever event
+        comes first records the association. Without that reply (network error) it was not released."""
+        self._close(event.assoc, released=release_answered(event.assoc))
 
     def _close(self, assoc: Association, released: bool) -> None:
         with self._lock:

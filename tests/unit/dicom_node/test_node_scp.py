@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from pathlib import Path
 
 import pynetdicom._config
@@ -13,7 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 from pynetdicom import AE
 
-from dicom_node.scp import StoreStatus
+from dicom_node.scp import StorageScp, StoreStatus
 from tests.peers import storescu, wait_until
 from tests.unit.dicom_node.helpers import RecordingSink, ct_dataset, write_ct
 
@@ -245,6 +246,23 @@ def test_aborted_association_is_reported_not_released(start_scp) -> None:
     assoc = pyscu(node.port)
     assoc.send_c_store(ct_dataset())
     assoc.abort()
-    from tests.peers import wait_until
     wait_until(lambda: node.sink.closed, timeout=5, what="association closed")
     assert node.sink.closed == [(node.sink.opened[0].association_id, False)]
+
+
+def test_a_release_is_recorded_as_released_when_the_connection_closes_first(start_scp, monkeypatch) -> None:
+    """pynetdicom sends the A-RELEASE reply before EVT_RELEASED runs; the peer's close can be seen first."""
+    released = StorageScp._on_released
+
+    def late(self: StorageScp, event: object) -> None:
+        time.sleep(0.3)
+        released(self, event)
+
+    monkeypatch.setattr(StorageScp, "_on_released", late)
+    node = start_scp()
+    assoc = pyscu(node.port)
+    assert assoc.send_c_store(ct_dataset()).Status == StoreStatus.SUCCESS
+    assoc.release()
+    wait_until(lambda: node.sink.closed, timeout=5, what="association closed")
+    time.sleep(0.5)  # let the late EVT_RELEASED handler run: it must not record the association again
+    assert node.sink.closed == [(node.sink.opened[0].association_id, True)]  # before: False, an abort
