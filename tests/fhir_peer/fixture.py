@@ -40,7 +40,8 @@ def fhir_peer(log_dir: Path, *, delay_ms: int = 0, token: str = "") -> Iterator[
     with running(cmd, port=port, log=log_dir / f"fhir-peer-{port}.log", env=env, timeout=60):
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        wait_until(lambda: httpx.get(f"{base}/Patient?_count=1", headers=headers, timeout=5).status_code == 200,
+        answer_s = 5 + delay_ms / 1000
+        wait_until(lambda: httpx.get(f"{base}/Patient?_count=1", headers=headers, timeout=answer_s).status_code == 200,
                    timeout=30, what="FHIR peer answering searches")
         yield base
 

@@ -126,7 +126,7 @@ def test_labs_from_hl7_and_fhir_reach_the_job_and_the_reports(tmp_path: Path) ->
 
 def test_slow_emr_does_not_delay_the_job_beyond_the_time_budget(tmp_path: Path) -> None:
     study = write_study("head_ct", tmp_path / "in", seed=32, lesion=True, rows=256, slices=24, patient_id=MRN)
-    with fhir_peer(tmp_path, delay_ms=4000) as fhir_url, radfusion_server(
+    with fhir_peer(tmp_path, delay_ms=15000) as fhir_url, radfusion_server(
         tmp_path / "rf",
         clinical={"fhir": {"base_url": fhir_url, "timeout_s": 30.0}, "time_budget_s": 1.0,
                   "identifier_systems": {ISSUER: SYSTEM}},
@@ -138,5 +138,5 @@ def test_slow_emr_does_not_delay_the_job_beyond_the_time_budget(tmp_path: Path) 
         assert job.clinical_context["status"] == "unavailable"
         assert job.clinical_context["errors"] == ["EMR did not answer within 1.0 s"]
         assert job.result["positive"] is True  # the image-only result is still there
-        # The job waited at most the rest of the 1 s budget, never for the EMR's answers (4 s each).
-        assert (job.finished_at - job.started_at).total_seconds() < 4.0
+        # The job waited at most the rest of the 1 s budget, never for the EMR's answers (15 s each).
+        assert (job.finished_at - job.started_at).total_seconds() < 15.0

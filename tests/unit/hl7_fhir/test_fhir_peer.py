@@ -132,19 +132,19 @@ def test_server_down_gives_unavailable_context_with_the_reason() -> None:
     dead = FhirClient(f"http://127.0.0.1:{free_port()}", timeout_s=1, retries=1, backoff_s=0.05)
     start = time.monotonic()
     ctx = gather_with_budget(lambda: gather_from_fhir(dead, query("inr")), budget_s=2.0)
-    assert ctx.status == "unavailable" and time.monotonic() - start < 2.3
+    assert ctx.status == "unavailable" and time.monotonic() - start < 3.0  # the budget, with slack
     assert "EMR query failed" in ctx.errors[0] and "ConnectError" in ctx.errors[0]
 
 
 def test_slow_server_the_budget_holds_and_tokens_are_sent(tmp_path: Path) -> None:
-    with fhir_peer(tmp_path, delay_ms=900, token="s3cret") as url:
+    with fhir_peer(tmp_path, delay_ms=2500, token="s3cret") as url:
         seed(url, seed_record.patients(), token="s3cret")
         with FhirClient(url, auth=BearerToken("s3cret"), timeout_s=5, retries=0) as slow:
             start = time.monotonic()
             ctx = gather_with_budget(lambda: gather_from_fhir(slow, query("inr")), budget_s=0.5)
             elapsed = time.monotonic() - start
             assert ctx.status == "unavailable" and ctx.errors == ["EMR did not answer within 0.5 s"]
-            assert elapsed < 0.8
+            assert elapsed < 1.5  # the budget with slack for a busy machine, well before the 2.5 s answer
             assert slow.find_patient(SYSTEM, MRN) is not None  # the token is accepted
         with FhirClient(url, timeout_s=5, retries=0) as anonymous:
             with pytest.raises(FhirError, match="answered 401") as info:

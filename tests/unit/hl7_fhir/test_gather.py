@@ -51,7 +51,7 @@ def test_budget_returns_on_time_and_never_raises() -> None:
 
     start = time.monotonic()
     late = gather_with_budget(stuck, budget_s=0.2)
-    assert time.monotonic() - start < 0.4
+    assert time.monotonic() - start < 2.0  # the budget plus slack for a busy machine, far below the 10 s stall
     assert late.status == "unavailable" and late.errors == ["EMR did not answer within 0.2 s"]
     release.set()
 
