@@ -73,7 +73,8 @@ class OutboundStudy:
     ``study_display`` its name; ``patient_system`` is the FHIR identifier system of
     ``patient_id`` and ``patient_authority`` the HL7 assigning authority. ``result_uid`` tells
     this result from the study's other results (re-issues, other series): radfusion passes
-    the SR's SOP Instance UID, and the FHIR identifiers end with it.
+    the SR's SOP Instance UID, and the FHIR identifiers end with it. ``patient_name`` is the
+    images' Patient Name as DICOM writes it (family^given^middle^prefix^suffix; empty if absent).
     """
 
     study_instance_uid: str
@@ -86,6 +87,7 @@ class OutboundStudy:
     algorithm: str
     performed_at: datetime | None = None
     result_uid: str = ""
+    patient_name: str = ""
 
     @property
     def result_key(self) -> str:

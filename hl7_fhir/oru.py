@@ -15,6 +15,7 @@ from hl7_fhir.er7 import escape
 from hl7_fhir.findings import FindingError, OutboundFinding, OutboundStudy
 
 AI_NOTE = "AI-generated preliminary result; not for diagnosis until confirmed by a radiologist."
+CHARACTER_SET = "UNICODE UTF-8"  # MSH-18: names may hold any character; the MLLP sender frames in UTF-8
 CRITICAL_NOTE = ("CRITICAL RESULT: AI-detected {types}. AI-generated, confirm with the images "
                  "and a radiologist before acting.")
 
@@ -36,6 +37,16 @@ def abnormal_flag(finding: OutboundFinding) -> str:
     return "A" if finding.abnormal else "N"
 
 
+def patient_name_xpn(dicom_name: str) -> str:
+    """PID-5 (XPN, name type L) of a DICOM Patient Name: family^given^middle^prefix^suffix becomes
+    family^given^middle^suffix^prefix^^L; only the alphabetic group (before any "=") is sent."""
+    parts = (dicom_name.split("=")[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (escape(p.strip()) for p in parts)
+    if not any((family, given, middle, prefix, suffix)):
+        return ""
+    return f"{family}^{given}^{middle}^{suffix}^{prefix}^^L"
+
+
 def _ts(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
 
@@ -54,8 +65,10 @@ def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints:
     performed = _ts(study.performed_at) if study.performed_at else ""
     msh = _segment("MSH", "^~\\&", escape(endpoints.sending_application), escape(endpoints.sending_facility),
                    escape(endpoints.receiving_application), escape(endpoints.receiving_facility), stamp, "",
-                   "ORU^R01^ORU_R01", control_id or uuid.uuid4().hex[:20], "P", "2.5.1")
-    pid = _segment("PID", "1", "", f"{escape(study.patient_id)}^^^{escape(study.patient_authority)}^MR")
+                   "ORU^R01^ORU_R01", control_id or uuid.uuid4().hex[:20], "P", "2.5.1", "", "", "", "", "",
+                   CHARACTER_SET)  # MSH-13..17 empty
+    pid = _segment("PID", "1", "", f"{escape(study.patient_id)}^^^{escape(study.patient_authority)}^MR", "",
+                   patient_name_xpn(study.patient_name))
     obr = [""] * 26
     obr[0:5] = ["OBR", "1", "", escape(study.study_instance_uid),
                 f"{escape(study.study_code)}^{escape(study.study_display)}^LN"]

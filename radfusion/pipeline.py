@@ -191,7 +191,8 @@ class JobRunner:
         """The study as FHIR/HL7 messages name it; None (audited when ``needed``) if the EMR cannot be told."""
         try:
             return outbound_study(job.study, result.task, result.algorithm.name, self._settings,
-                                  performed_at=performed_at(sources[0]), result_uid=result_uid)
+                                  performed_at=performed_at(sources[0]), result_uid=result_uid,
+                                  patient_name=str(sources[0].get("PatientName", "") or ""))
         except Hl7FhirError as exc:  # e.g. no PatientID: the EMR cannot be told, the PACS and webhooks still are
             if needed:
                 session.add(AuditEvent(kind="emr_message_skipped", subject=f"job {job.id}", detail=str(exc)))

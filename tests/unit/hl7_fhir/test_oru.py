@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -9,7 +10,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from hl7_fhir.findings import FindingError, OutboundFinding, OutboundStudy
-from hl7_fhir.oru import Endpoints, build_critical_oru, build_oru_result
+from hl7_fhir.mllp import frame
+from hl7_fhir.oru import Endpoints, build_critical_oru, build_oru_result, patient_name_xpn
 
 STUDY = OutboundStudy("1.2.826.0.1.3680043.8.498.7", "ACC9", "MRN42", "HOSP", "urn:oid:1.2.3", "24725-4",
                       "CT Head", "radfusion-ich 0.1.0", datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc))
@@ -65,3 +67,20 @@ def test_findings_check_their_arguments() -> None:
         OutboundFinding("x", score=1.5)
     with pytest.raises(FindingError, match="not a DICOM UID"):
         OutboundStudy("1.2.abc", "", "M", "", "s", "c", "d", "a")
+
+
+def test_pid_5_carries_the_images_patient_name_and_msh_18_says_utf_8() -> None:
+    named = replace(STUDY, patient_name="Müller-Lüdenscheidt^Anna^Q^Dr^Jr=ミュラー^アンナ")
+    text = build_oru_result(named, [ICH], ENDPOINTS, control_id="R2")
+    obx_rows(text)  # still valid under strict validation
+    message = parse_message(text, find_groups=False)
+    assert message.msh.msh_18.to_er7() == "UNICODE UTF-8"
+    assert message.pid.pid_5.to_er7() == "Müller-Lüdenscheidt^Anna^Q^Jr^Dr^^L"  # XPN: suffix before prefix
+    assert message.pid.pid_3.to_er7() == "MRN42^^^HOSP^MR"
+    assert frame(text).decode("utf-8")[1:-2] == text
+
+
+@pytest.mark.parametrize(("dicom_name", "xpn"), [("", ""), ("^", ""), ("DOE", "DOE^^^^^^L"),
+                                                  ("O|Brien^Pat", "O\\F\\Brien^Pat^^^^^L")])
+def test_patient_name_xpn(dicom_name: str, xpn: str) -> None:
+    assert patient_name_xpn(dicom_name) == xpn
