@@ -1,6 +1,6 @@
-"""CT phantoms drawn here from plain geometry, independently of ``ai_engine.synthetic``.
+"""CT and mammography phantoms drawn here from plain geometry, independently of ``ai_engine.synthetic``.
 
-The detectors were trained on the project's own generators; these heads and chests share none
+The detectors were trained on the project's own generators; these heads, chests and breasts share none
 of their code, textures or artefacts (ellipsoids, straight vessels, white noise), so a detector
 that learned a generator's quirks instead of anatomy and density shows it here.
 """
@@ -8,9 +8,12 @@ that learned a generator's quirks instead of anatomy and density shows it here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
+from ai_engine.mammo import MammoView
 from ai_engine.volume import Volume
 
 BLEED_HU, BRAIN_HU, WHITE_MATTER_HU, CSF_HU, BONE_HU, SCALP_HU = 65.0, 33.0, 27.0, 6.0, 1100.0, 30.0
@@ -98,3 +101,30 @@ def voxel_of(volume: Volume, center_mm: tuple[float, float, float]) -> np.ndarra
     x, y, z = np.subtract(center_mm, volume.origin_mm)
     dz, dy, dx = volume.spacing_mm
     return np.array([z / dz, y / dy, x / dx])
+
+
+def breast_view(seed: int, laterality: str, view: str, mass_diameter_mm: float = 0.0, *,
+                pixel_mm: float = 0.1) -> tuple[MammoView, tuple[float, float]]:
+    """One view of a breast (a half ellipse against the chest wall, fat with smooth glandular texture that
+    thins toward the skin), with a round mass 50 mm from the nipple when ``mass_diameter_mm`` > 0; the
+    mass centre (row, col) in pixels. Brighter is denser; the chest wall is on the image's left for R."""
+    rng = np.random.default_rng(seed)
+    depth, half_height = (110.0, 85.0) if view == "CC" else (130.0, 105.0)
+    rows, cols = int(2 * (half_height + 15) / pixel_mm), int((depth + 15) / pixel_mm)
+    r, c = np.meshgrid((np.arange(rows) - rows / 2) * pixel_mm, np.arange(cols) * pixel_mm, indexing="ij")
+    reach = (c / depth) ** 2 + (r / half_height) ** 2
+    coarse = ndimage.gaussian_filter(rng.normal(size=(rows // 10, cols // 10)), 3.0)
+    texture = ndimage.zoom(coarse / coarse.std(), (rows / coarse.shape[0], cols / coarse.shape[1]), order=1)
+    glandular = np.clip(0.25 + 0.18 * texture[:rows, :cols], 0.0, 1.0) * np.exp(-1.5 * (c / depth) ** 2)
+    image = np.where(reach <= 1, (1000.0 + 900.0 * glandular) * (0.75 + 0.25 * np.sqrt(np.clip(1 - reach, 0, 1))),
+                     80.0)
+    centre = (rows / 2 + 15.0 / pixel_mm, (depth - 50.0) / pixel_mm)
+    if mass_diameter_mm > 0:
+        disc = np.hypot(r - 15.0, c - (depth - 50.0)) <= mass_diameter_mm / 2
+        image += ndimage.gaussian_filter(np.where(disc, 700.0, 0.0), 0.2 / pixel_mm)
+    image = ndimage.gaussian_filter(image, 0.1 / pixel_mm) + rng.normal(0.0, 15.0, image.shape)
+    if laterality == "L":
+        image, centre = image[:, ::-1], (centre[0], cols - 1 - centre[1])
+    return MammoView(array=image.astype(np.float32), pixel_spacing_mm=(pixel_mm, pixel_mm), laterality=laterality,
+                     view=view, sop_instance_uid=f"1.2.826.0.1.3680043.8.498.{seed}", path=Path("phantom.dcm"),
+                     series_instance_uid="1.2.3", study_instance_uid="1.2"), centre

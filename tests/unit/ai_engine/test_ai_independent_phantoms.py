@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.mammo_fusion import CHANNELS, mass_region
 from ai_engine.detectors.registry import create_detector
 from ai_engine.errors import DetectorInputError
 from ai_engine.results import FindingType
 
-from tests.unit.ai_engine.independent_phantoms import Sphere, chest, head, voxel_of
+from tests.unit.ai_engine.independent_phantoms import Sphere, breast_view, chest, head, voxel_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,3 +64,25 @@ def test_nodule_fusion_finds_a_solid_and_a_ground_glass_nodule_with_their_size()
 def test_nodule_fusion_reports_nothing_on_a_plain_clean_chest() -> None:
     result = create_detector("nodule_fusion").detect(DetectorInput(volume=chest(1)))
     assert result.findings == []
+
+
+
+@pytest.mark.parametrize("diameter_mm", [8.0, 25.0])
+def test_mammo_fusion_outlines_a_round_mass_at_its_own_size_in_both_views(diameter_mm: float) -> None:
+    """The outline behind a mass finding's mask and diameter (the classifier calls these smooth round masses
+    benign, so the exam lists no finding; the outline is checked where the detector draws it)."""
+    exam = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
+    views, centres = zip(*(breast_view(index, side, view, diameter_mm if side == "L" else 0.0)
+                           for index, (side, view) in enumerate(exam)), strict=True)
+    detector = create_detector("mammo_fusion")
+    analysis = detector.analyse(DetectorInput(views=list(views)))
+    for index in (2, 3):
+        prepared = analysis.views[index]
+        at_mass = [c for c in analysis.candidates if c.view_index == index and CHANNELS[c.channel] is FindingType.MASS
+                   and np.hypot(*np.subtract(prepared.to_source(c.row, c.col), centres[index])) * 0.1 < diameter_mm / 2]
+        assert at_mass and at_mass[0].score > 0.9
+        outline = mass_region(prepared, analysis.probabilities[index][at_mass[0].channel], at_mass[0],
+                              detector.mass_outline)
+        diameter = 2.0 * np.sqrt(prepared.map_to_source(outline).sum() / np.pi) * 0.1
+        # before (the probability blob): 23-26 mm for the 8 mm mass, 34-36 mm for the 25 mm one
+        assert diameter == pytest.approx(diameter_mm, rel=0.2)

@@ -50,6 +50,7 @@ def test_obvious_spiculated_mass_is_found_in_both_views_and_matched(detector) ->
         assert near[0].attributes["corresponding_view_index"] == str(1 - view_index)
         assert near[0].heatmap is not None and near[0].heatmap.shape == inputs.views[view_index].array.shape
         assert near[0].mask[int(truth.center_voxel[0]), int(truth.center_voxel[1])]
+        assert near[0].diameter_mm == pytest.approx(truth.size, rel=0.25)  # before: 29-30 mm, the map's blob
         assert set(near[0].modality_weights) == {"image", "clinical", "text"}
     assert result.positive and result.case_score > 0.5
     assert "trained" in result.algorithm.kind

@@ -14,6 +14,8 @@ from ai_engine.bundle import load_bundle
 from ai_engine.detectors.mammo_fusion import IMAGE_FEATURES, prepare_view
 from ai_engine.detectors.mammo_network import CandidateClassifier
 from ai_engine.evaluation import metrics
+from ai_engine.mammo import MammoView
+from ai_engine.results import AlgorithmInfo, DetectorResult, Finding, FindingType, Task
 from ai_engine.synthetic.cohorts.mammo import generate_case
 from ai_engine.synthetic.mammo_phantom import Acquisition
 from ai_engine.training.fusion_fit import FusionData, train_head
@@ -21,10 +23,13 @@ from ai_engine.training.tasks import mammo, mammo_candidates
 from ai_engine.training.tasks.mammo import (
     INFERENCE_DEFAULTS,
     MammoNetwork,
+    MassTruth,
     case_table,
     exam_arrays,
     fit_density_model,
+    mass_size_summary,
     predict_views,
+    reported_mass_sizes,
     train_network,
 )
 
@@ -161,5 +166,25 @@ def test_an_evaluation_into_another_directory_leaves_the_deployed_bundle_as_it_i
     before = {p: p.read_bytes() for p in sorted(deployed.rglob("*")) if p.is_file()}
     out = tmp_path / "seed8889"
     assert cli.main(["evaluate", "mammo", "--seed", "8889", "--cohort-size", "3", "--out-dir", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["held_out"]["seed"] == 8889
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["held_out"]["seed"] == 8889
+    assert written["mass_diameter"]["masses"] == sum(len(r["masses"]) for r in json.loads((out / "cases.json").read_text()))
     assert {p: p.read_bytes() for p in sorted(deployed.rglob("*")) if p.is_file()} == before
+
+
+def test_held_out_mass_sizes_pair_each_true_mass_with_the_mass_listed_at_it() -> None:
+    views = [MammoView(np.zeros((8, 8), np.float32), (0.1, 0.1), "L", view, f"1.2.{i}", Path("x.dcm"), "1.2", "1.2")
+             for i, view in enumerate(("CC", "MLO"))]
+    findings = [Finding(FindingType.MASS, 0.9, (100.0, 100.0), "left breast, CC view", diameter_mm=11.0, view_index=0),
+                Finding(FindingType.CALCIFICATION_CLUSTER, 0.9, (100.0, 100.0), "left breast, MLO view",
+                        diameter_mm=30.0, view_index=1)]
+    result = DetectorResult(Task.MAMMOGRAPHY, AlgorithmInfo("mammo_fusion", "0", "2.25.1", "test"), findings, 0.9, True)
+    truths = [MassTruth("L", "CC", (130.0, 100.0), 10.0),  # 3 mm from the finding: it
+              MassTruth("L", "MLO", (100.0, 100.0), 10.0),  # only a calcification cluster listed there
+              MassTruth("L", "CC", (400.0, 100.0), 10.0)]  # 30 mm away: not it
+    sizes = reported_mass_sizes(truths, result, views)
+    assert [m["reported_mm"] for m in sizes] == [11.0, None, None]
+    summary = mass_size_summary([{"masses": sizes}, {"masses": []}])
+    assert (summary["masses"], summary["listed"]) == (3, 1)
+    assert summary["mean_abs_error_mm"] == pytest.approx(1.0)
+    assert summary["median_ratio_reported_to_true"] == pytest.approx(1.1)
