@@ -421,9 +421,10 @@ def density_probabilities(statistics: np.ndarray, weights: np.ndarray, bias: np.
 
 
 def select_findings(candidates: list[Candidate], probability: float, params: dict[str, Any]) -> list[Candidate]:
-    """Candidates worth showing: none below the case probability ``report_case_probability`` (a
-    BI-RADS 1/2 exam lists no lesions), else the strongest ``max_findings`` above ``report_threshold``."""
-    if probability < float(params["report_case_probability"]):
+    """Candidates worth showing: none when the exam is negative (below ``positive_threshold``: it lists no lesions,
+    so its suggestion is BI-RADS 1, never a category 4 beside a negative call), else the strongest
+    ``max_findings`` above ``report_threshold``."""
+    if probability < float(params["positive_threshold"]):
         return []
     strong = [c for c in candidates if max(c.score, c.matched_score) >= float(params["report_threshold"])]
     strong.sort(key=lambda c: -max(c.score, c.matched_score))

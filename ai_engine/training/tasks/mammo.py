@@ -126,7 +126,7 @@ SPLIT_FRACTIONS = (0.55, 0.07, 0.28)  # network train, network validation, fusio
 MODEL_CARD_DIR = Path(__file__).resolve().parents[3] / "docs" / "model-cards" / "mammo"
 INFERENCE_DEFAULTS: dict[str, Any] = {
     "net_spacing_mm": NET_SPACING_MM, "candidate_floor": 0.1, "candidates_per_view": 4,
-    "match_tolerance_mm": 15.0, "report_threshold": 0.5, "report_case_probability": 0.1, "max_findings": 4,
+    "match_tolerance_mm": 15.0, "report_threshold": 0.5, "max_findings": 4,
     "threads": 2, "test_time_augmentation": True, "mass_outline": asdict(MassOutline()),
 }
 

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from ai_engine.detectors.base import DetectorInput
-from ai_engine.detectors.mammo_fusion import birads_suggestion, crop_malignancy, prepare_view, view_maps
+from ai_engine.detectors.mammo_fusion import (
+    Candidate,
+    birads_suggestion,
+    crop_malignancy,
+    prepare_view,
+    select_findings,
+    view_maps,
+)
 from ai_engine.detectors.registry import create_detector
 from ai_engine.errors import DetectorInputError
 from ai_engine.mammo import MammoView
@@ -83,6 +90,14 @@ def test_probability_maps_to_birads_ranges() -> None:
     assert birads_suggestion(0.01, has_findings=False) == "1"
     assert birads_suggestion(0.01, has_findings=True) == "2"
     assert [birads_suggestion(p, True) for p in (0.05, 0.3, 0.8, 0.97)] == ["4A", "4B", "4C", "5"]
+
+
+def test_a_negative_exam_lists_no_findings_so_its_suggestion_is_never_a_category_4() -> None:
+    params = {"positive_threshold": 0.245, "report_threshold": 0.5, "max_findings": 4}
+    strong = Candidate(0, 0, 0.95, 10.0, 10.0, 40.0, 30.0, np.zeros((4, 4), bool))
+    assert select_findings([strong], 0.2, params) == []  # before: listed from 0.1, with "4B" beside a negative call
+    assert select_findings([strong], 0.3, params) == [strong]
+    assert birads_suggestion(0.2, has_findings=False) == "1"
 
 
 def test_prepared_view_puts_the_chest_wall_left_and_ignores_grey_level_scale() -> None:
