@@ -22,6 +22,7 @@ from dicom_node.contracts import AssociationInfo, StoredInstance
 from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.models import Association, AuditEvent, Instance, Quarantine, Series, Study, utcnow
+from reports.sources import dicom_date
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ def _text(value: object, column: InstrumentedAttribute[str] | None = None) -> st
     length limit must not get the study refused by a database that enforces the column's)."""
     text = "" if value is None else str(value)
     return text if column is None else text[:column.type.length]
-
-
-def _date(value: object) -> str:
-    """StudyDate as YYYYMMDD; '2024-01-15' and '2024.01.15' too; anything else empty."""
-    digits = "".join(ch for ch in _text(value) if ch.isdigit())
-    return digits if len(digits) == 8 else ""
 
 
 class IngestRecorder:
@@ -197,7 +192,7 @@ class IngestRecorder:
                 accession_number=_text(attrs.get("AccessionNumber"), Study.accession_number),
                 patient_id=_text(attrs.get("PatientID"), Study.patient_id),
                 issuer_of_patient_id=_text(attrs.get("IssuerOfPatientID"), Study.issuer_of_patient_id),
-                study_date=_date(attrs.get("StudyDate")), first_received_at=now,
+                study_date=dicom_date(_text(attrs.get("StudyDate"))) or "", first_received_at=now,
                 last_received_at=now)).inserted_primary_key[0]
         series_id = conn.scalar(select(Series.id).where(Series.series_uid == instance.series_instance_uid))
         if series_id is None:

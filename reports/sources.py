@@ -26,7 +26,7 @@ def _character_set(value: object) -> object:
     return ["ISO 2022 IR 6" if not v else v for v in values] if values and not values[0] else value
 
 
-def _date(value: str) -> str | None:
+def dicom_date(value: str) -> str | None:
     """A DA value as YYYYMMDD: unchanged when valid, 'YYYY-MM-DD' style rewritten, anything else None."""
     if re.fullmatch(r"\d{8}", value):
         return value
@@ -45,8 +45,8 @@ def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Data
             changes["SpecificCharacterSet"] = _character_set(ds.SpecificCharacterSet)
         for keyword in DATE_KEYWORDS:
             value = str(ds.get(keyword, "") or "")
-            if value and _date(value) != value:
-                changes[keyword] = _date(value)
+            if value and dicom_date(value) != value:
+                changes[keyword] = dicom_date(value)
         if not changes:
             mended.append(ds)
             continue
