@@ -27,6 +27,14 @@ def test_a_contrast_enhanced_head_ct_is_not_sent_to_the_hemorrhage_detector() ->
     assert router.select({**head, "ContrastBolusAgent": "Iohexol"}) == []  # enhancing vessels read as blood
 
 
+def test_only_a_thin_chest_reconstruction_goes_to_the_nodule_detector() -> None:
+    router = compile_routing(default_routing())
+    chest = {"Modality": "CT", "BodyPartExamined": "CHEST", "SeriesDescription": "Lung"}
+    for thin in ({"SliceThickness": "1.0"}, {"SliceThickness": "3"}, {"SliceThickness": None}, {}):
+        assert [m.detector for m in router.select({**chest, **thin})] == ["nodule_fusion"]
+    assert router.select({**chest, "SliceThickness": "5.0"}) == []  # before: ~10 false nodules per clean chest
+
+
 def test_unknown_detector_fails_with_a_suggestion() -> None:
     rule = RoutingRuleSettings(name="typo", match={"Modality": "CT"}, detectors=["ich_baselne"])
     with pytest.raises(ConfigError, match=r"routing\[0\] \(typo\)\.detectors\[0\]: unknown detector 'ich_baselne'.*"
