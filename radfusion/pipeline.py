@@ -201,7 +201,19 @@ class JobRunner:
 
     def _queue_alert(self, session: Session, job: Job, result: DetectorResult, study: OutboundStudy | None,
                      findings: list[OutboundFinding], sources: list[pydicom.Dataset], now: datetime) -> int:
-        """Add the hemorrhage alert and its deliveries to every alert channel of the job; the alert's id."""
+        """Add the hemorrhage alert and its deliveries to every alert channel of the job; the alert's id.
+
+        One alert per study: when another job of the study has raised one already (a second reconstruction, a
+        re-issued result), emergency staff are not paged again; that is audited and the earlier alert's id returned.
+        """
+        earlier = session.scalar(select(Alert.id).join(Job, Alert.job_id == Job.id)
+                                 .where(Job.study_id == job.study_id).order_by(Alert.id).limit(1))
+        if earlier is not None:
+            session.add(AuditEvent(kind="alert_not_repeated", subject=f"job {job.id}",
+                                   detail=f"hemorrhage on a study already alerted (alert {earlier})"))
+            log.warning("hemorrhage found again on study %s (job %d): alert %d was raised for it, not paged twice",
+                        job.study.study_uid, job.id, earlier)
+            return earlier
         payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
                                   accession_number=job.study.accession_number,
                                   acquisition_datetime=acquisition_datetime(sources[0]), job_id=job.id,

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.studies import write_study
 from radfusion import pipeline
-from radfusion.models import Alert, Artifact, Delivery, Job, Series, utcnow
+from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Job, Series, utcnow
 from radfusion.recovery import read_stored_instance
 from radfusion.service import Service
 from radfusion.settings import default_routing, load_settings
@@ -91,3 +91,37 @@ def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
         delivery = session.scalars(select(Delivery)).one()
         assert (delivery.kind, delivery.target, delivery.state) == ("webhook", "ed", "pending")
         assert session.scalars(select(Artifact)).all() == []
+
+
+def test_a_study_s_second_reconstruction_with_the_bleed_does_not_page_again(tmp_path: Path) -> None:
+    settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
+                                                                      default_routing([], ["ed"])],
+                             alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
+    service = Service(settings)
+    first = write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths
+    second_series = generate_uid()
+    second = []
+    for index, path in enumerate(first):  # the same head reconstructed again: another series of the study
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = second_series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        second.append(tmp_path / f"second-{index}.dcm")
+        ds.save_as(second[-1])
+    _store(service, first + second)
+    with service.db.session() as session:
+        jobs = [Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
+                    rule="test", alert_channels=["ed"]) for series in session.scalars(select(Series))]
+        session.add_all(jobs)
+        session.flush()
+        job_ids = [job.id for job in jobs]
+    for job_id in job_ids:
+        assert service.runner.claim(job_id)
+        service.runner.run(job_id)
+    with service.db.session() as session:
+        assert [session.get(Job, j).state for j in job_ids] == ["done", "done"]
+        alert = session.scalars(select(Alert)).one()  # before: two alerts, two pages for one bleed
+        assert alert.job_id == job_ids[0]
+        assert [d.kind for d in session.scalars(select(Delivery).where(Delivery.alert_id.is_not(None)))] == ["webhook"]
+        repeat = session.scalars(select(AuditEvent).where(AuditEvent.kind == "alert_not_repeated")).one()
+        assert repeat.subject == f"job {job_ids[1]}" and f"alert {alert.id}" in repeat.detail
+        assert len(session.scalars(select(Artifact).where(Artifact.kind == "sr")).all()) == 2  # both results kept
