@@ -66,6 +66,13 @@ CANDIDATE_CROP = 80  # fine pixels per side (40 mm): a 28 mm mass with its spicu
 SPECK_WINDOW_MM = 1.6
 SPECK_GAIN = 4.0
 CHANNELS = (FindingType.MASS, FindingType.CALCIFICATION_CLUSTER)
+# A breast is imaged against the detector's chest-wall edge: the breast mask must reach one side edge (within
+# EDGE_BAND_MM) in at least MIN_CHEST_WALL_CONTACT of the rows, and not both in MAX_OPPOSITE_CONTACT of them.
+# The generator's views reach it in 59-100 % of the rows and the far edge in none; a head-CT slice or a chest
+# radiograph stored as MG (an object in the middle, or a body from side to side) was read as a breast.
+EDGE_BAND_MM = 2.0
+MIN_CHEST_WALL_CONTACT = 0.1
+MAX_OPPOSITE_CONTACT = 0.8
 DENSITY_CATEGORIES = ("A", "B", "C", "D")
 DENSITY_STATISTICS = 7
 IMAGE_FEATURES = ("matched_mass", "matched_calc", "peak_mass", "peak_calc", "second_view_mass",
@@ -119,6 +126,28 @@ def _breast_mask(image: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
 
 
+def _edge_contact(breast: np.ndarray, spacing_mm: float) -> tuple[float, float]:
+    """(chest-wall side, opposite side): the fraction of rows in which the breast mask reaches within
+    EDGE_BAND_MM of the left and of the right image edge, the larger first."""
+    band = max(1, int(round(EDGE_BAND_MM / spacing_mm)))
+    left, right = float(breast[:, :band].any(axis=1).mean()), float(breast[:, -band:].any(axis=1).mean())
+    return max(left, right), min(left, right)
+
+
+def _check_breast_shape(breast: np.ndarray, spacing_mm: float) -> None:
+    """Refuse a view whose bright object is not placed as a breast is: against one side edge of the image."""
+    chest_wall, opposite = _edge_contact(breast, spacing_mm)
+    if chest_wall < MIN_CHEST_WALL_CONTACT:
+        raise DetectorInputError(
+            f"a mammography view shows no breast against an image edge (its largest bright object reaches a side "
+            f"edge in {chest_wall:.0%} of the rows; a breast lies against the detector's chest-wall edge): "
+            "is this image a mammogram?")
+    if opposite >= MAX_OPPOSITE_CONTACT:
+        raise DetectorInputError(
+            f"a mammography view shows an object spanning the image from side to side (it reaches both side edges "
+            f"in {opposite:.0%} of the rows; a breast lies against one side only): is this image a mammogram?")
+
+
 def _resample(image: np.ndarray, factor: float, *, keep_max: bool) -> np.ndarray:
     """Zoom by ``factor`` (< 1 shrinks): area-like averaging, or max-pooling for sparse specks."""
     if abs(factor - 1.0) < 1e-3:
@@ -142,6 +171,7 @@ def prepare_view(array: np.ndarray, spacing_mm: float) -> PreparedView:
     if not breast.any():  # blank or constant: every feature would be logit(0), which the heads never saw
         raise DetectorInputError("a mammography view shows no breast (nothing brighter than its background); "
                                  "a blank or constant image cannot be read")
+    _check_breast_shape(breast, spacing_mm)
     values = image[breast]
     low, high = np.percentile(values, [2.0, 99.5])
     scale = max(float(high - low), 1e-3)

@@ -86,6 +86,20 @@ def test_a_blank_view_is_refused_not_read_as_malignant(detector) -> None:  # noq
         detector.detect(inputs)
 
 
+@pytest.mark.parametrize("shape", ["round object in the middle", "body from side to side"])
+def test_an_image_that_is_not_placed_as_a_breast_is_refused(detector, shape: str) -> None:  # noqa: ANN001
+    """Before: a head-CT slice or a chest radiograph stored as MG was read as a breast (BI-RADS 5, 90-110 mm masses)."""
+    inputs = _exam(())[0]
+    rows, cols = np.indices(inputs.views[0].array.shape)
+    if shape == "round object in the middle":  # like a head-CT slice: touches no edge
+        image = np.where(np.hypot(rows - rows.mean(), cols - cols.mean()) < rows.shape[0] / 3, 2000.0, 100.0)
+    else:  # like a chest radiograph: the body reaches both side edges
+        image = np.where(rows > rows.shape[0] / 10, 2000.0, 100.0)
+    inputs.views[0].array = image.astype(np.float32)
+    with pytest.raises(DetectorInputError, match="is this image a mammogram"):
+        detector.detect(inputs)
+
+
 def test_probability_maps_to_birads_ranges() -> None:
     assert birads_suggestion(0.01, has_findings=False) == "1"
     assert birads_suggestion(0.01, has_findings=True) == "2"
