@@ -32,6 +32,7 @@ class Volume:
     the slice normal (+z index); ``origin_mm`` is the first voxel of the first slice;
     ``shear_mm`` is how far each slice lies shifted in-plane from the previous one (gantry tilt;
     zero for a straight stack), so slice k is ``k * (dz * normal + shear_mm)`` from the first.
+    ``contrast_agent`` is the series' Contrast/Bolus Agent as the images declare it (empty: none declared).
     """
 
     array: np.ndarray
@@ -43,6 +44,7 @@ class Volume:
     series_instance_uid: str
     study_instance_uid: str
     shear_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    contrast_agent: str = ""
 
     def voxel_to_patient(self, zyx: Sequence[float]) -> tuple[float, float, float]:
         """Patient LPS position (x, y, z) mm of a (possibly fractional) voxel index (z, y, x)."""
@@ -172,4 +174,5 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
         series_instance_uid=series_uid,
         study_instance_uid=study_uid,
         shear_mm=(float(shear[0]), float(shear[1]), float(shear[2])),
+        contrast_agent=str(datasets[0][1].get("ContrastBolusAgent", "") or "").strip(),
     )

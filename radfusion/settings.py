@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from ai_engine.contrast import NO_AGENT
 from ai_engine.detectors.registry import BUNDLED_DETECTORS
 from dicom_node.errors import ConfigError as DicomConfigError
 from dicom_node.tls import TlsConfig
@@ -272,7 +273,7 @@ def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[s
         RoutingRuleSettings(
             name="head-ct-hemorrhage",
             match={"Modality": "CT", "BodyPartExamined": "/head|brain|skull/i", "SeriesDescription": not_scout,
-                   "ContrastBolusAgent": "!/./"},  # non-contrast only: enhancing vessels read as blood
+                   "ContrastBolusAgent": ["!/./", f"/^{NO_AGENT}$/i"]},  # no agent, or a word for none (contrast.py)
             detectors=["ich_fusion"], **common,
         ),
         RoutingRuleSettings(

@@ -42,6 +42,7 @@ from ai_engine.clinical_features import (
     feature_names,
     note_encoding_of,
 )
+from ai_engine.contrast import declares_contrast
 from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
@@ -300,6 +301,9 @@ class IchFusion:
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Segment, fuse with the clinical context, and report bleeds (none when the case is negative)."""
         volume, reorientation = lps_volume(inputs, NAME, "head")
+        if declares_contrast(volume.contrast_agent):  # a contrast head drew a 13.5 mL "subdural" at 1.000
+            raise DetectorInputError(f"{NAME} reads non-contrast head CT; this series declares the contrast agent "
+                                     f"{volume.contrast_agent!r} (Contrast/Bolus Agent): check the routing rule")
         area = body_cross_section_cm2(volume)
         if area > MAX_HEAD_CM2:  # a chest read as a head drew a 260 mL "hemorrhage" of bone
             raise DetectorInputError(f"{NAME}: the body's median cross-section is {area:.0f} cm^2, more than a head's "

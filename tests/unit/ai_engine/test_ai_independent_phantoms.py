@@ -1,6 +1,8 @@
-"""The deep CT detectors on plain-geometry phantoms that share no code with their training generators."""
+"""The deep detectors on plain-geometry phantoms that share no code with their training generators."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -38,6 +40,17 @@ def test_ich_fusion_refuses_a_chest_instead_of_reading_its_bones_as_blood() -> N
     volume = chest(1)  # routed by a careless rule: before, a ~260 mL "hemorrhage" of bone
     with pytest.raises(DetectorInputError, match="not a head CT"):
         create_detector("ich_fusion").detect(DetectorInput(volume=volume))
+
+
+@pytest.mark.parametrize(("agent", "refused"), [("Iohexol 350", True), ("NONE", False), ("", False)])
+def test_ich_fusion_refuses_a_series_that_declares_contrast(agent: str, refused: bool) -> None:
+    volume, _ = head(1)  # a hand-written rule may route any head: a contrast head drew a 13.5 mL "subdural" at 1.000
+    inputs = DetectorInput(volume=dataclasses.replace(volume, contrast_agent=agent))
+    if refused:
+        with pytest.raises(DetectorInputError, match="non-contrast head CT.*Iohexol 350"):
+            create_detector("ich_fusion").detect(inputs)
+    else:
+        assert not create_detector("ich_fusion").detect(inputs).positive
 
 
 def test_ich_fusion_calls_a_plain_clean_head_negative() -> None:

@@ -57,6 +57,15 @@ def test_missing_slice_is_rejected_as_a_gap(head: SyntheticStudy) -> None:
         load_series(head.paths[:5] + head.paths[6:])
 
 
+def test_the_series_contrast_agent_travels_with_the_volume(head: SyntheticStudy, tmp_path: Path) -> None:
+    assert load_series(head.paths).contrast_agent == ""
+
+    def enhanced(_index: int, ds: pydicom.Dataset) -> None:
+        ds.ContrastBolusAgent = " Iohexol "
+
+    assert load_series(_rewrite(head.paths, tmp_path / "contrast", enhanced)).contrast_agent == "Iohexol"
+
+
 def test_mixed_orientation_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
     def rotate(index: int, ds: pydicom.Dataset) -> None:
         if index == 3:

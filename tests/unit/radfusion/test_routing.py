@@ -46,3 +46,11 @@ def test_bad_regex_names_the_rule() -> None:
     rule = RoutingRuleSettings(name="bad", match={"SeriesDescription": "/[unclosed/"}, detectors=["ich_baseline"])
     with pytest.raises(ConfigError, match=r"routing\[0\] \(bad\)\.match"):
         compile_routing([rule])
+
+
+@pytest.mark.parametrize(("agent", "routed"), [("NONE", True), ("No contrast", True), ("n/a", True),
+                                               ("Omnipaque 350", False), ("IV", False)])
+def test_a_word_for_no_contrast_still_reaches_the_hemorrhage_detector(agent: str, routed: bool) -> None:
+    router = compile_routing(default_routing())
+    head = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Head 5mm", "ContrastBolusAgent": agent}
+    assert [m.detector for m in router.select(head)] == (["ich_fusion"] if routed else [])
