@@ -216,20 +216,23 @@ def _note_vocabulary(path: Path, encoding: str) -> NoteVocabulary | None:
         return None
     data = _read_json(path)
     terms, min_terms = data.get("terms"), data.get("min_terms")
-    if (data.get("note_encoding") != encoding or not isinstance(terms, list) or not terms
+    if (data.get("note_encoding") != encoding or not isinstance(terms, list)
             or not isinstance(min_terms, int) or min_terms < 1):
-        raise BundleError(f"{path}: needs 'note_encoding' {encoding!r} (the bundle's), a non-empty list 'terms' "
-                          f"and a positive integer 'min_terms'")
+        raise BundleError(f"{path}: needs 'note_encoding' {encoding!r} (the bundle's), a list 'terms' (empty when "
+                          f"the heads learned no note: every note is then read as none) and a positive integer "
+                          f"'min_terms'")
     return NoteVocabulary(frozenset(str(term) for term in terms), min_terms)
 
 
 def write_note_vocabulary(root: Path, encoding: str, notes: Iterable[list[str]]) -> NoteVocabulary:
-    """Write ``configs/note_vocabulary.json`` under ``root`` from the terms (``note_terms``) of the heads' notes."""
+    """Write ``configs/note_vocabulary.json`` under ``root`` from the terms (``note_terms``) of the heads' notes
+    (none at all: no terms, so serving reads every note as none, as the heads learned)."""
     terms: set[str] = set()
     min_terms = 0
     for note in filter(None, notes):
         terms.update(note)
         min_terms = len(note) if not min_terms else min(min_terms, len(note))
+    min_terms = max(min_terms, 1)
     (Path(root) / "configs" / NOTE_VOCABULARY_FILE).write_text(json.dumps(
         {"note_encoding": encoding, "min_terms": min_terms, "terms": sorted(terms)}, indent=0) + "\n")
     return NoteVocabulary(frozenset(terms), min_terms)

@@ -82,7 +82,7 @@ def train_fusion_only(task: str, *, bundle: str | Path | None = None, quick: boo
 
 
 def train_note_vocabulary_only(task: str, *, bundle: str | Path | None = None) -> Path:
-    """Write a synthetic bundle's note vocabulary (``ai_engine.training.note_vocabulary``) in place."""
+    """Write a bundle's note vocabulary (``ai_engine.training.note_vocabulary``) in place."""
     from ai_engine.bundle import resolve_bundle
 
     root = resolve_bundle(bundle, f"{task}_fusion").root
@@ -91,13 +91,12 @@ def train_note_vocabulary_only(task: str, *, bundle: str | Path | None = None) -
 
 
 def _note_vocabulary(task: str, root: Path) -> None:
-    """Every synthetic bundle ``train`` writes gets the note vocabulary of its generator."""
-    from ai_engine.training.note_vocabulary import write_synthetic_vocabulary
+    """Every bundle ``train`` writes gets the note vocabulary of its training notes (its generator's or dataset's)."""
+    from ai_engine.training.note_vocabulary import write_vocabulary
 
-    vocabulary = write_synthetic_vocabulary(task, Path(root))
-    if vocabulary is not None:
-        logging.getLogger(__name__).info("note vocabulary of %s: %d terms, notes of at least %d",
-                                         root, len(vocabulary.terms), vocabulary.min_terms)
+    vocabulary = write_vocabulary(task, Path(root))
+    logging.getLogger(__name__).info("note vocabulary of %s: %d terms, notes of at least %d",
+                                     root, len(vocabulary.terms), vocabulary.min_terms)
 
 
 def train_density_only(task: str, *, bundle: str | Path | None = None) -> Path:

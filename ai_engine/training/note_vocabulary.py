@@ -1,8 +1,10 @@
-"""The note vocabulary of a synthetic bundle: every term its task's cohort generator writes into notes.
+"""The note vocabulary of a bundle: every term of the notes its heads could learn.
 
-A bundle's heads learned the generator's notes; ``configs/note_vocabulary.json`` lets serving leave
-out every other term and read a note with fewer known terms than any learned note held as no note
-(``ai_engine.clinical_features.encode_note``). The records are drawn with the phantom rendering
+A bundle's heads learned the notes of their training records; ``configs/note_vocabulary.json`` lets serving
+leave out every other term and read a note with fewer known terms than any learned note held as no note
+(``ai_engine.clinical_features.encode_note``). A bundle trained on a dataset takes the notes of the dataset's
+training records (its path is in the bundle's metadata). A synthetic bundle takes every term its task's
+cohort generator writes into notes; those records are drawn with the phantom rendering
 replaced by an empty image: only the clinical record and its note are wanted, and drawing tens of
 thousands of phantoms would take hours. Skipping the rendering moves the random stream, so the
 patients are not the training patients, but their notes come from the same templates, and enough of
@@ -21,10 +23,12 @@ import numpy as np
 
 from ai_engine.bundle import load_bundle, trained_on_dataset, write_note_vocabulary
 from ai_engine.clinical_features import NoteVocabulary, context_text, note_encoding_of, note_terms
+from ai_engine.errors import AiEngineError
 from ai_engine.synthetic.chest_ct import ChestPhantom, PlacedNodule
 from ai_engine.synthetic.cohorts import ich, mammo, nodule
 from ai_engine.synthetic.head_ct import HeadCase
 from ai_engine.synthetic.truth import LesionTruth
+from ai_engine.training.datasets import cbis_ddsm, ich_cases, lidc_luna
 
 PATIENTS = 40_000
 FIRST_SEED = 10**9  # far from every cohort's seeds
@@ -67,11 +71,31 @@ def synthetic_notes(task: str, patients: int, first_seed: int = FIRST_SEED) -> I
         raise ValueError(f"unknown task {task!r}")
 
 
-def write_synthetic_vocabulary(task: str, root: Path, patients: int = PATIENTS) -> NoteVocabulary | None:
-    """Write the bundle at ``root``'s note vocabulary from its task's generator; None (nothing written) for a
-    bundle trained on a dataset, whose notes this generator did not write."""
+def dataset_notes(task: str, data_dir: Path) -> Iterator[str | None]:
+    """The note texts (reason for exam and notes) of a dataset's training records, as training reads them."""
+    if task == "ich":
+        contexts = ich_cases.case_contexts(data_dir)
+    elif task == "nodule":
+        contexts = [case.context for case in lidc_luna.read_dataset(data_dir)]
+    elif task == "mammo":
+        clinical = cbis_ddsm.read_clinical(data_dir)
+        contexts = [clinical.get(exam.patient_id) for exam in cbis_ddsm.index_exams(data_dir, "train")]
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return (context_text(context) for context in contexts)
+
+
+def write_vocabulary(task: str, root: Path, patients: int = PATIENTS) -> NoteVocabulary:
+    """Write the note vocabulary of the bundle at ``root``: from its dataset's training notes when it was trained
+    on one (the dataset must still be where its metadata says), else from ``patients`` records of the generator."""
     bundle = load_bundle(root.name, root.parent)
-    if trained_on_dataset(bundle.metadata):
-        return None
     encoding = note_encoding_of(bundle.inference)
-    return write_note_vocabulary(root, encoding, (note_terms(t, encoding) for t in synthetic_notes(task, patients)))
+    if trained_on_dataset(bundle.metadata):
+        data_dir = Path(bundle.metadata["training_data"]["path"])
+        if not data_dir.is_dir():
+            raise AiEngineError(f"{root} was trained on {data_dir}, which is no longer there: its note vocabulary "
+                                "is written from that dataset's notes")
+        notes = dataset_notes(task, data_dir)
+    else:
+        notes = synthetic_notes(task, patients)
+    return write_note_vocabulary(root, encoding, (note_terms(text, encoding) for text in notes))

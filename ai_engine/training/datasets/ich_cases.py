@@ -144,6 +144,12 @@ def _context(row: IchDatasetRow, provenance: Provenance) -> ClinicalContext:
     return context
 
 
+def case_contexts(root: Path) -> list[ClinicalContext]:
+    """The clinical context of every case of the table, as ``load_cases`` gives it (no image is read)."""
+    provenance = Provenance("dataset", str(root), "cases.csv")
+    return [_context(row, provenance) for row in read_table(root)]
+
+
 def series_paths(root: Path, case_id: str) -> list[Path]:
     """The DICOM files of case ``case_id``."""
     return sorted((Path(root) / case_id / "dicom").glob("*.dcm"))

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from ai_engine.bundle import DATASET_KIND, resolve_bundle
-from ai_engine.clinical_features import encode_clinical, feature_names
+from ai_engine.clinical_features import encode_clinical, encode_note, feature_names
 from ai_engine.errors import AiEngineError
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.ich import IchCase, write_case_dicom
 from ai_engine.synthetic.head_ct import HeadAcquisition, HemorrhageSpec, make_head_case
 from ai_engine.training.datasets import ich_cases
+from ai_engine.training.note_vocabulary import write_vocabulary
 from ai_engine.volume import load_series
 
 TINY = HeadAcquisition(rows=96, slice_mm=5.0, coverage_mm=60.0)
@@ -110,6 +111,10 @@ def test_training_on_the_dataset_writes_a_bundle_that_names_it(dataset: Path, tm
     assert resolve_bundle(root, "ich_fusion").algorithm().kind == DATASET_KIND  # what the SR says of it
     with pytest.raises(AiEngineError, match="trained on a dataset directory"):
         ich.train_fusion_only(bundle=root, quick=True)
+    vocabulary = write_vocabulary("ich", root)  # what `radfusion train ich --data-dir` writes after training
+    assert {"found", "floor"} <= vocabulary.terms  # the one note of the dataset (before: no vocabulary at all)
+    assert resolve_bundle(root, "ich_fusion").note_vocabulary == vocabulary
+    assert encode_note("dizziness", encoding="hashed-terms", vocabulary=vocabulary)[1] is False
 
 
 def test_every_dataset_case_goes_to_the_training_splits(dataset: Path, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from ai_engine.synthetic.cohorts.mammo import generate_case
 from ai_engine.synthetic.dicom_writer import StudyHeader, write_mammo_view
 from ai_engine.synthetic.mammo_phantom import MALIGNANT_KINDS, Acquisition
 from ai_engine.training.datasets import cbis_ddsm
+from ai_engine.training.note_vocabulary import write_vocabulary
 from ai_engine.training.tasks.mammo import real_exam_arrays, train, train_density_only
 
 SPACING = 0.8
@@ -332,6 +333,8 @@ def test_train_on_the_dataset_writes_a_bundle_that_says_so(dataset: tuple, tmp_p
         train(out_dir=tmp_path / "other", quick=True, data_dir=root, cohort_size=20)
     with pytest.raises(AiEngineError, match="trained on a dataset directory"):
         train_density_only(bundle=bundle)  # would rebuild a synthetic cohort
+    vocabulary = write_vocabulary("mammo", bundle)  # what `radfusion train mammo --data-dir` writes after training
+    assert {"palpable", "lump"} <= vocabulary.terms and vocabulary.min_terms == 7  # 4 words, 3 pairs of them
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from ai_engine.synthetic.chest_ct import ChestAcquisition
 from ai_engine.synthetic.cohorts.nodule import NoduleCase, generate_case, write_case_dicom
 from ai_engine.training.datasets.lidc_luna import load_case, read_dataset
 from ai_engine.training.datasets.metaimage import read_metaimage
+from ai_engine.training.note_vocabulary import write_vocabulary
 from ai_engine.training.tasks.nodule import evaluate, train
 from ai_engine.volume import Volume, load_series
 
@@ -259,6 +260,9 @@ def test_training_on_the_dataset_writes_a_bundle_that_says_so(built: Built, tmp_
     fitted = bundle.metadata["finding_threshold_fit"]  # on the calibration series: C's one scan, 2 nodules
     assert (fitted["calibration_scans"], fitted["calibration_nodules"]) == (1, 2)
     assert bundle.inference["finding_threshold"] == fitted["threshold"]
+    vocabulary = write_vocabulary("nodule", root)  # what `radfusion train nodule --data-dir` writes after training
+    assert {"chronic", "cough"} <= vocabulary.terms
+    assert load_bundle(root.name, root.parent).note_vocabulary == vocabulary
 
 
 def test_the_deployed_bundle_is_evaluated_on_the_dataset_through_the_cli(built: Built, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ai_engine.bundle import BundleError, load_bundle
+from ai_engine.bundle import BundleError, load_bundle, write_note_vocabulary
 from ai_engine.clinical_features import encode_note, note_encoding_of
 from ai_engine.detectors import ich_fusion
 from ai_engine.training.cli import main as train_main
@@ -60,3 +60,13 @@ def test_a_vocabulary_that_does_not_fit_the_bundle_is_refused_and_the_device_uid
     vocabulary.unlink()
     assert train_main(["train", "ich", "--note-vocabulary-only", "--bundle", str(copy)]) == 0
     assert json.loads(vocabulary.read_text()) == data  # the generator's vocabulary, written again
+
+
+def test_heads_that_learned_no_note_read_every_note_as_none(tmp_path: Path) -> None:
+    """A dataset without notes: the vocabulary is empty and every note at serving is no note, as in training."""
+    copy = tmp_path / "ich_fusion"
+    shutil.copytree(load_bundle("ich_fusion").root, copy)
+    vocabulary = write_note_vocabulary(copy, "hashed-terms", [[], []])
+    assert (vocabulary.terms, vocabulary.min_terms) == (frozenset(), 1)
+    assert load_bundle(copy.name, tmp_path).note_vocabulary == vocabulary
+    assert encode_note("found on the floor after a fall", encoding="hashed-terms", vocabulary=vocabulary)[1] is False
