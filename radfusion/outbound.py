@@ -6,7 +6,7 @@ row, so every retry sends the same message (same control id, same conditional-cr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from ai_engine.results import DetectorResult, Task
@@ -68,13 +68,16 @@ def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[Outboun
 
 
 def alert_deliveries(job: Job, alert_id: int, study: OutboundStudy | None, findings: Sequence[OutboundFinding],
-                     settings: Settings, now: datetime) -> list[Delivery]:
+                     settings: Settings, now: datetime, already_told: Collection[str] = ()) -> list[Delivery]:
     """One delivery per alert channel of the job: webhook JSON, FHIR Communication or critical ORU.
 
-    Without an addressable study (``None``) only the webhooks can be told.
+    Channels in ``already_told`` (an earlier alert of the study reaches them) get none. Without an addressable
+    study (``None``) only the webhooks can be told.
     """
     deliveries = []
     for index, name in enumerate(job.alert_channels):
+        if name in already_told:
+            continue
         channel = settings.channel(name)
         if channel.kind == "webhook":
             deliveries.append(Delivery(kind="webhook", target=name, job_id=job.id, alert_id=alert_id))

@@ -115,7 +115,7 @@ class JobRunner:
             log.exception("job %d (%s, study %s): writing the results failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
                 alert = self._alert_without_reports(session, job_id, result, sources)
-                sent = "" if alert is None else f"; hemorrhage alert {alert} queued without them"
+                sent = "" if alert is None else f"; the study's hemorrhage alert {alert} stands without them"
                 _record_failure(session, job_id, job.study_id,
                                 f"writing the results failed: {type(exc).__name__}: {exc}{sent}")
             return
@@ -203,12 +203,16 @@ class JobRunner:
                      findings: list[OutboundFinding], sources: list[pydicom.Dataset], now: datetime) -> int:
         """Add the hemorrhage alert and its deliveries to every alert channel of the job; the alert's id.
 
-        One alert per study: when another job of the study has raised one already (a second reconstruction, a
-        re-issued result), emergency staff are not paged again; that is audited and the earlier alert's id returned.
+        One alert per study and channel: a channel that an earlier alert of the study reaches (delivered or still
+        trying; a second reconstruction, a re-issued result) is not paged again. When every channel of the job is
+        reached so, that is audited and the earlier alert's id returned.
         """
         earlier = session.scalar(select(Alert.id).join(Job, Alert.job_id == Job.id)
                                  .where(Job.study_id == job.study_id).order_by(Alert.id).limit(1))
-        if earlier is not None:
+        told = set(session.scalars(select(Delivery.target).join(Alert, Delivery.alert_id == Alert.id)
+                                   .join(Job, Alert.job_id == Job.id)
+                                   .where(Job.study_id == job.study_id, Delivery.state != "failed")))
+        if earlier is not None and set(job.alert_channels) <= told:
             session.add(AuditEvent(kind="alert_not_repeated", subject=f"job {job.id}",
                                    detail=f"hemorrhage on a study already alerted (alert {earlier})"))
             log.warning("hemorrhage found again on study %s (job %d): alert %d was raised for it, not paged twice",
@@ -221,7 +225,7 @@ class JobRunner:
         alert = Alert(job_id=job.id, payload=payload, released_at=job.trigger_released_at)
         session.add(alert)
         session.flush()
-        session.add_all(alert_deliveries(job, alert.id, study, findings, self._settings, now))
+        session.add_all(alert_deliveries(job, alert.id, study, findings, self._settings, now, already_told=told))
         log.warning("URGENT: hemorrhage alert %d for study %s (accession %s)", alert.id, job.study.study_uid,
                     job.study.accession_number)
         return alert.id

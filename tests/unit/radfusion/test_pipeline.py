@@ -86,7 +86,7 @@ def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
         alert = session.scalars(select(Alert)).one()
         assert job.state == "failed"
         assert job.error == (f"writing the results failed: ValueError: SEG builder refused the series; "
-                             f"hemorrhage alert {alert.id} queued without them")
+                             f"the study's hemorrhage alert {alert.id} stands without them")
         assert alert.payload["kind"] == "ich_alert" and alert.job_id == job_id
         delivery = session.scalars(select(Delivery)).one()
         assert (delivery.kind, delivery.target, delivery.state) == ("webhook", "ed", "pending")
@@ -125,3 +125,13 @@ def test_a_study_s_second_reconstruction_with_the_bleed_does_not_page_again(tmp_
         repeat = session.scalars(select(AuditEvent).where(AuditEvent.kind == "alert_not_repeated")).one()
         assert repeat.subject == f"job {job_ids[1]}" and f"alert {alert.id}" in repeat.detail
         assert len(session.scalars(select(Artifact).where(Artifact.kind == "sr")).all()) == 2  # both results kept
+        session.scalars(select(Delivery).where(Delivery.alert_id == alert.id)).one().state = "failed"  # reached nobody
+        again = Job(study_id=jobs[1].study_id, series_id=jobs[1].series_id, detector="ich_fusion", model_version="v2",
+                    rule="test", alert_channels=["ed"])
+        session.add(again)
+        session.flush()
+        again_id = again.id
+    assert service.runner.claim(again_id)
+    service.runner.run(again_id)
+    with service.db.session() as session:  # a page that reached nobody does not silence the next one
+        assert [a.job_id for a in session.scalars(select(Alert).order_by(Alert.id))] == [job_ids[0], again_id]
