@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 
-NO_AGENT = r"(none|no|n/?a|nil|non[- ]?contrast|no contrast|without contrast)"
+# The whole value, case aside: "NONE", "None given", "No", "N/A", "NC", "0", "-", "No IV contrast",
+# "NON-CONTRAST", "W/O CONTRAST", "without contrast media", ... (spaces and a closing full stop are free).
+NO_AGENT = (r"\s*(none(\s+given)?|no|nil|n/?a|nc|0|-"
+            r"|(no|non|w/?o|without)[\s-]*((iv|intravenous)\s+)?contrast(\s+(media|agent))?)\s*\.?\s*")
 
 
 def declares_contrast(agent: str) -> bool:
-    """True when ``agent`` names a contrast agent: not empty and not one of the words for none."""
-    text = agent.strip()
-    return bool(text) and re.fullmatch(NO_AGENT, text, re.IGNORECASE) is None
+    """True when ``agent`` names a contrast agent: not empty and not one of the words for none (``NO_AGENT``)."""
+    return bool(agent.strip()) and re.fullmatch(NO_AGENT, agent, re.IGNORECASE) is None

@@ -39,8 +39,10 @@ def abnormal_flag(finding: OutboundFinding) -> str:
 
 def patient_name_xpn(dicom_name: str) -> str:
     """PID-5 (XPN, name type L) of a DICOM Patient Name: family^given^middle^prefix^suffix becomes
-    family^given^middle^suffix^prefix^^L; only the alphabetic group (before any "=") is sent."""
-    parts = (dicom_name.split("=")[0].split("^") + [""] * 5)[:5]
+    family^given^middle^suffix^prefix^^L; the first of its "="-separated groups (alphabetic, ideographic,
+    phonetic) that holds a name is sent."""
+    group = next((g for g in dicom_name.split("=") if g.strip("^ ")), "")
+    parts = (group.split("^") + [""] * 5)[:5]
     family, given, middle, prefix, suffix = (escape(p.strip()) for p in parts)
     if not any((family, given, middle, prefix, suffix)):
         return ""

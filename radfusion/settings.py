@@ -259,8 +259,9 @@ class Hl7Settings(Strict):
 
 
 # The nodule model learned 1-2.5 mm slices (held out: up to 3 mm); a 5 mm reconstruction of a clean chest drew
-# ~10 false nodules (model card), so the default chest rule leaves out series thicker than 3 mm (a missing
-# SliceThickness passes). A study's thin reconstruction is read; a site with thick slices only edits the rule.
+# ~10 false nodules (model card), so the default chest rule reads a series only when its SliceThickness is at most
+# 3 mm or absent (an unreadable value such as '5mm' does not pass). A study's thin reconstruction is read; a site
+# with thick slices only edits the rule.
 THIN_SLICE_LIMIT_MM = 3.05
 
 
@@ -279,7 +280,7 @@ def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[s
         RoutingRuleSettings(
             name="chest-ct-nodule",
             match={"Modality": "CT", "BodyPartExamined": "/chest|lung|thorax/i", "SeriesDescription": not_scout,
-                   "SliceThickness": {"not": {"min": THIN_SLICE_LIMIT_MM}}},  # thin reconstructions only, see below
+                   "SliceThickness": ["!/./", {"max": THIN_SLICE_LIMIT_MM}]},  # thin reconstructions only, see below
             detectors=["nodule_fusion"], **common,
         ),
         RoutingRuleSettings(name="mammography", match={"Modality": "MG"}, detectors=["mammo_fusion"], **common),

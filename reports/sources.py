@@ -27,10 +27,11 @@ def _character_set(value: object) -> object:
 
 
 def dicom_date(value: str) -> str | None:
-    """A DA value as YYYYMMDD: unchanged when valid, 'YYYY-MM-DD' style rewritten, anything else None."""
-    if re.fullmatch(r"\d{8}", value):
-        return value
-    loose = _LOOSE_DATE.fullmatch(value.strip())
+    """A DA value as YYYYMMDD: unchanged when valid, padded or 'YYYY-MM-DD' style rewritten, anything else None."""
+    text = value.strip()
+    if re.fullmatch(r"\d{8}", text):
+        return text
+    loose = _LOOSE_DATE.fullmatch(text)
     return "".join(loose.groups()) if loose else None
 
 

@@ -42,7 +42,8 @@ def test_ich_fusion_refuses_a_chest_instead_of_reading_its_bones_as_blood() -> N
         create_detector("ich_fusion").detect(DetectorInput(volume=volume))
 
 
-@pytest.mark.parametrize(("agent", "refused"), [("Iohexol 350", True), ("NONE", False), ("", False)])
+@pytest.mark.parametrize(("agent", "refused"), [("Iohexol 350", True), ("NONE", False), ("No IV contrast", False),
+                                                ("", False)])
 def test_ich_fusion_refuses_a_series_that_declares_contrast(agent: str, refused: bool) -> None:
     volume, _ = head(1)  # a hand-written rule may route any head: a contrast head drew a 13.5 mL "subdural" at 1.000
     inputs = DetectorInput(volume=dataclasses.replace(volume, contrast_agent=agent))

@@ -81,6 +81,7 @@ def test_pid_5_carries_the_images_patient_name_and_msh_18_says_utf_8() -> None:
 
 
 @pytest.mark.parametrize(("dicom_name", "xpn"), [("", ""), ("^", ""), ("DOE", "DOE^^^^^^L"),
-                                                  ("O|Brien^Pat", "O\\F\\Brien^Pat^^^^^L")])
+                                                  ("O|Brien^Pat", "O\\F\\Brien^Pat^^^^^L"),
+                                                  ("=山田^太郎", "山田^太郎^^^^^L")])  # ideographic group only
 def test_patient_name_xpn(dicom_name: str, xpn: str) -> None:
     assert patient_name_xpn(dicom_name) == xpn

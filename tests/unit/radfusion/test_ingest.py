@@ -44,7 +44,8 @@ def test_a_header_that_breaks_its_length_limit_is_stored_cut_and_never_logged(
 
 
 @pytest.mark.parametrize(("sent", "stored"), [("20240115", "20240115"), ("2024.01.15", "20240115"),
-                                              ("15.01.2024", ""), ("2024115", ""), ("", "")])
+                                              (" 20240115", "20240115"), ("15.01.2024", ""), ("2024115", ""),
+                                              ("", "")])
 def test_study_date_is_stored_as_yyyymmdd_or_not_at_all(tmp_path: Path, sent: str, stored: str) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     instance = StoredInstance(None, tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3", "1.2.3.1",

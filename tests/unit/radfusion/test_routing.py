@@ -32,7 +32,8 @@ def test_only_a_thin_chest_reconstruction_goes_to_the_nodule_detector() -> None:
     chest = {"Modality": "CT", "BodyPartExamined": "CHEST", "SeriesDescription": "Lung"}
     for thin in ({"SliceThickness": "1.0"}, {"SliceThickness": "3"}, {"SliceThickness": None}, {}):
         assert [m.detector for m in router.select({**chest, **thin})] == ["nodule_fusion"]
-    assert router.select({**chest, "SliceThickness": "5.0"}) == []  # before: ~10 false nodules per clean chest
+    for thick in ("5.0", "5mm", "5,0"):  # before: ~10 false nodules per clean chest
+        assert router.select({**chest, "SliceThickness": thick}) == []
 
 
 def test_unknown_detector_fails_with_a_suggestion() -> None:
@@ -48,8 +49,10 @@ def test_bad_regex_names_the_rule() -> None:
         compile_routing([rule])
 
 
-@pytest.mark.parametrize(("agent", "routed"), [("NONE", True), ("No contrast", True), ("n/a", True),
-                                               ("Omnipaque 350", False), ("IV", False)])
+@pytest.mark.parametrize(("agent", "routed"), [
+    ("NONE", True), ("No contrast", True), ("n/a", True), ("No IV contrast", True), ("NONE.", True),
+    ("W/O CONTRAST", True), ("no  contrast", True), ("Omnipaque 350", False), ("IV", False),
+    ("Non-ionic contrast", False)])
 def test_a_word_for_no_contrast_still_reaches_the_hemorrhage_detector(agent: str, routed: bool) -> None:
     router = compile_routing(default_routing())
     head = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Head 5mm", "ContrastBolusAgent": agent}
