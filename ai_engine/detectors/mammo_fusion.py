@@ -70,7 +70,7 @@ CHANNELS = (FindingType.MASS, FindingType.CALCIFICATION_CLUSTER)
 # EDGE_BAND_MM) in at least MIN_CHEST_WALL_CONTACT of the rows, and not both in MAX_OPPOSITE_CONTACT of them.
 # The generator's views reach it in 59-100 % of the rows and the far edge in none; a head-CT slice or a chest
 # radiograph stored as MG (an object in the middle, or a body from side to side) was read as a breast.
-EDGE_BAND_MM = 2.0
+EDGE_BAND_MM = 5.0  # a scanned film or a collimated detector may leave a dark margin of a few mm
 MIN_CHEST_WALL_CONTACT = 0.1
 MAX_OPPOSITE_CONTACT = 0.8
 DENSITY_CATEGORIES = ("A", "B", "C", "D")

@@ -74,7 +74,7 @@ from ai_engine.detectors.mammo_network import (
     MammoNetwork,
     load_eager_model,
 )
-from ai_engine.errors import AiEngineError
+from ai_engine.errors import AiEngineError, DetectorInputError
 from ai_engine.evaluation import metrics, plots
 from ai_engine.fusion import FusionHead
 from ai_engine.results import DetectorResult, FindingType, Task
@@ -503,14 +503,25 @@ def _metadata(summary: dict[str, Any], training_data: dict[str, Any], intended_u
 
 def _dataset_exams(data_dir: Path, seed: int, pixel_spacing_mm: float) -> tuple[list[ExamArrays], dict[str, Any]]:
     """The train-table exams of a CBIS-DDSM-layout dataset, shuffled with ``seed`` (one exam per patient,
-    so the splits are by patient), and the bundle's ``training_data`` record."""
+    so the splits are by patient), and the bundle's ``training_data`` record. An exam with a view the detector
+    refuses (``prepare_view``: no breast against a side edge) is left out and named in the record."""
     indexed, loaded = cbis_ddsm.load_exams(data_dir, "train", pixel_spacing_mm)
-    if len(indexed) < 16:
+    if len(indexed) < 16:  # before any pixel is read
         raise AiEngineError(f"{data_dir}: the mammo train tables hold {len(indexed)} patients; training needs at "
                             "least 16 (four splits)")
-    exams = [real_exam_arrays(exam) for exam in loaded]
+    exams, refused = [], []
+    for exam in loaded:
+        try:
+            exams.append(real_exam_arrays(exam))
+        except DetectorInputError as exc:
+            log.warning("mammo dataset: exam of patient %s left out: %s", exam.patient_id, exc)
+            refused.append({"patient_id": exam.patient_id, "reason": str(exc)})
+    if len(exams) < 16:
+        raise AiEngineError(f"{data_dir}: the mammo train tables hold {len(exams)} readable patients "
+                            f"({len(refused)} refused); training needs at least 16 (four splits)")
     exams = [exams[i] for i in np.random.default_rng(seed).permutation(len(exams))]
-    return exams, {**_dataset_record(data_dir, "train", indexed, pixel_spacing_mm), "seed": seed}
+    return exams, {**_dataset_record(data_dir, "train", indexed, pixel_spacing_mm), "seed": seed,
+                   "refused_exams": refused}
 
 
 def _dataset_record(root: Path, split: str, indexed: list[cbis_ddsm.ExamFiles], pixel_spacing_mm: float
@@ -762,10 +773,16 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
     heads = load_heads(resolved.root / "models", load_eager_model(resolved).fusion)
     rows: list[dict[str, Any]] = []
     tables: list[FusionData] = []
+    refused: list[dict[str, str]] = []
     for index, exam in enumerate(exams):
         began = time.perf_counter()
         inputs = exam.load()
-        analysis = detector.analyse(inputs)
+        try:
+            analysis = detector.analyse(inputs)
+        except DetectorInputError as exc:  # as the server would: the job fails with the reason
+            log.warning("held-out exam %s refused: %s", exam.exam_id, exc)
+            refused.append({"exam": exam.exam_id, "reason": str(exc)})
+            continue
         result = detector.report(analysis, inputs.views)
         seconds = time.perf_counter() - began
         base = baseline.detect(inputs)
@@ -783,6 +800,7 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
     if held_out is None:
         held_out = {"cases": len(rows), "positives": int(labels.sum()), "seed": held_seed,
                     "acquisition": HELDOUT_ACQUISITION.__dict__}
+    held_out = {**held_out, "refused_exams": refused}
     result = _report(rows, FusionData.join(tables), heads, resolved.root, out, held_seed, held_out)
     if out_dir is None:
         _record_in_bundle(resolved, result, len(rows))

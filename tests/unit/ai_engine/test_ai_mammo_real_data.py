@@ -381,3 +381,18 @@ def test_the_deployed_bundle_is_evaluated_on_the_test_tables_through_the_cli(dat
     exam = next(e for e in cbis_ddsm.load_exams(root, "test", SPACING)[1] if e.patient_id == "P_00017")
     scored = MammoFusion(deployed).detect(mammography_inputs(exam.views, exam.context)).case_score
     assert rows["P_00017"]["deep"] == pytest.approx(scored, abs=1e-6)  # the reader's views at the given spacing
+
+
+def test_a_dataset_view_the_detector_refuses_leaves_its_exam_out_and_is_named(dataset: tuple, tmp_path: Path) -> None:
+    """A scan that is no breast against a side edge (here: a disc in the middle) is left out, not a crash."""
+    root, truths, _, _ = dataset
+    copy = tmp_path / "cbis"
+    shutil.copytree(root, copy)
+    path = copy / next(iter(next(iter(truths.values())).full.values())).relative_to(root)
+    ds = pydicom.dcmread(path)
+    rows, cols = np.indices(ds.pixel_array.shape)
+    disc = np.hypot(rows - rows.mean(), cols - cols.mean()) < min(rows.shape) / 3
+    ds.PixelData = np.where(disc, 3000, 100).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(path)
+    with pytest.raises(AiEngineError, match=r"hold 15 readable patients \(1 refused\)"):  # before: a crash
+        train(out_dir=tmp_path / "bundle", quick=True, data_dir=copy, pixel_spacing_mm=SPACING)  # 16 - 1 < 16
