@@ -88,13 +88,16 @@ class Hl7Store:
         with self._db.session() as session:
             for merge in merges:
                 first, *others = merge.surviving
-                moved = [row for prior in merge.prior for row in session.scalars(select(ClinicalValue).where(
-                    ClinicalValue.patient_id == prior.value, ClinicalValue.patient_authority == prior.authority))]
-                for row in moved:
+                moved: dict[tuple, ClinicalValue] = {}  # a value was stored once per form of the prior identifier
+                for prior in merge.prior:
+                    for row in session.scalars(select(ClinicalValue).where(
+                            ClinicalValue.patient_id == prior.value, ClinicalValue.patient_authority == prior.authority)):
+                        if moved.setdefault(_content(row), row) is not row:
+                            session.delete(row)
+                for row in moved.values():
                     row.patient_id, row.patient_authority = first.value, first.authority
                     session.add_all(_copy(row, identifier) for identifier in others)
-            session.add(Hl7Message(control_id=header.control_id, sending_facility=header.sender,
-                                   message_type=header.message_type))
+            session.add(_message(header))
 
     def on_order(self, header: Header, order: Order) -> None:
         rows = [dict(kind="reason_for_exam", text=order.reason_for_exam, accession=order.accession)] \
@@ -106,8 +109,7 @@ class Hl7Store:
         with self._db.session() as session:
             for statement in deletions:
                 session.execute(statement)
-            message = Hl7Message(control_id=header.control_id, sending_facility=header.sender,
-                                 message_type=header.message_type)
+            message = _message(header)
             session.add(message)
             session.flush()
             for identifier in identifiers:
@@ -116,10 +118,24 @@ class Hl7Store:
                                               patient_authority=identifier.authority, **row))
 
 
+_CONTENT_COLUMNS = tuple(c.key for c in ClinicalValue.__table__.columns
+                         if c.key not in ("id", "patient_id", "patient_authority"))
+
+
+def _message(header: Header) -> Hl7Message:
+    """The stored record of a message: its control id and sender are the duplicate key ``seen`` reads."""
+    return Hl7Message(control_id=header.control_id, sending_facility=header.sender, message_type=header.message_type)
+
+
+def _content(row: ClinicalValue) -> tuple:
+    """What ``row`` holds, apart from the identifier it is stored under."""
+    return tuple(getattr(row, key) for key in _CONTENT_COLUMNS)
+
+
 def _copy(row: ClinicalValue, identifier: PatientIdentifier) -> ClinicalValue:
     """``row`` stored again under ``identifier``."""
-    values = {c.key: getattr(row, c.key) for c in ClinicalValue.__table__.columns if c.key != "id"}
-    return ClinicalValue(**{**values, "patient_id": identifier.value, "patient_authority": identifier.authority})
+    return ClinicalValue(**dict(zip(_CONTENT_COLUMNS, _content(row), strict=True)), patient_id=identifier.value,
+                         patient_authority=identifier.authority)
 
 
 @dataclass(frozen=True)

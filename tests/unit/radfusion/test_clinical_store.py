@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from hl7_fhir.inbox import Hl7Inbox
 from radfusion.clinical import ClinicalGatherer, Hl7Store, StudyPatient
 from radfusion.db import Database
+from radfusion.models import ClinicalValue
 from radfusion.settings import load_settings
 from tests.unit.hl7_fhir.messages import orm, oru
 
@@ -73,3 +75,18 @@ def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:
     send(oru("U1"))  # PID-3 12345^^^HOSP&1.2.3&ISO
     assert context(issuer="1.2.3").labs["inr"].value == 2.5
     assert "inr" not in context(issuer="ELSEWHERE").labs
+
+
+def test_a_merge_moves_each_value_once_per_form_of_the_surviving_id(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Hl7Store(db)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
+    inbox.handle(oru("M1").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "777^^^HOSP&1.2.3&ISO^MR"))
+    for control_id in ("MG1", "MG2"):  # merged twice: the second finds nothing under 777 and changes nothing
+        inbox.handle(f"MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120103000||ADT^A40^ADT_A39|{control_id}|P|2.5.1\r"
+                     "EVN|A40|20261120103000\rPID|1||12345^^^HOSP&1.2.3&ISO^MR\rMRG|777^^^HOSP&1.2.3&ISO^MR\r")
+    with db.session() as session:
+        stored = session.execute(select(ClinicalValue.patient_id, ClinicalValue.patient_authority)
+                                 .where(ClinicalValue.name == "inr")).all()
+    assert sorted(stored) == [("12345", "1.2.3"), ("12345", "HOSP")]  # before: two rows under each
+    db.dispose()
