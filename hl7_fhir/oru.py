@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from hl7_fhir.er7 import escape
 from hl7_fhir.findings import FindingError, OutboundFinding, OutboundStudy
+from hl7_fhir.units import LOINC_SYSTEM
 
 AI_NOTE = "AI-generated preliminary result; not for diagnosis until confirmed by a radiologist."
 CHARACTER_SET = "UNICODE UTF-8"  # MSH-18: names may hold any character; the MLLP sender frames in UTF-8
@@ -53,7 +54,7 @@ def _ts(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
 
 
-HL7_CODING_SYSTEMS = {"http://snomed.info/sct": "SCT", "http://loinc.org": "LN"}  # FHIR URI -> HL7 table 0396
+HL7_CODING_SYSTEMS = {"http://snomed.info/sct": "SCT", LOINC_SYSTEM: "LN"}  # FHIR URI -> HL7 table 0396
 
 
 def _segment(*fields: str) -> str:

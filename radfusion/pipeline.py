@@ -207,12 +207,13 @@ class JobRunner:
         trying; a second reconstruction, a re-issued result) is not paged again. When every channel of the job is
         reached so, that is audited and the earlier alert's id returned.
         """
-        earlier = session.scalar(select(Alert.id).join(Job, Alert.job_id == Job.id)
-                                 .where(Job.study_id == job.study_id).order_by(Alert.id).limit(1))
         told = set(session.scalars(select(Delivery.target).join(Alert, Delivery.alert_id == Alert.id)
                                    .join(Job, Alert.job_id == Job.id)
                                    .where(Job.study_id == job.study_id, Delivery.state != "failed")))
-        if earlier is not None and set(job.alert_channels) <= told:
+        earlier = None if not set(job.alert_channels) <= told else session.scalar(
+            select(Alert.id).join(Job, Alert.job_id == Job.id).where(Job.study_id == job.study_id)
+            .order_by(Alert.id).limit(1))
+        if earlier is not None:
             session.add(AuditEvent(kind="alert_not_repeated", subject=f"job {job.id}",
                                    detail=f"hemorrhage on a study already alerted (alert {earlier})"))
             log.warning("hemorrhage found again on study %s (job %d): alert %d was raised for it, not paged twice",

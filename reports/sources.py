@@ -42,12 +42,15 @@ def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Data
     mended = []
     for ds in datasets:
         changes: dict[str, object] = {}
-        if "SpecificCharacterSet" in ds and _character_set(ds.SpecificCharacterSet) != ds.SpecificCharacterSet:
-            changes["SpecificCharacterSet"] = _character_set(ds.SpecificCharacterSet)
+        if "SpecificCharacterSet" in ds:
+            charset = _character_set(ds.SpecificCharacterSet)
+            if charset != ds.SpecificCharacterSet:
+                changes["SpecificCharacterSet"] = charset
         for keyword in DATE_KEYWORDS:
             value = str(ds.get(keyword, "") or "")
-            if value and dicom_date(value) != value:
-                changes[keyword] = dicom_date(value)
+            date = dicom_date(value) if value else value
+            if date != value:
+                changes[keyword] = date
         if not changes:
             mended.append(ds)
             continue
