@@ -218,8 +218,7 @@ def _raw_value(feature: ClinicalFeature, context: ClinicalContext) -> float | No
             return None
         if feature.source == "medication":
             return float(any(m.category in feature.keys for m in context.medications))
-        items = {"condition": context.conditions, "procedure": [*context.procedures, *context.conditions],
-                 "family_history": context.family_history}[feature.source]
+        items = (item for section in _SECTIONS_OF[feature.source] for item in getattr(context, section))
         return float(any(_matches(item, feature) for item in items))
     if feature.source == "coded":
         item = context.coded_observations.get(feature.keys[0])

@@ -79,7 +79,8 @@ def dataset_notes(task: str, data_dir: Path) -> Iterator[str | None]:
         contexts = [case.context for case in lidc_luna.read_dataset(data_dir)]
     elif task == "mammo":
         clinical = cbis_ddsm.read_clinical(data_dir)
-        contexts = [clinical.get(exam.patient_id) for exam in cbis_ddsm.index_exams(data_dir, "train")]
+        patients = dict.fromkeys(row.patient_id for row in cbis_ddsm.read_abnormalities(data_dir, "train"))
+        contexts = [clinical.get(patient) for patient in patients]  # the tables only: no image file is opened
     else:
         raise ValueError(f"unknown task {task!r}")
     return (context_text(context) for context in contexts)
