@@ -40,6 +40,20 @@ class MammoView:
     study_instance_uid: str
 
 
+def breast_grey_range(values: np.ndarray) -> tuple[float, float]:
+    """(low, scale) of a breast's grey levels ``values``: the 2nd percentile and the 2nd-99.5th percentile range
+    (at least 1e-3), by which both mammography detectors normalise a view."""
+    low, high = np.percentile(values, [2.0, 99.5])
+    return low, max(float(high - low), 1e-3)
+
+
+def chest_wall_on_right(breast: np.ndarray) -> bool:
+    """Whether the breast mask lies against the image's right edge: more of it in a band along the right edge
+    (1/20 of the width, at least 2 columns: a few unexposed pixels must not decide) than along the left."""
+    edge = max(2, breast.shape[1] // 20)
+    return bool(breast[:, -edge:].sum() > breast[:, :edge].sum())
+
+
 def _laterality(ds: pydicom.Dataset, path: Path) -> str:
     for keyword in ("ImageLaterality", "Laterality"):
         value = str(ds.get(keyword, "") or "").upper()

@@ -23,7 +23,7 @@ from scipy.cluster.hierarchy import fclusterdata
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.errors import DetectorInputError
-from ai_engine.mammo import MammoView
+from ai_engine.mammo import MammoView, breast_grey_range, chest_wall_on_right
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 
 NAME = "mammo_baseline"
@@ -91,9 +91,8 @@ def _rescaled(view: MammoView, breast: np.ndarray) -> MammoView:
     """``view`` with its grey levels scaled so that the breast's 2nd-99.5th percentile range is the reference."""
     if not breast.any():
         return view
-    low, high = np.percentile(view.array[breast], [2.0, 99.5])
-    scale = REFERENCE_BREAST_RANGE / max(float(high - low), 1e-3)
-    return replace(view, array=((view.array - low) * scale).astype(np.float32))
+    low, breast_range = breast_grey_range(view.array[breast])
+    return replace(view, array=((view.array - low) * (REFERENCE_BREAST_RANGE / breast_range)).astype(np.float32))
 
 
 @dataclass
@@ -145,8 +144,7 @@ class MammoBaseline:
         sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
         breast = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
         inner = ndimage.distance_transform_edt(breast) * spacing > self.parameters.skin_margin_mm
-        edge = max(2, image.shape[1] // 20)  # a band: a few unexposed pixels at the edge must not decide
-        chest_wall_col = 0 if breast[:, :edge].sum() >= breast[:, -edge:].sum() else image.shape[1] - 1
+        chest_wall_col = image.shape[1] - 1 if chest_wall_on_right(breast) else 0
         # The pectoral muscle and the chest-wall edge are bright bands, not masses.
         depth_mm = np.abs(np.arange(image.shape[1]) - chest_wall_col) * spacing
         inner &= (depth_mm > self.parameters.chest_wall_margin_mm)[None, :]

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -49,10 +49,8 @@ from ai_engine.clinical_features import (
 from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.runtime import DeployedModel, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
+from ai_engine.mammo import MammoView, breast_grey_range, chest_wall_on_right
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
-
-if TYPE_CHECKING:
-    from ai_engine.mammo import MammoView
 
 NAME = "mammo_fusion"
 NET_SPACING_MM = 0.8
@@ -126,6 +124,12 @@ def _breast_mask(image: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
 
 
+def equivalent_diameter_mm(mask: np.ndarray, spacing_mm: float) -> float:
+    """The diameter (mm) of the circle as large as ``mask`` (pixels of ``spacing_mm``): a finding's size, and the
+    truth it is compared with in evaluation."""
+    return 2.0 * math.sqrt(float(mask.sum()) / math.pi) * spacing_mm
+
+
 def _edge_contact(breast: np.ndarray, spacing_mm: float) -> tuple[float, float]:
     """(chest-wall side, opposite side): the fraction of rows in which the breast mask reaches within
     EDGE_BAND_MM of the left and of the right image edge, the larger first."""
@@ -173,8 +177,7 @@ def prepare_view(array: np.ndarray, spacing_mm: float) -> PreparedView:
                                  "a blank or constant image cannot be read")
     _check_breast_shape(breast, spacing_mm)
     values = image[breast]
-    low, high = np.percentile(values, [2.0, 99.5])
-    scale = max(float(high - low), 1e-3)
+    low, scale = breast_grey_range(values)
     window = max(int(round(SPECK_WINDOW_MM / spacing_mm)) // 2 * 2 + 1, 3)
     speck = np.clip(ndimage.white_tophat(image, size=window) / scale * SPECK_GAIN, 0.0, 3.0)
     intensity = np.where(breast, (image - low) / scale, 0.0).astype(np.float32)
@@ -184,8 +187,7 @@ def prepare_view(array: np.ndarray, spacing_mm: float) -> PreparedView:
     intensity = _resample(intensity, factor, keep_max=False)
     speck = _resample(speck, factor, keep_max=True)
     breast_net = _resample(breast.astype(np.float32), factor, keep_max=False) > 0.5
-    edge = max(2, breast_net.shape[1] // 20)
-    flipped = bool(breast_net[:, -edge:].sum() > breast_net[:, :edge].sum())
+    flipped = chest_wall_on_right(breast_net)
     if flipped:
         intensity, speck, breast_net, fine = intensity[:, ::-1], speck[:, ::-1], breast_net[:, ::-1], fine[:, ::-1]
     net_shape = (int(intensity.shape[0]), int(intensity.shape[1]))
@@ -582,7 +584,7 @@ class MammoFusion:
         mask = prepared.map_to_source(region)
         heat = prepared.map_to_source(probability_map).astype(np.float32)
         spacing = float(np.mean(view.pixel_spacing_mm))
-        diameter = 2.0 * math.sqrt(float(mask.sum()) / math.pi) * spacing
+        diameter = equivalent_diameter_mm(mask, spacing)
         partner = (str(analysis.candidates[cand.partner].view_index)
                    if cand.partner >= 0 and cand.matched_score >= 0.5 * cand.score else "none")
         side = "left" if view.laterality == "L" else "right"

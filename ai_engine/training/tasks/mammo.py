@@ -61,6 +61,7 @@ from ai_engine.detectors.mammo_fusion import (
     PreparedView,
     crop_malignancy,
     density_statistics,
+    equivalent_diameter_mm,
     exam_image_analysis,
     mask_to_network,
     prepare_view,
@@ -678,8 +679,7 @@ def mass_truths(case: MammoCase) -> tuple[MassTruth, ...]:
         mask = masks.get("mass")
         if mask is not None and mask.any():
             row, col = ndimage.center_of_mass(mask)
-            truths.append(MassTruth(laterality, view, (float(row), float(col)),
-                                    2.0 * math.sqrt(float(mask.sum()) / math.pi) * spacing))
+            truths.append(MassTruth(laterality, view, (float(row), float(col)), equivalent_diameter_mm(mask, spacing)))
     return tuple(truths)
 
 
