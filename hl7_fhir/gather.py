@@ -126,35 +126,38 @@ class _FhirGatherer:
                 continue
             when = _as_datetime(obs.effectiveDateTime)
             for part in [obs, *(obs.component or [])]:
-                problems += self._lab_value(context, obs, part, when)
+                problem = self._lab_value(context, obs, part, when)
+                if problem:
+                    problems.append(problem)
         return problems
 
-    def _lab_value(self, context: ClinicalContext, obs: Any, part: Any, when: datetime | None) -> list[str]:
-        """Record ``part`` (the Observation or one of its components) under its analyte if that is still unset."""
+    def _lab_value(self, context: ClinicalContext, obs: Any, part: Any, when: datetime | None) -> str | None:
+        """Record ``part`` (the Observation or one of its components) under its analyte if that is still unset;
+        the problem with its value, if any."""
         codes_here = [code for system, code, _ in _codings(part.code) if system == LOINC_SYSTEM]
         name = next((n for n in map(analyte_for_code, codes_here) if n), None)
         if name is None or name in context.labs or name in context.coded_observations:
-            return []
+            return None
         if name in CODED_ANALYTES and part.valueCodeableConcept is not None:
             context.coded_observations[name] = _coded_item(part.valueCodeableConcept, name, when,
                                                            self.provenance(obs))
-            return []
-        quantity = part.valueQuantity
+            return None
         if name not in ANALYTES:
-            return []
+            return None
+        quantity = part.valueQuantity
         if quantity is not None and quantity.value is not None:
             raw, unit = float(quantity.value), quantity.code or quantity.unit or ""
         elif part.valueInteger is not None:  # a score such as GCS
             raw, unit = float(part.valueInteger), ""
         else:
-            return []
+            return None
         try:
             value, unit = normalize(name, raw, unit)
         except UnitError as exc:
-            return [f"Observation/{obs.id}: {exc}"]
+            return f"Observation/{obs.id}: {exc}"
         flags = "~".join(code for i in (obs.interpretation or []) for _, code, _ in _codings(i))
         context.labs[name] = LabValue(name, codes_here[0], value, unit, when, self.provenance(obs), flags)
-        return []
+        return None
 
     def conditions(self, context: ClinicalContext) -> list[str]:
         for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}):
