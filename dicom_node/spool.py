@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -53,11 +54,23 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _remove_if_empty(directory: Path) -> bool:
+    """Remove ``directory`` if it is empty; whether it is gone."""
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:  # not empty: e.g. a late instance of the series arrived
+        return False
+    return True
+
+
 class Spool:
     """Spool directories under one root, with durable writes and a quarantine."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        self._directories = threading.Lock()  # a directory ``place`` has made is not pruned before its rename
         self.incoming_tmp = self.root / "incoming-tmp"
         self.instances = self.root / "instances"
         self.quarantine_dir = self.root / "quarantine"
@@ -122,13 +135,36 @@ class Spool:
     def place(self, staged: Path, path: Path) -> None:
         """Rename a ``stage``d file to ``path`` (replacing what is there) and fsync its directory."""
         target = self.inside(path)
-        self._make_directories(target.parent)
-        try:
-            os.replace(staged, target)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+        with self._directories:
+            self._make_directories(target.parent)
+            try:
+                os.replace(staged, target)
+            except BaseException:
+                staged.unlink(missing_ok=True)
+                raise
         _fsync_directory(target.parent)
+
+    def discard(self, paths: Iterable[Path]) -> int:
+        """Delete stored instance files (already gone: fine), then their series and study folders once
+        empty; the bytes freed. A path outside ``instances/`` is refused before anything is deleted."""
+        targets = [self.inside(path) for path in paths]
+        outside = [t for t in targets if not t.is_relative_to(self.instances)]
+        if outside:
+            raise SpoolPathError(f"{len(outside)} path(s) to discard lie outside {self.instances}, e.g. {outside[0]}")
+        freed = 0
+        for target in targets:
+            try:
+                freed += target.stat().st_size
+                target.unlink()
+            except FileNotFoundError:
+                continue
+        for series_dir in sorted({t.parent for t in targets}):
+            directory = series_dir
+            with self._directories:
+                while directory != self.instances and _remove_if_empty(directory):
+                    directory = directory.parent
+            _fsync_directory(directory)  # the first folder kept records the deletions below it
+        return freed
 
     def quarantine(self, data: Chunks, reason: str, calling_ae: str, association_id: str,
                    sop_instance_uid: str | None = None) -> Path:

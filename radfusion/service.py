@@ -25,6 +25,7 @@ from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
 from radfusion.pipeline import JobRunner, study_level_detectors, study_patient
 from radfusion.recovery import reconcile_spool, recover
+from radfusion.retention import purge_expired
 from radfusion.routing import compile_routing
 from radfusion.settings import Settings
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DELIVERY_INTERVAL_S = 1.0
 DISPATCH_INTERVAL_S = 1.0
+RETENTION_INTERVAL_S = 3600.0
 
 
 def scp_config(settings: Settings) -> ScpConfig:
@@ -96,6 +98,10 @@ class Service:
         for lane in LANES:  # two jobs: an alert never waits behind results for a slow PACS
             self._scheduler.add_job(self.deliveries.run_due, "interval", args=[lane], seconds=DELIVERY_INTERVAL_S,
                                     id=f"deliver-{lane}", max_instances=MAX_OVERLAPPING_ROUNDS, coalesce=True)
+        if self.settings.retention_days is not None:
+            self._scheduler.add_job(purge_expired, "interval", args=[self.db, self.spool, self.settings.retention_days],
+                                    seconds=RETENTION_INTERVAL_S, id="retention", max_instances=1, coalesce=True,
+                                    next_run_time=datetime.now(timezone.utc))
         self._scheduler.start()
         if self.hl7 is not None:
             self.hl7_port = self.hl7.start()

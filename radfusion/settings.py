@@ -295,6 +295,7 @@ class Settings(BaseSettings):
     )
 
     storage_path: Path = Path("radfusion-data")
+    retention_days: int | None = Field(14, ge=1)
     database_url: str | None = None
     workers: int = Field(2, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

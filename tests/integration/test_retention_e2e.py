@@ -1,0 +1,56 @@
+"""Spool retention in the running server: a finished study past its retention period is purged at start-up,
+and the same study sent again afterwards is received and finished like a new one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from ai_engine.synthetic.studies import write_study
+from radfusion.models import AuditEvent, Instance, Study, utcnow
+from tests.integration.servers import RadfusionServer
+from tests.peers import storescu, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.peers]
+
+
+def instances(server: RadfusionServer) -> int:
+    with server.db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+
+
+def study_state(server: RadfusionServer) -> str | None:
+    with server.db.session() as session:
+        return session.scalar(select(Study.state))
+
+
+def test_an_expired_study_is_purged_by_the_server_and_a_resend_is_received_again(tmp_path: Path) -> None:
+    study = write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=64, slices=10)
+    server = RadfusionServer(tmp_path / "rf", routing=[], retention_days=7)  # no rules: ingest and assembly only
+    server.start()
+    try:
+        assert storescu(server.port, study.paths).returncode == 0
+        wait_until(lambda: study_state(server) == "done", timeout=30, what="study done")
+        spool = tmp_path / "rf" / "data" / "instances"
+        assert instances(server) == len(study.paths) == len(list(spool.rglob("*.dcm")))
+        server.stop()
+        with server.db.session() as session:  # eight days pass
+            session.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=8)))
+
+        server.start()
+        wait_until(lambda: instances(server) == 0, timeout=30, what="the start-up retention pass")
+        assert not list(spool.rglob("*.dcm")) and not list(spool.iterdir())
+        with server.db.session() as session:
+            assert session.scalar(select(func.count()).select_from(AuditEvent)
+                                  .where(AuditEvent.kind == "study_purged")) == 1
+
+        assert storescu(server.port, study.paths).returncode == 0  # the PACS sends the study again
+        wait_until(lambda: study_state(server) == "done" and instances(server) == len(study.paths), timeout=30,
+                   what="the resent study received and finished")
+        assert len(list(spool.rglob("*.dcm"))) == len(study.paths)
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
