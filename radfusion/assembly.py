@@ -16,11 +16,14 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import select
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.assembly import SlicePosition, check_series_geometry, series_is_candidate
 from radfusion.db import Database
+from radfusion.errors import RadfusionError
 from radfusion.models import Association, AuditEvent, Instance, Job, Series, Study, utcnow
 from radfusion.routing import Router
 from radfusion.settings import StabilitySettings
@@ -117,3 +120,32 @@ class StudyAssembler:
         study.state = "processing" if queued else "done"
         study.stable_at = now
         return queued
+
+
+def reopen_studies(db: Database, study_uids: Sequence[str], now: datetime | None = None) -> list[str]:
+    """Put finished studies back to receiving, so the server analyses them again with its current rules and
+    models (``radfusion reprocess``); the results are re-issued as the next revision, each new SR naming the
+    one it replaces. Refused as a whole, changing nothing, when a UID is unknown, a study is still being
+    received or analysed, or its images are no longer stored (retention)."""
+    now = now or utcnow()
+    with db.session() as session:
+        studies = {s.study_uid: s for s in session.scalars(select(Study).where(Study.study_uid.in_(study_uids)))}
+        stored = dict(session.execute(select(Series.study_id, func.count(Instance.id)).join(Instance)
+                                      .where(Series.study_id.in_([s.id for s in studies.values()]))
+                                      .group_by(Series.study_id)).all())
+        problems = [f"{uid}: unknown study" for uid in study_uids if uid not in studies]
+        problems += [f"{uid}: still being received or analysed ({study.state}); it will be done soon"
+                     for uid, study in studies.items() if study.state != "done"]
+        problems += [f"{uid}: its images are no longer stored (retention_days); send the study again"
+                     for uid, study in studies.items() if study.state == "done" and not stored.get(study.id)]
+        if problems:
+            raise RadfusionError("nothing re-opened: " + "; ".join(problems))
+        for uid in dict.fromkeys(study_uids):
+            study = studies[uid]
+            study.state, study.last_received_at = "receiving", now
+            for series in study.series:
+                if series.instance_count > 0:
+                    series.state, series.last_received_at = "receiving", now
+            session.add(AuditEvent(kind="study_reprocess_requested", subject=uid,
+                                   detail=f"{len(study.series)} series re-opened for analysis"))
+    return list(dict.fromkeys(study_uids))

@@ -1,4 +1,4 @@
-"""The ``radfusion`` command line: serve, echo, status, requeue, config, demo, train, evaluate."""
+"""The ``radfusion`` command line: serve, echo, status, requeue, reprocess, config, demo, train, evaluate."""
 
 from __future__ import annotations
 
@@ -84,6 +84,18 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """Analyse finished studies again (after a routing or model change, or a failed job's cause is fixed)."""
+    from radfusion.assembly import reopen_studies
+    from radfusion.db import Database
+
+    settings = _settings(args)
+    uids = reopen_studies(Database(settings.effective_database_url), args.study_uids)
+    print(f"re-opened {len(uids)} studies: {', '.join(uids)}; a running server analyses them again about "
+          f"{settings.stability.settle_s:g} s from now, with its current rules and models")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Validate the configuration and print the effective values."""
     settings = _settings(args)
@@ -121,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("ids", nargs="*", type=int, help="delivery ids, as radfusion status lists them")
     requeue.add_argument("--all-failed", action="store_true", help="every failed delivery")
     requeue.set_defaults(func=cmd_requeue)
+    reprocess = sub.add_parser("reprocess", help="analyse finished studies again with the current rules and models")
+    reprocess.add_argument("study_uids", nargs="+", metavar="STUDY_UID", help="Study Instance UIDs (radfusion status)")
+    reprocess.set_defaults(func=cmd_reprocess)
     sub.add_parser("config", help="validate the configuration and print it").set_defaults(func=cmd_config)
     demo = sub.add_parser("demo", help="run synthetic studies through a local server and print the results")
     demo.add_argument("--workdir", help="keep the demo's files here (default: a temporary directory)")

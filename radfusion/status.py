@@ -64,12 +64,13 @@ def format_status(status: dict[str, object]) -> str:
         f"running: {status['jobs_running']}   failed: {status['jobs_failed']}",
         f"deliveries pending: {status['deliveries_pending']}   failed: {status['deliveries_failed']}   "
         f"quarantined (24 h): {status['quarantined_last_24h']}",
-        "", "recent jobs:",
+        "", "recent jobs (radfusion reprocess STUDY_UID analyses a finished study again):",
     ]
     for job in status["recent_jobs"] or []:  # type: ignore[union-attr]
         detail = job["error"] or f"{job['findings']} finding(s)" if job["state"] in ("done", "failed") else ""
         lines.append(f"  #{job['id']:<5} {job['detector']:<16} {job['state']:<8} rev {job['revision']}  "
-                     f"accession {job['accession'] or '-':<12} {job['seconds'] or '':>6}s  {detail}")
+                     f"accession {job['accession'] or '-':<12} {job['seconds'] or '':>6}s  study {job['study_uid']}  "
+                     f"{detail}")
     lines.append("pending deliveries:")
     for d in status["pending_deliveries"] or []:  # type: ignore[union-attr]
         lines.append(f"  #{d['id']:<5} {d['kind']:<8} -> {d['target']:<12} attempts {d['attempts']}  "

@@ -15,17 +15,15 @@ from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.studies import write_study
 from radfusion import pipeline
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Job, Series, utcnow
-from radfusion.recovery import read_stored_instance
+from radfusion.cli import main as cli_main
+from radfusion.retention import purge_expired
 from radfusion.service import Service
 from radfusion.settings import default_routing, load_settings
+from tests.unit.radfusion.stored import store
 
 
 def _store(service: Service, paths: list[Path]) -> None:
-    for source in paths:
-        ds = pydicom.dcmread(source, stop_before_pixels=True)
-        target = service.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        service.spool.write_durably(target, source.read_bytes())
-        service.recorder.instance_stored(read_stored_instance(target))
+    store(service.db, service.spool, paths)
 
 
 def test_a_mammogram_sent_as_one_series_per_view_is_one_exam_and_one_job(tmp_path: Path) -> None:
@@ -135,3 +133,45 @@ def test_a_study_s_second_reconstruction_with_the_bleed_does_not_page_again(tmp_
     service.runner.run(again_id)
     with service.db.session() as session:  # a page that reached nobody does not silence the next one
         assert [a.job_id for a in session.scalars(select(Alert).order_by(Alert.id))] == [job_ids[0], again_id]
+
+
+def test_a_finished_study_reprocessed_is_analysed_again_and_its_new_sr_replaces_the_old(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = load_settings(storage_path=tmp_path / "data",
+                             routing=[r.model_dump(mode="json") for r in default_routing([], [])])
+    service = Service(settings)
+    uid, _ = store(service.db, service.spool,
+                   write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=128, slices=16).paths)
+
+    def analyse(now: datetime) -> Job:
+        assert service.assembler.tick(now) == 1
+        with service.db.session() as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert service.runner.claim(job.id)
+        service.runner.run(job.id)
+        with service.db.session() as session:
+            return session.get(Job, job.id)
+
+    first = analyse(utcnow() + timedelta(hours=1))
+    assert (first.state, first.revision) == ("done", 0)
+    config = tmp_path / "radfusion.yaml"
+    config.write_text(f"storage_path: {tmp_path / 'data'}\n")
+    assert cli_main(["--config", str(config), "reprocess", "1.2.3.999", uid]) == 2  # all or nothing
+    assert "1.2.3.999: unknown study" in capsys.readouterr().err
+    assert cli_main(["--config", str(config), "reprocess", uid]) == 0
+    assert f"re-opened 1 studies: {uid}" in capsys.readouterr().out
+    assert cli_main(["--config", str(config), "reprocess", uid]) == 2  # not analysed yet: not again
+    assert "still being received or analysed (receiving)" in capsys.readouterr().err
+
+    second = analyse(utcnow() + timedelta(hours=2))
+    assert (second.state, second.revision, second.detector) == ("done", 1, first.detector)
+    with service.db.session() as session:
+        old, new = session.scalars(select(Artifact).where(Artifact.kind == "sr").order_by(Artifact.id)).all()
+        assert (old.job_id, new.job_id, new.predecessor_id) == (first.id, second.id, old.id)
+        assert session.scalars(select(AuditEvent.subject).where(AuditEvent.kind == "study_reprocess_requested")
+                               ).one() == uid
+    assert pydicom.dcmread(new.path).PredecessorDocumentsSequence[0].StudyInstanceUID == uid
+
+    purge_expired(service.db, service.spool, 1, now=utcnow() + timedelta(days=3))
+    assert cli_main(["--config", str(config), "reprocess", uid]) == 2
+    assert "its images are no longer stored" in capsys.readouterr().err

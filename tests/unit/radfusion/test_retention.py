@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import func, select, update
 
@@ -16,9 +15,10 @@ from radfusion.db import Database
 from radfusion.errors import ConfigError
 from radfusion.ingest import IngestRecorder
 from radfusion.models import AuditEvent, Instance, Series, Study, utcnow
-from radfusion.recovery import read_stored_instance, reconcile_spool
+from radfusion.recovery import reconcile_spool
 from radfusion.retention import purge_expired
 from radfusion.settings import load_settings
+from tests.unit.radfusion.stored import store
 
 DAYS = 14
 
@@ -27,18 +27,6 @@ def receive(db: Database, spool: Spool, tmp_path: Path, seed: int) -> tuple[str,
     """Store a small head CT as the SCP would (durable file, then its row); its Study UID and spool paths."""
     return store(db, spool, write_study("head_ct", tmp_path / f"in{seed}", seed=seed, lesion=False, rows=64,
                                         slices=8).paths)
-
-
-def store(db: Database, spool: Spool, sources: list[Path]) -> tuple[str, list[Path]]:
-    recorder = IngestRecorder(db, spool)
-    paths = []
-    for source in sources:
-        ds = pydicom.dcmread(source, stop_before_pixels=True)
-        target = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        spool.write_durably(target, source.read_bytes())
-        recorder.instance_stored(read_stored_instance(target))
-        paths.append(target)
-    return str(ds.StudyInstanceUID), paths
 
 
 def age(db: Database, study_uid: str, days: float, state: str = "done") -> None:
