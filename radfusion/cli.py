@@ -65,7 +65,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     db = Database(settings.effective_database_url)
-    status = collect_status(db)
+    status = collect_status(db, settings.storage_path)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 

@@ -1,19 +1,22 @@
-"""``radfusion status``: queue depth, recent jobs, failures, pending and failed deliveries, from the database."""
+"""``radfusion status``: queue depth, recent jobs, failures, pending and failed deliveries, from the database;
+the images kept in the spool and the disk left beside them."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 
 from radfusion.db import Database
-from radfusion.models import Alert, Delivery, Job, Quarantine, Study, utcnow
+from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Study, utcnow
 
 RECENT = 10
 
 
-def collect_status(db: Database) -> dict[str, object]:
-    """A JSON-ready snapshot of the work in the database (no patient identifiers)."""
+def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
+    """A JSON-ready snapshot of the work in the database (no patient identifiers) and of the spool's disk."""
     day_ago = utcnow() - timedelta(days=1)
     with db.session() as session:
         def count(model, *where) -> int:  # noqa: ANN001
@@ -39,6 +42,9 @@ def collect_status(db: Database) -> dict[str, object]:
             "deliveries_pending": count(Delivery, Delivery.state == "pending"),
             "deliveries_failed": count(Delivery, Delivery.state == "failed"),
             "quarantined_last_24h": count(Quarantine, Quarantine.received_at >= day_ago),
+            "instances_stored": count(Instance),
+            "bytes_stored": int(session.scalar(select(func.sum(Instance.size_bytes))) or 0),
+            "disk_free_bytes": shutil.disk_usage(storage_path).free if storage_path.exists() else None,
             "recent_jobs": [{
                 "id": j.id, "detector": j.detector, "state": j.state, "revision": j.revision,
                 "accession": j.accession_number, "study_uid": j.study_uid,
@@ -64,6 +70,8 @@ def format_status(status: dict[str, object]) -> str:
         f"running: {status['jobs_running']}   failed: {status['jobs_failed']}",
         f"deliveries pending: {status['deliveries_pending']}   failed: {status['deliveries_failed']}   "
         f"quarantined (24 h): {status['quarantined_last_24h']}",
+        f"images stored: {status['instances_stored']} instances, {status['bytes_stored'] / 1e6:.1f} MB   "
+        f"free disk: {_megabytes(status['disk_free_bytes'])}",
         "", "recent jobs (radfusion reprocess STUDY_UID analyses a finished study again):",
     ]
     for job in status["recent_jobs"] or []:  # type: ignore[union-attr]
@@ -83,3 +91,8 @@ def format_status(status: dict[str, object]) -> str:
         latency = "" if a["release_to_delivery_s"] is None else f"{a['release_to_delivery_s']:.2f} s after release"
         lines.append(f"  #{a['id']:<5} job {a['job_id']}  {'delivered' if a['delivered'] else 'NOT delivered'}  {latency}")
     return "\n".join(lines)
+
+
+def _megabytes(count: object) -> str:
+    """Bytes as megabytes, or why they are unknown."""
+    return f"{count / 1e6:.0f} MB" if isinstance(count, int) else "unknown (no storage folder yet)"

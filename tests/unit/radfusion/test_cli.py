@@ -67,8 +67,11 @@ def test_status_on_a_fresh_database(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["--config", str(config), "status"]) == 0
     text = capsys.readouterr().out
     assert "jobs queued: 0" in text and "pending deliveries:" in text
+    assert "images stored: 0 instances, 0.0 MB   free disk: " in text and "MB" in text.split("free disk: ")[1]
     assert main(["--config", str(config), "status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["deliveries_pending"] == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["deliveries_pending"], status["instances_stored"], status["bytes_stored"]) == (0, 0, 0)
+    assert status["disk_free_bytes"] > 0
 
 
 def test_train_and_evaluate_hand_their_arguments_to_the_model_tooling(capsys: pytest.CaptureFixture[str]) -> None:
