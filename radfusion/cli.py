@@ -91,8 +91,8 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     uids = reopen_studies(Database(settings.effective_database_url), args.study_uids)
-    print(f"re-opened {len(uids)} studies: {', '.join(uids)}; a running server analyses them again about "
-          f"{settings.stability.settle_s:g} s from now, with its current rules and models")
+    print(f"re-opened {len(uids)} studies: {', '.join(uids)}; a running server analyses them again within "
+          f"{settings.stability.quiet_timeout_s:g} s, with its current rules and models")
     return 0
 
 
