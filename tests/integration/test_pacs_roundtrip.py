@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -12,7 +11,7 @@ from sqlalchemy import select
 
 from ai_engine.synthetic.studies import write_study
 from radfusion.models import Job
-from tests.integration.servers import Orthanc, postgresql, radfusion_server, routing_to
+from tests.integration.servers import Orthanc, radfusion_server, routing_to
 from tests.peers import dciodvfy_errors, free_port, require_tool, storescp, storescu, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
@@ -34,16 +33,6 @@ def assert_valid_results(files: list[Path], study_uid: str) -> None:
         if ds.SOPClassUID == SR_CLASS:
             dump = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, check=True)
             assert "Imaging Measurement Report" in dump.stdout
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """The embedded default (None: SQLite under the storage path), and a real PostgreSQL."""
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgresql() as url:
-            yield url
 
 
 def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, database_url: str | None) -> None:

@@ -27,9 +27,11 @@ def study_state(server: RadfusionServer) -> str | None:
         return session.scalar(select(Study.state))
 
 
-def test_an_expired_study_is_purged_by_the_server_and_a_resend_is_received_again(tmp_path: Path) -> None:
+def test_an_expired_study_is_purged_by_the_server_and_a_resend_is_received_again(
+        tmp_path: Path, database_url: str | None) -> None:
     study = write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=64, slices=10)
-    server = RadfusionServer(tmp_path / "rf", routing=[], retention_days=7)  # no rules: ingest and assembly only
+    server = RadfusionServer(tmp_path / "rf", routing=[], retention_days=7,  # no rules: ingest and assembly only
+                             database_url=database_url)
     server.start()
     try:
         assert storescu(server.port, study.paths).returncode == 0
