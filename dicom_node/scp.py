@@ -377,6 +377,12 @@ class StorageScp:
         except _Rejected as rejected:
             return self._quarantine(info, data, rejected, claimed_uid)
 
+        with self.spool.receiving(study_uid):  # a retention purge of the study waits, or is waited for
+            return self._keep(event, info, data, path, study_uid, series_uid, sop_uid, attributes)
+
+    def _keep(self, event: Event, info: AssociationInfo, data: bytes, path: Path, study_uid: str, series_uid: str,
+              sop_uid: str, attributes: dict[str, object]) -> StoreStatus:
+        """Write the instance durably, record it, and replace an earlier copy only once its row is committed."""
         existed = path.exists()  # a re-send replaces the acknowledged file only once its row is committed
         try:
             staged, size = self.spool.stage(data)

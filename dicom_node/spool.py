@@ -20,7 +20,9 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from dicom_node.errors import InvalidUidError, SpoolPathError
 
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 MAX_UID_LENGTH = 64
+STUDY_LOCK_STRIPES = 64  # studies share a lock when their UIDs hash alike: purges are rare and short
 _REPR_LIMIT = 80
 
 Chunks = bytes | bytearray | memoryview | Iterable[bytes | bytearray | memoryview]
@@ -65,12 +68,48 @@ def _remove_if_empty(directory: Path) -> bool:
     return True
 
 
+class _SharedExclusiveLock:
+    """Many holders share it, or one holds it alone; a waiting exclusive holder goes before new sharers."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._sharers = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._exclusive and not self._waiting_exclusive)
+            self._sharers += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._sharers -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._changed:
+            self._waiting_exclusive += 1
+            self._changed.wait_for(lambda: not self._exclusive and not self._sharers)
+            self._waiting_exclusive -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._exclusive = False
+                self._changed.notify_all()
+
+
 class Spool:
     """Spool directories under one root, with durable writes and a quarantine."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        self._directories = threading.Lock()  # a directory ``place`` has made is not pruned before its rename
+        self._study_locks = [_SharedExclusiveLock() for _ in range(STUDY_LOCK_STRIPES)]
         self.incoming_tmp = self.root / "incoming-tmp"
         self.instances = self.root / "instances"
         self.quarantine_dir = self.root / "quarantine"
@@ -135,18 +174,26 @@ class Spool:
     def place(self, staged: Path, path: Path) -> None:
         """Rename a ``stage``d file to ``path`` (replacing what is there) and fsync its directory."""
         target = self.inside(path)
-        with self._directories:
-            self._make_directories(target.parent)
-            try:
-                os.replace(staged, target)
-            except BaseException:
-                staged.unlink(missing_ok=True)
-                raise
+        self._make_directories(target.parent)
+        try:
+            os.replace(staged, target)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         _fsync_directory(target.parent)
+
+    def receiving(self, study_uid: str) -> AbstractContextManager[None]:
+        """Held while an instance of ``study_uid`` is written and recorded; any number at once."""
+        return self._study_locks[zlib.crc32(study_uid.encode()) % STUDY_LOCK_STRIPES].shared()
+
+    def purging(self, study_uid: str) -> AbstractContextManager[None]:
+        """Held while a study's instances are deleted: no instance of it is being received meanwhile."""
+        return self._study_locks[zlib.crc32(study_uid.encode()) % STUDY_LOCK_STRIPES].exclusive()
 
     def discard(self, paths: Iterable[Path]) -> int:
         """Delete stored instance files (already gone: fine), then their series and study folders once
-        empty; the bytes freed. A path outside ``instances/`` is refused before anything is deleted."""
+        empty; the bytes freed. A path outside ``instances/`` is refused before anything is deleted. The
+        caller holds ``purging`` for the study, so no instance of it is being placed meanwhile."""
         targets = [self.inside(path) for path in paths]
         outside = [t for t in targets if not t.is_relative_to(self.instances)]
         if outside:
@@ -160,9 +207,8 @@ class Spool:
                 continue
         for series_dir in sorted({t.parent for t in targets}):
             directory = series_dir
-            with self._directories:
-                while directory != self.instances and _remove_if_empty(directory):
-                    directory = directory.parent
+            while directory != self.instances and _remove_if_empty(directory):
+                directory = directory.parent
             _fsync_directory(directory)  # the first folder kept records the deletions below it
         return freed
 

@@ -13,12 +13,10 @@ gets one job per study and rule, anchored on the first such series; the job read
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from collections.abc import Sequence
-
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.assembly import SlicePosition, check_series_geometry, series_is_candidate
@@ -126,26 +124,29 @@ def reopen_studies(db: Database, study_uids: Sequence[str], now: datetime | None
     """Put finished studies back to receiving, so the server analyses them again with its current rules and
     models (``radfusion reprocess``); the results are re-issued as the next revision, each new SR naming the
     one it replaces. Refused as a whole, changing nothing, when a UID is unknown, a study is still being
-    received or analysed, or its images are no longer stored (retention)."""
+    received, analysed or purged, or its images are no longer stored (retention)."""
     now = now or utcnow()
+    uids = list(dict.fromkeys(study_uids))
     with db.session() as session:
-        studies = {s.study_uid: s for s in session.scalars(select(Study).where(Study.study_uid.in_(study_uids)))}
+        studies = {s.study_uid: s for s in session.scalars(select(Study).where(Study.study_uid.in_(uids)))}
         stored = dict(session.execute(select(Series.study_id, func.count(Instance.id)).join(Instance)
                                       .where(Series.study_id.in_([s.id for s in studies.values()]))
                                       .group_by(Series.study_id)).all())
-        problems = [f"{uid}: unknown study" for uid in study_uids if uid not in studies]
-        problems += [f"{uid}: still being received or analysed ({study.state}); it will be done soon"
+        problems = [f"{uid}: unknown study" for uid in uids if uid not in studies]
+        problems += [f"{uid}: still being received, analysed or purged ({study.state})"
                      for uid, study in studies.items() if study.state != "done"]
         problems += [f"{uid}: its images are no longer stored (retention_days); send the study again"
                      for uid, study in studies.items() if study.state == "done" and not stored.get(study.id)]
-        if problems:
-            raise RadfusionError("nothing re-opened: " + "; ".join(problems))
-        for uid in dict.fromkeys(study_uids):
-            study = studies[uid]
-            study.state, study.last_received_at = "receiving", now
-            for series in study.series:
-                if series.instance_count > 0:
-                    series.state, series.last_received_at = "receiving", now
+        for uid in uids if not problems else ():
+            study = studies[uid]  # the state is checked again as it changes: a purge may have claimed it since
+            if not session.execute(update(Study).where(Study.id == study.id, Study.state == "done")
+                                   .values(state="receiving", last_received_at=now)).rowcount:
+                problems.append(f"{uid}: claimed by a retention purge meanwhile")
+                continue
+            reopened = session.execute(update(Series).where(Series.study_id == study.id, Series.instance_count > 0)
+                                       .values(state="receiving", last_received_at=now)).rowcount
             session.add(AuditEvent(kind="study_reprocess_requested", subject=uid,
-                                   detail=f"{len(study.series)} series re-opened for analysis"))
-    return list(dict.fromkeys(study_uids))
+                                   detail=f"{reopened} series re-opened for analysis"))
+        if problems:  # raised inside the transaction: it rolls back whatever was re-opened
+            raise RadfusionError("nothing re-opened: " + "; ".join(problems))
+    return uids

@@ -111,10 +111,13 @@ class IngestRecorder:
                 self._series_ids.pop(instance.series_instance_uid, None)
                 if attempt == INSERT_RETRIES - 1:
                     raise
-        if moved_from is not None and moved_from != instance.path and moved_from.exists():
-            self.set_aside(moved_from, instance.sop_instance_uid, instance.association_id,
-                           f"superseded: SOP Instance {instance.sop_instance_uid} was received again in series "
-                           f"{instance.series_instance_uid}")
+        if moved_from is not None and moved_from != instance.path:
+            try:
+                self.set_aside(moved_from, instance.sop_instance_uid, instance.association_id,
+                               f"superseded: SOP Instance {instance.sop_instance_uid} was received again in series "
+                               f"{instance.series_instance_uid}")
+            except FileNotFoundError:  # gone already: a crash after the move, or a retention purge of its old study
+                pass
         return is_new
 
     def set_aside(self, path: Path, sop_instance_uid: str | None, association_id: str | None, reason: str) -> None:

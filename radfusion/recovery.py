@@ -15,24 +15,27 @@ from dicom_node.header import instance_attributes
 from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
-from radfusion.models import Association, AuditEvent, Instance, Job, utcnow
+from radfusion.models import Association, AuditEvent, Instance, Job, Study, utcnow
 
 log = logging.getLogger(__name__)
 
 
 def recover(db: Database) -> dict[str, int]:
-    """Close associations of a dead process and requeue jobs it was running."""
+    """Close associations of a dead process, requeue jobs it was running and hand back the studies it was
+    purging (``radfusion.retention``: the next pass finishes them)."""
     with db.session() as session:
         aborted = session.execute(update(Association).where(Association.state == "open")
                                   .values(state="aborted", ended_at=utcnow())).rowcount
         requeued = session.execute(update(Job).where(Job.state == "running").values(state="queued")).rowcount
-        if aborted or requeued:
+        purging = session.execute(update(Study).where(Study.state == "purging").values(state="done")).rowcount
+        if aborted or requeued or purging:
             session.add(AuditEvent(kind="recovered", subject="startup",
-                                   detail=f"{aborted} association(s) closed as aborted, {requeued} job(s) requeued"))
-    if aborted or requeued:
-        log.warning("recovered after an unclean stop: %d association(s) closed as aborted, %d job(s) requeued",
-                    aborted, requeued)
-    return {"associations_aborted": aborted, "jobs_requeued": requeued}
+                                   detail=f"{aborted} association(s) closed as aborted, {requeued} job(s) requeued, "
+                                          f"{purging} study purge(s) left to the next retention pass"))
+    if aborted or requeued or purging:
+        log.warning("recovered after an unclean stop: %d association(s) closed as aborted, %d job(s) requeued, "
+                    "%d study purge(s) left to the next retention pass", aborted, requeued, purging)
+    return {"associations_aborted": aborted, "jobs_requeued": requeued, "purges_interrupted": purging}
 
 
 RECONCILE_MARGIN = timedelta(minutes=10)

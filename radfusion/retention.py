@@ -2,27 +2,31 @@
 
 radfusion keeps copies of what the PACS sent only until its results are made: without a retention
 period the spool grows until the free-disk floor refuses every instance (0xA700). A study is
-purged when it is ``done`` (no job queued or running) and its last instance arrived more than
-``retention_days`` ago. Its instance files go first, then their rows, so a crash in between
-leaves rows whose files are gone (the next pass removes them), never files without rows that
-start-up would record again. Results, jobs, deliveries, alerts and audit events stay. A study
-sent again later is a new receipt: it is assembled and analysed like any other, as the next
-revision of its series.
+purged when it is ``done`` (no job queued or running) and both its last instance and its last
+finished job are more than ``retention_days`` old, so a study whose job failed can still be
+reprocessed for that long once the cause is fixed.
+
+One study at a time, under the spool's ``purging`` lock for it, so no instance of the study is
+being received meanwhile (a resend waits and is then received as new): the study is claimed
+(``purging``, which ``radfusion reprocess`` refuses), its files are deleted, then its rows, and it is
+``done`` again. A crash leaves rows whose files are gone, never files without rows that start-up
+would record again; start-up returns a claimed study to ``done`` and the next pass finishes it.
+Results, jobs, deliveries, alerts and audit events stay. A study sent again later is assembled
+and analysed like any other, as the next revision of its series.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, and_, delete, select, update
 
 from dicom_node.spool import Spool
 from radfusion.db import Database
-from radfusion.models import AuditEvent, Instance, Series, Study, utcnow
+from radfusion.models import AuditEvent, Instance, Job, Series, Study, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -39,53 +43,65 @@ class PurgeReport:
     bytes_freed: int = 0
 
 
+def _expired(cutoff: datetime) -> ColumnElement[bool]:
+    """A finished study last received, and last analysed, before ``cutoff``."""
+    recent_job = select(Job.id).where(Job.study_id == Study.id, Job.finished_at >= cutoff).exists()
+    return and_(Study.state == "done", Study.last_received_at < cutoff, ~recent_job)
+
+
 def purge_expired(db: Database, spool: Spool, retention_days: int, now: datetime | None = None) -> PurgeReport:
-    """Delete the instance files and rows of every done study last received before ``now - retention_days``."""
+    """Delete the instance files and rows of every expired study (module docstring)."""
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     studies = instances = freed = last_id = 0
     while True:
         with db.session() as session:
-            batch = session.scalars(
-                select(Study.id).where(Study.id > last_id, Study.state == "done", Study.last_received_at < cutoff,
-                                       select(Instance.id).join(Series).where(Series.study_id == Study.id).exists())
+            batch = session.execute(
+                select(Study.id, Study.study_uid).where(
+                    Study.id > last_id, _expired(cutoff),
+                    select(Instance.id).join(Series).where(Series.study_id == Study.id).exists())
                 .order_by(Study.id).limit(BATCH_STUDIES)).all()
         if not batch:
             break
-        for study_id in batch:
+        for study_id, study_uid in batch:
             last_id = study_id
             try:
-                count, size = _purge_study(db, spool, study_id, cutoff)
+                count, size = _purge_study(db, spool, study_id, study_uid, cutoff)
             except Exception:  # noqa: BLE001 - one study that cannot be purged must not keep the others
                 log.exception("retention: study %d could not be purged; the next pass tries again", study_id)
                 continue
             studies += count > 0
             instances += count
             freed += size
-    report = PurgeReport(studies, instances, freed)
     if studies:
-        log.info("retention: deleted %d instance(s) of %d study(ies) last received before %s, %.1f MB freed",
+        log.info("retention: deleted %d instance(s) of %d study(ies) expired before %s, %.1f MB freed",
                  instances, studies, cutoff.isoformat(timespec="seconds"), freed / 1e6)
-    return report
+    return PurgeReport(studies, instances, freed)
 
 
-def _purge_study(db: Database, spool: Spool, study_id: int, cutoff: datetime) -> tuple[int, int]:
-    """Delete one study's instance files, then its rows, if it is still done and old; (instances, bytes)."""
-    with db.session() as session:
-        study_uid = session.scalar(select(Study.study_uid).where(
-            Study.id == study_id, Study.state == "done", Study.last_received_at < cutoff))
-        if study_uid is None:  # re-opened by a late instance since the batch was chosen
-            return 0, 0
-        rows = session.execute(select(Instance.id, Instance.series_id, Instance.path).join(Series)
-                               .where(Series.study_id == study_id)).all()
-    freed = spool.discard(Path(path) for _, _, path in rows)
-    ids = [row_id for row_id, _, _ in rows]
-    with db.session() as session:
-        for start in range(0, len(ids), DELETE_CHUNK):
-            session.execute(delete(Instance).where(Instance.id.in_(ids[start:start + DELETE_CHUNK])))
-        for series_id, count in Counter(series_id for _, series_id, _ in rows).items():
-            session.execute(update(Series).where(Series.id == series_id)
-                            .values(instance_count=Series.instance_count - count))
-        session.add(AuditEvent(kind="study_purged", subject=study_uid,
-                               detail=f"retention: {len(rows)} instance file(s), {freed} bytes, last received "
-                                      f"before {cutoff.isoformat(timespec='seconds')}"))
-    return len(rows), freed
+def _purge_study(db: Database, spool: Spool, study_id: int, study_uid: str, cutoff: datetime) -> tuple[int, int]:
+    """Claim one expired study, delete its instance files, then their rows; (rows deleted, bytes freed)."""
+    with spool.purging(study_uid):
+        with db.session() as session:
+            claimed = session.execute(update(Study).where(Study.id == study_id, _expired(cutoff))
+                                      .values(state="purging")).rowcount
+            if not claimed:  # re-opened or reprocessed since the batch was chosen
+                return 0, 0
+            rows = session.execute(select(Instance.id, Instance.series_id, Instance.path).join(Series)
+                                   .where(Series.study_id == study_id)).all()
+        freed = spool.discard(Path(path) for _, _, path in rows)
+        deleted = 0
+        with db.session() as session:
+            for series_id in {series_id for _, series_id, _ in rows}:
+                ids = [row_id for row_id, of_series, _ in rows if of_series == series_id]
+                # A row that moved to another study meanwhile (a PACS merge resend) is that study's now.
+                gone = sum(session.execute(delete(Instance).where(Instance.id.in_(ids[start:start + DELETE_CHUNK]),
+                                                                  Instance.series_id == series_id)).rowcount
+                           for start in range(0, len(ids), DELETE_CHUNK))
+                session.execute(update(Series).where(Series.id == series_id)
+                                .values(instance_count=Series.instance_count - gone))
+                deleted += gone
+            session.execute(update(Study).where(Study.id == study_id, Study.state == "purging").values(state="done"))
+            session.add(AuditEvent(kind="study_purged", subject=study_uid,
+                                   detail=f"retention: {deleted} instance(s), {freed} bytes, received and analysed "
+                                          f"before {cutoff.isoformat(timespec='seconds')}"))
+    return deleted, freed

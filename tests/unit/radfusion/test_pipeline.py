@@ -161,7 +161,7 @@ def test_a_finished_study_reprocessed_is_analysed_again_and_its_new_sr_replaces_
     assert cli_main(["--config", str(config), "reprocess", uid]) == 0
     assert f"re-opened 1 studies: {uid}" in capsys.readouterr().out
     assert cli_main(["--config", str(config), "reprocess", uid]) == 2  # not analysed yet: not again
-    assert "still being received or analysed (receiving)" in capsys.readouterr().err
+    assert "still being received, analysed or purged (receiving)" in capsys.readouterr().err
 
     second = analyse(utcnow() + timedelta(hours=2))
     assert (second.state, second.revision, second.detector) == ("done", 1, first.detector)

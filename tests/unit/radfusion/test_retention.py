@@ -5,19 +5,29 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import threading
+from collections.abc import Callable
+
+import pydicom
 import pytest
+from pydicom import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
 from sqlalchemy import func, select, update
 
 from ai_engine.synthetic.studies import write_study
 from dicom_node.errors import SpoolPathError
+from dicom_node.scp import ScpConfig, StorageScp
 from dicom_node.spool import Spool
+from radfusion.assembly import reopen_studies
 from radfusion.db import Database
-from radfusion.errors import ConfigError
+from radfusion.errors import ConfigError, RadfusionError
 from radfusion.ingest import IngestRecorder
-from radfusion.models import AuditEvent, Instance, Series, Study, utcnow
-from radfusion.recovery import reconcile_spool
-from radfusion.retention import purge_expired
+from radfusion.models import AuditEvent, Instance, Job, Series, Study, utcnow
+from radfusion.recovery import read_stored_instance, reconcile_spool, recover
+from radfusion.retention import _purge_study, purge_expired
 from radfusion.settings import load_settings
+from tests.unit.dicom_node.helpers import ct_dataset
 from tests.unit.radfusion.stored import store
 
 DAYS = 14
@@ -67,7 +77,7 @@ def test_an_old_finished_study_loses_its_files_rows_and_folders_and_says_so(node
         assert session.scalar(select(Series.instance_count).join(Study).where(Study.study_uid == old_uid)) == 0
         assert session.scalar(select(Study.state).where(Study.study_uid == old_uid)) == "done"
         [event] = session.scalars(select(AuditEvent).where(AuditEvent.kind == "study_purged")).all()
-    assert event.subject == old_uid and f"{len(old_paths)} instance file(s)" in event.detail
+    assert event.subject == old_uid and f"retention: {len(old_paths)} instance(s)" in event.detail
     assert purge_expired(db, spool, DAYS) == purge_expired(db, spool, DAYS + 5)  # nothing left to do: both empty
     assert reconcile_spool(db, spool, IngestRecorder(db, spool)) == 0  # a restart records nothing back
 
@@ -134,3 +144,126 @@ def test_retention_of_zero_days_is_a_config_error_naming_the_key(tmp_path: Path)
         load_settings(config)
     config.write_text("retention_days: null\n")
     assert load_settings(config).retention_days is None
+
+
+def scp_on(db: Database, spool: Spool) -> tuple[StorageScp, Callable[[Dataset], int]]:
+    """The real listener, recording into ``db``, and a C-STORE of one dataset to it (its status)."""
+    scp = StorageScp(ScpConfig(ae_title="RADFUSION", bind_address="127.0.0.1", port=0,
+                               allowed_calling_aes=frozenset({"PYSCU"}), min_free_disk_bytes=0), spool,
+                     IngestRecorder(db, spool))
+    port = scp.start()
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+
+    def send(ds: Dataset) -> int:
+        assoc = ae.associate("127.0.0.1", port, ae_title="RADFUSION")
+        status = int(assoc.send_c_store(ds).Status)
+        assoc.release()
+        return status
+    return scp, send
+
+
+def during_discard(spool: Spool, monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+    """Run ``action`` inside the purge, just before it deletes the study's files."""
+    real = spool.discard
+
+    def discard(paths):  # noqa: ANN001, ANN202
+        action()
+        return real(paths)
+    monkeypatch.setattr(spool, "discard", discard)
+
+
+def test_a_resend_during_a_purge_waits_for_it_and_is_then_received_as_new(node, monkeypatch) -> None:
+    db, spool = node
+    scp, send = scp_on(db, spool)
+    datasets = [ct_dataset("1.2.3.4", "1.2.3.4.1", index=i) for i in (1, 2)]
+    assert [send(ds) for ds in datasets] == [0, 0]
+    age(db, "1.2.3.4", DAYS + 1)
+    statuses: list[int] = []
+    resend = threading.Thread(target=lambda: statuses.append(send(datasets[0])))
+
+    def start_resend() -> None:
+        resend.start()
+        resend.join(timeout=1.0)
+        assert resend.is_alive() and not statuses  # held back until the study's files and rows are gone
+
+    during_discard(spool, monkeypatch, start_resend)
+    assert purge_expired(db, spool, DAYS).instances == 2
+    resend.join(timeout=30)
+    scp.stop()
+    assert statuses == [0]
+    path = spool.instance_path("1.2.3.4", "1.2.3.4.1", datasets[0].SOPInstanceUID)
+    assert path.exists() and rows_of(db, "1.2.3.4") == 1  # the acknowledged resend is kept, to be analysed
+    with db.session() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.state == "receiving" and [s.instance_count for s in study.series] == [1]
+
+
+def test_an_instance_moved_to_another_study_during_a_purge_stays_with_it(node, tmp_path: Path, monkeypatch) -> None:
+    db, spool = node
+    uid, paths = receive(db, spool, tmp_path, seed=8)
+    age(db, uid, DAYS + 1)
+    moved_path = spool.instance_path("1.2.3.9", "1.2.3.9.1", paths[0].stem)
+
+    def merge_resend() -> None:  # a PACS merge resends one instance under another study, as the listener stores it
+        ds = pydicom.dcmread(paths[0])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.9", "1.2.3.9.1"
+        ds.save_as(tmp_path / "moved.dcm")
+        with spool.receiving("1.2.3.9"):
+            spool.write_durably(moved_path, (tmp_path / "moved.dcm").read_bytes())
+            IngestRecorder(db, spool).instance_stored(read_stored_instance(moved_path))
+
+    during_discard(spool, monkeypatch, merge_resend)
+    assert purge_expired(db, spool, DAYS).instances == len(paths) - 1
+    assert moved_path.exists() and rows_of(db, "1.2.3.9") == 1 and rows_of(db, uid) == 0
+    with db.session() as session:
+        counts = dict(session.execute(select(Series.series_uid, Series.instance_count)).all())
+    assert counts[paths[0].parent.name] == 0 and counts["1.2.3.9.1"] == 1
+
+
+def test_a_study_being_purged_cannot_be_reprocessed(node, tmp_path: Path, monkeypatch) -> None:
+    db, spool = node
+    uid, paths = receive(db, spool, tmp_path, seed=9)
+    age(db, uid, DAYS + 1)
+    refusals: list[str] = []
+
+    def reprocess() -> None:
+        with pytest.raises(RadfusionError) as refused:
+            reopen_studies(db, [uid])
+        refusals.append(str(refused.value))
+
+    during_discard(spool, monkeypatch, reprocess)
+    assert purge_expired(db, spool, DAYS).instances == len(paths)
+    assert refusals == [f"nothing re-opened: {uid}: still being received, analysed or purged (purging)"]
+    assert _purge_study(db, spool, 1, uid, utcnow()) == (0, 0)  # claimed only while expired: done, old, no rows
+
+
+def test_a_purge_interrupted_by_a_crash_is_finished_after_the_restart(node, tmp_path: Path, monkeypatch) -> None:
+    db, spool = node
+    uid, paths = receive(db, spool, tmp_path, seed=10)
+    age(db, uid, DAYS + 1)
+    real = spool.discard
+
+    def discard_then_die(paths):  # noqa: ANN001, ANN202
+        real(paths)
+        raise SystemExit("killed between the files and the rows")
+    monkeypatch.setattr(spool, "discard", discard_then_die)
+    with pytest.raises(SystemExit):
+        purge_expired(db, spool, DAYS)
+    monkeypatch.undo()
+    assert rows_of(db, uid) == len(paths) and not any(p.exists() for p in paths)  # rows without files, never the reverse
+    assert recover(db)["purges_interrupted"] == 1
+    assert reconcile_spool(db, spool, IngestRecorder(db, spool)) == 0
+    assert purge_expired(db, spool, DAYS).instances == len(paths) and rows_of(db, uid) == 0
+
+
+def test_a_study_whose_last_job_finished_recently_is_kept(node, tmp_path: Path) -> None:
+    db, spool = node
+    uid, paths = receive(db, spool, tmp_path, seed=11)
+    age(db, uid, DAYS + 1)  # received long ago, but its job (failed, say) ended a day ago: it can still be reprocessed
+    with db.session() as session:
+        study = session.scalars(select(Study)).one()
+        session.add(Job(study_id=study.id, series_id=study.series[0].id, detector="ich_fusion", model_version="1",
+                        rule="head", state="failed", finished_at=utcnow() - timedelta(days=1)))
+    assert purge_expired(db, spool, DAYS).studies == 0 and all(p.exists() for p in paths)
+    assert purge_expired(db, spool, DAYS, now=utcnow() + timedelta(days=DAYS)).instances == len(paths)
