@@ -31,7 +31,8 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import IntEnum
 from pathlib import Path
@@ -62,6 +63,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_node.contracts import AssociationInfo, StoredInstance, StoreSink
 from dicom_node.errors import ConfigError, InvalidUidError, SpoolPathError
 from dicom_node.header import instance_attributes
+from dicom_node.peers import Network, address_allowed, parse_calling_ae_hosts
 from dicom_node.rejection import describe_rejection
 from dicom_node.sockets import set_tcp_nodelay
 from dicom_node.spool import Spool
@@ -132,6 +134,7 @@ class ScpConfig:
     dimse_timeout_s: float = 60.0
     max_associations: int = 10
     tls: TlsConfig | None = None
+    calling_ae_hosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.ae_title.strip() or len(self.ae_title) > 16:
@@ -154,6 +157,11 @@ class ScpConfig:
                 raise ConfigError(f"{name} {getattr(self, name)} must be > 0")
         if self.max_associations < 1:
             raise ConfigError(f"max_associations {self.max_associations} must be >= 1")
+        self.calling_ae_networks()  # raises ConfigError naming a bad entry
+
+    def calling_ae_networks(self) -> dict[str, tuple[Network, ...]]:
+        """The networks each calling AE title of ``calling_ae_hosts`` may come from."""
+        return parse_calling_ae_hosts(self.calling_ae_hosts, self.allowed_calling_aes, self.accept_any_calling_ae)
 
 
 class _Rejected(Exception):
@@ -218,6 +226,7 @@ class StorageScp:
         self.config = config
         self.spool = spool
         self.sink = sink
+        self._networks = config.calling_ae_networks()
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
         self._associations: dict[Association, AssociationInfo] = {}
@@ -284,6 +293,10 @@ class StorageScp:
 
     def _on_established(self, event: Event) -> None:
         assoc = event.assoc
+        networks = self._networks.get(assoc.requestor.ae_title)
+        if networks is not None and not address_allowed(assoc.requestor.address, networks):
+            self._refuse_address(assoc)
+            return
         info = AssociationInfo(
             association_id=str(uuid.uuid4()),
             calling_ae=assoc.requestor.ae_title,
@@ -300,6 +313,20 @@ class StorageScp:
             self.sink.association_opened(info)
         except Exception:
             LOG.exception("sink could not record association %s opened", info.association_id)
+
+    def _refuse_address(self, assoc: Association) -> None:
+        """Abort an association whose calling AE title may not come from the peer's address (nothing is
+        received on it), and record it like a rejection."""
+        calling_ae, called_ae = assoc.requestor.ae_title, assoc.acceptor.ae_title
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        reason = f"calling AE title {calling_ae!r} is not allowed from {assoc.requestor.address} (calling_ae_hosts)"
+        LOG.warning("association aborted: calling AE %r, called AE %r, peer %s: %s", calling_ae, called_ae, peer,
+                    reason)
+        assoc.abort()
+        try:
+            self.sink.association_rejected(calling_ae, called_ae, peer, reason)
+        except Exception:
+            LOG.exception("sink could not record the refusal of %r from %s", calling_ae, peer)
 
     def _on_rejected(self, event: Event) -> None:
         assoc = event.assoc

@@ -48,6 +48,7 @@ def scp_config(settings: Settings) -> ScpConfig:
         require_called_ae=dicom.require_called_ae, min_free_disk_bytes=dicom.min_free_disk_mb * 1024 * 1024,
         max_pdu_bytes=dicom.max_pdu_bytes, network_timeout_s=dicom.network_timeout_s,
         max_associations=dicom.max_associations, tls=tls,
+        calling_ae_hosts={ae: tuple(hosts) for ae, hosts in dicom.calling_ae_hosts.items()},
     )
 
 

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ai_engine.contrast import NO_AGENT
 from ai_engine.detectors.registry import BUNDLED_DETECTORS
 from dicom_node.errors import ConfigError as DicomConfigError
+from dicom_node.peers import parse_calling_ae_hosts
 from dicom_node.tls import TlsConfig
 from radfusion.errors import ConfigError
 
@@ -71,6 +72,7 @@ class DicomSettings(Strict):
     port: int = Field(11112, ge=0, le=65535)
     allowed_calling_aes: list[AeTitle] = Field(default_factory=list)
     accept_any_calling_ae: bool = False
+    calling_ae_hosts: dict[AeTitle, list[str]] = Field(default_factory=dict)
     require_called_ae: bool = True
     min_free_disk_mb: int = Field(1024, ge=0)
     max_pdu_bytes: int = Field(0, ge=0)
@@ -83,6 +85,10 @@ class DicomSettings(Strict):
         if self.accept_any_calling_ae and self.allowed_calling_aes:
             raise ValueError(f"accept_any_calling_ae is true and allowed_calling_aes is set "
                              f"({self.allowed_calling_aes}): choose one")
+        try:
+            parse_calling_ae_hosts(self.calling_ae_hosts, self.allowed_calling_aes, self.accept_any_calling_ae)
+        except DicomConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

@@ -34,6 +34,22 @@ def test_unknown_calling_ae_is_rejected_and_recorded(tmp_path: Path) -> None:
         assert "INTRUDER" in server.log()
 
 
+def test_a_known_calling_ae_from_a_foreign_address_is_aborted_and_recorded(tmp_path: Path) -> None:
+    study = write_study("head_ct", tmp_path / "in", seed=22, lesion=False, rows=64, slices=8)
+    with radfusion_server(tmp_path / "rf", dicom={"calling_ae_hosts": {"STORESCU": ["192.0.2.10"]}}) as server:
+        sent = storescu(server.port, study.paths)  # STORESCU, but from loopback, not from its CT's address
+        assert sent.returncode != 0
+
+        def refusals() -> list[str]:
+            with server.db.session() as session:
+                return list(session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "association_rejected")))
+
+        [detail] = wait_until(refusals, timeout=10, what="refusal audited")
+        assert "calling AE title 'STORESCU' is not allowed from 127.0.0.1" in detail
+        with server.db.session() as session:
+            assert session.scalars(select(Instance)).all() == []
+
+
 def test_malformed_and_path_climbing_instances_are_quarantined_and_the_rest_stored(tmp_path: Path) -> None:
     study = write_study("head_ct", tmp_path / "in", seed=21, lesion=False, rows=128, slices=8)
     no_study = pydicom.dcmread(study.paths[0])

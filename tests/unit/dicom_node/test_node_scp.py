@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 from pynetdicom import AE
 
+from dicom_node.errors import ConfigError
+from dicom_node.peers import address_allowed, parse_calling_ae_hosts
 from dicom_node.scp import StorageScp, StoreStatus
 from tests.peers import storescu, wait_until
 from tests.unit.dicom_node.helpers import RecordingSink, ct_dataset, write_ct
@@ -104,6 +107,39 @@ def test_accept_any_calling_ae_is_an_explicit_switch(start_scp) -> None:
     assoc = pyscu(node.port, calling_ae="ANYONE")
     assert assoc.is_established
     assoc.release()
+
+
+def test_a_calling_ae_from_an_address_not_listed_for_it_is_aborted_before_anything_is_received(
+        start_scp, tmp_path: Path) -> None:
+    node = start_scp(calling_ae_hosts={"PYSCU": ("10.20.0.0/24",), "STORESCU": ("127.0.0.1",)})
+    assoc = pyscu(node.port)  # PYSCU may only come from 10.20.0.0/24, not loopback
+    assert not assoc.is_established and assoc.is_aborted
+    (calling, called, peer, reason), = wait_until(lambda: node.sink.refused, timeout=5, what="refusal recorded")
+    assert (calling, called) == ("PYSCU", "RADFUSION") and peer.startswith("127.0.0.1:")
+    assert reason == "calling AE title 'PYSCU' is not allowed from 127.0.0.1 (calling_ae_hosts)"
+    assert node.sink.opened == [] and node.sink.stored == []
+    path, _ = write_ct(tmp_path, "ok.dcm")
+    assert storescu(node.port, [path]).returncode == 0  # STORESCU from its own address is received
+    assert len(node.sink.stored) == 1
+
+
+@pytest.mark.parametrize("hosts, error", [
+    ({"PYSCU": ("ct-er.hospital.local",)}, "'ct-er.hospital.local' is not an IP address or network"),
+    ({"PYSCU": ()}, "calling_ae_hosts['PYSCU'] is empty"),
+    ({"INTRUDER": ("10.0.0.1",)}, "calling_ae_hosts names 'INTRUDER', which is not in allowed_calling_aes"),
+])
+def test_calling_ae_hosts_refuses_names_empty_lists_and_unknown_titles(start_scp, hosts, error) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        start_scp(calling_ae_hosts=hosts)
+
+
+@pytest.mark.parametrize("address, allowed", [
+    ("10.20.0.7", True), ("10.20.1.7", False), ("::ffff:10.20.0.7", True), ("fd00::10", True), ("fd00::11", False),
+    ("fe80::1%eth0", False), ("not an address", False),
+])
+def test_peer_addresses_are_matched_against_networks(address: str, allowed: bool) -> None:
+    networks = parse_calling_ae_hosts({"CT": ["10.20.0.0/24", "fd00::10"]}, {"CT"}, False)["CT"]
+    assert address_allowed(address, networks) is allowed
 
 
 def test_empty_allow_list_starts_and_rejects_everyone(start_scp) -> None:
