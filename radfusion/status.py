@@ -17,7 +17,8 @@ RECENT = 10
 
 def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
     """A JSON-ready snapshot of the work in the database (no patient identifiers) and of the spool's disk."""
-    day_ago = utcnow() - timedelta(days=1)
+    now = utcnow()
+    day_ago = now - timedelta(days=1)
     with db.session() as session:
         def count(model, *where) -> int:  # noqa: ANN001
             return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
@@ -48,7 +49,9 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
             "recent_jobs": [{
                 "id": j.id, "detector": j.detector, "state": j.state, "revision": j.revision,
                 "accession": j.accession_number, "study_uid": j.study_uid,
-                "seconds": None if not (j.started_at and j.finished_at) else round((j.finished_at - j.started_at).total_seconds(), 2),
+                # a running job's time so far: one that keeps growing is stuck (a restart requeues it)
+                "seconds": (None if not j.started_at
+                            else round(((j.finished_at or now) - j.started_at).total_seconds(), 2)),
                 "findings": None if not j.result else len(j.result.get("findings", [])),
                 "error": j.error,
             } for j in recent_jobs],

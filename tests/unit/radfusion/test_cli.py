@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from radfusion.cli import main
 from radfusion.db import Database
-from radfusion.models import Delivery
+from radfusion.models import Delivery, Job, Series, Study, utcnow
 from radfusion.settings import load_settings
 from radfusion.status import RECENT
 from tests.peers import free_port, storescp
@@ -117,3 +118,18 @@ def test_status_lists_the_longest_waiting_pending_deliveries_and_the_latest_fail
     assert (status["deliveries_pending"], status["deliveries_failed"]) == (each, each)
     assert [d["id"] for d in status["pending_deliveries"]] == [1 + 2 * i for i in range(RECENT)]
     assert [d["id"] for d in status["failed_deliveries"]] == [2 * (each - i) for i in range(RECENT)]
+
+
+def test_status_shows_how_long_a_running_job_has_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    db = Database(load_settings(config).effective_database_url)
+    with db.session() as session:
+        study = Study(study_uid="1.2.3")
+        series = Series(study=study, series_uid="1.2.3.1")
+        session.add_all([study, series])
+        session.flush()
+        session.add(Job(study_id=study.id, series_id=series.id, detector="ich_fusion", model_version="1", rule="head",
+                        state="running", started_at=utcnow() - timedelta(minutes=30)))
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    [job] = json.loads(capsys.readouterr().out)["recent_jobs"]
+    assert job["state"] == "running" and 1800 <= job["seconds"] < 1900  # a hung job shows its growing time
