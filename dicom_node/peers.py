@@ -26,15 +26,21 @@ def parse_calling_ae_hosts(hosts: Mapping[str, Sequence[str]], allowed_calling_a
             raise ConfigError(f"calling_ae_hosts names {ae_title!r}, which is not in allowed_calling_aes")
         if not addresses:
             raise ConfigError(f"calling_ae_hosts[{ae_title!r}] is empty: list its addresses, or leave it out")
-        parsed = []
-        for address in addresses:
-            try:
-                parsed.append(ipaddress.ip_network(address, strict=False))
-            except ValueError:
-                raise ConfigError(f"calling_ae_hosts[{ae_title!r}]: {address!r} is not an IP address or network "
-                                  "(host names are not accepted)") from None
-        networks[ae_title] = tuple(parsed)
+        networks[ae_title] = tuple(_network(ae_title, address) for address in addresses)
     return networks
+
+
+def _network(ae_title: str, address: str) -> Network:
+    """One entry as a network; an IPv4-mapped IPv6 entry as the IPv4 network it names, as peers are matched."""
+    try:
+        network = ipaddress.ip_network(address, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"calling_ae_hosts[{ae_title!r}]: {address!r} is not an IP address or network "
+                          f"(host names are not accepted): {exc}") from None
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
 
 
 def address_allowed(address: str, networks: Sequence[Network]) -> bool:

@@ -7,6 +7,8 @@ C-STORE statuses this SCP answers (every failure is logged and reported to
 status    meaning
 ========  ==========================================================================
 0x0000    stored (also for a duplicate SOP Instance UID: the file is replaced atomically)
+0x0124    refused, not authorized: the association was refused (``calling_ae_hosts``) and is being
+          aborted; nothing read or written (pynetdicom drops such messages; this is the backstop)
 0xA700    refused, out of resources: free disk below ``min_free_disk_bytes``; nothing written
 0xA701    refused, out of resources: writing the spool file failed (OSError); nothing kept
 0xA702    refused, out of resources: the sink (database) could not record the instance;
@@ -103,6 +105,7 @@ class StoreStatus(IntEnum):
     """C-STORE response statuses; the module docstring says when each is sent."""
 
     SUCCESS = 0x0000
+    NOT_AUTHORIZED = 0x0124
     DISK_FLOOR = 0xA700
     SPOOL_WRITE_FAILED = 0xA701
     SINK_FAILED = 0xA702
@@ -157,7 +160,6 @@ class ScpConfig:
                 raise ConfigError(f"{name} {getattr(self, name)} must be > 0")
         if self.max_associations < 1:
             raise ConfigError(f"max_associations {self.max_associations} must be >= 1")
-        self.calling_ae_networks()  # raises ConfigError naming a bad entry
 
     def calling_ae_networks(self) -> dict[str, tuple[Network, ...]]:
         """The networks each calling AE title of ``calling_ae_hosts`` may come from."""
@@ -372,7 +374,9 @@ class StorageScp:
         """EVT_C_STORE handler: never raises; every outcome is a :class:`StoreStatus`."""
         started = time.perf_counter()
         with self._lock:
-            info = self._associations[event.assoc]
+            info = self._associations.get(event.assoc)
+        if info is None:  # refused in _on_established (calling_ae_hosts): its abort is on its way
+            return StoreStatus.NOT_AUTHORIZED
         claimed_uid = str(event.request.AffectedSOPInstanceUID)
         try:
             status = self._store(event, info, claimed_uid)

@@ -93,8 +93,11 @@ class _SharedExclusiveLock:
     def exclusive(self) -> Iterator[None]:
         with self._changed:
             self._waiting_exclusive += 1
-            self._changed.wait_for(lambda: not self._exclusive and not self._sharers)
-            self._waiting_exclusive -= 1
+            try:
+                self._changed.wait_for(lambda: not self._exclusive and not self._sharers)
+            finally:
+                self._waiting_exclusive -= 1
+                self._changed.notify_all()  # sharers held back for this waiter may go if it gave up
             self._exclusive = True
         try:
             yield
@@ -184,11 +187,14 @@ class Spool:
 
     def receiving(self, study_uid: str) -> AbstractContextManager[None]:
         """Held while an instance of ``study_uid`` is written and recorded; any number at once."""
-        return self._study_locks[zlib.crc32(study_uid.encode()) % STUDY_LOCK_STRIPES].shared()
+        return self._study_lock(study_uid).shared()
 
     def purging(self, study_uid: str) -> AbstractContextManager[None]:
         """Held while a study's instances are deleted: no instance of it is being received meanwhile."""
-        return self._study_locks[zlib.crc32(study_uid.encode()) % STUDY_LOCK_STRIPES].exclusive()
+        return self._study_lock(study_uid).exclusive()
+
+    def _study_lock(self, study_uid: str) -> _SharedExclusiveLock:
+        return self._study_locks[zlib.crc32(study_uid.encode()) % STUDY_LOCK_STRIPES]
 
     def discard(self, paths: Iterable[Path]) -> int:
         """Delete stored instance files (already gone: fine), then their series and study folders once
@@ -227,7 +233,10 @@ class Spool:
         target = self.quarantine_dir / f"{uuid.uuid4()}.dcm"
         os.replace(source, target)
         _fsync_directory(self.quarantine_dir)
-        _fsync_directory(source.parent)
+        try:
+            _fsync_directory(source.parent)
+        except FileNotFoundError:  # a retention purge removed the emptied folder, durably, meanwhile
+            pass
         self._write_sidecar(target, reason, calling_ae, association_id, sop_instance_uid)
         return target
 

@@ -137,16 +137,20 @@ def reopen_studies(db: Database, study_uids: Sequence[str], now: datetime | None
                      for uid, study in studies.items() if study.state != "done"]
         problems += [f"{uid}: its images are no longer stored (retention_days); send the study again"
                      for uid, study in studies.items() if study.state == "done" and not stored.get(study.id)]
-        for uid in uids if not problems else ():
-            study = studies[uid]  # the state is checked again as it changes: a purge may have claimed it since
-            if not session.execute(update(Study).where(Study.id == study.id, Study.state == "done")
-                                   .values(state="receiving", last_received_at=now)).rowcount:
-                problems.append(f"{uid}: claimed by a retention purge meanwhile")
-                continue
-            reopened = session.execute(update(Series).where(Series.study_id == study.id, Series.instance_count > 0)
-                                       .values(state="receiving", last_received_at=now)).rowcount
-            session.add(AuditEvent(kind="study_reprocess_requested", subject=uid,
-                                   detail=f"{reopened} series re-opened for analysis"))
+        if not problems:
+            problems = [problem for uid in uids if (problem := _reopen(session, studies[uid], now))]
         if problems:  # raised inside the transaction: it rolls back whatever was re-opened
             raise RadfusionError("nothing re-opened: " + "; ".join(problems))
     return uids
+
+
+def _reopen(session: Session, study: Study, now: datetime) -> str | None:
+    """Re-open one finished study and its stored series; why not, if a retention purge claimed it since it was read."""
+    if not session.execute(update(Study).where(Study.id == study.id, Study.state == "done")
+                           .values(state="receiving", last_received_at=now)).rowcount:
+        return f"{study.study_uid}: claimed by a retention purge meanwhile"
+    reopened = session.execute(update(Series).where(Series.study_id == study.id, Series.instance_count > 0)
+                               .values(state="receiving", last_received_at=now)).rowcount
+    session.add(AuditEvent(kind="study_reprocess_requested", subject=study.study_uid,
+                           detail=f"{reopened} series re-opened for analysis"))
+    return None

@@ -35,7 +35,7 @@ INSERT_RETRIES = 3
 SERIES_ID_CACHE = 10_000
 
 # Built once: constructing statements costs more than SQLite takes to run them.
-_REOPEN_STUDY = (update(Study).where(Study.id == bindparam("study_id"), Study.state != "receiving")
+_REOPEN_STUDY = (update(Study).where(Study.id == bindparam("study_id"), Study.state.not_in(("receiving", "purging")))
                  .values(state="receiving", last_received_at=bindparam("now")))
 _TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(last_received_at=bindparam("now"))
 _FIND_INSTANCE = (select(Instance.id, Instance.series_id, Instance.path)

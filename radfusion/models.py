@@ -57,7 +57,8 @@ class Association(Base):
 
 
 class Study(Base):
-    """A study as received. state: receiving, stable, processing, done (a late instance sets receiving)."""
+    """A study as received. state: receiving, stable, processing, done (a late instance sets receiving),
+    purging (``radfusion.retention`` is deleting its images; done again after)."""
 
     __tablename__ = "studies"
 

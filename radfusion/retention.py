@@ -18,11 +18,12 @@ and analysed like any other, as the next revision of its series.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy import ColumnElement, Row, and_, delete, select, update
 
 from dicom_node.spool import Spool
 from radfusion.db import Database
@@ -88,20 +89,35 @@ def _purge_study(db: Database, spool: Spool, study_id: int, study_uid: str, cuto
                 return 0, 0
             rows = session.execute(select(Instance.id, Instance.series_id, Instance.path).join(Series)
                                    .where(Series.study_id == study_id)).all()
-        freed = spool.discard(Path(path) for _, _, path in rows)
-        deleted = 0
-        with db.session() as session:
-            for series_id in {series_id for _, series_id, _ in rows}:
-                ids = [row_id for row_id, of_series, _ in rows if of_series == series_id]
-                # A row that moved to another study meanwhile (a PACS merge resend) is that study's now.
-                gone = sum(session.execute(delete(Instance).where(Instance.id.in_(ids[start:start + DELETE_CHUNK]),
-                                                                  Instance.series_id == series_id)).rowcount
-                           for start in range(0, len(ids), DELETE_CHUNK))
-                session.execute(update(Series).where(Series.id == series_id)
-                                .values(instance_count=Series.instance_count - gone))
-                deleted += gone
-            session.execute(update(Study).where(Study.id == study_id, Study.state == "purging").values(state="done"))
-            session.add(AuditEvent(kind="study_purged", subject=study_uid,
-                                   detail=f"retention: {deleted} instance(s), {freed} bytes, received and analysed "
-                                          f"before {cutoff.isoformat(timespec='seconds')}"))
+        try:
+            return _delete_claimed(db, spool, study_id, study_uid, cutoff, rows)
+        except BaseException:  # files may be gone: give the rows back to the next pass, which deletes them
+            with db.session() as session:
+                session.execute(update(Study).where(Study.id == study_id, Study.state == "purging")
+                                .values(state="done"))
+            raise
+
+
+def _delete_claimed(db: Database, spool: Spool, study_id: int, study_uid: str, cutoff: datetime,
+                    rows: Sequence[Row[tuple[int, int, str]]]) -> tuple[int, int]:
+    """Delete a claimed study's files, then their rows, and hand the study back as done."""
+    freed = spool.discard(Path(path) for _, _, path in rows)
+    deleted = 0
+    with db.session() as session:
+        for series_id in {series_id for _, series_id, _ in rows}:
+            ids = [row_id for row_id, of_series, _ in rows if of_series == series_id]
+            # A row that moved to another study meanwhile (a PACS merge resend) is that study's now.
+            gone = sum(session.execute(delete(Instance).where(Instance.id.in_(ids[start:start + DELETE_CHUNK]),
+                                                              Instance.series_id == series_id)).rowcount
+                       for start in range(0, len(ids), DELETE_CHUNK))
+            session.execute(update(Series).where(Series.id == series_id)
+                            .values(instance_count=Series.instance_count - gone))
+            deleted += gone
+        # A series left empty is not analysed again, even if a merge resend re-opened it meanwhile.
+        session.execute(update(Series).where(Series.study_id == study_id, Series.instance_count == 0)
+                        .values(state="processed"))
+        session.execute(update(Study).where(Study.id == study_id, Study.state == "purging").values(state="done"))
+        session.add(AuditEvent(kind="study_purged", subject=study_uid,
+                               detail=f"retention: {deleted} instance(s), {freed} bytes, received and analysed "
+                                      f"before {cutoff.isoformat(timespec='seconds')}"))
     return deleted, freed

@@ -4,7 +4,7 @@ the images kept in the spool and the disk left beside them."""
 from __future__ import annotations
 
 import shutil
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -49,9 +49,7 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
             "recent_jobs": [{
                 "id": j.id, "detector": j.detector, "state": j.state, "revision": j.revision,
                 "accession": j.accession_number, "study_uid": j.study_uid,
-                # a running job's time so far: one that keeps growing is stuck (a restart requeues it)
-                "seconds": (None if not j.started_at
-                            else round(((j.finished_at or now) - j.started_at).total_seconds(), 2)),
+                "seconds": _seconds(j.state, j.started_at, j.finished_at, now),
                 "findings": None if not j.result else len(j.result.get("findings", [])),
                 "error": j.error,
             } for j in recent_jobs],
@@ -94,6 +92,15 @@ def format_status(status: dict[str, object]) -> str:
         latency = "" if a["release_to_delivery_s"] is None else f"{a['release_to_delivery_s']:.2f} s after release"
         lines.append(f"  #{a['id']:<5} job {a['job_id']}  {'delivered' if a['delivered'] else 'NOT delivered'}  {latency}")
     return "\n".join(lines)
+
+
+def _seconds(state: str, started: datetime | None, finished: datetime | None, now: datetime) -> float | None:
+    """How long a job ran, or has run so far while running (one that keeps growing is hung: a restart requeues
+    it); None for a queued job, also one requeued after a crash."""
+    if started is None or state == "queued":
+        return None
+    end = now if state == "running" or finished is None else finished
+    return round((end - started).total_seconds(), 2)
 
 
 def _megabytes(count: object) -> str:

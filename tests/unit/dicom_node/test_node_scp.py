@@ -8,6 +8,7 @@ import os
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pynetdicom._config
 import pytest
@@ -113,7 +114,7 @@ def test_a_calling_ae_from_an_address_not_listed_for_it_is_aborted_before_anythi
         start_scp, tmp_path: Path) -> None:
     node = start_scp(calling_ae_hosts={"PYSCU": ("10.20.0.0/24",), "STORESCU": ("127.0.0.1",)})
     assoc = pyscu(node.port)  # PYSCU may only come from 10.20.0.0/24, not loopback
-    assert not assoc.is_established and assoc.is_aborted
+    wait_until(lambda: assoc.is_aborted, timeout=5, what="association aborted")
     (calling, called, peer, reason), = wait_until(lambda: node.sink.refused, timeout=5, what="refusal recorded")
     assert (calling, called) == ("PYSCU", "RADFUSION") and peer.startswith("127.0.0.1:")
     assert reason == "calling AE title 'PYSCU' is not allowed from 127.0.0.1 (calling_ae_hosts)"
@@ -125,6 +126,7 @@ def test_a_calling_ae_from_an_address_not_listed_for_it_is_aborted_before_anythi
 
 @pytest.mark.parametrize("hosts, error", [
     ({"PYSCU": ("ct-er.hospital.local",)}, "'ct-er.hospital.local' is not an IP address or network"),
+    ({"PYSCU": ("10.20.1.15/8",)}, "'10.20.1.15/8' is not an IP address or network"),  # a typo, not 10.0.0.0/8
     ({"PYSCU": ()}, "calling_ae_hosts['PYSCU'] is empty"),
     ({"INTRUDER": ("10.0.0.1",)}, "calling_ae_hosts names 'INTRUDER', which is not in allowed_calling_aes"),
 ])
@@ -140,6 +142,19 @@ def test_calling_ae_hosts_refuses_names_empty_lists_and_unknown_titles(start_scp
 def test_peer_addresses_are_matched_against_networks(address: str, allowed: bool) -> None:
     networks = parse_calling_ae_hosts({"CT": ["10.20.0.0/24", "fd00::10"]}, {"CT"}, False)["CT"]
     assert address_allowed(address, networks) is allowed
+
+
+def test_an_ipv4_mapped_entry_matches_the_ipv4_peer_it_names() -> None:
+    networks = parse_calling_ae_hosts({"CT": ["::ffff:10.20.1.15"]}, {"CT"}, False)["CT"]
+    assert address_allowed("10.20.1.15", networks) and address_allowed("::ffff:10.20.1.15", networks)
+    assert not address_allowed("10.20.1.16", networks)
+
+
+def test_a_message_on_a_refused_association_is_not_authorized_and_nothing_is_stored(start_scp) -> None:
+    node = start_scp()
+    event = SimpleNamespace(assoc=object(), request=None)  # an association _on_established refused
+    assert node.scp._handle_store(event) == StoreStatus.NOT_AUTHORIZED  # noqa: SLF001
+    assert node.sink.stored == [] and spool_files(node.spool.root, "instances") == []
 
 
 def test_empty_allow_list_starts_and_rejects_everyone(start_scp) -> None:

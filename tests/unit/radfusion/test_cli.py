@@ -128,8 +128,10 @@ def test_status_shows_how_long_a_running_job_has_run(tmp_path: Path, capsys: pyt
         series = Series(study=study, series_uid="1.2.3.1")
         session.add_all([study, series])
         session.flush()
-        session.add(Job(study_id=study.id, series_id=series.id, detector="ich_fusion", model_version="1", rule="head",
-                        state="running", started_at=utcnow() - timedelta(minutes=30)))
+        for state in ("running", "queued"):  # the queued one was requeued after a crash: it has a start time
+            session.add(Job(study_id=study.id, series_id=series.id, detector=f"{state}_det", model_version="1",
+                            rule="head", state=state, started_at=utcnow() - timedelta(minutes=30)))
     assert main(["--config", str(config), "status", "--json"]) == 0
-    [job] = json.loads(capsys.readouterr().out)["recent_jobs"]
-    assert job["state"] == "running" and 1800 <= job["seconds"] < 1900  # a hung job shows its growing time
+    queued, running = json.loads(capsys.readouterr().out)["recent_jobs"]
+    assert running["state"] == "running" and 1800 <= running["seconds"] < 1900  # a hung job shows its growing time
+    assert queued["state"] == "queued" and queued["seconds"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -18,15 +19,16 @@ from sqlalchemy import func, select, update
 from ai_engine.synthetic.studies import write_study
 from dicom_node.errors import SpoolPathError
 from dicom_node.scp import ScpConfig, StorageScp
-from dicom_node.spool import Spool
+from dicom_node.spool import Spool, _SharedExclusiveLock
 from radfusion.assembly import reopen_studies
 from radfusion.db import Database
 from radfusion.errors import ConfigError, RadfusionError
 from radfusion.ingest import IngestRecorder
-from radfusion.models import AuditEvent, Instance, Job, Series, Study, utcnow
+from radfusion.models import AuditEvent, Instance, Job, Quarantine, Series, Study, utcnow
 from radfusion.recovery import read_stored_instance, reconcile_spool, recover
-from radfusion.retention import _purge_study, purge_expired
+from radfusion.retention import purge_expired
 from radfusion.settings import load_settings
+from tests.peers import wait_until
 from tests.unit.dicom_node.helpers import ct_dataset
 from tests.unit.radfusion.stored import store
 
@@ -217,8 +219,11 @@ def test_an_instance_moved_to_another_study_during_a_purge_stays_with_it(node, t
     assert purge_expired(db, spool, DAYS).instances == len(paths) - 1
     assert moved_path.exists() and rows_of(db, "1.2.3.9") == 1 and rows_of(db, uid) == 0
     with db.session() as session:
-        counts = dict(session.execute(select(Series.series_uid, Series.instance_count)).all())
-    assert counts[paths[0].parent.name] == 0 and counts["1.2.3.9.1"] == 1
+        series = {s.series_uid: s for s in session.scalars(select(Series))}
+        purged = session.scalars(select(Study).where(Study.study_uid == uid)).one()
+        assert (purged.state, series[paths[0].parent.name].instance_count) == ("done", 0)
+        assert series[paths[0].parent.name].state == "processed"  # nothing left to analyse there
+        assert series["1.2.3.9.1"].instance_count == 1
 
 
 def test_a_study_being_purged_cannot_be_reprocessed(node, tmp_path: Path, monkeypatch) -> None:
@@ -235,27 +240,82 @@ def test_a_study_being_purged_cannot_be_reprocessed(node, tmp_path: Path, monkey
     during_discard(spool, monkeypatch, reprocess)
     assert purge_expired(db, spool, DAYS).instances == len(paths)
     assert refusals == [f"nothing re-opened: {uid}: still being received, analysed or purged (purging)"]
-    assert _purge_study(db, spool, 1, uid, utcnow()) == (0, 0)  # claimed only while expired: done, old, no rows
 
 
-def test_a_purge_interrupted_by_a_crash_is_finished_after_the_restart(node, tmp_path: Path, monkeypatch) -> None:
+def test_a_purge_that_fails_between_files_and_rows_hands_the_study_back(node, tmp_path: Path, monkeypatch) -> None:
     db, spool = node
     uid, paths = receive(db, spool, tmp_path, seed=10)
     age(db, uid, DAYS + 1)
     real = spool.discard
 
-    def discard_then_die(paths):  # noqa: ANN001, ANN202
+    def discard_then_fail(paths):  # noqa: ANN001, ANN202
         real(paths)
-        raise SystemExit("killed between the files and the rows")
-    monkeypatch.setattr(spool, "discard", discard_then_die)
-    with pytest.raises(SystemExit):
-        purge_expired(db, spool, DAYS)
+        raise OSError("disk went away between the files and the rows")
+    monkeypatch.setattr(spool, "discard", discard_then_fail)
+    assert purge_expired(db, spool, DAYS).studies == 0  # logged, the pass goes on
     monkeypatch.undo()
     assert rows_of(db, uid) == len(paths)  # rows without files, never the reverse
     assert not any(p.exists() for p in paths)
-    assert recover(db)["purges_interrupted"] == 1
-    assert reconcile_spool(db, spool, IngestRecorder(db, spool)) == 0
+    with db.session() as session:
+        assert session.scalar(select(Study.state)) == "done"  # not left claimed: the next pass takes it
     assert purge_expired(db, spool, DAYS).instances == len(paths) and rows_of(db, uid) == 0
+
+
+def test_a_purge_killed_between_files_and_rows_is_finished_after_the_restart(node, tmp_path: Path) -> None:
+    db, spool = node
+    uid, paths = receive(db, spool, tmp_path, seed=12)
+    age(db, uid, DAYS + 1, state="purging")  # kill -9 after the claim and the files, before the rows
+    spool.discard(paths)
+    assert recover(db)["purges_interrupted"] == 1
+    assert reconcile_spool(db, spool, IngestRecorder(db, spool)) == 0  # nothing recorded back
+    assert purge_expired(db, spool, DAYS).instances == len(paths) and rows_of(db, uid) == 0
+
+
+def test_a_late_instance_between_choosing_and_claiming_a_study_keeps_it(node, tmp_path: Path, monkeypatch) -> None:
+    db, spool = node
+    sources = write_study("head_ct", tmp_path / "in", seed=13, lesion=False, rows=64, slices=8).paths
+    uid, paths = store(db, spool, sources[:-1])
+    age(db, uid, DAYS + 1)
+    real = spool.purging
+    late: list[Path] = []
+
+    def late_then_purging(study_uid: str):  # noqa: ANN202 - the pass has chosen the study, not yet claimed it
+        late.extend(store(db, spool, sources[-1:])[1])
+        return real(study_uid)
+    monkeypatch.setattr(spool, "purging", late_then_purging)
+    assert purge_expired(db, spool, DAYS).studies == 0
+    assert late[0].exists() and all(p.exists() for p in paths) and rows_of(db, uid) == len(sources)
+
+
+def test_a_waiting_purge_holds_back_new_receipts_of_its_stripe_not_running_ones() -> None:
+    lock = _SharedExclusiveLock()
+    events: list[str] = []
+    first = threading.Event()
+
+    def receive_one(name: str, hold: threading.Event | None = None) -> None:
+        with lock.shared():
+            events.append(name)
+            if hold is not None:
+                hold.wait(5)
+
+    def purge() -> None:
+        with lock.exclusive():
+            events.append("purge")
+
+    running = threading.Thread(target=receive_one, args=("running", first))
+    running.start()
+    wait_until(lambda: events == ["running"], timeout=5)
+    purger = threading.Thread(target=purge)
+    purger.start()
+    wait_until(lambda: lock._waiting_exclusive == 1, timeout=5)  # noqa: SLF001
+    newcomer = threading.Thread(target=receive_one, args=("new",))
+    newcomer.start()
+    newcomer.join(0.3)
+    assert newcomer.is_alive() and events == ["running"]  # the purge goes first once the running one is done
+    first.set()
+    for thread in (running, purger, newcomer):
+        thread.join(5)
+    assert events == ["running", "purge", "new"]
 
 
 def test_a_study_whose_last_job_finished_recently_is_kept(node, tmp_path: Path) -> None:
@@ -268,3 +328,31 @@ def test_a_study_whose_last_job_finished_recently_is_kept(node, tmp_path: Path) 
                         rule="head", state="failed", finished_at=utcnow() - timedelta(days=1)))
     assert purge_expired(db, spool, DAYS).studies == 0 and all(p.exists() for p in paths)
     assert purge_expired(db, spool, DAYS, now=utcnow() + timedelta(days=DAYS)).instances == len(paths)
+
+
+def test_an_instance_resent_elsewhere_after_its_old_copy_was_purged_is_stored(node, tmp_path: Path) -> None:
+    db, spool = node
+    uid, paths = receive(db, spool, tmp_path, seed=14)
+    ds = pydicom.dcmread(paths[1])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.7", "1.2.3.7.1"  # a PACS merge resends it elsewhere
+    ds.save_as(tmp_path / "merged.dcm")
+    spool.discard(paths[1:2])
+    _, [moved] = store(db, spool, [tmp_path / "merged.dcm"])  # its old copy is gone: nothing to set aside
+    assert moved.exists() and rows_of(db, "1.2.3.7") == 1 and rows_of(db, uid) == len(paths) - 1
+    with db.session() as session:
+        assert session.scalars(select(Quarantine)).all() == []
+
+
+def test_a_file_set_aside_while_a_purge_removes_its_folder_keeps_its_reason(node, tmp_path: Path, monkeypatch) -> None:
+    db, spool = node
+    _, [path] = store(db, spool, write_study("head_ct", tmp_path / "in", seed=15, lesion=False, rows=64,
+                                             slices=8).paths[:1])
+    real = os.replace
+
+    def replace_then_purge_folder(source, target):  # noqa: ANN001, ANN202
+        real(source, target)
+        if Path(source) == path:
+            path.parent.rmdir()  # the purge found the folder empty and removed it
+    monkeypatch.setattr(os, "replace", replace_then_purge_folder)
+    target = spool.quarantine_file(path, "superseded", "", "", None)
+    assert target.exists() and target.with_suffix(".json").exists()
