@@ -218,6 +218,22 @@ class Spool:
             _fsync_directory(directory)  # the first folder kept records the deletions below it
         return freed
 
+    def discard_quarantined(self, before: float) -> list[Path]:
+        """Delete the quarantined files (and sidecars) set aside before ``before`` (epoch seconds: the time of
+        the rename or write into the quarantine, ``st_ctime``); the ``.dcm`` paths deleted."""
+        removed = []
+        for entry in os.scandir(self.quarantine_dir):
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_ctime < before:
+                    os.unlink(entry.path)
+                    if entry.name.endswith(".dcm"):
+                        removed.append(Path(entry.path))
+            except FileNotFoundError:
+                continue
+        if removed:
+            _fsync_directory(self.quarantine_dir)
+        return removed
+
     def quarantine(self, data: Chunks, reason: str, calling_ae: str, association_id: str,
                    sop_instance_uid: str | None = None) -> Path:
         """Keep rejected bytes under a fresh uuid name with a JSON sidecar saying why."""

@@ -12,7 +12,8 @@ being received meanwhile (a resend waits and is then received as new): the study
 ``done`` again. A crash leaves rows whose files are gone, never files without rows that start-up
 would record again; start-up returns a claimed study to ``done`` and the next pass finishes it.
 Results, jobs, deliveries, alerts and audit events stay. A study sent again later is assembled
-and analysed like any other, as the next revision of its series.
+and analysed like any other, as the next revision of its series. Files in the quarantine go after
+the same period, counted from when they were set aside; their rows keep the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy import ColumnElement, Row, and_, delete, select, update
 
 from dicom_node.spool import Spool
 from radfusion.db import Database
-from radfusion.models import AuditEvent, Instance, Job, Series, Study, utcnow
+from radfusion.models import AuditEvent, Instance, Job, Quarantine, Series, Study, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class PurgeReport:
     studies: int = 0
     instances: int = 0
     bytes_freed: int = 0
+    quarantined: int = 0
 
 
 def _expired(cutoff: datetime) -> ColumnElement[bool]:
@@ -73,10 +75,26 @@ def purge_expired(db: Database, spool: Spool, retention_days: int, now: datetime
             studies += count > 0
             instances += count
             freed += size
+    quarantined = _purge_quarantine(db, spool, cutoff)
     if studies:
         log.info("retention: deleted %d instance(s) of %d study(ies) expired before %s, %.1f MB freed",
                  instances, studies, cutoff.isoformat(timespec="seconds"), freed / 1e6)
-    return PurgeReport(studies, instances, freed)
+    return PurgeReport(studies, instances, freed, quarantined)
+
+
+def _purge_quarantine(db: Database, spool: Spool, cutoff: datetime) -> int:
+    """Delete quarantined files set aside before ``cutoff``; their rows keep the reason, without a path."""
+    removed = [str(path) for path in spool.discard_quarantined(cutoff.timestamp())]
+    if removed:
+        with db.session() as session:
+            for start in range(0, len(removed), DELETE_CHUNK):
+                session.execute(update(Quarantine).where(Quarantine.path.in_(removed[start:start + DELETE_CHUNK]))
+                                .values(path=None))
+            session.add(AuditEvent(kind="quarantine_purged", subject="retention",
+                                   detail=f"{len(removed)} quarantined file(s) set aside before "
+                                          f"{cutoff.isoformat(timespec='seconds')}"))
+        log.info("retention: deleted %d quarantined file(s)", len(removed))
+    return len(removed)
 
 
 def _purge_study(db: Database, spool: Spool, study_id: int, study_uid: str, cutoff: datetime) -> tuple[int, int]:

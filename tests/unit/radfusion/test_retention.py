@@ -356,3 +356,17 @@ def test_a_file_set_aside_while_a_purge_removes_its_folder_keeps_its_reason(node
     monkeypatch.setattr(os, "replace", replace_then_purge_folder)
     target = spool.quarantine_file(path, "superseded", "", "", None)
     assert target.exists() and target.with_suffix(".json").exists()
+
+
+def test_quarantined_files_go_after_the_retention_period_and_their_rows_keep_the_reason(node) -> None:
+    db, spool = node
+    old = spool.quarantine(b"not DICOM", "cannot parse", "CT1", "assoc-1")
+    with db.session() as session:
+        session.add(Quarantine(association_id="assoc-1", reason="cannot parse", path=str(old)))
+    assert purge_expired(db, spool, DAYS).quarantined == 0  # set aside just now: kept
+    assert purge_expired(db, spool, DAYS, now=utcnow() + timedelta(days=DAYS, hours=1)).quarantined == 1
+    assert not old.exists() and not old.with_suffix(".json").exists()
+    with db.session() as session:
+        row = session.scalars(select(Quarantine)).one()
+        assert (row.reason, row.path) == ("cannot parse", None)
+        assert session.scalars(select(AuditEvent.kind).where(AuditEvent.kind == "quarantine_purged")).one()
