@@ -9,8 +9,9 @@ reprocessed for that long once the cause is fixed.
 One study at a time, under the spool's ``purging`` lock for it, so no instance of the study is
 being received meanwhile (a resend waits and is then received as new): the study is claimed
 (``purging``, which ``radfusion reprocess`` refuses), its files are deleted, then its rows, and it is
-``done`` again. A crash leaves rows whose files are gone, never files without rows that start-up
-would record again; start-up returns a claimed study to ``done`` and the next pass finishes it.
+``done`` again. A purge that fails hands the study back at once. A crash leaves rows whose files are
+gone, never files without rows that start-up would record again; start-up returns a claimed study to
+``done`` and the next pass finishes it.
 Results, jobs, deliveries, alerts and audit events stay. A study sent again later is assembled
 and analysed like any other, as the next revision of its series. Files in the quarantine go after
 the same period, counted from when they were set aside; their rows keep the reason.
@@ -53,7 +54,7 @@ def _expired(cutoff: datetime) -> ColumnElement[bool]:
 
 
 def purge_expired(db: Database, spool: Spool, retention_days: int, now: datetime | None = None) -> PurgeReport:
-    """Delete the instance files and rows of every expired study (module docstring)."""
+    """Delete the instance files and rows of every expired study, and old quarantined files (module docstring)."""
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     studies = instances = freed = last_id = 0
     while True:
