@@ -144,6 +144,24 @@ def reopen_studies(db: Database, study_uids: Sequence[str], now: datetime | None
     return uids
 
 
+def study_uids_of_accessions(db: Database, accessions: Sequence[str]) -> list[str]:
+    """The Study Instance UID each accession number names; RadfusionError naming every number that names no
+    study or more than one (say which by UID)."""
+    if not accessions:
+        return []
+    with db.session() as session:
+        rows = session.execute(select(Study.accession_number, Study.study_uid)
+                               .where(Study.accession_number.in_(accessions))).all()
+    found: dict[str, list[str]] = {number: [] for number in accessions}
+    for number, uid in rows:
+        found[number].append(uid)
+    problems = [f"accession {number!r}: {'no study' if not uids else 'names ' + ', '.join(sorted(uids))}"
+                for number, uids in found.items() if len(uids) != 1]
+    if problems:
+        raise RadfusionError("nothing re-opened: " + "; ".join(problems))
+    return [uids[0] for uids in found.values()]
+
+
 def _reopen(session: Session, study: Study, now: datetime) -> str | None:
     """Re-open one finished study and its stored series; why not, if a retention purge claimed it since it was read."""
     if not session.execute(update(Study).where(Study.id == study.id, Study.state == "done")

@@ -86,11 +86,14 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
     """Analyse finished studies again (after a routing or model change, or a failed job's cause is fixed)."""
-    from radfusion.assembly import reopen_studies
+    from radfusion.assembly import reopen_studies, study_uids_of_accessions
     from radfusion.db import Database
 
+    if not args.study_uids and not args.accession:
+        raise RadfusionError("reprocess needs Study Instance UIDs or --accession numbers (see radfusion status)")
     settings = _settings(args)
-    uids = reopen_studies(Database(settings.effective_database_url), args.study_uids)
+    db = Database(settings.effective_database_url)
+    uids = reopen_studies(db, [*args.study_uids, *study_uids_of_accessions(db, args.accession)])
     print(f"re-opened {len(uids)} studies: {', '.join(uids)}; a running server analyses them again within "
           f"{settings.stability.quiet_timeout_s:g} s, with its current rules and models")
     return 0
@@ -134,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--all-failed", action="store_true", help="every failed delivery")
     requeue.set_defaults(func=cmd_requeue)
     reprocess = sub.add_parser("reprocess", help="analyse finished studies again with the current rules and models")
-    reprocess.add_argument("study_uids", nargs="+", metavar="STUDY_UID", help="Study Instance UIDs (radfusion status)")
+    reprocess.add_argument("study_uids", nargs="*", metavar="STUDY_UID", help="Study Instance UIDs (radfusion status)")
+    reprocess.add_argument("--accession", action="append", default=[], metavar="NUMBER",
+                           help="a study by its accession number (repeatable)")
     reprocess.set_defaults(func=cmd_reprocess)
     sub.add_parser("config", help="validate the configuration and print it").set_defaults(func=cmd_config)
     demo = sub.add_parser("demo", help="run synthetic studies through a local server and print the results")

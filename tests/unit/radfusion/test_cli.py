@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import select
 
 from radfusion.cli import main
 from radfusion.db import Database
-from radfusion.models import Delivery, Job, Series, Study, utcnow
+from radfusion.models import Delivery, Instance, Job, Series, Study, utcnow
 from radfusion.settings import load_settings
 from radfusion.status import RECENT
 from tests.peers import free_port, storescp
@@ -135,3 +136,25 @@ def test_status_shows_how_long_a_running_job_has_run(tmp_path: Path, capsys: pyt
     queued, running = json.loads(capsys.readouterr().out)["recent_jobs"]
     assert running["state"] == "running" and 1800 <= running["seconds"] < 1900  # a hung job shows its growing time
     assert queued["state"] == "queued" and queued["seconds"] is None
+
+
+def test_reprocess_finds_studies_by_accession_number_and_names_unknown_or_shared_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    db = Database(load_settings(config).effective_database_url)
+    with db.session() as session:
+        for uid, accession in (("1.2.1", "A100"), ("1.2.2", "A200"), ("1.2.3", "A200")):
+            study = Study(study_uid=uid, accession_number=accession, state="done")
+            series = Series(study=study, series_uid=f"{uid}.1", instance_count=1)
+            session.add_all([study, series, Instance(series=series, sop_instance_uid=f"{uid}.1.1", sop_class_uid="1.2",
+                                                     transfer_syntax_uid="1.2", path="x.dcm", size_bytes=1)])
+    assert main(["--config", str(config), "reprocess"]) == 2
+    assert "needs Study Instance UIDs or --accession numbers" in capsys.readouterr().err
+    assert main(["--config", str(config), "reprocess", "--accession", "A999", "--accession", "A200"]) == 2
+    assert ("accession 'A999': no study; accession 'A200': names 1.2.2, 1.2.3"
+            in capsys.readouterr().err)  # and nothing was re-opened
+    assert main(["--config", str(config), "reprocess", "--accession", "A100", "1.2.3"]) == 0
+    assert "re-opened 2 studies: 1.2.3, 1.2.1" in capsys.readouterr().out
+    with db.session() as session:
+        assert dict(session.execute(select(Study.study_uid, Study.state)).all()) == {
+            "1.2.1": "receiving", "1.2.2": "done", "1.2.3": "receiving"}
