@@ -110,16 +110,15 @@ def _purge_study(db: Database, spool: Spool, study_id: int, study_uid: str, cuto
                                    .where(Series.study_id == study_id)).all()
         try:
             return _delete_claimed(db, spool, study_id, study_uid, cutoff, rows)
-        except BaseException:  # files may be gone: give the rows back to the next pass, which deletes them
+        finally:  # done again; after a failure the rows left, whose files may be gone, go in the next pass
             with db.session() as session:
                 session.execute(update(Study).where(Study.id == study_id, Study.state == "purging")
                                 .values(state="done"))
-            raise
 
 
 def _delete_claimed(db: Database, spool: Spool, study_id: int, study_uid: str, cutoff: datetime,
                     rows: Sequence[Row[tuple[int, int, str]]]) -> tuple[int, int]:
-    """Delete a claimed study's files, then their rows, and hand the study back as done."""
+    """Delete a claimed study's files, then their rows; (rows deleted, bytes freed)."""
     freed = spool.discard(Path(path) for _, _, path in rows)
     deleted = 0
     with db.session() as session:
@@ -135,7 +134,6 @@ def _delete_claimed(db: Database, spool: Spool, study_id: int, study_uid: str, c
         # A series left empty is not analysed again, even if a merge resend re-opened it meanwhile.
         session.execute(update(Series).where(Series.study_id == study_id, Series.instance_count == 0)
                         .values(state="processed"))
-        session.execute(update(Study).where(Study.id == study_id, Study.state == "purging").values(state="done"))
         session.add(AuditEvent(kind="study_purged", subject=study_uid,
                                detail=f"retention: {deleted} instance(s), {freed} bytes, received and analysed "
                                       f"before {cutoff.isoformat(timespec='seconds')}"))
