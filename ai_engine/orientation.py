@@ -118,4 +118,5 @@ def to_lps(volume: Volume) -> tuple[Volume, Reorientation]:
         volume, array=reorientation.to_lps(volume.array), origin_mm=corner, direction=lps_direction * signs[:, None],
         spacing_mm=(volume.spacing_mm[0], *volume.spacing_mm[1:][::-1]) if swap else volume.spacing_mm,
         shear_mm=tuple(-v for v in volume.shear_mm) if flips[0] else volume.shear_mm,
-        sop_instance_uids=volume.sop_instance_uids[order], paths=volume.paths[order]), reorientation
+        sop_instance_uids=volume.sop_instance_uids[order], paths=volume.paths[order],
+        frame_numbers=None if volume.frame_numbers is None else volume.frame_numbers[order]), reorientation

@@ -4,6 +4,9 @@ Detectors need evenly spaced, parallel slices; anything else (a missing slice, m
 a stack that is not straight) is rejected with the reason instead of being silently resampled. A gantry
 tilt (each slice shifted in-plane from the last by the same amount) is kept as it was acquired: the
 volume records the shift, so every voxel keeps its exact patient position.
+
+A series comes as single-frame images (CT Image Storage) or as one enhanced multi-frame image (Enhanced CT,
+Legacy Converted Enhanced CT), whose frames are placed by their functional groups (per frame, else shared).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class Volume:
     ``shear_mm`` is how far each slice lies shifted in-plane from the previous one (gantry tilt;
     zero for a straight stack), so slice k is ``k * (dz * normal + shear_mm)`` from the first.
     ``contrast_agent`` is the series' Contrast/Bolus Agent as the images declare it (empty: none declared).
+    ``frame_numbers``: for a series sent as one multi-frame image, slice k is frame ``frame_numbers[k]`` (1-based)
+    of ``paths[k]``; None when every slice is a single-frame image.
     """
 
     array: np.ndarray
@@ -45,6 +50,7 @@ class Volume:
     study_instance_uid: str
     shear_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     contrast_agent: str = ""
+    frame_numbers: list[int] | None = None
 
     def voxel_to_patient(self, zyx: Sequence[float]) -> tuple[float, float, float]:
         """Patient LPS position (x, y, z) mm of a (possibly fractional) voxel index (z, y, x)."""
@@ -65,18 +71,101 @@ class Volume:
         return float(np.prod(self.spacing_mm)) / 1000.0
 
 
-def _read(path: Path) -> pydicom.Dataset:
-    ds = pydicom.dcmread(path)
-    if "PixelData" not in ds:
-        raise VolumeError(f"{path}: has no Pixel Data; a volume needs image instances")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise VolumeError(f"{path}: multi-frame images ({frames} frames) are not supported; "
-                          "send the series as single-frame instances")
+@dataclass(frozen=True)
+class _Image:
+    """One slice as read: a single-frame image, or one frame (``number``, 1-based) of a multi-frame image."""
+
+    path: Path
+    dataset: pydicom.Dataset
+    number: int | None
+    orientation: tuple[float, ...]
+    position: tuple[float, ...]
+    pixel_spacing: tuple[float, ...]
+    thickness: float | None
+    slope: float
+    intercept: float
+    localizer: bool
+
+
+def _floats(values: object) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)  # type: ignore[attr-defined]
+
+
+def _is_localizer(image_type: object) -> bool:
+    values = [image_type] if isinstance(image_type, str) else list(image_type or [])  # type: ignore[call-overload]
+    return any(str(v).upper() == "LOCALIZER" for v in values)
+
+
+def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
     for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         if keyword not in ds:
             raise VolumeError(f"{path}: missing {keyword}, needed to place the slice in patient space")
-    return ds
+    thickness = ds.get("SliceThickness")
+    return _Image(path, ds, None, _floats(ds.ImageOrientationPatient), _floats(ds.ImagePositionPatient),
+                  _floats(ds.PixelSpacing), None if thickness in (None, "") else float(thickness),
+                  float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0)),
+                  _is_localizer(ds.get("ImageType", [])))
+
+
+def _frame_group(path: Path, ds: pydicom.Dataset, k: int, sequence: str) -> pydicom.Dataset | None:
+    """Functional group ``sequence`` of frame ``k`` (0-based): its per-frame item, else the shared one."""
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) <= k:
+        raise VolumeError(f"{path}: Number of Frames is {ds.NumberOfFrames} but the Per-frame Functional Groups "
+                          f"Sequence has {len(per_frame)} items")
+    for groups in (per_frame[k], *ds.get("SharedFunctionalGroupsSequence", [])[:1]):
+        if sequence in groups and len(groups[sequence].value):
+            return groups[sequence][0]
+    return None
+
+
+def _enhanced_frames(path: Path, ds: pydicom.Dataset, count: int) -> list[_Image]:
+    """The frames of an enhanced multi-frame image, each placed by its functional groups."""
+    images = []
+    for k in range(count):
+        located = {}
+        for sequence, keyword in (("PlaneOrientationSequence", "ImageOrientationPatient"),
+                                  ("PlanePositionSequence", "ImagePositionPatient"),
+                                  ("PixelMeasuresSequence", "PixelSpacing")):
+            item = _frame_group(path, ds, k, sequence)
+            if item is None or keyword not in item:
+                raise VolumeError(f"{path}: frame {k + 1} has no {keyword} in its functional groups, needed to "
+                                  "place it in patient space")
+            located[keyword] = _floats(item[keyword].value)
+        measures = _frame_group(path, ds, k, "PixelMeasuresSequence")
+        thickness = measures.get("SliceThickness") if measures is not None else None
+        rescale = _frame_group(path, ds, k, "PixelValueTransformationSequence") or pydicom.Dataset()
+        frame_type = _frame_group(path, ds, k, "CTImageFrameTypeSequence") or pydicom.Dataset()
+        images.append(_Image(path, ds, k + 1, located["ImageOrientationPatient"], located["ImagePositionPatient"],
+                             located["PixelSpacing"], None if thickness in (None, "") else float(thickness),
+                             float(rescale.get("RescaleSlope", 1.0)), float(rescale.get("RescaleIntercept", 0.0)),
+                             _is_localizer(frame_type.get("FrameType", ds.get("ImageType", [])))))
+    return images
+
+
+def _read(path: Path) -> list[_Image]:
+    """The slices one file holds: itself, or the frames of an enhanced multi-frame image."""
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise VolumeError(f"{path}: has no Pixel Data; a volume needs image instances")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_frames(path, ds, count)
+    if count > 1:
+        raise VolumeError(f"{path}: a multi-frame image of {count} frames without per-frame functional groups "
+                          "(not an enhanced image): its frames cannot be placed in patient space")
+    return [_single_frame(path, ds)]
+
+
+def _declared_agent(ds: pydicom.Dataset) -> str:
+    """Contrast/Bolus Agent as declared: the attribute (single-frame images), else the first coded agent of the
+    Contrast/Bolus Agent Sequence (enhanced images); empty when neither names one."""
+    agent = str(ds.get("ContrastBolusAgent", "") or "").strip()
+    if agent:
+        return agent
+    for item in ds.get("ContrastBolusAgentSequence", []):
+        return str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
+    return ""
 
 
 def _single(values: set[str], what: str) -> str:
@@ -113,66 +202,79 @@ def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray,
     return steps, tilt
 
 
-def _localizer(ds: pydicom.Dataset) -> bool:
-    image_type = ds.get("ImageType", [])
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return any(str(v).upper() == "LOCALIZER" for v in values)
+def _check_one_multiframe(images: list[_Image]) -> None:
+    """A series as one enhanced image or as single-frame images: the results reference one or the other."""
+    multiframe = {image.path for image in images if image.number is not None}
+    if multiframe and (len(multiframe) > 1 or len(multiframe) != len({image.path for image in images})):
+        raise VolumeError(f"the series holds {len(multiframe)} multi-frame image(s) beside "
+                          f"{len({image.path for image in images}) - len(multiframe)} other image(s); a volume is "
+                          "read from one multi-frame image or from single-frame images only")
+
+
+def _pixels(images: list[_Image]) -> np.ndarray:
+    """HU of each slice (rescaled per slice or frame), each file's pixel data decoded once."""
+    decoded: dict[Path, np.ndarray] = {}
+    first = images[0].dataset
+    array = np.empty((len(images), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    for k, image in enumerate(images):
+        if image.path not in decoded:
+            decoded[image.path] = image.dataset.pixel_array
+        stored = decoded[image.path] if image.number is None else decoded[image.path][image.number - 1]
+        array[k] = stored.astype(np.float32) * np.float32(image.slope) + np.float32(image.intercept)
+    return array
 
 
 def load_series(paths: Sequence[Path | str]) -> Volume:
-    """Read single-frame slices of one series, order them along the normal and stack them in HU.
+    """Read the slices of one series, order them along the normal and stack them in HU.
 
-    Localizer (scout) images that some scanners put into the axial series (ImageType LOCALIZER) are
-    left out; a series of localizers only is not a volume.
+    Localizer (scout) images or frames that some scanners put into the axial series (Image Type or Frame Type
+    LOCALIZER) are left out; a series of localizers only is not a volume.
     """
     if not paths:
         raise VolumeError("no files given for the volume")
-    datasets = [(Path(p), _read(Path(p))) for p in paths]
-    slices = [(path, ds) for path, ds in datasets if not _localizer(ds)]
-    if not slices:
-        raise VolumeError(f"all {len(datasets)} images are localizers (ImageType LOCALIZER); no volume to analyse")
-    datasets = slices
-    series_uid = _single({str(ds.SeriesInstanceUID) for _, ds in datasets}, "SeriesInstanceUID")
-    study_uid = _single({str(ds.StudyInstanceUID) for _, ds in datasets}, "StudyInstanceUID")
-    shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in datasets}
+    read = [image for p in paths for image in _read(Path(p))]
+    images = [image for image in read if not image.localizer]
+    if not images:
+        raise VolumeError(f"all {len(read)} images are localizers (ImageType LOCALIZER); no volume to analyse")
+    _check_one_multiframe(images)
+    series_uid = _single({str(image.dataset.SeriesInstanceUID) for image in images}, "SeriesInstanceUID")
+    study_uid = _single({str(image.dataset.StudyInstanceUID) for image in images}, "StudyInstanceUID")
+    shapes = {(int(image.dataset.Rows), int(image.dataset.Columns)) for image in images}
     if len(shapes) != 1:
         raise VolumeError(f"all slices must have the same rows x columns, got {sorted(shapes)}")
-    orientations = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in datasets])
+    orientations = np.array([image.orientation for image in images])
     if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOLERANCE:
         raise VolumeError("slices have mixed orientations (ImageOrientationPatient differs); "
                           "one volume needs one orientation")
     row_dir, col_dir = orientations[0][:3], orientations[0][3:]
     normal = np.cross(row_dir, col_dir)
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in datasets])
+    positions = np.array([image.position for image in images])
     order = np.argsort(positions @ normal, kind="stable")
-    datasets = [datasets[i] for i in order]
+    images = [images[i] for i in order]
     positions = positions[order]
-    spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for _, ds in datasets}
+    spacings = {tuple(round(v, 4) for v in image.pixel_spacing) for image in images}
     if len(spacings) != 1:
         raise VolumeError(f"all slices must have the same PixelSpacing, got {sorted(spacings)}")
-    dy, dx = (float(v) for v in datasets[0][1].PixelSpacing)
+    dy, dx = images[0].pixel_spacing
     shear = np.zeros(3)
-    if len(datasets) > 1:
+    if len(images) > 1:
         steps, tilt = _slice_steps(positions, normal)
         dz = float(np.mean(steps))
         if np.linalg.norm(tilt) > TILT_TOLERANCE:
             shear = tilt * dz
     else:
-        dz = float(datasets[0][1].get("SliceThickness", 1.0) or 1.0)
-    array = np.empty((len(datasets), *next(iter(shapes))), dtype=np.float32)
-    for k, (path, ds) in enumerate(datasets):
-        slope = float(ds.get("RescaleSlope", 1.0))
-        intercept = float(ds.get("RescaleIntercept", 0.0))
-        array[k] = ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        dz = images[0].thickness or 1.0
+    multiframe = images[0].number is not None
     return Volume(
-        array=array,
+        array=_pixels(images),
         spacing_mm=(dz, float(dy), float(dx)),
         origin_mm=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
         direction=np.stack([row_dir, col_dir, normal]),
-        sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in datasets],
-        paths=[path for path, _ in datasets],
+        sop_instance_uids=[str(image.dataset.SOPInstanceUID) for image in images],
+        paths=[image.path for image in images],
         series_instance_uid=series_uid,
         study_instance_uid=study_uid,
         shear_mm=(float(shear[0]), float(shear[1]), float(shear[2])),
-        contrast_agent=str(datasets[0][1].get("ContrastBolusAgent", "") or "").strip(),
+        contrast_agent=_declared_agent(images[0].dataset),
+        frame_numbers=[image.number for image in images] if multiframe else None,  # type: ignore[misc]
     )

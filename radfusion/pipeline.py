@@ -103,14 +103,14 @@ class JobRunner:
         try:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
-            sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in _ordered_paths(inputs)]
+            sources, frames = _sources(inputs)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
             log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
                 _record_failure(session, job_id, job.study_id, f"{type(exc).__name__}: {exc}")
             return
         try:
-            written = self._write_reports(job_id, study_uid, sources, result, predecessor, context)
+            written = self._write_reports(job_id, study_uid, sources, frames, result, predecessor, context)
         except Exception as exc:  # noqa: BLE001 - the reports failed; an urgent finding still alerts
             log.exception("job %d (%s, study %s): writing the results failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
@@ -143,14 +143,15 @@ class JobRunner:
             .order_by(Job.id.desc()).limit(1))
         return None if path is None else SrReference.from_dataset(pydicom.dcmread(path, stop_before_pixels=True))
 
-    def _write_reports(self, job_id: int, study_uid: str, sources: list[pydicom.Dataset], result: DetectorResult,
-                       predecessor: SrReference | None, context: ClinicalContext) -> list[WrittenObject]:
+    def _write_reports(self, job_id: int, study_uid: str, sources: list[pydicom.Dataset], frames: list[int] | None,
+                       result: DetectorResult, predecessor: SrReference | None,
+                       context: ClinicalContext) -> list[WrittenObject]:
         out_dir = self._results_dir / safe_uid_component(study_uid) / f"job-{job_id}"
-        segs = build_seg(sources, result, series_number=SEG_SERIES_NUMBER)
+        segs = build_seg(sources, result, series_number=SEG_SERIES_NUMBER, frames=frames)
         sr = build_sr(sources, result, series_number=SR_SERIES_NUMBER, predecessor=predecessor,
-                      segmentations=segs, clinical_summary=clinical_summary(context))
+                      segmentations=segs, clinical_summary=clinical_summary(context), frames=frames)
         written = [_save(ds, "seg", out_dir / f"seg-{index}.dcm") for index, ds in enumerate(segs)]
-        heatmaps = build_heatmap_seg(sources, result, series_number=HEATMAP_SERIES_NUMBER, masks=segs)
+        heatmaps = build_heatmap_seg(sources, result, series_number=HEATMAP_SERIES_NUMBER, masks=segs, frames=frames)
         written.extend(_save(ds, "heatmap", out_dir / f"heatmap-{index}.dcm") for index, ds in enumerate(heatmaps))
         written.append(_save(sr, "sr", out_dir / "sr.dcm"))
         return written
@@ -263,11 +264,14 @@ def finish_study_if_idle(session: Session, study_id: int) -> None:
         session.execute(update(Study).where(Study.id == study_id, Study.state == "processing").values(state="done"))
 
 
-def _ordered_paths(inputs) -> list[Path]:  # noqa: ANN001 - DetectorInput
-    """Source files in the order the detector's masks index them."""
-    if inputs.volume is not None:
-        return list(inputs.volume.paths)
-    return [view.path for view in inputs.views]
+def _sources(inputs) -> tuple[list[pydicom.Dataset], list[int] | None]:  # noqa: ANN001 - DetectorInput
+    """Source headers in the order the detector's masks index them, and for a volume read from one multi-frame
+    image that image once with the frame number of each slice."""
+    volume = inputs.volume
+    if volume is not None and volume.frame_numbers is not None:
+        return [pydicom.dcmread(volume.paths[0], stop_before_pixels=True)], list(volume.frame_numbers)
+    paths = list(volume.paths) if volume is not None else [view.path for view in inputs.views]
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths], None
 
 
 def _save(ds: pydicom.Dataset, kind: str, path: Path) -> WrittenObject:

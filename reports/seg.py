@@ -25,7 +25,7 @@ from reports.algorithm import (
 )
 from reports.coding import FINDING_TYPE_CODES, MORPHOLOGICALLY_ABNORMAL_STRUCTURE
 from reports.errors import ReportsError
-from reports.sources import conformant_headers, view_of
+from reports.sources import check_frames, conformant_headers, view_of
 from reports.tracking import tracking_id
 
 
@@ -58,26 +58,33 @@ class SegmentRef:
 
 
 def build_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *,
-              series_number: int, instance_number: int = 1) -> list[pydicom.Dataset]:
-    """Binary SEG instances (one series) for the masked findings of ``result``; [] if none."""
-    return _build(source_datasets, result, MASKS, series_number, instance_number)
+              series_number: int, instance_number: int = 1,
+              frames: Sequence[int] | None = None) -> list[pydicom.Dataset]:
+    """Binary SEG instances (one series) for the masked findings of ``result``; [] if none.
+
+    ``frames``: the CT volume was read from the one multi-frame image in ``source_datasets``, and its slice k is
+    frame ``frames[k]``; the SEG then has one frame per frame of that image.
+    """
+    return _build(source_datasets, result, MASKS, series_number, instance_number, frames=frames)
 
 
 def build_heatmap_seg(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *,
-                      series_number: int, instance_number: int = 1,
-                      masks: Sequence[pydicom.Dataset] = ()) -> list[pydicom.Dataset]:
+                      series_number: int, instance_number: int = 1, masks: Sequence[pydicom.Dataset] = (),
+                      frames: Sequence[int] | None = None) -> list[pydicom.Dataset]:
     """Fractional SEG instances (one series; probability, 8 bits) of the findings' heat maps; [] if none.
 
     A finding whose heat map is zero everywhere has nothing to show and gets no segment. A finding
     with a segment in ``masks`` (``build_seg``'s SEGs of the same result) keeps that segment's
-    Tracking UID, so a viewer that follows findings by UID shows one finding, not two.
+    Tracking UID, so a viewer that follows findings by UID shows one finding, not two. ``frames`` as ``build_seg``.
     """
-    return _build(source_datasets, result, HEATMAPS, series_number, instance_number, masks)
+    return _build(source_datasets, result, HEATMAPS, series_number, instance_number, masks, frames)
 
 
 def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, layer: _Layer,
-           series_number: int, instance_number: int, masks: Sequence[pydicom.Dataset] = ()) -> list[pydicom.Dataset]:
+           series_number: int, instance_number: int, masks: Sequence[pydicom.Dataset] = (),
+           frames: Sequence[int] | None = None) -> list[pydicom.Dataset]:
     check_algorithm_info(result.algorithm)
+    check_frames(source_datasets, frames)
     source_datasets = conformant_headers(source_datasets)
     masked = [(index, f) for index, f in enumerate(result.findings) if _included(getattr(f, layer.attribute), layer)]
     if not masked:
@@ -88,7 +95,7 @@ def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, l
     else:
         groups = [(list(source_datasets), masked)]
     return [
-        _segmentation(sources, findings, result, layer, series_uid, series_number, instance_number + k, masks)
+        _segmentation(sources, findings, result, layer, series_uid, series_number, instance_number + k, masks, frames)
         for k, (sources, findings) in enumerate(groups)
     ]
 
@@ -136,10 +143,12 @@ def _tracking_uid(masks: Sequence[pydicom.Dataset], index: int, finding: Finding
 
 def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Finding]], result: DetectorResult,
                   layer: _Layer, series_uid: str, series_number: int, instance_number: int,
-                  masks: Sequence[pydicom.Dataset]) -> hd.seg.Segmentation:
+                  masks: Sequence[pydicom.Dataset], source_frames: Sequence[int] | None) -> hd.seg.Segmentation:
     """One SEG of ``layer`` over ``sources`` with one segment per finding."""
-    shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
-    frames = [_as_frames(index, finding, layer, shape) for index, finding in findings]
+    shape = (len(sources) if source_frames is None else len(source_frames), int(sources[0].Rows),
+             int(sources[0].Columns))
+    frames = [_in_source_frames(_as_frames(index, finding, layer, shape), sources, source_frames)
+              for index, finding in findings]
     info = result.algorithm
     descriptions = [
         hd.seg.SegmentDescription(
@@ -172,11 +181,22 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
         content_description=layer.content_description,
         series_description=series_description(info),
     )
-    if "ImageOrientationPatient" not in sources[0]:
+    if source_frames is None and "ImageOrientationPatient" not in sources[0]:
         # A projection view has no patient geometry; its orientation labels apply unchanged.
         seg.PatientOrientation = sources[0].PatientOrientation
     add_contributing_equipment(seg, info)
     return seg
+
+
+def _in_source_frames(array: np.ndarray, sources: list[pydicom.Dataset],
+                      source_frames: Sequence[int] | None) -> np.ndarray:
+    """A (slices, rows, columns) array laid out as the source's frames: unchanged for single-frame sources; for
+    one multi-frame source, slice k at frame ``source_frames[k]`` and zero on frames the volume left out."""
+    if source_frames is None:
+        return array
+    laid_out = np.zeros((int(sources[0].NumberOfFrames), *array.shape[1:]), dtype=array.dtype)
+    laid_out[np.asarray(source_frames) - 1] = array
+    return laid_out
 
 
 def _as_frames(index: int, finding: Finding, layer: _Layer, shape: tuple[int, int, int]) -> np.ndarray:

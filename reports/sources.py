@@ -70,9 +70,23 @@ def view_of(views: Sequence[pydicom.Dataset], index: int, finding: Finding) -> p
     return views[finding.view_index]
 
 
-def slice_of(slices: Sequence[pydicom.Dataset], index: int, z: float) -> pydicom.Dataset:
-    """The CT slice nearest to voxel coordinate ``z`` of finding ``index``."""
+def check_frames(sources: Sequence[pydicom.Dataset], frames: Sequence[int] | None) -> None:
+    """``frames`` (a volume read from one multi-frame image: slice k is frame ``frames[k]``) must address frames of
+    the one source image."""
+    if frames is None:
+        return
+    count = int(sources[0].get("NumberOfFrames", 1) or 1) if len(sources) == 1 else 0
+    if count == 0 or not frames or min(frames) < 1 or max(frames) > count:
+        raise ReportsError(f"frames must number frames 1..{count} of one multi-frame source image; got "
+                           f"{len(frames)} frame number(s) for {len(sources)} source image(s)")
+
+
+def slice_of(slices: Sequence[pydicom.Dataset], index: int, z: float,
+             frames: Sequence[int] | None = None) -> tuple[pydicom.Dataset, list[int] | None]:
+    """The CT slice nearest to voxel coordinate ``z`` of finding ``index``: its image, and its frame number when the
+    volume was read from one multi-frame image (``frames``)."""
+    count = len(slices) if frames is None else len(frames)
     position = int(round(z))
-    if not 0 <= position < len(slices):
-        raise ReportsError(f"finding {index}: center z must lie within {len(slices)} slices, got {z}")
-    return slices[position]
+    if not 0 <= position < count:
+        raise ReportsError(f"finding {index}: center z must lie within {count} slices, got {z}")
+    return (slices[position], None) if frames is None else (slices[0], [frames[position]])

@@ -52,7 +52,7 @@ from reports.coding import (
 )
 from reports.errors import ReportsError
 from reports.seg import SegmentRef, find_segment
-from reports.sources import conformant_headers, slice_of, view_of
+from reports.sources import check_frames, conformant_headers, slice_of, view_of
 from reports.tracking import tracking_id
 
 NO_FINDINGS = "No findings."
@@ -90,18 +90,20 @@ class SrReference:
 def build_sr(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *, series_number: int,
              instance_number: int = 1, predecessor: SrReference | None = None,
              clinical_summary: Mapping[str, str] | None = None,
-             segmentations: Sequence[pydicom.Dataset] = ()) -> pydicom.Dataset:
+             segmentations: Sequence[pydicom.Dataset] = (), frames: Sequence[int] | None = None) -> pydicom.Dataset:
     """The SR for ``result`` over ``source_datasets`` (CT slices in position order, or views).
 
     ``segmentations`` are the SEG instances ``build_seg`` wrote for this result; a finding
-    with a mask must then have its segment there, and the group references it.
+    with a mask must then have its segment there, and the group references it. ``frames``: the CT volume was
+    read from the one multi-frame image in ``source_datasets``, and its slice k is frame ``frames[k]``.
     """
     if not source_datasets:
         raise ReportsError("build_sr: source_datasets must hold at least one source image, got none")
     check_algorithm_info(result.algorithm)
+    check_frames(source_datasets, frames)
     source_datasets = conformant_headers(source_datasets)
     groups = [
-        _measurement_group(source_datasets, result, index, finding, segmentations)
+        _measurement_group(source_datasets, result, index, finding, segmentations, frames)
         for index, finding in enumerate(result.findings)
     ]
     info = result.algorithm
@@ -169,7 +171,7 @@ def _qualitative_evaluations(result: DetectorResult,
 
 
 def _measurement_group(sources: Sequence[pydicom.Dataset], result: DetectorResult, index: int, finding: Finding,
-                       segmentations: Sequence[pydicom.Dataset]) -> MeasurementGroup:
+                       segmentations: Sequence[pydicom.Dataset], frames: Sequence[int] | None) -> MeasurementGroup:
     """TID 1410/1411 group for one finding, referencing its segment or its centre point."""
     segment = _segment_of(segmentations, index, finding)
     common = {
@@ -192,19 +194,26 @@ def _measurement_group(sources: Sequence[pydicom.Dataset], result: DetectorResul
                 sop_class_uid=segment.segmentation.SOPClassUID,
                 sop_instance_uid=segment.segmentation.SOPInstanceUID,
                 segment_number=segment.segment_number,
-                source_images=[
-                    hd.sr.SourceImageForSegmentation.from_source_image(sources[z])
-                    for z in np.flatnonzero(np.asarray(finding.mask).any(axis=(1, 2)))
-                ],
+                source_images=_segmented_images(sources, np.flatnonzero(np.asarray(finding.mask).any(axis=(1, 2))),
+                                                frames),
             ),
             **common,
         )
     else:
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=_point(sources, result.task, index, finding), **common,
+            referenced_region=_point(sources, result.task, index, finding, frames), **common,
         )
     group[0].ContentSequence.extend(_finding_texts(finding))
     return group
+
+
+def _segmented_images(sources: Sequence[pydicom.Dataset], slices: np.ndarray,
+                      frames: Sequence[int] | None) -> list[hd.sr.SourceImageForSegmentation]:
+    """The source images of the slices a segment covers: one per slice, or the multi-frame image with its frames."""
+    if frames is None:
+        return [hd.sr.SourceImageForSegmentation.from_source_image(sources[z]) for z in slices]
+    numbers = sorted(frames[z] for z in slices)
+    return [hd.sr.SourceImageForSegmentation.from_source_image(sources[0], referenced_frame_numbers=numbers)]
 
 
 def _segment_of(segmentations: Sequence[pydicom.Dataset], index: int, finding: Finding) -> SegmentRef | None:
@@ -261,8 +270,8 @@ def _finding_texts(finding: Finding) -> list[hd.sr.TextContentItem]:
     return texts
 
 
-def _point(sources: Sequence[pydicom.Dataset], task: Task, index: int,
-           finding: Finding) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+def _point(sources: Sequence[pydicom.Dataset], task: Task, index: int, finding: Finding,
+           frames: Sequence[int] | None) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
     """The finding's centre: SCOORD3D in patient space when known, else a point on its image."""
     if task is not Task.MAMMOGRAPHY and finding.center_mm is not None:
         return hd.sr.ImageRegion3D(
@@ -271,14 +280,14 @@ def _point(sources: Sequence[pydicom.Dataset], task: Task, index: int,
             frame_of_reference_uid=sources[0].FrameOfReferenceUID,
         )
     if task is Task.MAMMOGRAPHY:
-        image, (row, column) = view_of(sources, index, finding), finding.center_voxel
+        (image, frame), (row, column) = (view_of(sources, index, finding), None), finding.center_voxel
     else:
         z, row, column = finding.center_voxel
-        image = slice_of(sources, index, z)
+        image, frame = slice_of(sources, index, z, frames)
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POINT,
         graphic_data=np.array([[column + 0.5, row + 0.5]], dtype=float),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(image, referenced_frame_numbers=frame),
     )
 
 

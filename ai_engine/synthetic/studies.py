@@ -6,11 +6,14 @@ could have sent. Everything is drawn from one seeded numpy Generator, so a seed 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from highdicom.legacy import LegacyConvertedEnhancedCTImage
 from pydicom.uid import generate_uid
 
 from ai_engine.errors import SyntheticError
@@ -23,7 +26,7 @@ from ai_engine.synthetic.truth import LesionTruth
 STUDY_KINDS = ("head_ct", "chest_ct", "mammo")
 MIN_ROWS = 64
 
-__all__ = ["STUDY_KINDS", "LesionTruth", "SyntheticStudy", "write_study"]
+__all__ = ["STUDY_KINDS", "LesionTruth", "SyntheticStudy", "legacy_enhanced_ct", "write_study"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,20 @@ def write_study(kind: str, out_dir: Path, *, seed: int = 0, lesion: bool = True,
                                         body_part=body_part, description=description, signed=signed)
     return SyntheticStudy(paths, header.study_instance_uid, [series_uid], header.accession_number,
                           header.patient_id, truths)
+
+
+def legacy_enhanced_ct(study: SyntheticStudy, out_dir: Path) -> SyntheticStudy:
+    """``study`` (a CT study of ``write_study``) as one Legacy Converted Enhanced CT image in a new series of the same
+    study: a multi-frame image as an archive that stores CT that way sends it, with the same lesions."""
+    if len(study.series_instance_uids) != 1:
+        raise SyntheticError(f"a CT study of one series is converted, got {len(study.series_instance_uids)} series")
+    slices = [pydicom.dcmread(path) for path in study.paths]
+    if str(slices[0].Modality) != "CT":
+        raise SyntheticError(f"a CT study is converted, got modality {slices[0].Modality}")
+    series_uid = generate_uid()
+    image = LegacyConvertedEnhancedCTImage(slices, series_instance_uid=series_uid, series_number=int(
+        slices[0].SeriesNumber) + 100, sop_instance_uid=generate_uid(), instance_number=1)
+    path = Path(out_dir) / f"{image.SOPInstanceUID}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save_as(path, enforce_file_format=True)
+    return dataclasses.replace(study, paths=[path], series_instance_uids=[series_uid])

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from ai_engine.synthetic.studies import write_study
+from ai_engine.synthetic.studies import legacy_enhanced_ct, write_study
 from radfusion.models import Job
 from tests.integration.servers import Orthanc, radfusion_server, routing_to
 from tests.peers import dciodvfy_errors, free_port, require_tool, storescp, storescu, wait_until
@@ -51,6 +51,35 @@ def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, datab
                               timeout=30, what="SR, SEG and heat-map SEG in storescp")
         assert_valid_results(received, study.study_instance_uid)
         assert server.db.engine.dialect.name == (database_url and "postgresql" or "sqlite")
+
+
+def test_an_enhanced_multiframe_head_ct_gets_results_that_cite_its_frames(tmp_path: Path) -> None:
+    """A Legacy Converted Enhanced CT (one multi-frame image, slice thickness and body part in its functional groups)
+    is routed, analysed, and answered with results that reference the image's frames."""
+    single = write_study("head_ct", tmp_path / "single", seed=3, lesion=True, rows=256, slices=24)
+    study = legacy_enhanced_ct(single, tmp_path / "in")
+    sink_dir = tmp_path / "sink"
+    with storescp(sink_dir, ae_title="SINK") as sink_port, radfusion_server(
+        tmp_path / "rf",
+        destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
+        routing=routing_to(["sink"]),
+    ) as server:
+        sent = storescu(server.port, study.paths)
+        assert sent.returncode == 0, sent.stderr
+        server.wait_idle(studies=1)
+        received = wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 3 else None,
+                              timeout=30, what="SR, SEG and heat-map SEG in storescp")
+        with server.db.session() as session:
+            assert [job.detector for job in session.scalars(select(Job))] == ["ich_fusion"]
+    assert_valid_results(received, study.study_instance_uid)
+    source_uid = pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPInstanceUID
+    for path in received:
+        ds = pydicom.dcmread(path)
+        if ds.SOPClassUID == SEG_CLASS:
+            references = [group.DerivationImageSequence[0].SourceImageSequence[0]
+                          for group in ds.PerFrameFunctionalGroupsSequence]
+            assert {ref.ReferencedSOPInstanceUID for ref in references} == {source_uid}
+            assert all(1 <= int(ref.ReferencedFrameNumber) <= 24 for ref in references)
 
 
 def test_late_instances_reopen_the_study_and_reissue_the_sr(tmp_path: Path) -> None:

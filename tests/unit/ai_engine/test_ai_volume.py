@@ -12,7 +12,7 @@ import pytest
 from ai_engine.errors import VolumeError
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
-from ai_engine.synthetic.studies import SyntheticStudy, write_study
+from ai_engine.synthetic.studies import SyntheticStudy, legacy_enhanced_ct, write_study
 from ai_engine.volume import load_series
 
 
@@ -135,3 +135,86 @@ def test_mammography_inputs_are_views_with_laterality_and_view(tmp_path: Path) -
     assert [v.view for v in inputs.views] == ["CC", "MLO"]
     assert inputs.views[0].pixel_spacing_mm == pytest.approx((220 / 128, 220 / 128), rel=1e-3)
     assert inputs.views[0].laterality in ("L", "R")
+
+
+@pytest.fixture(scope="module")
+def enhanced(head: SyntheticStudy, tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return legacy_enhanced_ct(head, tmp_path_factory.mktemp("enhanced"))
+
+
+def _rewrite_enhanced(study: SyntheticStudy, out: Path, change) -> Path:  # noqa: ANN001
+    """A copy of the study's one multi-frame image with ``change(dataset)`` applied."""
+    return _rewrite(study.paths, out, lambda _, ds: change(ds))[0]
+
+
+def test_an_enhanced_multiframe_ct_reads_as_its_single_frame_series(head: SyntheticStudy,
+                                                                     enhanced: SyntheticStudy) -> None:
+    """A Legacy Converted Enhanced CT image of the series (frames stored head to feet): the same voxels and geometry,
+    and each slice knows its frame, placed where its functional groups put it."""
+    single, multi = load_series(head.paths), load_series(enhanced.paths)
+    np.testing.assert_array_equal(multi.array, single.array)
+    assert multi.spacing_mm == pytest.approx(single.spacing_mm)
+    assert multi.origin_mm == pytest.approx(single.origin_mm)
+    np.testing.assert_allclose(multi.direction, single.direction)
+    assert single.frame_numbers is None and multi.paths == enhanced.paths * 12
+    ds = pydicom.dcmread(enhanced.paths[0])
+    assert multi.sop_instance_uids == [ds.SOPInstanceUID] * 12
+    assert multi.frame_numbers == list(range(12, 0, -1))  # highdicom stores the frames in descending z
+    for k, frame in enumerate(multi.frame_numbers):
+        position = ds.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+        assert multi.voxel_to_patient((k, 0, 0)) == pytest.approx(tuple(float(v) for v in position))
+
+
+def test_an_enhanced_image_is_rescaled_per_frame_and_its_localizer_frames_left_out(enhanced: SyntheticStudy,
+                                                                                    tmp_path: Path) -> None:
+    reference = load_series(enhanced.paths)
+
+    def change(ds: pydicom.Dataset) -> None:
+        shared = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+        frame = ds.PerFrameFunctionalGroupsSequence[0]  # the top slice
+        frame.PixelValueTransformationSequence = [pydicom.Dataset()]
+        frame.PixelValueTransformationSequence[0].update(shared)
+        frame.PixelValueTransformationSequence[0].RescaleIntercept = float(shared.RescaleIntercept) + 10.0
+        localizer = ds.PerFrameFunctionalGroupsSequence[11]  # the bottom slice
+        localizer.CTImageFrameTypeSequence = [pydicom.Dataset()]
+        localizer.CTImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
+
+    volume = load_series([_rewrite_enhanced(enhanced, tmp_path / "changed", change)])
+    assert volume.frame_numbers == list(range(11, 0, -1))
+    np.testing.assert_allclose(volume.array[-1], reference.array[-1] + 10.0)
+    np.testing.assert_array_equal(volume.array[:-1], reference.array[1:-1])
+
+
+def test_an_enhanced_image_that_cannot_be_placed_or_read_is_refused_by_name(head: SyntheticStudy,
+                                                                             enhanced: SyntheticStudy,
+                                                                             tmp_path: Path) -> None:
+    def unplaced(ds: pydicom.Dataset) -> None:
+        del ds.PerFrameFunctionalGroupsSequence[4].PlanePositionSequence
+
+    with pytest.raises(VolumeError, match="frame 5 has no ImagePositionPatient in its functional groups"):
+        load_series([_rewrite_enhanced(enhanced, tmp_path / "unplaced", unplaced)])
+    twice = legacy_enhanced_ct(head, tmp_path / "again")
+    with pytest.raises(VolumeError, match="2 multi-frame image"):
+        load_series(enhanced.paths + _rewrite(twice.paths, tmp_path / "second", lambda _, ds: setattr(
+            ds, "SeriesInstanceUID", enhanced.series_instance_uids[0])))
+    with pytest.raises(VolumeError, match="1 multi-frame image.* beside 12 other"):
+        load_series(enhanced.paths + head.paths)
+
+    def plain_multiframe(_: int, ds: pydicom.Dataset) -> None:
+        ds.NumberOfFrames = 2
+        ds.PixelData = ds.PixelData * 2
+
+    with pytest.raises(VolumeError, match="without per-frame functional groups"):
+        load_series(_rewrite(head.paths[:1], tmp_path / "plain", plain_multiframe))
+
+
+def test_an_enhanced_image_declares_its_agent_in_the_contrast_bolus_agent_sequence(enhanced: SyntheticStudy,
+                                                                                    tmp_path: Path) -> None:
+    def contrast(ds: pydicom.Dataset) -> None:
+        ds.ContrastBolusAgent = ""
+        agent = pydicom.Dataset()
+        agent.CodeValue, agent.CodingSchemeDesignator, agent.CodeMeaning = "C-B0322", "SRT", "Iohexol"
+        ds.ContrastBolusAgentSequence = [agent]
+
+    assert load_series(enhanced.paths).contrast_agent == ""
+    assert load_series([_rewrite_enhanced(enhanced, tmp_path / "agent", contrast)]).contrast_agent == "Iohexol"

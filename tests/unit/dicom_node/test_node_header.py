@@ -1,0 +1,43 @@
+"""The header attributes routing reads: single-frame images at the top level, enhanced images where they keep them."""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+
+from dicom_node.header import instance_attributes
+
+
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _enhanced(shared: Dataset, **top: object) -> Dataset:
+    ds = _item(Modality="CT", NumberOfFrames=2, **top)
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [_item(), _item()]
+    return ds
+
+
+def test_an_enhanced_image_gives_its_slice_thickness_body_part_and_agent_from_where_it_keeps_them() -> None:
+    shared = _item(PixelMeasuresSequence=[_item(SliceThickness="0.625", PixelSpacing=["0.7", "0.7"])],
+                   FrameAnatomySequence=[_item(AnatomicRegionSequence=[_item(
+                       CodeValue="69536005", CodingSchemeDesignator="SCT", CodeMeaning="Head")])])
+    ds = _enhanced(shared, ContrastBolusAgentSequence=[_item(CodeValue="C-B0322", CodingSchemeDesignator="SRT",
+                                                             CodeMeaning="Iohexol")])
+    attributes = instance_attributes(ds)
+    assert (attributes["SliceThickness"], attributes["BodyPartExamined"], attributes["ContrastBolusAgent"]) == (
+        0.625, "Head", "Iohexol")
+    assert attributes["ImagePositionPatient"] is None  # per frame: the series geometry check leaves it to the loader
+
+
+def test_the_top_level_wins_and_a_missing_group_stays_missing() -> None:
+    ds = _enhanced(_item(PixelMeasuresSequence=[_item(SliceThickness="1.0")]), BodyPartExamined="CHEST")
+    ds.PerFrameFunctionalGroupsSequence[0].FrameAnatomySequence = []
+    attributes = instance_attributes(ds)
+    assert (attributes["SliceThickness"], attributes["BodyPartExamined"], attributes["ContrastBolusAgent"]) == (
+        1.0, "CHEST", None)
+    single = _item(Modality="CT", SliceThickness="5.0", ContrastBolusAgentSequence=[_item(CodeMeaning="Iohexol")])
+    assert instance_attributes(single)["ContrastBolusAgent"] is None  # a single-frame image: the attribute only
