@@ -107,39 +107,55 @@ def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
                   _is_localizer(ds.get("ImageType", [])))
 
 
-def _frame_group(path: Path, ds: pydicom.Dataset, k: int, sequence: str) -> pydicom.Dataset | None:
-    """Functional group ``sequence`` of frame ``k`` (0-based): its per-frame item, else the shared one."""
-    per_frame = ds.PerFrameFunctionalGroupsSequence
-    if len(per_frame) <= k:
-        raise VolumeError(f"{path}: Number of Frames is {ds.NumberOfFrames} but the Per-frame Functional Groups "
-                          f"Sequence has {len(per_frame)} items")
-    for groups in (per_frame[k], *ds.get("SharedFunctionalGroupsSequence", [])[:1]):
-        if sequence in groups and len(groups[sequence].value):
+def _frame_group(ds: pydicom.Dataset, k: int, sequence: str, keyword: str) -> pydicom.Dataset | None:
+    """The item of functional group ``sequence`` that holds ``keyword`` for frame ``k`` (0-based): the frame's own,
+    else the shared one."""
+    for groups in (ds.PerFrameFunctionalGroupsSequence[k], *ds.get("SharedFunctionalGroupsSequence", [])[:1]):
+        if sequence in groups and len(groups[sequence].value) and keyword in groups[sequence][0]:
             return groups[sequence][0]
     return None
 
 
+def _located(path: Path, ds: pydicom.Dataset, k: int, sequence: str, keyword: str) -> tuple[float, ...]:
+    item = _frame_group(ds, k, sequence, keyword)
+    if item is None:
+        raise VolumeError(f"{path}: frame {k + 1} has no {keyword} in its functional groups, needed to place it in "
+                          "patient space")
+    return _floats(item[keyword].value)
+
+
+def _rescale(path: Path, ds: pydicom.Dataset, k: int) -> tuple[float, float]:
+    """Frame ``k``'s Rescale Slope and Intercept: its Pixel Value Transformation, else the image's top level; a CT
+    frame without either cannot be read in HU."""
+    item = _frame_group(ds, k, "PixelValueTransformationSequence", "RescaleIntercept")
+    source = item if item is not None else ds
+    if "RescaleIntercept" not in source:
+        raise VolumeError(f"{path}: frame {k + 1} has no Rescale Intercept (Pixel Value Transformation), needed to "
+                          "read it in Hounsfield units")
+    return float(source.get("RescaleSlope", 1.0)), float(source.RescaleIntercept)
+
+
 def _enhanced_frames(path: Path, ds: pydicom.Dataset, count: int) -> list[_Image]:
     """The frames of an enhanced multi-frame image, each placed by its functional groups."""
+    listed = len(ds.PerFrameFunctionalGroupsSequence)
+    if listed != count:
+        raise VolumeError(f"{path}: Number of Frames is {count} but the Per-frame Functional Groups Sequence has "
+                          f"{listed} items")
+    parts = int(ds.get("InConcatenationTotalNumber", 1) or 1)
+    if parts > 1:
+        raise VolumeError(f"{path}: one part of a concatenation of {parts} images; a volume is read from one "
+                          "multi-frame image, so send the series unsplit or as single-frame images")
     images = []
     for k in range(count):
-        located = {}
-        for sequence, keyword in (("PlaneOrientationSequence", "ImageOrientationPatient"),
-                                  ("PlanePositionSequence", "ImagePositionPatient"),
-                                  ("PixelMeasuresSequence", "PixelSpacing")):
-            item = _frame_group(path, ds, k, sequence)
-            if item is None or keyword not in item:
-                raise VolumeError(f"{path}: frame {k + 1} has no {keyword} in its functional groups, needed to "
-                                  "place it in patient space")
-            located[keyword] = _floats(item[keyword].value)
-        measures = _frame_group(path, ds, k, "PixelMeasuresSequence")
-        thickness = measures.get("SliceThickness") if measures is not None else None
-        rescale = _frame_group(path, ds, k, "PixelValueTransformationSequence") or pydicom.Dataset()
-        frame_type = _frame_group(path, ds, k, "CTImageFrameTypeSequence") or pydicom.Dataset()
-        images.append(_Image(path, ds, k + 1, located["ImageOrientationPatient"], located["ImagePositionPatient"],
-                             located["PixelSpacing"], None if thickness in (None, "") else float(thickness),
-                             float(rescale.get("RescaleSlope", 1.0)), float(rescale.get("RescaleIntercept", 0.0)),
-                             _is_localizer(frame_type.get("FrameType", ds.get("ImageType", [])))))
+        measures = _frame_group(ds, k, "PixelMeasuresSequence", "SliceThickness")
+        thickness = None if measures is None or measures.SliceThickness in (None, "") else measures.SliceThickness
+        frame_type = _frame_group(ds, k, "CTImageFrameTypeSequence", "FrameType")
+        localizer = _is_localizer(ds.get("ImageType", []) if frame_type is None else frame_type.FrameType)
+        images.append(_Image(
+            path, ds, k + 1, _located(path, ds, k, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            _located(path, ds, k, "PlanePositionSequence", "ImagePositionPatient"),
+            _located(path, ds, k, "PixelMeasuresSequence", "PixelSpacing"),
+            None if thickness is None else float(thickness), *_rescale(path, ds, k), localizer))
     return images
 
 
@@ -158,14 +174,14 @@ def _read(path: Path) -> list[_Image]:
 
 
 def _declared_agent(ds: pydicom.Dataset) -> str:
-    """Contrast/Bolus Agent as declared: the attribute (single-frame images), else the first coded agent of the
-    Contrast/Bolus Agent Sequence (enhanced images); empty when neither names one."""
+    """Contrast/Bolus Agent as declared: the attribute, else the first coded agent of the Contrast/Bolus Agent
+    Sequence (enhanced images always, single-frame ones may code it so); empty when neither names one. The ingest's
+    routing header reads it the same way (``dicom_node.header``)."""
     agent = str(ds.get("ContrastBolusAgent", "") or "").strip()
-    if agent:
+    if agent or "ContrastBolusAgentSequence" not in ds or not len(ds.ContrastBolusAgentSequence):
         return agent
-    for item in ds.get("ContrastBolusAgentSequence", []):
-        return str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
-    return ""
+    item = ds.ContrastBolusAgentSequence[0]
+    return str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
 
 
 def _single(values: set[str], what: str) -> str:
@@ -204,11 +220,12 @@ def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray,
 
 def _check_one_multiframe(images: list[_Image]) -> None:
     """A series as one enhanced image or as single-frame images: the results reference one or the other."""
+    files = {image.path for image in images}
     multiframe = {image.path for image in images if image.number is not None}
-    if multiframe and (len(multiframe) > 1 or len(multiframe) != len({image.path for image in images})):
-        raise VolumeError(f"the series holds {len(multiframe)} multi-frame image(s) beside "
-                          f"{len({image.path for image in images}) - len(multiframe)} other image(s); a volume is "
-                          "read from one multi-frame image or from single-frame images only")
+    if multiframe and len(files) > 1:
+        raise VolumeError(f"the series holds {len(multiframe)} multi-frame image(s) beside {len(files - multiframe)} "
+                          "other image(s); a volume is read from one multi-frame image or from single-frame images "
+                          "only")
 
 
 def _pixels(images: list[_Image]) -> np.ndarray:
@@ -217,9 +234,9 @@ def _pixels(images: list[_Image]) -> np.ndarray:
     first = images[0].dataset
     array = np.empty((len(images), int(first.Rows), int(first.Columns)), dtype=np.float32)
     for k, image in enumerate(images):
-        if image.path not in decoded:
-            decoded[image.path] = image.dataset.pixel_array
-        stored = decoded[image.path] if image.number is None else decoded[image.path][image.number - 1]
+        if image.path not in decoded:  # (frames, rows, columns) for every image, one frame or many
+            decoded[image.path] = image.dataset.pixel_array.reshape(-1, *array.shape[1:])
+        stored = decoded[image.path][0 if image.number is None else image.number - 1]
         array[k] = stored.astype(np.float32) * np.float32(image.slope) + np.float32(image.intercept)
     return array
 
@@ -235,7 +252,8 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
     read = [image for p in paths for image in _read(Path(p))]
     images = [image for image in read if not image.localizer]
     if not images:
-        raise VolumeError(f"all {len(read)} images are localizers (ImageType LOCALIZER); no volume to analyse")
+        raise VolumeError(f"all {len(read)} images or frames are localizers (Image Type or Frame Type LOCALIZER); "
+                          "no volume to analyse")
     _check_one_multiframe(images)
     series_uid = _single({str(image.dataset.SeriesInstanceUID) for image in images}, "SeriesInstanceUID")
     study_uid = _single({str(image.dataset.StudyInstanceUID) for image in images}, "StudyInstanceUID")
@@ -264,7 +282,7 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
             shear = tilt * dz
     else:
         dz = images[0].thickness or 1.0
-    multiframe = images[0].number is not None
+    frame_numbers = [image.number for image in images if image.number is not None]
     return Volume(
         array=_pixels(images),
         spacing_mm=(dz, float(dy), float(dx)),
@@ -276,5 +294,5 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
         study_instance_uid=study_uid,
         shear_mm=(float(shear[0]), float(shear[1]), float(shear[2])),
         contrast_agent=_declared_agent(images[0].dataset),
-        frame_numbers=[image.number for image in images] if multiframe else None,  # type: ignore[misc]
+        frame_numbers=frame_numbers or None,
     )

@@ -37,11 +37,12 @@ INSTANCE_ATTRIBUTES: tuple[str, ...] = (
 FUNCTIONAL_GROUP_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "SliceThickness": ("PixelMeasuresSequence", "SliceThickness"),
     "BodyPartExamined": ("FrameAnatomySequence", "AnatomicRegionSequence", "CodeMeaning"),
-    "ContrastBolusAgent": ("ContrastBolusAgentSequence", "CodeMeaning"),
 }
-"""Where an enhanced multi-frame image may keep what a single-frame image has at the top level: a functional group
-(shared, else the first frame's; the body part as the frames' coded anatomic region) or, for the contrast agent,
-the coded Contrast/Bolus Agent Sequence. The path's sequences are followed through their first items."""
+"""Where an enhanced multi-frame image may keep what a single-frame image has at the top level: in a functional
+group (the first frame's, else the shared one; the body part as the frames' coded anatomic region). Each path's
+sequences are followed through their first items."""
+
+_MALFORMED = (AttributeError, IndexError, KeyError, TypeError, ValueError)
 
 
 def _plain(value: object) -> object:
@@ -57,33 +58,52 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-def _enhanced_value(dataset: Dataset, keyword: str) -> object:
-    """``keyword`` of an enhanced image by its :data:`FUNCTIONAL_GROUP_ATTRIBUTES` path; None where it has none."""
-    *sequences, inner = FUNCTIONAL_GROUP_ATTRIBUTES[keyword]
-    items = [dataset] if sequences[0] in dataset else [
-        groups[0] for groups in (dataset.get("SharedFunctionalGroupsSequence"),
-                                 dataset.get("PerFrameFunctionalGroupsSequence")) if groups]
-    for item in items:
+def _first_item_path(item: Dataset, path: tuple[str, ...]) -> object:
+    """The value at ``path`` (sequences through their first items, then a keyword); None where it breaks off."""
+    *sequences, keyword = path
+    try:
         for sequence in sequences:
-            if sequence not in item or not len(item[sequence].value):
-                break
-            item = item[sequence][0]
-        else:
-            return item.get(inner)
+            element = item.data_element(sequence) if sequence in item else None
+            if element is None or element.VR != "SQ" or not len(element.value):
+                return None
+            item = element.value[0]
+        return item.get(keyword)
+    except _MALFORMED:  # a malformed optional item means "not there": the image was stored without it before
+        return None
+
+
+def _enhanced_value(dataset: Dataset, keyword: str) -> object:
+    """``keyword`` of an enhanced image from its first frame's functional groups, else the shared ones."""
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        value = _first_item_path(dataset, (groups, *FUNCTIONAL_GROUP_ATTRIBUTES[keyword]))
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _coded_agent(dataset: Dataset) -> object:
+    """The first coded Contrast/Bolus Agent (its meaning, else its code), as ``ai_engine.volume`` reads it."""
+    for keyword in ("CodeMeaning", "CodeValue"):
+        value = _first_item_path(dataset, ("ContrastBolusAgentSequence", keyword))
+        if value not in (None, ""):
+            return value
     return None
 
 
 def instance_attributes(dataset: Dataset) -> dict[str, object]:
     """The :data:`INSTANCE_ATTRIBUTES` of ``dataset``; converting them surfaces malformed values here.
 
-    An enhanced multi-frame image's slice thickness, body part and contrast agent are read where it keeps them.
+    An enhanced multi-frame image's slice thickness and body part are read where it keeps them, and a contrast
+    agent given only coded (Contrast/Bolus Agent Sequence) counts as declared.
     """
     enhanced = "PerFrameFunctionalGroupsSequence" in dataset
     attributes: dict[str, object] = {}
     for keyword in INSTANCE_ATTRIBUTES:
         value = dataset.get(keyword)
-        if enhanced and value in (None, "") and keyword in FUNCTIONAL_GROUP_ATTRIBUTES:
+        if value in (None, "") and enhanced and keyword in FUNCTIONAL_GROUP_ATTRIBUTES:
             value = _enhanced_value(dataset, keyword)
+        elif value in (None, "") and keyword == "ContrastBolusAgent":
+            value = _coded_agent(dataset)
         empty = value is None or value == "" or (isinstance(value, MultiValue) and len(value) == 0)
         attributes[keyword] = None if empty else _plain(value)
     return attributes

@@ -25,7 +25,7 @@ from reports.algorithm import (
 )
 from reports.coding import FINDING_TYPE_CODES, MORPHOLOGICALLY_ABNORMAL_STRUCTURE
 from reports.errors import ReportsError
-from reports.sources import check_frames, conformant_headers, view_of
+from reports.sources import check_frames, conformant_headers, shared_frame_geometry, view_of
 from reports.tracking import tracking_id
 
 
@@ -86,6 +86,8 @@ def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, l
     check_algorithm_info(result.algorithm)
     check_frames(source_datasets, frames)
     source_datasets = conformant_headers(source_datasets)
+    if frames is not None:
+        source_datasets = [shared_frame_geometry(source_datasets[0], frames)]
     masked = [(index, f) for index, f in enumerate(result.findings) if _included(getattr(f, layer.attribute), layer)]
     if not masked:
         return []

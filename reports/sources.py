@@ -81,6 +81,30 @@ def check_frames(sources: Sequence[pydicom.Dataset], frames: Sequence[int] | Non
                            f"{len(frames)} frame number(s) for {len(sources)} source image(s)")
 
 
+PLACING_GROUPS = ("PlaneOrientationSequence", "PixelMeasuresSequence")
+
+
+def shared_frame_geometry(source: pydicom.Dataset, frames: Sequence[int]) -> pydicom.Dataset:
+    """``source`` (one multi-frame image) with its Plane Orientation and Pixel Measures in the shared functional
+    groups, as highdicom needs to place SEG frames on it: where the image keeps them per frame, a copy takes them
+    from the first of ``frames`` (the volume's frames, which the loader checked to share them; a localizer frame
+    outside the volume gets no SEG frame)."""
+    per_frame = [group for group in PLACING_GROUPS if group in source.PerFrameFunctionalGroupsSequence[frames[0] - 1]]
+    if not per_frame:
+        return source
+    placed = copy.deepcopy(source)
+    if "SharedFunctionalGroupsSequence" not in placed or not len(placed.SharedFunctionalGroupsSequence):
+        placed.SharedFunctionalGroupsSequence = [pydicom.Dataset()]
+    shared, first = placed.SharedFunctionalGroupsSequence[0], placed.PerFrameFunctionalGroupsSequence[frames[0] - 1]
+    for group in per_frame:
+        setattr(shared, group, getattr(first, group))
+    for item in placed.PerFrameFunctionalGroupsSequence:
+        for group in per_frame:
+            if group in item:
+                delattr(item, group)
+    return placed
+
+
 def slice_of(slices: Sequence[pydicom.Dataset], index: int, z: float,
              frames: Sequence[int] | None = None) -> tuple[pydicom.Dataset, list[int] | None]:
     """The CT slice nearest to voxel coordinate ``z`` of finding ``index``: its image, and its frame number when the

@@ -35,6 +35,12 @@ def assert_valid_results(files: list[Path], study_uid: str) -> None:
             assert "Imaging Measurement Report" in dump.stdout
 
 
+def _results_in(sink_dir: Path) -> list[Path]:
+    """The SR, SEG and heat-map SEG once storescp has all three."""
+    return wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 3 else None,
+                      timeout=30, what="SR, SEG and heat-map SEG in storescp")
+
+
 def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, database_url: str | None) -> None:
     study = write_study("head_ct", tmp_path / "in", seed=3, lesion=True, rows=256, slices=24)
     sink_dir = tmp_path / "sink"
@@ -47,8 +53,7 @@ def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, datab
         sent = storescu(server.port, study.paths)
         assert sent.returncode == 0, sent.stderr
         server.wait_idle(studies=1)
-        received = wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 3 else None,
-                              timeout=30, what="SR, SEG and heat-map SEG in storescp")
+        received = _results_in(sink_dir)
         assert_valid_results(received, study.study_instance_uid)
         assert server.db.engine.dialect.name == (database_url and "postgresql" or "sqlite")
 
@@ -67,8 +72,7 @@ def test_an_enhanced_multiframe_head_ct_gets_results_that_cite_its_frames(tmp_pa
         sent = storescu(server.port, study.paths)
         assert sent.returncode == 0, sent.stderr
         server.wait_idle(studies=1)
-        received = wait_until(lambda: sorted(sink_dir.glob("*.dcm")) if len(list(sink_dir.glob("*.dcm"))) >= 3 else None,
-                              timeout=30, what="SR, SEG and heat-map SEG in storescp")
+        received = _results_in(sink_dir)
         with server.db.session() as session:
             assert [job.detector for job in session.scalars(select(Job))] == ["ich_fusion"]
     assert_valid_results(received, study.study_instance_uid)

@@ -84,7 +84,7 @@ def test_a_localizer_in_the_axial_series_is_left_out(head: SyntheticStudy, tmp_p
     ds.save_as(scout)
     volume = load_series([scout, *head.paths])
     assert volume.paths == head.paths and volume.array.shape == (12, 64, 64)
-    with pytest.raises(VolumeError, match="all 1 images are localizers"):
+    with pytest.raises(VolumeError, match="all 1 images or frames are localizers"):
         load_series([scout])
 
 
@@ -218,3 +218,47 @@ def test_an_enhanced_image_declares_its_agent_in_the_contrast_bolus_agent_sequen
 
     assert load_series(enhanced.paths).contrast_agent == ""
     assert load_series([_rewrite_enhanced(enhanced, tmp_path / "agent", contrast)]).contrast_agent == "Iohexol"
+
+
+def test_an_enhanced_image_without_its_rescale_in_a_group_falls_back_to_the_top_level_or_is_refused(
+        enhanced: SyntheticStudy, tmp_path: Path) -> None:
+    reference = load_series(enhanced.paths)
+
+    def top_level(ds: pydicom.Dataset) -> None:
+        transformation = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+        ds.RescaleSlope, ds.RescaleIntercept = transformation.RescaleSlope, transformation.RescaleIntercept
+        del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+
+    moved = load_series([_rewrite_enhanced(enhanced, tmp_path / "top", top_level)])
+    np.testing.assert_array_equal(moved.array, reference.array)
+
+    def nowhere(ds: pydicom.Dataset) -> None:
+        del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+
+    with pytest.raises(VolumeError, match="frame 1 has no Rescale Intercept"):
+        load_series([_rewrite_enhanced(enhanced, tmp_path / "nowhere", nowhere)])
+
+
+def test_a_one_frame_enhanced_image_reads_its_frame(enhanced: SyntheticStudy, tmp_path: Path) -> None:
+    reference = load_series(enhanced.paths)
+
+    def first_frame_only(ds: pydicom.Dataset) -> None:
+        frame_bytes = len(ds.PixelData) // int(ds.NumberOfFrames)
+        ds.PixelData = ds.PixelData[:frame_bytes]
+        ds.NumberOfFrames = 1
+        ds.PerFrameFunctionalGroupsSequence = ds.PerFrameFunctionalGroupsSequence[:1]
+
+    volume = load_series([_rewrite_enhanced(enhanced, tmp_path / "one", first_frame_only)])
+    assert volume.frame_numbers == [1]
+    np.testing.assert_array_equal(volume.array[0], reference.array[reference.frame_numbers.index(1)])
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (lambda ds: setattr(ds, "NumberOfFrames", 11), "Number of Frames is 11 but the Per-frame Functional Groups "
+                                                   "Sequence has 12 items"),
+    (lambda ds: setattr(ds, "InConcatenationTotalNumber", 2), "one part of a concatenation of 2 images"),
+])
+def test_an_enhanced_image_whose_frames_do_not_add_up_is_refused(enhanced: SyntheticStudy, tmp_path: Path,
+                                                                  change, error: str) -> None:  # noqa: ANN001
+    with pytest.raises(VolumeError, match=error):
+        load_series([_rewrite_enhanced(enhanced, tmp_path / "changed", change)])

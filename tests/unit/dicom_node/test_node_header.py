@@ -39,5 +39,21 @@ def test_the_top_level_wins_and_a_missing_group_stays_missing() -> None:
     attributes = instance_attributes(ds)
     assert (attributes["SliceThickness"], attributes["BodyPartExamined"], attributes["ContrastBolusAgent"]) == (
         1.0, "CHEST", None)
-    single = _item(Modality="CT", SliceThickness="5.0", ContrastBolusAgentSequence=[_item(CodeMeaning="Iohexol")])
-    assert instance_attributes(single)["ContrastBolusAgent"] is None  # a single-frame image: the attribute only
+    single = _item(Modality="CT", SliceThickness="5.0", ContrastBolusAgentSequence=[_item(CodeValue="C-B0322")])
+    assert instance_attributes(single)["ContrastBolusAgent"] == "C-B0322"  # coded only: declared all the same
+
+
+def test_a_malformed_optional_sequence_reads_as_absent_and_the_image_is_still_stored() -> None:
+    ds = _enhanced(_item(PixelMeasuresSequence=[_item(SliceThickness="1.0")]))
+    ds.add_new("FrameAnatomySequence", "OB", b"\x00\x01")  # not a sequence at all
+    ds.PerFrameFunctionalGroupsSequence[0].add_new("FrameAnatomySequence", "OB", b"\x00\x01")
+    ds.add_new("ContrastBolusAgentSequence", "OB", b"\x00\x01")
+    attributes = instance_attributes(ds)
+    assert (attributes["SliceThickness"], attributes["BodyPartExamined"], attributes["ContrastBolusAgent"]) == (
+        1.0, None, None)
+
+
+def test_the_first_frame_s_own_group_wins_over_the_shared_one_as_in_the_loader() -> None:
+    ds = _enhanced(_item(PixelMeasuresSequence=[_item(SliceThickness="5.0")]))
+    ds.PerFrameFunctionalGroupsSequence[0].PixelMeasuresSequence = [_item(SliceThickness="1.25")]
+    assert instance_attributes(ds)["SliceThickness"] == 1.25

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import highdicom as hd
@@ -55,9 +56,9 @@ def test_seg_lays_each_mask_on_the_frames_of_its_slices(enhanced, algorithm, tmp
         finding.heatmap = 0.8 * finding.mask
     [heatmap_ds] = build_heatmap_seg([source], result, series_number=902, masks=[seg_ds], frames=frames)
     heatmap = hd.seg.segread(_saved(heatmap_ds, tmp_path / "heatmap.dcm").filename)
-    maps = heatmap.get_pixels_by_source_frame(source_sop_instance_uid=source.SOPInstanceUID, source_frame_numbers=frames,
-                                             segment_numbers=[1, 2], assert_missing_frames_are_empty=True,
-                                             rescale_fractional=True)
+    maps = heatmap.get_pixels_by_source_frame(
+        source_sop_instance_uid=source.SOPInstanceUID, source_frame_numbers=frames, segment_numbers=[1, 2],
+        assert_missing_frames_are_empty=True, rescale_fractional=True)
     for number, finding in enumerate(result.findings, start=1):
         np.testing.assert_allclose(maps[..., number - 1], finding.heatmap, atol=1 / 255)
 
@@ -83,3 +84,33 @@ def test_frames_that_do_not_fit_the_source_are_refused(enhanced, head_ct, algori
         build_seg([source], result, series_number=901, frames=[f + 1 for f in frames])
     with pytest.raises(ReportsError, match="one multi-frame source image"):
         build_sr(head_ct, DetectorResult(Task.ICH, algorithm, [], 0.1, False), series_number=903, frames=frames)
+
+
+def test_frames_placed_per_frame_and_a_localizer_frame_still_get_their_seg(enhanced, algorithm, tmp_path):
+    """An image that keeps orientation and pixel spacing per frame, with a sagittal localizer frame among them."""
+    source, _ = enhanced
+    image = copy.deepcopy(source)
+    shared = image.SharedFunctionalGroupsSequence[0]
+    for item in image.PerFrameFunctionalGroupsSequence:
+        item.PlaneOrientationSequence = shared.PlaneOrientationSequence
+        item.PixelMeasuresSequence = shared.PixelMeasuresSequence
+    del shared.PlaneOrientationSequence, shared.PixelMeasuresSequence
+    localizer = image.PerFrameFunctionalGroupsSequence[0]
+    localizer.PlaneOrientationSequence = [pydicom.Dataset()]
+    localizer.PlaneOrientationSequence[0].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    localizer.CTImageFrameTypeSequence = [pydicom.Dataset()]
+    localizer.CTImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
+    path = tmp_path / "perframe.dcm"
+    image.save_as(path, enforce_file_format=True)
+    frames = load_series([path]).frame_numbers
+    assert frames is not None and 1 not in frames and len(frames) == 11
+    result = ich_result(algorithm, [image] * len(frames))
+    [seg_ds] = build_seg([image], result, series_number=901, frames=frames)
+    seg = _saved(seg_ds, tmp_path / "seg.dcm")
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        number = int(group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        source_position = image.PerFrameFunctionalGroupsSequence[number - 1].PlanePositionSequence[0]
+        assert list(group.PlanePositionSequence[0].ImagePositionPatient) == pytest.approx(
+            list(source_position.ImagePositionPatient))
+    assert "PlaneOrientationSequence" in image.PerFrameFunctionalGroupsSequence[0]  # the source is left as it was
+    _saved(build_sr([image], result, series_number=903, segmentations=[seg_ds], frames=frames), tmp_path / "sr.dcm")
