@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from radfusion.models import Base
+from radfusion.schema import upgrade_schema
 
 
 def make_engine(url: str) -> Engine:
@@ -48,18 +48,13 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
-    """Create missing tables (the first cut has no migrations; the schema only grows)."""
-    Base.metadata.create_all(engine)
-
-
 class Database:
     """An engine plus a session factory; ``session()`` commits on success, rolls back on error."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        create_schema(self.engine)
+        upgrade_schema(self.engine)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
