@@ -26,7 +26,8 @@ def recover(db: Database) -> dict[str, int]:
     with db.session() as session:
         aborted = session.execute(update(Association).where(Association.state == "open")
                                   .values(state="aborted", ended_at=utcnow())).rowcount
-        requeued = session.execute(update(Job).where(Job.state == "running").values(state="queued")).rowcount
+        requeued = session.execute(update(Job).where(Job.state == "running")
+                                   .values(state="queued", started_at=None)).rowcount  # its next run sets it again
         purging = session.execute(update(Study).where(Study.state == "purging").values(state="done")).rowcount
         if aborted or requeued or purging:
             session.add(AuditEvent(kind="recovered", subject="startup",

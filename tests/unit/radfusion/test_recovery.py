@@ -14,8 +14,8 @@ from ai_engine.synthetic.studies import write_study
 from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
-from radfusion.models import AuditEvent, Instance, Quarantine, Series
-from radfusion.recovery import read_stored_instance, reconcile_spool
+from radfusion.models import AuditEvent, Instance, Job, Quarantine, Series, Study, utcnow
+from radfusion.recovery import read_stored_instance, reconcile_spool, recover
 
 
 def spool_study(tmp_path: Path) -> tuple[Database, Spool, IngestRecorder, list[Path]]:
@@ -93,3 +93,16 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def test_a_job_the_dead_process_was_running_is_queued_again_without_its_start_time(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with db.session() as session:
+        series = Series(study=Study(study_uid="1.2.3"), series_uid="1.2.3.1")
+        session.add(series)
+        session.flush()
+        session.add(Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="1",
+                        rule="head", state="running", started_at=utcnow()))
+    assert recover(db)["jobs_requeued"] == 1
+    with db.session() as session:
+        assert session.execute(select(Job.state, Job.started_at)).one() == ("queued", None)
