@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test test-fast demo venv peers clean
+.PHONY: serve test test-fast demo venv peers migration clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ test: venv peers
 
 test-fast: venv
 	$(BIN)/pytest -m "not slow"
+
+# Draft the migration for a model change (radfusion/migrations/versions/); review it, then commit it with the change.
+migration: venv
+	$(BIN)/python -m radfusion.schema $(MESSAGE)
 
 clean:
 	rm -rf $(VENV) radfusion-data .pytest_cache

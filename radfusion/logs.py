@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-QUIET_LIBRARIES = ("pynetdicom", "apscheduler", "httpx", "httpcore", "highdicom")
+QUIET_LIBRARIES = ("pynetdicom", "apscheduler", "httpx", "httpcore", "highdicom", "alembic")
 
 
 def configure_logging(level: str) -> None:

@@ -3,20 +3,29 @@
 A database radfusion 0.1.0 made (its tables, no revision table: it ran ``create_all``) is adopted as the baseline
 revision; a database at a revision this code does not know, written by a newer radfusion, is refused, so an older
 version never writes into a schema it does not understand. Every model change ships with a migration
-(``tests/unit/radfusion/test_schema.py`` fails otherwise).
+(``tests/unit/radfusion/test_schema.py`` fails otherwise); ``make migration MESSAGE="..."`` drafts one.
 """
 
 from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
 
 from radfusion.errors import RadfusionError
 
+log = logging.getLogger(__name__)
+
+SCRIPT_LOCATION = "radfusion:migrations"
+VERSION_TABLE = "radfusion_alembic_version"  # its own name: a database shared with another Alembic app stays apart
 BASELINE = "0001"
 BASELINE_TABLES = frozenset({
     "alerts", "artifacts", "associations", "audit_events", "clinical_values", "deliveries", "hl7_messages", "instances",
@@ -30,15 +39,22 @@ class SchemaError(RadfusionError):
     """The database's schema cannot be brought to this version's; the message says why and what to do."""
 
 
-def _config() -> Config:
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for radfusion's migrations, run on ``connection`` (``migrations/env.py``)."""
     config = Config()
-    config.set_main_option("script_location", "radfusion:migrations")
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.attributes["connection"] = connection
     return config
 
 
 def head_revision() -> str:
     """The schema revision this code writes."""
-    return str(ScriptDirectory.from_config(_config()).get_current_head())
+    return str(ScriptDirectory.from_config(alembic_config()).get_current_head())
+
+
+def current_revisions(connection: Connection) -> tuple[str, ...]:
+    """The revision(s) the database is at; empty when it has no revision table."""
+    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_heads()
 
 
 def _where(connection: Connection) -> str:
@@ -68,16 +84,54 @@ def _adopt_unversioned(connection: Connection, config: Config) -> None:
                           "this way. Point database_url at radfusion's own database or an empty one.")
 
 
-def upgrade_schema(engine: Engine) -> None:
-    """Bring the database to this code's schema, in one transaction that concurrent starts wait for."""
-    config = _config()
+def _migrate(connection: Connection) -> None:
+    """Lock, check, adopt and upgrade, inside the caller's transaction."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _POSTGRES_LOCK})
+    config = alembic_config(connection)
     script = ScriptDirectory.from_config(config)
-    with engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE (radfusion.db), so a second start waits here
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _POSTGRES_LOCK})
-        current = MigrationContext.configure(connection).get_current_heads()
-        _check_known(connection, script, current)
-        config.attributes["connection"] = connection
-        if not current:
-            _adopt_unversioned(connection, config)
-        command.upgrade(config, "head")
+    current = current_revisions(connection)
+    _check_known(connection, script, current)
+    if not current:
+        _adopt_unversioned(connection, config)
+    head = script.get_current_head()
+    if current != (head,):
+        log.info("database schema: revision %s -> %s", ", ".join(current) or "none", head)
+    command.upgrade(config, "head")
+    if connection.dialect.name == "sqlite":
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise SchemaError(f"upgrading {_where(connection)} would leave {len(broken)} row(s) whose foreign key "
+                              f"points nowhere (first: table {broken[0][0]}); nothing was changed")
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the database to this code's schema, in one transaction that concurrent starts wait for.
+
+    SQLite alters a table by copying it, which its foreign keys forbid while rows point at the table; they are off
+    for the migration (a pragma only takes effect outside a transaction) and every key is checked before commit.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with connection.begin():  # SQLite: BEGIN IMMEDIATE (radfusion.db), so a second start waits here
+                _migrate(connection)
+        finally:
+            if sqlite:
+                connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+
+
+def draft_revision(message: str) -> None:
+    """Autogenerate a migration for what the models changed since the head revision, to review before committing."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine = create_engine(f"sqlite:///{Path(folder) / 'head.db'}")
+        upgrade_schema(engine)
+        with engine.begin() as connection:
+            command.revision(alembic_config(connection), message=message, autogenerate=True)
+        engine.dispose()
+
+
+if __name__ == "__main__":  # make migration MESSAGE="..."
+    draft_revision(" ".join(sys.argv[1:]) or "describe the change")
