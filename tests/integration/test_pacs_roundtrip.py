@@ -41,8 +41,10 @@ def _results_in(sink_dir: Path) -> list[Path]:
                       timeout=30, what="SR, SEG and heat-map SEG in storescp")
 
 
-def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, database_url: str | None) -> None:
-    study = write_study("head_ct", tmp_path / "in", seed=3, lesion=True, rows=256, slices=24)
+def _round_trip(tmp_path: Path, paths: list[Path],
+                database_url: str | None = None) -> tuple[list[Path], list[str], str]:
+    """Send ``paths`` with storescu to ``radfusion serve`` routing to a storescp sink: the results the sink received,
+    the detectors of the jobs, and the database dialect."""
     sink_dir = tmp_path / "sink"
     with storescp(sink_dir, ae_title="SINK") as sink_port, radfusion_server(
         tmp_path / "rf",
@@ -50,12 +52,20 @@ def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, datab
         destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
         routing=routing_to(["sink"]),
     ) as server:
-        sent = storescu(server.port, study.paths)
+        sent = storescu(server.port, paths)
         assert sent.returncode == 0, sent.stderr
         server.wait_idle(studies=1)
         received = _results_in(sink_dir)
-        assert_valid_results(received, study.study_instance_uid)
-        assert server.db.engine.dialect.name == (database_url and "postgresql" or "sqlite")
+        with server.db.session() as session:
+            detectors = [job.detector for job in session.scalars(select(Job))]
+        return received, detectors, server.db.engine.dialect.name
+
+
+def test_storescu_study_gets_sr_and_seg_back_into_storescp(tmp_path: Path, database_url: str | None) -> None:
+    study = write_study("head_ct", tmp_path / "in", seed=3, lesion=True, rows=256, slices=24)
+    received, _, dialect = _round_trip(tmp_path, study.paths, database_url)
+    assert_valid_results(received, study.study_instance_uid)
+    assert dialect == (database_url and "postgresql" or "sqlite")
 
 
 def test_an_enhanced_multiframe_head_ct_gets_results_that_cite_its_frames(tmp_path: Path) -> None:
@@ -63,18 +73,8 @@ def test_an_enhanced_multiframe_head_ct_gets_results_that_cite_its_frames(tmp_pa
     is routed, analysed, and answered with results that reference the image's frames."""
     single = write_study("head_ct", tmp_path / "single", seed=3, lesion=True, rows=256, slices=24)
     study = legacy_enhanced_ct(single, tmp_path / "in")
-    sink_dir = tmp_path / "sink"
-    with storescp(sink_dir, ae_title="SINK") as sink_port, radfusion_server(
-        tmp_path / "rf",
-        destinations=[{"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}],
-        routing=routing_to(["sink"]),
-    ) as server:
-        sent = storescu(server.port, study.paths)
-        assert sent.returncode == 0, sent.stderr
-        server.wait_idle(studies=1)
-        received = _results_in(sink_dir)
-        with server.db.session() as session:
-            assert [job.detector for job in session.scalars(select(Job))] == ["ich_fusion"]
+    received, detectors, _ = _round_trip(tmp_path, study.paths)
+    assert detectors == ["ich_fusion"]
     assert_valid_results(received, study.study_instance_uid)
     source_uid = pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPInstanceUID
     for path in received:
