@@ -32,7 +32,7 @@ test-fast: venv
 
 # Draft the migration for a model change (radfusion/migrations/versions/); review it, then commit it with the change.
 migration: venv
-	$(BIN)/python -m radfusion.schema $(MESSAGE)
+	$(BIN)/python -m radfusion.schema "$(MESSAGE)"
 
 clean:
 	rm -rf $(VENV) radfusion-data .pytest_cache

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 
-# The whole value, case aside: "NONE", "None given", "No", "N/A", "NC", "0", "-", "No IV contrast",
-# "NON-CONTRAST", "W/O CONTRAST", "without contrast media", ... (spaces and a closing full stop are free).
-NO_AGENT = (r"\s*(none(\s+given)?|no|nil|n/?a|nc|0|-"
-            r"|(no|non|w/?o|without)[\s-]*((iv|intravenous)\s+)?contrast(\s+(media|agent))?)\s*\.?\s*")
+# The whole value, case aside: "NONE", "None given", "No", "N/A", "NC", "0", "-", "No agent", "Unenhanced",
+# "No IV contrast", "NON-CONTRAST", "W/O CONTRAST", "without contrast media", "No contrast administered", ...
+# (spaces and a closing full stop are free). "Non-ionic contrast" is an agent.
+NO_AGENT = (r"\s*(none(\s+given)?|no|nil|n/?a|nc|0|-|no\s+agent|unenhanced"
+            r"|(no|non|w/?o|without)[\s-]*((iv|intravenous)\s+)?contrast(\s+(media|agent))?"
+            r"(\s+(given|administered|used))?)\s*\.?\s*")
 
 
 def declares_contrast(agent: str) -> bool:

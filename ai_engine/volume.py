@@ -178,9 +178,12 @@ def _declared_agent(ds: pydicom.Dataset) -> str:
     Sequence (enhanced images always, single-frame ones may code it so); empty when neither names one. The ingest's
     routing header reads it the same way (``dicom_node.header``)."""
     agent = str(ds.get("ContrastBolusAgent", "") or "").strip()
-    if agent or "ContrastBolusAgentSequence" not in ds or not len(ds.ContrastBolusAgentSequence):
+    if agent or "ContrastBolusAgentSequence" not in ds:
         return agent
-    item = ds.ContrastBolusAgentSequence[0]
+    element = ds.data_element("ContrastBolusAgentSequence")
+    if element is None or element.VR != "SQ" or not len(element.value):  # a malformed optional sequence: absent
+        return ""
+    item = element.value[0]
     return str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
 
 

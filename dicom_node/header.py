@@ -82,12 +82,11 @@ def _enhanced_value(dataset: Dataset, keyword: str) -> object:
 
 
 def _coded_agent(dataset: Dataset) -> object:
-    """The first coded Contrast/Bolus Agent (its meaning, else its code), as ``ai_engine.volume`` reads it."""
-    for keyword in ("CodeMeaning", "CodeValue"):
-        value = _first_item_path(dataset, ("ContrastBolusAgentSequence", keyword))
-        if value not in (None, ""):
-            return value
-    return None
+    """The first coded Contrast/Bolus Agent (its meaning, else its code), as ``ai_engine.volume`` reads it (the
+    import rules keep the two packages apart, so each has its reader)."""
+    meaning = _first_item_path(dataset, ("ContrastBolusAgentSequence", "CodeMeaning"))
+    return meaning if meaning not in (None, "") else _first_item_path(dataset, ("ContrastBolusAgentSequence",
+                                                                                "CodeValue"))
 
 
 def instance_attributes(dataset: Dataset) -> dict[str, object]:

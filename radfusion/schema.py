@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 import tempfile
 from pathlib import Path
 
@@ -95,21 +96,31 @@ def _migrate(connection: Connection) -> None:
     if not current:
         _adopt_unversioned(connection, config)
     head = script.get_current_head()
-    if current != (head,):
-        log.info("database schema: revision %s -> %s", ", ".join(current) or "none", head)
+    if current == (head,):
+        return
+    log.info("database schema: revision %s -> %s", ", ".join(current) or "none", head)
+    orphans_before = _orphans(connection)
     command.upgrade(config, "head")
-    if connection.dialect.name == "sqlite":
-        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-        if broken:
-            raise SchemaError(f"upgrading {_where(connection)} would leave {len(broken)} row(s) whose foreign key "
-                              f"points nowhere (first: table {broken[0][0]}); nothing was changed")
+    added = _orphans(connection) - orphans_before
+    if added:
+        raise SchemaError(f"upgrading {_where(connection)} to revision {head} would leave {added.total()} more row(s) "
+                          f"whose foreign key points nowhere (first: table {sorted(added)[0][0]}); nothing was changed")
+
+
+def _orphans(connection: Connection) -> Counter[tuple[str, str]]:
+    """How many rows of each (table, referenced table) have a foreign key that points nowhere: SQLite's keys are off
+    during a migration; counted by table, since a table the migration copies gets new row ids."""
+    if connection.dialect.name != "sqlite":
+        return Counter()
+    return Counter((str(row[0]), str(row[2])) for row in connection.exec_driver_sql("PRAGMA foreign_key_check"))
 
 
 def upgrade_schema(engine: Engine) -> None:
     """Bring the database to this code's schema, in one transaction that concurrent starts wait for.
 
     SQLite alters a table by copying it, which its foreign keys forbid while rows point at the table; they are off
-    for the migration (a pragma only takes effect outside a transaction) and every key is checked before commit.
+    for the migration (a pragma only takes effect outside a transaction), and a migration that would leave rows
+    pointing nowhere is rolled back. Rows that already did so before are not the migration's doing and stay.
     """
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
@@ -129,7 +140,8 @@ def draft_revision(message: str) -> None:
         engine = create_engine(f"sqlite:///{Path(folder) / 'head.db'}")
         upgrade_schema(engine)
         with engine.begin() as connection:
-            command.revision(alembic_config(connection), message=message, autogenerate=True)
+            command.revision(alembic_config(connection), message=message, autogenerate=True,
+                             rev_id=f"{int(head_revision()) + 1:04d}")  # numbered in order: 0002 follows 0001
         engine.dispose()
 
 

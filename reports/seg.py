@@ -85,12 +85,12 @@ def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, l
            frames: Sequence[int] | None = None) -> list[pydicom.Dataset]:
     check_algorithm_info(result.algorithm)
     check_frames(source_datasets, frames)
-    source_datasets = conformant_headers(source_datasets)
-    if frames is not None:
-        source_datasets = [shared_frame_geometry(source_datasets[0], frames)]
     masked = [(index, f) for index, f in enumerate(result.findings) if _included(getattr(f, layer.attribute), layer)]
     if not masked:
         return []
+    source_datasets = conformant_headers(source_datasets)
+    if frames is not None:
+        source_datasets = [shared_frame_geometry(source_datasets[0], frames)]
     series_uid = hd.UID()
     if result.task is Task.MAMMOGRAPHY:
         groups = _group_by_view(source_datasets, masked)

@@ -71,8 +71,9 @@ def view_of(views: Sequence[pydicom.Dataset], index: int, finding: Finding) -> p
 
 
 def check_frames(sources: Sequence[pydicom.Dataset], frames: Sequence[int] | None) -> None:
-    """``frames`` (a volume read from one multi-frame image: slice k is frame ``frames[k]``) must address frames of
-    the one source image."""
+    """Refuse ``frames`` that do not number frames of exactly one multi-frame source image.
+
+    ``frames``: the volume was read from that image, and its slice k is frame ``frames[k]``."""
     if frames is None:
         return
     count = int(sources[0].get("NumberOfFrames", 1) or 1) if len(sources) == 1 else 0
@@ -82,6 +83,7 @@ def check_frames(sources: Sequence[pydicom.Dataset], frames: Sequence[int] | Non
 
 
 PLACING_GROUPS = ("PlaneOrientationSequence", "PixelMeasuresSequence")
+"""The functional groups highdicom reads from a multi-frame source's shared groups only when it places SEG frames."""
 
 
 def shared_frame_geometry(source: pydicom.Dataset, frames: Sequence[int]) -> pydicom.Dataset:

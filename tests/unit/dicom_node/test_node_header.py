@@ -45,8 +45,7 @@ def test_the_top_level_wins_and_a_missing_group_stays_missing() -> None:
 
 def test_a_malformed_optional_sequence_reads_as_absent_and_the_image_is_still_stored() -> None:
     ds = _enhanced(_item(PixelMeasuresSequence=[_item(SliceThickness="1.0")]))
-    ds.add_new("FrameAnatomySequence", "OB", b"\x00\x01")  # not a sequence at all
-    ds.PerFrameFunctionalGroupsSequence[0].add_new("FrameAnatomySequence", "OB", b"\x00\x01")
+    ds.PerFrameFunctionalGroupsSequence[0].add_new("FrameAnatomySequence", "OB", b"\x00\x01")  # not a sequence
     ds.add_new("ContrastBolusAgentSequence", "OB", b"\x00\x01")
     attributes = instance_attributes(ds)
     assert (attributes["SliceThickness"], attributes["BodyPartExamined"], attributes["ContrastBolusAgent"]) == (

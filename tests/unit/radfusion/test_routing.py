@@ -51,8 +51,9 @@ def test_bad_regex_names_the_rule() -> None:
 
 @pytest.mark.parametrize(("agent", "routed"), [
     ("NONE", True), ("No contrast", True), ("n/a", True), ("No IV contrast", True), ("NONE.", True),
-    ("W/O CONTRAST", True), ("no  contrast", True), ("Omnipaque 350", False), ("IV", False),
-    ("Non-ionic contrast", False)])
+    ("W/O CONTRAST", True), ("no  contrast", True), ("Unenhanced", True), ("No agent", True),
+    ("No contrast administered", True), ("Omnipaque 350", False), ("IV", False), ("Non-ionic contrast", False),
+    ("Non-ionic contrast given", False)])
 def test_a_word_for_no_contrast_still_reaches_the_hemorrhage_detector(agent: str, routed: bool) -> None:
     router = compile_routing(default_routing())
     head = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Head 5mm", "ContrastBolusAgent": agent}

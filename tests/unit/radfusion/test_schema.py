@@ -130,6 +130,20 @@ def upgrade() -> None:
     db.dispose()
 
 
+def test_rows_that_already_pointed_nowhere_do_not_stop_a_start(tmp_path: Path) -> None:
+    """An orphan left by a hand edit (the sqlite3 shell keeps foreign keys off) is not the migration's doing."""
+    path = tmp_path / "db.sqlite"
+    with sqlite3.connect(path) as made_by_0_1_0:
+        made_by_0_1_0.executescript(SCHEMA_0_1_0.read_text())
+        made_by_0_1_0.execute("INSERT INTO series (study_id, series_uid, modality, attributes, state, instance_count, "
+                              "last_received_at, revision) VALUES (42, '1.2.3.1', 'CT', '{}', 'receiving', 0, "
+                              "'2026-12-01 10:00:00', 1)")  # study 42 does not exist
+    db = Database(f"sqlite:///{path}")
+    assert _revision(db.engine) == (head_revision(),)
+    db.dispose()
+    Database(f"sqlite:///{path}").dispose()  # and again, at head
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_database_a_newer_radfusion_wrote_is_refused_untouched(backend: str, tmp_path: Path) -> None:
     with _url(backend, tmp_path) as url:
@@ -178,7 +192,7 @@ def test_three_servers_starting_on_a_new_database_all_come_up(backend: str, tmp_
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=start) for _ in range(3)]
+        threads = [threading.Thread(target=start, daemon=True) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
