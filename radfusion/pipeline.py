@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -104,6 +104,7 @@ class JobRunner:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
             sources, frames = _sources(inputs)
+            predecessor, result = self._successor(job_id, predecessor, sources, result)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
             log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
@@ -142,6 +143,28 @@ class JobRunner:
             .where(*earlier, Job.detector == job.detector, Job.state == "done", Artifact.kind == "sr")
             .order_by(Job.id.desc()).limit(1))
         return None if path is None else SrReference.from_dataset(pydicom.dcmread(path, stop_before_pixels=True))
+
+    def _successor(self, job_id: int, predecessor: SrReference | None, sources: list[pydicom.Dataset],
+                   result: DetectorResult) -> tuple[SrReference | None, DetectorResult]:
+        """Whether the new SR replaces the earlier one: not when images the earlier one read are gone from radfusion
+        (the retention pass purged them) and were not sent again. Then the new SR stands beside the earlier one,
+        which stays the result of the whole study, and says why."""
+        if predecessor is None:
+            return None, result
+        missing = predecessor.source_instance_uids - {str(ds.SOPInstanceUID) for ds in sources}
+        if not missing:
+            return predecessor, result
+        with self._db.session() as session:
+            kept = set(session.scalars(select(Instance.sop_instance_uid)
+                                       .where(Instance.sop_instance_uid.in_(sorted(missing)))))
+        purged = missing - kept
+        if not purged:
+            return predecessor, result
+        note = (f"reads only the {len(sources)} image(s) sent again after the study's images were purged: "
+                f"{len(purged)} image(s) that the earlier result (SR {predecessor.sop_instance_uid}) read are no "
+                "longer here, so this result does not replace it; send the whole study to analyse it again")
+        log.warning("job %d: %s", job_id, note)
+        return None, replace(result, notes=[*result.notes, note])
 
     def _write_reports(self, job_id: int, study_uid: str, sources: list[pydicom.Dataset], frames: list[int] | None,
                        result: DetectorResult, predecessor: SrReference | None,

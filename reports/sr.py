@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.sr import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage
 
 from ai_engine.results import DetectorResult, Finding, Task
 from reports.algorithm import (
@@ -65,17 +66,25 @@ MeasurementGroup = (
 
 @dataclass(frozen=True)
 class SrReference:
-    """The identity of an SR instance, e.g. the predecessor a re-issued result replaces."""
+    """The identity of an SR instance, e.g. the predecessor a re-issued result replaces, and the source images it
+    cites as evidence (its SEGs left out)."""
 
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
     study_instance_uid: str
+    source_instance_uids: frozenset[str] = frozenset()
 
     @classmethod
     def from_dataset(cls, ds: pydicom.Dataset) -> SrReference:
         """Reference to a written (or read) SR dataset."""
-        return cls(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID))
+        cited = frozenset(
+            str(sop.ReferencedSOPInstanceUID)
+            for evidence in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence")
+            for study in ds.get(evidence, []) for series in study.get("ReferencedSeriesSequence", [])
+            for sop in series.get("ReferencedSOPSequence", []) if str(sop.ReferencedSOPClassUID) != SegmentationStorage)
+        return cls(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID),
+                   cited)
 
     def as_dataset(self) -> pydicom.Dataset:
         """The four UIDs as a dataset, the form highdicom takes for previous versions."""

@@ -6,13 +6,15 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import func, select, update
 
 from ai_engine.synthetic.studies import write_study
-from radfusion.models import AuditEvent, Instance, Study, utcnow
+from radfusion.models import Artifact, AuditEvent, Instance, Job, Study, utcnow
 from tests.integration.servers import RadfusionServer
 from tests.peers import storescu, wait_until
+from tests.unit.reports.report_checks import content_items
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
 
@@ -53,6 +55,51 @@ def test_an_expired_study_is_purged_by_the_server_and_a_resend_is_received_again
         wait_until(lambda: study_state(server) == "done" and instances(server) == len(study.paths), timeout=30,
                    what="the resent study received and finished")
         assert len(list(spool.rglob("*.dcm"))) == len(study.paths)
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def _srs(server: RadfusionServer) -> list[pydicom.Dataset]:
+    with server.db.session() as session:
+        paths = session.scalars(select(Artifact.path).where(Artifact.kind == "sr").order_by(Artifact.id)).all()
+    return [pydicom.dcmread(path) for path in paths]
+
+
+def _texts(sr: pydicom.Dataset) -> list[str]:
+    return [str(item.TextValue) for item in content_items(sr) if "TextValue" in item]
+
+
+def test_part_of_a_purged_study_sent_again_does_not_replace_the_result_of_the_whole(tmp_path: Path) -> None:
+    """After the purge only 6 of 10 slices come again: their result stands beside the whole study's, says why, and is
+    replaced in turn when the whole study comes again."""
+    study = write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=64, slices=10)
+    server = RadfusionServer(tmp_path / "rf", retention_days=7,
+                             routing=[{"name": "head", "match": {"Modality": "CT"}, "detectors": ["ich_baseline"]}])
+    server.start()
+    try:
+        assert storescu(server.port, study.paths).returncode == 0
+        wait_until(lambda: len(_srs(server)) == 1, timeout=60, what="the whole study's SR")
+        server.stop()
+        with server.db.session() as session:  # eight days pass
+            session.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=8)))
+            session.execute(update(Job).values(finished_at=utcnow() - timedelta(days=8)))
+        server.start()
+        wait_until(lambda: instances(server) == 0, timeout=30, what="the start-up retention pass")
+
+        assert storescu(server.port, study.paths[:6]).returncode == 0
+        wait_until(lambda: len(_srs(server)) == 2, timeout=60, what="the part's SR")
+        whole, part = _srs(server)
+        assert "PredecessorDocumentsSequence" not in part
+        assert any("reads only the 6 image(s) sent again" in text and whole.SOPInstanceUID in text
+                   for text in _texts(part))
+
+        assert storescu(server.port, study.paths).returncode == 0  # the whole study again: it replaces the part
+        wait_until(lambda: len(_srs(server)) == 3, timeout=60, what="the whole study's new SR")
+        again = _srs(server)[2]
+        assert again.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+            .ReferencedSOPInstanceUID == part.SOPInstanceUID
+        assert not any("reads only" in text for text in _texts(again))
         assert "Traceback" not in server.log()
     finally:
         server.stop()

@@ -151,6 +151,13 @@ def test_reissued_result_names_its_predecessor_and_clinical_inputs(head_ct, algo
     assert _text_values(second, "Clinical Information") == ["INR: 2.9 (2026-11-20)", "Anticoagulant: warfarin"]
 
 
+def test_a_reference_to_an_sr_knows_the_source_images_it_read_and_not_its_segs(head_ct, algorithm):
+    result = ich_result(algorithm, head_ct)
+    segs = build_seg(head_ct, result, series_number=901)
+    reference = SrReference.from_dataset(build_sr(head_ct, result, series_number=902, segmentations=segs))
+    assert reference.source_instance_uids == {str(ds.SOPInstanceUID) for ds in head_ct}
+
+
 def test_nodules_without_masks_are_located_by_points(chest_ct, algorithm, tmp_path):
     findings = [
         Finding(FindingType.NODULE, 0.77, (6.0, 40.0, 50.0), "right upper lobe", diameter_mm=7.5,
