@@ -71,7 +71,7 @@ class StudyAssembler:
                                    self._stability.settle_s, self._stability.quiet_timeout_s):
             return
         rows = session.execute(select(Instance.position, Instance.orientation, Instance.instance_number)
-                               .where(Instance.series_id == series.id)).all()
+                               .where(Instance.series_id == series.id, Instance.localizer.is_(False))).all()
         slices = [SlicePosition(tuple(p) if p else None, tuple(o) if o else None, n) for p, o, n in rows]
         report = check_series_geometry(slices, gap_factor=self._stability.gap_factor)
         quiet_for = (now - series.last_received_at).total_seconds()

@@ -47,7 +47,8 @@ _MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id")
                   .values(series_id=bindparam("new_series_id"), path=bindparam("new_path"),
                           times_received=Instance.times_received + 1, received_at=bindparam("now"),
                           instance_number=bindparam("new_number"), position=bindparam("new_position"),
-                          orientation=bindparam("new_orientation"), association_id=bindparam("new_association")))
+                          orientation=bindparam("new_orientation"), localizer=bindparam("new_localizer"),
+                          association_id=bindparam("new_association")))
 _LEAVE_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"))
                  .values(instance_count=Series.instance_count - 1))
 _REOPEN_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"), Series.instance_count > 0)
@@ -153,6 +154,7 @@ class IngestRecorder:
                 "instance_number": _int_or_none(attrs.get("InstanceNumber")),
                 "position": _floats_or_none(attrs.get("ImagePositionPatient")),
                 "orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
+                "localizer": _is_localizer(attrs.get("ImageType")),
                 "association_id": instance.association_id,
             })
         elif earlier.series_id == series_id:
@@ -175,7 +177,7 @@ class IngestRecorder:
             "new_number": _int_or_none(attrs.get("InstanceNumber")),
             "new_position": _floats_or_none(attrs.get("ImagePositionPatient")),
             "new_orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
-            "new_association": instance.association_id})
+            "new_localizer": _is_localizer(attrs.get("ImageType")), "new_association": instance.association_id})
         conn.execute(_LEAVE_SERIES, {"old_series_id": earlier.series_id})
         if conn.execute(_REOPEN_SERIES, {"old_series_id": earlier.series_id, "now": now}).rowcount:
             old_study = conn.scalar(select(Series.study_id).where(Series.id == earlier.series_id))
@@ -214,6 +216,12 @@ def _int_or_none(value: object) -> int | None:
         return None if value is None else int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+def _is_localizer(image_type: object) -> bool:
+    """Image Type says LOCALIZER: a scout, which no volume reads and the slice geometry check leaves out."""
+    values = image_type if isinstance(image_type, list) else [image_type]
+    return any(str(value).upper() == "LOCALIZER" for value in values)
 
 
 def _floats_or_none(value: object) -> list[float] | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON, DateTime, Dialect, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint, false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -117,6 +119,7 @@ class Instance(Base):
     instance_number: Mapped[int | None]
     position: Mapped[list | None] = mapped_column(JSON)
     orientation: Mapped[list | None] = mapped_column(JSON)
+    localizer: Mapped[bool] = mapped_column(default=False, server_default=false())  # Image Type LOCALIZER (a scout)
     association_id: Mapped[str | None] = mapped_column(String(36))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     times_received: Mapped[int] = mapped_column(default=1)

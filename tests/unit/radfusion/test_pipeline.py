@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.studies import write_study
 from radfusion import pipeline
-from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Job, Series, utcnow
+from radfusion.models import Alert, Artifact, Association, AuditEvent, Delivery, Job, Series, utcnow
 from radfusion.cli import main as cli_main
 from radfusion.retention import purge_expired
 from radfusion.service import Service
@@ -175,3 +175,24 @@ def test_a_finished_study_reprocessed_is_analysed_again_and_its_new_sr_replaces_
     purge_expired(service.db, service.spool, 1, now=utcnow() + timedelta(days=3))
     assert cli_main(["--config", str(config), "reprocess", uid]) == 2
     assert "its images are no longer stored" in capsys.readouterr().err
+
+
+def test_a_scout_in_the_axial_series_does_not_hold_it_up_past_the_settle_time(tmp_path: Path) -> None:
+    """A localizer (its own orientation) among the axial slices: the series is assembled once its association is
+    released and settled, like one without it, instead of after the quiet timeout; the volume leaves the scout out."""
+    service = Service(load_settings(storage_path=tmp_path / "data",
+                                    routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
+    paths = write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=64, slices=10).paths
+    scout = pydicom.dcmread(paths[0])
+    scout.SOPInstanceUID, scout.ImageType = generate_uid(), ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    scout.save_as(tmp_path / "scout.dcm")
+    _store(service, [*paths, tmp_path / "scout.dcm"])
+    with service.db.session() as session:
+        session.add(Association(id="a-1", calling_ae="CT1", called_ae="RADFUSION", peer_address="10.0.0.5",
+                                state="released", ended_at=utcnow()))
+        series = session.scalars(select(Series)).one()
+        series.last_association_id = "a-1"
+        settled = series.last_received_at + timedelta(seconds=service.settings.stability.settle_s + 1)
+    assert settled < series.last_received_at + timedelta(seconds=service.settings.stability.quiet_timeout_s)
+    assert service.assembler.tick(settled) == 1
