@@ -42,7 +42,8 @@ _FIND_INSTANCE = (select(Instance.id, Instance.series_id, Instance.path)
                   .where(Instance.sop_instance_uid == bindparam("uid")))
 _INSERT_INSTANCE = insert(Instance)
 _RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))
-                   .values(times_received=Instance.times_received + 1, path=bindparam("path")))
+                   .values(times_received=Instance.times_received + 1, path=bindparam("path"),
+                           localizer=bindparam("localizer")))
 _MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id"))
                   .values(series_id=bindparam("new_series_id"), path=bindparam("new_path"),
                           times_received=Instance.times_received + 1, received_at=bindparam("now"),
@@ -158,7 +159,8 @@ class IngestRecorder:
                 "association_id": instance.association_id,
             })
         elif earlier.series_id == series_id:
-            conn.execute(_RECEIVED_AGAIN, {"uid": uid, "path": str(instance.path)})
+            conn.execute(_RECEIVED_AGAIN, {"uid": uid, "path": str(instance.path),
+                                           "localizer": _is_localizer(attrs.get("ImageType"))})
         else:
             self._move(conn, earlier, series_id, instance, now)
             moved_from = Path(earlier.path)

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pydicom
-from sqlalchemy import select, update
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from ai_engine.detectors.base import Detector
@@ -97,21 +98,21 @@ class JobRunner:
             detector = self._detectors[job.detector]
             patient = study_patient(job.study)
             study_uid, accession = job.study.study_uid, job.study.accession_number
-            predecessor = self._predecessor(session, job)
+            current = self._current_results(session, job)
         # Outside any transaction: this may wait for the EMR (at most what is left of the time budget).
         context = self._clinical.context_for(patient, self._settings.clinical.analytes.get(detector.task.value, []))
         try:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
             sources, frames = _sources(inputs)
-            predecessor, result = self._successor(job_id, predecessor, sources, result)
+            predecessors, result = self._successor(job_id, current, sources, result)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
             log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
                 _record_failure(session, job_id, job.study_id, f"{type(exc).__name__}: {exc}")
             return
         try:
-            written = self._write_reports(job_id, study_uid, sources, frames, result, predecessor, context)
+            written = self._write_reports(job_id, study_uid, sources, frames, result, predecessors, context)
         except Exception as exc:  # noqa: BLE001 - the reports failed; an urgent finding still alerts
             log.exception("job %d (%s, study %s): writing the results failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
@@ -121,7 +122,8 @@ class JobRunner:
                                 f"writing the results failed: {type(exc).__name__}: {exc}{sent}")
             return
         with self._db.session() as session:
-            self._commit_outputs(session, job_id, result, written, sources, context, predecessor)
+            replaced_all = predecessors[0] if predecessors and len(predecessors) == len(current) else None
+            self._commit_outputs(session, job_id, result, written, sources, context, replaced_all)
         log.info("job %d done: %s on study %s (accession %s): %d finding(s), %.2f s", job_id, job.detector,
                  study_uid, accession, len(result.findings), time.monotonic() - started)
 
@@ -134,44 +136,52 @@ class JobRunner:
                 if any((m.route.name, m.detector) == (job.rule, job.detector)
                        for m in self._router.select(series.attributes))] or [job.series_id]
 
-    def _predecessor(self, session: Session, job: Job) -> SrReference | None:
-        """The SR of the latest earlier run of this detector on this series (or study, for a study-level one)."""
+    def _current_results(self, session: Session, job: Job) -> list[SrReference]:
+        """The earlier SRs of this detector on this series (or study, for a study-level one) that still stand, newest
+        first: the latest, and before it every one that a later SR did not replace (a part of a purged study sent
+        again stands beside the result of the whole; see ``_successor``)."""
         earlier = ((Job.study_id == job.study_id, Job.id < job.id) if job.detector in self._study_level
                    else (Job.series_id == job.series_id, Job.revision < job.revision))
-        path = session.scalar(
-            select(Artifact.path).join(Job, Artifact.job_id == Job.id)
+        rows = session.execute(
+            select(Artifact.path, Artifact.sop_class_uid, Artifact.sop_instance_uid, Artifact.series_uid,
+                   Artifact.predecessor_id).join(Job, Artifact.job_id == Job.id)
             .where(*earlier, Job.detector == job.detector, Job.state == "done", Artifact.kind == "sr")
-            .order_by(Job.id.desc()).limit(1))
-        return None if path is None else SrReference.from_dataset(pydicom.dcmread(path, stop_before_pixels=True))
+            .order_by(Job.id.desc())).all()
+        current = []
+        for row in rows:
+            current.append(_sr_reference(row, job.study.study_uid))
+            if row.predecessor_id is not None:  # it replaced every SR that stood before it
+                break
+        return current
 
-    def _successor(self, job_id: int, predecessor: SrReference | None, sources: list[pydicom.Dataset],
-                   result: DetectorResult) -> tuple[SrReference | None, DetectorResult]:
-        """Whether the new SR replaces the earlier one: not when images the earlier one read are gone from radfusion
-        (the retention pass purged them) and were not sent again. Then the new SR stands beside the earlier one,
-        which stays the result of the whole study, and says why."""
-        if predecessor is None:
-            return None, result
-        missing = predecessor.source_instance_uids - {str(ds.SOPInstanceUID) for ds in sources}
-        if not missing:
-            return predecessor, result
+    def _successor(self, job_id: int, current: list[SrReference], sources: list[pydicom.Dataset],
+                   result: DetectorResult) -> tuple[list[SrReference], DetectorResult]:
+        """The standing SRs the new one replaces: not one whose images are gone from radfusion (the retention pass
+        purged them) and were not sent again, when fewer images came than it read. That one stays the result of
+        the whole study, and the new SR, standing beside it, says why."""
+        sent = {str(ds.SOPInstanceUID) for ds in sources}
+        missing = {uid for sr in current for uid in sr.source_instance_uids} - sent
         with self._db.session() as session:
             kept = set(session.scalars(select(Instance.sop_instance_uid)
-                                       .where(Instance.sop_instance_uid.in_(sorted(missing)))))
-        purged = missing - kept
-        if not purged:
-            return predecessor, result
-        note = (f"reads only the {len(sources)} image(s) sent again after the study's images were purged: "
-                f"{len(purged)} image(s) that the earlier result (SR {predecessor.sop_instance_uid}) read are no "
-                "longer here, so this result does not replace it; send the whole study to analyse it again")
-        log.warning("job %d: %s", job_id, note)
-        return None, replace(result, notes=[*result.notes, note])
+                                       .where(Instance.sop_instance_uid.in_(sorted(missing))))) if missing else set()
+        standing = [sr for sr in current
+                    if len(sent) < len(sr.source_instance_uids) and sr.source_instance_uids - sent - kept]
+        if not standing:
+            return current, result
+        notes = [f"reads only the {len(sent)} image(s) sent again after the study's images were purged: "
+                 f"{len(sr.source_instance_uids - sent - kept)} of the {len(sr.source_instance_uids)} image(s) that "
+                 f"the earlier result SR {sr.sop_instance_uid} read are no longer here, so this result does not "
+                 "replace it; send the whole study to analyse it again" for sr in standing]
+        for note in notes:
+            log.warning("job %d: %s", job_id, note)
+        return [sr for sr in current if sr not in standing], replace(result, notes=[*result.notes, *notes])
 
     def _write_reports(self, job_id: int, study_uid: str, sources: list[pydicom.Dataset], frames: list[int] | None,
-                       result: DetectorResult, predecessor: SrReference | None,
+                       result: DetectorResult, predecessors: list[SrReference],
                        context: ClinicalContext) -> list[WrittenObject]:
         out_dir = self._results_dir / safe_uid_component(study_uid) / f"job-{job_id}"
         segs = build_seg(sources, result, series_number=SEG_SERIES_NUMBER, frames=frames)
-        sr = build_sr(sources, result, series_number=SR_SERIES_NUMBER, predecessor=predecessor,
+        sr = build_sr(sources, result, series_number=SR_SERIES_NUMBER, predecessors=predecessors,
                       segmentations=segs, clinical_summary=clinical_summary(context), frames=frames)
         written = [_save(ds, "seg", out_dir / f"seg-{index}.dcm") for index, ds in enumerate(segs)]
         heatmaps = build_heatmap_seg(sources, result, series_number=HEATMAP_SERIES_NUMBER, masks=segs, frames=frames)
@@ -181,11 +191,13 @@ class JobRunner:
 
     def _commit_outputs(self, session: Session, job_id: int, result: DetectorResult, written: list[WrittenObject],
                         sources: list[pydicom.Dataset], context: ClinicalContext,
-                        predecessor: SrReference | None) -> None:
+                        replaced_all: SrReference | None) -> None:
+        """Record the written objects and queue their deliveries. ``replaced_all``: the newest of the standing SRs
+        when the new SR replaced every one of them (its ``predecessor_id``; left empty while an earlier one stands)."""
         job = session.get(Job, job_id)
         assert job is not None
-        predecessor_id = None if predecessor is None else session.scalar(
-            select(Artifact.id).where(Artifact.sop_instance_uid == predecessor.sop_instance_uid))
+        predecessor_id = None if replaced_all is None else session.scalar(
+            select(Artifact.id).where(Artifact.sop_instance_uid == replaced_all.sop_instance_uid))
         for obj in written:
             artifact = Artifact(job_id=job_id, kind=obj.kind, sop_class_uid=obj.sop_class_uid,
                                 sop_instance_uid=obj.sop_instance_uid, series_uid=obj.series_uid, path=str(obj.path),
@@ -285,6 +297,17 @@ def finish_study_if_idle(session: Session, study_id: int) -> None:
     busy = session.scalar(select(Job.id).where(Job.study_id == study_id, Job.state.in_(("queued", "running"))).limit(1))
     if busy is None:
         session.execute(update(Study).where(Study.id == study_id, Study.state == "processing").values(state="done"))
+
+
+def _sr_reference(row: Row, study_uid: str) -> SrReference:
+    """An earlier SR read from its file, with the images it cites; from its row alone (citing nothing, so it is
+    replaced as before this check existed) when the file is gone or unreadable, which must not stop the job."""
+    try:
+        return SrReference.from_dataset(pydicom.dcmread(row.path, stop_before_pixels=True))
+    except (OSError, InvalidDicomError, AttributeError) as exc:
+        log.warning("earlier SR %s unreadable (%s: %s): replaced without checking the images it read",
+                    row.sop_instance_uid, type(exc).__name__, exc)
+        return SrReference(row.sop_class_uid, row.sop_instance_uid, row.series_uid, study_uid)
 
 
 def _sources(inputs) -> tuple[list[pydicom.Dataset], list[int] | None]:  # noqa: ANN001 - DetectorInput

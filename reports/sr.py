@@ -97,7 +97,7 @@ class SrReference:
 
 
 def build_sr(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, *, series_number: int,
-             instance_number: int = 1, predecessor: SrReference | None = None,
+             instance_number: int = 1, predecessors: Sequence[SrReference] = (),
              clinical_summary: Mapping[str, str] | None = None,
              segmentations: Sequence[pydicom.Dataset] = (), frames: Sequence[int] | None = None) -> pydicom.Dataset:
     """The SR for ``result`` over ``source_datasets`` (CT slices in position order, or views).
@@ -125,7 +125,7 @@ def build_sr(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult,
         instance_number=instance_number,
         manufacturer=info.manufacturer,
         is_complete=True,
-        previous_versions=None if predecessor is None else [predecessor.as_dataset()],
+        previous_versions=[p.as_dataset() for p in predecessors] or None,
         series_description=series_description(info),
         manufacturer_model_name=info.name,
         software_versions=info.version,

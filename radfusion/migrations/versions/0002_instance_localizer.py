@@ -18,7 +18,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('instances', schema=None) as batch_op:
+    # SQLite adds a NOT NULL column with a constant default in place; no copy of the instances table
+    with op.batch_alter_table('instances', schema=None, recreate='never') as batch_op:
         batch_op.add_column(sa.Column('localizer', sa.Boolean(), server_default=sa.false(), nullable=False))
 
 

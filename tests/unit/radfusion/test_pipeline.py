@@ -172,6 +172,16 @@ def test_a_finished_study_reprocessed_is_analysed_again_and_its_new_sr_replaces_
                                ).one() == uid
     assert pydicom.dcmread(new.path).PredecessorDocumentsSequence[0].StudyInstanceUID == uid
 
+    Path(new.path).unlink()  # an SR file lost from the results folder must not stop the next run
+    assert cli_main(["--config", str(config), "reprocess", uid]) == 0
+    third = analyse(utcnow() + timedelta(hours=3))
+    assert third.state == "done", third.error
+    with service.db.session() as session:
+        latest = session.scalars(select(Artifact).where(Artifact.kind == "sr").order_by(Artifact.id.desc())).first()
+    cited = pydicom.dcmread(latest.path).PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert cited.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == new.sop_instance_uid
+    capsys.readouterr()
+
     purge_expired(service.db, service.spool, 1, now=utcnow() + timedelta(days=3))
     assert cli_main(["--config", str(config), "reprocess", uid]) == 2
     assert "its images are no longer stored" in capsys.readouterr().err
@@ -179,7 +189,7 @@ def test_a_finished_study_reprocessed_is_analysed_again_and_its_new_sr_replaces_
 
 def test_a_scout_in_the_axial_series_does_not_hold_it_up_past_the_settle_time(tmp_path: Path) -> None:
     """A localizer (its own orientation) among the axial slices: the series is assembled once its association is
-    released and settled, like one without it, instead of after the quiet timeout; the volume leaves the scout out."""
+    released and settled, like one without it, instead of after the quiet timeout."""
     service = Service(load_settings(storage_path=tmp_path / "data",
                                     routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
     paths = write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=64, slices=10).paths

@@ -139,7 +139,7 @@ def test_reissued_result_names_its_predecessor_and_clinical_inputs(head_ct, algo
     result = ich_result(algorithm, head_ct)
     first = build_sr(head_ct, result, series_number=902)
     second = _saved(build_sr(head_ct, result, series_number=902, instance_number=2,
-                             predecessor=SrReference.from_dataset(first),
+                             predecessors=[SrReference.from_dataset(first)],
                              clinical_summary={"INR": "2.9 (2026-11-20)", "Anticoagulant": "warfarin"}),
                     tmp_path / "sr.dcm")
 
