@@ -50,6 +50,15 @@ def _differences(engine: Engine) -> list:
         return compare_metadata(context, Base.metadata)
 
 
+def _made_by_0_1_0(tmp_path: Path, row: str) -> str:
+    """The URL of a SQLite database with radfusion 0.1.0's schema (tests/data) and ``row`` inserted."""
+    path = tmp_path / "db.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(SCHEMA_0_1_0.read_text())
+        connection.execute(row)
+    return f"sqlite:///{path}"
+
+
 def _store_a_study(db: Database) -> None:
     with db.session() as session:
         series = Series(study=Study(study_uid="1.2.3"), series_uid="1.2.3.1", instance_count=1)
@@ -68,12 +77,8 @@ def test_a_new_database_gets_exactly_the_models_schema(backend: str, tmp_path: P
 
 
 def test_the_sqlite_database_radfusion_0_1_0_made_is_adopted_with_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite"
-    with sqlite3.connect(path) as made_by_0_1_0:
-        made_by_0_1_0.executescript(SCHEMA_0_1_0.read_text())
-        made_by_0_1_0.execute("INSERT INTO audit_events (at, kind, subject, detail) "
-                              "VALUES ('2026-12-01 10:00:00', 'study_purged', '1.2.3', '')")
-    db = Database(f"sqlite:///{path}")
+    db = Database(_made_by_0_1_0(tmp_path, "INSERT INTO audit_events (at, kind, subject, detail) "
+                                           "VALUES ('2026-12-01 10:00:00', 'study_purged', '1.2.3', '')"))
     assert _revision(db.engine) == (head_revision(),)
     assert _differences(db.engine) == []
     with db.session() as session:
@@ -132,16 +137,13 @@ def upgrade() -> None:
 
 def test_rows_that_already_pointed_nowhere_do_not_stop_a_start(tmp_path: Path) -> None:
     """An orphan left by a hand edit (the sqlite3 shell keeps foreign keys off) is not the migration's doing."""
-    path = tmp_path / "db.sqlite"
-    with sqlite3.connect(path) as made_by_0_1_0:
-        made_by_0_1_0.executescript(SCHEMA_0_1_0.read_text())
-        made_by_0_1_0.execute("INSERT INTO series (study_id, series_uid, modality, attributes, state, instance_count, "
-                              "last_received_at, revision) VALUES (42, '1.2.3.1', 'CT', '{}', 'receiving', 0, "
-                              "'2026-12-01 10:00:00', 1)")  # study 42 does not exist
-    db = Database(f"sqlite:///{path}")
+    url = _made_by_0_1_0(tmp_path, "INSERT INTO series (study_id, series_uid, modality, attributes, state, "
+                                   "instance_count, last_received_at, revision) VALUES (42, '1.2.3.1', 'CT', '{}', "
+                                   "'receiving', 0, '2026-12-01 10:00:00', 1)")  # study 42 does not exist
+    db = Database(url)
     assert _revision(db.engine) == (head_revision(),)
     db.dispose()
-    Database(f"sqlite:///{path}").dispose()  # and again, at head
+    Database(url).dispose()  # and again, at head
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
