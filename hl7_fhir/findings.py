@@ -75,6 +75,8 @@ class OutboundStudy:
     this result from the study's other results (re-issues, other series): radfusion passes
     the SR's SOP Instance UID, and the FHIR identifiers end with it. ``patient_name`` is the
     images' Patient Name as DICOM writes it (family^given^middle^prefix^suffix; empty if absent).
+    ``notes`` are what the detector says about the case (an input it lacked, a part of a study it read), shown
+    with the result as the SR shows them.
     """
 
     study_instance_uid: str
@@ -88,6 +90,7 @@ class OutboundStudy:
     performed_at: datetime | None = None
     result_uid: str = ""
     patient_name: str = ""
+    notes: tuple[str, ...] = ()
 
     @property
     def result_key(self) -> str:

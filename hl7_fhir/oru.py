@@ -99,9 +99,10 @@ def build_oru_result(study: OutboundStudy, findings: Sequence[OutboundFinding], 
                      *, control_id: str | None = None, now: Callable[[], datetime] | None = None) -> str:
     """ORU^R01 for one study: OBR for the imaging study (OBR-18 accession), one OBX per finding.
 
-    No finding gives one OBX saying so, flagged 'N'. OBX-18 names the algorithm.
+    No finding gives one OBX saying so, flagged 'N'. OBX-18 names the algorithm. The study's notes come as NTE
+    segments before the AI note.
     """
-    return _build(study, findings, endpoints, [AI_NOTE], "", control_id, now)
+    return _build(study, findings, endpoints, [*study.notes, AI_NOTE], "", control_id, now)
 
 
 def build_critical_oru(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints: Endpoints,

@@ -99,7 +99,8 @@ def build_diagnostic_report(study: OutboundStudy, findings: Sequence[OutboundFin
     """Preliminary DiagnosticReport (category RAD, LOINC study code, ImagingStudy by Study UID) and its Observations.
 
     ``result`` references the Observations by ``urn:uuid`` full URLs, resolved when posted
-    with :func:`transaction_bundle`. No finding gives a report whose conclusion says so.
+    with :func:`transaction_bundle`. No finding gives a report whose conclusion says so; the study's notes follow
+    the findings in the conclusion.
     """
     if issued.tzinfo is None:
         raise FindingError("build_diagnostic_report: issued must be timezone-aware")
@@ -118,7 +119,7 @@ def build_diagnostic_report(study: OutboundStudy, findings: Sequence[OutboundFin
         "subject": subject, "issued": issued.isoformat(),
         "imagingStudy": [_imaging_study(study)],
         "result": [{"reference": urn} for urn in urns],
-        "conclusion": f"{summary}. {AI_NOTE}",
+        "conclusion": " ".join([*(f"{text.rstrip('.')}." for text in (summary, *study.notes)), AI_NOTE]),
     }
     if study.accession:
         report["identifier"].append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",

@@ -128,6 +128,16 @@ def test_a_reissued_result_is_a_report_of_its_own(client: FhirClient, seeded: st
         assert len(client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{key}"})) == 1
 
 
+def test_the_result_s_notes_on_the_case_reach_the_report_s_conclusion(client: FhirClient, seeded: str) -> None:
+    noted = replace(study(), result_uid="1.2.826.0.1.3680043.8.498.103",
+                    notes=("image-only: the EMR did not answer within 2 s",))
+    report, observations = build_diagnostic_report(noted, FINDINGS[:1], issued=NOW,
+                                                   patient_reference=f"Patient/{seeded}")
+    assert client.post_transaction_once(transaction_bundle([report, *observations])) is not None
+    [stored] = client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{noted.result_key}"})
+    assert ". image-only: the EMR did not answer within 2 s. AI-generated" in stored.conclusion
+
+
 def test_server_down_gives_unavailable_context_with_the_reason() -> None:
     dead = FhirClient(f"http://127.0.0.1:{free_port()}", timeout_s=1, retries=1, backoff_s=0.05)
     start = time.monotonic()

@@ -40,6 +40,13 @@ def test_result_oru_has_one_obx_per_finding_with_flags() -> None:
     assert "AI-generated" in message.nte.nte_3.to_er7()
 
 
+def test_the_result_s_notes_on_the_case_come_as_nte_segments_before_the_ai_note() -> None:
+    noted = replace(STUDY, notes=("image-only: the EMR did not answer within 2 s", "gantry tilt 12.0 degrees"))
+    message = parse_message(build_oru_result(noted, [ICH], ENDPOINTS), find_groups=False)
+    notes = [s.nte_3.to_er7() for s in message.children if s.name == "NTE"]
+    assert notes[:2] == list(noted.notes) and notes[2].startswith("AI-generated")
+
+
 def test_a_fhir_coding_system_is_sent_by_its_hl7_table_0396_name() -> None:
     snomed = OutboundFinding("Intracranial hemorrhage", "1386000", "http://snomed.info/sct", volume_ml=12.3)
     assert obx_rows(build_oru_result(STUDY, [snomed], ENDPOINTS))[0][0] == "1386000^Intracranial hemorrhage^SCT"
