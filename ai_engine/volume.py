@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 
 from ai_engine.errors import VolumeError
 
@@ -91,8 +92,10 @@ def _floats(values: object) -> tuple[float, ...]:
     return tuple(float(v) for v in values)  # type: ignore[attr-defined]
 
 
-def _is_localizer(image_type: object) -> bool:
-    values = [image_type] if isinstance(image_type, str) else list(image_type or [])  # type: ignore[call-overload]
+def is_localizer(image_type: object) -> bool:
+    """Image Type (or Frame Type) says LOCALIZER: a scout, which no volume reads. Takes the value as pydicom reads
+    it or as the ingest stores it (a string, a list of strings, None)."""
+    values = image_type if isinstance(image_type, list | tuple | MultiValue) else [image_type]
     return any(str(v).upper() == "LOCALIZER" for v in values)
 
 
@@ -104,7 +107,7 @@ def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
     return _Image(path, ds, None, _floats(ds.ImageOrientationPatient), _floats(ds.ImagePositionPatient),
                   _floats(ds.PixelSpacing), None if thickness in (None, "") else float(thickness),
                   float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0)),
-                  _is_localizer(ds.get("ImageType", [])))
+                  is_localizer(ds.get("ImageType")))
 
 
 def _frame_group(ds: pydicom.Dataset, k: int, sequence: str, keyword: str) -> pydicom.Dataset | None:
@@ -150,7 +153,7 @@ def _enhanced_frames(path: Path, ds: pydicom.Dataset, count: int) -> list[_Image
         measures = _frame_group(ds, k, "PixelMeasuresSequence", "SliceThickness")
         thickness = None if measures is None or measures.SliceThickness in (None, "") else measures.SliceThickness
         frame_type = _frame_group(ds, k, "CTImageFrameTypeSequence", "FrameType")
-        localizer = _is_localizer(ds.get("ImageType", []) if frame_type is None else frame_type.FrameType)
+        localizer = is_localizer(ds.get("ImageType") if frame_type is None else frame_type.FrameType)
         images.append(_Image(
             path, ds, k + 1, _located(path, ds, k, "PlaneOrientationSequence", "ImageOrientationPatient"),
             _located(path, ds, k, "PlanePositionSequence", "ImagePositionPatient"),

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute
 
+from ai_engine.volume import is_localizer
 from dicom_node.contracts import AssociationInfo, StoredInstance
 from dicom_node.spool import Spool
 from radfusion.db import Database
@@ -155,12 +156,12 @@ class IngestRecorder:
                 "instance_number": _int_or_none(attrs.get("InstanceNumber")),
                 "position": _floats_or_none(attrs.get("ImagePositionPatient")),
                 "orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
-                "localizer": _is_localizer(attrs.get("ImageType")),
+                "localizer": is_localizer(attrs.get("ImageType")),
                 "association_id": instance.association_id,
             })
         elif earlier.series_id == series_id:
             conn.execute(_RECEIVED_AGAIN, {"uid": uid, "path": str(instance.path),
-                                           "localizer": _is_localizer(attrs.get("ImageType"))})
+                                           "localizer": is_localizer(attrs.get("ImageType"))})
         else:
             self._move(conn, earlier, series_id, instance, now)
             moved_from = Path(earlier.path)
@@ -179,7 +180,7 @@ class IngestRecorder:
             "new_number": _int_or_none(attrs.get("InstanceNumber")),
             "new_position": _floats_or_none(attrs.get("ImagePositionPatient")),
             "new_orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
-            "new_localizer": _is_localizer(attrs.get("ImageType")), "new_association": instance.association_id})
+            "new_localizer": is_localizer(attrs.get("ImageType")), "new_association": instance.association_id})
         conn.execute(_LEAVE_SERIES, {"old_series_id": earlier.series_id})
         if conn.execute(_REOPEN_SERIES, {"old_series_id": earlier.series_id, "now": now}).rowcount:
             old_study = conn.scalar(select(Series.study_id).where(Series.id == earlier.series_id))
@@ -218,12 +219,6 @@ def _int_or_none(value: object) -> int | None:
         return None if value is None else int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-
-
-def _is_localizer(image_type: object) -> bool:
-    """Image Type says LOCALIZER: a scout, which no volume reads and the slice geometry check leaves out."""
-    values = image_type if isinstance(image_type, list) else [image_type]
-    return any(str(value).upper() == "LOCALIZER" for value in values)
 
 
 def _floats_or_none(value: object) -> list[float] | None:

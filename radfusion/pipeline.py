@@ -164,12 +164,12 @@ class JobRunner:
         with self._db.session() as session:
             kept = set(session.scalars(select(Instance.sop_instance_uid)
                                        .where(Instance.sop_instance_uid.in_(sorted(missing))))) if missing else set()
-        standing = [sr for sr in current
-                    if len(sent) < len(sr.source_instance_uids) and sr.source_instance_uids - sent - kept]
+        gone = {sr.sop_instance_uid: sr.source_instance_uids - sent - kept for sr in current}
+        standing = [sr for sr in current if len(sent) < len(sr.source_instance_uids) and gone[sr.sop_instance_uid]]
         if not standing:
             return current, result
         notes = [f"reads only the {len(sent)} image(s) sent again after the study's images were purged: "
-                 f"{len(sr.source_instance_uids - sent - kept)} of the {len(sr.source_instance_uids)} image(s) that "
+                 f"{len(gone[sr.sop_instance_uid])} of the {len(sr.source_instance_uids)} image(s) that "
                  f"the earlier result SR {sr.sop_instance_uid} read are no longer here, so this result does not "
                  "replace it; send the whole study to analyse it again" for sr in standing]
         for note in notes:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import Counter
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from alembic import command

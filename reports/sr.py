@@ -288,8 +288,9 @@ def _point(sources: Sequence[pydicom.Dataset], task: Task, index: int, finding: 
             graphic_data=np.array([finding.center_mm], dtype=float),
             frame_of_reference_uid=sources[0].FrameOfReferenceUID,
         )
+    frame = None
     if task is Task.MAMMOGRAPHY:
-        (image, frame), (row, column) = (view_of(sources, index, finding), None), finding.center_voxel
+        image, (row, column) = view_of(sources, index, finding), finding.center_voxel
     else:
         z, row, column = finding.center_voxel
         image, frame = slice_of(sources, index, z, frames)
