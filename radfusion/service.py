@@ -112,11 +112,10 @@ class Service:
                  self.settings.dicom.ae_title, self.settings.dicom.bind_address, self.port,
                  self.db.engine.url.render_as_string(hide_password=True), self.settings.storage_path,
                  self.settings.workers, ", ".join(self.detectors) or "none")
-        for name, path in self.settings.model_bundles.items():
-            if name in self.detectors:
-                algorithm = self.detectors[name].algorithm
-                log.info("detector %s serves the bundle %s (version %s, %s)", name, path, algorithm.version,
-                         algorithm.kind)
+        for name, detector in sorted(self.detectors.items()):
+            algorithm = detector.algorithm
+            log.info("detector %s: version %s, Device UID %s, %s; bundle %s", name, algorithm.version,
+                     algorithm.device_uid, algorithm.kind, self.settings.model_bundles.get(name, "built in"))
         return self.port
 
     def stop(self) -> None:
