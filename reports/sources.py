@@ -13,6 +13,10 @@ from reports.errors import ReportsError
 
 
 DATE_KEYWORDS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+# Type 2 attributes of the Patient and General Study modules that the result objects copy from the source: a sender
+# may leave one out (a CT without Patient's Sex is common), and the copy then carries it empty, as the standard allows.
+COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "AccessionNumber", "StudyID", "ReferringPhysicianName")
 _LOOSE_DATE = re.compile(r"(\d{4})[-./](\d{2})[-./](\d{2})")
 
 
@@ -37,11 +41,12 @@ def dicom_date(value: str) -> str | None:
 
 def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     """The source headers the builders copy from, mended where the sender broke the standard in ways that would
-    stop the result (a copy only where something changes): the Specific Character Set (``_character_set``)
-    and dates of the patient and study modules ('1945-03-17' -> 19450317; an unreadable one emptied)."""
+    stop the result (a copy only where something changes): the Specific Character Set (``_character_set``),
+    dates of the patient and study modules ('1945-03-17' -> 19450317; an unreadable one emptied), and the
+    ``COPIED_TYPE2`` attributes a sender left out (added empty)."""
     mended = []
     for ds in datasets:
-        changes: dict[str, object] = {}
+        changes: dict[str, object] = {keyword: "" for keyword in COPIED_TYPE2 if keyword not in ds}
         if "SpecificCharacterSet" in ds:
             charset = _character_set(ds.SpecificCharacterSet)
             if charset != ds.SpecificCharacterSet:

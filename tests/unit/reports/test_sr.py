@@ -13,6 +13,7 @@ import pytest
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from reports.errors import ReportsError
 from reports.seg import build_seg
+from reports.sources import COPIED_TYPE2
 from reports.sr import SrReference, build_sr
 from reports.writer import save_dataset
 from tests.peers import dciodvfy_errors, require_tool
@@ -53,6 +54,24 @@ def test_a_sender_s_character_set_and_dashed_dates_do_not_stop_the_results(head_
     sr = _saved(build_sr(sources, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
     assert (sr.SpecificCharacterSet, sr.PatientBirthDate, sr.StudyDate) == (written, "19450317", "20240115")
     assert segs[0].SpecificCharacterSet == written and head_ct[0].PatientBirthDate != "1945-03-17"
+
+
+def test_a_source_without_the_type_2_patient_and_study_attributes_still_gets_its_results(head_ct, algorithm,
+                                                                                          tmp_path):
+    """A CT without Patient's Sex (or Patient ID, Accession Number, Study Date ...): each is Type 2, so the SR and
+    SEG carry it empty instead of failing the job."""
+    sources = [copy.deepcopy(ds) for ds in head_ct]
+    for ds in sources:
+        for keyword in COPIED_TYPE2:
+            delattr(ds, keyword)
+    result = ich_result(algorithm, sources)
+    segs = build_seg(sources, result, series_number=901)
+    save_dataset(segs[0], tmp_path / "seg.dcm")
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    sr = _saved(build_sr(sources, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
+    for made in (sr, segs[0]):
+        assert all(made[keyword].value in ("", None) for keyword in COPIED_TYPE2)
+    assert "PatientSex" not in sources[0]  # the caller's headers are left as they came
 
 
 def test_ich_sr_is_in_the_source_study_and_cites_the_seg_segments(head_ct, algorithm, tmp_path):
