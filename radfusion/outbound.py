@@ -53,24 +53,35 @@ def outbound_findings(result: DetectorResult, urgent: bool) -> list[OutboundFind
     return findings
 
 
+def unconfigured_targets(job: Job, settings: Settings) -> list[str]:
+    """The job's report destinations and alert channels that the configuration no longer names (the rules were
+    changed after the job was queued); the deliveries below leave them out."""
+    reports = {d.name for d in settings.fhir_destinations} | {d.name for d in settings.hl7_destinations}
+    channels = {c.name for c in settings.alerts.channels}
+    return ([f"report destination {name!r}" for name in job.report_destinations if name not in reports]
+            + [f"alert channel {name!r}" for name in job.alert_channels if name not in channels])
+
+
 def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[OutboundFinding], settings: Settings,
                       now: datetime) -> list[Delivery]:
-    """A FHIR DiagnosticReport or an HL7 ORU^R01 for each of the job's report destinations."""
+    """A FHIR DiagnosticReport or an HL7 ORU^R01 for each of the job's report destinations still configured."""
     deliveries = []
+    hl7 = {d.name for d in settings.hl7_destinations}
     for index, name in enumerate(job.report_destinations):
         if any(d.name == name for d in settings.fhir_destinations):
             report, observations = build_diagnostic_report(study, findings, issued=now)
             payload = transaction_bundle([report, *observations]).model_dump(mode="json", exclude_none=True)
             deliveries.append(Delivery(kind="fhir_report", target=name, job_id=job.id, payload=payload))
-        else:
+        elif name in hl7:
             message = build_oru_result(study, findings, _endpoints(settings, name), control_id=f"RF{job.id}R{index}")
             deliveries.append(Delivery(kind="hl7_report", target=name, job_id=job.id, payload={"message": message}))
     return deliveries
 
 
-def alert_deliveries(job: Job, alert_id: int, study: OutboundStudy | None, findings: Sequence[OutboundFinding],
+def alert_deliveries(job: Job, study: OutboundStudy | None, findings: Sequence[OutboundFinding],
                      settings: Settings, now: datetime, already_told: Collection[str] = ()) -> list[Delivery]:
-    """One delivery per alert channel of the job: webhook JSON, FHIR Communication or critical ORU.
+    """One delivery per alert channel of the job still configured: webhook JSON, FHIR Communication or critical
+    ORU (the caller sets their alert).
 
     Channels in ``already_told`` (an earlier alert of the study reaches them) get none. Without an addressable
     study (``None``) only the webhooks can be told.
@@ -79,21 +90,22 @@ def alert_deliveries(job: Job, alert_id: int, study: OutboundStudy | None, findi
     for index, name in enumerate(job.alert_channels):
         if name in already_told:
             continue
-        channel = settings.channel(name)
+        try:
+            channel = settings.channel(name)
+        except KeyError:  # no longer configured: unconfigured_targets names it
+            continue
         if channel.kind == "webhook":
-            deliveries.append(Delivery(kind="webhook", target=name, job_id=job.id, alert_id=alert_id))
+            deliveries.append(Delivery(kind="webhook", target=name, job_id=job.id))
         elif study is None:
             continue
         elif channel.kind == "fhir":
             communication = build_alert_communication(study, findings, sent=now)
             payload = transaction_bundle([communication]).model_dump(mode="json", exclude_none=True)
-            deliveries.append(Delivery(kind="fhir_alert", target=name, job_id=job.id, alert_id=alert_id,
-                                       payload=payload))
+            deliveries.append(Delivery(kind="fhir_alert", target=name, job_id=job.id, payload=payload))
         else:
             message = build_critical_oru(study, findings, _endpoints(settings, channel.destination),
                                          control_id=f"RF{job.id}A{index}")
-            deliveries.append(Delivery(kind="hl7_alert", target=name, job_id=job.id, alert_id=alert_id,
-                                       payload={"message": message}))
+            deliveries.append(Delivery(kind="hl7_alert", target=name, job_id=job.id, payload={"message": message}))
     return deliveries
 
 

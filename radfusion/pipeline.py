@@ -31,7 +31,8 @@ from hl7_fhir.findings import OutboundFinding, OutboundStudy
 from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
-from radfusion.outbound import alert_deliveries, outbound_findings, outbound_study, report_deliveries
+from radfusion.outbound import (alert_deliveries, outbound_findings, outbound_study, report_deliveries,
+                                unconfigured_targets)
 from radfusion.routing import Router
 from radfusion.settings import Settings
 from reports.alerts import build_ich_alert
@@ -210,6 +211,7 @@ class JobRunner:
         urgent = self._is_urgent(result)
         findings = outbound_findings(result, urgent)
         sr_uid = next(obj.sop_instance_uid for obj in written if obj.kind == "sr")
+        _audit_unconfigured(session, job, self._settings)
         study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent, sources, sr_uid)
         if study is not None:
             session.add_all(report_deliveries(job, study, findings, self._settings, now))
@@ -240,13 +242,16 @@ class JobRunner:
         """Add the hemorrhage alert and its deliveries to every alert channel of the job; the alert's id.
 
         One alert per study and channel: a channel that an earlier alert of the study reaches (delivered or still
-        trying; a second reconstruction, a re-issued result) is not paged again. When every channel of the job is
-        reached so, that is audited and the earlier alert's id returned.
+        trying; a second reconstruction, a re-issued result) is not paged again. When the study has an alert and
+        no channel is left to tell, that is audited and the earlier alert's id returned. Two jobs of one study
+        decide this one after the other (the study's row is locked; SQLite's writes are serialised anyway).
         """
+        session.execute(select(Study.id).where(Study.id == job.study_id).with_for_update())
         told = set(session.scalars(select(Delivery.target).join(Alert, Delivery.alert_id == Alert.id)
                                    .join(Job, Alert.job_id == Job.id)
                                    .where(Job.study_id == job.study_id, Delivery.state != "failed")))
-        earlier = None if not set(job.alert_channels) <= told else session.scalar(
+        deliveries = alert_deliveries(job, study, findings, self._settings, now, already_told=told)
+        earlier = None if deliveries else session.scalar(
             select(Alert.id).join(Job, Alert.job_id == Job.id).where(Job.study_id == job.study_id)
             .order_by(Alert.id).limit(1))
         if earlier is not None:
@@ -262,7 +267,9 @@ class JobRunner:
         alert = Alert(job_id=job.id, payload=payload, released_at=job.trigger_released_at)
         session.add(alert)
         session.flush()
-        session.add_all(alert_deliveries(job, alert.id, study, findings, self._settings, now, already_told=told))
+        for delivery in deliveries:
+            delivery.alert_id = alert.id
+        session.add_all(deliveries)
         log.warning("URGENT: hemorrhage alert %d for study %s (accession %s)", alert.id, job.study.study_uid,
                     job.study.accession_number)
         return alert.id
@@ -274,14 +281,24 @@ class JobRunner:
             return None
         job = session.get(Job, job_id)
         assert job is not None
+        _audit_unconfigured(session, job, self._settings)
         study = self._emr_study(session, job, result, True, sources, "")  # no SR: the alert names the study only
         return self._queue_alert(session, job, result, study, outbound_findings(result, True), sources, utcnow())
 
     def _is_urgent(self, result: DetectorResult) -> bool:
         total_ml = sum(f.volume_ml or 0.0 for f in result.findings)
         alerts = self._settings.alerts
-        return (result.task == Task.ICH and result.positive and result.case_score >= alerts.ich_min_score
-                and total_ml >= alerts.ich_min_volume_ml)
+        return (result.task == Task.ICH and result.positive and bool(result.findings)
+                and result.case_score >= alerts.ich_min_score and total_ml >= alerts.ich_min_volume_ml)
+
+
+def _audit_unconfigured(session: Session, job: Job, settings: Settings) -> None:
+    """Audit and log each report destination and alert channel of ``job`` that the configuration no longer names:
+    the others are told, these cannot be."""
+    for target in unconfigured_targets(job, settings):
+        session.add(AuditEvent(kind="target_not_configured", subject=f"job {job.id}",
+                               detail=f"{target} is no longer configured: not told of this result"))
+        log.warning("job %d: %s is no longer configured; its result is not sent there", job.id, target)
 
 
 def _record_failure(session: Session, job_id: int, study_id: int, error: str) -> None:

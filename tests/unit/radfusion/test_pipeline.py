@@ -91,6 +91,33 @@ def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
         assert session.scalars(select(Artifact)).all() == []
 
 
+def test_a_job_queued_before_a_channel_was_removed_still_alerts_the_channels_that_remain(tmp_path: Path) -> None:
+    """The job was queued when 'pager' and the report destination 'emr' were configured; it runs after a restart
+    without them. Before: KeyError, no alert at all, the job left running for good."""
+    settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
+                                                                      default_routing([], ["ed"])],
+                             alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
+    service = Service(settings)
+    _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths)
+    with service.db.session() as session:
+        series = session.scalars(select(Series)).one()
+        job = Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
+                  rule="test", alert_channels=["ed", "pager"], report_destinations=["emr"])
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    assert service.runner.claim(job_id)
+    service.runner.run(job_id)
+    with service.db.session() as session:
+        assert session.get(Job, job_id).state == "done"
+        alert = session.scalars(select(Alert)).one()
+        assert [(d.kind, d.target) for d in session.scalars(select(Delivery).where(Delivery.alert_id == alert.id))] \
+            == [("webhook", "ed")]
+        audits = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "target_not_configured")).all()
+        assert sorted(audits) == ["alert channel 'pager' is no longer configured: not told of this result",
+                                  "report destination 'emr' is no longer configured: not told of this result"]
+
+
 def test_a_study_s_second_reconstruction_with_the_bleed_does_not_page_again(tmp_path: Path) -> None:
     settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
                                                                       default_routing([], ["ed"])],
