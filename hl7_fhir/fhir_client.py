@@ -126,7 +126,8 @@ class FhirClient:
                         raise FhirError(f"FHIR {method} {url} answered non-JSON: {response.text[:80]!r}",
                                         response.status_code) from exc
                 if response.status_code not in retry_status or last:
-                    raise FhirError(f"FHIR {method} {response.url} answered {response.status_code}: "
+                    where = response.url.copy_with(query=None)  # the search parameters name the patient
+                    raise FhirError(f"FHIR {method} {where} answered {response.status_code}: "
                                     f"{_outcome_text(response)}", response.status_code)
                 log.info("FHIR %s %s answered %d, retrying", method, url, response.status_code)
             self._sleep(self._backoff * 2 ** attempt)

@@ -331,8 +331,8 @@ class MllpClient:
             if not data:
                 raise ConnectionResetError("connection closed by the receiver before the ACK")
             for unit in self._framer.feed(data):
-                if unit.kind == "message":
-                    return unit.payload.decode(self._encoding)
+                if unit.kind == "message":  # only MSA's ASCII codes are read: a stray byte must not lose the ACK
+                    return unit.payload.decode(message_encoding(unit.payload, self._encoding), errors="replace")
 
     def _check(self, ack: str, control_id: str) -> str:
         segments = {line.split("|", 1)[0]: line.split("|") for line in ack.replace("\n", "\r").split("\r") if line}

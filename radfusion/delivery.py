@@ -195,6 +195,9 @@ class DeliveryWorker:
             return instance_failures(items, exc)
         except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
             return dict.fromkeys(ids, SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc)))
+        except Exception as exc:  # noqa: BLE001 - an error no sender expects is still recorded, retried, given up on
+            log.exception("delivery to %s %r raised an unexpected error", kind, target)
+            return dict.fromkeys(ids, SendFailure(f"unexpected {type(exc).__name__}: {exc}", rejected=False))
         return dict.fromkeys(ids)
 
     def _transmit(self, kind: str, config: TargetSettings, items: Batch, message: Any) -> None:

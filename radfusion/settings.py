@@ -139,6 +139,13 @@ class RetrySettings(Strict):
     give_up_after_h: float = Field(72.0, gt=0)
     timeout_s: float = Field(30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _initial_within_max(self) -> RetrySettings:
+        if self.initial_s > self.max_s:
+            raise ValueError(f"initial_s ({self.initial_s}) must not be longer than max_s ({self.max_s}), "
+                             "which caps every wait")
+        return self
+
 
 Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
 NamedT = TypeVar("NamedT")
@@ -150,7 +157,8 @@ class WebhookChannelSettings(Strict):
     name: Name
     kind: Literal["webhook"] = "webhook"
     url: str = Field(pattern=r"^https?://")
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")],
+                  Annotated[str, Field(pattern=r"^[\x20-\x7e]*$")]] = Field(default_factory=dict)  # HTTP: ASCII
 
 
 class FhirAlertChannelSettings(Strict):

@@ -39,6 +39,14 @@ def test_5xx_is_retried_and_4xx_is_not() -> None:
     assert len(calls) == 3
 
 
+def test_a_failed_search_names_the_resource_not_the_patient() -> None:
+    """The error is logged and kept with the clinical context: the search's identifier must not be in it."""
+    fhir = client(lambda request: httpx.Response(503), retries=0)
+    with pytest.raises(FhirError) as failure:
+        fhir.search("Patient", {"identifier": "urn:oid:1.2.3|PAT-0042"})
+    assert str(failure.value).startswith(f"FHIR GET {BASE}/Patient answered 503") and "PAT-0042" not in str(failure.value)
+
+
 def test_create_is_not_retried_after_a_server_error() -> None:
     calls: list[str] = []
 

@@ -157,6 +157,28 @@ def test_client_errors_name_the_peer() -> None:
         silent.stop()
 
 
+def test_an_ack_in_another_charset_is_still_read() -> None:
+    """A receiver answering in Latin-1 (MSA-3 'Nachricht übernommen'): before, UnicodeDecodeError, and the
+    delivery was neither recorded nor given up on."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def answer() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                while b"\x1c\r" not in connection.recv(65536):
+                    pass
+                ack = "MSH|^~\\&|EMR|H|RF|H|20240101||ACK|A1|P|2.5.1\rMSA|AA|L1|Nachricht übernommen\r"
+                connection.sendall(frame(ack, "latin-1"))
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        with MllpClient("127.0.0.1", listener.getsockname()[1], timeout_s=5) as client:
+            assert "Nachricht" in client.send(adt("L1"))
+        thread.join(timeout=5)
+
+
 def test_handler_exception_becomes_ae() -> None:
     def broken(text: str) -> MllpReply:
         raise KeyError("boom")

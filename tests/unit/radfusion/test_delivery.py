@@ -120,6 +120,23 @@ def test_answers_that_time_can_cure_are_retried(tmp_path: Path, status: int) -> 
         assert delivery.state == "pending" and f"HTTP {status}" in delivery.last_error
 
 
+def test_an_error_no_sender_expects_is_recorded_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Before: the error escaped the round, so the delivery stayed pending with 0 attempts and no error for good,
+    sent again every round and never given up on."""
+    db, worker, delivery_id = setup(tmp_path, free_port())
+
+    def broken(*_args: object) -> None:
+        raise UnicodeEncodeError("ascii", "Bearer é", 7, 8, "ordinal not in range(128)")
+
+    monkeypatch.setattr(worker, "_transmit", broken)
+    assert worker.run_due("alerts") == 0
+    with db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert (delivery.state, delivery.attempts) == ("pending", 1)
+        assert delivery.last_error.startswith("unexpected UnicodeEncodeError") and delivery.next_attempt_at > utcnow()
+
+
 def test_a_refusal_fails_at_once_and_requeue_sends_it_again(tmp_path: Path) -> None:
     port = free_port()
     db, worker, delivery_id = setup(tmp_path, port)

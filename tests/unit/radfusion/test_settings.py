@@ -71,7 +71,12 @@ def test_routing_must_name_configured_destinations(tmp_path: Path) -> None:
     ({"hl7": {"tls": {"enabled": True, "cert_file": "CERT", "key_file": "missing.key", "require_client_cert": False}}},
      r"hl7\.tls: key_file '.*missing\.key' is not a readable file"),
     ({"dicom": {"accept_any_calling_ae": True, "allowed_calling_aes": ["CT1"]}},
-     r"dicom: accept_any_calling_ae is true and allowed_calling_aes is set \(\['CT1'\]\): choose one")])
+     r"dicom: accept_any_calling_ae is true and allowed_calling_aes is set \(\['CT1'\]\): choose one"),
+    ({"retry": {"initial_s": 600, "max_s": 300}}, r"retry: initial_s \(600.0\) must not be longer than max_s"),
+    ({"alerts": {"channels": [{"name": "ed", "url": "http://x/", "headers": {"Authorization": "Bearer é"}}]}},
+     r"alerts\.channels\.0\.webhook\.headers\.Authorization: String should match"),
+    ({"alerts": {"channels": [{"name": "ed", "url": "http://x/", "headers": {"X Token": "t"}}]}},
+     r"alerts\.channels\.0\.webhook\.headers\.X Token\.\[key\]: String should match")])
 def test_what_serve_would_refuse_is_refused_when_the_config_is_read(tmp_path: Path, section: dict, error: str) -> None:
     (tmp_path / "cert.pem").write_text("x")
     (tmp_path / "key.pem").write_text("x")
