@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dicom_node.errors import DicomNodeError
 from radfusion.errors import RadfusionError
+from radfusion.routing import compile_routing
 from radfusion.settings import Settings, load_settings
 
 log = logging.getLogger("radfusion")
@@ -100,8 +101,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Validate the configuration and print the effective values."""
+    """Validate the configuration (the routing rules' patterns too) and print the effective values."""
     settings = _settings(args)
+    compile_routing(settings.routing)
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
     return 0
 

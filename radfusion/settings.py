@@ -16,10 +16,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from ai_engine.contrast import NO_AGENT
-from ai_engine.detectors.registry import BUNDLED_DETECTORS
+from ai_engine.detectors.registry import BUNDLED_DETECTORS, available_detectors
+from ai_engine.results import Task
 from dicom_node.errors import ConfigError as DicomConfigError
 from dicom_node.peers import parse_calling_ae_hosts
 from dicom_node.tls import TlsConfig
+from hl7_fhir.units import ANALYTES, CODED_ANALYTES
 from radfusion.errors import ConfigError
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # VR AE: 16 chars, no backslash
@@ -33,6 +35,12 @@ def _check_ae_title(value: str) -> str:
 
 
 AeTitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
+def _known(key: str, names: Sequence[str], known: set[str]) -> None:
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{key}: unknown name {name!r} (known: {sorted(known)})")
 
 
 class Strict(BaseModel):
@@ -111,6 +119,11 @@ class RoutingRuleSettings(Strict):
     destinations: list[str] = Field(default_factory=list)
     report_destinations: list[str] = Field(default_factory=list)
     alert_channels: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_detectors(self) -> RoutingRuleSettings:
+        _known("detectors", self.detectors, set(available_detectors()))
+        return self
 
 
 class StabilitySettings(Strict):
@@ -256,6 +269,13 @@ class ClinicalSettings(Strict):
     time_budget_s: float = Field(2.0, gt=0)
     analytes: dict[str, list[str]] = Field(default_factory=default_analytes)
 
+    @model_validator(mode="after")
+    def _known_analytes(self) -> ClinicalSettings:
+        _known("analytes", list(self.analytes), {task.value for task in Task})
+        for task, names in self.analytes.items():
+            _known(f"analytes.{task}", names, {*ANALYTES, *CODED_ANALYTES})
+        return self
+
     def identifier_system(self, issuer: str) -> str:
         """The FHIR identifier system of a PatientID issued by ``issuer`` (IssuerOfPatientID)."""
         return self.identifier_systems.get(issuer, self.default_identifier_system)
@@ -395,12 +415,6 @@ def _named(items: Sequence[NamedT], name: str) -> NamedT:
         if item.name == name:
             return item
     raise KeyError(name)
-
-
-def _known(key: str, names: Sequence[str], known: set[str]) -> None:
-    for name in names:
-        if name not in known:
-            raise ValueError(f"{key}: unknown name {name!r} (known: {sorted(known)})")
 
 
 def _unique(key: str, names: list[str]) -> None:
