@@ -226,3 +226,13 @@ def _pg_ready(url: str) -> bool:
         return True
     except sqlalchemy.exc.OperationalError:
         return False
+
+
+@contextmanager
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of ``backend`` ("sqlite" in ``tmp_path``, or "postgresql": a throw-away cluster)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        with postgresql() as url:
+            yield url

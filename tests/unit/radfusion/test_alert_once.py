@@ -4,8 +4,6 @@ the 'already told?' check and the alert's insert are serialised by a lock on the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -18,16 +16,7 @@ from radfusion.db import Database
 from radfusion.models import Alert, Delivery, Job, Series, Study, utcnow
 from radfusion.outbound import outbound_findings
 from radfusion.settings import load_settings
-from tests.integration.servers import postgresql
-
-
-@contextmanager
-def _url(backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
-    else:
-        with postgresql() as url:
-            yield url
+from tests.integration.servers import database_url
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)])
@@ -47,7 +36,7 @@ def test_two_jobs_of_one_study_alerting_at_once_page_the_channel_once(
         return build(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "build_ich_alert", meet_then_build)
-    with _url(backend, tmp_path) as url:
+    with database_url(backend, tmp_path) as url:
         db = Database(url)
         with db.session() as session:
             study = Study(study_uid="1.2.3", accession_number="A1")

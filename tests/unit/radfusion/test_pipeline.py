@@ -26,6 +26,23 @@ def _store(service: Service, paths: list[Path]) -> None:
     store(service.db, service.spool, paths)
 
 
+def _bleed_job(tmp_path: Path, **job: object) -> tuple[Service, int]:
+    """A service whose channel 'ed' is a webhook, a stored head CT with a bleed, and a queued ich_fusion job of it
+    (``job``: its other columns); the service and the job's id."""
+    settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
+                                                                      default_routing([], ["ed"])],
+                             alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
+    service = Service(settings)
+    _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths)
+    with service.db.session() as session:
+        series = session.scalars(select(Series)).one()
+        queued = Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
+                     rule="test", **job)
+        session.add(queued)
+        session.flush()
+        return service, queued.id
+
+
 def test_a_mammogram_sent_as_one_series_per_view_is_one_exam_and_one_job(tmp_path: Path) -> None:
     service = Service(load_settings(storage_path=tmp_path / "data",
                                     routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
@@ -60,18 +77,7 @@ def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_
 
 def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
-                                                                      default_routing([], ["ed"])],
-                             alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
-    service = Service(settings)
-    _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths)
-    with service.db.session() as session:
-        series = session.scalars(select(Series)).one()
-        job = Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
-                  rule="test", alert_channels=["ed"])
-        session.add(job)
-        session.flush()
-        job_id = job.id
+    service, job_id = _bleed_job(tmp_path, alert_channels=["ed"])
 
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise ValueError("SEG builder refused the series")
@@ -94,18 +100,7 @@ def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
 def test_a_job_queued_before_a_channel_was_removed_still_alerts_the_channels_that_remain(tmp_path: Path) -> None:
     """The job was queued when 'pager' and the report destination 'emr' were configured; it runs after a restart
     without them. Before: KeyError, no alert at all, the job left running for good."""
-    settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
-                                                                      default_routing([], ["ed"])],
-                             alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
-    service = Service(settings)
-    _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths)
-    with service.db.session() as session:
-        series = session.scalars(select(Series)).one()
-        job = Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
-                  rule="test", alert_channels=["ed", "pager"], report_destinations=["emr"])
-        session.add(job)
-        session.flush()
-        job_id = job.id
+    service, job_id = _bleed_job(tmp_path, alert_channels=["ed", "pager"], report_destinations=["emr"])
     assert service.runner.claim(job_id)
     service.runner.run(job_id)
     with service.db.session() as session:

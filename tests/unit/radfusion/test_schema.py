@@ -7,8 +7,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,19 +20,10 @@ from radfusion import schema
 from radfusion.db import Database, make_engine
 from radfusion.models import AuditEvent, Base, Instance, Series, Study
 from radfusion.schema import BASELINE, VERSION_TABLE, SchemaError, alembic_config, current_revisions, head_revision
-from tests.integration.servers import postgresql
+from tests.integration.servers import database_url
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)]
 SCHEMA_0_1_0 = Path(__file__).parents[2] / "data" / "radfusion-0.1.0-sqlite-schema.sql"
-
-
-@contextmanager
-def _url(backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
-    else:
-        with postgresql() as url:
-            yield url
 
 
 def _revision(engine: Engine) -> tuple[str, ...]:
@@ -69,7 +58,7 @@ def _store_a_study(db: Database) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_new_database_gets_exactly_the_models_schema(backend: str, tmp_path: Path) -> None:
     """The guard for every future model change: it must come with a migration, or this fails."""
-    with _url(backend, tmp_path) as url:
+    with database_url(backend, tmp_path) as url:
         db = Database(url)
         assert _differences(db.engine) == []
         assert _revision(db.engine) == (head_revision(),)
@@ -88,7 +77,7 @@ def test_the_sqlite_database_radfusion_0_1_0_made_is_adopted_with_its_rows(tmp_p
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_unversioned_baseline_database_is_adopted_with_its_rows(backend: str, tmp_path: Path) -> None:
-    with _url(backend, tmp_path) as url:
+    with database_url(backend, tmp_path) as url:
         engine = make_engine(url)
         with engine.begin() as connection:  # the baseline tables without a revision table, as 0.1.0 left them
             command.upgrade(alembic_config(connection), BASELINE)
@@ -148,7 +137,7 @@ def test_rows_that_already_pointed_nowhere_do_not_stop_a_start(tmp_path: Path) -
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_database_a_newer_radfusion_wrote_is_refused_untouched(backend: str, tmp_path: Path) -> None:
-    with _url(backend, tmp_path) as url:
+    with database_url(backend, tmp_path) as url:
         Database(url).dispose()
         engine = make_engine(url)
         with engine.begin() as connection:
@@ -185,7 +174,7 @@ def test_a_database_with_only_some_of_radfusion_s_tables_is_refused(tmp_path: Pa
 def test_three_servers_starting_on_a_new_database_all_come_up(backend: str, tmp_path: Path) -> None:
     """Three starts at once on a fresh install (threads standing in for ``serve`` and ``status``): one migrates,
     the others wait for it and find the schema at head."""
-    with _url(backend, tmp_path) as url:
+    with database_url(backend, tmp_path) as url:
         errors: list[BaseException] = []
 
         def start() -> None:
