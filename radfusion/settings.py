@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError,
+                               YamlConfigSettingsSource)
 
 from ai_engine.contrast import NO_AGENT
 from ai_engine.detectors.registry import BUNDLED_DETECTORS, available_detectors
@@ -423,10 +425,41 @@ def _unique(key: str, names: list[str]) -> None:
         raise ValueError(f"{key}: duplicate names {sorted(seen)}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _check_yaml(config_file: Path) -> None:
+    """Refuse a config file that is not a YAML mapping, naming the line of the problem."""
+    try:
+        with config_file.open(encoding="utf-8") as stream:  # marks then name the file
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(config_file)!r} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(config_file)!r}: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {str(config_file)!r}: the top level must be a mapping of keys "
+                          f"(dicom:, routing:, ...), got a {type(data).__name__}")
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Load and validate settings; raise ConfigError whose lines name each bad key and why."""
-    if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file {str(config_file)!r} does not exist")
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {str(config_file)!r} does not exist")
+        _check_yaml(config_file)
+
     class FileSettings(Settings):
         model_config = SettingsConfigDict(yaml_file=config_file)
 
@@ -434,8 +467,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return FileSettings(**overrides)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, config_file)) from None
-    except (OSError, ValueError) as exc:  # YAML syntax errors arrive as ValueError subclasses
-        raise ConfigError(f"cannot read config file {str(config_file)!r}: {exc}") from None
+    except SettingsError as exc:  # an environment value that is not the JSON its nested key needs
+        raise ConfigError(f"cannot read the RADFUSION_* environment variables: {exc}") from None
 
 
 def format_validation_error(exc: ValidationError, config_file: Path | None) -> str:

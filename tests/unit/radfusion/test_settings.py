@@ -92,6 +92,24 @@ def test_what_serve_would_refuse_is_refused_when_the_config_is_read(tmp_path: Pa
         load_settings(config)
 
 
+@pytest.mark.parametrize(("text", "error"), [
+    ("dicom: {port: [}\n", r"is not valid YAML: .*\n.*\n  in \".*c\.yaml\", line 1, column 16"),
+    ("- dicom\n- routing\n", r"the top level must be a mapping of keys \(dicom:, routing:, \.\.\.\), got a list"),
+    ("dicom: {port: 104}\nworkers: 3\ndicom: {port: 105}\n", r"key 'dicom' is given twice\n  in .*, line 3")])
+def test_a_file_that_is_not_a_yaml_mapping_is_named_with_its_line(tmp_path: Path, text: str, error: str) -> None:
+    """Before: a traceback, a message naming no key, or the second 'dicom' silently winning."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_settings(config)
+
+
+def test_an_environment_value_that_is_not_json_is_named_as_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RADFUSION_DICOM__ALLOWED_CALLING_AES", "CT1")  # a list needs JSON: ["CT1"]
+    with pytest.raises(ConfigError, match=r"RADFUSION_\* environment variables: .*field \"dicom\""):
+        load_settings()
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("dicom:\n  port: 104\n  allowed_calling_aes: [CT1]\nworkers: 3\n")
