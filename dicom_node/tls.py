@@ -28,6 +28,14 @@ class TlsConfig:
         if self.require_client_cert and self.ca_file is None:
             raise ConfigError("require_client_cert is true but ca_file is not set: nothing to verify client "
                               "certificates against (set ca_file, or require_client_cert: false)")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # load each file once now, so a bad one is named here
+        try:
+            context.load_cert_chain(certfile=str(self.cert_file), keyfile=str(self.key_file))
+        except ssl.SSLError as exc:
+            raise ConfigError(f"cert_file {str(self.cert_file)!r} and key_file {str(self.key_file)!r} are not a "
+                              f"PEM certificate and its private key: {exc.reason or exc}") from None
+        if self.ca_file is not None:
+            check_ca_file(self.ca_file)
 
     def server_context(self, deferred_handshake_timeout_s: float | None = None) -> ssl.SSLContext:
         """A TLS 1.2+ server context; with ``deferred_handshake_timeout_s`` a ``DeferredHandshake`` one (for a
@@ -60,6 +68,16 @@ class DeferredHandshake(ssl.SSLContext):
         sock.settimeout(self.handshake_timeout_s)
         kwargs["do_handshake_on_connect"] = False
         return super().wrap_socket(sock, *args, **kwargs)
+
+
+def check_ca_file(ca_file: Path) -> None:
+    """Raise ConfigError unless ``ca_file`` is a readable file of PEM CA certificates."""
+    try:
+        ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else exc
+        raise ConfigError(f"ca_file {str(ca_file)!r} is not a readable file of PEM CA certificates: {reason}"
+                          ) from None
 
 
 def client_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:

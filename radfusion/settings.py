@@ -22,7 +22,7 @@ from ai_engine.detectors.registry import BUNDLED_DETECTORS, available_detectors
 from ai_engine.results import Task
 from dicom_node.errors import ConfigError as DicomConfigError
 from dicom_node.peers import parse_calling_ae_hosts
-from dicom_node.tls import TlsConfig
+from dicom_node.tls import TlsConfig, check_ca_file
 from hl7_fhir.units import ANALYTES, CODED_ANALYTES
 from radfusion.errors import ConfigError
 
@@ -62,12 +62,15 @@ class TlsSettings(Strict):
 
     @model_validator(mode="after")
     def _files_when_enabled(self) -> TlsSettings:
-        """What ``serve`` would refuse, refused when the config is read (``radfusion config`` included)."""
-        if not self.enabled:
-            return self
-        if self.cert_file is None or self.key_file is None:
-            raise ValueError("tls.enabled needs cert_file and key_file")
+        """What ``serve`` would refuse, refused when the config is read (``radfusion config`` included); the CA
+        also when the listener's TLS is off, since TLS destinations verify against it."""
         try:
+            if not self.enabled:
+                if self.ca_file is not None:
+                    check_ca_file(self.ca_file)
+                return self
+            if self.cert_file is None or self.key_file is None:
+                raise ValueError("tls.enabled needs cert_file and key_file")
             TlsConfig(self.cert_file, self.key_file, self.ca_file, self.require_client_cert)
         except DicomConfigError as exc:
             raise ValueError(str(exc)) from None

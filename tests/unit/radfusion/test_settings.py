@@ -72,6 +72,12 @@ def test_routing_must_name_configured_destinations(tmp_path: Path) -> None:
      r"hl7\.tls: key_file '.*missing\.key' is not a readable file"),
     ({"dicom": {"accept_any_calling_ae": True, "allowed_calling_aes": ["CT1"]}},
      r"dicom: accept_any_calling_ae is true and allowed_calling_aes is set \(\['CT1'\]\): choose one"),
+    ({"dicom": {"tls": {"enabled": True, "cert_file": "CERT", "key_file": "KEY", "require_client_cert": False}}},
+     r"dicom\.tls: cert_file '.*cert\.pem' and key_file '.*key\.pem' are not a PEM certificate and its private key"),
+    ({"dicom": {"tls": {"ca_file": "CERT"}}},  # TLS destinations verify against it even while the listener's is off
+     r"dicom\.tls: ca_file '.*cert\.pem' is not a readable file of PEM CA certificates"),
+    ({"dicom": {"tls": {"ca_file": "/nonexistent/ca.pem"}}},
+     r"dicom\.tls: ca_file '/nonexistent/ca\.pem' is not a readable file of PEM CA certificates"),
     ({"retry": {"initial_s": 600, "max_s": 300}}, r"retry: initial_s \(600.0\) must not be longer than max_s"),
     ({"alerts": {"channels": [{"name": "ed", "url": "http://x/", "headers": {"Authorization": "Bearer é"}}]}},
      r"alerts\.channels\.0\.webhook\.headers\.Authorization: String should match"),
