@@ -136,9 +136,12 @@ def _associate(node: RemoteNode, calling_ae: str, timeout_s: float, contexts: Se
         ae.add_requested_context(abstract_syntax, transfer_syntaxes)
     tls_args = (tls_context, node.host) if node.tls and tls_context is not None else None
     connected: list[bool] = []
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
-                                       (evt.EVT_CONN_OPEN, lambda _event: connected.append(True))])
+    try:
+        assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                                           (evt.EVT_CONN_OPEN, lambda _event: connected.append(True))])
+    except OSError as exc:  # e.g. a host name that does not resolve
+        raise DeliveryError(f"{_describe(node)}: could not connect: {exc}") from exc
     if assoc.is_established:
         return assoc
     if not connected:

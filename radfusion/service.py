@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -21,6 +22,7 @@ from radfusion.assembly import StudyAssembler
 from radfusion.clinical import ClinicalGatherer, Hl7Store
 from radfusion.db import Database
 from radfusion.delivery import LANES, MAX_OVERLAPPING_ROUNDS, DeliveryWorker
+from radfusion.errors import ConfigError
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
 from radfusion.pipeline import JobRunner, study_level_detectors, study_patient
@@ -105,9 +107,9 @@ class Service:
                                     next_run_time=datetime.now(timezone.utc))
         self._scheduler.start()
         if self.hl7 is not None:
-            self.hl7_port = self.hl7.start()
+            self.hl7_port = _listening("hl7", self.settings.hl7.bind_address, self.settings.hl7.port, self.hl7.start)
             log.info("HL7 MLLP listener on %s:%d", self.settings.hl7.bind_address, self.hl7_port)
-        self.port = self.scp.start()
+        self.port = _listening("dicom", self.settings.dicom.bind_address, self.settings.dicom.port, self.scp.start)
         log.info("radfusion listening as %s on %s:%d; database %s; storage %s; %d worker(s); detectors %s",
                  self.settings.dicom.ae_title, self.settings.dicom.bind_address, self.port,
                  self.db.engine.url.render_as_string(hide_password=True), self.settings.storage_path,
@@ -172,3 +174,12 @@ class Service:
         """Jobs waiting for a worker."""
         with self.db.session() as session:
             return int(session.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0)
+
+
+def _listening(section: str, address: str, port: int, start: Callable[[], int]) -> int:
+    """``start()`` a listener; ConfigError naming the keys when the address cannot be bound (in use, unknown)."""
+    try:
+        return start()
+    except OSError as exc:
+        raise ConfigError(f"{section}.bind_address {address!r} / {section}.port {port}: cannot listen there: "
+                          f"{exc.strerror or exc}") from exc

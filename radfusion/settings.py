@@ -16,6 +16,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError,
                                YamlConfigSettingsSource)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ai_engine.contrast import NO_AGENT
 from ai_engine.detectors.registry import BUNDLED_DETECTORS, available_detectors
@@ -43,6 +45,25 @@ def _known(key: str, names: Sequence[str], known: set[str]) -> None:
     for name in names:
         if name not in known:
             raise ValueError(f"{key}: unknown name {name!r} (known: {sorted(known)})")
+
+
+def _directory_or_new(path: Path) -> Path:
+    """A directory, or a path whose nearest existing parent is one (``serve`` creates the rest)."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{str(existing)!r} is a file, not a directory")
+    return path
+
+
+def _usable_database_url(url: str | None) -> str | None:
+    """A URL whose SQLAlchemy dialect is installed (``sqlite:///...``, ``postgresql+psycopg://...``)."""
+    if url is not None:
+        try:
+            make_url(url).get_dialect()
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise ValueError(f"not a database URL radfusion can use ({exc}); e.g. sqlite:////var/lib/radfusion/"
+                             "radfusion.db or postgresql+psycopg://radfusion@dbhost/radfusion") from None
+    return url
 
 
 class Strict(BaseModel):
@@ -333,9 +354,9 @@ class Settings(BaseSettings):
         env_prefix="RADFUSION_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    storage_path: Path = Path("radfusion-data")
+    storage_path: Annotated[Path, AfterValidator(_directory_or_new)] = Path("radfusion-data")
     retention_days: int | None = Field(14, ge=1)
-    database_url: str | None = None
+    database_url: Annotated[str | None, AfterValidator(_usable_database_url)] = None
     workers: int = Field(2, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     dicom: DicomSettings = DicomSettings()

@@ -69,6 +69,10 @@ def test_echo_failures_are_one_clear_line(tmp_path: Path, capsys: pytest.Capture
     assert "pacs" in capsys.readouterr().err
     assert main(["--config", str(config), "echo", "ris"]) == 2
     assert "no destination named 'ris' (destinations: pacs)" in capsys.readouterr().err
+    config = write_config(tmp_path, destinations=[{"name": "pacs", "ae_title": "PACS", "host": "pacs-host.invalid",
+                                                   "port": 104}])
+    assert main(["--config", str(config), "echo", "pacs"]) == 2  # before: a socket.gaierror traceback
+    assert "PACS@pacs-host.invalid:104" in capsys.readouterr().err
 
 
 def test_status_on_a_fresh_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

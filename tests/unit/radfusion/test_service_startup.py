@@ -1,13 +1,15 @@
 """What `radfusion serve` tells IT at start-up: every detector it serves, with the version and Device UID a PACS
-shows on its results."""
+shows on its results; and a port it cannot listen on, named by its key."""
 
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import pytest
 
+from radfusion.errors import ConfigError
 from radfusion.service import Service
 from radfusion.settings import default_routing, load_settings
 
@@ -27,3 +29,18 @@ def test_start_up_names_each_detector_with_its_version_and_device_uid(tmp_path: 
         algorithm = detector.algorithm
         assert (f"detector {name}: version {algorithm.version}, Device UID {algorithm.device_uid}, {algorithm.kind}; "
                 "bundle built in") in lines
+
+
+def test_a_port_already_in_use_is_named_by_its_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        service = Service(load_settings(storage_path=tmp_path / "data",
+                                        dicom={"bind_address": "127.0.0.1", "port": port}))
+        try:
+            with pytest.raises(ConfigError, match=rf"dicom\.bind_address '127\.0\.0\.1' / dicom\.port {port}: "
+                                                  "cannot listen there: Address already in use"):
+                service.start()  # before: an OSError traceback
+        finally:
+            service.stop()

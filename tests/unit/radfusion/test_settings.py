@@ -79,6 +79,9 @@ def test_routing_must_name_configured_destinations(tmp_path: Path) -> None:
     ({"dicom": {"tls": {"ca_file": "/nonexistent/ca.pem"}}},
      r"dicom\.tls: ca_file '/nonexistent/ca\.pem' is not a readable file of PEM CA certificates"),
     ({"retry": {"initial_s": 600, "max_s": 300}}, r"retry: initial_s \(600.0\) must not be longer than max_s"),
+    ({"storage_path": "CERT/data"}, r"storage_path: '.*cert\.pem' is a file, not a directory"),
+    ({"database_url": "postgres://radfusion@db/radfusion"},  # SQLAlchemy's name is postgresql
+     r"database_url: not a database URL radfusion can use \(Can't load plugin: sqlalchemy\.dialects:postgres\)"),
     ({"alerts": {"channels": [{"name": "ed", "url": "http://x/", "headers": {"Authorization": "Bearer é"}}]}},
      r"alerts\.channels\.0\.webhook\.headers\.Authorization: String should match"),
     ({"alerts": {"channels": [{"name": "ed", "url": "http://x/", "headers": {"X Token": "t"}}]}},
