@@ -101,10 +101,11 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Validate the configuration (the routing rules' patterns too) and print the effective values."""
+    """Validate the configuration (the routing rules' patterns too) and print the effective values, secrets
+    masked."""
     settings = _settings(args)
     compile_routing(settings.routing)
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    print(json.dumps(settings.redacted(), indent=2))
     return 0
 
 

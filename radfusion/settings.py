@@ -47,6 +47,10 @@ def _known(key: str, names: Sequence[str], known: set[str]) -> None:
             raise ValueError(f"{key}: unknown name {name!r} (known: {sorted(known)})")
 
 
+SECRET_KEYS = frozenset({"token", "client_secret"})  # FhirAuthSettings
+SECRET_MASK = "***"
+
+
 def _directory_or_new(path: Path) -> Path:
     """A directory, or a path whose nearest existing parent is one (``serve`` creates the rest)."""
     existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
@@ -370,6 +374,23 @@ class Settings(BaseSettings):
     fhir_destinations: list[FhirServerSettings] = Field(default_factory=list)
     hl7_destinations: list[Hl7DestinationSettings] = Field(default_factory=list)
     model_bundles: dict[str, Path] = Field(default_factory=dict)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON values, with the secrets a shared screen or ticket must not show masked: the
+        database password, FHIR tokens and client secrets, and webhook header values."""
+        def mask(value: Any, key: str = "") -> Any:
+            if isinstance(value, dict):
+                if key == "headers":
+                    return dict.fromkeys(value, SECRET_MASK)
+                return {k: mask(v, k) for k, v in value.items()}
+            if isinstance(value, list):
+                return [mask(v) for v in value]
+            return SECRET_MASK if key in SECRET_KEYS and value is not None else value
+
+        data = mask(self.model_dump(mode="json"))
+        if self.database_url:
+            data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        return data
 
     @property
     def effective_database_url(self) -> str:

@@ -53,6 +53,23 @@ def test_config_prints_the_effective_configuration(tmp_path: Path, capsys: pytes
     assert effective["workers"] == 5 and effective["dicom"]["ae_title"] == "RADFUSION"
 
 
+def test_config_masks_the_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What IT pastes into a ticket: before, the database password, the FHIR token and the webhook's Authorization
+    header were printed in clear."""
+    config = write_config(
+        tmp_path, database_url="postgresql+psycopg://radfusion:S3cretPW@db/radfusion",
+        clinical={"fhir": {"base_url": "https://emr/fhir", "auth": {"kind": "bearer", "token": "tok-123"}}},
+        alerts={"channels": [{"name": "ed", "url": "https://pager/", "headers": {"Authorization": "Bearer hdr-9"}}]})
+    assert main(["--config", str(config), "config"]) == 0
+    text = capsys.readouterr().out
+    assert not any(secret in text for secret in ("S3cretPW", "tok-123", "hdr-9"))
+    effective = json.loads(text)
+    assert effective["database_url"] == "postgresql+psycopg://radfusion:***@db/radfusion"
+    assert effective["clinical"]["fhir"]["auth"]["token"] == "***"
+    assert effective["alerts"]["channels"][0]["headers"] == {"Authorization": "***"}
+    assert effective["clinical"]["fhir"]["auth"]["client_secret"] is None  # unset stays visibly unset
+
+
 @pytest.mark.peers
 def test_echo_a_destination(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with storescp(tmp_path / "sink", ae_title="PACS") as port:
