@@ -7,6 +7,7 @@ with no file at all. Every error names the key and the reason (see :func:`load_s
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,7 @@ def _known(key: str, names: Sequence[str], known: set[str]) -> None:
             raise ValueError(f"{key}: unknown name {name!r} (known: {sorted(known)})")
 
 
+ENV_PREFIX = "RADFUSION_"
 SECRET_KEYS = frozenset({"token", "client_secret"})  # FhirAuthSettings
 SECRET_MASK = "***"
 
@@ -355,7 +357,7 @@ class Settings(BaseSettings):
     """All of radfusion's configuration. See config/radfusion.example.yaml for every key."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RADFUSION_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_parse_none_str="null", extra="forbid", frozen=True
     )
 
     storage_path: Annotated[Path, AfterValidator(_directory_or_new)] = Path("radfusion-data")
@@ -498,8 +500,18 @@ def _check_yaml(config_file: Path) -> None:
                           f"(dicom:, routing:, ...), got a {type(data).__name__}")
 
 
+def _check_environment() -> None:
+    """Refuse a RADFUSION_* variable that names no setting (the library would ignore a misspelled top-level one)."""
+    unknown = sorted(name for name in os.environ if name.startswith(ENV_PREFIX) and name != "RADFUSION_CONFIG"
+                     and name.removeprefix(ENV_PREFIX).split("__")[0].lower() not in Settings.model_fields)
+    if unknown:
+        raise ConfigError(f"environment variables that name no setting: {', '.join(unknown)} (the form is "
+                          f"{ENV_PREFIX}<KEY>, nested keys joined by __, e.g. {ENV_PREFIX}DICOM__PORT)")
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Load and validate settings; raise ConfigError whose lines name each bad key and why."""
+    _check_environment()
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigError(f"config file {str(config_file)!r} does not exist")

@@ -119,6 +119,15 @@ def test_an_environment_value_that_is_not_json_is_named_as_the_environment(monke
         load_settings()
 
 
+def test_a_misspelled_environment_variable_is_refused_and_null_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RADFUSION_WORKRS", "5")  # before: ignored without a word
+    with pytest.raises(ConfigError, match="environment variables that name no setting: RADFUSION_WORKRS"):
+        load_settings()
+    monkeypatch.delenv("RADFUSION_WORKRS")
+    monkeypatch.setenv("RADFUSION_RETENTION_DAYS", "null")  # keep images for ever, as `retention_days: null` does
+    assert load_settings().retention_days is None
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("dicom:\n  port: 104\n  allowed_calling_aes: [CT1]\nworkers: 3\n")
