@@ -277,9 +277,11 @@ def requeue_failed(db: Database, ids: Sequence[int] | None) -> list[int]:
 
 
 def _body(delivery: Delivery) -> dict:
-    """What a delivery sends: the alert's JSON for a webhook, else the payload built with the job."""
+    """What a delivery sends: the alert's JSON for a webhook, with its ``alert_id`` (the same on every retry, so a
+    receiver that got it twice, after a crash between sending and recording, can tell), else the payload built
+    with the job."""
     if delivery.kind == "webhook" and delivery.alert is not None:
-        return delivery.alert.payload
+        return {**delivery.alert.payload, "alert_id": delivery.alert.id}
     return delivery.payload or {}
 
 

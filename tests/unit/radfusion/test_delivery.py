@@ -90,7 +90,8 @@ def test_failure_backs_off_then_delivers_when_the_receiver_is_back(tmp_path: Pat
 
     with webhook_receiver(port) as receiver:
         assert worker.run_due("alerts") == 1
-    assert [body for _, body in receiver.received] == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
+    assert [body for _, body in receiver.received] == [{"kind": "ich_alert", "study_instance_uid": "1.2.3",
+                                                        "alert_id": 1}]  # the same on every retry: a repeat shows
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         alert = session.get(Alert, delivery.alert_id)
@@ -167,7 +168,8 @@ def test_a_refusal_fails_at_once_and_requeue_sends_it_again(tmp_path: Path) -> N
         delivery.next_attempt_at = utcnow()
     with webhook_receiver(port) as receiver:
         assert worker.run_due("alerts") == 1
-    assert [body for _, body in receiver.received] == [{"kind": "ich_alert", "study_instance_uid": "1.2.3"}]
+    assert [body for _, body in receiver.received] == [{"kind": "ich_alert", "study_instance_uid": "1.2.3",
+                                                        "alert_id": 1}]  # the same on every retry: a repeat shows
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         assert (delivery.state, delivery.attempts) == ("delivered", 3)
