@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ai_engine.contrast import NO_AGENT
-from ai_engine.detectors.registry import BUNDLED_DETECTORS, available_detectors
+from ai_engine.detectors.registry import BUNDLED_DETECTORS
 from ai_engine.results import Task
 from dicom_node.errors import ConfigError as DicomConfigError
 from dicom_node.peers import parse_calling_ae_hosts
@@ -151,11 +151,6 @@ class RoutingRuleSettings(Strict):
     destinations: list[str] = Field(default_factory=list)
     report_destinations: list[str] = Field(default_factory=list)
     alert_channels: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _known_detectors(self) -> RoutingRuleSettings:
-        _known("detectors", self.detectors, set(available_detectors()))
-        return self
 
 
 class StabilitySettings(Strict):

@@ -31,11 +31,14 @@ def test_config_errors_name_the_key_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     assert "radfusion: invalid configuration" in err and "dicom.port: Input should be a valid integer" in err
 
 
-def test_config_refuses_a_routing_pattern_that_serve_would_refuse(tmp_path: Path,
+def test_config_refuses_routing_that_serve_would_refuse(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, routing=[{"name": "r", "match": {"Modality": "/[/"}, "detectors": ["ich_fusion"]}])
     assert main(["--config", str(config), "config"]) == 2  # before: 0, and then serve refused to start
     assert "routing[0] (r).match: match.Modality: bad regex '['" in capsys.readouterr().err
+    config = write_config(tmp_path, routing=[{"name": "r", "match": {"Modality": "CT"}, "detectors": ["ich_fusoin"]}])
+    assert main(["--config", str(config), "config"]) == 2
+    assert "unknown detector 'ich_fusoin'" in capsys.readouterr().err
 
 
 def test_tls_destination_needs_a_ca_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
