@@ -248,13 +248,20 @@ def patient_identifiers(parsed: ParsedMessage) -> list[PatientIdentifier]:
     return identifiers
 
 
+# CX-5 identifier types (HL7 table 0203) that name a patient's record; other repetitions of PID-3 (an account
+# number, a visit, a social-security or licence number) are not matched against a study's Patient ID, where one
+# without an assigning authority would match any issuer's patient of that number.
+RECORD_TYPES = frozenset({"", "MR", "MRT", "PI", "PT", "PN", "PE"})
+
+
 def _identifiers(parsed: ParsedMessage, segment: Segment | None, number: int) -> list[PatientIdentifier]:
-    """The CX repetitions of a field (PID-3, MRG-1) as identifiers (``patient_identifiers``)."""
+    """The CX repetitions of a field (PID-3, MRG-1) that name a patient record (``RECORD_TYPES``) as identifiers
+    (``patient_identifiers``)."""
     identifiers = []
     for rep in _field(parsed, segment, number) if segment is not None else []:
         padded = rep + [""] * 5
         namespace, universal = ([*padded[3].split(parsed.header.encoding[3]), ""][:2])
-        if not padded[0].strip():
+        if not padded[0].strip() or padded[4].strip().upper() not in RECORD_TYPES:
             continue
         for authority in dict.fromkeys(a.strip() for a in (namespace, universal) if a.strip()) or [""]:
             identifiers.append(PatientIdentifier(padded[0].strip(), authority, padded[4].strip()))
@@ -324,9 +331,10 @@ def _obx_loinc(parsed: ParsedMessage, obx: Segment) -> str:
     return code
 
 
-NOT_RESULTS = {"X": "cannot be obtained", "W": "posted to the wrong patient", "I": "pending",
-               "N": "not asked for"}  # OBX-11 result statuses that carry no value
-DELETED = "D"  # OBX-11: deletes the result sent before for this observation
+NOT_RESULTS = {"X": "cannot be obtained", "I": "pending", "N": "not asked for"}  # OBX-11: no value
+# OBX-11 statuses that take back the result sent before for this observation: deleted, or posted to the wrong
+# patient (that patient's value must not stay in their record).
+RETRACTED = {"D": "deleted", "W": "posted to the wrong patient"}
 
 
 def _number(parsed: ParsedMessage, obx: Segment) -> float:
@@ -346,10 +354,15 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     zone. OBX-8 holds the abnormal flags. Coded analytes (smoking status) become CodedItems. An OBX
     whose status (OBX-11) says it holds no result, or whose value or unit cannot be read, is left
     out and listed in ``unusable``, never stored as a wrong value; the rest of the message is kept.
-    A deleted result (OBX-11 D) is listed in ``deleted``.
+    A result taken back (OBX-11 D, deleted; W, posted to the wrong patient) is listed in ``deleted``. A message
+    with more than one patient (PID) is refused (AE).
     """
     header = parsed.header
     identifiers = patient_identifiers(parsed)
+    patients = sum(segment.name == "PID" for segment in parsed.segments)
+    if patients > 1:  # every OBX would be stored under the first PID's patient
+        raise Hl7MessageError(f"message {header.control_id} holds {patients} patients (PID segments); radfusion "
+                              f"takes one patient per ORU^R01", "AE", ERR_SEGMENT_SEQUENCE)
     try:
         sent = parse_ts(header.sent_at)
     except ValueError as exc:
@@ -382,7 +395,7 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, 
     except ValueError as exc:
         raise _data_error(parsed, f"{where} time", exc) from exc
     status = _first(parsed, obx, 11).upper()
-    if status == DELETED:
+    if status in RETRACTED:
         report.deleted.append((name, observed))
         return
     if status in NOT_RESULTS:

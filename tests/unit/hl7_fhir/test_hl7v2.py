@@ -32,7 +32,7 @@ def test_oru_labs_are_normalized_with_time_flags_and_provenance() -> None:
     assert report.skipped_codes == ["789-8"]
     assert report.coded[0].category == "smoking_status" and report.coded[0].code == "449868002"
     assert [(i.value, i.authority, i.type_code) for i in report.identifiers] == [  # HOSP&1.2.3&ISO: under both
-        ("12345", "HOSP", "MR"), ("12345", "1.2.3", "MR"), ("999", "SSA", "SS")]
+        ("12345", "HOSP", "MR"), ("12345", "1.2.3", "MR")]  # the social-security number 999 names no record
 
 
 def test_oru_with_a_local_code_first_is_read_by_its_alternate_loinc_code() -> None:

@@ -45,6 +45,29 @@ def test_a_corrected_result_replaces_the_original_and_a_deleted_one_is_gone(stor
     assert "inr" not in context().labs and context().labs["platelets"].value == 150.0
 
 
+def test_a_result_posted_to_the_wrong_patient_is_taken_back(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(oru("W0", inr="4.8"))
+    ack = send(_status(oru("W1", inr="4.8"), "W"))  # the INR's OBX-11
+    assert "MSA|AA|W1" in ack
+    assert "inr" not in context().labs  # before: 4.8 stayed in this patient's record
+
+
+def test_an_oru_with_two_patients_is_refused_and_stores_nothing(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    two = oru("P2", inr="1.0") + ("PID|2||222^^^HOSP^MR\nOBR|2|PL2|FL2|6301-6^INR^LN|||20261120100000\n"
+                                  "OBX|1|NM|6301-6^INR^LN||4.8|{INR}|0.8-1.2|H|||F|||20261120100000\n")
+    ack = send(two)
+    assert "MSA|AE|P2" in ack and "2 patients" in ack  # before: AA, and 222's INR 4.8 stored under 12345
+    assert context().labs == {}
+
+
+def test_an_account_number_in_pid_3_does_not_match_a_study_s_patient_id(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(oru("A1").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "777^^^HOSP^MR~12345^^^^AN"))
+    assert context().labs == {}  # before: the account number 12345 matched the study's Patient ID 12345
+
+
 def test_two_senders_may_use_the_same_control_id(stored) -> None:  # noqa: ANN001
     send, context = stored
     send(oru("1001", platelets="77"))
