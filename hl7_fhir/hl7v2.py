@@ -213,8 +213,10 @@ def _first(parsed: ParsedMessage, segment: Segment | None, number: int, componen
     return reps[0][component - 1].strip()
 
 
-def parse_ts(value: str, default_offset: tzinfo = timezone.utc) -> datetime | None:
-    """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) as a datetime (``default_offset`` when it has none).
+def parse_ts(value: str, default_offset: tzinfo | None = None) -> datetime | None:
+    """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) as an aware datetime: in ``default_offset`` when it has
+    no offset, or, without one, in this machine's local time (HL7 senders write local time, and the interface
+    engine runs in the hospital's zone; the DICOM times of a study are read the same way).
 
     None for an empty value or the HL7 null '""'. The error names the form, never the value (a birth date
     must not reach a log line).
@@ -222,7 +224,7 @@ def parse_ts(value: str, default_offset: tzinfo = timezone.utc) -> datetime | No
     value = value.strip()
     if not value or value == '""':
         return None
-    offset: tzinfo = default_offset
+    offset = default_offset
     for sign in "+-":
         if sign in value[8:]:
             value, zone = value.rsplit(sign, 1)
@@ -232,7 +234,8 @@ def parse_ts(value: str, default_offset: tzinfo = timezone.utc) -> datetime | No
     formats = {4: "%Y", 6: "%Y%m", 8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
     if len(digits) not in formats or not digits.isdigit():
         raise ValueError(f"HL7 timestamp of {len(value)} characters is not YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ]")
-    return datetime.strptime(digits, formats[len(digits)]).replace(tzinfo=offset)
+    naive = datetime.strptime(digits, formats[len(digits)])
+    return naive.astimezone() if offset is None else naive.replace(tzinfo=offset)
 
 
 def patient_identifiers(parsed: ParsedMessage) -> list[PatientIdentifier]:
@@ -367,7 +370,7 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
         sent = parse_ts(header.sent_at)
     except ValueError as exc:
         raise _data_error(parsed, "MSH-7", exc) from exc
-    zone = sent.tzinfo if sent is not None else timezone.utc
+    zone = sent.tzinfo if sent is not None else None  # None: local time
     report = LabReport(identifiers, [])
     order_time = ""
     index = 0
@@ -380,7 +383,7 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     return report
 
 
-def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, zone: tzinfo,
+def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, zone: tzinfo | None,
               sent: datetime | None, received_at: datetime | None, report: LabReport) -> None:
     """Add one OBX to ``report`` (``parse_labs``)."""
     header = parsed.header

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -74,6 +75,20 @@ def test_each_order_s_time_and_the_sender_s_zone_date_its_results() -> None:
     times = {v.name: v.observed_at for v in report.values}
     assert times["platelets"] == datetime(2026, 11, 20, 10, 0, tzinfo=timezone(timedelta(hours=1)))  # OBR 1
     assert times["inr"] == datetime(2026, 11, 20, 9, 0, tzinfo=timezone(timedelta(hours=1)))  # its own OBR
+
+
+def test_a_time_without_any_offset_is_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interface engine in Berlin writes 10:00 local: that is 09:00 UTC, not 10:00 UTC (before: a result of
+    30 minutes ago looked 30 minutes in the future and was dropped by the gatherer)."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        report = parse_labs(parse(oru("L1")))  # MSH-7 and the platelets' OBX-14 carry no offset
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    platelets = next(v for v in report.values if v.name == "platelets")
+    assert platelets.observed_at == datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 
 
 def test_an_hl7_null_birth_date_is_no_birth_date() -> None:
