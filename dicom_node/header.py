@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DSfloat, IS
@@ -46,14 +48,17 @@ _MALFORMED = (AttributeError, IndexError, KeyError, TypeError, ValueError)
 
 
 def _plain(value: object) -> object:
-    """pydicom value -> str / int / float / list of those, so the sink can store it as JSON."""
+    """pydicom value -> str / int / float / list of those (None for a NaN or infinite number), so the sink can
+    store it as JSON."""
     if isinstance(value, MultiValue | list | tuple):
         return [_plain(item) for item in value]
     if isinstance(value, DSfloat):
-        return float(value)
+        value = float(value)
     if isinstance(value, IS):
         return int(value)
-    if isinstance(value, int | float):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # JSON (PostgreSQL's json type) has no NaN or Infinity
+    if isinstance(value, int):
         return value
     return str(value)
 

@@ -44,6 +44,7 @@ class StudyAssembler:
         self._model_versions = model_versions
         self._on_study_seen = on_study_seen
         self._seen: set[int] = set()
+        self._failed: set[int] = set()  # studies whose assembly raised, logged once
 
     def tick(self, now: datetime | None = None) -> int:
         """One pass over receiving studies; returns the number of jobs queued."""
@@ -55,12 +56,28 @@ class StudyAssembler:
                 if study.id not in self._seen:  # first sight: e.g. start fetching the patient's record
                     self._seen.add(study.id)
                     self._on_study_seen(study, {m.detector for s in study.series for m in self._router.select(s.attributes)})
-                receiving = [s for s in study.series if s.state == "receiving"]
-                for series in receiving:
-                    self._settle(session, series, now)
-                if all(s.state != "receiving" for s in study.series):
-                    queued += self._dispatch(session, study, now)
+                try:
+                    with session.begin_nested():  # one study's error must not hold up the others
+                        queued += self._assemble(session, study, now)
+                except Exception as exc:  # noqa: BLE001 - logged and audited once; the study waits, the rest go on
+                    self._failed_once(session, study, exc)
         return queued
+
+    def _assemble(self, session: Session, study: Study, now: datetime) -> int:
+        """Settle the study's receiving series; dispatch it once none is receiving. Jobs queued."""
+        for series in [s for s in study.series if s.state == "receiving"]:
+            self._settle(session, series, now)
+        if all(s.state != "receiving" for s in study.series):
+            return self._dispatch(session, study, now)
+        return 0
+
+    def _failed_once(self, session: Session, study: Study, exc: Exception) -> None:
+        """Log and audit a study whose assembly raised, the first time it does in this process."""
+        if study.id in self._failed:
+            return
+        self._failed.add(study.id)
+        log.exception("study %s cannot be assembled; it waits, the other studies go on", study.study_uid)
+        session.add(AuditEvent(kind="assembly_failed", subject=study.study_uid, detail=f"{type(exc).__name__}: {exc}"))
 
     def _settle(self, session: Session, series: Series, now: datetime) -> None:
         # Only a released association ends a send; after an abort (or a crash of ours) the sender is

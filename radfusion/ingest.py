@@ -11,6 +11,7 @@ in the quarantine, so the old series never reads the new bytes and a restart can
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -154,8 +155,8 @@ class IngestRecorder:
                 "transfer_syntax_uid": instance.transfer_syntax_uid, "path": str(instance.path),
                 "size_bytes": instance.size_bytes, "received_at": now, "times_received": 1,
                 "instance_number": _int_or_none(attrs.get("InstanceNumber")),
-                "position": _floats_or_none(attrs.get("ImagePositionPatient")),
-                "orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
+                "position": _floats_or_none(attrs.get("ImagePositionPatient"), 3),
+                "orientation": _floats_or_none(attrs.get("ImageOrientationPatient"), 6),
                 "localizer": is_localizer(attrs.get("ImageType")),
                 "association_id": instance.association_id,
             })
@@ -178,8 +179,8 @@ class IngestRecorder:
         conn.execute(_MOVE_INSTANCE, {
             "instance_id": earlier.id, "new_series_id": series_id, "new_path": str(instance.path), "now": now,
             "new_number": _int_or_none(attrs.get("InstanceNumber")),
-            "new_position": _floats_or_none(attrs.get("ImagePositionPatient")),
-            "new_orientation": _floats_or_none(attrs.get("ImageOrientationPatient")),
+            "new_position": _floats_or_none(attrs.get("ImagePositionPatient"), 3),
+            "new_orientation": _floats_or_none(attrs.get("ImageOrientationPatient"), 6),
             "new_localizer": is_localizer(attrs.get("ImageType")), "new_association": instance.association_id})
         conn.execute(_LEAVE_SERIES, {"old_series_id": earlier.series_id})
         if conn.execute(_REOPEN_SERIES, {"old_series_id": earlier.series_id, "now": now}).rowcount:
@@ -221,10 +222,13 @@ def _int_or_none(value: object) -> int | None:
         return None
 
 
-def _floats_or_none(value: object) -> list[float] | None:
-    if not isinstance(value, (list, tuple)):
+def _floats_or_none(value: object, length: int) -> list[float] | None:
+    """``length`` finite numbers, or None: a position of two values or an orientation with a NaN is no geometry
+    (the completeness check then waits for the quiet timeout) rather than one it cannot compute with."""
+    if not isinstance(value, (list, tuple)) or len(value) != length:
         return None
     try:
-        return [float(v) for v in value]
+        numbers = [float(v) for v in value]
     except (TypeError, ValueError):
         return None
+    return numbers if all(math.isfinite(v) for v in numbers) else None

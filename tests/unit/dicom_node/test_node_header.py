@@ -56,3 +56,9 @@ def test_the_first_frame_s_own_group_wins_over_the_shared_one_as_in_the_loader()
     ds = _enhanced(_item(PixelMeasuresSequence=[_item(SliceThickness="5.0")]))
     ds.PerFrameFunctionalGroupsSequence[0].PixelMeasuresSequence = [_item(SliceThickness="1.25")]
     assert instance_attributes(ds)["SliceThickness"] == 1.25
+
+
+def test_a_nan_or_infinite_number_is_read_as_absent() -> None:
+    """JSON, and PostgreSQL's json column, have no NaN: before, such a slice was answered 0xA702 on every resend."""
+    attributes = instance_attributes(_item(Modality="CT", SliceThickness="NaN", ImagePositionPatient=["0", "inf", "1"]))
+    assert attributes["SliceThickness"] is None and attributes["ImagePositionPatient"] == [0.0, None, 1.0]
