@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -54,11 +54,15 @@ def parse_resource(data: Mapping[str, Any]) -> FHIRAbstractModel:
     """A JSON resource as its fhir.resources.R4B model; FhirError names the type, id and problem."""
     resource_type = data.get("resourceType")
     if not isinstance(resource_type, str):
-        raise FhirError(f"JSON without resourceType: {str(data)[:80]}")
+        raise FhirError(f"JSON without resourceType (keys: {sorted(map(str, data))[:8]})")
     try:
         return get_fhir_model_class(resource_type).model_validate(data)
-    except (KeyError, ValueError, ValidationError) as exc:
-        raise FhirError(f"{resource_type}/{data.get('id', '?')} is not valid R4: {exc}") from exc
+    except ValidationError as exc:  # where and why, never the values: they may name the patient
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors(include_input=False, include_url=False)[:3])
+        raise FhirError(f"{resource_type}/{data.get('id', '?')} is not valid R4: {problems}") from None
+    except (KeyError, ValueError) as exc:
+        raise FhirError(f"{resource_type}/{data.get('id', '?')} is not valid R4: {type(exc).__name__}") from None
 
 
 def transaction_identity(bundle: FHIRAbstractModel) -> tuple[str, str]:
@@ -135,7 +139,12 @@ class FhirClient:
 
     def search(self, resource_type: str, params: Params) -> list[FHIRAbstractModel]:
         """Every match of a search (``params`` as in the FHIR spec, e.g. ``_count``, ``_sort``), all pages."""
-        resources: list[FHIRAbstractModel] = []
+        return list(self.iter_search(resource_type, params))
+
+    def iter_search(self, resource_type: str, params: Params) -> Iterator[FHIRAbstractModel]:
+        """The matches of a search, fetched a page at a time as they are consumed: a caller that has what it
+        needs (the newest value of each analyte, the newest few notes) stops before the page limit. A resource
+        that is not valid R4 is left out (logged without its values); the valid ones beside it are kept."""
         url: str | None = f"{self.base_url}/{resource_type}"
         page_params: Params | None = params
         for _ in range(self._page_limit):
@@ -143,10 +152,15 @@ class FhirClient:
             bundle = self._request("GET", url, params=page_params)
             for entry in bundle.get("entry", []):
                 if entry.get("search", {}).get("mode", "match") == "match" and "resource" in entry:
-                    resources.append(parse_resource(entry["resource"]))
+                    try:
+                        resource = parse_resource(entry["resource"])
+                    except FhirError as exc:
+                        log.warning("FHIR search %s: left out %s", resource_type, exc)
+                        continue
+                    yield resource
             url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
             if url is None:
-                return resources
+                return
             if not url.startswith(self.base_url + "/"):
                 raise FhirError(f"next page {url} is outside the FHIR base {self.base_url}; not followed")
             page_params = None

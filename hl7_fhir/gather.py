@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
 VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done"})  # Observation/Procedure: no result
+NOT_THE_PATIENTS = frozenset({"refuted", "entered-in-error"})  # Condition.verificationStatus
 LIST_SECTIONS = ("medications", "conditions", "procedures", "family_history")  # FHIR-only; errors: "<section>: ..."
 
 
@@ -117,10 +119,11 @@ class _FhirGatherer:
         are searched too; entered-in-error and cancelled Observations are skipped.
         """
         codes = [f"{LOINC_SYSTEM}|{c}" for a in self.query.analytes for c in [*loinc_codes(a), *panel_codes(a)]]
-        observations = self.client.search("Observation", {
+        observations = self.client.iter_search("Observation", {
             "subject": self.subject, "code": ",".join(codes), "date": f"ge{self.query.since.isoformat()}",
             "_sort": "-date", "_count": "50"})
         problems: list[str] = []
+        wanted = set(self.query.analytes)
         for obs in observations:  # newest first: the first usable value per analyte wins
             if obs.status in VOID_STATUSES:
                 continue
@@ -129,6 +132,8 @@ class _FhirGatherer:
                 problem = self._lab_value(context, obs, part, when)
                 if problem:
                     problems.append(problem)
+            if wanted <= {*context.labs, *context.coded_observations}:
+                break  # each analyte has its newest value: an ICU patient's hourly vitals need no more pages
         return problems
 
     def _lab_value(self, context: ClinicalContext, obs: Any, part: Any, when: datetime | None) -> str | None:
@@ -161,6 +166,8 @@ class _FhirGatherer:
 
     def conditions(self, context: ClinicalContext) -> list[str]:
         for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}):
+            if {code for _, code, _ in _codings(cond.verificationStatus)} & NOT_THE_PATIENTS:
+                continue  # ruled out, or recorded in error: not a condition the patient has
             status = _codings(cond.clinicalStatus)
             context.conditions.append(_coded_item(cond.code, status[0][1] if status else "",
                                                   cond.recordedDate or cond.onsetDateTime, self.provenance(cond)))
@@ -179,6 +186,8 @@ class _FhirGatherer:
                                           ("MedicationRequest", "authoredOn")):
             for med in self.client.search(resource_type, {"subject": self.subject, "status": "active",
                                                           "_count": "100"}):
+                if med.status != "active" or getattr(med, "doNotPerform", None):
+                    continue  # a server that ignores the status search, or an order not to give it
                 concept = med.medicationCodeableConcept
                 text = (concept.text if concept else None) or (
                     med.medicationReference.display if med.medicationReference else "") or ""
@@ -215,9 +224,10 @@ class _FhirGatherer:
                   "_count": str(self.query.note_limit)}
         problems: list[str] = []
         attachments: list[tuple[str, Any]] = []
-        for doc in self.client.search("DocumentReference", window)[:self.query.note_limit]:
+        limit = self.query.note_limit  # the newest few: later pages are never fetched
+        for doc in itertools.islice(self.client.iter_search("DocumentReference", window), limit):
             attachments += [(f"DocumentReference/{doc.id}", c.attachment) for c in doc.content or []]
-        for report in self.client.search("DiagnosticReport", window)[:self.query.note_limit]:
+        for report in itertools.islice(self.client.iter_search("DiagnosticReport", window), limit):
             if report.conclusion:
                 context.notes.append(report.conclusion)
             attachments += [(f"DiagnosticReport/{report.id}", a) for a in report.presentedForm or []]

@@ -7,6 +7,8 @@ codes or text only) its display/text names one of the class's ingredients.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -39,11 +41,16 @@ ANTIPLATELETS = MedicationClass(
 DEFAULT_MEDICATION_CLASSES: tuple[MedicationClass, ...] = (ANTICOAGULANTS, ANTIPLATELETS)
 
 
+CATHETER_FLUSH = re.compile(r"\b(flush|lock)\b")  # "heparin lock flush 10 units/mL"
+
+
 def classify(codings: Iterable[tuple[str, str, str]], text: str,
              classes: Sequence[MedicationClass] = DEFAULT_MEDICATION_CLASSES) -> str:
     """The first class matching (system, code, display) codings or the text; '' when none does."""
     codings = list(codings)
     words = " ".join([text, *(display for _, _, display in codings)]).lower()
+    if CATHETER_FLUSH.search(words):  # a line flush or lock is not therapeutic anticoagulation
+        return ""
     for med_class in classes:
         for system, code, _ in codings:
             if system == ATC_SYSTEM and code.upper().startswith(med_class.atc_prefixes):

@@ -9,7 +9,7 @@ import pytest
 from fhir.resources.R4B.patient import Patient
 
 from hl7_fhir.fhir_auth import ClientCredentials, FhirAuthError
-from hl7_fhir.fhir_client import FhirClient, FhirError
+from hl7_fhir.fhir_client import FhirClient, FhirError, parse_resource
 
 BASE = "http://emr.test/fhir"
 EMPTY = {"resourceType": "Bundle", "type": "searchset", "entry": []}
@@ -102,3 +102,11 @@ def test_token_endpoint_refusal_names_the_endpoint() -> None:
                                                  method="client_secret_basic"))
     with pytest.raises(FhirAuthError, match="token endpoint http://emr.test/token answered 401"):
         fhir.search("Patient", {})
+
+
+def test_a_resource_that_is_not_valid_r4_is_named_without_its_values() -> None:
+    """The error is logged and kept with the clinical context: before, pydantic's message quoted the input."""
+    with pytest.raises(FhirError) as failure:
+        parse_resource({"resourceType": "Patient", "id": "p1", "name": "Jane Doe", "birthDate": "1950-13-45"})
+    assert str(failure.value).startswith("Patient/p1 is not valid R4: ")
+    assert "Jane" not in str(failure.value) and "1950-13-45" not in str(failure.value)

@@ -1,0 +1,97 @@
+"""The FHIR side of gathering against a server that misbehaves in ways real EMRs do: thousands of vitals, a
+resource that is not valid R4, orders not to give a drug, conditions that were ruled out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+
+from hl7_fhir.fhir_client import FhirClient
+from hl7_fhir.gather import ClinicalQuery, gather_from_fhir
+from hl7_fhir.medication_classes import classify
+
+BASE = "http://emr.test/fhir"
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+LOINC = "http://loinc.org"
+
+
+def _bundle(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
+    links = [{"relation": "next", "url": next_url}] if next_url else []
+    return {"resourceType": "Bundle", "type": "searchset", "link": links,
+            "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
+
+
+def _observation(ident: str, code: str, value: object, unit: str, hours_ago: float, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": ident, "status": "final", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": LOINC, "code": code}]},
+            "effectiveDateTime": (NOW - timedelta(hours=hours_ago)).isoformat(),
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+            **extra}
+
+
+def _bp_panel(hour: int) -> dict[str, Any]:
+    panel = _observation(f"bp{hour}", "85354-9", 120, "mm[Hg]", hour)
+    del panel["valueQuantity"]
+    panel["component"] = [{"code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                           "valueQuantity": {"value": 120 + hour % 30, "unit": "mm[Hg]",
+                                             "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]
+    return panel
+
+
+def _server(sections: dict[str, Callable[[httpx.Request], dict[str, Any]]], calls: list[str]) -> FhirClient:
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1950-01-01",
+               "identifier": [{"system": "urn:oid:1.2.3", "value": "12345"}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        kind = request.url.path.rsplit("/", 1)[-1]
+        calls.append(kind)
+        if kind == "Patient":
+            return httpx.Response(200, json=_bundle([patient]))
+        return httpx.Response(200, json=sections[kind](request) if kind in sections else _bundle([]))
+
+    return FhirClient(BASE, transport=httpx.MockTransport(handler), sleep=lambda s: None)
+
+
+def _query(*analytes: str) -> ClinicalQuery:
+    return ClinicalQuery(patient_id="12345", identifier_system="urn:oid:1.2.3", analytes=analytes, now=NOW)
+
+
+def test_an_icu_patient_s_hourly_vitals_do_not_cost_the_labs() -> None:
+    """Newest first, 50 a page, and the server always has another page of blood pressures: before, the search
+    followed 20 pages, gave up, and INR and platelets were read as missing."""
+    def observations(request: httpx.Request) -> dict[str, Any]:
+        page = int(request.url.params.get("page", "0"))
+        found = [_observation("inr", "6301-6", 3.4, "{INR}", 0.5), _observation("plt", "777-3", 40, "10*9/L", 0.6)]
+        vitals = [_bp_panel(page * 50 + h + 1) for h in range(50)]
+        return _bundle((found if page == 0 else []) + vitals, f"{BASE}/Observation?page={page + 1}")
+
+    calls: list[str] = []
+    context = gather_from_fhir(_server({"Observation": observations}, calls), _query("inr", "platelets",
+                                                                                   "systolic_bp"))
+    assert (context.labs["inr"].value, context.labs["platelets"].value) == (3.4, 40.0)
+    assert "systolic_bp" in context.labs and calls.count("Observation") == 1 and context.errors == []
+
+
+def test_one_resource_that_is_not_valid_r4_costs_only_itself() -> None:
+    bad = _observation("bad", "6301-6", "twelve", "{INR}", 0.1)
+    good = _observation("plt", "777-3", 40, "10*9/L", 0.6)
+    context = gather_from_fhir(_server({"Observation": lambda r: _bundle([bad, good])}, []),
+                               _query("inr", "platelets"))
+    assert context.labs["platelets"].value == 40.0 and "inr" not in context.labs  # before: no labs at all
+
+
+def test_an_order_not_to_give_warfarin_a_flush_and_a_refuted_cancer_are_not_the_patient_s() -> None:
+    warfarin = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+                "doNotPerform": True, "subject": {"reference": "Patient/p1"},
+                "medicationCodeableConcept": {"text": "Warfarin 5 mg - DO NOT GIVE"}}
+    stopped = {**warfarin, "id": "m2", "status": "stopped", "doNotPerform": False}  # the server ignored ?status
+    refuted = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+               "verificationStatus": {"coding": [{"code": "refuted"}]},
+               "code": {"text": "Malignant neoplasm of lung"}}
+    context = gather_from_fhir(_server({"MedicationRequest": lambda r: _bundle([warfarin, stopped]),
+                                        "Condition": lambda r: _bundle([refuted])}, []), _query("inr"))
+    assert context.medications == [] and context.conditions == []  # before: anticoagulant, prior cancer
+    assert classify([], "Heparin lock flush 10 units/mL") == "" and classify([], "Heparin 5000 units SC") != ""
