@@ -257,13 +257,13 @@ def _tokens(text: str, pattern: str = TERMS) -> list[str]:
     return re.findall(pattern, text.lower())
 
 
-NEGATORS = frozenset({"no", "not", "denies", "without", "negative"})
-NEGATION_REACH = 3
+NEGATORS = frozenset({"no", "not", "denies", "denied", "denying", "without", "negative", "nor"})
+NEGATION_REACH = 5  # "no history of head trauma"; the generator's notes negate within 3 and end at a comma
 NEGATION_ENDS = r"[.,;:!?\n]|\b(?:but|after|then|however)\b"  # "denies headache, fell"; "no LOC after fall"
 
 
 def _affirmed_tokens(text: str) -> list[str]:
-    """Tokens of ``text`` minus those within 3 words after a negator ("no history of trauma").
+    """Tokens of ``text`` minus those within 5 words after a negator ("no history of head trauma").
 
     A negation never reaches past punctuation or a clause word such as "after" or "but".
     """
