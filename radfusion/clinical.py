@@ -28,6 +28,8 @@ from radfusion.models import ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSettings
 
 log = logging.getLogger(__name__)
+ENDED_ORDER_CONTROLS = frozenset({"CA", "CR", "DC", "DR", "OC", "OD"})  # ORC-1: cancelled or discontinued
+UNADDRESSED_ORDER_WINDOW = timedelta(days=2)  # an order without accession is for a study of the next day or two
 
 
 def fhir_client(server: FhirServerSettings) -> FhirClient:
@@ -100,6 +102,13 @@ class Hl7Store:
             session.add(_message(header))
 
     def on_order(self, header: Header, order: Order) -> None:
+        """Keep an order's reason for exam; a cancelled or discontinued order (ORC-1) takes back its reason."""
+        if order.control.upper() in ENDED_ORDER_CONTROLS:
+            self._store(header, order.identifiers, [], [delete(ClinicalValue).where(
+                ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
+                ClinicalValue.kind == "reason_for_exam", ClinicalValue.accession == order.accession)
+                for identifier in order.identifiers])
+            return
         rows = [dict(kind="reason_for_exam", text=order.reason_for_exam, accession=order.accession)] \
             if order.reason_for_exam else []
         self._store(header, order.identifiers, rows)
@@ -213,7 +222,9 @@ class ClinicalGatherer:
 
     def _hl7_values(self, patient: StudyPatient) -> tuple[
             list[LabValue], list[CodedItem], date | None, str | None, str | None]:
-        """Stored HL7 values for the patient (matched by id, and by issuer where both sides name one)."""
+        """Stored HL7 values for the patient (matched by id, and by issuer where both sides name one). An order
+        that names no accession gives its reason only when it came within ``UNADDRESSED_ORDER_WINDOW``."""
+        recent = utcnow() - UNADDRESSED_ORDER_WINDOW
         with self._db.session() as session:
             rows = session.execute(
                 select(ClinicalValue, Hl7Message).join(Hl7Message, ClinicalValue.message_id == Hl7Message.id)
@@ -236,6 +247,6 @@ class ClinicalGatherer:
                 sex = value.text
             elif value.kind == "reason_for_exam" and value.accession == patient.accession:
                 reason = value.text
-            elif value.kind == "reason_for_exam" and not value.accession:
-                unaddressed = value.text  # an order without accession: the reason only if none names this study
+            elif value.kind == "reason_for_exam" and not value.accession and message.received_at >= recent:
+                unaddressed = value.text  # a recent order without accession: only if none names this study
         return labs, coded, birth_date, sex, reason or unaddressed

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hl7_fhir.inbox import Hl7Inbox
 from radfusion.clinical import ClinicalGatherer, Hl7Store, StudyPatient
 from radfusion.db import Database
-from radfusion.models import ClinicalValue
+from radfusion.models import ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import load_settings
 from tests.unit.hl7_fhir.messages import orm, oru
 
@@ -81,6 +82,28 @@ def test_an_order_without_accession_does_not_override_the_study_s_own(stored) ->
     send(orm("O2").replace("ACC123", "").replace("Fall from ladder, on warfarin", "Abdominal pain"))
     assert context().reason_for_exam == "Fall from ladder, on warfarin"
     assert context(accession="OTHER").reason_for_exam == "Abdominal pain"
+
+
+def test_a_cancelled_order_takes_back_its_reason(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(orm("O1"))
+    assert context().reason_for_exam == "Fall from ladder, on warfarin"
+    assert "MSA|AA|O2" in send(orm("O2").replace("ORC|NW|", "ORC|CA|"))
+    assert context().reason_for_exam is None  # before: the cancelled order's reason still set the trauma feature
+
+
+def test_an_order_without_accession_counts_only_for_two_days(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Hl7Store(db)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
+    gatherer = ClinicalGatherer(load_settings(storage_path=tmp_path).clinical, db)
+    inbox.handle(orm("O1").replace("ACC123", "").replace("\n", "\r"))
+    patient = StudyPatient(1, "12345", "HOSP", "ACC999")
+    assert gatherer.context_for(patient, ["inr"]).reason_for_exam == "Fall from ladder, on warfarin"
+    with db.session() as session:  # the same order, received a week ago
+        session.execute(update(Hl7Message).values(received_at=utcnow() - timedelta(days=7)))
+    assert gatherer.context_for(patient, ["inr"]).reason_for_exam is None  # before: used for any later study
+    gatherer.close()
 
 
 def test_a_patient_merge_brings_the_prior_record_s_labs_to_the_surviving_id(stored) -> None:  # noqa: ANN001
