@@ -99,6 +99,7 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SHOWN_UID_LIMIT = 80
+INSTANCE_LOCK_STRIPES = 64  # locks shared by hash of the instance's path: two stores of one instance share one
 
 
 class StoreStatus(IntEnum):
@@ -233,6 +234,9 @@ class StorageScp:
         self._server: ThreadedAssociationServer | None = None
         self._associations: dict[Association, AssociationInfo] = {}
         self._lock = threading.Lock()
+        # Stores of one SOP instance (two associations sending it at once) run one after the other: a store whose
+        # row cannot be recorded must not set aside the file another store of it has just had acknowledged.
+        self._instance_locks = tuple(threading.Lock() for _ in range(INSTANCE_LOCK_STRIPES))
 
     def start(self) -> int:
         """Recover the spool, start listening in the background; return the bound port."""
@@ -413,7 +417,13 @@ class StorageScp:
 
     def _keep(self, event: Event, info: AssociationInfo, data: bytes, path: Path, study_uid: str, series_uid: str,
               sop_uid: str, attributes: dict[str, object]) -> StoreStatus:
-        """Write the instance durably, record it, and replace an earlier copy only once its row is committed."""
+        """Write the instance durably, record it, and replace an earlier copy only once its row is committed;
+        stores of the same instance take turns."""
+        with self._instance_locks[hash(path) % INSTANCE_LOCK_STRIPES]:
+            return self._keep_alone(event, info, data, path, study_uid, series_uid, sop_uid, attributes)
+
+    def _keep_alone(self, event: Event, info: AssociationInfo, data: bytes, path: Path, study_uid: str,
+                    series_uid: str, sop_uid: str, attributes: dict[str, object]) -> StoreStatus:
         existed = path.exists()  # a re-send replaces the acknowledged file only once its row is committed
         try:
             staged, size = self.spool.stage(data)

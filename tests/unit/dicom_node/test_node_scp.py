@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 from pynetdicom import AE
 
+from dicom_node.contracts import StoredInstance
 from dicom_node.errors import ConfigError
 from dicom_node.peers import address_allowed, parse_calling_ae_hosts
 from dicom_node.scp import StorageScp, StoreStatus
@@ -256,6 +258,48 @@ def test_sink_failure_answers_a702_and_keeps_the_bytes_in_quarantine(start_scp) 
     assert spool_files(node.spool.root, "instances") == []
     (_, reason, quarantined, _), = node.sink.rejected
     assert "database is locked" in reason and quarantined is not None and quarantined.is_file()
+
+
+class _FirstStoreFailsLate(RecordingSink):
+    """The first instance_stored waits until released, then fails (a row commit that times out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release, self.calls = threading.Event(), threading.Event(), 0
+
+    def instance_stored(self, instance: StoredInstance) -> bool:
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first:
+            self.entered.set()
+            self.release.wait(10)
+            raise RuntimeError("database is locked")
+        return super().instance_stored(instance)
+
+
+def test_a_store_that_fails_does_not_set_aside_another_association_s_acknowledged_copy(start_scp) -> None:
+    """The same instance on two associations at once; B's row commit fails after A's store would have been
+    answered. Before: A got 0x0000, then B's failure moved A's file to the quarantine."""
+    node = start_scp(sink=_FirstStoreFailsLate())
+    dataset, status = ct_dataset(), {}
+
+    def send(name: str) -> None:
+        assoc = pyscu(node.port)
+        status[name] = assoc.send_c_store(dataset).Status
+        assoc.release()
+
+    b = threading.Thread(target=send, args=("B",))
+    b.start()
+    assert node.sink.entered.wait(10)
+    a = threading.Thread(target=send, args=("A",))
+    a.start()
+    a.join(0.5)  # without turns, A is answered here
+    node.sink.release.set()
+    a.join(10)
+    b.join(10)
+    assert (status["A"], status["B"]) == (StoreStatus.SUCCESS, StoreStatus.SINK_FAILED)
+    assert node.sink.stored[0].path.is_file()
 
 
 def test_a_refused_resend_leaves_the_acknowledged_file_in_place(start_scp) -> None:
