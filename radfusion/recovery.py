@@ -50,9 +50,10 @@ def reconcile_spool(db: Database, spool: Spool, recorder: IngestRecorder) -> int
     ``synchronous=NORMAL`` (safe against process crashes), so a power loss can take the last
     rows, never the files: they are re-recorded here from their headers. Only series folders
     changed since the newest surviving row (less a margin) are read. A file whose SOP Instance UID
-    has a row elsewhere (the instance moved series and the crash came before its old file was set
-    aside) and a file whose header cannot be read are set aside in the quarantine with the reason:
-    one bad file must not keep the listener from starting.
+    has a row elsewhere whose file is still there (the instance moved series and the crash came before its
+    old file was set aside) and a file whose header cannot be read are set aside in the quarantine with the
+    reason: one bad file must not keep the listener from starting. A row elsewhere whose file is gone follows
+    the file.
     """
     with db.session() as session:
         newest = session.scalar(select(func.max(Instance.received_at)))
@@ -84,10 +85,12 @@ def _restore(db: Database, recorder: IngestRecorder, path: Path) -> int:
         return 0
     with db.session() as session:
         elsewhere = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == instance.sop_instance_uid))
-    if elsewhere is not None:
+    if elsewhere is not None and Path(elsewhere).is_file():
         recorder.set_aside(path, instance.sop_instance_uid, None, f"superseded: SOP Instance "
                            f"{instance.sop_instance_uid} has a row in another series ({elsewhere})")
         return 0
+    # No row, or a row whose file is gone: the power loss took the commit that moved the instance here, but not
+    # the move of its old file into the quarantine. This file is the acknowledged copy; its row follows it.
     recorder.instance_stored(instance)
     return 1
 

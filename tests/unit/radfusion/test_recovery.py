@@ -89,6 +89,23 @@ def test_an_instance_resent_in_another_series_moves_and_its_old_file_is_set_asid
     assert reconcile_spool(db, spool, recorder) == 0  # and a restart does not flip the row back
 
 
+def test_a_move_whose_commit_a_power_loss_took_follows_the_surviving_file(tmp_path: Path) -> None:
+    """The resend in another series was acknowledged and its old file set aside; then the power loss took the row's
+    move (synchronous=NORMAL). Before: start-up set the new file aside too, and the row pointed at nothing."""
+    db, spool, recorder, paths = spool_study(tmp_path)
+    for path in paths:
+        recorder.instance_stored(read_stored_instance(path))
+    ds = pydicom.dcmread(paths[0])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    moved = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    spool.write_durably(moved, _bytes(ds))
+    recorder.set_aside(paths[0], ds.SOPInstanceUID, None, "superseded")  # what survived of the move: the files
+    assert reconcile_spool(db, spool, recorder) == 1
+    with db.session() as session:
+        row = session.scalars(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)).one()
+    assert row.path == str(moved) and moved.is_file()
+
+
 def _bytes(ds: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
