@@ -107,6 +107,11 @@ class StudyAssembler:
         for series in sorted(study.series, key=lambda s: s.id):
             if series.state != "stable":
                 continue
+            if series.instance_count == 0:  # every instance was received again in another series: nothing to read
+                log.info("series %s stable with no instances left (moved to another series): no job",
+                         series.series_uid)
+                series.state = "processed"
+                continue
             matches = self._router.select(series.attributes)
             if not matches:
                 session.add(AuditEvent(kind="no_rule_matched", subject=series.series_uid,
@@ -132,7 +137,9 @@ class StudyAssembler:
                      f"; note: {series.geometry_note}" if series.geometry_note else "")
             series.state = "processed"
             series.revision += 1
-        study.state = "processing" if queued else "done"
+        busy = queued or session.scalar(select(Job.id).where(Job.study_id == study.id,
+                                                             Job.state.in_(("queued", "running"))).limit(1))
+        study.state = "processing" if busy else "done"  # a late unmatched series leaves earlier jobs running
         study.stable_at = now
         return queued
 

@@ -21,14 +21,19 @@ from radfusion.settings import StabilitySettings, default_routing
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
-def _record(db: Database, tmp_path: Path, study: str, positions: list[list[float]]) -> None:
-    recorder = IngestRecorder(db, Spool(tmp_path / "spool"))
+def _record(db: Database, tmp_path: Path, study: str, positions: list[list[float]], series: str = "1",
+            body_part: str = "HEAD", sop_root: str = "9") -> None:
+    spool = Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
     for index, position in enumerate(positions):
-        attributes = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Axial",
+        attributes = {"Modality": "CT", "BodyPartExamined": body_part, "SeriesDescription": "Axial",
                       "ImagePositionPatient": position, "ImageOrientationPatient": AXIAL, "InstanceNumber": index + 1}
-        assert recorder.instance_stored(StoredInstance(
-            None, tmp_path / f"{study}-{index}.dcm", "1.2.840.10008.5.1.4.1.1.2", f"{study}.9.{index}", study,
-            f"{study}.1", "1.2.840.10008.1.2.1", 10, attributes))
+        sop = f"{study}.{sop_root}.{index}"
+        path = spool.instance_path(study, f"{study}.{series}", sop)
+        spool.write_durably(path, b"header and pixels")
+        recorder.instance_stored(StoredInstance(
+            None, path, "1.2.840.10008.5.1.4.1.1.2", sop, study, f"{study}.{series}",
+            "1.2.840.10008.1.2.1", 10, attributes))
 
 
 def _assembler(db: Database) -> StudyAssembler:
@@ -71,4 +76,32 @@ def test_an_error_in_one_study_is_audited_once_and_the_others_go_on(tmp_path: Pa
         assert "a geometry no check foresaw" in failed.detail
         assert len(session.scalars(select(Job)).all()) == 1
     assert assembler.tick(later) == 1  # the study waited and is assembled once it can be
+    db.dispose()
+
+
+def test_a_series_emptied_by_a_resend_in_another_series_gets_no_job(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    slices = [[0.0, 0.0, 5.0 * z] for z in range(3)]
+    _record(db, tmp_path, "1.2.3.100", slices, series="1")
+    _record(db, tmp_path, "1.2.3.100", slices, series="2")  # the same instances, corrected into another series
+    assert _assembler(db).tick(utcnow() + timedelta(hours=1)) == 1  # before: 2, one of them on an empty series
+    with db.session() as session:
+        [job] = session.scalars(select(Job)).all()
+        assert job.series.series_uid == "1.2.3.100.2"
+    db.dispose()
+
+
+def test_a_late_series_no_rule_matches_leaves_the_study_processing_while_its_job_waits(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    _record(db, tmp_path, "1.2.3.100", [[0.0, 0.0, 5.0 * z] for z in range(3)])
+    assembler = _assembler(db)
+    later = utcnow() + timedelta(hours=1)
+    assert assembler.tick(later) == 1
+    _record(db, tmp_path, "1.2.3.100", [[0.0, 0.0, 5.0 * z] for z in range(3)], series="3", body_part="ABDOMEN",
+            sop_root="8")
+    with db.session() as session:  # the late series reopened the study
+        session.scalars(select(Study)).one().state = "receiving"
+    assert assembler.tick(later + timedelta(hours=1)) == 0
+    with db.session() as session:
+        assert session.scalars(select(Study.state)).one() == "processing"  # before: done, with the job queued
     db.dispose()
