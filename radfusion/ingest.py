@@ -43,9 +43,11 @@ _TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(las
 _FIND_INSTANCE = (select(Instance.id, Instance.series_id, Instance.path)
                   .where(Instance.sop_instance_uid == bindparam("uid")))
 _INSERT_INSTANCE = insert(Instance)
-_RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))
+_RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))  # the new bytes' header
                    .values(times_received=Instance.times_received + 1, path=bindparam("path"),
-                           localizer=bindparam("localizer")))
+                           localizer=bindparam("localizer"), instance_number=bindparam("number"),
+                           position=bindparam("position"), orientation=bindparam("orientation"),
+                           transfer_syntax_uid=bindparam("transfer_syntax_uid"), size_bytes=bindparam("size_bytes")))
 _MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id"))
                   .values(series_id=bindparam("new_series_id"), path=bindparam("new_path"),
                           times_received=Instance.times_received + 1, received_at=bindparam("now"),
@@ -161,13 +163,19 @@ class IngestRecorder:
                 "association_id": instance.association_id,
             })
         elif earlier.series_id == series_id:
-            conn.execute(_RECEIVED_AGAIN, {"uid": uid, "path": str(instance.path),
-                                           "localizer": is_localizer(attrs.get("ImageType"))})
+            conn.execute(_RECEIVED_AGAIN, {
+                "uid": uid, "path": str(instance.path), "localizer": is_localizer(attrs.get("ImageType")),
+                "number": _int_or_none(attrs.get("InstanceNumber")),
+                "position": _floats_or_none(attrs.get("ImagePositionPatient"), 3),
+                "orientation": _floats_or_none(attrs.get("ImageOrientationPatient"), 6),
+                "transfer_syntax_uid": instance.transfer_syntax_uid, "size_bytes": instance.size_bytes})
+            if earlier.path != str(instance.path):  # the same series sent again under a corrected Study UID
+                moved_from = Path(earlier.path)
         else:
             self._move(conn, earlier, series_id, instance, now)
             moved_from = Path(earlier.path)
         conn.execute(_TOUCH_SERIES, {"series_id": series_id, "now": now, "association_id": instance.association_id,
-                                     "added": int(earlier is None or moved_from is not None)})
+                                     "added": int(earlier is None or earlier.series_id != series_id)})
         if instance.association_id is not None:
             conn.execute(_COUNT_STORED, {"association_id": instance.association_id})
         return earlier is None, moved_from

@@ -15,7 +15,7 @@ from dicom_node.contracts import StoredInstance
 from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
-from radfusion.models import Study
+from radfusion.models import Instance, Quarantine, Study
 from tests.integration.servers import postgresql
 
 
@@ -67,3 +67,42 @@ def test_a_database_error_does_not_quote_the_patient_id(tmp_path: Path) -> None:
             IngestRecorder(db, Spool(tmp_path / "spool")).instance_stored(instance)
         db.dispose()
     assert "SECRET-42" not in str(info.value)
+
+
+def _ct(spool: Spool, study: str, position: float, number: int, syntax: str = "1.2.840.10008.1.2.1",
+        series: str = "1.2.3.101", sop: str = "1.2.3.102") -> StoredInstance:
+    path = spool.instance_path(study, series, sop)
+    spool.write_durably(path, b"x" * number)
+    return StoredInstance(None, path, "1.2.840.10008.5.1.4.1.1.2", sop, study, series, syntax, number,
+                          {"Modality": "CT", "InstanceNumber": number, "ImagePositionPatient": [0.0, 0.0, position],
+                           "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]})
+
+
+def test_an_instance_sent_again_with_new_content_gets_the_new_header_in_its_row(tmp_path: Path) -> None:
+    """Before: the file was replaced but the row kept the old position, number, syntax and size, so the
+    completeness check judged geometry the image no longer has."""
+    db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
+    recorder.instance_stored(_ct(spool, "1.2.3.100", 5.0, 1))
+    assert recorder.instance_stored(_ct(spool, "1.2.3.100", 50.0, 10, "1.2.840.10008.1.2")) is False
+    with db.session() as session:
+        row = session.scalars(select(Instance)).one()
+    assert (row.position, row.instance_number, row.transfer_syntax_uid, row.size_bytes) == (
+        [0.0, 0.0, 50.0], 10, "1.2.840.10008.1.2", 10)
+    db.dispose()
+
+
+def test_a_series_sent_again_under_a_corrected_study_uid_leaves_no_file_without_a_row(tmp_path: Path) -> None:
+    """Before: the row followed the new file and the old one stayed in the spool with no row, so retention never
+    deleted it."""
+    db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
+    first = _ct(spool, "1.2.3.100", 5.0, 1)
+    recorder.instance_stored(first)
+    recorder.instance_stored(_ct(spool, "1.2.3.200", 5.0, 1))
+    with db.session() as session:
+        row = session.scalars(select(Instance)).one()
+        set_aside = session.scalars(select(Quarantine)).one()
+    assert Path(row.path).is_file() and "1.2.3.200" in row.path and not first.path.exists()
+    assert "superseded" in set_aside.reason and [p for p in spool.instances.rglob("*.dcm")] == [Path(row.path)]
+    db.dispose()
