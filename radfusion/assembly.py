@@ -84,6 +84,10 @@ class StudyAssembler:
         # likely to retry, so such a series waits for the quiet timeout like one still arriving.
         released = session.scalar(
             select(Association.state).where(Association.id == series.last_association_id)) == "released"
+        if released and session.scalar(  # another association still sending this series holds it back too
+                select(Association.id).join(Instance, Instance.association_id == Association.id)
+                .where(Instance.series_id == series.id, Association.state == "open").limit(1)) is not None:
+            released = False
         if not series_is_candidate(series.last_received_at, released, now,
                                    self._stability.settle_s, self._stability.quiet_timeout_s):
             return

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dicom_node.contracts import StoredInstance
+from dicom_node.contracts import AssociationInfo, StoredInstance
 from dicom_node.spool import Spool
 from radfusion import assembly
 from radfusion.assembly import StudyAssembler
@@ -104,4 +104,30 @@ def test_a_late_series_no_rule_matches_leaves_the_study_processing_while_its_job
     assert assembler.tick(later + timedelta(hours=1)) == 0
     with db.session() as session:
         assert session.scalars(select(Study.state)).one() == "processing"  # before: done, with the job queued
+    db.dispose()
+
+
+def test_a_series_another_open_association_is_still_sending_waits_for_it(tmp_path: Path) -> None:
+    """Before: only the series' last association was asked, so A's release settled the series while B, still open,
+    had more of its slices to send, and a partial result went out first."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    spool = Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
+    now = utcnow()
+    for name in ("B", "A"):
+        recorder.association_opened(AssociationInfo(name, name, "RADFUSION", "127.0.0.1", 1, now))
+    for index, name in enumerate(("B", "B", "A", "A", "A")):
+        path = spool.instance_path("1.2.3.100", "1.2.3.100.1", f"1.2.3.100.9.{index}")
+        spool.write_durably(path, b"x")
+        recorder.instance_stored(StoredInstance(
+            name, path, "1.2.840.10008.5.1.4.1.1.2", f"1.2.3.100.9.{index}", "1.2.3.100", "1.2.3.100.1",
+            "1.2.840.10008.1.2.1", 1, {"Modality": "CT", "BodyPartExamined": "HEAD", "InstanceNumber": index + 1,
+                                       "ImagePositionPatient": [0.0, 0.0, 5.0 * index],
+                                       "ImageOrientationPatient": AXIAL}))
+    recorder.association_closed("A", released=True)
+    assembler = _assembler(db)
+    settled = utcnow() + timedelta(seconds=StabilitySettings().settle_s + 1)
+    assert assembler.tick(settled) == 0  # B is still open
+    recorder.association_closed("B", released=True)
+    assert assembler.tick(settled) == 1
     db.dispose()
