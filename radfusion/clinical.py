@@ -170,7 +170,7 @@ class ClinicalGatherer:
 
     def prefetch(self, patient: StudyPatient, analytes: list[str]) -> None:
         """Start the FHIR query for a study (once); it runs while the study is still arriving."""
-        if self._client is None or not patient.patient_id:
+        if self._client is None or not patient.patient_id or self._system(patient) is None:
             return
         with self._lock:
             if patient.study_id in self._pending:
@@ -197,15 +197,20 @@ class ClinicalGatherer:
     def _lookback(self) -> timedelta:
         return timedelta(days=self._settings.lookback_days)
 
+    def _system(self, patient: StudyPatient) -> str | None:
+        return self._settings.identifier_system(patient.issuer)
+
     def _query(self, patient: StudyPatient, analytes: list[str]) -> ClinicalQuery:
-        return ClinicalQuery(patient_id=patient.patient_id,
-                             identifier_system=self._settings.identifier_system(patient.issuer),
+        return ClinicalQuery(patient_id=patient.patient_id, identifier_system=self._system(patient) or "",
                              analytes=tuple(analytes), now=utcnow(), lookback=self._lookback,
                              accession=patient.accession)
 
     def _fhir_context(self, patient: StudyPatient, analytes: list[str]) -> ClinicalContext:
         if self._client is None:
             return ClinicalContext.unavailable("no FHIR server configured")
+        if self._system(patient) is None:
+            return ClinicalContext.unavailable(f"IssuerOfPatientID {patient.issuer!r} has no FHIR identifier system "
+                                               "(clinical.identifier_systems): the EMR was not asked")
         self.prefetch(patient, analytes)  # after a restart the study was never seen: start now
         with self._lock:
             started, future = self._pending.pop(patient.study_id)

@@ -34,7 +34,7 @@ def outbound_study(study: Study, task: Task, algorithm: str, settings: Settings,
     return OutboundStudy(
         study_instance_uid=study.study_uid, accession=study.accession_number, patient_id=study.patient_id,
         patient_authority=study.issuer_of_patient_id,
-        patient_system=settings.clinical.identifier_system(study.issuer_of_patient_id),
+        patient_system=settings.clinical.identifier_system(study.issuer_of_patient_id) or "",
         study_code=code, study_display=display, algorithm=algorithm, performed_at=performed_at,
         result_uid=result_uid, patient_name=patient_name, notes=tuple(notes),
     )
@@ -53,13 +53,23 @@ def outbound_findings(result: DetectorResult, urgent: bool) -> list[OutboundFind
     return findings
 
 
-def unconfigured_targets(job: Job, settings: Settings) -> list[str]:
-    """The job's report destinations and alert channels that the configuration no longer names (the rules were
-    changed after the job was queued); the deliveries below leave them out."""
+def untold_targets(job: Job, settings: Settings, study: OutboundStudy | None) -> list[str]:
+    """Why some of the job's report destinations and alert channels are left out by the deliveries below: the
+    configuration no longer names them (the rules changed after the job was queued), or they are FHIR servers and
+    the study's issuer has no FHIR identifier system."""
     reports = {d.name for d in settings.fhir_destinations} | {d.name for d in settings.hl7_destinations}
     channels = {c.name for c in settings.alerts.channels}
-    return ([f"report destination {name!r}" for name in job.report_destinations if name not in reports]
-            + [f"alert channel {name!r}" for name in job.alert_channels if name not in channels])
+    reasons = ([f"report destination {name!r} is no longer configured" for name in job.report_destinations
+                if name not in reports]
+               + [f"alert channel {name!r} is no longer configured" for name in job.alert_channels
+                  if name not in channels])
+    if study is not None and not study.patient_system:
+        fhir = {d.name for d in settings.fhir_destinations} | {c.name for c in settings.alerts.channels
+                                                                 if c.kind == "fhir"}
+        reasons += [f"FHIR target {name!r} cannot be told which patient: IssuerOfPatientID "
+                    f"{study.patient_authority!r} has no FHIR identifier system (clinical.identifier_systems)"
+                    for name in [*job.report_destinations, *job.alert_channels] if name in fhir]
+    return reasons
 
 
 def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[OutboundFinding], settings: Settings,
@@ -69,6 +79,8 @@ def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[Outboun
     hl7 = {d.name for d in settings.hl7_destinations}
     for index, name in enumerate(job.report_destinations):
         if any(d.name == name for d in settings.fhir_destinations):
+            if not study.patient_system:  # untold_targets says why
+                continue
             report, observations = build_diagnostic_report(study, findings, issued=now)
             payload = transaction_bundle([report, *observations]).model_dump(mode="json", exclude_none=True)
             deliveries.append(Delivery(kind="fhir_report", target=name, job_id=job.id, payload=payload))
@@ -92,13 +104,15 @@ def alert_deliveries(job: Job, study: OutboundStudy | None, findings: Sequence[O
             continue
         try:
             channel = settings.channel(name)
-        except KeyError:  # no longer configured: unconfigured_targets names it
+        except KeyError:  # no longer configured: untold_targets names it
             continue
         if channel.kind == "webhook":
             deliveries.append(Delivery(kind="webhook", target=name, job_id=job.id))
         elif study is None:
             continue
         elif channel.kind == "fhir":
+            if not study.patient_system:  # untold_targets says why
+                continue
             communication = build_alert_communication(study, findings, sent=now)
             payload = transaction_bundle([communication]).model_dump(mode="json", exclude_none=True)
             deliveries.append(Delivery(kind="fhir_alert", target=name, job_id=job.id, payload=payload))

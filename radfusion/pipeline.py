@@ -32,7 +32,7 @@ from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
 from radfusion.outbound import (alert_deliveries, outbound_findings, outbound_study, report_deliveries,
-                                unconfigured_targets)
+                                untold_targets)
 from radfusion.routing import Router
 from radfusion.settings import Settings
 from reports.alerts import build_ich_alert
@@ -211,8 +211,8 @@ class JobRunner:
         urgent = self._is_urgent(result)
         findings = outbound_findings(result, urgent)
         sr_uid = next(obj.sop_instance_uid for obj in written if obj.kind == "sr")
-        _audit_unconfigured(session, job, self._settings)
         study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent, sources, sr_uid)
+        _audit_untold(session, job, self._settings, study)
         if study is not None:
             session.add_all(report_deliveries(job, study, findings, self._settings, now))
         if urgent:
@@ -281,8 +281,8 @@ class JobRunner:
             return None
         job = session.get(Job, job_id)
         assert job is not None
-        _audit_unconfigured(session, job, self._settings)
         study = self._emr_study(session, job, result, True, sources, "")  # no SR: the alert names the study only
+        _audit_untold(session, job, self._settings, study)
         return self._queue_alert(session, job, result, study, outbound_findings(result, True), sources, utcnow())
 
     def _is_urgent(self, result: DetectorResult) -> bool:
@@ -292,13 +292,12 @@ class JobRunner:
                 and result.case_score >= alerts.ich_min_score and total_ml >= alerts.ich_min_volume_ml)
 
 
-def _audit_unconfigured(session: Session, job: Job, settings: Settings) -> None:
-    """Audit and log each report destination and alert channel of ``job`` that the configuration no longer names:
-    the others are told, these cannot be."""
-    for target in unconfigured_targets(job, settings):
-        session.add(AuditEvent(kind="target_not_configured", subject=f"job {job.id}",
-                               detail=f"{target} is no longer configured: not told of this result"))
-        log.warning("job %d: %s is no longer configured; its result is not sent there", job.id, target)
+def _audit_untold(session: Session, job: Job, settings: Settings, study: OutboundStudy | None) -> None:
+    """Audit and log each report destination and alert channel of ``job`` that cannot be told of this result
+    (``untold_targets``); the others are told."""
+    for reason in untold_targets(job, settings, study):
+        session.add(AuditEvent(kind="target_not_told", subject=f"job {job.id}", detail=reason))
+        log.warning("job %d: not told of this result: %s", job.id, reason)
 
 
 def _record_failure(session: Session, job_id: int, study_id: int, error: str) -> None:

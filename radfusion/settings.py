@@ -303,9 +303,13 @@ class ClinicalSettings(Strict):
             _known(f"analytes.{task}", names, {*ANALYTES, *CODED_ANALYTES})
         return self
 
-    def identifier_system(self, issuer: str) -> str:
-        """The FHIR identifier system of a PatientID issued by ``issuer`` (IssuerOfPatientID)."""
-        return self.identifier_systems.get(issuer, self.default_identifier_system)
+    def identifier_system(self, issuer: str) -> str | None:
+        """The FHIR identifier system of a PatientID issued by ``issuer`` (IssuerOfPatientID): its mapping, the
+        default for a study that names no issuer, and None for an issuer not mapped (an outside hospital's
+        patient 12345 is not ours: the EMR is neither asked about them nor told of their results)."""
+        if not issuer:
+            return self.default_identifier_system
+        return self.identifier_systems.get(issuer)
 
 
 class Hl7Settings(Strict):

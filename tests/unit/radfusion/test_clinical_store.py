@@ -136,3 +136,18 @@ def test_a_merge_moves_each_value_once_per_form_of_the_surviving_id(tmp_path: Pa
                                  .where(ClinicalValue.name == "inr")).all()
     assert sorted(stored) == [("12345", "1.2.3"), ("12345", "HOSP")]  # before: two rows under each
     db.dispose()
+
+
+def test_an_outside_issuer_s_patient_is_not_looked_up_as_ours(tmp_path: Path) -> None:
+    """Before: IssuerOfPatientID OUTSIDE_HOSP, not mapped, was searched under the default system, so the EMR's own
+    patient 12345 lent the outside patient their labs."""
+    settings = load_settings(storage_path=tmp_path, clinical={"fhir": {"base_url": "http://127.0.0.1:9/fhir"},
+                                                              "identifier_systems": {"HOSP": "urn:oid:1.2.3"}})
+    assert settings.clinical.identifier_system("") == settings.clinical.default_identifier_system
+    assert settings.clinical.identifier_system("HOSP") == "urn:oid:1.2.3"
+    assert settings.clinical.identifier_system("OUTSIDE_HOSP") is None
+    gatherer = ClinicalGatherer(settings.clinical, Database(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    context = gatherer.context_for(StudyPatient(1, "12345", "OUTSIDE_HOSP", "A1"), ["inr"])
+    gatherer.close()
+    assert context.errors[0] == ("IssuerOfPatientID 'OUTSIDE_HOSP' has no FHIR identifier system "
+                                 "(clinical.identifier_systems): the EMR was not asked")

@@ -26,13 +26,13 @@ def _store(service: Service, paths: list[Path]) -> None:
     store(service.db, service.spool, paths)
 
 
-def _bleed_job(tmp_path: Path, **job: object) -> tuple[Service, int]:
-    """A service whose channel 'ed' is a webhook, a stored head CT with a bleed, and a queued ich_fusion job of it
-    (``job``: its other columns); the service and the job's id."""
-    settings = load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
-                                                                      default_routing([], ["ed"])],
-                             alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]})
-    service = Service(settings)
+def _bleed_job(tmp_path: Path, settings: dict | None = None, **job: object) -> tuple[Service, int]:
+    """A service whose channel 'ed' is a webhook (``settings``: more of its configuration), a stored head CT with a
+    bleed, and a queued ich_fusion job of it (``job``: its other columns); the service and the job's id."""
+    service = Service(load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
+                                                                             default_routing([], ["ed"])],
+                                    alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]},
+                                    **(settings or {})))
     _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths)
     with service.db.session() as session:
         series = session.scalars(select(Series)).one()
@@ -108,9 +108,29 @@ def test_a_job_queued_before_a_channel_was_removed_still_alerts_the_channels_tha
         alert = session.scalars(select(Alert)).one()
         assert [(d.kind, d.target) for d in session.scalars(select(Delivery).where(Delivery.alert_id == alert.id))] \
             == [("webhook", "ed")]
-        audits = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "target_not_configured")).all()
-        assert sorted(audits) == ["alert channel 'pager' is no longer configured: not told of this result",
-                                  "report destination 'emr' is no longer configured: not told of this result"]
+        audits = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "target_not_told")).all()
+        assert sorted(audits) == ["alert channel 'pager' is no longer configured",
+                                  "report destination 'emr' is no longer configured"]
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_an_issuer_with_no_fhir_identifier_system_gets_no_fhir_report(tmp_path: Path, mapped: bool) -> None:
+    """The synthetic study's IssuerOfPatientID is RADFUSION-SYNTHETIC. Unmapped, its Patient ID is not the EMR's
+    patient of that number (before: the report was posted under the default system, to whoever that is)."""
+    emr = {"fhir_destinations": [{"name": "emr", "base_url": "http://127.0.0.1:9/fhir"}]}
+    if mapped:
+        emr["clinical"] = {"identifier_systems": {"RADFUSION-SYNTHETIC": "urn:oid:1.2.3.99"}}
+    service, job_id = _bleed_job(tmp_path, emr, report_destinations=["emr"])
+    assert service.runner.claim(job_id)
+    service.runner.run(job_id)
+    with service.db.session() as session:
+        assert session.get(Job, job_id).state == "done"
+        reports = session.scalars(select(Delivery).where(Delivery.kind == "fhir_report")).all()
+        untold = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "target_not_told")).all()
+    assert len(reports) == int(mapped)
+    assert untold == ([] if mapped else ["FHIR target 'emr' cannot be told which patient: IssuerOfPatientID "
+                                         "'RADFUSION-SYNTHETIC' has no FHIR identifier system "
+                                         "(clinical.identifier_systems)"])
 
 
 def test_a_study_s_second_reconstruction_with_the_bleed_does_not_page_again(tmp_path: Path) -> None:
