@@ -165,18 +165,22 @@ class ClinicalGatherer:
         self._db = db
         self._client = fhir_client(settings.fhir) if settings.fhir else None
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fhir")
-        self._pending: dict[int, tuple[float, Future[ClinicalContext]]] = {}
+        # study id -> (the patient the query is for, its start, the query): a study whose patient was corrected in
+        # the meantime is asked about again
+        self._pending: dict[int, tuple[tuple[str, str], float, Future[ClinicalContext]]] = {}
         self._lock = threading.Lock()
 
     def prefetch(self, patient: StudyPatient, analytes: list[str]) -> None:
         """Start the FHIR query for a study (once); it runs while the study is still arriving."""
         if self._client is None or not patient.patient_id or self._system(patient) is None:
             return
+        who = (patient.patient_id, patient.issuer)
         with self._lock:
-            if patient.study_id in self._pending:
+            if patient.study_id in self._pending and self._pending[patient.study_id][0] == who:
                 return
             query = self._query(patient, analytes)
-            self._pending[patient.study_id] = (time.monotonic(), self._pool.submit(gather_from_fhir, self._client, query))
+            self._pending[patient.study_id] = (who, time.monotonic(),
+                                               self._pool.submit(gather_from_fhir, self._client, query))
 
     def context_for(self, patient: StudyPatient, analytes: list[str]) -> ClinicalContext:
         """FHIR (waiting at most what is left of the budget) merged with stored HL7 values; never raises."""
@@ -213,7 +217,7 @@ class ClinicalGatherer:
                                                "(clinical.identifier_systems): the EMR was not asked")
         self.prefetch(patient, analytes)  # after a restart the study was never seen: start now
         with self._lock:
-            started, future = self._pending.pop(patient.study_id)
+            _, started, future = self._pending.pop(patient.study_id)
         budget = self._settings.time_budget_s
         try:
             return future.result(timeout=max(0.0, budget - (time.monotonic() - started)))

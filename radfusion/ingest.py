@@ -79,7 +79,8 @@ class IngestRecorder:
     def __init__(self, db: Database, spool: Spool) -> None:
         self._db = db
         self._spool = spool
-        self._series_ids: dict[str, tuple[int, int]] = {}  # series UID -> (study id, series id); rows never move
+        # series UID -> (study id, series id, the patient identity last recorded for its study); rows never move
+        self._series_ids: dict[str, tuple[int, int, tuple[str, str]]] = {}
 
     def association_opened(self, info: AssociationInfo) -> None:
         with self._db.session() as session:
@@ -140,7 +141,10 @@ class IngestRecorder:
         Returns whether the SOP Instance UID is new, and the file an earlier row of it in another series
         pointed at (None unless the instance moved series)."""
         now = utcnow()
-        study_id, series_id = self._series_ids.get(instance.series_instance_uid) or self._create_series(conn, instance)
+        cached = self._series_ids.get(instance.series_instance_uid)
+        identity = _identity(instance.attributes)
+        study_id, series_id = (cached[:2] if cached is not None and cached[2] == identity
+                               else self._create_series(conn, instance, identity))
         if conn.execute(_REOPEN_STUDY, {"study_id": study_id, "now": now}).rowcount:
             log.info("study %s re-opened by a late instance", instance.study_instance_uid)
             conn.execute(insert(AuditEvent).values(kind="study_reopened", subject=instance.study_instance_uid,
@@ -198,19 +202,35 @@ class IngestRecorder:
             kind="instance_moved", subject=instance.sop_instance_uid, at=now,
             detail=f"received again in series {instance.series_instance_uid}; moved from series {earlier.series_id}"))
 
-    def _create_series(self, conn: Connection, instance: StoredInstance) -> tuple[int, int]:
-        """Ids of the instance's study and series, creating their rows the first time."""
+    def _create_series(self, conn: Connection, instance: StoredInstance,
+                       identity: tuple[str, str]) -> tuple[int, int]:
+        """Ids of the instance's study and series, creating their rows the first time. A study already known under
+        another patient identity (the PACS corrected the patient and sent it again) takes the new one: its results
+        and clinical data then follow the corrected patient."""
         attrs = instance.attributes
         now = utcnow()
-        study_id = conn.scalar(select(Study.id).where(Study.study_uid == instance.study_instance_uid))
-        if study_id is None:
+        patient_id, issuer = identity
+        study = conn.execute(select(Study.id, Study.patient_id, Study.issuer_of_patient_id)
+                             .where(Study.study_uid == instance.study_instance_uid)).first()
+        if study is None:
             study_id = conn.execute(insert(Study).values(
                 study_uid=instance.study_instance_uid,
                 accession_number=_text(attrs.get("AccessionNumber"), Study.accession_number),
-                patient_id=_text(attrs.get("PatientID"), Study.patient_id),
-                issuer_of_patient_id=_text(attrs.get("IssuerOfPatientID"), Study.issuer_of_patient_id),
+                patient_id=patient_id, issuer_of_patient_id=issuer,
                 study_date=dicom_date(_text(attrs.get("StudyDate"))) or "", first_received_at=now,
                 last_received_at=now)).inserted_primary_key[0]
+        else:
+            study_id = study.id
+            changed = [name for name, old, new in zip(("Patient ID", "Issuer of Patient ID"), study[1:], identity,
+                                                       strict=True) if old != new]
+            if changed:  # names the attributes, never their values
+                conn.execute(update(Study).where(Study.id == study_id).values(
+                    patient_id=patient_id, issuer_of_patient_id=issuer))
+                conn.execute(insert(AuditEvent).values(
+                    kind="patient_identity_changed", subject=instance.study_instance_uid, at=now,
+                    detail=f"{', '.join(changed)} changed by instance {instance.sop_instance_uid}"))
+                log.warning("study %s: %s changed by a later instance; its results follow the new values",
+                            instance.study_instance_uid, ", ".join(changed))
         series_id = conn.scalar(select(Series.id).where(Series.series_uid == instance.series_instance_uid))
         if series_id is None:
             series_id = conn.execute(insert(Series).values(
@@ -219,8 +239,15 @@ class IngestRecorder:
                 attributes={k: attrs.get(k) for k in SERIES_ATTRIBUTES}, last_received_at=now)).inserted_primary_key[0]
         if len(self._series_ids) >= SERIES_ID_CACHE:
             self._series_ids.clear()
-        self._series_ids[instance.series_instance_uid] = (study_id, series_id)
+        self._series_ids[instance.series_instance_uid] = (study_id, series_id, identity)
         return study_id, series_id
+
+
+def _identity(attrs: dict[str, object]) -> tuple[str, str]:
+    """Patient ID and Issuer of Patient ID as the study row holds them (an Accession Number may differ between
+    the series of one study, a patient may not)."""
+    return (_text(attrs.get("PatientID"), Study.patient_id),
+            _text(attrs.get("IssuerOfPatientID"), Study.issuer_of_patient_id))
 
 
 def _int_or_none(value: object) -> int | None:

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from hl7_fhir.context import ClinicalContext
+from hl7_fhir.gather import ClinicalQuery
 from hl7_fhir.inbox import Hl7Inbox
+from radfusion import clinical
 from radfusion.clinical import ClinicalGatherer, Hl7Store, StudyPatient
 from radfusion.db import Database
 from radfusion.models import ClinicalValue, Hl7Message, utcnow
@@ -151,3 +154,22 @@ def test_an_outside_issuer_s_patient_is_not_looked_up_as_ours(tmp_path: Path) ->
     gatherer.close()
     assert context.errors[0] == ("IssuerOfPatientID 'OUTSIDE_HOSP' has no FHIR identifier system "
                                  "(clinical.identifier_systems): the EMR was not asked")
+
+
+def test_a_study_whose_patient_was_corrected_is_asked_about_the_new_patient(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query started when the study was first seen was for the first Patient ID; the job runs after the
+    correction. Before: it was handed the first patient's record."""
+    asked: list[str] = []
+
+    def gather(client: object, query: ClinicalQuery) -> ClinicalContext:
+        asked.append(query.patient_id)
+        return ClinicalContext(status="complete")
+
+    monkeypatch.setattr(clinical, "gather_from_fhir", gather)
+    settings = load_settings(storage_path=tmp_path, clinical={"fhir": {"base_url": "http://127.0.0.1:9/fhir"}})
+    gatherer = ClinicalGatherer(settings.clinical, Database(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    gatherer.prefetch(StudyPatient(1, "WRONG-1", "", "A1"), ["inr"])
+    gatherer.context_for(StudyPatient(1, "RIGHT-2", "", "A1"), ["inr"])
+    gatherer.close()
+    assert asked == ["WRONG-1", "RIGHT-2"]

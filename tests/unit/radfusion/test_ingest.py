@@ -15,7 +15,7 @@ from dicom_node.contracts import StoredInstance
 from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
-from radfusion.models import Instance, Quarantine, Study
+from radfusion.models import AuditEvent, Instance, Quarantine, Study
 from tests.integration.servers import postgresql
 
 
@@ -105,4 +105,26 @@ def test_a_series_sent_again_under_a_corrected_study_uid_leaves_no_file_without_
         set_aside = session.scalars(select(Quarantine)).one()
     assert Path(row.path).is_file() and "1.2.3.200" in row.path and not first.path.exists()
     assert "superseded" in set_aside.reason and [p for p in spool.instances.rglob("*.dcm")] == [Path(row.path)]
+    db.dispose()
+
+
+def test_a_study_sent_again_with_a_corrected_patient_follows_the_new_patient(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The PACS corrected the patient of a study and sent it again. Before: the study kept the first Patient ID, so
+    the re-issued result fetched and reported the wrong patient's clinical data."""
+    db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
+    wrong = _ct(spool, "1.2.3.100", 5.0, 1)
+    wrong.attributes.update(PatientID="WRONG-PATIENT-1", IssuerOfPatientID="HOSP")
+    recorder.instance_stored(wrong)
+    corrected = _ct(spool, "1.2.3.100", 5.0, 1)
+    corrected.attributes.update(PatientID="RIGHT-PATIENT-2", IssuerOfPatientID="HOSP")
+    with caplog.at_level(logging.DEBUG):
+        recorder.instance_stored(corrected)  # the same series: the cache must not hide the change
+    with db.session() as session:
+        study = session.scalars(select(Study)).one()
+        changed = session.scalars(select(AuditEvent).where(AuditEvent.kind == "patient_identity_changed")).one()
+    assert (study.patient_id, study.issuer_of_patient_id) == ("RIGHT-PATIENT-2", "HOSP")
+    assert changed.detail == "Patient ID changed by instance 1.2.3.102"
+    assert "PATIENT" not in caplog.text  # neither the old nor the new identifier is logged
     db.dispose()
