@@ -137,17 +137,22 @@ class FhirClient:
             self._sleep(self._backoff * 2 ** attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def search(self, resource_type: str, params: Params) -> list[FHIRAbstractModel]:
-        """Every match of a search (``params`` as in the FHIR spec, e.g. ``_count``, ``_sort``), all pages."""
-        return list(self.iter_search(resource_type, params))
+    def search(self, resource_type: str, params: Params, *, lenient: bool = False) -> list[FHIRAbstractModel]:
+        """Every match of a search (``params`` as in the FHIR spec, e.g. ``_count``, ``_sort``), all pages
+        (``lenient``: see ``iter_search``)."""
+        return list(self.iter_search(resource_type, params, lenient=lenient))
 
-    def iter_search(self, resource_type: str, params: Params) -> Iterator[FHIRAbstractModel]:
-        """The matches of a search, fetched a page at a time as they are consumed: a caller that has what it
-        needs (the newest value of each analyte, the newest few notes) stops before the page limit. A resource
-        that is not valid R4 is left out (logged without its values); the valid ones beside it are kept."""
+    def iter_search(self, resource_type: str, params: Params, *, lenient: bool = False,
+                    max_pages: int | None = None) -> Iterator[FHIRAbstractModel]:
+        """The matches of a search, fetched a page at a time as they are consumed, so a caller that has what it
+        needs stops early; at most ``max_pages`` pages when given, else an error past the page limit.
+
+        A resource that is not valid R4 raises FhirError, or with ``lenient`` is left out (logged without its
+        values) and the valid ones beside it are kept. Identity checks (one Patient per identifier, a report
+        already stored) must see every match, so they stay strict."""
         url: str | None = f"{self.base_url}/{resource_type}"
         page_params: Params | None = params
-        for _ in range(self._page_limit):
+        for page in range(self._page_limit):
             assert url is not None
             bundle = self._request("GET", url, params=page_params)
             for entry in bundle.get("entry", []):
@@ -155,11 +160,13 @@ class FhirClient:
                     try:
                         resource = parse_resource(entry["resource"])
                     except FhirError as exc:
+                        if not lenient:
+                            raise
                         log.warning("FHIR search %s: left out %s", resource_type, exc)
                         continue
                     yield resource
             url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
-            if url is None:
+            if url is None or page + 1 == max_pages:
                 return
             if not url.startswith(self.base_url + "/"):
                 raise FhirError(f"next page {url} is outside the FHIR base {self.base_url}; not followed")

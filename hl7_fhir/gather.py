@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
 VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done"})  # Observation/Procedure: no result
+LAB_PAGE = 50  # newest Observations read per analyte: enough to pass over void ones and panels without it
 NOT_THE_PATIENTS = frozenset({"refuted", "entered-in-error"})  # Condition.verificationStatus
 LIST_SECTIONS = ("medications", "conditions", "procedures", "family_history")  # FHIR-only; errors: "<section>: ..."
 
@@ -115,25 +116,26 @@ class _FhirGatherer:
     def labs(self, context: ClinicalContext) -> list[str]:
         """Newest usable value per analyte, from an Observation's own value or one of its components.
 
-        Panels that carry an analyte as a component (the blood pressure panel's systolic value)
-        are searched too; entered-in-error and cancelled Observations are skipped.
+        Each analyte is searched on its own, newest first, first page only (``LAB_PAGE``): a patient with
+        thousands of observations (an ICU's hourly vitals) costs one request per analyte, and an analyte the
+        record lacks costs no more. Panels that carry an analyte as a component (the blood pressure panel's
+        systolic value) are searched too; entered-in-error and cancelled Observations are skipped.
         """
-        codes = [f"{LOINC_SYSTEM}|{c}" for a in self.query.analytes for c in [*loinc_codes(a), *panel_codes(a)]]
-        observations = self.client.iter_search("Observation", {
-            "subject": self.subject, "code": ",".join(codes), "date": f"ge{self.query.since.isoformat()}",
-            "_sort": "-date", "_count": "50"})
         problems: list[str] = []
-        wanted = set(self.query.analytes)
-        for obs in observations:  # newest first: the first usable value per analyte wins
-            if obs.status in VOID_STATUSES:
-                continue
-            when = _as_datetime(obs.effectiveDateTime)
-            for part in [obs, *(obs.component or [])]:
-                problem = self._lab_value(context, obs, part, when)
-                if problem:
-                    problems.append(problem)
-            if wanted <= {*context.labs, *context.coded_observations}:
-                break  # each analyte has its newest value: an ICU patient's hourly vitals need no more pages
+        for analyte in self.query.analytes:
+            codes = [f"{LOINC_SYSTEM}|{c}" for c in [*loinc_codes(analyte), *panel_codes(analyte)]]
+            for obs in self.client.iter_search("Observation", {
+                    "subject": self.subject, "code": ",".join(codes), "date": f"ge{self.query.since.isoformat()}",
+                    "_sort": "-date", "_count": str(LAB_PAGE)}, lenient=True, max_pages=1):
+                if obs.status in VOID_STATUSES:
+                    continue
+                when = _as_datetime(obs.effectiveDateTime)
+                for part in [obs, *(obs.component or [])]:
+                    problem = self._lab_value(context, obs, part, when)
+                    if problem:
+                        problems.append(problem)
+                if analyte in context.labs or analyte in context.coded_observations:
+                    break
         return problems
 
     def _lab_value(self, context: ClinicalContext, obs: Any, part: Any, when: datetime | None) -> str | None:
@@ -165,7 +167,7 @@ class _FhirGatherer:
         return None
 
     def conditions(self, context: ClinicalContext) -> list[str]:
-        for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}):
+        for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}, lenient=True):
             if {code for _, code, _ in _codings(cond.verificationStatus)} & NOT_THE_PATIENTS:
                 continue  # ruled out, or recorded in error: not a condition the patient has
             status = _codings(cond.clinicalStatus)
@@ -174,7 +176,8 @@ class _FhirGatherer:
         return []
 
     def procedures(self, context: ClinicalContext) -> list[str]:
-        for procedure in self.client.search("Procedure", {"subject": self.subject, "_count": "100"}):
+        for procedure in self.client.search("Procedure", {"subject": self.subject, "_count": "100"},
+                                            lenient=True):
             if procedure.status in VOID_STATUSES:
                 continue
             context.procedures.append(_coded_item(procedure.code, procedure.status or "",
@@ -185,7 +188,7 @@ class _FhirGatherer:
         for resource_type, when_field in (("MedicationStatement", "effectiveDateTime"),
                                           ("MedicationRequest", "authoredOn")):
             for med in self.client.search(resource_type, {"subject": self.subject, "status": "active",
-                                                          "_count": "100"}):
+                                                          "_count": "100"}, lenient=True):
                 if med.status != "active" or getattr(med, "doNotPerform", None):
                     continue  # a server that ignores the status search, or an order not to give it
                 concept = med.medicationCodeableConcept
@@ -198,7 +201,8 @@ class _FhirGatherer:
         return []
 
     def family_history(self, context: ClinicalContext) -> list[str]:
-        for history in self.client.search("FamilyMemberHistory", {"patient": self.subject, "_count": "100"}):
+        for history in self.client.search("FamilyMemberHistory", {"patient": self.subject, "_count": "100"},
+                                          lenient=True):
             relation = _codings(history.relationship)
             for cond in history.condition or []:
                 context.family_history.append(_coded_item(
@@ -211,7 +215,7 @@ class _FhirGatherer:
             return []
         reasons = []
         for request in self.client.search("ServiceRequest", {"subject": self.subject,
-                                                             "identifier": self.query.accession}):
+                                                             "identifier": self.query.accession}, lenient=True):
             for concept in request.reasonCode or []:
                 codings = _codings(concept)
                 reasons.append(concept.text or (codings[0][2] if codings else ""))
@@ -225,9 +229,9 @@ class _FhirGatherer:
         problems: list[str] = []
         attachments: list[tuple[str, Any]] = []
         limit = self.query.note_limit  # the newest few: later pages are never fetched
-        for doc in itertools.islice(self.client.iter_search("DocumentReference", window), limit):
+        for doc in itertools.islice(self.client.iter_search("DocumentReference", window, lenient=True), limit):
             attachments += [(f"DocumentReference/{doc.id}", c.attachment) for c in doc.content or []]
-        for report in itertools.islice(self.client.iter_search("DiagnosticReport", window), limit):
+        for report in itertools.islice(self.client.iter_search("DiagnosticReport", window, lenient=True), limit):
             if report.conclusion:
                 context.notes.append(report.conclusion)
             attachments += [(f"DiagnosticReport/{report.id}", a) for a in report.presentedForm or []]

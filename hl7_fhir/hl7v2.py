@@ -251,20 +251,22 @@ def patient_identifiers(parsed: ParsedMessage) -> list[PatientIdentifier]:
     return identifiers
 
 
-# CX-5 identifier types (HL7 table 0203) that name a patient's record; other repetitions of PID-3 (an account
-# number, a visit, a social-security or licence number) are not matched against a study's Patient ID, where one
-# without an assigning authority would match any issuer's patient of that number.
-RECORD_TYPES = frozenset({"", "MR", "MRT", "PI", "PT", "PN", "PE"})
+# CX-5 identifier types (HL7 table 0203) that number something other than the patient's record: an account, a
+# visit, a social-security, licence, card, employee or provider number. Such a PID-3 repetition is not matched
+# against a study's Patient ID, where one without an assigning authority would match any issuer's patient of that
+# number. Every other type (MR, MRN, PI, PT, NH, site codes ...) is kept.
+NOT_RECORD_TYPES = frozenset({"AN", "ANON", "VN", "SS", "SR", "DL", "DR", "PPN", "BA", "BC", "BR", "AM", "DI", "DS",
+                              "MS", "VS", "EI", "EN", "DN", "MD", "NPI", "PRN", "UPIN", "TAX", "NI", "CC"})
 
 
 def _identifiers(parsed: ParsedMessage, segment: Segment | None, number: int) -> list[PatientIdentifier]:
-    """The CX repetitions of a field (PID-3, MRG-1) that name a patient record (``RECORD_TYPES``) as identifiers
-    (``patient_identifiers``)."""
+    """The CX repetitions of a field (PID-3, MRG-1) as identifiers (``patient_identifiers``), leaving out those of
+    a type that numbers something else (``NOT_RECORD_TYPES``)."""
     identifiers = []
     for rep in _field(parsed, segment, number) if segment is not None else []:
         padded = rep + [""] * 5
         namespace, universal = ([*padded[3].split(parsed.header.encoding[3]), ""][:2])
-        if not padded[0].strip() or padded[4].strip().upper() not in RECORD_TYPES:
+        if not padded[0].strip() or padded[4].strip().upper() in NOT_RECORD_TYPES:
             continue
         for authority in dict.fromkeys(a.strip() for a in (namespace, universal) if a.strip()) or [""]:
             identifiers.append(PatientIdentifier(padded[0].strip(), authority, padded[4].strip()))

@@ -110,3 +110,15 @@ def test_a_resource_that_is_not_valid_r4_is_named_without_its_values() -> None:
         parse_resource({"resourceType": "Patient", "id": "p1", "name": "Jane Doe", "birthDate": "1950-13-45"})
     assert str(failure.value).startswith("Patient/p1 is not valid R4: ")
     assert "Jane" not in str(failure.value) and "1950-13-45" not in str(failure.value)
+
+
+def test_identity_checks_see_every_match_even_one_that_is_not_valid_r4() -> None:
+    """Two Patients share the identifier and one of them is malformed: refusing to guess must not turn into
+    picking the valid one (gathering's searches leave such resources out; find_patient may not)."""
+    good = {"resourceType": "Patient", "id": "p1"}
+    bad = {"resourceType": "Patient", "id": "p2", "birthDate": "1950-13-45"}
+    fhir = client(lambda request: httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
+                                                            "entry": [{"resource": good}, {"resource": bad}]}))
+    with pytest.raises(FhirError, match="Patient/p2 is not valid R4"):
+        fhir.find_patient("urn:oid:1.2.3", "12345")
+    assert [p.id for p in fhir.search("Patient", {}, lenient=True)] == ["p1"]

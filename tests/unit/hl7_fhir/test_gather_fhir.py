@@ -60,19 +60,23 @@ def _query(*analytes: str) -> ClinicalQuery:
 
 
 def test_an_icu_patient_s_hourly_vitals_do_not_cost_the_labs() -> None:
-    """Newest first, 50 a page, and the server always has another page of blood pressures: before, the search
-    followed 20 pages, gave up, and INR and platelets were read as missing."""
+    """Newest first, 50 a page, and the server always has another page: before, one search for every analyte
+    followed 20 pages of blood pressures, gave up, and INR and platelets were read as missing. An analyte the
+    record lacks (hemoglobin here) must not cost the others either."""
     def observations(request: httpx.Request) -> dict[str, Any]:
-        page = int(request.url.params.get("page", "0"))
-        found = [_observation("inr", "6301-6", 3.4, "{INR}", 0.5), _observation("plt", "777-3", 40, "10*9/L", 0.6)]
-        vitals = [_bp_panel(page * 50 + h + 1) for h in range(50)]
-        return _bundle((found if page == 0 else []) + vitals, f"{BASE}/Observation?page={page + 1}")
+        page, codes = int(request.url.params.get("page", "0")), request.url.params["code"]
+        found = {"6301-6": [_observation("inr", "6301-6", 3.4, "{INR}", 30)],
+                 "777-3": [_observation("plt", "777-3", 40, "10*9/L", 31)],
+                 "8480-6": [_bp_panel(page * 50 + h + 1) for h in range(50)]}
+        matches = [r for code, rs in found.items() if f"|{code}" in codes for r in rs]
+        return _bundle(matches, f"{BASE}/Observation?page={page + 1}&code={codes}")
 
     calls: list[str] = []
-    context = gather_from_fhir(_server({"Observation": observations}, calls), _query("inr", "platelets",
-                                                                                   "systolic_bp"))
+    query = _query("inr", "platelets", "systolic_bp", "hemoglobin")
+    context = gather_from_fhir(_server({"Observation": observations}, calls), query)
     assert (context.labs["inr"].value, context.labs["platelets"].value) == (3.4, 40.0)
-    assert "systolic_bp" in context.labs and calls.count("Observation") == 1 and context.errors == []
+    assert "systolic_bp" in context.labs and context.missing == ["hemoglobin"] and context.errors == []
+    assert calls.count("Observation") == 4  # one page per analyte
 
 
 def test_one_resource_that_is_not_valid_r4_costs_only_itself() -> None:

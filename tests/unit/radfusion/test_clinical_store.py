@@ -70,6 +70,8 @@ def test_an_account_number_in_pid_3_does_not_match_a_study_s_patient_id(stored) 
     send, context = stored
     send(oru("A1").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "777^^^HOSP^MR~12345^^^^AN"))
     assert context().labs == {}  # before: the account number 12345 matched the study's Patient ID 12345
+    send(oru("A2").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "12345^^^HOSP^MRN"))
+    assert context().labs["inr"].value == 2.5  # a record number under a type name of its own is still one
 
 
 def test_two_senders_may_use_the_same_control_id(stored) -> None:  # noqa: ANN001
