@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ class TlsConfig:
         if self.require_client_cert and self.ca_file is None:
             raise ConfigError("require_client_cert is true but ca_file is not set: nothing to verify client "
                               "certificates against (set ca_file, or require_client_cert: false)")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # load each file once now, so a bad one is named here
-        try:
-            context.load_cert_chain(certfile=str(self.cert_file), keyfile=str(self.key_file))
-        except ssl.SSLError as exc:
-            raise ConfigError(f"cert_file {str(self.cert_file)!r} and key_file {str(self.key_file)!r} are not a "
-                              f"PEM certificate and its private key: {exc.reason or exc}") from None
+        if _readable(self.cert_file, self.key_file):  # load them once now, so a bad one is named here
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile=str(self.cert_file),
+                                                                         keyfile=str(self.key_file))
+            except ssl.SSLError as exc:
+                raise ConfigError(f"cert_file {str(self.cert_file)!r} and key_file {str(self.key_file)!r} are not a "
+                                  f"PEM certificate and its private key: {exc.reason or exc}") from None
         if self.ca_file is not None:
             check_ca_file(self.ca_file)
 
@@ -71,13 +73,22 @@ class DeferredHandshake(ssl.SSLContext):
 
 
 def check_ca_file(ca_file: Path) -> None:
-    """Raise ConfigError unless ``ca_file`` is a readable file of PEM CA certificates."""
+    """Raise ConfigError unless ``ca_file`` is a file of PEM CA certificates; its content is checked only when this
+    user may read it (an operator's ``radfusion status`` need not read the service's key material)."""
+    if not Path(ca_file).is_file():
+        raise ConfigError(f"ca_file {str(ca_file)!r} is not a readable file of PEM CA certificates")
+    if not _readable(ca_file):
+        return
     try:
         ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
-    except (ssl.SSLError, OSError) as exc:
-        reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else exc
-        raise ConfigError(f"ca_file {str(ca_file)!r} is not a readable file of PEM CA certificates: {reason}"
-                          ) from None
+    except ssl.SSLError as exc:
+        raise ConfigError(f"ca_file {str(ca_file)!r} is not a readable file of PEM CA certificates: "
+                          f"{exc.reason or exc}") from None
+
+
+def _readable(*paths: Path) -> bool:
+    """Whether this process may read every one of ``paths``."""
+    return all(os.access(path, os.R_OK) for path in paths)
 
 
 def client_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:

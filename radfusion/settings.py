@@ -7,6 +7,7 @@ with no file at all. Every error names the key and the reason (see :func:`load_s
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -500,12 +501,18 @@ def _check_yaml(config_file: Path) -> None:
 
 
 def _check_environment() -> None:
-    """Refuse a RADFUSION_* variable that names no setting (the library would ignore a misspelled top-level one)."""
-    unknown = sorted(name for name in os.environ if name.startswith(ENV_PREFIX) and name != "RADFUSION_CONFIG"
-                     and name.removeprefix(ENV_PREFIX).split("__")[0].lower() not in Settings.model_fields)
-    if unknown:
-        raise ConfigError(f"environment variables that name no setting: {', '.join(unknown)} (the form is "
-                          f"{ENV_PREFIX}<KEY>, nested keys joined by __, e.g. {ENV_PREFIX}DICOM__PORT)")
+    """Refuse a RADFUSION_* variable (any case) whose key is a near miss of a setting's (RADFUSION_WORKRS): the
+    library would ignore it. Others are left alone: a platform sets some of its own (a Kubernetes Service named
+    radfusion gives every pod RADFUSION_SERVICE_HOST and RADFUSION_PORT)."""
+    for name in sorted(os.environ):
+        key = name[len(ENV_PREFIX):].split("__")[0].lower() if name.upper().startswith(ENV_PREFIX) else None
+        if not key or key in Settings.model_fields or name.upper() == "RADFUSION_CONFIG":
+            continue
+        near = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.8)
+        if near:
+            raise ConfigError(f"environment variable {name} names no setting; did you mean "
+                              f"{ENV_PREFIX}{near[0].upper()}? (nested keys are joined by __, e.g. "
+                              f"{ENV_PREFIX}DICOM__PORT)")
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

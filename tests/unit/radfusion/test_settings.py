@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import dicom_node.tls as tls_module
 from radfusion.errors import ConfigError
 from radfusion.settings import Settings, load_settings
 
@@ -118,10 +119,14 @@ def test_an_environment_value_that_is_not_json_is_named_as_the_environment(monke
 
 
 def test_a_misspelled_environment_variable_is_refused_and_null_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RADFUSION_WORKRS", "5")  # before: ignored without a word
-    with pytest.raises(ConfigError, match="environment variables that name no setting: RADFUSION_WORKRS"):
-        load_settings()
-    monkeypatch.delenv("RADFUSION_WORKRS")
+    for misspelled in ("RADFUSION_WORKRS", "radfusion_retention_dais"):  # before: ignored without a word
+        monkeypatch.setenv(misspelled, "5")
+        with pytest.raises(ConfigError, match=f"environment variable {misspelled} names no setting; did you mean"):
+            load_settings()
+        monkeypatch.delenv(misspelled)
+    for platform in ("RADFUSION_SERVICE_HOST", "RADFUSION_PORT", "RADFUSION_PORT_11112_TCP_ADDR"):
+        monkeypatch.setenv(platform, "10.0.0.7")  # Kubernetes' service variables for a Service named radfusion
+    assert load_settings().workers == 2
     monkeypatch.setenv("RADFUSION_RETENTION_DAYS", "null")  # keep images for ever, as `retention_days: null` does
     assert load_settings().retention_days is None
 
@@ -150,3 +155,17 @@ def test_model_bundles_name_a_deep_detector_and_a_bundle_directory(tmp_path: Pat
         load_settings(model_bundles={"nodule_baseline": str(bundle)})
     with pytest.raises(ConfigError, match=r"model_bundles\.ich_fusion: .* is not a model bundle directory"):
         load_settings(model_bundles={"ich_fusion": str(tmp_path)})
+
+
+def test_key_material_this_user_may_not_read_is_left_to_the_service(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's `radfusion status` reads the service's config, whose key is mode 0600 for the service user:
+    the files must exist, their content is checked only where they can be read (the service's own start)."""
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("not PEM")
+    tls = {"enabled": True, "cert_file": str(tmp_path / "cert.pem"), "key_file": str(tmp_path / "key.pem"),
+           "ca_file": str(tmp_path / "ca.pem")}
+    with pytest.raises(ConfigError, match="are not a PEM certificate"):
+        load_settings(dicom={"tls": tls})
+    monkeypatch.setattr(tls_module.os, "access", lambda path, mode: False)
+    assert load_settings(dicom={"tls": tls}).dicom.tls.enabled  # before: PermissionError for every command
