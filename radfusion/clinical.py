@@ -169,6 +169,7 @@ class ClinicalGatherer:
         # the meantime is asked about again
         self._pending: dict[int, tuple[tuple[str, str], float, Future[ClinicalContext]]] = {}
         self._lock = threading.Lock()
+        self._unmapped_issuers: set[str] = set()  # warned about once each
 
     def prefetch(self, patient: StudyPatient, analytes: list[str]) -> None:
         """Start the FHIR query for a study (once); it runs while the study is still arriving."""
@@ -213,6 +214,10 @@ class ClinicalGatherer:
         if self._client is None:
             return ClinicalContext.unavailable("no FHIR server configured")
         if self._system(patient) is None:
+            if patient.issuer not in self._unmapped_issuers:  # an organisation, not a patient: safe to name
+                self._unmapped_issuers.add(patient.issuer)
+                log.warning("IssuerOfPatientID %r is not in clinical.identifier_systems: the EMR is not asked about "
+                            "its studies' patients (map it if it is one of yours)", patient.issuer)
             return ClinicalContext.unavailable(f"IssuerOfPatientID {patient.issuer!r} has no FHIR identifier system "
                                                "(clinical.identifier_systems): the EMR was not asked")
         self.prefetch(patient, analytes)  # after a restart the study was never seen: start now

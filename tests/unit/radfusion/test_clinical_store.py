@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -143,7 +144,8 @@ def test_a_merge_moves_each_value_once_per_form_of_the_surviving_id(tmp_path: Pa
     db.dispose()
 
 
-def test_an_outside_issuer_s_patient_is_not_looked_up_as_ours(tmp_path: Path) -> None:
+def test_an_outside_issuer_s_patient_is_not_looked_up_as_ours(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     """Before: IssuerOfPatientID OUTSIDE_HOSP, not mapped, was searched under the default system, so the EMR's own
     patient 12345 lent the outside patient their labs."""
     settings = load_settings(storage_path=tmp_path, clinical={"fhir": {"base_url": "http://127.0.0.1:9/fhir"},
@@ -152,8 +154,13 @@ def test_an_outside_issuer_s_patient_is_not_looked_up_as_ours(tmp_path: Path) ->
     assert settings.clinical.identifier_system("HOSP") == "urn:oid:1.2.3"
     assert settings.clinical.identifier_system("OUTSIDE_HOSP") is None
     gatherer = ClinicalGatherer(settings.clinical, Database(f"sqlite:///{tmp_path / 'db.sqlite'}"))
-    context = gatherer.context_for(StudyPatient(1, "12345", "OUTSIDE_HOSP", "A1"), ["inr"])
+    with caplog.at_level(logging.WARNING, logger="radfusion.clinical"):
+        context = gatherer.context_for(StudyPatient(1, "12345", "OUTSIDE_HOSP", "A1"), ["inr"])
+        gatherer.context_for(StudyPatient(2, "12346", "OUTSIDE_HOSP", "A2"), ["inr"])
     gatherer.close()
+    assert [r.getMessage() for r in caplog.records] == [  # once per issuer, so a site that forgot its own sees it
+        "IssuerOfPatientID 'OUTSIDE_HOSP' is not in clinical.identifier_systems: the EMR is not asked about its "
+        "studies' patients (map it if it is one of yours)"]
     assert context.errors[0] == ("IssuerOfPatientID 'OUTSIDE_HOSP' has no FHIR identifier system "
                                  "(clinical.identifier_systems): the EMR was not asked")
 
