@@ -221,15 +221,22 @@ class IngestRecorder:
                 last_received_at=now)).inserted_primary_key[0]
         else:
             study_id = study.id
-            changed = [name for name, old, new in zip(("Patient ID", "Issuer of Patient ID"), study[1:], identity,
-                                                       strict=True) if old != new]
+            old_id, old_issuer = study[1:]
+            # A series that leaves the issuer out names the same patient; one that adds it completes the record.
+            if old_id == patient_id and issuer in ("", old_issuer):
+                changed = []
+            elif old_id == patient_id and not old_issuer:
+                changed = ["Issuer of Patient ID added"]
+            else:
+                changed = [f"{name} changed" for name, old, new in zip(
+                    ("Patient ID", "Issuer of Patient ID"), (old_id, old_issuer), identity, strict=True) if old != new]
             if changed:  # names the attributes, never their values
                 conn.execute(update(Study).where(Study.id == study_id).values(
                     patient_id=patient_id, issuer_of_patient_id=issuer))
                 conn.execute(insert(AuditEvent).values(
                     kind="patient_identity_changed", subject=instance.study_instance_uid, at=now,
-                    detail=f"{', '.join(changed)} changed by instance {instance.sop_instance_uid}"))
-                log.warning("study %s: %s changed by a later instance; its results follow the new values",
+                    detail=f"{', '.join(changed)} by instance {instance.sop_instance_uid}"))
+                log.warning("study %s: %s by a later instance; its results follow the new values",
                             instance.study_instance_uid, ", ".join(changed))
         series_id = conn.scalar(select(Series.id).where(Series.series_uid == instance.series_instance_uid))
         if series_id is None:

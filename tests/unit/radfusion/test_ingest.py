@@ -128,3 +128,21 @@ def test_a_study_sent_again_with_a_corrected_patient_follows_the_new_patient(
     assert changed.detail == "Patient ID changed by instance 1.2.3.102"
     assert "PATIENT" not in caplog.text  # neither the old nor the new identifier is logged
     db.dispose()
+
+
+def test_a_series_that_leaves_the_issuer_out_does_not_flip_the_study_s_patient(tmp_path: Path) -> None:
+    """One modality fills IssuerOfPatientID, another leaves it empty, for the same Patient ID: the study keeps
+    the issuer, whichever series comes last (review finding: it flipped with every series)."""
+    db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
+    for index, (series, issuer) in enumerate([("1.2.3.201", ""), ("1.2.3.202", "HOSP"), ("1.2.3.201", ""),
+                                              ("1.2.3.202", "HOSP"), ("1.2.3.201", "")]):
+        instance = _ct(spool, "1.2.3.100", 5.0 * index, 1, series=series, sop=f"1.2.3.9.{index}")
+        instance.attributes.update(PatientID="P1", IssuerOfPatientID=issuer)
+        recorder.instance_stored(instance)
+    with db.session() as session:
+        study = session.scalars(select(Study)).one()
+        details = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "patient_identity_changed")).all()
+    assert (study.patient_id, study.issuer_of_patient_id) == ("P1", "HOSP")
+    assert details == ["Issuer of Patient ID added by instance 1.2.3.9.1"]
+    db.dispose()
