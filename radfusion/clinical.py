@@ -102,9 +102,10 @@ class Hl7Store:
             session.add(_message(header))
 
     def on_order(self, header: Header, order: Order) -> None:
-        """Keep an order's reason for exam; a cancelled or discontinued order (ORC-1) takes back its reason."""
-        if order.control.upper() in ENDED_ORDER_CONTROLS:
-            self._store(header, order.identifiers, [], [delete(ClinicalValue).where(
+        """Keep an order's reason for exam; a cancelled or discontinued order (ORC-1) takes back the reason stored
+        for its accession."""
+        if order.control.upper() in ENDED_ORDER_CONTROLS:  # by accession: without one it names no order of ours
+            self._store(header, order.identifiers, [], [] if not order.accession else [delete(ClinicalValue).where(
                 ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
                 ClinicalValue.kind == "reason_for_exam", ClinicalValue.accession == order.accession)
                 for identifier in order.identifiers])
@@ -259,7 +260,7 @@ class ClinicalGatherer:
                 birth_date = date.fromisoformat(value.text)
             elif value.kind == "sex":
                 sex = value.text
-            elif value.kind == "reason_for_exam" and value.accession == patient.accession:
+            elif value.kind == "reason_for_exam" and value.accession and value.accession == patient.accession:
                 reason = value.text
             elif value.kind == "reason_for_exam" and not value.accession and message.received_at >= recent:
                 unaddressed = value.text  # a recent order without accession: only if none names this study

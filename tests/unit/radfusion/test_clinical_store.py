@@ -109,6 +109,8 @@ def test_an_order_without_accession_counts_only_for_two_days(tmp_path: Path) -> 
     with db.session() as session:  # the same order, received a week ago
         session.execute(update(Hl7Message).values(received_at=utcnow() - timedelta(days=7)))
     assert gatherer.context_for(patient, ["inr"]).reason_for_exam is None  # before: used for any later study
+    no_accession = StudyPatient(1, "12345", "HOSP", "")  # a study without accession: the old order is no match
+    assert gatherer.context_for(no_accession, ["inr"]).reason_for_exam is None
     gatherer.close()
 
 
