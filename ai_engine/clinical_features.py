@@ -258,12 +258,14 @@ def _tokens(text: str, pattern: str = TERMS) -> list[str]:
 
 
 NEGATORS = frozenset({"no", "not", "denies", "denied", "denying", "without", "negative", "nor"})
-NEGATION_REACH = 5  # "no history of head trauma"; the generator's notes negate within 3 and end at a comma
+NEGATION_REACH = 3  # words after a negator; "No LOC per wife fell at home" is a fall
+NEGATION_FILLERS = frozenset({"history", "of", "any", "prior", "known", "recent", "a", "the"})  # not counted
 NEGATION_ENDS = r"[.,;:!?\n]|\b(?:but|after|then|however)\b"  # "denies headache, fell"; "no LOC after fall"
 
 
 def _affirmed_tokens(text: str) -> list[str]:
-    """Tokens of ``text`` minus those within 5 words after a negator ("no history of head trauma").
+    """Tokens of ``text`` minus those within 3 words after a negator, not counting fillers such as "history of"
+    ("no history of head trauma", "denied any fall").
 
     A negation never reaches past punctuation or a clause word such as "after" or "but".
     """
@@ -275,7 +277,7 @@ def _affirmed_tokens(text: str) -> list[str]:
                 reach = NEGATION_REACH
                 continue
             if reach > 0:
-                reach -= 1
+                reach -= token not in NEGATION_FILLERS
                 continue
             kept.append(token)
     return kept
