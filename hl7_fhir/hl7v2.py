@@ -360,14 +360,15 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     whose status (OBX-11) says it holds no result, or whose value or unit cannot be read, is left
     out and listed in ``unusable``, never stored as a wrong value; the rest of the message is kept.
     A result taken back (OBX-11 D, deleted; W, posted to the wrong patient) is listed in ``deleted``. A message
-    with more than one patient (PID) is refused (AE).
+    whose PID segments name more than one patient is refused (AE).
     """
     header = parsed.header
     identifiers = patient_identifiers(parsed)
-    patients = sum(segment.name == "PID" for segment in parsed.segments)
-    if patients > 1:  # every OBX would be stored under the first PID's patient
-        raise Hl7MessageError(f"message {header.control_id} holds {patients} patients (PID segments); radfusion "
-                              f"takes one patient per ORU^R01", "AE", ERR_SEGMENT_SEQUENCE)
+    others = [pid for pid in parsed.segments if pid.name == "PID"
+              and set(_identifiers(parsed, pid, 3)) != set(identifiers)]
+    if others:  # every OBX would be stored under the first PID's patient
+        raise Hl7MessageError(f"message {header.control_id} holds {len(others) + 1} patients (PID segments); "
+                              f"radfusion takes one patient per ORU^R01", "AE", ERR_SEGMENT_SEQUENCE)
     try:
         sent = parse_ts(header.sent_at)
     except ValueError as exc:

@@ -65,6 +65,8 @@ def test_an_oru_with_two_patients_is_refused_and_stores_nothing(stored) -> None:
     ack = send(two)
     assert "MSA|AE|P2" in ack and "2 patients" in ack  # before: AA, and 222's INR 4.8 stored under 12345
     assert context().labs == {}
+    same = oru("P3") + "PID|2||12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS\n"  # the same patient twice is one
+    assert "MSA|AA|P3" in send(same) and context().labs["inr"].value == 2.5
 
 
 def test_an_account_number_in_pid_3_does_not_match_a_study_s_patient_id(stored) -> None:  # noqa: ANN001
