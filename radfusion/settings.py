@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -52,6 +53,18 @@ def _known(key: str, names: Sequence[str], known: set[str]) -> None:
 ENV_PREFIX = "RADFUSION_"
 SECRET_KEYS = frozenset({"token", "client_secret"})  # FhirAuthSettings
 SECRET_MASK = "***"
+
+
+def _masked_url(url: str) -> str:
+    """``url`` with the secrets a URL can carry masked: the password (or a lone token) before the host, and every
+    query value (``?password=...``, ``?token=...``). A secret in the path cannot be told from a path."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = (f"{userinfo.split(':', 1)[0]}:{SECRET_MASK}" if ":" in userinfo else SECRET_MASK) + "@" + host
+    query = "&".join(f"{name}={SECRET_MASK}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _directory_or_new(path: Path) -> Path:
@@ -387,12 +400,11 @@ class Settings(BaseSettings):
                 return {k: mask(v, k) for k, v in value.items()}
             if isinstance(value, list):
                 return [mask(v) for v in value]
+            if key.endswith("url") and isinstance(value, str):
+                return _masked_url(value)
             return SECRET_MASK if key in SECRET_KEYS and value is not None else value
 
-        data = mask(self.model_dump(mode="json"))
-        if self.database_url:
-            data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
-        return data
+        return mask(self.model_dump(mode="json"))
 
     @property
     def effective_database_url(self) -> str:

@@ -60,14 +60,17 @@ def test_config_masks_the_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[
     """What IT pastes into a ticket: before, the database password, the FHIR token and the webhook's Authorization
     header were printed in clear."""
     config = write_config(
-        tmp_path, database_url="postgresql+psycopg://radfusion:S3cretPW@db/radfusion",
+        tmp_path, database_url="postgresql+psycopg://radfusion:S3cretPW@db/radfusion?sslpassword=S3cretSSL",
         clinical={"fhir": {"base_url": "https://emr/fhir", "auth": {"kind": "bearer", "token": "tok-123"}}},
-        alerts={"channels": [{"name": "ed", "url": "https://pager/", "headers": {"Authorization": "Bearer hdr-9"}}]})
+        alerts={"channels": [{"name": "ed", "url": "https://ops:S3cretBasic@pager/hook?key=S3cretKey",
+                              "headers": {"Authorization": "Bearer hdr-9"}}]})
     assert main(["--config", str(config), "config"]) == 0
     text = capsys.readouterr().out
-    assert not any(secret in text for secret in ("S3cretPW", "tok-123", "hdr-9"))
+    assert not any(secret in text for secret in ("S3cretPW", "S3cretSSL", "tok-123", "hdr-9", "S3cretBasic",
+                                                 "S3cretKey"))
     effective = json.loads(text)
-    assert effective["database_url"] == "postgresql+psycopg://radfusion:***@db/radfusion"
+    assert effective["database_url"] == "postgresql+psycopg://radfusion:***@db/radfusion?sslpassword=***"
+    assert effective["alerts"]["channels"][0]["url"] == "https://ops:***@pager/hook?key=***"
     assert effective["clinical"]["fhir"]["auth"]["token"] == "***"
     assert effective["alerts"]["channels"][0]["headers"] == {"Authorization": "***"}
     assert effective["clinical"]["fhir"]["auth"]["client_secret"] is None  # unset stays visibly unset
