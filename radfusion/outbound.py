@@ -53,23 +53,28 @@ def outbound_findings(result: DetectorResult, urgent: bool) -> list[OutboundFind
     return findings
 
 
-def untold_targets(job: Job, settings: Settings, study: OutboundStudy | None) -> list[str]:
-    """Why some of the job's report destinations and alert channels are left out by the deliveries below: the
-    configuration no longer names them (the rules changed after the job was queued), or they are FHIR servers and
-    the study's issuer has no FHIR identifier system."""
-    reports = {d.name for d in settings.fhir_destinations} | {d.name for d in settings.hl7_destinations}
-    channels = {c.name for c in settings.alerts.channels}
-    reasons = ([f"report destination {name!r} is no longer configured" for name in job.report_destinations
-                if name not in reports]
-               + [f"alert channel {name!r} is no longer configured" for name in job.alert_channels
-                  if name not in channels])
-    if study is not None and not study.patient_system:
-        fhir = {d.name for d in settings.fhir_destinations} | {c.name for c in settings.alerts.channels
-                                                                 if c.kind == "fhir"}
+def untold_targets(job: Job, settings: Settings, study: OutboundStudy | None, *, reports: bool,
+                   alerts: bool) -> list[str]:
+    """Why some of the job's report destinations (``reports``: results go out) and alert channels (``alerts``: an
+    alert goes out) are left out by the deliveries below: the configuration no longer names them (the rules
+    changed after the job was queued), or they are FHIR servers that cannot be told which patient
+    (``fhir_addressable``)."""
+    names = [*(job.report_destinations if reports else []), *(job.alert_channels if alerts else [])]
+    configured = ({d.name for d in settings.fhir_destinations} | {d.name for d in settings.hl7_destinations}
+                  | {c.name for c in settings.alerts.channels})
+    fhir = {d.name for d in settings.fhir_destinations} | {c.name for c in settings.alerts.channels
+                                                             if c.kind == "fhir"}
+    reasons = [f"{name!r} is no longer configured" for name in names if name not in configured]
+    if study is not None and not fhir_addressable(study):
         reasons += [f"FHIR target {name!r} cannot be told which patient: IssuerOfPatientID "
                     f"{study.patient_authority!r} has no FHIR identifier system (clinical.identifier_systems)"
-                    for name in [*job.report_destinations, *job.alert_channels] if name in fhir]
+                    for name in names if name in fhir]
     return reasons
+
+
+def fhir_addressable(study: OutboundStudy) -> bool:
+    """Whether a FHIR server can be told whose study this is (its issuer maps to an identifier system)."""
+    return bool(study.patient_system)
 
 
 def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[OutboundFinding], settings: Settings,
@@ -79,7 +84,7 @@ def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[Outboun
     hl7 = {d.name for d in settings.hl7_destinations}
     for index, name in enumerate(job.report_destinations):
         if any(d.name == name for d in settings.fhir_destinations):
-            if not study.patient_system:  # untold_targets says why
+            if not fhir_addressable(study):  # untold_targets says why
                 continue
             report, observations = build_diagnostic_report(study, findings, issued=now)
             payload = transaction_bundle([report, *observations]).model_dump(mode="json", exclude_none=True)
@@ -111,7 +116,7 @@ def alert_deliveries(job: Job, study: OutboundStudy | None, findings: Sequence[O
         elif study is None:
             continue
         elif channel.kind == "fhir":
-            if not study.patient_system:  # untold_targets says why
+            if not fhir_addressable(study):  # untold_targets says why
                 continue
             communication = build_alert_communication(study, findings, sent=now)
             payload = transaction_bundle([communication]).model_dump(mode="json", exclude_none=True)

@@ -212,7 +212,7 @@ class JobRunner:
         findings = outbound_findings(result, urgent)
         sr_uid = next(obj.sop_instance_uid for obj in written if obj.kind == "sr")
         study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent, sources, sr_uid)
-        _audit_untold(session, job, self._settings, study)
+        _audit_untold(session, job, untold_targets(job, self._settings, study, reports=True, alerts=urgent))
         if study is not None:
             session.add_all(report_deliveries(job, study, findings, self._settings, now))
         if urgent:
@@ -282,7 +282,7 @@ class JobRunner:
         job = session.get(Job, job_id)
         assert job is not None
         study = self._emr_study(session, job, result, True, sources, "")  # no SR: the alert names the study only
-        _audit_untold(session, job, self._settings, study)
+        _audit_untold(session, job, untold_targets(job, self._settings, study, reports=False, alerts=True))
         return self._queue_alert(session, job, result, study, outbound_findings(result, True), sources, utcnow())
 
     def _is_urgent(self, result: DetectorResult) -> bool:
@@ -292,10 +292,9 @@ class JobRunner:
                 and result.case_score >= alerts.ich_min_score and total_ml >= alerts.ich_min_volume_ml)
 
 
-def _audit_untold(session: Session, job: Job, settings: Settings, study: OutboundStudy | None) -> None:
-    """Audit and log each report destination and alert channel of ``job`` that cannot be told of this result
-    (``untold_targets``); the others are told."""
-    for reason in untold_targets(job, settings, study):
+def _audit_untold(session: Session, job: Job, reasons: list[str]) -> None:
+    """Audit and log why targets of ``job`` are not told of this result (``untold_targets``)."""
+    for reason in reasons:
         session.add(AuditEvent(kind="target_not_told", subject=f"job {job.id}", detail=reason))
         log.warning("job %d: not told of this result: %s", job.id, reason)
 

@@ -26,14 +26,16 @@ def _store(service: Service, paths: list[Path]) -> None:
     store(service.db, service.spool, paths)
 
 
-def _bleed_job(tmp_path: Path, settings: dict | None = None, **job: object) -> tuple[Service, int]:
+def _bleed_job(tmp_path: Path, settings: dict | None = None, lesion: bool = True, **job: object
+               ) -> tuple[Service, int]:
     """A service whose channel 'ed' is a webhook (``settings``: more of its configuration), a stored head CT with a
-    bleed, and a queued ich_fusion job of it (``job``: its other columns); the service and the job's id."""
+    bleed (or without: ``lesion``), and a queued ich_fusion job of it (``job``: its other columns); the service and
+    the job's id."""
     service = Service(load_settings(storage_path=tmp_path / "data", routing=[r.model_dump(mode="json") for r in
                                                                              default_routing([], ["ed"])],
                                     alerts={"channels": [{"name": "ed", "url": "http://127.0.0.1:9/"}]},
                                     **(settings or {})))
-    _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=True, rows=256, slices=24).paths)
+    _store(service, write_study("head_ct", tmp_path / "in", seed=14, lesion=lesion, rows=256, slices=24).paths)
     with service.db.session() as session:
         series = session.scalars(select(Series)).one()
         queued = Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="test",
@@ -109,8 +111,18 @@ def test_a_job_queued_before_a_channel_was_removed_still_alerts_the_channels_tha
         assert [(d.kind, d.target) for d in session.scalars(select(Delivery).where(Delivery.alert_id == alert.id))] \
             == [("webhook", "ed")]
         audits = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "target_not_told")).all()
-        assert sorted(audits) == ["alert channel 'pager' is no longer configured",
-                                  "report destination 'emr' is no longer configured"]
+        assert sorted(audits) == ["'emr' is no longer configured", "'pager' is no longer configured"]
+
+
+def test_a_result_with_no_alert_due_audits_no_alert_channel(tmp_path: Path) -> None:
+    """Review finding: every negative study audited and logged its removed alert channels as 'not told'."""
+    service, job_id = _bleed_job(tmp_path, lesion=False, alert_channels=["pager"])
+    assert service.runner.claim(job_id)
+    service.runner.run(job_id)
+    with service.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job.state == "done" and job.result["positive"] is False
+        assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "target_not_told")).all() == []
 
 
 @pytest.mark.parametrize("mapped", [False, True])
