@@ -356,7 +356,7 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
 
     OBX-3 is read by its LOINC code, primary or alternate (``_obx_loinc``). The observation time is
     OBX-14, else OBR-7 of the OBX's own order, else MSH-7; a time without an offset is in MSH-7's
-    zone. OBX-8 holds the abnormal flags. Coded analytes (smoking status) become CodedItems. An OBX
+    offset when MSH-7 names one, else local time at that moment (``parse_ts``). OBX-8 holds the abnormal flags. Coded analytes (smoking status) become CodedItems. An OBX
     whose status (OBX-11) says it holds no result, or whose value or unit cannot be read, is left
     out and listed in ``unusable``, never stored as a wrong value; the rest of the message is kept.
     A result taken back (OBX-11 D, deleted; W, posted to the wrong patient) is listed in ``deleted``. A message
@@ -373,7 +373,8 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
         sent = parse_ts(header.sent_at)
     except ValueError as exc:
         raise _data_error(parsed, "MSH-7", exc) from exc
-    zone = sent.tzinfo if sent is not None else None  # None: local time
+    explicit = any(sign in header.sent_at.strip()[8:] for sign in "+-")
+    zone = sent.tzinfo if sent is not None and explicit else None  # None: each time in local time, its own DST
     report = LabReport(identifiers, [])
     order_time = ""
     index = 0

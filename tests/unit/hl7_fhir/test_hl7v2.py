@@ -89,6 +89,15 @@ def test_a_time_without_any_offset_is_local_time(monkeypatch: pytest.MonkeyPatch
         time.tzset()
     platelets = next(v for v in report.values if v.name == "platelets")
     assert platelets.observed_at == datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:  # sent in winter (UTC+1), drawn in summer (UTC+2): each time in its own offset, not the sender's
+        summer = parse_labs(parse(oru("L2").replace("|F|||20261120100000", "|F|||20260710100000")))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    drawn = next(v for v in summer.values if v.name == "platelets").observed_at
+    assert drawn == datetime(2026, 7, 10, 8, 0, tzinfo=timezone.utc)
 
 
 def test_an_hl7_null_birth_date_is_no_birth_date() -> None:
