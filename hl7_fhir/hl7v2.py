@@ -251,22 +251,31 @@ def patient_identifiers(parsed: ParsedMessage) -> list[PatientIdentifier]:
     return identifiers
 
 
-# CX-5 identifier types (HL7 table 0203) that number something other than the patient's record: an account, a
-# visit, a social-security, licence, card, employee or provider number. Such a PID-3 repetition is not matched
-# against a study's Patient ID, where one without an assigning authority would match any issuer's patient of that
-# number. Every other type (MR, MRN, PI, PT, NH, site codes ...) is kept.
+# CX-5 identifier types (HL7 table 0203). A PID-3 repetition of a type that numbers something other than the
+# patient's record (an account, a visit, an insurance, health-card, national, licence, card, employee or provider
+# number) is never matched against a study's Patient ID. One without an assigning authority would match any issuer's
+# patient of that number, so it is kept only when its type names a record (or it has no type at all).
 NOT_RECORD_TYPES = frozenset({"AN", "ANON", "VN", "SS", "SR", "DL", "DR", "PPN", "BA", "BC", "BR", "AM", "DI", "DS",
-                              "MS", "VS", "EI", "EN", "DN", "MD", "NPI", "PRN", "UPIN", "TAX", "NI", "CC"})
+                              "MS", "VS", "EI", "EN", "DN", "MD", "NPI", "PRN", "UPIN", "TAX", "NI", "CC", "MC",
+                              "MA", "HC", "JHN", "MB", "SN", "PEN", "NH"})
+RECORD_TYPES = frozenset({"", "MR", "MRN", "MRT", "PI", "PT", "PN", "PE"})
+
+
+def _kept(type_code: str, has_authority: bool) -> bool:
+    """Whether a CX repetition of ``type_code`` is matched against a study's Patient ID (``NOT_RECORD_TYPES``)."""
+    kind = type_code.strip().upper()
+    if kind in NOT_RECORD_TYPES or kind.startswith("NN"):  # NNxxx: a national person number
+        return False
+    return has_authority or kind in RECORD_TYPES
 
 
 def _identifiers(parsed: ParsedMessage, segment: Segment | None, number: int) -> list[PatientIdentifier]:
-    """The CX repetitions of a field (PID-3, MRG-1) as identifiers (``patient_identifiers``), leaving out those of
-    a type that numbers something else (``NOT_RECORD_TYPES``)."""
+    """The CX repetitions of a field (PID-3, MRG-1) as identifiers (``patient_identifiers``), those ``_kept``."""
     identifiers = []
     for rep in _field(parsed, segment, number) if segment is not None else []:
         padded = rep + [""] * 5
         namespace, universal = ([*padded[3].split(parsed.header.encoding[3]), ""][:2])
-        if not padded[0].strip() or padded[4].strip().upper() in NOT_RECORD_TYPES:
+        if not padded[0].strip() or not _kept(padded[4], bool(namespace.strip() or universal.strip())):
             continue
         for authority in dict.fromkeys(a.strip() for a in (namespace, universal) if a.strip()) or [""]:
             identifiers.append(PatientIdentifier(padded[0].strip(), authority, padded[4].strip()))
@@ -355,8 +364,9 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     """ORU^R01: one LabValue per numeric OBX of a known analyte, converted to its canonical unit.
 
     OBX-3 is read by its LOINC code, primary or alternate (``_obx_loinc``). The observation time is
-    OBX-14, else OBR-7 of the OBX's own order, else MSH-7; a time without an offset is in MSH-7's
-    offset when MSH-7 names one, else local time at that moment (``parse_ts``). OBX-8 holds the abnormal flags. Coded analytes (smoking status) become CodedItems. An OBX
+    OBX-14, else OBR-7 of the OBX's own order, else MSH-7. A time without an offset is local time at that
+    moment (``parse_ts``) when MSH-7 has none or names this machine's offset, else in MSH-7's offset (a sender
+    in another zone). OBX-8 holds the abnormal flags. Coded analytes (smoking status) become CodedItems. An OBX
     whose status (OBX-11) says it holds no result, or whose value or unit cannot be read, is left
     out and listed in ``unusable``, never stored as a wrong value; the rest of the message is kept.
     A result taken back (OBX-11 D, deleted; W, posted to the wrong patient) is listed in ``deleted``. A message
@@ -364,8 +374,9 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     """
     header = parsed.header
     identifiers = patient_identifiers(parsed)
-    others = [pid for pid in parsed.segments if pid.name == "PID"
-              and set(_identifiers(parsed, pid, 3)) != set(identifiers)]
+    named = {(i.value, i.authority) for i in identifiers}
+    others = [pid for pid in parsed.segments if pid.name == "PID"  # the same patient shares an identifier
+              and not named & {(i.value, i.authority) for i in _identifiers(parsed, pid, 3)}]
     if others:  # every OBX would be stored under the first PID's patient
         raise Hl7MessageError(f"message {header.control_id} holds {len(others) + 1} patients (PID segments); "
                               f"radfusion takes one patient per ORU^R01", "AE", ERR_SEGMENT_SEQUENCE)
@@ -374,7 +385,8 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     except ValueError as exc:
         raise _data_error(parsed, "MSH-7", exc) from exc
     explicit = any(sign in header.sent_at.strip()[8:] for sign in "+-")
-    zone = sent.tzinfo if sent is not None and explicit else None  # None: each time in local time, its own DST
+    ours = sent is not None and sent.utcoffset() == sent.astimezone().utcoffset()  # the sender keeps our time
+    zone = sent.tzinfo if sent is not None and explicit and not ours else None  # None: local time, its own DST
     report = LabReport(identifiers, [])
     order_time = ""
     index = 0

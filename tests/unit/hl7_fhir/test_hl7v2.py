@@ -98,6 +98,16 @@ def test_a_time_without_any_offset_is_local_time(monkeypatch: pytest.MonkeyPatch
         time.tzset()
     drawn = next(v for v in summer.values if v.name == "platelets").observed_at
     assert drawn == datetime(2026, 7, 10, 8, 0, tzinfo=timezone.utc)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:  # MSH-7 names New York's winter offset, which is ours: a July value still gets July's -04:00
+        named = parse_labs(parse(oru("L3").replace("20261120103000", "20261120103000-0500")
+                                 .replace("|F|||20261120100000", "|F|||20260710100000")))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    drawn = next(v for v in named.values if v.name == "platelets").observed_at
+    assert drawn == datetime(2026, 7, 10, 14, 0, tzinfo=timezone.utc)
 
 
 def test_an_hl7_null_birth_date_is_no_birth_date() -> None:

@@ -65,7 +65,7 @@ def test_an_oru_with_two_patients_is_refused_and_stores_nothing(stored) -> None:
     ack = send(two)
     assert "MSA|AE|P2" in ack and "2 patients" in ack  # before: AA, and 222's INR 4.8 stored under 12345
     assert context().labs == {}
-    same = oru("P3") + "PID|2||12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS\n"  # the same patient twice is one
+    same = oru("P3") + "PID|2||12345^^^HOSP^mr\n"  # the same patient again, written another way, is one
     assert "MSA|AA|P3" in send(same) and context().labs["inr"].value == 2.5
 
 
@@ -73,7 +73,9 @@ def test_an_account_number_in_pid_3_does_not_match_a_study_s_patient_id(stored) 
     send, context = stored
     send(oru("A1").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "777^^^HOSP^MR~12345^^^^AN"))
     assert context().labs == {}  # before: the account number 12345 matched the study's Patient ID 12345
-    send(oru("A2").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "12345^^^HOSP^MRN"))
+    send(oru("A2").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "777^^^HOSP^MR~12345^^^^MC"))
+    assert context().labs == {}  # a Medicare number without authority is not a record number either
+    send(oru("A3").replace("12345^^^HOSP&1.2.3&ISO^MR~999^^^SSA^SS", "12345^^^HOSP^MRN"))
     assert context().labs["inr"].value == 2.5  # a record number under a type name of its own is still one
 
 
