@@ -259,13 +259,13 @@ def _tokens(text: str, pattern: str = TERMS) -> list[str]:
 
 NEGATORS = frozenset({"no", "not", "denies", "denied", "denying", "without", "negative", "nor"})
 NEGATION_REACH = 3  # words after a negator; "No LOC per wife fell at home" is a fall
-NEGATION_FILLERS = frozenset({"history", "of", "any", "prior", "known", "recent", "a", "the"})  # not counted
+NEGATION_FILLERS = frozenset({"history", "of", "any", "prior", "known", "recent", "a", "the", "or"})  # not counted
 NEGATION_ENDS = r"[.,;:!?\n]|\b(?:but|after|then|however)\b"  # "denies headache, fell"; "no LOC after fall"
 
 
 def _affirmed_tokens(text: str) -> list[str]:
     """Tokens of ``text`` minus those within 3 words after a negator, not counting fillers such as "history of"
-    ("no history of head trauma", "denied any fall").
+    or "or" ("no history of head trauma", "denied any fall", "no LOC or head trauma").
 
     A negation never reaches past punctuation or a clause word such as "after" or "but".
     """

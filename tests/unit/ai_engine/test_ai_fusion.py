@@ -115,7 +115,8 @@ def test_trauma_is_read_from_the_note_and_respects_negation() -> None:
     ("Recurrent falls", 1.0), ("Assaulted last night", 1.0), ("MVA, restrained driver", 1.0),
     ("denies trauma or fall", 0.0), ("headache, no history of trauma", 0.0),
     ("Patient denied any fall.", 0.0), ("No history of head trauma.", 0.0),  # before: both read as trauma
-    ("No LOC per wife fell at home", 1.0)])
+    ("No LOC per wife fell at home", 1.0), ("No LOC or head trauma", 0.0), ("Denies headache or head injury", 0.0),
+    ("No loss of consciousness or trauma", 0.0)])
 def test_a_negation_ends_at_its_clause_and_trauma_has_its_common_forms(note: str, trauma: float) -> None:
     context = _context()
     context.notes.append(note)
