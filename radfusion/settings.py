@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -56,15 +56,22 @@ SECRET_MASK = "***"
 
 
 def _masked_url(url: str) -> str:
-    """``url`` with the secrets a URL can carry masked: the password (or a lone token) before the host, and every
-    query value (``?password=...``, ``?token=...``). A secret in the path cannot be told from a path."""
-    parts = urlsplit(url)
+    """``url`` with the secrets a URL can carry masked: the password before the host, every query value
+    (``?password=...``, ``?token=...``) and a fragment. The user name stays readable, and so does the path (a
+    secret in it cannot be told from a path). A URL that does not parse is masked whole after its scheme."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{url.split(':', 1)[0]}://{SECRET_MASK}"
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
-        netloc = (f"{userinfo.split(':', 1)[0]}:{SECRET_MASK}" if ":" in userinfo else SECRET_MASK) + "@" + host
-    query = "&".join(f"{name}={SECRET_MASK}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:{SECRET_MASK}@{host}"
+    masked = f"{parts.scheme}://{netloc}{parts.path}"  # by hand: urlunsplit drops sqlite:////abs's empty host
+    if parts.query:
+        masked += "?" + "&".join(f"{name}={SECRET_MASK}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return masked + (f"#{SECRET_MASK}" if parts.fragment else "")
 
 
 def _directory_or_new(path: Path) -> Path:

@@ -169,3 +169,12 @@ def test_key_material_this_user_may_not_read_is_left_to_the_service(tmp_path: Pa
         load_settings(dicom={"tls": tls})
     monkeypatch.setattr(tls_module.os, "access", lambda path, mode: False)
     assert load_settings(dicom={"tls": tls}).dicom.tls.enabled  # before: PermissionError for every command
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("sqlite:////var/lib/radfusion/radfusion.db", "sqlite:////var/lib/radfusion/radfusion.db"),
+    ("postgresql+psycopg://radfusion@db/radfusion", "postgresql+psycopg://radfusion@db/radfusion"),
+    ("postgresql+psycopg://radfusion:pw@[::1]:5432/radfusion?sslpassword=x#y",
+     "postgresql+psycopg://radfusion:***@[::1]:5432/radfusion?sslpassword=***#***")])
+def test_a_printed_database_url_keeps_its_path_and_user_and_hides_its_secrets(url: str, shown: str) -> None:
+    assert load_settings(database_url=url).redacted()["database_url"] == shown
