@@ -520,18 +520,27 @@ def _check_yaml(config_file: Path) -> None:
 
 
 def _check_environment() -> None:
-    """Refuse a RADFUSION_* variable (any case) whose key is a near miss of a setting's (RADFUSION_WORKRS): the
-    library would ignore it. Others are left alone: a platform sets some of its own (a Kubernetes Service named
-    radfusion gives every pod RADFUSION_SERVICE_HOST and RADFUSION_PORT)."""
+    """Refuse a RADFUSION_* variable (any case) that was meant for a setting but names none: a near miss of a key
+    (RADFUSION_WORKRS), or a section and key joined by one underscore instead of two (RADFUSION_DICOM_PORT). The
+    library would ignore either. A platform's own are left alone (a Kubernetes Service named radfusion gives every
+    pod RADFUSION_SERVICE_HOST and RADFUSION_PORT)."""
+    fields = list(Settings.model_fields)
     for name in sorted(os.environ):
-        key = name[len(ENV_PREFIX):].split("__")[0].lower() if name.upper().startswith(ENV_PREFIX) else None
-        if not key or key in Settings.model_fields or name.upper() == "RADFUSION_CONFIG":
+        if not name.upper().startswith(ENV_PREFIX):
             continue
-        near = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.8)
+        if name.upper() == "RADFUSION_CONFIG":
+            if name != "RADFUSION_CONFIG":
+                raise ConfigError(f"environment variable {name}: write it RADFUSION_CONFIG")
+            continue
+        key = name[len(ENV_PREFIX):].split("__")[0].lower()
+        if key in fields:
+            continue
+        near = [f"{ENV_PREFIX}{f.upper()}" for f in difflib.get_close_matches(key, fields, n=1, cutoff=0.8)] + [
+            f"{ENV_PREFIX}{f.upper()}__{name[len(ENV_PREFIX) + len(f) + 1:].upper()}" for f in fields
+            if key.startswith(f"{f}_")]
         if near:
-            raise ConfigError(f"environment variable {name} names no setting; did you mean "
-                              f"{ENV_PREFIX}{near[0].upper()}? (nested keys are joined by __, e.g. "
-                              f"{ENV_PREFIX}DICOM__PORT)")
+            raise ConfigError(f"environment variable {name} names no setting; did you mean {near[0]}? (nested keys "
+                              f"are joined by __)")
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

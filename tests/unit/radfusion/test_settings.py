@@ -119,7 +119,8 @@ def test_an_environment_value_that_is_not_json_is_named_as_the_environment(monke
 
 
 def test_a_misspelled_environment_variable_is_refused_and_null_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    for misspelled in ("RADFUSION_WORKRS", "radfusion_retention_dais"):  # before: ignored without a word
+    for misspelled in ("RADFUSION_WORKRS", "radfusion_retention_dais", "RADFUSION_DICOM_PORT",
+                       "RADFUSION_CLINICAL_FHIR__BASE_URL"):  # before: ignored without a word
         monkeypatch.setenv(misspelled, "5")
         with pytest.raises(ConfigError, match=f"environment variable {misspelled} names no setting; did you mean"):
             load_settings()
