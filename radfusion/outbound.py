@@ -59,16 +59,18 @@ def untold_targets(job: Job, settings: Settings, study: OutboundStudy | None, *,
     alert goes out) are left out by the deliveries below: the configuration no longer names them (the rules
     changed after the job was queued), or they are FHIR servers that cannot be told which patient
     (``fhir_addressable``)."""
-    names = [*(job.report_destinations if reports else []), *(job.alert_channels if alerts else [])]
-    configured = ({d.name for d in settings.fhir_destinations} | {d.name for d in settings.hl7_destinations}
-                  | {c.name for c in settings.alerts.channels})
-    fhir = {d.name for d in settings.fhir_destinations} | {c.name for c in settings.alerts.channels
-                                                             if c.kind == "fhir"}
-    reasons = [f"{name!r} is no longer configured" for name in names if name not in configured]
+    fhir_reports = {d.name for d in settings.fhir_destinations}
+    channels = {c.name: c.kind for c in settings.alerts.channels}
+    targets = [(f"report destination {name!r}", name in fhir_reports or name in {d.name for d in
+                                                                                  settings.hl7_destinations},
+                name in fhir_reports) for name in (job.report_destinations if reports else [])]
+    targets += [(f"alert channel {name!r}", name in channels, channels.get(name) == "fhir")
+                for name in (job.alert_channels if alerts else [])]
+    reasons = [f"{target} is no longer configured" for target, configured, _ in targets if not configured]
     if study is not None and not fhir_addressable(study):
-        reasons += [f"FHIR target {name!r} cannot be told which patient: IssuerOfPatientID "
-                    f"{study.patient_authority!r} has no FHIR identifier system (clinical.identifier_systems)"
-                    for name in names if name in fhir]
+        reasons += [f"{target} (FHIR) cannot be told which patient: IssuerOfPatientID {study.patient_authority!r} "
+                    f"has no FHIR identifier system (clinical.identifier_systems)" for target, _, fhir in targets
+                    if fhir]
     return reasons
 
 

@@ -102,7 +102,7 @@ def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
 def test_a_job_queued_before_a_channel_was_removed_still_alerts_the_channels_that_remain(tmp_path: Path) -> None:
     """The job was queued when 'pager' and the report destination 'emr' were configured; it runs after a restart
     without them. Before: KeyError, no alert at all, the job left running for good."""
-    service, job_id = _bleed_job(tmp_path, alert_channels=["ed", "pager"], report_destinations=["emr"])
+    service, job_id = _bleed_job(tmp_path, alert_channels=["ed", "pager"], report_destinations=["emr", "ed"])
     assert service.runner.claim(job_id)
     service.runner.run(job_id)
     with service.db.session() as session:
@@ -111,7 +111,9 @@ def test_a_job_queued_before_a_channel_was_removed_still_alerts_the_channels_tha
         assert [(d.kind, d.target) for d in session.scalars(select(Delivery).where(Delivery.alert_id == alert.id))] \
             == [("webhook", "ed")]
         audits = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "target_not_told")).all()
-        assert sorted(audits) == ["'emr' is no longer configured", "'pager' is no longer configured"]
+        assert sorted(audits) == ["alert channel 'pager' is no longer configured",  # 'ed' names a channel only
+                                  "report destination 'ed' is no longer configured",
+                                  "report destination 'emr' is no longer configured"]
 
 
 def test_a_result_with_no_alert_due_audits_no_alert_channel(tmp_path: Path) -> None:
@@ -140,8 +142,8 @@ def test_an_issuer_with_no_fhir_identifier_system_gets_no_fhir_report(tmp_path: 
         reports = session.scalars(select(Delivery).where(Delivery.kind == "fhir_report")).all()
         untold = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "target_not_told")).all()
     assert len(reports) == int(mapped)
-    assert untold == ([] if mapped else ["FHIR target 'emr' cannot be told which patient: IssuerOfPatientID "
-                                         "'RADFUSION-SYNTHETIC' has no FHIR identifier system "
+    assert untold == ([] if mapped else ["report destination 'emr' (FHIR) cannot be told which patient: "
+                                         "IssuerOfPatientID 'RADFUSION-SYNTHETIC' has no FHIR identifier system "
                                          "(clinical.identifier_systems)"])
 
 
