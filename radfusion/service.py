@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from radfusion.pipeline import JobRunner, study_level_detectors, study_patient
 from radfusion.recovery import reconcile_spool, recover
 from radfusion.retention import purge_expired
 from radfusion.routing import compile_routing
-from radfusion.settings import Settings
+from radfusion.settings import Settings, TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,14 @@ class Service:
         self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings, self.clinical, router)
         self.deliveries = DeliveryWorker(self.db, settings)
         self.recorder = IngestRecorder(self.db, self.spool)
+        _server_tls("dicom", settings.dicom.tls)  # the SCP builds its own at start; a key it cannot read is named now
         self.scp = StorageScp(scp_config(settings), self.spool, self.recorder)
         self.hl7: MllpServer | None = None
         if settings.hl7.listen:
             store = Hl7Store(self.db)
             inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
-            tls = settings.hl7.tls
-            context = (TlsConfig(tls.cert_file, tls.key_file, tls.ca_file, tls.require_client_cert).server_context()
-                       if tls.enabled else None)
-            self.hl7 = MllpServer(settings.hl7.bind_address, settings.hl7.port, inbox.handle, tls_context=context)
+            self.hl7 = MllpServer(settings.hl7.bind_address, settings.hl7.port, inbox.handle,
+                                  tls_context=_server_tls("hl7", settings.hl7.tls))
         self.port: int | None = None
         self.hl7_port: int | None = None
 
@@ -183,3 +183,15 @@ def _listening(section: str, address: str, port: int, start: Callable[[], int]) 
     except OSError as exc:
         raise ConfigError(f"{section}.bind_address {address!r} / {section}.port {port}: cannot listen there: "
                           f"{exc.strerror or exc}") from exc
+
+
+def _server_tls(section: str, tls: TlsSettings) -> ssl.SSLContext | None:
+    """The listener's TLS context, or None when off; ConfigError naming the keys when this process cannot load its
+    certificate and key (the config check reads only what the user running it may read)."""
+    if not tls.enabled:
+        return None
+    try:
+        return TlsConfig(tls.cert_file, tls.key_file, tls.ca_file, tls.require_client_cert).server_context()
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigError(f"{section}.tls: cert_file {str(tls.cert_file)!r} / key_file {str(tls.key_file)!r} cannot "
+                          f"be loaded by this process: {exc}") from exc

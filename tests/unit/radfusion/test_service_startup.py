@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import dicom_node.tls as tls_module
+
 from radfusion.errors import ConfigError
 from radfusion.service import Service
 from radfusion.settings import default_routing, load_settings
@@ -44,3 +46,18 @@ def test_a_port_already_in_use_is_named_by_its_key(tmp_path: Path) -> None:
                 service.start()  # before: an OSError traceback
         finally:
             service.stop()
+
+
+def test_key_material_the_service_cannot_load_is_named_by_its_key(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config check skips what the user running it may not read; the service itself must then say which key it
+    cannot load (review finding: it was reported as a port that could not be listened on)."""
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("not PEM")
+    monkeypatch.setattr(tls_module, "_readable", lambda *paths: False)  # as an operator would see them
+    settings = load_settings(storage_path=tmp_path / "data", dicom={"tls": {
+        "enabled": True, "cert_file": str(tmp_path / "cert.pem"), "key_file": str(tmp_path / "key.pem"),
+        "require_client_cert": False}})
+    with pytest.raises(ConfigError, match=r"dicom\.tls: cert_file '.*cert\.pem' / key_file '.*key\.pem' cannot be "
+                                          r"loaded by this process"):
+        Service(settings)

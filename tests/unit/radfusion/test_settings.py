@@ -168,7 +168,7 @@ def test_key_material_this_user_may_not_read_is_left_to_the_service(tmp_path: Pa
            "ca_file": str(tmp_path / "ca.pem")}
     with pytest.raises(ConfigError, match="are not a PEM certificate"):
         load_settings(dicom={"tls": tls})
-    monkeypatch.setattr(tls_module.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(tls_module, "_readable", lambda *paths: False)
     assert load_settings(dicom={"tls": tls}).dicom.tls.enabled  # before: PermissionError for every command
 
 
