@@ -94,6 +94,11 @@ class JobRunner:
         with self._db.session() as session:
             job = session.get(Job, job_id)
             assert job is not None
+            if job.detector not in self._detectors:  # the routing changed after the job was queued
+                _record_failure(session, job_id, job.study_id,
+                                f"detector {job.detector} is not served by the current routing rules; "
+                                f"radfusion reprocess analyses the study with the rules as they are now")
+                return
             paths = [Path(p) for p in session.scalars(select(Instance.path)
                                                       .where(Instance.series_id.in_(self.input_series(job))))]
             detector = self._detectors[job.detector]

@@ -16,16 +16,29 @@ from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Association, AuditEvent, Instance, Job, Study, utcnow
+from radfusion.pipeline import finish_study_if_idle
 
 log = logging.getLogger(__name__)
+MAX_JOB_STARTS = 3  # a job the process died under this many times is failed instead of starting it again
 
 
 def recover(db: Database) -> dict[str, int]:
-    """Close associations of a dead process, requeue jobs it was running and hand back the studies it was
-    purging (``radfusion.retention``: the next pass finishes them)."""
+    """Close associations of a dead process, requeue jobs it was running (failing one it was running for the
+    ``MAX_JOB_STARTS``-th time) and hand back the studies it was purging (``radfusion.retention``: the next pass
+    finishes them)."""
     with db.session() as session:
         aborted = session.execute(update(Association).where(Association.state == "open")
                                   .values(state="aborted", ended_at=utcnow())).rowcount
+        stopped = session.scalars(select(Job).where(Job.state == "running", Job.attempts >= MAX_JOB_STARTS)).all()
+        for job in stopped:  # the process died under it every time: a crash loop, not bad luck
+            error = (f"the process stopped during this job {job.attempts} times (a crash or the memory limit); not "
+                     f"started again (radfusion reprocess tries it once more)")
+            job.state, job.finished_at, job.error = "failed", utcnow(), error
+            session.add(AuditEvent(kind="job_failed", subject=f"job {job.id}", detail=error))
+            log.error("job %d failed: %s", job.id, error)
+        session.flush()
+        for study_id in {job.study_id for job in stopped}:
+            finish_study_if_idle(session, study_id)
         requeued = session.execute(update(Job).where(Job.state == "running")
                                    .values(state="queued", started_at=None)).rowcount  # its next run sets it again
         purging = session.execute(update(Study).where(Study.state == "purging").values(state="done")).rowcount

@@ -116,6 +116,22 @@ def test_a_job_queued_before_a_channel_was_removed_still_alerts_the_channels_tha
                                   "report destination 'emr' is no longer configured"]
 
 
+def test_a_job_for_a_detector_the_routing_no_longer_serves_fails_with_the_reason(tmp_path: Path) -> None:
+    """Queued for nodule_fusion, run after the routing stopped naming it. Before: KeyError outside the job's guard,
+    the job running for good and its study blocked from reprocess and retention."""
+    service, job_id = _bleed_job(tmp_path)
+    with service.db.session() as session:
+        job = session.get(Job, job_id)
+        job.detector, job.study.state = "nodule_fusion", "processing"
+    del service.runner._detectors["nodule_fusion"]  # as a service whose routing no longer names it
+    assert service.runner.claim(job_id)
+    service.runner.run(job_id)
+    with service.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job.state == "failed" and job.error.startswith("detector nodule_fusion is not served")
+        assert job.study.state == "done"
+
+
 def test_a_result_with_no_alert_due_audits_no_alert_channel(tmp_path: Path) -> None:
     """Review finding: every negative study audited and logged its removed alert channels as 'not told'."""
     service, job_id = _bleed_job(tmp_path, lesion=False, alert_channels=["pager"])

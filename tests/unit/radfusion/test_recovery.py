@@ -123,3 +123,21 @@ def test_a_job_the_dead_process_was_running_is_queued_again_without_its_start_ti
     assert recover(db)["jobs_requeued"] == 1
     with db.session() as session:
         assert session.execute(select(Job.state, Job.started_at)).one() == ("queued", None)
+
+
+def test_a_job_the_process_died_under_three_times_is_failed_not_started_again(tmp_path: Path) -> None:
+    """A job that kills the process (the memory limit) was requeued at every start and run first: a crash loop that
+    took the other jobs down with it."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with db.session() as session:
+        study = Study(study_uid="1.2.3", state="processing")
+        series = Series(study=study, series_uid="1.2.3.1")
+        session.add(series)
+        session.flush()
+        session.add(Job(study_id=series.study_id, series_id=series.id, detector="ich_fusion", model_version="1",
+                        rule="head", state="running", started_at=utcnow(), attempts=3))
+    assert recover(db)["jobs_requeued"] == 0
+    with db.session() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.state == "failed" and "stopped during this job 3 times" in job.error
+        assert session.scalars(select(Study.state)).one() == "done"  # so reprocess may try it again
