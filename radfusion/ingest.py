@@ -79,8 +79,8 @@ class IngestRecorder:
     def __init__(self, db: Database, spool: Spool) -> None:
         self._db = db
         self._spool = spool
-        # series UID -> (study id, series id, the patient identity last recorded for its study); rows never move
-        self._series_ids: dict[str, tuple[int, int, tuple[str, str]]] = {}
+        # series UID -> (study id, series id, the patient identity last recorded for its study, its Study UID)
+        self._series_ids: dict[str, tuple[int, int, tuple[str, str], str]] = {}
 
     def association_opened(self, info: AssociationInfo) -> None:
         with self._db.session() as session:
@@ -143,8 +143,8 @@ class IngestRecorder:
         now = utcnow()
         cached = self._series_ids.get(instance.series_instance_uid)
         identity = _identity(instance.attributes)
-        study_id, series_id = (cached[:2] if cached is not None and cached[2] == identity
-                               else self._create_series(conn, instance, identity))
+        known = cached is not None and cached[2:] == (identity, instance.study_instance_uid)
+        study_id, series_id = cached[:2] if known else self._create_series(conn, instance, identity)  # type: ignore[index]
         if conn.execute(_REOPEN_STUDY, {"study_id": study_id, "now": now}).rowcount:
             log.info("study %s re-opened by a late instance", instance.study_instance_uid)
             conn.execute(insert(AuditEvent).values(kind="study_reopened", subject=instance.study_instance_uid,
@@ -238,16 +238,34 @@ class IngestRecorder:
                     detail=f"{', '.join(changed)} by instance {instance.sop_instance_uid}"))
                 log.warning("study %s: %s by a later instance; its results follow the new values",
                             instance.study_instance_uid, ", ".join(changed))
-        series_id = conn.scalar(select(Series.id).where(Series.series_uid == instance.series_instance_uid))
-        if series_id is None:
+        series = conn.execute(select(Series.id, Series.study_id)
+                              .where(Series.series_uid == instance.series_instance_uid)).first()
+        if series is None:
             series_id = conn.execute(insert(Series).values(
                 study_id=study_id, series_uid=instance.series_instance_uid,
                 modality=_text(attrs.get("Modality"), Series.modality),
                 attributes={k: attrs.get(k) for k in SERIES_ATTRIBUTES}, last_received_at=now)).inserted_primary_key[0]
+        else:
+            series_id = series.id
+            if series.study_id != study_id:  # sent again under a corrected Study UID: the series goes with it
+                self._move_series(conn, series_id, series.study_id, study_id, instance, now)
         if len(self._series_ids) >= SERIES_ID_CACHE:
             self._series_ids.clear()
-        self._series_ids[instance.series_instance_uid] = (study_id, series_id, identity)
+        self._series_ids[instance.series_instance_uid] = (study_id, series_id, identity, instance.study_instance_uid)
         return study_id, series_id
+
+    @staticmethod
+    def _move_series(conn: Connection, series_id: int, old_study_id: int, study_id: int, instance: StoredInstance,
+                     now: datetime) -> None:
+        """Move a series to the study it was sent again under; the study it left is assembled again without it
+        (before, it stayed there: analysed and purged as that study, its new files deleted with it)."""
+        conn.execute(update(Series).where(Series.id == series_id).values(study_id=study_id))
+        conn.execute(_REOPEN_STUDY, {"study_id": old_study_id, "now": now})
+        conn.execute(insert(AuditEvent).values(
+            kind="series_moved", subject=instance.series_instance_uid, at=now,
+            detail=f"received under study {instance.study_instance_uid}; moved there from study {old_study_id}"))
+        log.warning("series %s moved to study %s, under which it was sent again", instance.series_instance_uid,
+                    instance.study_instance_uid)
 
 
 def _identity(attrs: dict[str, object]) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from dicom_node.contracts import StoredInstance
 from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
-from radfusion.models import AuditEvent, Instance, Quarantine, Study
+from radfusion.models import AuditEvent, Instance, Quarantine, Series, Study
 from tests.integration.servers import postgresql
 
 
@@ -105,6 +105,13 @@ def test_a_series_sent_again_under_a_corrected_study_uid_leaves_no_file_without_
         set_aside = session.scalars(select(Quarantine)).one()
     assert Path(row.path).is_file() and "1.2.3.200" in row.path and not first.path.exists()
     assert "superseded" in set_aside.reason and [p for p in spool.instances.rglob("*.dcm")] == [Path(row.path)]
+    with db.session() as session:  # the series went with it (before: it stayed in 1.2.3.100, analysed and purged
+        series = session.scalars(select(Series)).one()  # as that study, whose row was never made for 1.2.3.200)
+        assert series.study.study_uid == "1.2.3.200"
+        assert session.scalars(select(AuditEvent.kind).where(AuditEvent.kind == "series_moved")).all() == [
+            "series_moved"]
+        assert {s.study_uid: s.state for s in session.scalars(select(Study))} == {"1.2.3.100": "receiving",
+                                                                                   "1.2.3.200": "receiving"}
     db.dispose()
 
 
