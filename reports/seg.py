@@ -91,6 +91,11 @@ def _build(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult, l
     source_datasets = conformant_headers(source_datasets)
     if frames is not None:
         source_datasets = [shared_frame_geometry(source_datasets[0], frames)]
+    unmeasured = next((ds for ds in source_datasets if "ImagePositionPatient" in ds and not ds.get("SliceThickness")),
+                      None)
+    if unmeasured is not None:  # the SEG's Pixel Measures need it, and an empty one fails dciodvfy
+        raise ReportsError(f"source image {unmeasured.SOPInstanceUID} has no Slice Thickness (Type 2, left out or "
+                           f"empty), which a SEG's Pixel Measures need")
     series_uid = hd.UID()
     if result.task is Task.MAMMOGRAPHY:
         groups = _group_by_view(source_datasets, masked)

@@ -6,6 +6,7 @@ import copy
 import re
 from collections.abc import Sequence
 
+import highdicom as hd
 import pydicom
 
 from ai_engine.results import Finding
@@ -18,16 +19,28 @@ DATE_KEYWORDS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate
 COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "AccessionNumber", "StudyID", "ReferringPhysicianName")
 _LOOSE_DATE = re.compile(r"(\d{4})[-./](\d{2})[-./](\d{2})")
+ACCEPTED_CHARACTER_SETS = frozenset(term.value for term in hd.SpecificCharacterSetValues)
+UTF8 = "ISO_IR 192"  # what a source in a character set highdicom refuses is written in, its text decoded first
 
 
 def _character_set(value: object) -> object:
     """Specific Character Set in a form highdicom accepts, same encoding: an empty first value (the standard
     Japanese/Korean form) is ISO 2022 IR 6, and a lone code-extension term its plain one (ISO 2022 IR 100 ->
-    ISO_IR 100)."""
+    ISO_IR 100; ISO 2022 IR 6, the default repertoire, -> None: no Specific Character Set). Whether highdicom takes the result is
+    ``_accepted``'s question."""
     if isinstance(value, str):
-        return value.replace("ISO 2022 IR ", "ISO_IR ") if value.startswith("ISO 2022 IR ") else value
+        if value == "ISO 2022 IR 6":  # the default repertoire, which a lone term cannot be written as: none
+            return None
+        plain = value.replace("ISO 2022 IR ", "ISO_IR ")
+        return plain if value.startswith("ISO 2022 IR ") and plain in ACCEPTED_CHARACTER_SETS else value
     values = list(value)  # type: ignore[call-overload]
     return ["ISO 2022 IR 6" if not v else v for v in values] if values and not values[0] else value
+
+
+def _accepted(charset: object) -> bool:
+    """Whether highdicom accepts every term of ``charset`` (it lacks some valid ones: ISO 2022 IR 149, Korean)."""
+    terms = [charset] if isinstance(charset, str) or charset is None else list(charset)  # type: ignore[call-overload]
+    return charset is None or all(not term or term in ACCEPTED_CHARACTER_SETS for term in terms)
 
 
 def dicom_date(value: str) -> str | None:
@@ -40,15 +53,19 @@ def dicom_date(value: str) -> str | None:
 
 
 def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """The source headers the builders copy from, mended where the sender broke the standard in ways that would
-    stop the result (a copy only where something changes): the Specific Character Set (``_character_set``),
-    dates of the patient and study modules ('1945-03-17' -> 19450317; an unreadable one emptied), and the
-    ``COPIED_TYPE2`` attributes a sender left out (added empty)."""
+    """The source headers the builders copy from, mended where they would stop the result (a copy only where
+    something changes): the Specific Character Set (``_character_set``; one highdicom still refuses becomes UTF-8,
+    the text decoded first), dates of the patient and study modules ('1945-03-17' -> 19450317; an unreadable one
+    emptied), and the ``COPIED_TYPE2`` attributes a sender left out (added empty)."""
     mended = []
     for ds in datasets:
         changes: dict[str, object] = {keyword: "" for keyword in COPIED_TYPE2 if keyword not in ds}
+        reencode = False
         if "SpecificCharacterSet" in ds:
             charset = _character_set(ds.SpecificCharacterSet)
+            reencode = not _accepted(charset)
+            if reencode:
+                charset = UTF8
             if charset != ds.SpecificCharacterSet:
                 changes["SpecificCharacterSet"] = charset
         for keyword in DATE_KEYWORDS:
@@ -60,8 +77,13 @@ def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Data
             mended.append(ds)
             continue
         fixed = copy.deepcopy(ds)
+        if reencode:
+            fixed.decode()  # every text value to str in the sender's character set, before the set changes
         for keyword, value in changes.items():
-            setattr(fixed, keyword, "" if value is None else value)  # all Type 2 or 3: empty is allowed
+            if keyword == "SpecificCharacterSet" and value is None:
+                del fixed.SpecificCharacterSet  # the default repertoire
+            else:
+                setattr(fixed, keyword, "" if value is None else value)  # all Type 2 or 3: empty is allowed
         mended.append(fixed)
     return mended
 

@@ -43,17 +43,24 @@ def _text_values(sr: pydicom.Dataset, meaning: str) -> list[str]:
 
 @pytest.mark.parametrize(("charset", "written"), [
     (["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 87"]),  # the standard Japanese form
-    ("ISO 2022 IR 100", "ISO_IR 100")])
+    ("ISO 2022 IR 100", "ISO_IR 100"),
+    ("ISO 2022 IR 6", None),  # the default repertoire; before: rewritten to ISO_IR 6, which is no term
+    (["", "ISO 2022 IR 149"], "ISO_IR 192")])  # Korean, which highdicom refuses: the text goes out as UTF-8
 def test_a_sender_s_character_set_and_dashed_dates_do_not_stop_the_results(head_ct, algorithm, tmp_path,
                                                                           charset, written):
     sources = [copy.deepcopy(ds) for ds in head_ct]
-    for ds in sources:
+    for index, ds in enumerate(sources):
         ds.SpecificCharacterSet, ds.PatientBirthDate, ds.StudyDate = charset, "1945-03-17", "2024.01.15"
+        if "ISO 2022 IR 149" in charset:  # a Korean name, read back from the bytes a modality would send
+            ds.PatientName = "Hong^Gildong=洪^吉洞=홍^길동"
+            ds.save_as(tmp_path / f"{index}.dcm", enforce_file_format=True)
+            sources[index] = pydicom.dcmread(tmp_path / f"{index}.dcm")
     result = ich_result(algorithm, sources)
     segs = build_seg(sources, result, series_number=901)
     sr = _saved(build_sr(sources, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
-    assert (sr.SpecificCharacterSet, sr.PatientBirthDate, sr.StudyDate) == (written, "19450317", "20240115")
-    assert segs[0].SpecificCharacterSet == written and head_ct[0].PatientBirthDate != "1945-03-17"
+    assert (sr.get("SpecificCharacterSet"), sr.PatientBirthDate, sr.StudyDate) == (written, "19450317", "20240115")
+    assert str(sr.PatientName) == str(sources[0].PatientName)
+    assert segs[0].get("SpecificCharacterSet") == written and head_ct[0].PatientBirthDate != "1945-03-17"
 
 
 def test_a_source_without_the_type_2_patient_and_study_attributes_still_gets_its_results(head_ct, algorithm,
@@ -72,6 +79,14 @@ def test_a_source_without_the_type_2_patient_and_study_attributes_still_gets_its
     for made in (sr, segs[0]):
         assert all(made[keyword].value in ("", None) for keyword in COPIED_TYPE2)
     assert "PatientSex" not in sources[0]  # the caller's headers are left as they came
+
+
+def test_a_ct_without_slice_thickness_is_refused_by_name(head_ct, algorithm) -> None:
+    """Before: highdicom's AttributeError, which named neither the attribute's rule nor the image."""
+    sources = [copy.deepcopy(ds) for ds in head_ct]
+    del sources[3].SliceThickness
+    with pytest.raises(ReportsError, match=rf"source image {sources[3].SOPInstanceUID} has no Slice Thickness"):
+        build_seg(sources, ich_result(algorithm, sources), series_number=901)
 
 
 def test_ich_sr_is_in_the_source_study_and_cites_the_seg_segments(head_ct, algorithm, tmp_path):
