@@ -43,17 +43,16 @@ _TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(las
 _FIND_INSTANCE = (select(Instance.id, Instance.series_id, Instance.path)
                   .where(Instance.sop_instance_uid == bindparam("uid")))
 _INSERT_INSTANCE = insert(Instance)
+_HEADER_COLUMNS = ("instance_number", "position", "orientation", "localizer")  # ``_header_values``
+_NEW_HEADER = {column: bindparam(f"new_{column}") for column in _HEADER_COLUMNS}
 _RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))  # the new bytes' header
                    .values(times_received=Instance.times_received + 1, path=bindparam("path"),
-                           localizer=bindparam("localizer"), instance_number=bindparam("number"),
-                           position=bindparam("position"), orientation=bindparam("orientation"),
-                           transfer_syntax_uid=bindparam("transfer_syntax_uid"), size_bytes=bindparam("size_bytes")))
+                           transfer_syntax_uid=bindparam("transfer_syntax_uid"), size_bytes=bindparam("size_bytes"),
+                           **_NEW_HEADER))
 _MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id"))
                   .values(series_id=bindparam("new_series_id"), path=bindparam("new_path"),
                           times_received=Instance.times_received + 1, received_at=bindparam("now"),
-                          instance_number=bindparam("new_number"), position=bindparam("new_position"),
-                          orientation=bindparam("new_orientation"), localizer=bindparam("new_localizer"),
-                          association_id=bindparam("new_association")))
+                          association_id=bindparam("new_association"), **_NEW_HEADER))
 _LEAVE_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"))
                  .values(instance_count=Series.instance_count - 1))
 _REOPEN_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"), Series.instance_count > 0)
@@ -143,8 +142,10 @@ class IngestRecorder:
         now = utcnow()
         cached = self._series_ids.get(instance.series_instance_uid)
         identity = _identity(instance.attributes)
-        known = cached is not None and cached[2:] == (identity, instance.study_instance_uid)
-        study_id, series_id = cached[:2] if known else self._create_series(conn, instance, identity)  # type: ignore[index]
+        if cached is not None and cached[2:] == (identity, instance.study_instance_uid):
+            study_id, series_id = cached[:2]
+        else:
+            study_id, series_id = self._create_series(conn, instance, identity)
         if conn.execute(_REOPEN_STUDY, {"study_id": study_id, "now": now}).rowcount:
             log.info("study %s re-opened by a late instance", instance.study_instance_uid)
             conn.execute(insert(AuditEvent).values(kind="study_reopened", subject=instance.study_instance_uid,
@@ -160,19 +161,12 @@ class IngestRecorder:
                 "series_id": series_id, "sop_instance_uid": uid, "sop_class_uid": instance.sop_class_uid,
                 "transfer_syntax_uid": instance.transfer_syntax_uid, "path": str(instance.path),
                 "size_bytes": instance.size_bytes, "received_at": now, "times_received": 1,
-                "instance_number": _int_or_none(attrs.get("InstanceNumber")),
-                "position": _floats_or_none(attrs.get("ImagePositionPatient"), 3),
-                "orientation": _floats_or_none(attrs.get("ImageOrientationPatient"), 6),
-                "localizer": is_localizer(attrs.get("ImageType")),
-                "association_id": instance.association_id,
+                "association_id": instance.association_id, **_header_values(attrs),
             })
         elif earlier.series_id == series_id:
             conn.execute(_RECEIVED_AGAIN, {
-                "uid": uid, "path": str(instance.path), "localizer": is_localizer(attrs.get("ImageType")),
-                "number": _int_or_none(attrs.get("InstanceNumber")),
-                "position": _floats_or_none(attrs.get("ImagePositionPatient"), 3),
-                "orientation": _floats_or_none(attrs.get("ImageOrientationPatient"), 6),
-                "transfer_syntax_uid": instance.transfer_syntax_uid, "size_bytes": instance.size_bytes})
+                "uid": uid, "path": str(instance.path), "transfer_syntax_uid": instance.transfer_syntax_uid,
+                "size_bytes": instance.size_bytes, **_new(_header_values(attrs))})
             if earlier.path != str(instance.path):  # the same series sent again under a corrected Study UID
                 moved_from = Path(earlier.path)
         else:
@@ -187,13 +181,9 @@ class IngestRecorder:
     def _move(self, conn: Connection, earlier: Row, series_id: int, instance: StoredInstance, now: datetime) -> None:
         """Move an instance's row to the series it was received in now; its old series, if not emptied, is
         assembled and analysed again without it."""
-        attrs = instance.attributes
         conn.execute(_MOVE_INSTANCE, {
             "instance_id": earlier.id, "new_series_id": series_id, "new_path": str(instance.path), "now": now,
-            "new_number": _int_or_none(attrs.get("InstanceNumber")),
-            "new_position": _floats_or_none(attrs.get("ImagePositionPatient"), 3),
-            "new_orientation": _floats_or_none(attrs.get("ImageOrientationPatient"), 6),
-            "new_localizer": is_localizer(attrs.get("ImageType")), "new_association": instance.association_id})
+            "new_association": instance.association_id, **_new(_header_values(instance.attributes))})
         conn.execute(_LEAVE_SERIES, {"old_series_id": earlier.series_id})
         if conn.execute(_REOPEN_SERIES, {"old_series_id": earlier.series_id, "now": now}).rowcount:
             old_study = conn.scalar(select(Series.study_id).where(Series.id == earlier.series_id))
@@ -273,6 +263,19 @@ def _identity(attrs: dict[str, object]) -> tuple[str, str]:
     the series of one study, a patient may not)."""
     return (_text(attrs.get("PatientID"), Study.patient_id),
             _text(attrs.get("IssuerOfPatientID"), Study.issuer_of_patient_id))
+
+
+def _header_values(attrs: dict[str, object]) -> dict[str, object]:
+    """The ``_HEADER_COLUMNS`` of an instance's row, read from its header attributes."""
+    return {"instance_number": _int_or_none(attrs.get("InstanceNumber")),
+            "position": _floats_or_none(attrs.get("ImagePositionPatient"), 3),
+            "orientation": _floats_or_none(attrs.get("ImageOrientationPatient"), 6),
+            "localizer": is_localizer(attrs.get("ImageType"))}
+
+
+def _new(values: dict[str, object]) -> dict[str, object]:
+    """``values`` under the ``new_`` names an UPDATE's bind parameters take (they may not be the columns')."""
+    return {f"new_{column}": value for column, value in values.items()}
 
 
 def _int_or_none(value: object) -> int | None:

@@ -60,10 +60,10 @@ def untold_targets(job: Job, settings: Settings, study: OutboundStudy | None, *,
     changed after the job was queued), or they are FHIR servers that cannot be told which patient
     (``fhir_addressable``)."""
     fhir_reports = {d.name for d in settings.fhir_destinations}
+    all_reports = fhir_reports | {d.name for d in settings.hl7_destinations}
     channels = {c.name: c.kind for c in settings.alerts.channels}
-    targets = [(f"report destination {name!r}", name in fhir_reports or name in {d.name for d in
-                                                                                  settings.hl7_destinations},
-                name in fhir_reports) for name in (job.report_destinations if reports else [])]
+    targets = [(f"report destination {name!r}", name in all_reports, name in fhir_reports)
+               for name in (job.report_destinations if reports else [])]
     targets += [(f"alert channel {name!r}", name in channels, channels.get(name) == "fhir")
                 for name in (job.alert_channels if alerts else [])]
     reasons = [f"{target} is no longer configured" for target, configured, _ in targets if not configured]

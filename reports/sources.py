@@ -26,8 +26,8 @@ UTF8 = "ISO_IR 192"  # what a source in a character set highdicom refuses is wri
 def _character_set(value: object) -> object:
     """Specific Character Set in a form highdicom accepts, same encoding: an empty first value (the standard
     Japanese/Korean form) is ISO 2022 IR 6, and a lone code-extension term its plain one (ISO 2022 IR 100 ->
-    ISO_IR 100; ISO 2022 IR 6, the default repertoire, -> None: no Specific Character Set). Whether highdicom takes the result is
-    ``_accepted``'s question."""
+    ISO_IR 100; ISO 2022 IR 6, the default repertoire, -> None: no Specific Character Set). Whether highdicom
+    takes the result is ``_accepted``'s question."""
     if isinstance(value, str):
         if value == "ISO 2022 IR 6":  # the default repertoire, which a lone term cannot be written as: none
             return None
@@ -39,8 +39,10 @@ def _character_set(value: object) -> object:
 
 def _accepted(charset: object) -> bool:
     """Whether highdicom accepts every term of ``charset`` (it lacks some valid ones: ISO 2022 IR 149, Korean)."""
-    terms = [charset] if isinstance(charset, str) or charset is None else list(charset)  # type: ignore[call-overload]
-    return charset is None or all(not term or term in ACCEPTED_CHARACTER_SETS for term in terms)
+    if charset is None:
+        return True
+    terms = [charset] if isinstance(charset, str) else list(charset)  # type: ignore[call-overload]
+    return all(not term or term in ACCEPTED_CHARACTER_SETS for term in terms)
 
 
 def dicom_date(value: str) -> str | None:
