@@ -30,6 +30,7 @@ INSTANCE_ATTRIBUTES: tuple[str, ...] = (
     "AccessionNumber",
     "StudyDate",
     "StudyTime",
+    "TimezoneOffsetFromUTC",
     "SeriesNumber",
     "Manufacturer",
     "NumberOfFrames",

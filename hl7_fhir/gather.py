@@ -47,14 +47,15 @@ class ClinicalQuery:
     """What to ask the EMR for one study.
 
     ``analytes`` are canonical names from :mod:`hl7_fhir.units` (the task's configuration),
-    searched by all their LOINC codes; values older than ``lookback`` before ``now`` are
-    ignored. ``accession`` finds the ServiceRequest that carries the reason for exam.
+    searched by all their LOINC codes; the record is read as of ``as_of`` (the study's time, or the
+    present): values and notes after it, or older than ``lookback`` before it, are ignored, and the
+    age is the age then. ``accession`` finds the ServiceRequest that carries the reason for exam.
     """
 
     patient_id: str
     identifier_system: str
     analytes: tuple[str, ...]
-    now: datetime
+    as_of: datetime
     lookback: timedelta = timedelta(days=90)
     accession: str = ""
     medication_classes: tuple[MedicationClass, ...] = DEFAULT_MEDICATION_CLASSES
@@ -65,15 +66,20 @@ class ClinicalQuery:
         if unknown:
             raise Hl7FhirError(f"ClinicalQuery.analytes {unknown} are not known analytes "
                                f"{sorted([*ANALYTES, *CODED_ANALYTES])}")
-        if self.now.tzinfo is None:
-            raise Hl7FhirError("ClinicalQuery.now must be timezone-aware")
+        if self.as_of.tzinfo is None:
+            raise Hl7FhirError("ClinicalQuery.as_of must be timezone-aware")
         if not self.patient_id or not self.identifier_system:
             raise Hl7FhirError("ClinicalQuery needs patient_id and identifier_system")
 
     @property
     def since(self) -> datetime:
         """Start of the look-back window."""
-        return self.now - self.lookback
+        return self.as_of - self.lookback
+
+    @property
+    def window(self) -> list[str]:
+        """The look-back window as FHIR ``date`` search values."""
+        return [f"ge{self.since.isoformat()}", f"le{self.as_of.isoformat()}"]
 
 
 def _as_datetime(value: object) -> datetime | None:
@@ -125,7 +131,7 @@ class _FhirGatherer:
         for analyte in self.query.analytes:
             codes = [f"{LOINC_SYSTEM}|{c}" for c in [*loinc_codes(analyte), *panel_codes(analyte)]]
             for obs in self.client.iter_search("Observation", {
-                    "subject": self.subject, "code": ",".join(codes), "date": f"ge{self.query.since.isoformat()}",
+                    "subject": self.subject, "code": ",".join(codes), "date": self.query.window,
                     "_sort": "-date", "_count": str(LAB_PAGE)}, lenient=True, max_pages=1):
                 if obs.status in VOID_STATUSES:
                     continue
@@ -224,7 +230,7 @@ class _FhirGatherer:
         return []
 
     def notes(self, context: ClinicalContext) -> list[str]:
-        window = {"subject": self.subject, "date": f"ge{self.query.since.isoformat()}", "_sort": "-date",
+        window = {"subject": self.subject, "date": self.query.window, "_sort": "-date",
                   "_count": str(self.query.note_limit)}
         problems: list[str] = []
         attachments: list[tuple[str, Any]] = []
@@ -261,7 +267,7 @@ def gather_from_fhir(client: FhirClient, query: ClinicalQuery, *, max_workers: i
     if patient is None:
         return ClinicalContext.unavailable(f"no Patient with an identifier in system {query.identifier_system} "
                                            f"matches the study's patient")
-    context = ClinicalContext(age_years=_age_years(patient.birthDate, query.now), sex=patient.gender,
+    context = ClinicalContext(age_years=_age_years(patient.birthDate, query.as_of), sex=patient.gender,
                               status="complete")
     gatherer = _FhirGatherer(client, query, str(patient.id))
     sections: list[Callable[[ClinicalContext], list[str]]] = [
@@ -289,11 +295,11 @@ def _missing(context: ClinicalContext, analytes: Sequence[str], accession: str) 
 
 
 def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue], *, analytes: Sequence[str],
-                   now: datetime, lookback: timedelta, hl7_coded: Sequence[CodedItem] = (),
+                   as_of: datetime, lookback: timedelta, hl7_coded: Sequence[CodedItem] = (),
                    hl7_birth_date: date | None = None, hl7_sex: str | None = None,
                    hl7_reason: str | None = None, accession: str = "") -> ClinicalContext:
     """FHIR context plus stored HL7 values (in the order received): per analyte the newest value inside the
-    window wins, and of HL7 values for the same time the one received last (a corrected result).
+    window (``lookback`` before ``as_of``, up to ``as_of``) wins, and of HL7 values for the same time the one received last (a corrected result).
 
     Each value keeps its provenance. FHIR demographics win over HL7's (the EMR is the
     master record); HL7 fills what FHIR lacks. An unavailable FHIR context with HL7 data
@@ -301,7 +307,7 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
     gets an error of its own: those lists come from the EMR only, so an empty one means "not
     asked", not "none" (an anticoagulant list never fetched must not read as "not anticoagulated").
     """
-    since = now - lookback
+    since = as_of - lookback
     merged = ClinicalContext(
         age_years=fhir_context.age_years, sex=fhir_context.sex, labs=dict(fhir_context.labs),
         coded_observations=dict(fhir_context.coded_observations), medications=list(fhir_context.medications),
@@ -310,7 +316,7 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
         reason_for_exam=fhir_context.reason_for_exam, notes=list(fhir_context.notes),
         errors=list(fhir_context.errors))
     for value in hl7_values:  # in the order received: of two HL7 values for one time, the later (a correction) wins
-        if value.name not in analytes or value.observed_at is None or not since <= value.observed_at <= now:
+        if value.name not in analytes or value.observed_at is None or not since <= value.observed_at <= as_of:
             continue
         current = merged.labs.get(value.name)
         if current is None or current.observed_at is None or value.observed_at > current.observed_at or (
@@ -318,12 +324,12 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
             merged.labs[value.name] = value
     for item in hl7_coded:
         current_coded = merged.coded_observations.get(item.category)
-        if item.category in analytes and item.recorded_at is not None and since <= item.recorded_at <= now and (
+        if item.category in analytes and item.recorded_at is not None and since <= item.recorded_at <= as_of and (
                 current_coded is None or current_coded.recorded_at is None
                 or item.recorded_at > current_coded.recorded_at):
             merged.coded_observations[item.category] = item
     if merged.age_years is None and hl7_birth_date is not None:
-        merged.age_years = _age_years(hl7_birth_date, now)
+        merged.age_years = _age_years(hl7_birth_date, as_of)
     merged.sex = merged.sex or HL7_SEX_TO_FHIR.get(hl7_sex or "")
     merged.reason_for_exam = merged.reason_for_exam or hl7_reason or None
     has_data = bool(merged.labs or merged.coded_observations or merged.age_years is not None

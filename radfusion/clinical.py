@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import Delete, delete, or_, select
 
@@ -156,6 +156,7 @@ class StudyPatient:
     patient_id: str
     issuer: str
     accession: str
+    performed_at: datetime | None = None  # Study Date + Time; None: read the record as of the present
 
 
 class ClinicalGatherer:
@@ -188,10 +189,10 @@ class ClinicalGatherer:
         """FHIR (waiting at most what is left of the budget) merged with stored HL7 values; never raises."""
         if not patient.patient_id:
             return ClinicalContext.unavailable("the study has no PatientID to match clinical data with")
-        now = utcnow()
+        as_of = self._as_of(patient)
         fhir_context = self._fhir_context(patient, analytes)
         values, coded, birth_date, sex, reason = self._hl7_values(patient)
-        return merge_contexts(fhir_context, values, analytes=analytes, now=now, lookback=self._lookback,
+        return merge_contexts(fhir_context, values, analytes=analytes, as_of=as_of, lookback=self._lookback,
                               hl7_coded=coded, hl7_birth_date=birth_date, hl7_sex=sex, hl7_reason=reason,
                               accession=patient.accession)
 
@@ -203,12 +204,19 @@ class ClinicalGatherer:
     def _lookback(self) -> timedelta:
         return timedelta(days=self._settings.lookback_days)
 
+    def _as_of(self, patient: StudyPatient) -> datetime:
+        """When the study's clinical data is read as of: its time and ``after_study_hours`` (labs drawn with the
+        scan); the present for a study without date and time."""
+        if patient.performed_at is None:
+            return utcnow()
+        return patient.performed_at + timedelta(hours=self._settings.after_study_hours)
+
     def _system(self, patient: StudyPatient) -> str | None:
         return self._settings.identifier_system(patient.issuer)
 
     def _query(self, patient: StudyPatient, analytes: list[str]) -> ClinicalQuery:
         return ClinicalQuery(patient_id=patient.patient_id, identifier_system=self._system(patient) or "",
-                             analytes=tuple(analytes), now=utcnow(), lookback=self._lookback,
+                             analytes=tuple(analytes), as_of=self._as_of(patient), lookback=self._lookback,
                              accession=patient.accession)
 
     def _fhir_context(self, patient: StudyPatient, analytes: list[str]) -> ClinicalContext:

@@ -23,6 +23,7 @@ from ai_engine.volume import is_localizer
 from dicom_node.contracts import AssociationInfo, StoredInstance
 from dicom_node.spool import Spool
 from radfusion.db import Database
+from radfusion.dicom_time import study_datetime
 from radfusion.models import Association, AuditEvent, Instance, Quarantine, Series, Study, utcnow
 from reports.sources import dicom_date
 
@@ -208,6 +209,8 @@ class IngestRecorder:
                 accession_number=_text(attrs.get("AccessionNumber"), Study.accession_number),
                 patient_id=patient_id, issuer_of_patient_id=issuer,
                 study_date=dicom_date(_text(attrs.get("StudyDate"))) or "", first_received_at=now,
+                performed_at=study_datetime(_text(attrs.get("StudyDate")), _text(attrs.get("StudyTime")),
+                                            _text(attrs.get("TimezoneOffsetFromUTC"))),
                 last_received_at=now)).inserted_primary_key[0]
         else:
             study_id = study.id

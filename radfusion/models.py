@@ -70,6 +70,7 @@ class Study(Base):
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
+    performed_at: Mapped[datetime | None]  # Study Date + Time (None when either is missing): clinical data's as-of
     state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -30,6 +30,7 @@ from hl7_fhir.errors import Hl7FhirError
 from hl7_fhir.findings import OutboundFinding, OutboundStudy
 from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
+from radfusion.dicom_time import aware
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
 from radfusion.outbound import (alert_deliveries, outbound_findings, outbound_study, report_deliveries,
                                 untold_targets)
@@ -60,7 +61,8 @@ class WrittenObject:
 
 def study_patient(study: Study) -> StudyPatient:
     """The identifiers that link a study to the EMR's record."""
-    return StudyPatient(study.id, study.patient_id, study.issuer_of_patient_id, study.accession_number)
+    return StudyPatient(study.id, study.patient_id, study.issuer_of_patient_id, study.accession_number,
+                        study.performed_at)
 
 
 def study_level_detectors(detectors: Mapping[str, Detector]) -> frozenset[str]:
@@ -357,13 +359,7 @@ def performed_at(ds: pydicom.Dataset) -> datetime | None:
     """``acquisition_datetime`` made timezone-aware: with the source's Timezone Offset From UTC, else as the
     server's local time (the modality's clock is the hospital's)."""
     when = acquisition_datetime(ds)
-    if when is None:
-        return None
-    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "")
-    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
-        minutes = (int(offset[1:3]) * 60 + int(offset[3:])) * (1 if offset[0] == "+" else -1)
-        return when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
-    return when.astimezone()
+    return None if when is None else aware(when, str(ds.get("TimezoneOffsetFromUTC", "") or ""))
 
 
 def acquisition_datetime(ds: pydicom.Dataset) -> datetime | None:

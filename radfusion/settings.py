@@ -314,6 +314,7 @@ class ClinicalSettings(Strict):
     default_identifier_system: str = "urn:oid:1.2.3.4.5"
     identifier_systems: dict[str, str] = Field(default_factory=dict)
     lookback_days: float = Field(90.0, gt=0)
+    after_study_hours: float = Field(2.0, ge=0)
     time_budget_s: float = Field(2.0, gt=0)
     analytes: dict[str, list[str]] = Field(default_factory=default_analytes)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +42,23 @@ class SyntheticStudy:
 
 
 def _header(rng: np.random.Generator, seed: int, kind: str, patient_id: str | None,
-            accession_number: str | None) -> StudyHeader:
-    """Identity of a synthetic patient and study; names say SYNTHETIC so nobody mistakes them."""
-    study_day = date(2024, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
-    birth = study_day - timedelta(days=int(rng.integers(30 * 365, 85 * 365)))
+            accession_number: str | None, performed_at: datetime | None) -> StudyHeader:
+    """Identity of a synthetic patient and study; names say SYNTHETIC so nobody mistakes them. The study is dated
+    ``performed_at`` (in the server's local time) when given, else at a drawn moment of 2024; the moment is drawn
+    either way, so a seed gives the same phantom."""
+    drawn = datetime(2024, 1, 1) + timedelta(days=int(rng.integers(0, 365)))
+    birth_days = int(rng.integers(30 * 365, 85 * 365))
     sex = "F" if kind == "mammo" else str(rng.choice(["F", "M"]))
+    drawn = drawn.replace(hour=int(rng.integers(0, 24)), minute=int(rng.integers(0, 60)))
+    moment = drawn if performed_at is None else performed_at.astimezone().replace(tzinfo=None)
+    birth = moment.date() - timedelta(days=birth_days)
     return StudyHeader(
         patient_id=patient_id or f"SYN{seed:08d}",
         patient_name=f"SYNTHETIC^PHANTOM{seed}",
         accession_number=accession_number or f"SYNACC{seed:08d}{STUDY_KINDS.index(kind)}",
         study_instance_uid=generate_uid(),
-        study_date=study_day.strftime("%Y%m%d"),
-        study_time=f"{int(rng.integers(0, 24)):02d}{int(rng.integers(0, 60)):02d}00",
+        study_date=moment.strftime("%Y%m%d"),
+        study_time=moment.strftime("%H%M%S"),
         patient_birth_date=birth.strftime("%Y%m%d"),
         patient_sex=sex,
     )
@@ -61,11 +66,12 @@ def _header(rng: np.random.Generator, seed: int, kind: str, patient_id: str | No
 
 def write_study(kind: str, out_dir: Path, *, seed: int = 0, lesion: bool = True, rows: int = 512,
                 slices: int | None = None, patient_id: str | None = None,
-                accession_number: str | None = None) -> SyntheticStudy:
+                accession_number: str | None = None, performed_at: datetime | None = None) -> SyntheticStudy:
     """Generate a phantom study of ``kind`` ("head_ct", "chest_ct", "mammo") and write it to ``out_dir``.
 
     ``rows`` is the image matrix (CT: rows x rows; mammo: image height, width 3/4 of it);
-    ``slices`` defaults to 40 x 5 mm for head CT and 120 x 2.5 mm for chest CT.
+    ``slices`` defaults to 40 x 5 mm for head CT and 120 x 2.5 mm for chest CT. ``performed_at`` dates the study
+    (a study that goes with clinical data of today); by default it is dated in 2024.
     """
     if kind not in STUDY_KINDS:
         raise SyntheticError(f"study kind must be one of {STUDY_KINDS}, got {kind!r}")
@@ -74,7 +80,7 @@ def write_study(kind: str, out_dir: Path, *, seed: int = 0, lesion: bool = True,
     if slices is not None and slices < 8:
         raise SyntheticError(f"slices must be at least 8, got {slices}")
     rng = np.random.default_rng(seed)
-    header = _header(rng, seed, kind, patient_id, accession_number)
+    header = _header(rng, seed, kind, patient_id, accession_number, performed_at)
     out_dir = Path(out_dir)
     if kind == "mammo":
         laterality = str(rng.choice(["L", "R"]))

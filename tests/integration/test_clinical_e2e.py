@@ -58,7 +58,8 @@ def test_labs_from_hl7_and_fhir_reach_the_job_and_the_reports(tmp_path: Path) ->
     sink = Hl7Sink()
     ris = MllpServer("127.0.0.1", 0, sink.handle)
     ris_port = ris.start()
-    study = write_study("head_ct", tmp_path / "in", seed=31, lesion=True, rows=256, slices=24, patient_id=MRN)
+    study = write_study("head_ct", tmp_path / "in", seed=31, lesion=True, rows=256, slices=24, patient_id=MRN,
+                        performed_at=now - timedelta(minutes=30))  # labs an hour before it count
     with fhir_peer(tmp_path) as fhir_url, storescp(tmp_path / "pacs", ae_title="PACS") as pacs_port:
         seed(fhir_url, [{"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": MRN}],
                          "gender": "male", "birthDate": "1948-03-05"}])

@@ -97,6 +97,15 @@ FINDINGS = [OutboundFinding("Intracranial hemorrhage", "1386000", "http://snomed
             OutboundFinding("Midline shift", location="septum pellucidum", diameter_mm=4.0, score=0.71)]
 
 
+def test_a_study_of_two_days_ago_is_read_as_the_record_was_then(client: FhirClient, seeded: str) -> None:
+    """The search names the window's end too: before, the INR of yesterday was used for a scan of the day
+    before, and the age was today's."""
+    ctx = gather_from_fhir(client, replace(query("inr", "platelets"), as_of=NOW - timedelta(hours=36)))
+    assert (ctx.labs["inr"].value, ctx.labs["inr"].code, ctx.labs["platelets"].value) == (1.1, "6301-6", 95.0)
+    assert ctx.age_years == pytest.approx((NOW - timedelta(hours=36) - datetime(1950, 6, 15, tzinfo=timezone.utc))
+                                          .days / 365.25, abs=0.06)
+
+
 def test_outbound_report_is_valid_and_found_again_once(client: FhirClient, seeded: str) -> None:
     report, observations = build_diagnostic_report(study(), FINDINGS, issued=NOW,
                                                    patient_reference=f"Patient/{seeded}")

@@ -23,7 +23,7 @@ def test_newest_value_wins_with_its_provenance_and_missing_is_explicit() -> None
     fhir = ClinicalContext(sex="female", age_years=70.0, status="complete",
                            labs={"inr": lab("inr", 1.1, 2, "fhir"), "platelets": lab("platelets", 200, 1, "fhir")})
     hl7 = [lab("inr", 2.9, 0.5, "hl7"), lab("platelets", 90, 5, "hl7"), lab("hemoglobin", 9, 200, "hl7")]
-    merged = merge_contexts(fhir, hl7, analytes=["inr", "platelets", "hemoglobin"], now=NOW, lookback=WINDOW)
+    merged = merge_contexts(fhir, hl7, analytes=["inr", "platelets", "hemoglobin"], as_of=NOW, lookback=WINDOW)
     assert (merged.labs["inr"].value, merged.labs["inr"].provenance.source) == (2.9, "hl7")
     assert (merged.labs["platelets"].value, merged.labs["platelets"].provenance.source) == (200, "fhir")
     assert "hemoglobin" not in merged.labs and merged.missing == ["hemoglobin"]
@@ -32,12 +32,12 @@ def test_newest_value_wins_with_its_provenance_and_missing_is_explicit() -> None
 
 def test_emr_down_but_hl7_labs_present_is_partial_and_keeps_the_reason() -> None:
     fhir = ClinicalContext.unavailable("EMR did not answer within 2.0 s")
-    merged = merge_contexts(fhir, [lab("inr", 3.1, 1, "hl7")], analytes=["inr"], now=NOW, lookback=WINDOW,
+    merged = merge_contexts(fhir, [lab("inr", 3.1, 1, "hl7")], analytes=["inr"], as_of=NOW, lookback=WINDOW,
                             hl7_birth_date=date(1950, 11, 20), hl7_sex="M", hl7_reason="Fall")
     assert merged.status == "partial" and merged.errors[0] == "EMR did not answer within 2.0 s"
     assert (merged.age_years, merged.sex, merged.reason_for_exam) == (76.0, "male", "Fall")
     assert {e.split(":")[0] for e in merged.errors[1:]} == {"medications", "conditions", "procedures", "family_history"}
-    nothing = merge_contexts(fhir, [], analytes=["inr"], now=NOW, lookback=WINDOW)
+    nothing = merge_contexts(fhir, [], analytes=["inr"], as_of=NOW, lookback=WINDOW)
     assert nothing.status == "unavailable" and nothing.missing == ["inr", "age", "sex"]
     assert nothing.errors == ["EMR did not answer within 2.0 s"]
 

@@ -56,7 +56,7 @@ def _server(sections: dict[str, Callable[[httpx.Request], dict[str, Any]]], call
 
 
 def _query(*analytes: str) -> ClinicalQuery:
-    return ClinicalQuery(patient_id="12345", identifier_system="urn:oid:1.2.3", analytes=analytes, now=NOW)
+    return ClinicalQuery(patient_id="12345", identifier_system="urn:oid:1.2.3", analytes=analytes, as_of=NOW)
 
 
 def test_an_icu_patient_s_hourly_vitals_do_not_cost_the_labs() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,8 @@ from radfusion.models import ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import load_settings
 from tests.unit.hl7_fhir.messages import orm, oru
 
+STUDY_TIME = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)  # the test ORU's INR is of 09:00 UTC
+
 
 @pytest.fixture
 def stored(tmp_path: Path):  # noqa: ANN201 - (send, context) helpers over one database
@@ -30,11 +32,30 @@ def stored(tmp_path: Path):  # noqa: ANN201 - (send, context) helpers over one d
     def send(message: str) -> str:
         return inbox.handle(message.replace("\n", "\r")).ack or ""
 
-    def context(issuer: str = "HOSP", accession: str = "ACC123"):  # noqa: ANN202
-        return gatherer.context_for(StudyPatient(1, "12345", issuer, accession), ["inr", "platelets"])
+    def context(issuer: str = "HOSP", accession: str = "ACC123",  # noqa: ANN202
+                performed_at: datetime | None = STUDY_TIME):
+        return gatherer.context_for(StudyPatient(1, "12345", issuer, accession, performed_at), ["inr", "platelets"])
 
     yield send, context
     gatherer.close()
+
+
+def _observed(message: str, day: str) -> str:
+    """``message`` (the test ORU) with its values observed on ``day`` (YYYYMMDD) instead of 2026-11-20."""
+    return message.replace("20261120100000", f"{day}100000").replace("202611201000+0100", f"{day}1000+0100")
+
+
+def test_a_study_is_read_with_the_values_of_its_own_time(stored) -> None:  # noqa: ANN001
+    """A study sent late, or analysed again, is read as of when it was performed: before, a scan of 20 November
+    was read with the INR of five days later (after the bleed was treated)."""
+    send, context = stored
+    send(oru("E1", inr="3.1"))
+    send(_observed(oru("L1", inr="1.2"), "20261125"))
+    assert context().labs["inr"].value == 3.1
+    assert "inr" not in context(performed_at=STUDY_TIME - timedelta(hours=4)).labs  # drawn 3 h after that scan
+    yesterday = (utcnow() - timedelta(days=1)).strftime("%Y%m%d")
+    send(_observed(oru("Y1", inr="1.4"), yesterday))
+    assert context(performed_at=None).labs["inr"].value == 1.4  # no date and time: as of the present
 
 
 def _status(message: str, status: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,25 @@ def test_study_date_is_stored_as_yyyymmdd_or_not_at_all(tmp_path: Path, sent: st
     assert IngestRecorder(db, Spool(tmp_path / "spool")).instance_stored(instance) is True
     with db.session() as session:
         assert session.scalars(select(Study.study_date)).one() == stored  # before: '15.01.2024' became 15012024
+    db.dispose()
+
+
+@pytest.mark.parametrize(("date", "time", "offset", "performed"), [
+    ("20240115", "083000.123", "+0100", datetime(2024, 1, 15, 7, 30, tzinfo=timezone.utc)),
+    ("2024.01.15", "08:30:00", "-0500", datetime(2024, 1, 15, 13, 30, tzinfo=timezone.utc)),  # ACR-NEMA style
+    ("20240115", "0830", "", datetime(2024, 1, 15, 8, 30).astimezone()),  # no offset: the server's local time
+    ("20240115", "", "+0100", None), ("", "083000", "", None), ("20240231", "083000", "", None),
+    ("20240115", "2530", "", None)])
+def test_a_study_records_when_it_was_performed_or_nothing(tmp_path: Path, date: str, time: str, offset: str,
+                                                           performed: datetime | None) -> None:
+    """Its clinical data is read as of then; a study without date or time is read as of the present."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    instance = StoredInstance(None, tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3", "1.2.3.1",
+                              "1.2.840.10008.1.2.1", 10, {"StudyDate": date, "StudyTime": time,
+                                                          "TimezoneOffsetFromUTC": offset, "Modality": "CT"})
+    assert IngestRecorder(db, Spool(tmp_path / "spool")).instance_stored(instance) is True
+    with db.session() as session:
+        assert session.scalars(select(Study.performed_at)).one() == performed
     db.dispose()
 
 
