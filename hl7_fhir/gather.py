@@ -299,7 +299,8 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
                    hl7_birth_date: date | None = None, hl7_sex: str | None = None,
                    hl7_reason: str | None = None, accession: str = "") -> ClinicalContext:
     """FHIR context plus stored HL7 values (in the order received): per analyte the newest value inside the
-    window (``lookback`` before ``as_of``, up to ``as_of``) wins, and of HL7 values for the same time the one received last (a corrected result).
+    window (``lookback`` before ``as_of``, up to ``as_of``) wins, and of HL7 values for the same time the one
+    received last (a corrected result).
 
     Each value keeps its provenance. FHIR demographics win over HL7's (the EMR is the
     master record); HL7 fills what FHIR lacks. An unavailable FHIR context with HL7 data

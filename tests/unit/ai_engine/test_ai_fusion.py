@@ -64,7 +64,8 @@ def test_lists_the_emr_never_sent_are_missing_not_negative() -> None:
     """EMR down, HL7 labs in: 'on no anticoagulant' is not known, so INR 3.1 must not read as untreated."""
     merged = merge_contexts(ClinicalContext.unavailable("EMR did not answer within 2.0 s"),
                             [LabValue("inr", "6301-6", 3.1, "1", datetime(2024, 1, 1, tzinfo=timezone.utc), PROV)],
-                            analytes=["inr"], as_of=datetime(2024, 1, 2, tzinfo=timezone.utc), lookback=timedelta(days=90))
+                            analytes=["inr"], as_of=datetime(2024, 1, 2, tzinfo=timezone.utc),
+                            lookback=timedelta(days=90))
     for task, lists in (("ich", ("anticoagulant", "antiplatelet")),
                         ("mammo", ("brca_carrier", "family_history_breast_cancer", "prior_biopsy"))):
         present = encode_clinical(task, merged)[1]
