@@ -13,8 +13,11 @@ status    meaning
 0xA701    refused, out of resources: writing the spool file failed (OSError); nothing kept
 0xA702    refused, out of resources: the sink (database) could not record the instance;
           the bytes are kept in quarantine, a later resend can succeed
-0xC210    cannot understand: the dataset cannot be parsed (or is truncated); quarantined
-0xC212    cannot understand: Study, Series or SOP Instance UID missing; quarantined
+0xA900    refused, data set does not match SOP class: the dataset's SOP Class UID differs from the
+          C-STORE request's (the presentation context's); quarantined
+0xC210    cannot understand: the dataset cannot be parsed (or is truncated, or is not encoded as
+          the negotiated transfer syntax says); quarantined
+0xC212    cannot understand: Study, Series, SOP Class or SOP Instance UID missing; quarantined
 0xC213    cannot understand: dataset SOP Instance UID differs from the C-STORE request's;
           quarantined
 0xC214    cannot understand: a UID is not a valid DICOM UID (e.g. ``1.2/../../x``);
@@ -45,6 +48,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    UID,
     RLELossless,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -59,6 +63,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
 )
+from pydicom.valuerep import VR
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -99,6 +104,7 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SHOWN_UID_LIMIT = 80
+_VR_NAMES = frozenset(vr.value for vr in VR)
 INSTANCE_LOCK_STRIPES = 64  # locks shared by hash of the instance's path: two stores of one instance share one
 
 
@@ -110,6 +116,7 @@ class StoreStatus(IntEnum):
     DISK_FLOOR = 0xA700
     SPOOL_WRITE_FAILED = 0xA701
     SINK_FAILED = 0xA702
+    SOP_CLASS_MISMATCH = 0xA900
     UNPARSABLE = 0xC210
     MISSING_UID = 0xC212
     SOP_UID_MISMATCH = 0xC213
@@ -193,25 +200,43 @@ def _check_complete(dataset: Dataset) -> None:
             raise ValueError(f"element {last.tag} truncated: {len(last.value)} of {last.length} bytes")
 
 
-def _parse(data: bytes, claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
+def _encoding_mismatch(stream: memoryview, transfer_syntax: UID) -> str | None:
+    """Why the dataset's first element is not encoded with the VR encoding of the negotiated transfer syntax, or
+    None. pydicom reads either encoding silently, so such a file would be kept under a transfer syntax that other
+    readers (dcmtk, a PACS) cannot parse it with."""
+    if transfer_syntax.is_deflated or len(stream) < 6:
+        return None
+    explicit = bytes(stream[4:6]).decode("latin-1") in _VR_NAMES  # explicit VR: the VR follows the tag
+    if explicit != transfer_syntax.is_implicit_VR:
+        return None
+    return (f"dataset is encoded with {'explicit' if explicit else 'implicit'} VR, but the negotiated transfer "
+            f"syntax is {transfer_syntax.name}")
+
+
+def _parse(data: bytes, claimed_sop_class: str, claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
     """Parse the file bytes; return the dataset and its (study, series, SOP instance) UIDs."""
     try:
         dataset = dcmread(io.BytesIO(data))
         _check_complete(dataset)
-        study_uid, series_uid, sop_uid = (
+        study_uid, series_uid, sop_class, sop_uid = (
             str(dataset.get(keyword, "") or "")
-            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
         )
     except Exception as exc:  # pydicom raises many types on malformed input; all mean "cannot parse"
         raise _Rejected(StoreStatus.UNPARSABLE, f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
     missing = [name for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
-                                      ("SOPInstanceUID", sop_uid)) if not uid]
+                                      ("SOPClassUID", sop_class), ("SOPInstanceUID", sop_uid)) if not uid]
     if missing:
         raise _Rejected(StoreStatus.MISSING_UID, f"dataset lacks {', '.join(missing)}")
     if sop_uid != claimed_sop_uid:
         raise _Rejected(
             StoreStatus.SOP_UID_MISMATCH,
             f"dataset SOPInstanceUID {_shown(sop_uid)} differs from the C-STORE request's {_shown(claimed_sop_uid)}",
+        )
+    if sop_class != claimed_sop_class:
+        raise _Rejected(
+            StoreStatus.SOP_CLASS_MISMATCH,
+            f"dataset SOPClassUID {_shown(sop_class)} differs from the C-STORE request's {_shown(claimed_sop_class)}",
         )
     return dataset, study_uid, series_uid, sop_uid
 
@@ -358,7 +383,17 @@ class StorageScp:
     def _on_conn_close(self, event: Event) -> None:
         """The connection closed. Once the A-RELEASE reply has gone out this is the end of a release: the
         peer may close before EVT_RELEASED has run (pynetdicom sends the reply first), and whichever event
-        comes first records the association. Without that reply (network error) it was not released."""
+        comes first records the association. Without that reply (network error) it was not released.
+
+        A connection that closes before its association request (a port probe, a health check, a failed TLS
+        handshake) ends at once: pynetdicom's AA-5 leaves the acceptor waiting ``acse_timeout_s`` for a request
+        that cannot come, holding one of ``max_associations``; an empty item on its queue is that wait's
+        timeout."""
+        dul = event.assoc.dul
+        if dul.state_machine.current_state == "Sta2":  # transport open, awaiting A-ASSOCIATE-RQ
+            LOG.info("connection from %s:%s closed before an association request", *event.address)
+            dul.to_user_queue.put(None)  # type: ignore[arg-type]
+            return
         self._close(event.assoc, released=release_answered(event.assoc))
 
     def _close(self, assoc: Association, released: bool) -> None:
@@ -403,7 +438,11 @@ class StorageScp:
 
         data = self._file_bytes(event)
         try:
-            dataset, study_uid, series_uid, sop_uid = _parse(data, claimed_uid)
+            mismatch = _encoding_mismatch(event.request.DataSet.getbuffer(), event.context.transfer_syntax)
+            if mismatch:
+                raise _Rejected(StoreStatus.UNPARSABLE, mismatch)
+            dataset, study_uid, series_uid, sop_uid = _parse(data, str(event.request.AffectedSOPClassUID),
+                                                             claimed_uid)
             try:
                 path = self.spool.instance_path(study_uid, series_uid, sop_uid)
             except (InvalidUidError, SpoolPathError) as exc:

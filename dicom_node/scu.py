@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 MAX_PRESENTATION_CONTEXTS = 128
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # pynetdicom re-encodes a file between these
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,10 @@ def _associate(node: RemoteNode, calling_ae: str, timeout_s: float, contexts: Se
         reason = describe_rejection(response.result, response.result_source, response.diagnostic)
         raise AssociationRejected(f"{_describe(node)} rejected the association from {calling_ae}: {reason}",
                                   permanent=response.result == 0x01)
+    if assoc.rejected_contexts:  # accepted, but none of the contexts (pynetdicom then aborts): asking again is no use
+        refused = ", ".join(f"{cx.abstract_syntax} in {'/'.join(cx.transfer_syntax)}" for cx in assoc.rejected_contexts)
+        raise AssociationRejected(f"{_describe(node)} accepted the association from {calling_ae} but none of its "
+                                  f"presentation contexts: {refused}", permanent=True)
     raise DeliveryError(f"{_describe(node)} aborted the association request from {calling_ae} "
                         f"or sent no answer within {timeout_s}s")
 
@@ -161,11 +167,11 @@ def send_files(node: RemoteNode, paths: Sequence[Path], calling_ae: str, timeout
     """C-STORE ``paths`` to ``node`` over one association; raise DeliveryError if any is not delivered."""
     started = time.perf_counter()
     headers = [_read_header(path) for path in paths]
-    contexts: dict[tuple[str, str], None] = {(h.sop_class_uid, h.transfer_syntax_uid): None for h in headers}
+    contexts = {(h.sop_class_uid, _offered(h.transfer_syntax_uid)): None for h in headers}
     if len(contexts) > MAX_PRESENTATION_CONTEXTS:
         raise DeliveryError(f"sending to {_describe(node)} needs {len(contexts)} (SOP class, transfer syntax) "
                             f"presentation contexts; one association allows {MAX_PRESENTATION_CONTEXTS}")
-    assoc = _associate(node, calling_ae, timeout_s, [(cls, [ts]) for cls, ts in contexts], tls_context)
+    assoc = _associate(node, calling_ae, timeout_s, [(cls, list(ts)) for cls, ts in contexts], tls_context)
     report = SendReport(node=node)
     try:
         for header in headers:
@@ -191,11 +197,20 @@ def send_files(node: RemoteNode, paths: Sequence[Path], calling_ae: str, timeout
     return report
 
 
+def _offered(transfer_syntax: str) -> tuple[str, ...]:
+    """The transfer syntaxes proposed for a file: its own, and for an uncompressed one the other uncompressed one
+    too (Implicit VR Little Endian is the one every SCP must accept, PS3.5 10.1)."""
+    if transfer_syntax in UNCOMPRESSED:
+        return (transfer_syntax, *(ts for ts in UNCOMPRESSED if ts != transfer_syntax))
+    return (transfer_syntax,)
+
+
 def _store_one(assoc: Association, header: _FileHeader) -> InstanceResult:
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
-    if (header.sop_class_uid, header.transfer_syntax_uid) not in accepted:
+    offered = _offered(header.transfer_syntax_uid)
+    if not any((header.sop_class_uid, ts) in accepted for ts in offered):
         return InstanceResult(header.path, header.sop_instance_uid, None,
-                              f"Not sent: peer did not accept {header.sop_class_uid} in {header.transfer_syntax_uid}",
+                              f"Not sent: peer did not accept {header.sop_class_uid} in {'/'.join(offered)}",
                               refused=True)
     response = assoc.send_c_store(header.path)
     if "Status" not in response:

@@ -50,6 +50,7 @@ def scp_config(settings: Settings) -> ScpConfig:
         allowed_calling_aes=frozenset(dicom.allowed_calling_aes), accept_any_calling_ae=dicom.accept_any_calling_ae,
         require_called_ae=dicom.require_called_ae, min_free_disk_bytes=dicom.min_free_disk_mb * 1024 * 1024,
         max_pdu_bytes=dicom.max_pdu_bytes, network_timeout_s=dicom.network_timeout_s,
+        acse_timeout_s=dicom.acse_timeout_s,
         max_associations=dicom.max_associations, tls=tls,
         calling_ae_hosts={ae: tuple(hosts) for ae, hosts in dicom.calling_ae_hosts.items()},
     )

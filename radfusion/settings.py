@@ -138,6 +138,7 @@ class DicomSettings(Strict):
     min_free_disk_mb: int = Field(1024, ge=0)
     max_pdu_bytes: int = Field(0, ge=0)
     network_timeout_s: float = Field(60.0, gt=0)
+    acse_timeout_s: float = Field(30.0, gt=0)
     max_associations: int = Field(16, ge=1)
     tls: TlsSettings = TlsSettings()
 

@@ -134,13 +134,15 @@ def running(cmd: Sequence[str], port: int | None = None, log: Path | None = None
 
 
 @contextmanager
-def storescp(directory: Path, ae_title: str = "SINK", port: int | None = None) -> Iterator[int]:
-    """dcmtk storescp accepting any storage SOP class into ``directory``; yields its port."""
+def storescp(directory: Path, ae_title: str = "SINK", port: int | None = None,
+             accept: str = "--accept-all") -> Iterator[int]:
+    """dcmtk storescp accepting any storage SOP class into ``directory`` (``accept``: which transfer syntaxes,
+    e.g. ``+xi`` Implicit VR Little Endian only); yields its port."""
     exe = require_tool("storescp")
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [exe, "--aetitle", ae_title, "--output-directory", str(directory),
-           "--promiscuous", "--accept-all", "--filename-extension", ".dcm", str(port)]
+           "--promiscuous", accept, "--filename-extension", ".dcm", str(port)]
     with running(cmd, port=port, log=directory.parent / f"storescp-{port}.log"):
         yield port
 

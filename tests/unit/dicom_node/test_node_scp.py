@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,13 @@ from types import SimpleNamespace
 import pynetdicom._config
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, RLELossless,
+    generate_uid,
+)
 from pynetdicom import AE
 
 from dicom_node.contracts import StoredInstance
@@ -217,6 +225,85 @@ def test_truncated_pixel_data_is_rejected(start_scp, tmp_path: Path, monkeypatch
     assert status == StoreStatus.UNPARSABLE
     assert "truncated" in node.sink.rejected[0][1]
     assert spool_files(node.spool.root, "instances") == []
+
+
+def _file(path: Path, meta: dict[str, str], dataset: bytes) -> Path:
+    """A Part 10 file of ``dataset`` (encoded bytes) behind a file meta of ``meta``, as a broken sender's."""
+    file_meta = FileMetaDataset()
+    for keyword, value in meta.items():
+        setattr(file_meta, keyword, value)
+    header = io.BytesIO()
+    write_file_meta_info(header, file_meta, enforce_standard=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + header.getvalue() + dataset)
+    return path
+
+
+def _encoded(ds: Dataset, implicit_vr: bool) -> bytes:
+    stream = DicomBytesIO()
+    stream.is_little_endian, stream.is_implicit_VR = True, implicit_vr
+    write_dataset(stream, ds)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize(("dataset_class", "status", "reason"), [
+    (MRImageStorage, StoreStatus.SOP_CLASS_MISMATCH, "SOPClassUID '1.2.840.10008.5.1.4.1.1.4' differs"),
+    (None, StoreStatus.MISSING_UID, "lacks SOPClassUID")])
+def test_a_dataset_not_of_the_requested_sop_class_is_refused_and_quarantined(
+        start_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset_class: str | None, status: int,
+        reason: str) -> None:
+    """Before, an MR dataset sent as CT (or one without SOP Class UID) was acknowledged, and its file's meta
+    said CT while the dataset said MR."""
+    node = start_scp()
+    ds = ct_dataset()
+    if dataset_class is None:
+        del ds.SOPClassUID
+    else:
+        ds.SOPClassUID = dataset_class
+    path = _file(tmp_path / "mr.dcm", {"MediaStorageSOPClassUID": CTImageStorage,
+                                       "MediaStorageSOPInstanceUID": ds.SOPInstanceUID,
+                                       "TransferSyntaxUID": ExplicitVRLittleEndian}, _encoded(ds, False))
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # the bytes as they are
+    assoc = pyscu(node.port)
+    answered = assoc.send_c_store(path).Status
+    assoc.release()
+    assert answered == status and node.sink.stored == []
+    (_, why, quarantined, _), = node.sink.rejected
+    assert reason in why and quarantined is not None
+
+
+def test_a_dataset_not_encoded_as_the_negotiated_syntax_says_is_refused(
+        start_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit VR bytes in an Implicit VR context: pydicom reads them anyway, so before they were acknowledged and
+    kept as an Implicit VR file that dcmtk cannot read."""
+    node = start_scp()
+    ds = ct_dataset()
+    path = _file(tmp_path / "x.dcm", {"MediaStorageSOPClassUID": CTImageStorage,
+                                      "MediaStorageSOPInstanceUID": ds.SOPInstanceUID,
+                                      "TransferSyntaxUID": ImplicitVRLittleEndian}, _encoded(ds, False))
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = pyscu(node.port, transfer_syntaxes=(ImplicitVRLittleEndian,))
+    answered = assoc.send_c_store(path).Status
+    assoc.release()
+    assert answered == StoreStatus.UNPARSABLE and node.sink.stored == []
+    assert "encoded with explicit VR, but the negotiated transfer syntax is Implicit VR Little Endian" in \
+        node.sink.rejected[0][1]
+    assoc = pyscu(node.port, transfer_syntaxes=(ImplicitVRLittleEndian,))  # the same dataset, rightly encoded
+    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
+    assoc.release()
+
+
+def test_connections_that_close_before_an_association_request_free_their_place_at_once(start_scp) -> None:
+    """A port probe or a load balancer's health check: before, each held one of max_associations for the whole
+    ACSE timeout, so a few of them shut every modality out."""
+    node = start_scp(max_associations=1, acse_timeout_s=30.0)
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", node.port), timeout=5).close()
+    started = time.monotonic()
+    while not (assoc := pyscu(node.port)).is_established:
+        assert time.monotonic() - started < 10, "the closed connections still hold the association slot"
+        time.sleep(0.2)
+    assoc.release()
+    assert node.sink.refused == []
 
 
 @pytest.mark.parametrize("evil", ["1.2.3/../../../../tmp/evil", "../../../tmp/evil", "/tmp/evil", "1.2.3.."])

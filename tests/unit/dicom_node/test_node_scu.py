@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import RLELossless
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
 from dicom_node.contracts import RemoteNode
 from dicom_node.errors import DeliveryError
@@ -35,6 +35,33 @@ def test_send_files_to_storescp_delivers_each_file(tmp_path: Path) -> None:
     received = {dcmread(p).SOPInstanceUID: dcmread(p) for p in (tmp_path / "received").glob("*.dcm")}
     assert set(received) == {ds.SOPInstanceUID for _, ds in files} | {rle.SOPInstanceUID}
     assert received[rle.SOPInstanceUID].file_meta.TransferSyntaxUID == RLELossless
+
+
+def test_a_pacs_that_accepts_only_implicit_vr_gets_the_results(tmp_path: Path) -> None:
+    """Implicit VR Little Endian is the transfer syntax every SCP must accept; before, only the file's own
+    (Explicit VR) was proposed, the association carried no context, and the delivery was retried for 72 h."""
+    path, sent = write_ct(tmp_path, "ct.dcm")
+    with storescp(tmp_path / "received", accept="+xi") as port:
+        report = send_files(RemoteNode("pacs", "SINK", "127.0.0.1", port), [path], "RADFUSION", timeout_s=10)
+    assert [r.status for r in report.results] == [0]
+    received, = (dcmread(p) for p in (tmp_path / "received").glob("*.dcm"))
+    assert received.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert received.SOPInstanceUID == sent.SOPInstanceUID and received.PixelData == sent.PixelData
+
+
+def test_a_peer_that_accepts_none_of_the_contexts_is_a_refusal_naming_them(tmp_path: Path) -> None:
+    path, _ = write_ct(tmp_path, "ct.dcm")
+    ae = AE("MRONLY")
+    ae.add_supported_context(MRImageStorage)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        remote = RemoteNode("mr-archive", "MRONLY", "127.0.0.1", server.server_address[1])
+        with pytest.raises(AssociationRejected, match=f"mr-archive.*none of its presentation contexts: "
+                                                      f"{CTImageStorage}") as caught:
+            send_files(remote, [path], "RADFUSION", timeout_s=5)
+    finally:
+        server.shutdown()
+    assert caught.value.permanent  # before: "aborted ... or sent no answer", retried as if the network failed
 
 
 def test_closed_port_raises_delivery_error_naming_the_node(tmp_path: Path) -> None:
