@@ -26,6 +26,10 @@ TILT_TOLERANCE = 1e-3  # in-plane drift per mm along the normal (about 0.06 degr
 STACK_TOLERANCE_MM = 0.05  # how far a slice may lie off the straight line of the others (rounded positions)
 MAX_TILT_DEGREES = 30.0
 SPACING_TOLERANCE = 0.1  # fraction of the median slice step
+CONTRAST_SIGNS = ("ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastBolusStartTime",
+                  "ContrastBolusIngredient", "ContrastBolusIngredientConcentration", "ContrastFlowRate")
+"""Contrast/Bolus module attributes that say an agent was given where the agent itself (Type 2) is left empty; the
+same as ``dicom_node.header.CONTRAST_SIGNS`` (the import rules keep the packages apart)."""
 
 
 @dataclass
@@ -178,16 +182,30 @@ def _read(path: Path) -> list[_Image]:
 
 def _declared_agent(ds: pydicom.Dataset) -> str:
     """Contrast/Bolus Agent as declared: the attribute, else the first coded agent of the Contrast/Bolus Agent
-    Sequence (enhanced images always, single-frame ones may code it so); empty when neither names one. The ingest's
-    routing header reads it the same way (``dicom_node.header``)."""
+    Sequence (enhanced images always, single-frame ones may code it so), else 'not named (...)' when another
+    attribute of the module says an agent was given (``CONTRAST_SIGNS``: the agent is Type 2, and a contrast head
+    CT with it left empty read as a 65 mL subdural); empty when none of them does. The ingest's routing header
+    reads it the same way (``dicom_node.header``)."""
     agent = str(ds.get("ContrastBolusAgent", "") or "").strip()
-    if agent or "ContrastBolusAgentSequence" not in ds:
+    if agent:
         return agent
-    element = ds.data_element("ContrastBolusAgentSequence")
-    if element is None or element.VR != "SQ" or not len(element.value):  # a malformed optional sequence: absent
-        return ""
-    item = element.value[0]
-    return str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
+    element = ds.data_element("ContrastBolusAgentSequence") if "ContrastBolusAgentSequence" in ds else None
+    if element is not None and element.VR == "SQ" and len(element.value):  # a malformed optional sequence: absent
+        item = element.value[0]
+        coded = str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
+        if coded:
+            return coded
+    for keyword in CONTRAST_SIGNS:
+        value = ds.get(keyword)
+        if value in (None, "") or (isinstance(value, MultiValue) and not len(value)):
+            continue
+        try:
+            if float(value) == 0:  # a zero volume, dose or rate: nothing given
+                continue
+        except (TypeError, ValueError):
+            pass  # a route, a time, an ingredient
+        return f"not named ({keyword} {value})"
+    return ""
 
 
 def _single(values: set[str], what: str) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from ai_engine.contrast import declares_contrast
 from ai_engine.errors import VolumeError
 from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
@@ -64,6 +65,12 @@ def test_the_series_contrast_agent_travels_with_the_volume(head: SyntheticStudy,
         ds.ContrastBolusAgent = " Iohexol "
 
     assert load_series(_rewrite(head.paths, tmp_path / "contrast", enhanced)).contrast_agent == "Iohexol"
+
+    def unnamed(_index: int, ds: pydicom.Dataset) -> None:  # the agent is Type 2: present, empty
+        ds.ContrastBolusAgent, ds.ContrastBolusRoute, ds.ContrastBolusVolume = "", "IV", "75"
+
+    volume = load_series(_rewrite(head.paths, tmp_path / "unnamed", unnamed))
+    assert volume.contrast_agent == "not named (ContrastBolusRoute IV)" and declares_contrast(volume.contrast_agent)
 
 
 def test_mixed_orientation_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:

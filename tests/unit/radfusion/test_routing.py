@@ -25,6 +25,7 @@ def test_a_contrast_enhanced_head_ct_is_not_sent_to_the_hemorrhage_detector() ->
     for plain in ({}, {"ContrastBolusAgent": ""}, {"ContrastBolusAgent": None}):
         assert [m.detector for m in router.select({**head, **plain})] == ["ich_fusion"]
     assert router.select({**head, "ContrastBolusAgent": "Iohexol"}) == []  # enhancing vessels read as blood
+    assert router.select({**head, "ContrastBolusAgent": "not named (ContrastBolusRoute IV)"}) == []
 
 
 def test_only_a_thin_chest_reconstruction_goes_to_the_nodule_detector() -> None:
