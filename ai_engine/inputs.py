@@ -21,11 +21,14 @@ STUDY_LEVEL_TASKS = frozenset({Task.MAMMOGRAPHY})  # read all series of a study 
 def load_inputs(task: Task, paths: Sequence[Path | str], context: ClinicalContext | None = None) -> DetectorInput:
     """Load ``paths`` the way ``task`` needs them (views for mammography, one volume otherwise)."""
     if Task(task) is Task.MAMMOGRAPHY:
-        return mammography_inputs(load_views(paths), context)
+        views, skipped = load_views(paths)
+        return mammography_inputs(views, context, skipped)
     return DetectorInput(volume=load_series(paths), context=context)
 
 
-def mammography_inputs(views: Sequence[MammoView], context: ClinicalContext | None = None) -> DetectorInput:
-    """The mammography input of views already read: by ``load_views`` or by a dataset reader whose files
-    lack the header identity (ordered as ``load_views`` orders them: laterality, then CC before MLO)."""
-    return DetectorInput(views=list(views), context=context)
+def mammography_inputs(views: Sequence[MammoView], context: ClinicalContext | None = None,
+                       notes: Sequence[str] = ()) -> DetectorInput:
+    """The mammography input of views already read: by ``load_views`` (``notes``: the images it left out) or by a
+    dataset reader whose files lack the header identity (ordered as ``load_views`` orders them: laterality, then
+    CC before MLO)."""
+    return DetectorInput(views=list(views), context=context, notes=list(notes))

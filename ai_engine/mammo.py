@@ -54,23 +54,36 @@ def chest_wall_on_right(breast: np.ndarray) -> bool:
     return bool(breast[:, -edge:].sum() > breast[:, :edge].sum())
 
 
-def _laterality(ds: pydicom.Dataset, path: Path) -> str:
+def _header_laterality(ds: pydicom.Dataset) -> str | None:
+    """L or R from Image Laterality, else Laterality; None when neither says one breast (B, U, empty)."""
     for keyword in ("ImageLaterality", "Laterality"):
         value = str(ds.get(keyword, "") or "").upper()
         if value in ("L", "R"):
             return value
-    raise VolumeError(f"{path}: mammogram has no ImageLaterality or Laterality of L or R")
+    return None
+
+
+def _header_view(ds: pydicom.Dataset) -> str | None:
+    """One of ``VIEW_ORDER`` from View Position, else from a View Code Sequence code; None for any other view."""
+    position = str(ds.get("ViewPosition", "") or "").upper()
+    if not position:
+        codes = (str(item.get("CodeValue", "")) for item in ds.get("ViewCodeSequence", []))
+        position = next((VIEW_CODE_TO_POSITION[c] for c in codes if c in VIEW_CODE_TO_POSITION), "")
+    return position if position in VIEW_ORDER else None
+
+
+def _laterality(ds: pydicom.Dataset, path: Path) -> str:
+    laterality = _header_laterality(ds)
+    if laterality is None:
+        raise VolumeError(f"{path}: mammogram has no ImageLaterality or Laterality of L or R")
+    return laterality
 
 
 def _view(ds: pydicom.Dataset, path: Path) -> str:
-    position = str(ds.get("ViewPosition", "") or "").upper()
-    if position:
-        return position
-    for item in ds.get("ViewCodeSequence", []):
-        code = str(item.get("CodeValue", ""))
-        if code in VIEW_CODE_TO_POSITION:
-            return VIEW_CODE_TO_POSITION[code]
-    raise VolumeError(f"{path}: mammogram has neither ViewPosition nor a known View Code Sequence code")
+    view = _header_view(ds)
+    if view is None:
+        raise VolumeError(f"{path}: mammogram's ViewPosition or View Code Sequence names none of {VIEW_ORDER}")
+    return view
 
 
 def _spacing(ds: pydicom.Dataset, path: Path, fallback_mm: float | None) -> tuple[float, float]:
@@ -109,15 +122,39 @@ def load_view(path: Path, *, identity: tuple[str, str] | None = None,
 
 
 FOR_PROCESSING_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2.1"  # Digital Mammography X-Ray Image Storage - For Processing
+MAGNIFIED = 1.4  # Estimated Radiographic Magnification Factor of a magnification view (1.5-2; a contact view ~1.1)
 
 
-def _screening_image(header: pydicom.Dataset) -> bool:
-    """Whether an image is a full-field view for presentation (not raw "For Processing" data, not a spot
-    compression or magnification view, whose View Modifier Code Sequence says so)."""
-    for_processing = (str(header.get("SOPClassUID", "")) == FOR_PROCESSING_SOP_CLASS
-                      or str(header.get("PresentationIntentType", "")).upper() == "FOR PROCESSING")
-    modified = any(len(item.get("ViewModifierCodeSequence", [])) for item in header.get("ViewCodeSequence", []))
-    return not for_processing and not modified
+def _left_out(header: pydicom.Dataset) -> str | None:
+    """Why an image is not one of the full-field 2D views for presentation the detectors read, or None when it is.
+
+    Left out: raw "For Processing" data; tomosynthesis, synthesized 2D and other multi-frame or enhanced objects;
+    spot compression and magnification views (a View Modifier, or a magnification factor of ``MAGNIFIED`` or
+    more); an image of no single breast (a specimen, laterality B) and views other than ``VIEW_ORDER``.
+    """
+    if (str(header.get("SOPClassUID", "")) == FOR_PROCESSING_SOP_CLASS
+            or str(header.get("PresentationIntentType", "")).upper() == "FOR PROCESSING"):
+        return "For Processing (raw) data"
+    if int(header.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in header:
+        return "a multi-frame image (tomosynthesis or enhanced mammography); only 2D views are read"
+    if any(len(item.get("ViewModifierCodeSequence", [])) for item in header.get("ViewCodeSequence", [])):
+        return "a spot compression or magnification view (View Modifier)"
+    try:
+        magnification = float(header.get("EstimatedRadiographicMagnificationFactor") or 0.0)
+    except (TypeError, ValueError):  # an unreadable optional value says nothing
+        magnification = 0.0
+    if magnification >= MAGNIFIED:
+        return f"a magnification view (factor {magnification:g})"
+    if _header_laterality(header) is None:
+        return "no laterality of L or R (Image Laterality, Laterality)"
+    if _header_view(header) is None:
+        return f"a view other than {', '.join(VIEW_ORDER)}"
+    return None
+
+
+def _image_name(header: pydicom.Dataset) -> str:
+    """How a radiologist finds an image again: its series and instance numbers."""
+    return f"image {header.get('InstanceNumber', '?')} of series {header.get('SeriesNumber', '?')}"
 
 
 def _acquired(header: pydicom.Dataset) -> tuple[str, int]:
@@ -127,19 +164,23 @@ def _acquired(header: pydicom.Dataset) -> tuple[str, int]:
     return when, int(header.get("InstanceNumber", 0) or 0)
 
 
-def load_views(paths: Sequence[Path | str]) -> list[MammoView]:
-    """Read the views of one study, ordered by laterality then CC, MLO, ... so view_index is stable.
+def load_views(paths: Sequence[Path | str]) -> tuple[list[MammoView], list[str]]:
+    """Read the views of one study, ordered by laterality then CC, MLO, ... so view_index is stable, and say which
+    images were left out and why.
 
-    Only full-field views for presentation are read (``_screening_image``); of several images of the
-    same laterality and view (a retake) the last acquired is kept. VolumeError when none is left.
+    Only full-field 2D views for presentation are read (``_left_out``): one image of another kind in the study
+    (a tomosynthesis object, a specimen) must not cost the exam. Of several images of the same laterality and view
+    (a retake) the last acquired is kept. VolumeError when none is left.
     """
     if not paths:
         raise VolumeError("no files given for the mammography views")
     headers = {Path(p): pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
-    screening = [p for p, header in headers.items() if _screening_image(header)]
+    reasons = {path: _left_out(header) for path, header in headers.items()}
+    screening = [p for p, reason in reasons.items() if reason is None]
+    skipped = [f"{_image_name(headers[p])} not read: {reason}" for p, reason in reasons.items() if reason]
     if not screening:
-        raise VolumeError(f"none of the {len(paths)} mammography images is a full-field view for presentation "
-                          f"(For Processing, spot compression or magnification only)")
+        raise VolumeError(f"none of the {len(paths)} mammography images is a full-field 2D view for presentation: "
+                          f"{'; '.join(sorted({r for r in reasons.values() if r}))}")
     latest: dict[tuple[str, str], Path] = {}
     for path in sorted(screening, key=lambda p: _acquired(headers[p])):
         header = headers[path]
@@ -153,4 +194,4 @@ def load_views(paths: Sequence[Path | str]) -> list[MammoView]:
         rank = VIEW_ORDER.index(view.view) if view.view in VIEW_ORDER else len(VIEW_ORDER)
         return (view.laterality, rank, view.sop_instance_uid)
 
-    return sorted(views, key=order)
+    return sorted(views, key=order), skipped

@@ -112,6 +112,8 @@ class JobRunner:
         try:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
+            if inputs.notes:  # images the loader left out (a tomosynthesis object beside the 2D views)
+                result = replace(result, notes=[*result.notes, *inputs.notes])
             sources, frames = _sources(inputs)
             predecessors, result = self._successor(job_id, current, sources, result)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost

@@ -22,6 +22,7 @@ class DetectorInput:
     volume: Volume | None = None
     views: list[MammoView] = field(default_factory=list)
     context: ClinicalContext | None = None
+    notes: list[str] = field(default_factory=list)  # what the loader left out, for the result's notes
 
 
 class Detector(Protocol):

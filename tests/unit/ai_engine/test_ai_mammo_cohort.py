@@ -12,7 +12,9 @@ from pydicom.uid import generate_uid
 
 from ai_engine.clinical_features import encode_clinical, feature_names
 from ai_engine.errors import VolumeError
+from ai_engine.inputs import load_inputs
 from ai_engine.mammo import FOR_PROCESSING_SOP_CLASS, load_views
+from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.mammo import HELDOUT_ACQUISITION, generate_case, write_case_dicom
 from ai_engine.synthetic.mammo_phantom import Acquisition, BreastSpec, PlacedLesion, render_breast
 from tests.peers import dciodvfy_errors
@@ -28,8 +30,9 @@ def _first_case(cancer: bool, kind: str | None = None) -> int:
 
 def test_four_views_round_trip_through_dicom_in_loader_order(tmp_path: Path) -> None:
     case = generate_case(_first_case(True), Acquisition(pixel_spacing_mm=0.8))
-    views = load_views(write_case_dicom(case, tmp_path))
+    views, skipped = load_views(write_case_dicom(case, tmp_path))
     assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
+    assert skipped == []
     assert views[0].pixel_spacing_mm == (0.8, 0.8)
     np.testing.assert_allclose(views[1].array, np.rint(case.views()[1][2]))
 
@@ -50,11 +53,42 @@ def test_loader_keeps_the_last_retake_and_skips_raw_and_spot_images(tmp_path: Pa
             ds.ViewCodeSequence[0].ViewModifierCodeSequence = [modifier]
         ds.save_as(tmp_path / f"{name}.dcm")
         extras.append(ds.SOPInstanceUID)
-    views = load_views([*paths, *(tmp_path / f"{n}.dcm" for n in ("retake", "raw", "spot"))])
+    views, skipped = load_views([*paths, *(tmp_path / f"{n}.dcm" for n in ("retake", "raw", "spot"))])
     assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
     assert views[0].sop_instance_uid == extras[0]
-    with pytest.raises(VolumeError, match="none of the 1 mammography images is a full-field view"):
+    assert [s.split(" not read: ")[1] for s in skipped] == [
+        "For Processing (raw) data", "a spot compression or magnification view (View Modifier)"]
+    with pytest.raises(VolumeError, match="none of the 1 mammography images is a full-field 2D view.*For Processing"):
         load_views([tmp_path / "raw.dcm"])
+
+
+def test_an_image_of_another_kind_in_the_study_is_left_out_not_the_exam(tmp_path: Path) -> None:
+    """A tomosynthesis object, a specimen (laterality B), a view the detectors do not know and a magnification view
+    without a View Modifier: before, each of them failed the whole exam, or (the last) replaced its CC view."""
+    paths = write_case_dicom(generate_case(_first_case(False), Acquisition(pixel_spacing_mm=0.8)), tmp_path)
+    changes = {
+        "dbt": {"NumberOfFrames": 3},
+        "specimen": {"ImageLaterality": "B", "Laterality": ""},
+        "xccm": {"ViewPosition": "XCCM", "ViewCodeSequence": []},
+        "magnified": {"EstimatedRadiographicMagnificationFactor": 1.8, "InstanceNumber": 99},
+    }
+    for name, change in changes.items():
+        ds = pydicom.dcmread(paths[0])
+        ds.SOPInstanceUID = generate_uid()
+        for keyword, value in change.items():
+            setattr(ds, keyword, value)
+        ds.save_as(tmp_path / f"{name}.dcm")
+    views, skipped = load_views([*paths, *(tmp_path / f"{name}.dcm" for name in changes)])
+    assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
+    assert str(views[0].path) == str(paths[0])  # not the magnification view sent after it
+    assert [s.split(" not read: ")[1] for s in skipped] == [
+        "a multi-frame image (tomosynthesis or enhanced mammography); only 2D views are read",
+        "no laterality of L or R (Image Laterality, Laterality)",
+        "a view other than CC, MLO, ML, LM, XCCL",
+        "a magnification view (factor 1.8)"]
+    assert skipped[0].startswith("image ")  # named by series and instance number, as a viewer shows them
+    study = load_inputs(Task.MAMMOGRAPHY, [*paths, *(tmp_path / f"{name}.dcm" for name in changes)])
+    assert study.notes == skipped  # the job puts them into the result's notes (the SR's comments)
 
 
 @pytest.mark.peers
