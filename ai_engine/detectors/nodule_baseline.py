@@ -22,6 +22,7 @@ from ai_engine.volume import Volume
 
 NAME = "nodule_baseline"
 VERSION = "0.1.0"
+BODY_HU = -500.0  # above it: the body (soft tissue, bone), for its midline
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class NoduleParameters:
     """Thresholds (HU, mm, mL) of the nodule baseline; each one is part of the Device UID."""
 
     air_hu: float = -400.0
+    min_sealed_run_mm: float = 20.0
     min_lung_ml: float = 100.0
     max_lungs: int = 2
     min_diameter_mm: float = 3.5
@@ -58,7 +60,7 @@ class NoduleBaseline:
         if lungs.any():
             box = ndimage.find_objects(lungs.astype(np.uint8))[0]
             tissue = lungs[box] & (volume.array[box] > self.parameters.air_hu)
-            findings = self._findings(volume, tissue, box)
+            findings = self._findings(volume, tissue, box, body_midline_x(volume))
         case_score = max((f.score for f in findings), default=0.0)
         lung_ml = float(lungs.sum()) * volume.voxel_volume_ml
         notes = [*BASELINE_NOTES, f"lung mask {lung_ml:.0f} mL"]
@@ -67,10 +69,11 @@ class NoduleBaseline:
         return reorientation.restore(result)
 
     def lung_mask(self, volume: Volume) -> np.ndarray:
-        """Air inside the body, largest components only, with in-slice holes filled."""
+        """Air inside the body, largest components only, with in-slice holes filled. A lung that the field of view
+        cuts off at the image's side is closed there (``seal_cut_edges``), not taken for air outside the body."""
         p = self.parameters
         air = volume.array < p.air_hu
-        inner_air = air & ~outside_per_slice(air)
+        inner_air = air & ~outside_per_slice(seal_cut_edges(air, round(p.min_sealed_run_mm / volume.spacing_mm[1])))
         labels, boxes = components(inner_air)
         sizes = ndimage.sum_labels(inner_air, labels, index=np.arange(1, len(boxes) + 1))
         min_voxels = p.min_lung_ml / volume.voxel_volume_ml
@@ -79,7 +82,8 @@ class NoduleBaseline:
             return np.zeros(air.shape, dtype=bool)
         return fill_holes_per_slice(np.isin(labels, keep))
 
-    def _findings(self, volume: Volume, tissue: np.ndarray, box: tuple[slice, ...]) -> list[Finding]:
+    def _findings(self, volume: Volume, tissue: np.ndarray, box: tuple[slice, ...],
+                  midline_x: float) -> list[Finding]:
         p = self.parameters
         spacing = np.asarray(volume.spacing_mm)
         offset = np.array([s.start for s in box])
@@ -105,7 +109,7 @@ class NoduleBaseline:
                      * (1.0 - logistic(elongation, p.max_elongation - 0.2, p.score_elongation_width)))
             findings.append(Finding(
                 finding_type=FindingType.NODULE, score=score, center_voxel=center,
-                center_mm=volume.voxel_to_patient(center), location=_lung_side(volume, center),
+                center_mm=volume.voxel_to_patient(center), location=lung_side(volume, center, midline_x),
                 volume_ml=volume_ml, diameter_mm=float(diameter), mask=mask,
                 measurements={"elongation": elongation, "compactness": compactness, "max_axial_extent_mm": axial_extent,
                               "mean_hu": float(volume.array[mask].mean())},
@@ -142,7 +146,52 @@ def _max_axial_extent(points: np.ndarray, spacing: np.ndarray) -> float:
     return extent
 
 
-def _lung_side(volume: Volume, center: tuple[float, ...]) -> str:
-    """'left lung' / 'right lung' from the patient x of the centre relative to the volume centre."""
-    middle = volume.voxel_to_patient(tuple((n - 1) / 2.0 for n in volume.array.shape))[0]
-    return "left lung" if volume.voxel_to_patient(center)[0] > middle else "right lung"
+def seal_cut_edges(air: np.ndarray, min_run: int) -> np.ndarray:
+    """``air`` with its runs along the first and last column of each slice closed (set False) where they lie between
+    tissue and are at least ``min_run`` voxels long: lung that a field of view cuts off at the image's side. Before,
+    such a lung touched the border, counted as air outside the body, and was not searched at all (a 1 mm cut of a
+    lung's edge lost the whole lung). Outside air reaches the border above or below the body, so it stays open."""
+    sealed = air.copy()
+    for column in (0, air.shape[2] - 1):
+        for z in range(air.shape[0]):
+            line = air[z, :, column]
+            edges = np.flatnonzero(np.diff(line.astype(np.int8)))  # a run starts after a +1, ends at a -1
+            starts, ends = edges[line[edges + 1]] + 1, edges[~line[edges + 1]] + 1
+            for start in starts:
+                end = ends[ends > start]  # a run open to the last row has no end: not between tissue
+                if len(end) and start > 0 and end[0] - start >= min_run:
+                    sealed[z, start:end[0], column] = False
+    return sealed
+
+
+def body_midline_x(volume: Volume) -> float:
+    """Patient x (LPS, mm) of the body's midline in an LPS-ordered ``volume``: the middle of the body's left-right
+    extent over the slices where it lies inside the image, else 0, the scanner's isocentre, where patients lie (a
+    reconstruction targeted on one lung cuts the body off, and keeps those coordinates)."""
+    columns = _body_columns(volume)
+    inside = columns.any(axis=1) & ~columns[:, 0] & ~columns[:, -1]
+    if inside.mean() < 0.5:
+        return 0.0
+    first = columns.argmax(axis=1)
+    last = columns.shape[1] - 1 - columns[:, ::-1].argmax(axis=1)
+    middle = float(((first + last) / 2.0)[inside].mean())
+    return volume.voxel_to_patient((0.0, 0.0, middle))[0]
+
+
+def _body_columns(volume: Volume) -> np.ndarray:
+    """[z, x]: the columns of each slice of an LPS-ordered ``volume`` that hold some of the body."""
+    return (volume.array > BODY_HU).any(axis=1)
+
+
+def cut_off_sides(volume: Volume) -> list[str]:
+    """The patient's sides ('right', 'left') at which the image's edge cuts the body off in at least a tenth of the
+    slices that show it (column 0 is the patient's right in LPS order)."""
+    columns = _body_columns(volume)
+    shown = max(int(columns.any(axis=1).sum()), 1)
+    return [side for side, edge in (("right", 0), ("left", -1)) if columns[:, edge].sum() >= 0.1 * shown]
+
+
+def lung_side(volume: Volume, center: tuple[float, ...], midline_x: float) -> str:
+    """'left lung' / 'right lung' from the patient x of the centre against the body's midline (``body_midline_x``);
+    before, the image centre decided, and a nodule of a right lung reconstructed alone read as the left lung's."""
+    return "left lung" if volume.voxel_to_patient(center)[0] > midline_x else "right lung"

@@ -31,7 +31,7 @@ from ai_engine.clinical_features import (
     note_encoding_of,
 )
 from ai_engine.detectors.base import DetectorInput, lps_volume
-from ai_engine.detectors.nodule_baseline import NoduleBaseline, _lung_side
+from ai_engine.detectors.nodule_baseline import NoduleBaseline, body_midline_x, cut_off_sides, lung_side
 from ai_engine.detectors.runtime import deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.head import FusionHead, modality_weight_dict
@@ -394,11 +394,14 @@ class NoduleFusion:
         findings: list[Finding] = []
         if nodules:
             malignancy, weights, spread = self.fuse(analysis.embedding[[n.index for n in nodules]], inputs.context)
-            findings = [self._finding(volume, analysis, n, float(malignancy[j]), weights[j], float(spread[j]))
-                        for j, n in enumerate(nodules)]
+            midline_x = body_midline_x(volume)
+            findings = [self._finding(volume, analysis, n, float(malignancy[j]), weights[j], float(spread[j]),
+                                      midline_x) for j, n in enumerate(nodules)]
         case_score = max((f.score for f in findings), default=0.0)
         notes = [f"{len(analysis.points)} candidates examined on a {WORK_MM} mm isotropic grid",
                  "clinical context: " + ("used" if inputs.context is not None else "not available; image only")]
+        notes += [f"the field of view cuts the body off at the patient's {side}: lung beyond the image's edge was "
+                  f"not searched" for side in cut_off_sides(volume)]
         if volume.spacing_mm[0] > THICK_SLICE_MM:
             notes.append(f"slices of {volume.spacing_mm[0]:.1f} mm, thicker than the 1-2.5 mm the network learned "
                          f"from: expect false nodules on vessels (model card)")
@@ -407,7 +410,7 @@ class NoduleFusion:
         return reorientation.restore(result)
 
     def _finding(self, volume: Volume, analysis: CandidateOutputs, nodule: LocalisedNodule, malignancy: float,
-                 weights: np.ndarray, spread: float) -> Finding:
+                 weights: np.ndarray, spread: float, midline_x: float) -> Finding:
         """The finding of one localised nodule.
 
         A segmentation too small to cover a source voxel leaves the finding without a mask (a point
@@ -426,7 +429,7 @@ class NoduleFusion:
         source_mask, source_heat = _to_source(volume.array.shape, grid, point, mask, cam)
         return Finding(
             finding_type=FindingType.NODULE, score=float(analysis.probability[i]), center_voxel=centre,
-            center_mm=volume.voxel_to_patient(centre), location=_lung_side(volume, centre),
+            center_mm=volume.voxel_to_patient(centre), location=lung_side(volume, centre, midline_x),
             volume_ml=nodule.volume_ml, diameter_mm=diameter, mask=source_mask if source_mask.any() else None,
             heatmap=source_heat,
             measurements={"malignancy_probability": malignancy, "malignancy_logit_std": spread,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ai_engine.detectors.base import DetectorInput
+from ai_engine.detectors.nodule_baseline import body_midline_x, lung_side, seal_cut_edges
 from ai_engine.detectors.nodule_fusion import NoduleFusion, lung_rads, suppress
 from ai_engine.detectors.registry import create_detector
 from ai_engine.errors import DetectorInputError
@@ -81,3 +82,36 @@ def test_lung_rads_follows_size_and_type() -> None:
 def test_suppression_keeps_the_best_of_close_candidates() -> None:
     points = np.array([[10, 10, 10], [11, 10, 10], [30, 30, 30]])
     assert suppress(points, np.array([0.4, 0.9, 0.5]), radius_mm=6.0) == [1, 2]
+
+
+def test_the_lung_side_follows_the_patient_not_the_image_centre() -> None:
+    """A reconstruction targeted on the right lung keeps the scanner's coordinates: before, its image centre was
+    taken for the midline, and a right-lung nodule was reported in the left lung."""
+    phantom = make_chest_phantom(np.random.default_rng(3), SHORT_SCAN, [])
+    full = _volume(phantom.hu, phantom.spacing)
+    columns = phantom.hu.shape[2]
+    right_half = _volume(phantom.hu[:, :, : columns // 2 + 8], phantom.spacing)  # ends just past the midline
+    shifted = _volume(np.pad(phantom.hu, ((0, 0), (0, 0), (0, 60)), constant_values=-1000.0), phantom.spacing)
+    assert abs(body_midline_x(full) - full.voxel_to_patient((0, 0, (columns - 1) / 2))[0]) < 3.0
+    assert body_midline_x(right_half) == 0.0  # the body is cut off: the isocentre
+    assert body_midline_x(shifted) == pytest.approx(body_midline_x(full), abs=1.0)  # an off-centre image
+    right_lung = (32.0, columns / 2.0, columns / 4.0)  # a quarter of the width from the patient's right
+    for volume in (full, right_half, shifted):
+        assert lung_side(volume, right_lung, body_midline_x(volume)) == "right lung"
+    assert lung_side(right_half, (32.0, columns / 2.0, columns / 2.0 - 20), 0.0) == "right lung"
+
+
+def test_a_lung_the_field_of_view_cuts_off_is_searched_and_the_cut_is_noted(detector: NoduleFusion) -> None:
+    """Before, lung air touching the image's side counted as air outside the body: a field of view that cut the
+    left lung's edge lost the whole left lung, its nodule with it, and said nothing."""
+    phantom = next(p for seed in range(3, 30) if (p := make_chest_phantom(
+        np.random.default_rng(seed), SHORT_SCAN, [NoduleSpec(12.0, "solid")])).nodules[0].center_voxel[2] > 200)
+    truth = np.array(phantom.nodules[0].center_voxel)  # in the left lung (column 0 is the patient's right)
+    cut = _volume(np.ascontiguousarray(phantom.hu[:, :, : int(truth[2]) + 20]), phantom.spacing)  # through the lung
+    assert seal_cut_edges(cut.array < -400, 5).sum() < (cut.array < -400).sum()
+    result = detector.detect(DetectorInput(volume=cut))
+    assert any(np.linalg.norm((np.array(f.center_voxel) - truth) * phantom.spacing) < 4.0 for f in result.findings)
+    assert "the field of view cuts the body off at the patient's left: lung beyond the image's edge was not " \
+           "searched" in result.notes
+    assert not any("cuts the body off" in note for note in detector.detect(
+        DetectorInput(volume=_volume(phantom.hu, phantom.spacing))).notes)
