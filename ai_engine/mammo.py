@@ -111,7 +111,9 @@ def load_view(path: Path, *, identity: tuple[str, str] | None = None,
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise VolumeError(f"{path}: multi-frame mammograms (tomosynthesis) are not supported")
     array = ds.pixel_array.astype(np.float32)
-    array = array * np.float32(float(ds.get("RescaleSlope", 1.0))) + np.float32(float(ds.get("RescaleIntercept", 0.0)))
+    slope, intercept = (ds.get(keyword) for keyword in ("RescaleSlope", "RescaleIntercept"))  # optional here
+    array = array * np.float32(1.0 if slope in (None, "") else float(slope)) + np.float32(
+        0.0 if intercept in (None, "") else float(intercept))
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         array = array.max() - array
     spacing = _spacing(ds, path, fallback_spacing_mm)

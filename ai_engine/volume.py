@@ -105,12 +105,15 @@ def is_localizer(image_type: object) -> bool:
 
 def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
     for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
-        if keyword not in ds:
+        if not ds.get(keyword):  # absent, or present and empty
             raise VolumeError(f"{path}: missing {keyword}, needed to place the slice in patient space")
+    if ds.get("RescaleIntercept") in (None, ""):  # Type 1 in CT; taken as 0, every HU read 1024 too high
+        raise VolumeError(f"{path}: missing Rescale Intercept, needed to read the slice in Hounsfield units")
+    slope = ds.get("RescaleSlope")
     thickness = ds.get("SliceThickness")
     return _Image(path, ds, None, _floats(ds.ImageOrientationPatient), _floats(ds.ImagePositionPatient),
                   _floats(ds.PixelSpacing), None if thickness in (None, "") else float(thickness),
-                  float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0)),
+                  1.0 if slope in (None, "") else float(slope), float(ds.RescaleIntercept),
                   is_localizer(ds.get("ImageType")))
 
 

@@ -73,6 +73,30 @@ def test_the_series_contrast_agent_travels_with_the_volume(head: SyntheticStudy,
     assert volume.contrast_agent == "not named (ContrastBolusRoute IV)" and declares_contrast(volume.contrast_agent)
 
 
+def test_a_slice_without_rescale_intercept_or_with_empty_values_is_refused_naming_them(
+        head: SyntheticStudy, tmp_path: Path) -> None:
+    """Before, a missing Rescale Intercept was taken as 0 (every HU 1024 too high: a bleed missed, silently) and an
+    empty Pixel Spacing or Rescale Slope raised a bare TypeError naming neither file nor attribute."""
+    def without_intercept(index: int, ds: pydicom.Dataset) -> None:
+        if index == 3:
+            del ds.RescaleIntercept
+
+    with pytest.raises(VolumeError, match=r"\.dcm: missing Rescale Intercept, needed to read the slice in Hounsfield"):
+        load_series(_rewrite(head.paths, tmp_path / "intercept", without_intercept))
+
+    def empty_spacing(_index: int, ds: pydicom.Dataset) -> None:
+        ds.PixelSpacing = None
+
+    with pytest.raises(VolumeError, match="missing PixelSpacing"):
+        load_series(_rewrite(head.paths, tmp_path / "spacing", empty_spacing))
+
+    def empty_slope(_index: int, ds: pydicom.Dataset) -> None:
+        ds.RescaleSlope = None  # present, empty: the identity
+
+    assert np.array_equal(load_series(_rewrite(head.paths, tmp_path / "slope", empty_slope)).array,
+                          load_series(head.paths).array)
+
+
 def test_mixed_orientation_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
     def rotate(index: int, ds: pydicom.Dataset) -> None:
         if index == 3:
