@@ -26,6 +26,7 @@ TILT_TOLERANCE = 1e-3  # in-plane drift per mm along the normal (about 0.06 degr
 STACK_TOLERANCE_MM = 0.05  # how far a slice may lie off the straight line of the others (rounded positions)
 MAX_TILT_DEGREES = 30.0
 SPACING_TOLERANCE = 0.1  # fraction of the median slice step
+DEFERRED_BYTES = 4096  # values larger than this (pixel data) are read from the file when first used
 CONTRAST_SIGNS = ("ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastBolusStartTime",
                   "ContrastBolusIngredient", "ContrastBolusIngredientConcentration", "ContrastFlowRate")
 """Contrast/Bolus module attributes that say an agent was given where the agent itself (Type 2) is left empty; the
@@ -170,8 +171,9 @@ def _enhanced_frames(path: Path, ds: pydicom.Dataset, count: int) -> list[_Image
 
 
 def _read(path: Path) -> list[_Image]:
-    """The slices one file holds: itself, or the frames of an enhanced multi-frame image."""
-    ds = pydicom.dcmread(path)
+    """The slices one file holds: itself, or the frames of an enhanced multi-frame image. Pixel data is read from the
+    file when it is decoded (``_pixels``), so a series is never held twice over in memory."""
+    ds = pydicom.dcmread(path, defer_size=DEFERRED_BYTES)
     if "PixelData" not in ds:
         raise VolumeError(f"{path}: has no Pixel Data; a volume needs image instances")
     count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -256,14 +258,19 @@ def _check_one_multiframe(images: list[_Image]) -> None:
 
 
 def _pixels(images: list[_Image]) -> np.ndarray:
-    """HU of each slice (rescaled per slice or frame), each file's pixel data decoded once."""
+    """HU of each slice (rescaled per slice or frame), each file's pixel data decoded once; a single-frame image's
+    pixel data is let go once it is copied (the series is in ``array`` then)."""
     decoded: dict[Path, np.ndarray] = {}
     first = images[0].dataset
     array = np.empty((len(images), int(first.Rows), int(first.Columns)), dtype=np.float32)
     for k, image in enumerate(images):
-        if image.path not in decoded:  # (frames, rows, columns) for every image, one frame or many
-            decoded[image.path] = image.dataset.pixel_array.reshape(-1, *array.shape[1:])
-        stored = decoded[image.path][0 if image.number is None else image.number - 1]
+        if image.number is None:
+            stored = image.dataset.pixel_array
+            del image.dataset.PixelData  # and the decoded copy pydicom keeps with it
+        else:  # (frames, rows, columns) of a multi-frame image, decoded for its first frame
+            if image.path not in decoded:
+                decoded[image.path] = image.dataset.pixel_array.reshape(-1, *array.shape[1:])
+            stored = decoded[image.path][image.number - 1]
         array[k] = stored.astype(np.float32) * np.float32(image.slope) + np.float32(image.intercept)
     return array
 
