@@ -64,12 +64,13 @@ def _header_laterality(ds: pydicom.Dataset) -> str | None:
 
 
 def _header_view(ds: pydicom.Dataset) -> str | None:
-    """One of ``VIEW_ORDER`` from View Position, else from a View Code Sequence code; None for any other view."""
+    """One of ``VIEW_ORDER`` from View Position, else from a View Code Sequence code (Type 1 in mammography, so it
+    decides where View Position holds another term, such as 'LCC'); None for any other view."""
     position = str(ds.get("ViewPosition", "") or "").upper()
-    if not position:
-        codes = (str(item.get("CodeValue", "")) for item in ds.get("ViewCodeSequence", []))
-        position = next((VIEW_CODE_TO_POSITION[c] for c in codes if c in VIEW_CODE_TO_POSITION), "")
-    return position if position in VIEW_ORDER else None
+    if position in VIEW_ORDER:
+        return position
+    codes = (str(item.get("CodeValue", "")) for item in ds.get("ViewCodeSequence", []))
+    return next((VIEW_CODE_TO_POSITION[c] for c in codes if c in VIEW_CODE_TO_POSITION), None)
 
 
 def _laterality(ds: pydicom.Dataset, path: Path) -> str:

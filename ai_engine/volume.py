@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
+from ai_engine.contrast import unnamed_agent
 from ai_engine.errors import VolumeError
 
 ORIENTATION_TOLERANCE = 1e-4
@@ -27,10 +28,6 @@ STACK_TOLERANCE_MM = 0.05  # how far a slice may lie off the straight line of th
 MAX_TILT_DEGREES = 30.0
 SPACING_TOLERANCE = 0.1  # fraction of the median slice step
 DEFERRED_BYTES = 4096  # values larger than this (pixel data) are read from the file when first used
-CONTRAST_SIGNS = ("ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastBolusStartTime",
-                  "ContrastBolusIngredient", "ContrastBolusIngredientConcentration", "ContrastFlowRate")
-"""Contrast/Bolus module attributes that say an agent was given where the agent itself (Type 2) is left empty; the
-same as ``dicom_node.header.CONTRAST_SIGNS`` (the import rules keep the packages apart)."""
 
 
 @dataclass
@@ -105,6 +102,8 @@ def is_localizer(image_type: object) -> bool:
 
 
 def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
+    if is_localizer(ds.get("ImageType")):  # left out of the volume: nothing of it is read but that it is a scout
+        return _Image(path, ds, None, (), (), (), None, 1.0, 0.0, localizer=True)
     for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         if not ds.get(keyword):  # absent, or present and empty
             raise VolumeError(f"{path}: missing {keyword}, needed to place the slice in patient space")
@@ -114,8 +113,7 @@ def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
     thickness = ds.get("SliceThickness")
     return _Image(path, ds, None, _floats(ds.ImageOrientationPatient), _floats(ds.ImagePositionPatient),
                   _floats(ds.PixelSpacing), None if thickness in (None, "") else float(thickness),
-                  1.0 if slope in (None, "") else float(slope), float(ds.RescaleIntercept),
-                  is_localizer(ds.get("ImageType")))
+                  1.0 if slope in (None, "") else float(slope), float(ds.RescaleIntercept), localizer=False)
 
 
 def _frame_group(ds: pydicom.Dataset, k: int, sequence: str, keyword: str) -> pydicom.Dataset | None:
@@ -187,10 +185,9 @@ def _read(path: Path) -> list[_Image]:
 
 def _declared_agent(ds: pydicom.Dataset) -> str:
     """Contrast/Bolus Agent as declared: the attribute, else the first coded agent of the Contrast/Bolus Agent
-    Sequence (enhanced images always, single-frame ones may code it so), else 'not named (...)' when another
-    attribute of the module says an agent was given (``CONTRAST_SIGNS``: the agent is Type 2, and a contrast head
-    CT with it left empty read as a 65 mL subdural); empty when none of them does. The ingest's routing header
-    reads it the same way (``dicom_node.header``)."""
+    Sequence (enhanced images always, single-frame ones may code it so), else ``unnamed_agent`` (another attribute
+    of the module says one was given); empty when none of them does. The ingest's routing attributes read it the
+    same way (``dicom_node.header`` and ``radfusion.ingest``)."""
     agent = str(ds.get("ContrastBolusAgent", "") or "").strip()
     if agent:
         return agent
@@ -200,17 +197,7 @@ def _declared_agent(ds: pydicom.Dataset) -> str:
         coded = str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
         if coded:
             return coded
-    for keyword in CONTRAST_SIGNS:
-        value = ds.get(keyword)
-        if value in (None, "") or (isinstance(value, MultiValue) and not len(value)):
-            continue
-        try:
-            if float(value) == 0:  # a zero volume, dose or rate: nothing given
-                continue
-        except (TypeError, ValueError):
-            pass  # a route, a time, an ingredient
-        return f"not named ({keyword} {value})"
-    return ""
+    return unnamed_agent(ds)
 
 
 def _single(values: set[str], what: str) -> str:
@@ -257,6 +244,17 @@ def _check_one_multiframe(images: list[_Image]) -> None:
                           "only")
 
 
+def _decoded(image: _Image) -> np.ndarray:
+    """The image's pixel data, read from its file now (``DEFERRED_BYTES``); a file replaced since its header was
+    read (an instance sent again) is named, not a bare pydicom error (the resend reopens the study, so it is read
+    again)."""
+    try:
+        return image.dataset.pixel_array
+    except (OSError, ValueError) as exc:
+        raise VolumeError(f"{image.path}: its pixel data could not be read ({type(exc).__name__}: {exc}); the file "
+                          "changed or went since its header was read") from exc
+
+
 def _pixels(images: list[_Image]) -> np.ndarray:
     """HU of each slice (rescaled per slice or frame), each file's pixel data decoded once; a single-frame image's
     pixel data is let go once it is copied (the series is in ``array`` then)."""
@@ -265,11 +263,11 @@ def _pixels(images: list[_Image]) -> np.ndarray:
     array = np.empty((len(images), int(first.Rows), int(first.Columns)), dtype=np.float32)
     for k, image in enumerate(images):
         if image.number is None:
-            stored = image.dataset.pixel_array
+            stored = _decoded(image)
             del image.dataset.PixelData  # and the decoded copy pydicom keeps with it
         else:  # (frames, rows, columns) of a multi-frame image, decoded for its first frame
             if image.path not in decoded:
-                decoded[image.path] = image.dataset.pixel_array.reshape(-1, *array.shape[1:])
+                decoded[image.path] = _decoded(image).reshape(-1, *array.shape[1:])
             stored = decoded[image.path][image.number - 1]
         array[k] = stored.astype(np.float32) * np.float32(image.slope) + np.float32(image.intercept)
     return array

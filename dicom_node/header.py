@@ -16,6 +16,13 @@ INSTANCE_ATTRIBUTES: tuple[str, ...] = (
     "ProtocolName",
     "SliceThickness",
     "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "ContrastBolusVolume",
+    "ContrastBolusTotalDose",
+    "ContrastBolusStartTime",
+    "ContrastBolusIngredient",
+    "ContrastBolusIngredientConcentration",
+    "ContrastFlowRate",
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "InstanceNumber",
@@ -87,35 +94,12 @@ def _enhanced_value(dataset: Dataset, keyword: str) -> object:
     return None
 
 
-CONTRAST_SIGNS = ("ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastBolusStartTime",
-                  "ContrastBolusIngredient", "ContrastBolusIngredientConcentration", "ContrastFlowRate")
-"""Contrast/Bolus module attributes that say an agent was given where the agent itself (Type 2) is left empty."""
-
-
 def _coded_agent(dataset: Dataset) -> object:
-    """The first coded Contrast/Bolus Agent (its meaning, else its code), else ``_unnamed_agent``, as
-    ``ai_engine.volume`` reads it (the import rules keep the two packages apart, so each has its reader)."""
-    for key in ("CodeMeaning", "CodeValue"):
-        coded = _first_item_path(dataset, ("ContrastBolusAgentSequence", key))
-        if coded not in (None, ""):
-            return coded
-    return _unnamed_agent(dataset)
-
-
-def _unnamed_agent(dataset: Dataset) -> str | None:
-    """'not named (<attribute> <value>)' for the first ``CONTRAST_SIGNS`` attribute that says an agent was given (a
-    value, and not a zero amount); None when none does."""
-    for keyword in CONTRAST_SIGNS:
-        value = dataset.get(keyword)
-        if value in (None, "") or (isinstance(value, MultiValue) and not len(value)):
-            continue
-        try:
-            if float(value) == 0:  # a zero volume, dose or rate: nothing given
-                continue
-        except (TypeError, ValueError):
-            pass  # a route, a time, an ingredient
-        return f"not named ({keyword} {value})"
-    return None
+    """The first coded Contrast/Bolus Agent (its meaning, else its code), as ``ai_engine.volume`` reads it (the
+    import rules keep the two packages apart, so each has its reader)."""
+    meaning = _first_item_path(dataset, ("ContrastBolusAgentSequence", "CodeMeaning"))
+    return meaning if meaning not in (None, "") else _first_item_path(dataset, ("ContrastBolusAgentSequence",
+                                                                                "CodeValue"))
 
 
 def instance_attributes(dataset: Dataset) -> dict[str, object]:

@@ -386,11 +386,12 @@ class StorageScp:
         comes first records the association. Without that reply (network error) it was not released.
 
         A connection that closes before its association request (a port probe, a health check, a failed TLS
-        handshake) ends at once: pynetdicom's AA-5 leaves the acceptor waiting ``acse_timeout_s`` for a request
-        that cannot come, holding one of ``max_associations``; an empty item on its queue is that wait's
-        timeout."""
+        handshake, a PDU that is not one) ends at once: pynetdicom's AA-5 and AR-5 leave the acceptor waiting
+        ``acse_timeout_s`` for a request that cannot come, holding one of ``max_associations``; an empty item on
+        its queue is that wait's timeout."""
         dul = event.assoc.dul
-        if dul.state_machine.current_state == "Sta2":  # transport open, awaiting A-ASSOCIATE-RQ
+        # Sta2: awaiting A-ASSOCIATE-RQ; Sta13: awaiting the close after aborting, here before any request came
+        if dul.state_machine.current_state in ("Sta2", "Sta13") and event.assoc.requestor.primitive is None:
             LOG.info("connection from %s:%s closed before an association request", *event.address)
             dul.to_user_queue.put(None)  # type: ignore[arg-type]
             return

@@ -154,7 +154,7 @@ def _associate(node: RemoteNode, calling_ae: str, timeout_s: float, contexts: Se
         reason = describe_rejection(response.result, response.result_source, response.diagnostic)
         raise AssociationRejected(f"{_describe(node)} rejected the association from {calling_ae}: {reason}",
                                   permanent=response.result == 0x01)
-    if assoc.rejected_contexts:  # accepted, but none of the contexts (pynetdicom then aborts): asking again is no use
+    if assoc.rejected_contexts and not assoc.accepted_contexts:  # accepted with no context (pynetdicom aborts)
         refused = ", ".join(f"{cx.abstract_syntax} in {'/'.join(cx.transfer_syntax)}" for cx in assoc.rejected_contexts)
         raise AssociationRejected(f"{_describe(node)} accepted the association from {calling_ae} but none of its "
                                   f"presentation contexts: {refused}", permanent=True)

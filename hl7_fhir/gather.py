@@ -172,13 +172,20 @@ class _FhirGatherer:
         context.labs[name] = LabValue(name, codes_here[0], value, unit, when, self.provenance(obs), flags)
         return None
 
+    def later(self, item: CodedItem) -> bool:
+        """Whether ``item`` was recorded after the moment the record is read as of (a condition diagnosed, a drug
+        started after the study): not part of the record the study was made with."""
+        return item.recorded_at is not None and item.recorded_at > self.query.as_of
+
     def conditions(self, context: ClinicalContext) -> list[str]:
         for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}, lenient=True):
             if {code for _, code, _ in _codings(cond.verificationStatus)} & NOT_THE_PATIENTS:
                 continue  # ruled out, or recorded in error: not a condition the patient has
             status = _codings(cond.clinicalStatus)
-            context.conditions.append(_coded_item(cond.code, status[0][1] if status else "",
-                                                  cond.recordedDate or cond.onsetDateTime, self.provenance(cond)))
+            item = _coded_item(cond.code, status[0][1] if status else "", cond.recordedDate or cond.onsetDateTime,
+                               self.provenance(cond))
+            if not self.later(item):
+                context.conditions.append(item)
         return []
 
     def procedures(self, context: ClinicalContext) -> list[str]:
@@ -186,8 +193,10 @@ class _FhirGatherer:
                                             lenient=True):
             if procedure.status in VOID_STATUSES:
                 continue
-            context.procedures.append(_coded_item(procedure.code, procedure.status or "",
-                                                  procedure.performedDateTime, self.provenance(procedure)))
+            item = _coded_item(procedure.code, procedure.status or "", procedure.performedDateTime,
+                               self.provenance(procedure))
+            if not self.later(item):
+                context.procedures.append(item)
         return []
 
     def medications(self, context: ClinicalContext) -> list[str]:
@@ -202,6 +211,8 @@ class _FhirGatherer:
                     med.medicationReference.display if med.medicationReference else "") or ""
                 category = classify(_codings(concept), text, self.query.medication_classes)
                 item = _coded_item(concept, category, getattr(med, when_field), self.provenance(med))
+                if self.later(item):
+                    continue
                 context.medications.append(item if item.display else CodedItem(
                     item.code, item.system, text, category, item.recorded_at, item.provenance))
         return []

@@ -191,7 +191,7 @@ class ClinicalGatherer:
             return ClinicalContext.unavailable("the study has no PatientID to match clinical data with")
         as_of = self._as_of(patient)
         fhir_context = self._fhir_context(patient, analytes)
-        values, coded, birth_date, sex, reason = self._hl7_values(patient)
+        values, coded, birth_date, sex, reason = self._hl7_values(patient, as_of)
         return merge_contexts(fhir_context, values, analytes=analytes, as_of=as_of, lookback=self._lookback,
                               hl7_coded=coded, hl7_birth_date=birth_date, hl7_sex=sex, hl7_reason=reason,
                               accession=patient.accession)
@@ -243,11 +243,12 @@ class ClinicalGatherer:
             log.warning("EMR query for study %d failed: %s: %s", patient.study_id, type(exc).__name__, exc)
             return ClinicalContext.unavailable(f"EMR query failed: {type(exc).__name__}: {exc}")
 
-    def _hl7_values(self, patient: StudyPatient) -> tuple[
+    def _hl7_values(self, patient: StudyPatient, as_of: datetime) -> tuple[
             list[LabValue], list[CodedItem], date | None, str | None, str | None]:
         """Stored HL7 values for the patient (matched by id, and by issuer where both sides name one). An order
-        that names no accession gives its reason only when it came within ``UNADDRESSED_ORDER_WINDOW``."""
-        recent = utcnow() - UNADDRESSED_ORDER_WINDOW
+        that names no accession gives its reason only when it came within ``UNADDRESSED_ORDER_WINDOW`` before
+        ``as_of`` (the study's time): one that came after it is for a later exam."""
+        recent = as_of - UNADDRESSED_ORDER_WINDOW
         with self._db.session() as session:
             rows = session.execute(
                 select(ClinicalValue, Hl7Message).join(Hl7Message, ClinicalValue.message_id == Hl7Message.id)
@@ -270,6 +271,6 @@ class ClinicalGatherer:
                 sex = value.text
             elif value.kind == "reason_for_exam" and value.accession and value.accession == patient.accession:
                 reason = value.text
-            elif value.kind == "reason_for_exam" and not value.accession and message.received_at >= recent:
+            elif value.kind == "reason_for_exam" and not value.accession and recent <= message.received_at <= as_of:
                 unaddressed = value.text  # a recent order without accession: only if none names this study
         return labs, coded, birth_date, sex, reason or unaddressed

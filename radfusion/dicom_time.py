@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
+from radfusion.errors import ConfigError
 from reports.sources import dicom_date
 
 _TIME = re.compile(r"(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?(?:\.\d{1,6})?")  # TM, and ACR-NEMA's HH:MM:SS
+
+
+def use_time_zone(name: str) -> str:
+    """Make ``name`` (an IANA zone; "" keeps this machine's) the process's local time zone: the one in which DICOM
+    and HL7 times without an offset are read, and a study's clinical data with them. A server or container kept
+    on UTC beside a hospital in another zone would otherwise read a 10:00 scan as 10:00 UTC. Returns the zone in
+    effect, for the start-up log."""
+    if name:
+        os.environ["TZ"] = name
+        time.tzset()
+        now = datetime.now(timezone.utc)
+        if now.astimezone().utcoffset() != now.astimezone(ZoneInfo(name)).utcoffset():
+            raise ConfigError(f"timezone: {name!r} is not known to this system's C library (install tzdata)")
+    local = datetime.now().astimezone()
+    return name or f"{local.tzname()} (this machine's; set timezone to name the hospital's)"
 
 
 def aware(when: datetime, offset: str) -> datetime:

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute
 
+from ai_engine.contrast import unnamed_agent
 from ai_engine.volume import is_localizer
 from dicom_node.contracts import AssociationInfo, StoredInstance
 from dicom_node.spool import Spool
@@ -64,6 +65,15 @@ _TOUCH_SERIES = (update(Series).where(Series.id == bindparam("series_id"))
                          instance_count=Series.instance_count + bindparam("added")))
 _COUNT_STORED = (update(Association).where(Association.id == bindparam("association_id"))
                  .values(instances_stored=Association.instances_stored + 1))
+
+
+def _series_attributes(attrs: dict[str, object]) -> dict[str, object]:
+    """What the routing rules read of a series (its first instance's ``SERIES_ATTRIBUTES``); an empty Contrast/Bolus
+    Agent that the rest of the module contradicts reads as the agent 'not named (...)' (``unnamed_agent``)."""
+    series = {k: attrs.get(k) for k in SERIES_ATTRIBUTES}
+    if not series["ContrastBolusAgent"]:
+        series["ContrastBolusAgent"] = unnamed_agent(attrs) or None
+    return series
 
 
 def _text(value: object, column: InstrumentedAttribute[str] | None = None) -> str:
@@ -237,7 +247,7 @@ class IngestRecorder:
             series_id = conn.execute(insert(Series).values(
                 study_id=study_id, series_uid=instance.series_instance_uid,
                 modality=_text(attrs.get("Modality"), Series.modality),
-                attributes={k: attrs.get(k) for k in SERIES_ATTRIBUTES}, last_received_at=now)).inserted_primary_key[0]
+                attributes=_series_attributes(attrs), last_received_at=now)).inserted_primary_key[0]
         else:
             series_id = series.id
             if series.study_id != study_id:  # sent again under a corrected Study UID: the series goes with it

@@ -23,6 +23,7 @@ from radfusion.assembly import StudyAssembler
 from radfusion.clinical import ClinicalGatherer, Hl7Store
 from radfusion.db import Database
 from radfusion.delivery import LANES, MAX_OVERLAPPING_ROUNDS, DeliveryWorker
+from radfusion.dicom_time import use_time_zone
 from radfusion.errors import ConfigError
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
@@ -61,6 +62,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.time_zone = use_time_zone(settings.timezone)  # before anything reads a DICOM or HL7 time
         router = compile_routing(settings.routing)
         names = sorted({d for rule in settings.routing for d in rule.detectors})
         self.detectors: dict[str, Detector] = {name: create_detector(name, settings.model_bundles.get(name))
@@ -115,6 +117,7 @@ class Service:
                  self.settings.dicom.ae_title, self.settings.dicom.bind_address, self.port,
                  self.db.engine.url.render_as_string(hide_password=True), self.settings.storage_path,
                  self.settings.workers, ", ".join(self.detectors) or "none")
+        log.info("local time (DICOM and HL7 times without an offset): %s", self.time_zone)
         for name, detector in sorted(self.detectors.items()):
             algorithm = detector.algorithm
             log.info("detector %s: version %s, Device UID %s, %s; bundle %s", name, algorithm.version,

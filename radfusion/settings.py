@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -80,6 +81,16 @@ def _directory_or_new(path: Path) -> Path:
     if not existing.is_dir():
         raise ValueError(f"{str(existing)!r} is a file, not a directory")
     return path
+
+
+def _time_zone(name: str) -> str:
+    """An IANA time zone name (``Europe/Berlin``), or "" for this machine's own."""
+    if name:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin") from exc
+    return name
 
 
 def _usable_database_url(url: str | None) -> str | None:
@@ -387,6 +398,7 @@ class Settings(BaseSettings):
     database_url: Annotated[str | None, AfterValidator(_usable_database_url)] = None
     workers: int = Field(2, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    timezone: Annotated[str, AfterValidator(_time_zone)] = ""
     dicom: DicomSettings = DicomSettings()
     destinations: list[DestinationSettings] = Field(default_factory=list)
     routing: list[RoutingRuleSettings] = Field(default_factory=default_routing)

@@ -168,7 +168,7 @@ def body_midline_x(volume: Volume) -> float:
     """Patient x (LPS, mm) of the body's midline in an LPS-ordered ``volume``: the middle of the body's left-right
     extent over the slices where it lies inside the image, else 0, the scanner's isocentre, where patients lie (a
     reconstruction targeted on one lung cuts the body off, and keeps those coordinates)."""
-    columns = _body_columns(volume)
+    columns = (volume.array > BODY_HU).any(axis=1)  # [z, x]: the columns of each slice that hold some of the body
     inside = columns.any(axis=1) & ~columns[:, 0] & ~columns[:, -1]
     if inside.mean() < 0.5:
         return 0.0
@@ -178,17 +178,13 @@ def body_midline_x(volume: Volume) -> float:
     return volume.voxel_to_patient((0.0, 0.0, middle))[0]
 
 
-def _body_columns(volume: Volume) -> np.ndarray:
-    """[z, x]: the columns of each slice of an LPS-ordered ``volume`` that hold some of the body."""
-    return (volume.array > BODY_HU).any(axis=1)
-
-
-def cut_off_sides(volume: Volume) -> list[str]:
-    """The patient's sides ('right', 'left') at which the image's edge cuts the body off in at least a tenth of the
-    slices that show it (column 0 is the patient's right in LPS order)."""
-    columns = _body_columns(volume)
-    shown = max(int(columns.any(axis=1).sum()), 1)
-    return [side for side, edge in (("right", 0), ("left", -1)) if columns[:, edge].sum() >= 0.1 * shown]
+def cut_off_sides(volume: Volume, parameters: NoduleParameters | None = None) -> list[str]:
+    """The patient's sides ('right', 'left') at which the image's edge cuts a lung off: where ``seal_cut_edges``
+    closes a run of air along the edge column of an LPS-ordered ``volume`` (column 0 is the patient's right)."""
+    p = parameters or NoduleParameters()
+    air = volume.array < p.air_hu
+    closed = air != seal_cut_edges(air, round(p.min_sealed_run_mm / volume.spacing_mm[1]))
+    return [side for side, edge in (("right", 0), ("left", -1)) if closed[:, :, edge].any()]
 
 
 def lung_side(volume: Volume, center: tuple[float, ...], midline_x: float) -> str:

@@ -400,8 +400,8 @@ class NoduleFusion:
         case_score = max((f.score for f in findings), default=0.0)
         notes = [f"{len(analysis.points)} candidates examined on a {WORK_MM} mm isotropic grid",
                  "clinical context: " + ("used" if inputs.context is not None else "not available; image only")]
-        notes += [f"the field of view cuts the body off at the patient's {side}: lung beyond the image's edge was "
-                  f"not searched" for side in cut_off_sides(volume)]
+        notes += [f"the field of view cuts a lung off at the patient's {side}: lung beyond the image's edge was not "
+                  f"searched" for side in cut_off_sides(volume)]
         if volume.spacing_mm[0] > THICK_SLICE_MM:
             notes.append(f"slices of {volume.spacing_mm[0]:.1f} mm, thicker than the 1-2.5 mm the network learned "
                          f"from: expect false nodules on vessels (model card)")

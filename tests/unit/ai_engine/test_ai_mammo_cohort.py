@@ -159,3 +159,15 @@ def test_heldout_acquisition_shifts_spacing_and_grey_levels() -> None:
     assert shifted.views()[0][2].shape[0] < train.views()[0][2].shape[0]
     assert shifted.views()[0][2].max() > 4095
     assert train.cancer == shifted.cancer and train.density == shifted.density
+
+
+def test_a_view_position_of_another_vocabulary_falls_back_to_the_view_code(tmp_path: Path) -> None:
+    """View Code Sequence is Type 1 in mammography; a View Position such as 'LCC' must not cost the exam."""
+    paths = write_case_dicom(generate_case(_first_case(False), Acquisition(pixel_spacing_mm=0.8)), tmp_path)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.ViewPosition = f"{ds.ImageLaterality}{ds.ViewPosition}"
+        ds.save_as(path)
+    views, skipped = load_views(paths)
+    assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
+    assert skipped == []

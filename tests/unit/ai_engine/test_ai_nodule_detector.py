@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ai_engine.detectors.base import DetectorInput
-from ai_engine.detectors.nodule_baseline import body_midline_x, lung_side, seal_cut_edges
+from ai_engine.detectors.nodule_baseline import body_midline_x, cut_off_sides, lung_side, seal_cut_edges
 from ai_engine.detectors.nodule_fusion import NoduleFusion, lung_rads, suppress
 from ai_engine.detectors.registry import create_detector
 from ai_engine.errors import DetectorInputError
@@ -111,7 +111,9 @@ def test_a_lung_the_field_of_view_cuts_off_is_searched_and_the_cut_is_noted(dete
     assert seal_cut_edges(cut.array < -400, 5).sum() < (cut.array < -400).sum()
     result = detector.detect(DetectorInput(volume=cut))
     assert any(np.linalg.norm((np.array(f.center_voxel) - truth) * phantom.spacing) < 4.0 for f in result.findings)
-    assert "the field of view cuts the body off at the patient's left: lung beyond the image's edge was not " \
+    assert "the field of view cuts a lung off at the patient's left: lung beyond the image's edge was not " \
            "searched" in result.notes
-    assert not any("cuts the body off" in note for note in detector.detect(
-        DetectorInput(volume=_volume(phantom.hu, phantom.spacing))).notes)
+    assert cut_off_sides(_volume(phantom.hu, phantom.spacing)) == []
+    tabled = phantom.hu.copy()
+    tabled[:, -12:-6, :] = 200.0  # a table across the whole width, below the patient
+    assert cut_off_sides(_volume(tabled, phantom.spacing)) == []

@@ -72,6 +72,11 @@ def test_the_series_contrast_agent_travels_with_the_volume(head: SyntheticStudy,
     volume = load_series(_rewrite(head.paths, tmp_path / "unnamed", unnamed))
     assert volume.contrast_agent == "not named (ContrastBolusRoute IV)" and declares_contrast(volume.contrast_agent)
 
+    def none_given(_index: int, ds: pydicom.Dataset) -> None:  # words for none, zero amounts: no agent
+        ds.ContrastBolusAgent, ds.ContrastBolusRoute, ds.ContrastFlowRate = "", "NONE", [0, 0]
+
+    assert load_series(_rewrite(head.paths, tmp_path / "none", none_given)).contrast_agent == ""
+
 
 def test_a_slice_without_rescale_intercept_or_with_empty_values_is_refused_naming_them(
         head: SyntheticStudy, tmp_path: Path) -> None:
@@ -117,6 +122,10 @@ def test_a_localizer_in_the_axial_series_is_left_out(head: SyntheticStudy, tmp_p
     assert volume.paths == head.paths and volume.array.shape == (12, 64, 64)
     with pytest.raises(VolumeError, match="all 1 images or frames are localizers"):
         load_series([scout])
+    del ds.RescaleIntercept  # nothing of a scout is read: what it lacks cannot cost the series
+    ds.ImagePositionPatient = None
+    ds.save_as(scout)
+    assert load_series([scout, *head.paths]).paths == head.paths
 
 
 def _tilted(degrees: float, off_line: int | None = None):  # noqa: ANN202

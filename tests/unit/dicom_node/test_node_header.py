@@ -43,15 +43,12 @@ def test_the_top_level_wins_and_a_missing_group_stays_missing() -> None:
     assert instance_attributes(single)["ContrastBolusAgent"] == "C-B0322"  # coded only: declared all the same
 
 
-def test_an_empty_agent_beside_a_route_or_volume_is_an_agent_not_named() -> None:
-    """Contrast/Bolus Agent is Type 2: a contrast head CT may leave it empty and fill the rest of the module. Before,
-    it was routed to the hemorrhage detector and read as a 65 mL subdural."""
-    given = _item(Modality="CT", ContrastBolusAgent="", ContrastBolusRoute="IV", ContrastBolusVolume="75")
-    assert instance_attributes(given)["ContrastBolusAgent"] == "not named (ContrastBolusRoute IV)"
-    volume_only = _item(Modality="CT", ContrastBolusAgent="", ContrastBolusVolume="75")
-    assert instance_attributes(volume_only)["ContrastBolusAgent"] == "not named (ContrastBolusVolume 75)"
-    nothing_given = _item(Modality="CT", ContrastBolusAgent="", ContrastBolusVolume="0", ContrastBolusRoute="")
-    assert instance_attributes(nothing_given)["ContrastBolusAgent"] is None
+def test_the_rest_of_the_contrast_module_is_kept_for_the_routing() -> None:
+    given = _item(Modality="CT", ContrastBolusAgent="", ContrastBolusRoute="IV", ContrastBolusVolume="75",
+                  ContrastFlowRate=["0", "0"])
+    attributes = instance_attributes(given)
+    assert (attributes["ContrastBolusAgent"], attributes["ContrastBolusRoute"], attributes["ContrastBolusVolume"],
+            attributes["ContrastFlowRate"]) == (None, "IV", 75.0, [0.0, 0.0])
 
 
 def test_a_malformed_optional_sequence_reads_as_absent_and_the_image_is_still_stored() -> None:

@@ -296,8 +296,10 @@ def test_connections_that_close_before_an_association_request_free_their_place_a
     """A port probe or a load balancer's health check: before, each held one of max_associations for the whole
     ACSE timeout, so a few of them shut every modality out."""
     node = start_scp(max_associations=1, acse_timeout_s=30.0)
-    for _ in range(3):
-        socket.create_connection(("127.0.0.1", node.port), timeout=5).close()
+    for garbage in (b"", b"", b"\x09\x00not a PDU"):  # the last one makes pynetdicom abort first (Sta13)
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as probe:
+            probe.sendall(garbage)
+            time.sleep(0.2)
     started = time.monotonic()
     while not (assoc := pyscu(node.port)).is_established:
         assert time.monotonic() - started < 10, "the closed connections still hold the association slot"

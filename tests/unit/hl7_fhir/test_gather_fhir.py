@@ -99,3 +99,22 @@ def test_an_order_not_to_give_warfarin_a_flush_and_a_refuted_cancer_are_not_the_
                                         "Condition": lambda r: _bundle([refuted])}, []), _query("inr"))
     assert context.medications == [] and context.conditions == []  # before: anticoagulant, prior cancer
     assert classify([], "Heparin lock flush 10 units/mL") == "" and classify([], "Heparin 5000 units SC") != ""
+
+
+def test_a_drug_started_or_a_diagnosis_made_after_the_study_is_not_its_record() -> None:
+    """A study analysed again later (or sent late) is read with the record of its time: before, an anticoagulant
+    started a week after the scan counted for it, as did a cancer diagnosed since."""
+    started_later = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+                     "subject": {"reference": "Patient/p1"}, "authoredOn": (NOW + timedelta(days=7)).isoformat(),
+                     "medicationCodeableConcept": {"text": "Apixaban 5 mg"}}
+    taken_before = {**started_later, "id": "m2", "authoredOn": (NOW - timedelta(days=30)).isoformat(),
+                    "medicationCodeableConcept": {"text": "Warfarin 5 mg"}}
+    diagnosed_later = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                       "recordedDate": (NOW + timedelta(days=2)).isoformat(), "code": {"text": "Lung cancer"}}
+    done_later = {"resourceType": "Procedure", "id": "p1", "status": "completed", "subject": {"reference": "Patient/p1"},
+                  "performedDateTime": (NOW + timedelta(days=1)).isoformat(), "code": {"text": "Craniotomy"}}
+    context = gather_from_fhir(_server({"MedicationRequest": lambda r: _bundle([started_later, taken_before]),
+                                        "Condition": lambda r: _bundle([diagnosed_later]),
+                                        "Procedure": lambda r: _bundle([done_later])}, []), _query("inr"))
+    assert [m.display for m in context.medications] == ["Warfarin 5 mg"]
+    assert context.conditions == [] and context.procedures == []

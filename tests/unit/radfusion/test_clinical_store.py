@@ -112,7 +112,7 @@ def test_an_order_without_accession_does_not_override_the_study_s_own(stored) ->
     send(orm("O1"))
     send(orm("O2").replace("ACC123", "").replace("Fall from ladder, on warfarin", "Abdominal pain"))
     assert context().reason_for_exam == "Fall from ladder, on warfarin"
-    assert context(accession="OTHER").reason_for_exam == "Abdominal pain"
+    assert context(accession="OTHER", performed_at=None).reason_for_exam == "Abdominal pain"  # received now
 
 
 def test_a_cancelled_order_takes_back_its_reason(stored) -> None:  # noqa: ANN001
@@ -134,6 +134,11 @@ def test_an_order_without_accession_counts_only_for_two_days(tmp_path: Path) -> 
     with db.session() as session:  # the same order, received a week ago
         session.execute(update(Hl7Message).values(received_at=utcnow() - timedelta(days=7)))
     assert gatherer.context_for(patient, ["inr"]).reason_for_exam is None  # before: used for any later study
+    week_ago = utcnow() - timedelta(days=7)  # studies of a week ago, sent or analysed now
+    assert gatherer.context_for(StudyPatient(1, "12345", "HOSP", "ACC999", week_ago + timedelta(hours=1)),
+                                ["inr"]).reason_for_exam == "Fall from ladder, on warfarin"  # ordered just before it
+    assert gatherer.context_for(StudyPatient(1, "12345", "HOSP", "ACC999", week_ago - timedelta(days=1)),
+                                ["inr"]).reason_for_exam is None  # ordered after it: for a later exam
     no_accession = StudyPatient(1, "12345", "HOSP", "")  # a study without accession: the old order is no match
     assert gatherer.context_for(no_accession, ["inr"]).reason_for_exam is None
     gatherer.close()

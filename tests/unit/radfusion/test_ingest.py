@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -15,8 +16,11 @@ from sqlalchemy.exc import DBAPIError
 from dicom_node.contracts import StoredInstance
 from dicom_node.spool import Spool
 from radfusion.db import Database
+from radfusion.dicom_time import study_datetime, use_time_zone
+from radfusion.errors import ConfigError
 from radfusion.ingest import IngestRecorder
 from radfusion.models import AuditEvent, Instance, Quarantine, Series, Study
+from radfusion.settings import load_settings
 from tests.integration.servers import postgresql
 
 
@@ -54,6 +58,25 @@ def test_study_date_is_stored_as_yyyymmdd_or_not_at_all(tmp_path: Path, sent: st
     assert IngestRecorder(db, Spool(tmp_path / "spool")).instance_stored(instance) is True
     with db.session() as session:
         assert session.scalars(select(Study.study_date)).one() == stored  # before: '15.01.2024' became 15012024
+    db.dispose()
+
+
+@pytest.mark.parametrize(("contrast", "routed_agent"), [
+    ({"ContrastBolusRoute": "IV", "ContrastBolusVolume": 75.0}, "not named (ContrastBolusRoute IV)"),
+    ({"ContrastBolusVolume": 75.0}, "not named (ContrastBolusVolume 75.0)"),
+    ({"ContrastBolusRoute": "NONE", "ContrastBolusIngredient": "N/A"}, None),  # words for none
+    ({"ContrastBolusVolume": 0.0, "ContrastFlowRate": [0.0, 0.0], "ContrastBolusRoute": ""}, None),  # zero amounts
+    ({"ContrastBolusAgent": "Iohexol", "ContrastBolusRoute": "IV"}, "Iohexol")])
+def test_an_empty_agent_that_the_contrast_module_contradicts_is_routed_as_an_agent(
+        tmp_path: Path, contrast: dict[str, object], routed_agent: str | None) -> None:
+    """Contrast/Bolus Agent is Type 2: a contrast head CT may leave it empty and fill the rest of the module. Before,
+    it was routed to the hemorrhage detector and read as a 65 mL subdural; a word for none must not count."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    instance = StoredInstance(None, tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3", "1.2.3.1",
+                              "1.2.840.10008.1.2.1", 10, {"Modality": "CT", "ContrastBolusAgent": None, **contrast})
+    assert IngestRecorder(db, Spool(tmp_path / "spool")).instance_stored(instance) is True
+    with db.session() as session:
+        assert session.scalars(select(Series.attributes)).one()["ContrastBolusAgent"] == routed_agent
     db.dispose()
 
 
@@ -173,3 +196,25 @@ def test_a_series_that_leaves_the_issuer_out_does_not_flip_the_study_s_patient(t
     assert (study.patient_id, study.issuer_of_patient_id) == ("P1", "HOSP")
     assert details == ["Issuer of Patient ID added by instance 1.2.3.9.1"]
     db.dispose()
+
+
+def test_study_times_without_an_offset_are_read_in_the_configured_time_zone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server kept on UTC beside a New York hospital: before, a 10:00 scan was read as 10:00 UTC, and the INR drawn
+    at 09:00 local (14:00 UTC) fell after the study's window."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        assert study_datetime("20240115", "100000", "") == datetime(2024, 1, 15, 10, tzinfo=timezone.utc)
+        assert use_time_zone("America/New_York") == "America/New_York"
+        assert study_datetime("20240115", "100000", "") == datetime(2024, 1, 15, 15, tzinfo=timezone.utc)
+        assert study_datetime("20240715", "100000", "") == datetime(2024, 7, 15, 14, tzinfo=timezone.utc)  # EDT
+        assert study_datetime("20240115", "100000", "+0100") == datetime(2024, 1, 15, 9, tzinfo=timezone.utc)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_an_unknown_time_zone_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="timezone.*unknown time zone 'Europe/Berlln'"):
+        load_settings(storage_path=tmp_path, timezone="Europe/Berlln")
