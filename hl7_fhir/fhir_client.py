@@ -39,15 +39,21 @@ class FhirError(Hl7FhirError):
         self.status = status
 
 
+def _without_query(url: str) -> str:
+    """``url`` without its query: what errors and logs may show of a request."""
+    return str(httpx.URL(url).copy_with(query=None))
+
+
 def _outcome_text(response: httpx.Response) -> str:
-    """The OperationOutcome's issue texts, or the start of the body."""
+    """The OperationOutcome's issue codes and severities: its texts may quote the search (the patient's
+    identifier), and errors are logged and stored."""
     try:
         body = response.json()
-        issues = body.get("issue", []) if isinstance(body, dict) else []
-        texts = [i.get("details", {}).get("text") or i.get("diagnostics") or i.get("code", "") for i in issues]
-        return "; ".join(filter(None, texts)) or response.text[:200]
     except ValueError:
-        return response.text[:200]
+        return f"no OperationOutcome ({len(response.content)} bytes)"
+    issues = body.get("issue", []) if isinstance(body, dict) else []
+    shown = [f"{i.get('severity', '?')} {i.get('code', '?')}" for i in issues if isinstance(i, dict)]
+    return "OperationOutcome: " + "; ".join(shown) if shown else f"no OperationOutcome ({len(response.content)} bytes)"
 
 
 def parse_resource(data: Mapping[str, Any]) -> FHIRAbstractModel:
@@ -113,27 +119,28 @@ class FhirClient:
         headers = {"Content-Type": FHIR_JSON} if json is not None else None
         idempotent = method == "GET"
         retry_status = RETRY_STATUS if idempotent else NOT_PROCESSED_STATUS
+        where = _without_query(url)  # a search's parameters (and a next-page link's) name the patient
         for attempt in range(self._retries + 1):
             last = attempt == self._retries
             try:
                 response = self._http.request(method, url, params=params, json=json, headers=headers)
             except httpx.TransportError as exc:
                 if last or not (idempotent or isinstance(exc, NOT_SENT_ERRORS)):
-                    raise FhirError(f"FHIR {method} {url} failed after {attempt + 1} attempts: "
+                    raise FhirError(f"FHIR {method} {where} failed after {attempt + 1} attempts: "
                                     f"{type(exc).__name__}: {exc}") from exc
-                log.info("FHIR %s %s: %s, retrying", method, url, type(exc).__name__)
+                log.info("FHIR %s %s: %s, retrying", method, where, type(exc).__name__)
             else:
                 if response.is_success:
                     try:
                         return dict(response.json())
                     except ValueError as exc:
-                        raise FhirError(f"FHIR {method} {url} answered non-JSON: {response.text[:80]!r}",
+                        raise FhirError(f"FHIR {method} {where} answered non-JSON ({len(response.content)} bytes, "
+                                        f"{response.headers.get('content-type', 'no content type')})",
                                         response.status_code) from exc
                 if response.status_code not in retry_status or last:
-                    where = response.url.copy_with(query=None)  # the search parameters name the patient
                     raise FhirError(f"FHIR {method} {where} answered {response.status_code}: "
                                     f"{_outcome_text(response)}", response.status_code)
-                log.info("FHIR %s %s answered %d, retrying", method, url, response.status_code)
+                log.info("FHIR %s %s answered %d, retrying", method, where, response.status_code)
             self._sleep(self._backoff * 2 ** attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -169,7 +176,8 @@ class FhirClient:
             if url is None or page + 1 == max_pages:
                 return
             if not url.startswith(self.base_url + "/"):
-                raise FhirError(f"next page {url} is outside the FHIR base {self.base_url}; not followed")
+                raise FhirError(f"next page {_without_query(url)} is outside the FHIR base {self.base_url}; "
+                                "not followed")
             page_params = None
         raise FhirError(f"FHIR search {resource_type} has more than {self._page_limit} pages; "
                         f"narrow it or raise page_limit")

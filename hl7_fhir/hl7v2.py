@@ -234,7 +234,10 @@ def parse_ts(value: str, default_offset: tzinfo | None = None) -> datetime | Non
     formats = {4: "%Y", 6: "%Y%m", 8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
     if len(digits) not in formats or not digits.isdigit():
         raise ValueError(f"HL7 timestamp of {len(value)} characters is not YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ]")
-    naive = datetime.strptime(digits, formats[len(digits)])
+    try:
+        naive = datetime.strptime(digits, formats[len(digits)])
+    except ValueError:  # strptime's message repeats the value
+        raise ValueError(f"HL7 timestamp of {len(value)} characters is not a valid date and time") from None
     return naive.astimezone() if offset is None else naive.replace(tzinfo=offset)
 
 

@@ -44,7 +44,9 @@ class Hl7Inbox:
     ``seen(control_id, sender)`` says whether that message of that sender (``Header.sender``) was
     already stored; ``on_labs``, ``on_demographics``, ``on_order`` and ``on_merge`` (patient merges:
     what was stored under a prior identifier moves to the surviving one) store one message's content
-    and its (control id, sender) in one transaction.
+    and its (control id, sender) in one transaction. ``on_rejected(header, ack_code, reason)`` records a
+    message answered AE or AR (header None for a frame without a readable MSH); the reason names no
+    patient data.
     """
 
     seen: Callable[[str, str], bool]
@@ -52,6 +54,7 @@ class Hl7Inbox:
     on_demographics: Callable[[Header, Demographics], None]
     on_order: Callable[[Header, Order], None]
     on_merge: Callable[[Header, list[Merge]], None]
+    on_rejected: Callable[[Header | None, str, str], None] = lambda header, code, reason: None
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 
     def handle(self, text: str) -> MllpReply:
@@ -60,6 +63,7 @@ class Hl7Inbox:
             header = read_header(text)
         except Hl7MessageError as exc:
             log.warning("HL7 frame without a readable MSH rejected: %s", exc)
+            self._rejected(None, exc.ack_code, str(exc))
             return MllpReply(build_ack(Header("", "", "", "", "", "RADFUSION", "", "", ""), exc.ack_code,
                                        str(exc), hl7_error=exc.hl7_error))
         try:
@@ -72,9 +76,11 @@ class Hl7Inbox:
         except Hl7MessageError as exc:
             log.warning("HL7 %s %s from %s answered %s: %s", header.message_type, header.control_id,
                         header.sending_facility, exc.ack_code, exc)
+            self._rejected(header, exc.ack_code, str(exc))
             return self._ack(header, exc.ack_code, str(exc), exc.hl7_error)
         except Exception as exc:  # the app's store failed: its transaction rolled back, the sender resends
             log.exception("HL7 %s %s: storing failed", header.message_type, header.control_id)
+            self._rejected(header, "AE", f"storing failed: {type(exc).__name__}")
             return self._ack(header, "AE", f"storing failed: {type(exc).__name__}: {exc}", ERR_APPLICATION_INTERNAL)
         log.info("HL7 %s %s from %s: %s", header.message_type, header.control_id, header.sending_facility, summary)
         return self._ack(header, "AA", summary)
@@ -99,6 +105,13 @@ class Hl7Inbox:
             return f"merged {len(merges)} patient record(s)"
         self.on_order(header, parse_order(parsed))
         return "stored order"
+
+    def _rejected(self, header: Header | None, code: str, reason: str) -> None:
+        """Tell ``on_rejected``; its own failure (the database down) must not cost the sender its ACK."""
+        try:
+            self.on_rejected(header, code, reason)
+        except Exception:  # noqa: BLE001 - logged; the ACK still goes out
+            log.exception("recording the rejection of an HL7 message failed")
 
     @staticmethod
     def _ack(header: Header, code: str, text: str, hl7_error: str = ERR_APPLICATION_INTERNAL) -> MllpReply:

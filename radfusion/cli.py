@@ -24,6 +24,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(Path(config) if config else None)
 
 
+def _keep_private(storage: Path) -> None:
+    """Make the storage folder the service user's alone (mode 0700): it holds images, the database and results.
+    A folder made before the umask, or by hand, may let every local user read them."""
+    try:
+        storage.chmod(0o700)
+    except OSError as exc:  # not ours (a mount point): say so, the files in it are 0600 all the same
+        log.warning("could not make %s private to the service's user (%s); check its permissions", storage, exc)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM or Ctrl-C."""
     from radfusion.logs import configure_logging
@@ -31,7 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level)
+    os.umask(0o077)  # images, database, results and quarantine: for the service's user only
     service = Service(settings)
+    _keep_private(settings.storage_path)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

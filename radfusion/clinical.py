@@ -24,7 +24,7 @@ from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, merge_contexts
 from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Merge, Order, PatientIdentifier
 from radfusion.db import Database
-from radfusion.models import ClinicalValue, Hl7Message, utcnow
+from radfusion.models import AuditEvent, ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSettings
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,12 @@ class Hl7Store:
             ClinicalValue.kind.in_(("lab", "coded")), ClinicalValue.name == name, ClinicalValue.observed_at == when)
             for identifier in report.identifiers for name, when in report.deleted]
         self._store(header, report.identifiers, rows, deletions)
+
+    def on_rejected(self, header: Header | None, ack_code: str, reason: str) -> None:
+        """Audit a message answered AE or AR (the reason names fields and rules, no patient data)."""
+        subject = "frame without MSH" if header is None else f"{header.sender} {header.control_id}"
+        with self._db.session() as session:
+            session.add(AuditEvent(kind="hl7_rejected", subject=subject[:128], detail=f"{ack_code}: {reason}"))
 
     def on_demographics(self, header: Header, demographics: Demographics) -> None:
         rows = []

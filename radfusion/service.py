@@ -86,7 +86,8 @@ class Service:
         self.hl7: MllpServer | None = None
         if settings.hl7.listen:
             store = Hl7Store(self.db)
-            inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
+            inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge,
+                             store.on_rejected)
             self.hl7 = MllpServer(settings.hl7.bind_address, settings.hl7.port, inbox.handle,
                                   tls_context=_server_tls("hl7", settings.hl7.tls))
         self.port: int | None = None

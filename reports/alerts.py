@@ -105,8 +105,10 @@ class WebhookChannel:
 
     @property
     def name(self) -> str:
-        """How logs and errors name this channel."""
-        return f"webhook {self.url}"
+        """How logs, errors and ``radfusion status`` name this channel: its scheme, host and port only (a webhook's
+        query or path may hold its key, as a chat service's URL does)."""
+        url = httpx.URL(self.url)
+        return f"webhook {url.scheme}://{url.host}{'' if url.port is None else f':{url.port}'}"
 
     def send(self, payload: Mapping[str, object]) -> None:
         """POST ``payload`` once; raise AlertDeliveryError unless the answer is 2xx."""

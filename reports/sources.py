@@ -58,10 +58,13 @@ def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Data
     """The source headers the builders copy from, mended where they would stop the result (a copy only where
     something changes): the Specific Character Set (``_character_set``; one highdicom still refuses becomes UTF-8,
     the text decoded first), dates of the patient and study modules ('1945-03-17' -> 19450317; an unreadable one
-    emptied), and the ``COPIED_TYPE2`` attributes a sender left out (added empty)."""
+    emptied), a Patient's Sex other than M, F or O (such as 'U', which highdicom refuses: no result at all) emptied,
+    and the ``COPIED_TYPE2`` attributes a sender left out (added empty)."""
     mended = []
     for ds in datasets:
         changes: dict[str, object] = {keyword: "" for keyword in COPIED_TYPE2 if keyword not in ds}
+        if str(ds.get("PatientSex", "") or "").strip() not in ("M", "F", "O", ""):
+            changes["PatientSex"] = ""  # Type 2: empty means unknown
         reencode = False
         if "SpecificCharacterSet" in ds:
             charset = _character_set(ds.SpecificCharacterSet)

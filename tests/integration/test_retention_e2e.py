@@ -3,6 +3,7 @@ and the same study sent again afterwards is received and finished like a new one
 
 from __future__ import annotations
 
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def test_an_expired_study_is_purged_by_the_server_and_a_resend_is_received_again
         wait_until(lambda: study_state(server) == "done", timeout=30, what="study done")
         spool = tmp_path / "rf" / "data" / "instances"
         assert instances(server) == len(study.paths) == len(list(spool.rglob("*.dcm")))
+        private = [spool.parent, *spool.rglob("*")] + ([] if database_url else [spool.parent / "radfusion.db"])
+        assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in private} <= {"0o700", "0o600"}  # before: 0644 db, 0755
         server.stop()
         with server.db.session() as session:  # eight days pass
             session.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=8)))

@@ -34,7 +34,7 @@ def test_5xx_is_retried_and_4xx_is_not() -> None:
 
     fhir = client(flaky, retries=2)
     assert fhir.search("Patient", {}) == [] and len(calls) == 2
-    with pytest.raises(FhirError, match="answered 400: unknown parameter foo"):
+    with pytest.raises(FhirError, match="answered 400: OperationOutcome: error invalid"):
         fhir.search("Condition", {"foo": "1"})
     assert len(calls) == 3
 
@@ -45,6 +45,27 @@ def test_a_failed_search_names_the_resource_not_the_patient() -> None:
     with pytest.raises(FhirError) as failure:
         fhir.search("Patient", {"identifier": "urn:oid:1.2.3|PAT-0042"})
     assert str(failure.value).startswith(f"FHIR GET {BASE}/Patient answered 503") and "PAT-0042" not in str(failure.value)
+
+
+def test_no_error_quotes_a_next_page_link_an_outcome_text_or_a_body() -> None:
+    """Before, a next page's failure quoted its link (the search, the patient's identifier in it), and an
+    OperationOutcome's text or a non-JSON body was copied into the error, which is logged and stored."""
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("page") == "2":
+            raise httpx.ConnectError("connection dropped")
+        if request.url.path.endswith("Condition"):
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "invalid", "diagnostics": "no such patient PAT-0042"}]})
+        if request.url.path.endswith("Procedure"):
+            return httpx.Response(200, text="<html>PAT-0042</html>")
+        return httpx.Response(200, json={**EMPTY, "link": [{"relation": "next", "url":
+                                         f"{BASE}/Patient?identifier=urn%3Aoid%3A1.2.3%7CPAT-0042&page=2"}]})
+
+    fhir = client(server, retries=0)
+    for resource in ("Patient", "Condition", "Procedure"):
+        with pytest.raises(FhirError) as failure:
+            fhir.search(resource, {"identifier": "urn:oid:1.2.3|PAT-0042"})
+        assert "PAT-0042" not in str(failure.value), str(failure.value)
 
 
 def test_create_is_not_retried_after_a_server_error() -> None:

@@ -112,9 +112,17 @@ def test_a_time_without_any_offset_is_local_time(monkeypatch: pytest.MonkeyPatch
 
 def test_an_hl7_null_birth_date_is_no_birth_date() -> None:
     assert parse_demographics(parse(adt("N1").replace("||19500101|F", '||""|F'))).birth_date is None
+    for wrong in ("1950-01-01", "19370000", "19261320"):  # the form, and dates of that form that are none
+        with pytest.raises(Hl7MessageError) as info:
+            parse_demographics(parse(adt("N2").replace("||19500101|F", f"||{wrong}|F")))
+        assert wrong[:4] not in str(info.value) and wrong[-2:] not in str(info.value)  # never in a log line
+
+
+def test_a_frame_without_msh_is_named_by_its_first_segment_only() -> None:
+    """Before, the error (logged) quoted the frame's first 20 characters: a PID's patient identifier."""
     with pytest.raises(Hl7MessageError) as info:
-        parse_demographics(parse(adt("N2").replace("||19500101|F", "||1950-01-01|F")))
-    assert "1950" not in str(info.value)  # a birth date never reaches a log line
+        read_header("PID|1||PHI-NOMSH-321^^^HOSP^MR||DOE^JANE")
+    assert "PHI" not in str(info.value) and "'PID'" in str(info.value)
 
 
 def test_adt_and_order_content() -> None:

@@ -15,7 +15,7 @@ from hl7_fhir.inbox import Hl7Inbox
 from radfusion import clinical
 from radfusion.clinical import ClinicalGatherer, Hl7Store, StudyPatient
 from radfusion.db import Database
-from radfusion.models import ClinicalValue, Hl7Message, utcnow
+from radfusion.models import AuditEvent, ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import load_settings
 from tests.unit.hl7_fhir.messages import orm, oru
 
@@ -26,7 +26,8 @@ STUDY_TIME = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)  # the test ORU'
 def stored(tmp_path: Path):  # noqa: ANN201 - (send, context) helpers over one database
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = Hl7Store(db)
-    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge,
+                     store.on_rejected)
     gatherer = ClinicalGatherer(load_settings(storage_path=tmp_path).clinical, db)
 
     def send(message: str) -> str:
@@ -214,3 +215,18 @@ def test_a_study_whose_patient_was_corrected_is_asked_about_the_new_patient(
     gatherer.context_for(StudyPatient(1, "RIGHT-2", "", "A1"), ["inr"])
     gatherer.close()
     assert asked == ["WRONG-1", "RIGHT-2"]
+
+
+def test_a_rejected_message_is_audited_without_its_content(tmp_path: Path) -> None:
+    """Before, an AE or AR left a trace in the log only."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Hl7Store(db)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge,
+                     store.on_rejected)
+    inbox.handle("PID|1||PHI-NOMSH-321^^^HOSP^MR||DOE^JANE")
+    inbox.handle(oru("R1").replace("\n", "\r").replace("OBR|1|PL1", "OBR|1|PL1") + "PID|2||222^^^HOSP^MR\r")
+    with db.session() as session:
+        events = [(e.kind, e.subject, e.detail) for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert [(kind, subject) for kind, subject, _ in events] == [("hl7_rejected", "frame without MSH"),
+                                                                ("hl7_rejected", "LAB^HOSP R1")]
+    assert events[1][2].startswith("AE: ") and not any("PHI" in d or "DOE" in d or "222" in d for *_, d in events)

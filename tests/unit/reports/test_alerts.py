@@ -71,16 +71,18 @@ def test_webhook_delivers_the_json_payload(head_ct, algorithm, receiver):
 
 def test_webhook_refusal_is_a_delivery_error_with_the_status(head_ct, algorithm, receiver):
     receiver.status = 503
-    url = f"http://127.0.0.1:{receiver.server_port}/alerts"
+    url = f"http://127.0.0.1:{receiver.server_port}/alerts/T0SECRET?apikey=URLSECRET"  # a key in path and query
     with pytest.raises(AlertDeliveryError, match="503") as caught:
         WebhookChannel(url, timeout_s=5).send(_payload(head_ct, algorithm))
-    assert caught.value.channel == f"webhook {url}"
+    assert caught.value.channel == f"webhook http://127.0.0.1:{receiver.server_port}"  # logged, stored, shown
+    assert "SECRET" not in str(caught.value)
     assert len(receiver.received) == 1  # one attempt: retries belong to the application
 
 
 def test_closed_port_is_a_delivery_error_naming_the_channel(head_ct, algorithm):
-    url = f"http://127.0.0.1:{free_port()}/alerts"
-    with pytest.raises(AlertDeliveryError, match=f"webhook {url}.*ConnectError"):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/alerts"
+    with pytest.raises(AlertDeliveryError, match=f"webhook http://127.0.0.1:{port}.*ConnectError"):
         WebhookChannel(url, timeout_s=2).send(_payload(head_ct, algorithm))
 
 

@@ -81,6 +81,18 @@ def test_a_source_without_the_type_2_patient_and_study_attributes_still_gets_its
     assert "PatientSex" not in sources[0]  # the caller's headers are left as they came
 
 
+def test_a_patient_s_sex_dicom_does_not_know_is_carried_empty(head_ct, algorithm, tmp_path) -> None:
+    """'U' (common in the wild, not a DICOM value): before, highdicom refused it and the study got no SR or SEG at
+    all, and its value went into the job's stored error."""
+    sources = [copy.deepcopy(ds) for ds in head_ct]
+    for ds in sources:
+        ds.PatientSex = "U"
+    result = ich_result(algorithm, sources)
+    segs = build_seg(sources, result, series_number=901)
+    sr = _saved(build_sr(sources, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
+    assert sr.PatientSex == "" and segs[0].PatientSex == "" and dciodvfy_errors(tmp_path / "sr.dcm") == []
+
+
 def test_a_ct_without_slice_thickness_is_refused_by_name(head_ct, algorithm) -> None:
     """Before: highdicom's AttributeError, which named neither the attribute's rule nor the image."""
     sources = [copy.deepcopy(ds) for ds in head_ct]
