@@ -414,8 +414,9 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, 
     where = f"OBX {index} ({code})"
     try:
         observed = parse_ts(_first(parsed, obx, 14) or order_time, zone) or sent
-    except ValueError as exc:
-        raise _data_error(parsed, f"{where} time", exc) from exc
+    except ValueError as exc:  # this OBX's time (or its order's) only: the rest of the message is kept
+        report.unusable.append(f"{where}: time: {exc}")
+        return
     status = _first(parsed, obx, 11).upper()
     if status in RETRACTED:
         report.deleted.append((name, observed))
