@@ -364,6 +364,13 @@ class Hl7Settings(Strict):
 THIN_SLICE_LIMIT_MM = 3.05
 
 
+def _body_part(pattern: str) -> dict[str, object]:
+    """A match on Body Part Examined, or, where it is empty (it is Type 3, and often left out), on the study's or
+    series' description or protocol name."""
+    described = [{keyword: pattern} for keyword in ("StudyDescription", "SeriesDescription", "ProtocolName")]
+    return {"any": [{"BodyPartExamined": pattern}, {"BodyPartExamined": "!/./", "any": described}]}
+
+
 def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[str] = ()) -> list[RoutingRuleSettings]:
     """Head CT, chest CT and mammograms to the deep fusion detectors; results kept locally unless
     ``destinations`` and ``alert_channels`` are given."""
@@ -372,13 +379,13 @@ def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[s
     return [
         RoutingRuleSettings(
             name="head-ct-hemorrhage",
-            match={"Modality": "CT", "BodyPartExamined": "/head|brain|skull/i", "SeriesDescription": not_scout,
+            match={"Modality": "CT", "SeriesDescription": not_scout, **_body_part("/head|brain|skull|cran/i"),
                    "ContrastBolusAgent": ["!/./", f"/^{NO_AGENT}$/i"]},  # no agent, or a word for none (contrast.py)
             detectors=["ich_fusion"], **common,
         ),
         RoutingRuleSettings(
             name="chest-ct-nodule",
-            match={"Modality": "CT", "BodyPartExamined": "/chest|lung|thorax/i", "SeriesDescription": not_scout,
+            match={"Modality": "CT", "SeriesDescription": not_scout, **_body_part("/chest|lung|thora/i"),
                    "SliceThickness": ["!/./", {"max": THIN_SLICE_LIMIT_MM}]},  # thin reconstructions only, see below
             detectors=["nodule_fusion"], **common,
         ),

@@ -28,6 +28,18 @@ def test_a_contrast_enhanced_head_ct_is_not_sent_to_the_hemorrhage_detector() ->
     assert router.select({**head, "ContrastBolusAgent": "not named (ContrastBolusRoute IV)"}) == []
 
 
+def test_a_series_without_body_part_is_routed_by_its_descriptions() -> None:
+    """Body Part Examined is Type 3 and often empty: before, such head and chest CTs were never analysed."""
+    router = compile_routing(default_routing())
+    for described in ({"StudyDescription": "CT HEAD WO CONTRAST"}, {"SeriesDescription": "Brain 5mm"},
+                      {"ProtocolName": "ROUTINE CRANIAL"}):
+        assert [m.detector for m in router.select({"Modality": "CT", **described})] == ["ich_fusion"]
+    assert [m.detector for m in router.select({"Modality": "CT", "StudyDescription": "CT Thorax", "SliceThickness":
+                                               "1.0"})] == ["nodule_fusion"]
+    assert router.select({"Modality": "CT", "BodyPartExamined": "ABDOMEN", "StudyDescription": "CT HEAD"}) == []
+    assert router.select({"Modality": "CT", "StudyDescription": "CT ABDOMEN"}) == []
+
+
 def test_only_a_thin_chest_reconstruction_goes_to_the_nodule_detector() -> None:
     router = compile_routing(default_routing())
     chest = {"Modality": "CT", "BodyPartExamined": "CHEST", "SeriesDescription": "Lung"}
