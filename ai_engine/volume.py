@@ -228,10 +228,29 @@ def _slice_steps(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray,
     median = float(np.median(steps))
     off = np.abs(steps - median) > SPACING_TOLERANCE * median
     if np.any(off):
-        index = int(np.argmax(off))
-        raise VolumeError(f"slice spacing must be regular: step {steps[index]:.3f} mm after slice {index} "
-                          f"differs from the median {median:.3f} mm (missing slice or gap)")
+        raise VolumeError(f"slice spacing must be regular: {_irregularity(steps, int(np.argmax(off)), median)}")
     return steps, tilt
+
+
+def _regular(steps: np.ndarray) -> bool:
+    return len(steps) > 0 and bool(np.all(np.abs(steps - np.median(steps)) <= SPACING_TOLERANCE * np.median(steps)))
+
+
+def _irregularity(steps: np.ndarray, index: int, median: float) -> str:
+    """What is irregular about the steps, the first one off the median being ``index``: two zones of spacing (a
+    finer posterior fossa), or a step that is a multiple of the median (a missing slice), or some other gap."""
+    split = next((k for k in range(1, len(steps)) if _regular(steps[:k]) and _regular(steps[k:])
+                  and not _regular(steps[k - 1: k + 1])), None)
+    if split is not None:
+        before, after = float(np.median(steps[:split])), float(np.median(steps[split:]))
+        return (f"the spacing changes from {before:.3f} mm to {after:.3f} mm after slice {split}: a series "
+                "reconstructed at two spacings is not analysed; send a reconstruction of one spacing")
+    step = float(steps[index])
+    missing = round(step / median) - 1
+    if missing >= 1 and abs(step - (missing + 1) * median) <= SPACING_TOLERANCE * median:
+        return f"step {step:.3f} mm after slice {index} is {missing + 1} x the median {median:.3f} mm " \
+               f"({missing} missing slice{'s' if missing > 1 else ''})"
+    return f"step {step:.3f} mm after slice {index} differs from the median {median:.3f} mm (missing slice or gap)"
 
 
 def _check_one_multiframe(images: list[_Image]) -> None:

@@ -53,8 +53,22 @@ def test_rescale_gives_hounsfield_units(head: SyntheticStudy) -> None:
     assert volume.array.max() > 700  # skull
 
 
+def test_a_series_of_two_spacings_is_refused_saying_so(head: SyntheticStudy, tmp_path: Path) -> None:
+    """2.5 mm through the posterior fossa, 5 mm above: before, refused as a 'missing slice or gap'."""
+    first = pydicom.dcmread(head.paths[0])
+    normal = np.cross(*np.reshape(np.array(first.ImageOrientationPatient, dtype=float), (2, 3)))
+    origin = np.array(first.ImagePositionPatient, dtype=float)
+
+    def zones(index: int, ds: pydicom.Dataset) -> None:
+        ds.ImagePositionPatient = list(origin + normal * (2.5 * min(index, 5) + 5.0 * max(index - 5, 0)))
+
+    with pytest.raises(VolumeError, match="spacing changes from 2.500 mm to 5.000 mm after slice 5: a series "
+                                          "reconstructed at two spacings"):
+        load_series(_rewrite(head.paths, tmp_path / "zones", zones))
+
+
 def test_missing_slice_is_rejected_as_a_gap(head: SyntheticStudy) -> None:
-    with pytest.raises(VolumeError, match="missing slice or gap"):
+    with pytest.raises(VolumeError, match=r"step 10.000 mm after slice 4 is 2 x the median .*\(1 missing slice\)"):
         load_series(head.paths[:5] + head.paths[6:])
 
 
