@@ -91,6 +91,7 @@ class IngestRecorder:
         self._spool = spool
         # series UID -> (study id, series id, the patient identity last recorded for its study, its Study UID)
         self._series_ids: dict[str, tuple[int, int, tuple[str, str], str]] = {}
+        self._scout_described: set[int] = set()  # series whose routing attributes came from a scout
 
     def association_opened(self, info: AssociationInfo) -> None:
         with self._db.session() as session:
@@ -165,6 +166,10 @@ class IngestRecorder:
             conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
         uid = instance.sop_instance_uid
         attrs = instance.attributes
+        if series_id in self._scout_described and not is_localizer(attrs.get("ImageType")):
+            # the series' first image was a scout: its first axial image describes it for the routing rules
+            conn.execute(update(Series).where(Series.id == series_id).values(attributes=_series_attributes(attrs)))
+            self._scout_described.discard(series_id)
         earlier = conn.execute(_FIND_INSTANCE, {"uid": uid}).first()
         moved_from = None
         if earlier is None:
@@ -241,19 +246,23 @@ class IngestRecorder:
                     detail=f"{', '.join(changed)} by instance {instance.sop_instance_uid}"))
                 log.warning("study %s: %s by a later instance; its results follow the new values",
                             instance.study_instance_uid, ", ".join(changed))
-        series = conn.execute(select(Series.id, Series.study_id)
+        series = conn.execute(select(Series.id, Series.study_id, Series.attributes)
                               .where(Series.series_uid == instance.series_instance_uid)).first()
         if series is None:
             series_id = conn.execute(insert(Series).values(
                 study_id=study_id, series_uid=instance.series_instance_uid,
                 modality=_text(attrs.get("Modality"), Series.modality),
                 attributes=_series_attributes(attrs), last_received_at=now)).inserted_primary_key[0]
+            described = attrs
         else:
-            series_id = series.id
+            series_id, described = series.id, series.attributes or {}
             if series.study_id != study_id:  # sent again under a corrected Study UID: the series goes with it
                 self._move_series(conn, series_id, series.study_id, study_id, instance, now)
+        if is_localizer(described.get("ImageType")):
+            self._scout_described.add(series_id)
         if len(self._series_ids) >= SERIES_ID_CACHE:
             self._series_ids.clear()
+            self._scout_described.clear()
         self._series_ids[instance.series_instance_uid] = (study_id, series_id, identity, instance.study_instance_uid)
         return study_id, series_id
 

@@ -218,3 +218,26 @@ def test_study_times_without_an_offset_are_read_in_the_configured_time_zone(
 def test_an_unknown_time_zone_is_refused_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="timezone.*unknown time zone 'Europe/Berlln'"):
         load_settings(storage_path=tmp_path, timezone="Europe/Berlln")
+
+
+def test_a_scout_received_first_does_not_describe_its_series_for_the_routing(tmp_path: Path) -> None:
+    """Before, a series' routing attributes were its first instance's: a scout sent first (10 mm, 'Topogram')
+    kept a thin axial chest series from the nodule rule. Its first axial image describes it now, after a
+    restart too."""
+    db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
+    scout = _ct(spool, "1.2.3.100", 0.0, 1, sop="1.2.3.201")
+    scout.attributes.update(ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], SliceThickness=10.0,
+                            SeriesDescription="Topogram")
+    IngestRecorder(db, spool).instance_stored(scout)
+    axial = _ct(spool, "1.2.3.100", 5.0, 2, sop="1.2.3.202")
+    axial.attributes.update(ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], SliceThickness=1.0,
+                            SeriesDescription="Lung 1mm")
+    recorder = IngestRecorder(db, spool)  # a restart between the two
+    recorder.instance_stored(axial)
+    later = _ct(spool, "1.2.3.100", 10.0, 3, sop="1.2.3.203")
+    later.attributes.update(ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], SeriesDescription="Topogram 2")
+    recorder.instance_stored(later)  # a scout after the axial images changes nothing
+    with db.session() as session:
+        attributes = session.scalars(select(Series.attributes)).one()
+    assert (attributes["SliceThickness"], attributes["SeriesDescription"]) == (1.0, "Lung 1mm")
+    db.dispose()
