@@ -194,7 +194,6 @@ def load_views(paths: Sequence[Path | str]) -> tuple[list[MammoView], list[str]]
         raise VolumeError(f"mammography views must belong to one study, got {len(studies)} StudyInstanceUIDs")
 
     def order(view: MammoView) -> tuple[str, int, str]:
-        rank = VIEW_ORDER.index(view.view) if view.view in VIEW_ORDER else len(VIEW_ORDER)
-        return (view.laterality, rank, view.sop_instance_uid)
+        return (view.laterality, VIEW_ORDER.index(view.view), view.sop_instance_uid)  # _left_out: one of them
 
     return sorted(views, key=order), skipped

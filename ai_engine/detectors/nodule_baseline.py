@@ -73,7 +73,7 @@ class NoduleBaseline:
         cuts off at the image's side is closed there (``seal_cut_edges``), not taken for air outside the body."""
         p = self.parameters
         air = volume.array < p.air_hu
-        inner_air = air & ~outside_per_slice(seal_cut_edges(air, round(p.min_sealed_run_mm / volume.spacing_mm[1])))
+        inner_air = air & ~outside_per_slice(seal_cut_edges(air, _sealed_run(p, volume)))
         labels, boxes = components(inner_air)
         sizes = ndimage.sum_labels(inner_air, labels, index=np.arange(1, len(boxes) + 1))
         min_voxels = p.min_lung_ml / volume.voxel_volume_ml
@@ -164,6 +164,11 @@ def seal_cut_edges(air: np.ndarray, min_run: int) -> np.ndarray:
     return sealed
 
 
+def _sealed_run(parameters: NoduleParameters, volume: Volume) -> int:
+    """``min_sealed_run_mm`` in rows of ``volume``."""
+    return round(parameters.min_sealed_run_mm / volume.spacing_mm[1])
+
+
 def body_midline_x(volume: Volume) -> float:
     """Patient x (LPS, mm) of the body's midline in an LPS-ordered ``volume``: the middle of the body's left-right
     extent over the slices where it lies inside the image, else 0, the scanner's isocentre, where patients lie (a
@@ -182,9 +187,9 @@ def cut_off_sides(volume: Volume, parameters: NoduleParameters | None = None) ->
     """The patient's sides ('right', 'left') at which the image's edge cuts a lung off: where ``seal_cut_edges``
     closes a run of air along the edge column of an LPS-ordered ``volume`` (column 0 is the patient's right)."""
     p = parameters or NoduleParameters()
-    air = volume.array < p.air_hu
-    closed = air != seal_cut_edges(air, round(p.min_sealed_run_mm / volume.spacing_mm[1]))
-    return [side for side, edge in (("right", 0), ("left", -1)) if closed[:, :, edge].any()]
+    edges = volume.array[:, :, [0, -1]] < p.air_hu  # all that seal_cut_edges reads and closes
+    closed = edges != seal_cut_edges(edges, _sealed_run(p, volume))
+    return [side for side, edge in (("right", 0), ("left", 1)) if closed[:, :, edge].any()]
 
 
 def lung_side(volume: Volume, center: tuple[float, ...], midline_x: float) -> str:
