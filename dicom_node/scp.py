@@ -14,7 +14,8 @@ status    meaning
 0xA702    refused, out of resources: the sink (database) could not record the instance;
           the bytes are kept in quarantine, a later resend can succeed
 0xA900    refused, data set does not match SOP class: the dataset's SOP Class UID differs from the
-          C-STORE request's (the presentation context's); quarantined
+          C-STORE request's (the presentation context's), or an image storage SOP class's dataset has no
+          pixel data; quarantined
 0xC210    cannot understand: the dataset cannot be parsed (or is truncated, or is not encoded as
           the negotiated transfer syntax says); quarantined
 0xC212    cannot understand: Study, Series, SOP Class or SOP Instance UID missing; quarantined
@@ -27,6 +28,10 @@ status    meaning
 
 0xC211 is deliberately unused: pynetdicom answers it when a handler raises, which this one
 does not.
+
+Memory: the dataset as pynetdicom received it is written to a spool temp file from its buffer (no copy) and the
+checks read the header back from that file, leaving the pixel data on disk; a store holds about one instance's
+size in memory (pynetdicom's receive buffer) instead of three.
 """
 
 from __future__ import annotations
@@ -103,6 +108,8 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFER_BYTES = 64 * 1024  # values longer than this (pixel data) stay in the file while the header is checked
+_PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _SHOWN_UID_LIMIT = 80
 _VR_NAMES = frozenset(vr.value for vr in VR)
 INSTANCE_LOCK_STRIPES = 64  # locks shared by hash of the instance's path: two stores of one instance share one
@@ -189,15 +196,18 @@ def _shown(uid: object) -> str:
     return text if len(text) <= _SHOWN_UID_LIMIT else text[:_SHOWN_UID_LIMIT] + "...'"
 
 
-def _check_complete(dataset: Dataset) -> None:
-    """Raise if the last element is shorter than its declared length (pydicom accepts that silently)."""
+def _check_complete(dataset: Dataset, file_size: int) -> None:
+    """Raise if the last element is shorter than its declared length (pydicom accepts that silently); a value
+    left in the file (deferred) is measured against the file's size."""
     tags = list(dataset.keys())
     if not tags:
         raise ValueError("dataset has no elements")
-    last = dataset.get_item(tags[-1])
-    if isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH and last.value is not None:
-        if len(last.value) < last.length:
-            raise ValueError(f"element {last.tag} truncated: {len(last.value)} of {last.length} bytes")
+    last = dataset.get_item(tags[-1], keep_deferred=True)
+    if not isinstance(last, RawDataElement) or last.length == _UNDEFINED_LENGTH:
+        return
+    present = len(last.value) if last.value is not None else file_size - last.value_tell
+    if present < last.length:
+        raise ValueError(f"element {last.tag} truncated: {max(present, 0)} of {last.length} bytes")
 
 
 def _encoding_mismatch(stream: memoryview, transfer_syntax: UID) -> str | None:
@@ -213,11 +223,12 @@ def _encoding_mismatch(stream: memoryview, transfer_syntax: UID) -> str | None:
             f"syntax is {transfer_syntax.name}")
 
 
-def _parse(data: bytes, claimed_sop_class: str, claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
-    """Parse the file bytes; return the dataset and its (study, series, SOP instance) UIDs."""
+def _parse(staged: Path, size: int, claimed_sop_class: str, claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
+    """Parse the staged file's header (long values stay in the file); return the dataset and its (study, series,
+    SOP instance) UIDs."""
     try:
-        dataset = dcmread(io.BytesIO(data))
-        _check_complete(dataset)
+        dataset = dcmread(staged, defer_size=_DEFER_BYTES)
+        _check_complete(dataset, size)
         study_uid, series_uid, sop_class, sop_uid = (
             str(dataset.get(keyword, "") or "")
             for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
@@ -238,6 +249,8 @@ def _parse(data: bytes, claimed_sop_class: str, claimed_sop_uid: str) -> tuple[D
             StoreStatus.SOP_CLASS_MISMATCH,
             f"dataset SOPClassUID {_shown(sop_class)} differs from the C-STORE request's {_shown(claimed_sop_class)}",
         )
+    if " Image Storage" in UID(sop_class).name and not any(keyword in dataset for keyword in _PIXEL_DATA):
+        raise _Rejected(StoreStatus.SOP_CLASS_MISMATCH, f"dataset of {UID(sop_class).name} has no pixel data")
     return dataset, study_uid, series_uid, sop_uid
 
 
@@ -437,12 +450,15 @@ class StorageScp:
             self._report_rejection(info, reason, None, claimed_uid)
             return StoreStatus.DISK_FLOOR
 
-        data = self._file_bytes(event)
+        try:
+            staged, size = self.spool.stage(self._file_chunks(event))
+        except OSError as exc:
+            return self._write_failed(info, claimed_uid, f"writing the received instance failed: {exc}")
         try:
             mismatch = _encoding_mismatch(event.request.DataSet.getbuffer(), event.context.transfer_syntax)
             if mismatch:
                 raise _Rejected(StoreStatus.UNPARSABLE, mismatch)
-            dataset, study_uid, series_uid, sop_uid = _parse(data, str(event.request.AffectedSOPClassUID),
+            dataset, study_uid, series_uid, sop_uid = _parse(staged, size, str(event.request.AffectedSOPClassUID),
                                                              claimed_uid)
             try:
                 path = self.spool.instance_path(study_uid, series_uid, sop_uid)
@@ -450,27 +466,29 @@ class StorageScp:
                 raise _Rejected(StoreStatus.INVALID_UID, str(exc)) from exc
             attributes = instance_attributes(dataset)
         except _Rejected as rejected:
-            return self._quarantine(info, data, rejected, claimed_uid)
+            return self._quarantine(info, staged, rejected, claimed_uid)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
 
         with self.spool.receiving(study_uid):  # a retention purge of the study waits, or is waited for
-            return self._keep(event, info, data, path, study_uid, series_uid, sop_uid, attributes)
+            return self._keep(event, info, staged, size, path, study_uid, series_uid, sop_uid, attributes)
 
-    def _keep(self, event: Event, info: AssociationInfo, data: bytes, path: Path, study_uid: str, series_uid: str,
-              sop_uid: str, attributes: dict[str, object]) -> StoreStatus:
-        """Write the instance durably, record it, and replace an earlier copy only once its row is committed;
-        stores of the same instance take turns."""
+    def _keep(self, event: Event, info: AssociationInfo, staged: Path, size: int, path: Path, study_uid: str,
+              series_uid: str, sop_uid: str, attributes: dict[str, object]) -> StoreStatus:
+        """Put the staged instance in place, record it, and replace an earlier copy only once its row is
+        committed; stores of the same instance take turns."""
         with self._instance_locks[hash(path) % INSTANCE_LOCK_STRIPES]:
-            return self._keep_alone(event, info, data, path, study_uid, series_uid, sop_uid, attributes)
+            return self._keep_alone(event, info, staged, size, path, study_uid, series_uid, sop_uid, attributes)
 
-    def _keep_alone(self, event: Event, info: AssociationInfo, data: bytes, path: Path, study_uid: str,
+    def _keep_alone(self, event: Event, info: AssociationInfo, staged: Path, size: int, path: Path, study_uid: str,
                     series_uid: str, sop_uid: str, attributes: dict[str, object]) -> StoreStatus:
         existed = path.exists()  # a re-send replaces the acknowledged file only once its row is committed
-        try:
-            staged, size = self.spool.stage(data)
-            if not existed:
+        if not existed:
+            try:
                 self.spool.place(staged, path)
-        except OSError as exc:
-            return self._write_failed(info, sop_uid, f"writing {path} failed: {exc}")
+            except OSError as exc:
+                return self._write_failed(info, sop_uid, f"writing {path} failed: {exc}")
 
         instance = StoredInstance(
             association_id=info.association_id,
@@ -504,25 +522,26 @@ class StorageScp:
         return StoreStatus.SUCCESS
 
     def _write_failed(self, info: AssociationInfo, sop_uid: str, reason: str) -> StoreStatus:
-        LOG.error("refusing %s on association %s: %s", sop_uid, info.association_id, reason)
+        LOG.error("refusing %s on association %s: %s", _shown(sop_uid), info.association_id, reason)
         self._report_rejection(info, reason, None, sop_uid)
         return StoreStatus.SPOOL_WRITE_FAILED
 
     @staticmethod
-    def _file_bytes(event: Event) -> bytes:
-        """Preamble + file meta + the dataset exactly as received (no decode, no re-encode)."""
+    def _file_chunks(event: Event) -> tuple[bytes, memoryview, memoryview]:
+        """Preamble, file meta and the dataset exactly as received (no decode, no re-encode, no copy)."""
         meta = io.BytesIO()
         write_file_meta_info(meta, event.file_meta, enforce_standard=True)
-        return b"".join((_PREAMBLE, meta.getbuffer(), event.request.DataSet.getbuffer()))
+        return _PREAMBLE, meta.getbuffer(), event.request.DataSet.getbuffer()
 
-    def _quarantine(self, info: AssociationInfo, data: bytes, rejected: _Rejected, claimed_uid: str) -> StoreStatus:
+    def _quarantine(self, info: AssociationInfo, staged: Path, rejected: _Rejected, claimed_uid: str) -> StoreStatus:
         LOG.warning("rejecting %s on association %s with 0x%04X: %s", _shown(claimed_uid), info.association_id,
                     rejected.status, rejected.reason)
         try:
-            path: Path | None = self.spool.quarantine(data, rejected.reason, info.calling_ae, info.association_id,
-                                                      claimed_uid)
+            path: Path | None = self.spool.quarantine_file(staged, rejected.reason, info.calling_ae,
+                                                           info.association_id, claimed_uid)
         except OSError:
             LOG.exception("could not quarantine %s from association %s", _shown(claimed_uid), info.association_id)
+            staged.unlink(missing_ok=True)
             path = None
         self._report_rejection(info, rejected.reason, path, claimed_uid)
         return rejected.status

@@ -234,17 +234,10 @@ class Spool:
             _fsync_directory(self.quarantine_dir)
         return removed
 
-    def quarantine(self, data: Chunks, reason: str, calling_ae: str, association_id: str,
-                   sop_instance_uid: str | None = None) -> Path:
-        """Keep rejected bytes under a fresh uuid name with a JSON sidecar saying why."""
-        target = self.quarantine_dir / f"{uuid.uuid4()}.dcm"
-        self.write_durably(target, data)
-        self._write_sidecar(target, reason, calling_ae, association_id, sop_instance_uid)
-        return target
-
     def quarantine_file(self, path: Path, reason: str, calling_ae: str, association_id: str,
                         sop_instance_uid: str | None = None) -> Path:
-        """Move an already stored spool file into quarantine (same filesystem: a rename)."""
+        """Move a staged or stored spool file into quarantine (a rename) under a fresh uuid name, with a JSON
+        sidecar saying why."""
         source = self.inside(path)
         target = self.quarantine_dir / f"{uuid.uuid4()}.dcm"
         os.replace(source, target)

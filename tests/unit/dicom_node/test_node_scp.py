@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,8 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
-    CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, RLELossless,
-    generate_uid,
+    BasicTextSRStorage, CTImageStorage, DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, RLELossless, generate_uid,
 )
 from pynetdicom import AE
 
@@ -225,6 +226,56 @@ def test_truncated_pixel_data_is_rejected(start_scp, tmp_path: Path, monkeypatch
     assert status == StoreStatus.UNPARSABLE
     assert "truncated" in node.sink.rejected[0][1]
     assert spool_files(node.spool.root, "instances") == []
+
+
+def test_a_store_holds_about_one_instance_in_memory(start_scp, tmp_path: Path) -> None:
+    """A 32 MiB slice from storescu: Python's peak allocation while it is received and stored stays near the
+    size of pynetdicom's receive buffer. Before, the file bytes were joined (a second copy) and parsed whole (a
+    third: the pixel data), 3.1x the instance."""
+    node = start_scp()
+    path, ds = write_ct(tmp_path, "big.dcm", size=4096)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        result = storescu(node.port, [path])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.returncode == 0, result.stderr
+    assert dcmread(node.sink.stored[0].path).PixelData == ds.PixelData
+    assert peak < 1.6 * size, f"peak {peak / size:.2f}x the instance"
+
+
+@pytest.mark.parametrize("sop_class", [CTImageStorage, DigitalMammographyXRayImageStorageForPresentation])
+def test_an_image_without_pixel_data_is_refused_and_quarantined(start_scp, sop_class: str) -> None:
+    """Pixel Data is Type 1 in every image IOD; such an image was acknowledged and then failed its series' job."""
+    node = start_scp()
+    ds = ct_dataset()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    del ds.PixelData
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADFUSION")
+    status = assoc.send_c_store(ds).Status
+    assoc.release()
+    assert status == StoreStatus.SOP_CLASS_MISMATCH == 0xA900
+    assert node.sink.stored == [] and spool_files(node.spool.root, "instances") == []
+    (_, reason, quarantined, _), = node.sink.rejected
+    assert "has no pixel data" in reason and quarantined is not None and quarantined.is_file()
+    assert spool_files(node.spool.root, "incoming-tmp") == []
+
+
+def test_a_non_image_object_without_pixel_data_is_stored(start_scp) -> None:
+    node = start_scp()
+    ds = ct_dataset()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    del ds.PixelData
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(BasicTextSRStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADFUSION")
+    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
+    assoc.release()
+    assert [s.sop_class_uid for s in node.sink.stored] == [BasicTextSRStorage]
 
 
 def _file(path: Path, meta: dict[str, str], dataset: bytes) -> Path:

@@ -75,9 +75,10 @@ def test_recover_removes_leftover_temp_files_only(tmp_path: Path) -> None:
 
 def test_quarantine_uses_fresh_names_and_a_sidecar(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    first = spool.quarantine(b"bad", "dataset cannot be parsed", "CT1", "assoc-1", "1.2/../x")
-    second = spool.quarantine(b"bad", "again", "CT1", "assoc-1", "1.2/../x")
+    first = spool.quarantine_file(spool.stage(b"bad")[0], "dataset cannot be parsed", "CT1", "assoc-1", "1.2/../x")
+    second = spool.quarantine_file(spool.stage(b"bad")[0], "again", "CT1", "assoc-1", "1.2/../x")
     assert first != second and first.parent == second.parent == spool.quarantine_dir
+    assert list(spool.incoming_tmp.iterdir()) == []
     assert first.read_bytes() == b"bad"
     sidecar = json.loads(first.with_suffix(".json").read_text())
     assert sidecar["reason"] == "dataset cannot be parsed"

@@ -360,7 +360,7 @@ def test_a_file_set_aside_while_a_purge_removes_its_folder_keeps_its_reason(node
 
 def test_quarantined_files_go_after_the_retention_period_and_their_rows_keep_the_reason(node) -> None:
     db, spool = node
-    old = spool.quarantine(b"not DICOM", "cannot parse", "CT1", "assoc-1")
+    old = spool.quarantine_file(spool.stage(b"not DICOM")[0], "cannot parse", "CT1", "assoc-1")
     with db.session() as session:
         session.add(Quarantine(association_id="assoc-1", reason="cannot parse", path=str(old)))
     assert purge_expired(db, spool, DAYS).quarantined == 0  # set aside just now: kept
