@@ -72,11 +72,11 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print queue depth, recent jobs, failures and pending deliveries."""
-    from radfusion.db import Database
+    from radfusion.db import open_existing
     from radfusion.status import collect_status, format_status
 
     settings = _settings(args)
-    db = Database(settings.effective_database_url)
+    db = open_existing(settings.effective_database_url)
     status = collect_status(db, settings.storage_path)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
@@ -84,13 +84,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     """Put failed deliveries back in the queue (after fixing what made them fail)."""
-    from radfusion.db import Database
+    from radfusion.db import open_existing
     from radfusion.delivery import requeue_failed
 
     if bool(args.ids) == args.all_failed:
         raise RadfusionError("requeue needs delivery ids (see radfusion status) or --all-failed, not both")
     settings = _settings(args)
-    ids = requeue_failed(Database(settings.effective_database_url), args.ids or None)
+    ids = requeue_failed(open_existing(settings.effective_database_url), args.ids or None)
     print(f"requeued {len(ids)} deliveries: {', '.join(map(str, ids)) or 'none'}; a running server sends them "
           f"within its delivery interval")
     return 0
@@ -99,12 +99,12 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     """Analyse finished studies again (after a routing or model change, or a failed job's cause is fixed)."""
     from radfusion.assembly import reopen_studies, study_uids_of_accessions
-    from radfusion.db import Database
+    from radfusion.db import open_existing
 
     if not args.study_uids and not args.accession:
         raise RadfusionError("reprocess needs Study Instance UIDs or --accession numbers (see radfusion status)")
     settings = _settings(args)
-    db = Database(settings.effective_database_url)
+    db = open_existing(settings.effective_database_url)
     uids = reopen_studies(db, [*args.study_uids, *study_uids_of_accessions(db, args.accession)])
     print(f"re-opened {len(uids)} studies: {', '.join(uids)}; a running server analyses them again within "
           f"{settings.stability.quiet_timeout_s:g} s, with its current rules and models")

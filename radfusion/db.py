@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from radfusion.schema import upgrade_schema
+from radfusion.errors import RadfusionError
+from radfusion.schema import require_current, upgrade_schema
 
 
 def make_engine(url: str) -> Engine:
@@ -25,8 +27,6 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
     if parsed.database:
-        from pathlib import Path
-
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=10, max_overflow=20,
                            hide_parameters=True)
@@ -49,12 +49,19 @@ def make_engine(url: str) -> Engine:
 
 
 class Database:
-    """An engine plus a session factory; ``session()`` commits on success, rolls back on error."""
+    """An engine plus a session factory; ``session()`` commits on success, rolls back on error.
 
-    def __init__(self, url: str) -> None:
+    ``migrate``: bring the schema to this code's (the server does); otherwise a schema that is not this code's is
+    refused and left as it is.
+    """
+
+    def __init__(self, url: str, migrate: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
-        upgrade_schema(self.engine)
+        if migrate:
+            upgrade_schema(self.engine)
+        else:
+            require_current(self.engine)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -72,3 +79,13 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+def open_existing(url: str) -> Database:
+    """The server's database for an operator command (status, requeue, reprocess): never created here (a missing
+    SQLite file is an error naming it) and never migrated."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).is_file():
+        raise RadfusionError(f"no database at {parsed.database}: radfusion serve has not run with this configuration "
+                             "(run the command with the server's --config or RADFUSION_CONFIG)")
+    return Database(url, migrate=False)

@@ -115,6 +115,20 @@ def _orphans(connection: Connection) -> Counter[tuple[str, str]]:
     return Counter((str(row[0]), str(row[2])) for row in connection.exec_driver_sql("PRAGMA foreign_key_check"))
 
 
+def require_current(engine: Engine) -> None:
+    """Refuse a database whose schema is not this code's, changing nothing: the operator commands read the
+    server's database as it is, and only ``radfusion serve`` migrates it."""
+    with engine.connect() as connection:
+        script = ScriptDirectory.from_config(alembic_config(connection))
+        current = current_revisions(connection)
+        _check_known(connection, script, current)
+        head = script.get_current_head()
+        if current != (head,):
+            raise SchemaError(f"the database {_where(connection)} is at schema revision {', '.join(current) or 'none'} "
+                              f"and this radfusion reads revision {head}: start this version's radfusion serve once to "
+                              "migrate it, then run the command again")
+
+
 def upgrade_schema(engine: Engine) -> None:
     """Bring the database to this code's schema, in one transaction that concurrent starts wait for.
 

@@ -7,7 +7,8 @@ import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import aliased
 
 from radfusion.db import Database
 from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Study, utcnow
@@ -33,13 +34,16 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
             return list(session.execute(
                 select(Delivery.id, Delivery.kind, Delivery.target, Delivery.attempts, Delivery.next_attempt_at,
                        Delivery.last_error).where(Delivery.state == state).order_by(order[state]).limit(RECENT)))
+        later = aliased(Job)
+        superseded = exists().where(later.series_id == Job.series_id, later.detector == Job.detector, later.id > Job.id)
         alerts = session.execute(select(Alert.id, Alert.job_id, Alert.created_at, Alert.delivered_at, Alert.latency_s)
                                  .order_by(Alert.id.desc()).limit(RECENT)).all()
         return {
             "studies_receiving": count(Study, Study.state == "receiving"),
             "jobs_queued": count(Job, Job.state == "queued"),
             "jobs_running": count(Job, Job.state == "running"),
-            "jobs_failed": count(Job, Job.state == "failed"),
+            "jobs_failed": count(Job, Job.state == "failed", ~superseded),
+            "jobs_failed_since_rerun": count(Job, Job.state == "failed", superseded),
             "deliveries_pending": count(Delivery, Delivery.state == "pending"),
             "deliveries_failed": count(Delivery, Delivery.state == "failed"),
             "quarantined_last_24h": count(Quarantine, Quarantine.received_at >= day_ago),
@@ -68,7 +72,8 @@ def format_status(status: dict[str, object]) -> str:
     """The snapshot as text for a terminal."""
     lines = [
         f"studies receiving: {status['studies_receiving']}   jobs queued: {status['jobs_queued']}   "
-        f"running: {status['jobs_running']}   failed: {status['jobs_failed']}",
+        f"running: {status['jobs_running']}   failed: {status['jobs_failed']} "
+        f"(and {status['jobs_failed_since_rerun']} run again since)",
         f"deliveries pending: {status['deliveries_pending']}   failed: {status['deliveries_failed']}   "
         f"quarantined (24 h): {status['quarantined_last_24h']}",
         f"images stored: {status['instances_stored']} instances, {status['bytes_stored'] / 1e6:.1f} MB   "

@@ -98,8 +98,33 @@ def test_echo_failures_are_one_clear_line(tmp_path: Path, capsys: pytest.Capture
     assert "PACS@pacs-host.invalid:104" in capsys.readouterr().err
 
 
+def test_operator_commands_do_not_create_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run in the wrong folder (or with the wrong config), status made an empty database and reported nothing
+    wrong: no jobs, no failures."""
+    config = write_config(tmp_path)
+    for command in (["status"], ["requeue", "--all-failed"], ["reprocess", "1.2.3"]):
+        assert main(["--config", str(config), *command]) == 2
+        assert f"no database at {tmp_path / 'data' / 'radfusion.db'}: radfusion serve has not run" in (
+            capsys.readouterr().err)
+    assert not (tmp_path / "data").exists()
+
+
+def test_operator_commands_do_not_migrate_the_server_s_database(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A newer radfusion's status beside an older running server would have migrated the schema under it."""
+    config = write_config(tmp_path)
+    db = Database(load_settings(config).effective_database_url)
+    with db.connection() as connection:
+        connection.exec_driver_sql("UPDATE radfusion_alembic_version SET version_num = '0002'")
+    assert main(["--config", str(config), "status"]) == 2
+    assert "is at schema revision 0002 and this radfusion reads revision 0003: start" in capsys.readouterr().err
+    with db.connection() as connection:
+        assert connection.exec_driver_sql("SELECT version_num FROM radfusion_alembic_version").scalar() == "0002"
+
+
 def test_status_on_a_fresh_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
+    Database(load_settings(config).effective_database_url)  # the server made it
     assert main(["--config", str(config), "status"]) == 0
     text = capsys.readouterr().out
     assert "jobs queued: 0" in text and "pending deliveries:" in text
@@ -153,6 +178,28 @@ def test_status_lists_the_longest_waiting_pending_deliveries_and_the_latest_fail
     assert (status["deliveries_pending"], status["deliveries_failed"]) == (each, each)
     assert [d["id"] for d in status["pending_deliveries"]] == [1 + 2 * i for i in range(RECENT)]
     assert [d["id"] for d in status["failed_deliveries"]] == [2 * (each - i) for i in range(RECENT)]
+
+
+def test_status_counts_a_failed_job_that_ran_again_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, a job that failed (a missing slice) and succeeded when the series was sent again counted as failed
+    for ever."""
+    config = write_config(tmp_path)
+    db = Database(load_settings(config).effective_database_url)
+    with db.session() as session:
+        study = Study(study_uid="1.2.3")
+        head, chest = Series(study=study, series_uid="1.2.3.1"), Series(study=study, series_uid="1.2.3.2")
+        session.add_all([study, head, chest])
+        session.flush()
+        for series, detector, revision, state in ((head, "ich_fusion", 0, "failed"), (head, "ich_fusion", 1, "done"),
+                                                  (head, "ich_baseline", 0, "failed"), (chest, "nodule_fusion", 0,
+                                                                                         "failed")):
+            session.add(Job(study_id=study.id, series_id=series.id, detector=detector, model_version="1",
+                            revision=revision, rule="r", state=state))
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["jobs_failed"], status["jobs_failed_since_rerun"]) == (2, 1)
+    assert main(["--config", str(config), "status"]) == 0
+    assert "failed: 2 (and 1 run again since)" in capsys.readouterr().out
 
 
 def test_status_shows_how_long_a_running_job_has_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
