@@ -18,8 +18,9 @@ Layout of ``ai_engine/bundles/<detector_name>/`` (package data):
 - ``models/model.onnx`` (ONNX Runtime) or ``models/model.ts`` (TorchScript): what serving runs.
 
 ``load_bundle(name)`` validates all of that and gives a ``Bundle`` whose ``device_uid`` is
-derived from the SHA-256 of the weights, the deployed model, ``inference.json`` and the note
-vocabulary, so the UID changes whenever the weights or parameters do (IHE AI Results).
+derived from the SHA-256 of the weights, the deployed model, ``inference.json``, the note
+vocabulary and the serving code (``ai_engine.code_identity``), so the UID changes whenever the weights,
+parameters or the code that runs them do (IHE AI Results).
 Training writes a bundle with ``write_bundle_configs`` after saving the model files into
 ``bundle_models_dir(root)``.
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_engine.clinical_features import ClinicalFeatureError, NoteVocabulary, note_encoding_of
+from ai_engine.code_identity import serving_code_digest
 from ai_engine.errors import AiEngineError
 from ai_engine.results import AlgorithmInfo
 
@@ -181,8 +183,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _uid(paths: list[Path]) -> str:
-    """2.25 UID from the SHA-256 of the files' contents (in order)."""
-    digest = hashlib.sha256()
+    """2.25 UID from the SHA-256 of the files' contents (in order) and of the serving code."""
+    digest = hashlib.sha256(serving_code_digest())
     for path in paths:
         digest.update(path.read_bytes())
     return f"2.25.{int.from_bytes(digest.digest()[:16], 'big')}"

@@ -33,8 +33,8 @@ class FindingType(str, Enum):
 class AlgorithmInfo:
     """Identifies the algorithm for IHE AI Results (Contributing Equipment, TID 4019).
 
-    ``device_uid`` must change whenever the weights or parameters change, so a PACS can
-    tell results of two model versions apart.
+    ``device_uid`` must change whenever the weights, parameters or the serving code change, so a PACS
+    can tell results of two model versions apart.
     """
 
     name: str

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 
+from ai_engine.code_identity import serving_code_digest
 from ai_engine.results import AlgorithmInfo
 
 BASELINE_KIND = "classical baseline"
@@ -17,14 +18,14 @@ BASELINE_NOTES = (
 
 
 def baseline_algorithm(name: str, version: str, parameters: object) -> AlgorithmInfo:
-    """AlgorithmInfo whose Device UID is derived from name, version and every parameter value.
+    """AlgorithmInfo whose Device UID is derived from name, version, every parameter value and the serving code.
 
-    Changing any parameter therefore changes the UID, as IHE AI Results requires. The UID is
+    Changing any parameter (or the code) therefore changes the UID, as IHE AI Results requires. The UID is
     a 2.25 (UUID-derived) UID from a SHA-256 of those values; pydicom's ``generate_uid`` with
     ``prefix=None`` ignores its entropy sources and would give a new UID every run.
     """
     values = json.dumps(dataclasses.asdict(parameters), sort_keys=True)  # type: ignore[call-overload]
-    digest = hashlib.sha256("\n".join([name, version, values]).encode()).digest()
+    digest = hashlib.sha256(serving_code_digest() + "\n".join([name, version, values]).encode()).digest()
     uid = f"2.25.{int.from_bytes(digest[:16], 'big')}"
     return AlgorithmInfo(name=name, version=version, device_uid=uid, kind=BASELINE_KIND)
 

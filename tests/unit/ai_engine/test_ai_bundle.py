@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+import ai_engine.bundle as bundle_module
+import ai_engine.detectors.common as common_module
 from ai_engine.bundle import BundleError, load_bundle, resolve_bundle, write_bundle_configs
+from ai_engine.code_identity import PACKAGE_ROOT, code_digest, serving_code_digest
+from ai_engine.detectors.ich_baseline import IchBaseline
 from ai_engine.clinical_features import note_encoding_of
 
 METADATA = {"version": "1.0.0", "task": "ich", "intended_use": "Trained on synthetic phantoms; not for clinical use.",
@@ -32,6 +37,28 @@ def test_device_uid_changes_with_the_weights_and_not_otherwise(tmp_path: Path) -
     assert first.device_uid.startswith("2.25.") and len(first.device_uid) <= 64
     assert first.algorithm().kind == "deep fusion model trained on synthetic phantoms"
     assert resolve_bundle(tmp_path / "a" / "demo", "unused").device_uid == first.device_uid
+
+
+def test_device_uid_changes_with_the_serving_code_and_not_with_training_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a change to how a detector reads a study (a lung mask, a grid) kept its Device UID: a PACS could not
+    tell results of the old code from the new."""
+    code = tmp_path / "ai_engine"
+    shutil.copytree(PACKAGE_ROOT, code, ignore=shutil.ignore_patterns("bundles", "__pycache__"))
+    before = code_digest(code)
+    assert before == code_digest(PACKAGE_ROOT) == serving_code_digest()
+    for not_served in ("training/cli.py", "synthetic/__init__.py", "evaluation/metrics.py"):
+        (code / not_served).write_text((code / not_served).read_text() + "\n# changed\n")
+    assert code_digest(code) == before
+    (code / "volume.py").write_text((code / "volume.py").read_text() + "\n# changed\n")
+    assert code_digest(code) != before
+
+    bundle_uid, baseline_uid = load_bundle("demo", _bundle(tmp_path).parent).device_uid, \
+        IchBaseline().algorithm.device_uid
+    monkeypatch.setattr(bundle_module, "serving_code_digest", lambda: code_digest(code))
+    monkeypatch.setattr(common_module, "serving_code_digest", lambda: code_digest(code))
+    assert load_bundle("demo", tmp_path).device_uid != bundle_uid
+    assert IchBaseline().algorithm.device_uid != baseline_uid
 
 
 def test_expressions_and_missing_statements_are_rejected(tmp_path: Path) -> None:
