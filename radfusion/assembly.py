@@ -116,6 +116,14 @@ class StudyAssembler:
                          series.series_uid)
                 series.state = "processed"
                 continue
+            if session.scalar(select(Instance.id).where(Instance.series_id == series.id,
+                                                        Instance.localizer.is_(False)).limit(1)) is None:
+                # a scout series of its own (a Canon "Scanogram" passes the rules' description test): no detector
+                # reads one, so it gets no job instead of a job that fails
+                session.add(AuditEvent(kind="localizers_only", subject=series.series_uid,
+                                       detail=f"{series.instance_count} localizer image(s): not analysed"))
+                series.state = "processed"
+                continue
             matches = self._router.select(series.attributes)
             if not matches:
                 session.add(AuditEvent(kind="no_rule_matched", subject=series.series_uid,

@@ -278,3 +278,26 @@ def test_a_scout_in_the_axial_series_does_not_hold_it_up_past_the_settle_time(tm
         settled = series.last_received_at + timedelta(seconds=service.settings.stability.settle_s + 1)
     assert settled < series.last_received_at + timedelta(seconds=service.settings.stability.quiet_timeout_s)
     assert service.assembler.tick(settled) == 1
+
+
+def test_a_series_of_scouts_only_gets_no_job(tmp_path: Path) -> None:
+    """A scout series of its own that the rules' description test lets through (Canon calls it "Scanogram"): before,
+    it was routed to the hemorrhage detector and its job failed ("all images are localizers") on every study."""
+    service = Service(load_settings(storage_path=tmp_path / "data",
+                                    routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
+    paths = write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=64, slices=10).paths
+    scouts = []
+    for index, path in enumerate(paths[:2]):
+        scout = pydicom.dcmread(path)
+        scout.SOPInstanceUID, scout.ImageType = generate_uid(), ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        scout.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1" if index == 0 else scout.SeriesInstanceUID
+        scout.SeriesDescription, scout.ImageOrientationPatient = "Scanogram", [0, 1, 0, 0, 0, -1]
+        scouts.append(tmp_path / f"scout{index}.dcm")
+        scout.save_as(scouts[-1])
+    _store(service, [*paths, *scouts])
+    assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 1  # the axial series' job only
+    with service.db.session() as session:
+        job = session.scalars(select(Job)).one()
+        assert job.series.series_uid != "1.2.826.0.1.3680043.8.498.1"
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.kind == "localizers_only")).one()
+        assert (audit.subject, audit.detail) == ("1.2.826.0.1.3680043.8.498.1", "1 localizer image(s): not analysed")
