@@ -20,6 +20,10 @@ class Task(str, Enum):
     MAMMOGRAPHY = "mammography"
 
 
+SIDES = {"L": "left", "R": "right"}
+"""A finding's ``laterality`` and its word in ``location``."""
+
+
 class FindingType(str, Enum):
     """What a finding is; the report writers map these to SNOMED CT codes."""
 
@@ -66,6 +70,7 @@ class Finding:
     measurements: dict[str, float] = field(default_factory=dict)
     attributes: dict[str, str] = field(default_factory=dict)
     modality_weights: dict[str, float] | None = None
+    laterality: str | None = None  # "L" or "R" (SIDES): the patient's side, coded in the SR's finding site
 
     def summary(self) -> dict[str, object]:
         """JSON-ready description without the arrays."""
@@ -73,6 +78,7 @@ class Finding:
             "type": self.finding_type.value,
             "score": round(float(self.score), 4),
             "location": self.location,
+            "laterality": self.laterality,
             "center_voxel": [round(float(v), 2) for v in self.center_voxel],
             "center_mm": None if self.center_mm is None else [round(float(v), 2) for v in self.center_mm],
             "volume_ml": None if self.volume_ml is None else round(float(self.volume_ml), 3),

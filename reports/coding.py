@@ -36,6 +36,12 @@ FINDING_SITE_CODES: dict[Task, Code] = {
     Task.MAMMOGRAPHY: Code("76752008", "SCT", "Breast"),
 }
 
+LATERALITY_CODES: dict[str, Code] = {
+    "L": Code("7771000", "SCT", "Left"),
+    "R": Code("24028007", "SCT", "Right"),
+}
+"""A finding's ``laterality`` as the finding site's laterality (CID 244)."""
+
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("272519000", "SCT", "Absent")

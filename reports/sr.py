@@ -40,6 +40,7 @@ from reports.coding import (
     FINDING_SITE,
     FINDING_SITE_CODES,
     FINDING_TYPE_CODES,
+    LATERALITY_CODES,
     MODALITY_WEIGHT_CODES,
     PRESENT,
     PROBABILITY,
@@ -190,7 +191,8 @@ def _measurement_group(sources: Sequence[pydicom.Dataset], result: DetectorResul
         ),
         "finding_type": FINDING_TYPE_CODES[finding.finding_type],
         "algorithm_id": sr_algorithm_identification(result.algorithm),
-        "finding_sites": [hd.sr.FindingSite(anatomic_location=FINDING_SITE_CODES[result.task])],
+        "finding_sites": [hd.sr.FindingSite(anatomic_location=FINDING_SITE_CODES[result.task],
+                                            laterality=LATERALITY_CODES.get(finding.laterality or ""))],
         "measurements": _measurements(finding),
     }
     if segment is not None and result.task is Task.MAMMOGRAPHY:

@@ -16,7 +16,7 @@ from scipy import ndimage
 from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, dilate_in_plane, fill_holes_per_slice
-from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
 NAME = "ich_baseline"
@@ -96,11 +96,12 @@ class IchBaseline:
             center_mm = volume.voxel_to_patient(center)
             shell = ndimage.binary_dilation(mask_box, iterations=2) & ~mask_box
             csf_fraction = float(csf[box][shell].mean()) if shell.any() else 0.0
-            location = _location(center, center_mm[0] - midline_x, brain_low, brain_high, csf_fraction)
+            side = "L" if center_mm[0] > midline_x else "R"  # LPS: +x points to the patient's left
+            location = _location(center, side, brain_low, brain_high, csf_fraction)
             findings.append(Finding(
                 finding_type=FindingType.HEMORRHAGE,
                 score=logistic(volume_ml, p.score_midpoint_ml, p.score_width_ml),
-                center_voxel=center, center_mm=center_mm, location=location, volume_ml=volume_ml,
+                center_voxel=center, center_mm=center_mm, location=location, laterality=side, volume_ml=volume_ml,
                 mask=mask,
                 measurements={"mean_hu": float(volume.array[mask].mean()), "csf_contact_fraction": csf_fraction},
                 attributes={"subtype": "intraventricular" if csf_fraction > 0.5 else "intraparenchymal"},
@@ -108,10 +109,10 @@ class IchBaseline:
         return sorted(findings, key=lambda f: -(f.volume_ml or 0.0))
 
 
-def _location(center: tuple[float, ...], lateral_mm: float, low: np.ndarray, high: np.ndarray,
+def _location(center: tuple[float, ...], side_code: str, low: np.ndarray, high: np.ndarray,
               csf_fraction: float) -> str:
-    """'left|right <region>' from the patient x axis and the position inside the brain's extent."""
-    side = "left" if lateral_mm > 0 else "right"  # LPS: +x points to the patient's left
+    """'left|right <region>' from the side ("L"/"R") and the position inside the brain's extent."""
+    side = SIDES[side_code]
     if csf_fraction > 0.5:
         return f"{side} intraventricular"
     fraction = (np.asarray(center) - low) / np.maximum(high - low, 1)

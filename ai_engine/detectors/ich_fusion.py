@@ -48,7 +48,7 @@ from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
 from ai_engine.fusion.head import modality_weight_dict
-from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 from ai_engine.synthetic.head_ct import SUBTYPES
 
 if TYPE_CHECKING:
@@ -343,10 +343,11 @@ class IchFusion:
             subtype = SUBTYPES[int(np.argmax(class_mass))]
             center = tuple(float(c) for c in ndimage.center_of_mass(source_mask))
             zc, yc, xc = ndimage.center_of_mass(component)
-            location = f"{_side(xc, midline)} {_region(yc, component, image.prepared.slabs)} {subtype}"
+            side = _side(xc, midline)
+            location = f"{SIDES[side]} {_region(yc, component, image.prepared.slabs)} {subtype}"
             findings.append(Finding(
                 finding_type=FindingType.HEMORRHAGE, score=float(image.blood[component].max()),
-                center_voxel=center, center_mm=volume.voxel_to_patient(center), location=location,
+                center_voxel=center, center_mm=volume.voxel_to_patient(center), location=location, laterality=side,
                 volume_ml=float(source_mask.sum()) * volume.voxel_volume_ml, mask=source_mask,
                 heatmap=_to_source(foreground * (reach == index), image.prepared),
                 measurements={"case_probability": fusion.probability, "logit_sd": fusion.logit_sd,
@@ -390,7 +391,7 @@ def _midline_column(slabs: np.ndarray) -> float:
 
 
 def _side(column: float, midline: float) -> str:
-    return "left" if column > midline else "right"  # columns run toward the patient's left (LPS rows)
+    return "L" if column > midline else "R"  # columns run toward the patient's left (LPS rows)
 
 
 def _region(row: float, component: np.ndarray, slabs: np.ndarray) -> str:

@@ -24,7 +24,7 @@ from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.errors import DetectorInputError
 from ai_engine.mammo import MammoView, breast_grey_range, chest_wall_on_right
-from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 
 NAME = "mammo_baseline"
 VERSION = "0.2.0"  # 0.2.0: grey levels rescaled per view; 0.1.1: wide backgrounds filtered on a reduced image
@@ -177,10 +177,11 @@ class MammoBaseline:
             depth = abs(center[1] - geometry.chest_wall_col) * spacing
             findings.append(Finding(
                 finding_type=FindingType.MASS, score=logistic(peak, p.mass_score_midpoint, p.mass_score_width),
-                center_voxel=center, location=_location(view), diameter_mm=float(diameter), mask=mask,
+                center_voxel=center, location=_location(view), laterality=view.laterality, diameter_mm=float(diameter),
+                mask=mask,
                 view_index=index,
                 measurements={"peak_contrast": peak, "elongation": elongation, "depth_from_chest_wall_mm": depth},
-                attributes={"laterality": view.laterality, "view": view.view},
+                attributes={"view": view.view},
             ))
         return findings
 
@@ -209,10 +210,10 @@ class MammoBaseline:
             findings.append(Finding(
                 finding_type=FindingType.CALCIFICATION_CLUSTER,
                 score=logistic(len(members), p.min_cluster_size - 0.5, 0.5),
-                center_voxel=(float(center[0]), float(center[1])), location=_location(view),
+                center_voxel=(float(center[0]), float(center[1])), location=_location(view), laterality=view.laterality,
                 diameter_mm=extent, mask=mask, view_index=index,
                 measurements={"calcification_count": float(len(members)), "extent_mm": extent},
-                attributes={"laterality": view.laterality, "view": view.view},
+                attributes={"view": view.view},
             ))
         return findings
 
@@ -238,5 +239,4 @@ def _elongation_2d(points: np.ndarray) -> float:
 
 
 def _location(view: MammoView) -> str:
-    side = "left" if view.laterality == "L" else "right"
-    return f"{side} breast, {view.view} view"
+    return f"{SIDES[view.laterality]} breast, {view.view} view"

@@ -50,7 +50,7 @@ from ai_engine.detectors.base import DetectorInput
 from ai_engine.detectors.runtime import DeployedModel, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.mammo import MammoView, breast_grey_range, chest_wall_on_right
-from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 
 NAME = "mammo_fusion"
 NET_SPACING_MM = 0.8
@@ -587,17 +587,17 @@ class MammoFusion:
         diameter = equivalent_diameter_mm(mask, spacing)
         partner = (str(analysis.candidates[cand.partner].view_index)
                    if cand.partner >= 0 and cand.matched_score >= 0.5 * cand.score else "none")
-        side = "left" if view.laterality == "L" else "right"
         return Finding(
             finding_type=CHANNELS[cand.channel], score=float(max(cand.matched_score, 0.8 * cand.score)),
-            center_voxel=center, location=f"{side} breast, {view.view} view", diameter_mm=diameter, mask=mask,
+            center_voxel=center, location=f"{SIDES[view.laterality]} breast, {view.view} view",
+            laterality=view.laterality, diameter_mm=diameter, mask=mask,
             heatmap=np.clip(heat, 0.0, 1.0), view_index=cand.view_index,
             measurements={"peak_probability": cand.score, "matched_score": cand.matched_score,
                           "candidate_malignancy": cand.malignancy,
                           "distance_from_nipple_mm": cand.nipple_distance_mm,
                           "depth_from_chest_wall_mm": cand.depth_mm, "case_probability": probability,
                           "logit_std": logit_std},
-            attributes={"laterality": view.laterality, "view": view.view, "corresponding_view_index": partner,
+            attributes={"view": view.view, "corresponding_view_index": partner,
                         "birads_suggestion": birads, "heatmap": "network probability map of this finding type"},
             modality_weights=dict(weights),
         )

@@ -17,7 +17,7 @@ from scipy import ndimage
 from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, fill_holes_per_slice, outside_per_slice
-from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
 NAME = "nodule_baseline"
@@ -107,9 +107,10 @@ class NoduleBaseline:
             axial_extent = _max_axial_extent(points, spacing)
             score = (logistic(diameter, p.score_diameter_midpoint_mm, 0.5)
                      * (1.0 - logistic(elongation, p.max_elongation - 0.2, p.score_elongation_width)))
+            side = lung_side(volume, center, midline_x)
             findings.append(Finding(
                 finding_type=FindingType.NODULE, score=score, center_voxel=center,
-                center_mm=volume.voxel_to_patient(center), location=lung_side(volume, center, midline_x),
+                center_mm=volume.voxel_to_patient(center), location=f"{SIDES[side]} lung", laterality=side,
                 volume_ml=volume_ml, diameter_mm=float(diameter), mask=mask,
                 measurements={"elongation": elongation, "compactness": compactness, "max_axial_extent_mm": axial_extent,
                               "mean_hu": float(volume.array[mask].mean())},
@@ -193,6 +194,6 @@ def cut_off_sides(volume: Volume, parameters: NoduleParameters | None = None) ->
 
 
 def lung_side(volume: Volume, center: tuple[float, ...], midline_x: float) -> str:
-    """'left lung' / 'right lung' from the patient x of the centre against the body's midline (``body_midline_x``);
-    before, the image centre decided, and a nodule of a right lung reconstructed alone read as the left lung's."""
-    return "left lung" if volume.voxel_to_patient(center)[0] > midline_x else "right lung"
+    """"L" / "R" from the patient x of the centre against the body's midline (``body_midline_x``); before, the image
+    centre decided, and a nodule of a right lung reconstructed alone read as the left lung's."""
+    return "L" if volume.voxel_to_patient(center)[0] > midline_x else "R"

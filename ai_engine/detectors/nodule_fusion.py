@@ -35,7 +35,7 @@ from ai_engine.detectors.nodule_baseline import NoduleBaseline, body_midline_x, 
 from ai_engine.detectors.runtime import deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.head import FusionHead, modality_weight_dict
-from ai_engine.results import DetectorResult, Finding, FindingType, Task
+from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
 if TYPE_CHECKING:
@@ -427,9 +427,10 @@ class NoduleFusion:
         cam = cam / cam.max() if cam.max() > 0 else cam
         centre = tuple(float(c) for c in grid.to_source(nodule.centre_work))
         source_mask, source_heat = _to_source(volume.array.shape, grid, point, mask, cam)
+        side = lung_side(volume, centre, midline_x)
         return Finding(
             finding_type=FindingType.NODULE, score=float(analysis.probability[i]), center_voxel=centre,
-            center_mm=volume.voxel_to_patient(centre), location=lung_side(volume, centre, midline_x),
+            center_mm=volume.voxel_to_patient(centre), location=f"{SIDES[side]} lung", laterality=side,
             volume_ml=nodule.volume_ml, diameter_mm=diameter, mask=source_mask if source_mask.any() else None,
             heatmap=source_heat,
             measurements={"malignancy_probability": malignancy, "malignancy_logit_std": spread,

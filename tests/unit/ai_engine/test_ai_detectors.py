@@ -34,7 +34,7 @@ def test_ich_baseline_finds_the_bleed_with_its_volume(seed: int, tmp_path: Path)
     assert np.linalg.norm((np.array(finding.center_voxel) - truth.center_voxel) * spacing) < 3.0
     assert finding.volume_ml == pytest.approx(truth.size, rel=0.15)
     expected_side = "left" if truth.center_voxel[2] > 63.5 else "right"  # columns run toward patient left
-    assert finding.location.startswith(expected_side)
+    assert finding.location.startswith(expected_side) and finding.laterality == expected_side[0].upper()
     assert finding.mask.shape == inputs.volume.array.shape and finding.mask.sum() > 0
     assert any("classical baseline" in n for n in result.notes)
     assert any("clinical context is not used" in n for n in result.notes)

@@ -104,6 +104,7 @@ def test_obvious_bleed_is_found_on_its_side_with_its_volume(detector: ich_fusion
     assert finding.finding_type is FindingType.HEMORRHAGE
     assert 0.6 * truth_ml < finding.volume_ml < 1.6 * truth_ml
     assert finding.location.startswith("left" if side > 0 else "right")
+    assert finding.laterality == ("L" if side > 0 else "R")
     assert finding.attributes["subtype"] == subtype
     assert finding.mask.shape == case.hu.shape and finding.heatmap.shape == case.hu.shape
     assert 0.0 <= finding.heatmap.min() and finding.heatmap.max() <= 1.0

@@ -55,6 +55,7 @@ def test_obvious_spiculated_mass_is_found_in_both_views_and_matched(detector) ->
                 and np.hypot(*np.subtract(f.center_voxel, truth.center_voxel)) * 0.4 < 10.0]
         assert near, f"no mass found near the truth in view {view_index}"
         assert near[0].attributes["corresponding_view_index"] == str(1 - view_index)
+        assert near[0].laterality == inputs.views[view_index].laterality
         assert near[0].heatmap is not None and near[0].heatmap.shape == inputs.views[view_index].array.shape
         assert near[0].mask[int(truth.center_voxel[0]), int(truth.center_voxel[1])]
         assert near[0].diameter_mm == pytest.approx(truth.size, rel=0.25)  # before: 29-30 mm, the map's blob

@@ -97,8 +97,8 @@ def test_the_lung_side_follows_the_patient_not_the_image_centre() -> None:
     assert body_midline_x(shifted) == pytest.approx(body_midline_x(full), abs=1.0)  # an off-centre image
     right_lung = (32.0, columns / 2.0, columns / 4.0)  # a quarter of the width from the patient's right
     for volume in (full, right_half, shifted):
-        assert lung_side(volume, right_lung, body_midline_x(volume)) == "right lung"
-    assert lung_side(right_half, (32.0, columns / 2.0, columns / 2.0 - 20), 0.0) == "right lung"
+        assert lung_side(volume, right_lung, body_midline_x(volume)) == "R"
+    assert lung_side(right_half, (32.0, columns / 2.0, columns / 2.0 - 20), 0.0) == "R"
 
 
 def test_a_lung_the_field_of_view_cuts_off_is_searched_and_the_cut_is_noted(detector: NoduleFusion) -> None:

@@ -47,9 +47,9 @@ def ich_result(algorithm: AlgorithmInfo, sources: list[pydicom.Dataset]) -> Dete
     """Two hemorrhages with masks on known voxels of the head CT."""
     shape = (len(sources), sources[0].Rows, sources[0].Columns)
     findings = [
-        Finding(FindingType.HEMORRHAGE, 0.93, (4.0, 45.0, 65.0), "left frontal", volume_ml=1.2,
+        Finding(FindingType.HEMORRHAGE, 0.93, (4.0, 45.0, 65.0), "left frontal", volume_ml=1.2, laterality="L",
                 mask=box_mask(shape, slice(3, 6), slice(40, 50), slice(60, 70)), attributes={"subtype": "subdural"}),
-        Finding(FindingType.HEMORRHAGE, 0.71, (8.0, 80.0, 30.0), "right occipital", volume_ml=0.4,
+        Finding(FindingType.HEMORRHAGE, 0.71, (8.0, 80.0, 30.0), "right occipital", volume_ml=0.4, laterality="R",
                 mask=box_mask(shape, slice(8, 9), slice(78, 83), slice(28, 33))),
     ]
     return DetectorResult(Task.ICH, algorithm, findings, case_score=0.93, positive=True)

@@ -131,6 +131,11 @@ def test_ich_sr_is_in_the_source_study_and_cites_the_seg_segments(head_ct, algor
     assert [float(i.MeasuredValueSequence[0].NumericValue) for i in named(sr, "Probability")] == [0.93, 0.71]
     assert [i.ConceptCodeSequence[0].CodeMeaning for i in named(sr, "Finding")] == ["Hemorrhage", "Hemorrhage"]
     assert _text_values(sr, "Finding Site") == ["left frontal", "right occipital"]
+    sites = [i for i in named(sr, "Finding Site") if i.ValueType == "CODE"]  # the coded site carries the side
+    assert [(site.ConceptCodeSequence[0].CodeMeaning, [(side.ConceptCodeSequence[0].CodingSchemeDesignator,
+                                                        side.ConceptCodeSequence[0].CodeValue)
+                                                       for side in named(site, "Laterality")]) for site in sites] == [
+        ("Intracranial structure", [("SCT", "7771000")]), ("Intracranial structure", [("SCT", "24028007")])]
     assert "subtype: subdural" in _text_values(sr, "Comment")
     [verdict] = named(sr, "Intracranial hemorrhage")
     assert verdict.ConceptCodeSequence[0].CodeMeaning == "Present"
@@ -251,6 +256,7 @@ def test_mammo_findings_cite_the_seg_frame_on_their_view(mammo_views, algorithm,
     assert [s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in sources] == [
         v.SOPInstanceUID for v in mammo_views]
     assert [i.ConceptCodeSequence[0].CodeMeaning for i in named(sr, "Finding")] == ["Mass", "Calcification Cluster"]
+    assert named(sr, "Laterality") == []  # a finding without a side gets none
 
 
 def test_masked_finding_missing_from_the_given_segs_is_an_error(head_ct, algorithm):
