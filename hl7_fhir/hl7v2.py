@@ -228,6 +228,8 @@ def parse_ts(value: str, default_offset: tzinfo | None = None) -> datetime | Non
     for sign in "+-":
         if sign in value[8:]:
             value, zone = value.rsplit(sign, 1)
+            if len(zone) not in (2, 4) or not zone.isdigit():  # int()'s message would repeat it
+                raise ValueError("HL7 timestamp has an offset that is not +/-ZZZZ")
             minutes = int(zone[:2]) * 60 + int(zone[2:4] or 0)
             offset = timezone(timedelta(minutes=minutes if sign == "+" else -minutes))
     digits = value.split(".")[0]
@@ -356,11 +358,16 @@ RETRACTED = {"D": "deleted", "W": "posted to the wrong patient"}
 
 def _number(parsed: ParsedMessage, obx: Segment) -> float:
     """OBX-5 as a number: NM, an SN (comparator^number, e.g. '>^1000' or '^1.7'), or '<0.5' style text; a
-    bounded value ('<0.5') is taken at its bound. ValueError when it is none of these."""
-    if _first(parsed, obx, 2).upper() == "SN":
-        return float(_first(parsed, obx, 5, 2))
-    raw = _first(parsed, obx, 5)
-    return float(raw.lstrip("<>=").strip())
+    bounded value ('<0.5') is taken at its bound. ValueError when it is none of these (an SN ratio or range such as
+    '^1^:^2' too); its message never quotes the value, which may be free text naming the patient."""
+    kind = _first(parsed, obx, 2).upper()
+    if kind == "SN" and _first(parsed, obx, 5, 3):
+        raise ValueError("OBX-5 is a structured ratio or range, not one number")
+    raw = _first(parsed, obx, 5, 2) if kind == "SN" else _first(parsed, obx, 5).lstrip("<>=").strip()
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"OBX-5 (value type {kind or 'none'}) is not a number") from None
 
 
 def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> LabReport:

@@ -21,11 +21,13 @@ class UnitError(Hl7FhirError):
 
 @dataclass(frozen=True)
 class Analyte:
-    """One analyte: canonical name and UCUM unit, accepted unit spellings with factors to canonical."""
+    """One analyte: canonical name and UCUM unit, accepted unit spellings with factors to canonical, and the range
+    a real value lies in (canonical unit): outside it the value is a typo, a wrong unit or a test value."""
 
     name: str
     canonical_unit: str
     factors: dict[str, float]
+    plausible: tuple[float, float]
 
 
 def _unit_key(unit: str) -> str:
@@ -34,26 +36,26 @@ def _unit_key(unit: str) -> str:
             .replace(" ", "").lower())
 
 
-def _analyte(name: str, canonical_unit: str, factors: dict[str, float]) -> Analyte:
-    return Analyte(name, canonical_unit, {_unit_key(u): f for u, f in factors.items()})
+def _analyte(name: str, canonical_unit: str, factors: dict[str, float], plausible: tuple[float, float]) -> Analyte:
+    return Analyte(name, canonical_unit, {_unit_key(u): f for u, f in factors.items()}, plausible)
 
 
 ANALYTES: dict[str, Analyte] = {a.name: a for a in (
-    _analyte("inr", "1", {"1": 1.0, "": 1.0, "{INR}": 1.0, "INR": 1.0, "ratio": 1.0, "{ratio}": 1.0}),
+    _analyte("inr", "1", {"1": 1.0, "": 1.0, "{INR}": 1.0, "INR": 1.0, "ratio": 1.0, "{ratio}": 1.0}, (0.3, 30.0)),
     _analyte("platelets", "10*9/L", {
         "10*9/L": 1.0, "x10*9/L": 1.0, "x10E9/L": 1.0, "10E9/L": 1.0, "G/L": 1.0, "/nL": 1.0,
         "10*3/uL": 1.0, "x10*3/uL": 1.0, "10E3/uL": 1.0, "x10E3/uL": 1.0, "K/uL": 1.0,
-        "thou/uL": 1.0, "10*3/mm3": 1.0, "/uL": 1e-3, "/mm3": 1e-3,
-    }),
-    _analyte("hemoglobin", "g/dL", {"g/dL": 1.0, "g/L": 0.1, "mg/dL": 1e-3, "mmol/L": 1.611}),
-    _analyte("creatinine", "mg/dL", {"mg/dL": 1.0, "umol/L": 1 / 88.42, "mmol/L": 1000 / 88.42}),
-    _analyte("cea", "ng/mL", {"ng/mL": 1.0, "ug/L": 1.0}),
-    _analyte("glucose", "mg/dL", {"mg/dL": 1.0, "mmol/L": 18.016}),
-    _analyte("systolic_bp", "mm[Hg]", {"mm[Hg]": 1.0, "mmHg": 1.0, "kPa": 7.50062}),
-    _analyte("gcs", "{score}", {"{score}": 1.0, "score": 1.0, "1": 1.0, "": 1.0}),
+        "thou/uL": 1.0, "10*3/mm3": 1.0, "/uL": 1e-3, "/mm3": 1e-3, "cells/uL": 1e-3, "{cells}/uL": 1e-3,
+    }, (0.0, 3000.0)),
+    _analyte("hemoglobin", "g/dL", {"g/dL": 1.0, "g/L": 0.1, "mg/dL": 1e-3, "mmol/L": 1.611}, (1.0, 30.0)),
+    _analyte("creatinine", "mg/dL", {"mg/dL": 1.0, "umol/L": 1 / 88.42, "mmol/L": 1000 / 88.42}, (0.05, 40.0)),
+    _analyte("cea", "ng/mL", {"ng/mL": 1.0, "ug/L": 1.0}, (0.0, 1e5)),
+    _analyte("glucose", "mg/dL", {"mg/dL": 1.0, "mmol/L": 18.016}, (5.0, 3000.0)),
+    _analyte("systolic_bp", "mm[Hg]", {"mm[Hg]": 1.0, "mmHg": 1.0, "kPa": 7.50062}, (30.0, 320.0)),
+    _analyte("gcs", "{score}", {"{score}": 1.0, "score": 1.0, "1": 1.0, "": 1.0}, (3.0, 15.0)),
     _analyte("pack_years", "{pack-years}", {
         "{pack-years}": 1.0, "pack-years": 1.0, "{PackYears}": 1.0, "pack-yr": 1.0, "": 1.0,
-    }),
+    }, (0.0, 300.0)),
 )}
 
 # Coded (non-numeric) analytes: kept as codes, never converted.
@@ -103,11 +105,15 @@ def loinc_codes(name: str) -> list[str]:
 
 
 def normalize(name: str, value: float, unit: str) -> tuple[float, str]:
-    """``value`` in ``unit`` converted to the canonical unit of analyte ``name``: (value, canonical unit)."""
+    """``value`` in ``unit`` converted to the canonical unit of analyte ``name``: (value, canonical unit); UnitError
+    for a unit not accepted or a value outside the analyte's plausible range."""
     analyte = ANALYTES.get(name)
     if analyte is None:
         raise UnitError(f"analyte {name!r} is not numeric-convertible; known: {sorted(ANALYTES)}")
     factor = analyte.factors.get(_unit_key(unit))
     if factor is None:
         raise UnitError(f"unit {unit!r} is not accepted for {name} (canonical {analyte.canonical_unit!r})")
+    low, high = analyte.plausible
+    if not low <= value * factor <= high:  # NaN and infinities too
+        raise UnitError(f"{name} lies outside {low:g}-{high:g} {analyte.canonical_unit}: not a real value")
     return value * factor, analyte.canonical_unit

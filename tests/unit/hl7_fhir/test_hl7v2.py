@@ -17,6 +17,7 @@ from hl7_fhir.hl7v2 import (
     parse_demographics,
     parse_labs,
     parse_order,
+    parse_ts,
     read_header,
 )
 from tests.unit.hl7_fhir.messages import adt, orm, oru
@@ -54,10 +55,25 @@ def test_an_obx_that_cannot_be_read_is_left_out_and_the_rest_is_kept() -> None:
 
 
 @pytest.mark.parametrize(("value_type", "value", "expected"), [
-    ("SN", ">^1000", 1000.0), ("SN", "^1.7", 1.7), ("ST", "<0.5", 0.5), ("NM", "2.5", 2.5)])
+    ("SN", ">^10", 10.0), ("SN", "^1.7", 1.7), ("ST", "<0.5", 0.5), ("NM", "2.5", 2.5)])
 def test_structured_and_bounded_numbers_are_read_at_their_value(value_type: str, value: str, expected: float) -> None:
     message = oru("S1").replace("OBX|2|NM|6301-6^INR^LN||2.5|", f"OBX|2|{value_type}|6301-6^INR^LN||{value}|")
     assert {v.name: v.value for v in parse_labs(parse(message)).values}["inr"] == expected
+
+
+def test_an_obx_value_that_is_no_number_is_not_quoted_back() -> None:
+    """Free text in OBX-5 may name the patient: float()'s message quoted it into the ACK and the log."""
+    text = "Result cancelled: specimen labelled SMITH JOHN 19500101 MRN PHIMRN77 mismatch"
+    report = parse_labs(parse(oru("Q1").replace("OBX|2|NM|6301-6^INR^LN||2.5|", f"OBX|2|ST|6301-6^INR^LN||{text}|")))
+    assert report.unusable == ["OBX 2 (6301-6): OBX-5 (value type ST) is not a number"]
+    ratio = parse_labs(parse(oru("Q2").replace("OBX|2|NM|6301-6^INR^LN||2.5|", "OBX|2|SN|6301-6^INR^LN||^1^:^2|")))
+    assert ratio.unusable == ["OBX 2 (6301-6): OBX-5 is a structured ratio or range, not one number"]  # was 1
+
+
+def test_a_malformed_offset_is_not_quoted_back() -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_ts("19500101-0x")
+    assert "0x" not in str(raised.value) and "offset" in str(raised.value)
 
 
 def test_result_status_x_and_w_hold_no_value_and_d_deletes() -> None:

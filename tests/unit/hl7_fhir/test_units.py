@@ -33,6 +33,22 @@ def test_unknown_unit_or_analyte_is_an_error_that_names_them() -> None:
         normalize("bilirubin", 1.0, "mg/dL")
 
 
+@pytest.mark.parametrize("name, value, unit", [
+    ("gcs", 150, "{score}"), ("systolic_bp", -120, "mm[Hg]"), ("inr", float("inf"), "{INR}"),
+    ("inr", float("nan"), "{INR}"), ("platelets", 150, "/uL")])  # 0.15 x 10^9/L: fine, below
+def test_a_value_no_patient_can_have_is_refused(name: str, value: float, unit: str) -> None:
+    """Before, GCS 150 and a systolic pressure of -120 were stored, and an infinite INR became the newest INR."""
+    if (name, unit) == ("platelets", "/uL"):
+        assert normalize(name, value, unit)[0] == pytest.approx(0.15)
+        return
+    with pytest.raises(UnitError, match=f"{name} lies outside .*: not a real value"):
+        normalize(name, value, unit)
+
+
+def test_platelets_counted_in_cells_per_microlitre_are_read() -> None:
+    assert normalize("platelets", 40000, "cells/uL") == (pytest.approx(40.0), "10*9/L")
+
+
 def test_loinc_table() -> None:
     assert [analyte_for_code(c) for c in ("6301-6", "34714-6", "777-3", "26515-7", "718-7", "2160-0",
                                           "2039-6", "8480-6", "9269-2", "72166-2")] == [
