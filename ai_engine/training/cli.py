@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ai_engine.bundle import BUNDLES_DIR
 from ai_engine.errors import AiEngineError
 
 REFITS = ("--fusion-only", "--density-only", "--threshold-only", "--note-vocabulary-only")  # in place, on a bundle
@@ -63,6 +64,10 @@ def train(task: str, *, out_dir: Path | None = None, epochs: int | None = None, 
     the spacing of dataset images whose header has none) are passed on only when given.
     """
     extra = _dataset_options(task, data_dir, pixel_spacing_mm)
+    if data_dir is not None and (out_dir is None or Path(out_dir).resolve().is_relative_to(BUNDLES_DIR.resolve())):
+        raise AiEngineError("train --data-dir needs an --out-dir outside the packaged bundles: a model trained on a "
+                            "local dataset is written beside them, never over the one the server serves and its "
+                            "model card describes (serve it through model_bundles once validated)")
     root = _task_module(task).train(out_dir=out_dir, epochs=epochs, cohort_size=cohort_size, seed=seed,
                                     quick=quick, **extra)
     _note_vocabulary(task, root)

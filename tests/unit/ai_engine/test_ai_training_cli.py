@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ai_engine.bundle import BUNDLES_DIR
 from ai_engine.errors import AiEngineError
 from ai_engine.training import cli
 
@@ -25,7 +26,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
 def test_dataset_options_reach_the_task_only_when_given(calls: list[tuple[str, dict[str, Any]]]) -> None:
     cli.main(["train", "ich"])
-    cli.main(["train", "mammo", "--data-dir", "/data/cbis", "--pixel-spacing-mm", "0.042"])
+    cli.main(["train", "mammo", "--data-dir", "/data/cbis", "--pixel-spacing-mm", "0.042", "--out-dir", "/tmp/b"])
     cli.main(["evaluate", "mammo", "--data-dir", "/data/cbis", "--out-dir", "/tmp/r"])
     assert "data_dir" not in calls[0][1] and "pixel_spacing_mm" not in calls[0][1]
     assert calls[1][1]["data_dir"] == Path("/data/cbis") and calls[1][1]["pixel_spacing_mm"] == 0.042
@@ -38,6 +39,8 @@ def test_dataset_options_reach_the_task_only_when_given(calls: list[tuple[str, d
     (["evaluate", "mammo", "--data-dir", "/d", "--out-dir", "/o", "--pixel-spacing-mm", "5"], "0.01-1.0 mm"),
     (["train", "mammo", "--fusion-only", "--pixel-spacing-mm", "0.05"], "drop \\['--pixel-spacing-mm'\\]"),
     (["train", "ich", "--threshold-only"], "lung-nodule option"),
+    (["train", "ich", "--data-dir", "/d"], "needs an --out-dir outside the packaged bundles"),  # it overwrote them
+    (["train", "mammo", "--data-dir", "/d", "--out-dir", str(BUNDLES_DIR / "mammo_fusion")], "outside the packaged"),
     (["train", "nodule", "--threshold-only", "--fusion-only"], "choose one of --fusion-only, --threshold-only"),
     (["train", "nodule", "--threshold-only", "--seed", "3"], "drop \\['--seed'\\]"),
     (["train", "nodule", "--bundle", "b"], "--bundle only goes with --fusion-only, --density-only, --threshold-only, "
