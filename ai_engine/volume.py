@@ -63,6 +63,15 @@ class Volume:
                  + z * (dz * self.direction[2] + np.asarray(self.shear_mm)))
         return (float(point[0]), float(point[1]), float(point[2]))
 
+    def patient_to_voxel(self, xyz_mm: Sequence[float]) -> np.ndarray:
+        """Fractional voxel index (z, y, x) of a patient position (x, y, z) mm: the inverse of ``voxel_to_patient``,
+        gantry tilt (``shear_mm``) included."""
+        dz, dy, dx = self.spacing_mm
+        axes = np.stack([dx * self.direction[0], dy * self.direction[1],
+                         dz * self.direction[2] + np.asarray(self.shear_mm)], axis=1)  # columns: x, y, z steps
+        xyz = np.linalg.solve(axes, np.asarray(xyz_mm, dtype=np.float64) - np.asarray(self.origin_mm))
+        return xyz[::-1]
+
     @property
     def tilt_degrees(self) -> float:
         """The gantry tilt: the angle between the slice normal and the line the slices are stacked on."""

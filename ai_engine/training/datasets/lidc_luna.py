@@ -271,12 +271,6 @@ def dataset_counts(cases: list[DatasetCase]) -> dict[str, int]:
             "metaimage_series": sum(c.image.suffix == ".mhd" for c in cases)}
 
 
-def patient_to_voxel(volume: Volume, xyz_mm: tuple[float, float, float]) -> np.ndarray:
-    """Fractional voxel index (z, y, x) of a patient position (x, y, z) mm: the inverse of ``voxel_to_patient``."""
-    scaled = np.linalg.solve(volume.direction.T, np.asarray(xyz_mm, dtype=np.float64) - np.asarray(volume.origin_mm))
-    return scaled[::-1] / np.asarray(volume.spacing_mm)
-
-
 def sphere_labels(shape: tuple[int, ...], spacing_mm: tuple[float, float, float], centres: list[np.ndarray],
                   diameters: list[float]) -> np.ndarray:
     """uint8 label map with nodule k (from 1) as a ball of its diameter; an earlier nodule keeps shared voxels."""
@@ -321,7 +315,7 @@ def load_case(case: DatasetCase) -> AnnotatedScan:
     shape = np.array(volume.array.shape)
     centres = []
     for row in case.nodules:
-        centre = patient_to_voxel(volume, row.center_mm)
+        centre = volume.patient_to_voxel(row.center_mm)
         if np.any(centre < -INSIDE_MARGIN) or np.any(centre > shape - 1 + INSIDE_MARGIN):
             raise _fail(case.root / ANNOTATIONS, row.line,
                         f"nodule at {row.center_mm} mm lies outside series {case.series_uid} (voxel z, y, x "

@@ -162,6 +162,9 @@ def test_gantry_tilt_is_kept_as_acquired_with_every_slice_at_its_position(head: 
     for k, path in enumerate(paths):
         position = tuple(float(v) for v in pydicom.dcmread(path).ImagePositionPatient)
         assert volume.voxel_to_patient((k, 0, 0)) == pytest.approx(position, abs=1e-4)
+    for zyx in ((3.0, 10.5, 20.25), (7.5, 40.0, 2.0)):  # a nodule's world position back to its voxel (LUNA16 rows)
+        assert volume.patient_to_voxel(volume.voxel_to_patient(zyx)) == pytest.approx(zyx, abs=1e-6)
+        assert straight.patient_to_voxel(straight.voxel_to_patient(zyx)) == pytest.approx(zyx, abs=1e-6)
 
 
 def test_a_steeper_tilt_or_a_crooked_stack_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
