@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ai_engine.bundle import DATASET_SOURCE
 from ai_engine.errors import AiEngineError
@@ -37,6 +39,25 @@ def dataset_intended_use(root: Path) -> str:
             "validated it.")
 
 
+def dicom_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The DICOM files in ``folder`` (and below it when ``recursive``): names ending in .dcm in any letter case
+    (exports write .DCM too; a case-sensitive match silently left such slices out), sorted."""
+    return sorted(p for p in (folder.rglob("*") if recursive else folder.glob("*"))
+                  if p.suffix.lower() == ".dcm" and p.is_file())
+
+
+@contextmanager
+def open_table(table: Path) -> Iterator[TextIO]:
+    """A CSV table opened as UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8" writes one); a table in
+    another encoding is an error naming it, wherever in the table the first such byte lies."""
+    with table.open(newline="", encoding="utf-8-sig") as handle:
+        try:
+            yield handle
+        except UnicodeDecodeError as error:
+            raise AiEngineError(f"{table} is not UTF-8 text (byte {error.start} of a read block cannot be "
+                                "decoded): save it as CSV UTF-8") from None
+
+
 def row_error(dataset: str, table: Path, line: int, message: str) -> AiEngineError:
     """The error for a bad row: the dataset kind, the table and its line, then what is wrong."""
     return AiEngineError(f"{dataset}: {table} line {line}: {message}")
@@ -47,7 +68,7 @@ def read_rows(dataset: str, table: Path, columns: tuple[str, ...]) -> list[tuple
 
     A row with more cells than the header is refused (its cells would land under the wrong columns).
     """
-    with table.open(newline="") as handle:
+    with open_table(table) as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:

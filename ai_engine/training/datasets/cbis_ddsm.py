@@ -41,6 +41,7 @@ from scipy import ndimage
 from ai_engine.errors import AiEngineError
 from ai_engine.mammo import MammoView, load_view
 from ai_engine.synthetic.cohorts.mammo import FAMILY_HISTORY_CODE, PRIOR_BIOPSY_CODE, SNOMED
+from ai_engine.training.datasets import dicom_files, open_table
 from hl7_fhir.context import ClinicalContext, CodedItem, Provenance
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def read_abnormalities(root: Path, split: str = "train") -> list[Abnormality]:
 
 
 def _read_table(path: Path) -> list[Abnormality]:
-    with path.open(newline="") as handle:
+    with open_table(path) as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in reader.fieldnames or []]
         reader.fieldnames = header
@@ -219,7 +220,7 @@ def _candidates(root: Path, cell: str, row: Abnormality, column: str) -> tuple[P
     if not subject.is_dir():
         raise AiEngineError(f"{row.where}: column {column!r} names subject folder {parts[0]!r}, which is "
                             f"missing from {root / IMAGE_DIR}")
-    files = sorted(subject.rglob("*.dcm"))
+    files = dicom_files(subject, recursive=True)
     if not files:
         raise AiEngineError(f"{row.where}: subject folder {subject} holds no .dcm file")
     series_uid = parts[2] if len(parts) >= 4 else None
@@ -316,7 +317,7 @@ def read_clinical(root: Path) -> dict[str, ClinicalContext]:
     path = Path(root) / CLINICAL_TABLE
     if not path.is_file():
         return {}
-    with path.open(newline="") as handle:
+    with open_table(path) as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in reader.fieldnames or []]
         reader.fieldnames = header

@@ -28,7 +28,7 @@ from ai_engine.errors import AiEngineError
 from ai_engine.orientation import to_lps
 from ai_engine.synthetic.cohorts.ich import IchCase
 from ai_engine.synthetic.head_ct import SUBTYPES, bleed_truths
-from ai_engine.training.datasets import read_rows, row_error
+from ai_engine.training.datasets import dicom_files, read_rows, row_error
 from ai_engine.volume import Volume, load_series
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 
@@ -152,7 +152,7 @@ def case_contexts(root: Path) -> list[ClinicalContext]:
 
 def series_paths(root: Path, case_id: str) -> list[Path]:
     """The DICOM files of case ``case_id``."""
-    return sorted((Path(root) / case_id / "dicom").glob("*.dcm"))
+    return dicom_files(Path(root) / case_id / "dicom")
 
 
 def load_cases(root: Path, rows: list[IchDatasetRow]) -> Iterator[IchCase]:
@@ -160,7 +160,10 @@ def load_cases(root: Path, rows: list[IchDatasetRow]) -> Iterator[IchCase]:
     provenance = Provenance("dataset", str(root), "cases.csv")
     for row in rows:
         case_dir = Path(root) / row.case_id
-        volume = load_series(series_paths(root, row.case_id))
+        try:
+            volume = load_series(series_paths(root, row.case_id))
+        except AiEngineError as error:  # which case, when one of thousands cannot be read
+            raise AiEngineError(f"{DATASET}: case {row.case_id} ({case_dir / 'dicom'}): {error}") from error
         mask_path = case_dir / "mask.npz"
         labels = (_mask(mask_path, volume, row) if mask_path.is_file()
                   else np.full(volume.array.shape, UNKNOWN_LABEL, np.uint8))

@@ -38,7 +38,7 @@ import numpy as np
 from ai_engine.errors import AiEngineError
 from ai_engine.orientation import to_lps
 from ai_engine.synthetic.cohorts.nodule import SMOKING_CODES, SNOMED
-from ai_engine.training.datasets import read_rows, row_error
+from ai_engine.training.datasets import dicom_files, read_rows, row_error
 from ai_engine.training.datasets.metaimage import read_metaimage
 from ai_engine.volume import Volume, load_series
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
@@ -296,7 +296,7 @@ def load_volume(case: DatasetCase) -> Volume:
     DICOM folder through ``load_series`` (UID checked)."""
     if case.image.suffix == ".mhd":
         return to_lps(read_metaimage(case.image))[0]
-    files = sorted(case.image.glob("*.dcm"))
+    files = dicom_files(case.image)
     if not files:
         raise AiEngineError(f"{DATASET}: {case.image} holds no .dcm files for series {case.series_uid}")
     try:

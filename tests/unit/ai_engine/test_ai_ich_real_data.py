@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from ai_engine.bundle import DATASET_KIND, resolve_bundle
@@ -155,6 +156,8 @@ def _rewrite_row(root: Path, which: str, **cells: str) -> None:
     ("no_series", r"case c5: no DICOM files"),
     ("mask_shape", r"c4/mask\.npz: labels have shape"),
     ("clean_label_with_blood", r"case c3 has label 0 but its mask marks blood"),
+    ("missing_slice", r"real ICH dataset: case c6 \(.*c6/dicom\): slice spacing must be regular"),  # named no case
+    ("latin1_table", r"cases\.csv is not UTF-8 text .*save it as CSV UTF-8"),  # a bare UnicodeDecodeError
 ])
 def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path: Path, damage: str,
                                                          message: str) -> None:
@@ -185,8 +188,28 @@ def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path
         np.savez(root / "c4" / "mask.npz", labels=labels[1:])
     elif damage == "clean_label_with_blood":
         _rewrite_row(root, "c3", label="0")
+    elif damage == "missing_slice":
+        (root / "c6" / "mask.npz").unlink()
+        files = sorted((root / "c6" / "dicom").glob("*.dcm"),
+                       key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+        files[len(files) // 2].unlink()
+    elif damage == "latin1_table":
+        _rewrite_row(root, "c3", note="bewusstseinsgetrübt")
+        (root / "cases.csv").write_bytes((root / "cases.csv").read_text().encode("latin-1"))
     with pytest.raises(AiEngineError, match=message):
         list(ich_cases.load_cases(root, ich_cases.read_table(root)))
+
+
+def test_an_excel_table_and_upper_case_file_names_are_read(dataset: Path, tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark (it was refused: no column 'case_id'), and some exports
+    name their files .DCM (those slices were silently left out of the volume)."""
+    root = _copy_of(dataset, tmp_path)
+    (root / "cases.csv").write_bytes(b"\xef\xbb\xbf" + (root / "cases.csv").read_bytes())
+    for path in (root / "c4" / "dicom").glob("*.dcm"):
+        path.rename(path.with_suffix(".DCM"))
+    cases = {case.case_id: case for case in ich_cases.load_cases(root, ich_cases.read_table(root))}
+    assert cases["c4"].hu.shape == next(c for c in ich_cases.load_cases(dataset, ich_cases.read_table(dataset))
+                                        if c.case_id == "c4").hu.shape
 
 
 def test_the_deployed_bundle_is_evaluated_on_the_dataset_through_the_cli(dataset: Path, tmp_path: Path) -> None:
