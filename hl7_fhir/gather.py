@@ -334,11 +334,12 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
         if current is None or current.observed_at is None or value.observed_at > current.observed_at or (
                 value.observed_at == current.observed_at and current.provenance.source == "hl7"):
             merged.labs[value.name] = value
-    for item in hl7_coded:
+    for item in hl7_coded:  # the same rule: a corrected status sent for the same time replaces the first
         current_coded = merged.coded_observations.get(item.category)
         if item.category in analytes and item.recorded_at is not None and since <= item.recorded_at <= as_of and (
                 current_coded is None or current_coded.recorded_at is None
-                or item.recorded_at > current_coded.recorded_at):
+                or item.recorded_at > current_coded.recorded_at or (
+                    item.recorded_at == current_coded.recorded_at and current_coded.provenance.source == "hl7")):
             merged.coded_observations[item.category] = item
     if merged.age_years is None and hl7_birth_date is not None:
         merged.age_years = _age_years(hl7_birth_date, as_of)

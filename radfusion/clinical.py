@@ -13,10 +13,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Delete, delete, or_, select
+from sqlalchemy import Delete, delete, select
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
@@ -197,10 +197,13 @@ class ClinicalGatherer:
             return ClinicalContext.unavailable("the study has no PatientID to match clinical data with")
         as_of = self._as_of(patient)
         fhir_context = self._fhir_context(patient, analytes)
-        values, coded, birth_date, sex, reason = self._hl7_values(patient, as_of)
-        return merge_contexts(fhir_context, values, analytes=analytes, as_of=as_of, lookback=self._lookback,
-                              hl7_coded=coded, hl7_birth_date=birth_date, hl7_sex=sex, hl7_reason=reason,
-                              accession=patient.accession)
+        record = self._hl7_record(patient, as_of)
+        merged = merge_contexts(fhir_context, record.labs, analytes=analytes, as_of=as_of, lookback=self._lookback,
+                                hl7_coded=record.coded, hl7_birth_date=record.birth_date, hl7_sex=record.sex,
+                                hl7_reason=record.reason, accession=patient.accession)
+        if record.withheld:
+            merged.errors.append(record.withheld)
+        return merged
 
     def close(self) -> None:
         """Stop the FHIR worker threads (queries in flight are abandoned)."""
@@ -249,34 +252,80 @@ class ClinicalGatherer:
             log.warning("EMR query for study %d failed: %s: %s", patient.study_id, type(exc).__name__, exc)
             return ClinicalContext.unavailable(f"EMR query failed: {type(exc).__name__}: {exc}")
 
-    def _hl7_values(self, patient: StudyPatient, as_of: datetime) -> tuple[
-            list[LabValue], list[CodedItem], date | None, str | None, str | None]:
-        """Stored HL7 values for the patient (matched by id, and by issuer where both sides name one). An order
-        that names no accession gives its reason only when it came within ``UNADDRESSED_ORDER_WINDOW`` before
-        ``as_of`` (the study's time): one that came after it is for a later exam."""
+    def _hl7_record(self, patient: StudyPatient, as_of: datetime) -> _Hl7Record:
+        """Stored HL7 values for the patient: matched by id, and by issuer (``_same_patient``). An order that names
+        no accession gives its reason only when it came within ``UNADDRESSED_ORDER_WINDOW`` before ``as_of`` (the
+        study's time): one that came after it is for a later exam."""
         recent = as_of - UNADDRESSED_ORDER_WINDOW
         with self._db.session() as session:
             rows = session.execute(
                 select(ClinicalValue, Hl7Message).join(Hl7Message, ClinicalValue.message_id == Hl7Message.id)
-                .where(ClinicalValue.patient_id == patient.patient_id,
-                       or_(ClinicalValue.patient_authority == "", ClinicalValue.patient_authority == patient.issuer,
-                           patient.issuer == ""))
-                .order_by(Hl7Message.received_at)).all()
-        labs, coded = [], []
-        birth_date = sex = reason = unaddressed = None
+                .where(ClinicalValue.patient_id == patient.patient_id).order_by(Hl7Message.received_at)).all()
+        usable, withheld = _same_patient(_authority_groups(rows), patient.issuer)
+        if withheld:
+            log.warning("study %d: %s", patient.study_id, withheld)
+        record = _Hl7Record(withheld=withheld)
+        unaddressed = None
         for value, message in rows:
+            if value.patient_authority not in usable:
+                continue
             provenance = Provenance("hl7", message.sending_facility, message.control_id, message.received_at)
             if value.kind == "lab" and value.value is not None:
-                labs.append(LabValue(value.name, value.code, value.value, value.unit, value.observed_at, provenance,
-                                     flags=value.flags))
+                record.labs.append(LabValue(value.name, value.code, value.value, value.unit, value.observed_at,
+                                            provenance, flags=value.flags))
             elif value.kind == "coded":
-                coded.append(CodedItem(value.code, value.system, value.text, value.name, value.observed_at, provenance))
+                record.coded.append(CodedItem(value.code, value.system, value.text, value.name, value.observed_at,
+                                              provenance))
             elif value.kind == "birth_date":
-                birth_date = date.fromisoformat(value.text)
+                record.birth_date = date.fromisoformat(value.text)
             elif value.kind == "sex":
-                sex = value.text
+                record.sex = value.text
             elif value.kind == "reason_for_exam" and value.accession and value.accession == patient.accession:
-                reason = value.text
+                record.reason = value.text
             elif value.kind == "reason_for_exam" and not value.accession and recent <= message.received_at <= as_of:
                 unaddressed = value.text  # a recent order without accession: only if none names this study
-        return labs, coded, birth_date, sex, reason or unaddressed
+        record.reason = record.reason or unaddressed
+        return record
+
+
+@dataclass
+class _Hl7Record:
+    """What the stored HL7 messages say about one study's patient; ``withheld``: why none of it is used."""
+
+    labs: list[LabValue] = field(default_factory=list)
+    coded: list[CodedItem] = field(default_factory=list)
+    birth_date: date | None = None
+    sex: str | None = None
+    reason: str | None = None
+    withheld: str | None = None
+
+
+def _authority_groups(rows: Sequence[tuple[ClinicalValue, Hl7Message]]) -> list[set[str]]:
+    """The assigning authorities that hold a patient id, grouped into one per patient: the forms of one
+    authority (its namespace and its universal id, ``HOSP&1.2.3&ISO``) are stored from the same message."""
+    by_message: dict[int, set[str]] = {}
+    for value, message in rows:
+        if value.patient_authority:
+            by_message.setdefault(message.id, set()).add(value.patient_authority)
+    groups: list[set[str]] = []
+    for authorities in by_message.values():
+        joined = [group for group in groups if group & authorities]
+        groups = [group for group in groups if not group & authorities] + [authorities.union(*joined)]
+    return groups
+
+
+def _same_patient(groups: list[set[str]], issuer: str) -> tuple[set[str], str | None]:
+    """The assigning authorities (PID-3.4; "" for none) whose values are the study's patient's, and why none are.
+
+    A study with an issuer takes the values of its issuer's group, and those without an authority only when no
+    other authority holds this patient id (then "12345" without an authority cannot be another hospital's 12345).
+    A study without an issuer takes everything while one authority at most holds the id; with two or more, whose
+    patient the study is cannot be told, and nothing is used (an outside patient 12345's INR read as ours)."""
+    if issuer:
+        own = next((group for group in groups if issuer in group), {issuer})
+        return own | ({""} if all(group is own for group in groups) else set()), None
+    if len(groups) <= 1:
+        return {"", *(groups[0] if groups else ())}, None
+    named = sorted(min(group) for group in groups)
+    return set(), (f"HL7 values not used: the study names no IssuerOfPatientID and its PatientID is held by "
+                   f"{len(groups)} assigning authorities ({', '.join(named)})")

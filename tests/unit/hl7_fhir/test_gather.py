@@ -6,7 +6,7 @@ import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 
-from hl7_fhir.context import ClinicalContext, LabValue, Provenance
+from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.gather import gather_with_budget, merge_contexts
 from hl7_fhir.medication_classes import ATC_SYSTEM, RXNORM_SYSTEM, classify
 
@@ -40,6 +40,18 @@ def test_emr_down_but_hl7_labs_present_is_partial_and_keeps_the_reason() -> None
     nothing = merge_contexts(fhir, [], analytes=["inr"], as_of=NOW, lookback=WINDOW)
     assert nothing.status == "unavailable" and nothing.missing == ["inr", "age", "sex"]
     assert nothing.errors == ["EMR did not answer within 2.0 s"]
+
+
+def test_a_smoking_status_corrected_for_the_same_time_replaces_the_first() -> None:
+    """HL7 sends a corrected status (OBX-11 C) for the same time; labs took the later one, coded items kept the
+    first ("never smoker" stayed after the correction to "current every day smoker")."""
+    when = NOW - timedelta(days=1)
+    first = CodedItem("266919005", "SCT", "Never smoker", "smoking_status", when, Provenance("hl7", "LAB", "S1"))
+    fixed = CodedItem("449868002", "SCT", "Current every day smoker", "smoking_status", when,
+                      Provenance("hl7", "LAB", "S2"))
+    merged = merge_contexts(ClinicalContext(status="complete"), [], analytes=["smoking_status"], as_of=NOW,
+                            lookback=WINDOW, hl7_coded=[first, fixed])
+    assert merged.coded_observations["smoking_status"].code == "449868002"
 
 
 def test_budget_returns_on_time_and_never_raises() -> None:

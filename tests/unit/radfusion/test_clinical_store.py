@@ -162,6 +162,25 @@ def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:
     assert "inr" not in context(issuer="ELSEWHERE").labs
 
 
+def test_another_hospital_s_patient_with_the_same_id_is_not_read_as_the_study_s(stored, caplog) -> None:  # noqa: ANN001
+    """Before, a study without an issuer got the INR of HOSPB's patient 12345 and a value without an authority
+    reached a study of any issuer."""
+    send, context = stored
+    send(oru("H1", inr="1.0"))  # 12345 of HOSP (1.2.3)
+    assert context(issuer="").labs["inr"].value == 1.0  # one authority holds 12345: the study's patient
+    send(oru("H2", inr="4.0").replace("12345^^^HOSP&1.2.3&ISO^MR", "12345^^^HOSPB^MR").replace(
+        "202611201000+0100", "202611201030+0100"))
+    assert context(issuer="HOSP").labs["inr"].value == 1.0 and context(issuer="HOSPB").labs["inr"].value == 4.0
+    with caplog.at_level(logging.WARNING, logger="radfusion.clinical"):
+        unknown = context(issuer="")
+    assert "inr" not in unknown.labs  # before: 4.0, HOSPB's patient
+    assert unknown.errors[-1] == ("HL7 values not used: the study names no IssuerOfPatientID and its PatientID is "
+                                  "held by 2 assigning authorities (1.2.3, HOSPB)")
+    assert "12345" not in caplog.text
+    send(oru("H3", platelets="40").replace("12345^^^HOSP&1.2.3&ISO^MR", "12345^^^^MR"))  # no authority
+    assert context(issuer="HOSP").labs["platelets"].value == 150  # whose 12345 it is cannot be told
+
+
 def test_a_merge_moves_each_value_once_per_form_of_the_surviving_id(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = Hl7Store(db)
