@@ -13,12 +13,14 @@ from datetime import datetime
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where a value came from: 'fhir' or 'hl7', the server or sending facility, the record id."""
+    """Where a value came from: 'fhir' or 'hl7', the server or sending facility, the record id, and for HL7 the
+    order it belongs to (OBR-3 filler, else OBR-2 placer number; '' when the message names none)."""
 
     source: str
     origin: str
     record_id: str
     received_at: datetime | None = None
+    order: str = ""
 
 
 @dataclass(frozen=True)

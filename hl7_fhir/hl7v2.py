@@ -134,14 +134,26 @@ class Order:
 @dataclass(frozen=True)
 class LabReport:
     """ORU content: numeric labs normalized, coded observations, OBX codes radfusion does not use, OBX it could
-    not use (``unusable``: "OBX n (code): why"), and results the lab deleted (``deleted``: analyte and time)."""
+    not use (``unusable``: "OBX n (code): why"), and results the lab took back (``deleted``)."""
 
     identifiers: list[PatientIdentifier]
     values: list[LabValue]
     coded: list[CodedItem] = field(default_factory=list)
     skipped_codes: list[str] = field(default_factory=list)
     unusable: list[str] = field(default_factory=list)
-    deleted: list[tuple[str, datetime | None]] = field(default_factory=list)
+    deleted: list[Retraction] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """A result the lab took back: deleted or posted to the wrong patient (OBX-11 D, W), or one that can no longer
+    be obtained (X) after a preliminary value. It names the analyte, its order (OBR-3, else OBR-2; '' when none)
+    and the time the message gives it: a stored value of the same order is taken back whatever its time, one
+    without an order by that time."""
+
+    analyte: str
+    order: str
+    observed_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -379,7 +391,8 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     in another zone). OBX-8 holds the abnormal flags. Coded analytes (smoking status) become CodedItems. An OBX
     whose status (OBX-11) says it holds no result, or whose value or unit cannot be read, is left
     out and listed in ``unusable``, never stored as a wrong value; the rest of the message is kept.
-    A result taken back (OBX-11 D, deleted; W, posted to the wrong patient) is listed in ``deleted``. A message
+    A result taken back (OBX-11 D, deleted; W, posted to the wrong patient; X, cannot be obtained, in an order)
+    is listed in ``deleted``; every value carries its order (``Provenance.order``). A message
     whose PID segments name more than one patient is refused (AE).
     """
     header = parsed.header
@@ -398,21 +411,22 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     ours = sent is not None and sent.utcoffset() == sent.astimezone().utcoffset()  # the sender keeps our time
     zone = sent.tzinfo if sent is not None and explicit and not ours else None  # None: local time, its own DST
     report = LabReport(identifiers, [])
-    order_time = ""
+    order_time = order = ""
     index = 0
     for segment in parsed.segments:
         if segment.name == "OBR":
-            order_time = _first(parsed, segment, 7)
+            order_time, order = _first(parsed, segment, 7), _first(parsed, segment, 3) or _first(parsed, segment, 2)
         elif segment.name == "OBX":
             index += 1
-            _read_obx(parsed, segment, index, order_time, zone, sent, received_at, report)
+            _read_obx(parsed, segment, index, (order, order_time), zone, sent, received_at, report)
     return report
 
 
-def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, zone: tzinfo | None,
+def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str, str], zone: tzinfo | None,
               sent: datetime | None, received_at: datetime | None, report: LabReport) -> None:
-    """Add one OBX to ``report`` (``parse_labs``)."""
+    """Add one OBX of ``order`` (its number and time) to ``report`` (``parse_labs``)."""
     header = parsed.header
+    order_number, order_time = order
     code = _obx_loinc(parsed, obx)
     name = analyte_for_code(code)
     if name is None:
@@ -426,13 +440,15 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order_time: str, 
         return
     status = _first(parsed, obx, 11).upper()
     if status in RETRACTED:
-        report.deleted.append((name, observed))
+        report.deleted.append(Retraction(name, order_number, observed))
         return
     if status in NOT_RESULTS:
+        if status == "X" and order_number:  # a preliminary value of this order is withdrawn with it
+            report.deleted.append(Retraction(name, order_number, observed))
         report.unusable.append(f"{where}: result status {status} ({NOT_RESULTS[status]})")
         return
     provenance = Provenance("hl7", header.sending_facility or header.sending_application,
-                            f"{header.control_id}/OBX{index}", received_at)
+                            f"{header.control_id}/OBX{index}", received_at, order_number)
     if name in CODED_ANALYTES:
         raw = _first(parsed, obx, 5)
         display = _first(parsed, obx, 5, 2)

@@ -42,7 +42,8 @@ class Hl7Inbox:
     """Message-processing policy behind an MllpServer (``server = MllpServer(host, port, inbox.handle)``).
 
     ``seen(control_id, sender)`` says whether that message of that sender (``Header.sender``) was
-    already stored; ``on_labs``, ``on_demographics``, ``on_order`` and ``on_merge`` (patient merges:
+    already stored; ``on_labs`` (returns how many stored values the message's retractions removed),
+    ``on_demographics``, ``on_order`` and ``on_merge`` (patient merges:
     what was stored under a prior identifier moves to the surviving one) store one message's content
     and its (control id, sender) in one transaction. ``on_rejected(header, ack_code, reason)`` records a
     message answered AE or AR (header None for a frame without a readable MSH); the reason names no
@@ -50,7 +51,7 @@ class Hl7Inbox:
     """
 
     seen: Callable[[str, str], bool]
-    on_labs: Callable[[Header, LabReport], None]
+    on_labs: Callable[[Header, LabReport], int]
     on_demographics: Callable[[Header, Demographics], None]
     on_order: Callable[[Header, Order], None]
     on_merge: Callable[[Header, list[Merge]], None]
@@ -90,11 +91,12 @@ class Hl7Inbox:
         header = parsed.header
         if header.message_type in LAB_TYPES:
             report = parse_labs(parsed, received_at=self.clock())
-            self.on_labs(header, report)
+            removed = self.on_labs(header, report)
             skipped = (f"; {len(report.skipped_codes)} OBX with codes radfusion does not use"
                        if report.skipped_codes else "")
             unusable = f"; not used: {'; '.join(report.unusable)}" if report.unusable else ""
-            deleted = f"; {len(report.deleted)} deleted" if report.deleted else ""
+            deleted = (f"; {len(report.deleted)} taken back, {removed} stored value{'s' * (removed != 1)} removed"
+                       if report.deleted else "")
             return f"stored {len(report.values) + len(report.coded)} values{deleted}{skipped}{unusable}"
         if header.message_type in ADT_TYPES:
             self.on_demographics(header, parse_demographics(parsed))

@@ -64,17 +64,33 @@ class Hl7Store:
             return session.scalar(select(Hl7Message.id).where(
                 Hl7Message.control_id == control_id, Hl7Message.sending_facility == sender)) is not None
 
-    def on_labs(self, header: Header, report: LabReport) -> None:
-        """Store the values; a deleted result (OBX-11 D) removes what was stored for its analyte and time."""
+    def on_labs(self, header: Header, report: LabReport) -> int:
+        """Store the values; return how many stored values the report's retractions removed.
+
+        A retraction (``Retraction``) removes the stored values of its analyte and order, or, without an order, of
+        its analyte and time. A value of an order replaces the values stored for its analyte and order before (a
+        final result its preliminary one, a correction the result it corrects), whatever time each carries.
+        """
         rows = [dict(kind="lab", name=v.name, code=v.code, value=v.value, unit=v.unit, flags=v.flags,
-                     observed_at=v.observed_at) for v in report.values]
+                     observed_at=v.observed_at, order_number=v.provenance.order) for v in report.values]
         rows += [dict(kind="coded", name=c.category, code=c.code, system=c.system, text=c.display,
-                      observed_at=c.recorded_at) for c in report.coded]
-        deletions = [delete(ClinicalValue).where(
+                      observed_at=c.recorded_at, order_number=c.provenance.order) for c in report.coded]
+        taken_back = [(r.analyte, r.order, r.observed_at) for r in report.deleted]
+        replaced = [(row["name"], row["order_number"], None) for row in rows if row["order_number"]]
+        removals = [self._of(identifier, name, order, when) for identifier in report.identifiers
+                    for name, order, when in taken_back]
+        replacements = [self._of(identifier, name, order, when) for identifier in report.identifiers
+                        for name, order, when in replaced]
+        counted = len(taken_back)  # the first identifier's: each value is stored once per form of the identifier
+        return self._store(header, report.identifiers, rows, replacements + removals[counted:], removals[:counted])
+
+    @staticmethod
+    def _of(identifier: PatientIdentifier, name: str, order: str, when: datetime | None) -> Delete:
+        """The stored lab and coded values of ``name`` for ``identifier``: of ``order``, or without one at ``when``."""
+        same = ClinicalValue.order_number == order if order else ClinicalValue.observed_at == when
+        return delete(ClinicalValue).where(
             ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
-            ClinicalValue.kind.in_(("lab", "coded")), ClinicalValue.name == name, ClinicalValue.observed_at == when)
-            for identifier in report.identifiers for name, when in report.deleted]
-        self._store(header, report.identifiers, rows, deletions)
+            ClinicalValue.kind.in_(("lab", "coded")), ClinicalValue.name == name, same)
 
     def on_rejected(self, header: Header | None, ack_code: str, reason: str) -> None:
         """Audit a message answered AE or AR (the reason names fields and rules, no patient data)."""
@@ -121,10 +137,13 @@ class Hl7Store:
         self._store(header, order.identifiers, rows)
 
     def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict],
-               deletions: Sequence[Delete] = ()) -> None:
+               deletions: Sequence[Delete] = (), counted: Sequence[Delete] = ()) -> int:
+        """Run ``deletions`` and ``counted``, then store the message and ``rows`` under each identifier, in one
+        transaction; return how many rows ``counted`` removed."""
         with self._db.session() as session:
             for statement in deletions:
                 session.execute(statement)
+            removed = sum(session.execute(statement).rowcount for statement in counted)  # type: ignore[attr-defined]
             message = _message(header)
             session.add(message)
             session.flush()
@@ -132,6 +151,7 @@ class Hl7Store:
                 for row in rows:
                     session.add(ClinicalValue(message_id=message.id, patient_id=identifier.value,
                                               patient_authority=identifier.authority, **row))
+        return removed
 
 
 _CONTENT_COLUMNS = tuple(c.key for c in ClinicalValue.__table__.columns

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON, DateTime, Dialect, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint, false,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -287,4 +288,5 @@ class ClinicalValue(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     flags: Mapped[str] = mapped_column(String(16), default="")
     accession: Mapped[str] = mapped_column(String(64), default="")
+    order_number: Mapped[str] = mapped_column(String(64), default="", server_default=sql_text("''"))  # OBR-3, else -2
     observed_at: Mapped[datetime | None]

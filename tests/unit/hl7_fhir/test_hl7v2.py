@@ -80,7 +80,9 @@ def test_result_status_x_and_w_hold_no_value_and_d_deletes() -> None:
     cannot = parse_labs(parse(oru("X1", inr="").replace("|H|||F|||2026", "|H|||X|||2026")))
     assert [v.name for v in cannot.values] == ["platelets"] and "result status X" in cannot.unusable[0]
     deleted = parse_labs(parse(oru("D1").replace("|H|||F|||2026", "|H|||D|||2026")))
-    assert [v.name for v in deleted.values] == ["platelets"] and deleted.deleted[0][0] == "inr"
+    assert [v.name for v in deleted.values] == ["platelets"] and deleted.deleted[0].analyte == "inr"
+    assert (deleted.deleted[0].order, cannot.deleted[0].order) == ("FL1", "FL1")  # X withdraws its order's value
+    assert deleted.values[0].provenance.order == "FL1"
 
 
 def test_each_order_s_time_and_the_sender_s_zone_date_its_results() -> None:

@@ -42,8 +42,10 @@ def stored(tmp_path: Path):  # noqa: ANN201 - (send, context) helpers over one d
 
 
 def _observed(message: str, day: str) -> str:
-    """``message`` (the test ORU) with its values observed on ``day`` (YYYYMMDD) instead of 2026-11-20."""
-    return message.replace("20261120100000", f"{day}100000").replace("202611201000+0100", f"{day}1000+0100")
+    """``message`` (the test ORU) with its values observed on ``day`` (YYYYMMDD) instead of 2026-11-20: another
+    draw, so another order."""
+    return (message.replace("20261120100000", f"{day}100000").replace("202611201000+0100", f"{day}1000+0100")
+            .replace("|PL1|FL1|", f"|PL{day}|FL{day}|"))
 
 
 def test_a_study_is_read_with_the_values_of_its_own_time(stored) -> None:  # noqa: ANN001
@@ -70,6 +72,31 @@ def test_a_corrected_result_replaces_the_original_and_a_deleted_one_is_gone(stor
     assert context().labs["inr"].value == 3.5  # before: the first one stored won the tie
     send(_status(oru("D1", inr="3.5"), "D"))
     assert "inr" not in context().labs and context().labs["platelets"].value == 150.0
+
+
+def test_a_result_is_taken_back_by_its_order_whatever_time_each_message_gives_it(stored) -> None:  # noqa: ANN001
+    """The original was timed by its OBX-14, the deletion (no OBX-14) by OBR-7: nothing was deleted, yet the ACK
+    said "1 deleted" and INR 4.5 stayed in use."""
+    send, context = stored
+    send(oru("O1", inr="4.5"))  # INR observed 09:00 UTC (OBX-14), order FL1 of 10:00 local
+    deletion = _status(oru("O2", inr=""), "D").replace("|H|||D|||202611201000+0100", "|H|||D")
+    assert "MSA|AA|O2|stored 2 values; 1 taken back, 1 stored value removed" in send(deletion)  # + platelets, smoking
+    assert "inr" not in context().labs
+    assert "1 taken back, 0 stored values removed" in send(deletion.replace("|O2|", "|O3|"))  # said as it is
+
+
+def test_a_preliminary_result_withdrawn_as_cannot_be_obtained_is_gone(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(_status(oru("P1", inr="1.9"), "P"))
+    send(_status(oru("P2", inr=""), "X").replace("202611201000+0100", "202611201200+0100"))
+    assert "inr" not in context().labs  # before: the preliminary 1.9 stayed
+
+
+def test_a_final_result_replaces_its_order_s_preliminary_one(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(_status(oru("P3", inr="1.9"), "P"))
+    send(oru("P4", inr="2.6").replace("202611201000+0100", "202611200930+0100"))  # final, its time earlier
+    assert context().labs["inr"].value == 2.6
 
 
 def test_a_result_posted_to_the_wrong_patient_is_taken_back(stored) -> None:  # noqa: ANN001
