@@ -125,7 +125,9 @@ class _FhirGatherer:
         Each analyte is searched on its own, newest first, first page only (``LAB_PAGE``): a patient with
         thousands of observations (an ICU's hourly vitals) costs one request per analyte, and an analyte the
         record lacks costs no more. Panels that carry an analyte as a component (the blood pressure panel's
-        systolic value) are searched too; entered-in-error and cancelled Observations are skipped.
+        systolic value) are searched too; entered-in-error and cancelled Observations are skipped. When the newest
+        result of an analyte holds no value that can be read (a text value, a unit not accepted, a value out of
+        range), the analyte is missing and a problem says so: an older result would be read as the current one.
         """
         problems: list[str] = []
         for analyte in self.query.analytes:
@@ -141,6 +143,11 @@ class _FhirGatherer:
                     if problem:
                         problems.append(problem)
                 if analyte in context.labs or analyte in context.coded_observations:
+                    break
+                if any(analyte_for_code(code) == analyte for part in [obs, *(obs.component or [])]
+                       for system, code, _ in _codings(part.code) if system == LOINC_SYSTEM):
+                    problems.append(f"{analyte}: the newest result (Observation/{obs.id}) holds no value that can "
+                                    "be read; older results are not used")
                     break
         return problems
 
@@ -308,10 +315,12 @@ def _missing(context: ClinicalContext, analytes: Sequence[str], accession: str) 
 def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue], *, analytes: Sequence[str],
                    as_of: datetime, lookback: timedelta, hl7_coded: Sequence[CodedItem] = (),
                    hl7_birth_date: date | None = None, hl7_sex: str | None = None,
-                   hl7_reason: str | None = None, accession: str = "") -> ClinicalContext:
+                   hl7_reason: str | None = None, accession: str = "",
+                   hl7_unreadable: Sequence[tuple[str, datetime | None]] = ()) -> ClinicalContext:
     """FHIR context plus stored HL7 values (in the order received): per analyte the newest value inside the
     window (``lookback`` before ``as_of``, up to ``as_of``) wins, and of HL7 values for the same time the one
-    received last (a corrected result).
+    received last (a corrected result). An HL7 result that could not be read (``hl7_unreadable``: analyte and
+    time) and is at least as new as that value makes the analyte missing, saying why.
 
     Each value keeps its provenance. FHIR demographics win over HL7's (the EMR is the
     master record); HL7 fills what FHIR lacks. An unavailable FHIR context with HL7 data
@@ -334,6 +343,16 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
         if current is None or current.observed_at is None or value.observed_at > current.observed_at or (
                 value.observed_at == current.observed_at and current.provenance.source == "hl7"):
             merged.labs[value.name] = value
+    newest_unreadable: dict[str, datetime] = {}
+    for name, when in hl7_unreadable:
+        if name in analytes and when is not None and since <= when <= as_of:
+            newest_unreadable[name] = max(when, newest_unreadable.get(name, when))
+    for name, when in newest_unreadable.items():
+        current = merged.labs.get(name)
+        if current is None or current.observed_at is None or when >= current.observed_at:
+            merged.labs.pop(name, None)
+            merged.errors.append(f"{name}: the newest result ({when.isoformat(timespec='minutes')}) could not be "
+                                 "read; older results are not used")
     for item in hl7_coded:  # the same rule: a corrected status sent for the same time replaces the first
         current_coded = merged.coded_observations.get(item.category)
         if item.category in analytes and item.recorded_at is not None and since <= item.recorded_at <= as_of and (

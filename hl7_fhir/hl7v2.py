@@ -134,22 +134,24 @@ class Order:
 @dataclass(frozen=True)
 class LabReport:
     """ORU content: numeric labs normalized, coded observations, OBX codes radfusion does not use, OBX it could
-    not use (``unusable``: "OBX n (code): why"), and results the lab took back (``deleted``)."""
+    not use (``unusable``: "OBX n (code): why"), results the lab took back (``deleted``: deleted or posted to the
+    wrong patient, OBX-11 D and W, or no longer obtainable, X, in an order) and results whose value or unit could
+    not be read (``unreadable``: the newest result of an analyte then makes it missing, not an older one current).
+    """
 
     identifiers: list[PatientIdentifier]
     values: list[LabValue]
     coded: list[CodedItem] = field(default_factory=list)
     skipped_codes: list[str] = field(default_factory=list)
     unusable: list[str] = field(default_factory=list)
-    deleted: list[Retraction] = field(default_factory=list)
+    deleted: list[ResultRef] = field(default_factory=list)
+    unreadable: list[ResultRef] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class Retraction:
-    """A result the lab took back: deleted or posted to the wrong patient (OBX-11 D, W), or one that can no longer
-    be obtained (X) after a preliminary value. It names the analyte, its order (OBR-3, else OBR-2; '' when none)
-    and the time the message gives it: a stored value of the same order is taken back whatever its time, one
-    without an order by that time."""
+class ResultRef:
+    """A result named by its analyte, its order (OBR-3, else OBR-2; '' when none) and the time the message gives
+    it: a stored value of the same order is taken back whatever its time, one without an order by that time."""
 
     analyte: str
     order: str
@@ -440,11 +442,11 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str,
         return
     status = _first(parsed, obx, 11).upper()
     if status in RETRACTED:
-        report.deleted.append(Retraction(name, order_number, observed))
+        report.deleted.append(ResultRef(name, order_number, observed))
         return
     if status in NOT_RESULTS:
         if status == "X" and order_number:  # a preliminary value of this order is withdrawn with it
-            report.deleted.append(Retraction(name, order_number, observed))
+            report.deleted.append(ResultRef(name, order_number, observed))
         report.unusable.append(f"{where}: result status {status} ({NOT_RESULTS[status]})")
         return
     provenance = Provenance("hl7", header.sending_facility or header.sending_application,
@@ -458,6 +460,7 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str,
         value, unit = normalize(name, _number(parsed, obx), _first(parsed, obx, 6))
     except (ValueError, UnitError) as exc:
         report.unusable.append(f"{where}: {exc}")
+        report.unreadable.append(ResultRef(name, order_number, observed))
         return
     flags = "~".join(rep[0] for rep in _field(parsed, obx, 8))
     report.values.append(LabValue(name, code, value, unit, observed, provenance, flags))

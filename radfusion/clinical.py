@@ -67,12 +67,15 @@ class Hl7Store:
     def on_labs(self, header: Header, report: LabReport) -> int:
         """Store the values; return how many stored values the report's retractions removed.
 
-        A retraction (``Retraction``) removes the stored values of its analyte and order, or, without an order, of
-        its analyte and time. A value of an order replaces the values stored for its analyte and order before (a
-        final result its preliminary one, a correction the result it corrects), whatever time each carries.
+        A retraction (``report.deleted``) removes the stored values of its analyte and order, or, without an order,
+        of its analyte and time. A value of an order replaces the values stored for its analyte and order before (a
+        final result its preliminary one, a correction the result it corrects), whatever time each carries. A
+        result that could not be read is stored without a value: as the newest, it makes its analyte missing.
         """
         rows = [dict(kind="lab", name=v.name, code=v.code, value=v.value, unit=v.unit, flags=v.flags,
                      observed_at=v.observed_at, order_number=v.provenance.order) for v in report.values]
+        rows += [dict(kind="lab", name=r.analyte, value=None, observed_at=r.observed_at, order_number=r.order)
+                 for r in report.unreadable]
         rows += [dict(kind="coded", name=c.category, code=c.code, system=c.system, text=c.display,
                       observed_at=c.recorded_at, order_number=c.provenance.order) for c in report.coded]
         taken_back = [(r.analyte, r.order, r.observed_at) for r in report.deleted]
@@ -220,7 +223,7 @@ class ClinicalGatherer:
         record = self._hl7_record(patient, as_of)
         merged = merge_contexts(fhir_context, record.labs, analytes=analytes, as_of=as_of, lookback=self._lookback,
                                 hl7_coded=record.coded, hl7_birth_date=record.birth_date, hl7_sex=record.sex,
-                                hl7_reason=record.reason, accession=patient.accession)
+                                hl7_reason=record.reason, accession=patient.accession, hl7_unreadable=record.unreadable)
         if record.withheld:
             merged.errors.append(record.withheld)
         return merged
@@ -290,7 +293,9 @@ class ClinicalGatherer:
             if value.patient_authority not in usable:
                 continue
             provenance = Provenance("hl7", message.sending_facility, message.control_id, message.received_at)
-            if value.kind == "lab" and value.value is not None:
+            if value.kind == "lab" and value.value is None:
+                record.unreadable.append((value.name, value.observed_at))
+            elif value.kind == "lab":
                 record.labs.append(LabValue(value.name, value.code, value.value, value.unit, value.observed_at,
                                             provenance, flags=value.flags))
             elif value.kind == "coded":
@@ -313,6 +318,7 @@ class _Hl7Record:
     """What the stored HL7 messages say about one study's patient; ``withheld``: why none of it is used."""
 
     labs: list[LabValue] = field(default_factory=list)
+    unreadable: list[tuple[str, datetime | None]] = field(default_factory=list)  # (analyte, time) of results without one
     coded: list[CodedItem] = field(default_factory=list)
     birth_date: date | None = None
     sex: str | None = None

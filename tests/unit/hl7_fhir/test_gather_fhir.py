@@ -87,6 +87,29 @@ def test_one_resource_that_is_not_valid_r4_costs_only_itself() -> None:
     assert context.labs["platelets"].value == 40.0 and "inr" not in context.labs  # before: no labs at all
 
 
+def test_an_unreadable_newest_result_makes_the_analyte_missing_not_an_older_one_current() -> None:
+    """The newest INR is text and the newest platelet count in a unit not accepted: before, INR 1.0 of a month
+    ago and platelets of October were read as the patient's current ones."""
+    newest_inr = _observation("inr-new", "6301-6", 0, "", 2)
+    del newest_inr["valueQuantity"]
+    newest_inr["valueString"] = "3.1"
+    observations = [newest_inr, _observation("inr-old", "6301-6", 1.0, "{INR}", 24 * 27),
+                    _observation("plt-new", "777-3", 40, "furlongs", 3), _observation("plt-old", "777-3", 310,
+                                                                                      "10*9/L", 24 * 50),
+                    _observation("hb", "718-7", 12.5, "g/dL", 5)]
+
+    def search(request: httpx.Request) -> dict[str, Any]:
+        codes = request.url.params["code"]
+        return _bundle([o for o in observations if f"|{o['code']['coding'][0]['code']}" in codes])
+
+    context = gather_from_fhir(_server({"Observation": search}, []), _query("inr", "platelets", "hemoglobin"))
+    assert "inr" not in context.labs and "platelets" not in context.labs
+    assert context.labs["hemoglobin"].value == 12.5
+    assert "inr: the newest result (Observation/inr-new) holds no value that can be read; older results are not " \
+           "used" in context.errors
+    assert any(e.startswith("platelets: the newest result (Observation/plt-new)") for e in context.errors)
+
+
 def test_an_order_not_to_give_warfarin_a_flush_and_a_refuted_cancer_are_not_the_patient_s() -> None:
     warfarin = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
                 "doNotPerform": True, "subject": {"reference": "Patient/p1"},

@@ -99,6 +99,20 @@ def test_a_final_result_replaces_its_order_s_preliminary_one(stored) -> None:  #
     assert context().labs["inr"].value == 2.6
 
 
+def test_a_newest_result_that_cannot_be_read_makes_the_analyte_missing(stored) -> None:  # noqa: ANN001
+    """'3,4' in the newest INR's OBX-5: before, the ACK said "not used" and the INR of 27 days before was read as
+    the patient's current one."""
+    send, context = stored
+    send(_observed(oru("R1", inr="1.0"), "20261024"))
+    send(oru("R2", inr="3,4"))
+    context_now = context()
+    assert "inr" not in context_now.labs and context_now.labs["platelets"].value == 150
+    assert "inr: the newest result (2026-11-20T09:00+00:00) could not be read; older results are not used" in (
+        context_now.errors)
+    send(_status(oru("R3", inr="3.4"), "C"))  # the lab corrects it: its order's unreadable result is replaced
+    assert context().labs["inr"].value == 3.4 and not any("could not be read" in e for e in context().errors)
+
+
 def test_a_result_posted_to_the_wrong_patient_is_taken_back(stored) -> None:  # noqa: ANN001
     send, context = stored
     send(oru("W0", inr="4.8"))
