@@ -103,10 +103,13 @@ class Header:
 
 @dataclass(frozen=True)
 class Merge:
-    """One patient merge: the identifiers of the record that goes (MRG-1) and of the one that stays (PID-3)."""
+    """One patient merge: the identifiers of the record that goes (MRG-1) and of the one that stays (PID-3), with
+    the birth date and sex the message gives the one that stays (PID-7, PID-8)."""
 
     prior: list[PatientIdentifier]
     surviving: list[PatientIdentifier]
+    birth_date: date | None = None
+    sex: str | None = None
 
 
 @dataclass(frozen=True)
@@ -312,7 +315,7 @@ def parse_merges(parsed: ParsedMessage) -> list[Merge]:
             if not prior or not surviving:
                 raise Hl7MessageError(f"merge message {parsed.header.control_id} needs MRG-1 and PID-3 in each "
                                       f"PID/MRG pair", "AE", ERR_REQUIRED_FIELD)
-            merges.append(Merge(prior, surviving))
+            merges.append(Merge(prior, surviving, *_birth_date_and_sex(parsed, pid)))
     if not merges:
         raise Hl7MessageError(f"merge message {parsed.header.control_id} has no MRG segment", "AE",
                               ERR_SEGMENT_SEQUENCE)
@@ -323,15 +326,18 @@ def _data_error(parsed: ParsedMessage, where: str, exc: Exception) -> Hl7Message
     return Hl7MessageError(f"message {parsed.header.control_id} {where}: {exc}", "AE", ERR_DATA_TYPE)
 
 
-def parse_demographics(parsed: ParsedMessage) -> Demographics:
-    """ADT^A01/A04/A08: PID-3 identifiers, PID-7 birth date, PID-8 sex."""
-    pid = parsed.first("PID")
+def _birth_date_and_sex(parsed: ParsedMessage, pid: Segment | None) -> tuple[date | None, str | None]:
+    """PID-7 birth date and PID-8 sex (None where empty); AE for a birth date that cannot be read."""
     try:
         born = parse_ts(_first(parsed, pid, 7))
     except ValueError as exc:
         raise _data_error(parsed, "PID-7 birth date", exc) from exc
-    sex = _first(parsed, pid, 8).upper() or None
-    return Demographics(patient_identifiers(parsed), born.date() if born else None, sex)
+    return born.date() if born else None, _first(parsed, pid, 8).upper() or None
+
+
+def parse_demographics(parsed: ParsedMessage) -> Demographics:
+    """ADT^A01/A04/A08: PID-3 identifiers, PID-7 birth date, PID-8 sex."""
+    return Demographics(patient_identifiers(parsed), *_birth_date_and_sex(parsed, parsed.first("PID")))
 
 
 def parse_order(parsed: ParsedMessage) -> Order:

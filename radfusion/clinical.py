@@ -29,7 +29,8 @@ from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSet
 
 log = logging.getLogger(__name__)
 ENDED_ORDER_CONTROLS = frozenset({"CA", "CR", "DC", "DR", "OC", "OD"})  # ORC-1: cancelled or discontinued
-UNADDRESSED_ORDER_WINDOW = timedelta(days=2)  # an order without accession is for a study of the next day or two
+UNADDRESSED_ORDER_WINDOW = timedelta(days=2)
+DEMOGRAPHIC_KINDS = frozenset({"birth_date", "sex"})  # an order without accession is for a study of the next day or two
 
 
 def fhir_client(server: FhirServerSettings) -> FhirClient:
@@ -102,29 +103,34 @@ class Hl7Store:
             session.add(AuditEvent(kind="hl7_rejected", subject=subject[:128], detail=f"{ack_code}: {reason}"))
 
     def on_demographics(self, header: Header, demographics: Demographics) -> None:
-        rows = []
-        if demographics.birth_date is not None:
-            rows.append(dict(kind="birth_date", text=demographics.birth_date.isoformat()))
-        if demographics.sex:
-            rows.append(dict(kind="sex", text=demographics.sex))
-        self._store(header, demographics.identifiers, rows)
+        self._store(header, demographics.identifiers, _demographic_rows(demographics.birth_date, demographics.sex))
 
     def on_merge(self, header: Header, merges: list[Merge]) -> None:
         """Move what was stored under each merge's prior identifiers to its surviving ones (the first takes the
-        rows, the other forms of the surviving identifier get copies), in one transaction with the message."""
+        rows, the other forms of the surviving identifier get copies), in one transaction with the message.
+
+        The prior record's birth date and sex are not moved: the record that stays keeps its own, and the birth date
+        and sex the merge message gives it (PID-7, PID-8) are stored as its newest. A trauma alias registered as
+        born 1900-01-01, sex unknown, otherwise became the patient's demographics (age 126)."""
         with self._db.session() as session:
+            message = _message(header)
+            session.add(message)
+            session.flush()
             for merge in merges:
                 first, *others = merge.surviving
                 moved: dict[tuple, ClinicalValue] = {}  # a value was stored once per form of the prior identifier
                 for prior in merge.prior:
                     for row in session.scalars(select(ClinicalValue).where(
                             ClinicalValue.patient_id == prior.value, ClinicalValue.patient_authority == prior.authority)):
-                        if moved.setdefault(_content(row), row) is not row:
+                        if row.kind in DEMOGRAPHIC_KINDS or moved.setdefault(_content(row), row) is not row:
                             session.delete(row)
                 for row in moved.values():
                     row.patient_id, row.patient_authority = first.value, first.authority
                     session.add_all(_copy(row, identifier) for identifier in others)
-            session.add(_message(header))
+                session.add_all(ClinicalValue(message_id=message.id, patient_id=identifier.value,
+                                              patient_authority=identifier.authority, **row)
+                                for identifier in merge.surviving
+                                for row in _demographic_rows(merge.birth_date, merge.sex))
 
     def on_order(self, header: Header, order: Order) -> None:
         """Keep an order's reason for exam; a cancelled or discontinued order (ORC-1) takes back the reason stored
@@ -159,6 +165,12 @@ class Hl7Store:
 
 _CONTENT_COLUMNS = tuple(c.key for c in ClinicalValue.__table__.columns
                          if c.key not in ("id", "patient_id", "patient_authority"))
+
+
+def _demographic_rows(birth_date: date | None, sex: str | None) -> list[dict]:
+    """The rows a birth date and a sex are stored as (none for what is not given)."""
+    return ([dict(kind="birth_date", text=birth_date.isoformat())] if birth_date is not None else []) + (
+        [dict(kind="sex", text=sex)] if sex else [])
 
 
 def _message(header: Header) -> Hl7Message:

@@ -17,7 +17,7 @@ from radfusion.clinical import ClinicalGatherer, Hl7Store, StudyPatient
 from radfusion.db import Database
 from radfusion.models import AuditEvent, ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import load_settings
-from tests.unit.hl7_fhir.messages import orm, oru
+from tests.unit.hl7_fhir.messages import adt, orm, oru
 
 STUDY_TIME = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)  # the test ORU's INR is of 09:00 UTC
 
@@ -194,6 +194,20 @@ def test_a_patient_merge_brings_the_prior_record_s_labs_to_the_surviving_id(stor
                "EVN|A40|20261120103000\nPID|1||12345^^^HOSP&1.2.3&ISO^MR\nMRG|777^^^HOSP^MR\n")
     assert "MSA|AA|MG1" in ack  # before: AR, "message type not handled"
     assert context().labs["inr"].value == 2.5 and context(issuer="1.2.3").labs["inr"].value == 2.5
+
+
+def test_a_merge_keeps_the_surviving_record_s_birth_date_and_sex(stored) -> None:  # noqa: ANN001
+    """A trauma alias (born 1900-01-01, sex unknown, registered last) merged into the real record: its birth date
+    and sex became the patient's (age 126.9, sex unknown)."""
+    send, context = stored
+    send(adt("AD1", event="A04"))  # 12345^^^HOSP: born 1950-01-01, F
+    send(adt("AD2", event="A04").replace("12345^^^HOSP^MR||Doe^Jane||19500101|F", "TRAUMA9^^^HOSP^MR||Trauma^Nine||"
+                                                                                   "19000101|U"))
+    ack = send("MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120113000||ADT^A40^ADT_A39|MG2|P|2.5.1\n"
+               "EVN|A40|20261120113000\nPID|1||12345^^^HOSP^MR||Doe^Jane||19500102|F\nMRG|TRAUMA9^^^HOSP^MR\n")
+    assert "MSA|AA|MG2" in ack
+    merged = context()
+    assert merged.sex == "female" and merged.age_years == pytest.approx(76.9, abs=0.1)  # the A40's 1950-01-02
 
 
 def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:  # noqa: ANN001
