@@ -340,23 +340,34 @@ def parse_demographics(parsed: ParsedMessage) -> Demographics:
     return Demographics(patient_identifiers(parsed), *_birth_date_and_sex(parsed, parsed.first("PID")))
 
 
-def parse_order(parsed: ParsedMessage) -> Order:
-    """ORM^O01 / OMI^O23: accession (OBR-18, else IPC-1), placer/filler, procedure, reason (OBR-31, ORC-16)."""
-    obr, orc, ipc = parsed.first("OBR"), parsed.first("ORC"), parsed.first("IPC")
-    if obr is None and orc is None:
+def parse_orders(parsed: ParsedMessage) -> list[Order]:
+    """ORM^O01 / OMI^O23, each order of the message (an ORC with its OBR and IPC; an OBR without an ORC of its
+    own is an order too): accession (OBR-18, else IPC-1), placer/filler, procedure, reason for exam (OBR-31;
+    ORC-16 is why the order control was sent, not why the exam was ordered)."""
+    groups: list[dict[str, Segment]] = []
+    for segment in parsed.segments:
+        if segment.name == "ORC" or (segment.name == "OBR" and (not groups or "OBR" in groups[-1])):
+            groups.append({})
+        if segment.name in ("ORC", "OBR", "IPC") and segment.name not in groups[-1]:
+            groups[-1][segment.name] = segment
+    if not groups:
         raise Hl7MessageError(f"order message {parsed.header.control_id} has neither ORC nor OBR",
                               "AE", ERR_SEGMENT_SEQUENCE)
-    reason_obr = [rep[1] if len(rep) > 1 and rep[1] else rep[0] for rep in
-                  (_field(parsed, obr, 31) if obr is not None else [])]
-    reason_orc = _first(parsed, orc, 16, 2) or _first(parsed, orc, 16)
-    reason = "; ".join(filter(None, [*reason_obr, reason_orc]))
+    identifiers = patient_identifiers(parsed)
+    return [_order(parsed, identifiers, group.get("ORC"), group.get("OBR"), group.get("IPC")) for group in groups]
+
+
+def _order(parsed: ParsedMessage, identifiers: list[PatientIdentifier], orc: Segment | None, obr: Segment | None,
+           ipc: Segment | None) -> Order:
+    reasons = [rep[1] if len(rep) > 1 and rep[1] else rep[0] for rep in
+               (_field(parsed, obr, 31) if obr is not None else [])]
     return Order(
-        identifiers=patient_identifiers(parsed),
+        identifiers=identifiers,
         accession=_first(parsed, obr, 18) or _first(parsed, ipc, 1),
         placer_number=_first(parsed, obr, 2) or _first(parsed, orc, 2),
         filler_number=_first(parsed, obr, 3) or _first(parsed, orc, 3),
         procedure=_first(parsed, obr, 4, 2) or _first(parsed, obr, 4),
-        reason_for_exam=reason,
+        reason_for_exam="; ".join(filter(None, reasons)),
         control=_first(parsed, orc, 1),
     )
 

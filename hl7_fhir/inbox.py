@@ -29,7 +29,7 @@ from hl7_fhir.hl7v2 import (
     parse_demographics,
     parse_labs,
     parse_merges,
-    parse_order,
+    parse_orders,
     read_header,
 )
 from hl7_fhir.mllp import MllpReply
@@ -53,7 +53,7 @@ class Hl7Inbox:
     seen: Callable[[str, str], bool]
     on_labs: Callable[[Header, LabReport], int]
     on_demographics: Callable[[Header, Demographics], None]
-    on_order: Callable[[Header, Order], None]
+    on_order: Callable[[Header, list[Order]], None]
     on_merge: Callable[[Header, list[Merge]], None]
     on_rejected: Callable[[Header | None, str, str], None] = lambda header, code, reason: None
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
@@ -105,8 +105,9 @@ class Hl7Inbox:
             merges = parse_merges(parsed)
             self.on_merge(header, merges)
             return f"merged {len(merges)} patient record(s)"
-        self.on_order(header, parse_order(parsed))
-        return "stored order"
+        orders = parse_orders(parsed)
+        self.on_order(header, orders)
+        return f"stored {len(orders)} order(s)"
 
     def _rejected(self, header: Header | None, code: str, reason: str) -> None:
         """Tell ``on_rejected``; its own failure (the database down) must not cost the sender its ACK."""

@@ -132,18 +132,17 @@ class Hl7Store:
                                 for identifier in merge.surviving
                                 for row in _demographic_rows(merge.birth_date, merge.sex))
 
-    def on_order(self, header: Header, order: Order) -> None:
-        """Keep an order's reason for exam; a cancelled or discontinued order (ORC-1) takes back the reason stored
-        for its accession."""
-        if order.control.upper() in ENDED_ORDER_CONTROLS:  # by accession: without one it names no order of ours
-            self._store(header, order.identifiers, [], [] if not order.accession else [delete(ClinicalValue).where(
-                ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
-                ClinicalValue.kind == "reason_for_exam", ClinicalValue.accession == order.accession)
-                for identifier in order.identifiers])
-            return
-        rows = [dict(kind="reason_for_exam", text=order.reason_for_exam, accession=order.accession)] \
-            if order.reason_for_exam else []
-        self._store(header, order.identifiers, rows)
+    def on_order(self, header: Header, orders: list[Order]) -> None:
+        """Keep each order's reason for exam; a cancelled or discontinued order (ORC-1) takes back the reason stored
+        for its accession (by accession: without one it names no order of ours). One transaction for the message."""
+        ended = [order for order in orders if order.control.upper() in ENDED_ORDER_CONTROLS]
+        rows = [dict(kind="reason_for_exam", text=order.reason_for_exam, accession=order.accession)
+                for order in orders if order not in ended and order.reason_for_exam]
+        deletions = [delete(ClinicalValue).where(
+            ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
+            ClinicalValue.kind == "reason_for_exam", ClinicalValue.accession == order.accession)
+            for order in ended if order.accession for identifier in order.identifiers]
+        self._store(header, orders[0].identifiers, rows, deletions)
 
     def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict],
                deletions: Sequence[Delete] = (), counted: Sequence[Delete] = ()) -> int:

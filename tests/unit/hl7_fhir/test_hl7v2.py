@@ -16,7 +16,7 @@ from hl7_fhir.hl7v2 import (
     parse,
     parse_demographics,
     parse_labs,
-    parse_order,
+    parse_orders,
     parse_ts,
     read_header,
 )
@@ -148,7 +148,7 @@ def test_a_frame_without_msh_is_named_by_its_first_segment_only() -> None:
 def test_adt_and_order_content() -> None:
     demo = parse_demographics(parse(adt("A1")))
     assert (demo.birth_date.isoformat(), demo.sex) == ("1950-01-01", "F")
-    order = parse_order(parse(orm("O1")))
+    order, = parse_orders(parse(orm("O1")))
     assert (order.accession, order.placer_number, order.filler_number) == ("ACC123", "PL9", "FL9")
     assert order.reason_for_exam == "Fall from ladder, on warfarin"
     assert order.procedure == "CT Head without contrast"

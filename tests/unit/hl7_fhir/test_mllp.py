@@ -27,7 +27,7 @@ class FakeStore:
 
     labs: list[LabReport] = field(default_factory=list)
     demographics: list[Demographics] = field(default_factory=list)
-    orders: list[Order] = field(default_factory=list)
+    orders: list[list[Order]] = field(default_factory=list)
     merges: list[list[Merge]] = field(default_factory=list)
     stored_ids: set[tuple[str, str]] = field(default_factory=set)
     connections: set[str] = field(default_factory=set)
@@ -71,7 +71,7 @@ def test_mllp_send_file_of_messages_over_one_connection(tmp_path: Path, store: F
     assert "stored 3 values; 1 OBX with codes radfusion does not use" in msas[0]
     assert len(store.connections) == 1
     assert [r.values[0].value for r in store.labs] == [150.0, 90.0]
-    assert store.orders[0].accession == "ACC123" and store.demographics[0].sex == "F"
+    assert store.orders[0][0].accession == "ACC123" and store.demographics[0].sex == "F"
 
 
 def test_malformed_messages_get_ae_or_ar_and_the_connection_carries_on(

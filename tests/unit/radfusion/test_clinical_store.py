@@ -165,6 +165,25 @@ def test_a_cancelled_order_takes_back_its_reason(stored) -> None:  # noqa: ANN00
     assert context().reason_for_exam is None  # before: the cancelled order's reason still set the trauma feature
 
 
+def test_every_order_of_an_order_message_counts(stored) -> None:  # noqa: ANN001
+    """Only the first ORC/OBR group was read: a second order's reason was never stored, and the cancellation of a
+    second order was ignored, its reason still served."""
+    send, context = stored
+
+    def order(control: str, accession: str, reason: str) -> str:
+        obr = ["OBR", "1", f"PL{accession}", f"FL{accession}", "CTHEAD^CT Head"] + [""] * 27
+        obr[18], obr[31] = accession, f"^{reason}"
+        return f"ORC|{control}|PL{accession}|FL{accession}||||||||||||||duplicate order\n" + "|".join(obr) + "\n"
+
+    header = orm("G1").split("ORC|")[0]
+    ack = send(header + order("NW", "ACC1", "fall") + order("NW", "ACC2", "headache, on warfarin"))
+    assert "MSA|AA|G1|stored 2 order(s)" in ack
+    assert context(accession="ACC2").reason_for_exam == "headache, on warfarin"
+    assert context(accession="ACC1").reason_for_exam == "fall"  # ORC-16 ("duplicate order") is not a reason
+    send(header.replace("|G1|", "|G2|") + order("NW", "ACC3", "seizure") + order("CA", "ACC2", "x"))
+    assert context(accession="ACC2").reason_for_exam is None and context(accession="ACC3").reason_for_exam == "seizure"
+
+
 def test_an_order_without_accession_counts_only_for_two_days(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = Hl7Store(db)
