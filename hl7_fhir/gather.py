@@ -207,13 +207,17 @@ class _FhirGatherer:
         return []
 
     def medications(self, context: ClinicalContext) -> list[str]:
+        """Active drugs, coded from the statement or order itself, a Medication it contains or one it references
+        (US Core's usual shape); a referenced Medication that cannot be read is a problem of the section, so the
+        drug classes read as missing rather than as "not taken"."""
+        problems: list[str] = []
         for resource_type, when_field in (("MedicationStatement", "effectiveDateTime"),
                                           ("MedicationRequest", "authoredOn")):
             for med in self.client.search(resource_type, {"subject": self.subject, "status": "active",
                                                           "_count": "100"}, lenient=True):
                 if med.status != "active" or getattr(med, "doNotPerform", None):
                     continue  # a server that ignores the status search, or an order not to give it
-                concept = med.medicationCodeableConcept
+                concept = med.medicationCodeableConcept or self._referenced_medication(med, problems)
                 text = (concept.text if concept else None) or (
                     med.medicationReference.display if med.medicationReference else "") or ""
                 category = classify(_codings(concept), text, self.query.medication_classes)
@@ -222,7 +226,28 @@ class _FhirGatherer:
                     continue
                 context.medications.append(item if item.display else CodedItem(
                     item.code, item.system, text, category, item.recorded_at, item.provenance))
-        return []
+        return problems
+
+    def _referenced_medication(self, med: Any, problems: list[str]) -> Any:
+        """The code (a CodeableConcept) of the Medication that ``med`` references, contained ('#id') or on the
+        server ('Medication/id'); None without a reference, a problem added when it cannot be read."""
+        reference = med.medicationReference.reference if med.medicationReference else None
+        if not reference:
+            return None
+        if reference.startswith("#"):
+            contained = next((r for r in med.contained or [] if getattr(r, "id", None) == reference[1:]), None)
+            return getattr(contained, "code", None)
+        kind, _, ident = reference.rstrip("/").rpartition("/")
+        if kind.rpartition("/")[2] != "Medication" or not ident:
+            problems.append(f"medications: {med.get_resource_type()}/{med.id} references {reference!r}, not a "
+                            "Medication")
+            return None
+        try:
+            return self.client.read("Medication", ident).code
+        except Hl7FhirError as exc:
+            problems.append(f"medications: Medication/{ident}, referenced by {med.get_resource_type()}/{med.id}, "
+                            f"could not be read: {exc}")
+            return None
 
     def family_history(self, context: ClinicalContext) -> list[str]:
         for history in self.client.search("FamilyMemberHistory", {"patient": self.subject, "_count": "100"},

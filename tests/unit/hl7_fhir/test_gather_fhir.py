@@ -124,6 +124,49 @@ def test_an_order_not_to_give_warfarin_a_flush_and_a_refuted_cancer_are_not_the_
     assert classify([], "Heparin lock flush 10 units/mL") == "" and classify([], "Heparin 5000 units SC") != ""
 
 
+def test_an_anticoagulant_given_by_a_medication_reference_is_known() -> None:
+    """US Core's usual shape: the order references a Medication (RxNorm warfarin) without a display. It was read as
+    no drug, so the patient counted as not anticoagulated."""
+    rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    order = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/w1"}}
+    contained = {**order, "id": "m2", "medicationReference": {"reference": "#apx"},
+                 "contained": [{"resourceType": "Medication", "id": "apx",
+                                "code": {"coding": [{"system": rxnorm, "code": "1364430", "display": "apixaban"}]}}]}
+    gone = {**order, "id": "m3", "medicationReference": {"reference": "Medication/gone"}}
+    warfarin = {"resourceType": "Medication", "id": "w1",
+                "code": {"coding": [{"system": rxnorm, "code": "11289", "display": "Warfarin"}]}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/Medication/w1"):
+            return httpx.Response(200, json=warfarin)
+        if path.endswith("/Medication/gone"):
+            return httpx.Response(404, json={"resourceType": "OperationOutcome", "issue": []})
+        if path.endswith("/Patient"):
+            return httpx.Response(200, json=_bundle([{"resourceType": "Patient", "id": "p1", "identifier": [
+                {"system": "urn:oid:1.2.3", "value": "12345"}]}]))
+        if path.endswith("/MedicationRequest"):
+            return httpx.Response(200, json=_bundle([order, contained]))
+        return httpx.Response(200, json=_bundle([]))
+
+    client = FhirClient(BASE, transport=httpx.MockTransport(handler), sleep=lambda s: None)
+    context = gather_from_fhir(client, _query("inr"))
+    assert [(m.code, m.category) for m in context.medications] == [("11289", "anticoagulant"),
+                                                                    ("1364430", "anticoagulant")]
+    assert not [e for e in context.errors if e.startswith("medications")]
+
+    def missing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/MedicationRequest"):
+            return httpx.Response(200, json=_bundle([gone]))
+        return handler(request)
+
+    context = gather_from_fhir(FhirClient(BASE, transport=httpx.MockTransport(missing), sleep=lambda s: None),
+                               _query("inr"))
+    assert any(e.startswith("medications: Medication/gone, referenced by MedicationRequest/m3, could not be read")
+               for e in context.errors)  # the drug classes are then missing, not "not taken"
+
+
 def test_a_drug_started_or_a_diagnosis_made_after_the_study_is_not_its_record() -> None:
     """A study analysed again later (or sent late) is read with the record of its time: before, an anticoagulant
     started a week after the scan counted for it, as did a cancer diagnosed since."""
