@@ -40,7 +40,10 @@ ERR_TEXT = {
 }
 
 LAB_TYPES = frozenset({"ORU^R01"})
-ADT_TYPES = frozenset({"ADT^A01", "ADT^A04", "ADT^A08"})
+# ADT events whose PID carries the patient's demographics: admit, transfer, discharge, register, pre-admit, class
+# changes, update; and the person-level add and update (A28, A31) that master patient indexes send
+ADT_TYPES = frozenset({"ADT^A01", "ADT^A02", "ADT^A03", "ADT^A04", "ADT^A05", "ADT^A06", "ADT^A07", "ADT^A08",
+                       "ADT^A28", "ADT^A31"})
 ORDER_TYPES = frozenset({"ORM^O01", "OMI^O23"})
 MERGE_TYPES = frozenset({"ADT^A18", "ADT^A34", "ADT^A40"})  # patient merges: MRG-1 joins PID-3
 SUPPORTED_TYPES = LAB_TYPES | ADT_TYPES | ORDER_TYPES | MERGE_TYPES
@@ -336,7 +339,7 @@ def _birth_date_and_sex(parsed: ParsedMessage, pid: Segment | None) -> tuple[dat
 
 
 def parse_demographics(parsed: ParsedMessage) -> Demographics:
-    """ADT^A01/A04/A08: PID-3 identifiers, PID-7 birth date, PID-8 sex."""
+    """ADT (``ADT_TYPES``): PID-3 identifiers, PID-7 birth date, PID-8 sex."""
     return Demographics(patient_identifiers(parsed), *_birth_date_and_sex(parsed, parsed.first("PID")))
 
 

@@ -229,6 +229,14 @@ def test_a_merge_keeps_the_surviving_record_s_birth_date_and_sex(stored) -> None
     assert merged.sex == "female" and merged.age_years == pytest.approx(76.9, abs=0.1)  # the A40's 1950-01-02
 
 
+@pytest.mark.parametrize("event", ["A28", "A31", "A03"])
+def test_person_and_discharge_events_carry_demographics_too(stored, event: str) -> None:  # noqa: ANN001
+    """A master patient index sends A28/A31, a discharge A03: they were refused (AR, not handled)."""
+    send, context = stored
+    assert f"MSA|AA|E{event}|stored demographics" in send(adt(f"E{event}", event=event))
+    assert context().sex == "female"
+
+
 def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:  # noqa: ANN001
     send, context = stored
     send(oru("U1"))  # PID-3 12345^^^HOSP&1.2.3&ISO
