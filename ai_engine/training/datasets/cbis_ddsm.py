@@ -185,17 +185,34 @@ def _abnormality(table: str, number: int, row: dict[str, str | None], density_co
 
 
 def index_exams(root: Path, split: str = "train") -> list[ExamFiles]:
-    """Group the split's rows by patient and resolve every image and mask file (module docstring rule)."""
+    """Group the split's rows by patient and resolve every image and mask file (module docstring rule). The test
+    split leaves out the patients the train tables hold too (CBIS-DDSM's own split has some): a model is not
+    evaluated on patients it learnt from."""
     shapes: dict[Path, tuple[int, int]] = {}
     by_patient: dict[str, dict[tuple[str, str], list[Abnormality]]] = {}
+    trained = _train_table_patients(Path(root)) if split == "test" else set()
+    seen_in_training = set()
     for abnormality in read_abnormalities(root, split):
+        if abnormality.patient_id in trained:
+            seen_in_training.add(abnormality.patient_id)
+            continue
         views = by_patient.setdefault(abnormality.patient_id, {})
         views.setdefault((abnormality.laterality, abnormality.view), []).append(abnormality)
+    if seen_in_training:
+        log.warning("CBIS-DDSM: %d patients of the test tables are in the train tables too; their test exams are "
+                    "left out of the evaluation", len(seen_in_training))
     exams = []
     for patient, views in by_patient.items():
         resolved = [_view_files(Path(root), rows, shapes) for _, rows in sorted(views.items())]
         exams.append(ExamFiles(patient, tuple(resolved)))
     return exams
+
+
+def _train_table_patients(root: Path) -> set[str]:
+    """The patients of the train tables present (none when there are none: a dataset for evaluation only)."""
+    if not any((root / name).is_file() for name in CASE_TABLES["train"]):
+        return set()
+    return {abnormality.patient_id for abnormality in read_abnormalities(root, "train")}
 
 
 def _view_files(root: Path, rows: list[Abnormality], shapes: dict[Path, tuple[int, int]]) -> ViewFiles:

@@ -50,6 +50,11 @@ class IchDatasetRow:
     label: int
     values: dict[str, str]
 
+    @property
+    def patient(self) -> str:
+        """The case's patient (optional column ``patient_id``; without it, each case is a patient of its own)."""
+        return self.values.get("patient_id") or f"case {self.case_id}"
+
 
 def _fail(table: Path, line: int, message: str) -> AiEngineError:
     return row_error(DATASET, table, line, message)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from ai_engine.errors import AiEngineError
 from ai_engine.orientation import to_lps
@@ -80,6 +81,7 @@ class DatasetCase:
     image: Path  # the DICOM series folder or the .mhd header
     nodules: tuple[NoduleRow, ...]
     context: ClinicalContext | None
+    patient: str = ""  # the series' PatientID ("patient ..."), else the series itself ("series ...")
 
     @property
     def seed(self) -> int:
@@ -251,18 +253,28 @@ def read_dataset(root: Path | str) -> list[DatasetCase]:
     nodules = _annotations(root, series)
     _with_attributes(root, nodules)
     contexts = _contexts(root, series)
-    cases = [DatasetCase(root, uid, series[uid], tuple(nodules.get(uid, [])), contexts.get(uid))
-             for uid in sorted(series)]
+    cases = [DatasetCase(root, uid, series[uid], tuple(nodules.get(uid, [])), contexts.get(uid),
+                         _patient(series[uid], uid)) for uid in sorted(series)]
     log.info("lung-nodule dataset %s: %d series, %d of them nodule-free (not in %s), %d without a row in %s",
              root, len(cases), sum(not c.nodules for c in cases), ANNOTATIONS,
              sum(c.context is None for c in cases), CLINICAL)
     return cases
 
 
+def _patient(image: Path, series_uid: str) -> str:
+    """Whose series this is, for splits that keep a patient's series together: the first DICOM file's PatientID;
+    a MetaImage (LUNA16) names no patient, so its series counts as a patient of its own."""
+    files = dicom_files(image) if image.is_dir() else []
+    patient = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID") \
+        if files else None
+    return f"patient {patient}" if patient else f"series {series_uid}"
+
+
 def dataset_counts(cases: list[DatasetCase]) -> dict[str, int]:
     """What the dataset holds, for the bundle's metadata."""
     rows = [n for c in cases for n in c.nodules]
-    return {"cases": len(cases), "nodule_free_cases": sum(not c.nodules for c in cases), "nodules": len(rows),
+    return {"cases": len(cases), "patients": len({c.patient for c in cases}),
+            "nodule_free_cases": sum(not c.nodules for c in cases), "nodules": len(rows),
             "nodules_with_composition": sum(n.composition is not None for n in rows),
             "nodules_with_malignancy": sum(n.malignant is not None for n in rows),
             "malignant_nodules": sum(bool(n.malignant) for n in rows),

@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from ai_engine.training.fusion_fit import (
     write_refit_configs,
 )
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
+from ai_engine.training.patient_split import split_by_patient
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +297,13 @@ def _split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-def _training_splits(labels: np.ndarray, cases: int, seed: int) -> dict[str, np.ndarray]:
-    """Splits A/V/B/C of the first ``cases`` patients; every patient after them trains the fusion heads only."""
-    return {**_split(labels[:cases], seed), FUSION_EXTRA_SPLIT: np.arange(cases, len(labels))}
+def _training_splits(labels: np.ndarray, cases: int, seed: int,
+                     patients: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Splits A/V/B/C of the first ``cases`` cases; every case after them trains the fusion heads only.
+    ``patients`` (a dataset's patient of each case): one patient's cases stay in one split."""
+    splits = (_split(labels[:cases], seed) if patients is None else
+              split_by_patient(lambda by_patient: _split(by_patient, seed), labels[:cases], patients[:cases]))
+    return {**splits, FUSION_EXTRA_SPLIT: np.arange(cases, len(labels))}
 
 
 def _export_network(network: torch.nn.Module, models_dir: Path) -> None:
@@ -326,10 +331,12 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     size = cohort_size or (QUICK_SIZE if quick else TRAIN_SIZE)
     epochs = epochs or (QUICK_EPOCHS if quick else UNET_EPOCHS)
     started = time.monotonic()
+    patients = None
     if data_dir is not None:
         rows = ich_cases.read_table(data_dir)
         data = build_arrays(ich_cases.load_cases(data_dir, rows), total=len(rows))
         size = len(rows)  # every case of a dataset goes to the splits
+        patients = [row.patient for row in rows]
         training_data = dataset_provenance(data_dir, ["cases.csv"], cases=len(rows),
                                               positives=int(data.label.sum()),
                                               with_masks=int(len(np.unique(data.case_of_slab[
@@ -338,7 +345,7 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
         data, extra = _synthetic_cohort(size, seed, quick)
         training_data = {"source": "synthetic (ai_engine.synthetic.cohorts.ich)", "cases": size,
                          "fusion_extra_cases": extra, "generator_version": GENERATOR_VERSION}
-    split = _training_splits(data.label, size, seed)
+    split = _training_splits(data.label, size, seed, patients)
     empty = [name for name in SPLITS if not len(split[name])]
     if empty:
         raise AiEngineError(f"{size} cases leave split(s) {empty} empty: training needs about ten cases "

@@ -102,6 +102,7 @@ from ai_engine.training.fusion_fit import (
     write_refit_configs,
 )
 from ai_engine.training.loop import TrainConfig, fit, seed_everything
+from ai_engine.training.patient_split import split_by_patient
 from ai_engine.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -594,7 +595,8 @@ def _train_on_dataset(data_dir: Path, limit: int | None, *, out_dir: Path | None
     if len(cases) < 3:
         raise AiEngineError(f"lung-nodule dataset {data_dir}: {len(cases)} series; training needs at least 3 "
                             "(one each for the A, V and C splits)")
-    split = _split(len(cases), seed, min_calibration=1)
+    split = split_by_patient(lambda by_patient: _split(len(by_patient), seed, min_calibration=1),
+                             np.zeros(len(cases), dtype=int), [case.patient for case in cases])
     fusion_cases = np.array([i for i, c in enumerate(cases) if any(n.malignant is not None for n in c.nodules)],
                             dtype=int)
     calibration = np.isin(fusion_cases, split["C"])

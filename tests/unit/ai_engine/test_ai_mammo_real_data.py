@@ -343,6 +343,30 @@ def test_split(dataset: tuple) -> dict[str, Truth]:
     return _build(dataset[0], TEST_SEEDS, "test", first=len(CANCERS + NEGATIVES) + 1)[0]
 
 
+def test_a_test_table_patient_who_is_in_the_train_tables_is_not_evaluated(dataset: tuple, test_split: dict,
+                                                                           tmp_path: Path) -> None:
+    """CBIS-DDSM's own split puts a few patients in both: their test exams were scored by a model that had learnt
+    from them."""
+    masses, calcs = _copy_tables(dataset, tmp_path)
+    _write_tables(tmp_path, masses, calcs)  # the train tables
+    root = dataset[0]
+    test_masses, test_calcs = [], []
+    for name, rows in zip(cbis_ddsm.CASE_TABLES["test"], (test_masses, test_calcs), strict=True):
+        with (root / name).open(newline="") as handle:
+            rows.extend(csv.DictReader(handle))
+    shared = test_masses[0]["patient_id"]
+    for row in (*test_masses, *test_calcs):
+        if row["patient_id"] == shared:
+            row["patient_id"] = masses[0]["patient_id"]  # the same patient, in the train tables too
+    for name, rows in zip(cbis_ddsm.CASE_TABLES["test"], (test_masses, test_calcs), strict=True):
+        with (tmp_path / name).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]) if rows else ["patient_id"])
+            writer.writeheader()
+            writer.writerows(rows)
+    evaluated = {e.patient_id for e in cbis_ddsm.index_exams(tmp_path, "test")}
+    assert evaluated == set(test_split) - {shared} and masses[0]["patient_id"] not in evaluated
+
+
 def test_the_deployed_bundle_is_evaluated_on_the_test_tables_through_the_cli(dataset: tuple, test_split: dict,
                                                                               tmp_path: Path) -> None:
     """``evaluate mammo --data-dir``: every test-table exam scored from the reader's views; the metrics name the

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from ai_engine.bundle import load_bundle
@@ -119,6 +120,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
                                        f"{dicom_uid},67,F,,former,,2.5,Chronic cough.\n"
                                        f"{RAW_UID},72,M,40,current,1,4.1,\n")
     return out
+
+
+def test_each_series_knows_its_patient_for_the_splits(built: Built) -> None:
+    """A DICOM series names its patient (PatientID), so a patient's scans stay in one split; a MetaImage names
+    none and is a patient of its own."""
+    patients = {case.series_uid: case.patient for case in read_dataset(built.root)}
+    dicom_uid = next(uid for uid in built.cases if uid not in (RAW_UID, ZRAW_UID))
+    written = pydicom.dcmread(next((built.root / "series" / dicom_uid).iterdir())).PatientID
+    assert patients[dicom_uid] == f"patient {written}"
+    assert patients[RAW_UID] == f"series {RAW_UID}" and patients[ZRAW_UID] == f"series {ZRAW_UID}"
 
 
 def test_metaimage_reads_back_the_dicom_volume(built: Built) -> None:
