@@ -32,6 +32,15 @@ def dataset_provenance(root: Path, tables: list[str], **counts: int) -> dict[str
     return {"source": DATASET_SOURCE, "path": str(Path(root).resolve()), "tables_sha256": digests, **counts}
 
 
+def metrics_record(training_data: dict[str, Any], task: str) -> str:
+    """Where a bundle's held-out metrics are: the model card's for the project's synthetic training, none for a
+    bundle trained on a dataset (the card's numbers are another model's)."""
+    if training_data.get("source") == DATASET_SOURCE:
+        return (f"not evaluated by radfusion: evaluate it on held-out cases of the institution with `radfusion "
+                f"evaluate {task} --data-dir DIR --bundle THIS_BUNDLE --out-dir RESULTS`")
+    return f"see docs/model-cards/{task}/metrics.json (radfusion evaluate {task})"
+
+
 def dataset_intended_use(root: Path) -> str:
     """The ``intended_use`` of a bundle trained on a dataset: the project does not vouch for it."""
     return (f"Trained with `radfusion train --data-dir {Path(root).resolve()}` on that dataset. radfusion has "

@@ -79,6 +79,8 @@ def _check_row(root: Path, table: Path, line: int, cells: dict[str, str]) -> Ich
     for column in MEDICATION_COLUMNS:
         if cells.get(column, "") not in ("", "0", "1"):
             raise _fail(table, line, f"column {column!r} must be 0, 1 or empty, got {cells[column]!r}")
+    if cells.get("sex", "").lower() not in ("", "m", "f", "male", "female"):  # read as missing before, silently
+        raise _fail(table, line, f"column 'sex' must be M, F, male, female or empty, got {cells['sex']!r}")
     trauma = cells.get("trauma_mechanism", "").lower()
     if trauma and trauma not in TRAUMA_LEVELS:
         raise _fail(table, line, f"trauma_mechanism must be one of {TRAUMA_LEVELS} or empty, got {trauma!r}")

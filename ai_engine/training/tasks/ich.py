@@ -46,7 +46,7 @@ from ai_engine.inputs import load_inputs
 from ai_engine.results import Task
 from ai_engine.synthetic.cohorts.ich import GENERATOR_VERSION, IchCase, generate_case, write_case_dicom
 from ai_engine.training import ct_artifacts
-from ai_engine.training.datasets import dataset_intended_use, dataset_provenance, ich_cases
+from ai_engine.training.datasets import dataset_intended_use, dataset_provenance, ich_cases, metrics_record
 from ai_engine.training.datasets.ich_cases import UNKNOWN_LABEL
 from ai_engine.training.deploy_timing import cpu_seconds
 from ai_engine.training.fusion_fit import (
@@ -429,7 +429,7 @@ def _metadata(training_data: dict[str, Any], timing: dict[str, float], intended_
                     "cpu_seconds_32_slabs": timing},
         "training_data": training_data,
         "augmentation": AUGMENTATION,
-        "metrics": {"held_out": "see docs/model-cards/ich/metrics.json (radfusion evaluate ich)"},
+        "metrics": {"held_out": metrics_record(training_data, "ich")},
     }
 
 

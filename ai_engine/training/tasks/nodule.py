@@ -77,7 +77,7 @@ from ai_engine.synthetic.cohorts.nodule import (
     generate_case,
     write_case_dicom,
 )
-from ai_engine.training.datasets import dataset_intended_use, dataset_provenance
+from ai_engine.training.datasets import dataset_intended_use, dataset_provenance, metrics_record
 from ai_engine.training.datasets.lidc_luna import (
     ANNOTATIONS,
     ATTRIBUTES,
@@ -518,7 +518,7 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
                                 "Lung-RADS category, mask, CAM heat map, modality weights, logit std"},
         "training_data": training_data,
         "training": {**metadata_training, "deploy_timing_64_patches_s": _deploy_timing(models_dir, network)},
-        "metrics": "see docs/model-cards/nodule/metrics.json (held-out evaluation)",
+        "metrics": metrics_record(training_data, "nodule"),
     }
     write_bundle_configs(root, metadata, inference)
     return root

@@ -108,6 +108,7 @@ def test_training_on_the_dataset_writes_a_bundle_that_names_it(dataset: Path, tm
     assert (recorded["cases"], recorded["positives"], recorded["with_masks"]) == (20, 10, 19)
     assert len(recorded["tables_sha256"]["cases.csv"]) == 64
     assert "synthetic" not in metadata["intended_use"] and str(dataset.resolve()) in metadata["intended_use"]
+    assert metadata["metrics"]["held_out"].startswith("not evaluated by radfusion")  # was the card's metrics
     assert (root / "models" / "model.onnx").is_file() and (root / "models" / "fusion.onnx").is_file()
     assert resolve_bundle(root, "ich_fusion").algorithm().kind == DATASET_KIND  # what the SR says of it
     with pytest.raises(AiEngineError, match="trained on a dataset directory"):
@@ -158,6 +159,7 @@ def _rewrite_row(root: Path, which: str, **cells: str) -> None:
     ("clean_label_with_blood", r"case c3 has label 0 but its mask marks blood"),
     ("missing_slice", r"real ICH dataset: case c6 \(.*c6/dicom\): slice spacing must be regular"),  # named no case
     ("latin1_table", r"cases\.csv is not UTF-8 text .*save it as CSV UTF-8"),  # a bare UnicodeDecodeError
+    ("bad_sex", r"line 4: column 'sex' must be M, F, male, female or empty, got 'W'"),  # read as missing
 ])
 def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path: Path, damage: str,
                                                          message: str) -> None:
@@ -193,6 +195,8 @@ def test_a_malformed_dataset_is_refused_naming_the_fault(dataset: Path, tmp_path
         files = sorted((root / "c6" / "dicom").glob("*.dcm"),
                        key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
         files[len(files) // 2].unlink()
+    elif damage == "bad_sex":
+        _rewrite_row(root, "c2", sex="W")
     elif damage == "latin1_table":
         _rewrite_row(root, "c3", note="bewusstseinsgetrübt")
         (root / "cases.csv").write_bytes((root / "cases.csv").read_text().encode("latin-1"))
