@@ -152,6 +152,8 @@ class LabReport:
     unusable: list[str] = field(default_factory=list)
     deleted: list[ResultRef] = field(default_factory=list)
     unreadable: list[ResultRef] = field(default_factory=list)
+    birth_date: date | None = None  # PID-7 and PID-8: a lab-only feed gives age and sex too
+    sex: str | None = None
 
 
 @dataclass(frozen=True)
@@ -432,7 +434,14 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     explicit = any(sign in header.sent_at.strip()[8:] for sign in "+-")
     ours = sent is not None and sent.utcoffset() == sent.astimezone().utcoffset()  # the sender keeps our time
     zone = sent.tzinfo if sent is not None and explicit and not ours else None  # None: local time, its own DST
-    report = LabReport(identifiers, [])
+    try:
+        born, sex = _birth_date_and_sex(parsed, parsed.first("PID"))
+        problem = None
+    except Hl7MessageError as exc:  # the labs are kept; only the demographics are left out
+        born, sex, problem = None, None, f"PID: {exc}"
+    report = LabReport(identifiers, [], birth_date=born, sex=sex)
+    if problem:
+        report.unusable.append(problem)
     order_time = order = ""
     index = 0
     for segment in parsed.segments:

@@ -77,10 +77,11 @@ class Hl7Store:
                      observed_at=v.observed_at, order_number=v.provenance.order) for v in report.values]
         rows += [dict(kind="lab", name=r.analyte, value=None, observed_at=r.observed_at, order_number=r.order)
                  for r in report.unreadable]
+        rows += _demographic_rows(report.birth_date, report.sex)
         rows += [dict(kind="coded", name=c.category, code=c.code, system=c.system, text=c.display,
                       observed_at=c.recorded_at, order_number=c.provenance.order) for c in report.coded]
         taken_back = [(r.analyte, r.order, r.observed_at) for r in report.deleted]
-        replaced = [(row["name"], row["order_number"], None) for row in rows if row["order_number"]]
+        replaced = [(row["name"], row["order_number"], None) for row in rows if row.get("order_number")]
         removals = [self._of(identifier, name, order, when) for identifier in report.identifiers
                     for name, order, when in taken_back]
         replacements = [self._of(identifier, name, order, when) for identifier in report.identifiers

@@ -229,6 +229,16 @@ def test_a_merge_keeps_the_surviving_record_s_birth_date_and_sex(stored) -> None
     assert merged.sex == "female" and merged.age_years == pytest.approx(76.9, abs=0.1)  # the A40's 1950-01-02
 
 
+def test_a_lab_feed_gives_age_and_sex_too(stored) -> None:  # noqa: ANN001
+    """The ORU's PID-7/8 were ignored: a site with a lab feed and no ADT feed had age and sex missing."""
+    send, context = stored
+    send(oru("DM1"))  # PID: born 1950-01-01, F
+    record = context()
+    assert record.sex == "female" and record.age_years == pytest.approx(76.9, abs=0.1)
+    ack = send(oru("DM2").replace("||19500101|F", "||1950-01-0x|F"))
+    assert "MSA|AA|DM2|stored 3 values" in ack and "not used: PID" in ack  # the labs are still kept
+
+
 @pytest.mark.parametrize("event", ["A28", "A31", "A03"])
 def test_person_and_discharge_events_carry_demographics_too(stored, event: str) -> None:  # noqa: ANN001
     """A master patient index sends A28/A31, a discharge A03: they were refused (AR, not handled)."""
