@@ -223,11 +223,13 @@ def _encoding_mismatch(stream: memoryview, transfer_syntax: UID) -> str | None:
             f"syntax is {transfer_syntax.name}")
 
 
-def _parse(staged: Path, size: int, claimed_sop_class: str, claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
-    """Parse the staged file's header (long values stay in the file); return the dataset and its (study, series,
-    SOP instance) UIDs."""
+def _parse(staged: Path, size: int, transfer_syntax: UID, claimed_sop_class: str,
+           claimed_sop_uid: str) -> tuple[Dataset, str, str, str]:
+    """Parse the staged file's header (long values stay in the file; a deflated dataset is inflated in memory, so
+    it is read whole: its positions are the inflated stream's, not the file's); return the dataset and its (study,
+    series, SOP instance) UIDs."""
     try:
-        dataset = dcmread(staged, defer_size=_DEFER_BYTES)
+        dataset = dcmread(staged, defer_size=None if transfer_syntax.is_deflated else _DEFER_BYTES)
         _check_complete(dataset, size)
         study_uid, series_uid, sop_class, sop_uid = (
             str(dataset.get(keyword, "") or "")
@@ -458,8 +460,8 @@ class StorageScp:
             mismatch = _encoding_mismatch(event.request.DataSet.getbuffer(), event.context.transfer_syntax)
             if mismatch:
                 raise _Rejected(StoreStatus.UNPARSABLE, mismatch)
-            dataset, study_uid, series_uid, sop_uid = _parse(staged, size, str(event.request.AffectedSOPClassUID),
-                                                             claimed_uid)
+            dataset, study_uid, series_uid, sop_uid = _parse(staged, size, event.context.transfer_syntax,
+                                                             str(event.request.AffectedSOPClassUID), claimed_uid)
             try:
                 path = self.spool.instance_path(study_uid, series_uid, sop_uid)
             except (InvalidUidError, SpoolPathError) as exc:
@@ -508,8 +510,14 @@ class StorageScp:
             LOG.exception("instance %s (accession %s) on association %s: %s", sop_uid,
                           attributes["AccessionNumber"], info.association_id, reason)
             # A re-sent instance's acknowledged file stays in place (its row points at it); keep a copy instead.
-            quarantined = self.spool.quarantine_file(staged if existed else path, reason, info.calling_ae,
-                                                     info.association_id, sop_uid)
+            try:
+                quarantined: Path | None = self.spool.quarantine_file(staged if existed else path, reason,
+                                                                      info.calling_ae, info.association_id, sop_uid)
+            except OSError:  # the refused copy goes; a first copy stays where it is, for start-up to record
+                LOG.exception("could not quarantine %s from association %s", sop_uid, info.association_id)
+                if existed:
+                    staged.unlink(missing_ok=True)
+                quarantined = None
             self._report_rejection(info, reason, quarantined, sop_uid)
             return StoreStatus.SINK_FAILED
         if existed:

@@ -175,10 +175,11 @@ class Spool:
         return Path(tmp_name), size
 
     def place(self, staged: Path, path: Path) -> None:
-        """Rename a ``stage``d file to ``path`` (replacing what is there) and fsync its directory."""
-        target = self.inside(path)
-        self._make_directories(target.parent)
+        """Rename a ``stage``d file to ``path`` (replacing what is there) and fsync its directory; the staged file
+        is removed when it cannot be put there (a folder that cannot be made, a path outside the spool)."""
         try:
+            target = self.inside(path)
+            self._make_directories(target.parent)
             os.replace(staged, target)
         except BaseException:
             staged.unlink(missing_ok=True)

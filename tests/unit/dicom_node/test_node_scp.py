@@ -21,8 +21,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
-    BasicTextSRStorage, CTImageStorage, DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, RLELossless, generate_uid,
+    BasicTextSRStorage, CTImageStorage, DeflatedExplicitVRLittleEndian,
+    DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless,
+    MRImageStorage, RLELossless, generate_uid,
 )
 from pynetdicom import AE
 
@@ -460,6 +461,19 @@ def test_a_refused_resend_leaves_the_acknowledged_file_in_place(start_scp) -> No
     (_, _, quarantined, _), = node.sink.rejected
     assert dcmread(quarantined).InstanceNumber == 99
     assert spool_files(node.spool.root, "incoming-tmp") == []
+
+
+def test_a_deflated_instance_that_compresses_well_is_stored(start_scp) -> None:
+    """Its header is read from the inflated stream: the deferred pixel data's position there was compared with the
+    deflated file's size, and a valid instance was refused as truncated (0xC210)."""
+    node = start_scp()
+    ds = ct_dataset(size=512)
+    ds.PixelData = bytes(512 * 512 * 2)  # air: deflates to almost nothing
+    assoc = pyscu(node.port, transfer_syntaxes=(DeflatedExplicitVRLittleEndian,))
+    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
+    assoc.release()
+    stored = dcmread(node.sink.stored[0].path)
+    assert stored.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian and stored.PixelData == ds.PixelData
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless])

@@ -108,3 +108,15 @@ def test_backoff_refuses_nonsense() -> None:
     for kwargs in ({"attempt": 0}, {"factor": 0.5}, {"initial_s": -1.0}):
         with pytest.raises(ConfigError):
             backoff_delay(**{"attempt": 1, "initial_s": 1.0, "factor": 2.0, "max_s": 10.0, **kwargs})
+
+
+def test_a_staged_file_that_cannot_be_placed_is_removed(tmp_path: Path) -> None:
+    """The series folder could not be made (a file in its way): the staged copy stayed in incoming-tmp."""
+    spool = Spool(tmp_path)
+    target = spool.instance_path("1.2", "3.4", "5.6")
+    target.parent.parent.mkdir(parents=True)
+    target.parent.write_bytes(b"in the way")  # where the series folder should be
+    staged, _ = spool.stage(b"data")
+    with pytest.raises(OSError):
+        spool.place(staged, target)
+    assert list(spool.incoming_tmp.iterdir()) == []
