@@ -40,6 +40,7 @@ ERR_TEXT = {
 }
 
 LAB_TYPES = frozenset({"ORU^R01"})
+MAX_ORDER_NUMBER = 199  # EI.1, the entity identifier of a placer or filler order number
 # ADT events whose PID carries the patient's demographics: admit, transfer, discharge, register, pre-admit, class
 # changes, update; and the person-level add and update (A28, A31) that master patient indexes send
 ADT_TYPES = frozenset({"ADT^A01", "ADT^A02", "ADT^A03", "ADT^A04", "ADT^A05", "ADT^A06", "ADT^A07", "ADT^A08",
@@ -158,12 +159,14 @@ class LabReport:
 
 @dataclass(frozen=True)
 class ResultRef:
-    """A result named by its analyte, its order (OBR-3, else OBR-2; '' when none) and the time the message gives
-    it: a stored value of the same order is taken back whatever its time, one without an order by that time."""
+    """A result named by its analyte, its order (OBR-3, else OBR-2; '' when none; at most ``MAX_ORDER_NUMBER``
+    characters) and its time; ``timed``: the OBX gave that time itself (OBX-14), rather than its order or the
+    message (then the time may differ from the one its original was stored with)."""
 
     analyte: str
     order: str
     observed_at: datetime | None
+    timed: bool = False
 
 
 @dataclass(frozen=True)
@@ -446,7 +449,8 @@ def parse_labs(parsed: ParsedMessage, received_at: datetime | None = None) -> La
     index = 0
     for segment in parsed.segments:
         if segment.name == "OBR":
-            order_time, order = _first(parsed, segment, 7), _first(parsed, segment, 3) or _first(parsed, segment, 2)
+            order_time = _first(parsed, segment, 7)
+            order = (_first(parsed, segment, 3) or _first(parsed, segment, 2))[:MAX_ORDER_NUMBER]
         elif segment.name == "OBX":
             index += 1
             _read_obx(parsed, segment, index, (order, order_time), zone, sent, received_at, report)
@@ -464,6 +468,7 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str,
         report.skipped_codes.append(code)
         return
     where = f"OBX {index} ({code})"
+    timed = bool(_first(parsed, obx, 14))
     try:
         observed = parse_ts(_first(parsed, obx, 14) or order_time, zone) or sent
     except ValueError as exc:  # this OBX's time (or its order's) only: the rest of the message is kept
@@ -471,11 +476,11 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str,
         return
     status = _first(parsed, obx, 11).upper()
     if status in RETRACTED:
-        report.deleted.append(ResultRef(name, order_number, observed))
+        report.deleted.append(ResultRef(name, order_number, observed, timed))
         return
     if status in NOT_RESULTS:
         if status == "X" and order_number:  # a preliminary value of this order is withdrawn with it
-            report.deleted.append(ResultRef(name, order_number, observed))
+            report.deleted.append(ResultRef(name, order_number, observed, timed))
         report.unusable.append(f"{where}: result status {status} ({NOT_RESULTS[status]})")
         return
     provenance = Provenance("hl7", header.sending_facility or header.sending_application,
@@ -489,7 +494,7 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str,
         value, unit = normalize(name, _number(parsed, obx), _first(parsed, obx, 6))
     except (ValueError, UnitError) as exc:
         report.unusable.append(f"{where}: {exc}")
-        report.unreadable.append(ResultRef(name, order_number, observed))
+        report.unreadable.append(ResultRef(name, order_number, observed, timed))
         return
     flags = "~".join(rep[0] for rep in _field(parsed, obx, 8))
     report.values.append(LabValue(name, code, value, unit, observed, provenance, flags))

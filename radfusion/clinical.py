@@ -16,13 +16,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Delete, delete, select
+from sqlalchemy import Delete, and_, delete, or_, select
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
 from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, merge_contexts
-from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Merge, Order, PatientIdentifier
+from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Merge, Order, PatientIdentifier, ResultRef
 from radfusion.db import Database
 from radfusion.models import AuditEvent, ClinicalValue, Hl7Message, utcnow
 from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSettings
@@ -68,10 +68,12 @@ class Hl7Store:
     def on_labs(self, header: Header, report: LabReport) -> int:
         """Store the values; return how many stored values the report's retractions removed.
 
-        A retraction (``report.deleted``) removes the stored values of its analyte and order, or, without an order,
-        of its analyte and time. A value of an order replaces the values stored for its analyte and order before (a
-        final result its preliminary one, a correction the result it corrects), whatever time each carries. A
-        result that could not be read is stored without a value: as the newest, it makes its analyte missing.
+        A retraction (``report.deleted``) removes the stored values of its analyte in its order from the same
+        sender (filler numbers are the filler's own), at its time when the OBX gives one (two results of one order
+        are told apart by it; a lab that reuses a number keeps each draw), and values stored without an order
+        (before migration 0004) at its time. A value of an order replaces those stored for its analyte, order and
+        time before (a final result its preliminary one, a correction the result it corrects). A result that could
+        not be read is stored without a value: as the newest, it makes its analyte missing.
         """
         rows = [dict(kind="lab", name=v.name, code=v.code, value=v.value, unit=v.unit, flags=v.flags,
                      observed_at=v.observed_at, order_number=v.provenance.order) for v in report.values]
@@ -80,22 +82,12 @@ class Hl7Store:
         rows += _demographic_rows(report.birth_date, report.sex)
         rows += [dict(kind="coded", name=c.category, code=c.code, system=c.system, text=c.display,
                       observed_at=c.recorded_at, order_number=c.provenance.order) for c in report.coded]
-        taken_back = [(r.analyte, r.order, r.observed_at) for r in report.deleted]
-        replaced = [(row["name"], row["order_number"], None) for row in rows if row.get("order_number")]
-        removals = [self._of(identifier, name, order, when) for identifier in report.identifiers
-                    for name, order, when in taken_back]
-        replacements = [self._of(identifier, name, order, when) for identifier in report.identifiers
-                        for name, order, when in replaced]
-        counted = len(taken_back)  # the first identifier's: each value is stored once per form of the identifier
+        replaced = [ResultRef(row["name"], row["order_number"], row["observed_at"], timed=True)
+                    for row in rows if row.get("order_number")]
+        removals = [_stored(header, identifier, ref) for identifier in report.identifiers for ref in report.deleted]
+        replacements = [_stored(header, identifier, ref) for identifier in report.identifiers for ref in replaced]
+        counted = len(report.deleted)  # the first identifier's: each value is stored once per form of the identifier
         return self._store(header, report.identifiers, rows, replacements + removals[counted:], removals[:counted])
-
-    @staticmethod
-    def _of(identifier: PatientIdentifier, name: str, order: str, when: datetime | None) -> Delete:
-        """The stored lab and coded values of ``name`` for ``identifier``: of ``order``, or without one at ``when``."""
-        same = ClinicalValue.order_number == order if order else ClinicalValue.observed_at == when
-        return delete(ClinicalValue).where(
-            ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
-            ClinicalValue.kind.in_(("lab", "coded")), ClinicalValue.name == name, same)
 
     def on_rejected(self, header: Header | None, ack_code: str, reason: str) -> None:
         """Audit a message answered AE or AR (the reason names fields and rules, no patient data)."""
@@ -110,8 +102,8 @@ class Hl7Store:
         """Move what was stored under each merge's prior identifiers to its surviving ones (the first takes the
         rows, the other forms of the surviving identifier get copies), in one transaction with the message.
 
-        The prior record's birth date and sex are not moved: the record that stays keeps its own, and the birth date
-        and sex the merge message gives it (PID-7, PID-8) are stored as its newest. A trauma alias registered as
+        The prior record's birth date and sex are moved only where the record that stays has none of its own and
+        the merge message gives none (PID-7, PID-8; those are stored as its newest). A trauma alias registered as
         born 1900-01-01, sex unknown, otherwise became the patient's demographics (age 126)."""
         with self._db.session() as session:
             message = _message(header)
@@ -119,11 +111,16 @@ class Hl7Store:
             session.flush()
             for merge in merges:
                 first, *others = merge.surviving
+                given = {row["kind"] for row in _demographic_rows(merge.birth_date, merge.sex)}
+                kept = given | set(session.scalars(select(ClinicalValue.kind).where(
+                    ClinicalValue.kind.in_(DEMOGRAPHIC_KINDS), or_(*(and_(
+                        ClinicalValue.patient_id == survivor.value, ClinicalValue.patient_authority == survivor.authority)
+                        for survivor in merge.surviving)))))
                 moved: dict[tuple, ClinicalValue] = {}  # a value was stored once per form of the prior identifier
                 for prior in merge.prior:
                     for row in session.scalars(select(ClinicalValue).where(
                             ClinicalValue.patient_id == prior.value, ClinicalValue.patient_authority == prior.authority)):
-                        if row.kind in DEMOGRAPHIC_KINDS or moved.setdefault(_content(row), row) is not row:
+                        if row.kind in kept or moved.setdefault(_content(row), row) is not row:
                             session.delete(row)
                 for row in moved.values():
                     row.patient_id, row.patient_authority = first.value, first.authority
@@ -147,12 +144,12 @@ class Hl7Store:
 
     def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict],
                deletions: Sequence[Delete] = (), counted: Sequence[Delete] = ()) -> int:
-        """Run ``deletions`` and ``counted``, then store the message and ``rows`` under each identifier, in one
+        """Run ``counted`` and ``deletions``, then store the message and ``rows`` under each identifier, in one
         transaction; return how many rows ``counted`` removed."""
         with self._db.session() as session:
+            removed = sum(session.execute(statement).rowcount for statement in counted)  # type: ignore[attr-defined]
             for statement in deletions:
                 session.execute(statement)
-            removed = sum(session.execute(statement).rowcount for statement in counted)  # type: ignore[attr-defined]
             message = _message(header)
             session.add(message)
             session.flush()
@@ -165,6 +162,21 @@ class Hl7Store:
 
 _CONTENT_COLUMNS = tuple(c.key for c in ClinicalValue.__table__.columns
                          if c.key not in ("id", "patient_id", "patient_authority"))
+
+
+def _stored(header: Header, identifier: PatientIdentifier, result: ResultRef) -> Delete:
+    """Delete the stored lab and coded values of ``result`` for ``identifier`` (``Hl7Store.on_labs``)."""
+    if result.order:
+        same = and_(ClinicalValue.order_number == result.order, ClinicalValue.message_id.in_(
+            select(Hl7Message.id).where(Hl7Message.sending_facility == header.sender)))
+        if result.timed:
+            same = and_(same, ClinicalValue.observed_at == result.observed_at)
+        same = or_(same, and_(ClinicalValue.order_number == "", ClinicalValue.observed_at == result.observed_at))
+    else:
+        same = ClinicalValue.observed_at == result.observed_at
+    return delete(ClinicalValue).where(
+        ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
+        ClinicalValue.kind.in_(("lab", "coded")), ClinicalValue.name == result.analyte, same)
 
 
 def _demographic_rows(birth_date: date | None, sex: str | None) -> list[dict]:

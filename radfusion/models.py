@@ -288,5 +288,5 @@ class ClinicalValue(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     flags: Mapped[str] = mapped_column(String(16), default="")
     accession: Mapped[str] = mapped_column(String(64), default="")
-    order_number: Mapped[str] = mapped_column(String(64), default="", server_default=sql_text("''"))  # OBR-3, else -2
+    order_number: Mapped[str] = mapped_column(String(200), default="", server_default=sql_text("''"))  # OBR-3, -2
     observed_at: Mapped[datetime | None]

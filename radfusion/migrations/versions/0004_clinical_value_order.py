@@ -21,7 +21,7 @@ depends_on = None
 def upgrade() -> None:
     # a column with a constant default: SQLite adds it in place, no copy of the clinical_values table
     with op.batch_alter_table('clinical_values', schema=None, recreate='never') as batch_op:
-        batch_op.add_column(sa.Column('order_number', sa.String(length=64), server_default=sa.text("''"),
+        batch_op.add_column(sa.Column('order_number', sa.String(length=200), server_default=sa.text("''"),
                                       nullable=False))
 
 

@@ -88,15 +88,43 @@ def test_a_result_is_taken_back_by_its_order_whatever_time_each_message_gives_it
 def test_a_preliminary_result_withdrawn_as_cannot_be_obtained_is_gone(stored) -> None:  # noqa: ANN001
     send, context = stored
     send(_status(oru("P1", inr="1.9"), "P"))
-    send(_status(oru("P2", inr=""), "X").replace("202611201000+0100", "202611201200+0100"))
+    send(_status(oru("P2", inr=""), "X").replace("|X|||202611201000+0100", "|X"))  # no OBX-14: by its order
     assert "inr" not in context().labs  # before: the preliminary 1.9 stayed
 
 
 def test_a_final_result_replaces_its_order_s_preliminary_one(stored) -> None:  # noqa: ANN001
     send, context = stored
     send(_status(oru("P3", inr="1.9"), "P"))
-    send(oru("P4", inr="2.6").replace("202611201000+0100", "202611200930+0100"))  # final, its time earlier
+    send(oru("P4", inr="2.6"))  # final, the same specimen time
     assert context().labs["inr"].value == 2.6
+
+
+def test_a_lab_that_reuses_an_order_number_keeps_each_draw(stored) -> None:  # noqa: ANN001
+    """The next day's INR under the same OBR-3 deleted the study day's: the study read again had no INR."""
+    send, context = stored
+    send(oru("N1", inr="3.1"))
+    send(_observed(oru("N2", inr="1.2"), "20261121").replace("|PL20261121|FL20261121|", "|PL1|FL1|"))
+    assert context().labs["inr"].value == 3.1
+
+
+def test_deleting_one_of_two_results_of_an_order_keeps_the_other(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(oru("T1", inr="2.0").replace("202611201000+0100", "202611200800+0100"))  # 07:00 UTC
+    send(oru("T2", inr="3.0"))  # 09:00 UTC, the same order
+    ack = send(_status(oru("T3", inr=""), "D"))  # the 09:00 one, by its OBX-14
+    assert "1 taken back, 1 stored value removed" in ack
+    assert context().labs["inr"].value == 2.0
+
+
+def test_a_retraction_takes_back_a_value_stored_before_order_numbers_were(stored, tmp_path) -> None:  # noqa: ANN001
+    """Rows from before migration 0004 have no order: a retraction naming one still takes them back by time."""
+    send, context = stored
+    send(oru("V1", inr="4.8"))
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with db.session() as session:
+        session.execute(update(ClinicalValue).values(order_number=""))
+    assert "1 stored value removed" in send(_status(oru("V2", inr="4.8"), "W"))
+    assert "inr" not in context().labs
 
 
 def test_a_newest_result_that_cannot_be_read_makes_the_analyte_missing(stored) -> None:  # noqa: ANN001
@@ -245,6 +273,14 @@ def test_person_and_discharge_events_carry_demographics_too(stored, event: str) 
     send, context = stored
     assert f"MSA|AA|E{event}|stored demographics" in send(adt(f"E{event}", event=event))
     assert context().sex == "female"
+
+
+def test_a_merge_without_demographics_keeps_the_only_birth_date_known(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(adt("AD3", event="A04").replace("12345^^^HOSP^MR", "777^^^HOSP^MR"))  # born 1950-01-01, F
+    send("MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120113000||ADT^A40^ADT_A39|MG3|P|2.5.1\n"
+         "EVN|A40|20261120113000\nPID|1||12345^^^HOSP^MR\nMRG|777^^^HOSP^MR\n")
+    assert context().sex == "female" and context().age_years == pytest.approx(76.9, abs=0.1)
 
 
 def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:  # noqa: ANN001
