@@ -21,6 +21,8 @@ class Task(str, Enum):
 
 
 SIDES = {"L": "left", "R": "right"}
+HEMORRHAGE_SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
+"""The hemorrhage subtypes, in the order of their label values 1..5 (0: no blood)."""
 """A finding's ``laterality`` and its word in ``location``."""
 
 

@@ -234,13 +234,16 @@ class _FhirGatherer:
         reference = med.medicationReference.reference if med.medicationReference else None
         if not reference:
             return None
+        where = f"medications: {med.get_resource_type()}/{med.id}"
         if reference.startswith("#"):
             contained = next((r for r in med.contained or [] if getattr(r, "id", None) == reference[1:]), None)
+            if contained is None:
+                problems.append(f"{where} references a contained Medication it does not contain")
             return getattr(contained, "code", None)
-        kind, _, ident = reference.rstrip("/").rpartition("/")
-        if kind.rpartition("/")[2] != "Medication" or not ident:
-            problems.append(f"medications: {med.get_resource_type()}/{med.id} references {reference!r}, not a "
-                            "Medication")
+        relative = reference.removeprefix(self.client.base_url.rstrip("/") + "/").split("/_history/")[0]
+        kind, _, ident = relative.partition("/")
+        if kind != "Medication" or not ident or "/" in ident:  # another server's, or not a Medication
+            problems.append(f"{where} references a Medication that is not on this server: {reference!r}")
             return None
         try:
             return self.client.read("Medication", ident).code

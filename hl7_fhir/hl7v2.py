@@ -354,7 +354,7 @@ def parse_orders(parsed: ParsedMessage) -> list[Order]:
     ORC-16 is why the order control was sent, not why the exam was ordered)."""
     groups: list[dict[str, Segment]] = []
     for segment in parsed.segments:
-        if segment.name == "ORC" or (segment.name == "OBR" and (not groups or "OBR" in groups[-1])):
+        if segment.name == "ORC" or (segment.name in ("OBR", "IPC") and (not groups or segment.name in groups[-1])):
             groups.append({})
         if segment.name in ("ORC", "OBR", "IPC") and segment.name not in groups[-1]:
             groups[-1][segment.name] = segment

@@ -48,8 +48,8 @@ from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
 from ai_engine.fusion.head import modality_weight_dict
+from ai_engine.results import HEMORRHAGE_SUBTYPES as SUBTYPES
 from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
-from ai_engine.synthetic.head_ct import SUBTYPES
 
 if TYPE_CHECKING:
     import torch

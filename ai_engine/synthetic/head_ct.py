@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from ai_engine.errors import SyntheticError
+from ai_engine.results import HEMORRHAGE_SUBTYPES
 from ai_engine.synthetic.geometry import ellipsoid_fraction, grid_3d, paint
 from ai_engine.synthetic.truth import LesionTruth
 
@@ -123,7 +124,7 @@ def _add_hemorrhage(hu: np.ndarray, rng: np.random.Generator, spacing: tuple[flo
 
 # --- Rich head CT cases for training and evaluation (five bleed types, mimics, acquisition shifts) ---
 
-SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
+SUBTYPES = HEMORRHAGE_SUBTYPES
 SUBTYPE_VOLUME_ML: dict[str, tuple[float, float]] = {
     "intraparenchymal": (0.1, 80.0), "subdural": (1.0, 80.0), "epidural": (1.0, 60.0),
     "subarachnoid": (0.1, 15.0), "intraventricular": (0.2, 15.0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import shutil
@@ -12,7 +13,7 @@ import pytest
 import ai_engine.bundle as bundle_module
 import ai_engine.detectors.common as common_module
 from ai_engine.bundle import BundleError, load_bundle, resolve_bundle, write_bundle_configs
-from ai_engine.code_identity import PACKAGE_ROOT, code_digest, serving_code_digest
+from ai_engine.code_identity import NOT_SERVED, PACKAGE_ROOT, code_digest, serving_code_digest
 from ai_engine.detectors.ich_baseline import IchBaseline
 from ai_engine.clinical_features import note_encoding_of
 
@@ -59,6 +60,21 @@ def test_device_uid_changes_with_the_serving_code_and_not_with_training_code(
     monkeypatch.setattr(common_module, "serving_code_digest", lambda: code_digest(code))
     assert load_bundle("demo", tmp_path).device_uid != bundle_uid
     assert IchBaseline().algorithm.device_uid != baseline_uid
+
+
+def test_served_code_imports_nothing_the_device_uid_leaves_out() -> None:
+    """ich_fusion took its class-to-subtype order from ai_engine/synthetic, which the hash leaves out: changing it
+    would not have changed the Device UID."""
+    offenders = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        if path.relative_to(PACKAGE_ROOT).parts[0] in NOT_SERVED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.name}: {name}" for name in names
+                          if name.split(".")[:2] in (["ai_engine", folder] for folder in NOT_SERVED)]
+    assert offenders == []
 
 
 def test_expressions_and_missing_statements_are_rejected(tmp_path: Path) -> None:

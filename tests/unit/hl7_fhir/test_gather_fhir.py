@@ -166,6 +166,21 @@ def test_an_anticoagulant_given_by_a_medication_reference_is_known() -> None:
     assert any(e.startswith("medications: Medication/gone, referenced by MedicationRequest/m3, could not be read")
                for e in context.errors)  # the drug classes are then missing, not "not taken"
 
+    versioned = {**order, "id": "m4", "medicationReference": {"reference": f"{BASE}/Medication/w1/_history/2"}}
+    elsewhere = {**order, "id": "m5", "medicationReference": {"reference": "https://other.test/fhir/Medication/w1"}}
+    lost = {**order, "id": "m6", "medicationReference": {"reference": "#nothing"}}
+
+    def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/MedicationRequest"):
+            return httpx.Response(200, json=_bundle([versioned, elsewhere, lost]))
+        return handler(request)
+
+    context = gather_from_fhir(FhirClient(BASE, transport=httpx.MockTransport(odd), sleep=lambda s: None),
+                               _query("inr"))
+    assert [m.code for m in context.medications if m.code] == ["11289"]  # ours, by its version-less id
+    assert sorted(e.split(" references ")[0] for e in context.errors if e.startswith("medications")) == [
+        "medications: MedicationRequest/m5", "medications: MedicationRequest/m6"]  # another server's; not contained
+
 
 def test_a_drug_started_or_a_diagnosis_made_after_the_study_is_not_its_record() -> None:
     """A study analysed again later (or sent late) is read with the record of its time: before, an anticoagulant

@@ -148,6 +148,8 @@ def test_a_frame_without_msh_is_named_by_its_first_segment_only() -> None:
 def test_adt_and_order_content() -> None:
     demo = parse_demographics(parse(adt("A1")))
     assert (demo.birth_date.isoformat(), demo.sex) == ("1950-01-01", "F")
+    ipc_first = orm("O2").replace("ORC|NW|PL9|FL9\n", "IPC|ACC9|REQ1|1.2.3|1.2.3.4\nORC|NW|PL9|FL9\n")
+    assert [o.accession for o in parse_orders(parse(ipc_first))] == ["ACC9", "ACC123"]  # was an IndexError
     order, = parse_orders(parse(orm("O1")))
     assert (order.accession, order.placer_number, order.filler_number) == ("ACC123", "PL9", "FL9")
     assert order.reason_for_exam == "Fall from ladder, on warfarin"
