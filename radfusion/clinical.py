@@ -319,7 +319,8 @@ class ClinicalGatherer:
             provenance = Provenance("hl7", message.sending_facility, message.control_id, message.received_at)
             if value.kind == "lab" and value.value is None:
                 record.unreadable.append((value.name, value.observed_at))
-            elif value.kind == "lab":
+            elif value.kind == "lab":  # received after an unreadable result of its time: it corrects that one
+                record.unreadable = [u for u in record.unreadable if u != (value.name, value.observed_at)]
                 record.labs.append(LabValue(value.name, value.code, value.value, value.unit, value.observed_at,
                                             provenance, flags=value.flags))
             elif value.kind == "coded":

@@ -139,6 +139,9 @@ def test_a_newest_result_that_cannot_be_read_makes_the_analyte_missing(stored) -
         context_now.errors)
     send(_status(oru("R3", inr="3.4"), "C"))  # the lab corrects it: its order's unreadable result is replaced
     assert context().labs["inr"].value == 3.4 and not any("could not be read" in e for e in context().errors)
+    send(oru("R4", inr="high"))
+    send(_status(oru("R5", inr="3.6"), "C").replace("|PL1|FL1|", "|PLX|FLX|"))  # corrected under another order
+    assert context().labs["inr"].value == 3.6
 
 
 def test_a_result_posted_to_the_wrong_patient_is_taken_back(stored) -> None:  # noqa: ANN001
