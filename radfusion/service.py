@@ -89,7 +89,8 @@ class Service:
             inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge,
                              store.on_rejected)
             self.hl7 = MllpServer(settings.hl7.bind_address, settings.hl7.port, inbox.handle,
-                                  tls_context=_server_tls("hl7", settings.hl7.tls))
+                                  tls_context=_server_tls("hl7", settings.hl7.tls),
+                                  max_message_bytes=settings.hl7.max_message_bytes)
         self.port: int | None = None
         self.hl7_port: int | None = None
 

@@ -354,6 +354,7 @@ class Hl7Settings(Strict):
     port: int = Field(2575, ge=0, le=65535)
     sending_application: str = "RADFUSION"
     sending_facility: str = ""
+    max_message_bytes: int = Field(1 << 20, ge=1024)  # larger: refused (AR); an ORU with a report PDF needs more
     tls: TlsSettings = TlsSettings()
 
 

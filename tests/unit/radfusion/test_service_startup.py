@@ -61,3 +61,30 @@ def test_key_material_the_service_cannot_load_is_named_by_its_key(tmp_path: Path
     with pytest.raises(ConfigError, match=r"dicom\.tls: cert_file '.*cert\.pem' / key_file '.*key\.pem' cannot be "
                                           r"loaded by this process"):
         Service(settings)
+
+
+def test_the_hl7_message_size_limit_is_a_setting(tmp_path: Path) -> None:
+    """It was fixed at 1 MiB in code: an ORU carrying a report PDF was refused, with its INR, and nothing could
+    change that."""
+    from hl7_fhir.mllp import MllpClient, MllpNegativeAck
+    from tests.unit.hl7_fhir.messages import oru
+
+    message = oru("BIG1").replace("\n", "\r") + "NTE|1||" + "x" * 3000 + "\r"
+    for limit, accepted in ((2048, False), (1 << 20, True)):
+        service = Service(load_settings(storage_path=tmp_path / f"data{limit}", dicom={"bind_address": "127.0.0.1",
+                                                                                       "port": 0},
+                                        hl7={"listen": True, "bind_address": "127.0.0.1", "port": 0,
+                                             "max_message_bytes": limit}))
+        try:
+            service.start()
+            client = MllpClient("127.0.0.1", service.hl7_port, timeout_s=10)
+            try:
+                if accepted:
+                    assert "MSA|AA|BIG1" in client.send(message)
+                else:
+                    with pytest.raises(MllpNegativeAck, match="exceeds the 2048-byte limit"):
+                        client.send(message)
+            finally:
+                client.close()
+        finally:
+            service.stop()
