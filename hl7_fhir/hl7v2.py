@@ -323,7 +323,11 @@ def parse_merges(parsed: ParsedMessage) -> list[Merge]:
             if not prior or not surviving:
                 raise Hl7MessageError(f"merge message {parsed.header.control_id} needs MRG-1 and PID-3 in each "
                                       f"PID/MRG pair", "AE", ERR_REQUIRED_FIELD)
-            merges.append(Merge(prior, surviving, *_birth_date_and_sex(parsed, pid)))
+            try:
+                born, sex = _birth_date_and_sex(parsed, pid)
+            except Hl7MessageError:  # the merge is what matters: a birth date that cannot be read is left out
+                born, sex = None, _first(parsed, pid, 8).upper() or None
+            merges.append(Merge(prior, surviving, born, sex))
     if not merges:
         raise Hl7MessageError(f"merge message {parsed.header.control_id} has no MRG segment", "AE",
                               ERR_SEGMENT_SEQUENCE)
@@ -367,6 +371,7 @@ def parse_orders(parsed: ParsedMessage) -> list[Order]:
 
 def _order(parsed: ParsedMessage, identifiers: list[PatientIdentifier], orc: Segment | None, obr: Segment | None,
            ipc: Segment | None) -> Order:
+    """One order of ``parse_orders`` from its segments (any may be missing)."""
     reasons = [rep[1] if len(rep) > 1 and rep[1] else rep[0] for rep in
                (_field(parsed, obr, 31) if obr is not None else [])]
     return Order(

@@ -29,8 +29,8 @@ from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSet
 
 log = logging.getLogger(__name__)
 ENDED_ORDER_CONTROLS = frozenset({"CA", "CR", "DC", "DR", "OC", "OD"})  # ORC-1: cancelled or discontinued
-UNADDRESSED_ORDER_WINDOW = timedelta(days=2)
-DEMOGRAPHIC_KINDS = frozenset({"birth_date", "sex"})  # an order without accession is for a study of the next day or two
+UNADDRESSED_ORDER_WINDOW = timedelta(days=2)  # an order without accession is for a study of the next day or two
+DEMOGRAPHIC_KINDS = frozenset({"birth_date", "sex"})
 
 
 def fhir_client(server: FhirServerSettings) -> FhirClient:

@@ -256,6 +256,9 @@ def test_a_merge_keeps_the_surviving_record_s_birth_date_and_sex(stored) -> None
     ack = send("MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120113000||ADT^A40^ADT_A39|MG2|P|2.5.1\n"
                "EVN|A40|20261120113000\nPID|1||12345^^^HOSP^MR||Doe^Jane||19500102|F\nMRG|TRAUMA9^^^HOSP^MR\n")
     assert "MSA|AA|MG2" in ack
+    garbled = send("MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120113000||ADT^A40^ADT_A39|MG4|P|2.5.1\n"
+                   "EVN|A40|20261120113000\nPID|1||12345^^^HOSP^MR||Doe^Jane||1950-01-0x|F\nMRG|NOBODY^^^HOSP^MR\n")
+    assert "MSA|AA|MG4" in garbled  # a birth date that cannot be read does not stop the merge
     merged = context()
     assert merged.sex == "female" and merged.age_years == pytest.approx(76.9, abs=0.1)  # the A40's 1950-01-02
 
