@@ -247,19 +247,24 @@ def test_a_store_holds_about_one_instance_in_memory(start_scp, tmp_path: Path) -
     assert peak < 1.6 * size, f"peak {peak / size:.2f}x the instance"
 
 
-@pytest.mark.parametrize("sop_class", [CTImageStorage, DigitalMammographyXRayImageStorageForPresentation])
-def test_an_image_without_pixel_data_is_refused_and_quarantined(start_scp, sop_class: str) -> None:
-    """Pixel Data is Type 1 in every image IOD; such an image was acknowledged and then failed its series' job."""
-    node = start_scp()
+def _sent_without_pixel_data(port: int, sop_class: str) -> int:
+    """The status of a CT-like dataset of ``sop_class`` without Pixel Data."""
     ds = ct_dataset()
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
     del ds.PixelData
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADFUSION")
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADFUSION")
     status = assoc.send_c_store(ds).Status
     assoc.release()
-    assert status == StoreStatus.SOP_CLASS_MISMATCH == 0xA900
+    return status
+
+
+@pytest.mark.parametrize("sop_class", [CTImageStorage, DigitalMammographyXRayImageStorageForPresentation])
+def test_an_image_without_pixel_data_is_refused_and_quarantined(start_scp, sop_class: str) -> None:
+    """Pixel Data is Type 1 in every image IOD; such an image was acknowledged and then failed its series' job."""
+    node = start_scp()
+    assert _sent_without_pixel_data(node.port, sop_class) == StoreStatus.SOP_CLASS_MISMATCH == 0xA900
     assert node.sink.stored == [] and spool_files(node.spool.root, "instances") == []
     (_, reason, quarantined, _), = node.sink.rejected
     assert "has no pixel data" in reason and quarantined is not None and quarantined.is_file()
@@ -268,14 +273,7 @@ def test_an_image_without_pixel_data_is_refused_and_quarantined(start_scp, sop_c
 
 def test_a_non_image_object_without_pixel_data_is_stored(start_scp) -> None:
     node = start_scp()
-    ds = ct_dataset()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
-    del ds.PixelData
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(BasicTextSRStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADFUSION")
-    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
-    assoc.release()
+    assert _sent_without_pixel_data(node.port, BasicTextSRStorage) == StoreStatus.SUCCESS
     assert [s.sop_class_uid for s in node.sink.stored] == [BasicTextSRStorage]
 
 
