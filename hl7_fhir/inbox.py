@@ -109,6 +109,15 @@ class Hl7Inbox:
         self.on_order(header, orders)
         return f"stored {len(orders)} order(s)"
 
+    def refused(self, text: str, code: str, reason: str) -> None:
+        """A message the MLLP layer refused before it could be handled (``MllpServer.on_refused``): recorded like
+        any rejection, under its header when the start of it can be read."""
+        try:
+            header: Header | None = read_header(text)
+        except Hl7MessageError:
+            header = None
+        self._rejected(header, code, reason)
+
     def _rejected(self, header: Header | None, code: str, reason: str) -> None:
         """Tell ``on_rejected``; its own failure (the database down) must not cost the sender its ACK."""
         try:

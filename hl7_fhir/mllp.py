@@ -148,18 +148,22 @@ class MllpServer:
     """Threaded MLLP listener: one thread per connection, many messages per connection.
 
     ``handler`` turns one message's text into the reply; it should not raise, but if it
-    does the sender gets an AE naming the error and the connection carries on.
+    does the sender gets an AE naming the error and the connection carries on. ``on_refused(text, code, reason)``
+    hears of each message refused before it reaches the handler (over the size limit, not in its charset): the
+    start of its text as far as it could be decoded, the ACK code and why.
     """
 
     def __init__(self, host: str, port: int, handler: Callable[[str], MllpReply], *,
                  tls_context: ssl.SSLContext | None = None, max_message_bytes: int = 1 << 20,
-                 idle_timeout_s: float = 300.0, encoding: str = "utf-8"):
+                 idle_timeout_s: float = 300.0, encoding: str = "utf-8",
+                 on_refused: Callable[[str, str, str], None] = lambda text, code, reason: None):
         if max_message_bytes < 1024:
             raise MllpError(f"max_message_bytes must be >= 1024, got {max_message_bytes}")
         if idle_timeout_s <= 0:
             raise MllpError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
         self._address = (host, port)
         self._handler = handler
+        self._on_refused = on_refused
         self._tls = tls_context
         self._max = max_message_bytes
         self._idle = idle_timeout_s
@@ -251,20 +255,28 @@ class MllpServer:
         if unit.kind == "oversize":
             head = unit.payload.decode(self._encoding, errors="replace")
             log.warning("MLLP from %s: message %s over %d bytes rejected", peer[0], _control_id(head), self._max)
-            return error_ack(head, "AR", f"message exceeds the {self._max}-byte limit", ERR_DATA_TYPE)
+            return self._refused(head, f"message exceeds the {self._max}-byte limit")
         encoding = message_encoding(unit.payload, self._encoding)
         try:
             text = unit.payload.decode(encoding)
         except UnicodeDecodeError as exc:
             head = unit.payload.decode(encoding, errors="replace")
             log.warning("MLLP from %s: message %s is not %s: %s", peer[0], _control_id(head), encoding, exc)
-            return error_ack(head, "AR", f"message is not valid {encoding}: {exc.reason} at byte "
-                             f"{exc.start}", ERR_DATA_TYPE)
+            return self._refused(head, f"message is not valid {encoding}: {exc.reason} at byte {exc.start}")
         try:
             return self._handler(text).ack
         except Exception as exc:  # a handler must never take the connection down
             log.exception("MLLP handler failed on message %s", _control_id(text))
             return error_ack(text, "AE", f"{type(exc).__name__}: {exc}", ERR_APPLICATION_INTERNAL)
+
+    def _refused(self, head: str, reason: str) -> str | None:
+        """The AR for a message refused before the handler, after telling ``on_refused`` (whose failure must not
+        cost the sender its ACK)."""
+        try:
+            self._on_refused(head, "AR", reason)
+        except Exception:  # noqa: BLE001 - logged; the ACK still goes out
+            log.exception("recording a refused HL7 message failed")
+        return error_ack(head, "AR", reason, ERR_DATA_TYPE)
 
 
 class MllpClient:

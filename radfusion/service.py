@@ -90,7 +90,7 @@ class Service:
                              store.on_rejected)
             self.hl7 = MllpServer(settings.hl7.bind_address, settings.hl7.port, inbox.handle,
                                   tls_context=_server_tls("hl7", settings.hl7.tls),
-                                  max_message_bytes=settings.hl7.max_message_bytes)
+                                  max_message_bytes=settings.hl7.max_message_bytes, on_refused=inbox.refused)
         self.port: int | None = None
         self.hl7_port: int | None = None
 

@@ -66,7 +66,10 @@ def test_key_material_the_service_cannot_load_is_named_by_its_key(tmp_path: Path
 def test_the_hl7_message_size_limit_is_a_setting(tmp_path: Path) -> None:
     """It was fixed at 1 MiB in code: an ORU carrying a report PDF was refused, with its INR, and nothing could
     change that."""
+    from sqlalchemy import select
+
     from hl7_fhir.mllp import MllpClient, MllpNegativeAck
+    from radfusion.models import AuditEvent
     from tests.unit.hl7_fhir.messages import oru
 
     message = oru("BIG1").replace("\n", "\r") + "NTE|1||" + "x" * 3000 + "\r"
@@ -84,6 +87,9 @@ def test_the_hl7_message_size_limit_is_a_setting(tmp_path: Path) -> None:
                 else:
                     with pytest.raises(MllpNegativeAck, match="exceeds the 2048-byte limit"):
                         client.send(message)
+                    with service.db.session() as session:  # audited, as a refusal by the inbox is
+                        audit = session.scalars(select(AuditEvent).where(AuditEvent.kind == "hl7_rejected")).one()
+                    assert (audit.subject, audit.detail) == ("LAB^HOSP BIG1", "AR: message exceeds the 2048-byte limit")
             finally:
                 client.close()
         finally:
