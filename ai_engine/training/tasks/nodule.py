@@ -230,7 +230,7 @@ def build_patch_set(sources: Sequence[CaseSource], workers: int = 2) -> tuple[Pa
     recall = [hit for _, info in parts for hit in info["recall"]]
     stats = {"candidate_recall": float(np.mean(recall)) if recall else float("nan"),
              "candidates_per_scan": float(np.mean([info["candidates"] for _, info in parts])),
-             "nodules": float(len(recall))}
+             "nodules": len(recall)}
     return data, stats
 
 

@@ -263,6 +263,7 @@ def test_training_on_the_dataset_writes_a_bundle_that_says_so(built: Built, tmp_
     assert recorded["source"] == "dataset" and recorded["path"] == str(built.root.resolve())
     assert "generator" not in recorded and "synthetic" not in bundle.metadata["intended_use"].lower()
     assert (recorded["cases"], recorded["nodules"], recorded["nodules_with_malignancy"]) == (3, 6, 5)
+    assert isinstance(recorded["nodules"], int) and recorded["patients"] == 3  # a count (was 6.0)
     assert (recorded["dicom_series"], recorded["metaimage_series"]) == (1, 2)
     assert recorded["split_cases"] == {"A": 1, "V": 1, "C": 1}
     fusion = bundle.metadata["training"]["fusion"]
