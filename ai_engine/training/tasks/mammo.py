@@ -801,23 +801,24 @@ def evaluate(*, bundle: str | Path | None = None, cohort_size: int | None = None
         held_out = {"cases": len(rows), "positives": int(labels.sum()), "seed": held_seed,
                     "acquisition": HELDOUT_ACQUISITION.__dict__}
     held_out = {**held_out, "refused_exams": refused}
-    result = _report(rows, FusionData.join(tables), heads, resolved.root, out, held_seed, held_out)
+    result = _report(rows, FusionData.join(tables), heads, resolved, out, held_seed, held_out)
     if out_dir is None:
         _record_in_bundle(resolved, result, len(rows))
     return result
 
 
-def _report(rows: list[dict[str, Any]], table: FusionData, heads: dict[str, FusionHead], root: Path, out: Path,
+def _report(rows: list[dict[str, Any]], table: FusionData, heads: dict[str, FusionHead], bundle: Bundle, out: Path,
             held_seed: int, held_out: dict[str, Any]) -> dict[str, Any]:
-    """Metrics, plots, metrics.json (``held_out`` says where the exams came from) and the per-exam
+    """Metrics, plots, metrics.json (which bundle; ``held_out`` says where the exams came from) and the per-exam
     cases.json of a held-out run."""
     labels = np.array([r["label"] for r in rows])
     deep = np.array([r["deep"] for r in rows])
     base = np.array([r["baseline"] for r in rows])
-    inference = json.loads((root / "configs" / "inference.json").read_text())
+    inference = json.loads((bundle.root / "configs" / "inference.json").read_text())
     threshold = float(inference["positive_threshold"])
     weights = head_outputs(heads["dynamic"], table)[1]
     result = {
+        "bundle": {"name": bundle.name, "version": bundle.version, "device_uid": bundle.device_uid},
         "held_out": held_out,
         "deep": {"auc": metrics.roc_auc(labels, deep),
                  "at_positive_threshold": metrics.operating_point(labels, deep, threshold).__dict__,

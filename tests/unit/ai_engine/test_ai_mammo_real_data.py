@@ -406,7 +406,10 @@ def test_the_deployed_bundle_is_evaluated_on_the_test_tables_through_the_cli(dat
                      "--pixel-spacing-mm", str(SPACING)]) == 0
     assert {p: p.read_bytes() for p in sorted(deployed.rglob("*")) if p.is_file()} == before
 
-    held_out = json.loads((out / "metrics.json").read_text())["held_out"]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["bundle"] == {"name": "mammo_fusion", "version": resolve_bundle(None, "mammo_fusion").version,
+                                 "device_uid": resolve_bundle(None, "mammo_fusion").device_uid}  # which model scored
+    held_out = written["held_out"]
     assert held_out["source"] == "dataset" and held_out["path"] == str(root.resolve())
     assert (held_out["exams"], held_out["malignant_exams"]) == (4, 2)
     assert held_out["views"] == sum(len(t.identities) for t in test_split.values())
