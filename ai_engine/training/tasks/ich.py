@@ -333,6 +333,9 @@ def train(*, out_dir: Path | None, epochs: int | None, cohort_size: int | None, 
     started = time.monotonic()
     patients = None
     if data_dir is not None:
+        if cohort_size is not None:  # it was ignored silently
+            raise AiEngineError("ich cohort_size sizes the synthetic cohort; with data_dir every case of the dataset "
+                                "is used")
         rows = ich_cases.read_table(data_dir)
         data = build_arrays(ich_cases.load_cases(data_dir, rows), total=len(rows))
         size = len(rows)  # every case of a dataset goes to the splits

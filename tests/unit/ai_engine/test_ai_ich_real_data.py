@@ -120,11 +120,13 @@ def test_training_on_the_dataset_writes_a_bundle_that_names_it(dataset: Path, tm
 
 
 def test_every_dataset_case_goes_to_the_training_splits(dataset: Path, tmp_path: Path) -> None:
-    """A dataset is split whole, whatever the synthetic cohort size; no case is set aside for the fusion heads
-    only (that is for the synthetic cohort's further patients)."""
+    """A dataset is split whole; no case is set aside for the fusion heads only (that is for the synthetic cohort's
+    further patients), and a synthetic cohort size is refused rather than ignored."""
     from ai_engine.training.tasks import ich
 
-    root = ich.train(out_dir=tmp_path / "bundle", epochs=None, cohort_size=12, seed=0, quick=True, data_dir=dataset)
+    with pytest.raises(AiEngineError, match="cohort_size sizes the synthetic cohort"):
+        ich.train(out_dir=tmp_path / "other", epochs=None, cohort_size=12, seed=0, quick=True, data_dir=dataset)
+    root = ich.train(out_dir=tmp_path / "bundle", epochs=None, cohort_size=None, seed=0, quick=True, data_dir=dataset)
     splits = json.loads((root / "configs" / "metadata.json").read_text())["training_data"]["splits"]
     assert sum(splits[name] for name in ich.SPLITS) == 20
     assert splits[ich.FUSION_EXTRA_SPLIT] == 0
