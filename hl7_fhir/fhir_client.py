@@ -187,8 +187,13 @@ class FhirClient:
         return parse_resource(self._request("GET", f"{self.base_url}/{resource_type}/{resource_id}"))
 
     def find_patient(self, identifier_system: str, value: str) -> FHIRAbstractModel | None:
-        """The one Patient with identifier ``system|value``; None if none; FhirError if several."""
+        """The one Patient with identifier ``system|value``; None if none; FhirError if several. A record the EMR
+        has retired (``active`` false, or linked as ``replaced-by`` another after a merge) is not a candidate when
+        an active one shares the identifier."""
         matches = self.search("Patient", {"identifier": f"{identifier_system}|{value}"})
+        current = [p for p in matches if p.active is not False
+                   and not any(link.type == "replaced-by" for link in p.link or [])]
+        matches = current or matches
         if len(matches) > 1:
             raise FhirError(f"{len(matches)} Patients share identifier system {identifier_system}; "
                             f"refusing to guess which one is the study's patient")

@@ -143,3 +143,22 @@ def test_identity_checks_see_every_match_even_one_that_is_not_valid_r4() -> None
     with pytest.raises(FhirError, match="Patient/p2 is not valid R4"):
         fhir.find_patient("urn:oid:1.2.3", "12345")
     assert [p.id for p in fhir.search("Patient", {}, lenient=True)] == ["p1"]
+
+
+def test_a_retired_record_sharing_the_identifier_does_not_hide_the_patient() -> None:
+    """After an EMR merge the old record stays, inactive and linked 'replaced-by': two Patients shared the
+    identifier, and the whole record was unavailable."""
+    survivor = {"resourceType": "Patient", "id": "p1", "active": True}
+    retired = {"resourceType": "Patient", "id": "p2", "active": False,
+               "link": [{"other": {"reference": "Patient/p1"}, "type": "replaced-by"}]}
+    linked_only = {"resourceType": "Patient", "id": "p3",
+                   "link": [{"other": {"reference": "Patient/p1"}, "type": "replaced-by"}]}
+    for others in ([retired], [linked_only], [retired, linked_only]):
+        body = {"resourceType": "Bundle", "type": "searchset",
+                "entry": [{"resource": r} for r in (*others, survivor)]}
+        assert client(lambda request, body=body: httpx.Response(200, json=body)).find_patient(
+            "urn:oid:1.2.3", "12345").id == "p1"
+    twins = {"resourceType": "Bundle", "type": "searchset",
+             "entry": [{"resource": survivor}, {"resource": {**survivor, "id": "p4"}}]}
+    with pytest.raises(FhirError, match="2 Patients share identifier"):  # two active records: still no guess
+        client(lambda request: httpx.Response(200, json=twins)).find_patient("urn:oid:1.2.3", "12345")
