@@ -98,6 +98,11 @@ def _codings(concept: Any) -> list[tuple[str, str, str]]:
     return [(c.system or "", c.code or "", c.display or "") for c in (concept.coding or [])]
 
 
+def _effective_time_or_oldest(obs: Any) -> datetime:
+    """When an Observation was made, for ordering (one without a time sorts as the oldest)."""
+    return _as_datetime(obs.effectiveDateTime) or datetime.min.replace(tzinfo=timezone.utc)
+
+
 def _coded_item(concept: Any, category: str, recorded: object, provenance: Provenance) -> CodedItem:
     codings = _codings(concept)
     system, code, display = codings[0] if codings else ("", "", "")
@@ -132,9 +137,11 @@ class _FhirGatherer:
         problems: list[str] = []
         for analyte in self.query.analytes:
             codes = [f"{LOINC_SYSTEM}|{c}" for c in [*loinc_codes(analyte), *panel_codes(analyte)]]
-            for obs in self.client.iter_search("Observation", {
-                    "subject": self.subject, "code": ",".join(codes), "date": self.query.window,
-                    "_sort": "-date", "_count": str(LAB_PAGE)}, lenient=True, max_pages=1):
+            page = list(self.client.iter_search("Observation", {
+                "subject": self.subject, "code": ",".join(codes), "date": self.query.window,
+                "_sort": "-date", "_count": str(LAB_PAGE)}, lenient=True, max_pages=1))
+            newest_first = sorted(page, key=_effective_time_or_oldest, reverse=True)  # a server may ignore _sort
+            for obs in newest_first:
                 if obs.status in VOID_STATUSES:
                     continue
                 when = _as_datetime(obs.effectiveDateTime)

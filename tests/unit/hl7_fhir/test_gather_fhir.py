@@ -110,6 +110,14 @@ def test_an_unreadable_newest_result_makes_the_analyte_missing_not_an_older_one_
     assert any(e.startswith("platelets: the newest result (Observation/plt-new)") for e in context.errors)
 
 
+def test_a_server_that_ignores_the_sort_still_gives_the_newest_result() -> None:
+    """The first readable result of the page was taken: on a server that ignores _sort, an old INR."""
+    page = [_observation("old", "6301-6", 1.0, "{INR}", 24 * 20), _observation("new", "6301-6", 3.2, "{INR}", 3),
+            _observation("mid", "6301-6", 2.0, "{INR}", 24 * 2)]
+    context = gather_from_fhir(_server({"Observation": lambda r: _bundle(page)}, []), _query("inr"))
+    assert context.labs["inr"].value == 3.2
+
+
 def test_an_order_not_to_give_warfarin_a_flush_and_a_refuted_cancer_are_not_the_patient_s() -> None:
     warfarin = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
                 "doNotPerform": True, "subject": {"reference": "Patient/p1"},
