@@ -478,6 +478,8 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str,
         observed = parse_ts(_first(parsed, obx, 14) or order_time, zone) or sent
     except ValueError as exc:  # this OBX's time (or its order's) only: the rest of the message is kept
         report.unusable.append(f"{where}: time: {exc}")
+        if name not in CODED_ANALYTES and sent is not None:  # a result sent then: an older one is not current
+            report.unreadable.append(ResultRef(name, order_number, sent))
         return
     status = _first(parsed, obx, 11).upper()
     if status in RETRACTED:

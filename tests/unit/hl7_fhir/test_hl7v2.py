@@ -52,6 +52,8 @@ def test_an_obx_that_cannot_be_read_is_left_out_and_the_rest_is_kept() -> None:
     assert "unit 'furlongs'" in report.unusable[0] and report.coded  # the smoking status is still read
     late = parse_labs(parse(oru("C3").replace("|F|||20261120100000", "|F|||2026112010000")))  # OBX 1's time cut
     assert [v.name for v in late.values] == ["inr"] and late.unusable[0].startswith("OBX 1 (777-3): time: HL7")
+    assert [(r.analyte, r.observed_at) for r in late.unreadable] == [  # as of the message: older ones not current
+        ("platelets", datetime(2026, 11, 20, 10, 30).astimezone())]
 
 
 @pytest.mark.parametrize(("value_type", "value", "expected"), [
