@@ -9,7 +9,7 @@ error code (table 0357) that the ACK's ERR segment should carry.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
@@ -529,11 +529,14 @@ def ack_wanted(header: Header, code: str) -> str | None:
 
 
 def build_ack(header: Header, code: str, text: str, *, hl7_error: str = ERR_APPLICATION_INTERNAL,
-              control_id: str | None = None, now: Callable[[], datetime] | None = None) -> str | None:
+              control_id: str | None = None, now: Callable[[], datetime] | None = None,
+              warnings: Sequence[str] = ()) -> str | None:
     """The ACK for a message with ``header`` (``code`` AA/AE/AR), or None when MSH-15/16 wants none.
 
-    MSA-2 echoes MSH-10; an AE/AR carries an ERR segment with ``hl7_error`` (table 0357) and
-    ``text``. A commit ACK uses CA/CE/CR instead.
+    MSA-2 echoes MSH-10 (MSA-3 is cut at its 80 characters); an AE/AR carries an ERR segment with ``hl7_error``
+    (table 0357) and the whole ``text``. Each of ``warnings`` (a part of the message that was left out, e.g. an
+    OBX whose value cannot be read) is an ERR of severity W, data type error, so the sender sees every one in
+    full. A commit ACK uses CA/CE/CR instead.
     """
     if code not in ("AA", "AE", "AR"):
         raise Hl7FhirError(f"ACK code must be AA, AE or AR, got {code!r}")
@@ -554,10 +557,10 @@ def build_ack(header: Header, code: str, text: str, *, hl7_error: str = ERR_APPL
                     header.sending_application, header.sending_facility, stamp, "",
                     f"ACK^{trigger}^ACK" if trigger else "ACK", ack_id, "P", version])
     segments = [msh, sep.join(["MSA", msa_code, header.control_id, esc(text[:80])])]
-    if code != "AA":
-        err_code = enc[0].join([hl7_error, ERR_TEXT.get(hl7_error, ""), "HL70357"])
-        severity = "E"
-        segments.append(sep.join(["ERR", "", "", err_code, severity, "", "", "", esc(text)]))
+    problems = ([(hl7_error, "E", text)] if code != "AA" else []) + [(ERR_DATA_TYPE, "W", w) for w in warnings]
+    for error, severity, message in problems:
+        err_code = enc[0].join([error, ERR_TEXT.get(error, ""), "HL70357"])
+        segments.append(sep.join(["ERR", "", "", err_code, severity, "", "", "", esc(message)]))
     return "\r".join(segments) + "\r"
 
 

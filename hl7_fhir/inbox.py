@@ -73,7 +73,7 @@ class Hl7Inbox:
                 log.info("HL7 %s %s from %s is a duplicate, ignored", header.message_type, header.control_id,
                          header.sender)
                 return self._ack(header, "AA", f"duplicate message control id {header.control_id}, ignored")
-            summary = self._store(parsed)
+            summary, warnings = self._store(parsed)
         except Hl7MessageError as exc:
             log.warning("HL7 %s %s from %s answered %s: %s", header.message_type, header.control_id,
                         header.sending_facility, exc.ack_code, exc)
@@ -84,10 +84,10 @@ class Hl7Inbox:
             self._rejected(header, "AE", f"storing failed: {type(exc).__name__}")
             return self._ack(header, "AE", f"storing failed: {type(exc).__name__}: {exc}", ERR_APPLICATION_INTERNAL)
         log.info("HL7 %s %s from %s: %s", header.message_type, header.control_id, header.sending_facility, summary)
-        return self._ack(header, "AA", summary)
+        return MllpReply(build_ack(header, "AA", summary, warnings=warnings))
 
-    def _store(self, parsed: ParsedMessage) -> str:
-        """Hand the message's content to its callback; returns the ACK text."""
+    def _store(self, parsed: ParsedMessage) -> tuple[str, list[str]]:
+        """Hand the message's content to its callback; returns the ACK text and what was left out of it."""
         header = parsed.header
         if header.message_type in LAB_TYPES:
             report = parse_labs(parsed, received_at=self.clock())
@@ -97,17 +97,18 @@ class Hl7Inbox:
             unusable = f"; not used: {'; '.join(report.unusable)}" if report.unusable else ""
             deleted = (f"; {len(report.deleted)} taken back, {removed} stored value{'s' * (removed != 1)} removed"
                        if report.deleted else "")
-            return f"stored {len(report.values) + len(report.coded)} values{deleted}{skipped}{unusable}"
+            stored = len(report.values) + len(report.coded)
+            return f"stored {stored} values{deleted}{skipped}{unusable}", report.unusable
         if header.message_type in ADT_TYPES:
             self.on_demographics(header, parse_demographics(parsed))
-            return "stored demographics"
+            return "stored demographics", []
         if header.message_type in MERGE_TYPES:
             merges = parse_merges(parsed)
             self.on_merge(header, merges)
-            return f"merged {len(merges)} patient record(s)"
+            return f"merged {len(merges)} patient record(s)", []
         orders = parse_orders(parsed)
         self.on_order(header, orders)
-        return f"stored {len(orders)} order(s)"
+        return f"stored {len(orders)} order(s)", []
 
     def refused(self, text: str, code: str, reason: str) -> None:
         """A message the MLLP layer refused before it could be handled (``MllpServer.on_refused``): recorded like

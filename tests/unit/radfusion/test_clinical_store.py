@@ -271,6 +271,8 @@ def test_a_lab_feed_gives_age_and_sex_too(stored) -> None:  # noqa: ANN001
     assert record.sex == "female" and record.age_years == pytest.approx(76.9, abs=0.1)
     ack = send(oru("DM2").replace("||19500101|F", "||1950-01-0x|F"))
     assert "MSA|AA|DM2|stored 3 values" in ack and "not used: PID" in ack  # the labs are still kept
+    # MSA-3 stops at 80 characters; each part left out is an ERR warning in full
+    assert "\rERR|||102^Data type error^HL70357|W||||PID: message DM2 PID-7 birth date: HL7 timestamp" in ack
 
 
 @pytest.mark.parametrize("event", ["A28", "A31", "A03"])
