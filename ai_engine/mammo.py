@@ -104,8 +104,8 @@ def load_view(path: Path, *, identity: tuple[str, str] | None = None,
     Serving reads laterality, view and spacing from the header. A dataset whose headers lack them
     (scanned film, e.g. CBIS-DDSM) passes ``identity`` = (laterality, view) from its annotations,
     which then replaces the header's, and ``fallback_spacing_mm``, used only when the header has
-    neither PixelSpacing nor ImagerPixelSpacing. An annotation whose laterality contradicts the header's is
-    refused: one of the two is wrong, and a mirrored label would be learnt silently.
+    neither PixelSpacing nor ImagerPixelSpacing. An annotation whose laterality or view contradicts the header's
+    is refused: one of the two is wrong, and a mirrored or mismatched label would be learnt silently.
     """
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds:
@@ -120,10 +120,11 @@ def load_view(path: Path, *, identity: tuple[str, str] | None = None,
         array = array.max() - array
     spacing = _spacing(ds, path, fallback_spacing_mm)
     laterality, view = identity if identity is not None else (_laterality(ds, path), _view(ds, path))
-    header = _header_laterality(ds)
-    if header is not None and header != laterality:
-        raise VolumeError(f"{path}: its annotation says laterality {laterality} but its header says {header}; "
-                          "correct the one that is wrong")
+    for what, annotated, header in (("laterality", laterality, _header_laterality(ds)),
+                                    ("view", view, _header_view(ds))):
+        if header is not None and header != annotated:
+            raise VolumeError(f"{path}: its annotation says {what} {annotated} but its header says {header}; "
+                              "correct the one that is wrong")
     return MammoView(array=array, pixel_spacing_mm=spacing, laterality=laterality,
                      view=view, sop_instance_uid=str(ds.SOPInstanceUID), path=path,
                      series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))

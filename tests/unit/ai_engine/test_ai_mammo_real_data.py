@@ -212,7 +212,7 @@ def test_laterality_view_and_spacing_come_from_the_tables_and_the_caller(dataset
     assert default.views[0].pixel_spacing_mm == (0.05, 0.05)
 
 
-def test_an_annotation_that_contradicts_the_header_s_laterality_is_refused(dataset: tuple, tmp_path: Path) -> None:
+def test_an_annotation_that_contradicts_the_header_s_laterality_or_view_is_refused(dataset: tuple, tmp_path: Path) -> None:
     """A hospital export keeps Image Laterality; a table row edited to the other breast silently won before (the
     label then lay on the mirror image of the lesion's breast)."""
     _, truths, _, _ = dataset
@@ -225,6 +225,11 @@ def test_an_annotation_that_contradicts_the_header_s_laterality_is_refused(datas
     other = "R" if laterality == "L" else "L"
     with pytest.raises(AiEngineError, match=f"annotation says laterality {other} but its header says {laterality}"):
         load_view(tmp_path / "view.dcm", identity=(other, view), fallback_spacing_mm=SPACING)
+    ds.ViewPosition = view
+    ds.save_as(tmp_path / "view.dcm")
+    swapped = "MLO" if view == "CC" else "CC"
+    with pytest.raises(AiEngineError, match=f"annotation says view {swapped} but its header says {view}"):
+        load_view(tmp_path / "view.dcm", identity=(laterality, swapped), fallback_spacing_mm=SPACING)
 
 
 def test_labels_density_and_benign_centres_follow_the_tables(dataset: tuple, loaded: dict) -> None:
