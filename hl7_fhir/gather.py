@@ -99,8 +99,15 @@ def _codings(concept: Any) -> list[tuple[str, str, str]]:
 
 
 def _effective_time_or_oldest(obs: Any) -> datetime:
-    """When an Observation was made, for ordering (one without a time sorts as the oldest)."""
-    return _as_datetime(obs.effectiveDateTime) or datetime.min.replace(tzinfo=timezone.utc)
+    """When an Observation was made, for ordering: its time, the end or start of its period, its instant, else when
+    it was issued (one without any sorts as the oldest)."""
+    period = obs.effectivePeriod
+    for value in (obs.effectiveDateTime, period.end if period else None, period.start if period else None,
+                  obs.effectiveInstant, obs.issued):
+        when = _as_datetime(value)
+        if when is not None:
+            return when
+    return datetime.min.replace(tzinfo=timezone.utc)
 
 
 def _coded_item(concept: Any, category: str, recorded: object, provenance: Provenance) -> CodedItem:
@@ -247,7 +254,7 @@ class _FhirGatherer:
             if contained is None:
                 problems.append(f"{where} references a contained Medication it does not contain")
             return getattr(contained, "code", None)
-        relative = reference.removeprefix(self.client.base_url.rstrip("/") + "/").split("/_history/")[0]
+        relative = reference.removeprefix(self.client.base_url.rstrip("/") + "/").split("/_history/")[0].rstrip("/")
         kind, _, ident = relative.partition("/")
         if kind != "Medication" or not ident or "/" in ident:  # another server's, or not a Medication
             problems.append(f"{where} references a Medication that is not on this server: {reference!r}")

@@ -16,7 +16,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Delete, and_, delete, or_, select
+from sqlalchemy import ColumnElement, Delete, and_, delete, exists, or_, select
+from sqlalchemy.orm import Session
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
@@ -30,6 +31,7 @@ from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSet
 log = logging.getLogger(__name__)
 ENDED_ORDER_CONTROLS = frozenset({"CA", "CR", "DC", "DR", "OC", "OD"})  # ORC-1: cancelled or discontinued
 UNADDRESSED_ORDER_WINDOW = timedelta(days=2)  # an order without accession is for a study of the next day or two
+SAME_DRAW = timedelta(hours=12)  # results of one order number further apart are draws of a lab that reuses numbers
 DEMOGRAPHIC_KINDS = frozenset({"birth_date", "sex"})
 
 
@@ -68,26 +70,38 @@ class Hl7Store:
     def on_labs(self, header: Header, report: LabReport) -> int:
         """Store the values; return how many stored values the report's retractions removed.
 
-        A retraction (``report.deleted``) removes the stored values of its analyte in its order from the same
-        sender (filler numbers are the filler's own), at its time when the OBX gives one (two results of one order
-        are told apart by it; a lab that reuses a number keeps each draw), and values stored without an order
-        (before migration 0004) at its time. A value of an order replaces those stored for its analyte, order and
-        time before (a final result its preliminary one, a correction the result it corrects). A result that could
-        not be read is stored without a value: as the newest, it makes its analyte missing.
+        A result names its order (filler numbers are the filler's own, so: order and sender) and a time. A value
+        of an order replaces what is stored for its analyte and order within ``SAME_DRAW`` of its time (a final
+        result its preliminary one, a correction the result it corrects, even where one took its time from OBR-7
+        or MSH-7; a lab that reuses an order number a day later keeps the earlier draw). A retraction
+        (``report.deleted``) removes what is stored for its analyte and order at its own time when its OBX gives
+        one and something is stored then (one of two results of an order), else within ``SAME_DRAW``; and values
+        stored without an order (before migration 0004) at its time. A result that could not be read is stored
+        without a value: as the newest, it makes its analyte missing. Demographics in an ORU fill in only what no
+        message has given for the patient yet (ADT's are the registration's).
         """
         rows = [dict(kind="lab", name=v.name, code=v.code, value=v.value, unit=v.unit, flags=v.flags,
                      observed_at=v.observed_at, order_number=v.provenance.order) for v in report.values]
         rows += [dict(kind="lab", name=r.analyte, value=None, observed_at=r.observed_at, order_number=r.order)
                  for r in report.unreadable]
-        rows += _demographic_rows(report.birth_date, report.sex)
         rows += [dict(kind="coded", name=c.category, code=c.code, system=c.system, text=c.display,
                       observed_at=c.recorded_at, order_number=c.provenance.order) for c in report.coded]
-        replaced = [ResultRef(row["name"], row["order_number"], row["observed_at"], timed=True)
-                    for row in rows if row.get("order_number")]
-        removals = [_stored(header, identifier, ref) for identifier in report.identifiers for ref in report.deleted]
-        replacements = [_stored(header, identifier, ref) for identifier in report.identifiers for ref in replaced]
+        replaced = [ResultRef(row["name"], row["order_number"], row["observed_at"]) for row in rows
+                    if row["order_number"]]
+        rows += [row for row in _demographic_rows(report.birth_date, report.sex)
+                 if row["kind"] not in self._demographics_known(report.identifiers)]
+        removals = [_retraction(header, identifier, ref) for identifier in report.identifiers
+                    for ref in report.deleted]
+        replacements = [[_stored(header, identifier, ref, exact=False)] for identifier in report.identifiers
+                        for ref in replaced]
         counted = len(report.deleted)  # the first identifier's: each value is stored once per form of the identifier
         return self._store(header, report.identifiers, rows, replacements + removals[counted:], removals[:counted])
+
+    def _demographics_known(self, identifiers: list[PatientIdentifier]) -> set[str]:
+        """The demographic kinds some message has stored for one of ``identifiers``."""
+        with self._db.session() as session:
+            return set(session.scalars(select(ClinicalValue.kind).where(
+                ClinicalValue.kind.in_(DEMOGRAPHIC_KINDS), _one_of(identifiers))))
 
     def on_rejected(self, header: Header | None, ack_code: str, reason: str) -> None:
         """Audit a message answered AE or AR (the reason names fields and rules, no patient data)."""
@@ -113,9 +127,7 @@ class Hl7Store:
                 first, *others = merge.surviving
                 given = {row["kind"] for row in _demographic_rows(merge.birth_date, merge.sex)}
                 kept = given | set(session.scalars(select(ClinicalValue.kind).where(
-                    ClinicalValue.kind.in_(DEMOGRAPHIC_KINDS), or_(*(and_(
-                        ClinicalValue.patient_id == survivor.value, ClinicalValue.patient_authority == survivor.authority)
-                        for survivor in merge.surviving)))))
+                    ClinicalValue.kind.in_(DEMOGRAPHIC_KINDS), _one_of(merge.surviving))))
                 moved: dict[tuple, ClinicalValue] = {}  # a value was stored once per form of the prior identifier
                 for prior in merge.prior:
                     for row in session.scalars(select(ClinicalValue).where(
@@ -136,20 +148,21 @@ class Hl7Store:
         ended = [order for order in orders if order.control.upper() in ENDED_ORDER_CONTROLS]
         rows = [dict(kind="reason_for_exam", text=order.reason_for_exam, accession=order.accession)
                 for order in orders if order not in ended and order.reason_for_exam]
-        deletions = [delete(ClinicalValue).where(
+        deletions = [[delete(ClinicalValue).where(
             ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
-            ClinicalValue.kind == "reason_for_exam", ClinicalValue.accession == order.accession)
+            ClinicalValue.kind == "reason_for_exam", ClinicalValue.accession == order.accession)]
             for order in ended if order.accession for identifier in order.identifiers]
         self._store(header, orders[0].identifiers, rows, deletions)
 
     def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict],
-               deletions: Sequence[Delete] = (), counted: Sequence[Delete] = ()) -> int:
-        """Run ``counted`` and ``deletions``, then store the message and ``rows`` under each identifier, in one
-        transaction; return how many rows ``counted`` removed."""
+               deletions: Sequence[Sequence[Delete]] = (), counted: Sequence[Sequence[Delete]] = ()) -> int:
+        """Run ``counted`` and ``deletions`` (each a list of alternatives: the first that removes rows ends it),
+        then store the message and ``rows`` under each identifier, in one transaction; return how many rows
+        ``counted`` removed."""
         with self._db.session() as session:
-            removed = sum(session.execute(statement).rowcount for statement in counted)  # type: ignore[attr-defined]
-            for statement in deletions:
-                session.execute(statement)
+            removed = sum(_first_that_removes(session, alternatives) for alternatives in counted)
+            for alternatives in deletions:
+                _first_that_removes(session, alternatives)
             message = _message(header)
             session.add(message)
             session.flush()
@@ -164,19 +177,44 @@ _CONTENT_COLUMNS = tuple(c.key for c in ClinicalValue.__table__.columns
                          if c.key not in ("id", "patient_id", "patient_authority"))
 
 
-def _stored(header: Header, identifier: PatientIdentifier, result: ResultRef) -> Delete:
-    """Delete the stored lab and coded values of ``result`` for ``identifier`` (``Hl7Store.on_labs``)."""
+def _retraction(header: Header, identifier: PatientIdentifier, result: ResultRef) -> list[Delete]:
+    """The deletes a retraction tries in turn: at its own time first when its OBX gives one."""
+    window = _stored(header, identifier, result, exact=False)
+    return [_stored(header, identifier, result, exact=True), window] if result.timed and result.order else [window]
+
+
+def _stored(header: Header, identifier: PatientIdentifier, result: ResultRef, exact: bool) -> Delete:
+    """Delete the stored lab and coded values of ``result`` for ``identifier`` (``Hl7Store.on_labs``): of its order
+    from its sender at its time (``exact``) or within ``SAME_DRAW`` of it, and those stored without an order at its
+    time."""
     if result.order:
-        same = and_(ClinicalValue.order_number == result.order, ClinicalValue.message_id.in_(
-            select(Hl7Message.id).where(Hl7Message.sending_facility == header.sender)))
-        if result.timed:
-            same = and_(same, ClinicalValue.observed_at == result.observed_at)
+        same = and_(ClinicalValue.order_number == result.order, exists().where(
+            Hl7Message.id == ClinicalValue.message_id, Hl7Message.sending_facility == header.sender))
+        if exact or result.observed_at is not None:
+            same = and_(same, ClinicalValue.observed_at == result.observed_at if exact else or_(
+                ClinicalValue.observed_at.is_(None), ClinicalValue.observed_at.between(
+                    result.observed_at - SAME_DRAW, result.observed_at + SAME_DRAW)))
         same = or_(same, and_(ClinicalValue.order_number == "", ClinicalValue.observed_at == result.observed_at))
     else:
         same = ClinicalValue.observed_at == result.observed_at
     return delete(ClinicalValue).where(
         ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
         ClinicalValue.kind.in_(("lab", "coded")), ClinicalValue.name == result.analyte, same)
+
+
+def _first_that_removes(session: Session, alternatives: Sequence[Delete]) -> int:
+    """Run ``alternatives`` in turn until one removes rows; how many it removed."""
+    for statement in alternatives:
+        removed = int(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+        if removed:
+            return removed
+    return 0
+
+
+def _one_of(identifiers: Sequence[PatientIdentifier]) -> ColumnElement[bool]:
+    """Rows stored under any of ``identifiers``."""
+    return or_(*(and_(ClinicalValue.patient_id == identifier.value,
+                      ClinicalValue.patient_authority == identifier.authority) for identifier in identifiers))
 
 
 def _demographic_rows(birth_date: date | None, sex: str | None) -> list[dict]:
@@ -343,7 +381,7 @@ class _Hl7Record:
     """What the stored HL7 messages say about one study's patient; ``withheld``: why none of it is used."""
 
     labs: list[LabValue] = field(default_factory=list)
-    unreadable: list[tuple[str, datetime | None]] = field(default_factory=list)  # (analyte, time) of results without one
+    unreadable: list[tuple[str, datetime | None]] = field(default_factory=list)  # (analyte, time): no value read
     coded: list[CodedItem] = field(default_factory=list)
     birth_date: date | None = None
     sex: str | None = None

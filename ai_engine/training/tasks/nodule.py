@@ -597,6 +597,10 @@ def _train_on_dataset(data_dir: Path, limit: int | None, *, out_dir: Path | None
                             "(one each for the A, V and C splits)")
     split = split_by_patient(lambda by_patient: _split(len(by_patient), seed, min_calibration=1),
                              np.zeros(len(cases), dtype=int), [case.patient for case in cases])
+    empty = [name for name, members in split.items() if not len(members)]
+    if empty:
+        raise AiEngineError(f"lung-nodule dataset {data_dir}: {len({c.patient for c in cases})} patient(s) leave "
+                            f"split(s) {empty} empty; training needs at least 3 patients (one each for A, V and C)")
     fusion_cases = np.array([i for i, c in enumerate(cases) if any(n.malignant is not None for n in c.nodules)],
                             dtype=int)
     calibration = np.isin(fusion_cases, split["C"])

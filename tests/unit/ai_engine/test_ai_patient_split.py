@@ -38,3 +38,17 @@ def test_a_patient_with_any_positive_case_counts_as_positive_for_the_stratificat
     split_by_patient(lambda by_patient: seen.append(by_patient) or {"A": np.arange(len(by_patient))}, labels,
                      ["a", "a", "b", "b"])
     assert seen[0].tolist() == [1, 0]
+
+
+def test_a_nodule_dataset_of_too_few_patients_is_refused(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Three series of one patient put every series in one split: training went on with an empty training split."""
+    import pytest
+
+    from ai_engine.errors import AiEngineError
+    from ai_engine.training.datasets.lidc_luna import DatasetCase
+
+    cases = [DatasetCase(tmp_path, f"1.2.{i}", tmp_path, (), None, "patient P1") for i in range(3)]
+    monkeypatch.setattr(nodule, "read_dataset", lambda root: cases)
+    with pytest.raises(AiEngineError, match=r"1 patient\(s\) leave split\(s\) \['A', 'V'\] empty"):
+        nodule._train_on_dataset(tmp_path, None, out_dir=tmp_path / "b", epochs=1, seed=0, quick=True,
+                                 max_seconds=1.0)

@@ -116,6 +116,10 @@ def test_a_server_that_ignores_the_sort_still_gives_the_newest_result() -> None:
             _observation("mid", "6301-6", 2.0, "{INR}", 24 * 2)]
     context = gather_from_fhir(_server({"Observation": lambda r: _bundle(page)}, []), _query("inr"))
     assert context.labs["inr"].value == 3.2
+    by_period = _observation("period", "6301-6", 2.7, "{INR}", 1)
+    by_period["effectivePeriod"] = {"start": by_period.pop("effectiveDateTime")}  # a time of its own, as a period
+    context = gather_from_fhir(_server({"Observation": lambda r: _bundle([*page, by_period])}, []), _query("inr"))
+    assert context.labs["inr"].value == 2.7
 
 
 def test_an_order_not_to_give_warfarin_a_flush_and_a_refuted_cancer_are_not_the_patient_s() -> None:

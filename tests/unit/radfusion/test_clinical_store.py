@@ -109,11 +109,32 @@ def test_a_lab_that_reuses_an_order_number_keeps_each_draw(stored) -> None:  # n
 
 def test_deleting_one_of_two_results_of_an_order_keeps_the_other(stored) -> None:  # noqa: ANN001
     send, context = stored
-    send(oru("T1", inr="2.0").replace("202611201000+0100", "202611200800+0100"))  # 07:00 UTC
-    send(oru("T2", inr="3.0"))  # 09:00 UTC, the same order
+    send(oru("T1", inr="3.0") + "OBX|5|NM|6301-6^INR^LN||2.0|{INR}|||||F|||202611200800+0100\n")  # 09:00 and 07:00
     ack = send(_status(oru("T3", inr=""), "D"))  # the 09:00 one, by its OBX-14
     assert "1 taken back, 1 stored value removed" in ack
     assert context().labs["inr"].value == 2.0
+
+
+def test_a_later_result_of_an_order_replaces_the_earlier_whatever_times_they_carry(stored) -> None:  # noqa: ANN001
+    """A final result replaces its preliminary one although one took its time from MSH-7 and the other from OBX-14,
+    and a withdrawal (X) or a wrong-patient retraction (W) with an OBX-14 of its own takes its order's value back."""
+    send, context = stored
+    send(_status(oru("F1", inr="1.9"), "P").replace("|P|||202611201000+0100", "|P"))  # timed by MSH-7 (10:30)
+    send(oru("F2", inr="2.6"))  # final, OBX-14 09:00 UTC
+    assert context().labs["inr"].value == 2.6
+    send(_status(oru("F3", inr="1.9"), "P").replace("|PL1|FL1|", "|PL2|FL2|"))
+    send(_status(oru("F4", inr=""), "X").replace("|PL1|FL1|", "|PL2|FL2|").replace("202611201000+0100",
+                                                                                     "202611201130+0100"))
+    assert context().labs["inr"].value == 2.6  # the withdrawn preliminary of order 2 is gone
+    ack = send(_status(oru("F5", inr="2.6"), "W").replace("202611201000+0100", "202611201105+0100"))
+    assert "1 stored value removed" in ack and "inr" not in context().labs
+
+
+def test_an_oru_does_not_override_the_registration_s_demographics(stored) -> None:  # noqa: ANN001
+    send, context = stored
+    send(adt("AD9", event="A04"))  # F
+    send(oru("DU1").replace("||19500101|F", "||19500101|U"))
+    assert context().sex == "female"  # before: "unknown", from the lab's PID-8
 
 
 def test_a_retraction_takes_back_a_value_stored_before_order_numbers_were(stored, tmp_path) -> None:  # noqa: ANN001
