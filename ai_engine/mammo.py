@@ -119,12 +119,15 @@ def load_view(path: Path, *, identity: tuple[str, str] | None = None,
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         array = array.max() - array
     spacing = _spacing(ds, path, fallback_spacing_mm)
-    laterality, view = identity if identity is not None else (_laterality(ds, path), _view(ds, path))
-    for what, annotated, header in (("laterality", laterality, _header_laterality(ds)),
-                                    ("view", view, _header_view(ds))):
-        if header is not None and header != annotated:
-            raise VolumeError(f"{path}: its annotation says {what} {annotated} but its header says {header}; "
-                              "correct the one that is wrong")
+    if identity is None:
+        laterality, view = _laterality(ds, path), _view(ds, path)
+    else:  # the annotation's, checked against what the header says of it
+        laterality, view = identity
+        for what, annotated, header in (("laterality", laterality, _header_laterality(ds)),
+                                        ("view", view, _header_view(ds))):
+            if header is not None and header != annotated:
+                raise VolumeError(f"{path}: its annotation says {what} {annotated} but its header says {header}; "
+                                  "correct the one that is wrong")
     return MammoView(array=array, pixel_spacing_mm=spacing, laterality=laterality,
                      view=view, sop_instance_uid=str(ds.SOPInstanceUID), path=path,
                      series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))

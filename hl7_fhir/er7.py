@@ -80,7 +80,6 @@ def read_msh(text: str) -> MshFields:
     first = normalize_segments(text.lstrip("\x0b")).split("\r", 1)[0]
     if not first.startswith("MSH") or len(first) < 8:
         raise Er7Error(f"message does not start with an MSH segment (it starts with {first[:3]!r})")  # no fields
-
     field_sep = first[3]
     parts = first.split(field_sep)
     encoding = parts[1]

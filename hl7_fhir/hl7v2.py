@@ -326,7 +326,7 @@ def parse_merges(parsed: ParsedMessage) -> list[Merge]:
             try:
                 born, sex = _birth_date_and_sex(parsed, pid)
             except Hl7MessageError:  # the merge is what matters: a birth date that cannot be read is left out
-                born, sex = None, _first(parsed, pid, 8).upper() or None
+                born, sex = None, _sex(parsed, pid)
             merges.append(Merge(prior, surviving, born, sex))
     if not merges:
         raise Hl7MessageError(f"merge message {parsed.header.control_id} has no MRG segment", "AE",
@@ -344,7 +344,12 @@ def _birth_date_and_sex(parsed: ParsedMessage, pid: Segment | None) -> tuple[dat
         born = parse_ts(_first(parsed, pid, 7))
     except ValueError as exc:
         raise _data_error(parsed, "PID-7 birth date", exc) from exc
-    return born.date() if born else None, _first(parsed, pid, 8).upper() or None
+    return born.date() if born else None, _sex(parsed, pid)
+
+
+def _sex(parsed: ParsedMessage, pid: Segment | None) -> str | None:
+    """PID-8 administrative sex; None where empty."""
+    return _first(parsed, pid, 8).upper() or None
 
 
 def parse_demographics(parsed: ParsedMessage) -> Demographics:

@@ -8,7 +8,7 @@ leaves the database as it was and the sender gets an AE naming the error, and wi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -84,7 +84,7 @@ class Hl7Inbox:
             self._rejected(header, "AE", f"storing failed: {type(exc).__name__}")
             return self._ack(header, "AE", f"storing failed: {type(exc).__name__}: {exc}", ERR_APPLICATION_INTERNAL)
         log.info("HL7 %s %s from %s: %s", header.message_type, header.control_id, header.sending_facility, summary)
-        return MllpReply(build_ack(header, "AA", summary, warnings=warnings))
+        return self._ack(header, "AA", summary, warnings=warnings)
 
     def _store(self, parsed: ParsedMessage) -> tuple[str, list[str]]:
         """Hand the message's content to its callback; returns the ACK text and what was left out of it."""
@@ -127,5 +127,6 @@ class Hl7Inbox:
             log.exception("recording the rejection of an HL7 message failed")
 
     @staticmethod
-    def _ack(header: Header, code: str, text: str, hl7_error: str = ERR_APPLICATION_INTERNAL) -> MllpReply:
-        return MllpReply(build_ack(header, code, text, hl7_error=hl7_error))
+    def _ack(header: Header, code: str, text: str, hl7_error: str = ERR_APPLICATION_INTERNAL,
+             warnings: Sequence[str] = ()) -> MllpReply:
+        return MllpReply(build_ack(header, code, text, hl7_error=hl7_error, warnings=warnings))

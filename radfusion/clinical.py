@@ -88,8 +88,9 @@ class Hl7Store:
                       observed_at=c.recorded_at, order_number=c.provenance.order) for c in report.coded]
         replaced = [ResultRef(row["name"], row["order_number"], row["observed_at"]) for row in rows
                     if row["order_number"]]
-        rows += [row for row in _demographic_rows(report.birth_date, report.sex)
-                 if row["kind"] not in self._demographics_known(report.identifiers)]
+        demographics = _demographic_rows(report.birth_date, report.sex)
+        known = self._demographics_known(report.identifiers) if demographics else set()  # one query, if any
+        rows += [row for row in demographics if row["kind"] not in known]
         removals = [_retraction(header, identifier, ref) for identifier in report.identifiers
                     for ref in report.deleted]
         replacements = [[_stored(header, identifier, ref, exact=False)] for identifier in report.identifiers
