@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from ai_engine.detectors.base import Detector
 from ai_engine.detectors.registry import create_detector
 from hl7_fhir.inbox import Hl7Inbox
-from hl7_fhir.mllp import MllpServer
+from hl7_fhir.mllp import HL7_CHARSETS, MllpServer
 from dicom_node.scp import ScpConfig, StorageScp
 from dicom_node.tls import TlsConfig
 from dicom_node.spool import Spool
@@ -90,7 +90,8 @@ class Service:
                              store.on_rejected)
             self.hl7 = MllpServer(settings.hl7.bind_address, settings.hl7.port, inbox.handle,
                                   tls_context=_server_tls("hl7", settings.hl7.tls),
-                                  max_message_bytes=settings.hl7.max_message_bytes, on_refused=inbox.refused)
+                                  max_message_bytes=settings.hl7.max_message_bytes, on_refused=inbox.refused,
+                                  encoding=HL7_CHARSETS[settings.hl7.default_charset])
         self.port: int | None = None
         self.hl7_port: int | None = None
 

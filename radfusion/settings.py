@@ -29,6 +29,7 @@ from ai_engine.results import Task
 from dicom_node.errors import ConfigError as DicomConfigError
 from dicom_node.peers import parse_calling_ae_hosts
 from dicom_node.tls import TlsConfig, check_ca_file
+from hl7_fhir.mllp import HL7_CHARSETS
 from hl7_fhir.units import ANALYTES, CODED_ANALYTES
 from radfusion.errors import ConfigError
 
@@ -90,6 +91,13 @@ def _time_zone(name: str) -> str:
             ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin") from exc
+    return name
+
+
+def _hl7_charset(name: str) -> str:
+    """A charset name of HL7 table 0211 that radfusion can decode (``8859/1``, ``UNICODE UTF-8``)."""
+    if name not in HL7_CHARSETS:
+        raise ValueError(f"unknown HL7 charset {name!r}; use one of {sorted(HL7_CHARSETS)}")
     return name
 
 
@@ -355,6 +363,8 @@ class Hl7Settings(Strict):
     sending_application: str = "RADFUSION"
     sending_facility: str = ""
     max_message_bytes: int = Field(1 << 20, ge=1024)  # larger: refused (AR); an ORU with a report PDF needs more
+    # the charset (HL7 table 0211) of a message whose MSH-18 is empty; many LIS send 8859/1 without saying so
+    default_charset: Annotated[str, AfterValidator(_hl7_charset)] = "UNICODE UTF-8"
     tls: TlsSettings = TlsSettings()
 
 

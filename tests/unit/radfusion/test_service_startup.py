@@ -94,3 +94,30 @@ def test_the_hl7_message_size_limit_is_a_setting(tmp_path: Path) -> None:
                 client.close()
         finally:
             service.stop()
+
+
+def test_the_charset_of_hl7_messages_without_msh_18_is_a_setting(tmp_path: Path) -> None:
+    """Many LIS send 8859/1 and leave MSH-18 empty: every result of a patient with an umlaut was refused (AR),
+    and nothing could change that."""
+    import socket
+
+    from sqlalchemy import func, select
+
+    from radfusion.models import ClinicalValue
+    from tests.unit.hl7_fhir.messages import oru
+
+    message = oru("LAT2").replace("Doe^Jane", "Müller^Jürgen").replace("\n", "\r").encode("latin-1")
+    for charset, answer, stored in (("UNICODE UTF-8", "MSA|AR|LAT2", False), ("8859/1", "MSA|AA|LAT2", True)):
+        service = Service(load_settings(storage_path=tmp_path / charset.replace("/", "_").replace(" ", "_"),
+                                        dicom={"bind_address": "127.0.0.1", "port": 0},
+                                        hl7={"listen": True, "bind_address": "127.0.0.1", "port": 0,
+                                             "default_charset": charset}))
+        try:
+            service.start()
+            with socket.create_connection(("127.0.0.1", service.hl7_port), timeout=10) as raw:
+                raw.sendall(b"\x0b" + message + b"\x1c\r")
+                assert answer in raw.recv(4096).decode("latin-1")
+            with service.db.session() as session:
+                assert bool(session.scalar(select(func.count()).select_from(ClinicalValue))) is stored
+        finally:
+            service.stop()
