@@ -124,16 +124,15 @@ class JobRunner:
         try:
             written = self._write_reports(job_id, study_uid, sources, frames, result, predecessors, context)
         except Exception as exc:  # noqa: BLE001 - the reports failed; an urgent finding still alerts
-            log.exception("job %d (%s, study %s): writing the results failed", job_id, job.detector, study_uid)
-            with self._db.session() as session:
-                alert = self._alert_without_reports(session, job_id, result, sources)
-                sent = "" if alert is None else f"; the study's hemorrhage alert {alert} stands without them"
-                _record_failure(session, job_id, job.study_id,
-                                f"writing the results failed: {type(exc).__name__}: {exc}{sent}")
+            self._fail_after_detection(job_id, job.study_id, result, sources, "writing the results", exc)
             return
-        with self._db.session() as session:
-            replaced_all = predecessors[0] if predecessors and len(predecessors) == len(current) else None
-            self._commit_outputs(session, job_id, result, written, sources, context, replaced_all)
+        try:
+            with self._db.session() as session:
+                replaced_all = predecessors[0] if predecessors and len(predecessors) == len(current) else None
+                self._commit_outputs(session, job_id, result, written, sources, context, replaced_all)
+        except Exception as exc:  # noqa: BLE001 - recording them failed (rolled back); an urgent finding still alerts
+            self._fail_after_detection(job_id, job.study_id, result, sources, "recording the results", exc)
+            return
         log.info("job %d done: %s on study %s (accession %s): %d finding(s), %.2f s", job_id, job.detector,
                  study_uid, accession, len(result.findings), time.monotonic() - started)
 
@@ -282,6 +281,22 @@ class JobRunner:
         log.warning("URGENT: hemorrhage alert %d for study %s (accession %s)", alert.id, job.study.study_uid,
                     job.study.accession_number)
         return alert.id
+
+    def _fail_after_detection(self, job_id: int, study_id: int, result: DetectorResult,
+                              sources: list[pydicom.Dataset], step: str, exc: Exception) -> None:
+        """Record that ``step`` failed after detection, and raise an urgent finding's alert all the same."""
+        log.error("job %d: %s failed", job_id, step, exc_info=exc)
+        error = f"{step} failed: {type(exc).__name__}: {exc}"
+        try:
+            with self._db.session() as session:
+                alert = self._alert_without_reports(session, job_id, result, sources)
+                sent = "" if alert is None else f"; the study's hemorrhage alert {alert} stands without them"
+                _record_failure(session, job_id, study_id, error + sent)
+        except Exception as alert_exc:  # noqa: BLE001 - the job must still end failed, never stay running
+            log.error("job %d: the alert without results failed", job_id, exc_info=alert_exc)
+            with self._db.session() as session:
+                _record_failure(session, job_id, study_id,
+                                f"{error}; the hemorrhage alert could not be queued either: {type(alert_exc).__name__}")
 
     def _alert_without_reports(self, session: Session, job_id: int, result: DetectorResult,
                                sources: list[pydicom.Dataset]) -> int | None:

@@ -77,6 +77,40 @@ def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_
     assert pipeline.performed_at(pydicom.Dataset()) is None
 
 
+def test_an_exam_time_that_cannot_be_placed_is_read_without_its_offset_or_not_at_all() -> None:
+    """'+2400' (DICOM's range is -1200..+1400) and a date of year 1 raised out of the job's commit, after the
+    results were written: the job stayed 'running' and a hemorrhage found in the study was never alerted."""
+    ds = pydicom.Dataset()
+    ds.AcquisitionDate, ds.AcquisitionTime, ds.TimezoneOffsetFromUTC = "20240115", "093000", "+2400"
+    assert pipeline.performed_at(ds) == datetime(2024, 1, 15, 9, 30).astimezone()
+    ds.TimezoneOffsetFromUTC = "+0160"
+    assert pipeline.performed_at(ds) == datetime(2024, 1, 15, 9, 30).astimezone()
+    ds.AcquisitionDate = "00010101"
+    del ds.TimezoneOffsetFromUTC
+    assert pipeline.performed_at(ds) is None
+
+
+def test_a_job_whose_results_cannot_be_recorded_ends_failed_and_still_alerts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, job_id = _bleed_job(tmp_path, alert_channels=["ed"])
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr(pipeline, "report_deliveries", refuse)
+    assert service.runner.claim(job_id)
+    service.runner.run(job_id)  # raised before, leaving the job 'running' and the study 'processing'
+    with service.db.session() as session:
+        job = session.get(Job, job_id)
+        alert = session.scalars(select(Alert)).one()
+        assert job.state == "failed"
+        assert job.error == (f"recording the results failed: OverflowError: date value out of range; "
+                             f"the study's hemorrhage alert {alert.id} stands without them")
+        delivery = session.scalars(select(Delivery)).one()
+        assert (delivery.kind, delivery.target, delivery.state) == ("webhook", "ed", "pending")
+        assert session.scalars(select(Artifact)).all() == []
+
+
 def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     service, job_id = _bleed_job(tmp_path, alert_channels=["ed"])
