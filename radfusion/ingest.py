@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -83,15 +84,24 @@ def _text(value: object, column: InstrumentedAttribute[str] | None = None) -> st
     return text if column is None else text[:column.type.length]
 
 
+@dataclass(frozen=True)
+class _SeriesIds:
+    """A series' committed rows as the id cache keeps them."""
+
+    study_id: int
+    series_id: int
+    identity: tuple[str, str]  # the patient identity last recorded for its study
+    study_uid: str
+    described_by_scout: bool  # its routing attributes came from a scout: its first axial image describes it
+
+
 class IngestRecorder:
     """Writes ingest events to the database."""
 
     def __init__(self, db: Database, spool: Spool) -> None:
         self._db = db
         self._spool = spool
-        # series UID -> (study id, series id, the patient identity last recorded for its study, its Study UID)
-        self._series_ids: dict[str, tuple[int, int, tuple[str, str], str]] = {}
-        self._scout_described: set[int] = set()  # series whose routing attributes came from a scout
+        self._series_ids: dict[str, _SeriesIds] = {}  # series UID -> its rows, filled only after a commit
 
     def association_opened(self, info: AssociationInfo) -> None:
         with self._db.session() as session:
@@ -123,12 +133,18 @@ class IngestRecorder:
         for attempt in range(INSERT_RETRIES):
             try:
                 with self._db.connection() as conn:
-                    is_new, moved_from = self._record(conn, instance)
+                    is_new, moved_from, ids = self._record(conn, instance)
                 break
             except IntegrityError:  # a concurrent association created the same study/series/instance first
                 self._series_ids.pop(instance.series_instance_uid, None)
                 if attempt == INSERT_RETRIES - 1:
                     raise
+            except BaseException:  # rolled back: ids the database may hand out again to other rows must not stay
+                self._series_ids.pop(instance.series_instance_uid, None)
+                raise
+        if len(self._series_ids) >= SERIES_ID_CACHE:
+            self._series_ids.clear()
+        self._series_ids[instance.series_instance_uid] = ids  # committed: now later instances may use them
         if moved_from is not None and moved_from != instance.path:
             try:
                 self.set_aside(moved_from, instance.sop_instance_uid, instance.association_id,
@@ -146,18 +162,17 @@ class IngestRecorder:
                                    path=str(target)))
         log.warning("set aside %s: %s", target.name, reason)
 
-    def _record(self, conn: Connection, instance: StoredInstance) -> tuple[bool, Path | None]:
+    def _record(self, conn: Connection, instance: StoredInstance) -> tuple[bool, Path | None, _SeriesIds]:
         """Prepared Core statements only: this runs once per received instance, before its status goes out.
 
-        Returns whether the SOP Instance UID is new, and the file an earlier row of it in another series
-        pointed at (None unless the instance moved series)."""
+        Returns whether the SOP Instance UID is new, the file an earlier row of it in another series
+        pointed at (None unless the instance moved series), and its series' rows for the cache."""
         now = utcnow()
-        cached = self._series_ids.get(instance.series_instance_uid)
+        ids = self._series_ids.get(instance.series_instance_uid)
         identity = _identity(instance.attributes)
-        if cached is not None and cached[2:] == (identity, instance.study_instance_uid):
-            study_id, series_id = cached[:2]
-        else:
-            study_id, series_id = self._create_series(conn, instance, identity)
+        if ids is None or (ids.identity, ids.study_uid) != (identity, instance.study_instance_uid):
+            ids = self._create_series(conn, instance, identity)
+        study_id, series_id = ids.study_id, ids.series_id
         if conn.execute(_REOPEN_STUDY, {"study_id": study_id, "now": now}).rowcount:
             log.info("study %s re-opened by a late instance", instance.study_instance_uid)
             conn.execute(insert(AuditEvent).values(kind="study_reopened", subject=instance.study_instance_uid,
@@ -166,10 +181,10 @@ class IngestRecorder:
             conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
         uid = instance.sop_instance_uid
         attrs = instance.attributes
-        if series_id in self._scout_described and not is_localizer(attrs.get("ImageType")):
+        if ids.described_by_scout and not is_localizer(attrs.get("ImageType")):
             # the series' first image was a scout: its first axial image describes it for the routing rules
             conn.execute(update(Series).where(Series.id == series_id).values(attributes=_series_attributes(attrs)))
-            self._scout_described.discard(series_id)
+            ids = replace(ids, described_by_scout=False)
         earlier = conn.execute(_FIND_INSTANCE, {"uid": uid}).first()
         moved_from = None
         if earlier is None:
@@ -192,7 +207,7 @@ class IngestRecorder:
                                      "added": int(earlier is None or earlier.series_id != series_id)})
         if instance.association_id is not None:
             conn.execute(_COUNT_STORED, {"association_id": instance.association_id})
-        return earlier is None, moved_from
+        return earlier is None, moved_from, ids
 
     def _move(self, conn: Connection, earlier: Row, series_id: int, instance: StoredInstance, now: datetime) -> None:
         """Move an instance's row to the series it was received in now; its old series, if not emptied, is
@@ -208,9 +223,8 @@ class IngestRecorder:
             kind="instance_moved", subject=instance.sop_instance_uid, at=now,
             detail=f"received again in series {instance.series_instance_uid}; moved from series {earlier.series_id}"))
 
-    def _create_series(self, conn: Connection, instance: StoredInstance,
-                       identity: tuple[str, str]) -> tuple[int, int]:
-        """Ids of the instance's study and series, creating their rows the first time. A study already known under
+    def _create_series(self, conn: Connection, instance: StoredInstance, identity: tuple[str, str]) -> _SeriesIds:
+        """The rows of the instance's study and series, created the first time. A study already known under
         another patient identity (the PACS corrected the patient and sent it again) takes the new one: its results
         and clinical data then follow the corrected patient."""
         attrs = instance.attributes
@@ -258,13 +272,8 @@ class IngestRecorder:
             series_id, described = series.id, series.attributes or {}
             if series.study_id != study_id:  # sent again under a corrected Study UID: the series goes with it
                 self._move_series(conn, series_id, series.study_id, study_id, instance, now)
-        if is_localizer(described.get("ImageType")):
-            self._scout_described.add(series_id)
-        if len(self._series_ids) >= SERIES_ID_CACHE:
-            self._series_ids.clear()
-            self._scout_described.clear()
-        self._series_ids[instance.series_instance_uid] = (study_id, series_id, identity, instance.study_instance_uid)
-        return study_id, series_id
+        return _SeriesIds(study_id, series_id, identity, instance.study_instance_uid,
+                          is_localizer(described.get("ImageType")))
 
     @staticmethod
     def _move_series(conn: Connection, series_id: int, old_study_id: int, study_id: int, instance: StoredInstance,
@@ -301,10 +310,12 @@ def _new(values: dict[str, object]) -> dict[str, object]:
 
 
 def _int_or_none(value: object) -> int | None:
+    """An integer a 32-bit column holds (IS allows 12 digits, and pydicom reads longer ones), else None."""
     try:
-        return None if value is None else int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        number = None if value is None else int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and -(2**31) <= number < 2**31 else None
 
 
 def _floats_or_none(value: object, length: int) -> list[float] | None:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -218,6 +219,51 @@ def test_study_times_without_an_offset_are_read_in_the_configured_time_zone(
 def test_an_unknown_time_zone_is_refused_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="timezone.*unknown time zone 'Europe/Berlln'"):
         load_settings(storage_path=tmp_path, timezone="Europe/Berlln")
+
+
+def test_a_series_whose_first_instance_failed_is_not_recorded_under_the_next_study(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The series' ids were cached before its transaction committed. When it rolled back (database locked, disk
+    full), SQLite handed the same ids to the next study, another patient's, and the rest of the first series was
+    recorded there, to be analysed and reported under that patient."""
+    from radfusion import ingest
+
+    db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
+    alice = [_ct(spool, "1.2.3.100", float(z), z, series="1.2.3.101", sop=f"1.2.3.10{z}") for z in (1, 2)]
+    bob = _ct(spool, "1.2.3.200", 1.0, 1, series="1.2.3.201", sop="1.2.3.202")
+    for instance, patient in ((alice[0], "ALICE"), (alice[1], "ALICE"), (bob, "BOB")):
+        instance.attributes["PatientID"] = patient
+    header_values = ingest._header_values
+
+    def locked(attrs: dict[str, object]) -> dict[str, object]:
+        monkeypatch.setattr(ingest, "_header_values", header_values)
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(ingest, "_header_values", locked)
+    with pytest.raises(RuntimeError):  # the SCP answers 0xA702: the sender sends it again
+        recorder.instance_stored(alice[0])
+    recorder.instance_stored(bob)
+    recorder.instance_stored(alice[1])
+    with db.session() as session:
+        rows = session.execute(select(Instance.sop_instance_uid, Study.patient_id)
+                               .join(Series, Instance.series_id == Series.id).join(Study)).all()
+    assert sorted(rows) == [("1.2.3.102", "ALICE"), ("1.2.3.202", "BOB")]
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)])
+def test_an_instance_over_2_gib_or_numbered_beyond_a_column_is_stored(tmp_path: Path, backend: str) -> None:
+    """PostgreSQL refused a size over 2 GiB (a breast tomosynthesis object) and both databases a 20-digit
+    InstanceNumber (pydicom reads one): the SCP answered 0xA702 to every resend of the instance, for ever."""
+    with (postgresql() if backend == "postgresql" else _sqlite(tmp_path)) as url:
+        db, spool = Database(url), Spool(tmp_path / "spool")
+        instance = replace(_ct(spool, "1.2.3.100", 1.0, 1), size_bytes=3 << 30)
+        instance.attributes["InstanceNumber"] = 10**20
+        assert IngestRecorder(db, spool).instance_stored(instance)
+        with db.session() as session:
+            assert session.execute(select(Instance.size_bytes, Instance.instance_number)).one() == (3 << 30, None)
+        db.dispose()
 
 
 def test_a_scout_received_first_does_not_describe_its_series_for_the_routing(tmp_path: Path) -> None:
