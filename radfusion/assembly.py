@@ -139,9 +139,9 @@ class StudyAssembler:
                 session.add(Job(
                     study_id=study.id, series_id=series.id, detector=match.detector,
                     model_version=self._model_versions[match.detector], revision=series.revision,
-                    rule=match.route.name, destinations=list(match.route.destinations),
-                    report_destinations=list(match.route.report_destinations),
-                    alert_channels=list(match.route.alert_channels), trigger_released_at=released_at,
+                    rule=match.route.name, destinations=list(match.destinations),
+                    report_destinations=list(match.report_destinations),
+                    alert_channels=list(match.alert_channels), trigger_released_at=released_at,
                 ))
             queued += jobs
             log.info("series %s stable (%d instances, accession %s): %d job(s)%s", series.series_uid,

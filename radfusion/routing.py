@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ai_engine.detectors.registry import UnknownDetectorError, require_detector
@@ -26,10 +26,15 @@ class Route:
 
 @dataclass(frozen=True)
 class RouteMatch:
-    """A detector chosen for a series, with the rule that chose it (and says where results go)."""
+    """A detector chosen for a series: the first rule that names it (the job's rule), and where its results go:
+    every target of every matching rule that names it (one rule may send the results to the PACS, another page
+    the emergency department)."""
 
     route: Route
     detector: str
+    destinations: tuple[str, ...]
+    report_destinations: tuple[str, ...]
+    alert_channels: tuple[str, ...]
 
 
 class Router:
@@ -39,13 +44,20 @@ class Router:
         self.routes = tuple(routes)
 
     def select(self, attributes: Mapping[str, object]) -> list[RouteMatch]:
-        """Every (rule, detector) pair whose rule matches; a detector named twice runs once."""
-        chosen: dict[str, RouteMatch] = {}
+        """Every detector a matching rule names, once, with the targets of all the matching rules that name it."""
+        named: dict[str, list[Route]] = {}
         for route in self.routes:
             if route.matcher.matches(attributes):
                 for detector in route.detectors:
-                    chosen.setdefault(detector, RouteMatch(route, detector))
-        return list(chosen.values())
+                    named.setdefault(detector, []).append(route)
+        return [RouteMatch(routes[0], detector, *(_union(getattr(r, targets) for r in routes) for targets in
+                                                  ("destinations", "report_destinations", "alert_channels")))
+                for detector, routes in named.items()]
+
+
+def _union(lists: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    """The names of ``lists`` in order, each once."""
+    return tuple(dict.fromkeys(name for names in lists for name in names))
 
 
 def compile_routing(rules: Sequence[RoutingRuleSettings]) -> Router:

@@ -19,6 +19,24 @@ def test_default_rules_pick_one_detector_per_task() -> None:
     assert [m.detector for m in router.select({"Modality": "MG"})] == ["mammo_fusion"]
 
 
+def test_a_detector_two_rules_name_runs_once_and_tells_the_targets_of_both() -> None:
+    """The second rule's targets were dropped without a word: a rule paging the emergency department about every
+    head CT's hemorrhage never paged it, because another rule already sent ich_fusion's results to the PACS."""
+    rules = [RoutingRuleSettings(name="to-pacs", match={"Modality": "CT"}, detectors=["ich_fusion"],
+                                 destinations=["pacs"], report_destinations=["ris"]),
+             RoutingRuleSettings(name="page-ed", match={"BodyPartExamined": "HEAD"},
+                                 detectors=["ich_fusion", "ich_baseline"], destinations=["pacs", "archive"],
+                                 alert_channels=["ed"]),
+             RoutingRuleSettings(name="chest", match={"BodyPartExamined": "CHEST"}, detectors=["ich_fusion"],
+                                 alert_channels=["chest-team"])]
+    fusion, baseline = compile_routing(rules).select(HEAD)
+    assert (fusion.detector, fusion.route.name) == ("ich_fusion", "to-pacs")
+    assert (fusion.destinations, fusion.report_destinations, fusion.alert_channels) == (
+        ("pacs", "archive"), ("ris",), ("ed",))
+    assert (baseline.detector, baseline.route.name, baseline.destinations, baseline.alert_channels) == (
+        "ich_baseline", "page-ed", ("pacs", "archive"), ("ed",))
+
+
 def test_a_contrast_enhanced_head_ct_is_not_sent_to_the_hemorrhage_detector() -> None:
     router = compile_routing(default_routing())
     head = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Head 5mm"}
