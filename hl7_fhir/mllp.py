@@ -9,6 +9,7 @@ connection carries on. Sockets set TCP_NODELAY so an ACK never waits on Nagle's 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -25,6 +26,7 @@ START = b"\x0b"
 END = b"\x1c"
 CR = b"\r"
 HEAD_BYTES = 4096
+_ERROR_CODE = re.compile(r"[A-Za-z0-9]{1,10}")  # ERR-3.1, HL7 table 0357 (e.g. 204) or a site's own short code
 
 
 class MllpError(Hl7FhirError):
@@ -48,12 +50,15 @@ def message_encoding(payload: bytes, default: str) -> str:
 
 
 class MllpNegativeAck(MllpError):
-    """The receiver answered AE/AR (or CE/CR); ``ack`` is its full ACK message, ``code`` its MSA-1."""
+    """The receiver answered AE/AR (or CE/CR); ``ack`` is its full ACK message, ``code`` its MSA-1, ``text`` its
+    MSA-3. The message names the code and the ERR-3 error codes only: receivers often put the patient in their
+    texts ("Patient 12345678 DOE^JANE not registered"), and the message goes to logs and the database."""
 
-    def __init__(self, message: str, ack: str, code: str):
+    def __init__(self, message: str, ack: str, code: str, text: str = ""):
         super().__init__(message)
         self.ack = ack
         self.code = code
+        self.text = text
 
     @property
     def rejected(self) -> bool:
@@ -347,14 +352,17 @@ class MllpClient:
                     return unit.payload.decode(message_encoding(unit.payload, self._encoding), errors="replace")
 
     def _check(self, ack: str, control_id: str) -> str:
-        segments = {line.split("|", 1)[0]: line.split("|") for line in ack.replace("\n", "\r").split("\r") if line}
-        msa = segments.get("MSA")
+        segments = [line.split("|") for line in ack.replace("\n", "\r").split("\r") if line]
+        msa = next((fields for fields in segments if fields[0] == "MSA"), None)
         if msa is None or len(msa) < 3:
             raise MllpError(f"reply to message {control_id} has no MSA segment: {ack[:80]!r}")
         code, acked = msa[1], msa[2]
         if acked != control_id:
             raise MllpError(f"ACK names message {acked!r}, expected {control_id!r}")
         if code not in ("AA", "CA"):
-            text = msa[3] if len(msa) > 3 else ""
-            raise MllpNegativeAck(f"message {control_id} answered {code}: {text}", ack, code)
+            errors = [fields[3].split("^")[0] for fields in segments if fields[0] == "ERR" and len(fields) > 3]
+            named = [error for error in errors if _ERROR_CODE.fullmatch(error)]
+            detail = f" (error code {', '.join(named)})" if named else ""
+            raise MllpNegativeAck(f"message {control_id} answered {code}{detail}; its text is not shown, it may name "
+                                  "the patient", ack, code, msa[3] if len(msa) > 3 else "")
         return ack

@@ -105,8 +105,9 @@ def test_duplicate_control_id_is_acknowledged_but_stored_once(store: FakeStore, 
 def test_failed_store_gives_ae_then_the_resend_is_stored(store: FakeStore, port: int) -> None:
     store.fail_next = True
     with MllpClient("127.0.0.1", port, timeout_s=5) as client:
-        with pytest.raises(MllpNegativeAck, match="AE: storing failed: RuntimeError: database is locked"):
+        with pytest.raises(MllpNegativeAck, match="answered AE") as refused:
             client.send(oru("F1"))
+        assert refused.value.text == "storing failed: RuntimeError: database is locked"
         client.send(oru("F1"))
     assert len(store.labs) == 1
 
@@ -157,9 +158,8 @@ def test_client_errors_name_the_peer() -> None:
         silent.stop()
 
 
-def test_an_ack_in_another_charset_is_still_read() -> None:
-    """A receiver answering in Latin-1 (MSA-3 'Nachricht übernommen'): before, UnicodeDecodeError, and the
-    delivery was neither recorded nor given up on."""
+def _answered(ack: str, message: str) -> str:
+    """What MllpClient returns for ``message`` from a receiver that answers ``ack`` (in Latin-1)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -169,14 +169,33 @@ def test_an_ack_in_another_charset_is_still_read() -> None:
             with connection:
                 while b"\x1c\r" not in connection.recv(65536):
                     pass
-                ack = "MSH|^~\\&|EMR|H|RF|H|20240101||ACK|A1|P|2.5.1\rMSA|AA|L1|Nachricht übernommen\r"
                 connection.sendall(frame(ack, "latin-1"))
 
         thread = threading.Thread(target=answer)
         thread.start()
-        with MllpClient("127.0.0.1", listener.getsockname()[1], timeout_s=5) as client:
-            assert "Nachricht" in client.send(adt("L1"))
-        thread.join(timeout=5)
+        try:
+            with MllpClient("127.0.0.1", listener.getsockname()[1], timeout_s=5) as client:
+                return client.send(message)
+        finally:
+            thread.join(timeout=5)
+
+
+def test_an_ack_in_another_charset_is_still_read() -> None:
+    """A receiver answering in Latin-1 (MSA-3 'Nachricht übernommen'): before, UnicodeDecodeError, and the
+    delivery was neither recorded nor given up on."""
+    ack = "MSH|^~\\&|EMR|H|RF|H|20240101||ACK|A1|P|2.5.1\rMSA|AA|L1|Nachricht übernommen\r"
+    assert "Nachricht" in _answered(ack, adt("L1"))
+
+
+def test_a_negative_ack_s_texts_stay_out_of_the_error_message() -> None:
+    """A receiver's MSA-3 ('Patient 12345678 DOE^JANE not registered') went into the delivery's error, the audit
+    trail and the log."""
+    ack = ("MSH|^~\\&|EMR|H|RF|H|20240101||ACK|A1|P|2.5.1\rMSA|AE|N1|Patient 12345678 DOE^JANE not registered\r"
+           "ERR|||204^Unknown key identifier^HL70357|E||||Patient 12345678 DOE^JANE not registered\r")
+    with pytest.raises(MllpNegativeAck) as refused:
+        _answered(ack, adt("N1"))
+    assert str(refused.value) == "message N1 answered AE (error code 204); its text is not shown, it may name the patient"
+    assert refused.value.text == "Patient 12345678 DOE^JANE not registered"
 
 
 def test_handler_exception_becomes_ae() -> None:
@@ -187,8 +206,9 @@ def test_handler_exception_becomes_ae() -> None:
     port = server.start()
     try:
         with MllpClient("127.0.0.1", port, timeout_s=5) as client:
-            with pytest.raises(MllpNegativeAck, match="KeyError"):
+            with pytest.raises(MllpNegativeAck) as refused:
                 client.send(adt("H1"))
+            assert "KeyError" in refused.value.text
             with pytest.raises(MllpNegativeAck):
                 client.send(adt("H2"))  # same connection still answers
     finally:
