@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import Row, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Row, and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from ai_engine.detectors.base import Detector
 from ai_engine.inputs import STUDY_LEVEL_TASKS, load_inputs
@@ -83,12 +83,30 @@ class JobRunner:
         self._settings = settings
         self._clinical = clinical
 
-    def claim(self, job_id: int) -> bool:
-        """Move a queued job to running; False if another worker got it first."""
+    def runnable(self, limit: int) -> list[int]:
+        """Up to ``limit`` queued jobs that may start now, oldest first (see ``_no_earlier_unfinished``)."""
         with self._db.session() as session:
-            claimed = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued").values(
+            return list(session.scalars(select(Job.id).where(Job.state == "queued", self._no_earlier_unfinished())
+                                        .order_by(Job.id).limit(limit)))
+
+    def claim(self, job_id: int) -> bool:
+        """Move a queued job to running; False if another worker got it first, or it must wait for an earlier job
+        of its series and detector."""
+        with self._db.session() as session:
+            claimed = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued",
+                                                        self._no_earlier_unfinished()).values(
                 state="running", started_at=utcnow(), attempts=Job.attempts + 1)).rowcount
         return claimed == 1
+
+    def _no_earlier_unfinished(self) -> ColumnElement[bool]:
+        """No earlier job of the same detector on the same series (the same study, for a study-level detector) is
+        queued or running. A revision queued by a late instance starts only when the one before it has ended, so
+        its SR names that one's as its predecessor; run side by side, both SRs stood in the PACS, unlinked."""
+        earlier = aliased(Job)
+        same_input = or_(and_(Job.detector.in_(sorted(self._study_level)), earlier.study_id == Job.study_id),
+                         earlier.series_id == Job.series_id)
+        return ~exists().where(earlier.detector == Job.detector, earlier.id < Job.id,
+                               earlier.state.in_(("queued", "running")), same_input)
 
     def run(self, job_id: int) -> None:
         """Run a claimed job to done or failed; never raises (the failure is recorded)."""

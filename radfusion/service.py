@@ -157,9 +157,7 @@ class Service:
             free = self.settings.workers - len(self._running)
         if free <= 0:
             return
-        with self.db.session() as session:
-            ids = session.scalars(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(free)).all()
-        for job_id in ids:
+        for job_id in self.runner.runnable(free):
             if self.runner.claim(job_id):
                 with self._lock:
                     self._running.add(job_id)

@@ -335,3 +335,32 @@ def test_a_series_of_scouts_only_gets_no_job(tmp_path: Path) -> None:
         assert job.series.series_uid != "1.2.826.0.1.3680043.8.498.1"
         audit = session.scalars(select(AuditEvent).where(AuditEvent.kind == "localizers_only")).one()
         assert (audit.subject, audit.detail) == ("1.2.826.0.1.3680043.8.498.1", "1 localizer image(s): not analysed")
+
+
+def test_a_revision_queued_by_late_images_waits_for_the_one_before_and_replaces_it(tmp_path: Path) -> None:
+    """Two workers ran both revisions side by side: neither SR named the other as its predecessor, and both stood
+    in the PACS, the one read from fewer images possibly sent last."""
+    service = Service(load_settings(storage_path=tmp_path / "data",
+                                    routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
+    paths = sorted(write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=128, slices=16).paths,
+                   key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    other = write_study("head_ct", tmp_path / "other", seed=4, lesion=False, rows=128, slices=16).paths
+    _store(service, paths[:-2])
+    assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 1
+    _store(service, paths[-2:])  # two late slices while the first job is still queued
+    _store(service, other)  # another study, queued behind them
+    assert service.assembler.tick(utcnow() + timedelta(hours=2)) == 2
+    with service.db.session() as session:
+        first, second, unrelated = session.scalars(select(Job.id).order_by(Job.study_id, Job.revision)).all()
+    assert service.runner.runnable(10) == [first, unrelated]  # the second revision is not offered to a worker
+    assert service.runner.claim(first)
+    assert not service.runner.claim(second)  # nor may a worker take it while the first runs
+    assert service.runner.runnable(10) == [unrelated]
+    service.runner.run(first)
+    assert service.runner.claim(second)
+    service.runner.run(second)
+    with service.db.session() as session:
+        srs = {a.job_id: a for a in session.scalars(select(Artifact).where(Artifact.kind == "sr"))}
+        assert srs[second].predecessor_id == srs[first].id
+    replaced = pydicom.dcmread(srs[second].path).PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert replaced.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == srs[first].sop_instance_uid
