@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ai_engine.detectors.base import DetectorInput, lps_volume
+from ai_engine.detectors.base import DetectorInput, head_coverage_notes, lps_volume
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, dilate_in_plane, fill_holes_per_slice
 from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
@@ -54,6 +54,7 @@ class IchBaseline:
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Find hyperdense intracranial components in ``inputs.volume``."""
         volume, reorientation = lps_volume(inputs, NAME, "head")
+        coverage = head_coverage_notes(volume, NAME)
         p = self.parameters
         hu = volume.array
         dz, dy, dx = volume.spacing_mm
@@ -69,7 +70,7 @@ class IchBaseline:
         findings = self._findings(volume, blood, brain, csf)
         total_ml = sum(f.volume_ml or 0.0 for f in findings)
         case_score = logistic(total_ml, p.score_midpoint_ml, p.score_width_ml) if findings else 0.0
-        notes = [*BASELINE_NOTES, f"total hyperdense intracranial volume {total_ml:.2f} mL"]
+        notes = [*BASELINE_NOTES, f"total hyperdense intracranial volume {total_ml:.2f} mL", *coverage]
         result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings,
                                 case_score=case_score, positive=case_score >= p.positive_score, notes=notes)
         return reorientation.restore(result)

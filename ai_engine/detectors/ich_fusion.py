@@ -43,7 +43,7 @@ from ai_engine.clinical_features import (
     note_encoding_of,
 )
 from ai_engine.contrast import declares_contrast
-from ai_engine.detectors.base import DetectorInput, lps_volume
+from ai_engine.detectors.base import DetectorInput, head_coverage_notes, lps_volume
 from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
@@ -308,13 +308,15 @@ class IchFusion:
         if area > MAX_HEAD_CM2:  # a chest read as a head drew a 260 mL "hemorrhage" of bone
             raise DetectorInputError(f"{NAME}: the body's median cross-section is {area:.0f} cm^2, more than a head's "
                                      f"(under {MAX_HEAD_CM2:g}); not a head CT: check the routing rule")
+        coverage = head_coverage_notes(volume, NAME)
         image = self.image_stage(volume)
         fusion = self.fusion_stage(image.features, inputs.context)
         positive = fusion.probability >= self.threshold
         findings = self.findings(volume, image, fusion) if positive else []
         notes = [*NOTES, f"case probability {fusion.probability:.3f} (threshold {self.threshold:.3f}), "
                          f"logit SD {fusion.logit_sd:.2f}",
-                 "clinical context: " + ("not available" if inputs.context is None else inputs.context.status)]
+                 "clinical context: " + ("not available" if inputs.context is None else inputs.context.status),
+                 *coverage]
         result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings,
                                 case_score=fusion.probability, positive=positive, notes=notes)
         return reorientation.restore(result)

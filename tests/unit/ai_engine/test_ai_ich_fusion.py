@@ -153,3 +153,21 @@ def test_synthetic_training_gives_the_heads_the_extra_patients(tmp_path: Path) -
     assert metadata["fusion"]["artifact_copies"]["rows"] == head_cases
     assert metadata["fusion"]["train_rows"] == 2 * head_cases  # each once as acquired, once with CT artifacts
     assert json.loads((root / "configs" / "inference.json").read_text())["flip_average"] is True
+
+
+@pytest.mark.parametrize("name", ["ich_fusion", "ich_baseline"])
+def test_a_series_of_a_few_slices_is_refused_and_a_short_one_says_how_little_it_covers(
+        tmp_path: Path, name: str) -> None:
+    """Two slices of a bleeding head scored a plain negative, with nothing said about what was not searched."""
+    import pydicom
+
+    from ai_engine.errors import DetectorInputError
+
+    paths = sorted(write_study("head_ct", tmp_path, seed=4, lesion=True, rows=64, slices=8).paths,
+                   key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    found = create_detector(name)
+    with pytest.raises(DetectorInputError, match=r"covers 10.0 mm along the body axis, less than 30 mm"):
+        found.detect(load_inputs(Task.ICH, paths[-2:]))
+    notes = found.detect(load_inputs(Task.ICH, paths)).notes
+    assert "the series covers only 40 mm along the body axis (a head CT covers 100 mm or more): nothing outside " \
+           "it was searched" in notes
