@@ -110,7 +110,23 @@ def is_localizer(image_type: object) -> bool:
     return any(str(v).upper() == "LOCALIZER" for v in values)
 
 
+# Image Type / Frame Type values of images computed across slices (CT's Derived Pixel Contrast and the vendors'
+# words): a slab MIP enlarges a nodule and turns vessels into blobs, so no detector may read one as acquired slices.
+PROJECTIONS = frozenset({"MIP", "MINIP", "MNIP", "MAXIP", "MAX_IP", "MIN_IP", "VOLUME_RENDER", "SURFACE_RENDER",
+                         "PROJECTION IMAGE"})
+
+
+def _refuse_projection(path: Path, image_type: object) -> None:
+    """VolumeError for an image whose Image Type (or Frame Type) names a projection (``PROJECTIONS``)."""
+    values = image_type if isinstance(image_type, list | tuple | MultiValue) else [image_type]
+    named = sorted({str(v).strip().upper() for v in values} & PROJECTIONS)
+    if named:
+        raise VolumeError(f"{path}: a projection image (Image Type {'/'.join(named)}), not acquired slices; route "
+                          "the study's axial reconstruction instead")
+
+
 def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
+    _refuse_projection(path, ds.get("ImageType"))
     if is_localizer(ds.get("ImageType")):  # left out of the volume: nothing of it is read but that it is a scout
         return _Image(path, ds, None, (), (), (), None, 1.0, 0.0, localizer=True)
     for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
@@ -168,7 +184,9 @@ def _enhanced_frames(path: Path, ds: pydicom.Dataset, count: int) -> list[_Image
         measures = _frame_group(ds, k, "PixelMeasuresSequence", "SliceThickness")
         thickness = None if measures is None or measures.SliceThickness in (None, "") else measures.SliceThickness
         frame_type = _frame_group(ds, k, "CTImageFrameTypeSequence", "FrameType")
-        localizer = is_localizer(ds.get("ImageType") if frame_type is None else frame_type.FrameType)
+        image_type = ds.get("ImageType") if frame_type is None else frame_type.FrameType
+        _refuse_projection(path, image_type)
+        localizer = is_localizer(image_type)
         images.append(_Image(
             path, ds, k + 1, _located(path, ds, k, "PlaneOrientationSequence", "ImageOrientationPatient"),
             _located(path, ds, k, "PlanePositionSequence", "ImagePositionPatient"),

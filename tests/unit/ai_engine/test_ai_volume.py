@@ -194,6 +194,24 @@ def test_mammography_inputs_are_views_with_laterality_and_view(tmp_path: Path) -
     assert inputs.views[0].laterality in ("L", "R")
 
 
+def test_a_projection_series_is_refused_saying_what_it_is(head: SyntheticStudy, enhanced: SyntheticStudy,
+                                                          tmp_path: Path) -> None:
+    """A 10 mm slab MIP beside a chest CT was read as acquired slices: a 15.4 mm nodule measured 19.0 mm."""
+    def mip(_: int, ds: pydicom.Dataset) -> None:
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", "MIP"]
+
+    with pytest.raises(VolumeError, match=r"a projection image \(Image Type MIP\), not acquired slices"):
+        load_series(_rewrite(head.paths, tmp_path / "mip", mip))
+
+    def minip_frames(ds: pydicom.Dataset) -> None:
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+            frame.CTImageFrameTypeSequence = [pydicom.Dataset()]
+            frame.CTImageFrameTypeSequence[0].FrameType = ["DERIVED", "PRIMARY", "AXIAL", "MINIP"]
+
+    with pytest.raises(VolumeError, match=r"Image Type MINIP"):
+        load_series([_rewrite_enhanced(enhanced, tmp_path / "minip", minip_frames)])
+
+
 @pytest.fixture(scope="module")
 def enhanced(head: SyntheticStudy, tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
     return legacy_enhanced_ct(head, tmp_path_factory.mktemp("enhanced"))
