@@ -55,11 +55,12 @@ def chest_wall_on_right(breast: np.ndarray) -> bool:
 
 
 def _header_laterality(ds: pydicom.Dataset) -> str | None:
-    """L or R from Image Laterality, else Laterality; None when neither says one breast (B, U, empty)."""
+    """L or R from Image Laterality, else (when it is absent or empty) the series' Laterality; None when the one
+    that speaks says no single breast (B, U): an image of both breasts is not read as its series' side."""
     for keyword in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(keyword, "") or "").upper()
-        if value in ("L", "R"):
-            return value
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value:
+            return value if value in ("L", "R") else None
     return None
 
 
@@ -140,17 +141,23 @@ MAGNIFIED = 1.4  # Estimated Radiographic Magnification Factor of a magnificatio
 def _left_out(header: pydicom.Dataset) -> str | None:
     """Why an image is not one of the full-field 2D views for presentation the detectors read, or None when it is.
 
-    Left out: raw "For Processing" data; tomosynthesis, synthesized 2D and other multi-frame or enhanced objects;
-    spot compression and magnification views (a View Modifier, or a magnification factor of ``MAGNIFIED`` or
-    more); an image of no single breast (a specimen, laterality B) and views other than ``VIEW_ORDER``.
+    Left out: raw "For Processing" data; tomosynthesis, synthesized 2D (also as a single-frame image, Image Type
+    GENERATED_2D or TOMOSYNTHESIS) and other multi-frame or enhanced objects; views with a View Modifier (spot
+    compression, magnification, implant displaced ...) or a magnification factor of ``MAGNIFIED`` or more; an image
+    of no single breast (a specimen, laterality B) and views other than ``VIEW_ORDER``.
     """
     if (str(header.get("SOPClassUID", "")) == FOR_PROCESSING_SOP_CLASS
             or str(header.get("PresentationIntentType", "")).upper() == "FOR PROCESSING"):
         return "For Processing (raw) data"
     if int(header.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in header:
         return "a multi-frame image (tomosynthesis or enhanced mammography); only 2D views are read"
-    if any(len(item.get("ViewModifierCodeSequence", [])) for item in header.get("ViewCodeSequence", [])):
-        return "a spot compression or magnification view (View Modifier)"
+    image_type = header.get("ImageType") or []
+    if {str(value).strip().upper() for value in image_type} & {"GENERATED_2D", "TOMOSYNTHESIS"}:
+        return "a synthesized 2D image (Image Type GENERATED_2D or TOMOSYNTHESIS); only acquired 2D views are read"
+    modifiers = [str(modifier.get("CodeMeaning", "") or modifier.get("CodeValue", ""))
+                 for item in header.get("ViewCodeSequence", []) for modifier in item.get("ViewModifierCodeSequence", [])]
+    if modifiers:
+        return f"a view with a View Modifier ({', '.join(modifiers)}); only standard views are read"
     try:
         magnification = float(header.get("EstimatedRadiographicMagnificationFactor") or 0.0)
     except (TypeError, ValueError):  # an unreadable optional value says nothing
@@ -196,7 +203,14 @@ def load_views(paths: Sequence[Path | str]) -> tuple[list[MammoView], list[str]]
     latest: dict[tuple[str, str], Path] = {}
     for path in sorted(screening, key=lambda p: _acquired(headers[p])):
         header = headers[path]
-        latest[(_laterality(header, path), _view(header, path))] = path
+        side_view = (_laterality(header, path), _view(header, path))
+        if side_view in latest:
+            skipped.append(f"{_image_name(headers[latest[side_view]])} not read: {' '.join(side_view)} is read from "
+                           f"{_image_name(header)}, acquired later")
+        latest[side_view] = path
+    skipped += [f"{_image_name(headers[path])}: Breast Implant Present is YES; the model learned breasts without "
+                "implants" for path in latest.values()
+                if str(headers[path].get("BreastImplantPresent", "") or "").upper() == "YES"]
     views = [load_view(path) for path in latest.values()]
     studies = {v.study_instance_uid for v in views}
     if len(studies) != 1:

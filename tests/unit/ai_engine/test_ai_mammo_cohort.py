@@ -57,7 +57,8 @@ def test_loader_keeps_the_last_retake_and_skips_raw_and_spot_images(tmp_path: Pa
     assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
     assert views[0].sop_instance_uid == extras[0]
     assert [s.split(" not read: ")[1] for s in skipped] == [
-        "For Processing (raw) data", "a spot compression or magnification view (View Modifier)"]
+        "For Processing (raw) data", "a view with a View Modifier (Spot); only standard views are read",
+        "L CC is read from image 9 of series 1, acquired later"]  # the retake's first image is named too
     with pytest.raises(VolumeError, match="none of the 1 mammography images is a full-field 2D view.*For Processing"):
         load_views([tmp_path / "raw.dcm"])
 
@@ -89,6 +90,30 @@ def test_an_image_of_another_kind_in_the_study_is_left_out_not_the_exam(tmp_path
     assert skipped[0].startswith("image ")  # named by series and instance number, as a viewer shows them
     study = load_inputs(Task.MAMMOGRAPHY, [*paths, *(tmp_path / f"{name}.dcm" for name in changes)])
     assert study.notes == skipped  # the job puts them into the result's notes (the SR's comments)
+
+
+def test_a_synthesized_2d_view_an_image_of_both_breasts_and_an_implant_are_named(tmp_path: Path) -> None:
+    """A single-frame synthesized 2D image (C-View style), sent after the acquired view, replaced it silently; an
+    image of both breasts (Image Laterality B) in a series of the left breast was read as the left; an implant,
+    which the model never saw, was not mentioned."""
+    paths = write_case_dicom(generate_case(_first_case(False), Acquisition(pixel_spacing_mm=0.8)), tmp_path)
+    changes = {"cview": {"ImageType": ["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "GENERATED_2D"], "InstanceNumber": 98},
+               "both": {"ImageLaterality": "B", "Laterality": "L", "InstanceNumber": 99}}
+    for name, change in changes.items():
+        ds = pydicom.dcmread(paths[0])
+        ds.SOPInstanceUID = generate_uid()
+        for keyword, value in change.items():
+            setattr(ds, keyword, value)
+        ds.save_as(tmp_path / f"{name}.dcm")
+    implant = pydicom.dcmread(paths[1])
+    implant.BreastImplantPresent = "YES"
+    implant.save_as(paths[1])
+    views, skipped = load_views([*paths, *(tmp_path / f"{name}.dcm" for name in changes)])
+    assert [str(v.path) for v in views][:2] == [str(paths[0]), str(paths[1])]
+    assert [s.split(": ", 1)[1] for s in skipped] == [
+        "a synthesized 2D image (Image Type GENERATED_2D or TOMOSYNTHESIS); only acquired 2D views are read",
+        "no laterality of L or R (Image Laterality, Laterality)",
+        "Breast Implant Present is YES; the model learned breasts without implants"]
 
 
 @pytest.mark.peers
