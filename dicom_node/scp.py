@@ -90,21 +90,25 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    ImplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
+    JPEGLSNearLossless,
+    JPEG2000,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
 )
-"""Transfer syntaxes offered for every storage SOP class (stored as received, never transcoded)."""
+"""Transfer syntaxes accepted for every storage SOP class (stored as received, never transcoded), in the order of
+preference: of those a context proposes, the first here is accepted (pynetdicom negotiates in the acceptor's
+order). Explicit VR comes first (it keeps the VR of private elements), uncompressed before lossless compressed
+(no decoding on the detectors' path), and lossy last: a sender that also offers a lossless syntax never sends a
+lossy copy to the detectors."""
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -466,7 +470,11 @@ class StorageScp:
                 path = self.spool.instance_path(study_uid, series_uid, sop_uid)
             except (InvalidUidError, SpoolPathError) as exc:
                 raise _Rejected(StoreStatus.INVALID_UID, str(exc)) from exc
-            attributes = instance_attributes(dataset)
+            try:
+                attributes = instance_attributes(dataset)
+            except Exception as exc:  # pydicom converts values lazily: a broken element fails only when read
+                raise _Rejected(StoreStatus.UNPARSABLE,
+                                f"a header element cannot be read ({type(exc).__name__})") from exc
         except _Rejected as rejected:
             return self._quarantine(info, staged, rejected, claimed_uid)
         except BaseException:

@@ -22,8 +22,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     BasicTextSRStorage, CTImageStorage, DeflatedExplicitVRLittleEndian,
-    DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless,
-    MRImageStorage, RLELossless, generate_uid,
+    DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
+    JPEGBaseline8Bit, JPEGLSLossless, MRImageStorage, RLELossless, generate_uid,
 )
 from pynetdicom import AE
 
@@ -199,6 +199,43 @@ def test_malformed_instance_is_quarantined_and_the_association_carries_on(
     assert quarantined is not None and quarantined.read_bytes().endswith(garbage[meta_end:])
     sidecar = json.loads(quarantined.with_suffix(".json").read_text())
     assert sidecar["reason"] == reason and "cannot be parsed" in reason and sidecar["calling_ae"] == "PYSCU"
+
+
+@pytest.mark.parametrize(("proposed", "accepted"), [
+    ((JPEGLSLossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian), ExplicitVRLittleEndian),
+    ((JPEGBaseline8Bit, JPEG2000Lossless), JPEG2000Lossless),
+    ((JPEGBaseline8Bit,), JPEGBaseline8Bit),
+])
+def test_the_listener_prefers_explicit_vr_then_lossless_then_lossy(start_scp, proposed: tuple[str, ...],
+                                                                     accepted: str) -> None:
+    """Implicit VR came first and decided whatever a sender proposed; a lossy syntax beside a lossless one could
+    win by its place in the list."""
+    node = start_scp()
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage, list(proposed))
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="RADFUSION")
+    try:
+        assert assoc.accepted_contexts[0].transfer_syntax[0] == accepted
+    finally:
+        assoc.release()
+
+
+def test_a_header_element_that_fails_only_when_read_is_quarantined(start_scp, tmp_path: Path) -> None:
+    """pydicom reads values lazily: an Accession Number with the VR bytes 'S\\n' parsed, then failed when the
+    header was read. The bytes were deleted and the store answered 0xC2FF 'internal error', with no reason kept."""
+    node = start_scp()
+    path, ds = write_ct(tmp_path, "badvr.dcm")
+    raw = path.read_bytes()
+    tag_vr = b"\x08\x00\x50\x00SH"
+    assert raw.count(tag_vr) == 1
+    path.write_bytes(raw.replace(tag_vr, b"\x08\x00\x50\x00S\n"))
+    assoc = pyscu(node.port)
+    status = assoc.send_c_store(path).Status
+    assoc.release()
+    assert status == StoreStatus.UNPARSABLE and node.sink.stored == []
+    (_, reason, quarantined, _), = node.sink.rejected
+    assert reason == "a header element cannot be read (NotImplementedError)"
+    assert quarantined is not None and quarantined.read_bytes().endswith(raw[-64:])
 
 
 def test_storescu_instance_without_study_uid_fails_and_next_file_is_stored(start_scp, tmp_path: Path) -> None:
