@@ -16,6 +16,7 @@ from ai_engine.detectors.base import Detector
 from ai_engine.detectors.registry import create_detector
 from hl7_fhir.inbox import Hl7Inbox
 from hl7_fhir.mllp import HL7_CHARSETS, MllpServer
+from dicom_node.errors import SpoolPathError
 from dicom_node.scp import ScpConfig, StorageScp
 from dicom_node.tls import TlsConfig
 from dicom_node.spool import Spool
@@ -68,7 +69,10 @@ class Service:
         self.detectors: dict[str, Detector] = {name: create_detector(name, settings.model_bundles.get(name))
                                                for name in names}
         self.db = Database(settings.effective_database_url)
-        self.spool = Spool(settings.storage_path)
+        try:
+            self.spool = Spool(settings.storage_path)
+        except SpoolPathError as exc:
+            raise ConfigError(f"storage_path: {exc}") from None
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="job")
         self._running: set[int] = set()

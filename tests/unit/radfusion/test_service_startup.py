@@ -122,3 +122,15 @@ def test_the_charset_of_hl7_messages_without_msh_18_is_a_setting(tmp_path: Path)
                 assert bool(session.scalar(select(func.count()).select_from(ClinicalValue))) is stored
         finally:
             service.stop()
+
+
+def test_a_spool_folder_linked_outside_the_storage_path_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """instances/ linked to a larger disk made every store fail as a path escape, answered 0xC214 ('not a valid
+    UID'), which a PACS takes as permanent and drops the images."""
+    elsewhere = tmp_path / "big-disk"
+    elsewhere.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "instances").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match=r"storage_path: .*instances links to .*big-disk, outside the spool .*: "
+                                          r".*point the storage path itself at it"):
+        Service(load_settings(storage_path=tmp_path / "data"))
