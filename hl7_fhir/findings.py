@@ -76,7 +76,8 @@ class OutboundStudy:
     the SR's SOP Instance UID, and the FHIR identifiers end with it. ``patient_name`` is the
     images' Patient Name as DICOM writes it (family^given^middle^prefix^suffix; empty if absent).
     ``notes`` are what the detector says about the case (an input it lacked, a part of a study it read), shown
-    with the result as the SR shows them.
+    with the result as the SR shows them. ``replaces_result_uid`` is the SR this result replaces (a re-issue after
+    late images): the FHIR report names the report it replaces, and the ORU is sent as a correction.
     """
 
     study_instance_uid: str
@@ -91,11 +92,20 @@ class OutboundStudy:
     result_uid: str = ""
     patient_name: str = ""
     notes: tuple[str, ...] = ()
+    replaces_result_uid: str = ""
 
     @property
     def result_key(self) -> str:
         """Study UID / algorithm [/ result UID]: the stem of the FHIR identifiers of this result."""
-        return "/".join(filter(None, (self.study_instance_uid, self.algorithm, self.result_uid)))
+        return self._key(self.result_uid)
+
+    @property
+    def replaced_result_key(self) -> str:
+        """The ``result_key`` of the result this one replaces; "" when it replaces none."""
+        return self._key(self.replaces_result_uid) if self.replaces_result_uid else ""
+
+    def _key(self, result_uid: str) -> str:
+        return "/".join(filter(None, (self.study_instance_uid, self.algorithm, result_uid)))
 
     def __post_init__(self) -> None:
         if not _UID.match(self.study_instance_uid) or len(self.study_instance_uid) > 64:

@@ -78,8 +78,9 @@ def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints:
     obr[7] = performed
     obr[18] = escape(study.accession)
     obr[22] = stamp
+    status = "C" if study.replaces_result_uid else "P"  # a re-issue corrects the result of the same filler order
     obr[24] = "RAD"
-    obr[25] = "P"
+    obr[25] = status
     if priority:
         obr += ["", f"^^^^^{priority}"]
     segments = [msh, pid, _segment(*obr)]
@@ -90,7 +91,7 @@ def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints:
         code = (f"{escape(finding.code)}^{escape(finding.finding_type)}^{escape(system)}"
                 if finding.code else f"^{escape(finding.finding_type)}")
         segments.append(_segment("OBX", str(index), "ST", code, str(index), escape(finding.summary()),
-                                 "", "", abnormal_flag(finding), "", "", "P", "", "", performed,
+                                 "", "", abnormal_flag(finding), "", "", status, "", "", performed,
                                  "", "", "", escape(study.algorithm)))
     return "\r".join(segments) + "\r"
 

@@ -18,6 +18,7 @@ from hl7_fhir.findings import FindingError, OutboundFinding, OutboundStudy
 from hl7_fhir.oru import AI_NOTE, CRITICAL_NOTE
 
 REPORT_ID_SYSTEM = "urn:radfusion:ai-report"
+REPLACES_EXTENSION = "http://hl7.org/fhir/StructureDefinition/diagnosticReport-replaces"  # FHIR R4 core extension
 OBSERVATION_ID_SYSTEM = "urn:radfusion:ai-finding"
 ALERT_ID_SYSTEM = "urn:radfusion:ai-alert"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -126,6 +127,10 @@ def build_diagnostic_report(study: OutboundStudy, findings: Sequence[OutboundFin
                                                           "code": "ACSN"}]}, "value": study.accession})
     if study.performed_at is not None:
         report["effectiveDateTime"] = study.performed_at.isoformat()
+    if study.replaced_result_key:  # a re-issue after late images: the report it replaces, by its identifier
+        report["extension"] = [{"url": REPLACES_EXTENSION, "valueReference": {
+            "type": "DiagnosticReport", "identifier": {"system": REPORT_ID_SYSTEM, "value": study.replaced_result_key},
+            "display": "the earlier AI result of this study, read from fewer images"}}]
     return _model(report), [_model(o) for o in observations]
 
 

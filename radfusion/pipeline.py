@@ -237,7 +237,8 @@ class JobRunner:
         urgent = self._is_urgent(result)
         findings = outbound_findings(result, urgent)
         sr_uid = next(obj.sop_instance_uid for obj in written if obj.kind == "sr")
-        study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent, sources, sr_uid)
+        study = self._emr_study(session, job, result, bool(job.report_destinations) or urgent, sources, sr_uid,
+                                "" if replaced_all is None else replaced_all.sop_instance_uid)
         _audit_untold(session, job, untold_targets(job, self._settings, study, reports=True, alerts=urgent))
         if study is not None:
             session.add_all(report_deliveries(job, study, findings, self._settings, now))
@@ -250,13 +251,14 @@ class JobRunner:
         job.clinical_context = context.to_dict()
         finish_study_if_idle(session, job.study_id)
 
-    def _emr_study(self, session: Session, job: Job, result: DetectorResult, needed: bool,
-                   sources: list[pydicom.Dataset], result_uid: str) -> OutboundStudy | None:
+    def _emr_study(self, session: Session, job: Job, result: DetectorResult, needed: bool, sources: list[pydicom.Dataset],
+                   result_uid: str, replaces_result_uid: str = "") -> OutboundStudy | None:
         """The study as FHIR/HL7 messages name it; None (audited when ``needed``) if the EMR cannot be told."""
         try:
             return outbound_study(job.study, result.task, result.algorithm.name, self._settings,
                                   performed_at=performed_at(sources[0]), result_uid=result_uid,
-                                  patient_name=str(sources[0].get("PatientName", "") or ""), notes=result.notes)
+                                  patient_name=str(sources[0].get("PatientName", "") or ""), notes=result.notes,
+                                  replaces_result_uid=replaces_result_uid)
         except Hl7FhirError as exc:  # e.g. no PatientID: the EMR cannot be told, the PACS and webhooks still are
             if needed:
                 session.add(AuditEvent(kind="emr_message_skipped", subject=f"job {job.id}", detail=str(exc)))

@@ -126,15 +126,24 @@ def test_outbound_report_is_valid_and_found_again_once(client: FhirClient, seede
     assert len(alerts) == 1 and alerts[0].priority == "stat"
 
 
-def test_a_reissued_result_is_a_report_of_its_own(client: FhirClient, seeded: str) -> None:
-    """The first result and its re-issue (a late instance) differ in their SR: both reach the EMR."""
-    for sr_uid in ("1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102"):
-        report, observations = build_diagnostic_report(replace(study(), result_uid=sr_uid), FINDINGS[:1],
-                                                       issued=NOW, patient_reference=f"Patient/{seeded}")
+def test_a_reissued_result_is_a_report_of_its_own_that_names_the_one_it_replaces(client: FhirClient,
+                                                                                  seeded: str) -> None:
+    """The first result and its re-issue (a late instance) differ in their SR: both reach the EMR, and the re-issue
+    names the report it replaces (before, nothing told the EMR which of the two was current)."""
+    first, second = "1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102"
+    for sr_uid, replaces in ((first, ""), (second, first)):
+        reissue = replace(study(), result_uid=sr_uid, replaces_result_uid=replaces)
+        report, observations = build_diagnostic_report(reissue, FINDINGS[:1], issued=NOW,
+                                                       patient_reference=f"Patient/{seeded}")
         assert client.post_transaction_once(transaction_bundle([report, *observations])) is not None
-    for n in (1, 2):
-        key = f"{study().study_instance_uid}/{study().algorithm}/1.2.826.0.1.3680043.8.498.10{n}"
-        assert len(client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{key}"})) == 1
+    stored = {}
+    for sr_uid in (first, second):
+        key = f"{study().study_instance_uid}/{study().algorithm}/{sr_uid}"
+        [stored[sr_uid]] = client.search("DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{key}"})
+    assert stored[first].extension is None
+    [link] = stored[second].extension
+    assert link.url == "http://hl7.org/fhir/StructureDefinition/diagnosticReport-replaces"
+    assert link.valueReference.identifier.value == f"{study().study_instance_uid}/{study().algorithm}/{first}"
 
 
 def test_the_result_s_notes_on_the_case_reach_the_report_s_conclusion(client: FhirClient, seeded: str) -> None:

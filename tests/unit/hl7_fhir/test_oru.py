@@ -40,6 +40,15 @@ def test_result_oru_has_one_obx_per_finding_with_flags() -> None:
     assert "AI-generated" in message.nte.nte_3.to_er7()
 
 
+def test_a_reissued_result_is_sent_as_a_correction_of_its_order() -> None:
+    """A re-issue after late images went out as a second preliminary result: nothing told the RIS it replaced the
+    first, which stayed current where the RIS keeps both."""
+    text = build_oru_result(replace(STUDY, result_uid="1.2.3.2", replaces_result_uid="1.2.3.1"), [ICH], ENDPOINTS)
+    message = parse_message(text, find_groups=False)
+    assert message.obr.obr_3.to_er7() == STUDY.study_instance_uid  # the same filler order as the first result
+    assert message.obr.obr_25.to_er7() == "C" and [row[3] for row in obx_rows(text)] == ["C"]
+
+
 def test_the_result_s_notes_on_the_case_come_as_nte_segments_before_the_ai_note() -> None:
     noted = replace(STUDY, notes=("image-only: the EMR did not answer within 2 s", "gantry tilt 12.0 degrees"))
     message = parse_message(build_oru_result(noted, [ICH], ENDPOINTS), find_groups=False)

@@ -339,9 +339,10 @@ def test_a_series_of_scouts_only_gets_no_job(tmp_path: Path) -> None:
 
 def test_a_revision_queued_by_late_images_waits_for_the_one_before_and_replaces_it(tmp_path: Path) -> None:
     """Two workers ran both revisions side by side: neither SR named the other as its predecessor, and both stood
-    in the PACS, the one read from fewer images possibly sent last."""
-    service = Service(load_settings(storage_path=tmp_path / "data",
-                                    routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
+    in the PACS, the one read from fewer images possibly sent last. The RIS is told the second is a correction."""
+    routing = [{**r.model_dump(mode="json"), "report_destinations": ["ris"]} for r in default_routing([], [])]
+    service = Service(load_settings(storage_path=tmp_path / "data", routing=routing,
+                                    hl7_destinations=[{"name": "ris", "host": "127.0.0.1", "port": 9}]))
     paths = sorted(write_study("head_ct", tmp_path / "in", seed=3, lesion=False, rows=128, slices=16).paths,
                    key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
     other = write_study("head_ct", tmp_path / "other", seed=4, lesion=False, rows=128, slices=16).paths
@@ -362,5 +363,8 @@ def test_a_revision_queued_by_late_images_waits_for_the_one_before_and_replaces_
     with service.db.session() as session:
         srs = {a.job_id: a for a in session.scalars(select(Artifact).where(Artifact.kind == "sr"))}
         assert srs[second].predecessor_id == srs[first].id
+        orus = {d.job_id: d.payload["message"]
+                for d in session.scalars(select(Delivery).where(Delivery.kind == "hl7_report"))}
+    assert [orus[job].split("\r")[2].split("|")[25] for job in (first, second)] == ["P", "C"]  # OBR-25
     replaced = pydicom.dcmread(srs[second].path).PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert replaced.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == srs[first].sop_instance_uid
