@@ -136,9 +136,9 @@ class MllpFramer:
         return frames
 
 
-def frame(message: str, encoding: str = "utf-8") -> bytes:
-    """``message`` wrapped in MLLP start/end blocks."""
-    return START + message.encode(encoding) + END + CR
+def frame(message: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``message`` wrapped in MLLP start/end blocks (``errors``: as ``str.encode`` takes it)."""
+    return START + message.encode(encoding, errors) + END + CR
 
 
 def _control_id(text: str) -> str:
@@ -240,8 +240,8 @@ class MllpServer:
                     break
                 for unit in framer.feed(data):
                     reply = self._reply(unit, peer)
-                    if reply is not None:
-                        conn.sendall(frame(reply, self._encoding))
+                    if reply is not None:  # in the charset of the message it answers; what it cannot hold is '?'
+                        conn.sendall(frame(reply, message_encoding(unit.payload, self._encoding), "replace"))
         except TimeoutError:
             log.info("MLLP connection from %s idle for %.0f s, closed", peer[0], self._idle)
         except (OSError, ssl.SSLError) as exc:
@@ -282,6 +282,15 @@ class MllpServer:
         except Exception:  # noqa: BLE001 - logged; the ACK still goes out
             log.exception("recording a refused HL7 message failed")
         return error_ack(head, "AR", reason, ERR_DATA_TYPE)
+
+
+def _error_code(err: list[str], component: str, subcomponent: str) -> str:
+    """An ERR segment's error code: ERR-3.1 (v2.5), else the code of ERR-1 (v2.3/2.4: segment^sequence^field^
+    code&text); "" when it has none."""
+    if len(err) > 3 and err[3]:
+        return err[3].split(component)[0]
+    location = err[1].split(component) if len(err) > 1 else []
+    return location[3].split(subcomponent)[0] if len(location) > 3 else ""
 
 
 class MllpClient:
@@ -352,7 +361,8 @@ class MllpClient:
                     return unit.payload.decode(message_encoding(unit.payload, self._encoding), errors="replace")
 
     def _check(self, ack: str, control_id: str) -> str:
-        segments = [line.split("|") for line in ack.replace("\n", "\r").split("\r") if line]
+        separators = ack[3:8] if ack.startswith("MSH") and len(ack) >= 8 else "|^~\\&"  # MSH-1 and MSH-2
+        segments = [line.split(separators[0]) for line in ack.replace("\n", "\r").split("\r") if line]
         msa = next((fields for fields in segments if fields[0] == "MSA"), None)
         if msa is None or len(msa) < 3:
             raise MllpError(f"reply to message {control_id} has no MSA segment: {ack[:80]!r}")
@@ -360,7 +370,7 @@ class MllpClient:
         if acked != control_id:
             raise MllpError(f"ACK names message {acked!r}, expected {control_id!r}")
         if code not in ("AA", "CA"):
-            errors = [fields[3].split("^")[0] for fields in segments if fields[0] == "ERR" and len(fields) > 3]
+            errors = [_error_code(fields, separators[1], separators[4]) for fields in segments if fields[0] == "ERR"]
             named = [error for error in errors if _ERROR_CODE.fullmatch(error)]
             detail = f" (error code {', '.join(named)})" if named else ""
             raise MllpNegativeAck(f"message {control_id} answered {code}{detail}; its text is not shown, it may name "

@@ -62,7 +62,7 @@ def _segment(*fields: str) -> str:
 
 
 def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints: Endpoints,
-           notes: Sequence[str], priority: str, control_id: str | None,
+           notes: Sequence[str], priority: str, status: str, control_id: str | None,
            now: Callable[[], datetime] | None) -> str:
     stamp = _ts((now or (lambda: datetime.now(timezone.utc)))())
     performed = _ts(study.performed_at) if study.performed_at else ""
@@ -78,7 +78,6 @@ def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints:
     obr[7] = performed
     obr[18] = escape(study.accession)
     obr[22] = stamp
-    status = "C" if study.replaces_result_uid else "P"  # a re-issue corrects the result of the same filler order
     obr[24] = "RAD"
     obr[25] = status
     if priority:
@@ -103,7 +102,8 @@ def build_oru_result(study: OutboundStudy, findings: Sequence[OutboundFinding], 
     No finding gives one OBX saying so, flagged 'N'. OBX-18 names the algorithm. The study's notes come as NTE
     segments before the AI note.
     """
-    return _build(study, findings, endpoints, [*study.notes, AI_NOTE], "", control_id, now)
+    status = "C" if study.replaces_result_uid else "P"  # a re-issue corrects the result of the same filler order
+    return _build(study, findings, endpoints, [*study.notes, AI_NOTE], "", status, control_id, now)
 
 
 def build_critical_oru(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints: Endpoints,
@@ -117,5 +117,6 @@ def build_critical_oru(study: OutboundStudy, findings: Sequence[OutboundFinding]
     if not critical:
         raise FindingError(f"critical ORU for study {study.study_instance_uid} has no critical finding")
     types = ", ".join(sorted({f.finding_type for f in critical}))
-    return _build(study, critical, endpoints, [CRITICAL_NOTE.format(types=types), AI_NOTE], "S",
+    # "P" even for a re-issue: a channel already paged for the study is not paged again, so this is its first
+    return _build(study, critical, endpoints, [CRITICAL_NOTE.format(types=types), AI_NOTE], "S", "P",
                   control_id, now)

@@ -31,14 +31,18 @@ def use_time_zone(name: str) -> str:
 
 def aware(when: datetime, offset: str) -> datetime | None:
     """A DICOM local date-time made aware: at the source's Timezone Offset From UTC ('+HHMM', -1200..+1400), else
-    in the local time zone (``use_time_zone``: the modality's clock is the hospital's). None for a time the local
-    zone cannot place (a date at the calendar's edge, such as 00010101)."""
-    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit() and int(offset[3:]) < 60:
-        minutes = (int(offset[1:3]) * 60 + int(offset[3:])) * (1 if offset[0] == "+" else -1)
-        if -12 * 60 <= minutes <= 14 * 60:
-            return when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    in the local time zone (``use_time_zone``: the modality's clock is the hospital's). None for a time that cannot
+    be placed in UTC (a date at the calendar's edge, such as 00010101): every reader of it converts it."""
     try:
-        return when.astimezone()
+        if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit() and int(offset[3:]) < 60:
+            minutes = (int(offset[1:3]) * 60 + int(offset[3:])) * (1 if offset[0] == "+" else -1)
+            if -12 * 60 <= minutes <= 14 * 60:
+                placed = when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+                placed.astimezone(timezone.utc)
+                return placed
+        placed = when.astimezone()
+        placed.astimezone(timezone.utc)
+        return placed
     except (ValueError, OverflowError, OSError):
         return None
 

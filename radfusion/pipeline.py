@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 SR_SERIES_NUMBER = 9901
 SEG_SERIES_NUMBER = 9902
 HEATMAP_SERIES_NUMBER = 9903
+MAX_JOB_STARTS = 3  # a job started this many times (crashes, failures to record it) is failed, not started again
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,23 @@ class JobRunner:
                                                         self._no_earlier_unfinished()).values(
                 state="running", started_at=utcnow(), attempts=Job.attempts + 1)).rowcount
         return claimed == 1
+
+    def release(self, job_id: int) -> None:
+        """A job whose run raised (its outcome could not be recorded: the database was locked, say) goes back to
+        the queue while it has starts left (``MAX_JOB_STARTS``), else fails; either way the jobs waiting behind it
+        (``_no_earlier_unfinished``) are not held until the next start. Raises when the database still fails."""
+        with self._db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.state != "running":
+                return
+            if job.attempts < MAX_JOB_STARTS:
+                job.state, job.started_at = "queued", None
+                session.add(AuditEvent(kind="job_requeued", subject=f"job {job_id}",
+                                       detail=f"its outcome could not be recorded (start {job.attempts})"))
+            else:
+                _record_failure(session, job_id, job.study_id,
+                                f"its outcome could not be recorded in {job.attempts} starts; not started again "
+                                "(radfusion reprocess tries it once more)")
 
     def _no_earlier_unfinished(self) -> ColumnElement[bool]:
         """No earlier job of the same detector on the same series (the same study, for a study-level detector) is

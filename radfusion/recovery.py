@@ -16,10 +16,9 @@ from dicom_node.spool import Spool
 from radfusion.db import Database
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Association, AuditEvent, Instance, Job, Study, utcnow
-from radfusion.pipeline import finish_study_if_idle
+from radfusion.pipeline import MAX_JOB_STARTS, finish_study_if_idle
 
 log = logging.getLogger(__name__)
-MAX_JOB_STARTS = 3  # a job the process died under this many times is failed instead of starting it again
 
 
 def recover(db: Database) -> dict[str, int]:

@@ -171,7 +171,11 @@ class Service:
         try:
             self.runner.run(job_id)
         except Exception:  # the runner records job failures itself; this is e.g. the database failing
-            log.exception("job %d could not be recorded; it stays running and is requeued at the next start", job_id)
+            log.exception("job %d could not be recorded", job_id)
+            try:
+                self.runner.release(job_id)
+            except Exception:  # noqa: BLE001 - the database still fails: the next start requeues it
+                log.exception("job %d stays running; it is requeued at the next start", job_id)
         finally:
             with self._lock:
                 self._running.discard(job_id)

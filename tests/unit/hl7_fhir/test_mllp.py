@@ -196,6 +196,10 @@ def test_a_negative_ack_s_texts_stay_out_of_the_error_message() -> None:
         _answered(ack, adt("N1"))
     assert str(refused.value) == "message N1 answered AE (error code 204); its text is not shown, it may name the patient"
     assert refused.value.text == "Patient 12345678 DOE^JANE not registered"
+    v23 = ("MSH|^~\\&|EMR|H|RF|H|20240101||ACK|A2|P|2.3\rMSA|AE|N2|Patient DOE^JANE unknown\r"
+           "ERR|PID^1^3^204&Unknown key identifier\r")  # version 2.3 gives the code in ERR-1
+    with pytest.raises(MllpNegativeAck, match=r"^message N2 answered AE \(error code 204\); its text"):
+        _answered(v23, adt("N2"))
 
 
 def test_handler_exception_becomes_ae() -> None:
@@ -237,3 +241,22 @@ def test_tls_listener_and_client(tmp_path: Path, store: FakeStore) -> None:
     finally:
         server.stop()
     assert len(store.labs) == 1 and len(store.demographics) == 1
+
+
+def test_an_ack_goes_out_in_the_charset_of_the_message_it_answers() -> None:
+    """With a Latin-1 default every ACK was encoded in Latin-1: one quoting a unit such as '×10⁹/L' raised
+    UnicodeEncodeError, the connection's thread died without an ACK, and the sender resent the message for ever."""
+    def answer(text: str) -> MllpReply:
+        control_id = text.split("\r")[0].split("|")[9]
+        return MllpReply(f"MSH|^~\\&|RF|H|LAB|H|20240101||ACK|{control_id}|P|2.5.1\rMSA|AA|{control_id}|unit ×10⁹/L\r")
+
+    server = MllpServer("127.0.0.1", 0, answer, encoding="latin-1")
+    port = server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(frame(adt("U1").replace("|P|2.3\n", "|P|2.3||||||UNICODE UTF-8\n").replace("\n", "\r")))
+            assert "MSA|AA|U1|unit ×10⁹/L" in raw.recv(4096).decode("utf-8")
+            raw.sendall(frame(adt("L1").replace("\n", "\r"), "latin-1"))  # no MSH-18: the default, Latin-1
+            assert "MSA|AA|L1|unit ×10?/L" in raw.recv(4096).decode("latin-1")
+    finally:
+        server.stop()

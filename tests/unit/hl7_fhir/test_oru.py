@@ -47,6 +47,9 @@ def test_a_reissued_result_is_sent_as_a_correction_of_its_order() -> None:
     message = parse_message(text, find_groups=False)
     assert message.obr.obr_3.to_er7() == STUDY.study_instance_uid  # the same filler order as the first result
     assert message.obr.obr_25.to_er7() == "C" and [row[3] for row in obx_rows(text)] == ["C"]
+    critical = build_critical_oru(replace(STUDY, result_uid="1.2.3.2", replaces_result_uid="1.2.3.1"), [ICH],
+                                  ENDPOINTS)
+    assert parse_message(critical, find_groups=False).obr.obr_25.to_er7() == "P"  # a page is never a correction
 
 
 def test_the_result_s_notes_on_the_case_come_as_nte_segments_before_the_ai_note() -> None:

@@ -85,9 +85,12 @@ def test_an_exam_time_that_cannot_be_placed_is_read_without_its_offset_or_not_at
     assert pipeline.performed_at(ds) == datetime(2024, 1, 15, 9, 30).astimezone()
     ds.TimezoneOffsetFromUTC = "+0160"
     assert pipeline.performed_at(ds) == datetime(2024, 1, 15, 9, 30).astimezone()
-    ds.AcquisitionDate = "00010101"
+    ds.AcquisitionDate, ds.AcquisitionTime, ds.TimezoneOffsetFromUTC = "00010101", "000000", "+0100"
+    assert pipeline.performed_at(ds) is None  # it would lie in the year 0 in UTC
     del ds.TimezoneOffsetFromUTC
-    assert pipeline.performed_at(ds) is None
+    assert pipeline.performed_at(ds) is None  # the local zone cannot place it either
+    ds.AcquisitionDate, ds.AcquisitionTime, ds.TimezoneOffsetFromUTC = "99991231", "233000", "-0500"
+    assert pipeline.performed_at(ds) is None  # it would lie beyond the year 9999 in UTC
 
 
 def test_a_job_whose_results_cannot_be_recorded_ends_failed_and_still_alerts(
@@ -368,3 +371,26 @@ def test_a_revision_queued_by_late_images_waits_for_the_one_before_and_replaces_
     assert [orus[job].split("\r")[2].split("|")[25] for job in (first, second)] == ["P", "C"]  # OBR-25
     replaced = pydicom.dcmread(srs[second].path).PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert replaced.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == srs[first].sop_instance_uid
+
+
+def test_a_job_whose_outcome_cannot_be_recorded_is_queued_again_then_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It stayed 'running' until the next start, and since a job waits for the earlier one of its series, the
+    revision behind it (the complete series, perhaps the one with the bleed) waited with it."""
+    service, job_id = _bleed_job(tmp_path)
+
+    def locked(_job_id: int) -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(service.runner, "run", locked)
+    monkeypatch.setattr(service, "_wake", lambda _name: None)  # no scheduler runs in this test
+    for start in (1, 2, 3):
+        assert service.runner.claim(job_id)
+        service._run_job(job_id)
+        with service.db.session() as session:
+            job = session.get(Job, job_id)
+            assert (job.state, job.attempts) == (("queued", start) if start < 3 else ("failed", 3))
+    assert job.error == ("its outcome could not be recorded in 3 starts; not started again (radfusion reprocess "
+                         "tries it once more)")
+    with service.db.session() as session:
+        assert len(session.scalars(select(AuditEvent).where(AuditEvent.kind == "job_requeued")).all()) == 2
