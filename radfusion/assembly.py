@@ -23,7 +23,7 @@ from dicom_node.assembly import SlicePosition, check_series_geometry, series_is_
 from radfusion.db import Database
 from radfusion.errors import RadfusionError
 from radfusion.models import Association, AuditEvent, Instance, Job, Series, Study, utcnow
-from radfusion.routing import Router
+from radfusion.routing import RouteMatch, Router
 from radfusion.settings import StabilitySettings
 
 StudySeen = Callable[[Study, set[str]], None]
@@ -107,7 +107,7 @@ class StudyAssembler:
 
     def _dispatch(self, session: Session, study: Study, now: datetime) -> int:
         queued = 0
-        study_jobs: set[tuple[str, str]] = set()  # (rule, detector) of the study-level jobs queued
+        study_jobs: dict[tuple[str, str], Job] = {}  # the study-level jobs queued, by (rule, detector)
         for series in sorted(study.series, key=lambda s: s.id):
             if series.state != "stable":
                 continue
@@ -131,18 +131,21 @@ class StudyAssembler:
             released_at = session.scalar(select(Association.ended_at).where(Association.id == series.last_association_id))
             jobs = 0
             for match in matches:
-                if match.detector in self._study_level:
-                    if (match.route.name, match.detector) in study_jobs:
-                        continue
-                    study_jobs.add((match.route.name, match.detector))
+                key = (match.route.name, match.detector)
+                if key in study_jobs:  # one job reads the study: it tells the targets of every series' rules
+                    _add_targets(study_jobs[key], match)
+                    continue
                 jobs += 1
-                session.add(Job(
+                job = Job(
                     study_id=study.id, series_id=series.id, detector=match.detector,
                     model_version=self._model_versions[match.detector], revision=series.revision,
                     rule=match.route.name, destinations=list(match.destinations),
                     report_destinations=list(match.report_destinations),
                     alert_channels=list(match.alert_channels), trigger_released_at=released_at,
-                ))
+                )
+                session.add(job)
+                if match.detector in self._study_level:
+                    study_jobs[key] = job
             queued += jobs
             log.info("series %s stable (%d instances, accession %s): %d job(s)%s", series.series_uid,
                      series.instance_count, study.accession_number, jobs,
@@ -154,6 +157,14 @@ class StudyAssembler:
         study.state = "processing" if busy else "done"  # a late unmatched series leaves earlier jobs running
         study.stable_at = now
         return queued
+
+
+def _add_targets(job: Job, match: RouteMatch) -> None:
+    """Add the targets of ``match`` that ``job`` does not name yet."""
+    for column, names in (("destinations", match.destinations), ("report_destinations", match.report_destinations),
+                          ("alert_channels", match.alert_channels)):
+        current = list(getattr(job, column))
+        setattr(job, column, current + [name for name in names if name not in current])
 
 
 def reopen_studies(db: Database, study_uids: Sequence[str], now: datetime | None = None) -> list[str]:

@@ -117,12 +117,13 @@ class JobRunner:
                                 "(radfusion reprocess tries it once more)")
 
     def _no_earlier_unfinished(self) -> ColumnElement[bool]:
-        """No earlier job of the same detector on the same series (the same study, for a study-level detector) is
-        queued or running. A revision queued by a late instance starts only when the one before it has ended, so
-        its SR names that one's as its predecessor; run side by side, both SRs stood in the PACS, unlinked."""
+        """No earlier job of the same detector on the same series (the same study and rule, for a study-level
+        detector, whose jobs of two rules read different series) is queued or running. A revision queued by a late
+        instance starts only when the one before it has ended, so its SR names that one's as its predecessor; run
+        side by side, both SRs stood in the PACS, unlinked."""
         earlier = aliased(Job)
-        same_input = or_(and_(Job.detector.in_(sorted(self._study_level)), earlier.study_id == Job.study_id),
-                         earlier.series_id == Job.series_id)
+        same_input = or_(and_(Job.detector.in_(sorted(self._study_level)), earlier.study_id == Job.study_id,
+                              earlier.rule == Job.rule), earlier.series_id == Job.series_id)
         return ~exists().where(earlier.detector == Job.detector, earlier.id < Job.id,
                                earlier.state.in_(("queued", "running")), same_input)
 
@@ -185,8 +186,10 @@ class JobRunner:
         """The earlier SRs of this detector on this series (or study, for a study-level one) that still stand, newest
         first: the latest, and before it every one that a later SR did not replace (a part of a purged study sent
         again stands beside the result of the whole; see ``_successor``)."""
-        earlier = ((Job.study_id == job.study_id, Job.id < job.id) if job.detector in self._study_level
-                   else (Job.series_id == job.series_id, Job.revision < job.revision))
+        if job.detector in self._study_level:  # a job of another rule reads other series: it replaces nothing here
+            earlier = (Job.study_id == job.study_id, Job.rule == job.rule, Job.id < job.id)
+        else:
+            earlier = (Job.series_id == job.series_id, Job.revision < job.revision)
         rows = session.execute(
             select(Artifact.path, Artifact.sop_class_uid, Artifact.sop_instance_uid, Artifact.series_uid,
                    Artifact.predecessor_id).join(Job, Artifact.job_id == Job.id)
@@ -269,8 +272,9 @@ class JobRunner:
         job.clinical_context = context.to_dict()
         finish_study_if_idle(session, job.study_id)
 
-    def _emr_study(self, session: Session, job: Job, result: DetectorResult, needed: bool, sources: list[pydicom.Dataset],
-                   result_uid: str, replaces_result_uid: str = "") -> OutboundStudy | None:
+    def _emr_study(self, session: Session, job: Job, result: DetectorResult, needed: bool,
+                   sources: list[pydicom.Dataset], result_uid: str,
+                   replaces_result_uid: str = "") -> OutboundStudy | None:
         """The study as FHIR/HL7 messages name it; None (audited when ``needed``) if the EMR cannot be told."""
         try:
             return outbound_study(job.study, result.task, result.algorithm.name, self._settings,

@@ -394,3 +394,46 @@ def test_a_job_whose_outcome_cannot_be_recorded_is_queued_again_then_failed(
                          "tries it once more)")
     with service.db.session() as session:
         assert len(session.scalars(select(AuditEvent).where(AuditEvent.kind == "job_requeued")).all()) == 2
+
+
+def _mammo_per_view(tmp_path: Path, routing: list[dict]) -> Service:
+    """A service with ``routing`` (and DICOM destinations 'pacs' and 'archive') that stored a normal four-view
+    exam sent as one series per view, each described by its side ('left' / 'right')."""
+    service = Service(load_settings(storage_path=tmp_path / "data", routing=routing, destinations=[
+        {"name": name, "ae_title": name.upper(), "host": "127.0.0.1", "port": 9} for name in ("pacs", "archive")]))
+    paths = write_case_dicom(generate_case(1), tmp_path / "exam")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SeriesDescription = {"L": "left", "R": "right"}[ds.ImageLaterality]
+        ds.save_as(path)
+    _store(service, paths)
+    return service
+
+
+def test_the_mammography_jobs_of_two_rules_run_side_by_side_and_replace_nothing_of_each_other(
+        tmp_path: Path) -> None:
+    """Each reads the series of its own rule; the second waited for the first and its SR replaced the first's."""
+    service = _mammo_per_view(tmp_path, [
+        {"name": side, "match": {"Modality": "MG", "SeriesDescription": side}, "detectors": ["mammo_fusion"]}
+        for side in ("left", "right")])
+    assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 2
+    jobs = service.runner.runnable(10)
+    assert len(jobs) == 2
+    for job_id in jobs:
+        assert service.runner.claim(job_id)
+        service.runner.run(job_id)
+    with service.db.session() as session:
+        assert [a.predecessor_id for a in session.scalars(select(Artifact).where(Artifact.kind == "sr"))] == [None] * 2
+
+
+def test_a_study_level_job_tells_the_targets_of_every_series_rule(tmp_path: Path) -> None:
+    """The left views matched rule 'all' only and queued its job; the right views, matching 'all' and 'archive',
+    were skipped as that job's, and the archive was never sent the result."""
+    service = _mammo_per_view(tmp_path, [
+        {"name": "all", "match": {"Modality": "MG"}, "detectors": ["mammo_fusion"], "destinations": ["pacs"]},
+        {"name": "archive", "match": {"SeriesDescription": "right"}, "detectors": ["mammo_fusion"],
+         "destinations": ["archive"]}])
+    assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 1
+    with service.db.session() as session:
+        assert session.scalars(select(Job.destinations)).one() == ["pacs", "archive"]
