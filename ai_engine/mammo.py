@@ -155,7 +155,8 @@ def _left_out(header: pydicom.Dataset) -> str | None:
     if {str(value).strip().upper() for value in image_type} & {"GENERATED_2D", "TOMOSYNTHESIS"}:
         return "a synthesized 2D image (Image Type GENERATED_2D or TOMOSYNTHESIS); only acquired 2D views are read"
     modifiers = [str(modifier.get("CodeMeaning", "") or modifier.get("CodeValue", ""))
-                 for item in header.get("ViewCodeSequence", []) for modifier in item.get("ViewModifierCodeSequence", [])]
+                 for item in header.get("ViewCodeSequence", [])
+                 for modifier in item.get("ViewModifierCodeSequence", [])]
     if modifiers:
         return f"a view with a View Modifier ({', '.join(modifiers)}); only standard views are read"
     try:
@@ -184,8 +185,9 @@ def _acquired(header: pydicom.Dataset) -> tuple[str, int]:
 
 
 def load_views(paths: Sequence[Path | str]) -> tuple[list[MammoView], list[str]]:
-    """Read the views of one study, ordered by laterality then CC, MLO, ... so view_index is stable, and say which
-    images were left out and why.
+    """Read the views of one study, ordered by laterality then CC, MLO, ... so view_index is stable, and the notes
+    for the result: which images were left out and why, and what a view read carries that the model did not learn
+    (an implant).
 
     Only full-field 2D views for presentation are read (``_left_out``): one image of another kind in the study
     (a tomosynthesis object, a specimen) must not cost the exam. Of several images of the same laterality and view
@@ -196,7 +198,7 @@ def load_views(paths: Sequence[Path | str]) -> tuple[list[MammoView], list[str]]
     headers = {Path(p): pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
     reasons = {path: _left_out(header) for path, header in headers.items()}
     screening = [p for p, reason in reasons.items() if reason is None]
-    skipped = [f"{_image_name(headers[p])} not read: {reason}" for p, reason in reasons.items() if reason]
+    notes = [f"{_image_name(headers[p])} not read: {reason}" for p, reason in reasons.items() if reason]
     if not screening:
         raise VolumeError(f"none of the {len(paths)} mammography images is a full-field 2D view for presentation: "
                           f"{'; '.join(sorted({r for r in reasons.values() if r}))}")
@@ -205,12 +207,12 @@ def load_views(paths: Sequence[Path | str]) -> tuple[list[MammoView], list[str]]
         header = headers[path]
         side_view = (_laterality(header, path), _view(header, path))
         if side_view in latest:
-            skipped.append(f"{_image_name(headers[latest[side_view]])} not read: {' '.join(side_view)} is read from "
-                           f"{_image_name(header)}, acquired later")
+            notes.append(f"{_image_name(headers[latest[side_view]])} not read: {' '.join(side_view)} is read from "
+                         f"{_image_name(header)}, acquired later")
         latest[side_view] = path
-    skipped += [f"{_image_name(headers[path])}: Breast Implant Present is YES; the model learned breasts without "
-                "implants" for path in latest.values()
-                if str(headers[path].get("BreastImplantPresent", "") or "").upper() == "YES"]
+    notes += [f"{_image_name(headers[path])}: Breast Implant Present is YES; the model learned breasts without "
+              "implants" for path in latest.values()
+              if str(headers[path].get("BreastImplantPresent", "") or "").upper() == "YES"]
     views = [load_view(path) for path in latest.values()]
     studies = {v.study_instance_uid for v in views}
     if len(studies) != 1:
@@ -219,4 +221,4 @@ def load_views(paths: Sequence[Path | str]) -> tuple[list[MammoView], list[str]]
     def order(view: MammoView) -> tuple[str, int, str]:
         return (view.laterality, VIEW_ORDER.index(view.view), view.sop_instance_uid)  # _left_out: one of them
 
-    return sorted(views, key=order), skipped
+    return sorted(views, key=order), notes

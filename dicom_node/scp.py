@@ -107,8 +107,7 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 """Transfer syntaxes accepted for every storage SOP class (stored as received, never transcoded), in the order of
 preference: of those a context proposes, the first here is accepted (pynetdicom negotiates in the acceptor's
 order). Explicit VR comes first (it keeps the VR of private elements), uncompressed before lossless compressed
-(no decoding on the detectors' path), and lossy last: a sender that also offers a lossless syntax never sends a
-lossy copy to the detectors."""
+(no decoding on the detectors' path), and lossy last: where a sender also offers a lossless syntax, it is used."""
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _UNDEFINED_LENGTH = 0xFFFFFFFF

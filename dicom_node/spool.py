@@ -119,10 +119,12 @@ class Spool:
         self.results = self.root / "results"
         for directory in (self.incoming_tmp, self.instances, self.quarantine_dir, self.results):
             directory.mkdir(parents=True, exist_ok=True)
+        for directory in (self.incoming_tmp, self.instances, self.quarantine_dir):  # results/ may lie anywhere
             if not directory.resolve().is_relative_to(self.root):  # every store would fail as a path escape
                 raise SpoolPathError(f"{directory} links to {directory.resolve()}, outside the spool {self.root}: "
-                                     "received files are renamed from incoming-tmp/ into instances/, which needs "
-                                     "one filesystem; to use a larger disk, point the storage path itself at it")
+                                     "received files are renamed between incoming-tmp/, instances/ and quarantine/, "
+                                     "which needs one filesystem; to use a larger disk, point the storage path "
+                                     "itself at it")
 
     def recover(self) -> int:
         """Remove temp files a crash left behind; return how many were removed."""

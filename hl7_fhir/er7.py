@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 from hl7_fhir.errors import Hl7FhirError
 
+HL7_CHARSETS = {  # MSH-18 (HL7 table 0211) -> Python codec
+    "ASCII": "ascii", "8859/1": "latin-1", "8859/2": "iso-8859-2", "8859/5": "iso-8859-5", "8859/7": "iso-8859-7",
+    "8859/9": "iso-8859-9", "8859/15": "iso-8859-15", "UNICODE UTF-8": "utf-8", "UNICODE": "utf-8",
+}
+
 DEFAULT_ENCODING = "^~\\&"
 
 

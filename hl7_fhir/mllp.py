@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hl7_fhir.er7 import Er7Error, read_msh
+from hl7_fhir.er7 import HL7_CHARSETS, Er7Error, read_msh
 from hl7_fhir.errors import Hl7FhirError
 from hl7_fhir.hl7v2 import ERR_APPLICATION_INTERNAL, ERR_DATA_TYPE, error_ack
 
@@ -32,11 +32,6 @@ _ERROR_CODE = re.compile(r"[A-Za-z0-9]{1,10}")  # ERR-3.1, HL7 table 0357 (e.g. 
 class MllpError(Hl7FhirError):
     """A transport failure: refused, timed out, closed by the peer, or a negative ACK."""
 
-
-HL7_CHARSETS = {  # MSH-18 (HL7 table 0211) -> Python codec
-    "ASCII": "ascii", "8859/1": "latin-1", "8859/2": "iso-8859-2", "8859/5": "iso-8859-5", "8859/7": "iso-8859-7",
-    "8859/9": "iso-8859-9", "8859/15": "iso-8859-15", "UNICODE UTF-8": "utf-8", "UNICODE": "utf-8",
-}
 
 
 def message_encoding(payload: bytes, default: str) -> str:

@@ -14,12 +14,13 @@ from sqlalchemy import func, select
 
 from ai_engine.detectors.base import Detector
 from ai_engine.detectors.registry import create_detector
-from hl7_fhir.inbox import Hl7Inbox
-from hl7_fhir.mllp import HL7_CHARSETS, MllpServer
 from dicom_node.errors import SpoolPathError
 from dicom_node.scp import ScpConfig, StorageScp
-from dicom_node.tls import TlsConfig
 from dicom_node.spool import Spool
+from dicom_node.tls import TlsConfig
+from hl7_fhir.er7 import HL7_CHARSETS
+from hl7_fhir.inbox import Hl7Inbox
+from hl7_fhir.mllp import MllpServer
 from radfusion.assembly import StudyAssembler
 from radfusion.clinical import ClinicalGatherer, Hl7Store
 from radfusion.db import Database

@@ -29,7 +29,7 @@ from ai_engine.results import Task
 from dicom_node.errors import ConfigError as DicomConfigError
 from dicom_node.peers import parse_calling_ae_hosts
 from dicom_node.tls import TlsConfig, check_ca_file
-from hl7_fhir.mllp import HL7_CHARSETS
+from hl7_fhir.er7 import HL7_CHARSETS
 from hl7_fhir.units import ANALYTES, CODED_ANALYTES
 from radfusion.errors import ConfigError
 
@@ -95,10 +95,11 @@ def _time_zone(name: str) -> str:
 
 
 def _hl7_charset(name: str) -> str:
-    """A charset name of HL7 table 0211 that radfusion can decode (``8859/1``, ``UNICODE UTF-8``)."""
-    if name not in HL7_CHARSETS:
+    """A charset name of HL7 table 0211 that radfusion can decode (``8859/1``, ``UNICODE UTF-8``), read as MSH-18
+    is: in any case, without the spaces around it."""
+    if name.strip().upper() not in HL7_CHARSETS:
         raise ValueError(f"unknown HL7 charset {name!r}; use one of {sorted(HL7_CHARSETS)}")
-    return name
+    return name.strip().upper()
 
 
 def _usable_database_url(url: str | None) -> str | None:

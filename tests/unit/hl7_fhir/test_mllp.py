@@ -194,7 +194,8 @@ def test_a_negative_ack_s_texts_stay_out_of_the_error_message() -> None:
            "ERR|||204^Unknown key identifier^HL70357|E||||Patient 12345678 DOE^JANE not registered\r")
     with pytest.raises(MllpNegativeAck) as refused:
         _answered(ack, adt("N1"))
-    assert str(refused.value) == "message N1 answered AE (error code 204); its text is not shown, it may name the patient"
+    assert str(refused.value) == ("message N1 answered AE (error code 204); its text is not shown, it may name the "
+                                  "patient")
     assert refused.value.text == "Patient 12345678 DOE^JANE not registered"
     v23 = ("MSH|^~\\&|EMR|H|RF|H|20240101||ACK|A2|P|2.3\rMSA|AE|N2|Patient DOE^JANE unknown\r"
            "ERR|PID^1^3^204&Unknown key identifier\r")  # version 2.3 gives the code in ERR-1
@@ -248,7 +249,8 @@ def test_an_ack_goes_out_in_the_charset_of_the_message_it_answers() -> None:
     UnicodeEncodeError, the connection's thread died without an ACK, and the sender resent the message for ever."""
     def answer(text: str) -> MllpReply:
         control_id = text.split("\r")[0].split("|")[9]
-        return MllpReply(f"MSH|^~\\&|RF|H|LAB|H|20240101||ACK|{control_id}|P|2.5.1\rMSA|AA|{control_id}|unit ×10⁹/L\r")
+        return MllpReply(f"MSH|^~\\&|RF|H|LAB|H|20240101||ACK|{control_id}|P|2.5.1\r"
+                         f"MSA|AA|{control_id}|unit ×10⁹/L\r")
 
     server = MllpServer("127.0.0.1", 0, answer, encoding="latin-1")
     port = server.start()

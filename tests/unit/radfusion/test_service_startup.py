@@ -134,3 +134,7 @@ def test_a_spool_folder_linked_outside_the_storage_path_is_refused_naming_the_ke
     with pytest.raises(ConfigError, match=r"storage_path: .*instances links to .*big-disk, outside the spool .*: "
                                           r".*point the storage path itself at it"):
         Service(load_settings(storage_path=tmp_path / "data"))
+    (tmp_path / "data" / "instances").unlink()
+    (tmp_path / "data" / "results").rmdir()
+    (tmp_path / "data" / "results").symlink_to(elsewhere)  # results are written in place, never renamed: allowed
+    Service(load_settings(storage_path=tmp_path / "data"))
