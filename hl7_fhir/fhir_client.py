@@ -9,9 +9,11 @@ so a retry never stores a result twice.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -32,11 +34,28 @@ Params = Mapping[str, str | Sequence[str]]
 
 
 class FhirError(Hl7FhirError):
-    """A FHIR request failed: the server is unreachable, answered an error, or sent an invalid resource."""
+    """A FHIR request failed: the server is unreachable, answered an error, or sent an invalid resource.
+    ``retry_after_s``: how long the server asked to be left alone (Retry-After), when it said."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after_s: float | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The seconds an HTTP answer's Retry-After asks for (delta-seconds or an HTTP date); None without a readable
+    one."""
+    value = str(headers.get("retry-after", "") or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _without_query(url: str) -> str:
@@ -137,9 +156,11 @@ class FhirClient:
                         raise FhirError(f"FHIR {method} {where} answered non-JSON ({len(response.content)} bytes, "
                                         f"{response.headers.get('content-type', 'no content type')})",
                                         response.status_code) from exc
-                if response.status_code not in retry_status or last:
+                wait = retry_after_s(response.headers)
+                if response.status_code not in retry_status or last or (wait or 0.0) > self._backoff * 2 ** attempt:
+                    # a server asking for longer than this client's own pause is left alone: the caller retries later
                     raise FhirError(f"FHIR {method} {where} answered {response.status_code}: "
-                                    f"{_outcome_text(response)}", response.status_code)
+                                    f"{_outcome_text(response)}", response.status_code, wait)
                 log.info("FHIR %s %s answered %d, retrying", method, where, response.status_code)
             self._sleep(self._backoff * 2 ** attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")

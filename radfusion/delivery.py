@@ -67,17 +67,19 @@ class SendFailure:
 
     error: str
     rejected: bool  # refused for what it is (or where it goes): retrying cannot help
+    retry_after_s: float | None = None  # how long the receiver asked to be left alone (HTTP Retry-After)
 
 
 def is_rejection(exc: Exception) -> bool:
-    """True for an HTTP 4xx answer other than 408, 425 and 429 (FhirError, AlertDeliveryError), for a
-    DICOM association rejected-permanent (AssociationRejected) and for an HL7 AR/CR (MllpNegativeAck)."""
+    """True for an HTTP 4xx answer other than 408, 425 and 429 and for a redirect, which is not followed (FhirError,
+    AlertDeliveryError), for a DICOM association rejected-permanent (AssociationRejected) and for an HL7 AR/CR
+    (MllpNegativeAck)."""
     if isinstance(exc, AssociationRejected):
         return exc.permanent
     if isinstance(exc, MllpNegativeAck):
         return exc.rejected
     status = getattr(exc, "status", None)
-    return status is not None and 400 <= status < 500 and status not in RETRYABLE_HTTP_STATUS
+    return status is not None and 300 <= status < 500 and status not in RETRYABLE_HTTP_STATUS
 
 
 def _stored_message(kind: str, items: Batch) -> Any:
@@ -194,7 +196,8 @@ class DeliveryWorker:
         except SendFailed as exc:
             return instance_failures(items, exc)
         except (DicomNodeError, ReportsError, Hl7FhirError, httpx.HTTPError, OSError) as exc:
-            return dict.fromkeys(ids, SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc)))
+            return dict.fromkeys(ids, SendFailure(f"{type(exc).__name__}: {exc}", rejected=is_rejection(exc),
+                                                  retry_after_s=getattr(exc, "retry_after_s", None)))
         except Exception as exc:  # noqa: BLE001 - an error no sender expects is still recorded, retried, given up on
             log.exception("delivery to %s %r raised an unexpected error", kind, target)
             return dict.fromkeys(ids, SendFailure(f"unexpected {type(exc).__name__}: {exc}", rejected=False))
@@ -247,6 +250,8 @@ class DeliveryWorker:
                           delivery.id, delivery.target, delivery.id, failure.error)
             else:
                 delay = backoff_delay(delivery.attempts, retry.initial_s, retry.factor, retry.max_s)
+                if failure.retry_after_s is not None:  # what the receiver asked for, within the longest pause
+                    delay = max(delay, min(failure.retry_after_s, retry.max_s))
                 delivery.next_attempt_at = now + timedelta(seconds=delay)
                 log.warning("delivery %d to %s failed (attempt %d, next in %.0f s): %s", delivery.id,
                             delivery.target, delivery.attempts, delay, failure.error)

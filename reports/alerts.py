@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import httpx
 
 from ai_engine.results import DetectorResult, Task
+from hl7_fhir.fhir_client import retry_after_s
 from reports.algorithm import DISCLAIMER
 from reports.errors import ReportsError
 
@@ -21,11 +22,13 @@ from reports.errors import ReportsError
 class AlertDeliveryError(ReportsError):
     """An alert channel could not deliver a payload (non-2xx answer or no connection)."""
 
-    def __init__(self, channel: str, reason: str, status: int | None = None) -> None:
+    def __init__(self, channel: str, reason: str, status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(f"alert channel {channel!r} did not deliver: {reason}")
         self.channel = channel
         self.reason = reason
         self.status = status  # the HTTP status of the answer; None when there was none
+        self.retry_after_s = retry_after_s  # what its Retry-After asked for, if it said
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class WebhookChannel:
             response = httpx.post(self.url, json=payload, headers=self.headers, timeout=self.timeout_s)
         except httpx.HTTPError as exc:
             raise AlertDeliveryError(self.name, f"{type(exc).__name__}: {exc}") from exc
-        if not response.is_success:
-            raise AlertDeliveryError(self.name, f"HTTP {response.status_code} {response.reason_phrase}",
-                                     response.status_code)
+        if not response.is_success:  # a redirect is not followed: the payload names a patient
+            moved = "; a redirect is not followed: set the channel's url to the receiver itself" \
+                if response.is_redirect else ""
+            raise AlertDeliveryError(self.name, f"HTTP {response.status_code} {response.reason_phrase}{moved}",
+                                     response.status_code, retry_after_s(response.headers))

@@ -39,6 +39,8 @@ class _WebhookHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.received.append((dict(self.headers), json.loads(body)))  # type: ignore[attr-defined]
         self.send_response(self.server.status)  # type: ignore[attr-defined]
+        for name, value in self.server.headers.items():  # type: ignore[attr-defined]
+            self.send_header(name, value)
         self.end_headers()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
@@ -46,11 +48,12 @@ class _WebhookHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def webhook_receiver(port: int | None = None, status: int = 204) -> Iterator[ThreadingHTTPServer]:
+def webhook_receiver(port: int | None = None, status: int = 204,
+                     headers: dict[str, str] | None = None) -> Iterator[ThreadingHTTPServer]:
     """An HTTP receiver on loopback (``port``, or a free one): ``.received`` lists (headers, JSON body)
-    of each POST, ``.status`` is what it answers (settable while it runs)."""
+    of each POST, ``.status`` is what it answers (settable while it runs), with ``headers``."""
     server = ThreadingHTTPServer(("127.0.0.1", port or 0), _WebhookHandler)
-    server.received, server.status = [], status  # type: ignore[attr-defined]
+    server.received, server.status, server.headers = [], status, dict(headers or {})  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -39,6 +39,29 @@ def test_5xx_is_retried_and_4xx_is_not() -> None:
     assert len(calls) == 3
 
 
+def test_a_server_asking_for_a_longer_pause_is_left_alone_and_says_how_long() -> None:
+    """A 503 with Retry-After: 120 was retried at once in the client's own short pauses, against the server's word;
+    the delivery now waits what the server asked (radfusion.delivery) and an HTTP date is read too."""
+    calls: list[str] = []
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        retry_after = "120" if len(calls) == 1 else "Wed, 21 Oct 2099 07:28:00 GMT"
+        return httpx.Response(503, headers={"Retry-After": retry_after})
+
+    fhir = client(busy, retries=2)
+    with pytest.raises(FhirError) as refused:
+        fhir.search("Patient", {})
+    assert len(calls) == 1 and (refused.value.status, refused.value.retry_after_s) == (503, 120.0)
+    with pytest.raises(FhirError) as refused:
+        fhir.search("Patient", {})
+    assert len(calls) == 2 and refused.value.retry_after_s > 365 * 24 * 3600
+    short = client(lambda request: httpx.Response(503, headers={"Retry-After": "0"}), retries=2)
+    with pytest.raises(FhirError) as refused:  # a pause within the client's own is taken: every retry is made
+        short.search("Patient", {})
+    assert refused.value.retry_after_s == 0.0
+
+
 def test_a_failed_search_names_the_resource_not_the_patient() -> None:
     """The error is logged and kept with the clinical context: the search's identifier must not be in it."""
     fhir = client(lambda request: httpx.Response(503), retries=0)

@@ -121,6 +121,36 @@ def test_answers_that_time_can_cure_are_retried(tmp_path: Path, status: int) -> 
         assert delivery.state == "pending" and f"HTTP {status}" in delivery.last_error
 
 
+def test_a_receiver_s_retry_after_is_honoured_within_the_longest_pause(tmp_path: Path) -> None:
+    """A 429 asking for a minute was tried again after the backoff (here 10 s), against the receiver's word."""
+    port = free_port()
+    db, worker, delivery_id = setup(tmp_path, port)
+    with webhook_receiver(port, 429, {"Retry-After": "45"}):
+        worker.run_due("alerts")
+    with db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery.state == "pending" and delivery.next_attempt_at > utcnow() + timedelta(seconds=40)
+        delivery.next_attempt_at = utcnow()
+    with webhook_receiver(port, 503, {"Retry-After": "86400"}):
+        worker.run_due("alerts")
+    with db.session() as session:  # never longer than retry.max_s (here 60 s): an alert must not wait a day
+        delivery = session.get(Delivery, delivery_id)
+        assert utcnow() + timedelta(seconds=55) < delivery.next_attempt_at < utcnow() + timedelta(seconds=61)
+
+
+def test_a_redirect_is_refused_not_followed(tmp_path: Path) -> None:
+    """A 308 was neither followed nor refused: the alert stayed pending for the whole give-up time, logged only
+    as warnings. Following it would send the patient's alert wherever the answer pointed."""
+    port = free_port()
+    db, worker, delivery_id = setup(tmp_path, port)
+    with webhook_receiver(port, 308, {"Location": "https://elsewhere.example.org/hook"}):
+        worker.run_due("alerts")
+    with db.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery.state == "failed" and "a redirect is not followed" in delivery.last_error
+        assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_rejected")).one()
+
+
 def test_an_error_no_sender_expects_is_recorded_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     """Before: the error escaped the round, so the delivery stayed pending with 0 attempts and no error for good,
