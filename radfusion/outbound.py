@@ -6,6 +6,7 @@ row, so every retry sends the same message (same control id, same conditional-cr
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
@@ -93,7 +94,7 @@ def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[Outboun
             payload = transaction_bundle([report, *observations]).model_dump(mode="json", exclude_none=True)
             deliveries.append(Delivery(kind="fhir_report", target=name, job_id=job.id, payload=payload))
         elif name in hl7:
-            message = build_oru_result(study, findings, _endpoints(settings, name), control_id=f"RF{job.id}R{index}")
+            message = build_oru_result(study, findings, _endpoints(settings, name), control_id=_control_id(job, "R", index))
             deliveries.append(Delivery(kind="hl7_report", target=name, job_id=job.id, payload={"message": message}))
     return deliveries
 
@@ -126,9 +127,16 @@ def alert_deliveries(job: Job, study: OutboundStudy | None, findings: Sequence[O
             deliveries.append(Delivery(kind="fhir_alert", target=name, job_id=job.id, payload=payload))
         else:
             message = build_critical_oru(study, findings, _endpoints(settings, channel.destination),
-                                         control_id=f"RF{job.id}A{index}")
+                                         control_id=_control_id(job, "A", index))
             deliveries.append(Delivery(kind="hl7_alert", target=name, job_id=job.id, payload={"message": message}))
     return deliveries
+
+
+def _control_id(job: Job, kind: str, index: int) -> str:
+    """MSH-10 of a job's ORU: its job, kind (R result, A alert) and target, and a random part, so a database started
+    afresh (job ids from 1 again) does not repeat one a receiver still remembers and drops as a resend. At most 20
+    characters (MSH-10); stored with the message, so a retry sends the same."""
+    return f"RF{job.id}{kind}{index}-{secrets.token_hex(3)}"
 
 
 def _endpoints(settings: Settings, destination: str) -> Endpoints:

@@ -3,6 +3,7 @@ objects cannot be written still raises the alarm for an urgent finding."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -369,6 +370,8 @@ def test_a_revision_queued_by_late_images_waits_for_the_one_before_and_replaces_
         orus = {d.job_id: d.payload["message"]
                 for d in session.scalars(select(Delivery).where(Delivery.kind == "hl7_report"))}
     assert [orus[job].split("\r")[2].split("|")[25] for job in (first, second)] == ["P", "C"]  # OBR-25
+    for job in (first, second):  # MSH-10: the job, and a random part a database started afresh does not repeat
+        assert re.fullmatch(rf"RF{job}R0-[0-9a-f]{{6}}", orus[job].split("\r")[0].split("|")[9])
     replaced = pydicom.dcmread(srs[second].path).PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert replaced.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == srs[first].sop_instance_uid
 
