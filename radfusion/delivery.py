@@ -186,6 +186,13 @@ class DeliveryWorker:
             config = _target_settings(self._settings, kind, target)
         except KeyError:  # only these lookups mean "no longer configured"
             return dict.fromkeys(ids, SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True))
+        if kind == "dicom":  # a result file gone from the spool must not hold back the batch's others
+            gone = {delivery_id: SendFailure(f"result file {Path(path).name if path else '(none)'} is gone from the "
+                                             "spool; radfusion reprocess writes the results again", rejected=True)
+                    for delivery_id, path, _ in items if not path or not Path(path).is_file()}
+            rest = [item for item in items if item[0] not in gone]
+            if gone:
+                return {**gone, **(self._send(kind, target, rest) if rest else {})}
         try:
             message = _stored_message(kind, items)
         except (Hl7FhirError, KeyError, TypeError) as exc:
