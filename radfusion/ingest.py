@@ -52,10 +52,12 @@ _RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam
                    .values(times_received=Instance.times_received + 1, path=bindparam("path"),
                            transfer_syntax_uid=bindparam("transfer_syntax_uid"), size_bytes=bindparam("size_bytes"),
                            **_NEW_HEADER))
-_MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id"))
+_MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id"))  # and the new bytes' header
                   .values(series_id=bindparam("new_series_id"), path=bindparam("new_path"),
                           times_received=Instance.times_received + 1, received_at=bindparam("now"),
-                          association_id=bindparam("new_association"), **_NEW_HEADER))
+                          association_id=bindparam("new_association"), sop_class_uid=bindparam("new_sop_class"),
+                          transfer_syntax_uid=bindparam("new_transfer_syntax"), size_bytes=bindparam("new_size"),
+                          **_NEW_HEADER))
 _LEAVE_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"))
                  .values(instance_count=Series.instance_count - 1))
 _REOPEN_SERIES = (update(Series).where(Series.id == bindparam("old_series_id"), Series.instance_count > 0)
@@ -214,7 +216,9 @@ class IngestRecorder:
         assembled and analysed again without it."""
         conn.execute(_MOVE_INSTANCE, {
             "instance_id": earlier.id, "new_series_id": series_id, "new_path": str(instance.path), "now": now,
-            "new_association": instance.association_id, **_new(_header_values(instance.attributes))})
+            "new_association": instance.association_id, "new_sop_class": instance.sop_class_uid,
+            "new_transfer_syntax": instance.transfer_syntax_uid, "new_size": instance.size_bytes,
+            **_new(_header_values(instance.attributes))})
         conn.execute(_LEAVE_SERIES, {"old_series_id": earlier.series_id})
         if conn.execute(_REOPEN_SERIES, {"old_series_id": earlier.series_id, "now": now}).rowcount:
             old_study = conn.scalar(select(Series.study_id).where(Series.id == earlier.series_id))

@@ -136,6 +136,19 @@ def test_an_instance_sent_again_with_new_content_gets_the_new_header_in_its_row(
     db.dispose()
 
 
+def test_an_instance_received_again_in_another_series_gets_its_new_header_in_its_row(tmp_path: Path) -> None:
+    """Moved to its new series, the row kept the old transfer syntax, size and SOP class of bytes no longer kept."""
+    db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
+    recorder = IngestRecorder(db, spool)
+    recorder.instance_stored(_ct(spool, "1.2.3.100", 5.0, 1))
+    recorder.instance_stored(_ct(spool, "1.2.3.100", 50.0, 10, "1.2.840.10008.1.2", series="1.2.3.301"))
+    with db.session() as session:
+        row = session.scalars(select(Instance)).one()
+        assert (row.series.series_uid, row.transfer_syntax_uid, row.size_bytes, row.instance_number) == (
+            "1.2.3.301", "1.2.840.10008.1.2", 10, 10)
+    db.dispose()
+
+
 def test_a_series_sent_again_under_a_corrected_study_uid_leaves_no_file_without_a_row(tmp_path: Path) -> None:
     """Before: the row followed the new file and the old one stayed in the spool with no row, so retention never
     deleted it."""
