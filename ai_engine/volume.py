@@ -301,6 +301,20 @@ def _decoded(image: _Image) -> np.ndarray:
                           "changed or went since its header was read") from exc
 
 
+AIR_HU = -1000.0  # what a padded pixel (outside the reconstructed field) reads as
+
+
+def _padded(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Where ``stored`` holds the Pixel Padding Value (up to the Pixel Padding Range Limit): pixels outside the
+    reconstructed field, which read as air; None when the image declares no padding. Unread, a padding of 63536 in
+    unsigned pixels (-2000 written without its sign, as some CT scanners do) read as 62512 HU around the head."""
+    value = ds.get("PixelPaddingValue")
+    if value is None:
+        return None
+    value, limit = int(value), int(ds.get("PixelPaddingRangeLimit", value))
+    return (stored >= min(value, limit)) & (stored <= max(value, limit))
+
+
 def _pixels(images: list[_Image]) -> np.ndarray:
     """HU of each slice (rescaled per slice or frame), each file's pixel data decoded once; a single-frame image's
     pixel data is let go once it is copied (the series is in ``array`` then)."""
@@ -316,6 +330,9 @@ def _pixels(images: list[_Image]) -> np.ndarray:
                 decoded[image.path] = _decoded(image).reshape(-1, *array.shape[1:])
             stored = decoded[image.path][image.number - 1]
         array[k] = stored.astype(np.float32) * np.float32(image.slope) + np.float32(image.intercept)
+        padded = _padded(image.dataset, stored)
+        if padded is not None:
+            array[k][padded] = AIR_HU
     return array
 
 

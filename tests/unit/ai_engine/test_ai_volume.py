@@ -67,6 +67,19 @@ def test_a_series_of_two_spacings_is_refused_saying_so(head: SyntheticStudy, tmp
         load_series(_rewrite(head.paths, tmp_path / "zones", zones))
 
 
+def test_padding_outside_the_field_reads_as_air(head: SyntheticStudy, tmp_path: Path) -> None:
+    """Pixel Padding Value was never read: 63536 in unsigned pixels (-2000 without its sign) read as 62512 HU."""
+    def pad(_: int, ds: pydicom.Dataset) -> None:
+        pixels = ds.pixel_array.copy()
+        pixels[:4, :4] = 63536  # the corner, outside the head
+        ds.add_new("PixelPaddingValue", "US", 63536)
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+
+    volume = load_series(_rewrite(head.paths, tmp_path / "padded", pad))
+    assert (volume.array[:, :4, :4] == -1000.0).all()
+    np.testing.assert_array_equal(volume.array[:, 4:, 4:], load_series(head.paths).array[:, 4:, 4:])
+
+
 def test_missing_slice_is_rejected_as_a_gap(head: SyntheticStudy) -> None:
     with pytest.raises(VolumeError, match=r"step 10.000 mm after slice 4 is 2 x the median .*\(1 missing slice\)"):
         load_series(head.paths[:5] + head.paths[6:])
