@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ai_engine.detectors.base import DetectorInput, head_coverage_notes, lps_volume
+from ai_engine.detectors.base import DetectorInput, lps_volume
+from ai_engine.detectors.head_input import head_ct_notes
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, dilate_in_plane, fill_holes_per_slice
 from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
@@ -54,7 +55,7 @@ class IchBaseline:
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Find hyperdense intracranial components in ``inputs.volume``."""
         volume, reorientation = lps_volume(inputs, NAME, "head")
-        coverage = head_coverage_notes(volume, NAME)
+        coverage = head_ct_notes(volume, NAME)
         p = self.parameters
         hu = volume.array
         dz, dy, dx = volume.spacing_mm

@@ -42,8 +42,8 @@ from ai_engine.clinical_features import (
     feature_names,
     note_encoding_of,
 )
-from ai_engine.contrast import declares_contrast
-from ai_engine.detectors.base import DetectorInput, head_coverage_notes, lps_volume
+from ai_engine.detectors.base import DetectorInput, lps_volume
+from ai_engine.detectors.head_input import head_ct_notes
 from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
@@ -62,7 +62,6 @@ MODEL_PIXEL_MM = 2.0
 MODEL_SIZE = 128
 SLAB_MM = 5.0
 GROUP_MM = 10.0  # blood pieces closer than this are one bleed
-MAX_HEAD_CM2 = 400.0  # an adult head's cross-section is at most ~250 cm^2; a chest or abdomen is 450 and more
 Z_STEP_MM = 1.25
 N_CLASSES = 1 + len(SUBTYPES)
 IN_CHANNELS = 4
@@ -301,14 +300,7 @@ class IchFusion:
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Segment, fuse with the clinical context, and report bleeds (none when the case is negative)."""
         volume, reorientation = lps_volume(inputs, NAME, "head")
-        if declares_contrast(volume.contrast_agent):  # a contrast head drew a 13.5 mL "subdural" at 1.000
-            raise DetectorInputError(f"{NAME} reads non-contrast head CT; this series declares the contrast agent "
-                                     f"{volume.contrast_agent!r} (Contrast/Bolus Agent): check the routing rule")
-        area = body_cross_section_cm2(volume)
-        if area > MAX_HEAD_CM2:  # a chest read as a head drew a 260 mL "hemorrhage" of bone
-            raise DetectorInputError(f"{NAME}: the body's median cross-section is {area:.0f} cm^2, more than a head's "
-                                     f"(under {MAX_HEAD_CM2:g}); not a head CT: check the routing rule")
-        coverage = head_coverage_notes(volume, NAME)
+        coverage = head_ct_notes(volume, NAME)
         image = self.image_stage(volume)
         fusion = self.fusion_stage(image.features, inputs.context)
         positive = fusion.probability >= self.threshold
@@ -358,19 +350,6 @@ class IchFusion:
                             "heatmap": f"segmentation foreground probability within {GROUP_MM:g} mm of the bleed"},
                 modality_weights=dict(fusion.weights)))
         return sorted(findings, key=lambda f: -(f.volume_ml or 0.0))
-
-
-def body_cross_section_cm2(volume: Volume, samples: int = 12) -> float:
-    """Median area (cm^2) of the largest object above -300 HU, holes filled, over up to ``samples`` slices that
-    show one (a table apart from the body is a separate, smaller object)."""
-    pixel_cm2 = volume.spacing_mm[1] * volume.spacing_mm[2] / 100.0
-    areas = []
-    for index in np.unique(np.linspace(0, volume.array.shape[0] - 1, samples).astype(int)):
-        labels, count = ndimage.label(volume.array[index] > -300.0)
-        if count:
-            largest = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-            areas.append(float(ndimage.binary_fill_holes(largest).sum()) * pixel_cm2)
-    return float(np.median(areas)) if areas else 0.0
 
 
 def bleed_groups(blood: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

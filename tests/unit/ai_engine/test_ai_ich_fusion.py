@@ -176,7 +176,7 @@ def test_a_series_of_a_few_slices_is_refused_and_a_short_one_says_how_little_it_
 def test_the_coverage_of_a_tilted_series_is_measured_along_the_table() -> None:
     """Tilted by 30 degrees, 7 slices 5 mm apart on the table lie 4.33 mm apart along their normal: they cover 35 mm
     of the head, not 30.3."""
-    from ai_engine.detectors.base import head_coverage_notes
+    from ai_engine.detectors.head_input import head_ct_notes
     from ai_engine.volume import Volume
 
     tilt = np.radians(30.0)
@@ -185,6 +185,6 @@ def test_the_coverage_of_a_tilted_series_is_measured_along_the_table() -> None:
                                                                    [0, np.sin(tilt), np.cos(tilt)]]),
                     sop_instance_uids=[], paths=[], series_instance_uid="1.2", study_instance_uid="1.2",
                     shear_mm=(0.0, -5.0 * np.sin(tilt) * np.cos(tilt), 5.0 * np.sin(tilt) ** 2))
-    assert head_coverage_notes(volume, "ich_fusion") == [
+    assert head_ct_notes(volume, "ich_fusion") == [
         "the series covers only 35 mm along the body axis (a head CT covers 100 mm or more): nothing outside it was "
         "searched"]

@@ -36,22 +36,24 @@ def test_ich_fusion_finds_a_plain_bleed_on_its_side_and_calls_no_bone_blood() ->
         (f.location, f.measurements["mean_hu"]) for f in result.findings]  # bundle 1.1.0: skull base, 1085 HU
 
 
-def test_ich_fusion_refuses_a_chest_instead_of_reading_its_bones_as_blood() -> None:
-    volume = chest(1)  # routed by a careless rule: before, a ~260 mL "hemorrhage" of bone
+@pytest.mark.parametrize("name", ["ich_fusion", "ich_baseline"])
+def test_both_ich_detectors_refuse_a_chest_instead_of_reading_its_bones_as_blood(name: str) -> None:
+    volume = chest(1)  # routed by a careless rule: before, a ~260 mL "hemorrhage" of bone (ich_baseline: no check)
     with pytest.raises(DetectorInputError, match="not a head CT"):
-        create_detector("ich_fusion").detect(DetectorInput(volume=volume))
+        create_detector(name).detect(DetectorInput(volume=volume))
 
 
+@pytest.mark.parametrize("name", ["ich_fusion", "ich_baseline"])
 @pytest.mark.parametrize(("agent", "refused"), [("Iohexol 350", True), ("NONE", False), ("No IV contrast", False),
                                                 ("", False)])
-def test_ich_fusion_refuses_a_series_that_declares_contrast(agent: str, refused: bool) -> None:
+def test_both_ich_detectors_refuse_a_series_that_declares_contrast(agent: str, refused: bool, name: str) -> None:
     volume, _ = head(1)  # a hand-written rule may route any head: a contrast head drew a 13.5 mL "subdural" at 1.000
     inputs = DetectorInput(volume=dataclasses.replace(volume, contrast_agent=agent))
     if refused:
         with pytest.raises(DetectorInputError, match="non-contrast head CT.*Iohexol 350"):
-            create_detector("ich_fusion").detect(inputs)
+            create_detector(name).detect(inputs)
     else:
-        assert not create_detector("ich_fusion").detect(inputs).positive
+        assert not create_detector(name).detect(inputs).positive
 
 
 def test_ich_fusion_calls_a_plain_clean_head_negative() -> None:

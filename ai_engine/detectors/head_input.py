@@ -1,0 +1,56 @@
+"""What both hemorrhage detectors require of a series before reading it as a non-contrast head CT."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ai_engine.contrast import declares_contrast
+from ai_engine.errors import DetectorInputError
+from ai_engine.volume import Volume
+
+MAX_HEAD_CM2 = 400.0  # an adult head's cross-section is at most ~250 cm^2; a chest or abdomen is 450 and more
+HEAD_MIN_COVERAGE_MM = 30.0  # less: a few slices, which cannot show a head free of blood
+HEAD_FULL_COVERAGE_MM = 100.0  # less: the result says how little of the head it read
+
+
+def head_ct_notes(volume: Volume, detector: str) -> list[str]:
+    """Refuse (DetectorInputError) a series that declares a contrast agent (enhancing vessels read as blood: a
+    13.5 mL "subdural" at 1.000), whose body is wider than a head (a chest's bones read as a 260 mL hemorrhage) or
+    that covers too little of a head to call it free of blood (two slices of a bleeding head scored a plain
+    negative); the notes for a result read from less than a whole head."""
+    if declares_contrast(volume.contrast_agent):
+        raise DetectorInputError(f"{detector} reads non-contrast head CT; this series declares the contrast agent "
+                                 f"{volume.contrast_agent!r} (Contrast/Bolus Agent): check the routing rule")
+    area = body_cross_section_cm2(volume)
+    if area > MAX_HEAD_CM2:
+        raise DetectorInputError(f"{detector}: the body's median cross-section is {area:.0f} cm^2, more than a "
+                                 f"head's (under {MAX_HEAD_CM2:g}); not a head CT: check the routing rule")
+    extent_mm = coverage_mm(volume)
+    if extent_mm < HEAD_MIN_COVERAGE_MM:
+        raise DetectorInputError(f"{detector}: the series covers {extent_mm:.1f} mm along the body axis, less than "
+                                 f"{HEAD_MIN_COVERAGE_MM:g} mm: too little of a head to call it free of blood")
+    if extent_mm < HEAD_FULL_COVERAGE_MM:
+        return [f"the series covers only {extent_mm:.0f} mm along the body axis (a head CT covers "
+                f"{HEAD_FULL_COVERAGE_MM:g} mm or more): nothing outside it was searched"]
+    return []
+
+
+def coverage_mm(volume: Volume) -> float:
+    """The slices times the table's step between them (with a gantry tilt, longer than their spacing along the
+    tilted slice normal)."""
+    step = volume.spacing_mm[0] * np.asarray(volume.direction[2]) + np.asarray(volume.shear_mm)
+    return volume.array.shape[0] * float(np.linalg.norm(step))
+
+
+def body_cross_section_cm2(volume: Volume, samples: int = 12) -> float:
+    """Median area (cm^2) of the largest object above -300 HU, holes filled, over up to ``samples`` slices that
+    show one (a table apart from the body is a separate, smaller object)."""
+    pixel_cm2 = volume.spacing_mm[1] * volume.spacing_mm[2] / 100.0
+    areas = []
+    for index in np.unique(np.linspace(0, volume.array.shape[0] - 1, samples).astype(int)):
+        labels, count = ndimage.label(volume.array[index] > -300.0)
+        if count:
+            largest = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+            areas.append(float(ndimage.binary_fill_holes(largest).sum()) * pixel_cm2)
+    return float(np.median(areas)) if areas else 0.0
