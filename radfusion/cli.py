@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
+
 from dicom_node.errors import DicomNodeError
 from radfusion.errors import RadfusionError
 from radfusion.routing import compile_routing
@@ -179,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (RadfusionError, DicomNodeError) as exc:
         print(f"radfusion: {exc}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:  # the database is down or locked: its error names no value of a row
+        print(f"radfusion: the database cannot be used: {type(exc.orig).__name__}: {str(exc.orig).strip()}",
+              file=sys.stderr)
         return 2
 
 

@@ -140,6 +140,11 @@ class JobRunner:
                 return
             paths = [Path(p) for p in session.scalars(select(Instance.path)
                                                       .where(Instance.series_id.in_(self.input_series(job))))]
+            gone = [path for path in paths if not path.is_file()]
+            if gone:  # a retention purge that failed after deleting the files: the images sent again are read
+                paths = [path for path in paths if path not in gone]
+                log.warning("job %d: %d image(s) of its rows are gone from the spool; read without them", job_id,
+                            len(gone))
             detector = self._detectors[job.detector]
             patient = study_patient(job.study)
             study_uid, accession = job.study.study_uid, job.study.accession_number
@@ -149,8 +154,10 @@ class JobRunner:
         try:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
-            if inputs.notes:  # images the loader left out (a tomosynthesis object beside the 2D views)
-                result = replace(result, notes=[*result.notes, *inputs.notes])
+            gone_note = [f"{len(gone)} image(s) recorded for this study are gone from radfusion's spool (a retention "
+                         "purge that did not finish) and were not read"] if gone else []
+            if inputs.notes or gone_note:  # images the loader left out (a tomosynthesis object beside the 2D views)
+                result = replace(result, notes=[*result.notes, *inputs.notes, *gone_note])
             sources, frames = _sources(inputs)
             predecessors, result = self._successor(job_id, current, sources, result)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import func, select
@@ -99,9 +103,19 @@ class Service:
                                   encoding=HL7_CHARSETS[settings.hl7.default_charset])
         self.port: int | None = None
         self.hl7_port: int | None = None
+        self._serving: IO[str] | None = None  # the storage path's lock, held while serving
 
     def start(self) -> int:
-        """Recover, start the listener and the scheduler; returns the DICOM port."""
+        """Take the storage path, recover, start the listener and the scheduler; returns the DICOM port. A start
+        that fails stops what it started."""
+        self._serving = _serve_lock(self.spool.root)  # before recovery, which takes over what a dead serve left
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> int:
         recover(self.db)
         reconcile_spool(self.db, self.spool, self.recorder)
         stability = self.settings.stability
@@ -133,14 +147,18 @@ class Service:
         return self.port
 
     def stop(self) -> None:
-        """Stop accepting, let running jobs finish, stop the scheduler."""
+        """Stop accepting, let running jobs finish, stop the scheduler, give the storage path up."""
         self.scp.stop()
         if self.hl7 is not None:
             self.hl7.stop()
-        self._scheduler.shutdown(wait=True)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.clinical.close()
         self.db.dispose()
+        if self._serving is not None:
+            self._serving.close()  # the lock goes with the file handle
+            self._serving = None
 
     def _wake(self, job_id: str) -> None:
         self._scheduler.modify_job(job_id, next_run_time=datetime.now(timezone.utc))
@@ -188,6 +206,26 @@ class Service:
         """Jobs waiting for a worker."""
         with self.db.session() as session:
             return int(session.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0)
+
+
+def _serve_lock(root: Path) -> IO[str]:
+    """Hold ``root/serve.lock`` exclusively (the kernel lets it go when the process ends); ConfigError naming the
+    storage path when another serve holds it. Recovery would otherwise take a live server's jobs and associations
+    for a dead one's, and its scheduler run them a second time."""
+    handle = open(root / "serve.lock", "a+")  # noqa: SIM115 - held open while serving
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise ConfigError(f"storage_path: another radfusion serve (process {holder}) runs on {root}; stop it "
+                          "first, or give this one its own storage_path") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _listening(section: str, address: str, port: int, start: Callable[[], int]) -> int:

@@ -602,6 +602,19 @@ def format_validation_error(exc: ValidationError, config_file: Path | None) -> s
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
-        got = "" if err["type"] in ("missing", "value_error") else f" (got {err.get('input')!r})"
+        shown = _shown_input(err["loc"], err.get("input"))
+        got = "" if err["type"] in ("missing", "value_error") else f" (got {shown})"
         lines.append(f"  {key}: {message}{got}")
     return "\n".join(lines)
+
+
+def _shown_input(loc: tuple[int | str, ...], value: Any) -> str:
+    """What an error may show of a value it refuses: not a secret (``SECRET_KEYS``, webhook headers, a URL's
+    password), and of a mapping or list only its kind, since it may hold one."""
+    if {str(part) for part in loc} & {*SECRET_KEYS, "headers"}:
+        return SECRET_MASK
+    if isinstance(value, dict | list):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    if str(loc[-1] if loc else "").endswith("url") and isinstance(value, str):
+        return repr(_masked_url(value))
+    return repr(value)

@@ -77,6 +77,31 @@ def test_config_masks_the_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert effective["clinical"]["fhir"]["auth"]["client_secret"] is None  # unset stays visibly unset
 
 
+def test_a_refused_configuration_value_shows_no_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped header or token was quoted in the error: 'got ['Bearer', 'SUPERSECRETHOOK']'."""
+    config = write_config(
+        tmp_path, clinical={"fhir": {"base_url": "https://emr/fhir", "auth": {"kind": "bearer", "token": ["tok-123"]}}},
+        alerts={"channels": [{"name": "ed", "url": "https://pager/hook", "headers": {"Authorization": ["Bearer",
+                                                                                                   "hdr-9"]}}]},
+        hl7_destinations=[{"name": "ris", "host": "ris", "port": 2575, "receiving_application": ["app", "x-9"]}])
+    assert main(["--config", str(config), "config"]) == 2
+    err = capsys.readouterr().err
+    assert "clinical.fhir.auth.token: Input should be a valid string (got ***)" in err
+    assert "headers.Authorization: Input should be a valid string (got ***)" in err
+    assert "receiving_application: Input should be a valid string (got a list)" in err
+    assert not any(secret in err for secret in ("tok-123", "hdr-9", "x-9"))
+
+
+def test_a_database_that_cannot_be_reached_is_one_clear_line(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """status, requeue and reprocess printed a 120-line traceback."""
+    config = write_config(tmp_path, database_url="postgresql+psycopg://radfusion:S3cret@127.0.0.1:1/radfusion")
+    assert main(["--config", str(config), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("radfusion: the database cannot be used: OperationalError: ") and "Traceback" not in err
+    assert "S3cret" not in err
+
+
 @pytest.mark.peers
 def test_echo_a_destination(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with storescp(tmp_path / "sink", ae_title="PACS") as port:

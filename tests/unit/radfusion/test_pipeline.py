@@ -15,7 +15,7 @@ from sqlalchemy import select
 from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.studies import write_study
 from radfusion import pipeline
-from radfusion.models import Alert, Artifact, Association, AuditEvent, Delivery, Job, Series, utcnow
+from radfusion.models import Alert, Artifact, Association, AuditEvent, Delivery, Instance, Job, Series, utcnow
 from radfusion.cli import main as cli_main
 from radfusion.retention import purge_expired
 from radfusion.service import Service
@@ -440,3 +440,21 @@ def test_a_study_level_job_tells_the_targets_of_every_series_rule(tmp_path: Path
     assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 1
     with service.db.session() as session:
         assert session.scalars(select(Job.destinations)).one() == ["pacs", "archive"]
+
+
+def test_images_gone_from_the_spool_are_read_without_and_the_result_says_so(tmp_path: Path) -> None:
+    """A retention purge that failed after deleting the files left their rows: the job of the part sent again read
+    them and failed (FileNotFoundError), so a bleed in it was neither reported nor alerted."""
+    service, job_id = _bleed_job(tmp_path, alert_channels=["ed"])
+    with service.db.session() as session:  # the two top slices: the part left is a whole stack
+        gone = [row.path for row in sorted(session.execute(select(Instance.path, Instance.position)),
+                                           key=lambda row: row.position[2])[-2:]]
+    for path in gone:
+        Path(path).unlink()
+    assert service.runner.claim(job_id)
+    service.runner.run(job_id)
+    with service.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job.state == "done", job.error
+        assert ("2 image(s) recorded for this study are gone from radfusion's spool (a retention purge that did not "
+                "finish) and were not read") in job.result["notes"]  # the SR's comments show the result's notes

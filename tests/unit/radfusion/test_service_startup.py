@@ -4,6 +4,7 @@ shows on its results; and a port it cannot listen on, named by its key."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -138,3 +139,32 @@ def test_a_spool_folder_linked_outside_the_storage_path_is_refused_naming_the_ke
     (tmp_path / "data" / "results").rmdir()
     (tmp_path / "data" / "results").symlink_to(elsewhere)  # results are written in place, never renamed: allowed
     Service(load_settings(storage_path=tmp_path / "data"))
+
+
+def test_a_second_serve_on_the_same_storage_path_is_refused_before_it_touches_anything(tmp_path: Path) -> None:
+    """It recovered first, taking the live server's running jobs and open associations for a dead one's, ran those
+    jobs a second time, and only then found the port taken."""
+    from sqlalchemy import select
+
+    from radfusion.models import AuditEvent, Job, Series, Study
+
+    settings = load_settings(storage_path=tmp_path / "data", dicom={"bind_address": "127.0.0.1", "port": 0})
+    live = Service(settings)
+    live.start()
+    try:
+        with live.db.session() as session:
+            series = Series(study=Study(study_uid="1.2.3"), series_uid="1.2.3.1")
+            session.add(Job(study=series.study, series=series, detector="ich_fusion", model_version="x", rule="r",
+                            state="running"))
+        second = Service(settings)
+        with pytest.raises(ConfigError, match=rf"storage_path: another radfusion serve \(process {os.getpid()}\) "
+                                              r"runs on .*data; stop it first"):
+            second.start()
+        with live.db.session() as session:
+            assert session.scalars(select(Job.state)).one() == "running"
+            assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "recovered")).all() == []
+    finally:
+        live.stop()
+    after = Service(settings)  # the lock went with the live server
+    after.start()
+    after.stop()
