@@ -63,6 +63,16 @@ def test_loader_keeps_the_last_retake_and_skips_raw_and_spot_images(tmp_path: Pa
         load_views([tmp_path / "raw.dcm"])
 
 
+def _variants(source: Path, changes: dict[str, dict[str, object]], out: Path) -> None:
+    """A copy of ``source`` per entry of ``changes`` (out/<name>.dcm, a new SOP Instance UID), with its attributes."""
+    for name, change in changes.items():
+        ds = pydicom.dcmread(source)
+        ds.SOPInstanceUID = generate_uid()
+        for keyword, value in change.items():
+            setattr(ds, keyword, value)
+        ds.save_as(out / f"{name}.dcm")
+
+
 def test_an_image_of_another_kind_in_the_study_is_left_out_not_the_exam(tmp_path: Path) -> None:
     """A tomosynthesis object, a specimen (laterality B), a view the detectors do not know and a magnification view
     without a View Modifier: before, each of them failed the whole exam, or (the last) replaced its CC view."""
@@ -73,12 +83,7 @@ def test_an_image_of_another_kind_in_the_study_is_left_out_not_the_exam(tmp_path
         "xccm": {"ViewPosition": "XCCM", "ViewCodeSequence": []},
         "magnified": {"EstimatedRadiographicMagnificationFactor": 1.8, "InstanceNumber": 99},
     }
-    for name, change in changes.items():
-        ds = pydicom.dcmread(paths[0])
-        ds.SOPInstanceUID = generate_uid()
-        for keyword, value in change.items():
-            setattr(ds, keyword, value)
-        ds.save_as(tmp_path / f"{name}.dcm")
+    _variants(paths[0], changes, tmp_path)
     views, skipped = load_views([*paths, *(tmp_path / f"{name}.dcm" for name in changes)])
     assert [(v.laterality, v.view) for v in views] == [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
     assert str(views[0].path) == str(paths[0])  # not the magnification view sent after it
@@ -99,12 +104,7 @@ def test_a_synthesized_2d_view_an_image_of_both_breasts_and_an_implant_are_named
     paths = write_case_dicom(generate_case(_first_case(False), Acquisition(pixel_spacing_mm=0.8)), tmp_path)
     changes = {"cview": {"ImageType": ["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "GENERATED_2D"], "InstanceNumber": 98},
                "both": {"ImageLaterality": "B", "Laterality": "L", "InstanceNumber": 99}}
-    for name, change in changes.items():
-        ds = pydicom.dcmread(paths[0])
-        ds.SOPInstanceUID = generate_uid()
-        for keyword, value in change.items():
-            setattr(ds, keyword, value)
-        ds.save_as(tmp_path / f"{name}.dcm")
+    _variants(paths[0], changes, tmp_path)
     implant = pydicom.dcmread(paths[1])
     implant.BreastImplantPresent = "YES"
     implant.save_as(paths[1])

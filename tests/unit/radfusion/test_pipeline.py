@@ -94,42 +94,26 @@ def test_an_exam_time_that_cannot_be_placed_is_read_without_its_offset_or_not_at
     assert pipeline.performed_at(ds) is None  # it would lie beyond the year 9999 in UTC
 
 
-def test_a_job_whose_results_cannot_be_recorded_ends_failed_and_still_alerts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("patched", "error", "step"), [
+    ("build_seg", ValueError("SEG builder refused the series"), "writing the results"),
+    # recording them raised out of the job (e.g. a date UTC cannot hold), leaving it 'running', the study unalerted
+    ("report_deliveries", OverflowError("date value out of range"), "recording the results"),
+])
+def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written_or_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patched: str, error: Exception, step: str) -> None:
     service, job_id = _bleed_job(tmp_path, alert_channels=["ed"])
 
     def refuse(*_args: object, **_kwargs: object) -> None:
-        raise OverflowError("date value out of range")
+        raise error
 
-    monkeypatch.setattr(pipeline, "report_deliveries", refuse)
-    assert service.runner.claim(job_id)
-    service.runner.run(job_id)  # raised before, leaving the job 'running' and the study 'processing'
-    with service.db.session() as session:
-        job = session.get(Job, job_id)
-        alert = session.scalars(select(Alert)).one()
-        assert job.state == "failed"
-        assert job.error == (f"recording the results failed: OverflowError: date value out of range; "
-                             f"the study's hemorrhage alert {alert.id} stands without them")
-        delivery = session.scalars(select(Delivery)).one()
-        assert (delivery.kind, delivery.target, delivery.state) == ("webhook", "ed", "pending")
-        assert session.scalars(select(Artifact)).all() == []
-
-
-def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    service, job_id = _bleed_job(tmp_path, alert_channels=["ed"])
-
-    def refuse(*_args: object, **_kwargs: object) -> None:
-        raise ValueError("SEG builder refused the series")
-
-    monkeypatch.setattr(pipeline, "build_seg", refuse)
+    monkeypatch.setattr(pipeline, patched, refuse)
     assert service.runner.claim(job_id)
     service.runner.run(job_id)
     with service.db.session() as session:
         job = session.get(Job, job_id)
         alert = session.scalars(select(Alert)).one()
         assert job.state == "failed"
-        assert job.error == (f"writing the results failed: ValueError: SEG builder refused the series; "
+        assert job.error == (f"{step} failed: {type(error).__name__}: {error}; "
                              f"the study's hemorrhage alert {alert.id} stands without them")
         assert alert.payload["kind"] == "ich_alert" and alert.job_id == job_id
         delivery = session.scalars(select(Delivery)).one()
