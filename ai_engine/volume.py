@@ -306,13 +306,24 @@ AIR_HU = -1000.0  # what a padded pixel (outside the reconstructed field) reads 
 
 def _padded(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
     """Where ``stored`` holds the Pixel Padding Value (up to the Pixel Padding Range Limit): pixels outside the
-    reconstructed field, which read as air; None when the image declares no padding. Unread, a padding of 63536 in
-    unsigned pixels (-2000 written without its sign, as some CT scanners do) read as 62512 HU around the head."""
+    reconstructed field, which read as air; None when the image declares none that can be read. Unread, a padding of
+    63536 in unsigned pixels (-2000 written without its sign, as some CT scanners do) read as 62512 HU around the
+    head. The value is read in the pixels' own sign (-2000 over unsigned pixels is 63536). A padding value beyond
+    Bits Stored is not recognised: pydicom reads the pixels without the bits above it."""
     value = ds.get("PixelPaddingValue")
-    if value is None:
+    limit = ds.get("PixelPaddingRangeLimit", value)
+    if not isinstance(value, int) or not isinstance(limit, int):  # absent, empty, or several values
         return None
-    value, limit = int(value), int(ds.get("PixelPaddingRangeLimit", value))
+    allocated = int(ds.get("BitsAllocated", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    value, limit = (_in_sign(v, allocated, signed) for v in (value, limit))
     return (stored >= min(value, limit)) & (stored <= max(value, limit))
+
+
+def _in_sign(value: int, bits: int, signed: bool) -> int:
+    """``value`` as a ``bits``-bit pixel of that sign reads it (US and SS name the same bits)."""
+    unsigned = value % (1 << bits)
+    return unsigned - (1 << bits) if signed and unsigned >= 1 << (bits - 1) else unsigned
 
 
 def _pixels(images: list[_Image]) -> np.ndarray:

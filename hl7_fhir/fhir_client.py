@@ -29,6 +29,7 @@ FHIR_JSON = "application/fhir+json"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 NOT_PROCESSED_STATUS = frozenset({429, 503})
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+MAX_RETRY_AFTER_IN_CLIENT_S = 1.0  # a Retry-After this short is waited out here (a lab read has a time budget)
 
 Params = Mapping[str, str | Sequence[str]]
 
@@ -47,7 +48,7 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The seconds an HTTP answer's Retry-After asks for (delta-seconds or an HTTP date); None without a readable
     one."""
     value = str(headers.get("retry-after", "") or "").strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -157,11 +158,13 @@ class FhirClient:
                                         f"{response.headers.get('content-type', 'no content type')})",
                                         response.status_code) from exc
                 wait = retry_after_s(response.headers)
-                if response.status_code not in retry_status or last or (wait or 0.0) > self._backoff * 2 ** attempt:
-                    # a server asking for longer than this client's own pause is left alone: the caller retries later
+                if response.status_code not in retry_status or last or (wait or 0.0) > MAX_RETRY_AFTER_IN_CLIENT_S:
+                    # a server asking for a longer pause is left alone: a delivery is tried again that much later
                     raise FhirError(f"FHIR {method} {where} answered {response.status_code}: "
                                     f"{_outcome_text(response)}", response.status_code, wait)
                 log.info("FHIR %s %s answered %d, retrying", method, where, response.status_code)
+                self._sleep(max(self._backoff * 2 ** attempt, wait or 0.0))
+                continue
             self._sleep(self._backoff * 2 ** attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 

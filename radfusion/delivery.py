@@ -18,6 +18,7 @@ that does not answer delays only its own messages in that round.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -187,9 +188,10 @@ class DeliveryWorker:
         except KeyError:  # only these lookups mean "no longer configured"
             return dict.fromkeys(ids, SendFailure(f"{kind} target {target!r} is no longer configured", rejected=True))
         if kind == "dicom":  # a result file gone from the spool must not hold back the batch's others
-            gone = {delivery_id: SendFailure(f"result file {Path(path).name if path else '(none)'} is gone from the "
-                                             "spool; radfusion reprocess writes the results again", rejected=True)
-                    for delivery_id, path, _ in items if not path or not Path(path).is_file()}
+            gone = {delivery_id: SendFailure(f"result file {Path(path).name if path else '(none)'} is not in the "
+                                             "spool (retried: a disk mounted late comes back; radfusion reprocess "
+                                             "writes the results again)", rejected=False)
+                    for delivery_id, path, _ in items if not path or not os.path.isfile(path)}
             rest = [item for item in items if item[0] not in gone]
             if gone:
                 return {**gone, **(self._send(kind, target, rest) if rest else {})}

@@ -51,7 +51,7 @@ _NEW_HEADER = {column: bindparam(f"new_{column}") for column in _HEADER_COLUMNS}
 _RECEIVED_AGAIN = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))  # the new bytes' header
                    .values(times_received=Instance.times_received + 1, path=bindparam("path"),
                            transfer_syntax_uid=bindparam("transfer_syntax_uid"), size_bytes=bindparam("size_bytes"),
-                           **_NEW_HEADER))
+                           sop_class_uid=bindparam("sop_class"), **_NEW_HEADER))
 _MOVE_INSTANCE = (update(Instance).where(Instance.id == bindparam("instance_id"))  # and the new bytes' header
                   .values(series_id=bindparam("new_series_id"), path=bindparam("new_path"),
                           times_received=Instance.times_received + 1, received_at=bindparam("now"),
@@ -199,7 +199,7 @@ class IngestRecorder:
         elif earlier.series_id == series_id:
             conn.execute(_RECEIVED_AGAIN, {
                 "uid": uid, "path": str(instance.path), "transfer_syntax_uid": instance.transfer_syntax_uid,
-                "size_bytes": instance.size_bytes, **_new(_header_values(attrs))})
+                "size_bytes": instance.size_bytes, "sop_class": instance.sop_class_uid, **_new(_header_values(attrs))})
             if earlier.path != str(instance.path):  # the same series sent again under a corrected Study UID
                 moved_from = Path(earlier.path)
         else:

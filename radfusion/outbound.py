@@ -94,7 +94,8 @@ def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[Outboun
             payload = transaction_bundle([report, *observations]).model_dump(mode="json", exclude_none=True)
             deliveries.append(Delivery(kind="fhir_report", target=name, job_id=job.id, payload=payload))
         elif name in hl7:
-            message = build_oru_result(study, findings, _endpoints(settings, name), control_id=_control_id(job, "R", index))
+            message = build_oru_result(study, findings, _endpoints(settings, name),
+                                       control_id=_control_id(job, "R", index))
             deliveries.append(Delivery(kind="hl7_report", target=name, job_id=job.id, payload={"message": message}))
     return deliveries
 

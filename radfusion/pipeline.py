@@ -10,6 +10,7 @@ told even when the PACS cannot be.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -117,13 +118,12 @@ class JobRunner:
                                 "(radfusion reprocess tries it once more)")
 
     def _no_earlier_unfinished(self) -> ColumnElement[bool]:
-        """No earlier job of the same detector on the same series (the same study and rule, for a study-level
-        detector, whose jobs of two rules read different series) is queued or running. A revision queued by a late
-        instance starts only when the one before it has ended, so its SR names that one's as its predecessor; run
-        side by side, both SRs stood in the PACS, unlinked."""
+        """No earlier job of the same detector on the same series (the same study, for a study-level detector) is
+        queued or running. A revision queued by a late instance starts only when the one before it has ended, so
+        its SR names that one's as its predecessor; run side by side, both SRs stood in the PACS, unlinked."""
         earlier = aliased(Job)
-        same_input = or_(and_(Job.detector.in_(sorted(self._study_level)), earlier.study_id == Job.study_id,
-                              earlier.rule == Job.rule), earlier.series_id == Job.series_id)
+        same_input = or_(and_(Job.detector.in_(sorted(self._study_level)), earlier.study_id == Job.study_id),
+                         earlier.series_id == Job.series_id)
         return ~exists().where(earlier.detector == Job.detector, earlier.id < Job.id,
                                earlier.state.in_(("queued", "running")), same_input)
 
@@ -140,7 +140,7 @@ class JobRunner:
                 return
             paths = [Path(p) for p in session.scalars(select(Instance.path)
                                                       .where(Instance.series_id.in_(self.input_series(job))))]
-            gone = [path for path in paths if not path.is_file()]
+            gone = [path for path in paths if not os.path.isfile(path)]  # never raises
             if gone:  # a retention purge that failed after deleting the files: the images sent again are read
                 paths = [path for path in paths if path not in gone]
                 log.warning("job %d: %d image(s) of its rows are gone from the spool; read without them", job_id,
@@ -151,11 +151,11 @@ class JobRunner:
             current = self._current_results(session, job)
         # Outside any transaction: this may wait for the EMR (at most what is left of the time budget).
         context = self._clinical.context_for(patient, self._settings.clinical.analytes.get(detector.task.value, []))
+        gone_note = [f"{len(gone)} image(s) recorded for what this job reads are gone from radfusion's spool (a "
+                     "retention purge that did not finish) and were not read"] if gone else []
         try:
             inputs = load_inputs(detector.task, paths, context)
             result = detector.detect(inputs)
-            gone_note = [f"{len(gone)} image(s) recorded for this study are gone from radfusion's spool (a retention "
-                         "purge that did not finish) and were not read"] if gone else []
             if inputs.notes or gone_note:  # images the loader left out (a tomosynthesis object beside the 2D views)
                 result = replace(result, notes=[*result.notes, *inputs.notes, *gone_note])
             sources, frames = _sources(inputs)
@@ -163,7 +163,8 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
             log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
             with self._db.session() as session:
-                _record_failure(session, job_id, job.study_id, f"{type(exc).__name__}: {exc}")
+                _record_failure(session, job_id, job.study_id,
+                                "; ".join([f"{type(exc).__name__}: {exc}", *gone_note]))
             return
         try:
             written = self._write_reports(job_id, study_uid, sources, frames, result, predecessors, context)
@@ -192,9 +193,14 @@ class JobRunner:
     def _current_results(self, session: Session, job: Job) -> list[SrReference]:
         """The earlier SRs of this detector on this series (or study, for a study-level one) that still stand, newest
         first: the latest, and before it every one that a later SR did not replace (a part of a purged study sent
-        again stands beside the result of the whole; see ``_successor``)."""
-        if job.detector in self._study_level:  # a job of another rule reads other series: it replaces nothing here
-            earlier = (Job.study_id == job.study_id, Job.rule == job.rule, Job.id < job.id)
+        again stands beside the result of the whole; see ``_successor``). For a study-level detector, only SRs that
+        read some of the images this job reads: another rule's reading of other views stands beside this one, and a
+        rule renamed or added above it since does not hide the SR this one replaces."""
+        mine: set[str] | None = None
+        if job.detector in self._study_level:
+            earlier = (Job.study_id == job.study_id, Job.id < job.id)
+            mine = set(session.scalars(select(Instance.sop_instance_uid)
+                                       .where(Instance.series_id.in_(self.input_series(job)))))
         else:
             earlier = (Job.series_id == job.series_id, Job.revision < job.revision)
         rows = session.execute(
@@ -204,7 +210,10 @@ class JobRunner:
             .order_by(Job.id.desc())).all()
         current = []
         for row in rows:
-            current.append(_sr_reference(row, job.study.study_uid))
+            reference = _sr_reference(row, job.study.study_uid)
+            if mine is not None and reference.source_instance_uids and not reference.source_instance_uids & mine:
+                continue
+            current.append(reference)
             if row.predecessor_id is not None:  # it replaced every SR that stood before it
                 break
         return current

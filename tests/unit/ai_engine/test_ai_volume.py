@@ -79,6 +79,19 @@ def test_padding_outside_the_field_reads_as_air(head: SyntheticStudy, tmp_path: 
     assert (volume.array[:, :4, :4] == -1000.0).all()
     np.testing.assert_array_equal(volume.array[:, 4:, 4:], load_series(head.paths).array[:, 4:, 4:])
 
+    def signed_value(_: int, ds: pydicom.Dataset) -> None:  # the same padding written as -2000
+        pad(_, ds)
+        del ds.PixelPaddingValue
+        ds.add_new("PixelPaddingValue", "SS", -2000)
+
+    assert (load_series(_rewrite(head.paths, tmp_path / "signed", signed_value)).array[:, :4, :4] == -1000.0).all()
+
+    def two_values(_: int, ds: pydicom.Dataset) -> None:  # not one value: no padding is read, the job goes on
+        pad(_, ds)
+        ds.PixelPaddingValue = [63536, 0]
+
+    assert (load_series(_rewrite(head.paths, tmp_path / "two", two_values)).array[:, :4, :4] > 60000).all()
+
 
 def test_missing_slice_is_rejected_as_a_gap(head: SyntheticStudy) -> None:
     with pytest.raises(VolumeError, match=r"step 10.000 mm after slice 4 is 2 x the median .*\(1 missing slice\)"):

@@ -9,7 +9,7 @@ import pytest
 from fhir.resources.R4B.patient import Patient
 
 from hl7_fhir.fhir_auth import ClientCredentials, FhirAuthError
-from hl7_fhir.fhir_client import FhirClient, FhirError, parse_resource
+from hl7_fhir.fhir_client import FhirClient, FhirError, parse_resource, retry_after_s
 
 BASE = "http://emr.test/fhir"
 EMPTY = {"resourceType": "Bundle", "type": "searchset", "entry": []}
@@ -56,10 +56,13 @@ def test_a_server_asking_for_a_longer_pause_is_left_alone_and_says_how_long() ->
     with pytest.raises(FhirError) as refused:
         fhir.search("Patient", {})
     assert len(calls) == 2 and refused.value.retry_after_s > 365 * 24 * 3600
-    short = client(lambda request: httpx.Response(503, headers={"Retry-After": "0"}), retries=2)
-    with pytest.raises(FhirError) as refused:  # a pause within the client's own is taken: every retry is made
+    pauses: list[float] = []
+    short = FhirClient(BASE, transport=httpx.MockTransport(lambda request: httpx.Response(
+        503, headers={"Retry-After": "1"})), sleep=pauses.append, retries=2)
+    with pytest.raises(FhirError) as refused:  # a pause of up to a second is waited out here: every retry is made
         short.search("Patient", {})
-    assert refused.value.retry_after_s == 0.0
+    assert pauses == [1.0, 1.0] and refused.value.retry_after_s == 1.0
+    assert retry_after_s({"retry-after": "\u00b9"}) is None and retry_after_s({"retry-after": "-5"}) is None
 
 
 def test_a_failed_search_names_the_resource_not_the_patient() -> None:

@@ -384,9 +384,9 @@ def test_a_pacs_status_is_recorded_per_instance_and_a_refusal_is_not_retried(tmp
         assert audit == ["delivery_rejected"]
 
 
-def test_a_result_file_gone_from_the_spool_is_refused_and_the_others_are_sent(tmp_path: Path) -> None:
+def test_a_result_file_missing_from_the_spool_holds_back_no_other(tmp_path: Path) -> None:
     """A missing SEG file failed the whole batch before the association: the SR beside it never reached the PACS,
-    retried for the whole give-up time."""
+    retried for the whole give-up time. The missing one is retried (a disk mounted late comes back)."""
     with status_pacs() as port:
         db, worker, (kept, refused, busy) = dicom_deliveries(tmp_path, port)
         with db.session() as session:
@@ -395,8 +395,8 @@ def test_a_result_file_gone_from_the_spool_is_refused_and_the_others_are_sent(tm
     with db.session() as session:
         states = {i: (d.state, d.last_error) for i in (kept, refused, busy) if (d := session.get(Delivery, i))}
     assert states[kept] == ("delivered", None) and states[busy][0] == "pending"
-    assert states[refused] == ("failed", "result file result2.dcm is gone from the spool; radfusion reprocess writes "
-                                         "the results again")
+    assert states[refused] == ("pending", "result file result2.dcm is not in the spool (retried: a disk mounted late "
+                                          "comes back; radfusion reprocess writes the results again)")
 
 
 def test_an_association_rejected_for_good_fails_at_once(tmp_path: Path) -> None:

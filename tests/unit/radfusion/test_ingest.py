@@ -141,11 +141,12 @@ def test_an_instance_received_again_in_another_series_gets_its_new_header_in_its
     db, spool = Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), Spool(tmp_path / "spool")
     recorder = IngestRecorder(db, spool)
     recorder.instance_stored(_ct(spool, "1.2.3.100", 5.0, 1))
-    recorder.instance_stored(_ct(spool, "1.2.3.100", 50.0, 10, "1.2.840.10008.1.2", series="1.2.3.301"))
+    recorder.instance_stored(replace(_ct(spool, "1.2.3.100", 50.0, 10, "1.2.840.10008.1.2", series="1.2.3.301"),
+                                     sop_class_uid="1.2.840.10008.5.1.4.1.1.2.1"))  # now Enhanced CT
     with db.session() as session:
         row = session.scalars(select(Instance)).one()
-        assert (row.series.series_uid, row.transfer_syntax_uid, row.size_bytes, row.instance_number) == (
-            "1.2.3.301", "1.2.840.10008.1.2", 10, 10)
+        assert (row.series.series_uid, row.transfer_syntax_uid, row.size_bytes, row.instance_number,
+                row.sop_class_uid) == ("1.2.3.301", "1.2.840.10008.1.2", 10, 10, "1.2.840.10008.5.1.4.1.1.2.1")
     db.dispose()
 
 

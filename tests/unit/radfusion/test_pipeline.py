@@ -398,20 +398,33 @@ def _mammo_per_view(tmp_path: Path, routing: list[dict]) -> Service:
     return service
 
 
-def test_the_mammography_jobs_of_two_rules_run_side_by_side_and_replace_nothing_of_each_other(
+def test_the_mammography_jobs_of_two_rules_replace_nothing_of_each_other_but_a_renamed_rule_s_do(
         tmp_path: Path) -> None:
-    """Each reads the series of its own rule; the second waited for the first and its SR replaced the first's."""
+    """Each reads the series of its own rule: the second's SR replaced the first's. A job of the same views under a
+    rule renamed since replaces the SR of those views, whatever the rule was called."""
     service = _mammo_per_view(tmp_path, [
         {"name": side, "match": {"Modality": "MG", "SeriesDescription": side}, "detectors": ["mammo_fusion"]}
         for side in ("left", "right")])
     assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 2
-    jobs = service.runner.runnable(10)
-    assert len(jobs) == 2
-    for job_id in jobs:
+    for _ in range(2):  # one study: one of its mammography jobs at a time
+        (job_id,) = service.runner.runnable(10)
         assert service.runner.claim(job_id)
         service.runner.run(job_id)
     with service.db.session() as session:
-        assert [a.predecessor_id for a in session.scalars(select(Artifact).where(Artifact.kind == "sr"))] == [None] * 2
+        srs = {job.rule: artifact for artifact, job in session.execute(
+            select(Artifact, Job).join(Job, Artifact.job_id == Job.id).where(Artifact.kind == "sr"))}
+        assert [sr.predecessor_id for sr in srs.values()] == [None, None]
+        left = session.scalars(select(Job).where(Job.rule == "left")).one()
+        renamed = Job(study_id=left.study_id, series_id=left.series_id, detector="mammo_fusion", model_version="x",
+                      rule="left-renamed", revision=1)
+        session.add(renamed)
+        session.flush()
+        renamed_id = renamed.id
+    assert service.runner.claim(renamed_id)
+    service.runner.run(renamed_id)
+    with service.db.session() as session:
+        sr = session.scalars(select(Artifact).where(Artifact.job_id == renamed_id, Artifact.kind == "sr")).one()
+        assert sr.predecessor_id == srs["left"].id
 
 
 def test_a_study_level_job_tells_the_targets_of_every_series_rule(tmp_path: Path) -> None:
@@ -440,5 +453,5 @@ def test_images_gone_from_the_spool_are_read_without_and_the_result_says_so(tmp_
     with service.db.session() as session:
         job = session.get(Job, job_id)
         assert job.state == "done", job.error
-        assert ("2 image(s) recorded for this study are gone from radfusion's spool (a retention purge that did not "
-                "finish) and were not read") in job.result["notes"]  # the SR's comments show the result's notes
+        assert ("2 image(s) recorded for what this job reads are gone from radfusion's spool (a retention purge that "
+                "did not finish) and were not read") in job.result["notes"]  # the SR's comments show the result's notes

@@ -141,7 +141,7 @@ def test_a_spool_folder_linked_outside_the_storage_path_is_refused_naming_the_ke
     Service(load_settings(storage_path=tmp_path / "data"))
 
 
-def test_a_second_serve_on_the_same_storage_path_is_refused_before_it_touches_anything(tmp_path: Path) -> None:
+def test_a_second_serve_on_the_same_storage_path_is_refused_before_it_recovers_or_runs_anything(tmp_path: Path) -> None:
     """It recovered first, taking the live server's running jobs and open associations for a dead one's, ran those
     jobs a second time, and only then found the port taken."""
     from sqlalchemy import select
