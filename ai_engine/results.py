@@ -21,9 +21,9 @@ class Task(str, Enum):
 
 
 SIDES = {"L": "left", "R": "right"}
+"""A finding's ``laterality`` and its word in ``location``."""
 HEMORRHAGE_SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 """The hemorrhage subtypes, in the order of their label values 1..5 (0: no blood)."""
-"""A finding's ``laterality`` and its word in ``location``."""
 
 
 class FindingType(str, Enum):

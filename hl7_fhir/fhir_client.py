@@ -142,6 +142,7 @@ class FhirClient:
         where = _without_query(url)  # a search's parameters (and a next-page link's) name the patient
         for attempt in range(self._retries + 1):
             last = attempt == self._retries
+            wait: float | None = None  # what the server's Retry-After asks for
             try:
                 response = self._http.request(method, url, params=params, json=json, headers=headers)
             except httpx.TransportError as exc:
@@ -163,9 +164,7 @@ class FhirClient:
                     raise FhirError(f"FHIR {method} {where} answered {response.status_code}: "
                                     f"{_outcome_text(response)}", response.status_code, wait)
                 log.info("FHIR %s %s answered %d, retrying", method, where, response.status_code)
-                self._sleep(max(self._backoff * 2 ** attempt, wait or 0.0))
-                continue
-            self._sleep(self._backoff * 2 ** attempt)
+            self._sleep(max(self._backoff * 2 ** attempt, wait or 0.0))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def search(self, resource_type: str, params: Params, *, lenient: bool = False) -> list[FHIRAbstractModel]:

@@ -23,7 +23,7 @@ from dicom_node.assembly import SlicePosition, check_series_geometry, series_is_
 from radfusion.db import Database
 from radfusion.errors import RadfusionError
 from radfusion.models import Association, AuditEvent, Instance, Job, Series, Study, utcnow
-from radfusion.routing import RouteMatch, Router
+from radfusion.routing import TARGETS, RouteMatch, Router, union
 from radfusion.settings import StabilitySettings
 
 StudySeen = Callable[[Study, set[str]], None]
@@ -161,10 +161,8 @@ class StudyAssembler:
 
 def _add_targets(job: Job, match: RouteMatch) -> None:
     """Add the targets of ``match`` that ``job`` does not name yet."""
-    for column, names in (("destinations", match.destinations), ("report_destinations", match.report_destinations),
-                          ("alert_channels", match.alert_channels)):
-        current = list(getattr(job, column))
-        setattr(job, column, current + [name for name in names if name not in current])
+    for column in TARGETS:
+        setattr(job, column, list(union([getattr(job, column), getattr(match, column)])))
 
 
 def reopen_studies(db: Database, study_uids: Sequence[str], now: datetime | None = None) -> list[str]:

@@ -33,18 +33,21 @@ def aware(when: datetime, offset: str) -> datetime | None:
     """A DICOM local date-time made aware: at the source's Timezone Offset From UTC ('+HHMM', -1200..+1400), else
     in the local time zone (``use_time_zone``: the modality's clock is the hospital's). None for a time that cannot
     be placed in UTC (a date at the calendar's edge, such as 00010101): every reader of it converts it."""
+    minutes = _offset_minutes(offset)
     try:
-        if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit() and int(offset[3:]) < 60:
-            minutes = (int(offset[1:3]) * 60 + int(offset[3:])) * (1 if offset[0] == "+" else -1)
-            if -12 * 60 <= minutes <= 14 * 60:
-                placed = when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
-                placed.astimezone(timezone.utc)
-                return placed
-        placed = when.astimezone()
+        placed = when.astimezone() if minutes is None else when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
         placed.astimezone(timezone.utc)
-        return placed
     except (ValueError, OverflowError, OSError):
         return None
+    return placed
+
+
+def _offset_minutes(offset: str) -> int | None:
+    """Timezone Offset From UTC ('+HHMM') in minutes; None unless it is one within -1200..+1400."""
+    if len(offset) != 5 or offset[0] not in "+-" or not offset[1:].isdigit() or int(offset[3:]) >= 60:
+        return None
+    minutes = (int(offset[1:3]) * 60 + int(offset[3:])) * (1 if offset[0] == "+" else -1)
+    return minutes if -12 * 60 <= minutes <= 14 * 60 else None
 
 
 def study_datetime(date: str, time_of_day: str, offset: str) -> datetime | None:

@@ -137,13 +137,11 @@ class IngestRecorder:
                 with self._db.connection() as conn:
                     is_new, moved_from, ids = self._record(conn, instance)
                 break
-            except IntegrityError:  # a concurrent association created the same study/series/instance first
+            except BaseException as exc:  # rolled back: ids the database may hand out again must not stay cached
                 self._series_ids.pop(instance.series_instance_uid, None)
-                if attempt == INSERT_RETRIES - 1:
+                # an IntegrityError: a concurrent association created the same study/series/instance first
+                if not isinstance(exc, IntegrityError) or attempt == INSERT_RETRIES - 1:
                     raise
-            except BaseException:  # rolled back: ids the database may hand out again to other rows must not stay
-                self._series_ids.pop(instance.series_instance_uid, None)
-                raise
         if len(self._series_ids) >= SERIES_ID_CACHE:
             self._series_ids.clear()
         self._series_ids[instance.series_instance_uid] = ids  # committed: now later instances may use them

@@ -138,8 +138,8 @@ class JobRunner:
                                 f"detector {job.detector} is not served by the current routing rules; "
                                 f"radfusion reprocess analyses the study with the rules as they are now")
                 return
-            paths = [Path(p) for p in session.scalars(select(Instance.path)
-                                                      .where(Instance.series_id.in_(self.input_series(job))))]
+            series_ids = self.input_series(job)
+            paths = [Path(p) for p in session.scalars(select(Instance.path).where(Instance.series_id.in_(series_ids)))]
             gone = [path for path in paths if not os.path.isfile(path)]  # never raises
             if gone:  # a retention purge that failed after deleting the files: the images sent again are read
                 paths = [path for path in paths if path not in gone]
@@ -148,7 +148,7 @@ class JobRunner:
             detector = self._detectors[job.detector]
             patient = study_patient(job.study)
             study_uid, accession = job.study.study_uid, job.study.accession_number
-            current = self._current_results(session, job)
+            current = self._current_results(session, job, series_ids)
         # Outside any transaction: this may wait for the EMR (at most what is left of the time budget).
         context = self._clinical.context_for(patient, self._settings.clinical.analytes.get(detector.task.value, []))
         gone_note = [f"{len(gone)} image(s) recorded for what this job reads are gone from radfusion's spool (a "
@@ -190,17 +190,17 @@ class JobRunner:
                 if any((m.route.name, m.detector) == (job.rule, job.detector)
                        for m in self._router.select(series.attributes))] or [job.series_id]
 
-    def _current_results(self, session: Session, job: Job) -> list[SrReference]:
+    def _current_results(self, session: Session, job: Job, series_ids: list[int]) -> list[SrReference]:
         """The earlier SRs of this detector on this series (or study, for a study-level one) that still stand, newest
         first: the latest, and before it every one that a later SR did not replace (a part of a purged study sent
         again stands beside the result of the whole; see ``_successor``). For a study-level detector, only SRs that
         read some of the images this job reads: another rule's reading of other views stands beside this one, and a
-        rule renamed or added above it since does not hide the SR this one replaces."""
+        rule renamed or added above it since does not hide the SR this one replaces. ``series_ids``: what the job
+        reads (``input_series``)."""
         mine: set[str] | None = None
         if job.detector in self._study_level:
             earlier = (Job.study_id == job.study_id, Job.id < job.id)
-            mine = set(session.scalars(select(Instance.sop_instance_uid)
-                                       .where(Instance.series_id.in_(self.input_series(job)))))
+            mine = set(session.scalars(select(Instance.sop_instance_uid).where(Instance.series_id.in_(series_ids))))
         else:
             earlier = (Job.series_id == job.series_id, Job.revision < job.revision)
         rows = session.execute(

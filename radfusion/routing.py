@@ -12,6 +12,9 @@ from radfusion.errors import ConfigError
 from radfusion.settings import RoutingRuleSettings
 
 
+TARGETS = ("destinations", "report_destinations", "alert_channels")  # where results go: of a Route, RouteMatch, Job
+
+
 @dataclass(frozen=True)
 class Route:
     """One compiled rule."""
@@ -50,12 +53,12 @@ class Router:
             if route.matcher.matches(attributes):
                 for detector in route.detectors:
                     named.setdefault(detector, []).append(route)
-        return [RouteMatch(routes[0], detector, *(_union(getattr(r, targets) for r in routes) for targets in
-                                                  ("destinations", "report_destinations", "alert_channels")))
+        return [RouteMatch(routes[0], detector, *(union(getattr(r, column) for r in routes) for column in TARGETS))
                 for detector, routes in named.items()]
 
 
-def _union(lists: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+
+def union(lists: Iterable[Sequence[str]]) -> tuple[str, ...]:
     """The names of ``lists`` in order, each once."""
     return tuple(dict.fromkeys(name for names in lists for name in names))
 

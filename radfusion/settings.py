@@ -97,9 +97,10 @@ def _time_zone(name: str) -> str:
 def _hl7_charset(name: str) -> str:
     """A charset name of HL7 table 0211 that radfusion can decode (``8859/1``, ``UNICODE UTF-8``), read as MSH-18
     is: in any case, without the spaces around it."""
-    if name.strip().upper() not in HL7_CHARSETS:
+    normalised = name.strip().upper()
+    if normalised not in HL7_CHARSETS:
         raise ValueError(f"unknown HL7 charset {name!r}; use one of {sorted(HL7_CHARSETS)}")
-    return name.strip().upper()
+    return normalised
 
 
 def _usable_database_url(url: str | None) -> str | None:
