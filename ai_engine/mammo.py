@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 
 from ai_engine.errors import VolumeError
+from ai_engine.volume import image_type_values
 
 # View Code Sequence codes (SNOMED CT, and the legacy SNOMED-RT ones) -> ViewPosition term.
 VIEW_CODE_TO_POSITION: dict[str, str] = {
@@ -151,8 +152,8 @@ def _left_out(header: pydicom.Dataset) -> str | None:
         return "For Processing (raw) data"
     if int(header.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in header:
         return "a multi-frame image (tomosynthesis or enhanced mammography); only 2D views are read"
-    image_type = header.get("ImageType") or []
-    if {str(value).strip().upper() for value in image_type} & {"GENERATED_2D", "TOMOSYNTHESIS"}:
+    image_types = {value.strip().upper() for value in image_type_values(header.get("ImageType"))}
+    if image_types & {"GENERATED_2D", "TOMOSYNTHESIS"}:
         return "a synthesized 2D image (Image Type GENERATED_2D or TOMOSYNTHESIS); only acquired 2D views are read"
     modifiers = [str(modifier.get("CodeMeaning", "") or modifier.get("CodeValue", ""))
                  for item in header.get("ViewCodeSequence", [])

@@ -103,11 +103,17 @@ def _floats(values: object) -> tuple[float, ...]:
     return tuple(float(v) for v in values)  # type: ignore[attr-defined]
 
 
+def image_type_values(image_type: object) -> list[str]:
+    """The values of an Image Type (or Frame Type) as pydicom reads it or as the ingest stores it (a string, a list
+    of strings, None)."""
+    if image_type is None:
+        return []
+    return [str(v) for v in (image_type if isinstance(image_type, list | tuple | MultiValue) else [image_type])]
+
+
 def is_localizer(image_type: object) -> bool:
-    """Image Type (or Frame Type) says LOCALIZER: a scout, which no volume reads. Takes the value as pydicom reads
-    it or as the ingest stores it (a string, a list of strings, None)."""
-    values = image_type if isinstance(image_type, list | tuple | MultiValue) else [image_type]
-    return any(str(v).upper() == "LOCALIZER" for v in values)
+    """Image Type (or Frame Type) says LOCALIZER: a scout, which no volume reads."""
+    return any(v.upper() == "LOCALIZER" for v in image_type_values(image_type))
 
 
 # Image Type / Frame Type values of images computed across slices (CT's Derived Pixel Contrast and the vendors'
@@ -118,8 +124,7 @@ PROJECTIONS = frozenset({"MIP", "MINIP", "MNIP", "MAXIP", "MAX_IP", "MIN_IP", "V
 
 def _refuse_projection(path: Path, image_type: object) -> None:
     """VolumeError for an image whose Image Type (or Frame Type) names a projection (``PROJECTIONS``)."""
-    values = image_type if isinstance(image_type, list | tuple | MultiValue) else [image_type]
-    named = sorted({str(v).strip().upper() for v in values} & PROJECTIONS)
+    named = sorted({v.strip().upper() for v in image_type_values(image_type)} & PROJECTIONS)
     if named:
         raise VolumeError(f"{path}: a projection image (Image Type {'/'.join(named)}), not acquired slices; route "
                           "the study's axial reconstruction instead")

@@ -103,6 +103,7 @@ def test_a_synthesized_2d_view_an_image_of_both_breasts_and_an_implant_are_named
     which the model never saw, was not mentioned."""
     paths = write_case_dicom(generate_case(_first_case(False), Acquisition(pixel_spacing_mm=0.8)), tmp_path)
     changes = {"cview": {"ImageType": ["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "GENERATED_2D"], "InstanceNumber": 98},
+               "cview1": {"ImageType": "GENERATED_2D", "InstanceNumber": 97},  # one value: read as one, not letters
                "both": {"ImageLaterality": "B", "Laterality": "L", "InstanceNumber": 99}}
     _variants(paths[0], changes, tmp_path)
     implant = pydicom.dcmread(paths[1])
@@ -111,6 +112,7 @@ def test_a_synthesized_2d_view_an_image_of_both_breasts_and_an_implant_are_named
     views, skipped = load_views([*paths, *(tmp_path / f"{name}.dcm" for name in changes)])
     assert [str(v.path) for v in views][:2] == [str(paths[0]), str(paths[1])]
     assert [s.split(": ", 1)[1] for s in skipped] == [
+        "a synthesized 2D image (Image Type GENERATED_2D or TOMOSYNTHESIS); only acquired 2D views are read",
         "a synthesized 2D image (Image Type GENERATED_2D or TOMOSYNTHESIS); only acquired 2D views are read",
         "no laterality of L or R (Image Laterality, Laterality)",
         "Breast Implant Present is YES; the model learned breasts without implants"]
