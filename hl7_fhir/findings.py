@@ -78,6 +78,8 @@ class OutboundStudy:
     ``notes`` are what the detector says about the case (an input it lacked, a part of a study it read), shown
     with the result as the SR shows them. ``replaces_result_uid`` is the SR this result replaces (a re-issue after
     late images): the FHIR report names the report it replaces, and the ORU is sent as a correction.
+    ``order_scope`` is what the algorithm read, the Series Instance UID of a series-level result ("" for the whole
+    study): with the study and the algorithm it keys the ORU's filler order, which re-issues keep.
     """
 
     study_instance_uid: str
@@ -93,6 +95,7 @@ class OutboundStudy:
     patient_name: str = ""
     notes: tuple[str, ...] = ()
     replaces_result_uid: str = ""
+    order_scope: str = ""
 
     @property
     def result_key(self) -> str:

@@ -6,6 +6,7 @@ radiologist confirms it, and every message carries an NTE that says so.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,14 @@ def patient_name_xpn(dicom_name: str) -> str:
     return f"{family}^{given}^{middle}^{suffix}^{prefix}^^L"
 
 
+def filler_order_number(study: OutboundStudy, *, critical: bool = False) -> str:
+    """OBR-3: one order per study, algorithm and what it read (``order_scope``), so a re-issue corrects its own
+    order while another series' or another detector's result of the study stands beside it; a critical alert is an
+    order of its own. 22 characters, HL7 2.5.1's length of the field."""
+    key = "\x00".join((study.study_instance_uid, study.algorithm, study.order_scope, "critical" * critical))
+    return "RF" + hashlib.sha256(key.encode()).hexdigest()[:20].upper()
+
+
 def _ts(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
 
@@ -73,10 +82,11 @@ def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints:
     pid = _segment("PID", "1", "", f"{escape(study.patient_id)}^^^{escape(study.patient_authority)}^MR", "",
                    patient_name_xpn(study.patient_name))
     obr = [""] * 26
-    obr[0:5] = ["OBR", "1", "", escape(study.study_instance_uid),
+    obr[0:5] = ["OBR", "1", "", filler_order_number(study, critical=bool(priority)),
                 f"{escape(study.study_code)}^{escape(study.study_display)}^LN"]
     obr[7] = performed
     obr[18] = escape(study.accession)
+    obr[20] = escape(study.study_instance_uid)  # filler field 1
     obr[22] = stamp
     obr[24] = "RAD"
     obr[25] = status
@@ -97,7 +107,8 @@ def _build(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints:
 
 def build_oru_result(study: OutboundStudy, findings: Sequence[OutboundFinding], endpoints: Endpoints,
                      *, control_id: str | None = None, now: Callable[[], datetime] | None = None) -> str:
-    """ORU^R01 for one study: OBR for the imaging study (OBR-18 accession), one OBX per finding.
+    """ORU^R01 for one study: OBR for the imaging study (OBR-18 accession, OBR-20 Study Instance UID), one OBX per
+    finding.
 
     No finding gives one OBX saying so, flagged 'N'. OBX-18 names the algorithm. The study's notes come as NTE
     segments before the AI note.

@@ -28,10 +28,11 @@ STUDY_CODES = {
 
 def outbound_study(study: Study, task: Task, algorithm: str, settings: Settings, *, performed_at: datetime | None,
                    result_uid: str, patient_name: str, notes: Sequence[str] = (),
-                   replaces_result_uid: str = "") -> OutboundStudy:
+                   replaces_result_uid: str = "", order_scope: str = "") -> OutboundStudy:
     """The study as the EMR knows it, for one result (``result_uid``: its SR; ``patient_name``: the images' DICOM
     Patient Name, not stored by radfusion; ``notes``: the result's notes on the case; ``replaces_result_uid``: the
-    SR it replaces); raises FindingError when it cannot be addressed (e.g. no PatientID)."""
+    SR it replaces; ``order_scope``: the series read, "" for the whole study); raises FindingError when it cannot
+    be addressed (e.g. no PatientID)."""
     code, display = STUDY_CODES[task]
     return OutboundStudy(
         study_instance_uid=study.study_uid, accession=study.accession_number, patient_id=study.patient_id,
@@ -39,6 +40,7 @@ def outbound_study(study: Study, task: Task, algorithm: str, settings: Settings,
         patient_system=settings.clinical.identifier_system(study.issuer_of_patient_id) or "",
         study_code=code, study_display=display, algorithm=algorithm, performed_at=performed_at,
         result_uid=result_uid, patient_name=patient_name, notes=tuple(notes), replaces_result_uid=replaces_result_uid,
+        order_scope=order_scope,
     )
 
 

@@ -296,7 +296,9 @@ class JobRunner:
             return outbound_study(job.study, result.task, result.algorithm.name, self._settings,
                                   performed_at=performed_at(sources[0]), result_uid=result_uid,
                                   patient_name=str(sources[0].get("PatientName", "") or ""), notes=result.notes,
-                                  replaces_result_uid=replaces_result_uid)
+                                  replaces_result_uid=replaces_result_uid,
+                                  order_scope="" if job.detector in self._study_level
+                                  else str(sources[0].SeriesInstanceUID))
         except Hl7FhirError as exc:  # e.g. no PatientID: the EMR cannot be told, the PACS and webhooks still are
             if needed:
                 session.add(AuditEvent(kind="emr_message_skipped", subject=f"job {job.id}", detail=str(exc)))

@@ -45,11 +45,30 @@ def test_a_reissued_result_is_sent_as_a_correction_of_its_order() -> None:
     first, which stayed current where the RIS keeps both."""
     text = build_oru_result(replace(STUDY, result_uid="1.2.3.2", replaces_result_uid="1.2.3.1"), [ICH], ENDPOINTS)
     message = parse_message(text, find_groups=False)
-    assert message.obr.obr_3.to_er7() == STUDY.study_instance_uid  # the same filler order as the first result
+    first = parse_message(build_oru_result(replace(STUDY, result_uid="1.2.3.1"), [ICH], ENDPOINTS), find_groups=False)
+    assert message.obr.obr_3.to_er7() == first.obr.obr_3.to_er7()  # the same filler order as the first result
     assert message.obr.obr_25.to_er7() == "C" and [row[3] for row in obx_rows(text)] == ["C"]
     critical = build_critical_oru(replace(STUDY, result_uid="1.2.3.2", replaces_result_uid="1.2.3.1"), [ICH],
                                   ENDPOINTS)
     assert parse_message(critical, find_groups=False).obr.obr_25.to_er7() == "P"  # a page is never a correction
+
+
+def test_each_series_detector_and_alert_of_a_study_is_an_order_of_its_own() -> None:
+    """OBR-3 was the Study Instance UID for every ORU of a study: the chest CT's nodule result of a trauma study, or
+    the result of its second reconstruction, went to the RIS as the same filler order as the head's hemorrhage
+    result, and a RIS that keeps one result per order kept the last."""
+    def order(study: OutboundStudy, critical: bool = False) -> tuple[str, str]:
+        text = (build_critical_oru if critical else build_oru_result)(study, [ICH], ENDPOINTS)
+        obr = parse_message(text, find_groups=False).obr
+        return obr.obr_3.to_er7(), obr.obr_20.to_er7()
+
+    head = replace(STUDY, order_scope="1.2.826.0.1.3680043.8.498.7.1")
+    orders = [order(head), order(replace(head, order_scope="1.2.826.0.1.3680043.8.498.7.2")),
+              order(replace(head, algorithm="radfusion-nodule 0.1.0")), order(head, critical=True)]
+    assert len({filler for filler, _ in orders}) == 4
+    assert all(len(filler) <= 22 for filler, _ in orders)  # OBR-3's length in HL7 2.5.1
+    assert {study_uid for _, study_uid in orders} == {STUDY.study_instance_uid}  # OBR-20 names the study
+    assert order(replace(head, result_uid="1.2.3.9")) == orders[0]  # results of one series and detector: one order
 
 
 def test_the_result_s_notes_on_the_case_come_as_nte_segments_before_the_ai_note() -> None:

@@ -353,7 +353,9 @@ def test_a_revision_queued_by_late_images_waits_for_the_one_before_and_replaces_
         assert srs[second].predecessor_id == srs[first].id
         orus = {d.job_id: d.payload["message"]
                 for d in session.scalars(select(Delivery).where(Delivery.kind == "hl7_report"))}
-    assert [orus[job].split("\r")[2].split("|")[25] for job in (first, second)] == ["P", "C"]  # OBR-25
+    obrs = [orus[job].split("\r")[2].split("|") for job in (first, second)]
+    assert [obr[25] for obr in obrs] == ["P", "C"]  # OBR-25
+    assert obrs[0][3] == obrs[1][3] != obrs[0][20]  # the same filler order, not the study's UID (OBR-20)
     for job in (first, second):  # MSH-10: the job, and a random part a database started afresh does not repeat
         assert re.fullmatch(rf"RF{job}R0-[0-9a-f]{{6}}", orus[job].split("\r")[0].split("|")[9])
     replaced = pydicom.dcmread(srs[second].path).PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
