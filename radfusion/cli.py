@@ -1,4 +1,5 @@
-"""The ``radfusion`` command line: serve, echo, status, requeue, reprocess, config, demo, train, evaluate."""
+"""The ``radfusion`` command line: serve, echo, status, requeue, acknowledge, reprocess, config, demo, train,
+evaluate."""
 
 from __future__ import annotations
 
@@ -73,14 +74,30 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print queue depth, recent jobs, failures and pending deliveries."""
+    """Print queue depth, recent jobs, failures and pending deliveries; with ``--check``, only what needs someone,
+    and exit 1 if anything does (for a monitoring system)."""
     from radfusion.db import open_existing
-    from radfusion.status import collect_status, format_status
+    from radfusion.status import collect_status, format_check, format_status
 
     settings = _settings(args)
     db = open_existing(settings.effective_database_url)
     status = collect_status(db, settings.storage_path)
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_check(status) if args.check else format_status(status))
+    return 1 if args.check and status["attention"] else 0
+
+
+def cmd_acknowledge(args: argparse.Namespace) -> int:
+    """Mark failed jobs and deliveries whose cause cannot be fixed as seen, with a reason for the audit trail."""
+    from radfusion.acknowledgement import acknowledge_failures
+    from radfusion.db import open_existing
+
+    settings = _settings(args)
+    acknowledge_failures(open_existing(settings.effective_database_url), args.job, args.delivery, args.reason)
+    print(f"acknowledged {len(args.job)} job(s) and {len(args.delivery)} delivery(ies); radfusion status --check "
+          "no longer reports them")
     return 0
 
 
@@ -147,11 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     echo.set_defaults(func=cmd_echo)
     status = sub.add_parser("status", help="queue depth, recent jobs, failures, pending deliveries")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--check", action="store_true",
+                        help="print only what needs someone (or OK) and exit 1 if anything does")
     status.set_defaults(func=cmd_status)
     requeue = sub.add_parser("requeue", help="send failed deliveries again once their cause is fixed")
     requeue.add_argument("ids", nargs="*", type=int, help="delivery ids, as radfusion status lists them")
     requeue.add_argument("--all-failed", action="store_true", help="every failed delivery")
     requeue.set_defaults(func=cmd_requeue)
+    acknowledge = sub.add_parser("acknowledge", help="mark failed jobs or deliveries that cannot be fixed as seen")
+    acknowledge.add_argument("--job", action="append", type=int, default=[], metavar="ID", help="a failed job id")
+    acknowledge.add_argument("--delivery", action="append", type=int, default=[], metavar="ID",
+                             help="a failed delivery id")
+    acknowledge.add_argument("--reason", required=True, help="why, for the audit trail")
+    acknowledge.set_defaults(func=cmd_acknowledge)
     reprocess = sub.add_parser("reprocess", help="analyse finished studies again with the current rules and models")
     reprocess.add_argument("study_uids", nargs="*", metavar="STUDY_UID", help="Study Instance UIDs (radfusion status)")
     reprocess.add_argument("--accession", action="append", default=[], metavar="NUMBER",

@@ -287,6 +287,7 @@ def requeue_failed(db: Database, ids: Sequence[int] | None) -> list[int]:
                                    detail=f"after {delivery.attempts} attempts; last error: {delivery.last_error}"))
             delivery.state = "pending"
             delivery.next_attempt_at = delivery.created_at = now
+            delivery.acknowledged_at = None
         return [d.id for d in failed]
 
 

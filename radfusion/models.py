@@ -147,7 +147,8 @@ class Quarantine(Base):
 class Job(Base):
     """One detector run on one series. state: queued, running, done, failed.
 
-    Keyed for idempotency by (series, detector, model version, study revision).
+    Keyed for idempotency by (series, detector, model version, study revision). ``acknowledged_at``: when an operator
+    acknowledged its failure (``radfusion acknowledge``; the reason is in the audit trail).
     """
 
     __tablename__ = "jobs"
@@ -172,6 +173,7 @@ class Job(Base):
     result: Mapped[dict | None] = mapped_column(JSON)
     clinical_context: Mapped[dict | None] = mapped_column(JSON)
     trigger_released_at: Mapped[datetime | None]
+    acknowledged_at: Mapped[datetime | None]
 
     study: Mapped[Study] = relationship()
     series: Mapped[Series] = relationship()
@@ -217,6 +219,7 @@ class Delivery(Base):
     fhir_report / hl7_report (``payload``, built once so every retry sends the same message),
     fhir_alert / hl7_alert (``payload`` for ``alert_id``). ``target`` names the destination or channel.
     ``created_at`` starts the give-up clock: when it was queued, or re-queued by ``radfusion requeue``.
+    ``acknowledged_at``: when an operator acknowledged its failure (``radfusion acknowledge``); a requeue clears it.
     """
 
     __tablename__ = "deliveries"
@@ -238,6 +241,7 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    acknowledged_at: Mapped[datetime | None]
 
     artifact: Mapped[Artifact | None] = relationship()
     alert: Mapped[Alert | None] = relationship()

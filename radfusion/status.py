@@ -1,5 +1,6 @@
 """``radfusion status``: queue depth, recent jobs, failures, pending and failed deliveries, from the database;
-the images kept in the spool and the disk left beside them."""
+the images kept in the spool and the disk left beside them; and what needs someone (``attention``: failures not
+acknowledged, alerts not delivered), which ``--check`` turns into its exit code for a monitoring system."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from radfusion.db import Database
 from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Study, utcnow
 
 RECENT = 10
+ALERT_GRACE_S = 60  # an alert still undelivered this long after it was raised needs someone (the target is 10 s)
 
 
 def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
@@ -33,19 +35,34 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
         def deliveries(state: str) -> list:
             return list(session.execute(
                 select(Delivery.id, Delivery.kind, Delivery.target, Delivery.attempts, Delivery.next_attempt_at,
-                       Delivery.last_error).where(Delivery.state == state).order_by(order[state]).limit(RECENT)))
+                       Delivery.last_error).where(Delivery.state == state, Delivery.acknowledged_at.is_(None))
+                .order_by(order[state]).limit(RECENT)))
         later = aliased(Job)
         superseded = exists().where(later.series_id == Job.series_id, later.detector == Job.detector, later.id > Job.id)
+        open_failure = (Job.state == "failed", ~superseded, Job.acknowledged_at.is_(None))
+        failed_jobs = session.execute(
+            select(Job.id, Job.detector, Study.accession_number, Study.study_uid, Job.error)
+            .join(Study, Job.study_id == Study.id).where(*open_failure).order_by(Job.id.desc()).limit(RECENT)).all()
+        undelivered_alerts = count(Alert, Alert.delivered_at.is_(None),
+                                   Alert.created_at <= now - timedelta(seconds=ALERT_GRACE_S),
+                                   exists().where(Delivery.alert_id == Alert.id, Delivery.state == "pending"))
         alerts = session.execute(select(Alert.id, Alert.job_id, Alert.created_at, Alert.delivered_at, Alert.latency_s)
                                  .order_by(Alert.id.desc()).limit(RECENT)).all()
+        jobs_failed = count(Job, *open_failure)
+        deliveries_failed = count(Delivery, Delivery.state == "failed", Delivery.acknowledged_at.is_(None))
         return {
+            "attention": _attention(jobs_failed, deliveries_failed, undelivered_alerts),
             "studies_receiving": count(Study, Study.state == "receiving"),
             "jobs_queued": count(Job, Job.state == "queued"),
             "jobs_running": count(Job, Job.state == "running"),
-            "jobs_failed": count(Job, Job.state == "failed", ~superseded),
+            "jobs_failed": jobs_failed,
             "jobs_failed_since_rerun": count(Job, Job.state == "failed", superseded),
+            "jobs_failed_acknowledged": count(Job, Job.state == "failed", ~superseded, Job.acknowledged_at.isnot(None)),
             "deliveries_pending": count(Delivery, Delivery.state == "pending"),
-            "deliveries_failed": count(Delivery, Delivery.state == "failed"),
+            "deliveries_failed": deliveries_failed,
+            "deliveries_failed_acknowledged": count(Delivery, Delivery.state == "failed",
+                                                    Delivery.acknowledged_at.isnot(None)),
+            "alerts_undelivered": undelivered_alerts,
             "quarantined_last_24h": count(Quarantine, Quarantine.received_at >= day_ago),
             "instances_stored": count(Instance),
             "bytes_stored": int(session.scalar(select(func.sum(Instance.size_bytes))) or 0),
@@ -57,6 +74,8 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
                 "findings": None if not j.result else len(j.result.get("findings", [])),
                 "error": j.error,
             } for j in recent_jobs],
+            "failed_jobs": [{"id": j.id, "detector": j.detector, "accession": j.accession_number,
+                             "study_uid": j.study_uid, "error": j.error} for j in failed_jobs],
             **{f"{state}_deliveries": [{
                 "id": d.id, "kind": d.kind, "target": d.target, "attempts": d.attempts,
                 "next_attempt_at": d.next_attempt_at.isoformat(), "last_error": d.last_error,
@@ -68,13 +87,36 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
         }
 
 
+def _attention(jobs_failed: int, deliveries_failed: int, undelivered_alerts: int) -> list[str]:
+    """What needs someone, one line each with what to do; empty when nothing does."""
+    lines = []
+    if undelivered_alerts:
+        lines.append(f"{undelivered_alerts} hemorrhage alert(s) not delivered {ALERT_GRACE_S} s after they were "
+                     "raised: their channels are still being retried (see pending deliveries)")
+    if jobs_failed:
+        lines.append(f"{jobs_failed} failed job(s) not run again: radfusion reprocess STUDY_UID once the cause is "
+                     "fixed, or radfusion acknowledge --job ID --reason TEXT")
+    if deliveries_failed:
+        lines.append(f"{deliveries_failed} failed deliveries: radfusion requeue ID once the cause is fixed, or "
+                     "radfusion acknowledge --delivery ID --reason TEXT")
+    return lines
+
+
+def format_check(status: dict[str, object]) -> str:
+    """``--check``'s one-line-per-item answer: OK, or what needs someone."""
+    return "\n".join(f"ATTENTION: {line}" for line in status["attention"]) or "OK"  # type: ignore[union-attr]
+
+
 def format_status(status: dict[str, object]) -> str:
     """The snapshot as text for a terminal."""
     lines = [
+        format_check(status),
         f"studies receiving: {status['studies_receiving']}   jobs queued: {status['jobs_queued']}   "
         f"running: {status['jobs_running']}   failed: {status['jobs_failed']} "
-        f"(and {status['jobs_failed_since_rerun']} run again since)",
-        f"deliveries pending: {status['deliveries_pending']}   failed: {status['deliveries_failed']}   "
+        f"(and {status['jobs_failed_since_rerun']} run again since, {status['jobs_failed_acknowledged']} "
+        "acknowledged)",
+        f"deliveries pending: {status['deliveries_pending']}   failed: {status['deliveries_failed']} "
+        f"(and {status['deliveries_failed_acknowledged']} acknowledged)   "
         f"quarantined (24 h): {status['quarantined_last_24h']}",
         f"images stored: {status['instances_stored']} instances, {status['bytes_stored'] / 1e6:.1f} MB   "
         f"free disk: {_megabytes(status['disk_free_bytes'])}",
@@ -85,6 +127,10 @@ def format_status(status: dict[str, object]) -> str:
         lines.append(f"  #{job['id']:<5} {job['detector']:<16} {job['state']:<8} rev {job['revision']}  "
                      f"accession {job['accession'] or '-':<12} {job['seconds'] or '':>6}s  study {job['study_uid']}  "
                      f"{detail}")
+    lines.append("failed jobs (radfusion reprocess STUDY_UID once the cause is fixed):")
+    for job in status["failed_jobs"] or []:  # type: ignore[union-attr]
+        lines.append(f"  #{job['id']:<5} {job['detector']:<16} accession {job['accession'] or '-':<12} "
+                     f"study {job['study_uid']}  {job['error']}")
     lines.append("pending deliveries:")
     for d in status["pending_deliveries"] or []:  # type: ignore[union-attr]
         lines.append(f"  #{d['id']:<5} {d['kind']:<8} -> {d['target']:<12} attempts {d['attempts']}  "

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from radfusion.cli import main
 from radfusion.db import Database
-from radfusion.models import Delivery, Instance, Job, Series, Study, utcnow
+from radfusion.models import Alert, AuditEvent, Delivery, Instance, Job, Series, Study, utcnow
 from radfusion.schema import head_revision
 from radfusion.settings import load_settings
 from radfusion.status import RECENT
@@ -181,7 +181,8 @@ def test_status_lists_failed_deliveries_and_requeue_puts_them_back(tmp_path: Pat
                              last_error="AlertDeliveryError: HTTP 400 Bad Request"))
     assert main(["--config", str(config), "status"]) == 0
     text = capsys.readouterr().out
-    assert "deliveries pending: 0   failed: 1" in text and "HTTP 400 Bad Request" in text.split("failed deliveries")[1]
+    assert "deliveries pending: 0   failed: 1 (and 0 acknowledged)" in text
+    assert "HTTP 400 Bad Request" in text.split("failed deliveries (")[1]
     assert main(["--config", str(config), "requeue"]) == 2
     assert "delivery ids (see radfusion status) or --all-failed" in capsys.readouterr().err
     assert main(["--config", str(config), "requeue", "1"]) == 0
@@ -226,7 +227,59 @@ def test_status_counts_a_failed_job_that_ran_again_apart(tmp_path: Path, capsys:
     status = json.loads(capsys.readouterr().out)
     assert (status["jobs_failed"], status["jobs_failed_since_rerun"]) == (2, 1)
     assert main(["--config", str(config), "status"]) == 0
-    assert "failed: 2 (and 1 run again since)" in capsys.readouterr().out
+    assert "failed: 2 (and 1 run again since, 0 acknowledged)" in capsys.readouterr().out
+
+
+def test_status_check_names_what_needs_someone_until_it_is_acknowledged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """status exited 0 with failed jobs and deliveries, so a monitoring system could not watch it; and a failure
+    whose cause cannot be fixed (a study purged before it was read again) could not be cleared."""
+    config = write_config(tmp_path)
+    db = Database(load_settings(config).effective_database_url)
+    assert main(["--config", str(config), "status", "--check"]) == 0
+    assert capsys.readouterr().out.strip() == "OK"
+    with db.session() as session:
+        study = Study(study_uid="1.2.3")
+        series = Series(study=study, series_uid="1.2.3.1")
+        session.add_all([study, series])
+        session.flush()
+        job = Job(study_id=study.id, series_id=series.id, detector="ich_fusion", model_version="1", rule="r",
+                  state="failed", error="ValueError: 3 slices")
+        session.add(job)
+        session.flush()
+        alert = Alert(job_id=job.id, payload={}, created_at=utcnow() - timedelta(minutes=5))
+        session.add(alert)
+        session.flush()
+        session.add_all([Delivery(kind="webhook", target="ed", state="failed", last_error="HTTP 400"),
+                         Delivery(kind="webhook", target="pager", state="pending", alert_id=alert.id)])
+    assert main(["--config", str(config), "status", "--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[1].split()[0] for line in lines] == ["1", "1", "1"]
+    assert "alert(s) not delivered 60 s" in lines[0] and "failed job(s)" in lines[1] and "deliveries" in lines[2]
+    assert main(["--config", str(config), "acknowledge", "--job", "1", "--delivery", "2", "--reason", "x"]) == 2
+    assert "not failed (unknown, or not failed): delivery 2; nothing acknowledged" in capsys.readouterr().err
+    assert main(["--config", str(config), "acknowledge", "--job", "1", "--reason", " "]) == 2
+    assert "--reason" in capsys.readouterr().err
+    assert main(["--config", str(config), "acknowledge", "--job", "1", "--delivery", "1", "--reason",
+                 "study purged before it could be sent again"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["jobs_failed"], status["jobs_failed_acknowledged"]) == (0, 1)
+    assert (status["deliveries_failed"], status["deliveries_failed_acknowledged"]) == (0, 1)
+    assert len(status["attention"]) == 1 and status["failed_jobs"] == status["failed_deliveries"] == []
+    with db.session() as session:
+        assert session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "failure_acknowledged")).all() == [
+            "reason: study purged before it could be sent again; its error: ValueError: 3 slices",
+            "reason: study purged before it could be sent again; its error: HTTP 400"]
+        session.get(Alert, 1).delivered_at = utcnow()
+    assert main(["--config", str(config), "status", "--check"]) == 0
+    assert main(["--config", str(config), "requeue", "1"]) == 0  # sent again: a new failure is not acknowledged
+    with db.session() as session:
+        session.get(Delivery, 1).state = "failed"
+    capsys.readouterr()
+    assert main(["--config", str(config), "status", "--check"]) == 1
+    assert "1 failed deliveries" in capsys.readouterr().out
 
 
 def test_status_shows_how_long_a_running_job_has_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
