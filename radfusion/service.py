@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from ai_engine.detectors.base import Detector
 from ai_engine.detectors.registry import create_detector
+from ai_engine.results import Task
 from dicom_node.errors import SpoolPathError
 from dicom_node.scp import ScpConfig, StorageScp
 from dicom_node.spool import Spool
@@ -144,6 +145,11 @@ class Service:
             algorithm = detector.algorithm
             log.info("detector %s: version %s, Device UID %s, %s; bundle %s", name, algorithm.version,
                      algorithm.device_uid, algorithm.kind, self.settings.model_bundles.get(name, "built in"))
+        for index, rule in enumerate(self.settings.routing):
+            unpaged = [name for name in rule.detectors if self.detectors[name].task == Task.ICH]
+            if unpaged and not rule.alert_channels:
+                log.warning("routing[%d] (%s) runs %s with no alert_channels: a hemorrhage is logged and recorded, "
+                            "nobody is paged", index, rule.name, ", ".join(unpaged))
         return self.port
 
     def stop(self) -> None:
