@@ -33,8 +33,8 @@ def test_start_up_names_each_detector_with_its_version_and_device_uid(tmp_path: 
         assert (f"detector {name}: version {algorithm.version}, Device UID {algorithm.device_uid}, {algorithm.kind}; "
                 "bundle built in") in lines
     unpaged = [r.getMessage() for r in caplog.records if "nobody is paged" in r.getMessage()]
-    assert unpaged == ["routing[0] (head-ct-hemorrhage) runs ich_fusion with no alert_channels: a hemorrhage is logged and "
-                       "recorded, nobody is paged"]  # the defaults page no one: IT is told at start-up
+    assert unpaged == ["routing[0] (head-ct-hemorrhage) runs ich_fusion with no alert_channels: a hemorrhage is "
+                       "logged and recorded, nobody is paged"]  # the defaults page no one: IT is told at start-up
 
 
 def test_a_port_already_in_use_is_named_by_its_key(tmp_path: Path) -> None:
