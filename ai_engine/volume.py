@@ -40,7 +40,8 @@ class Volume:
     zero for a straight stack), so slice k is ``k * (dz * normal + shear_mm)`` from the first.
     ``contrast_agent`` is the series' Contrast/Bolus Agent as the images declare it (empty: none declared).
     ``frame_numbers``: for a series sent as one multi-frame image, slice k is frame ``frame_numbers[k]`` (1-based)
-    of ``paths[k]``; None when every slice is a single-frame image.
+    of ``paths[k]``; None when every slice is a single-frame image. ``slice_thickness_mm``: the thickest Slice
+    Thickness the slices declare (an overlapping reconstruction's exceeds its spacing); None when none does.
     """
 
     array: np.ndarray
@@ -54,6 +55,7 @@ class Volume:
     shear_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     contrast_agent: str = ""
     frame_numbers: list[int] | None = None
+    slice_thickness_mm: float | None = None
 
     def voxel_to_patient(self, zyx: Sequence[float]) -> tuple[float, float, float]:
         """Patient LPS position (x, y, z) mm of a (possibly fractional) voxel index (z, y, x)."""
@@ -394,6 +396,7 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
     else:
         dz = images[0].thickness or 1.0
     frame_numbers = [image.number for image in images if image.number is not None]
+    thicknesses = [image.thickness for image in images if image.thickness is not None]
     return Volume(
         array=_pixels(images),
         spacing_mm=(dz, float(dy), float(dx)),
@@ -406,4 +409,5 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
         shear_mm=(float(shear[0]), float(shear[1]), float(shear[2])),
         contrast_agent=_declared_agent(images[0].dataset),
         frame_numbers=frame_numbers or None,
+        slice_thickness_mm=max(thicknesses) if thicknesses else None,
     )

@@ -402,8 +402,9 @@ class NoduleFusion:
                  "clinical context: " + ("used" if inputs.context is not None else "not available; image only")]
         notes += [f"the field of view cuts a lung off at the patient's {side}: lung beyond the image's edge was not "
                   f"searched" for side in cut_off_sides(volume)]
-        if volume.spacing_mm[0] > THICK_SLICE_MM:
-            notes.append(f"slices of {volume.spacing_mm[0]:.1f} mm, thicker than the 1-2.5 mm the network learned "
+        thickness = max(volume.spacing_mm[0], volume.slice_thickness_mm or 0.0)  # overlapping slices are thicker
+        if thickness > THICK_SLICE_MM:
+            notes.append(f"slices of {thickness:.1f} mm, thicker than the 1-2.5 mm the network learned "
                          f"from: expect false nodules on vessels (model card)")
         result = DetectorResult(task=self.task, algorithm=self.algorithm, findings=findings, case_score=case_score,
                                 positive=bool(findings), notes=notes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -70,6 +72,14 @@ def test_thick_slices_are_flagged_in_the_result(detector: NoduleFusion) -> None:
     phantom = make_chest_phantom(np.random.default_rng(8), ChestAcquisition(rows=256, slices=26, slice_mm=5.0), [])
     notes = detector.detect(DetectorInput(volume=_volume(phantom.hu, phantom.spacing))).notes
     assert any("slices of 5.0 mm, thicker than the 1-2.5 mm" in note for note in notes)
+
+
+def test_overlapping_thick_slices_are_flagged_by_their_thickness_not_their_spacing(detector: NoduleFusion) -> None:
+    """A 10 mm reconstruction at 2 mm steps got no note: the slice spacing was read as the thickness."""
+    phantom = make_chest_phantom(np.random.default_rng(8), SHORT_SCAN, [])
+    volume = replace(_volume(phantom.hu, phantom.spacing), slice_thickness_mm=10.0)
+    notes = detector.detect(DetectorInput(volume=volume)).notes
+    assert any("slices of 10.0 mm, thicker than" in note for note in notes)
 
 
 def test_lung_rads_follows_size_and_type() -> None:
