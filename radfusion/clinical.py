@@ -8,6 +8,7 @@ with whatever it has — image-only, saying why, when the EMR is down or slow.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ ENDED_ORDER_CONTROLS = frozenset({"CA", "CR", "DC", "DR", "OC", "OD"})  # ORC-1:
 UNADDRESSED_ORDER_WINDOW = timedelta(days=2)  # an order without accession is for a study of the next day or two
 SAME_DRAW = timedelta(hours=12)  # results of one order number further apart are draws of a lab that reuses numbers
 DEMOGRAPHIC_KINDS = frozenset({"birth_date", "sex"})
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")  # an assigning authority's ISO universal id
 
 
 def fhir_client(server: FhirServerSettings) -> FhirClient:
@@ -347,7 +349,8 @@ class ClinicalGatherer:
             rows = session.execute(
                 select(ClinicalValue, Hl7Message).join(Hl7Message, ClinicalValue.message_id == Hl7Message.id)
                 .where(ClinicalValue.patient_id == patient.patient_id).order_by(Hl7Message.received_at)).all()
-        usable, withheld = _same_patient(_authority_groups(rows), patient.issuer)
+        bare = any(not value.patient_authority for value, _ in rows)
+        usable, withheld = _same_patient(_authority_groups(rows), bare, patient.issuer, self._settings)
         if withheld:
             log.warning("study %d: %s", patient.study_id, withheld)
         record = _Hl7Record(withheld=withheld)
@@ -379,7 +382,8 @@ class ClinicalGatherer:
 
 @dataclass
 class _Hl7Record:
-    """What the stored HL7 messages say about one study's patient; ``withheld``: why none of it is used."""
+    """What the stored HL7 messages say about one study's patient; ``withheld``: why some values of its PatientID
+    are not used."""
 
     labs: list[LabValue] = field(default_factory=list)
     unreadable: list[tuple[str, datetime | None]] = field(default_factory=list)  # (analyte, time): no value read
@@ -404,18 +408,33 @@ def _authority_groups(rows: Sequence[tuple[ClinicalValue, Hl7Message]]) -> list[
     return groups
 
 
-def _same_patient(groups: list[set[str]], issuer: str) -> tuple[set[str], str | None]:
-    """The assigning authorities (PID-3.4; "" for none) whose values are the study's patient's, and why none are.
+def _same_patient(groups: list[set[str]], bare: bool, issuer: str,
+                  settings: ClinicalSettings) -> tuple[set[str], str | None]:
+    """The assigning authorities (PID-3.4; "" for none) whose values are the study's patient's, and why the others
+    of its PatientID are not (``bare``: some values came without an authority).
 
-    A study with an issuer takes the values of its issuer's group, and those without an authority only when no
-    other authority holds this patient id (then "12345" without an authority cannot be another hospital's 12345).
-    A study without an issuer takes everything while one authority at most holds the id; with two or more, whose
-    patient the study is cannot be told, and nothing is used (an outside patient 12345's INR read as ours)."""
-    if issuer:
-        own = next((group for group in groups if issuer in group), {issuer})
-        return own | ({""} if all(group is own for group in groups) else set()), None
-    if len(groups) <= 1:
-        return {"", *(groups[0] if groups else ())}, None
-    named = sorted(min(group) for group in groups)
-    return set(), (f"HL7 values not used: the study names no IssuerOfPatientID and its PatientID is held by "
-                   f"{len(groups)} assigning authorities ({', '.join(named)})")
+    An authority group is the study's when it holds the study's issuer or names the study's identifier system
+    (``clinical.identifier_systems``; an ISO OID names urn:oid:OID). Values without an authority go to a study of
+    this site (its issuer maps to a system, or it names none) only when every authority holding the id is the
+    study's: then "12345" without an authority cannot be another hospital's 12345. A study whose issuer is not
+    mapped (an outside hospital's patient) takes its own issuer's values only."""
+    system = settings.identifier_system(issuer)
+    mine = [group for group in groups if issuer in group
+            or (system is not None and any(_authority_system(settings, a) == system for a in group))]
+    others = sorted("/".join(sorted(group)) for group in groups if group not in mine)
+    usable = set().union(*mine) | ({""} if system is not None and not others else set())
+    reasons = [f"HL7 values under assigning authority {', '.join(others)} not used: not the study's "
+               f"IssuerOfPatientID {issuer!r} and not mapped to its identifier system "
+               "(clinical.identifier_systems)"] if others else []
+    if bare and "" not in usable:
+        reasons.append("HL7 values without an assigning authority not used: " + (
+            f"IssuerOfPatientID {issuer!r} is not mapped in clinical.identifier_systems (not this site's patient)"
+            if system is None else "another assigning authority holds the same PatientID"))
+    return usable, "; ".join(reasons) or None
+
+
+def _authority_system(settings: ClinicalSettings, authority: str) -> str | None:
+    """The identifier system an HL7 assigning authority (one form of PID-3.4) names: its mapping, else urn:oid:
+    for an ISO OID, else none."""
+    return settings.identifier_systems.get(authority) or (f"urn:oid:{authority}" if _OID.fullmatch(authority)
+                                                          else None)

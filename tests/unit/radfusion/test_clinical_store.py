@@ -320,22 +320,50 @@ def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:
 
 
 def test_another_hospital_s_patient_with_the_same_id_is_not_read_as_the_study_s(stored, caplog) -> None:  # noqa: ANN001
-    """Before, a study without an issuer got the INR of HOSPB's patient 12345 and a value without an authority
-    reached a study of any issuer."""
+    """Before, a study without an issuer got the INR of HOSPB's patient 12345, and the values of an authority this
+    site does not map when it was the only one holding 12345 (a reference lab's patient)."""
     send, context = stored
-    send(oru("H1", inr="1.0"))  # 12345 of HOSP (1.2.3)
-    assert context(issuer="").labs["inr"].value == 1.0  # one authority holds 12345: the study's patient
+    send(oru("H1", inr="1.0"))  # 12345 of HOSP (1.2.3), not mapped in clinical.identifier_systems
+    assert context(issuer="HOSP").labs["inr"].value == 1.0  # the study's own issuer
+    with caplog.at_level(logging.WARNING, logger="radfusion.clinical"):
+        unknown = context(issuer="")
+    assert "inr" not in unknown.labs  # before: 1.0, though the default identifier system is not HOSP's
+    assert unknown.errors[-1] == ("HL7 values under assigning authority 1.2.3/HOSP not used: not the study's "
+                                  "IssuerOfPatientID '' and not mapped to its identifier system "
+                                  "(clinical.identifier_systems)")
+    assert "12345" not in caplog.text
     send(oru("H2", inr="4.0").replace("12345^^^HOSP&1.2.3&ISO^MR", "12345^^^HOSPB^MR").replace(
         "202611201000+0100", "202611201030+0100"))
     assert context(issuer="HOSP").labs["inr"].value == 1.0 and context(issuer="HOSPB").labs["inr"].value == 4.0
-    with caplog.at_level(logging.WARNING, logger="radfusion.clinical"):
-        unknown = context(issuer="")
-    assert "inr" not in unknown.labs  # before: 4.0, HOSPB's patient
-    assert unknown.errors[-1] == ("HL7 values not used: the study names no IssuerOfPatientID and its PatientID is "
-                                  "held by 2 assigning authorities (1.2.3, HOSPB)")
-    assert "12345" not in caplog.text
     send(oru("H3", platelets="40").replace("12345^^^HOSP&1.2.3&ISO^MR", "12345^^^^MR"))  # no authority
     assert context(issuer="HOSP").labs["platelets"].value == 150  # whose 12345 it is cannot be told
+
+
+def test_values_are_the_study_s_patient_s_by_the_identifier_system_their_authority_names(tmp_path: Path) -> None:
+    """A LIS that sends PID-3 without an assigning authority lent its patient 12345's INR, sex and age to a study of
+    an outside hospital's patient 12345 (an issuer the site does not map, which the EMR is rightly not asked
+    about)."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Hl7Store(db)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
+    settings = load_settings(storage_path=tmp_path, clinical={"default_identifier_system": "urn:oid:1.2.3",
+                                                              "identifier_systems": {"RAD": "urn:oid:1.2.3"}})
+    gatherer = ClinicalGatherer(settings.clinical, db)
+
+    def inr(issuer: str) -> float | None:
+        context = gatherer.context_for(StudyPatient(1, "12345", issuer, "ACC123", STUDY_TIME), ["inr", "platelets"])
+        return context.labs["inr"].value if "inr" in context.labs else None
+
+    inbox.handle(oru("B1", inr="3.9").replace("12345^^^HOSP&1.2.3&ISO^MR", "12345^^^^MR").replace("\n", "\r"))
+    assert inr("OUTSIDE") is None  # before: 3.9, this site's patient 12345
+    assert inr("") == inr("RAD") == 3.9  # this site's studies: with no issuer, or one mapped to the same system
+    inbox.handle(oru("B2", inr="1.2").replace("\n", "\r"))  # HOSP&1.2.3: its OID names the system
+    assert inr("") == inr("RAD") == 1.2
+    inbox.handle(oru("B3", inr="2.7").replace("12345^^^HOSP&1.2.3&ISO^MR", "12345^^^REFLAB^PI")
+                 .replace("202611201000+0100", "202611201030+0100").replace("\n", "\r"))
+    assert inr("") == 1.2 and inr("REFLAB") == 2.7  # a reference lab's patient 12345 is theirs only
+    gatherer.close()
+    db.dispose()
 
 
 def test_a_merge_moves_each_value_once_per_form_of_the_surviving_id(tmp_path: Path) -> None:
