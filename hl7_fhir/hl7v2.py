@@ -490,6 +490,8 @@ def _read_obx(parsed: ParsedMessage, obx: Segment, index: int, order: tuple[str,
     if status in RETRACTED:
         report.deleted.append(ResultRef(name, order_number, observed, timed))
         return
+    if status == "U" and not _first(parsed, obx, 5):  # made final without sending the value again: it stands
+        return
     if status in NOT_RESULTS:
         if status == "X" and order_number:  # a preliminary value of this order is withdrawn with it
             report.deleted.append(ResultRef(name, order_number, observed, timed))

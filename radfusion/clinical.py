@@ -73,11 +73,11 @@ class Hl7Store:
         """Store the values; return how many stored values the report's retractions removed.
 
         A result names its order (filler numbers are the filler's own, so: order and sender) and a time. A value
-        of an order replaces what is stored for its analyte and order within ``SAME_DRAW`` of its time (a final
-        result its preliminary one, a correction the result it corrects, even where one took its time from OBR-7
-        or MSH-7; a lab that reuses an order number a day later keeps the earlier draw). A retraction
-        (``report.deleted``) removes what is stored for its analyte and order at its own time when its OBX gives
-        one and something is stored then (one of two results of an order), else within ``SAME_DRAW``; and values
+        of an order replaces what is stored for its analyte and order at its time when something is stored then
+        (one of two results of an order), else within ``SAME_DRAW`` of it (a final result its preliminary one, a
+        correction the result it corrects, even where one took its time from OBR-7 or MSH-7; a lab that reuses an
+        order number a day later keeps the earlier draw). A retraction (``report.deleted``) removes the same,
+        trying its own time first only when its OBX gives one; and values
         stored without an order (before migration 0004) at its time. A result that could not be read is stored
         without a value: as the newest, it makes its analyte missing. Demographics in an ORU fill in only what no
         message has given for the patient yet (ADT's are the registration's).
@@ -93,10 +93,10 @@ class Hl7Store:
         demographics = _demographic_rows(report.birth_date, report.sex)
         known = self._demographics_known(report.identifiers) if demographics else set()  # one query, if any
         rows += [row for row in demographics if row["kind"] not in known]
-        removals = [_retraction(header, identifier, ref) for identifier in report.identifiers
-                    for ref in report.deleted]
-        replacements = [[_stored(header, identifier, ref, exact=False)] for identifier in report.identifiers
-                        for ref in replaced]
+        removals = [_matching(header, identifier, ref, exact_first=ref.timed and bool(ref.order))
+                    for identifier in report.identifiers for ref in report.deleted]
+        replacements = [_matching(header, identifier, ref, exact_first=ref.observed_at is not None)
+                        for identifier in report.identifiers for ref in replaced]
         counted = len(report.deleted)  # the first identifier's: each value is stored once per form of the identifier
         return self._store(header, report.identifiers, rows, replacements + removals[counted:], removals[:counted])
 
@@ -180,10 +180,11 @@ _CONTENT_COLUMNS = tuple(c.key for c in ClinicalValue.__table__.columns
                          if c.key not in ("id", "patient_id", "patient_authority"))
 
 
-def _retraction(header: Header, identifier: PatientIdentifier, result: ResultRef) -> list[Delete]:
-    """The deletes a retraction tries in turn: at its own time first when its OBX gives one."""
+def _matching(header: Header, identifier: PatientIdentifier, result: ResultRef, exact_first: bool) -> list[Delete]:
+    """The deletes tried in turn for what a result replaces or a retraction removes: at its own time first
+    (``exact_first``), then within ``SAME_DRAW``."""
     window = _stored(header, identifier, result, exact=False)
-    return [_stored(header, identifier, result, exact=True), window] if result.timed and result.order else [window]
+    return [_stored(header, identifier, result, exact=True), window] if exact_first else [window]
 
 
 def _stored(header: Header, identifier: PatientIdentifier, result: ResultRef, exact: bool) -> Delete:

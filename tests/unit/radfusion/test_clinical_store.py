@@ -319,6 +319,31 @@ def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:
     assert "inr" not in context(issuer="ELSEWHERE").labs
 
 
+def test_a_correction_of_one_of_two_results_of_an_order_replaces_that_one_only(stored) -> None:  # noqa: ANN001
+    """An order with INR at 07:00 and 09:00: correcting the 07:00 result deleted both, and the study read the
+    corrected, older value instead of the 09:00 one."""
+    send, context = stored
+    head = ("MSH|^~\\&|LAB|HOSP|RADFUSION|RAD|20261120093000||ORU^R01|{}|P|2.5.1\nPID|1||12345^^^HOSP^MR\n"
+            "OBR|1||FL7|34714-6|||20261120070000\n")
+    send(head.format("T1") + "OBX|1|NM|6301-6^INR^LN||1.4|{INR}|||||F|||20261120070000\n"
+         "OBX|2|NM|6301-6^INR^LN||3.6|{INR}|||||F|||20261120090000\n")
+    assert context().labs["inr"].value == 3.6
+    assert "MSA|AA" in send(head.format("T2") + "OBX|1|NM|6301-6^INR^LN||1.5|{INR}|||||C|||20261120070000\n")
+    assert context().labs["inr"].value == 3.6  # before: 1.5, the 09:00 result deleted with the corrected one
+    send(head.format("T3") + "OBX|1|NM|6301-6^INR^LN||3.7|{INR}|||||C|||20261120090000\n")
+    assert context().labs["inr"].value == 3.7
+
+
+def test_a_result_made_final_without_its_value_keeps_the_value_sent_before(stored) -> None:  # noqa: ANN001
+    """OBX-11 U (status changed to final, the value not sent again) was read as an unreadable result: it deleted
+    the preliminary INR and the analyte went missing, acknowledged AA."""
+    send, context = stored
+    send(_status(oru("P1", inr="3.4"), "P").replace("|N|||F|||", "|N|||P|||"))
+    assert context().labs["inr"].value == 3.4
+    send(oru("U1").replace("||2.5|{INR}|0.8-1.2|H|||F|||", "|||{INR}|0.8-1.2|H|||U|||"))
+    assert context().labs["inr"].value == 3.4
+
+
 def test_another_hospital_s_patient_with_the_same_id_is_not_read_as_the_study_s(stored, caplog) -> None:  # noqa: ANN001
     """Before, a study without an issuer got the INR of HOSPB's patient 12345, and the values of an authority this
     site does not map when it was the only one holding 12345 (a reference lab's patient)."""
