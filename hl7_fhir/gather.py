@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
 VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done"})  # Observation/Procedure: no result
 LAB_PAGE = 50  # newest Observations read per analyte: enough to pass over void ones and panels without it
-NOT_THE_PATIENTS = frozenset({"refuted", "entered-in-error"})  # Condition.verificationStatus
+CONFIRMED = "confirmed"  # Condition.verificationStatus: the only one (or none, as many EMRs send) that counts
 LIST_SECTIONS = ("medications", "conditions", "procedures", "family_history")  # FHIR-only; errors: "<section>: ..."
 
 
@@ -200,8 +200,9 @@ class _FhirGatherer:
 
     def conditions(self, context: ClinicalContext) -> list[str]:
         for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}, lenient=True):
-            if {code for _, code, _ in _codings(cond.verificationStatus)} & NOT_THE_PATIENTS:
-                continue  # ruled out, or recorded in error: not a condition the patient has
+            if cond.verificationStatus is not None and CONFIRMED not in {
+                    code for _, code, _ in _codings(cond.verificationStatus)}:
+                continue  # suspected, ruled out or recorded in error: not a condition the patient has
             status = _codings(cond.clinicalStatus)
             item = _coded_item(cond.code, status[0][1] if status else "", cond.recordedDate or cond.onsetDateTime,
                                self.provenance(cond))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_engine.clinical_features import encode_clinical
+from ai_engine.clinical_features import encode_clinical, feature_names
+from hl7_fhir.context import ClinicalContext
 from hl7_fhir.fhir_auth import BearerToken
 from hl7_fhir.fhir_client import FhirClient, FhirError
 from hl7_fhir.findings import OutboundFinding, OutboundStudy
@@ -45,6 +46,24 @@ def client(peer_url: str) -> Iterator[FhirClient]:
 
 def query(*analytes: str) -> ClinicalQuery:
     return ClinicalQuery(MRN, SYSTEM, analytes, NOW, accession=ACCESSION)
+
+
+def new_patient(peer_url: str, mrn: str) -> dict[str, str]:
+    """A patient of one test's own, identified by ``mrn``: the reference its resources carry."""
+    [stored] = seed(peer_url, [{"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": mrn}],
+                                "gender": "female", "birthDate": "1950-06-15"}])
+    return {"reference": f"Patient/{stored['id']}"}
+
+
+def feature(task: str, ctx: ClinicalContext, name: str) -> float | None:
+    """One clinical feature as a detector reads it; None when missing."""
+    values, present = encode_clinical(task, ctx)
+    index = feature_names(task).index(name)
+    return float(values[index]) if present[index] else None
+
+
+def snomed(code: str, display: str) -> dict[str, list[dict[str, str]]]:
+    return {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]}
 
 
 def test_search_by_identifier_code_date_sort_and_paging(client: FhirClient, seeded: str) -> None:
@@ -85,6 +104,23 @@ def test_gather_from_fhir_builds_the_clinical_context(client: FhirClient, seeded
     assert ctx.reason_for_exam == "Fall, on anticoagulation"
     assert "ED note: headache after a fall, on warfarin." in ctx.notes
     assert "Prior CT head: no acute intracranial abnormality." in ctx.notes
+
+
+def test_a_cancer_only_suspected_is_not_the_patient_s(client: FhirClient, peer_url: str) -> None:
+    """Conditions recorded as differential, provisional or unconfirmed (a cancer to rule out) counted as the patient's:
+    prior cancer and BRCA carrier read 1. Only confirmed ones count, and those without a verification status."""
+    subject = new_patient(peer_url, "MRN-RULE-OUT")
+    status = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+    seed(peer_url, [{"resourceType": "Condition", "subject": subject, "code": snomed(code, display),
+                     **({"verificationStatus": {"coding": [{"system": status, "code": verified}]}} if verified else {})}
+                    for verified, code, display in (("differential", "363358000", "Malignant tumor of lung"),
+                                                    ("provisional", "412734009", "BRCA1 carrier"),
+                                                    ("unconfirmed", "254837009", "Malignant neoplasm of breast"),
+                                                    ("confirmed", "49436004", "Atrial fibrillation"),
+                                                    ("", "38341003", "Hypertension"))])
+    ctx = gather_from_fhir(client, ClinicalQuery("MRN-RULE-OUT", SYSTEM, (), NOW))
+    assert sorted(c.display for c in ctx.conditions) == ["Atrial fibrillation", "Hypertension"]
+    assert (feature("nodule", ctx, "prior_cancer"), feature("mammo", ctx, "brca_carrier")) == (0.0, 0.0)
 
 
 def study() -> OutboundStudy:
