@@ -36,7 +36,8 @@ from hl7_fhir.units import (
 log = logging.getLogger(__name__)
 
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
-VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done"})  # Observation/Procedure: no result
+VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})  # Observation: no result
+DONE = "completed"  # Procedure.status: the only one that was done (planned, stopped or not done is no procedure)
 LAB_PAGE = 50  # newest Observations read per analyte: enough to pass over void ones and panels without it
 CONFIRMED = "confirmed"  # Condition.verificationStatus: the only one (or none, as many EMRs send) that counts
 LIST_SECTIONS = ("medications", "conditions", "procedures", "family_history")  # FHIR-only; errors: "<section>: ..."
@@ -213,7 +214,7 @@ class _FhirGatherer:
     def procedures(self, context: ClinicalContext) -> list[str]:
         for procedure in self.client.search("Procedure", {"subject": self.subject, "_count": "100"},
                                             lenient=True):
-            if procedure.status in VOID_STATUSES:
+            if procedure.status != DONE:
                 continue
             item = _coded_item(procedure.code, procedure.status or "", procedure.performedDateTime,
                                self.provenance(procedure))

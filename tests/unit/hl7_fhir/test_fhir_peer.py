@@ -123,6 +123,21 @@ def test_a_cancer_only_suspected_is_not_the_patient_s(client: FhirClient, peer_u
     assert (feature("nodule", ctx, "prior_cancer"), feature("mammo", ctx, "brca_carrier")) == (0.0, 0.0)
 
 
+def test_a_biopsy_only_planned_or_not_done_is_no_prior_biopsy(client: FhirClient, peer_url: str) -> None:
+    """A Procedure in preparation, in progress, not done or on hold counted as done: a planned breast biopsy read as a
+    prior one. Only a completed Procedure counts."""
+    subject = new_patient(peer_url, "MRN-PLANNED")
+    seed(peer_url, [{"resourceType": "Procedure", "status": status, "subject": subject,
+                     "code": snomed("122548005", "Biopsy of breast")}
+                    for status in ("preparation", "in-progress", "not-done", "on-hold", "stopped", "unknown")])
+    ctx = gather_from_fhir(client, ClinicalQuery("MRN-PLANNED", SYSTEM, (), NOW))
+    assert ctx.procedures == [] and feature("mammo", ctx, "prior_biopsy") == 0.0
+    seed(peer_url, [{"resourceType": "Procedure", "status": "completed", "subject": subject,
+                     "code": snomed("122548005", "Biopsy of breast")}])
+    ctx = gather_from_fhir(client, ClinicalQuery("MRN-PLANNED", SYSTEM, (), NOW))
+    assert feature("mammo", ctx, "prior_biopsy") == 1.0
+
+
 def study() -> OutboundStudy:
     return OutboundStudy("1.2.826.0.1.3680043.8.498.1", ACCESSION, MRN, "HOSP", SYSTEM, "24725-4",
                          "CT Head", "radfusion-ich 0.1.0", NOW - timedelta(minutes=5))
