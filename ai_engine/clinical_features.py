@@ -19,8 +19,10 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
 - ``"coded"``: ``context.coded_observations[keys[0]]`` mapped through ``levels`` (code or
   lower-cased display substring -> value); when that item is absent and ``text_keywords`` is
   set, the feature is read from the free text (reason for exam + notes) as 1 if a keyword
-  occurs outside a negation ("no trauma", "denies fall"; a negation ends at punctuation or at
-  "after"/"but", so "denies headache, fell" and "no LOC after fall" are falls), 0 otherwise.
+  occurs outside a negation ("no trauma", "denies fall", "rule out trauma"; a negation reaches each item of a
+  comma list, "denies fever, nausea, trauma", and ends at other punctuation, at "after"/"but" or at a verb that
+  starts a clause, so "denies headache, fell" and "no LOC after fall" are falls) and outside the feature's
+  ``text_exclude`` phrases ("high fall risk", "cerebrovascular accident"), 0 otherwise.
 
 Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
 ``present`` mask; a missing value is 0 in ``values`` and False in ``present``. A list-type
@@ -102,6 +104,7 @@ class ClinicalFeature:
     levels: dict[str, float] = field(default_factory=dict)
     text_keywords: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    text_exclude: tuple[str, ...] = ()  # regular expressions of phrases that hold a keyword but say otherwise
 
 
 def resolve_task(task: Task | str) -> Task:
@@ -119,6 +122,7 @@ def resolve_task(task: Task | str) -> Task:
 
 TRAUMA_WORDS = ("fall", "falls", "fallen", "fell", "assault", "assaulted", "collision", "mvc", "mva", "rta", "struck",
                 "trauma", "hit head", "accident", "injury")
+NOT_TRAUMA = (r"cerebrovascular accident", r"falls? risk", r"risk (?:of|for) falls?", r"falls? precautions?")
 UNKNOWN = math.nan
 SMOKING_LEVELS = {  # US Core smoking status codes (SNOMED CT, LOINC answers of 72166-2), then display words in order
     "449868002": 1.0, "428041000124106": 1.0, "77176002": 1.0, "428071000124103": 1.0, "428061000124105": 1.0,
@@ -142,7 +146,7 @@ CLINICAL_FEATURES: dict[Task, tuple[ClinicalFeature, ...]] = {
         ClinicalFeature("trauma", "coded", ("trauma_mechanism",),
                         levels={"none": 0.0, "no trauma": 0.0, "fall": 1.0, "assault": 1.0, "collision": 1.0,
                                 "trauma": 1.0},
-                        text_keywords=TRAUMA_WORDS),
+                        text_keywords=TRAUMA_WORDS, text_exclude=NOT_TRAUMA),
         ClinicalFeature("gcs", "lab", ("gcs",), center=12.0, scale=3.0),
     ),
     Task.LUNG_NODULE: (
@@ -226,6 +230,8 @@ def _raw_value(feature: ClinicalFeature, context: ClinicalContext) -> float | No
             return _level(item, feature)
         text = context_text(context)
         if feature.text_keywords and text is not None:
+            for phrase in feature.text_exclude:
+                text = re.sub(rf"\b{phrase}\b", " ", text.lower())
             words = " ".join(_affirmed_tokens(text))
             return float(any(re.search(rf"\b{re.escape(k)}\b", words) for k in feature.text_keywords))
         return None
@@ -258,28 +264,37 @@ def _tokens(text: str, pattern: str = TERMS) -> list[str]:
 
 
 NEGATORS = frozenset({"no", "not", "denies", "denied", "denying", "without", "negative", "nor"})
-NEGATION_REACH = 3  # words after a negator; "No LOC per wife fell at home" is a fall
+NEGATING_PHRASES = r"\b(?:rule|ruled|ruling) out\b|\br/o\b"  # read as "no"
+NEGATION_REACH = 3  # words after a negator, and of each item of a negated comma list; "No LOC per wife fell"
 NEGATION_FILLERS = frozenset({"history", "of", "any", "prior", "known", "recent", "a", "the", "or"})  # not counted
-NEGATION_ENDS = r"[.,;:!?\n]|\b(?:but|after|then|however)\b"  # "denies headache, fell"; "no LOC after fall"
+NEGATION_ENDS = r"[.;:!?\n]|\b(?:but|after|then|however)\b"  # "no LOC after fall"
+CLAUSE_VERBS = frozenset({"fell", "was", "were", "is", "found", "hit", "struck", "slipped", "tripped", "had", "has",
+                          "presents", "presented"})  # end a negation: "denies headache, fell down stairs"
 
 
 def _affirmed_tokens(text: str) -> list[str]:
     """Tokens of ``text`` minus those within 3 words after a negator, not counting fillers such as "history of"
-    or "or" ("no history of head trauma", "denied any fall", "no LOC or head trauma").
+    or "or" ("no history of head trauma", "denied any fall", "no LOC or head trauma"); each item of a negated
+    comma list gets its 3 words ("denies fever, nausea, trauma").
 
-    A negation never reaches past punctuation or a clause word such as "after" or "but".
+    A negation never reaches past other punctuation, a clause word such as "after" or "but", or a verb that starts
+    a clause ("denies headache, fell").
     """
     kept = []
-    for clause in re.split(NEGATION_ENDS, text.lower()):
-        reach = 0
-        for token in _tokens(clause):
-            if token in NEGATORS:
-                reach = NEGATION_REACH
-                continue
-            if reach > 0:
-                reach -= token not in NEGATION_FILLERS
-                continue
-            kept.append(token)
+    for clause in re.split(NEGATION_ENDS, re.sub(NEGATING_PHRASES, " no ", text.lower())):
+        negated = False
+        for item in clause.split(","):
+            reach = NEGATION_REACH if negated else 0
+            for token in _tokens(item):
+                if token in NEGATORS:
+                    reach, negated = NEGATION_REACH, True
+                    continue
+                if token in CLAUSE_VERBS:
+                    reach, negated = 0, False
+                if reach > 0:
+                    reach -= token not in NEGATION_FILLERS
+                    continue
+                kept.append(token)
     return kept
 
 
