@@ -36,7 +36,8 @@ from hl7_fhir.units import (
 log = logging.getLogger(__name__)
 
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
-VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})  # Observation: no result
+IN_ERROR = "entered-in-error"  # a record written in error (on the wrong patient): not the patient's
+VOID_STATUSES = frozenset({IN_ERROR, "cancelled"})  # Observation, DiagnosticReport: no result
 DONE = "completed"  # Procedure.status: the only one that was done (planned, stopped or not done is no procedure)
 LAB_PAGE = 50  # newest Observations read per analyte: enough to pass over void ones and panels without it
 CONFIRMED = "confirmed"  # Condition.verificationStatus: the only one (or none, as many EMRs send) that counts
@@ -271,6 +272,8 @@ class _FhirGatherer:
     def family_history(self, context: ClinicalContext) -> list[str]:
         for history in self.client.search("FamilyMemberHistory", {"patient": self.subject, "_count": "100"},
                                           lenient=True):
+            if history.status == IN_ERROR:
+                continue
             relation = _codings(history.relationship)
             for cond in history.condition or []:
                 context.family_history.append(_coded_item(
@@ -292,14 +295,20 @@ class _FhirGatherer:
         return []
 
     def notes(self, context: ClinicalContext) -> list[str]:
+        """Text of the newest notes and reports (conclusion, text/plain attachments); one entered in error, or a
+        cancelled report, is not the patient's."""
         window = {"subject": self.subject, "date": self.query.window, "_sort": "-date",
                   "_count": str(self.query.note_limit)}
         problems: list[str] = []
         attachments: list[tuple[str, Any]] = []
-        limit = self.query.note_limit  # the newest few: later pages are never fetched
-        for doc in itertools.islice(self.client.iter_search("DocumentReference", window, lenient=True), limit):
+        limit = self.query.note_limit  # the newest few: a later page is fetched only for ones in error
+        documents = (doc for doc in self.client.iter_search("DocumentReference", window, lenient=True)
+                     if IN_ERROR not in (doc.status, doc.docStatus))
+        reports = (report for report in self.client.iter_search("DiagnosticReport", window, lenient=True)
+                   if report.status not in VOID_STATUSES)
+        for doc in itertools.islice(documents, limit):
             attachments += [(f"DocumentReference/{doc.id}", c.attachment) for c in doc.content or []]
-        for report in itertools.islice(self.client.iter_search("DiagnosticReport", window, lenient=True), limit):
+        for report in itertools.islice(reports, limit):
             if report.conclusion:
                 context.notes.append(report.conclusion)
             attachments += [(f"DiagnosticReport/{report.id}", a) for a in report.presentedForm or []]

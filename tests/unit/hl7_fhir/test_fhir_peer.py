@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import replace
 from collections.abc import Iterator
@@ -136,6 +137,32 @@ def test_a_biopsy_only_planned_or_not_done_is_no_prior_biopsy(client: FhirClient
                      "code": snomed("122548005", "Biopsy of breast")}])
     ctx = gather_from_fhir(client, ClinicalQuery("MRN-PLANNED", SYSTEM, (), NOW))
     assert feature("mammo", ctx, "prior_biopsy") == 1.0
+
+
+def test_records_entered_in_error_feed_neither_history_nor_notes(client: FhirClient, peer_url: str) -> None:
+    """A family history, a note or a report entered in error (written on the wrong patient), or a cancelled report,
+    was used: family history of breast cancer read 1, and the wrong patient's fall made the ICH head read trauma."""
+    subject = new_patient(peer_url, "MRN-IN-ERROR")
+    when = (NOW - timedelta(hours=2)).isoformat()
+
+    def note(text: str, **status: str) -> dict:
+        data = base64.b64encode(text.encode()).decode()
+        return {"resourceType": "DocumentReference", "status": "current", **status, "subject": subject, "date": when,
+                "content": [{"attachment": {"contentType": "text/plain", "data": data}}]}
+
+    seed(peer_url, [
+        {"resourceType": "FamilyMemberHistory", "status": "entered-in-error", "patient": subject,
+         "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "MTH"}]},
+         "condition": [{"code": snomed("254837009", "Malignant neoplasm of breast")}]},
+        note("ED note: fell down the stairs, struck head.", status="entered-in-error"),
+        note("ED note: assaulted, head injury.", docStatus="entered-in-error"),
+        note("ED note: sudden headache at rest."),
+        *({"resourceType": "DiagnosticReport", "status": status, "subject": subject, "code": {"text": "ED summary"},
+           "effectiveDateTime": when, "conclusion": "Motor vehicle collision, head injury."}
+          for status in ("entered-in-error", "cancelled"))])
+    ctx = gather_from_fhir(client, ClinicalQuery("MRN-IN-ERROR", SYSTEM, (), NOW))
+    assert ctx.family_history == [] and feature("mammo", ctx, "family_history_breast_cancer") == 0.0
+    assert ctx.notes == ["ED note: sudden headache at rest."] and feature("ich", ctx, "trauma") == 0.0
 
 
 def study() -> OutboundStudy:
