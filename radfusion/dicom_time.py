@@ -51,13 +51,19 @@ def _offset_minutes(offset: str) -> int | None:
 
 
 def study_datetime(date: str, time_of_day: str, offset: str) -> datetime | None:
-    """When a study was performed (Study Date, Study Time, Timezone Offset From UTC); None unless the date and the
-    time are both there and valid."""
-    day, clock = dicom_date(date), _TIME.fullmatch(time_of_day.strip())
-    if day is None or clock is None:
+    """When a study was performed (Study Date, Study Time, Timezone Offset From UTC): the end of its day when the
+    time is absent or invalid (Study Time is Type 2: a study of 1 June is read with that day's labs, not today's);
+    None without a valid date."""
+    day = dicom_date(date)
+    if day is None:
         return None
-    hour, minute, second = (int(part or 0) for part in clock.groups())
     try:
-        return aware(datetime.strptime(day, "%Y%m%d").replace(hour=hour, minute=minute, second=second), offset)
-    except ValueError:  # 20240231, or 25:00
+        midnight = datetime.strptime(day, "%Y%m%d")
+    except ValueError:  # 20240231
         return None
+    clock = _TIME.fullmatch(time_of_day.strip())
+    hour, minute, second = (int(part or 0) for part in clock.groups()) if clock else (23, 59, 59)
+    try:
+        return aware(midnight.replace(hour=hour, minute=minute, second=second), offset)
+    except ValueError:  # 25:00
+        return aware(midnight.replace(hour=23, minute=59, second=59), offset)

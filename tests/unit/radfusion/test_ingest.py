@@ -225,6 +225,11 @@ def test_study_times_without_an_offset_are_read_in_the_configured_time_zone(
         assert study_datetime("20240115", "100000", "") == datetime(2024, 1, 15, 15, tzinfo=timezone.utc)
         assert study_datetime("20240715", "100000", "") == datetime(2024, 7, 15, 14, tzinfo=timezone.utc)  # EDT
         assert study_datetime("20240115", "100000", "+0100") == datetime(2024, 1, 15, 9, tzinfo=timezone.utc)
+        # no Study Time (Type 2), or one that is no time: the end of the study's day, not None (read as of today)
+        for no_time in ("", "2500"):
+            assert study_datetime("20240115", no_time, "+0100") == datetime(2024, 1, 15, 22, 59, 59,
+                                                                             tzinfo=timezone.utc)
+        assert study_datetime("20240231", "100000", "") is None and study_datetime("", "100000", "") is None
     finally:
         monkeypatch.undo()
         time.tzset()
