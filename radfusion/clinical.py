@@ -251,7 +251,7 @@ class StudyPatient:
     patient_id: str
     issuer: str
     accession: str
-    performed_at: datetime | None = None  # Study Date + Time; None: read the record as of the present
+    performed_at: datetime | None = None  # Study Date + Time (``Study.performed_at``); None: as of the present
 
 
 class ClinicalGatherer:

@@ -72,7 +72,7 @@ class Study(Base):
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
-    performed_at: Mapped[datetime | None]  # Study Date + Time (None when either is missing): clinical data's as-of
+    performed_at: Mapped[datetime | None]  # Study Date + Time (its day's end without a time; None without a date)
     state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
