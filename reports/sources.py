@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import re
 from collections.abc import Sequence
 
 import highdicom as hd
 import pydicom
+from pydicom.valuerep import TM
 
 from ai_engine.results import Finding
 from reports.errors import ReportsError
 
 
 DATE_KEYWORDS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+TIME_KEYWORDS = ("PatientBirthTime", "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime")
 # Type 2 attributes of the Patient and General Study modules that the result objects copy from the source: a sender
 # may leave one out (a CT without Patient's Sex is common), and the copy then carries it empty, as the standard allows.
 COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "AccessionNumber", "StudyID", "ReferringPhysicianName")
 _LOOSE_DATE = re.compile(r"(\d{4})[-./](\d{2})[-./](\d{2})")
+_ACR_NEMA_TIME = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
 ACCEPTED_CHARACTER_SETS = frozenset(term.value for term in hd.SpecificCharacterSetValues)
 UTF8 = "ISO_IR 192"  # what a source in a character set highdicom refuses is written in, its text decoded first
 
@@ -26,10 +30,10 @@ UTF8 = "ISO_IR 192"  # what a source in a character set highdicom refuses is wri
 def _character_set(value: object) -> object:
     """Specific Character Set in a form highdicom accepts, same encoding: an empty first value (the standard
     Japanese/Korean form) is ISO 2022 IR 6, and a lone code-extension term its plain one (ISO 2022 IR 100 ->
-    ISO_IR 100; ISO 2022 IR 6, the default repertoire, -> None: no Specific Character Set). Whether highdicom
-    takes the result is ``_accepted``'s question."""
+    ISO_IR 100; ISO 2022 IR 6 or a lone empty value, the default repertoire, -> None: no Specific Character Set).
+    Whether highdicom takes the result is ``_accepted``'s question."""
     if isinstance(value, str):
-        if value == "ISO 2022 IR 6":  # the default repertoire, which a lone term cannot be written as: none
+        if value in ("", "ISO 2022 IR 6"):  # the default repertoire, which a lone term cannot be written as: none
             return None
         plain = value.replace("ISO 2022 IR ", "ISO_IR ")
         return plain if value.startswith("ISO 2022 IR ") and plain in ACCEPTED_CHARACTER_SETS else value
@@ -38,28 +42,49 @@ def _character_set(value: object) -> object:
 
 
 def _accepted(charset: object) -> bool:
-    """Whether highdicom accepts every term of ``charset`` (it lacks some valid ones: ISO 2022 IR 149, Korean)."""
+    """Whether highdicom accepts every term of ``charset`` (it lacks some valid ones: ISO 2022 IR 149, Korean; and
+    an empty term, which only ``_character_set`` can place)."""
     if charset is None:
         return True
     terms = [charset] if isinstance(charset, str) else list(charset)  # type: ignore[call-overload]
-    return all(not term or term in ACCEPTED_CHARACTER_SETS for term in terms)
+    return all(term in ACCEPTED_CHARACTER_SETS for term in terms)
 
 
 def dicom_date(value: str) -> str | None:
-    """A DA value as YYYYMMDD: unchanged when valid, padded or 'YYYY-MM-DD' style rewritten, anything else None."""
+    """A DA value as YYYYMMDD: unchanged when valid, padded or 'YYYY-MM-DD' style rewritten; anything else, and a
+    day the calendar does not have (00000000, 19450230, 20241301), None."""
     text = value.strip()
-    if re.fullmatch(r"\d{8}", text):
-        return text
     loose = _LOOSE_DATE.fullmatch(text)
-    return "".join(loose.groups()) if loose else None
+    date = "".join(loose.groups()) if loose else text
+    if not re.fullmatch(r"\d{8}", date):
+        return None
+    try:
+        datetime.date(int(date[:4]), int(date[4:6]), int(date[6:]))
+    except ValueError:
+        return None
+    return date
+
+
+def dicom_time(value: str) -> str | None:
+    """A TM value as HHMMSS.FFFFFF (or a prefix): unchanged when valid, padded or ACR-NEMA's 'HH:MM:SS' rewritten;
+    anything else, and a time the clock does not have (2500, 1260), None."""
+    text = value.strip()
+    if _ACR_NEMA_TIME.fullmatch(text):
+        text = text.replace(":", "")
+    try:
+        TM(text)  # what highdicom reads the copied value with
+    except ValueError:
+        return None
+    return text
 
 
 def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     """The source headers the builders copy from, mended where they would stop the result (a copy only where
     something changes): the Specific Character Set (``_character_set``; one highdicom still refuses becomes UTF-8,
-    the text decoded first), dates of the patient and study modules ('1945-03-17' -> 19450317; an unreadable one
-    emptied), a Patient's Sex other than M, F or O (such as 'U', which highdicom refuses: no result at all) emptied,
-    and the ``COPIED_TYPE2`` attributes a sender left out (added empty)."""
+    the text decoded first), dates and times of the patient and study modules ('1945-03-17' -> 19450317,
+    '10:30:00' -> 103000; an unreadable or impossible one, which highdicom refuses, emptied), a Patient's Sex other
+    than M, F or O (such as 'U', which highdicom refuses: no result at all) emptied, and the ``COPIED_TYPE2``
+    attributes a sender left out (added empty)."""
     mended = []
     for ds in datasets:
         changes: dict[str, object] = {keyword: "" for keyword in COPIED_TYPE2 if keyword not in ds}
@@ -73,11 +98,12 @@ def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Data
                 charset = UTF8
             if charset != ds.SpecificCharacterSet:
                 changes["SpecificCharacterSet"] = charset
-        for keyword in DATE_KEYWORDS:
-            value = str(ds.get(keyword, "") or "")
-            date = dicom_date(value) if value else value
-            if date != value:
-                changes[keyword] = date
+        for keywords, mend in ((DATE_KEYWORDS, dicom_date), (TIME_KEYWORDS, dicom_time)):
+            for keyword in keywords:
+                value = str(ds.get(keyword, "") or "")
+                mended_value = mend(value) if value else value
+                if mended_value != value:
+                    changes[keyword] = mended_value
         if not changes:
             mended.append(ds)
             continue

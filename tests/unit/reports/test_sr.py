@@ -63,6 +63,28 @@ def test_a_sender_s_character_set_and_dashed_dates_do_not_stop_the_results(head_
     assert segs[0].get("SpecificCharacterSet") == written and head_ct[0].PatientBirthDate != "1945-03-17"
 
 
+@pytest.mark.parametrize(("keyword", "sent", "written"), [
+    ("SpecificCharacterSet", "", None),  # present but empty: the default repertoire, written as no such attribute
+    ("PatientBirthDate", "00000000", ""), ("PatientBirthDate", "19450230", ""), ("StudyDate", "20241301", ""),
+    ("StudyTime", "10:30:00", "103000"), ("StudyTime", "2500", "")])
+def test_impossible_dates_acr_nema_times_and_an_empty_character_set_do_not_stop_the_results(
+        head_ct, algorithm, tmp_path, keyword, sent, written) -> None:
+    """Ingest accepts these headers, but highdicom raised ValueError on them: the job failed after detection and
+    no SR or SEG reached the PACS, even for a negative study. Dates and times are Type 2, so an impossible one is
+    written empty."""
+    sources = [copy.deepcopy(ds) for ds in head_ct]
+    for ds in sources:
+        setattr(ds, keyword, sent)
+    result = ich_result(algorithm, sources)
+    segs = build_seg(sources, result, series_number=901)
+    save_dataset(segs[0], tmp_path / "seg.dcm")
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    sr = _saved(build_sr(sources, result, series_number=902, segmentations=segs), tmp_path / "sr.dcm")
+    negative = build_sr(sources, replace(result, findings=[], positive=False), series_number=903)
+    for made in (sr, segs[0], negative):
+        assert made.get(keyword) == written, made.Modality
+
+
 def test_a_source_without_the_type_2_patient_and_study_attributes_still_gets_its_results(head_ct, algorithm,
                                                                                           tmp_path):
     """A CT without Patient's Sex (or Patient ID, Accession Number, Study Date ...): each is Type 2, so the SR and
