@@ -100,16 +100,25 @@ def _codings(concept: Any) -> list[tuple[str, str, str]]:
     return [(c.system or "", c.code or "", c.display or "") for c in (concept.coding or [])]
 
 
-def _effective_time_or_oldest(obs: Any) -> datetime:
-    """When an Observation was made, for ordering: its time, the end or start of its period, its instant, else when
-    it was issued (one without any sorts as the oldest)."""
+def _effective_time(obs: Any) -> datetime | None:
+    """When an Observation was made: its dateTime, the end (else start) of its period, or its instant; a date without
+    a day ('2026-11', '2026') at its start."""
     period = obs.effectivePeriod
     for value in (obs.effectiveDateTime, period.end if period else None, period.start if period else None,
-                  obs.effectiveInstant, obs.issued):
+                  obs.effectiveInstant):
+        if isinstance(value, str):  # R4B keeps a partial date as its text
+            year, _, month = value.partition("-")
+            value = date(int(year), int(month or 1), 1)
         when = _as_datetime(value)
         if when is not None:
             return when
-    return datetime.min.replace(tzinfo=timezone.utc)
+    return None
+
+
+def _effective_time_or_oldest(obs: Any) -> datetime:
+    """When an Observation was made, for ordering: its effective time, else when it was issued (one without either
+    sorts as the oldest)."""
+    return _effective_time(obs) or _as_datetime(obs.issued) or datetime.min.replace(tzinfo=timezone.utc)
 
 
 def _coded_item(concept: Any, category: str, recorded: object, provenance: Provenance) -> CodedItem:
@@ -153,7 +162,7 @@ class _FhirGatherer:
             for obs in newest_first:
                 if obs.status in VOID_STATUSES:
                     continue
-                when = _as_datetime(obs.effectiveDateTime)
+                when = _effective_time(obs)
                 for part in [obs, *(obs.component or [])]:
                     problem = self._lab_value(context, obs, part, when)
                     if problem:

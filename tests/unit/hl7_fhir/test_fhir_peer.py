@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from ai_engine.clinical_features import encode_clinical, feature_names
-from hl7_fhir.context import ClinicalContext
+from hl7_fhir.context import ClinicalContext, LabValue, Provenance
 from hl7_fhir.fhir_auth import BearerToken
 from hl7_fhir.fhir_client import FhirClient, FhirError
 from hl7_fhir.findings import OutboundFinding, OutboundStudy
-from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, gather_with_budget
+from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, gather_with_budget, merge_contexts
 from hl7_fhir.outbound import (
     REPORT_ID_SYSTEM,
     build_alert_communication,
@@ -163,6 +163,30 @@ def test_records_entered_in_error_feed_neither_history_nor_notes(client: FhirCli
     ctx = gather_from_fhir(client, ClinicalQuery("MRN-IN-ERROR", SYSTEM, (), NOW))
     assert ctx.family_history == [] and feature("mammo", ctx, "family_history_breast_cancer") == 0.0
     assert ctx.notes == ["ED note: sudden headache at rest."] and feature("ich", ctx, "trauma") == 0.0
+
+
+def test_a_result_timed_by_a_period_an_instant_or_a_month_keeps_its_time(client: FhirClient, peer_url: str) -> None:
+    """Only effectiveDateTime with a day was read: a result timed by effectivePeriod or effectiveInstant, or by a month,
+    had no time, and merging let any older HL7 value replace it (INR 1.1 of 40 days before over 3.8 of this morning).
+    """
+    subject = new_patient(peer_url, "MRN-TIMED")
+    hours = (lambda h: (NOW - timedelta(hours=h)).isoformat())
+    timed = {"inr": ("6301-6", 3.8, "{INR}", {"effectivePeriod": {"start": hours(3), "end": hours(2)}}),
+             "platelets": ("777-3", 40, "10*9/L", {"effectiveInstant": hours(1)}),
+             "hemoglobin": ("718-7", 9.1, "g/dL", {"effectiveDateTime": NOW.strftime("%Y-%m")})}
+    seed(peer_url, [{"resourceType": "Observation", "status": "final", "subject": subject,
+                     "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, **when,
+                     "valueQuantity": {"value": value, "unit": unit, "code": unit}}
+                    for code, value, unit, when in timed.values()])
+    ctx = gather_from_fhir(client, ClinicalQuery("MRN-TIMED", SYSTEM, tuple(timed), NOW))
+    month = datetime(NOW.year, NOW.month, 1, tzinfo=timezone.utc)
+    assert {name: lab.observed_at for name, lab in ctx.labs.items()} == {
+        "inr": NOW - timedelta(hours=2), "platelets": NOW - timedelta(hours=1), "hemoglobin": month}
+    older = [LabValue(name, "x", 1.1, "u", NOW - timedelta(days=40), Provenance("hl7", "LAB", f"old-{name}"))
+             for name in timed]
+    merged = merge_contexts(ctx, older, analytes=tuple(timed), as_of=NOW, lookback=timedelta(days=90))
+    assert {name: lab.value for name, lab in merged.labs.items()} == {"inr": 3.8, "platelets": 40.0,
+                                                                      "hemoglobin": 9.1}
 
 
 def study() -> OutboundStudy:
