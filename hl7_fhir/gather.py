@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from fhir.resources.R4B.observation import Observation
+
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.errors import Hl7FhirError
 from hl7_fhir.fhir_client import FhirClient
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 HL7_SEX_TO_FHIR = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other"}
 IN_ERROR = "entered-in-error"  # a record written in error (on the wrong patient): not the patient's
 VOID_STATUSES = frozenset({IN_ERROR, "cancelled"})  # Observation, DiagnosticReport: no result
+VALUE_FIELDS = tuple(f for f in Observation.model_fields if f.startswith("value") and "__" not in f)  # value[x]
 DONE = "completed"  # Procedure.status: the only one that was done (planned, stopped or not done is no procedure)
 LAB_PAGE = 50  # newest Observations read per analyte: enough to pass over void ones and panels without it
 CONFIRMED = "confirmed"  # Condition.verificationStatus: the only one (or none, as many EMRs send) that counts
@@ -121,6 +124,15 @@ def _effective_time_or_oldest(obs: Any) -> datetime:
     return _effective_time(obs) or _as_datetime(obs.issued) or datetime.min.replace(tzinfo=timezone.utc)
 
 
+def _no_result(obs: Any) -> bool:
+    """Whether an Observation is no result: void (entered in error, cancelled), or none yet (registered, or
+    preliminary without any value), as a pending HL7 result (OBX-11 I) is none."""
+    if obs.status in VOID_STATUSES or obs.status == "registered":
+        return True
+    parts = [obs, *(obs.component or [])]
+    return obs.status == "preliminary" and all(getattr(part, f) is None for part in parts for f in VALUE_FIELDS)
+
+
 def _coded_item(concept: Any, category: str, recorded: object, provenance: Provenance) -> CodedItem:
     codings = _codings(concept)
     system, code, display = codings[0] if codings else ("", "", "")
@@ -148,7 +160,7 @@ class _FhirGatherer:
         Each analyte is searched on its own, newest first, first page only (``LAB_PAGE``): a patient with
         thousands of observations (an ICU's hourly vitals) costs one request per analyte, and an analyte the
         record lacks costs no more. Panels that carry an analyte as a component (the blood pressure panel's
-        systolic value) are searched too; entered-in-error and cancelled Observations are skipped. When the newest
+        systolic value) are searched too; Observations that are no result (``_no_result``) are skipped. When the newest
         result of an analyte holds no value that can be read (a text value, a unit not accepted, a value out of
         range), the analyte is missing and a problem says so: an older result would be read as the current one.
         """
@@ -160,7 +172,7 @@ class _FhirGatherer:
                 "_sort": "-date", "_count": str(LAB_PAGE)}, lenient=True, max_pages=1))
             newest_first = sorted(page, key=_effective_time_or_oldest, reverse=True)  # a server may ignore _sort
             for obs in newest_first:
-                if obs.status in VOID_STATUSES:
+                if _no_result(obs):
                     continue
                 when = _effective_time(obs)
                 for part in [obs, *(obs.component or [])]:

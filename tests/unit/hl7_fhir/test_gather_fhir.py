@@ -110,6 +110,29 @@ def test_an_unreadable_newest_result_makes_the_analyte_missing_not_an_older_one_
     assert any(e.startswith("platelets: the newest result (Observation/plt-new)") for e in context.errors)
 
 
+def test_a_result_still_pending_does_not_hide_the_one_of_this_morning() -> None:
+    """A repeat INR only ordered (status registered) or a preliminary platelet count without a value yet was read as an
+    unreadable newest result: the final values of this morning were left out and INR and platelets read as missing.
+    Like a pending HL7 result (OBX-11 I) it is no result; a preliminary value is one."""
+    pending = _observation("inr-pending", "6301-6", 0, "", 1, status="registered")
+    waiting = _observation("plt-waiting", "777-3", 0, "", 1, status="preliminary")
+    for observation in (pending, waiting):
+        del observation["valueQuantity"]
+    observations = [pending, _observation("inr-final", "6301-6", 2.9, "{INR}", 5),
+                    waiting, _observation("plt-final", "777-3", 140, "10*9/L", 5),
+                    _observation("hb-preliminary", "718-7", 9.5, "g/dL", 1, status="preliminary"),
+                    _observation("hb-final", "718-7", 12.5, "g/dL", 5)]
+
+    def search(request: httpx.Request) -> dict[str, Any]:
+        codes = request.url.params["code"]
+        return _bundle([o for o in observations if f"|{o['code']['coding'][0]['code']}" in codes])
+
+    context = gather_from_fhir(_server({"Observation": search}, []), _query("inr", "platelets", "hemoglobin"))
+    assert {name: lab.value for name, lab in context.labs.items()} == {"inr": 2.9, "platelets": 140.0,
+                                                                       "hemoglobin": 9.5}
+    assert context.errors == []
+
+
 def test_a_server_that_ignores_the_sort_still_gives_the_newest_result() -> None:
     """The first readable result of the page was taken: on a server that ignores _sort, an old INR."""
     page = [_observation("old", "6301-6", 1.0, "{INR}", 24 * 20), _observation("new", "6301-6", 3.2, "{INR}", 3),
