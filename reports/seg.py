@@ -23,6 +23,7 @@ from reports.algorithm import (
     seg_algorithm_identification,
     series_description,
 )
+from reports.charset import utf8_where_needed
 from reports.coding import FINDING_TYPE_CODES, MORPHOLOGICALLY_ABNORMAL_STRUCTURE
 from reports.errors import ReportsError
 from reports.sources import check_frames, conformant_headers, shared_frame_geometry, view_of
@@ -192,6 +193,7 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
         # A projection view has no patient geometry; its orientation labels apply unchanged.
         seg.PatientOrientation = sources[0].PatientOrientation
     add_contributing_equipment(seg, info)
+    utf8_where_needed(seg)
     return seg
 
 

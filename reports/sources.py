@@ -12,6 +12,7 @@ import pydicom
 from pydicom.valuerep import TM
 
 from ai_engine.results import Finding
+from reports.charset import UTF8, to_utf8
 from reports.errors import ReportsError
 
 
@@ -24,7 +25,6 @@ COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
 _LOOSE_DATE = re.compile(r"(\d{4})[-./](\d{2})[-./](\d{2})")
 _ACR_NEMA_TIME = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
 ACCEPTED_CHARACTER_SETS = frozenset(term.value for term in hd.SpecificCharacterSetValues)
-UTF8 = "ISO_IR 192"  # what a source in a character set highdicom refuses is written in, its text decoded first
 
 
 def _character_set(value: object) -> object:
@@ -109,7 +109,7 @@ def conformant_headers(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Data
             continue
         fixed = copy.deepcopy(ds)
         if reencode:
-            fixed.decode()  # every text value to str in the sender's character set, before the set changes
+            to_utf8(fixed)
         for keyword, value in changes.items():
             if keyword == "SpecificCharacterSet" and value is None:
                 del fixed.SpecificCharacterSet  # the default repertoire

@@ -52,6 +52,7 @@ from reports.coding import (
     UNIT_RATIO,
     VOLUME,
 )
+from reports.charset import utf8_where_needed
 from reports.errors import ReportsError
 from reports.seg import SegmentRef, find_segment
 from reports.sources import check_frames, conformant_headers, slice_of, view_of
@@ -132,6 +133,7 @@ def build_sr(source_datasets: Sequence[pydicom.Dataset], result: DetectorResult,
         software_versions=info.version,
     )
     add_contributing_equipment(sr, info)
+    utf8_where_needed(sr)
     return sr
 
 

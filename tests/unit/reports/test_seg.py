@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -39,6 +41,22 @@ def test_ct_seg_holds_each_mask_on_its_source_slices(head_ct, algorithm, tmp_pat
     frame_sources = {str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
                      for f in seg.PerFrameFunctionalGroupsSequence}
     assert frame_sources == {source_uids[z] for z in (3, 4, 5, 8)}
+
+
+def test_an_algorithm_name_the_source_s_character_set_cannot_hold_puts_the_seg_in_utf_8(head_ct, algorithm,
+                                                                                        tmp_path):
+    """The segment's algorithm name and the series description were written in the source's character set: without
+    one, raw Latin-1 bytes, which dciodvfy refuses."""
+    sources = [copy.deepcopy(ds) for ds in head_ct]
+    for ds in sources:
+        del ds.SpecificCharacterSet
+    named = replace(algorithm, name="Knötchen-Fusion")
+    [seg_ds] = build_seg(sources, ich_result(named, sources), series_number=901)
+    seg = _saved(seg_ds, tmp_path / "seg.dcm")
+
+    assert seg.SpecificCharacterSet == "ISO_IR 192" and seg.SeriesDescription.endswith("Knötchen-Fusion")
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "Knötchen-Fusion"
+    assert str(seg.PatientName) == str(head_ct[0].PatientName)
 
 
 def test_seg_identifies_the_algorithm_and_says_not_for_clinical_use(head_ct, algorithm, tmp_path):

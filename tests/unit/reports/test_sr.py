@@ -31,7 +31,8 @@ def _saved(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
     """Write, check with dciodvfy and dsrdump, read back."""
     save_dataset(ds, path)
     assert dciodvfy_errors(path) == []
-    dump = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, errors="replace",
+                          timeout=60)
     assert dump.returncode == 0, dump.stderr
     assert "Imaging Measurement Report" in dump.stdout
     return pydicom.dcmread(path)
@@ -83,6 +84,37 @@ def test_impossible_dates_acr_nema_times_and_an_empty_character_set_do_not_stop_
     negative = build_sr(sources, replace(result, findings=[], positive=False), series_number=903)
     for made in (sr, segs[0], negative):
         assert made.get(keyword) == written, made.Modality
+
+
+_JAPANESE = ["", "ISO 2022 IR 87"]
+
+
+@pytest.mark.parametrize(("charset", "name", "text", "written"), [
+    (None, "Mueller^Hans", "Ungültiger Suchparameter 'code'", "ISO_IR 192"),
+    ("ISO_IR 100", "Müller^Hans", "患者が見つかりません", "ISO_IR 192"),
+    (_JAPANESE, "Yamada^Tarou=山田^太郎=やまだ^たろう", "Ungültiger Suchparameter 'code'", "ISO_IR 192"),
+    ("ISO_IR 100", "Müller^Hans", "Ungültiger Suchparameter 'code'", "ISO_IR 100"),
+    (_JAPANESE, "Yamada^Tarou=山田^太郎=やまだ^たろう", "患者が見つかりません", ["ISO 2022 IR 6", "ISO 2022 IR 87"])])
+def test_text_the_source_s_character_set_cannot_hold_is_written_in_utf_8(head_ct, algorithm, tmp_path, charset, name,
+                                                                        text, written) -> None:
+    """The SR's text (an EMR's error text in the clinical summary, a detector's note) was written in the source's
+    character set: without one, raw Latin-1 bytes (dciodvfy: invalid for the VR); else '?' in place of each
+    character, or undeclared bytes between ISO 2022 escapes."""
+    sources = []
+    for index, ds in enumerate(copy.deepcopy(ds) for ds in head_ct):
+        del ds.SpecificCharacterSet
+        if charset is not None:
+            ds.SpecificCharacterSet = charset
+        ds.PatientName = name  # read back from the bytes a modality would send
+        ds.save_as(tmp_path / f"{index}.dcm", enforce_file_format=True)
+        sources.append(pydicom.dcmread(tmp_path / f"{index}.dcm"))
+    result = replace(ich_result(algorithm, sources), notes=[f"note: {text}"])
+    summary = {"Clinical data": f"not used (labs: FHIR GET answered 400: {text})"}
+    sr = _saved(build_sr(sources, result, series_number=902, clinical_summary=summary), tmp_path / "sr.dcm")
+    assert sr.get("SpecificCharacterSet") == written
+    assert str(sr.PatientName) == name
+    assert _text_values(sr, "Clinical Information") == [f"Clinical data: {summary['Clinical data']}"]
+    assert f"note: {text}" in _text_values(sr, "Comment")
 
 
 def test_a_source_without_the_type_2_patient_and_study_attributes_still_gets_its_results(head_ct, algorithm,
