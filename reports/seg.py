@@ -26,7 +26,7 @@ from reports.algorithm import (
 from reports.charset import utf8_where_needed
 from reports.coding import FINDING_TYPE_CODES, MORPHOLOGICALLY_ABNORMAL_STRUCTURE
 from reports.errors import ReportsError
-from reports.sources import check_frames, conformant_headers, shared_frame_geometry, view_of
+from reports.sources import check_frames, conformant_headers, projection_view, shared_frame_geometry, view_of
 from reports.tracking import tracking_id
 
 
@@ -153,6 +153,9 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
                   layer: _Layer, series_uid: str, series_number: int, instance_number: int,
                   masks: Sequence[pydicom.Dataset], source_frames: Sequence[int] | None) -> hd.seg.Segmentation:
     """One SEG of ``layer`` over ``sources`` with one segment per finding."""
+    projection = source_frames is None and "ImageOrientationPatient" not in sources[0]
+    if projection:
+        sources = [projection_view(view) for view in sources]
     shape = (len(sources) if source_frames is None else len(source_frames), int(sources[0].Rows),
              int(sources[0].Columns))
     frames = [_in_source_frames(_as_frames(index, finding, layer, shape), sources, source_frames)
@@ -189,9 +192,10 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
         content_description=layer.content_description,
         series_description=series_description(info),
     )
-    if source_frames is None and "ImageOrientationPatient" not in sources[0]:
-        # A projection view has no patient geometry; its orientation labels apply unchanged.
-        seg.PatientOrientation = sources[0].PatientOrientation
+    if projection:
+        # A projection view has no patient geometry; its orientation labels apply unchanged. Type 2C here: empty
+        # (unknown) for a view that left them out, though MG requires them, rather than no SEG at all.
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
     add_contributing_equipment(seg, info)
     utf8_where_needed(seg)
     return seg

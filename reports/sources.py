@@ -128,6 +128,18 @@ def view_of(views: Sequence[pydicom.Dataset], index: int, finding: Finding) -> p
     return views[finding.view_index]
 
 
+def projection_view(view: pydicom.Dataset) -> pydicom.Dataset:
+    """A projection view (a mammogram: no Image Orientation (Patient)) as a SEG over it is built from: without its
+    Frame of Reference UID (optional in MG, and common), which would give the SEG one and with it a Slice Thickness
+    in the Pixel Measures (Type 1C) that a projection does not have. The SEG's frame is tied to the view by its
+    Derivation Image reference, as for a view without one (a copy only where something changes)."""
+    if "FrameOfReferenceUID" not in view:
+        return view
+    placed = copy.deepcopy(view)
+    del placed.FrameOfReferenceUID
+    return placed
+
+
 def check_frames(sources: Sequence[pydicom.Dataset], frames: Sequence[int] | None) -> None:
     """Refuse ``frames`` that do not number frames of exactly one multi-frame source image.
 

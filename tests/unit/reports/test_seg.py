@@ -14,6 +14,7 @@ import pytest
 from ai_engine.results import DetectorResult, Finding, FindingType, Task
 from reports.errors import ReportsError
 from reports.seg import build_heatmap_seg, build_seg
+from reports.sr import build_sr
 from reports.writer import save_dataset
 from tests.peers import dciodvfy_errors
 from tests.unit.reports.report_checks import algorithm_equipment, ich_result, mammo_result
@@ -92,6 +93,38 @@ def test_mammo_gets_one_seg_per_view_with_masked_findings(mammo_views, algorithm
         np.testing.assert_array_equal(seg.pixel_array.astype(bool), finding.mask)
         frame = seg.PerFrameFunctionalGroupsSequence[0]
         assert frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == view.SOPInstanceUID
+
+
+def _with_frame_of_reference(view: pydicom.Dataset) -> None:
+    view.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.77"
+
+
+def _without_patient_orientation(view: pydicom.Dataset) -> None:
+    del view.PatientOrientation
+
+
+@pytest.mark.parametrize("vary", [_with_frame_of_reference, _without_patient_orientation])
+def test_mammo_views_with_a_frame_of_reference_or_without_patient_orientation_get_valid_segs(
+        mammo_views, algorithm, tmp_path, vary) -> None:
+    """A view with a Frame of Reference UID (optional in MG) gave SEGs with one, whose Pixel Measures lacked the Slice
+    Thickness (Type 1C) a projection has not: dciodvfy errors. A view without Patient Orientation (Type 1 in MG, yet
+    accepted) failed with a bare AttributeError; its SEG now carries it empty (Type 2C)."""
+    views = [copy.deepcopy(view) for view in mammo_views]
+    for view in views:
+        vary(view)
+    result = mammo_result(algorithm, views)
+    result.findings[0].heatmap = _blob((views[0].Rows, views[0].Columns), (30.0, 40.0), 4.0)
+    masks = build_seg(views, result, series_number=902)
+    written = [*masks, *build_heatmap_seg(views, result, series_number=904, masks=masks)]
+    for k, seg in enumerate(written):
+        save_dataset(seg, tmp_path / f"seg-{k}.dcm")
+        assert dciodvfy_errors(tmp_path / f"seg-{k}.dcm") == []
+        view = next(v for v in views if v.SOPInstanceUID == seg.ReferencedSeriesSequence[0]
+                    .ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
+        assert seg.get("PatientOrientation") == view.get("PatientOrientation", "")
+    save_dataset(build_sr(views, result, series_number=903, segmentations=masks), tmp_path / "sr.dcm")
+    assert len(written) == 3 and dciodvfy_errors(tmp_path / "sr.dcm") == []
+    assert "FrameOfReferenceUID" in views[0] or "PatientOrientation" not in views[0]  # the caller's views as they came
 
 
 def test_no_masks_means_no_seg(head_ct, algorithm):
