@@ -85,11 +85,13 @@ def test_an_empty_agent_that_the_contrast_module_contradicts_is_routed_as_an_age
     ("20240115", "083000.123", "+0100", datetime(2024, 1, 15, 7, 30, tzinfo=timezone.utc)),
     ("2024.01.15", "08:30:00", "-0500", datetime(2024, 1, 15, 13, 30, tzinfo=timezone.utc)),  # ACR-NEMA style
     ("20240115", "0830", "", datetime(2024, 1, 15, 8, 30).astimezone()),  # no offset: the server's local time
-    ("20240115", "", "+0100", None), ("", "083000", "", None), ("20240231", "083000", "", None),
-    ("20240115", "2530", "", None)])
+    ("", "083000", "", None), ("20240231", "083000", "", None),
+    # no time, or no valid one: the end of the study's day (before: nothing, so read as of the present)
+    ("20240115", "", "+0100", datetime(2024, 1, 15, 22, 59, 59, tzinfo=timezone.utc)),
+    ("20240115", "2530", "", datetime(2024, 1, 15, 23, 59, 59).astimezone())])
 def test_a_study_records_when_it_was_performed_or_nothing(tmp_path: Path, date: str, time: str, offset: str,
                                                            performed: datetime | None) -> None:
-    """Its clinical data is read as of then; a study without date or time is read as of the present."""
+    """Its clinical data is read as of then; a study without a date is read as of the present."""
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     instance = StoredInstance(None, tmp_path / "x.dcm", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3", "1.2.3.1",
                               "1.2.840.10008.1.2.1", 10, {"StudyDate": date, "StudyTime": time,
