@@ -169,7 +169,7 @@ class IngestRecorder:
         pointed at (None unless the instance moved series), and its series' rows for the cache."""
         now = utcnow()
         ids = self._series_ids.get(instance.series_instance_uid)
-        identity = _identity(instance.attributes)
+        identity = patient_identity(instance.attributes)
         if ids is None or (ids.identity, ids.study_uid) != (identity, instance.study_instance_uid):
             ids = self._create_series(conn, instance, identity)
         study_id, series_id = ids.study_id, ids.series_id
@@ -291,7 +291,7 @@ class IngestRecorder:
                     instance.study_instance_uid)
 
 
-def _identity(attrs: dict[str, object]) -> tuple[str, str]:
+def patient_identity(attrs: dict[str, object]) -> tuple[str, str]:
     """Patient ID and Issuer of Patient ID as the study row holds them (an Accession Number may differ between
     the series of one study, a patient may not)."""
     return (_text(attrs.get("PatientID"), Study.patient_id),

@@ -32,6 +32,8 @@ from hl7_fhir.findings import OutboundFinding, OutboundStudy
 from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
 from radfusion.dicom_time import aware
+from radfusion.errors import MixedPatientError
+from radfusion.ingest import patient_identity
 from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
 from radfusion.outbound import (alert_deliveries, outbound_findings, outbound_study, report_deliveries,
                                 untold_targets)
@@ -147,6 +149,7 @@ class JobRunner:
                             len(gone))
             detector = self._detectors[job.detector]
             patient = study_patient(job.study)
+            identity = (job.study.patient_id, job.study.issuer_of_patient_id)
             study_uid, accession = job.study.study_uid, job.study.accession_number
             current = self._current_results(session, job, series_ids)
         # Outside any transaction: this may wait for the EMR (at most what is left of the time budget).
@@ -155,10 +158,11 @@ class JobRunner:
                      "retention purge that did not finish) and were not read"] if gone else []
         try:
             inputs = load_inputs(detector.task, paths, context)
+            sources, frames = _sources(inputs)
+            _one_patient(sources, identity)
             result = detector.detect(inputs)
             if inputs.notes or gone_note:  # images the loader left out (a tomosynthesis object beside the 2D views)
                 result = replace(result, notes=[*result.notes, *inputs.notes, *gone_note])
-            sources, frames = _sources(inputs)
             predecessors, result = self._successor(job_id, current, sources, result)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on the job, never lost
             log.exception("job %d (%s, study %s) failed", job_id, job.detector, study_uid)
@@ -417,6 +421,21 @@ def _sources(inputs) -> tuple[list[pydicom.Dataset], list[int] | None]:  # noqa:
         return [pydicom.dcmread(volume.paths[0], stop_before_pixels=True)], list(volume.frame_numbers)
     paths = list(volume.paths) if volume is not None else [view.path for view in inputs.views]
     return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths], None
+
+
+def _one_patient(sources: list[pydicom.Dataset], identity: tuple[str, str]) -> None:
+    """Refuse images that name another patient than their study (``identity``: its Patient ID and issuer, which the
+    newest image set) or than each other: a patient correction the PACS is still sending. The results would carry
+    the identity of the first image, beside a study filed under the corrected one. The rest of the correction
+    queues the study again."""
+    ids = {patient_identity({"PatientID": ds.get("PatientID"), "IssuerOfPatientID": ds.get("IssuerOfPatientID")})
+           for ds in sources}
+    names = {str(ds.get("PatientName", "") or "") for ds in sources}
+    if len(names) > 1 or any(pid != identity[0] or issuer not in ("", identity[1]) for pid, issuer in ids):
+        raise MixedPatientError(
+            f"the {len(sources)} images read name {len(ids)} patient identities and {len(names)} patient names, not "
+            "only their study's: a patient correction still being sent; the study is analysed again when the rest "
+            "of it arrives")
 
 
 def _save(ds: pydicom.Dataset, kind: str, path: Path) -> WrittenObject:

@@ -69,6 +69,45 @@ def test_a_mammogram_sent_as_one_series_per_view_is_one_exam_and_one_job(tmp_pat
     assert len(evidence) == 4
 
 
+def test_a_patient_correction_still_arriving_is_not_reported_under_either_patient(tmp_path: Path) -> None:
+    """Two views of a mammogram sent again under the corrected patient, two not yet: the SR went to the PACS under
+    the old Patient ID, the new views' SEGs under the new one, in a study filed under the new one."""
+    service = Service(load_settings(storage_path=tmp_path / "data",
+                                    routing=[r.model_dump(mode="json") for r in default_routing([], [])]))
+    paths = write_case_dicom(generate_case(1), tmp_path / "exam")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = generate_uid()
+        ds.save_as(path)
+    _store(service, paths)
+    corrected = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.PatientName = "CORRECTED-1", "Corrected^Patient"
+        ds.save_as(tmp_path / path.name)
+        corrected.append(tmp_path / path.name)
+    _store(service, corrected[:2])
+    assert service.assembler.tick(utcnow() + timedelta(hours=1)) == 1
+    with service.db.session() as session:
+        first = session.scalars(select(Job.id)).one()
+    assert service.runner.claim(first)
+    service.runner.run(first)
+    with service.db.session() as session:
+        job = session.get(Job, first)
+        assert job.state == "failed" and "patient correction still being sent" in job.error
+        assert "CORRECTED" not in job.error and not session.scalars(select(Artifact)).all()
+    _store(service, corrected[2:])
+    assert service.assembler.tick(utcnow() + timedelta(hours=2)) == 1
+    with service.db.session() as session:
+        second = session.scalars(select(Job.id).where(Job.id != first)).one()
+    assert service.runner.claim(second)
+    service.runner.run(second)
+    with service.db.session() as session:
+        assert session.get(Job, second).state == "done", session.get(Job, second).error
+        written = [pydicom.dcmread(path) for path in session.scalars(select(Artifact.path))]
+    assert {str(ds.PatientID) for ds in written} == {"CORRECTED-1"}
+
+
 def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_zone() -> None:
     ds = pydicom.Dataset()
     ds.AcquisitionDate, ds.AcquisitionTime, ds.TimezoneOffsetFromUTC = "20240115", "093000.25", "+0100"
