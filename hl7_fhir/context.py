@@ -57,7 +57,11 @@ class CodedItem:
 
 @dataclass
 class ClinicalContext:
-    """Everything gathered for one study. ``status`` is 'complete', 'partial' or 'unavailable'."""
+    """Everything gathered for one study. ``status`` is 'complete', 'partial' or 'unavailable'.
+
+    ``unreadable``: per analyte left out because its newest FHIR result held no value that can be read, that result's
+    time (None: not timed); merging lets only a value newer than it stand in.
+    """
 
     age_years: float | None = None
     sex: str | None = None
@@ -72,6 +76,7 @@ class ClinicalContext:
     status: str = "unavailable"
     missing: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    unreadable: dict[str, datetime | None] = field(default_factory=dict)
 
     @classmethod
     def unavailable(cls, reason: str) -> ClinicalContext:

@@ -185,6 +185,7 @@ class _FhirGatherer:
                        for system, code, _ in _codings(part.code) if system == LOINC_SYSTEM):
                     problems.append(f"{analyte}: the newest result (Observation/{obs.id}) holds no value that can "
                                     "be read; older results are not used")
+                    context.unreadable[analyte] = when
                     break
         return problems
 
@@ -393,8 +394,9 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
                    hl7_unreadable: Sequence[tuple[str, datetime | None]] = ()) -> ClinicalContext:
     """FHIR context plus stored HL7 values (in the order received): per analyte the newest value inside the
     window (``lookback`` before ``as_of``, up to ``as_of``) wins, and of HL7 values for the same time the one
-    received last (a corrected result). An HL7 result that could not be read (``hl7_unreadable``: analyte and
-    time) and is at least as new as that value makes the analyte missing, saying why.
+    received last (a corrected result). A result that could not be read, from HL7 (``hl7_unreadable``: analyte and
+    time) or FHIR (``fhir_context.unreadable``), and is at least as new as that value makes the analyte missing,
+    saying why.
 
     Each value keeps its provenance. FHIR demographics win over HL7's (the EMR is the
     master record); HL7 fills what FHIR lacks. An unavailable FHIR context with HL7 data
@@ -417,16 +419,6 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
         if current is None or current.observed_at is None or value.observed_at > current.observed_at or (
                 value.observed_at == current.observed_at and current.provenance.source == "hl7"):
             merged.labs[value.name] = value
-    newest_unreadable: dict[str, datetime] = {}
-    for name, when in hl7_unreadable:
-        if name in analytes and when is not None and since <= when <= as_of:
-            newest_unreadable[name] = max(when, newest_unreadable.get(name, when))
-    for name, when in newest_unreadable.items():
-        current = merged.labs.get(name)
-        if current is None or current.observed_at is None or when >= current.observed_at:
-            merged.labs.pop(name, None)
-            merged.errors.append(f"{name}: the newest result ({when.isoformat(timespec='minutes')}) could not be "
-                                 "read; older results are not used")
     for item in hl7_coded:  # the same rule: a corrected status sent for the same time replaces the first
         current_coded = merged.coded_observations.get(item.category)
         if item.category in analytes and item.recorded_at is not None and since <= item.recorded_at <= as_of and (
@@ -434,6 +426,7 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
                 or item.recorded_at > current_coded.recorded_at or (
                     item.recorded_at == current_coded.recorded_at and current_coded.provenance.source == "hl7")):
             merged.coded_observations[item.category] = item
+    _withhold_unreadable(merged, fhir_context.unreadable, hl7_unreadable, analytes, since, as_of)
     if merged.age_years is None and hl7_birth_date is not None:
         merged.age_years = _age_years(hl7_birth_date, as_of)
     merged.sex = merged.sex or HL7_SEX_TO_FHIR.get(hl7_sex or "")
@@ -448,6 +441,30 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
         merged.status = fhir_context.status
     merged.missing = _missing(merged, analytes, accession)
     return merged
+
+
+def _withhold_unreadable(merged: ClinicalContext, fhir_unreadable: dict[str, datetime | None],
+                         hl7_unreadable: Sequence[tuple[str, datetime | None]], analytes: Sequence[str],
+                         since: datetime, as_of: datetime) -> None:
+    """Leave out of ``merged`` each analyte whose newest result, from either source, could not be read (the value
+    kept is no newer, or one of them is not timed): an older value would be read as the current one. HL7's results
+    say why here; FHIR's said so when gathered."""
+    unreadable = {name: (when, "") for name, when in fhir_unreadable.items() if name in analytes}
+    for name, when in hl7_unreadable:
+        if name not in analytes or when is None or not since <= when <= as_of:
+            continue
+        newest = unreadable.get(name)
+        if newest is None or (newest[0] is not None and when >= newest[0]):
+            unreadable[name] = (when, f"{name}: the newest result ({when.isoformat(timespec='minutes')}) could not "
+                                      "be read; older results are not used")
+    times = {**{name: lab.observed_at for name, lab in merged.labs.items()},
+             **{name: item.recorded_at for name, item in merged.coded_observations.items()}}
+    for name, (when, error) in unreadable.items():
+        kept = times.get(name)
+        if kept is None or when is None or when >= kept:
+            merged.labs.pop(name, None)
+            merged.coded_observations.pop(name, None)
+            merged.errors += [error] if error else []
 
 
 def gather_with_budget(gather: Callable[[], ClinicalContext], budget_s: float = 2.0) -> ClinicalContext:

@@ -189,6 +189,27 @@ def test_a_result_timed_by_a_period_an_instant_or_a_month_keeps_its_time(client:
                                                                       "hemoglobin": 9.1}
 
 
+def test_an_unreadable_newest_fhir_result_is_not_filled_by_an_older_hl7_one(client: FhirClient,
+                                                                              peer_url: str) -> None:
+    """The newest INR, in the EMR an hour before the study, reads '>10': FHIR left INR out, and merging filled it with
+    the HL7 INR 1.0 of a month before, as if current. Only an HL7 value newer than it may stand in."""
+    subject = new_patient(peer_url, "MRN-ABOVE-RANGE")
+    seed(peer_url, [{"resourceType": "Observation", "status": "final", "subject": subject,
+                     "code": {"coding": [{"system": "http://loinc.org", "code": "6301-6"}]},
+                     "effectiveDateTime": (NOW - timedelta(hours=1)).isoformat(),
+                     "valueString": ">10 (above reportable range)"}])
+    ctx = gather_from_fhir(client, ClinicalQuery("MRN-ABOVE-RANGE", SYSTEM, ("inr",), NOW))
+
+    def merged_with(hours_ago: float) -> ClinicalContext:
+        hl7 = LabValue("inr", "6301-6", 1.0, "{INR}", NOW - timedelta(hours=hours_ago), Provenance("hl7", "LAB", "M1"))
+        return merge_contexts(ctx, [hl7], analytes=("inr",), as_of=NOW, lookback=timedelta(days=90))
+
+    month_old = merged_with(24 * 30)
+    assert "inr" not in month_old.labs and month_old.missing == ["inr"] and feature("ich", month_old, "inr") is None
+    assert any(e.startswith("inr: the newest result (Observation/") for e in month_old.errors)
+    assert merged_with(0.5).labs["inr"].provenance.source == "hl7"  # a value newer than the unreadable one
+
+
 def study() -> OutboundStudy:
     return OutboundStudy("1.2.826.0.1.3680043.8.498.1", ACCESSION, MRN, "HOSP", SYSTEM, "24725-4",
                          "CT Head", "radfusion-ich 0.1.0", NOW - timedelta(minutes=5))
