@@ -430,7 +430,7 @@ def _one_patient(sources: list[pydicom.Dataset], identity: tuple[str, str]) -> N
     queues the study again."""
     ids = {patient_identity({"PatientID": ds.get("PatientID"), "IssuerOfPatientID": ds.get("IssuerOfPatientID")})
            for ds in sources}
-    names = {str(ds.get("PatientName", "") or "") for ds in sources}
+    names = {str(ds.get("PatientName", "") or "").rstrip("^ ").upper() for ds in sources}  # "Doe^Jane^^" is DOE^JANE
     if len(names) > 1 or any(pid != identity[0] or issuer not in ("", identity[1]) for pid, issuer in ids):
         raise MixedPatientError(
             f"the {len(sources)} images read name {len(ids)} patient identities and {len(names)} patient names, not "

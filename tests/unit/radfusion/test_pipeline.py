@@ -17,6 +17,7 @@ from ai_engine.synthetic.studies import write_study
 from radfusion import pipeline
 from radfusion.models import Alert, Artifact, Association, AuditEvent, Delivery, Instance, Job, Series, utcnow
 from radfusion.cli import main as cli_main
+from radfusion.errors import MixedPatientError
 from radfusion.retention import purge_expired
 from radfusion.service import Service
 from radfusion.settings import default_routing, load_settings
@@ -106,6 +107,17 @@ def test_a_patient_correction_still_arriving_is_not_reported_under_either_patien
         assert session.get(Job, second).state == "done", session.get(Job, second).error
         written = [pydicom.dcmread(path) for path in session.scalars(select(Artifact.path))]
     assert {str(ds.PatientID) for ds in written} == {"CORRECTED-1"}
+
+
+def test_one_patient_written_two_ways_is_one_patient() -> None:
+    sources = [pydicom.Dataset(), pydicom.Dataset()]
+    for ds, name in zip(sources, ("DOE^JANE", "Doe^Jane^^"), strict=True):
+        ds.PatientID, ds.PatientName = "P1", name
+    sources[1].IssuerOfPatientID = "HOSP"
+    pipeline._one_patient(sources, ("P1", "HOSP"))  # a name's case and empty components, an issuer left out
+    sources[1].PatientID = "P2"
+    with pytest.raises(MixedPatientError, match="2 patient identities and 1 patient names"):
+        pipeline._one_patient(sources, ("P1", "HOSP"))
 
 
 def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_zone() -> None:
