@@ -98,7 +98,12 @@ class Hl7Inbox:
             deleted = (f"; {len(report.deleted)} taken back, {removed} stored value{'s' * (removed != 1)} removed"
                        if report.deleted else "")
             stored = len(report.values) + len(report.coded)
-            return f"stored {stored} values{deleted}{skipped}{unusable}", report.unusable
+            unmatched = ([f"no stored value matched the {len(report.deleted)} result(s) taken back: sent by another "
+                          "system (MSH-3/4) or under another order number than the original?"]
+                         if report.deleted and not removed else [])
+            if unmatched:
+                log.warning("HL7 %s from %s: %s", header.control_id, header.sending_facility, unmatched[0])
+            return f"stored {stored} values{deleted}{skipped}{unusable}", [*report.unusable, *unmatched]
         if header.message_type in ADT_TYPES:
             self.on_demographics(header, parse_demographics(parsed))
             return "stored demographics", []

@@ -82,7 +82,9 @@ def test_a_result_is_taken_back_by_its_order_whatever_time_each_message_gives_it
     deletion = _status(oru("O2", inr=""), "D").replace("|H|||D|||202611201000+0100", "|H|||D")
     assert "MSA|AA|O2|stored 2 values; 1 taken back, 1 stored value removed" in send(deletion)  # + platelets, smoking
     assert "inr" not in context().labs
-    assert "1 taken back, 0 stored values removed" in send(deletion.replace("|O2|", "|O3|"))  # said as it is
+    again = send(deletion.replace("|O2|", "|O3|"))
+    assert "1 taken back, 0 stored values removed" in again  # said as it is, and warned of in an ERR segment
+    assert "|W|" in again and "no stored value matched the 1 result(s) taken back" in again
 
 
 def test_a_preliminary_result_withdrawn_as_cannot_be_obtained_is_gone(stored) -> None:  # noqa: ANN001
