@@ -334,7 +334,7 @@ class JobRunner:
             return earlier
         payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
                                   accession_number=job.study.accession_number,
-                                  acquisition_datetime=acquisition_datetime(sources[0]), job_id=job.id,
+                                  acquisition_datetime=performed_at(sources[0]), job_id=job.id,
                                   created_at=now)
         alert = Alert(job_id=job.id, payload=payload, released_at=job.trigger_released_at)
         session.add(alert)
@@ -444,11 +444,15 @@ def _save(ds: pydicom.Dataset, kind: str, path: Path) -> WrittenObject:
 
 
 def clinical_summary(context: ClinicalContext) -> dict[str, str]:
-    """What the radiologist should see of the clinical inputs: each lab, or why there are none."""
+    """What the radiologist should see of the clinical inputs: each lab, and what could not be read (or why there
+    are no labs)."""
     if not context.labs:
         return {"Clinical data": f"not used ({'; '.join(context.errors) or context.status})"}
-    return {lab.name: f"{lab.value:g} {lab.unit}" + (f" ({lab.observed_at:%Y-%m-%d})" if lab.observed_at else "")
-            for lab in context.labs.values()}
+    summary = {lab.name: f"{lab.value:g} {lab.unit}" + (f" ({lab.observed_at:%Y-%m-%d})" if lab.observed_at else "")
+               for lab in context.labs.values()}
+    if context.errors:  # a partial record must not read as a complete one
+        summary["Clinical data"] = f"partly read: {'; '.join(context.errors)}"
+    return summary
 
 
 def performed_at(ds: pydicom.Dataset) -> datetime | None:

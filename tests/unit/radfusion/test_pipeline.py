@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.studies import write_study
+from hl7_fhir.context import ClinicalContext, LabValue, Provenance
 from radfusion import pipeline
 from radfusion.models import Alert, Artifact, Association, AuditEvent, Delivery, Instance, Job, Series, utcnow
 from radfusion.cli import main as cli_main
@@ -120,6 +121,15 @@ def test_one_patient_written_two_ways_is_one_patient() -> None:
         pipeline._one_patient(sources, ("P1", "HOSP"))
 
 
+def test_the_sr_s_clinical_summary_says_what_of_the_record_could_not_be_read() -> None:
+    """With one lab read, the errors of the rest (the medications query failed) were dropped: a partial record read
+    as a complete one."""
+    context = ClinicalContext(labs={"inr": LabValue("inr", "6301-6", 2.9, "1", None, Provenance("hl7", "LAB", "1"))},
+                              status="partial", errors=["medications: the EMR answered 500"])
+    assert pipeline.clinical_summary(context) == {"inr": "2.9 1",
+                                                  "Clinical data": "partly read: medications: the EMR answered 500"}
+
+
 def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_zone() -> None:
     ds = pydicom.Dataset()
     ds.AcquisitionDate, ds.AcquisitionTime, ds.TimezoneOffsetFromUTC = "20240115", "093000.25", "+0100"
@@ -167,6 +177,7 @@ def test_an_urgent_hemorrhage_is_alerted_although_its_results_cannot_be_written_
         assert job.error == (f"{step} failed: {type(error).__name__}: {error}; "
                              f"the study's hemorrhage alert {alert.id} stands without them")
         assert alert.payload["kind"] == "ich_alert" and alert.job_id == job_id
+        assert datetime.fromisoformat(alert.payload["acquisition_datetime"]).tzinfo  # before: the modality's clock
         delivery = session.scalars(select(Delivery)).one()
         assert (delivery.kind, delivery.target, delivery.state) == ("webhook", "ed", "pending")
         assert session.scalars(select(Artifact)).all() == []
