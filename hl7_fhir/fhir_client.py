@@ -173,13 +173,16 @@ class FhirClient:
         return list(self.iter_search(resource_type, params, lenient=lenient))
 
     def iter_search(self, resource_type: str, params: Params, *, lenient: bool = False,
-                    max_pages: int | None = None) -> Iterator[FHIRAbstractModel]:
+                    max_pages: int | None = None,
+                    on_invalid: Callable[[Mapping[str, Any], FhirError], None] | None = None,
+                    ) -> Iterator[FHIRAbstractModel]:
         """The matches of a search, fetched a page at a time as they are consumed, so a caller that has what it
         needs stops early; at most ``max_pages`` pages when given, else an error past the page limit.
 
         A resource that is not valid R4 raises FhirError, or with ``lenient`` is left out (logged without its
-        values) and the valid ones beside it are kept. Identity checks (one Patient per identifier, a report
-        already stored) must see every match, so they stay strict."""
+        values) and the valid ones beside it are kept; ``on_invalid`` is then handed its JSON and the error, for a
+        caller to whom a left-out resource still means something (the newest result of a lab). Identity checks
+        (one Patient per identifier, a report already stored) must see every match, so they stay strict."""
         url: str | None = f"{self.base_url}/{resource_type}"
         page_params: Params | None = params
         for page in range(self._page_limit):
@@ -193,6 +196,8 @@ class FhirClient:
                         if not lenient:
                             raise
                         log.warning("FHIR search %s: left out %s", resource_type, exc)
+                        if on_invalid is not None:
+                            on_invalid(entry["resource"], exc)
                         continue
                     yield resource
             url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)

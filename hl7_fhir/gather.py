@@ -12,7 +12,7 @@ import binascii
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -22,7 +22,7 @@ from fhir.resources.R4B.observation import Observation
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
 from hl7_fhir.errors import Hl7FhirError
-from hl7_fhir.fhir_client import FhirClient
+from hl7_fhir.fhir_client import FhirClient, FhirError, parse_resource
 from hl7_fhir.medication_classes import DEFAULT_MEDICATION_CLASSES, MedicationClass, classify
 from hl7_fhir.units import (
     ANALYTES,
@@ -42,6 +42,7 @@ IN_ERROR = "entered-in-error"  # a record written in error (on the wrong patient
 VOID_STATUSES = frozenset({IN_ERROR, "cancelled"})  # Observation, DiagnosticReport: no result
 VALUE_FIELDS = tuple(f for f in Observation.model_fields if f.startswith("value") and "__" not in f)  # value[x]
 DONE = "completed"  # Procedure.status: the only one that was done (planned, stopped or not done is no procedure)
+LATEST = datetime.max.replace(tzinfo=timezone.utc)  # an Observation not valid R4 whose time cannot be read: newest
 LAB_PAGE = 50  # newest Observations read per analyte: enough to pass over void ones and panels without it
 CONFIRMED = "confirmed"  # Condition.verificationStatus: the only one (or none, as many EMRs send) that counts
 LIST_SECTIONS = ("medications", "conditions", "procedures", "family_history")  # FHIR-only; errors: "<section>: ..."
@@ -124,6 +125,36 @@ def _effective_time_or_oldest(obs: Any) -> datetime:
     return _effective_time(obs) or _as_datetime(obs.issued) or datetime.min.replace(tzinfo=timezone.utc)
 
 
+def _lenient_time(data: Mapping[str, Any]) -> datetime | None:
+    """The effective time of an Observation's JSON as far as it can be read; one without an offset is in this
+    machine's time zone, as an HL7 time without one is."""
+    period = data.get("effectivePeriod") if isinstance(data.get("effectivePeriod"), dict) else {}
+    for value in (data.get("effectiveDateTime"), period.get("end"), period.get("start"), data.get("effectiveInstant")):
+        try:
+            when = datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            continue
+        return when if when.tzinfo else when.astimezone()
+    return None
+
+
+def _stand_in(data: Mapping[str, Any]) -> Any | None:
+    """What can be read of an Observation that is not valid R4: its id, status, codes and time (``_lenient_time``),
+    and a text in place of each value it holds, so that it reads as a result holding no value that can be read;
+    None when its status or codes cannot be read."""
+    components = data.get("component") if isinstance(data.get("component"), list) else []
+    parts = [data, *(c for c in components if isinstance(c, dict))]
+    kept = [{"code": part.get("code"), **({"valueString": "not valid R4"} if any(
+        str(key).startswith("value") for key in part) else {})} for part in parts]
+    when = _lenient_time(data)
+    try:
+        return parse_resource({"resourceType": "Observation", "id": data.get("id"), "status": data.get("status"),
+                               **kept[0], **({"component": kept[1:]} if kept[1:] else {}),
+                               **({"effectiveDateTime": when.isoformat()} if when else {})})
+    except FhirError:
+        return None
+
+
 def _no_result(obs: Any) -> bool:
     """Whether an Observation is no result: void (entered in error, cancelled), or none yet (registered, or
     preliminary without any value), as a pending HL7 result (OBX-11 I) is none."""
@@ -162,16 +193,12 @@ class _FhirGatherer:
         record lacks costs no more. Panels that carry an analyte as a component (the blood pressure panel's
         systolic value) are searched too; Observations that are no result (``_no_result``) are skipped. When the newest
         result of an analyte holds no value that can be read (a text value, a unit not accepted, a value out of
-        range), the analyte is missing and a problem says so: an older result would be read as the current one.
+        range, a resource not valid R4), the analyte is missing and a problem says so: an older result would be read
+        as the current one. ``context.unreadable`` keeps that result's time for merging.
         """
         problems: list[str] = []
         for analyte in self.query.analytes:
-            codes = [f"{LOINC_SYSTEM}|{c}" for c in [*loinc_codes(analyte), *panel_codes(analyte)]]
-            page = list(self.client.iter_search("Observation", {
-                "subject": self.subject, "code": ",".join(codes), "date": self.query.window,
-                "_sort": "-date", "_count": str(LAB_PAGE)}, lenient=True, max_pages=1))
-            newest_first = sorted(page, key=_effective_time_or_oldest, reverse=True)  # a server may ignore _sort
-            for obs in newest_first:
+            for obs, invalid in self._newest_first(analyte):
                 if _no_result(obs):
                     continue
                 when = _effective_time(obs)
@@ -183,11 +210,29 @@ class _FhirGatherer:
                     break
                 if any(analyte_for_code(code) == analyte for part in [obs, *(obs.component or [])]
                        for system, code, _ in _codings(part.code) if system == LOINC_SYSTEM):
-                    problems.append(f"{analyte}: the newest result (Observation/{obs.id}) holds no value that can "
-                                    "be read; older results are not used")
+                    newest = f"could not be read ({invalid})" if invalid else (
+                        f"(Observation/{obs.id}) holds no value that can be read")
+                    problems.append(f"{analyte}: the newest result {newest}; older results are not used")
                     context.unreadable[analyte] = when
                     break
         return problems
+
+    def _newest_first(self, analyte: str) -> list[tuple[Any, str]]:
+        """The first page of ``analyte``'s Observations, newest first (a server may ignore _sort), each with why it
+        is not valid R4 ('' when it is). One that is not valid R4 counts by what can be read of it (``_stand_in``),
+        as the newest when its time cannot be read; one whose codes cannot be read is left out (logged)."""
+        codes = [f"{LOINC_SYSTEM}|{c}" for c in [*loinc_codes(analyte), *panel_codes(analyte)]]
+        invalid: list[tuple[datetime, Any, str]] = []
+
+        def keep(data: Mapping[str, Any], exc: FhirError) -> None:
+            stand_in = _stand_in(data)
+            if stand_in is not None:
+                invalid.append((_effective_time(stand_in) or LATEST, stand_in, str(exc).rstrip(".")))
+
+        page = [(_effective_time_or_oldest(obs), obs, "") for obs in self.client.iter_search("Observation", {
+            "subject": self.subject, "code": ",".join(codes), "date": self.query.window, "_sort": "-date",
+            "_count": str(LAB_PAGE)}, lenient=True, max_pages=1, on_invalid=keep)]
+        return [(obs, why) for _, obs, why in sorted([*page, *invalid], key=lambda result: result[0], reverse=True)]
 
     def _lab_value(self, context: ClinicalContext, obs: Any, part: Any, when: datetime | None) -> str | None:
         """Record ``part`` (the Observation or one of its components) under its analyte if that is still unset;

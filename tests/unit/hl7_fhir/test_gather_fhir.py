@@ -87,6 +87,26 @@ def test_one_resource_that_is_not_valid_r4_costs_only_itself() -> None:
     assert context.labs["platelets"].value == 40.0 and "inr" not in context.labs  # before: no labs at all
 
 
+def test_a_newest_result_that_is_not_valid_r4_is_an_unreadable_one() -> None:
+    """The newest INR was not valid R4 (a time without an offset, a value '4,6'): the search left it out with a log
+    line only, and the INR of 27 days before was read as current, with nothing in the errors."""
+    old = _observation("old", "6301-6", 1.0, "{INR}", 24 * 27)
+    naive = _observation("new", "6301-6", 4.6, "{INR}", 0, effectiveDateTime="2026-12-07T10:00:00")
+    comma = _observation("new", "6301-6", "4,6", "{INR}", 2)
+    untimed = _observation("new", "6301-6", 4.6, "{INR}", 0, effectiveDateTime="this morning")
+    local = datetime(2026, 12, 7, 10, 0).astimezone()  # a time without an offset: this machine's, as in HL7
+    for newest, when in ((naive, local), (comma, NOW - timedelta(hours=2)), (untimed, None)):
+        context = gather_from_fhir(_server({"Observation": lambda r, page=[newest, old]: _bundle(page)}, []),
+                                   _query("inr"))
+        assert "inr" not in context.labs and context.unreadable == {"inr": when} and context.status == "partial"
+        [error] = context.errors
+        assert error.startswith("inr: the newest result could not be read (Observation/new is not valid R4: ")
+        assert "4,6" not in error and "12345" not in error and "Patient/p1" not in error
+    older = _observation("older", "6301-6", "4,6", "{INR}", 24 * 30)
+    context = gather_from_fhir(_server({"Observation": lambda r: _bundle([old, older])}, []), _query("inr"))
+    assert context.labs["inr"].value == 1.0 and context.errors == []  # older than a value that can be read
+
+
 def test_an_unreadable_newest_result_makes_the_analyte_missing_not_an_older_one_current() -> None:
     """The newest INR is text and the newest platelet count in a unit not accepted: before, INR 1.0 of a month
     ago and platelets of October were read as the patient's current ones."""
