@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 
 from ai_engine.errors import VolumeError
-from ai_engine.volume import image_type_values
+from ai_engine.volume import header_numbers, image_type_values
 
 # View Code Sequence codes (SNOMED CT, and the legacy SNOMED-RT ones) -> ViewPosition term.
 VIEW_CODE_TO_POSITION: dict[str, str] = {
@@ -92,7 +92,7 @@ def _view(ds: pydicom.Dataset, path: Path) -> str:
 def _spacing(ds: pydicom.Dataset, path: Path, fallback_mm: float | None) -> tuple[float, float]:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in ds and ds[keyword].value:
-            row, col = (float(v) for v in ds[keyword].value)
+            row, col = header_numbers(path, keyword, ds[keyword].value)
             return (row, col)
     if fallback_mm is not None:
         return (fallback_mm, fallback_mm)

@@ -101,8 +101,24 @@ class _Image:
     localizer: bool
 
 
-def _floats(values: object) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)  # type: ignore[attr-defined]
+HEADER_COUNTS = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2,
+                 "ImagerPixelSpacing": 2}
+
+
+def header_numbers(path: Path, keyword: str, value: object) -> tuple[float, ...]:
+    """``value`` of ``keyword`` as its ``HEADER_COUNTS`` finite numbers, positive ones for a spacing; a VolumeError
+    naming the attribute otherwise (a negative Pixel Spacing put a left-sided bleed on the right, outside the
+    head; a zero or single-valued one failed deep in a detector)."""
+    items = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    try:
+        numbers = tuple(float(item) for item in items)
+    except (TypeError, ValueError):
+        numbers = ()
+    spacing = keyword.endswith("PixelSpacing")
+    if len(numbers) != HEADER_COUNTS[keyword] or not all(np.isfinite(n) and (n > 0 or not spacing) for n in numbers):
+        raise VolumeError(f"{path}: {keyword} must be {HEADER_COUNTS[keyword]} {'positive ' * spacing}numbers, "
+                          f"got {value!r}")
+    return numbers
 
 
 def image_type_values(image_type: object) -> list[str]:
@@ -143,8 +159,9 @@ def _single_frame(path: Path, ds: pydicom.Dataset) -> _Image:
         raise VolumeError(f"{path}: missing Rescale Intercept, needed to read the slice in Hounsfield units")
     slope = ds.get("RescaleSlope")
     thickness = ds.get("SliceThickness")
-    return _Image(path, ds, None, _floats(ds.ImageOrientationPatient), _floats(ds.ImagePositionPatient),
-                  _floats(ds.PixelSpacing), None if thickness in (None, "") else float(thickness),
+    located = [header_numbers(path, keyword, ds[keyword].value)
+               for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")]
+    return _Image(path, ds, None, *located, None if thickness in (None, "") else float(thickness),
                   1.0 if slope in (None, "") else float(slope), float(ds.RescaleIntercept), localizer=False)
 
 
@@ -162,7 +179,7 @@ def _located(path: Path, ds: pydicom.Dataset, k: int, sequence: str, keyword: st
     if item is None:
         raise VolumeError(f"{path}: frame {k + 1} has no {keyword} in its functional groups, needed to place it in "
                           "patient space")
-    return _floats(item[keyword].value)
+    return header_numbers(path, keyword, item[keyword].value)
 
 
 def _rescale(path: Path, ds: pydicom.Dataset, k: int) -> tuple[float, float]:

@@ -142,6 +142,27 @@ def test_a_slice_without_rescale_intercept_or_with_empty_values_is_refused_namin
                           load_series(head.paths).array)
 
 
+@pytest.mark.parametrize(("keyword", "value"), [
+    ("PixelSpacing", [-0.9375, -0.9375]), ("PixelSpacing", [0.0, 0.0]), ("PixelSpacing", 0.9375),
+    ("ImageOrientationPatient", [1, 0, 0, 0, 1]), ("ImagePositionPatient", [0.0, 0.0])])
+def test_a_malformed_geometry_value_is_refused_naming_the_attribute(head: SyntheticStudy, tmp_path: Path,
+                                                                    keyword: str, value: object) -> None:
+    """A negative Pixel Spacing put a left-sided bleed on the right, outside the head; a zero or single-valued one
+    failed inside the detector (ZeroDivisionError, 'DSfloat' object is not iterable)."""
+    def malformed(_index: int, ds: pydicom.Dataset) -> None:
+        setattr(ds, keyword, value)
+
+    with pytest.raises(VolumeError, match=rf"\.dcm: {keyword} must be [236] (positive )?numbers, got"):
+        load_series(_rewrite(head.paths, tmp_path / "malformed", malformed))
+
+
+def test_a_mammogram_with_a_malformed_pixel_spacing_is_refused_naming_it(tmp_path: Path) -> None:
+    study = write_study("mammo", tmp_path / "in", seed=2, rows=128)
+    views = _rewrite(study.paths, tmp_path / "out", lambda _i, ds: setattr(ds, "PixelSpacing", [-0.1, 0.1]))
+    with pytest.raises(VolumeError, match="PixelSpacing must be 2 positive numbers"):
+        load_inputs(Task.MAMMOGRAPHY, views)
+
+
 def test_mixed_orientation_is_rejected(head: SyntheticStudy, tmp_path: Path) -> None:
     def rotate(index: int, ds: pydicom.Dataset) -> None:
         if index == 3:
