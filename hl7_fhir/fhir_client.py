@@ -104,6 +104,11 @@ def transaction_identity(bundle: FHIRAbstractModel) -> tuple[str, str]:
     return first["resourceType"], f"{identifier['system']}|{identifier['value']}"
 
 
+def _retired(patient: FHIRAbstractModel) -> bool:
+    """Whether the EMR retired a Patient record: inactive, or replaced by another (a merge)."""
+    return patient.active is False or any(link.type == "replaced-by" for link in patient.link or [])
+
+
 class FhirClient:
     """Synchronous FHIR R4 client; thread-safe (one httpx.Client with a connection pool)."""
 
@@ -214,18 +219,39 @@ class FhirClient:
         """One resource by id."""
         return parse_resource(self._request("GET", f"{self.base_url}/{resource_type}/{resource_id}"))
 
+    def local_id(self, reference: str, resource_type: str) -> str | None:
+        """The id of a ``resource_type`` that ``reference`` names on this server ('Type/id' or this base's URL, a
+        version left off); None for another server's, a contained one or another type."""
+        relative = reference.removeprefix(self.base_url + "/").split("/_history/")[0].rstrip("/")
+        kind, _, ident = relative.partition("/")
+        return ident if kind == resource_type and ident and "/" not in ident else None
+
     def find_patient(self, identifier_system: str, value: str) -> FHIRAbstractModel | None:
         """The one Patient with identifier ``system|value``; None if none; FhirError if several. A record the EMR
         has retired (``active`` false, or linked as ``replaced-by`` another after a merge) is not a candidate when
-        an active one shares the identifier."""
+        an active one shares the identifier; when only retired ones do, their ``replaced-by`` link is followed, one
+        hop on this server, to the surviving record (FhirError when it cannot be: the retired record's emptied lists
+        must not read as the patient's)."""
         matches = self.search("Patient", {"identifier": f"{identifier_system}|{value}"})
-        current = [p for p in matches if p.active is not False
-                   and not any(link.type == "replaced-by" for link in p.link or [])]
-        matches = current or matches
-        if len(matches) > 1:
-            raise FhirError(f"{len(matches)} Patients share identifier system {identifier_system}; "
-                            f"refusing to guess which one is the study's patient")
-        return matches[0] if matches else None
+        current = [p for p in matches if not _retired(p)]
+        links = [link.other.reference or "" for p in matches for link in p.link or [] if link.type == "replaced-by"]
+        if current or not links:
+            matches = current or matches
+            if len(matches) > 1:
+                raise FhirError(f"{len(matches)} Patients share identifier system {identifier_system}; "
+                                f"refusing to guess which one is the study's patient")
+            return matches[0] if matches else None
+        where = f"the Patient with an identifier in system {identifier_system} was retired, replaced by"
+        targets = {self.local_id(link, "Patient") for link in links}
+        if len(targets) > 1 or None in targets:
+            raise FhirError(f"{where} other than one Patient on this server: the link cannot be followed")
+        try:
+            survivor = self.read("Patient", str(targets.pop()))
+        except FhirError as exc:
+            raise FhirError(f"{where} a record that cannot be read: {exc}", exc.status, exc.retry_after_s) from exc
+        if _retired(survivor):
+            raise FhirError(f"{where} a record itself retired; one link is followed, not a chain")
+        return survivor
 
     def create(self, resource: FHIRAbstractModel) -> FHIRAbstractModel:
         """POST a new resource; the server's copy (with id) comes back."""

@@ -324,9 +324,8 @@ class _FhirGatherer:
             if contained is None:
                 problems.append(f"{where} references a contained Medication it does not contain")
             return getattr(contained, "code", None)
-        relative = reference.removeprefix(self.client.base_url.rstrip("/") + "/").split("/_history/")[0].rstrip("/")
-        kind, _, ident = relative.partition("/")
-        if kind != "Medication" or not ident or "/" in ident:  # another server's, or not a Medication
+        ident = self.client.local_id(reference, "Medication")
+        if ident is None:  # another server's, or not a Medication
             problems.append(f"{where} references a Medication that is not on this server: {reference!r}")
             return None
         try:

@@ -188,3 +188,36 @@ def test_a_retired_record_sharing_the_identifier_does_not_hide_the_patient() -> 
              "entry": [{"resource": survivor}, {"resource": {**survivor, "id": "p4"}}]}
     with pytest.raises(FhirError, match="2 Patients share identifier"):  # two active records: still no guess
         client(lambda request: httpx.Response(200, json=twins)).find_patient("urn:oid:1.2.3", "12345")
+
+
+def test_a_record_only_its_retired_copy_carries_is_found_by_its_replaced_by_link() -> None:
+    """Only the retired record carried the identifier: it was read instead of the surviving one it names. The link is
+    followed one hop on this server; one that leads elsewhere, to several records or to another retired one is not."""
+    def retired(*targets: str) -> dict:
+        return {"resourceType": "Patient", "id": f"old-{len(targets)}", "active": False,
+                "link": [{"other": {"reference": target}, "type": "replaced-by"} for target in targets]}
+
+    records = {"p1": {"resourceType": "Patient", "id": "p1", "active": True},
+               "p9": {**retired("Patient/p1"), "id": "p9"}}
+
+    def emr(*matches: dict) -> FhirClient:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/Patient"):
+                return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
+                                                 "entry": [{"resource": m} for m in matches]})
+            ident = request.url.path.rsplit("/", 1)[-1]
+            return httpx.Response(200, json=records[ident]) if ident in records else httpx.Response(404)
+        return client(handler)
+
+    for link in ("Patient/p1", f"{BASE}/Patient/p1/_history/3"):
+        assert emr(retired(link)).find_patient("urn:oid:1.2.3", "12345").id == "p1"
+    assert emr(retired("Patient/p1"), {**retired("Patient/p1"), "id": "old-2"}).find_patient(
+        "urn:oid:1.2.3", "12345").id == "p1"  # two retired copies of one survivor
+    unlinked = {"resourceType": "Patient", "id": "p5", "active": False}
+    assert emr(unlinked).find_patient("urn:oid:1.2.3", "12345").id == "p5"  # retired, but nothing says where to
+    for matches, reason in (([retired("https://other.test/fhir/Patient/p1")], "cannot be followed"),
+                            ([retired("Patient/p1", "Patient/p2")], "cannot be followed"),
+                            ([retired("Patient/p9")], "itself retired"), ([retired("Patient/gone")], "answered 404")):
+        with pytest.raises(FhirError, match=reason) as refused:
+            emr(*matches).find_patient("urn:oid:1.2.3", "12345")
+        assert "12345" not in str(refused.value)

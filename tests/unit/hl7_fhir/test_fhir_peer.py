@@ -210,6 +210,32 @@ def test_an_unreadable_newest_fhir_result_is_not_filled_by_an_older_hl7_one(clie
     assert merged_with(0.5).labs["inr"].provenance.source == "hl7"  # a value newer than the unreadable one
 
 
+def test_a_study_under_a_merged_away_record_reads_the_surviving_one(client: FhirClient, peer_url: str) -> None:
+    """After an EMR merge only the retired record (inactive, linked replaced-by) carries the study's identifier: it was
+    read, and its emptied lists said 'no anticoagulant'. The link is followed to the surviving record now; one that
+    cannot be followed makes the record unavailable, every input missing, rather than empty."""
+    [survivor] = seed(peer_url, [{"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": "MRN-NEW"}],
+                                  "gender": "male", "birthDate": "1940-01-01"}])
+    subject = {"reference": f"Patient/{survivor['id']}"}
+    seed(peer_url, [
+        {"resourceType": "Patient", "active": False, "identifier": [{"system": SYSTEM, "value": "MRN-OLD"}],
+         "link": [{"other": subject, "type": "replaced-by"}]},
+        {"resourceType": "Patient", "active": False, "identifier": [{"system": SYSTEM, "value": "MRN-LOST"}],
+         "link": [{"other": {"reference": "Patient/gone"}, "type": "replaced-by"}]},
+        {"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": subject,
+         "medicationCodeableConcept": {"text": "warfarin 5 mg tablet"}},
+        {"resourceType": "Observation", "status": "final", "subject": subject,
+         "code": {"coding": [{"system": "http://loinc.org", "code": "6301-6"}]},
+         "effectiveDateTime": (NOW - timedelta(hours=1)).isoformat(),
+         "valueQuantity": {"value": 4.2, "unit": "{INR}", "code": "{INR}"}}])
+    ctx = gather_from_fhir(client, ClinicalQuery("MRN-OLD", SYSTEM, ("inr",), NOW))
+    assert (ctx.status, ctx.sex, ctx.labs["inr"].value) == ("complete", "male", 4.2)
+    assert feature("ich", ctx, "anticoagulant") == 1.0
+    lost = gather_with_budget(lambda: gather_from_fhir(client, ClinicalQuery("MRN-LOST", SYSTEM, ("inr",), NOW)), 5.0)
+    assert lost.status == "unavailable" and feature("ich", lost, "anticoagulant") is None
+    assert "was retired, replaced by a record that cannot be read" in lost.errors[0] and "MRN-LOST" not in lost.errors[0]
+
+
 def study() -> OutboundStudy:
     return OutboundStudy("1.2.826.0.1.3680043.8.498.1", ACCESSION, MRN, "HOSP", SYSTEM, "24725-4",
                          "CT Head", "radfusion-ich 0.1.0", NOW - timedelta(minutes=5))
