@@ -174,9 +174,11 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
         )
         for number, (index, finding) in enumerate(findings, start=1)
     ]
+    pixels, positions = _pixel_array(frames, sources, layer, source_frames, projection)
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=np.stack(frames, axis=-1),
+        pixel_array=pixels,
+        plane_positions=positions,
         segmentation_type=layer.segmentation_type,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         segment_descriptions=descriptions,
@@ -201,6 +203,28 @@ def _segmentation(sources: list[pydicom.Dataset], findings: list[tuple[int, Find
     return seg
 
 
+def _pixel_array(arrays: list[np.ndarray], sources: list[pydicom.Dataset], layer: _Layer,
+                 source_frames: Sequence[int] | None,
+                 projection: bool) -> tuple[np.ndarray, list[hd.PlanePositionSequence] | None]:
+    """The findings' ``_as_frames`` arrays as highdicom takes them, (frames, rows, columns, segments), and the
+    positions of those frames where they are not all of the source's. Masks: every frame. Heat maps: probabilities
+    (float32) on only the frames where one is non-zero, which highdicom would leave out anyway: ten full-volume maps
+    of a CT would otherwise be stacked as ten float copies of the volume (gigabytes). A projection view has one
+    frame and no positions to give."""
+    if layer is MASKS:
+        return np.stack(arrays, axis=-1), None
+    kept = np.flatnonzero(np.any([array.any(axis=(1, 2)) for array in arrays], axis=0))
+    pixels = np.empty((len(kept), *arrays[0].shape[1:], len(arrays)), dtype=np.float32)
+    for segment, array in enumerate(arrays):
+        pixels[..., segment] = array[kept]
+    pixels /= 255  # exact 8-bit steps: highdicom's rounding gives back the same values
+    if projection:
+        return pixels, None
+    planes = (hd.utils.get_plane_positions_of_series(sources) if source_frames is None
+              else hd.utils.get_plane_positions_of_image(sources[0]))
+    return pixels, [planes[k] for k in kept]
+
+
 def _in_source_frames(array: np.ndarray, sources: list[pydicom.Dataset],
                       source_frames: Sequence[int] | None) -> np.ndarray:
     """A (slices, rows, columns) array laid out as the source's frames: unchanged for single-frame sources; for
@@ -213,9 +237,15 @@ def _in_source_frames(array: np.ndarray, sources: list[pydicom.Dataset],
 
 
 def _as_frames(index: int, finding: Finding, layer: _Layer, shape: tuple[int, int, int]) -> np.ndarray:
-    """The finding's mask (bool) or heat map (float32, 0..1) as (frames, rows, columns), checked against the source."""
+    """The finding's mask (bool) or heat map (uint8: the 8-bit probability steps, 0..255, that highdicom rounds it
+    to) as (frames, rows, columns), checked against the source."""
     array = np.asarray(getattr(finding, layer.attribute))
-    array = array.astype(bool) if layer is MASKS else np.clip(array.astype(np.float32), 0.0, 1.0)
+    if layer is MASKS:
+        array = array.astype(bool)
+    else:
+        steps = np.clip(np.asarray(array, dtype=np.float32), 0.0, 1.0)
+        steps *= 255
+        array = np.around(steps, out=steps).astype(np.uint8)
     if array.ndim == 2:
         array = array[np.newaxis]
     if array.shape != shape:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from reports.seg import build_heatmap_seg, build_seg
 from reports.sr import build_sr
 from reports.writer import save_dataset
 from tests.peers import dciodvfy_errors
+from tests.unit.reports.conftest import read_sources
 from tests.unit.reports.report_checks import algorithm_equipment, ich_result, mammo_result
 
 
@@ -164,6 +166,34 @@ def test_heat_maps_become_a_fractional_probability_seg(head_ct, algorithm, tmp_p
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[1],
                                                rescale_fractional=True)
     np.testing.assert_allclose(pixels[..., 0], result.findings[0].heatmap, atol=1 / 255 + 1e-6)
+
+
+def test_full_volume_heat_maps_are_not_copied_whole_into_the_seg(algorithm, tmp_path):
+    """Each finding's heat map (a full-volume float array from nodule_fusion) was copied and all were stacked whole,
+    though only a few slices hold anything: 7 GB more memory for ten maps on a 512x512x200 CT. The SEG stays the
+    same: the same frames, values and referenced images."""
+    sources = read_sources("head_ct", tmp_path / "ct", rows=128, slices=100)
+    shape = (len(sources), sources[0].Rows, sources[0].Columns)
+    findings = [Finding(FindingType.HEMORRHAGE, 0.8, (5.0 + 20 * k, 64.0, 64.0), "left frontal",
+                        heatmap=_blob(shape, (5.0 + 20 * k, 64.0, 64.0), 1.0) * 0.9) for k in range(5)]
+    result = DetectorResult(Task.ICH, algorithm, findings, case_score=0.8, positive=True)
+    build_heatmap_seg(sources, result, series_number=903)  # highdicom loads its tables of the standard once
+    tracemalloc.start()
+    try:
+        [seg_ds] = build_heatmap_seg(sources, result, series_number=903)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < sum(finding.heatmap.nbytes for finding in findings)  # before: three and a half times that
+
+    seg = _saved(seg_ds, tmp_path / "heat.dcm")
+    assert seg.NumberOfFrames == sum(int(f.heatmap.any(axis=(1, 2)).sum()) for f in findings)
+    source_uids = [ds.SOPInstanceUID for ds in sources]
+    assert {str(ref[2]) for ref in seg.get_source_image_uids()} == set(source_uids)
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[1, 2, 3, 4, 5],
+                                               rescale_fractional=False)
+    for k, finding in enumerate(findings):
+        np.testing.assert_array_equal(pixels[..., k], np.around(finding.heatmap * np.float32(255)))
 
 
 def test_a_findings_heat_map_keeps_the_tracking_uid_of_its_mask_segment(head_ct, algorithm):
