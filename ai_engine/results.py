@@ -20,7 +20,7 @@ class Task(str, Enum):
     MAMMOGRAPHY = "mammography"
 
 
-SIDES = {"L": "left", "R": "right"}
+SIDES = {"L": "left", "R": "right", "B": "midline"}  # B: across the midline, a quarter or more on each side
 """A finding's ``laterality`` and its word in ``location``."""
 HEMORRHAGE_SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 """The hemorrhage subtypes, in the order of their label values 1..5 (0: no blood)."""

@@ -39,6 +39,7 @@ FINDING_SITE_CODES: dict[Task, Code] = {
 LATERALITY_CODES: dict[str, Code] = {
     "L": Code("7771000", "SCT", "Left"),
     "R": Code("24028007", "SCT", "Right"),
+    "B": Code("51440002", "SCT", "Right and left"),
 }
 """A finding's ``laterality`` as the finding site's laterality (CID 244)."""
 

@@ -336,8 +336,8 @@ class IchFusion:
             class_mass = np.moveaxis(image.probs[:, 1:], 1, 0)[:, component].sum(axis=1)
             subtype = SUBTYPES[int(np.argmax(class_mass))]
             center = tuple(float(c) for c in ndimage.center_of_mass(source_mask))
-            zc, yc, xc = ndimage.center_of_mass(component)
-            side = _side(xc, midline)
+            zc, yc, _ = ndimage.center_of_mass(component)
+            side = _side(np.nonzero(component)[2], midline)
             location = f"{SIDES[side]} {_region(yc, component, image.prepared.slabs)} {subtype}"
             findings.append(Finding(
                 finding_type=FindingType.HEMORRHAGE, score=float(image.blood[component].max()),
@@ -371,8 +371,12 @@ def _midline_column(slabs: np.ndarray) -> float:
     return float(ndimage.center_of_mass(head)[1]) if head.any() else MODEL_SIZE / 2
 
 
-def _side(column: float, midline: float) -> str:
-    return "L" if column > midline else "R"  # columns run toward the patient's left (LPS rows)
+def _side(columns: np.ndarray, midline: float) -> str:
+    """"L" or "R" for a bleed's voxel ``columns`` (they run toward the patient's left), "B" for one across the
+    midline (a quarter or more on each side: a falx subdural, blood in the third ventricle), whose centre fell to
+    either side by a fraction of a millimetre."""
+    left = float(np.mean(columns > midline))
+    return "B" if 0.25 <= left <= 0.75 else "L" if left > 0.5 else "R"
 
 
 def _region(row: float, component: np.ndarray, slabs: np.ndarray) -> str:

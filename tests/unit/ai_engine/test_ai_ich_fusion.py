@@ -188,3 +188,12 @@ def test_the_coverage_of_a_tilted_series_is_measured_along_the_table() -> None:
     assert head_ct_notes(volume, "ich_fusion") == [
         "the series covers only 35 mm along the body axis (a head CT covers 100 mm or more): nothing outside it was "
         "searched"]
+
+
+def test_a_bleed_across_the_midline_is_called_midline_not_a_side() -> None:
+    """A falx or third-ventricle bleed took the side its centre fell to by a fraction of a millimetre: left in one
+    run, right in the next."""
+    midline = 63.5
+    assert ich_fusion._side(np.array([40, 45, 50, 55, 70]), midline) == "R"  # columns run toward the patient's left
+    assert ich_fusion._side(np.array([70, 80, 90, 95, 50]), midline) == "L"
+    assert ich_fusion._side(np.array([60, 62, 64, 66, 68, 58]), midline) == "B"
