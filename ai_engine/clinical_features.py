@@ -19,10 +19,11 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
 - ``"coded"``: ``context.coded_observations[keys[0]]`` mapped through ``levels`` (code or
   lower-cased display substring -> value); when that item is absent and ``text_keywords`` is
   set, the feature is read from the free text (reason for exam + notes) as 1 if a keyword
-  occurs outside a negation ("no trauma", "denies fall", "rule out trauma"; a negation reaches each item of a
-  comma list, "denies fever, nausea, trauma", and ends at other punctuation, at "after"/"but" or at a verb that
-  starts a clause, so "denies headache, fell" and "no LOC after fall" are falls) and outside the feature's
-  ``text_exclude`` phrases ("high fall risk", "cerebrovascular accident"), 0 otherwise.
+  occurs outside a negation ("no trauma", "denies fall", "rule out trauma"; a negation ends at punctuation, at
+  "after"/"but" or at a verb that starts a clause, so "no LOC, fall from ladder", "denies headache, fell" and "no
+  LOC after fall" are falls, except that it reaches every item of a comma list closed by "or"/"nor": "denies
+  trauma, falls, or anticoagulant use") and outside the feature's ``text_exclude`` phrases ("high fall risk",
+  "cerebrovascular accident"), 0 otherwise.
 
 Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
 ``present`` mask; a missing value is 0 in ``values`` and False in ``present``. A list-type
@@ -265,7 +266,7 @@ def _tokens(text: str, pattern: str = TERMS) -> list[str]:
 
 NEGATORS = frozenset({"no", "not", "denies", "denied", "denying", "without", "negative", "nor"})
 NEGATING_PHRASES = r"\b(?:rule|ruled|ruling) out\b|\br/o\b"  # read as "no"
-NEGATION_REACH = 3  # words after a negator, and of each item of a negated comma list; "No LOC per wife fell"
+NEGATION_REACH = 3  # words after a negator, and of each item of a negated "or" list; "No LOC per wife fell"
 NEGATION_FILLERS = frozenset({"history", "of", "any", "prior", "known", "recent", "a", "the", "or"})  # not counted
 NEGATION_ENDS = r"[.;:!?\n]|\b(?:but|after|then|however)\b"  # "no LOC after fall"
 CLAUSE_VERBS = frozenset({"fell", "was", "were", "is", "found", "hit", "struck", "slipped", "tripped", "had", "has",
@@ -274,17 +275,21 @@ CLAUSE_VERBS = frozenset({"fell", "was", "were", "is", "found", "hit", "struck",
 
 def _affirmed_tokens(text: str) -> list[str]:
     """Tokens of ``text`` minus those within 3 words after a negator, not counting fillers such as "history of"
-    or "or" ("no history of head trauma", "denied any fall", "no LOC or head trauma"); each item of a negated
-    comma list gets its 3 words ("denies fever, nausea, trauma").
+    or "or" ("no history of head trauma", "denied any fall", "no LOC or head trauma").
 
-    A negation never reaches past other punctuation, a clause word such as "after" or "but", or a verb that starts
-    a clause ("denies headache, fell").
+    A negation ends at punctuation ("no LOC, fall from ladder" is a fall), a clause word such as "after" or "but",
+    or a verb that starts a clause ("denies headache, fell"); but it reaches each item of a comma list whose last
+    item begins with or holds "or"/"nor" ("denies trauma, falls, or anticoagulant use": each item gets 3 words).
+    "Denies fever, nausea, trauma", a list without "or", still reads as trauma: it cannot be told from "no LOC,
+    fall from ladder".
     """
     kept = []
     for clause in re.split(NEGATION_ENDS, re.sub(NEGATING_PHRASES, " no ", text.lower())):
+        items = clause.split(",")
+        listed = len(items) > 1 and bool({"or", "nor"} & set(_tokens(items[-1])))
         negated = False
-        for item in clause.split(","):
-            reach = NEGATION_REACH if negated else 0
+        for item in items:
+            reach = NEGATION_REACH if negated and listed else 0
             for token in _tokens(item):
                 if token in NEGATORS:
                     reach, negated = NEGATION_REACH, True
