@@ -42,7 +42,7 @@ class Hl7Inbox:
     """Message-processing policy behind an MllpServer (``server = MllpServer(host, port, inbox.handle)``).
 
     ``seen(control_id, sender)`` says whether that message of that sender (``Header.sender``) was
-    already stored; ``on_labs`` (returns how many stored values the message's retractions removed),
+    already stored; ``on_labs`` (returns how many stored values each of the message's retractions removed),
     ``on_demographics``, ``on_order`` and ``on_merge`` (patient merges:
     what was stored under a prior identifier moves to the surviving one) store one message's content
     and its (control id, sender) in one transaction. ``on_rejected(header, ack_code, reason)`` records a
@@ -51,7 +51,7 @@ class Hl7Inbox:
     """
 
     seen: Callable[[str, str], bool]
-    on_labs: Callable[[Header, LabReport], int]
+    on_labs: Callable[[Header, LabReport], list[int]]
     on_demographics: Callable[[Header, Demographics], None]
     on_order: Callable[[Header, list[Order]], None]
     on_merge: Callable[[Header, list[Merge]], None]
@@ -91,16 +91,18 @@ class Hl7Inbox:
         header = parsed.header
         if header.message_type in LAB_TYPES:
             report = parse_labs(parsed, received_at=self.clock())
-            removed = self.on_labs(header, report)
+            removals = self.on_labs(header, report)
+            removed = sum(removals) if report.deleted else 0
             skipped = (f"; {len(report.skipped_codes)} OBX with codes radfusion does not use"
                        if report.skipped_codes else "")
             unusable = f"; not used: {'; '.join(report.unusable)}" if report.unusable else ""
             deleted = (f"; {len(report.deleted)} taken back, {removed} stored value{'s' * (removed != 1)} removed"
                        if report.deleted else "")
             stored = len(report.values) + len(report.coded)
-            unmatched = ([f"no stored value matched the {len(report.deleted)} result(s) taken back: sent by another "
-                          "system (MSH-3/4) or under another order number than the original?"]
-                         if report.deleted and not removed else [])
+            missed = removals.count(0) if report.deleted else 0
+            unmatched = ([f"no stored value matched {missed} of the {len(report.deleted)} result(s) taken back: sent "
+                          "by another system (MSH-3/4) or under another order number than the original?"]
+                         if missed else [])
             if unmatched:
                 log.warning("HL7 %s from %s: %s", header.control_id, header.sending_facility, unmatched[0])
             return f"stored {stored} values{deleted}{skipped}{unusable}", [*report.unusable, *unmatched]

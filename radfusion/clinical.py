@@ -69,8 +69,8 @@ class Hl7Store:
             return session.scalar(select(Hl7Message.id).where(
                 Hl7Message.control_id == control_id, Hl7Message.sending_facility == sender)) is not None
 
-    def on_labs(self, header: Header, report: LabReport) -> int:
-        """Store the values; return how many stored values the report's retractions removed.
+    def on_labs(self, header: Header, report: LabReport) -> list[int]:
+        """Store the values; return how many stored values each of the report's retractions removed.
 
         A result names its order (filler numbers are the filler's own, so: order and sender) and a time. A value
         of an order replaces what is stored for its analyte and order at its time when something is stored then
@@ -158,12 +158,12 @@ class Hl7Store:
         self._store(header, orders[0].identifiers, rows, deletions)
 
     def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict],
-               deletions: Sequence[Sequence[Delete]] = (), counted: Sequence[Sequence[Delete]] = ()) -> int:
+               deletions: Sequence[Sequence[Delete]] = (), counted: Sequence[Sequence[Delete]] = ()) -> list[int]:
         """Run ``counted`` and ``deletions`` (each a list of alternatives: the first that removes rows ends it),
-        then store the message and ``rows`` under each identifier, in one transaction; return how many rows
+        then store the message and ``rows`` under each identifier, in one transaction; return how many rows each of
         ``counted`` removed."""
         with self._db.session() as session:
-            removed = sum(_first_that_removes(session, alternatives) for alternatives in counted)
+            removed = [_first_that_removes(session, alternatives) for alternatives in counted]
             for alternatives in deletions:
                 _first_that_removes(session, alternatives)
             message = _message(header)

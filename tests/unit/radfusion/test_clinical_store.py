@@ -84,7 +84,21 @@ def test_a_result_is_taken_back_by_its_order_whatever_time_each_message_gives_it
     assert "inr" not in context().labs
     again = send(deletion.replace("|O2|", "|O3|"))
     assert "1 taken back, 0 stored values removed" in again  # said as it is, and warned of in an ERR segment
-    assert "|W|" in again and "no stored value matched the 1 result(s) taken back" in again
+    assert "|W|" in again and "no stored value matched 1 of the 1 result(s) taken back" in again
+
+
+def test_a_retraction_that_matches_nothing_beside_one_that_does_is_warned_of(stored) -> None:  # noqa: ANN001
+    """Only a message whose retractions all missed was warned of: the platelets taken back under another order
+    number stayed in use behind a plain AA."""
+    send, context = stored
+    send(oru("R1"))
+    ack = send("MSH|^~\\&|LAB|HOSP|RADFUSION|RAD|20261120113000||ORU^R01^ORU_R01|R2|P|2.5.1\n"
+               "PID|1||12345^^^HOSP&1.2.3&ISO^MR\nOBR|1|PL1|FL1|57021-8^CBC^LN|||20261120100000\n"
+               "OBX|1|NM|6301-6^INR^LN||2.5|{INR}|0.8-1.2|H|||D|||202611201000+0100\n"
+               "OBR|2|PL77|FL77|57021-8^CBC^LN|||20261120100000\n"
+               "OBX|1|NM|777-3^Platelets^LN||150|10*3/uL|150-400|N|||D|||20261120100000\n")
+    assert "2 taken back, 1 stored value removed" in ack
+    assert "no stored value matched 1 of the 2 result(s) taken back" in ack
 
 
 def test_a_preliminary_result_withdrawn_as_cannot_be_obtained_is_gone(stored) -> None:  # noqa: ANN001
