@@ -6,11 +6,12 @@ States are plain strings, listed per model; every unfinished state is resumed at
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON, BigInteger, DateTime, Dialect, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint,
-    false,
+    ColumnElement, and_, false, or_,
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -177,6 +178,13 @@ class Job(Base):
 
     study: Mapped[Study] = relationship()
     series: Mapped[Series] = relationship()
+
+
+def same_input(other: type[Job], study_level: Collection[str]) -> ColumnElement[bool]:
+    """``other`` (an alias of Job) reads what Job reads: the same series, or for a study-level detector (names in
+    ``study_level``) the same study. Its revisions and re-runs are such jobs."""
+    return or_(other.series_id == Job.series_id, and_(Job.detector.in_(sorted(study_level)),
+                                                      other.study_id == Job.study_id))
 
 
 class Artifact(Base):

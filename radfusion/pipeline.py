@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import ColumnElement, Row, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Row, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ai_engine.detectors.base import Detector
@@ -34,7 +34,7 @@ from radfusion.db import Database
 from radfusion.dicom_time import aware
 from radfusion.errors import MixedPatientError
 from radfusion.ingest import patient_identity
-from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, utcnow
+from radfusion.models import Alert, Artifact, AuditEvent, Delivery, Instance, Job, Study, same_input, utcnow
 from radfusion.outbound import (alert_deliveries, outbound_findings, outbound_study, report_deliveries,
                                 untold_targets)
 from radfusion.routing import Router
@@ -124,10 +124,8 @@ class JobRunner:
         queued or running. A revision queued by a late instance starts only when the one before it has ended, so
         its SR names that one's as its predecessor; run side by side, both SRs stood in the PACS, unlinked."""
         earlier = aliased(Job)
-        same_input = or_(and_(Job.detector.in_(sorted(self._study_level)), earlier.study_id == Job.study_id),
-                         earlier.series_id == Job.series_id)
         return ~exists().where(earlier.detector == Job.detector, earlier.id < Job.id,
-                               earlier.state.in_(("queued", "running")), same_input)
+                               earlier.state.in_(("queued", "running")), same_input(earlier, self._study_level))
 
     def run(self, job_id: int) -> None:
         """Run a claimed job to done or failed; never raises (the failure is recorded)."""

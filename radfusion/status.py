@@ -11,8 +11,10 @@ from pathlib import Path
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import aliased
 
+from ai_engine.detectors.registry import available_detectors
+from ai_engine.inputs import STUDY_LEVEL_TASKS
 from radfusion.db import Database
-from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Study, utcnow
+from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Study, same_input, utcnow
 
 RECENT = 10
 ALERT_GRACE_S = 60  # an alert still undelivered this long after it was raised needs someone (the target is 10 s)
@@ -38,7 +40,8 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
                        Delivery.last_error).where(Delivery.state == state, Delivery.acknowledged_at.is_(None))
                 .order_by(order[state]).limit(RECENT)))
         later = aliased(Job)
-        superseded = exists().where(later.series_id == Job.series_id, later.detector == Job.detector, later.id > Job.id)
+        study_level = {name for name, task in available_detectors().items() if task in STUDY_LEVEL_TASKS}
+        superseded = exists().where(same_input(later, study_level), later.detector == Job.detector, later.id > Job.id)
         open_failure = (Job.state == "failed", ~superseded, Job.acknowledged_at.is_(None))
         failed_jobs = session.execute(
             select(Job.id, Job.detector, Study.accession_number, Study.study_uid, Job.error)

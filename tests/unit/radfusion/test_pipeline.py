@@ -21,6 +21,7 @@ from radfusion.cli import main as cli_main
 from radfusion.errors import MixedPatientError
 from radfusion.retention import purge_expired
 from radfusion.service import Service
+from radfusion.status import collect_status
 from radfusion.settings import default_routing, load_settings
 from tests.unit.radfusion.stored import store
 
@@ -108,6 +109,8 @@ def test_a_patient_correction_still_arriving_is_not_reported_under_either_patien
         assert session.get(Job, second).state == "done", session.get(Job, second).error
         written = [pydicom.dcmread(path) for path in session.scalars(select(Artifact.path))]
     assert {str(ds.PatientID) for ds in written} == {"CORRECTED-1"}
+    status = collect_status(service.db, tmp_path / "data")  # the failure was run again: no one need look at it
+    assert (status["jobs_failed"], status["jobs_failed_since_rerun"], status["attention"]) == (0, 1, [])
 
 
 def test_one_patient_written_two_ways_is_one_patient() -> None:
