@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from datetime import datetime, timedelta, timezone
+from datetime import time as clock_time
 from zoneinfo import ZoneInfo
 
-from radfusion.errors import ConfigError
-from reports.sources import dicom_date
+from pydicom.valuerep import TM
 
-_TIME = re.compile(r"(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?(?:\.\d{1,6})?")  # TM, and ACR-NEMA's HH:MM:SS
+from radfusion.errors import ConfigError
+from reports.sources import dicom_date, dicom_time
 
 
 def use_time_zone(name: str) -> str:
@@ -54,16 +54,9 @@ def study_datetime(date: str, time_of_day: str, offset: str) -> datetime | None:
     """When a study was performed (Study Date, Study Time, Timezone Offset From UTC): the end of its day when the
     time is absent or invalid (Study Time is Type 2: a study of 1 June is read with that day's labs, not today's);
     None without a valid date."""
-    day = dicom_date(date)
+    day, clock = dicom_date(date), dicom_time(time_of_day)
     if day is None:
         return None
-    try:
-        midnight = datetime.strptime(day, "%Y%m%d")
-    except ValueError:  # 20240231
-        return None
-    clock = _TIME.fullmatch(time_of_day.strip())
-    hour, minute, second = (int(part or 0) for part in clock.groups()) if clock else (23, 59, 59)
-    try:
-        return aware(midnight.replace(hour=hour, minute=minute, second=second), offset)
-    except ValueError:  # 25:00
-        return aware(midnight.replace(hour=23, minute=59, second=59), offset)
+    at = TM(clock) if clock else None  # a leap second (103060) is read as 10:30:59
+    return aware(datetime.combine(datetime.strptime(day, "%Y%m%d").date(),
+                                  clock_time(at.hour, at.minute, at.second) if at else clock_time(23, 59, 59)), offset)
