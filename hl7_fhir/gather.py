@@ -46,6 +46,8 @@ LATEST = datetime.max.replace(tzinfo=timezone.utc)  # an Observation not valid R
 LAB_PAGE = 50  # newest Observations read per analyte: enough to pass over void ones and panels without it
 CONFIRMED = "confirmed"  # Condition.verificationStatus: the only one (or none, as many EMRs send) that counts
 LIST_SECTIONS = ("medications", "conditions", "procedures", "family_history")  # FHIR-only; errors: "<section>: ..."
+NOT_GATHERED = "not gathered, the EMR was unavailable"  # a section's error when FHIR was not read
+NEWEST_UNREADABLE = "the newest result"  # begins an analyte's error when its newest FHIR result could not be read
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class _FhirGatherer:
                        for system, code, _ in _codings(part.code) if system == LOINC_SYSTEM):
                     newest = f"could not be read ({invalid})" if invalid else (
                         f"(Observation/{obs.id}) holds no value that can be read")
-                    problems.append(f"{analyte}: the newest result {newest}; older results are not used")
+                    problems.append(f"{analyte}: {NEWEST_UNREADABLE} {newest}; older results are not used")
                     context.unreadable[analyte] = when
                     break
         return problems
@@ -480,7 +482,7 @@ def merge_contexts(fhir_context: ClinicalContext, hl7_values: Sequence[LabValue]
     if fhir_context.status == "unavailable":
         merged.status = "partial" if has_data else "unavailable"
         if has_data:
-            merged.errors += [f"{section}: not gathered, the EMR was unavailable" for section in LIST_SECTIONS]
+            merged.errors += [f"{section}: {NOT_GATHERED}" for section in LIST_SECTIONS]
     else:
         merged.status = fhir_context.status
     merged.missing = _missing(merged, analytes, accession)
@@ -492,14 +494,14 @@ def _withhold_unreadable(merged: ClinicalContext, fhir_unreadable: dict[str, dat
                          since: datetime, as_of: datetime) -> None:
     """Leave out of ``merged`` each analyte whose newest result, from either source, could not be read (the value
     kept is no newer, or one of them is not timed): an older value would be read as the current one. HL7's results
-    say why here; FHIR's said so when gathered."""
+    say why here; FHIR's said so when gathered, and that is taken back where a newer HL7 value is kept."""
     unreadable = {name: (when, "") for name, when in fhir_unreadable.items() if name in analytes}
     for name, when in hl7_unreadable:
         if name not in analytes or when is None or not since <= when <= as_of:
             continue
         newest = unreadable.get(name)
         if newest is None or (newest[0] is not None and when >= newest[0]):
-            unreadable[name] = (when, f"{name}: the newest result ({when.isoformat(timespec='minutes')}) could not "
+            unreadable[name] = (when, f"{name}: {NEWEST_UNREADABLE} ({when.isoformat(timespec='minutes')}) could not "
                                       "be read; older results are not used")
     times = {**{name: lab.observed_at for name, lab in merged.labs.items()},
              **{name: item.recorded_at for name, item in merged.coded_observations.items()}}
@@ -509,6 +511,8 @@ def _withhold_unreadable(merged: ClinicalContext, fhir_unreadable: dict[str, dat
             merged.labs.pop(name, None)
             merged.coded_observations.pop(name, None)
             merged.errors += [error] if error else []
+        elif name in fhir_unreadable:  # a newer value than the FHIR result that could not be read is used
+            merged.errors = [e for e in merged.errors if not e.startswith(f"{name}: {NEWEST_UNREADABLE}")]
 
 
 def gather_with_budget(gather: Callable[[], ClinicalContext], budget_s: float = 2.0) -> ClinicalContext:

@@ -28,6 +28,7 @@ from ai_engine.results import DetectorResult, Task
 from dicom_node.spool import safe_uid_component
 from hl7_fhir.context import ClinicalContext
 from hl7_fhir.errors import Hl7FhirError
+from hl7_fhir.gather import NOT_GATHERED
 from hl7_fhir.findings import OutboundFinding, OutboundStudy
 from radfusion.clinical import ClinicalGatherer, StudyPatient
 from radfusion.db import Database
@@ -448,8 +449,11 @@ def clinical_summary(context: ClinicalContext) -> dict[str, str]:
         return {"Clinical data": f"not used ({'; '.join(context.errors) or context.status})"}
     summary = {lab.name: f"{lab.value:g} {lab.unit}" + (f" ({lab.observed_at:%Y-%m-%d})" if lab.observed_at else "")
                for lab in context.labs.values()}
-    if context.errors:  # a partial record must not read as a complete one
-        summary["Clinical data"] = f"partly read: {'; '.join(context.errors)}"
+    unread = [e.split(":")[0] for e in context.errors if e.endswith(f": {NOT_GATHERED}")]
+    errors = [e for e in context.errors if not e.endswith(f": {NOT_GATHERED}")]
+    errors += [f"{', '.join(unread)}: {NOT_GATHERED}"] if unread else []  # one line, not four, where no EMR is set
+    if errors:  # a partial record must not read as a complete one
+        summary["Clinical data"] = f"partly read: {'; '.join(errors)}"
     return summary
 
 

@@ -59,8 +59,8 @@ def test_a_fhir_result_that_could_not_be_read_keeps_older_hl7_ones_out_too() -> 
     """Only an unreadable HL7 result kept older values out: the newest smoking status in the EMR, unreadable, was
     filled by an HL7 'never smoker' of a month before, and an unreadable FHIR INR without a time by any HL7 INR."""
     fhir = ClinicalContext(status="partial", unreadable={"smoking_status": NOW - timedelta(days=2), "inr": None},
-                           errors=["smoking_status: the newest result (Observation/s1) holds no value that can be read; "
-                                   "older results are not used"])
+                           errors=["smoking_status: the newest result (Observation/s1) holds no value that can be "
+                                   "read; older results are not used"])
     never = CodedItem("266919005", "SCT", "Never smoker", "smoking_status", NOW - timedelta(days=30),
                       Provenance("hl7", "LAB", "S1"))
     merged = merge_contexts(fhir, [lab("inr", 1.0, 1, "hl7")], analytes=["smoking_status", "inr"], as_of=NOW,
@@ -71,6 +71,7 @@ def test_a_fhir_result_that_could_not_be_read_keeps_older_hl7_ones_out_too() -> 
     newer = replace(never, recorded_at=NOW - timedelta(days=1))
     merged = merge_contexts(fhir, [], analytes=["smoking_status"], as_of=NOW, lookback=WINDOW, hl7_coded=[newer])
     assert merged.coded_observations["smoking_status"] == newer
+    assert merged.errors == []  # the FHIR result that could not be read is not the newest: its error is taken back
 
 
 def test_budget_returns_on_time_and_never_raises() -> None:

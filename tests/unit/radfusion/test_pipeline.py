@@ -4,6 +4,7 @@ objects cannot be written still raises the alarm for an urgent finding."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from ai_engine.synthetic.cohorts.mammo import generate_case, write_case_dicom
 from ai_engine.synthetic.studies import write_study
 from hl7_fhir.context import ClinicalContext, LabValue, Provenance
+from hl7_fhir.gather import NOT_GATHERED
 from radfusion import pipeline
 from radfusion.models import Alert, Artifact, Association, AuditEvent, Delivery, Instance, Job, Series, utcnow
 from radfusion.cli import main as cli_main
@@ -131,6 +133,10 @@ def test_the_sr_s_clinical_summary_says_what_of_the_record_could_not_be_read() -
                               status="partial", errors=["medications: the EMR answered 500"])
     assert pipeline.clinical_summary(context) == {"inr": "2.9 1",
                                                   "Clinical data": "partly read: medications: the EMR answered 500"}
+    hl7_only = replace(context, errors=["no FHIR server configured",
+                                        *(f"{s}: {NOT_GATHERED}" for s in ("medications", "conditions"))])
+    assert pipeline.clinical_summary(hl7_only)["Clinical data"] == (
+        f"partly read: no FHIR server configured; medications, conditions: {NOT_GATHERED}")  # one line, not one each
 
 
 def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_zone() -> None:
