@@ -269,8 +269,18 @@ class _FhirGatherer:
         started after the study): not part of the record the study was made with."""
         return item.recorded_at is not None and item.recorded_at > self.query.as_of
 
+    def _listed(self, section: str, resource_type: str, params: dict[str, str], problems: list[str]) -> list[Any]:
+        """The valid matches of a list section's search, all pages; each one that is not valid R4 is a problem of
+        the section, so its features read missing: a warfarin order that cannot be read is no 'not on an
+        anticoagulant'."""
+        def note(_data: Mapping[str, Any], exc: FhirError) -> None:
+            problems.append(f"{section}: {str(exc).rstrip('.')}")
+
+        return list(self.client.iter_search(resource_type, params, lenient=True, on_invalid=note))
+
     def conditions(self, context: ClinicalContext) -> list[str]:
-        for cond in self.client.search("Condition", {"subject": self.subject, "_count": "100"}, lenient=True):
+        problems: list[str] = []
+        for cond in self._listed("conditions", "Condition", {"subject": self.subject, "_count": "100"}, problems):
             if cond.verificationStatus is not None and CONFIRMED not in {
                     code for _, code, _ in _codings(cond.verificationStatus)}:
                 continue  # suspected, ruled out or recorded in error: not a condition the patient has
@@ -279,18 +289,19 @@ class _FhirGatherer:
                                self.provenance(cond))
             if not self.later(item):
                 context.conditions.append(item)
-        return []
+        return problems
 
     def procedures(self, context: ClinicalContext) -> list[str]:
-        for procedure in self.client.search("Procedure", {"subject": self.subject, "_count": "100"},
-                                            lenient=True):
+        problems: list[str] = []
+        for procedure in self._listed("procedures", "Procedure", {"subject": self.subject, "_count": "100"},
+                                      problems):
             if procedure.status != DONE:
                 continue
             item = _coded_item(procedure.code, procedure.status or "", procedure.performedDateTime,
                                self.provenance(procedure))
             if not self.later(item):
                 context.procedures.append(item)
-        return []
+        return problems
 
     def medications(self, context: ClinicalContext) -> list[str]:
         """Active drugs, coded from the statement or order itself, a Medication it contains or one it references
@@ -299,8 +310,8 @@ class _FhirGatherer:
         problems: list[str] = []
         for resource_type, when_field in (("MedicationStatement", "effectiveDateTime"),
                                           ("MedicationRequest", "authoredOn")):
-            for med in self.client.search(resource_type, {"subject": self.subject, "status": "active",
-                                                          "_count": "100"}, lenient=True):
+            for med in self._listed("medications", resource_type, {"subject": self.subject, "status": "active",
+                                                                   "_count": "100"}, problems):
                 if med.status != "active" or getattr(med, "doNotPerform", None):
                     continue  # a server that ignores the status search, or an order not to give it
                 concept = med.medicationCodeableConcept or self._referenced_medication(med, problems)
@@ -338,8 +349,9 @@ class _FhirGatherer:
             return None
 
     def family_history(self, context: ClinicalContext) -> list[str]:
-        for history in self.client.search("FamilyMemberHistory", {"patient": self.subject, "_count": "100"},
-                                          lenient=True):
+        problems: list[str] = []
+        for history in self._listed("family_history", "FamilyMemberHistory", {"patient": self.subject,
+                                                                              "_count": "100"}, problems):
             if history.status == IN_ERROR:
                 continue
             relation = _codings(history.relationship)
@@ -347,7 +359,7 @@ class _FhirGatherer:
                 context.family_history.append(_coded_item(
                     cond.code, relation[0][1] if relation else (history.relationship.text or ""),
                     history.date, self.provenance(history)))
-        return []
+        return problems
 
     def reason_for_exam(self, context: ClinicalContext) -> list[str]:
         if not self.query.accession:

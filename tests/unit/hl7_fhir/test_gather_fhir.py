@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from ai_engine.clinical_features import encode_clinical, feature_names
 from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.gather import ClinicalQuery, gather_from_fhir
 from hl7_fhir.medication_classes import classify
@@ -254,3 +255,22 @@ def test_a_drug_started_or_a_diagnosis_made_after_the_study_is_not_its_record() 
                                         "Procedure": lambda r: _bundle([done_later])}, []), _query("inr"))
     assert [m.display for m in context.medications] == ["Warfarin 5 mg"]
     assert context.conditions == [] and context.procedures == []
+
+
+def test_a_list_entry_that_is_not_valid_r4_makes_its_section_unread_not_empty() -> None:
+    """A warfarin order that was not valid R4 (an authoredOn without an offset) was left out with a log line only:
+    the patient read as not anticoagulated, a present 0. A condition likewise."""
+    rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    order = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-12-01T10:00:00",
+             "medicationCodeableConcept": {"coding": [{"system": rxnorm, "code": "11289", "display": "warfarin"}]}}
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                 "code": {"text": "lung cancer"}, "recordedDate": "last year"}
+    context = gather_from_fhir(_server({"MedicationRequest": lambda r: _bundle([order]),
+                                        "Condition": lambda r: _bundle([condition])}, []), _query("inr"))
+    medications = [e for e in context.errors if e.startswith("medications: MedicationRequest/m1 is not valid R4")]
+    conditions = [e for e in context.errors if e.startswith("conditions: Condition/c1 is not valid R4")]
+    assert len(medications) == len(conditions) == 1 and context.medications == []
+    assert "warfarin" not in medications[0] and "last year" not in conditions[0]
+    _, present = encode_clinical("ich", context)
+    assert not present[feature_names("ich").index("anticoagulant")]  # missing, not 0
