@@ -8,6 +8,7 @@ error code (table 0357) that the ACK's ERR segment should carry.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,7 @@ class Header:
     field_sep: str = "|"
     encoding: str = "^~\\&"
     sent_at: str = ""  # MSH-7 as sent
+    digest: str = ""  # of the segments after MSH (``content_digest``): a resend's is the same
 
     @property
     def sender(self) -> str:
@@ -193,6 +195,12 @@ def read_header(text: str) -> Header:
         return Header.from_msh(read_msh(text))
     except Hl7FhirError as exc:
         raise Hl7MessageError(str(exc), "AR", ERR_SEGMENT_SEQUENCE) from exc
+
+
+def content_digest(text: str) -> str:
+    """SHA-256 (hex) of a message's segments after MSH: a resend has the same, whatever MSH-7 its sender stamped on
+    it; another message sent under a reused control id does not."""
+    return hashlib.sha256("\r".join(normalize_segments(text).split("\r")[1:]).encode()).hexdigest()
 
 
 def parse(text: str) -> ParsedMessage:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from hl7_fhir.hl7v2 import (
@@ -25,6 +25,7 @@ from hl7_fhir.hl7v2 import (
     Order,
     ParsedMessage,
     build_ack,
+    content_digest,
     parse,
     parse_demographics,
     parse_labs,
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 class Hl7Inbox:
     """Message-processing policy behind an MllpServer (``server = MllpServer(host, port, inbox.handle)``).
 
-    ``seen(control_id, sender)`` says whether that message of that sender (``Header.sender``) was
-    already stored; ``on_labs`` (returns how many stored values each of the message's retractions removed),
+    ``seen(header)`` says whether that message of that sender (control id, ``Header.sender``, and content:
+    ``Header.digest``) was already stored; ``on_labs`` (returns how many stored values each of the message's retractions removed),
     ``on_demographics``, ``on_order`` and ``on_merge`` (patient merges:
     what was stored under a prior identifier moves to the surviving one) store one message's content
     and its (control id, sender) in one transaction. ``on_rejected(header, ack_code, reason)`` records a
@@ -50,7 +51,7 @@ class Hl7Inbox:
     patient data.
     """
 
-    seen: Callable[[str, str], bool]
+    seen: Callable[[Header], bool]
     on_labs: Callable[[Header, LabReport], list[int]]
     on_demographics: Callable[[Header, Demographics], None]
     on_order: Callable[[Header, list[Order]], None]
@@ -69,7 +70,9 @@ class Hl7Inbox:
                                        str(exc), hl7_error=exc.hl7_error))
         try:
             parsed = parse(text)
-            if self.seen(header.control_id, header.sender):
+            header = replace(header, digest=content_digest(text))
+            parsed = replace(parsed, header=header)
+            if self.seen(header):
                 log.info("HL7 %s %s from %s is a duplicate, ignored", header.message_type, header.control_id,
                          header.sender)
                 return self._ack(header, "AA", f"duplicate message control id {header.control_id}, ignored")

@@ -63,11 +63,15 @@ class Hl7Store:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def seen(self, control_id: str, sender: str) -> bool:
-        """Whether the message ``control_id`` of ``sender`` (MSH-3^MSH-4, ``Header.sender``) was stored."""
+    def seen(self, header: Header) -> bool:
+        """Whether this message of its sender (MSH-3^MSH-4, ``Header.sender``) was stored: its control id with the
+        same content (``Header.digest``; a row stored before migration 0007 has none and counts), or the control id
+        it was stored under because the sender had used its own for another message (``_reused_id``)."""
         with self._db.session() as session:
-            return session.scalar(select(Hl7Message.id).where(
-                Hl7Message.control_id == control_id, Hl7Message.sending_facility == sender)) is not None
+            digests = session.scalars(select(Hl7Message.digest).where(
+                Hl7Message.sending_facility == header.sender,
+                Hl7Message.control_id.in_([header.control_id, _reused_id(header)]))).all()
+        return any(digest in (None, header.digest) for digest in digests)
 
     def on_labs(self, header: Header, report: LabReport) -> list[int]:
         """Store the values; return how many stored values each of the report's retractions removed.
@@ -123,7 +127,7 @@ class Hl7Store:
         the merge message gives none (PID-7, PID-8; those are stored as its newest). A trauma alias registered as
         born 1900-01-01, sex unknown, otherwise became the patient's demographics (age 126)."""
         with self._db.session() as session:
-            message = _message(header)
+            message = _message(session, header)
             session.add(message)
             session.flush()
             for merge in merges:
@@ -166,7 +170,7 @@ class Hl7Store:
             removed = [_first_that_removes(session, alternatives) for alternatives in counted]
             for alternatives in deletions:
                 _first_that_removes(session, alternatives)
-            message = _message(header)
+            message = _message(session, header)
             session.add(message)
             session.flush()
             for identifier in identifiers:
@@ -227,9 +231,24 @@ def _demographic_rows(birth_date: date | None, sex: str | None) -> list[dict]:
         [dict(kind="sex", text=sex)] if sex else [])
 
 
-def _message(header: Header) -> Hl7Message:
-    """The stored record of a message: its control id and sender are the duplicate key ``seen`` reads."""
-    return Hl7Message(control_id=header.control_id, sending_facility=header.sender, message_type=header.message_type)
+def _message(session: Session, header: Header) -> Hl7Message:
+    """The stored record of a message, with the duplicate key ``seen`` reads: its control id, or ``_reused_id`` when
+    the sender used that control id before for another message (audited: a sequence reset, say)."""
+    control_id = header.control_id
+    if session.scalar(select(Hl7Message.id).where(Hl7Message.control_id == control_id,
+                                                  Hl7Message.sending_facility == header.sender)) is not None:
+        control_id = _reused_id(header)
+        session.add(AuditEvent(kind="hl7_control_id_reused", subject=f"{header.sender} {header.control_id}"[:128],
+                               detail=f"another message came before under this control id; stored as {control_id}"))
+        log.warning("HL7 %s from %s reuses control id %s for other content: stored as %s", header.message_type,
+                    header.sender, header.control_id, control_id)
+    return Hl7Message(control_id=control_id, sending_facility=header.sender, message_type=header.message_type,
+                      digest=header.digest or None)
+
+
+def _reused_id(header: Header) -> str:
+    """The control id a message is stored under when its own was used before for other content."""
+    return f"{header.control_id[:47]}#{header.digest[:16]}"
 
 
 def _content(row: ClinicalValue) -> tuple:

@@ -268,7 +268,9 @@ class AuditEvent(Base):
 
 
 class Hl7Message(Base):
-    """An inbound HL7 v2 message we stored; (control id, sending facility) detects resends."""
+    """An inbound HL7 v2 message we stored; (control id, sending facility) and its ``digest`` (``Header.digest``;
+    NULL for rows stored before migration 0007) detect resends. A control id the sender used before for other
+    content is stored as ``<control id>#<digest prefix>``."""
 
     __tablename__ = "hl7_messages"
     __table_args__ = (UniqueConstraint("control_id", "sending_facility"),)
@@ -278,6 +280,7 @@ class Hl7Message(Base):
     sending_facility: Mapped[str] = mapped_column(String(128))
     message_type: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class ClinicalValue(Base):

@@ -33,9 +33,9 @@ class FakeStore:
     connections: set[str] = field(default_factory=set)
     fail_next: bool = False
 
-    def seen(self, control_id: str, sender: str) -> bool:
+    def seen(self, header: Header) -> bool:
         self.connections.add(threading.current_thread().name)
-        return (control_id, sender) in self.stored_ids
+        return (header.control_id, header.sender) in self.stored_ids
 
     def _commit(self, header: Header, rows: list, item: object) -> None:
         if self.fail_next:

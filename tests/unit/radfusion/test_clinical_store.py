@@ -360,6 +360,18 @@ def test_a_result_made_final_without_its_value_keeps_the_value_sent_before(store
     assert context().labs["inr"].value == 3.4
 
 
+def test_a_control_id_reused_for_another_message_is_stored_not_dropped_as_a_resend(stored) -> None:  # noqa: ANN001
+    """A LIS that restarted its sequence sent a new INR under a control id it had used before: it was acknowledged
+    AA as a duplicate and dropped, and the study read the old INR."""
+    send, context = stored
+    send(oru("1001", inr="1.1"))
+    later = _observed(oru("1001", inr="4.8"), "20261120").replace("202611201000+0100", "202611201015+0100")
+    ack = send(later)
+    assert "duplicate" not in ack and context().labs["inr"].value == 4.8
+    assert "duplicate" in send(later.replace("20261120103000", "20261120120000"))  # a resend: MSH-7 restamped
+    assert "duplicate" in send(oru("1001", inr="1.1"))
+
+
 def test_another_hospital_s_patient_with_the_same_id_is_not_read_as_the_study_s(stored, caplog) -> None:  # noqa: ANN001
     """Before, a study without an issuer got the INR of HOSPB's patient 12345, and the values of an authority this
     site does not map when it was the only one holding 12345 (a reference lab's patient)."""
