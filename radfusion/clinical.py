@@ -26,12 +26,13 @@ from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, merge_contexts
 from hl7_fhir.hl7v2 import Demographics, Header, LabReport, Merge, Order, PatientIdentifier, ResultRef
 from radfusion.db import Database
-from radfusion.models import AuditEvent, ClinicalValue, Hl7Message, utcnow
+from radfusion.models import AuditEvent, ClinicalValue, Hl7Message, PatientMerge, utcnow
 from radfusion.settings import ClinicalSettings, FhirAuthSettings, FhirServerSettings
 
 log = logging.getLogger(__name__)
 ENDED_ORDER_CONTROLS = frozenset({"CA", "CR", "DC", "DR", "OC", "OD"})  # ORC-1: cancelled or discontinued
 UNADDRESSED_ORDER_WINDOW = timedelta(days=2)  # an order without accession is for a study of the next day or two
+MERGE_DEPTH = 5  # merges of merges followed when a value comes under a retired identifier
 SAME_DRAW = timedelta(hours=12)  # results of one order number further apart are draws of a lab that reuses numbers
 DEMOGRAPHIC_KINDS = frozenset({"birth_date", "sex"})
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")  # an assigning authority's ISO universal id
@@ -94,15 +95,34 @@ class Hl7Store:
                       observed_at=c.recorded_at, order_number=c.provenance.order) for c in report.coded]
         replaced = [ResultRef(row["name"], row["order_number"], row["observed_at"]) for row in rows
                     if row["order_number"]]
+        identifiers = self.surviving(report.identifiers)
         demographics = _demographic_rows(report.birth_date, report.sex)
-        known = self._demographics_known(report.identifiers) if demographics else set()  # one query, if any
+        known = self._demographics_known(identifiers) if demographics else set()  # one query, if any
         rows += [row for row in demographics if row["kind"] not in known]
         removals = [_matching(header, identifier, ref, exact_first=ref.timed and bool(ref.order))
-                    for identifier in report.identifiers for ref in report.deleted]
+                    for identifier in identifiers for ref in report.deleted]
         replacements = [_matching(header, identifier, ref, exact_first=ref.observed_at is not None)
-                        for identifier in report.identifiers for ref in replaced]
+                        for identifier in identifiers for ref in replaced]
         counted = len(report.deleted)  # the first identifier's: each value is stored once per form of the identifier
-        return self._store(header, report.identifiers, rows, replacements + removals[counted:], removals[:counted])
+        return self._store(header, identifiers, rows, replacements + removals[counted:], removals[:counted])
+
+    def surviving(self, identifiers: list[PatientIdentifier]) -> list[PatientIdentifier]:
+        """``identifiers`` with each form that a merge retired replaced by the surviving record's forms (merges of
+        merges followed, ``MERGE_DEPTH`` at most): a lab that has not yet processed a merge sends under the old id,
+        which no study reads any more."""
+        current = {(i.value, i.authority): i for i in identifiers}
+        with self._db.session() as session:
+            for _ in range(MERGE_DEPTH):
+                merges = [row for row in session.scalars(select(PatientMerge).where(
+                    PatientMerge.prior_id.in_({value for value, _ in current})))
+                    if (row.prior_id, row.prior_authority) in current]
+                if not merges:
+                    break
+                for row in merges:
+                    current.pop((row.prior_id, row.prior_authority), None)
+                current.update({(row.surviving_id, row.surviving_authority):
+                                PatientIdentifier(row.surviving_id, row.surviving_authority) for row in merges})
+        return list(current.values())
 
     def _demographics_known(self, identifiers: list[PatientIdentifier]) -> set[str]:
         """The demographic kinds some message has stored for one of ``identifiers``."""
@@ -117,7 +137,8 @@ class Hl7Store:
             session.add(AuditEvent(kind="hl7_rejected", subject=subject[:128], detail=f"{ack_code}: {reason}"))
 
     def on_demographics(self, header: Header, demographics: Demographics) -> None:
-        self._store(header, demographics.identifiers, _demographic_rows(demographics.birth_date, demographics.sex))
+        self._store(header, self.surviving(demographics.identifiers),
+                    _demographic_rows(demographics.birth_date, demographics.sex))
 
     def on_merge(self, header: Header, merges: list[Merge]) -> None:
         """Move what was stored under each merge's prior identifiers to its surviving ones (the first takes the
@@ -131,6 +152,10 @@ class Hl7Store:
             session.add(message)
             session.flush()
             for merge in merges:
+                session.add_all(PatientMerge(message_id=message.id, prior_id=prior.value,
+                                             prior_authority=prior.authority, surviving_id=survivor.value,
+                                             surviving_authority=survivor.authority)
+                                for prior in merge.prior for survivor in merge.surviving)
                 first, *others = merge.surviving
                 given = {row["kind"] for row in _demographic_rows(merge.birth_date, merge.sex)}
                 kept = given | set(session.scalars(select(ClinicalValue.kind).where(
@@ -158,8 +183,8 @@ class Hl7Store:
         deletions = [[delete(ClinicalValue).where(
             ClinicalValue.patient_id == identifier.value, ClinicalValue.patient_authority == identifier.authority,
             ClinicalValue.kind == "reason_for_exam", ClinicalValue.accession == order.accession)]
-            for order in ended if order.accession for identifier in order.identifiers]
-        self._store(header, orders[0].identifiers, rows, deletions)
+            for order in ended if order.accession for identifier in self.surviving(order.identifiers)]
+        self._store(header, self.surviving(orders[0].identifiers), rows, deletions)
 
     def _store(self, header: Header, identifiers: list[PatientIdentifier], rows: list[dict],
                deletions: Sequence[Sequence[Delete]] = (), counted: Sequence[Sequence[Delete]] = ()) -> list[int]:

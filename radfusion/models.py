@@ -307,3 +307,17 @@ class ClinicalValue(Base):
     accession: Mapped[str] = mapped_column(String(64), default="")
     order_number: Mapped[str] = mapped_column(String(200), default="", server_default=sql_text("''"))  # OBR-3, -2
     observed_at: Mapped[datetime | None]
+
+
+class PatientMerge(Base):
+    """A patient merge (ADT A40, A34, A18): what is sent later under the prior identifier (PID-3 id + assigning
+    authority) is the surviving patient's. One row per form of each."""
+
+    __tablename__ = "patient_merges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("hl7_messages.id"))
+    prior_id: Mapped[str] = mapped_column(String(64), index=True)
+    prior_authority: Mapped[str] = mapped_column(String(64), default="")
+    surviving_id: Mapped[str] = mapped_column(String(64))
+    surviving_authority: Mapped[str] = mapped_column(String(64), default="")

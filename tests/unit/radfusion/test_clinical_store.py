@@ -328,6 +328,19 @@ def test_a_merge_without_demographics_keeps_the_only_birth_date_known(stored) ->
     assert context().sex == "female" and context().age_years == pytest.approx(76.9, abs=0.1)
 
 
+def test_a_value_sent_under_a_merged_away_identifier_is_the_surviving_patient_s(stored) -> None:  # noqa: ANN001
+    """The merge was applied to what was stored, then forgotten: the INR the lab sent afterwards under the retired
+    id (it processes merges later than the ADT feed) stayed under it, and studies of the surviving id read the
+    older INR as current."""
+    send, context = stored
+    send(_observed(oru("L1", inr="1.1").replace("12345^^^HOSP&1.2.3&ISO^MR", "777^^^HOSP&1.2.3&ISO^MR"),
+                   "20261119"))
+    send("MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120080000||ADT^A40^ADT_A39|MG9|P|2.5.1\nEVN|A40|20261120080000\n"
+         "PID|1||12345^^^HOSP&1.2.3&ISO^MR\nMRG|777^^^HOSP&1.2.3&ISO^MR\n")
+    send(oru("L2", inr="4.4").replace("12345^^^HOSP&1.2.3&ISO^MR", "777^^^HOSP&1.2.3&ISO^MR"))
+    assert context().labs["inr"].value == 4.4  # before: 1.1, the value moved by the merge
+
+
 def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:  # noqa: ANN001
     send, context = stored
     send(oru("U1"))  # PID-3 12345^^^HOSP&1.2.3&ISO
