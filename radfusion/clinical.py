@@ -17,7 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Delete, and_, delete, exists, or_, select
+from sqlalchemy import ColumnElement, Delete, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
@@ -107,22 +107,31 @@ class Hl7Store:
         return self._store(header, identifiers, rows, replacements + removals[counted:], removals[:counted])
 
     def surviving(self, identifiers: list[PatientIdentifier]) -> list[PatientIdentifier]:
-        """``identifiers`` with each form that a merge retired replaced by the surviving record's forms (merges of
-        merges followed, ``MERGE_DEPTH`` at most): a lab that has not yet processed a merge sends under the old id,
-        which no study reads any more."""
-        current = {(i.value, i.authority): i for i in identifiers}
+        """``identifiers`` with each form that a merge retired replaced by the surviving record's forms: a lab that
+        has not yet processed a merge sends under the old id, which no study reads any more.
+
+        Only the newest merge of an identifier counts (a merge corrected by another), and from the surviving record
+        only merges newer than that one (a wrong merge A into B undone by merging B back into A leaves A's values
+        A's), at most ``MERGE_DEPTH`` hops. Merges are remembered only for identifiers with an assigning authority
+        (``on_merge``), so a bare "777" of another sender is never taken for the merged patient's."""
+        found: dict[tuple[str, str], PatientIdentifier] = {}
         with self._db.session() as session:
-            for _ in range(MERGE_DEPTH):
-                merges = [row for row in session.scalars(select(PatientMerge).where(
-                    PatientMerge.prior_id.in_({value for value, _ in current})))
-                    if (row.prior_id, row.prior_authority) in current]
-                if not merges:
-                    break
-                for row in merges:
-                    current.pop((row.prior_id, row.prior_authority), None)
-                current.update({(row.surviving_id, row.surviving_authority):
-                                PatientIdentifier(row.surviving_id, row.surviving_authority) for row in merges})
-        return list(current.values())
+            for identifier in identifiers:
+                hops, since = [identifier], 0
+                for _ in range(MERGE_DEPTH):
+                    newest = session.scalar(select(func.max(PatientMerge.message_id)).where(
+                        PatientMerge.prior_id.in_([i.value for i in hops]), PatientMerge.message_id > since,
+                        or_(*(and_(PatientMerge.prior_id == i.value, PatientMerge.prior_authority == i.authority)
+                              for i in hops))))
+                    if newest is None:
+                        break
+                    rows = session.scalars(select(PatientMerge).where(PatientMerge.message_id == newest)).all()
+                    keys = {(i.value, i.authority) for i in hops}
+                    hops = [PatientIdentifier(r.surviving_id, r.surviving_authority) for r in rows
+                            if (r.prior_id, r.prior_authority) in keys] or hops
+                    since = newest
+                found.update({(i.value, i.authority): i for i in hops})
+        return list(found.values())
 
     def _demographics_known(self, identifiers: list[PatientIdentifier]) -> set[str]:
         """The demographic kinds some message has stored for one of ``identifiers``."""
@@ -151,11 +160,11 @@ class Hl7Store:
             message = _message(session, header)
             session.add(message)
             session.flush()
-            for merge in merges:
+            for merge in merges:  # an id without authority may be another sender's patient: not remembered
                 session.add_all(PatientMerge(message_id=message.id, prior_id=prior.value,
                                              prior_authority=prior.authority, surviving_id=survivor.value,
                                              surviving_authority=survivor.authority)
-                                for prior in merge.prior for survivor in merge.surviving)
+                                for prior in merge.prior if prior.authority for survivor in merge.surviving)
                 first, *others = merge.surviving
                 given = {row["kind"] for row in _demographic_rows(merge.birth_date, merge.sex)}
                 kept = given | set(session.scalars(select(ClinicalValue.kind).where(

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from hl7_fhir.context import ClinicalContext
 from hl7_fhir.gather import ClinicalQuery
+from hl7_fhir.hl7v2 import PatientIdentifier
 from hl7_fhir.inbox import Hl7Inbox
 from radfusion import clinical
 from radfusion.clinical import ClinicalGatherer, Hl7Store, StudyPatient
@@ -339,6 +340,32 @@ def test_a_value_sent_under_a_merged_away_identifier_is_the_surviving_patient_s(
          "PID|1||12345^^^HOSP&1.2.3&ISO^MR\nMRG|777^^^HOSP&1.2.3&ISO^MR\n")
     send(oru("L2", inr="4.4").replace("12345^^^HOSP&1.2.3&ISO^MR", "777^^^HOSP&1.2.3&ISO^MR"))
     assert context().labs["inr"].value == 4.4  # before: 1.1, the value moved by the merge
+
+
+def test_merges_are_followed_by_their_newest_and_only_with_an_assigning_authority(tmp_path: Path) -> None:
+    """Remembered merges sent values to the wrong patient: a wrong merge A into B undone by merging B back into A
+    sent A's later values to B; an id merged twice stored a value under both survivors; an MRG-1 without
+    authority took another sender's bare '777' for the merged patient."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Hl7Store(db)
+    inbox = Hl7Inbox(store.seen, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
+
+    def merge(control_id: str, surviving: str, prior: str) -> None:
+        inbox.handle(f"MSH|^~\\&|ADT|HOSP|RADFUSION|RAD|20261120080000||ADT^A40^ADT_A39|{control_id}|P|2.5.1\r"
+                     f"EVN|A40|20261120080000\rPID|1||{surviving}^^^HOSP^MR\rMRG|{prior}\r")
+
+    def now(value: str, authority: str = "HOSP") -> list[str]:
+        return sorted(i.value for i in store.surviving([PatientIdentifier(value, authority)]))
+
+    merge("M1", "B", "A^^^HOSP^MR")
+    merge("M2", "A", "B^^^HOSP^MR")  # the wrong merge undone
+    assert now("A") == ["A"] and now("B") == ["A"]  # before: A's later values went to B
+    merge("M3", "Y", "X^^^HOSP^MR")
+    merge("M4", "Z", "X^^^HOSP^MR")
+    assert now("X") == ["Z"]  # before: Y and Z both
+    merge("M5", "12345", "777")  # MRG-1 without an assigning authority
+    assert now("777", "") == ["777"]  # another sender's bare 777 is not taken for 12345
+    db.dispose()
 
 
 def test_an_assigning_authority_matches_by_its_universal_id_too(stored) -> None:  # noqa: ANN001
