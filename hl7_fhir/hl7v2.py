@@ -9,6 +9,7 @@ error code (table 0357) that the ACK's ERR segment should carry.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -198,9 +199,11 @@ def read_header(text: str) -> Header:
 
 
 def content_digest(text: str) -> str:
-    """SHA-256 (hex) of a message's segments after MSH: a resend has the same, whatever MSH-7 its sender stamped on
-    it; another message sent under a reused control id does not."""
-    return hashlib.sha256("\r".join(normalize_segments(text).split("\r")[1:]).encode()).hexdigest()
+    """SHA-256 (hex) of a message's segments after MSH, each without trailing empty fields and components: a
+    resend has the same, whatever MSH-7 its sender stamped on it and however it ends its segments; another message
+    sent under a reused control id does not."""
+    segments = normalize_segments(text).split("\r")[1:]
+    return hashlib.sha256("\r".join(re.sub(r"[|^~&\s]+$", "", s) for s in segments).encode()).hexdigest()
 
 
 def parse(text: str) -> ParsedMessage:

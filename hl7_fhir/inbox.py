@@ -33,6 +33,7 @@ from hl7_fhir.hl7v2 import (
     parse_orders,
     read_header,
 )
+from hl7_fhir.errors import AlreadyStored
 from hl7_fhir.mllp import MllpReply
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class Hl7Inbox:
     """Message-processing policy behind an MllpServer (``server = MllpServer(host, port, inbox.handle)``).
 
     ``seen(header)`` says whether that message of that sender (control id, ``Header.sender``, and content:
-    ``Header.digest``) was already stored; ``on_labs`` (returns how many stored values each of the message's retractions removed),
+    ``Header.digest``) was already stored (a store callback raises AlreadyStored when another connection stored
+    it meanwhile); ``on_labs`` (returns how many stored values each of the message's retractions removed),
     ``on_demographics``, ``on_order`` and ``on_merge`` (patient merges:
     what was stored under a prior identifier moves to the surviving one) store one message's content
     and its (control id, sender) in one transaction. ``on_rejected(header, ack_code, reason)`` records a
@@ -73,10 +75,12 @@ class Hl7Inbox:
             header = replace(header, digest=content_digest(text))
             parsed = replace(parsed, header=header)
             if self.seen(header):
-                log.info("HL7 %s %s from %s is a duplicate, ignored", header.message_type, header.control_id,
-                         header.sender)
-                return self._ack(header, "AA", f"duplicate message control id {header.control_id}, ignored")
+                raise AlreadyStored(header.control_id)
             summary, warnings = self._store(parsed)
+        except AlreadyStored:  # seen before, or stored meanwhile by another connection (its store raised this)
+            log.info("HL7 %s %s from %s is a duplicate, ignored", header.message_type, header.control_id,
+                     header.sender)
+            return self._ack(header, "AA", f"duplicate message control id {header.control_id}, ignored")
         except Hl7MessageError as exc:
             log.warning("HL7 %s %s from %s answered %s: %s", header.message_type, header.control_id,
                         header.sending_facility, exc.ack_code, exc)
@@ -95,14 +99,14 @@ class Hl7Inbox:
         if header.message_type in LAB_TYPES:
             report = parse_labs(parsed, received_at=self.clock())
             removals = self.on_labs(header, report)
-            removed = sum(removals) if report.deleted else 0
+            removed = sum(removals)
             skipped = (f"; {len(report.skipped_codes)} OBX with codes radfusion does not use"
                        if report.skipped_codes else "")
             unusable = f"; not used: {'; '.join(report.unusable)}" if report.unusable else ""
             deleted = (f"; {len(report.deleted)} taken back, {removed} stored value{'s' * (removed != 1)} removed"
                        if report.deleted else "")
             stored = len(report.values) + len(report.coded)
-            missed = removals.count(0) if report.deleted else 0
+            missed = removals.count(0)
             unmatched = ([f"no stored value matched {missed} of the {len(report.deleted)} result(s) taken back: sent "
                           "by another system (MSH-3/4) or under another order number than the original?"]
                          if missed else [])

@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Delete, and_, delete, exists, func, or_, s
 from sqlalchemy.orm import Session
 
 from hl7_fhir.context import ClinicalContext, CodedItem, LabValue, Provenance
+from hl7_fhir.errors import AlreadyStored
 from hl7_fhir.fhir_auth import BearerToken, ClientCredentials
 from hl7_fhir.fhir_client import FhirClient
 from hl7_fhir.gather import ClinicalQuery, gather_from_fhir, merge_contexts
@@ -267,10 +268,14 @@ def _demographic_rows(birth_date: date | None, sex: str | None) -> list[dict]:
 
 def _message(session: Session, header: Header) -> Hl7Message:
     """The stored record of a message, with the duplicate key ``seen`` reads: its control id, or ``_reused_id`` when
-    the sender used that control id before for another message (audited: a sequence reset, say)."""
+    the sender used that control id before for another message (audited: a sequence reset, say). AlreadyStored when
+    another connection stored this very message since ``seen`` (a resend after a lost ACK)."""
     control_id = header.control_id
-    if session.scalar(select(Hl7Message.id).where(Hl7Message.control_id == control_id,
-                                                  Hl7Message.sending_facility == header.sender)) is not None:
+    stored = session.scalars(select(Hl7Message.digest).where(Hl7Message.control_id == control_id,
+                                                             Hl7Message.sending_facility == header.sender)).all()
+    if any(digest in (None, header.digest) for digest in stored):
+        raise AlreadyStored(control_id)
+    if stored:
         control_id = _reused_id(header)
         session.add(AuditEvent(kind="hl7_control_id_reused", subject=f"{header.sender} {header.control_id}"[:128],
                                detail=f"another message came before under this control id; stored as {control_id}"))

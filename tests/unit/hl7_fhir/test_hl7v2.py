@@ -12,6 +12,7 @@ from hl7_fhir.er7 import escape, unescape
 from hl7_fhir.hl7v2 import (
     Hl7MessageError,
     build_ack,
+    content_digest,
     error_ack,
     parse,
     parse_demographics,
@@ -200,3 +201,13 @@ def test_error_ack_for_a_frame_without_msh_still_parses() -> None:
 def test_escape_round_trip() -> None:
     text = "a|b^c~d\\e&f\rg"
     assert "|" not in escape(text) and unescape(escape(text)) == text
+
+
+def test_a_resend_has_the_digest_of_its_original_and_another_message_does_not() -> None:
+    """A control id reused for another message is told from a resend by this digest: line endings, MSH-7 and
+    trailing empty fields (an engine that re-serialises on resend) must not make a resend look new."""
+    original = oru("D1")
+    resends = [original.replace("\n", "\r\n"), original.replace("20261120103000", "20261120113000"),
+               original.replace("||19500101|F\n", "||19500101|F|||\n")]
+    assert {content_digest(text) for text in resends} == {content_digest(original)}
+    assert content_digest(oru("D1", inr="4.8")) != content_digest(original)

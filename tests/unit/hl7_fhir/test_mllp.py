@@ -45,7 +45,7 @@ class FakeStore:
         self.stored_ids.add((header.control_id, header.sender))
 
     def inbox(self) -> Hl7Inbox:
-        return Hl7Inbox(self.seen, lambda h, r: self._commit(h, self.labs, r),
+        return Hl7Inbox(self.seen, lambda h, r: self._commit(h, self.labs, r) or [],
                         lambda h, d: self._commit(h, self.demographics, d),
                         lambda h, o: self._commit(h, self.orders, o), lambda h, m: self._commit(h, self.merges, m))
 

@@ -412,6 +412,20 @@ def test_a_control_id_reused_for_another_message_is_stored_not_dropped_as_a_rese
     assert "duplicate" in send(oru("1001", inr="1.1"))
 
 
+def test_a_resend_stored_meanwhile_by_another_connection_is_a_duplicate(tmp_path: Path) -> None:
+    """Two connections (a resend after a lost ACK) both passed the duplicate check before either committed: the
+    second was stored again under a 'reused' control id, its values twice, and audited as a sequence reset."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = Hl7Store(db)
+    racing = Hl7Inbox(lambda header: False, store.on_labs, store.on_demographics, store.on_order, store.on_merge)
+    acks = [racing.handle(oru("R100").replace("\n", "\r")).ack or "" for _ in range(2)]
+    assert "MSA|AA|R100|stored" in acks[0] and "duplicate message control id R100" in acks[1]
+    with db.session() as session:
+        assert session.scalars(select(Hl7Message.control_id)).all() == ["R100"]
+        assert not session.scalars(select(AuditEvent).where(AuditEvent.kind == "hl7_control_id_reused")).all()
+    db.dispose()
+
+
 def test_another_hospital_s_patient_with_the_same_id_is_not_read_as_the_study_s(stored, caplog) -> None:  # noqa: ANN001
     """Before, a study without an issuer got the INR of HOSPB's patient 12345, and the values of an authority this
     site does not map when it was the only one holding 12345 (a reference lab's patient)."""
