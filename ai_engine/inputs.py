@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from hl7_fhir.context import ClinicalContext
 
 
-STUDY_LEVEL_TASKS = frozenset({Task.MAMMOGRAPHY})  # read all series of a study together (one series per view)
 
 
 def load_inputs(task: Task, paths: Sequence[Path | str], context: ClinicalContext | None = None) -> DetectorInput:

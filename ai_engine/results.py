@@ -20,6 +20,7 @@ class Task(str, Enum):
     MAMMOGRAPHY = "mammography"
 
 
+STUDY_LEVEL_TASKS = frozenset({Task.MAMMOGRAPHY})  # read all series of a study together (one series per view)
 SIDES = {"L": "left", "R": "right", "B": "midline"}  # B: across the midline, a quarter or more on each side
 """A finding's ``laterality`` and its word in ``location``."""
 HEMORRHAGE_SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")

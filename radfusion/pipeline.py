@@ -23,7 +23,8 @@ from sqlalchemy import ColumnElement, Row, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ai_engine.detectors.base import Detector
-from ai_engine.inputs import STUDY_LEVEL_TASKS, load_inputs
+from ai_engine.detectors.registry import study_level_detectors
+from ai_engine.inputs import load_inputs
 from ai_engine.results import DetectorResult, Task
 from dicom_node.spool import safe_uid_component
 from hl7_fhir.context import ClinicalContext
@@ -70,11 +71,6 @@ def study_patient(study: Study) -> StudyPatient:
                         study.performed_at)
 
 
-def study_level_detectors(detectors: Mapping[str, Detector]) -> frozenset[str]:
-    """Names of the detectors that read a whole study at once (tasks in ``STUDY_LEVEL_TASKS``)."""
-    return frozenset(name for name, detector in detectors.items() if detector.task in STUDY_LEVEL_TASKS)
-
-
 class JobRunner:
     """Executes claimed jobs on worker threads."""
 
@@ -83,7 +79,7 @@ class JobRunner:
         self._db = db
         self._results_dir = results_dir
         self._detectors = detectors
-        self._study_level = study_level_detectors(detectors)
+        self._study_level = study_level_detectors()
         self._router = router
         self._settings = settings
         self._clinical = clinical
@@ -445,16 +441,21 @@ def _save(ds: pydicom.Dataset, kind: str, path: Path) -> WrittenObject:
 def clinical_summary(context: ClinicalContext) -> dict[str, str]:
     """What the radiologist should see of the clinical inputs: each lab, and what could not be read (or why there
     are no labs)."""
+    errors = _summary_errors(context.errors)
     if not context.labs:
-        return {"Clinical data": f"not used ({'; '.join(context.errors) or context.status})"}
+        return {"Clinical data": f"not used ({'; '.join(errors) or context.status})"}
     summary = {lab.name: f"{lab.value:g} {lab.unit}" + (f" ({lab.observed_at:%Y-%m-%d})" if lab.observed_at else "")
                for lab in context.labs.values()}
-    unread = [e.split(":")[0] for e in context.errors if e.endswith(f": {NOT_GATHERED}")]
-    errors = [e for e in context.errors if not e.endswith(f": {NOT_GATHERED}")]
-    errors += [f"{', '.join(unread)}: {NOT_GATHERED}"] if unread else []  # one line, not four, where no EMR is set
     if errors:  # a partial record must not read as a complete one
         summary["Clinical data"] = f"partly read: {'; '.join(errors)}"
     return summary
+
+
+def _summary_errors(errors: list[str]) -> list[str]:
+    """``errors`` with the sections not gathered named in one line, not one each (every SR where no EMR is set)."""
+    unread = {e: e.split(":")[0] for e in errors if e.endswith(f": {NOT_GATHERED}")}
+    joined = [f"{', '.join(unread.values())}: {NOT_GATHERED}"] if unread else []
+    return [e for e in errors if e not in unread] + joined
 
 
 def performed_at(ds: pydicom.Dataset) -> datetime | None:

@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import func, select
 
 from ai_engine.detectors.base import Detector
-from ai_engine.detectors.registry import create_detector
+from ai_engine.detectors.registry import create_detector, study_level_detectors
 from ai_engine.results import Task
 from dicom_node.errors import SpoolPathError
 from dicom_node.scp import ScpConfig, StorageScp
@@ -34,7 +34,7 @@ from radfusion.dicom_time import use_time_zone
 from radfusion.errors import ConfigError
 from radfusion.ingest import IngestRecorder
 from radfusion.models import Job, Study
-from radfusion.pipeline import JobRunner, study_level_detectors, study_patient
+from radfusion.pipeline import JobRunner, study_patient
 from radfusion.recovery import reconcile_spool, recover
 from radfusion.retention import purge_expired
 from radfusion.routing import compile_routing
@@ -87,7 +87,7 @@ class Service:
         self.assembler = StudyAssembler(self.db, router, settings.stability,
                                         {n: d.algorithm.version for n, d in self.detectors.items()},
                                         on_study_seen=self._prefetch_clinical,
-                                        study_level=study_level_detectors(self.detectors))
+                                        study_level=study_level_detectors())
         self.runner = JobRunner(self.db, self.spool.results, self.detectors, settings, self.clinical, router)
         self.deliveries = DeliveryWorker(self.db, settings)
         self.recorder = IngestRecorder(self.db, self.spool)

@@ -11,8 +11,7 @@ from pathlib import Path
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import aliased
 
-from ai_engine.detectors.registry import available_detectors
-from ai_engine.inputs import STUDY_LEVEL_TASKS
+from ai_engine.detectors.registry import study_level_detectors
 from radfusion.db import Database
 from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Study, same_input, utcnow
 
@@ -40,8 +39,8 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
                        Delivery.last_error).where(Delivery.state == state, Delivery.acknowledged_at.is_(None))
                 .order_by(order[state]).limit(RECENT)))
         later = aliased(Job)
-        study_level = {name for name, task in available_detectors().items() if task in STUDY_LEVEL_TASKS}
-        superseded = exists().where(same_input(later, study_level), later.detector == Job.detector, later.id > Job.id)
+        superseded = exists().where(same_input(later, study_level_detectors()), later.detector == Job.detector,
+                                    later.id > Job.id)
         open_failure = (Job.state == "failed", ~superseded, Job.acknowledged_at.is_(None))
         failed_jobs = session.execute(
             select(Job.id, Job.detector, Study.accession_number, Study.study_uid, Job.error)

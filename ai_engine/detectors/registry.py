@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ai_engine.errors import UnknownDetectorError
-from ai_engine.results import Task
+from ai_engine.results import STUDY_LEVEL_TASKS, Task
 
 if TYPE_CHECKING:
     from ai_engine.detectors.base import Detector
@@ -34,6 +34,11 @@ BUNDLED_DETECTORS = ("ich_fusion", "nodule_fusion", "mammo_fusion")  # served fr
 def available_detectors() -> dict[str, Task]:
     """Every detector name with the task it serves."""
     return {name: task for name, (task, _) in _DETECTORS.items()}
+
+
+def study_level_detectors() -> frozenset[str]:
+    """Names of the detectors that read a whole study at once (tasks in ``STUDY_LEVEL_TASKS``)."""
+    return frozenset(name for name, task in available_detectors().items() if task in STUDY_LEVEL_TASKS)
 
 
 def require_detector(name: str) -> Task:

@@ -137,6 +137,8 @@ def test_the_sr_s_clinical_summary_says_what_of_the_record_could_not_be_read() -
                                         *(f"{s}: {NOT_GATHERED}" for s in ("medications", "conditions"))])
     assert pipeline.clinical_summary(hl7_only)["Clinical data"] == (
         f"partly read: no FHIR server configured; medications, conditions: {NOT_GATHERED}")  # one line, not one each
+    assert pipeline.clinical_summary(replace(hl7_only, labs={}))["Clinical data"] == (
+        f"not used (no FHIR server configured; medications, conditions: {NOT_GATHERED})")
 
 
 def test_the_exam_time_sent_to_the_emr_carries_the_sender_s_offset_or_the_local_zone() -> None:
