@@ -22,8 +22,8 @@ names "ich", "nodule", "mammo" are accepted everywhere a task is taken). Each
   occurs outside a negation ("no trauma", "denies fall", "rule out trauma"; a negation ends at punctuation, at
   "after"/"but" or at a verb that starts a clause, so "no LOC, fall from ladder", "denies headache, fell" and "no
   LOC after fall" are falls, except that it reaches every item of a list of three or more closed by ", or"/",
-  nor": "denies trauma, falls, or anticoagulant use") and outside the feature's ``text_exclude`` phrases ("high fall risk",
-  "cerebrovascular accident"), 0 otherwise.
+  nor": "denies trauma, falls, or anticoagulant use") and outside the feature's ``text_exclude`` phrases ("high
+  fall risk", "cerebrovascular accident"), 0 otherwise.
 
 Missing data is explicit, never imputed: ``encode_clinical`` returns the values and a
 ``present`` mask; a missing value is 0 in ``values`` and False in ``present``. A list-type
