@@ -1,4 +1,5 @@
-"""What both hemorrhage detectors require of a series before reading it as a non-contrast head CT."""
+"""What both hemorrhage detectors require of a series before reading it as a non-contrast head CT, and how both
+name a bleed's side."""
 
 from __future__ import annotations
 
@@ -54,3 +55,11 @@ def body_cross_section_cm2(volume: Volume, samples: int = 12) -> float:
             largest = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
             areas.append(float(ndimage.binary_fill_holes(largest).sum()) * pixel_cm2)
     return float(np.median(areas)) if areas else 0.0
+
+
+def head_side(columns: np.ndarray, midline: float) -> str:
+    """"L" or "R" for a bleed's voxel ``columns`` in an LPS volume (they run toward the patient's left), "B" for one
+    across the ``midline`` column (a quarter or more on each side: a falx subdural, blood in the third ventricle),
+    whose centre fell to either side by a fraction of a millimetre."""
+    left = float(np.mean(columns > midline))
+    return "B" if 0.25 <= left <= 0.75 else "L" if left > 0.5 else "R"

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from ai_engine.detectors.base import DetectorInput, lps_volume
-from ai_engine.detectors.head_input import head_ct_notes
+from ai_engine.detectors.head_input import head_ct_notes, head_side
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, dilate_in_plane, fill_holes_per_slice
 from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
@@ -83,7 +83,7 @@ class IchBaseline:
         if brain_points.size == 0:
             return []
         brain_low, brain_high = brain_points.min(axis=0), brain_points.max(axis=0)
-        midline_x = volume.voxel_to_patient(brain_points.mean(axis=0))[0]
+        midline = float(brain_points[:, 2].mean())  # the brain's middle column
         findings = []
         for index, box in enumerate(boxes):
             if box is None:
@@ -98,7 +98,7 @@ class IchBaseline:
             center_mm = volume.voxel_to_patient(center)
             shell = ndimage.binary_dilation(mask_box, iterations=2) & ~mask_box
             csf_fraction = float(csf[box][shell].mean()) if shell.any() else 0.0
-            side = "L" if center_mm[0] > midline_x else "R"  # LPS: +x points to the patient's left
+            side = head_side(np.nonzero(mask)[2], midline)
             location = _location(center, side, brain_low, brain_high, csf_fraction)
             findings.append(Finding(
                 finding_type=FindingType.HEMORRHAGE,
@@ -113,7 +113,7 @@ class IchBaseline:
 
 def _location(center: tuple[float, ...], side_code: str, low: np.ndarray, high: np.ndarray,
               csf_fraction: float) -> str:
-    """'left|right <region>' from the side ("L"/"R") and the position inside the brain's extent."""
+    """'left|right|midline <region>' from the side ("L"/"R"/"B") and the position inside the brain's extent."""
     side = SIDES[side_code]
     if csf_fraction > 0.5:
         return f"{side} intraventricular"

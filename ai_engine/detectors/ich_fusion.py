@@ -43,7 +43,7 @@ from ai_engine.clinical_features import (
     note_encoding_of,
 )
 from ai_engine.detectors.base import DetectorInput, lps_volume
-from ai_engine.detectors.head_input import head_ct_notes
+from ai_engine.detectors.head_input import head_ct_notes, head_side
 from ai_engine.detectors.runtime import FUSION_INPUTS, deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.calibration import sigmoid
@@ -337,7 +337,7 @@ class IchFusion:
             subtype = SUBTYPES[int(np.argmax(class_mass))]
             center = tuple(float(c) for c in ndimage.center_of_mass(source_mask))
             zc, yc, _ = ndimage.center_of_mass(component)
-            side = _side(np.nonzero(component)[2], midline)
+            side = head_side(np.nonzero(component)[2], midline)
             location = f"{SIDES[side]} {_region(yc, component, image.prepared.slabs)} {subtype}"
             findings.append(Finding(
                 finding_type=FindingType.HEMORRHAGE, score=float(image.blood[component].max()),
@@ -369,14 +369,6 @@ def bleed_groups(blood: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 def _midline_column(slabs: np.ndarray) -> float:
     head = (slabs > -300.0).any(axis=0)
     return float(ndimage.center_of_mass(head)[1]) if head.any() else MODEL_SIZE / 2
-
-
-def _side(columns: np.ndarray, midline: float) -> str:
-    """"L" or "R" for a bleed's voxel ``columns`` (they run toward the patient's left), "B" for one across the
-    midline (a quarter or more on each side: a falx subdural, blood in the third ventricle), whose centre fell to
-    either side by a fraction of a millimetre."""
-    left = float(np.mean(columns > midline))
-    return "B" if 0.25 <= left <= 0.75 else "L" if left > 0.5 else "R"
 
 
 def _region(row: float, component: np.ndarray, slabs: np.ndarray) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from ai_engine.bundle import load_bundle
 from ai_engine.detectors import ich_fusion
+from ai_engine.detectors.head_input import head_side
 from ai_engine.detectors.registry import create_detector
 from ai_engine.inputs import load_inputs
 from ai_engine.results import FindingType, Task
@@ -194,6 +195,6 @@ def test_a_bleed_across_the_midline_is_called_midline_not_a_side() -> None:
     """A falx or third-ventricle bleed took the side its centre fell to by a fraction of a millimetre: left in one
     run, right in the next."""
     midline = 63.5
-    assert ich_fusion._side(np.array([40, 45, 50, 55, 70]), midline) == "R"  # columns run toward the patient's left
-    assert ich_fusion._side(np.array([70, 80, 90, 95, 50]), midline) == "L"
-    assert ich_fusion._side(np.array([60, 62, 64, 66, 68, 58]), midline) == "B"
+    assert head_side(np.array([40, 45, 50, 55, 70]), midline) == "R"  # columns run toward the patient's left
+    assert head_side(np.array([70, 80, 90, 95, 50]), midline) == "L"
+    assert head_side(np.array([60, 62, 64, 66, 68, 58]), midline) == "B"
