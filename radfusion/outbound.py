@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from ai_engine.results import DetectorResult, Task
@@ -84,8 +85,12 @@ def fhir_addressable(study: OutboundStudy) -> bool:
 
 
 def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[OutboundFinding], settings: Settings,
-                      now: datetime) -> list[Delivery]:
-    """A FHIR DiagnosticReport or an HL7 ORU^R01 for each of the job's report destinations still configured."""
+                      now: datetime, hl7_told: Collection[str] = ()) -> list[Delivery]:
+    """A FHIR DiagnosticReport or an HL7 ORU^R01 for each of the job's report destinations still configured.
+
+    A re-issue's ORU is a correction only for the HL7 destinations in ``hl7_told`` (sent, or still being sent, the
+    result it replaces); one that never got that result (its delivery failed, or it was added since) gets a
+    preliminary result, not a correction of an order it does not know, which a RIS may refuse."""
     deliveries = []
     hl7 = {d.name for d in settings.hl7_destinations}
     for index, name in enumerate(job.report_destinations):
@@ -96,7 +101,8 @@ def report_deliveries(job: Job, study: OutboundStudy, findings: Sequence[Outboun
             payload = transaction_bundle([report, *observations]).model_dump(mode="json", exclude_none=True)
             deliveries.append(Delivery(kind="fhir_report", target=name, job_id=job.id, payload=payload))
         elif name in hl7:
-            message = build_oru_result(study, findings, _endpoints(settings, name),
+            oru_study = study if name in hl7_told else replace(study, replaces_result_uid="")
+            message = build_oru_result(oru_study, findings, _endpoints(settings, name),
                                        control_id=_control_id(job, "R", index))
             deliveries.append(Delivery(kind="hl7_report", target=name, job_id=job.id, payload={"message": message}))
     return deliveries

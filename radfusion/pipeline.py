@@ -277,7 +277,10 @@ class JobRunner:
                                 "" if replaced_all is None else replaced_all.sop_instance_uid)
         _audit_untold(session, job, untold_targets(job, self._settings, study, reports=True, alerts=urgent))
         if study is not None:
-            session.add_all(report_deliveries(job, study, findings, self._settings, now))
+            told = set() if predecessor_id is None else set(session.scalars(
+                select(Delivery.target).join(Artifact, Artifact.job_id == Delivery.job_id).where(
+                    Artifact.id == predecessor_id, Delivery.kind == "hl7_report", Delivery.state != "failed")))
+            session.add_all(report_deliveries(job, study, findings, self._settings, now, hl7_told=told))
         if urgent:
             self._queue_alert(session, job, result, study, findings, sources, now)
         job.state = "done"
