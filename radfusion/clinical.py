@@ -70,10 +70,7 @@ class Hl7Store:
         same content (``Header.digest``; a row stored before migration 0007 has none and counts), or the control id
         it was stored under because the sender had used its own for another message (``_reused_id``)."""
         with self._db.session() as session:
-            digests = session.scalars(select(Hl7Message.digest).where(
-                Hl7Message.sending_facility == header.sender,
-                Hl7Message.control_id.in_([header.control_id, _reused_id(header)]))).all()
-        return any(digest in (None, header.digest) for digest in digests)
+            return _holds(_stored_digests(session, header), header)
 
     def on_labs(self, header: Header, report: LabReport) -> list[int]:
         """Store the values; return how many stored values each of the report's retractions removed.
@@ -271,11 +268,10 @@ def _message(session: Session, header: Header) -> Hl7Message:
     the sender used that control id before for another message (audited: a sequence reset, say). AlreadyStored when
     another connection stored this very message since ``seen`` (a resend after a lost ACK)."""
     control_id = header.control_id
-    stored = session.scalars(select(Hl7Message.digest).where(Hl7Message.control_id == control_id,
-                                                             Hl7Message.sending_facility == header.sender)).all()
-    if any(digest in (None, header.digest) for digest in stored):
+    stored = _stored_digests(session, header)
+    if _holds(stored, header):
         raise AlreadyStored(control_id)
-    if stored:
+    if stored:  # all under the control id itself: one under ``_reused_id`` has this digest
         control_id = _reused_id(header)
         session.add(AuditEvent(kind="hl7_control_id_reused", subject=f"{header.sender} {header.control_id}"[:128],
                                detail=f"another message came before under this control id; stored as {control_id}"))
@@ -283,6 +279,19 @@ def _message(session: Session, header: Header) -> Hl7Message:
                     header.sender, header.control_id, control_id)
     return Hl7Message(control_id=control_id, sending_facility=header.sender, message_type=header.message_type,
                       digest=header.digest or None)
+
+
+def _stored_digests(session: Session, header: Header) -> list[str | None]:
+    """The digests of the messages of ``header``'s sender stored under its control id or its ``_reused_id``."""
+    return list(session.scalars(select(Hl7Message.digest).where(
+        Hl7Message.sending_facility == header.sender,
+        Hl7Message.control_id.in_([header.control_id, _reused_id(header)]))))
+
+
+def _holds(digests: list[str | None], header: Header) -> bool:
+    """Whether ``digests`` (``_stored_digests``) include this message: its own, or none (a row stored before
+    migration 0007, taken for it)."""
+    return any(digest in (None, header.digest) for digest in digests)
 
 
 def _reused_id(header: Header) -> str:
