@@ -109,9 +109,8 @@ def header_numbers(path: Path, keyword: str, value: object) -> tuple[float, ...]
     """``value`` of ``keyword`` as its ``HEADER_COUNTS`` finite numbers, positive ones for a spacing; a VolumeError
     naming the attribute otherwise (a negative Pixel Spacing put a left-sided bleed on the right, outside the
     head; a zero or single-valued one failed deep in a detector)."""
-    items = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
     try:
-        numbers = tuple(float(item) for item in items)
+        numbers = tuple(float(item) for item in _values(value))
     except (TypeError, ValueError):
         numbers = ()
     spacing = keyword.endswith("PixelSpacing")
@@ -124,9 +123,12 @@ def header_numbers(path: Path, keyword: str, value: object) -> tuple[float, ...]
 def image_type_values(image_type: object) -> list[str]:
     """The values of an Image Type (or Frame Type) as pydicom reads it or as the ingest stores it (a string, a list
     of strings, None)."""
-    if image_type is None:
-        return []
-    return [str(v) for v in (image_type if isinstance(image_type, list | tuple | MultiValue) else [image_type])]
+    return [] if image_type is None else [str(v) for v in _values(image_type)]
+
+
+def _values(value: object) -> list[object]:
+    """A header value's values: those of a multi-valued one, else the one."""
+    return list(value) if isinstance(value, list | tuple | MultiValue) else [value]
 
 
 def is_localizer(image_type: object) -> bool:
