@@ -198,3 +198,39 @@ def test_a_bleed_across_the_midline_is_called_midline_not_a_side() -> None:
     assert head_side(np.array([40, 45, 50, 55, 70]), midline) == "R"  # columns run toward the patient's left
     assert head_side(np.array([70, 80, 90, 95, 50]), midline) == "L"
     assert head_side(np.array([60, 62, 64, 66, 68, 58]), midline) == "B"
+
+
+def _bone_kernel_like(tmp_path: Path, noise_hu: float, sharpen: float) -> list[Path]:
+    """A bleed-free head as a sharp kernel shows it: ``noise_hu`` of pixel noise, edges enhanced by an unsharp
+    mask of strength ``sharpen``."""
+    from scipy import ndimage
+
+    acquisition = HeadAcquisition(rows=128, slice_mm=5.0, coverage_mm=120.0, noise_hu=noise_hu, kernel_mm=0.1)
+    head = make_head_case(np.random.default_rng(3), acquisition)
+    hu = head.hu + sharpen * (head.hu - ndimage.gaussian_filter(head.hu, sigma=(0.0, 1.5, 1.5)))
+    case = IchCase("ICH000000003", hu, head.labels, head.spacing, [], None, None, 0, 70.0, "M")
+    return write_case_dicom(case, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["ich_fusion", "ich_baseline"])
+def test_a_bone_kernel_series_is_refused_by_name_of_its_noise(tmp_path: Path, name: str) -> None:
+    """A bone-kernel reconstruction of a bleed-free head (40 HU of edge-enhanced noise) was read and paged as a
+    3-focus hemorrhage by ich_fusion; the default routing sends every CT series of a head to it."""
+    from ai_engine.errors import DetectorInputError
+
+    paths = _bone_kernel_like(tmp_path, noise_hu=40.0, sharpen=1.0)
+    with pytest.raises(DetectorInputError, match=r"pixel noise in the brain is \d+ HU, more than 25 HU: a bone or "
+                                                 r"edge-enhancing kernel\?"):
+        create_detector(name).detect(load_inputs(Task.ICH, paths))
+
+
+def test_the_result_says_when_the_image_is_noisier_than_the_validated_protocols(tmp_path: Path) -> None:
+    from ai_engine.detectors.head_input import brain_noise_hu, head_ct_notes
+
+    noisy = load_inputs(Task.ICH, _bone_kernel_like(tmp_path / "noisy", noise_hu=14.0, sharpen=0.0)).volume
+    usual = load_inputs(Task.ICH, _bone_kernel_like(tmp_path / "usual", noise_hu=5.0, sharpen=0.0)).volume
+    assert 10.0 < brain_noise_hu(noisy) < 13.0 and 4.0 < brain_noise_hu(usual) < 6.0
+    assert head_ct_notes(noisy, "ich_fusion") == [
+        f"pixel noise in the brain is {brain_noise_hu(noisy):.0f} HU, more than the 8 HU of the noisiest held-out "
+        f"protocol: accuracy at this noise was not measured (model card)"]
+    assert head_ct_notes(usual, "ich_fusion") == []
