@@ -90,6 +90,19 @@ class Reorientation:
         return (z, y, x)
 
 
+def is_axial(direction: np.ndarray) -> bool:
+    """True when ``direction`` (rows: the row direction, the column direction, the slice normal) is an axial
+    series': the normal mostly along the patient's z axis, the rows and columns along x and y in either order."""
+    dominant = [int(np.argmax(np.abs(axis))) for axis in np.asarray(direction, dtype=float)]
+    return dominant[2] == 2 and sorted(dominant[:2]) == [0, 1]
+
+
+def image_direction(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
+    """The direction rows of an image's Image Orientation (Patient): row, column, and their cross product."""
+    row, column = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:6], dtype=float)
+    return np.stack([row, column, np.cross(row, column)])
+
+
 def to_lps(volume: Volume) -> tuple[Volume, Reorientation]:
     """``volume`` in LPS order, and the reorientation that maps results back onto its stored voxels.
 
@@ -98,11 +111,10 @@ def to_lps(volume: Volume) -> tuple[Volume, Reorientation]:
     series stored rotated by 90 degrees); a sagittal or coronal series is refused with a VolumeError.
     """
     direction = np.asarray(volume.direction, dtype=float)
-    dominant = [int(np.argmax(np.abs(axis))) for axis in direction]
-    if dominant[2] != 2 or sorted(dominant[:2]) != [0, 1]:
+    if not is_axial(direction):
         names = ", ".join(f"{name} {np.round(axis, 3).tolist()}" for name, axis in zip(AXIS_NAMES, direction, strict=True))
         raise VolumeError(f"not an axial series ({names}, in patient x, y, z): the CT detectors need axial slices")
-    swap = dominant[0] == 1
+    swap = int(np.argmax(np.abs(direction[0]))) == 1
     lps_direction = direction[[1, 0, 2]] if swap else direction
     flips = tuple(bool(lps_direction[i, i] < 0) for i in (2, 1, 0))
     notes = () if not any(volume.shear_mm) else (

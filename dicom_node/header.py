@@ -41,6 +41,8 @@ INSTANCE_ATTRIBUTES: tuple[str, ...] = (
     "SeriesNumber",
     "Manufacturer",
     "NumberOfFrames",
+    "ConvolutionKernel",
+    "SOPClassUID",
 )
 """Keywords copied into ``StoredInstance.attributes`` (None when absent or empty)."""
 

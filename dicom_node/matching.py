@@ -15,8 +15,9 @@ Syntax of a rule's ``match`` (YAML shown; any mapping/list/str/number structure 
         - all: [{Manufacturer: GE}, {SeriesNumber: {min: 2}}]
 
 * Every key of a mapping must hold. Keys are DICOM keywords (checked against pydicom's
-  dictionary) or the combinators ``all`` (every mapping in the list holds) and ``any`` (at
-  least one holds).
+  dictionary, and against the keywords the caller's series attributes hold, when it names
+  them) or the combinators ``all`` (every mapping in the list holds) and ``any`` (at least
+  one holds).
 * A missing attribute (absent, or None in the attributes) never matches a positive pattern
   and always satisfies a negated one.
 * Exact strings compare case-insensitively after trimming; ``/.../`` patterns use Python
@@ -30,7 +31,7 @@ spec (e.g. ``match.any[1].SeriesDescription``) and the reason.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from pydicom.datadict import tag_for_keyword
 
@@ -55,11 +56,13 @@ class SeriesMatcher:
         return self._predicate(attributes)
 
 
-def compile_match(spec: object, path: str = "match") -> SeriesMatcher:
-    """Compile a ``match`` mapping; raise RuleError naming ``path`` inside it when it is malformed."""
+def compile_match(spec: object, path: str = "match", keywords: Collection[str] | None = None) -> SeriesMatcher:
+    """Compile a ``match`` mapping; raise RuleError naming ``path`` inside it when it is malformed, or when it tests
+    a keyword outside ``keywords`` (the attributes a series is described by: any other would always read as
+    missing, so a rule on it would silently never, or always, match)."""
     if not isinstance(spec, Mapping):
         raise RuleError(f"{path}: expected a mapping of DICOM keyword to pattern, got {type(spec).__name__}")
-    return SeriesMatcher(_compile_conditions(spec, path), spec)
+    return SeriesMatcher(_compile_conditions(spec, path, keywords), spec)
 
 
 def _values(value: object) -> list[object]:
@@ -81,14 +84,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _compile_conditions(spec: Mapping[str, object], path: str) -> Predicate:
+def _compile_conditions(spec: Mapping[str, object], path: str, keywords: Collection[str] | None) -> Predicate:
     if not spec:
         raise RuleError(f"{path}: empty mapping; a condition needs at least one keyword or combinator")
-    predicates = [_compile_entry(str(key), value, f"{path}.{key}") for key, value in spec.items()]
+    predicates = [_compile_entry(str(key), value, f"{path}.{key}", keywords) for key, value in spec.items()]
     return lambda attributes: all(predicate(attributes) for predicate in predicates)
 
 
-def _compile_entry(key: str, value: object, path: str) -> Predicate:
+def _compile_entry(key: str, value: object, path: str, keywords: Collection[str] | None) -> Predicate:
     if key in _COMBINATORS:
         if not isinstance(value, Sequence) or isinstance(value, str) or not value:
             raise RuleError(f"{path}: expected a non-empty list of mappings, got {value!r}")
@@ -96,11 +99,14 @@ def _compile_entry(key: str, value: object, path: str) -> Predicate:
         for index, item in enumerate(value):
             if not isinstance(item, Mapping):
                 raise RuleError(f"{path}[{index}]: expected a mapping, got {type(item).__name__}")
-            branches.append(_compile_conditions(item, f"{path}[{index}]"))
+            branches.append(_compile_conditions(item, f"{path}[{index}]", keywords))
         combine = all if key == "all" else any
         return lambda attributes: combine(branch(attributes) for branch in branches)
     if tag_for_keyword(key) is None:
         raise RuleError(f"{path}: {key!r} is not a DICOM keyword (nor 'all'/'any')")
+    if keywords is not None and key not in keywords:
+        raise RuleError(f"{path}: {key!r} is not an attribute series are routed by; they are: "
+                        f"{', '.join(sorted(keywords))}")
     test = _compile_pattern(value, path)
     return lambda attributes: test(attributes.get(key))
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from ai_engine.orientation import image_direction, is_axial
 from dicom_node.assembly import SlicePosition, check_series_geometry, series_is_candidate
 from radfusion.db import Database
 from radfusion.errors import RadfusionError
@@ -128,6 +129,13 @@ class StudyAssembler:
             if not matches:
                 session.add(AuditEvent(kind="no_rule_matched", subject=series.series_uid,
                                        detail=f"modality {series.modality}"))
+            elif plane := _reformatted_plane(session, series):  # a job would only fail: the CT detectors read axial
+                skipped = [m.detector for m in matches if m.detector not in self._study_level]
+                matches = [m for m in matches if m.detector in self._study_level]
+                if skipped:
+                    session.add(AuditEvent(kind="not_axial", subject=series.series_uid,
+                                           detail=f"a {plane} series: not analysed by {', '.join(skipped)}, which "
+                                                  f"read axial series"))
             released_at = session.scalar(select(Association.ended_at).where(Association.id == series.last_association_id))
             jobs = 0
             for match in matches:
@@ -217,3 +225,17 @@ def _reopen(session: Session, study: Study, now: datetime) -> str | None:
     session.add(AuditEvent(kind="study_reprocess_requested", subject=study.study_uid,
                            detail=f"{reopened} series re-opened for analysis"))
     return None
+
+
+def _reformatted_plane(session: Session, series: Series) -> str | None:
+    """"sagittal", "coronal" or "oblique" when the series' first image (not a localizer) is not axial (the CT
+    detectors refuse such a series: an MPR of the axial one); None for an axial series or one without orientation."""
+    orientation = session.scalar(select(Instance.orientation).where(Instance.series_id == series.id,
+                                                                    Instance.localizer.is_(False))
+                                 .order_by(Instance.instance_number, Instance.id).limit(1))
+    if not orientation:
+        return None
+    direction = image_direction(orientation)
+    if is_axial(direction):
+        return None
+    return {0: "sagittal", 1: "coronal"}.get(int(abs(direction[2]).argmax()), "oblique")

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 SERIES_ATTRIBUTES = (
     "Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName",
     "SliceThickness", "ImageType", "Rows", "Columns", "Laterality", "SeriesNumber", "Manufacturer",
-    "ContrastBolusAgent",
-)
+    "ContrastBolusAgent", "ConvolutionKernel", "SOPClassUID",
+)  # the keywords routing rules may test (radfusion.routing); add one here and to dicom_node.header to route by it
 INSERT_RETRIES = 3
 SERIES_ID_CACHE = 10_000
 

@@ -9,6 +9,7 @@ from ai_engine.detectors.registry import UnknownDetectorError, require_detector
 from dicom_node.errors import DicomNodeError
 from dicom_node.matching import SeriesMatcher, compile_match
 from radfusion.errors import ConfigError
+from radfusion.ingest import SERIES_ATTRIBUTES
 from radfusion.settings import RoutingRuleSettings
 
 
@@ -68,7 +69,7 @@ def compile_routing(rules: Sequence[RoutingRuleSettings]) -> Router:
     routes = []
     for i, rule in enumerate(rules):
         try:
-            matcher = compile_match(rule.match)
+            matcher = compile_match(rule.match, keywords=SERIES_ATTRIBUTES)
         except DicomNodeError as exc:
             raise ConfigError(f"routing[{i}] ({rule.name}).match: {exc}") from None
         for j, name in enumerate(rule.detectors):

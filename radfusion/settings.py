@@ -376,6 +376,16 @@ class Hl7Settings(Strict):
 # with thick slices only edits the rule.
 THIN_SLICE_LIMIT_MM = 3.05
 
+# A CT study holds more than the reconstructions the detectors read: dose screens (Secondary Capture with Modality
+# CT), maximum/minimum intensity projections and renderings. The CT rules read CT Image Storage and its enhanced forms
+# only (or a series stored before SOPClassUID was routable), and no projection; sagittal and coronal reformats get no
+# job either (radfusion.assembly: the CT detectors read axial series). The head rule leaves out kernels named bone or
+# edge; the ICH detectors refuse a bone kernel of another name by its noise (ai_engine/detectors/head_input.py).
+CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+NOT_PROJECTION = "!/^(MIP|MINIP|MIN IP|MAXIMUM|MINIMUM|PROJECTION IMAGE|VOLUME_RENDER|VOLUME RENDERING|CURVED|CPR)$/i"
+NOT_SCOUT_OR_PROJECTION = "!/scout|localizer|topogram|surview|\\bmip\\b|\\bmin ?ip\\b/i"
+NOT_BONE_KERNEL = "!/bone|edge/i"
+
 
 def _body_part(pattern: str) -> dict[str, object]:
     """A match on Body Part Examined, or, where it is empty (it is Type 3, and often left out), on the study's or
@@ -387,18 +397,19 @@ def _body_part(pattern: str) -> dict[str, object]:
 def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[str] = ()) -> list[RoutingRuleSettings]:
     """Head CT, chest CT and mammograms to the deep fusion detectors; results kept locally unless
     ``destinations`` and ``alert_channels`` are given."""
-    not_scout = "!/scout|localizer|topogram|surview/i"
+    ct_image = {"Modality": "CT", "SOPClassUID": ["!/./", *CT_IMAGE_CLASSES], "ImageType": NOT_PROJECTION,
+                "SeriesDescription": NOT_SCOUT_OR_PROJECTION}
     common = {"destinations": list(destinations), "alert_channels": list(alert_channels)}
     return [
         RoutingRuleSettings(
             name="head-ct-hemorrhage",
-            match={"Modality": "CT", "SeriesDescription": not_scout, **_body_part("/head|brain|skull|cran/i"),
+            match={**ct_image, **_body_part("/head|brain|skull|cran/i"), "ConvolutionKernel": NOT_BONE_KERNEL,
                    "ContrastBolusAgent": ["!/./", f"/^{NO_AGENT}$/i"]},  # no agent, or a word for none (contrast.py)
             detectors=["ich_fusion"], **common,
         ),
         RoutingRuleSettings(
             name="chest-ct-nodule",
-            match={"Modality": "CT", "SeriesDescription": not_scout, **_body_part("/chest|lung|thora/i"),
+            match={**ct_image, **_body_part("/chest|lung|thora/i"),
                    "SliceThickness": ["!/./", {"max": THIN_SLICE_LIMIT_MM}]},  # thin reconstructions only, see below
             detectors=["nodule_fusion"], **common,
         ),

@@ -22,12 +22,12 @@ AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
 def _record(db: Database, tmp_path: Path, study: str, positions: list[list[float]], series: str = "1",
-            body_part: str = "HEAD", sop_root: str = "9") -> None:
+            body_part: str = "HEAD", sop_root: str = "9", orientation: list[float] = AXIAL) -> None:
     spool = Spool(tmp_path / "spool")
     recorder = IngestRecorder(db, spool)
     for index, position in enumerate(positions):
         attributes = {"Modality": "CT", "BodyPartExamined": body_part, "SeriesDescription": "Axial",
-                      "ImagePositionPatient": position, "ImageOrientationPatient": AXIAL, "InstanceNumber": index + 1}
+                      "ImagePositionPatient": position, "ImageOrientationPatient": orientation, "InstanceNumber": index + 1}
         sop = f"{study}.{sop_root}.{index}"
         path = spool.instance_path(study, f"{study}.{series}", sop)
         spool.write_durably(path, b"header and pixels")
@@ -130,4 +130,23 @@ def test_a_series_another_open_association_is_still_sending_waits_for_it(tmp_pat
     assert assembler.tick(settled) == 0  # B is still open
     recorder.association_closed("B", released=True)
     assert assembler.tick(settled) == 1
+    db.dispose()
+
+
+def test_a_sagittal_or_coronal_reformat_gets_no_job_but_an_audit_event(tmp_path: Path) -> None:
+    """An MPR of a head CT passed the routing rule and became a job that could only fail ("not an axial series"):
+    every trauma head CT left failed jobs that `status --check` reported for someone to act on."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    _record(db, tmp_path, "1.2.3.100", [[0.0, 0.0, 5.0 * z] for z in range(3)], series="1")
+    _record(db, tmp_path, "1.2.3.100", [[2.0 * x, 0.0, 0.0] for x in range(3)], series="2", sop_root="8",
+            orientation=[0.0, 1.0, 0.0, 0.0, 0.0, -1.0])
+    _record(db, tmp_path, "1.2.3.100", [[0.0, 2.0 * y, 0.0] for y in range(3)], series="3", sop_root="7",
+            orientation=[1.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+    assert _assembler(db).tick(utcnow() + timedelta(hours=1)) == 1
+    with db.session() as session:
+        (job,) = session.scalars(select(Job)).all()
+        assert job.series.series_uid == "1.2.3.100.1"
+        audits = {e.subject: e.detail for e in session.scalars(select(AuditEvent).where(AuditEvent.kind == "not_axial"))}
+        assert audits == {"1.2.3.100.2": "a sagittal series: not analysed by ich_fusion, which read axial series",
+                          "1.2.3.100.3": "a coronal series: not analysed by ich_fusion, which read axial series"}
     db.dispose()

@@ -89,3 +89,33 @@ def test_a_word_for_no_contrast_still_reaches_the_hemorrhage_detector(agent: str
     router = compile_routing(default_routing())
     head = {"Modality": "CT", "BodyPartExamined": "HEAD", "SeriesDescription": "Head 5mm", "ContrastBolusAgent": agent}
     assert [m.detector for m in router.select(head)] == (["ich_fusion"] if routed else [])
+
+
+def test_a_rule_on_an_attribute_series_are_not_routed_by_is_refused_by_its_path() -> None:
+    """A rule on Convolution Kernel was accepted, but the router never saw the kernel: every series read as having
+    none, so a rule requiring a soft kernel silently stopped all hemorrhage analysis (and `status` said OK)."""
+    rule = RoutingRuleSettings(name="soft", match={"Modality": "CT", "any": [{"PatientName": "/x/"}]},
+                               detectors=["ich_fusion"])
+    with pytest.raises(ConfigError, match=r"routing\[0\] \(soft\)\.match: match\.any\[0\]\.PatientName: 'PatientName' is "
+                                          r"not an attribute series are routed by; they are: BodyPartExamined, .*"
+                                          r"ConvolutionKernel, .*SOPClassUID"):
+        compile_routing([rule])
+    soft = RoutingRuleSettings(name="soft", match={"ConvolutionKernel": "/^H3/i"}, detectors=["ich_fusion"])
+    assert [m.detector for m in compile_routing([soft]).select({**HEAD, "ConvolutionKernel": "H31s"})] == ["ich_fusion"]
+
+
+def test_the_default_ct_rules_leave_out_dose_screens_projections_and_bone_kernels() -> None:
+    """A trauma head CT's bone-kernel series, its MIPs and the dose screen (Secondary Capture, Modality CT) each
+    became a job: a second SR with a false finding, and failed jobs."""
+    router = compile_routing(default_routing())
+    chest = {"Modality": "CT", "BodyPartExamined": "CHEST", "SeriesDescription": "Lung 1mm", "SliceThickness": "1"}
+    for series, detector in ((HEAD, "ich_fusion"), (chest, "nodule_fusion")):
+        for read in ({}, {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2.1"},
+                     {"ImageType": ["DERIVED", "SECONDARY", "AXIAL"]}, {"SeriesDescription": "Admiral 5mm"}):
+            assert [m.detector for m in router.select({**series, **read})] == [detector]
+        for left_out in ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, {"ImageType": ["DERIVED", "SECONDARY", "MIP"]},
+                         {"ImageType": ["DERIVED", "PRIMARY", "VOLUME", "MAXIMUM"]}, {"SeriesDescription": "MIP 10 mm"},
+                         {"SeriesDescription": "Ax MinIP"}):
+            assert router.select({**series, **left_out}) == []
+    assert router.select({**HEAD, "ConvolutionKernel": "BONEPLUS"}) == []
+    assert [m.detector for m in router.select({**HEAD, "ConvolutionKernel": "H31s"})] == ["ich_fusion"]
