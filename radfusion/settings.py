@@ -380,11 +380,12 @@ THIN_SLICE_LIMIT_MM = 3.05
 # CT), maximum/minimum intensity projections and renderings. The CT rules read CT Image Storage and its enhanced forms
 # only (or a series stored before SOPClassUID was routable), and no projection; sagittal and coronal reformats get no
 # job either (radfusion.assembly: the CT detectors read axial series). The head rule leaves out kernels named bone or
-# edge; the ICH detectors refuse a bone kernel of another name by its noise (ai_engine/detectors/head_input.py).
+# edge and sharp kernels named in the Siemens/Canon manner (H70h, Hr64, J70h, FC81: letters, then a sharpness of 60 or
+# more); the ICH detectors refuse a bone kernel of another name by its noise (ai_engine/detectors/head_input.py).
 CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
 NOT_PROJECTION = "!/^(MIP|MINIP|MIN IP|MAXIMUM|MINIMUM|PROJECTION IMAGE|VOLUME_RENDER|VOLUME RENDERING|CURVED|CPR)$/i"
 NOT_SCOUT_OR_PROJECTION = "!/scout|localizer|topogram|surview|\\bmip\\b|\\bmin ?ip\\b/i"
-NOT_BONE_KERNEL = "!/bone|edge/i"
+NOT_BONE_KERNEL = "!/bone|edge|^[a-z]{1,2}[6-9][0-9]/i"
 
 
 def _body_part(pattern: str) -> dict[str, object]:

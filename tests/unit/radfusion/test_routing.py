@@ -117,5 +117,8 @@ def test_the_default_ct_rules_leave_out_dose_screens_projections_and_bone_kernel
                          {"ImageType": ["DERIVED", "PRIMARY", "VOLUME", "MAXIMUM"]}, {"SeriesDescription": "MIP 10 mm"},
                          {"SeriesDescription": "Ax MinIP"}):
             assert router.select({**series, **left_out}) == []
-    assert router.select({**HEAD, "ConvolutionKernel": "BONEPLUS"}) == []
-    assert [m.detector for m in router.select({**HEAD, "ConvolutionKernel": "H31s"})] == ["ich_fusion"]
+    for bone in ("BONEPLUS", "H70h", "Hr64", "J70h", "FC81", "EDGE"):
+        assert router.select({**HEAD, "ConvolutionKernel": bone}) == []
+    for soft in ("H31s", "Hr38", "J40s", "FC26", "STANDARD", "SOFT", "UB", "A", "YA"):
+        assert [m.detector for m in router.select({**HEAD, "ConvolutionKernel": soft})] == ["ich_fusion"]
+    assert [m.detector for m in router.select({**chest, "ConvolutionKernel": "B70f"})] == ["nodule_fusion"]
