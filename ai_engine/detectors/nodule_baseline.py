@@ -17,10 +17,12 @@ from scipy import ndimage
 from ai_engine.detectors.base import DetectorInput, lps_volume
 from ai_engine.detectors.common import BASELINE_NOTES, baseline_algorithm, logistic
 from ai_engine.detectors.morphology import components, fill_holes_per_slice, outside_per_slice
+from ai_engine.errors import DetectorInputError
 from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
 NAME = "nodule_baseline"
+MAX_SLICE_GAP_MM = 2.0  # a nodule of 3 mm or more always reaches a slice
 VERSION = "0.1.0"
 BODY_HU = -500.0  # above it: the body (soft tissue, bone), for its midline
 
@@ -55,6 +57,7 @@ class NoduleBaseline:
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Find compact soft-tissue components inside the lungs of ``inputs.volume``."""
         volume, reorientation = lps_volume(inputs, NAME, "chest")
+        refuse_slice_gaps(volume, NAME)
         lungs = self.lung_mask(volume)
         findings: list[Finding] = []
         if lungs.any():
@@ -168,6 +171,19 @@ def seal_cut_edges(air: np.ndarray, min_run: int) -> np.ndarray:
 def _sealed_run(parameters: NoduleParameters, volume: Volume) -> int:
     """``min_sealed_run_mm`` in rows of ``volume``."""
     return round(parameters.min_sealed_run_mm / volume.spacing_mm[1])
+
+
+def refuse_slice_gaps(volume: Volume, detector: str) -> None:
+    """Refuse (DetectorInputError) a series whose slices leave gaps of more than ``MAX_SLICE_GAP_MM`` between them
+    (a sequential high-resolution protocol: 1.25 mm slices every 5-10 mm): a nodule in a gap is not seen, and the
+    detectors' false nodules on such a series were reported as Lung-RADS 4B and 4X."""
+    if volume.slice_thickness_mm is None:
+        return
+    gap = volume.spacing_mm[0] - volume.slice_thickness_mm
+    if gap > MAX_SLICE_GAP_MM:
+        raise DetectorInputError(f"{detector}: slices of {volume.slice_thickness_mm:g} mm every "
+                                 f"{volume.spacing_mm[0]:.2f} mm leave gaps of {gap:.2f} mm, in which a nodule lies "
+                                 f"unseen: read a contiguous reconstruction (check the routing rule)")
 
 
 def body_midline_x(volume: Volume) -> float:

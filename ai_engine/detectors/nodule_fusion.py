@@ -31,7 +31,13 @@ from ai_engine.clinical_features import (
     note_encoding_of,
 )
 from ai_engine.detectors.base import DetectorInput, lps_volume
-from ai_engine.detectors.nodule_baseline import NoduleBaseline, body_midline_x, cut_off_sides, lung_side
+from ai_engine.detectors.nodule_baseline import (
+    NoduleBaseline,
+    body_midline_x,
+    cut_off_sides,
+    lung_side,
+    refuse_slice_gaps,
+)
 from ai_engine.detectors.runtime import deploy_network_and_fusion
 from ai_engine.errors import DetectorInputError
 from ai_engine.fusion.head import FusionHead, modality_weight_dict
@@ -384,6 +390,7 @@ class NoduleFusion:
     def detect(self, inputs: DetectorInput) -> DetectorResult:
         """Nodules of ``inputs.volume`` with size, type, malignancy, Lung-RADS, mask, heat map and modality weights."""
         volume, reorientation = lps_volume(inputs, NAME, "chest")
+        refuse_slice_gaps(volume, NAME)
         analysis = self.analyse(volume)
         lung_ml = float(analysis.grid.lungs.sum()) * VOXEL_ML
         if lung_ml < MIN_LUNG_ML:  # a negative here would say "no nodule" where nothing was searched

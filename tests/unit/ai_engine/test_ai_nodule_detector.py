@@ -127,3 +127,18 @@ def test_a_lung_the_field_of_view_cuts_off_is_searched_and_the_cut_is_noted(dete
     tabled = phantom.hu.copy()
     tabled[:, -12:-6, :] = 200.0  # a table across the whole width, below the patient
     assert cut_off_sides(_volume(tabled, phantom.spacing)) == []
+
+
+@pytest.mark.parametrize("name", ["nodule_fusion", "nodule_baseline"])
+def test_a_series_with_gaps_between_its_slices_is_refused(name: str) -> None:
+    """1.25 mm slices every 5 mm (a sequential protocol, or an average labelled with its source's thickness) passed
+    the thin-slice rule; the nodules between the slices were not seen and false ones were reported as 4B and 4X."""
+    gapped = replace(_volume(np.full((20, 64, 64), -1000.0, dtype=np.float32), (5.0, 0.7, 0.7)), slice_thickness_mm=1.25)
+    with pytest.raises(DetectorInputError, match=r"slices of 1.25 mm every 5.00 mm leave gaps of 3.75 mm, in which a "
+                                                 r"nodule lies unseen: read a contiguous reconstruction"):
+        create_detector(name).detect(DetectorInput(volume=gapped))
+    contiguous = replace(gapped, spacing_mm=(2.5, 0.7, 0.7), slice_thickness_mm=1.0)  # 1.5 mm apart: still read
+    try:
+        create_detector(name).detect(DetectorInput(volume=contiguous))
+    except DetectorInputError as exc:  # nodule_fusion refuses an all-air volume for its lack of lung
+        assert "gaps" not in str(exc)
