@@ -1,13 +1,13 @@
-"""Where a deployed model runs: ONNX Runtime on the CPU, or its eager PyTorch twin on a GPU when one is present.
+"""Where a deployed model runs: its deployed file on the CPU, or its eager PyTorch twin on a GPU when one is present.
 
-ONNX Runtime is the CPU path. On the idle 2-core machine (``ai_engine.training.deploy_timing``,
-2026-11-22) it runs 32 ICH slabs in 0.098 s against TorchScript's 0.108 s, but 64 nodule patches
-in 0.143 s against TorchScript's 0.090 s and eager's 0.073 s (nodule weights of bundles 1.2.0 and
-1.3.0, 2 threads: 0.17 s against 0.13 s and 0.12 s): for the nodule network PyTorch is the faster
-CPU runtime, by about 0.5 s of a 9-10 s chest CT with the four passes per patch (since 1.3.0); not switched.
-The CPU wheel of ONNX Runtime has no GPU provider, so on CUDA the bundle's ``model.pt`` weights run
-in eager PyTorch instead. Both take the same named float32 inputs and give the same outputs in the
-same order (the parity tests hold them to it).
+On the CPU a bundle runs the faster of ONNX Runtime and TorchScript, as its ``deployed`` file says.
+On the idle 2-core machine (``ai_engine.training.deploy_timing``) ONNX Runtime runs 32 ICH slabs in
+0.098 s against TorchScript's 0.108 s (2026-11-22), but 64 nodule patches in 0.150 s against
+TorchScript's 0.117 s (bundle 1.4.1, 2026-12-08): ``nodule_fusion`` deploys ``model.ts``, the ICH
+and mammography bundles ``model.onnx``. ``torch.jit`` is deprecated in the pinned PyTorch 2.13 (it warns, and
+works); should a later pin drop it, the nodule bundle's ``model.onnx`` serves unchanged. The CPU wheel of ONNX Runtime has no GPU provider, so on
+CUDA the bundle's ``model.pt`` weights run in eager PyTorch instead. All take the same named
+float32 inputs and give the same outputs in the same order (the parity tests hold them to it).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 FUSION_INPUTS = ("image", "clinical", "clinical_present", "text", "text_present")  # every FusionHead export
-DEVICES = ("auto", "cpu", "cuda", "torch-cpu")  # cpu = ONNX Runtime; torch-cpu = eager PyTorch on the CPU (parity)
+DEVICES = ("auto", "cpu", "cuda", "torch-cpu")  # cpu = the deployed file; torch-cpu = eager PyTorch on the CPU (parity)
 
 
 def _torch_device(device: str) -> str | None:
@@ -46,12 +46,14 @@ def _torch_device(device: str) -> str | None:
 class DeployedModel:
     """One deployed network of a bundle, called with named numpy inputs; returns its outputs as numpy arrays.
 
+    On the CPU path the deployed file runs as it is: ``model.onnx``-style files in ONNX Runtime
+    (``threads`` intra-op threads), ``.ts`` files as TorchScript (PyTorch's own thread setting).
     ``eager`` builds the PyTorch module with the bundle's weights (positional inputs in
     ``input_names`` order; a tensor or a tuple of tensors out); it is only called when the
-    model runs in PyTorch.
+    model runs in eager PyTorch (a GPU, or ``torch-cpu``).
     """
 
-    def __init__(self, onnx_path: Path, input_names: Sequence[str], *, threads: int,
+    def __init__(self, deployed_path: Path, input_names: Sequence[str], *, threads: int,
                  eager: Callable[[], nn.Module], device: str = "auto") -> None:
         self.input_names = tuple(input_names)
         self.torch_device = _torch_device(device)
@@ -59,17 +61,20 @@ class DeployedModel:
         self.session = None
         if self.torch_device is not None:
             self.module = eager().to(self.torch_device).eval()
+            self.runtime = f"torch-{self.torch_device}"
+        elif deployed_path.suffix == ".ts":
+            import torch
+
+            self.module = torch.jit.load(str(deployed_path), map_location="cpu").eval()
+            self.torch_device = "cpu"
+            self.runtime = "torchscript-cpu"
         else:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-    @property
-    def runtime(self) -> str:
-        """"onnxruntime-cpu", "torch-cuda" or "torch-cpu"."""
-        return "onnxruntime-cpu" if self.module is None else f"torch-{self.torch_device}"
+            self.session = ort.InferenceSession(str(deployed_path), options, providers=["CPUExecutionProvider"])
+            self.runtime = "onnxruntime-cpu"
 
     def __call__(self, **feeds: np.ndarray) -> list[np.ndarray]:
         missing = set(self.input_names) - set(feeds)

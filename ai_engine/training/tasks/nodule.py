@@ -89,7 +89,7 @@ from ai_engine.training.datasets.lidc_luna import (
     load_case,
     read_dataset,
 )
-from ai_engine.training.deploy_timing import cpu_seconds
+from ai_engine.training.deploy_timing import cpu_seconds, torchscript
 from ai_engine.training.fusion_fit import (
     Calibration,
     FusionData,
@@ -436,11 +436,24 @@ def _train_network(data: PatchSet, train_cases: np.ndarray, val_cases: np.ndarra
 
 
 def export_network(network: torch.nn.Module, models_dir: Path) -> None:
-    """Write model.onnx (patch network), batch dimension dynamic."""
+    """Write the patch network as model.onnx (batch dimension dynamic) and as model.ts (TorchScript)."""
     network.eval()
     torch.onnx.export(network, (torch.zeros(2, 1, model.PATCH, model.PATCH, model.PATCH),),
                       str(models_dir / "model.onnx"), input_names=["patches"], output_names=list(model.OUTPUTS),
                       dynamic_axes={n: {0: "n"} for n in ["patches", *model.OUTPUTS]}, dynamo=False)
+    export_torchscript(network, models_dir)
+
+
+def export_torchscript(network: torch.nn.Module, models_dir: Path) -> None:
+    """Write model.ts: the patch network traced and frozen."""
+    torch.jit.save(torchscript(network, np.zeros((2, 1, model.PATCH, model.PATCH, model.PATCH), dtype=np.float32)),
+                   str(models_dir / "model.ts"))
+
+
+def faster_deployment(timing: dict[str, float]) -> str:
+    """The deployed file of the faster CPU runtime in ``timing`` (``_deploy_timing``): the issue's "TorchScript or
+    ONNX Runtime on CPU, whichever is faster"."""
+    return "model.ts" if timing["torchscript"] < timing["onnxruntime"] else "model.onnx"
 
 
 def _deploy_timing(models_dir: Path, network: torch.nn.Module) -> dict[str, float]:
@@ -498,8 +511,9 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
     _save_weights(models_dir, network, heads["dynamic"])
     export_network(network, models_dir)
     metadata_training["fusion"]["onnx_max_abs_diff"] = export_heads(heads, models_dir)
+    timing = _deploy_timing(models_dir, network)
     inference = {
-        "deployed": "model.onnx", "fusion_deployed": "fusion.onnx",
+        "deployed": faster_deployment(timing), "fusion_deployed": "fusion.onnx",
         "temperature": round(calibration.temperature, 5),
         "finding_threshold": 0.5, "nms_mm": 6.0, "flip_axes": list(FLIP_AXES), "max_candidates": model.MAX_CANDIDATES,
         "max_findings": 10,
@@ -517,7 +531,7 @@ def write_bundle(root: Path, network: model.NodulePatchNet, heads: dict[str, Fus
         "outputs": {"findings": "nodules: centre, diameter_mm, volume_ml, composition, malignancy_probability, "
                                 "Lung-RADS category, mask, CAM heat map, modality weights, logit std"},
         "training_data": training_data,
-        "training": {**metadata_training, "deploy_timing_64_patches_s": _deploy_timing(models_dir, network)},
+        "training": {**metadata_training, "deploy_timing_64_patches_s": timing},
         "metrics": metrics_record(training_data, "nodule"),
     }
     write_bundle_configs(root, metadata, inference)

@@ -61,14 +61,19 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_writes_a_bundle_the_loader_accepts(tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle.name, tiny_bundle.parent)
-    assert bundle.inference["deployed"] == "model.onnx" and bundle.inference["temperature"] > 0
+    timing = bundle.metadata["training"]["deploy_timing_64_patches_s"]
+    faster = "model.ts" if timing["torchscript"] < timing["onnxruntime"] else "model.onnx"
+    assert bundle.inference["deployed"] == faster and bundle.inference["temperature"] > 0
+    assert (bundle.root / "models" / "model.onnx").is_file() and (bundle.root / "models" / "model.ts").is_file()
     assert "synthetic" in bundle.metadata["intended_use"]
     assert bundle.metadata["training"]["cnn"]["epochs_run"] >= 1
     assert bundle.weights_path.stat().st_size < 5 * 2**20
 
 
-def test_onnx_models_match_eager_pytorch(tiny_bundle: Path) -> None:
+@pytest.mark.parametrize("deployed", ["model.onnx", "model.ts"])
+def test_deployed_models_match_eager_pytorch(tiny_bundle: Path, deployed: str) -> None:
     bundle = load_bundle(tiny_bundle.name, tiny_bundle.parent)
+    bundle.inference["deployed"] = deployed
     state = torch.load(bundle.weights_path, map_location="cpu")
     network = model.NodulePatchNet()
     network.load_state_dict(state["network"])

@@ -1,4 +1,5 @@
-"""Deployed models give the same outputs in ONNX Runtime (the CPU path) and eager PyTorch (the GPU path)."""
+"""Deployed models give the same outputs in their CPU runtime (ONNX Runtime, or TorchScript for the nodule network)
+and in eager PyTorch (the GPU path)."""
 
 from __future__ import annotations
 
@@ -38,11 +39,13 @@ DETECTORS = {
 def test_deployed_and_eager_models_agree(detector: str, part: str) -> None:
     detector_class, seed, (input_name, shape), image_dim, task = DETECTORS[detector]
     rng = np.random.default_rng(seed)
-    onnx, eager = (getattr(detector_class(device=d), part) for d in ("cpu", "torch-cpu"))
+    cpu, eager = (detector_class(device=d) for d in ("cpu", "torch-cpu"))
+    deployed, eager = getattr(cpu, part), getattr(eager, part)
     feeds = ({input_name: rng.random(shape, dtype=np.float32)} if part == "network"
              else _fusion_feeds(rng, image_dim, task))
-    assert (onnx.runtime, eager.runtime) == ("onnxruntime-cpu", "torch-cpu")
-    for got, want in zip(onnx(**feeds), eager(**feeds), strict=True):
+    torchscript = part == "network" and cpu.bundle.inference["deployed"] == "model.ts"
+    assert (deployed.runtime, eager.runtime) == ("torchscript-cpu" if torchscript else "onnxruntime-cpu", "torch-cpu")
+    for got, want in zip(deployed(**feeds), eager(**feeds), strict=True):
         np.testing.assert_allclose(got, want, atol=TOLERANCE)
 
 
@@ -58,3 +61,11 @@ def test_unknown_device_and_missing_inputs_are_refused() -> None:
         NoduleFusion(device="tpu")
     with pytest.raises(DetectorInputError, match=r"model inputs missing: \['patches'\]"):
         NoduleFusion(device="cpu").network(images=np.zeros((1, 1, PATCH, PATCH, PATCH), dtype=np.float32))
+
+
+def test_the_nodule_network_deploys_the_faster_cpu_runtime() -> None:
+    """The issue asks for TorchScript or ONNX Runtime on the CPU, whichever is faster: for the nodule patch network
+    TorchScript is (bundle metadata, deployment), and it runs as TorchScript."""
+    detector = NoduleFusion(device="cpu")
+    assert detector.bundle.inference["deployed"] == "model.ts" and detector.network.runtime == "torchscript-cpu"
+    assert "TorchScript" in detector.bundle.metadata["deployment"]["cpu_runtime"]
