@@ -138,8 +138,10 @@ def is_localizer(image_type: object) -> bool:
 
 # Image Type / Frame Type values of images computed across slices (CT's Derived Pixel Contrast and the vendors'
 # words): a slab MIP enlarges a nodule and turns vessels into blobs, so no detector may read one as acquired slices.
-PROJECTIONS = frozenset({"MIP", "MINIP", "MNIP", "MAXIP", "MAX_IP", "MIN_IP", "VOLUME_RENDER", "SURFACE_RENDER",
-                         "PROJECTION IMAGE"})
+PROJECTIONS = frozenset({"MIP", "MINIP", "MIN IP", "MNIP", "MAXIP", "MAX_IP", "MIN_IP", "MAXIMUM", "MINIMUM",
+                         "VOLUME_RENDER", "VOLUME RENDERING", "SURFACE_RENDER", "PROJECTION IMAGE", "CURVED", "CPR"})
+"""Image Type (or Frame Type) values of projections and renderings: refused here, left out by the default CT
+routing rules (``radfusion.settings``), so the two cannot disagree."""
 
 
 def _refuse_projection(path: Path, image_type: object) -> None:

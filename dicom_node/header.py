@@ -49,10 +49,13 @@ INSTANCE_ATTRIBUTES: tuple[str, ...] = (
 FUNCTIONAL_GROUP_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "SliceThickness": ("PixelMeasuresSequence", "SliceThickness"),
     "BodyPartExamined": ("FrameAnatomySequence", "AnatomicRegionSequence", "CodeMeaning"),
+    "ConvolutionKernel": ("CTReconstructionSequence", "ConvolutionKernel"),
+    "ImageOrientationPatient": ("PlaneOrientationSequence", "ImageOrientationPatient"),
 }
 """Where an enhanced multi-frame image may keep what a single-frame image has at the top level: in a functional
-group (the first frame's, else the shared one; the body part as the frames' coded anatomic region). Each path's
-sequences are followed through their first items."""
+group (the first frame's, else the shared one; the body part as the frames' coded anatomic region; the kernel and the
+orientation routing reads, so an Enhanced CT bone kernel or reformat is left out as a single-frame one is). Each
+path's sequences are followed through their first items."""
 
 _MALFORMED = (AttributeError, IndexError, KeyError, TypeError, ValueError)
 

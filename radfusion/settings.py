@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from ai_engine.contrast import NO_AGENT
 from ai_engine.detectors.registry import BUNDLED_DETECTORS
 from ai_engine.results import Task
+from ai_engine.volume import PROJECTIONS
 from dicom_node.errors import ConfigError as DicomConfigError
 from dicom_node.peers import parse_calling_ae_hosts
 from dicom_node.tls import TlsConfig, check_ca_file
@@ -383,7 +384,7 @@ THIN_SLICE_LIMIT_MM = 3.05
 # edge and sharp kernels named in the Siemens/Canon manner (H70h, Hr64, J70h, FC81: letters, then a sharpness of 60 or
 # more); the ICH detectors refuse a bone kernel of another name by its noise (ai_engine/detectors/head_input.py).
 CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
-NOT_PROJECTION = "!/^(MIP|MINIP|MIN IP|MAXIMUM|MINIMUM|PROJECTION IMAGE|VOLUME_RENDER|VOLUME RENDERING|CURVED|CPR)$/i"
+NOT_PROJECTION = f"!/^({'|'.join(sorted(PROJECTIONS))})$/i"  # what the volume loader refuses
 NOT_SCOUT_OR_PROJECTION = "!/scout|localizer|topogram|surview|\\bmip\\b|\\bmin ?ip\\b/i"
 NOT_BONE_KERNEL = "!/bone|edge|^[a-z]{1,2}[6-9][0-9]/i"
 

@@ -176,8 +176,10 @@ def _sealed_run(parameters: NoduleParameters, volume: Volume) -> int:
 def refuse_slice_gaps(volume: Volume, detector: str) -> None:
     """Refuse (DetectorInputError) a series whose slices leave gaps of more than ``MAX_SLICE_GAP_MM`` between them
     (a sequential high-resolution protocol: 1.25 mm slices every 5-10 mm): a nodule in a gap is not seen, and the
-    detectors' false nodules on such a series were reported as Lung-RADS 4B and 4X."""
-    if volume.slice_thickness_mm is None:
+    detectors' false nodules on such a series were reported as Lung-RADS 4B and 4X. A missing or zero Slice
+    Thickness (some converters write 0) tells nothing: such a series is read, and a wide spacing is noted by the
+    detector as thick slices."""
+    if not volume.slice_thickness_mm:
         return
     gap = volume.spacing_mm[0] - volume.slice_thickness_mm
     if gap > MAX_SLICE_GAP_MM:

@@ -70,3 +70,13 @@ def test_a_nan_or_infinite_number_is_read_as_absent() -> None:
     """JSON, and PostgreSQL's json column, have no NaN: before, such a slice was answered 0xA702 on every resend."""
     attributes = instance_attributes(_item(Modality="CT", SliceThickness="NaN", ImagePositionPatient=["0", "inf", "1"]))
     assert attributes["SliceThickness"] is None and attributes["ImagePositionPatient"] == [0.0, None, 1.0]
+
+
+def test_an_enhanced_image_gives_its_kernel_and_orientation_for_the_routing() -> None:
+    """An Enhanced CT bone kernel reached the router without a kernel (a negated kernel pattern let it pass) and an
+    Enhanced CT sagittal reformat without an orientation (a job that failed instead of a not_axial audit)."""
+    shared = _item(CTReconstructionSequence=[_item(ConvolutionKernel="H70h")],
+                   PlaneOrientationSequence=[_item(ImageOrientationPatient=[0, 1, 0, 0, 0, -1])])
+    attributes = instance_attributes(_enhanced(shared, SOPClassUID="1.2.840.10008.5.1.4.1.1.2.1"))
+    assert (attributes["ConvolutionKernel"], attributes["ImageOrientationPatient"], attributes["SOPClassUID"]) == (
+        "H70h", [0.0, 1.0, 0.0, 0.0, 0.0, -1.0], "1.2.840.10008.5.1.4.1.1.2.1")

@@ -122,3 +122,13 @@ def test_the_default_ct_rules_leave_out_dose_screens_projections_and_bone_kernel
     for soft in ("H31s", "Hr38", "J40s", "FC26", "STANDARD", "SOFT", "UB", "A", "YA"):
         assert [m.detector for m in router.select({**HEAD, "ConvolutionKernel": soft})] == ["ich_fusion"]
     assert [m.detector for m in router.select({**chest, "ConvolutionKernel": "B70f"})] == ["nodule_fusion"]
+
+
+def test_the_default_ct_rules_leave_out_every_projection_the_volume_loader_refuses() -> None:
+    """Routing listed projections on its own: MAXIP, MIN_IP, SURFACE_RENDER ... passed it and became jobs that the
+    loader refused."""
+    from ai_engine.volume import PROJECTIONS
+
+    router = compile_routing(default_routing())
+    for value in sorted(PROJECTIONS):
+        assert router.select({**HEAD, "ImageType": ["DERIVED", "SECONDARY", value.lower()]}) == [], value
