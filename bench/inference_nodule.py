@@ -6,6 +6,7 @@ process's peak RSS (each detector in its own process, so the peaks do not mix). 
 (ONNX sessions) is timed separately: a server does it once.
 
     python -m bench.inference_nodule [--repeats 2] [--rows 512] [--slices 300]
+    python -m bench.inference_nodule --study DIR    # a chest CT series of your own (DIR/*.dcm) instead
 """
 
 from __future__ import annotations
@@ -52,18 +53,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--study", type=Path, help="time this folder's chest CT series (*.dcm) instead")
     parser.add_argument("--child", nargs=2, metavar=("DETECTOR", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_run_one(args.child[0], Path(args.child[1]), args.repeats)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-nodule-") as tmp:
-        _write(Path(tmp), args.rows, args.slices)
-        print(f"study: {args.slices} x {args.rows}^2 chest CT, 2 nodules (9 mm solid, 14 mm part-solid juxtapleural)")
+        if args.study:
+            folder = str(args.study)
+            print(f"study: {len(list(args.study.glob('*.dcm')))} files of {folder}")
+        else:
+            folder = tmp
+            _write(Path(tmp), args.rows, args.slices)
+            print(f"study: {args.slices} x {args.rows}^2 chest CT, 2 nodules (9 mm solid, 14 mm part-solid "
+                  f"juxtapleural)")
         rows = {}
         for name in DETECTORS:
             child = subprocess.run([sys.executable, "-m", "bench.inference_nodule", "--repeats", str(args.repeats),
-                                    "--child", name, tmp], capture_output=True, text=True, check=True)
+                                    "--child", name, folder], capture_output=True, text=True, check=True)
             rows[name] = json.loads(child.stdout.strip().splitlines()[-1])
             print(f"{name:16s} {rows[name]}")
     ratio = rows["nodule_fusion"]["load_detect_s"] / rows["nodule_baseline"]["load_detect_s"]
