@@ -26,8 +26,8 @@ def head_ct_notes(volume: Volume, detector: str) -> list[str]:
     13.5 mL "subdural" at 1.000), whose body is wider than a head (a chest's bones read as a 260 mL hemorrhage),
     that covers too little of a head to call it free of blood (two slices of a bleeding head scored a plain
     negative) or whose brain is as noisy as a sharp-kernel reconstruction's (edge-enhanced noise paged bleed-free
-    heads); the notes for a result read from less than a whole head or from a
-    noisier image than the detectors were validated on."""
+    heads); the notes for a result read from less than a whole head or from a noisier image than the detectors
+    were validated on."""
     if declares_contrast(volume.contrast_agent):
         raise DetectorInputError(f"{detector} reads non-contrast head CT; this series declares the contrast agent "
                                  f"{volume.contrast_agent!r} (Contrast/Bolus Agent): check the routing rule")

@@ -22,8 +22,8 @@ from ai_engine.results import SIDES, DetectorResult, Finding, FindingType, Task
 from ai_engine.volume import Volume
 
 NAME = "nodule_baseline"
-MAX_SLICE_GAP_MM = 2.0  # a nodule of 3 mm or more always reaches a slice
 VERSION = "0.1.0"
+MAX_SLICE_GAP_MM = 2.0  # a nodule of 3 mm or more always reaches a slice
 BODY_HU = -500.0  # above it: the body (soft tissue, bone), for its midline
 
 
@@ -177,8 +177,8 @@ def refuse_slice_gaps(volume: Volume, detector: str) -> None:
     """Refuse (DetectorInputError) a series whose slices leave gaps of more than ``MAX_SLICE_GAP_MM`` between them
     (a sequential high-resolution protocol: 1.25 mm slices every 5-10 mm): a nodule in a gap is not seen, and the
     detectors' false nodules on such a series were reported as Lung-RADS 4B and 4X. A missing or zero Slice
-    Thickness (some converters write 0) tells nothing: such a series is read, and a wide spacing is noted by the
-    detector as thick slices."""
+    Thickness (some converters write 0) tells nothing: such a series is read (``nodule_fusion`` notes a wide
+    spacing as thick slices)."""
     if not volume.slice_thickness_mm:
         return
     gap = volume.spacing_mm[0] - volume.slice_thickness_mm

@@ -213,7 +213,7 @@ def _bone_kernel_like(tmp_path: Path, noise_hu: float, sharpen: float) -> list[P
 
 
 @pytest.mark.parametrize("name", ["ich_fusion", "ich_baseline"])
-def test_a_bone_kernel_series_is_refused_by_name_of_its_noise(tmp_path: Path, name: str) -> None:
+def test_a_bone_kernel_series_is_refused_for_its_noise(tmp_path: Path, name: str) -> None:
     """A bone-kernel reconstruction of a bleed-free head (40 HU of edge-enhanced noise) was read and paged as a
     3-focus hemorrhage by ich_fusion, and ich_baseline paged 11 of 12 such heads at 18-24 HU (a review); the
     default routing sent every CT series of a head to them."""
