@@ -13,10 +13,11 @@ from sqlalchemy.orm import aliased
 
 from ai_engine.detectors.registry import study_level_detectors
 from radfusion.db import Database
-from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Study, same_input, utcnow
+from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Series, Study, same_input, utcnow
 
 RECENT = 10
 ALERT_GRACE_S = 60  # an alert still undelivered this long after it was raised needs someone (the target is 10 s)
+SERIES_NAMING = {"series_number": "SeriesNumber", "series_description": "SeriesDescription"}  # a failed job's series
 
 
 def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
@@ -43,8 +44,9 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
                                     later.id > Job.id)
         open_failure = (Job.state == "failed", ~superseded, Job.acknowledged_at.is_(None))
         failed_jobs = session.execute(
-            select(Job.id, Job.detector, Study.accession_number, Study.study_uid, Job.error)
-            .join(Study, Job.study_id == Study.id).where(*open_failure).order_by(Job.id.desc()).limit(RECENT)).all()
+            select(Job.id, Job.detector, Study.accession_number, Study.study_uid, Job.error, Series.attributes)
+            .join(Study, Job.study_id == Study.id).outerjoin(Series, Job.series_id == Series.id)
+            .where(*open_failure).order_by(Job.id.desc()).limit(RECENT)).all()
         undelivered_alerts = count(Alert, Alert.delivered_at.is_(None),
                                    Alert.created_at <= now - timedelta(seconds=ALERT_GRACE_S),
                                    exists().where(Delivery.alert_id == Alert.id, Delivery.state == "pending"))
@@ -77,7 +79,9 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
                 "error": j.error,
             } for j in recent_jobs],
             "failed_jobs": [{"id": j.id, "detector": j.detector, "accession": j.accession_number,
-                             "study_uid": j.study_uid, "error": j.error} for j in failed_jobs],
+                             "study_uid": j.study_uid, "error": j.error,
+                             **{key: (j.attributes or {}).get(column) for key, column in SERIES_NAMING.items()}}
+                            for j in failed_jobs],
             **{f"{state}_deliveries": [{
                 "id": d.id, "kind": d.kind, "target": d.target, "attempts": d.attempts,
                 "next_attempt_at": d.next_attempt_at.isoformat(), "last_error": d.last_error,
@@ -132,6 +136,7 @@ def format_status(status: dict[str, object]) -> str:
     lines.append("failed jobs (radfusion reprocess STUDY_UID once the cause is fixed):")
     for job in status["failed_jobs"] or []:  # type: ignore[union-attr]
         lines.append(f"  #{job['id']:<5} {job['detector']:<16} accession {job['accession'] or '-':<12} "
+                     f"series {job['series_number'] or '-'} {job['series_description'] or '-'!r}  "
                      f"study {job['study_uid']}  {job['error']}")
     lines.append("pending deliveries:")
     for d in status["pending_deliveries"] or []:  # type: ignore[union-attr]

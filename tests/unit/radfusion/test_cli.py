@@ -240,7 +240,8 @@ def test_status_check_names_what_needs_someone_until_it_is_acknowledged(
     assert capsys.readouterr().out.strip() == "OK"
     with db.session() as session:
         study = Study(study_uid="1.2.3")
-        series = Series(study=study, series_uid="1.2.3.1")
+        series = Series(study=study, series_uid="1.2.3.1",
+                        attributes={"SeriesNumber": 3, "SeriesDescription": "Bone 1.0 H70h"})
         session.add_all([study, series])
         session.flush()
         job = Job(study_id=study.id, series_id=series.id, detector="ich_fusion", model_version="1", rule="r",
@@ -256,6 +257,9 @@ def test_status_check_names_what_needs_someone_until_it_is_acknowledged(
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[1].split()[0] for line in lines] == ["1", "1", "1"]
     assert "alert(s) not delivered 60 s" in lines[0] and "failed job(s)" in lines[1] and "deliveries" in lines[2]
+    assert main(["--config", str(config), "status"]) == 0  # which series failed: IT tells a bone kernel at a glance
+    assert "#1     ich_fusion       accession -            series 3 'Bone 1.0 H70h'  study 1.2.3  ValueError: 3 " \
+           "slices" in capsys.readouterr().out
     assert main(["--config", str(config), "acknowledge", "--job", "1", "--delivery", "2", "--reason", "x"]) == 2
     assert "not failed (unknown, or not failed): delivery 2; nothing acknowledged" in capsys.readouterr().err
     assert main(["--config", str(config), "acknowledge", "--job", "1", "--reason", " "]) == 2
