@@ -331,6 +331,8 @@ class JobRunner:
                         job.study.study_uid, job.id, earlier)
             return earlier
         payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
+                                  series_instance_uid=job.series.series_uid,
+                                  series_description=(job.series.attributes or {}).get("SeriesDescription"),
                                   accession_number=job.study.accession_number,
                                   acquisition_datetime=performed_at(sources[0]), job_id=job.id,
                                   created_at=now)

@@ -47,6 +47,8 @@ class IchAlert:
     """What emergency staff are told about a study with suspected hemorrhage."""
 
     study_instance_uid: str
+    series_instance_uid: str  # the series the hemorrhage was read on (a study has several reconstructions)
+    series_description: str | None
     accession_number: str
     acquisition_datetime: str | None
     job_id: str
@@ -59,7 +61,8 @@ class IchAlert:
     kind: str = "ich_alert"
 
 
-def build_ich_alert(result: DetectorResult, *, study_instance_uid: str, accession_number: str,
+def build_ich_alert(result: DetectorResult, *, study_instance_uid: str, series_instance_uid: str,
+                    series_description: str | None, accession_number: str,
                     acquisition_datetime: datetime.datetime | None, job_id: str,
                     created_at: datetime.datetime) -> dict[str, object]:
     """JSON-ready alert payload for an ICH result (no patient name or ID)."""
@@ -77,6 +80,8 @@ def build_ich_alert(result: DetectorResult, *, study_instance_uid: str, accessio
     ]
     alert = IchAlert(
         study_instance_uid=study_instance_uid,
+        series_instance_uid=series_instance_uid,
+        series_description=series_description,
         accession_number=accession_number,
         acquisition_datetime=None if acquisition_datetime is None else acquisition_datetime.isoformat(),
         job_id=job_id,
