@@ -332,7 +332,6 @@ class JobRunner:
             return earlier
         payload = build_ich_alert(result, study_instance_uid=job.study.study_uid,
                                   series_instance_uid=job.series.series_uid,
-                                  series_description=(job.series.attributes or {}).get("SeriesDescription"),
                                   accession_number=job.study.accession_number,
                                   acquisition_datetime=performed_at(sources[0]), job_id=job.id,
                                   created_at=now)

@@ -17,7 +17,6 @@ from radfusion.models import Alert, Delivery, Instance, Job, Quarantine, Series,
 
 RECENT = 10
 ALERT_GRACE_S = 60  # an alert still undelivered this long after it was raised needs someone (the target is 10 s)
-SERIES_NAMING = {"series_number": "SeriesNumber", "series_description": "SeriesDescription"}  # a failed job's series
 
 
 def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
@@ -40,8 +39,8 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
                        Delivery.last_error).where(Delivery.state == state, Delivery.acknowledged_at.is_(None))
                 .order_by(order[state]).limit(RECENT)))
         later = aliased(Job)
-        superseded = exists().where(same_input(later, study_level_detectors()), later.detector == Job.detector,
-                                    later.id > Job.id)
+        study_level = study_level_detectors()
+        superseded = exists().where(same_input(later, study_level), later.detector == Job.detector, later.id > Job.id)
         open_failure = (Job.state == "failed", ~superseded, Job.acknowledged_at.is_(None))
         failed_jobs = session.execute(
             select(Job.id, Job.detector, Study.accession_number, Study.study_uid, Job.error, Series.attributes)
@@ -80,7 +79,7 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
             } for j in recent_jobs],
             "failed_jobs": [{"id": j.id, "detector": j.detector, "accession": j.accession_number,
                              "study_uid": j.study_uid, "error": j.error,
-                             **{key: (j.attributes or {}).get(column) for key, column in SERIES_NAMING.items()}}
+                             "series": None if j.detector in study_level else _series_label(j.attributes)}
                             for j in failed_jobs],
             **{f"{state}_deliveries": [{
                 "id": d.id, "kind": d.kind, "target": d.target, "attempts": d.attempts,
@@ -91,6 +90,13 @@ def collect_status(db: Database, storage_path: Path) -> dict[str, object]:
                 "delivered": a.delivered_at is not None, "release_to_delivery_s": a.latency_s,
             } for a in alerts],
         }
+
+
+def _series_label(attributes: dict | None) -> str:
+    """'series 3 "Bone 1.0 H70h"' from a series' routing attributes (a failed job's series, for IT to tell which)."""
+    attributes = attributes or {}
+    number, description = attributes.get("SeriesNumber"), attributes.get("SeriesDescription")
+    return f"series {'-' if number is None else number}" + (f" {description!r}" if description else "")
 
 
 def _attention(jobs_failed: int, deliveries_failed: int, undelivered_alerts: int) -> list[str]:
@@ -136,8 +142,7 @@ def format_status(status: dict[str, object]) -> str:
     lines.append("failed jobs (radfusion reprocess STUDY_UID once the cause is fixed):")
     for job in status["failed_jobs"] or []:  # type: ignore[union-attr]
         lines.append(f"  #{job['id']:<5} {job['detector']:<16} accession {job['accession'] or '-':<12} "
-                     f"series {job['series_number'] or '-'} {job['series_description'] or '-'!r}  "
-                     f"study {job['study_uid']}  {job['error']}")
+                     f"{job['series'] or 'all series'}  study {job['study_uid']}  {job['error']}")
     lines.append("pending deliveries:")
     for d in status["pending_deliveries"] or []:  # type: ignore[union-attr]
         lines.append(f"  #{d['id']:<5} {d['kind']:<8} -> {d['target']:<12} attempts {d['attempts']}  "

@@ -48,7 +48,6 @@ class IchAlert:
 
     study_instance_uid: str
     series_instance_uid: str  # the series the hemorrhage was read on (a study has several reconstructions)
-    series_description: str | None
     accession_number: str
     acquisition_datetime: str | None
     job_id: str
@@ -62,7 +61,7 @@ class IchAlert:
 
 
 def build_ich_alert(result: DetectorResult, *, study_instance_uid: str, series_instance_uid: str,
-                    series_description: str | None, accession_number: str,
+                    accession_number: str,
                     acquisition_datetime: datetime.datetime | None, job_id: str,
                     created_at: datetime.datetime) -> dict[str, object]:
     """JSON-ready alert payload for an ICH result (no patient name or ID)."""
@@ -81,7 +80,6 @@ def build_ich_alert(result: DetectorResult, *, study_instance_uid: str, series_i
     alert = IchAlert(
         study_instance_uid=study_instance_uid,
         series_instance_uid=series_instance_uid,
-        series_description=series_description,
         accession_number=accession_number,
         acquisition_datetime=None if acquisition_datetime is None else acquisition_datetime.isoformat(),
         job_id=job_id,

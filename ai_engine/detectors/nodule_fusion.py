@@ -330,7 +330,7 @@ class CandidateOutputs:
 
 
 class NoduleFusion:
-    """Deep fusion lung-nodule detector running its bundle's deployed ONNX models (module docstring)."""
+    """Deep fusion lung-nodule detector running its bundle's deployed models (module docstring)."""
 
     name = NAME
     task = Task.LUNG_NODULE

@@ -6,7 +6,7 @@ On the idle 2-core machine (``ai_engine.training.deploy_timing``) ONNX Runtime r
 TorchScript's 0.114 s (bundle 1.4.1, 2026-12-08, its metadata's ``deployment``): ``nodule_fusion``
 deploys ``model.ts``, the ICH and mammography bundles ``model.onnx``. ``torch.jit`` is deprecated in
 the pinned PyTorch 2.13 (it warns, and works); should a later pin drop it, the nodule bundle's
-``model.onnx`` serves unchanged. The CPU wheel of ONNX Runtime has no GPU provider, so on CUDA the
+``model.onnx`` serves once ``inference.json`` names it (a new Device UID). The CPU wheel of ONNX Runtime has no GPU provider, so on CUDA the
 bundle's ``model.pt`` weights run in eager PyTorch instead. All take the same named float32 inputs
 and give the same outputs in the same order (the parity tests hold them to it).
 """
@@ -48,7 +48,8 @@ class DeployedModel:
     """One deployed network of a bundle, called with named numpy inputs; returns its outputs as numpy arrays.
 
     On the CPU path the deployed file runs as it is: ``model.onnx``-style files in ONNX Runtime
-    (``threads`` intra-op threads), ``.ts`` files as TorchScript (PyTorch's own thread setting).
+    with ``threads`` intra-op threads, ``.ts`` files as TorchScript, for which loading sets PyTorch's
+    process-wide intra-op threads to ``threads`` (else one job would take every core of the host).
     ``eager`` builds the PyTorch module with the bundle's weights (positional inputs in
     ``input_names`` order; a tensor or a tuple of tensors out); it is only called when the
     model runs in eager PyTorch (a GPU, or ``torch-cpu``).
@@ -66,6 +67,7 @@ class DeployedModel:
         elif deployed_path.suffix == ".ts":
             import torch
 
+            torch.set_num_threads(threads)
             self.module = torch.jit.load(str(deployed_path), map_location="cpu").eval()
             self.torch_device = "cpu"
             self.runtime = "torchscript-cpu"
@@ -93,7 +95,8 @@ class DeployedModel:
 
 def deploy_network_and_fusion(network_path: Path, network_inputs: Sequence[str], fusion_path: Path, *, threads: int,
                               device: str, load_eager: Callable[[], nn.Module]) -> tuple[DeployedModel, DeployedModel]:
-    """A bundle's image network and fusion head as deployed models, on the same runtime.
+    """A bundle's image network and fusion head as deployed models, each as its deployed file says (on a GPU both
+    in eager PyTorch).
 
     ``load_eager`` builds the bundle's ``model.pt`` as one module with ``network`` and ``fusion``
     parts; it runs at most once for both, and only on the PyTorch path.

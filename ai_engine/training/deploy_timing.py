@@ -10,6 +10,7 @@ import torch
 
 
 TIMED_RUNS = 3
+SERVING_THREADS = 2  # the bundles' ``onnx_threads``: each CPU runtime is timed with the threads serving gives it
 
 
 def torchscript(network: torch.nn.Module, example: np.ndarray) -> torch.jit.ScriptModule:
@@ -20,12 +21,17 @@ def torchscript(network: torch.nn.Module, example: np.ndarray) -> torch.jit.Scri
 
 
 def cpu_seconds(onnx_path: Path, network: torch.nn.Module, input_name: str, sample: np.ndarray) -> dict[str, float]:
-    """Seconds for one batch ``sample`` in each runtime, the best of ``TIMED_RUNS`` after a warm-up run each
-    (recorded in metadata.json; a bundle may deploy the faster of ONNX Runtime and TorchScript)."""
+    """Seconds for one batch ``sample`` in each runtime with ``SERVING_THREADS`` threads (training may run torch
+    on one), the best of ``TIMED_RUNS`` after a warm-up run each (recorded in metadata.json; a bundle may deploy
+    the faster of ONNX Runtime and TorchScript)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = SERVING_THREADS
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     traced = torchscript(network, sample)
+    training_threads = torch.get_num_threads()
+    torch.set_num_threads(SERVING_THREADS)
     runs = {"onnxruntime": lambda: session.run(None, {input_name: sample}),
             "torchscript": lambda: traced(torch.from_numpy(sample)), "eager": lambda: network(torch.from_numpy(sample))}
     timing = {}
@@ -38,4 +44,5 @@ def cpu_seconds(onnx_path: Path, network: torch.nn.Module, input_name: str, samp
                 run()
                 best = min(best, time.perf_counter() - start)
             timing[name] = round(best, 4)
+    torch.set_num_threads(training_threads)
     return timing

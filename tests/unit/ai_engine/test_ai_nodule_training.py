@@ -17,6 +17,7 @@ from ai_engine.training.tasks.nodule import (
     FINDING_THRESHOLDS,
     FusionSet,
     PatchSet,
+    faster_deployment,
     operating_point,
     threshold_from_marks,
     train_from_patches,
@@ -62,8 +63,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_writes_a_bundle_the_loader_accepts(tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle.name, tiny_bundle.parent)
     timing = bundle.metadata["training"]["deploy_timing_64_patches_s"]
-    faster = "model.ts" if timing["torchscript"] < timing["onnxruntime"] else "model.onnx"
-    assert bundle.inference["deployed"] == faster and bundle.inference["temperature"] > 0
+    assert bundle.inference["deployed"] == faster_deployment(timing) and bundle.inference["temperature"] > 0
     assert (bundle.root / "models" / "model.onnx").is_file() and (bundle.root / "models" / "model.ts").is_file()
     assert "synthetic" in bundle.metadata["intended_use"]
     assert bundle.metadata["training"]["cnn"]["epochs_run"] >= 1
@@ -118,3 +118,8 @@ def test_the_reporting_threshold_is_the_lowest_that_keeps_false_nodules_rare() -
     assert by_threshold[0.7]["sensitivity"] == 0.5  # the nodule at 0.3 is never reported
     noisy = threshold_from_marks([([0.99, 0.98], [-1, -1], 0)])  # no threshold gets there: the highest is kept
     assert noisy["threshold"] == FINDING_THRESHOLDS[-1] and noisy["operating_points"][-1]["sensitivity"] is None
+
+
+def test_the_faster_cpu_runtime_is_deployed() -> None:
+    assert faster_deployment({"onnxruntime": 0.157, "torchscript": 0.114, "eager": 0.107}) == "model.ts"
+    assert faster_deployment({"onnxruntime": 0.098, "torchscript": 0.108, "eager": 0.2}) == "model.onnx"

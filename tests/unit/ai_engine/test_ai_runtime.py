@@ -69,3 +69,17 @@ def test_the_nodule_network_deploys_the_faster_cpu_runtime() -> None:
     detector = NoduleFusion(device="cpu")
     assert detector.bundle.inference["deployed"] == "model.ts" and detector.network.runtime == "torchscript-cpu"
     assert "TorchScript" in detector.bundle.metadata["deployment"]["cpu_runtime"]
+
+
+def test_torchscript_runs_on_the_bundle_s_threads_not_every_core() -> None:
+    """The TorchScript path ignored the bundle's thread bound: one nodule job took every core of the host, beside
+    the ICH and mammography jobs that ONNX Runtime keeps to theirs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(5)
+    try:
+        detector = NoduleFusion(device="cpu")
+        assert torch.get_num_threads() == int(detector.bundle.inference["onnx_threads"]) == 2
+    finally:
+        torch.set_num_threads(before)

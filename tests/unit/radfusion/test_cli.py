@@ -260,6 +260,16 @@ def test_status_check_names_what_needs_someone_until_it_is_acknowledged(
     assert main(["--config", str(config), "status"]) == 0  # which series failed: IT tells a bone kernel at a glance
     assert "#1     ich_fusion       accession -            series 3 'Bone 1.0 H70h'  study 1.2.3  ValueError: 3 " \
            "slices" in capsys.readouterr().out
+    with db.session() as session:  # a mammography job reads the study's views, whatever series its row names
+        session.add(Job(study_id=1, series_id=1, detector="mammo_fusion", model_version="1", rule="r",
+                        state="failed", error="no view"))
+    assert main(["--config", str(config), "status"]) == 0
+    assert "mammo_fusion     accession -            all series  study 1.2.3  no view" in capsys.readouterr().out
+    with db.session() as session:
+        session.get(Series, 1).attributes = {"SeriesNumber": 0}
+        session.delete(session.get(Job, 2))
+    assert main(["--config", str(config), "status"]) == 0
+    assert "ich_fusion       accession -            series 0  study 1.2.3" in capsys.readouterr().out
     assert main(["--config", str(config), "acknowledge", "--job", "1", "--delivery", "2", "--reason", "x"]) == 2
     assert "not failed (unknown, or not failed): delivery 2; nothing acknowledged" in capsys.readouterr().err
     assert main(["--config", str(config), "acknowledge", "--job", "1", "--reason", " "]) == 2

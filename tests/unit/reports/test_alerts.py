@@ -21,7 +21,7 @@ ACQUIRED = datetime.datetime(2026, 11, 20, 10, 16, tzinfo=datetime.UTC)
 
 def _payload(head_ct, algorithm) -> dict[str, object]:
     return build_ich_alert(ich_result(algorithm, head_ct), study_instance_uid=head_ct[0].StudyInstanceUID,
-                           series_instance_uid=head_ct[0].SeriesInstanceUID, series_description="Brain 5 mm",
+                           series_instance_uid=head_ct[0].SeriesInstanceUID,
                            accession_number=head_ct[0].AccessionNumber, acquisition_datetime=ACQUIRED,
                            job_id="job-17", created_at=CREATED)
 
@@ -35,8 +35,8 @@ def test_payload_describes_the_hemorrhage_without_patient_identity(head_ct, algo
         assert part not in text
     assert not {"patient_id", "patient_name", "PatientID", "PatientName"} & set(payload)
     assert payload["study_instance_uid"] == head_ct[0].StudyInstanceUID
-    assert (payload["series_instance_uid"], payload["series_description"]) == (head_ct[0].SeriesInstanceUID,
-                                                                               "Brain 5 mm")  # which reconstruction
+    assert payload["series_instance_uid"] == head_ct[0].SeriesInstanceUID  # which reconstruction (not its free-text
+    # description, which an operator may have typed anything into)
     assert payload["accession_number"] == head_ct[0].AccessionNumber
     assert payload["acquisition_datetime"] == "2026-11-20T10:16:00+00:00"
     assert payload["total_volume_ml"] == 1.6
@@ -50,8 +50,8 @@ def test_payload_describes_the_hemorrhage_without_patient_identity(head_ct, algo
 def test_alert_is_only_for_hemorrhage_results(algorithm):
     nodules = DetectorResult(Task.LUNG_NODULE, algorithm, [], case_score=0.1, positive=False)
     with pytest.raises(ReportsError, match="task must be 'ich', got 'lung_nodule'"):
-        build_ich_alert(nodules, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", series_description=None,
-                        accession_number="A1", acquisition_datetime=None,
+        build_ich_alert(nodules, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", accession_number="A1",
+                        acquisition_datetime=None,
                         job_id="job-1", created_at=CREATED)
 
 
