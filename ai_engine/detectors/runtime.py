@@ -6,9 +6,10 @@ On the idle 2-core machine (``ai_engine.training.deploy_timing``) ONNX Runtime r
 TorchScript's 0.114 s (bundle 1.4.1, 2026-12-08, its metadata's ``deployment``): ``nodule_fusion``
 deploys ``model.ts``, the ICH and mammography bundles ``model.onnx``. ``torch.jit`` is deprecated in
 the pinned PyTorch 2.13 (it warns, and works); should a later pin drop it, the nodule bundle's
-``model.onnx`` serves once ``inference.json`` names it (a new Device UID). The CPU wheel of ONNX Runtime has no GPU provider, so on CUDA the
-bundle's ``model.pt`` weights run in eager PyTorch instead. All take the same named float32 inputs
-and give the same outputs in the same order (the parity tests hold them to it).
+``model.onnx`` serves once ``inference.json`` names it (a new Device UID). The CPU wheel of ONNX
+Runtime has no GPU provider, so on CUDA the bundle's ``model.pt`` weights run in eager PyTorch
+instead. All take the same named float32 inputs and give the same outputs in the same order (the
+parity tests hold them to it).
 """
 
 from __future__ import annotations
