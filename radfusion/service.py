@@ -37,7 +37,7 @@ from radfusion.models import Job, Study
 from radfusion.pipeline import JobRunner, study_patient
 from radfusion.recovery import reconcile_spool, recover
 from radfusion.retention import purge_expired
-from radfusion.routing import compile_routing
+from radfusion.routing import Router, compile_routing
 from radfusion.settings import Settings, TlsSettings
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,25 @@ class Service:
         names = sorted({d for rule in settings.routing for d in rule.detectors})
         self.detectors: dict[str, Detector] = {name: create_detector(name, settings.model_bundles.get(name))
                                                for name in names}
-        self.db = Database(settings.effective_database_url)
         try:
             self.spool = Spool(settings.storage_path)
         except SpoolPathError as exc:
             raise ConfigError(f"storage_path: {exc}") from None
+        # The storage path is taken before the database is opened: a second serve (a newer version started before
+        # the old one was stopped) would otherwise migrate the schema under the running one before it found the lock.
+        self._serving: IO[str] | None = _serve_lock(self.spool.root)
+        try:
+            self._build(settings, router)
+        except BaseException:
+            self._serving.close()
+            self._serving = None
+            raise
+        self.port: int | None = None
+        self.hl7_port: int | None = None
+
+    def _build(self, settings: Settings, router: Router) -> None:
+        """The database (migrated to this code's schema), the workers and the listeners."""
+        self.db = Database(settings.effective_database_url)
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="job")
         self._running: set[int] = set()
@@ -102,14 +116,12 @@ class Service:
                                   tls_context=_server_tls("hl7", settings.hl7.tls),
                                   max_message_bytes=settings.hl7.max_message_bytes, on_refused=inbox.refused,
                                   encoding=HL7_CHARSETS[settings.hl7.default_charset])
-        self.port: int | None = None
-        self.hl7_port: int | None = None
-        self._serving: IO[str] | None = None  # the storage path's lock, held while serving
 
     def start(self) -> int:
         """Take the storage path, recover, start the listener and the scheduler; returns the DICOM port. A start
         that fails stops what it started."""
-        self._serving = _serve_lock(self.spool.root)  # before recovery, which takes over what a dead serve left
+        if self._serving is None:  # a Service stopped and started again takes its storage path again
+            self._serving = _serve_lock(self.spool.root)  # before recovery, which takes over what a dead serve left
         try:
             return self._start()
         except BaseException:

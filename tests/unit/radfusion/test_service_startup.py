@@ -159,10 +159,9 @@ def test_a_second_serve_on_the_same_storage_path_is_refused_before_it_recovers_o
             series = Series(study=Study(study_uid="1.2.3"), series_uid="1.2.3.1")
             session.add(Job(study=series.study, series=series, detector="ich_fusion", model_version="x", rule="r",
                             state="running"))
-        second = Service(settings)
         with pytest.raises(ConfigError, match=rf"storage_path: another radfusion serve \(process {os.getpid()}\) "
                                               r"runs on .*data; stop it first"):
-            second.start()
+            Service(settings)
         with live.db.session() as session:
             assert session.scalars(select(Job.state)).one() == "running"
             assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "recovered")).all() == []
@@ -171,3 +170,17 @@ def test_a_second_serve_on_the_same_storage_path_is_refused_before_it_recovers_o
     after = Service(settings)  # the lock went with the live server
     after.start()
     after.stop()
+
+
+def test_a_second_serve_does_not_open_or_migrate_the_database_of_the_running_one(tmp_path: Path) -> None:
+    """The lock was taken only at start, after the database had been opened and migrated: a newer version started
+    before the old one was stopped upgraded the schema under the running server."""
+    import fcntl
+
+    root = tmp_path / "data"
+    root.mkdir(mode=0o700)
+    with open(root / "serve.lock", "a+") as held:  # a running serve's lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="another radfusion serve"):
+            Service(load_settings(storage_path=root))
+    assert not (root / "radfusion.db").exists()
