@@ -376,6 +376,10 @@ class Hl7Settings(Strict):
 # 3 mm or absent (an unreadable value such as '5mm' does not pass). A study's thin reconstruction is read; a site
 # with thick slices only edits the rule.
 THIN_SLICE_LIMIT_MM = 3.05
+# The hemorrhage model learned 2.5 and 5 mm slices and was validated on 1.25-5 mm; a trauma head's 0.6 mm thin series
+# is noisier (often over the ICH detectors' 14 HU limit: a failed job on every such study), so the default head rule
+# reads a series of at least 1.2 mm (or none given); a site that sends only thin slices edits the rule.
+HEAD_SLICE_MIN_MM = 1.2
 
 # A CT study holds more than the reconstructions the detectors read: dose screens (Secondary Capture with Modality
 # CT), maximum/minimum intensity projections and renderings. The CT rules read CT Image Storage and its enhanced forms
@@ -406,6 +410,7 @@ def default_routing(destinations: Sequence[str] = (), alert_channels: Sequence[s
         RoutingRuleSettings(
             name="head-ct-hemorrhage",
             match={**ct_image, **_body_part("/head|brain|skull|cran/i"), "ConvolutionKernel": NOT_BONE_KERNEL,
+                   "SliceThickness": ["!/./", {"min": HEAD_SLICE_MIN_MM}],
                    "ContrastBolusAgent": ["!/./", f"/^{NO_AGENT}$/i"]},  # no agent, or a word for none (contrast.py)
             detectors=["ich_fusion"], **common,
         ),

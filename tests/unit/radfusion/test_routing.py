@@ -122,6 +122,8 @@ def test_the_default_ct_rules_leave_out_dose_screens_projections_and_bone_kernel
     for soft in ("H31s", "Hr38", "J40s", "FC26", "STANDARD", "SOFT", "UB", "A", "YA"):
         assert [m.detector for m in router.select({**HEAD, "ConvolutionKernel": soft})] == ["ich_fusion"]
     assert [m.detector for m in router.select({**chest, "ConvolutionKernel": "B70f"})] == ["nodule_fusion"]
+    for thickness, read in (("0.625", False), ("1.0", False), ("1.25", True), ("5", True), (None, True)):
+        assert bool(router.select({**HEAD, "SliceThickness": thickness})) is read, thickness
 
 
 def test_the_default_ct_rules_leave_out_every_projection_the_volume_loader_refuses() -> None:
