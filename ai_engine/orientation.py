@@ -97,12 +97,6 @@ def is_axial(direction: np.ndarray) -> bool:
     return dominant[2] == 2 and sorted(dominant[:2]) == [0, 1]
 
 
-def image_direction(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
-    """The direction rows of an image's Image Orientation (Patient): row, column, and their cross product."""
-    row, column = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:6], dtype=float)
-    return np.stack([row, column, np.cross(row, column)])
-
-
 def to_lps(volume: Volume) -> tuple[Volume, Reorientation]:
     """``volume`` in LPS order, and the reorientation that maps results back onto its stored voxels.
 

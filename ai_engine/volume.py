@@ -375,6 +375,13 @@ def _pixels(images: list[_Image]) -> np.ndarray:
     return array
 
 
+def image_direction(orientation: Sequence[float]) -> np.ndarray:
+    """The direction rows of an image's Image Orientation (Patient): row, column, and their cross product (the
+    slice normal), as ``Volume.direction`` holds them."""
+    row, column = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:6], dtype=float)
+    return np.stack([row, column, np.cross(row, column)])
+
+
 def load_series(paths: Sequence[Path | str]) -> Volume:
     """Read the slices of one series, order them along the normal and stack them in HU.
 
@@ -398,8 +405,8 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
     if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOLERANCE:
         raise VolumeError("slices have mixed orientations (ImageOrientationPatient differs); "
                           "one volume needs one orientation")
-    row_dir, col_dir = orientations[0][:3], orientations[0][3:]
-    normal = np.cross(row_dir, col_dir)
+    direction = image_direction(orientations[0])
+    normal = direction[2]
     positions = np.array([image.position for image in images])
     order = np.argsort(positions @ normal, kind="stable")
     images = [images[i] for i in order]
@@ -422,7 +429,7 @@ def load_series(paths: Sequence[Path | str]) -> Volume:
         array=_pixels(images),
         spacing_mm=(dz, float(dy), float(dx)),
         origin_mm=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
-        direction=np.stack([row_dir, col_dir, normal]),
+        direction=direction,
         sop_instance_uids=[str(image.dataset.SOPInstanceUID) for image in images],
         paths=[image.path for image in images],
         series_instance_uid=series_uid,

@@ -19,7 +19,8 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ai_engine.orientation import image_direction, is_axial
+from ai_engine.orientation import is_axial
+from ai_engine.volume import image_direction
 from dicom_node.assembly import SlicePosition, check_series_geometry, series_is_candidate
 from radfusion.db import Database
 from radfusion.errors import RadfusionError
@@ -117,8 +118,10 @@ class StudyAssembler:
                          series.series_uid)
                 series.state = "processed"
                 continue
-            if session.scalar(select(Instance.id).where(Instance.series_id == series.id,
-                                                        Instance.localizer.is_(False)).limit(1)) is None:
+            first = session.execute(select(Instance.orientation).where(Instance.series_id == series.id,
+                                                                       Instance.localizer.is_(False))
+                                    .order_by(Instance.instance_number, Instance.id).limit(1)).first()
+            if first is None:
                 # a scout series of its own (a Canon "Scanogram" passes the rules' description test): no detector
                 # reads one, so it gets no job instead of a job that fails
                 session.add(AuditEvent(kind="localizers_only", subject=series.series_uid,
@@ -129,7 +132,7 @@ class StudyAssembler:
             if not matches:
                 session.add(AuditEvent(kind="no_rule_matched", subject=series.series_uid,
                                        detail=f"modality {series.modality}"))
-            elif plane := _reformatted_plane(session, series):  # a job would only fail: the CT detectors read axial
+            elif plane := _reformatted_plane(first.orientation):  # a job would only fail: the CT detectors read axial
                 skipped = [m.detector for m in matches if m.detector not in self._study_level]
                 matches = [m for m in matches if m.detector in self._study_level]
                 if skipped:
@@ -227,12 +230,10 @@ def _reopen(session: Session, study: Study, now: datetime) -> str | None:
     return None
 
 
-def _reformatted_plane(session: Session, series: Series) -> str | None:
-    """"sagittal", "coronal" or "oblique" when the series' first image (not a localizer) is not axial (the CT
-    detectors refuse such a series: an MPR of the axial one); None for an axial series or one without orientation."""
-    orientation = session.scalar(select(Instance.orientation).where(Instance.series_id == series.id,
-                                                                    Instance.localizer.is_(False))
-                                 .order_by(Instance.instance_number, Instance.id).limit(1))
+def _reformatted_plane(orientation: list[float] | None) -> str | None:
+    """"sagittal", "coronal" or "oblique" when a series' first image (not a localizer) of ``orientation`` is not
+    axial (the CT detectors refuse such a series: an MPR of the axial one); None for an axial image or one without
+    orientation."""
     if not orientation:
         return None
     direction = image_direction(orientation)
